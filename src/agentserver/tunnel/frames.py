@@ -1,0 +1,428 @@
+"""Tunnel frames: the frame types and their bytes encoding, with strict validation of input.
+
+Every tunnel message (one binary WebSocket message) is::
+
+    [u32 big-endian length N of the JSON header][N bytes UTF-8 JSON header][raw payload]
+
+The header is a JSON object whose ``"type"`` says which frame it is; only ``Data`` frames carry a
+payload. Keys are short but readable::
+
+    hello     {"version", "max_payload", "window", "ping"}      negotiates limits (first frame)
+    request   {"id", "method", "target", "headers", "body", "ws", "protocols"}
+    response  {"id", "status", "headers"}
+    data      {"id", "text"?, "more"?}  + payload               body bytes or a WebSocket fragment
+    end       {"id", "code"?, "reason"?}                        half-close (WebSocket close code)
+    window    {"id", "inc"}                                     grant receive credit
+    reset     {"id", "code", "message"}                         abort a stream (cancel, errors)
+    ping/pong {"opaque"}
+    goaway    {"code", "message"}                               no new streams; closing soon
+
+Headers are ordered ``[name, value]`` pairs so multi-valued headers survive. `decode` raises
+`ProtocolError` for every malformed input and never any other exception.
+
+On byte streams (not message-oriented), each message is additionally prefixed with its u32
+length (`frame_message`); `FrameDecoder` reassembles frames from arbitrary chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+VERSION: Final = 1
+DEFAULT_MAX_PAYLOAD: Final = 16 * 1024
+MIN_MAX_PAYLOAD: Final = 1024
+MAX_MAX_PAYLOAD: Final = 16 * 1024 * 1024
+MAX_HEADER: Final = 64 * 1024
+MAX_STREAM_ID: Final = 2**31 - 1
+MAX_WINDOW: Final = 2**31 - 1
+MAX_OPAQUE: Final = 2**63 - 1
+MAX_PING_INTERVAL: Final = 86400.0
+
+_LEN = 4
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
+
+Headers = tuple[tuple[str, str], ...]
+
+
+class ProtocolError(Exception):
+    """The peer sent bytes that are not a valid tunnel frame, or broke the protocol."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    version: int
+    max_frame_payload: int
+    initial_window: int
+    ping_interval: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOpen:
+    stream_id: int
+    method: str
+    target: str
+    headers: Headers = ()
+    body: bool = True
+    websocket: bool = False
+    subprotocols: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    stream_id: int
+    status: int
+    headers: Headers = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    stream_id: int
+    payload: bytes
+    text: bool = False
+    more: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    stream_id: int
+    code: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    stream_id: int
+    increment: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    stream_id: int
+    code: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    opaque: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    opaque: int
+
+
+@dataclass(frozen=True, slots=True)
+class GoAway:
+    code: str
+    message: str = ""
+
+
+Frame = Hello | RequestOpen | ResponseHead | Data | End | Window | Reset | Ping | Pong | GoAway
+
+
+def _header_of(frame: Frame) -> dict[str, Any]:
+    match frame:
+        case Hello():
+            return {
+                "type": "hello",
+                "version": frame.version,
+                "max_payload": frame.max_frame_payload,
+                "window": frame.initial_window,
+                "ping": frame.ping_interval,
+            }
+        case RequestOpen():
+            return {
+                "type": "request",
+                "id": frame.stream_id,
+                "method": frame.method,
+                "target": frame.target,
+                "headers": [list(pair) for pair in frame.headers],
+                "body": frame.body,
+                "ws": frame.websocket,
+                "protocols": list(frame.subprotocols),
+            }
+        case ResponseHead():
+            return {
+                "type": "response",
+                "id": frame.stream_id,
+                "status": frame.status,
+                "headers": [list(pair) for pair in frame.headers],
+            }
+        case Data():
+            header: dict[str, Any] = {"type": "data", "id": frame.stream_id}
+            if frame.text:
+                header["text"] = True
+            if frame.more:
+                header["more"] = True
+            return header
+        case End():
+            header = {"type": "end", "id": frame.stream_id}
+            if frame.code is not None:
+                header["code"] = frame.code
+            if frame.reason:
+                header["reason"] = frame.reason
+            return header
+        case Window():
+            return {"type": "window", "id": frame.stream_id, "inc": frame.increment}
+        case Reset():
+            return {
+                "type": "reset",
+                "id": frame.stream_id,
+                "code": frame.code,
+                "message": frame.message,
+            }
+        case Ping():
+            return {"type": "ping", "opaque": frame.opaque}
+        case Pong():
+            return {"type": "pong", "opaque": frame.opaque}
+        case GoAway():
+            return {"type": "goaway", "code": frame.code, "message": frame.message}
+
+
+def header_bytes(frame: Frame) -> bytes:
+    """The JSON header of `frame` as sent (to check it against `MAX_HEADER` before sending)."""
+    if type(frame) is Data and not (frame.text or frame.more):
+        # The hot path: one per 16 KiB of body; skip the generic dict + json machinery.
+        return b'{"type":"data","id":%d}' % frame.stream_id
+    return json.dumps(_header_of(frame), separators=(",", ":")).encode()
+
+
+def encode(frame: Frame) -> bytes:
+    """One tunnel message carrying `frame`."""
+    header = header_bytes(frame)
+    payload = frame.payload if type(frame) is Data else b""
+    return b"".join((len(header).to_bytes(_LEN, "big"), header, payload))
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _int(header: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = header.get(key)
+    # bool is an int subclass in Python; JSON true must not pass as 1.
+    if type(value) is not int or not low <= value <= high:
+        raise ProtocolError(f"field {key!r} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _bool(header: dict[str, Any], key: str, default: bool) -> bool:
+    value = header.get(key, default)
+    if type(value) is not bool:
+        raise ProtocolError(f"field {key!r} must be a boolean")
+    return value
+
+
+def _str(header: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = header.get(key, default)
+    if type(value) is not str:
+        raise ProtocolError(f"field {key!r} must be a string")
+    return value
+
+
+def _token(header: dict[str, Any], key: str) -> str:
+    value = _str(header, key)
+    if not _TOKEN.fullmatch(value):
+        raise ProtocolError(f"field {key!r} must be an HTTP token")
+    return value
+
+
+def _headers(header: dict[str, Any]) -> Headers:
+    value = header.get("headers", [])
+    if type(value) is not list:
+        raise ProtocolError("field 'headers' must be a list of [name, value] pairs")
+    pairs = []
+    for pair in value:
+        if type(pair) is not list or len(pair) != 2 or not all(type(p) is str for p in pair):
+            raise ProtocolError("field 'headers' must be a list of [name, value] pairs")
+        name, text = pair
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE_CHARS.search(text):
+            raise ProtocolError(f"invalid header {name!r}")
+        pairs.append((name, text))
+    return tuple(pairs)
+
+
+def _protocols(header: dict[str, Any]) -> tuple[str, ...]:
+    value = header.get("protocols", [])
+    if type(value) is not list or not all(type(p) is str and _TOKEN.fullmatch(p) for p in value):
+        raise ProtocolError("field 'protocols' must be a list of tokens")
+    return tuple(value)
+
+
+def _target(header: dict[str, Any]) -> str:
+    # Origin-form only: the agent appends it to its local base URL, so no scheme, no authority.
+    value = _str(header, "target")
+    if not value.startswith("/") or value.startswith("//") or _BAD_VALUE_CHARS.search(value):
+        raise ProtocolError("field 'target' must be a path starting with a single '/'")
+    if any(c.isspace() for c in value):
+        raise ProtocolError("field 'target' must not contain whitespace")
+    return value
+
+
+def _decode_hello(h: dict[str, Any]) -> Hello:
+    ping: Any = h.get("ping")
+    # The chained comparison also rejects NaN; the bound keeps float() from overflowing.
+    if type(ping) not in (int, float) or not 0 < ping <= MAX_PING_INTERVAL:
+        raise ProtocolError("field 'ping' must be a positive number of seconds")
+    return Hello(
+        version=_int(h, "version", 1, 2**31 - 1),
+        max_frame_payload=_int(h, "max_payload", MIN_MAX_PAYLOAD, MAX_MAX_PAYLOAD),
+        initial_window=_int(h, "window", 1, MAX_WINDOW),
+        ping_interval=float(ping),
+    )
+
+
+def _decode_request(h: dict[str, Any]) -> RequestOpen:
+    return RequestOpen(
+        stream_id=_int(h, "id", 1, MAX_STREAM_ID),
+        method=_token(h, "method"),
+        target=_target(h),
+        headers=_headers(h),
+        body=_bool(h, "body", True),
+        websocket=_bool(h, "ws", False),
+        subprotocols=_protocols(h),
+    )
+
+
+def _decode_response(h: dict[str, Any]) -> ResponseHead:
+    return ResponseHead(_int(h, "id", 1, MAX_STREAM_ID), _int(h, "status", 100, 599), _headers(h))
+
+
+def _decode_end(h: dict[str, Any]) -> End:
+    code = None if h.get("code") is None else _int(h, "code", 1000, 4999)
+    return End(_int(h, "id", 1, MAX_STREAM_ID), code, _str(h, "reason", ""))
+
+
+def _decode_reset(h: dict[str, Any]) -> Reset:
+    code = _str(h, "code")
+    if not code:
+        raise ProtocolError("field 'code' must not be empty")
+    return Reset(_int(h, "id", 1, MAX_STREAM_ID), code, _str(h, "message", ""))
+
+
+def _decode_goaway(h: dict[str, Any]) -> GoAway:
+    code = _str(h, "code")
+    if not code:
+        raise ProtocolError("field 'code' must not be empty")
+    return GoAway(code, _str(h, "message", ""))
+
+
+_DECODERS: Final[dict[str, Callable[[dict[str, Any]], Frame]]] = {
+    "hello": _decode_hello,
+    "request": _decode_request,
+    "response": _decode_response,
+    "end": _decode_end,
+    "window": lambda h: Window(_int(h, "id", 1, MAX_STREAM_ID), _int(h, "inc", 1, MAX_WINDOW)),
+    "reset": _decode_reset,
+    "ping": lambda h: Ping(_int(h, "opaque", 0, MAX_OPAQUE)),
+    "pong": lambda h: Pong(_int(h, "opaque", 0, MAX_OPAQUE)),
+    "goaway": _decode_goaway,
+}
+
+
+def decode(
+    message: bytes | bytearray | memoryview,
+    *,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    max_header: int = MAX_HEADER,
+) -> Frame:
+    """The frame in one tunnel message; `ProtocolError` if it is malformed or beyond the limits."""
+    view = memoryview(message)
+    if len(view) < _LEN:
+        raise ProtocolError(f"message of {len(view)} bytes is shorter than the length prefix")
+    header_len = int.from_bytes(view[:_LEN], "big")
+    if header_len > max_header:
+        raise ProtocolError(f"header of {header_len} bytes exceeds the limit of {max_header}")
+    end = _LEN + header_len
+    if len(view) < end:
+        raise ProtocolError("header length runs beyond the end of the message")
+    try:
+        header = json.loads(bytes(view[_LEN:end]).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, absurd nesting/ints
+        raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from None
+    if type(header) is not dict:
+        raise ProtocolError("header must be a JSON object")
+    kind = header.get("type")
+    payload = view[end:]
+    if kind == "data":
+        if len(payload) > max_payload:
+            raise ProtocolError(f"payload of {len(payload)} bytes exceeds {max_payload}")
+        return Data(
+            _int(header, "id", 1, MAX_STREAM_ID),
+            bytes(payload),
+            _bool(header, "text", False),
+            _bool(header, "more", False),
+        )
+    decoder = _DECODERS.get(kind) if type(kind) is str else None
+    if decoder is None:
+        raise ProtocolError(f"unknown frame type {kind!r}")
+    if payload:
+        raise ProtocolError(f"a {kind} frame carries no payload")
+    return decoder(header)
+
+
+# ---------------------------------------------------------------- byte streams
+
+
+def frame_message(message: bytes) -> bytes:
+    """`message` with the u32 length prefix used on byte-stream transports."""
+    return len(message).to_bytes(_LEN, "big") + message
+
+
+class MessageBuffer:
+    """Splits a byte stream of length-prefixed messages into messages, whatever the chunking."""
+
+    def __init__(self, max_message: int = _LEN + MAX_HEADER + MAX_MAX_PAYLOAD) -> None:
+        self._buffer = bytearray()
+        self._start = 0
+        self._max_message = max_message
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self._buffer += data
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet returned as a message."""
+        return len(self._buffer) - self._start
+
+    def next_message(self) -> bytes | None:
+        """The next complete message, or None until more bytes arrive."""
+        buffer, start = self._buffer, self._start
+        if len(buffer) - start < _LEN:
+            return None
+        size = int.from_bytes(buffer[start : start + _LEN], "big")
+        if size > self._max_message:
+            raise ProtocolError(f"message of {size} bytes exceeds {self._max_message}")
+        end = start + _LEN + size
+        if len(buffer) < end:
+            return None
+        message = bytes(buffer[start + _LEN : end])
+        if end * 2 >= len(buffer):  # compact once most of the buffer is consumed: amortised O(1)
+            del buffer[:end]
+            self._start = 0
+        else:
+            self._start = end
+        return message
+
+
+class FrameDecoder:
+    """Decodes frames from a byte stream of length-prefixed messages fed in arbitrary chunks."""
+
+    def __init__(self, *, max_payload: int = DEFAULT_MAX_PAYLOAD, max_header: int = MAX_HEADER):
+        self._messages = MessageBuffer(_LEN + max_header + max_payload)
+        self._max_payload = max_payload
+        self._max_header = max_header
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Every frame completed by `data`, in order."""
+        self._messages.feed(data)
+        frames = []
+        while (message := self._messages.next_message()) is not None:
+            frame = decode(message, max_payload=self._max_payload, max_header=self._max_header)
+            frames.append(frame)
+        return frames

@@ -1,0 +1,225 @@
+"""Tests for the tunnel frame codec: round trips, rejection of malformed input, re-chunking."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agentserver.tunnel import frames
+from agentserver.tunnel.frames import (
+    Data,
+    End,
+    FrameDecoder,
+    GoAway,
+    Hello,
+    MessageBuffer,
+    Ping,
+    Pong,
+    ProtocolError,
+    RequestOpen,
+    Reset,
+    ResponseHead,
+    Window,
+    decode,
+    encode,
+    frame_message,
+)
+
+TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+tokens = st.text(alphabet=TOKEN_CHARS, min_size=1, max_size=20)
+values = st.text(st.characters(blacklist_characters="\r\n\x00"), max_size=40)
+headers = st.lists(st.tuples(tokens, values), max_size=6).map(tuple)
+stream_ids = st.integers(1, frames.MAX_STREAM_ID)
+targets = st.text(st.characters(blacklist_categories=("Z", "Cc", "Cs")), max_size=40).map(
+    lambda path: "/" + path.lstrip("/")
+)
+messages = st.text(max_size=40)
+
+all_frames = st.one_of(
+    st.builds(
+        Hello,
+        version=st.integers(1, 10),
+        max_frame_payload=st.integers(frames.MIN_MAX_PAYLOAD, frames.MAX_MAX_PAYLOAD),
+        initial_window=st.integers(1, frames.MAX_WINDOW),
+        ping_interval=st.floats(0.001, frames.MAX_PING_INTERVAL),
+    ),
+    st.builds(
+        RequestOpen,
+        stream_id=stream_ids,
+        method=tokens,
+        target=targets,
+        headers=headers,
+        body=st.booleans(),
+        websocket=st.booleans(),
+        subprotocols=st.lists(tokens, max_size=3).map(tuple),
+    ),
+    st.builds(ResponseHead, stream_id=stream_ids, status=st.integers(100, 599), headers=headers),
+    st.builds(
+        Data,
+        stream_id=stream_ids,
+        payload=st.binary(max_size=frames.DEFAULT_MAX_PAYLOAD),
+        text=st.booleans(),
+        more=st.booleans(),
+    ),
+    st.builds(End, stream_id=stream_ids, code=st.none() | st.integers(1000, 4999), reason=messages),
+    st.builds(Window, stream_id=stream_ids, increment=st.integers(1, frames.MAX_WINDOW)),
+    st.builds(Reset, stream_id=stream_ids, code=tokens, message=messages),
+    st.builds(Ping, opaque=st.integers(0, frames.MAX_OPAQUE)),
+    st.builds(Pong, opaque=st.integers(0, frames.MAX_OPAQUE)),
+    st.builds(GoAway, code=tokens, message=messages),
+)
+
+
+def raw_message(header: bytes, payload: bytes = b"") -> bytes:
+    return len(header).to_bytes(4, "big") + header + payload
+
+
+def message_of(header: object, payload: bytes = b"") -> bytes:
+    return raw_message(json.dumps(header).encode(), payload)
+
+
+@given(all_frames)
+def test_every_frame_round_trips(frame: frames.Frame) -> None:
+    """decode(encode(frame)) gives back an equal frame for every frame type."""
+    assert decode(encode(frame)) == frame
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
+    """Arbitrary bytes either decode to a frame or raise ProtocolError, never anything else."""
+    with contextlib.suppress(ProtocolError):
+        decode(data)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["type", "id", "inc", "status", "opaque", "ping"]),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.floats(),
+            st.text(max_size=8),
+            st.sampled_from(["data", "window", "hello"]),
+        ),
+    )
+)
+def test_arbitrary_json_headers_decode_or_raise_protocol_error(header: dict[str, object]) -> None:
+    """Well-formed JSON with arbitrary fields either decodes or raises ProtocolError."""
+    with contextlib.suppress(ProtocolError):
+        decode(message_of(header))
+
+
+@given(all_frames, st.data())
+def test_any_truncation_is_rejected_or_is_a_shorter_data_frame(
+    frame: frames.Frame, data: st.DataObject
+) -> None:
+    """Cutting a message short raises ProtocolError unless only Data payload bytes were cut."""
+    raw = encode(frame)
+    cut = data.draw(st.integers(0, len(raw) - 1))
+    header_end = 4 + int.from_bytes(raw[:4], "big")
+    if cut >= header_end:
+        assert isinstance(frame, Data)
+        assert decode(raw[:cut]) == Data(
+            frame.stream_id, frame.payload[: cut - header_end], frame.text, frame.more
+        )
+    else:
+        with pytest.raises(ProtocolError):
+            decode(raw[:cut])
+
+
+MALFORMED = {
+    "empty": b"",
+    "short prefix": b"\x00\x00\x01",
+    "header beyond message": b"\x00\x00\x00\x10{}",
+    "header over limit": (frames.MAX_HEADER + 1).to_bytes(4, "big") + b"{}",
+    "bad utf-8": b"\x00\x00\x00\x02\xff\xfe",
+    "bad json": raw_message(b'{"type":"data",'),
+    "not an object": message_of(["data"]),
+    "unknown type": message_of({"type": "teleport", "id": 1}),
+    "missing type": message_of({"id": 1}),
+    "missing id": message_of({"type": "window", "inc": 5}),
+    "bool as int": message_of({"type": "window", "id": True, "inc": 5}),
+    "zero stream id": message_of({"type": "end", "id": 0}),
+    "zero window increment": message_of({"type": "window", "id": 1, "inc": 0}),
+    "oversized data payload": message_of({"type": "data", "id": 1}, b"x" * 16385),
+    "payload on control frame": message_of({"type": "ping", "opaque": 1}, b"x"),
+    "absolute target": message_of(
+        {"type": "request", "id": 1, "method": "GET", "target": "http://evil/"}
+    ),
+    "authority target": message_of(
+        {"type": "request", "id": 1, "method": "GET", "target": "//evil/x"}
+    ),
+    "header injection": message_of(
+        {"type": "response", "id": 1, "status": 200, "headers": [["X-A", "a\r\nSet-Cookie: x"]]}
+    ),
+    "bad header shape": message_of(
+        {"type": "response", "id": 1, "status": 200, "headers": [["X-A"]]}
+    ),
+    "status out of range": message_of({"type": "response", "id": 1, "status": 99}),
+    "nan ping": raw_message(
+        b'{"type":"hello","version":1,"max_payload":16384,"window":1,"ping":NaN}'
+    ),
+    "huge ping": message_of(
+        {"type": "hello", "version": 1, "max_payload": 16384, "window": 1, "ping": 10**400}
+    ),
+    "deep nesting": raw_message(b"[" * 20000 + b"]" * 20000),
+    "huge integer literal": raw_message(b'{"type":"window","id":1,"inc":' + b"9" * 5000 + b"}"),
+}
+
+
+@pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_messages_raise_protocol_error(raw: bytes) -> None:
+    """Each kind of malformed message is rejected with ProtocolError."""
+    with pytest.raises(ProtocolError):
+        decode(raw)
+
+
+def test_payload_limit_follows_the_negotiated_maximum() -> None:
+    """A Data payload is accepted up to the negotiated maximum and rejected one byte beyond."""
+    raw = encode(Data(1, b"x" * 2048))
+    assert decode(raw, max_payload=2048) == Data(1, b"x" * 2048)
+    with pytest.raises(ProtocolError):
+        decode(raw, max_payload=2047)
+
+
+def test_data_header_stays_small() -> None:
+    """A plain Data frame costs only a few dozen bytes of header."""
+    assert len(encode(Data(12345, b""))) < 40
+
+
+@given(st.lists(all_frames, max_size=8), st.data())
+def test_any_rechunking_of_a_byte_stream_yields_the_same_frames(
+    sent: list[frames.Frame], data: st.DataObject
+) -> None:
+    """Feeding the length-prefixed stream in arbitrary chunks decodes exactly the frames sent."""
+    stream = b"".join(frame_message(encode(frame)) for frame in sent)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    decoder = FrameDecoder()
+    received: list[frames.Frame] = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        received += decoder.feed(stream[start:end])
+    assert received == sent
+
+
+def test_message_buffer_rejects_an_oversized_length_prefix() -> None:
+    """A byte stream announcing a message beyond the limit is a ProtocolError, not a huge buffer."""
+    buffer = MessageBuffer(max_message=100)
+    buffer.feed((101).to_bytes(4, "big"))
+    with pytest.raises(ProtocolError):
+        buffer.next_message()
+
+
+def test_message_buffer_waits_for_a_complete_message() -> None:
+    """A partial message yields nothing until its last byte arrives."""
+    buffer = MessageBuffer()
+    raw = frame_message(b"hello")
+    buffer.feed(raw[:-1])
+    assert buffer.next_message() is None
+    buffer.feed(raw[-1:])
+    assert buffer.next_message() == b"hello"
+    assert buffer.pending == 0

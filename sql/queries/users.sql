@@ -1,0 +1,36 @@
+-- name: create_user :one
+INSERT INTO users (username, email, password_hash, role)
+VALUES (:username, :email, :password_hash,
+        CASE WHEN EXISTS (SELECT 1 FROM users) THEN 'user' ELSE 'admin' END)
+RETURNING id, username, email, role, created_at;
+
+-- name: get_user :one
+SELECT id, username, email, role, created_at FROM users WHERE id = :id;
+
+-- name: get_user_by_username :one
+SELECT id, username, email, role, created_at FROM users WHERE lower(username) = lower(:username);
+
+-- name: get_user_by_login :one
+SELECT id, username, email, role, created_at FROM users
+WHERE lower(username) = lower(:login) OR lower(email) = lower(:login)
+ORDER BY (lower(username) = lower(:login)) DESC
+LIMIT 1;
+
+-- name: get_password_hash :scalar
+SELECT password_hash FROM users WHERE id = :id;
+
+-- name: set_password_hash :exec
+UPDATE users SET password_hash = :password_hash, updated_at = now() WHERE id = :id;
+
+-- name: count_users :scalar
+SELECT count(*) FROM users;
+
+-- name: list_users :many
+SELECT id, username, email, role, created_at FROM users ORDER BY created_at;
+
+-- name: set_user_role :execrows
+UPDATE users SET role = :role, updated_at = now() WHERE id = :id;
+
+-- name: lock_users :exec
+-- Serialises registrations so exactly one first user becomes the admin.
+LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE;

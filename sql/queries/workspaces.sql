@@ -1,0 +1,24 @@
+-- name: create_workspace :one
+INSERT INTO workspaces (name) VALUES (:name)
+RETURNING id, name, created_at, updated_at;
+
+-- name: list_workspaces_for_user :many
+SELECT w.id, w.name, w.created_at, w.updated_at, m.role
+FROM workspaces w JOIN workspace_members m ON m.workspace_id = w.id
+WHERE m.user_id = :user_id
+ORDER BY w.created_at, w.id;
+
+-- name: get_workspace :one
+SELECT id, name, created_at, updated_at FROM workspaces WHERE id = :id;
+
+-- name: rename_workspace :execrows
+UPDATE workspaces SET name = :name, updated_at = now() WHERE id = :id;
+
+-- name: delete_workspace :execrows
+DELETE FROM workspaces WHERE id = :id;
+
+-- name: list_all_workspaces :many
+SELECT w.id, w.name, w.created_at, w.updated_at,
+       (SELECT count(*) FROM sandboxes s WHERE s.workspace_id = w.id) AS sandbox_count,
+       (SELECT count(*) FROM workspace_members m WHERE m.workspace_id = w.id) AS member_count
+FROM workspaces w ORDER BY w.created_at;

@@ -1,0 +1,1 @@
+"""The JSON API: one blueprint per resource, shared conventions in common.py and app.py."""

@@ -1,0 +1,134 @@
+"""The Quart application: blueprints, error shapes, request logs, metrics, origin checks."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import ValidationError
+from quart import Response, current_app, g, jsonify, request
+from quart_schema import QuartSchema, RequestSchemaValidationError
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from agentserver import __version__
+from agentserver.auth.sessions import SESSION_COOKIE
+from agentserver.deps import Deps
+from agentserver.errors import AgentServerError, Forbidden, RateLimited
+
+log = logging.getLogger("agentserver.http")
+_UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
+    body: dict[str, Any] = {"error": {"code": code, "message": message, **extra}}
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def _field_of(exc: ValidationError) -> tuple[str, str]:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__") or "body"
+    message = first.get("msg", "invalid value")
+    if first.get("type") == "extra_forbidden":
+        message = "unknown field"
+    return field, f"{field}: {message}"
+
+
+class Metrics:
+    """Request counts and latency per route and status (Prometheus)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("agentserver_http_requests", "HTTP requests answered",
+                                ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("agentserver_http_request_seconds", "Time to answer (headers)",
+                                 ["route", "method"], registry=self.registry)
+
+
+def create_app(deps: Deps) -> QuartTrio:
+    app = QuartTrio("agentserver", static_folder=None)
+    app.config["DEPS"] = deps
+    app.config["MAX_CONTENT_LENGTH"] = deps.settings.max_body
+    app.config["BODY_TIMEOUT"] = 60
+    app.config["RESPONSE_TIMEOUT"] = None  # event streams live as long as the client wants
+    QuartSchema(app, info={"title": "agentserver", "version": __version__},
+                openapi_path="/openapi.json", swagger_ui_path=None, redoc_ui_path=None,
+                scalar_ui_path=None)
+    metrics = Metrics()
+    app.config["METRICS"] = metrics
+
+    from agentserver.api import admin, auth, health, members, workspaces
+
+    for module in (health, auth, workspaces, members, admin):
+        app.register_blueprint(module.blueprint)
+    for hook in deps.extras.get("blueprints", ()):
+        app.register_blueprint(hook)
+
+    @app.before_request
+    async def start_request() -> Response | None:
+        g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+        g.started = time.perf_counter()
+        if request.method in _UNSAFE and SESSION_COOKIE in request.cookies and not _same_origin():
+            raise Forbidden("cross-origin request refused")
+        return None
+
+    @app.after_request
+    async def finish_request(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(route, request.method).observe(elapsed)
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        # The query string can carry one-time tickets or codes: log the path only.
+        log.info("%s %s %s %d %.1fms", g.get("request_id", "-"), request.method, request.path,
+                 response.status_code, elapsed * 1000)
+        return response
+
+    @app.errorhandler(AgentServerError)
+    async def on_ours(exc: AgentServerError) -> Response:
+        extra = {"field": exc.field} if exc.field else {}
+        response = error_response(exc.status, exc.code, exc.message, **extra)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def on_invalid(exc: RequestSchemaValidationError) -> Response:
+        inner = exc.validation_error
+        if isinstance(inner, ValidationError):
+            field, message = _field_of(inner)
+            return error_response(400, "invalid", message, field=field)
+        return error_response(400, "invalid", "the body is not valid JSON of the expected shape")
+
+    @app.errorhandler(HTTPException)
+    async def on_http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        codes = {400: "invalid", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
+                 415: "unsupported_media_type"}
+        message = {413: f"the body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes",
+                   404: "no such route", 405: "method not allowed on this route"}.get(
+            status, exc.description or exc.name)
+        return error_response(status, codes.get(status, "http_error"), message)
+
+    @app.errorhandler(Exception)
+    async def on_bug(exc: Exception) -> Response:
+        log.exception("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+        return error_response(500, "internal", "internal error; the server log has details")
+
+    return app
+
+
+def _same_origin() -> bool:
+    """A cookie-carrying mutation must come from a page of this same host (CSRF defence)."""
+    origin = request.headers.get("Origin") or request.headers.get("Referer")
+    if not origin:
+        return True  # not a browser: browsers always send Origin on cross-origin mutations
+    parts = urlsplit(origin)
+    return bool(parts.netloc) and parts.netloc.lower() == (request.host or "").lower()

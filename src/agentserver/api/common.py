@@ -1,0 +1,80 @@
+"""What every route shares: the Deps, the signed-in user, role checks and JSON shapes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, cast
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+from quart import current_app, g, request
+
+from agentserver.auth.permissions import Action, allowed
+from agentserver.auth.sessions import SESSION_COOKIE, session_user
+from agentserver.deps import Deps
+from agentserver.errors import Forbidden, NotFound, Unauthenticated
+from agentserver.models import Role, User
+
+
+class Body(BaseModel):
+    """Base of request bodies: camelCase keys, unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
+                              str_strip_whitespace=False)
+
+
+def deps() -> Deps:
+    return cast(Deps, current_app.config["DEPS"])
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+async def optional_user() -> User | None:
+    if "user" not in g:
+        g.user = await session_user(deps().db, request.cookies.get(SESSION_COOKIE))
+    return cast(User | None, g.user)
+
+
+async def current_user() -> User:
+    user = await optional_user()
+    if user is None:
+        raise Unauthenticated("sign in first")
+    return user
+
+
+async def require_admin() -> User:
+    user = await current_user()
+    if user.role != "admin":
+        raise Forbidden("only the server admin may do this")
+    return user
+
+
+async def member_role(workspace_id: str, user_id: str) -> Role | None:
+    role = await deps().db.scalar("get_member_role", workspace_id=workspace_id, user_id=user_id)
+    return None if role is None else Role(role)
+
+
+async def require(workspace_id: str, action: Action) -> tuple[User, Role]:
+    """The caller and their role, if they may take `action` in the workspace.
+
+    A non-member gets the same 404 as for a workspace that does not exist, so nothing leaks.
+    """
+    user = await current_user()
+    role = await member_role(workspace_id, user.id)
+    if role is None:
+        raise NotFound("workspace not found")
+    if not allowed(role, action):
+        raise Forbidden(f"a {role.value} may not {action.value.replace('_', ' ')}")
+    return user, role
+
+
+def user_json(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "username": user.username,
+        "email": user.email,
+        "role": user.role,
+        "createdAt": rfc3339(user.created_at),
+    }

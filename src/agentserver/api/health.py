@@ -1,0 +1,33 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from quart import Blueprint, Response, current_app, jsonify
+
+from agentserver.api.common import deps
+
+blueprint = Blueprint("health", __name__)
+
+
+@blueprint.get("/healthz")
+async def healthz() -> Response:
+    """The process is alive."""
+    return jsonify({"status": "ok"})
+
+
+@blueprint.get("/readyz")
+async def readyz() -> Response:
+    """The database answers; 503 otherwise."""
+    ok = await deps().db.ping()
+    response = jsonify({"status": "ok" if ok else "unavailable", "database": ok})
+    response.status_code = 200 if ok else 503
+    return response
+
+
+@blueprint.get("/metrics")
+async def metrics() -> Response:
+    """Prometheus text exposition."""
+    registry = current_app.config["METRICS"].registry
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

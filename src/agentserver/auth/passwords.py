@@ -1,0 +1,61 @@
+"""Password hashing (argon2id) and the rules for usernames and passwords."""
+
+from __future__ import annotations
+
+import re
+
+import trio
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from agentserver.errors import Invalid
+
+_HASHER = PasswordHasher()
+_USERNAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{1,30}[a-z0-9])?$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MIN_PASSWORD = 8
+MAX_PASSWORD = 256
+# A fixed hash to verify against when the user does not exist, so timing does not tell.
+_DUMMY = _HASHER.hash("agentserver-timing-equaliser")
+
+
+def check_username(username: str) -> str:
+    name = username.strip()
+    if not _USERNAME.match(name.lower()) or len(name) < 3:
+        raise Invalid(
+            "username must be 3-32 characters: letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit",
+            field="username",
+        )
+    return name
+
+
+def check_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD:
+        raise Invalid(f"password must be at least {MIN_PASSWORD} characters", field="password")
+    if len(password) > MAX_PASSWORD:
+        raise Invalid(f"password must be at most {MAX_PASSWORD} characters", field="password")
+    return password
+
+
+def check_email(email: str) -> str:
+    value = email.strip()
+    if len(value) > 254 or not _EMAIL.match(value):
+        raise Invalid("email is not a valid address", field="email")
+    return value
+
+
+async def hash_password(password: str) -> str:
+    return await trio.to_thread.run_sync(_HASHER.hash, password)
+
+
+async def verify_password(stored: str | None, password: str) -> bool:
+    """True when `password` matches `stored`; runs the same work when there is no hash."""
+
+    def work() -> bool:
+        try:
+            return _HASHER.verify(stored or _DUMMY, password) and stored is not None
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    return await trio.to_thread.run_sync(work)

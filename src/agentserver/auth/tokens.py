@@ -1,0 +1,29 @@
+"""Random secrets and their at-rest form: only SHA-256 hashes are ever stored."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import string
+
+_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_token(nbytes: int = 32) -> str:
+    """A URL-safe random token with `nbytes` of entropy."""
+    return secrets.token_urlsafe(nbytes)
+
+
+def new_id(length: int = 16) -> str:
+    """A random DNS-safe identifier (lower-case base36), e.g. for sandbox subdomains."""
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token: hex SHA-256."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())

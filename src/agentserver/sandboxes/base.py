@@ -1,0 +1,81 @@
+"""The Backend protocol every sandbox runtime implements (process, docker, kubernetes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agentserver.models import SandboxType
+
+OPENCODE_PORT = 4096
+OPENCLAW_PORT = 18789
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    """Everything a backend needs to start one sandbox. Secrets here never reach the API."""
+
+    id: str
+    workspace_id: str
+    type: SandboxType
+    # The agent's own password (opencode Basic auth) or gateway token (OpenClaw).
+    agent_secret: str
+    # Where the sandbox reaches the LLM proxy, and the per-sandbox token it uses there.
+    llm_base_url: str
+    proxy_token: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where the proxy reaches a running sandbox's agent."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Managed:
+    """A sandbox the backend is running or keeping (for reconciliation at start)."""
+
+    id: str
+    running: bool
+    endpoint: Endpoint | None = None
+
+
+class Backend(Protocol):
+    """A runtime for sandboxes. Every method is idempotent; failures raise BackendError."""
+
+    name: str
+
+    async def create(self, spec: SandboxSpec) -> Endpoint:
+        """Start a new sandbox and return once its agent answers its health check."""
+        ...
+
+    async def pause(self, sandbox_id: str) -> None:
+        """Stop the sandbox, keeping its files."""
+        ...
+
+    async def resume(self, spec: SandboxSpec) -> Endpoint:
+        """Start a paused sandbox again (its address may change)."""
+        ...
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Stop the sandbox and remove its files; a missing sandbox is not an error."""
+        ...
+
+    async def destroy_workspace(self, workspace_id: str) -> None:
+        """Remove the workspace's shared disk (after its sandboxes are destroyed)."""
+        ...
+
+    async def list_managed(self) -> list[Managed]:
+        """Every sandbox this backend holds, for reconciliation with the database."""
+        ...
+
+    async def logs(self, sandbox_id: str, lines: int = 200) -> str:
+        """The tail of the agent's output."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop everything this backend runs in this process (server shutdown)."""
+        ...

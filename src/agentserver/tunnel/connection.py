@@ -1,0 +1,494 @@
+"""The tunnel's sans-IO state machine: stream states, credit windows, and events for one side.
+
+`TunnelConnection` takes frames in (`receive_frame`) and returns events; the methods called by the
+application queue frames, collected with `frames_to_send`. No I/O, no clock.
+
+Stream ids: either side may open streams (in practice the server opens one per proxied request).
+The server uses odd ids, the client (the agent) even ids, each strictly increasing, so the two
+never collide and an id that is lower than the last one seen is known to be finished.
+
+Each stream has two directions ("halves"): ours (send) and the peer's (receive). A half moves
+through `TRANSITIONS` below: the head (`RequestOpen` from the opener, `ResponseHead` from the
+other side) opens it, `Data` flows, `End` finishes it. `Reset` aborts both halves at once. A stream
+is forgotten once both halves have ended or it was reset.
+
+The rule for peer mistakes:
+* anything that breaks the id bookkeeping (a frame for an id never opened, a reused or
+  out-of-order id, the wrong parity, anything before `Hello`) raises `ProtocolError`: the tunnel
+  cannot be trusted and must close;
+* a frame for a stream already finished is ignored (it crossed our `End`/`Reset` on the wire);
+* anything else illegal on one stream (data after end, a second head, a window overrun) resets
+  only that stream: a `Reset` goes out and the application gets `StreamReset(remote=False)`.
+Misuse by our own application raises `LocalProtocolError` and changes nothing.
+
+Flow control: the peer's `Hello.initial_window` is how many Data payload bytes we may send on a
+stream before it grants more with `Window`. We grant credit as the application *consumes* data
+(`acknowledge`), in batches of a quarter window, so the network reader never blocks and a slow
+consumer only slows its own stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Final
+
+from .frames import (
+    DEFAULT_MAX_PAYLOAD,
+    MAX_HEADER,
+    MAX_WINDOW,
+    VERSION,
+    Data,
+    End,
+    Frame,
+    GoAway,
+    Headers,
+    Hello,
+    Ping,
+    Pong,
+    ProtocolError,
+    RequestOpen,
+    Reset,
+    ResponseHead,
+    Window,
+    header_bytes,
+)
+
+
+class Half(Enum):
+    """The state of one direction of a stream."""
+
+    IDLE = "idle"  # its head has not been sent yet
+    OPEN = "open"  # head sent; data may flow
+    ENDED = "ended"  # End sent: this direction is finished
+
+
+class Act(Enum):
+    HEAD = "head"
+    DATA = "data"
+    END = "end"
+
+
+# The whole per-direction state machine. Anything not listed is illegal; Reset is legal anywhere.
+TRANSITIONS: Final[dict[tuple[Half, Act], Half]] = {
+    (Half.IDLE, Act.HEAD): Half.OPEN,
+    (Half.OPEN, Act.DATA): Half.OPEN,
+    (Half.OPEN, Act.END): Half.ENDED,
+}
+
+
+class Role(Enum):
+    SERVER = "server"
+    CLIENT = "client"  # the agent
+
+
+class ErrorCode(StrEnum):
+    """Reset and GoAway codes used by this implementation (peers may send others)."""
+
+    CANCEL = "cancel"
+    REFUSED = "refused"
+    PROTOCOL = "protocol"
+    FLOW_CONTROL = "flow_control"
+    INTERNAL = "internal"
+    NORMAL = "normal"
+
+
+DEFAULT_WINDOW: Final = 256 * 1024
+DEFAULT_PING_INTERVAL: Final = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What one side announces in its Hello: limits for what it receives, and its ping cadence."""
+
+    max_frame_payload: int = DEFAULT_MAX_PAYLOAD
+    initial_window: int = DEFAULT_WINDOW
+    ping_interval: float = DEFAULT_PING_INTERVAL
+
+
+class LocalProtocolError(Exception):
+    """Our own application asked for something the protocol forbids."""
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReceived:
+    settings: Settings
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    stream_id: int
+    method: str
+    target: str
+    headers: Headers
+    body: bool
+    websocket: bool
+    subprotocols: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    stream_id: int
+    status: int
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived:
+    stream_id: int
+    data: bytes
+    text: bool = False
+    more: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    stream_id: int
+    code: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReset:
+    stream_id: int
+    code: str
+    message: str
+    remote: bool  # False: we reset it because the peer broke the stream's rules
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUpdated:
+    stream_id: int
+    increment: int
+
+
+@dataclass(frozen=True, slots=True)
+class PingReceived:
+    opaque: int
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    opaque: int
+
+
+@dataclass(frozen=True, slots=True)
+class GoAwayReceived:
+    code: str
+    message: str
+
+
+Event = (
+    HelloReceived
+    | RequestReceived
+    | ResponseReceived
+    | DataReceived
+    | StreamEnded
+    | StreamReset
+    | WindowUpdated
+    | PingReceived
+    | PongReceived
+    | GoAwayReceived
+)
+
+
+@dataclass(slots=True)
+class _Stream:
+    stream_id: int
+    local: bool  # we opened it
+    send: Half = Half.IDLE
+    recv: Half = Half.IDLE
+    send_credit: int = 0  # payload bytes we may still send
+    recv_allowed: int = 0  # payload bytes the peer may still send
+    recv_unacked: int = 0  # consumed by the application, not yet granted back
+
+
+class TunnelConnection:
+    """One side of a tunnel, without I/O. Queues our Hello on creation."""
+
+    def __init__(self, role: Role, settings: Settings | None = None) -> None:
+        self.role = role
+        self.settings = settings or Settings()
+        self.peer_settings: Settings | None = None
+        self.peer_going_away = False
+        self.going_away = False
+        self._streams: dict[int, _Stream] = {}
+        self._next_id = 1 if role is Role.SERVER else 2
+        self._peer_parity = 0 if role is Role.SERVER else 1
+        self._last_peer_id = 0
+        self._grant_threshold = max(1, self.settings.initial_window // 4)
+        self._outbox: list[Frame] = [
+            Hello(
+                VERSION,
+                self.settings.max_frame_payload,
+                self.settings.initial_window,
+                self.settings.ping_interval,
+            )
+        ]
+
+    # ------------------------------------------------------------ output
+
+    def frames_to_send(self) -> list[Frame]:
+        """Every frame queued since the last call, in order."""
+        frames, self._outbox = self._outbox, []
+        return frames
+
+    def is_open(self, stream_id: int) -> bool:
+        """Whether the stream is still tracked (neither fully ended nor reset)."""
+        return stream_id in self._streams
+
+    def half_states(self, stream_id: int) -> tuple[Half, Half] | None:
+        """(send, receive) states of a live stream, or None once it is finished."""
+        stream = self._streams.get(stream_id)
+        return None if stream is None else (stream.send, stream.recv)
+
+    def send_capacity(self, stream_id: int) -> int:
+        """How many payload bytes one `send_data` call may carry right now."""
+        stream = self._live(stream_id)
+        assert self.peer_settings is not None  # a live stream implies the Hello exchange
+        return min(stream.send_credit, self.peer_settings.max_frame_payload)
+
+    # ------------------------------------------------------------ our actions
+
+    def open_request(
+        self,
+        method: str,
+        target: str,
+        headers: Headers = (),
+        *,
+        body: bool = True,
+        websocket: bool = False,
+        subprotocols: tuple[str, ...] = (),
+    ) -> int:
+        """Open a stream with a request head; returns its id. `body=False` ends our half too."""
+        if self.peer_settings is None:
+            raise LocalProtocolError("cannot open a stream before the peer's Hello")
+        if self.peer_going_away or self.going_away:
+            raise LocalProtocolError("the tunnel is going away; no new streams")
+        frame = RequestOpen(self._next_id, method, target, headers, body, websocket, subprotocols)
+        self._check_header_size(frame)
+        stream = _Stream(
+            frame.stream_id,
+            local=True,
+            send_credit=self.peer_settings.initial_window,
+            recv_allowed=self.settings.initial_window,
+        )
+        self._next_id += 2
+        self._streams[stream.stream_id] = stream
+        self._local_step(stream, Act.HEAD, frame)
+        if not body:
+            self._local_step(stream, Act.END, None)
+        return stream.stream_id
+
+    def send_response(self, stream_id: int, status: int, headers: Headers = ()) -> None:
+        """Send the response head on a stream the peer opened."""
+        stream = self._live(stream_id)
+        if stream.local:
+            raise LocalProtocolError("only the side that did not open a stream sends its response")
+        frame = ResponseHead(stream_id, status, headers)
+        self._check_header_size(frame)
+        self._local_step(stream, Act.HEAD, frame)
+
+    def send_data(
+        self, stream_id: int, data: bytes, *, text: bool = False, more: bool = False
+    ) -> None:
+        """Send one Data frame; at most `send_capacity(stream_id)` bytes."""
+        stream = self._live(stream_id)
+        if len(data) > self.send_capacity(stream_id):
+            raise LocalProtocolError(
+                f"{len(data)} bytes exceed the stream's capacity of {self.send_capacity(stream_id)}"
+            )
+        self._local_step(stream, Act.DATA, Data(stream_id, data, text, more))
+        stream.send_credit -= len(data)
+
+    def end_stream(self, stream_id: int, *, code: int | None = None, reason: str = "") -> None:
+        """Finish our direction of the stream (a WebSocket close carries `code` and `reason`)."""
+        stream = self._live(stream_id)
+        self._local_step(stream, Act.END, End(stream_id, code, reason))
+
+    def reset_stream(self, stream_id: int, code: str = ErrorCode.CANCEL, message: str = "") -> None:
+        """Abort the stream in both directions. A no-op once it is finished."""
+        if self._streams.pop(stream_id, None) is not None:
+            self._outbox.append(Reset(stream_id, code, message))
+
+    def acknowledge(self, stream_id: int, consumed: int) -> None:
+        """The application consumed `consumed` received bytes: grant that much credit back."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.recv is not Half.OPEN:
+            return  # nothing more will arrive; no credit needed
+        outstanding = self.settings.initial_window - stream.recv_allowed - stream.recv_unacked
+        if not 0 <= consumed <= outstanding:
+            raise LocalProtocolError(f"acknowledged {consumed} bytes but {outstanding} are unread")
+        stream.recv_unacked += consumed
+        if stream.recv_unacked >= self._grant_threshold:
+            self._outbox.append(Window(stream_id, stream.recv_unacked))
+            stream.recv_allowed += stream.recv_unacked
+            stream.recv_unacked = 0
+
+    def ping(self, opaque: int) -> None:
+        self._outbox.append(Ping(opaque))
+
+    def go_away(self, code: str = ErrorCode.NORMAL, message: str = "") -> None:
+        """Tell the peer we accept and open no new streams; existing ones may finish."""
+        if not self.going_away:
+            self.going_away = True
+            self._outbox.append(GoAway(code, message))
+
+    # ------------------------------------------------------------ peer frames
+
+    def receive_frame(self, frame: Frame) -> list[Event]:
+        """Apply one frame from the peer; returns what the application should act on."""
+        if self.peer_settings is None:
+            if type(frame) is not Hello:
+                raise ProtocolError(f"expected hello, got {type(frame).__name__}")
+            return self._on_hello(frame)
+        match frame:
+            case Data():
+                return self._on_data(frame)
+            case Window():
+                return self._on_window(frame)
+            case RequestOpen():
+                return self._on_request(frame)
+            case ResponseHead():
+                return self._on_response(frame)
+            case End():
+                return self._on_end(frame)
+            case Reset():
+                if self._streams.pop(frame.stream_id, None) is None:
+                    self._known_finished(frame.stream_id)
+                    return []
+                return [StreamReset(frame.stream_id, frame.code, frame.message, remote=True)]
+            case Ping():
+                self._outbox.append(Pong(frame.opaque))
+                return [PingReceived(frame.opaque)]
+            case Pong():
+                return [PongReceived(frame.opaque)]
+            case GoAway():
+                self.peer_going_away = True
+                return [GoAwayReceived(frame.code, frame.message)]
+            case Hello():
+                raise ProtocolError("second hello")
+
+    def _on_hello(self, frame: Hello) -> list[Event]:
+        if frame.version != VERSION:
+            raise ProtocolError(f"peer speaks tunnel version {frame.version}, we speak {VERSION}")
+        self.peer_settings = Settings(
+            frame.max_frame_payload, frame.initial_window, frame.ping_interval
+        )
+        return [HelloReceived(self.peer_settings)]
+
+    def _on_request(self, frame: RequestOpen) -> list[Event]:
+        stream_id = frame.stream_id
+        if stream_id % 2 != self._peer_parity or stream_id <= self._last_peer_id:
+            raise ProtocolError(f"stream id {stream_id} is reused, out of order or not the peer's")
+        self._last_peer_id = stream_id
+        if self.going_away:
+            self._outbox.append(Reset(stream_id, ErrorCode.REFUSED, "going away"))
+            return []
+        assert self.peer_settings is not None
+        stream = _Stream(
+            stream_id,
+            local=False,
+            send_credit=self.peer_settings.initial_window,
+            recv_allowed=self.settings.initial_window,
+        )
+        self._streams[stream_id] = stream
+        stream.recv = TRANSITIONS[stream.recv, Act.HEAD]
+        head = (frame.method, frame.target, frame.headers, frame.body, frame.websocket)
+        events: list[Event] = [RequestReceived(stream_id, *head, frame.subprotocols)]
+        if not frame.body:
+            stream.recv = TRANSITIONS[stream.recv, Act.END]
+            events.append(StreamEnded(stream_id))
+        return events
+
+    def _on_response(self, frame: ResponseHead) -> list[Event]:
+        stream = self._peer_step(frame.stream_id, Act.HEAD)
+        if isinstance(stream, list):
+            return stream
+        return [ResponseReceived(frame.stream_id, frame.status, frame.headers)]
+
+    def _on_data(self, frame: Data) -> list[Event]:
+        stream_id, size = frame.stream_id, len(frame.payload)
+        stream = self._peer_step(stream_id, Act.DATA)
+        if isinstance(stream, list):
+            return stream
+        if size > stream.recv_allowed:
+            return self._violate(stream, ErrorCode.FLOW_CONTROL, "window exceeded")
+        stream.recv_allowed -= size
+        return [DataReceived(stream_id, frame.payload, frame.text, frame.more)]
+
+    def _on_end(self, frame: End) -> list[Event]:
+        stream = self._peer_step(frame.stream_id, Act.END)
+        if isinstance(stream, list):
+            return stream
+        self._forget_if_done(stream)
+        return [StreamEnded(frame.stream_id, frame.code, frame.reason)]
+
+    def _on_window(self, frame: Window) -> list[Event]:
+        stream = self._streams.get(frame.stream_id)
+        if stream is None:
+            self._known_finished(frame.stream_id)
+            return []
+        if stream.send_credit + frame.increment > MAX_WINDOW:
+            return self._violate(stream, ErrorCode.FLOW_CONTROL, "window overflow")
+        stream.send_credit += frame.increment
+        return [WindowUpdated(frame.stream_id, frame.increment)]
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _live(self, stream_id: int) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise LocalProtocolError(f"stream {stream_id} is not open")
+        return stream
+
+    def _local_step(self, stream: _Stream, act: Act, frame: Frame | None) -> None:
+        """Advance our half and queue `frame` (None: the step was implied by the head)."""
+        new = TRANSITIONS.get((stream.send, act))
+        if new is None:
+            half = stream.send.value
+            raise LocalProtocolError(
+                f"cannot send {act.value}: stream {stream.stream_id} is {half}"
+            )
+        stream.send = new
+        if frame is not None:
+            self._outbox.append(frame)
+        self._forget_if_done(stream)
+
+    def _peer_step(self, stream_id: int, act: Act) -> _Stream | list[Event]:
+        """Advance the peer's half: the stream, or the events to return if the step is void."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            self._known_finished(stream_id)
+            return []
+        new = TRANSITIONS.get((stream.recv, act))
+        if new is None:
+            message = f"{act.value} not allowed when the peer's half is {stream.recv.value}"
+            return self._violate(stream, ErrorCode.PROTOCOL, message)
+        stream.recv = new
+        return stream
+
+    def _violate(self, stream: _Stream, code: ErrorCode, message: str) -> list[Event]:
+        del self._streams[stream.stream_id]
+        self._outbox.append(Reset(stream.stream_id, code, message))
+        return [StreamReset(stream.stream_id, code, message, remote=False)]
+
+    def _known_finished(self, stream_id: int) -> None:
+        """Accept a frame for a finished stream; an id never opened breaks the tunnel."""
+        if stream_id % 2 == self._peer_parity:
+            known = stream_id <= self._last_peer_id
+        else:
+            known = stream_id < self._next_id
+        if not known:
+            raise ProtocolError(f"frame for stream {stream_id}, which was never opened")
+
+    def _forget_if_done(self, stream: _Stream) -> None:
+        if stream.send is Half.ENDED and stream.recv is Half.ENDED:
+            del self._streams[stream.stream_id]
+
+    def _check_header_size(self, frame: Frame) -> None:
+        if len(header_bytes(frame)) > MAX_HEADER:
+            raise LocalProtocolError(f"head of {type(frame).__name__} exceeds {MAX_HEADER} bytes")

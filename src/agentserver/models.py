@@ -68,3 +68,25 @@ class Member:
     email: str | None
     role: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    """A sandbox row. `agent_secret` is the agent's password: never put it in API output."""
+
+    id: str
+    workspace_id: str
+    name: str
+    type: str
+    status: str
+    status_reason: str | None
+    created_by: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_activity_at: datetime
+    paused_at: datetime | None
+    agent_secret: str
+    endpoint_host: str | None
+    endpoint_port: int | None
+    backend_ref: str | None
+    last_heartbeat_at: datetime | None

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from agentserver.models import SandboxType
+
+if TYPE_CHECKING:
+    from agentserver.settings import Settings
 
 OPENCODE_PORT = 4096
 OPENCLAW_PORT = 18789
@@ -79,3 +84,12 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Stop everything this backend runs in this process (server shutdown)."""
         ...
+
+
+# Called by a backend when a sandbox stops on its own (crash, exit): (sandbox id, reason).
+# The lifecycle marks it `failed` with that reason.
+ExitNotice = Callable[[str, str], Awaitable[None]]
+
+# Every backend module offers `open_backend(settings, on_exit) -> AsyncContextManager[Backend]`;
+# the context owns the backend's tasks (e.g. one supervisor per process) and stops them on exit.
+BackendOpener = Callable[["Settings", ExitNotice], AbstractAsyncContextManager[Backend]]

@@ -306,3 +306,16 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         kube_namespace_prefix=raw["kube_namespace_prefix"] or "agent-ws",
         runtime_class=raw["runtime_class"] or None,
     )
+
+
+def markdown_table() -> str:
+    """The configuration table README.md shows (a test keeps the two identical)."""
+    rows = ["| Flag | Environment variable | Default | What it does |", "|---|---|---|---|"]
+    for option in OPTIONS:
+        flag = option.flag
+        if option.default in ("true", "false"):
+            flag = f"{option.flag} / --no-{option.flag[2:]}"
+        default = f"`{option.default}`" if option.default is not None else "—"
+        help_text = option.help.replace("|", "\\|")
+        rows.append(f"| `{flag}` | `{option.env}` | {default} | {help_text} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,24 @@
+"""README.md stays true: its configuration table is the one the code generates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agentserver.settings import markdown_table
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_configuration_table_matches_options() -> None:
+    """The table between the config-table markers lists every option exactly as settings.py does."""
+    text = README.read_text()
+    start = text.index("<!-- config-table:start -->\n") + len("<!-- config-table:start -->\n")
+    end = text.index("<!-- config-table:end -->")
+    assert text[start:end] == markdown_table()
+
+
+def test_readme_shows_the_test_command_ci_runs() -> None:
+    """.ci/run executes exactly the test command README.md tells newcomers to run."""
+    ci = (README.parent / ".ci/run").read_text()
+    assert "scripts/test    #" in README.read_text()
+    assert "exec scripts/test\n" in ci

@@ -121,4 +121,4 @@ async def remove_member(workspace_id: str, user_id: str) -> Response:
         tx.exec("remove_member", workspace_id=workspace_id, user_id=user_id)
 
     await deps().db.transaction(work)
-    return Response(status=204)
+    return Response("", status=204)

@@ -97,4 +97,4 @@ async def delete_workspace(workspace_id: str) -> Response:
     if cleanup is not None:
         await cleanup(workspace_id)
     await deps().db.exec("delete_workspace", id=workspace_id)
-    return Response(status=204)
+    return Response("", status=204)

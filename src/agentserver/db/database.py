@@ -54,38 +54,38 @@ class Tx:
         self.conn = conn
         self._queries = queries
 
-    def _query(self, name: str, *kinds: sqlfile.Kind) -> sqlfile.Query:
+    def _query(self, name: str, /, *kinds: sqlfile.Kind) -> sqlfile.Query:
         query = self._queries[name]
         if query.kind not in kinds:
             raise TypeError(f"query {name} is :{query.kind}, not {'/'.join(kinds)}")
         return query
 
-    def one(self, name: str, cls: type[T], **params: Any) -> T | None:
+    def one(self, name: str, cls: type[T], /, **params: Any) -> T | None:
         query = self._query(name, sqlfile.Kind.ONE)
         with self.conn.cursor(row_factory=class_row(cls)) as cur:
             cur.execute(query.sql, params)
             return cur.fetchone()
 
-    def many(self, name: str, cls: type[T], **params: Any) -> list[T]:
+    def many(self, name: str, cls: type[T], /, **params: Any) -> list[T]:
         query = self._query(name, sqlfile.Kind.MANY)
         with self.conn.cursor(row_factory=class_row(cls)) as cur:
             cur.execute(query.sql, params)
             return cur.fetchall()
 
-    def rows(self, name: str, **params: Any) -> list[dict[str, Any]]:
+    def rows(self, name: str, /, **params: Any) -> list[dict[str, Any]]:
         query = self._query(name, sqlfile.Kind.MANY, sqlfile.Kind.ONE)
         with self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(query.sql, params)
             return cur.fetchall()
 
-    def scalar(self, name: str, **params: Any) -> Any:
+    def scalar(self, name: str, /, **params: Any) -> Any:
         query = self._query(name, sqlfile.Kind.SCALAR)
         with self.conn.cursor() as cur:
             cur.execute(query.sql, params)
             row = cur.fetchone()
             return None if row is None else row[0]
 
-    def exec(self, name: str, **params: Any) -> int:
+    def exec(self, name: str, /, **params: Any) -> int:
         query = self._query(name, sqlfile.Kind.EXEC, sqlfile.Kind.EXECROWS)
         with self.conn.cursor() as cur:
             cur.execute(query.sql, params)
@@ -112,19 +112,19 @@ class Database:
 
         return await trio.to_thread.run_sync(work, limiter=self._limiter)
 
-    async def one(self, name: str, cls: type[T], **params: Any) -> T | None:
+    async def one(self, name: str, cls: type[T], /, **params: Any) -> T | None:
         return await self.transaction(lambda tx: tx.one(name, cls, **params))
 
-    async def many(self, name: str, cls: type[T], **params: Any) -> list[T]:
+    async def many(self, name: str, cls: type[T], /, **params: Any) -> list[T]:
         return await self.transaction(lambda tx: tx.many(name, cls, **params))
 
-    async def rows(self, name: str, **params: Any) -> list[dict[str, Any]]:
+    async def rows(self, name: str, /, **params: Any) -> list[dict[str, Any]]:
         return await self.transaction(lambda tx: tx.rows(name, **params))
 
-    async def scalar(self, name: str, **params: Any) -> Any:
+    async def scalar(self, name: str, /, **params: Any) -> Any:
         return await self.transaction(lambda tx: tx.scalar(name, **params))
 
-    async def exec(self, name: str, **params: Any) -> int:
+    async def exec(self, name: str, /, **params: Any) -> int:
         return await self.transaction(lambda tx: tx.exec(name, **params))
 
     async def ping(self) -> bool:

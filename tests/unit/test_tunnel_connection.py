@@ -212,6 +212,7 @@ def test_illegal_frames_on_a_live_stream_reset_it(
     pair = ConnectionPair()
     stream_id = pair.open()
     (event,) = pair.client.receive_frame(make_frame(pair, stream_id))
+    assert isinstance(event, StreamReset)
     assert event == StreamReset(stream_id, ErrorCode.PROTOCOL, event.message, remote=False)
     assert pair.client.frames_to_send()[-1] == Reset(stream_id, "protocol", event.message)
     assert not pair.client.is_open(stream_id)
@@ -264,12 +265,13 @@ def test_frames_for_finished_streams_are_ignored() -> None:
     pair = ConnectionPair()
     stream_id = pair.open()
     pair.client.reset_stream(stream_id)
-    for frame in [
+    late: list[Frame] = [
         Data(stream_id, b"x"),
         End(stream_id),
         Window(stream_id, 5),
         Reset(stream_id, "x"),
-    ]:
+    ]
+    for frame in late:
         assert pair.client.receive_frame(frame) == []
 
 
@@ -285,11 +287,24 @@ def test_reset_reaches_the_peer_and_closes_both_sides() -> None:
     assert not pair.server.is_open(stream_id)
 
 
+def _data_after_own_end(pair: ConnectionPair, stream_id: int) -> None:
+    pair.server.end_stream(stream_id)
+    pair.server.send_data(stream_id, b"x")
+
+
+def _end_twice(pair: ConnectionPair, stream_id: int) -> None:
+    pair.server.end_stream(stream_id)
+    pair.server.end_stream(stream_id)
+
+
 LOCAL_MISUSE: dict[str, Callable[[ConnectionPair, int], object]] = {
-    "data after end": lambda p, s: (p.server.end_stream(s), p.server.send_data(s, b"x")),
-    "end twice": lambda p, s: (p.server.end_stream(s), p.server.end_stream(s)),
+    "data after end": _data_after_own_end,
+    "end twice": _end_twice,
+    "bad close code": lambda p, s: p.server.end_stream(s, code=5000),
+    "invalid header value": lambda p, s: p.server.open_request("GET", "/", (("X", "a\nb"),)),
+    "absolute target": lambda p, s: p.server.open_request("GET", "http://evil/"),
     "response on own stream": lambda p, s: p.server.send_response(s, 200),
-    "second response": lambda p, s: p.client.send_response(s, 200),
+    "second response": lambda p, s: p.client.send_response(s, 204),
     "unknown stream": lambda p, s: p.server.send_data(77, b"x"),
     "oversized head": lambda p, s: p.server.open_request("GET", "/", (("X", "v" * 70000),)),
 }

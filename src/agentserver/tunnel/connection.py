@@ -18,9 +18,8 @@ The rule for peer mistakes:
   cannot be trusted and must close;
 * a frame for a stream already finished is ignored (it crossed our `End`/`Reset` on the wire);
 * anything else illegal on one stream (data after end, a second head, a window overrun) resets
-  only that stream: a `Reset` goes out and the application gets `StreamReset(remote=False)`.
+  only that stream: a `Reset` goes out, the application gets `StreamReset(remote=False)`.
 Misuse by our own application raises `LocalProtocolError` and changes nothing.
-
 Flow control: the peer's `Hello.initial_window` is how many Data payload bytes we may send on a
 stream before it grants more with `Window`. We grant credit as the application *consumes* data
 (`acknowledge`), in batches of a quarter window, so the network reader never blocks and a slow
@@ -35,7 +34,6 @@ from typing import Final
 
 from .frames import (
     DEFAULT_MAX_PAYLOAD,
-    MAX_HEADER,
     MAX_WINDOW,
     VERSION,
     Data,
@@ -51,7 +49,8 @@ from .frames import (
     Reset,
     ResponseHead,
     Window,
-    header_bytes,
+    decode,
+    encode,
 )
 
 
@@ -63,7 +62,7 @@ class Half(Enum):
     ENDED = "ended"  # End sent: this direction is finished
 
 
-class Act(Enum):
+class Act(Enum):  # what a frame does to a half
     HEAD = "head"
     DATA = "data"
     END = "end"
@@ -78,8 +77,7 @@ TRANSITIONS: Final[dict[tuple[Half, Act], Half]] = {
 
 
 class Role(Enum):
-    SERVER = "server"
-    CLIENT = "client"  # the agent
+    SERVER, CLIENT = "server", "client"  # the client is the agent
 
 
 class ErrorCode(StrEnum):
@@ -269,7 +267,7 @@ class TunnelConnection:
         if self.peer_going_away or self.going_away:
             raise LocalProtocolError("the tunnel is going away; no new streams")
         frame = RequestOpen(self._next_id, method, target, headers, body, websocket, subprotocols)
-        self._check_header_size(frame)
+        self._check_head(frame)
         stream = _Stream(
             frame.stream_id,
             local=True,
@@ -289,7 +287,7 @@ class TunnelConnection:
         if stream.local:
             raise LocalProtocolError("only the side that did not open a stream sends its response")
         frame = ResponseHead(stream_id, status, headers)
-        self._check_header_size(frame)
+        self._check_head(frame)
         self._local_step(stream, Act.HEAD, frame)
 
     def send_data(
@@ -307,10 +305,14 @@ class TunnelConnection:
     def end_stream(self, stream_id: int, *, code: int | None = None, reason: str = "") -> None:
         """Finish our direction of the stream (a WebSocket close carries `code` and `reason`)."""
         stream = self._live(stream_id)
+        if code is not None and not 1000 <= code <= 4999:
+            raise LocalProtocolError(f"close code {code} is not in [1000, 4999]")
         self._local_step(stream, Act.END, End(stream_id, code, reason))
 
     def reset_stream(self, stream_id: int, code: str = ErrorCode.CANCEL, message: str = "") -> None:
         """Abort the stream in both directions. A no-op once it is finished."""
+        if not code:
+            raise LocalProtocolError("a reset needs a code")
         if self._streams.pop(stream_id, None) is not None:
             self._outbox.append(Reset(stream_id, code, message))
 
@@ -328,7 +330,7 @@ class TunnelConnection:
             stream.recv_allowed += stream.recv_unacked
             stream.recv_unacked = 0
 
-    def ping(self, opaque: int) -> None:
+    def ping(self, opaque: int) -> None:  # the peer answers with a Pong(opaque)
         self._outbox.append(Ping(opaque))
 
     def go_away(self, code: str = ErrorCode.NORMAL, message: str = "") -> None:
@@ -489,6 +491,10 @@ class TunnelConnection:
         if stream.send is Half.ENDED and stream.recv is Half.ENDED:
             del self._streams[stream.stream_id]
 
-    def _check_header_size(self, frame: Frame) -> None:
-        if len(header_bytes(frame)) > MAX_HEADER:
-            raise LocalProtocolError(f"head of {type(frame).__name__} exceeds {MAX_HEADER} bytes")
+    def _check_head(self, frame: Frame) -> None:
+        # The peer would reject an invalid head as a tunnel-fatal ProtocolError, so refuse it
+        # here with the very same validation (header size, tokens, target form, values).
+        try:
+            decode(encode(frame))
+        except ProtocolError as exc:
+            raise LocalProtocolError(f"invalid {type(frame).__name__}: {exc}") from None

@@ -1,0 +1,305 @@
+"""TunnelStream: one request (or relayed WebSocket) over a tunnel, as a trio HalfCloseableStream.
+
+Split from `transport` only for size; the two are one unit (the stream uses the tunnel's writer,
+connection and backlog accounting directly).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import trio
+
+from .connection import DataReceived, ErrorCode, LocalProtocolError, RequestReceived
+from .frames import Headers
+
+if TYPE_CHECKING:
+    from .transport import Tunnel
+
+MAX_WEBSOCKET_MESSAGE = 16 * 1024 * 1024
+
+
+class TunnelClosed(trio.BrokenResourceError):
+    """The tunnel is gone (closed, broken link, dead peer); every open stream fails with this."""
+
+
+class StreamResetError(trio.BrokenResourceError):
+    """The stream was reset: by the peer (`remote`) or by us because the peer broke its rules."""
+
+    def __init__(self, code: str, message: str, *, remote: bool) -> None:
+        super().__init__(
+            f"stream reset ({code}): {message}" if message else f"stream reset ({code})"
+        )
+        self.code, self.message, self.remote = code, message, remote
+
+
+class _Busy:
+    """Raises `trio.BusyResourceError` when two tasks use one side of a stream at once."""
+
+    __slots__ = ("_held", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._held, self._what = False, what
+
+    def __enter__(self) -> None:
+        if self._held:
+            raise trio.BusyResourceError(f"another task is already {self._what} on this stream")
+        self._held = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._held = False
+
+
+class TunnelStream(trio.abc.HalfCloseableStream):
+    """One request (or relayed WebSocket) over a tunnel, as a trio stream.
+
+    `send_all` blocks while the peer's credit window is exhausted; `receive_some` grants credit
+    back as it consumes; `send_eof` ends our direction; `aclose` ends our direction and resets
+    the stream if it is not finished, so the peer stops working on it.
+    """
+
+    def __init__(self, tunnel: Tunnel, stream_id: int, request: RequestReceived | None) -> None:
+        self._tunnel, self._conn = tunnel, tunnel._conn
+        self.stream_id = stream_id
+        self.request = request  # set on the side that answers the request
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._chunks: deque[DataReceived] = deque()
+        self._offset = 0
+        self._message: list[bytes] = []  # WebSocket fragments received so far
+        self._message_size = 0
+        self._eof = False
+        self._reset: StreamResetError | None = None
+        self._closed = False
+        self._sent_eof = False
+        self._head_sent = request is None
+        self._response: tuple[int, Headers] | None = None
+        self._lot = trio.lowlevel.ParkingLot()
+        self._send_lot = trio.lowlevel.ParkingLot()
+        self._sending = _Busy("sending")
+        self._receiving = _Busy("receiving")
+        self._handler_scope: trio.CancelScope | None = None
+
+    # ------------------------------------------------------------ heads
+
+    async def receive_response_head(self) -> tuple[int, Headers]:
+        """Wait for the peer's response head: (status, headers)."""
+        if self.request is not None:
+            raise LocalProtocolError("the answering side sends the response head")
+        with self._receiving:
+            await trio.lowlevel.checkpoint()
+            while self._response is None:
+                self._check_receivable()
+                self._raise_if_broken()
+                await self._lot.park()
+            return self._response
+
+    async def send_response_head(
+        self, status: int, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        with self._sending:
+            await trio.lowlevel.checkpoint()
+            self._check_sendable(head=False)
+            self._conn.send_response(self.stream_id, status, tuple(headers))
+            self._head_sent = True
+            self._tunnel._wake_writer()
+
+    # ------------------------------------------------------------ sending
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with self._sending:
+            await trio.lowlevel.checkpoint()
+            self._check_sendable()
+            view = memoryview(data).cast("B")
+            position = 0
+            while position < len(view):
+                size = await self._wait_capacity()
+                self._send_data(bytes(view[position : position + size]))
+                position += size
+
+    async def wait_send_all_might_not_block(self) -> None:
+        with self._sending:
+            await trio.lowlevel.checkpoint()
+            await self._wait_capacity()
+
+    async def send_eof(self) -> None:
+        with self._sending:
+            await trio.lowlevel.checkpoint()
+            if self._closed:
+                raise trio.ClosedResourceError("stream was closed")
+            if not self._sent_eof:
+                self._raise_if_broken()
+                self._end()
+
+    async def send_message(self, message: bytes | str) -> None:
+        """Send one WebSocket message, fragmented to fit frames and credit."""
+        text = isinstance(message, str)
+        data = message.encode() if isinstance(message, str) else message
+        with self._sending:
+            await trio.lowlevel.checkpoint()
+            self._check_sendable()
+            view, position = memoryview(data), 0
+            while True:
+                size = await self._wait_capacity()
+                chunk = bytes(view[position : position + size])
+                position += len(chunk)
+                self._send_data(chunk, text=text, more=position < len(view))
+                if position >= len(view):
+                    return
+
+    async def send_close(self, code: int = 1000, reason: str = "") -> None:
+        """Close our direction of a relayed WebSocket with a close code."""
+        with self._sending:
+            await trio.lowlevel.checkpoint()
+            self._check_sendable()
+            self._end(code, reason)
+
+    async def _wait_capacity(self) -> int:
+        tunnel = self._tunnel
+        while True:
+            self._check_sendable()
+            if tunnel._backlog < tunnel._max_backlog:
+                size = self._conn.send_capacity(self.stream_id)
+                if size > 0:
+                    return size
+            else:
+                tunnel._backlog_waiting = True
+            await self._send_lot.park()
+
+    def _send_data(self, chunk: bytes, *, text: bool = False, more: bool = False) -> None:
+        self._conn.send_data(self.stream_id, chunk, text=text, more=more)
+        self._tunnel._backlog += len(chunk)
+        self._tunnel._wake_writer()
+
+    def _end(self, code: int | None = None, reason: str = "") -> None:
+        self._conn.end_stream(self.stream_id, code=code, reason=reason)
+        self._sent_eof = True
+        self._tunnel._forget_if_finished(self.stream_id)
+        self._tunnel._wake_writer()
+
+    # ------------------------------------------------------------ receiving
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be at least 1")
+        with self._receiving:
+            await trio.lowlevel.checkpoint()
+            while True:
+                self._check_receivable()
+                if self._chunks:
+                    return self._take(max_bytes)
+                if self._eof:
+                    return b""
+                self._raise_if_broken()
+                await self._lot.park()
+
+    async def receive_message(self) -> bytes | str:
+        """The next whole WebSocket message; `trio.EndOfChannel` once the peer closed."""
+        with self._receiving:
+            await trio.lowlevel.checkpoint()
+            while True:
+                self._check_receivable()
+                if self._chunks:
+                    first = self._chunks[0]
+                    if self._message_size + len(first.data) > MAX_WEBSOCKET_MESSAGE:
+                        self._reset_now(ErrorCode.PROTOCOL, "websocket message too large")
+                        self._chunks.clear()
+                        self._raise_if_broken()
+                    part = self._take(None)
+                    self._message.append(part)
+                    self._message_size += len(part)
+                    if not first.more:
+                        return self._finish_message(first.text)
+                    continue
+                if self._eof:
+                    raise trio.EndOfChannel
+                self._raise_if_broken()
+                await self._lot.park()
+
+    def _finish_message(self, text: bool) -> bytes | str:
+        data = b"".join(self._message)
+        self._message, self._message_size = [], 0
+        if not text:
+            return data
+        try:
+            return data.decode()
+        except UnicodeDecodeError:
+            message = "text message is not UTF-8"
+            self._reset_now(ErrorCode.PROTOCOL, message)
+            raise StreamResetError(ErrorCode.PROTOCOL, message, remote=False) from None
+
+    def _take(self, max_bytes: int | None) -> bytes:
+        chunk = self._chunks[0].data
+        start = self._offset
+        end = len(chunk) if max_bytes is None else min(len(chunk), start + max_bytes)
+        if end == len(chunk):
+            self._chunks.popleft()
+            self._offset = 0
+            piece = chunk if start == 0 else chunk[start:]
+        else:
+            self._offset = end
+            piece = chunk[start:end]
+        self._conn.acknowledge(self.stream_id, end - start)
+        self._tunnel._wake_writer()
+        return piece
+
+    # ------------------------------------------------------------ closing
+
+    async def aclose(self) -> None:
+        self._close_now()
+        await trio.lowlevel.checkpoint()
+
+    async def reset(self, code: str = ErrorCode.CANCEL, message: str = "") -> None:
+        """Abort the stream in both directions, telling the peer why."""
+        self._reset_now(code, message)
+        await trio.lowlevel.checkpoint()
+
+    def _close_now(self) -> None:
+        if self._closed:
+            return
+        if self._reset is None and not self._tunnel.closed:
+            if self._head_sent and not self._sent_eof:
+                self._end()
+            self._reset_now(ErrorCode.CANCEL, "closed before the end")
+        self._closed = True
+        self._chunks.clear()
+        self._wake()
+
+    def _reset_now(self, code: str, message: str) -> None:
+        if self._reset is None and self._conn.is_open(self.stream_id):
+            self._conn.reset_stream(self.stream_id, code, message)
+            self._reset = StreamResetError(code, message, remote=False)
+            self._tunnel._streams.pop(self.stream_id, None)
+            self._tunnel._wake_writer()
+        self._wake()
+
+    def _abandon(self) -> None:
+        """The handler is done: finish the stream unless it already ended or was reset."""
+        if self._reset is None:
+            self._close_now()
+
+    def _wake(self) -> None:
+        self._lot.unpark_all()
+        self._send_lot.unpark_all()
+
+    def _check_sendable(self, *, head: bool = True) -> None:
+        if self._closed or self._sent_eof:
+            raise trio.ClosedResourceError("this direction of the stream was closed")
+        self._raise_if_broken()
+        if head and not self._head_sent:
+            raise LocalProtocolError("send the response head first")
+
+    def _check_receivable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+
+    def _raise_if_broken(self) -> None:
+        if (reset := self._reset) is not None:  # a fresh exception each time, fresh traceback
+            raise StreamResetError(reset.code, reset.message, remote=reset.remote)
+        if self._tunnel.closed:
+            raise TunnelClosed(self._tunnel.close_reason)

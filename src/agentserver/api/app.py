@@ -69,6 +69,9 @@ def create_app(deps: Deps) -> QuartTrio:
         app.register_blueprint(module.blueprint)
     for hook in deps.extras.get("blueprints", ()):
         app.register_blueprint(hook)
+    from agentserver.api import web
+
+    app.register_blueprint(web.blueprint)  # last: its catch-all serves client-side routes
 
     @app.before_request
     async def start_request() -> Response | None:

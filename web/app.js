@@ -1,0 +1,150 @@
+// Entry point: boot (who am I), client-side routes, and the page frame around each screen.
+
+import { render } from './vendor/preact.module.js';
+import { useCallback, useEffect, useState } from './vendor/hooks.module.js';
+import { get, post, whenSignedOut } from './api.js';
+import { html, ErrorBox, Link, Loading, navigate, useLocation } from './ui.js';
+import { SignIn } from './views/signin.js';
+import { Workspaces } from './views/workspaces.js';
+import { Members } from './views/members.js';
+import { Sandboxes } from './views/sandboxes.js';
+import { SandboxDetail } from './views/sandbox-detail.js';
+import { Usage } from './views/usage.js';
+import { Admin } from './views/admin.js';
+
+const LAST_WORKSPACE = 'agentserver.workspace';
+
+/** The screen for a path: which view, and its parameters. */
+export function parseRoute(pathname) {
+  const parts = pathname.split('/').filter(Boolean).map(decodeURIComponent);
+  if (parts.length === 0) return { view: 'home' };
+  if (parts[0] === 'workspaces' && parts.length === 1) return { view: 'workspaces' };
+  if (parts[0] === 'admin' && parts.length === 1) return { view: 'admin' };
+  if (parts[0] === 'w' && parts.length >= 2) {
+    const workspaceId = parts[1];
+    if (parts.length === 2) return { view: 'sandboxes', workspaceId };
+    if (parts[2] === 'members' && parts.length === 3) return { view: 'members', workspaceId };
+    if (parts[2] === 'usage' && parts.length === 3) return { view: 'usage', workspaceId };
+    if (parts[2] === 'sandboxes' && parts.length === 4) return { view: 'sandbox', workspaceId, sandboxId: parts[3] };
+  }
+  return { view: 'notfound' };
+}
+
+function WorkspaceSwitcher({ workspaces, current, section }) {
+  if (workspaces.length === 0) return null;
+  const change = (event) => {
+    const id = event.currentTarget.value;
+    navigate(`/w/${encodeURIComponent(id)}${section ? `/${section}` : ''}`);
+  };
+  return html`<div class="switcher">
+    <label for="workspace-switcher" class="visually-hidden">Workspace</label>
+    <select id="workspace-switcher" value=${current || ''} onChange=${change}>
+      ${!current && html`<option value="" disabled>Choose a workspace</option>`}
+      ${workspaces.map((ws) => html`<option value=${ws.id}>${ws.name}</option>`)}
+    </select>
+  </div>`;
+}
+
+function Frame({ me, workspaces, route, onSignOut, children }) {
+  const wid = route.workspaceId;
+  const base = wid ? `/w/${encodeURIComponent(wid)}` : null;
+  const section = { members: 'members', usage: 'usage' }[route.view] || '';
+  const tab = (href, label, active) => html`<li><${Link} href=${href} aria-current=${active ? 'page' : undefined}>${label}<//></li>`;
+  return html`<div class="frame">
+    <header class="topbar">
+      <${Link} href="/" class="brand">agentserver<//>
+      <${WorkspaceSwitcher} workspaces=${workspaces} current=${wid} section=${section} />
+      <nav aria-label="Main">
+        <ul class="tabs">
+          ${base && tab(base, 'Sandboxes', route.view === 'sandboxes' || route.view === 'sandbox')}
+          ${base && tab(`${base}/members`, 'Members', route.view === 'members')}
+          ${base && tab(`${base}/usage`, 'Usage', route.view === 'usage')}
+          ${tab('/workspaces', 'Workspaces', route.view === 'workspaces')}
+          ${me.role === 'admin' && tab('/admin', 'Admin', route.view === 'admin')}
+        </ul>
+      </nav>
+      <div class="user">
+        <span class="who" title=${me.email || ''}>${me.username}</span>
+        <button type="button" onClick=${onSignOut}>Sign out</button>
+      </div>
+    </header>
+    <main id="main">${children}</main>
+  </div>`;
+}
+
+function Screen({ route, me, workspaces, reload }) {
+  const workspace = route.workspaceId ? workspaces.find((ws) => ws.id === route.workspaceId) : null;
+  if (route.workspaceId && !workspace) {
+    return html`<section><h1>Workspace not found</h1>
+      <p>It does not exist, or you are not a member. <${Link} href="/workspaces">See your workspaces<//>.</p></section>`;
+  }
+  switch (route.view) {
+    case 'workspaces': return html`<${Workspaces} workspaces=${workspaces} reload=${reload} />`;
+    case 'sandboxes': return html`<${Sandboxes} workspace=${workspace} key=${workspace.id} />`;
+    case 'sandbox': return html`<${SandboxDetail} workspace=${workspace} sandboxId=${route.sandboxId} key=${route.sandboxId} />`;
+    case 'members': return html`<${Members} workspace=${workspace} me=${me} reload=${reload} key=${workspace.id} />`;
+    case 'usage': return html`<${Usage} workspace=${workspace} key=${workspace.id} />`;
+    case 'admin':
+      return me.role === 'admin' ? html`<${Admin} me=${me} />`
+        : html`<section><h1>Admin</h1><p>Only the server admin can see this page.</p></section>`;
+    default: return html`<section><h1>Page not found</h1><p><${Link} href="/">Go to the start page<//></p></section>`;
+  }
+}
+
+function App() {
+  const pathname = useLocation();
+  const [state, setState] = useState({ phase: 'loading' });
+  const [workspaces, setWorkspaces] = useState([]);
+  const route = parseRoute(pathname);
+
+  const boot = useCallback(async () => {
+    try {
+      const config = await get('/api/auth/config');
+      if (!config.user) return setState({ phase: 'signin', config });
+      setWorkspaces(await get('/api/workspaces'));
+      setState({ phase: 'ready', config, me: config.user });
+    } catch (error) {
+      setState({ phase: 'error', error });
+    }
+  }, []);
+  const reload = useCallback(async () => setWorkspaces(await get('/api/workspaces')), []);
+
+  useEffect(() => {
+    whenSignedOut(() => setState((s) => ({ phase: 'signin', config: s.config || {} })));
+    boot();
+  }, []);
+
+  // The start page opens the last used workspace, or the workspace list when there is none.
+  useEffect(() => {
+    if (state.phase !== 'ready' || route.view !== 'home') return;
+    const last = localStorage.getItem(LAST_WORKSPACE);
+    const pick = workspaces.find((ws) => ws.id === last) || workspaces[0];
+    navigate(pick ? `/w/${encodeURIComponent(pick.id)}` : '/workspaces', { replace: true });
+  }, [state.phase, route.view, workspaces]);
+  useEffect(() => {
+    if (route.workspaceId) localStorage.setItem(LAST_WORKSPACE, route.workspaceId);
+  }, [route.workspaceId]);
+  useEffect(() => {
+    const titles = { workspaces: 'Workspaces', admin: 'Admin', members: 'Members', usage: 'Usage', sandboxes: 'Sandboxes', sandbox: 'Sandbox' };
+    document.title = titles[route.view] ? `${titles[route.view]} · agentserver` : 'agentserver';
+  }, [route.view]);
+
+  const signOut = async () => {
+    await post('/api/auth/logout').catch(() => {});
+    setWorkspaces([]);
+    navigate('/', { replace: true });
+    boot();
+  };
+
+  if (state.phase === 'loading') return html`<${Loading} />`;
+  if (state.phase === 'error') {
+    return html`<main class="center"><${ErrorBox} error=${state.error} />
+      <button type="button" onClick=${boot}>Try again</button></main>`;
+  }
+  if (state.phase === 'signin') return html`<${SignIn} config=${state.config} onSignedIn=${boot} />`;
+  return html`<${Frame} me=${state.me} workspaces=${workspaces} route=${route} onSignOut=${signOut}>
+    ${route.view === 'home' ? html`<${Loading} />` : html`<${Screen} route=${route} me=${state.me} workspaces=${workspaces} reload=${reload} />`}
+  <//>`;
+}
+
+render(html`<${App} />`, document.getElementById('app'));

@@ -1,0 +1,101 @@
+// One sandbox: its facts (live), actions, the tail of its logs and its LLM usage.
+
+import { useEffect, useState } from '../vendor/hooks.module.js';
+import { get, path } from '../api.js';
+import { can } from '../roles.js';
+import { html, Empty, ErrorBox, Link, Loading, navigate, number, StatusBadge, useAction, when } from '../ui.js';
+import { SandboxActions, useSandboxes } from './sandboxes.js';
+import { useUsage } from './usage.js';
+
+/** Log lines from either `{"lines": [...]}` or plain text. */
+export function logLines(data) {
+  if (data && Array.isArray(data.lines)) return data.lines;
+  if (typeof data === 'string') return data.split('\n');
+  return [];
+}
+
+function Logs({ sandbox }) {
+  const [lines, setLines] = useState(null);
+  const { busy, error, run } = useAction();
+  const load = () => run(async () => setLines(logLines(await get(path`/api/sandboxes/${sandbox.id}/logs`))));
+  useEffect(() => { load(); }, [sandbox.id]);
+  return html`<section aria-labelledby="logs-title" class="panel">
+    <div class="heading">
+      <h2 id="logs-title">Logs</h2>
+      <button type="button" onClick=${load} disabled=${busy}>${busy ? 'Loading…' : 'Refresh logs'}</button>
+    </div>
+    <${ErrorBox} error=${error} />
+    ${lines && lines.length === 0 && html`<${Empty}>No log output yet.<//>`}
+    ${lines && lines.length > 0 && html`<pre class="logs" tabindex="0" aria-label="Log output">${lines.join('\n')}</pre>`}
+  </section>`;
+}
+
+function SandboxUsage({ workspace, sandbox }) {
+  const { usage, error } = useUsage(workspace.id);
+  const row = usage && usage.bySandbox.find((r) => r.sandboxId === sandbox.id);
+  return html`<section aria-labelledby="sandbox-usage-title" class="panel">
+    <h2 id="sandbox-usage-title">LLM usage</h2>
+    <${ErrorBox} error=${error} />
+    ${!usage && !error && html`<${Loading} what="Loading usage" />`}
+    ${usage && !row && html`<${Empty}>This sandbox has made no LLM calls yet.<//>`}
+    ${row && html`<dl class="facts">
+      <dt>Requests</dt><dd>${number(row.requests)}</dd>
+      <dt>Input tokens</dt><dd>${number(row.input)}</dd>
+      <dt>Output tokens</dt><dd>${number(row.output)}</dd>
+      <dt>Cache read</dt><dd>${number(row.cacheRead)}</dd>
+      <dt>Cache write</dt><dd>${number(row.cacheWrite)}</dd>
+    </dl>`}
+  </section>`;
+}
+
+function useCreatorName(workspace, userId) {
+  const [name, setName] = useState(null);
+  useEffect(() => {
+    if (!userId) return;
+    get(path`/api/workspaces/${workspace.id}/members`).then(
+      (members) => setName((members.find((m) => m.userId === userId) || {}).username || null),
+      () => setName(null),
+    );
+  }, [workspace.id, userId]);
+  return name;
+}
+
+export function SandboxDetail({ workspace, sandboxId }) {
+  const { sandboxes, error, upsert, remove } = useSandboxes(workspace.id);
+  const sandbox = sandboxes && sandboxes.find((s) => s.id === sandboxId);
+  const creator = useCreatorName(workspace, sandbox && sandbox.createdBy);
+  const back = path`/w/${workspace.id}`;
+  const removed = (id) => {
+    remove(id);
+    navigate(back);
+  };
+  if (error) return html`<${ErrorBox} error=${error} />`;
+  if (!sandboxes) return html`<${Loading} what="Loading sandbox" />`;
+  if (!sandbox) {
+    return html`<section><h1>Sandbox not found</h1><p>It may have been deleted. <${Link} href=${back}>Back to the sandboxes<//></p></section>`;
+  }
+  return html`<section aria-labelledby="sandbox-title">
+    <p><${Link} href=${back}>← All sandboxes<//></p>
+    <div class="heading">
+      <h1 id="sandbox-title">${sandbox.name}</h1>
+      <${StatusBadge} sandbox=${sandbox} />
+    </div>
+    ${sandbox.statusReason && html`<p class="reason" role="status">${sandbox.statusReason}</p>`}
+    <${SandboxActions} workspace=${workspace} sandbox=${sandbox} onChange=${upsert} onDeleted=${removed} />
+    <section class="panel" aria-labelledby="facts-title">
+      <h2 id="facts-title">Details</h2>
+      <dl class="facts">
+        <dt>Type</dt><dd>${sandbox.type}</dd>
+        <dt>Created by</dt><dd>${creator || sandbox.createdBy || '—'}</dd>
+        <dt>Created</dt><dd>${when(sandbox.createdAt)}</dd>
+        <dt>Last activity</dt><dd>${when(sandbox.lastActivityAt)}</dd>
+        <dt>Paused at</dt><dd>${when(sandbox.pausedAt)}</dd>
+        <dt>Updated</dt><dd>${when(sandbox.updatedAt)}</dd>
+        <dt>Address</dt><dd class="break">${sandbox.url || '—'}</dd>
+        <dt>Id</dt><dd><code>${sandbox.id}</code></dd>
+      </dl>
+    </section>
+    ${can(workspace.role, 'view_logs') && html`<${Logs} sandbox=${sandbox} />`}
+    <${SandboxUsage} workspace=${workspace} sandbox=${sandbox} />
+  </section>`;
+}

@@ -1,0 +1,191 @@
+// The workspace's sandboxes, kept live from the event stream: create, open, pause, resume, delete.
+
+import { useEffect, useRef, useState } from '../vendor/hooks.module.js';
+import { del, get, path, post } from '../api.js';
+import { can } from '../roles.js';
+import { html, Confirm, Empty, ErrorBox, LaptopIcon, Link, Loading, StatusBadge, TRANSITIONAL, useAction } from '../ui.js';
+import { AgentDialog } from './agent-dialog.js';
+
+const RETRY_MS = 5000;
+const POLL_MS = 3000;
+
+function listOf(data) {
+  return Array.isArray(data) ? data : (data && data.sandboxes) || [];
+}
+
+/** What an event says happened: a sandbox's new state, or that it is gone. */
+export function readEvent(data) {
+  const event = typeof data === 'string' ? JSON.parse(data) : data;
+  const sandbox = event.sandbox || (event.id ? event : null);
+  const deleted = event.deleted || event.type === 'sandbox_deleted' || (sandbox && sandbox.status === 'deleted');
+  return { sandbox, deletedId: deleted ? (sandbox ? sandbox.id : event.id) : null };
+}
+
+/**
+ * The workspace's sandboxes: loaded once, then kept current from `GET …/events` (server-sent
+ * events). If the stream drops, it reconnects and reloads the list, so no update is missed.
+ */
+export function useSandboxes(workspaceId) {
+  const [sandboxes, setSandboxes] = useState(null);
+  const [error, setError] = useState(null);
+  const [live, setLive] = useState(false);
+  const current = useRef([]);
+
+  const set = (list) => {
+    current.current = list;
+    setSandboxes(list);
+  };
+  const upsert = (sandbox) => {
+    const list = current.current || [];
+    const found = list.some((s) => s.id === sandbox.id);
+    set(found ? list.map((s) => (s.id === sandbox.id ? { ...s, ...sandbox } : s)) : [...list, sandbox]);
+  };
+  const remove = (id) => set((current.current || []).filter((s) => s.id !== id));
+  const load = async () => {
+    try {
+      set(listOf(await get(path`/api/workspaces/${workspaceId}/sandboxes`)));
+      setError(null);
+    } catch (err) {
+      setError(err);
+    }
+  };
+
+  useEffect(() => {
+    let source = null;
+    let retry = null;
+    let closed = false;
+    const apply = (message) => {
+      try {
+        const { sandbox, deletedId } = readEvent(message.data);
+        if (deletedId) remove(deletedId);
+        else if (sandbox && sandbox.workspaceId !== undefined && sandbox.workspaceId !== workspaceId) return;
+        else if (sandbox) upsert(sandbox);
+      } catch {
+        // Not an event about a sandbox (or not JSON): nothing to show.
+      }
+    };
+    const connect = () => {
+      source = new EventSource(path`/api/workspaces/${workspaceId}/events`);
+      source.addEventListener('sandbox', apply);
+      source.addEventListener('message', apply);
+      source.addEventListener('open', () => {
+        setLive(true);
+        load();
+      });
+      source.addEventListener('error', () => {
+        setLive(false);
+        if (source.readyState === EventSource.CLOSED && !closed) {
+          retry = setTimeout(connect, RETRY_MS);
+        }
+      });
+    };
+    load();
+    connect();
+    return () => {
+      closed = true;
+      clearTimeout(retry);
+      if (source) source.close();
+    };
+  }, [workspaceId]);
+
+  // Without the event stream, a sandbox in transition is followed by polling until it settles.
+  const moving = !live && (sandboxes || []).some((s) => TRANSITIONAL.has(s.status));
+  useEffect(() => {
+    if (!moving) return undefined;
+    const timer = setInterval(load, POLL_MS);
+    return () => clearInterval(timer);
+  }, [moving]);
+
+  return { sandboxes, error, live, upsert, remove, reload: load };
+}
+
+function CreateSandbox({ workspace, onCreated }) {
+  const [name, setName] = useState('');
+  const [type, setType] = useState('opencode');
+  const { busy, error, run } = useAction();
+  const submit = (event) => {
+    event.preventDefault();
+    run(async () => {
+      const sandbox = await post(path`/api/workspaces/${workspace.id}/sandboxes`, { name: name.trim() || 'New sandbox', type });
+      setName('');
+      onCreated(sandbox);
+    });
+  };
+  return html`<form class="inline-form" onSubmit=${submit} aria-label="New sandbox">
+    <div class="field">
+      <label for="sandbox-name">Name</label>
+      <input id="sandbox-name" maxlength="100" value=${name} placeholder="New sandbox" onInput=${(e) => setName(e.currentTarget.value)} />
+    </div>
+    <div class="field">
+      <label for="sandbox-type">Type</label>
+      <select id="sandbox-type" value=${type} onChange=${(e) => setType(e.currentTarget.value)}>
+        <option value="opencode">OpenCode</option>
+        <option value="openclaw">OpenClaw</option>
+      </select>
+    </div>
+    <button type="submit" class="primary" disabled=${busy}>${busy ? 'Creating…' : 'Create sandbox'}</button>
+    <${ErrorBox} error=${error} />
+  </form>`;
+}
+
+/** Open, pause, resume and delete for one sandbox, each shown only when it applies. */
+export function SandboxActions({ workspace, sandbox, onChange, onDeleted }) {
+  const [confirming, setConfirming] = useState(false);
+  const { busy, error, setError, run } = useAction();
+  const manage = can(workspace.role, 'manage_sandbox');
+  const step = (verb) => run(async () => onChange(await post(path`/api/sandboxes/${sandbox.id}/${verb}`)));
+  const remove = async () => {
+    await del(path`/api/sandboxes/${sandbox.id}`);
+    onDeleted(sandbox.id);
+  };
+  const openable = ['running', 'paused', 'resuming'].includes(sandbox.status);
+  const label = (verb) => `${verb} ${sandbox.name}`;
+  return html`<div class="row-actions">
+    ${openable && html`<a class="button primary" href=${path`/api/sandboxes/${sandbox.id}/open`} target="_blank"
+      rel="noopener" aria-label=${label('Open')}>Open</a>`}
+    ${manage && sandbox.status === 'running' && sandbox.type !== 'local' && html`
+      <button type="button" disabled=${busy} aria-label=${label('Pause')} onClick=${() => step('pause')}>Pause</button>`}
+    ${manage && sandbox.status === 'paused' && html`
+      <button type="button" disabled=${busy} aria-label=${label('Resume')} onClick=${() => step('resume')}>Resume</button>`}
+    ${manage && html`
+      <button type="button" class="danger" disabled=${busy} aria-label=${label('Delete')} onClick=${() => setConfirming(true)}>Delete</button>`}
+    <${ErrorBox} error=${error} onDismiss=${() => setError(null)} />
+    ${confirming && html`<${Confirm} title="Delete sandbox"
+      message=${`Delete “${sandbox.name}”? Its process and its home directory are removed; the workspace disk stays.`}
+      action="Delete sandbox" onConfirm=${remove} onClose=${() => setConfirming(false)} />`}
+  </div>`;
+}
+
+function SandboxRow({ workspace, sandbox, upsert, remove }) {
+  return html`<li class="row" data-sandbox=${sandbox.name} data-id=${sandbox.id}>
+    <div class="row-main">
+      <${StatusBadge} sandbox=${sandbox} />
+      <${Link} class="name" href=${path`/w/${workspace.id}/sandboxes/${sandbox.id}`}>${sandbox.name}<//>
+      <span class=${`badge type-${sandbox.type}`}>${sandbox.type}</span>
+      ${sandbox.statusReason && html`<span class="reason">${sandbox.statusReason}</span>`}
+    </div>
+    <${SandboxActions} workspace=${workspace} sandbox=${sandbox} onChange=${upsert} onDeleted=${remove} />
+  </li>`;
+}
+
+export function Sandboxes({ workspace }) {
+  const { sandboxes, error, live, upsert, remove } = useSandboxes(workspace.id);
+  const [agent, setAgent] = useState(false);
+  return html`<section aria-labelledby="sandboxes-title">
+    <div class="heading">
+      <h1 id="sandboxes-title">Sandboxes</h1>
+      ${can(workspace.role, 'create_agent_code') && html`
+        <button type="button" class="icon-button" aria-label="Connect a local agent" title="Connect a local agent"
+          onClick=${() => setAgent(true)}><${LaptopIcon} /></button>`}
+      <span class=${live ? 'live on' : 'live'} role="status">${live ? 'Live' : 'Connecting…'}</span>
+    </div>
+    ${can(workspace.role, 'create_sandbox') && html`<${CreateSandbox} workspace=${workspace} onCreated=${upsert} />`}
+    <${ErrorBox} error=${error} />
+    ${sandboxes === null && !error && html`<${Loading} what="Loading sandboxes" />`}
+    ${sandboxes && sandboxes.length === 0 && html`<${Empty}>No sandboxes yet.${can(workspace.role, 'create_sandbox') ? ' Create one above.' : ''}<//>`}
+    ${sandboxes && sandboxes.length > 0 && html`<ul class="list" aria-label="Sandboxes">
+      ${sandboxes.map((s) => html`<${SandboxRow} key=${s.id} workspace=${workspace} sandbox=${s} upsert=${upsert} remove=${remove} />`)}
+    </ul>`}
+    ${agent && html`<${AgentDialog} workspace=${workspace} onClose=${() => setAgent(false)} />`}
+  </section>`;
+}

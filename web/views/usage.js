@@ -1,0 +1,93 @@
+// LLM usage of a workspace: tokens by day (a bar chart) and tables by sandbox and by model.
+
+import { useEffect, useState } from '../vendor/hooks.module.js';
+import { get, path } from '../api.js';
+import { html, Empty, ErrorBox, Loading, number } from '../ui.js';
+
+const pick = (row, ...names) => {
+  for (const name of names) if (row[name] !== undefined && row[name] !== null) return row[name];
+  return undefined;
+};
+
+/** One usage row in a single shape, whatever casing the server used. */
+export function usageRow(row) {
+  const input = Number(pick(row, 'inputTokens', 'input_tokens') || 0);
+  const output = Number(pick(row, 'outputTokens', 'output_tokens') || 0);
+  const cacheWrite = Number(pick(row, 'cacheCreationInputTokens', 'cacheWriteTokens', 'cache_creation_input_tokens') || 0);
+  const cacheRead = Number(pick(row, 'cacheReadInputTokens', 'cacheReadTokens', 'cache_read_input_tokens') || 0);
+  return {
+    day: pick(row, 'day', 'date'),
+    sandboxId: pick(row, 'sandboxId', 'sandbox_id'),
+    sandboxName: pick(row, 'sandboxName', 'sandbox_name', 'sandboxId', 'sandbox_id') || '(deleted sandbox)',
+    model: pick(row, 'model') || '(unknown)',
+    requests: Number(pick(row, 'requests') || 0),
+    errors: Number(pick(row, 'errors') || 0),
+    input, output, cacheWrite, cacheRead,
+    total: input + output + cacheWrite + cacheRead,
+  };
+}
+
+/** The usage answer as {byDay, bySandbox, byModel}, each a list of usageRow. */
+export function readUsage(data) {
+  const list = (...names) => (pick(data || {}, ...names) || []).map(usageRow);
+  return { byDay: list('byDay', 'days', 'by_day'), bySandbox: list('bySandbox', 'sandboxes', 'by_sandbox'), byModel: list('byModel', 'models', 'by_model') };
+}
+
+export function useUsage(workspaceId) {
+  const [usage, setUsage] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    get(path`/api/workspaces/${workspaceId}/usage`).then((data) => setUsage(readUsage(data)), setError);
+  }, [workspaceId]);
+  return { usage, error };
+}
+
+function DayChart({ days }) {
+  const max = Math.max(1, ...days.map((d) => d.total));
+  const barWidth = 28;
+  const gap = 8;
+  const height = 140;
+  const width = days.length * (barWidth + gap);
+  return html`<figure class="chart">
+    <svg viewBox=${`0 0 ${width} ${height + 24}`} role="img" aria-labelledby="chart-caption" preserveAspectRatio="xMinYMin meet">
+      ${days.map((d, i) => {
+        const h = Math.max(1, Math.round((d.total / max) * height));
+        const x = i * (barWidth + gap);
+        return html`<g>
+          <title>${d.day}: ${number(d.total)} tokens, ${number(d.requests)} requests</title>
+          <rect class="bar" x=${x} y=${height - h} width=${barWidth} height=${h} rx="3" />
+          <text class="axis" x=${x + barWidth / 2} y=${height + 16} text-anchor="middle">${String(d.day).slice(5)}</text>
+        </g>`;
+      })}
+    </svg>
+    <figcaption id="chart-caption">Tokens per day (UTC), highest ${number(max)}</figcaption>
+  </figure>`;
+}
+
+export function UsageTable({ rows, label, caption }) {
+  return html`<table class="table numeric">
+    <caption>${caption}</caption>
+    <thead><tr><th scope="col">${label[0]}</th><th scope="col">Requests</th><th scope="col">Input</th>
+      <th scope="col">Output</th><th scope="col">Cache read</th><th scope="col">Cache write</th><th scope="col">Total</th></tr></thead>
+    <tbody>${rows.map((r) => html`<tr>
+      <th scope="row">${r[label[1]]}</th><td>${number(r.requests)}</td><td>${number(r.input)}</td><td>${number(r.output)}</td>
+      <td>${number(r.cacheRead)}</td><td>${number(r.cacheWrite)}</td><td>${number(r.total)}</td>
+    </tr>`)}</tbody>
+  </table>`;
+}
+
+export function Usage({ workspace }) {
+  const { usage, error } = useUsage(workspace.id);
+  const empty = usage && usage.byDay.length === 0 && usage.bySandbox.length === 0;
+  return html`<section aria-labelledby="usage-title">
+    <h1 id="usage-title">LLM usage <span class="muted small">of ${workspace.name}</span></h1>
+    <${ErrorBox} error=${error} />
+    ${!usage && !error && html`<${Loading} what="Loading usage" />`}
+    ${empty && html`<${Empty}>No LLM calls yet. Sandboxes reach Anthropic through this server, and their token use shows up here.<//>`}
+    ${usage && !empty && html`
+      ${usage.byDay.length > 0 && html`<${DayChart} days=${usage.byDay} />`}
+      <div class="scroll"><${UsageTable} rows=${usage.byDay} label=${['Day', 'day']} caption="By day" /></div>
+      <div class="scroll"><${UsageTable} rows=${usage.bySandbox} label=${['Sandbox', 'sandboxName']} caption="By sandbox" /></div>
+      <div class="scroll"><${UsageTable} rows=${usage.byModel} label=${['Model', 'model']} caption="By model" /></div>`}
+  </section>`;
+}

@@ -139,7 +139,7 @@ class Settings:
 
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
-    db_url: str | None = None
+    db_url: str | None = field(default=None, repr=False)  # a secret: never in logs
     data_dir: Path = Path("/var/lib/agentserver")
     base_domain: str | None = None
     base_scheme: str = "http"
@@ -154,8 +154,8 @@ class Settings:
     agent_memory_limit: int = 2 << 30
     agent_nano_cpus: int = 2_000_000_000
     agent_pids_limit: int = 256
-    anthropic_api_key: str | None = None
-    anthropic_auth_token: str | None = None
+    anthropic_api_key: str | None = field(default=None, repr=False)  # a secret: never in logs
+    anthropic_auth_token: str | None = field(default=None, repr=False)  # a secret: never in logs
     anthropic_base_url: str = "https://api.anthropic.com"
     anthropic_proxy_url: str | None = None
     llm_rpm: int = 0
@@ -165,11 +165,11 @@ class Settings:
     max_body: int = 1 << 20
     oidc_redirect_base_url: str | None = None
     github_client_id: str | None = None
-    github_client_secret: str | None = None
+    github_client_secret: str | None = field(default=None, repr=False)  # a secret: never in logs
     github_allowed_orgs: tuple[str, ...] = ()
     oidc_issuer_url: str | None = None
     oidc_client_id: str | None = None
-    oidc_client_secret: str | None = None
+    oidc_client_secret: str | None = field(default=None, repr=False)  # a secret: never in logs
     oidc_allowed_domains: tuple[str, ...] = ()
     oidc_link_by_email: bool = True
     github_api_url: str = "https://api.github.com"

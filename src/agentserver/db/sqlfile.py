@@ -33,25 +33,34 @@ class Query:
 
 
 _HEADER = re.compile(r"^--\s*name:\s*(?P<name>\S+)\s+:(?P<kind>\w+)\s*$")
-# `:name` but not `::type` casts and not inside quoted literals (handled by _split_literals).
+_HEADERISH = re.compile(r"^--\s*name\s*:", re.IGNORECASE)
+# `:name` but not the second half of a `::type` cast.
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+# Parts of SQL where a `:word` is not a parameter: literals, quoted identifiers, comments.
+_OPAQUE = re.compile(
+    r"""(?P<literal>'(?:[^']|'')*'|"(?:[^"]|"")*"|\$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?\$(?P=tag)\$)"""
+    r"|(?P<comment>--[^\n]*|/\*.*?\*/)",
+    re.DOTALL,
+)
 
 
 def _rewrite(sql: str) -> tuple[str, tuple[str, ...]]:
-    """Replace `:param` by `%(param)s` outside string literals; escape literal `%`."""
+    """Replace `:param` by `%(param)s` outside literals and comments; drop comments; escape `%`."""
     out: list[str] = []
     params: list[str] = []
-    for i, part in enumerate(re.split(r"('(?:[^']|'')*')", sql)):
-        if i % 2:  # a quoted literal: keep, only escape %
-            out.append(part.replace("%", "%%"))
-            continue
 
-        def sub(match: re.Match[str]) -> str:
-            if match.group(1) not in params:
-                params.append(match.group(1))
-            return f"%({match.group(1)})s"
+    def sub(match: re.Match[str]) -> str:
+        if match.group(1) not in params:
+            params.append(match.group(1))
+        return f"%({match.group(1)})s"
 
-        out.append(_PARAM.sub(sub, part.replace("%", "%%")))
+    pos = 0
+    for opaque in _OPAQUE.finditer(sql):
+        out.append(_PARAM.sub(sub, sql[pos : opaque.start()].replace("%", "%%")))
+        if opaque["literal"] is not None:
+            out.append(opaque["literal"].replace("%", "%%"))
+        pos = opaque.end()
+    out.append(_PARAM.sub(sub, sql[pos:].replace("%", "%%")))
     return "".join(out), tuple(params)
 
 
@@ -66,10 +75,10 @@ def parse(text: str, source: str = "<sql>") -> dict[str, Query]:
     def finish() -> None:
         if name is None or kind is None:
             return
-        sql = "\n".join(body).strip().rstrip(";").strip()
-        if not sql:
+        rewritten, params = _rewrite("\n".join(body))
+        rewritten = rewritten.strip().rstrip(";").strip()
+        if not rewritten:
             raise SqlFileError(f"{source}:{start}: query {name!r} has no SQL")
-        rewritten, params = _rewrite(sql)
         queries[name] = Query(name, kind, rewritten, params, f"{source}:{start}")
 
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -86,7 +95,7 @@ def parse(text: str, source: str = "<sql>") -> dict[str, Query]:
                 ) from None
             if name in queries:
                 raise SqlFileError(f"{source}:{lineno}: query {name!r} defined twice")
-        elif line.strip().startswith("--") and line.strip().lower().startswith("-- name"):
+        elif _HEADERISH.match(line.strip()):
             raise SqlFileError(f"{source}:{lineno}: malformed header {line.strip()!r}")
         elif name is not None:
             body.append(line)

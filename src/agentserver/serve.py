@@ -19,11 +19,13 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from agentserver.api.app import create_app
+from agentserver.api.usage import open_usage_api
 from agentserver.db.database import Database, check_connect, open_database
 from agentserver.db.embedded import open_embedded_postgres
 from agentserver.db.migrate import apply_migrations
 from agentserver.deps import Deps
 from agentserver.errors import ConfigError, DatabaseUnavailable
+from agentserver.proxy.llm import llm_middleware, open_llm_proxy
 from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ FEATURES: list[Feature] = []
 # ASGI wrappers applied around the API app, innermost first (e.g. the subdomain proxy).
 Middleware = Callable[[Any, Deps], Any]
 MIDDLEWARE: list[Middleware] = []
+FEATURES += [open_usage_api, open_llm_proxy]
+MIDDLEWARE.append(llm_middleware)
 
 
 @dataclass(frozen=True, slots=True)

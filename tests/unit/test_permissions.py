@@ -7,26 +7,26 @@ import pytest
 from agentserver.auth.permissions import GRANTABLE, MATRIX, Action, allowed, may_grant, parse_role
 from agentserver.models import Role
 
-O, M, D, G = Role.OWNER, Role.MAINTAINER, Role.DEVELOPER, Role.GUEST
-STRONGEST_FIRST = [O, M, D, G]
+OW, M, D, G = Role.OWNER, Role.MAINTAINER, Role.DEVELOPER, Role.GUEST
+STRONGEST_FIRST = [OW, M, D, G]
 
 # The product rules, written independently of the table in auth/permissions.py.
 EXPECTED: dict[Action, set[Role]] = {
-    Action.VIEW_WORKSPACE: {O, M, D, G},
-    Action.RENAME_WORKSPACE: {O, M},
-    Action.DELETE_WORKSPACE: {O},
-    Action.LIST_MEMBERS: {O, M, D, G},
-    Action.ADD_MEMBER: {O, M},
-    Action.CHANGE_MEMBER_ROLE: {O},
-    Action.REMOVE_MEMBER: {O},
-    Action.VIEW_SANDBOXES: {O, M, D, G},
-    Action.CREATE_SANDBOX: {O, M, D},
-    Action.MANAGE_SANDBOX: {O, M, D},
-    Action.USE_SANDBOX: {O, M, D},
-    Action.VIEW_SANDBOX: {O, M, D, G},
-    Action.VIEW_LOGS: {O, M, D},
-    Action.CREATE_AGENT_CODE: {O, M, D},
-    Action.VIEW_USAGE: {O, M, D, G},
+    Action.VIEW_WORKSPACE: {OW, M, D, G},
+    Action.RENAME_WORKSPACE: {OW, M},
+    Action.DELETE_WORKSPACE: {OW},
+    Action.LIST_MEMBERS: {OW, M, D, G},
+    Action.ADD_MEMBER: {OW, M},
+    Action.CHANGE_MEMBER_ROLE: {OW},
+    Action.REMOVE_MEMBER: {OW},
+    Action.VIEW_SANDBOXES: {OW, M, D, G},
+    Action.CREATE_SANDBOX: {OW, M, D},
+    Action.MANAGE_SANDBOX: {OW, M, D},
+    Action.USE_SANDBOX: {OW, M, D},
+    Action.VIEW_SANDBOX: {OW, M, D, G},
+    Action.VIEW_LOGS: {OW, M, D},
+    Action.CREATE_AGENT_CODE: {OW, M, D},
+    Action.VIEW_USAGE: {OW, M, D, G},
 }
 
 
@@ -70,7 +70,7 @@ def test_guests_only_look() -> None:
 
 @pytest.mark.parametrize(
     ("actor", "grantable"),
-    [(O, {O, M, D, G}), (M, {M, D, G}), (D, set()), (G, set())],
+    [(OW, {OW, M, D, G}), (M, {M, D, G}), (D, set()), (G, set())],
 )
 def test_who_may_grant_which_role(actor: Role, grantable: set[Role]) -> None:
     """Only an owner makes owners; a maintainer grants up to maintainer; others grant nothing."""

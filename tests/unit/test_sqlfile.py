@@ -56,8 +56,10 @@ def test_literals_identifiers_and_comments_hide_colons() -> None:
     assert query.params == ("yes",)
     assert "'a :lit '' :still'" in query.sql
     assert '"col:x"' in query.sql
-    assert "$$ :dollar $$" in query.sql and "$f$ :tagged $f$" in query.sql
-    assert "comment" not in query.sql and ":block" not in query.sql
+    assert "$$ :dollar $$" in query.sql
+    assert "$f$ :tagged $f$" in query.sql
+    assert "comment" not in query.sql
+    assert ":block" not in query.sql
 
 
 def test_percent_signs_are_escaped_for_psycopg() -> None:

@@ -6,7 +6,7 @@ import contextlib
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentserver.tunnel import frames
@@ -82,12 +82,14 @@ def message_of(header: object, payload: bytes = b"") -> bytes:
     return raw_message(json.dumps(header).encode(), payload)
 
 
+@settings(deadline=None)  # a loaded CI machine must not turn slowness into failures
 @given(all_frames)
 def test_every_frame_round_trips(frame: frames.Frame) -> None:
     """decode(encode(frame)) gives back an equal frame for every frame type."""
     assert decode(encode(frame)) == frame
 
 
+@settings(deadline=None)  # a loaded CI machine must not turn slowness into failures
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
     """Arbitrary bytes either decode to a frame or raise ProtocolError, never anything else."""
@@ -95,6 +97,7 @@ def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
         decode(data)
 
 
+@settings(deadline=None)  # a loaded CI machine must not turn slowness into failures
 @given(
     st.dictionaries(
         st.sampled_from(["type", "id", "inc", "status", "opaque", "ping"]),
@@ -114,6 +117,7 @@ def test_arbitrary_json_headers_decode_or_raise_protocol_error(header: dict[str,
         decode(message_of(header))
 
 
+@settings(deadline=None)  # a loaded CI machine must not turn slowness into failures
 @given(all_frames, st.data())
 def test_any_truncation_is_rejected_or_is_a_shorter_data_frame(
     frame: frames.Frame, data: st.DataObject
@@ -192,6 +196,7 @@ def test_data_header_stays_small() -> None:
     assert len(encode(Data(12345, b""))) < 40
 
 
+@settings(deadline=None)  # a loaded CI machine must not turn slowness into failures
 @given(st.lists(all_frames, max_size=8), st.data())
 def test_any_rechunking_of_a_byte_stream_yields_the_same_frames(
     sent: list[frames.Frame], data: st.DataObject

@@ -227,19 +227,20 @@ class TunnelConnection:
             )
         ]
 
-    # ------------------------------------------------------------ output
-
     def frames_to_send(self) -> list[Frame]:
         """Every frame queued since the last call, in order."""
         frames, self._outbox = self._outbox, []
         return frames
 
+    @property
+    def has_frames_to_send(self) -> bool:  # lets the transport skip waking an idle writer
+        return bool(self._outbox)
+
     def is_open(self, stream_id: int) -> bool:
         """Whether the stream is still tracked (neither fully ended nor reset)."""
         return stream_id in self._streams
 
-    def half_states(self, stream_id: int) -> tuple[Half, Half] | None:
-        """(send, receive) states of a live stream, or None once it is finished."""
+    def half_states(self, stream_id: int) -> tuple[Half, Half] | None:  # None once finished
         stream = self._streams.get(stream_id)
         return None if stream is None else (stream.send, stream.recv)
 
@@ -295,10 +296,8 @@ class TunnelConnection:
     ) -> None:
         """Send one Data frame; at most `send_capacity(stream_id)` bytes."""
         stream = self._live(stream_id)
-        if len(data) > self.send_capacity(stream_id):
-            raise LocalProtocolError(
-                f"{len(data)} bytes exceed the stream's capacity of {self.send_capacity(stream_id)}"
-            )
+        if len(data) > (capacity := self.send_capacity(stream_id)):
+            raise LocalProtocolError(f"{len(data)} bytes exceed the capacity of {capacity}")
         self._local_step(stream, Act.DATA, Data(stream_id, data, text, more))
         stream.send_credit -= len(data)
 

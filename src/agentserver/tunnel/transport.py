@@ -393,4 +393,5 @@ class Tunnel:
             self._streams.pop(stream_id, None)
 
     def _wake_writer(self) -> None:
-        self._writer_lot.unpark_all()
+        if self._conn.has_frames_to_send:  # a wake-up for nothing costs a task switch per frame
+            self._writer_lot.unpark_all()

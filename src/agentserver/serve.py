@@ -19,6 +19,7 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from agentserver.api.app import create_app
+from agentserver.api.oidc import open_oidc
 from agentserver.api.usage import open_usage_api
 from agentserver.db.database import Database, check_connect, open_database
 from agentserver.db.embedded import open_embedded_postgres
@@ -35,6 +36,7 @@ SHUTDOWN_GRACE = 5.0
 # opener here: an async context manager taking Deps, entered in order, exited in reverse.
 Feature = Callable[[Deps], AbstractAsyncContextManager[None]]
 FEATURES: list[Feature] = []
+FEATURES.append(open_oidc)  # sign in with GitHub / OIDC
 # ASGI wrappers applied around the API app, innermost first (e.g. the subdomain proxy).
 Middleware = Callable[[Any, Deps], Any]
 MIDDLEWARE: list[Middleware] = []

@@ -69,3 +69,129 @@ def zipapp(session: nox.Session) -> None:
     sync(session)
     session.install("shiv")
     session.run("shiv", "-c", "agentserver", "-o", "dist/agentserver.pyz", "--reproducible", ".")
+
+
+@nox.session(venv_backend="none")
+def image(session: nox.Session) -> None:
+    """Build the sandbox image on a debootstrapped Debian base; check each toolchain runs."""
+    import sys
+    import tempfile
+    import time
+
+    sys.path.insert(0, str(REPO))
+    from tests.support.dockerd import run_dockerd
+
+    for tool in ("debootstrap", "dockerd", "docker"):
+        if not shutil_which(tool):
+            session.error(f"`nox -s image` needs {tool} (apt-get install debootstrap docker.io)")
+    cache = REPO / ".cache/image"
+    cache.mkdir(parents=True, exist_ok=True)
+    base_tar = cache / "bookworm-minbase.tar"
+    started = time.monotonic()
+    if not base_tar.exists():
+        rootfs = cache / "bookworm"
+        session.run("rm", "-rf", str(rootfs), external=True)
+        session.run(
+            "debootstrap",
+            "--variant=minbase",
+            "bookworm",
+            str(rootfs),
+            debian_mirror(),
+            external=True,
+        )
+        session.run("tar", "-C", str(rootfs), "-cf", str(base_tar), ".", external=True)
+        session.run("rm", "-rf", str(rootfs), external=True)
+    # A persistent data root keeps the built image and its layer cache between runs.
+    with (
+        tempfile.TemporaryDirectory(prefix="agentserver-dockerd-", dir="/tmp") as tmp,
+        run_dockerd(Path(tmp), data_root=cache / "docker") as daemon,
+    ):
+        env = {"DOCKER_HOST": daemon.host, "DOCKER_BUILDKIT": "0"}
+        base, tag = "agentserver-debian-base:bookworm", "agentserver-agent:latest"
+        session.run("docker", "import", str(base_tar), base, env=env, external=True)
+        build_started = time.monotonic()
+        # The private daemon has no bridge/NAT: RUN steps use the host's network.
+        session.run(
+            "docker",
+            "build",
+            "--network",
+            "host",
+            "--build-arg",
+            f"BASE={base}",
+            "-f",
+            str(REPO / "container/sandbox.Dockerfile"),
+            "-t",
+            tag,
+            str(REPO / "container"),
+            env=env,
+            external=True,
+        )
+        build_seconds = time.monotonic() - build_started
+        checks = [
+            "go version",
+            "rustc --version",
+            "cargo --version",
+            "cc --version",
+            "c++ --version",
+            "clang --version",
+            "node --version",
+            "npm --version",
+            "python3 --version",
+            "git --version",
+            "rg --version",
+            "curl --version",
+            "opencode --version",
+            "id -u",
+            "test -d /data/disk0 -a -w /data/disk0",
+        ]
+        for check in checks:
+            session.run(
+                "docker",
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--entrypoint",
+                "sh",
+                tag,
+                "-c",
+                check,
+                env=env,
+                external=True,
+            )
+        size = session.run(
+            "docker",
+            "image",
+            "inspect",
+            "-f",
+            "{{.Size}}",
+            tag,
+            env=env,
+            external=True,
+            silent=True,
+        )
+        session.log(
+            f"{tag}: {int(str(size).strip()) / 1e9:.2f} GB; docker build "
+            f"{build_seconds:.0f}s, total {time.monotonic() - started:.0f}s"
+        )
+
+
+def shutil_which(tool: str) -> str | None:
+    import shutil
+
+    return shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+
+
+def debian_mirror() -> str:
+    """The host's Debian mirror (deb822 or one-line sources), else deb.debian.org."""
+    import re
+
+    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for source in sources:
+        text = source.read_text() if source.is_file() else ""
+        match = re.search(r"(?:URIs:|^deb)\s+(\S+/debian)\s*$", text, re.MULTILINE) or re.search(
+            r"^deb\s+(?:\[[^]]*\]\s+)?(\S+/debian)\s", text, re.MULTILINE
+        )
+        if match:
+            return match.group(1)
+    return "http://deb.debian.org/debian"

@@ -1,0 +1,511 @@
+"""Docker backend: a container per sandbox, named volumes for its home and the workspace disk."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import httpx
+import requests.exceptions
+import trio
+from docker.models.containers import Container
+
+from agentserver.errors import BackendError
+from agentserver.models import SandboxType
+from agentserver.sandboxes.base import (
+    OPENCLAW_PORT,
+    OPENCODE_PORT,
+    Endpoint,
+    ExitNotice,
+    Managed,
+    SandboxSpec,
+)
+from agentserver.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MANAGED_BY = "agentserver"
+LABEL_MANAGED = "agentserver.managed-by"
+LABEL_SANDBOX = "agentserver.sandbox-id"
+LABEL_WORKSPACE = "agentserver.workspace-id"
+LABEL_TYPE = "agentserver.sandbox-type"
+OURS = f"{LABEL_MANAGED}={MANAGED_BY}"
+HOME = "/home/agent"
+DISK = "/data/disk0"
+DOCKER_THREADS = 8
+READY_TIMEOUT = 120.0
+READY_POLL = 0.2
+STOP_TIMEOUT = 10  # seconds Docker waits after SIGTERM before it kills
+EVENTS_RETRY = (0.5, 30.0)  # backoff bounds when the event stream breaks (daemon restart)
+OPENCLAW_MODELS = [
+    {"id": "claude-opus-4-6", "name": "Claude Opus 4.6"},
+    {"id": "claude-opus-4-5", "name": "Claude Opus 4.5"},
+    {"id": "claude-sonnet-4-6", "name": "Claude Sonnet 4.6"},
+    {"id": "claude-sonnet-4-5", "name": "Claude Sonnet 4.5"},
+    {"id": "claude-haiku-4-5", "name": "Claude Haiku 4.5"},
+]
+# OpenClaw reads its config from a file: the container writes it from the environment, then runs.
+OPENCLAW_COMMAND = [
+    "sh",
+    "-c",
+    'mkdir -p "$HOME/.openclaw" && printf %s "$AGENTSERVER_OPENCLAW_CONFIG"'
+    ' > "$HOME/.openclaw/openclaw.json" && exec node openclaw.mjs gateway'
+    " --allow-unconfigured --bind lan",
+]
+
+
+def container_name(sandbox_id: str) -> str:
+    return f"agentserver-sandbox-{sandbox_id}"
+
+
+def home_volume(sandbox_id: str) -> str:
+    return f"agentserver-sandbox-{sandbox_id}-home"
+
+
+def workspace_volume(workspace_id: str) -> str:
+    return f"agentserver-ws-{workspace_id}-disk"
+
+
+def agent_port(sandbox_type: str) -> int:
+    return OPENCLAW_PORT if sandbox_type == SandboxType.OPENCLAW else OPENCODE_PORT
+
+
+def opencode_config(spec: SandboxSpec) -> str:
+    """OPENCODE_CONFIG_CONTENT: Anthropic through the LLM proxy with the sandbox's proxy token."""
+    # opencode's Anthropic SDK appends /messages to the base URL, so it ends in /v1.
+    options = {"baseURL": f"{spec.llm_base_url.rstrip('/')}/v1", "apiKey": spec.proxy_token}
+    return json.dumps({"provider": {"anthropic": {"options": options}}})
+
+
+def openclaw_config(spec: SandboxSpec) -> str:
+    """OpenClaw's openclaw.json: its gateway behind our proxy, Anthropic through the LLM proxy."""
+    # The subdomain proxy authenticates every browser request before it reaches the gateway,
+    # which cannot pair devices or check origins through a reverse proxy.
+    ui = {"dangerouslyAllowHostHeaderOriginFallback": True, "dangerouslyDisableDeviceAuth": True}
+    # OpenClaw's Anthropic client appends /v1/messages itself.
+    provider = {
+        "baseUrl": spec.llm_base_url.rstrip("/"),
+        "apiKey": spec.proxy_token,
+        "api": "anthropic-messages",
+        "models": OPENCLAW_MODELS,
+    }
+    return json.dumps(
+        {"gateway": {"controlUi": ui}, "models": {"providers": {"anthropic": provider}}}
+    )
+
+
+def sandbox_environment(spec: SandboxSpec, settings: Settings) -> dict[str, str]:
+    """The container's environment: its own secret and the proxy token, never the real key."""
+    real = {s for s in (settings.anthropic_api_key, settings.anthropic_auth_token) if s}
+    env = {"TERM": "xterm-256color"}
+    env.update({k: v for k, v in spec.env.items() if v not in real})
+    # Ours last: spec.env cannot replace the agent's password or the proxy settings.
+    if spec.type == SandboxType.OPENCLAW:
+        env["OPENCLAW_GATEWAY_TOKEN"] = spec.agent_secret
+        env["AGENTSERVER_OPENCLAW_CONFIG"] = openclaw_config(spec)
+    else:
+        env["OPENCODE_SERVER_PASSWORD"] = spec.agent_secret
+        env["OPENCODE_CONFIG_CONTENT"] = opencode_config(spec)
+    return env
+
+
+def image_for(spec: SandboxSpec, settings: Settings) -> str:
+    if spec.type == SandboxType.OPENCLAW:
+        if not settings.openclaw_image:
+            raise BackendError("OpenClaw image not configured (set OPENCLAW_IMAGE)")
+        return settings.openclaw_image
+    if spec.type != SandboxType.OPENCODE:
+        raise BackendError(f"{spec.type} sandboxes do not run in Docker")
+    return settings.agent_image
+
+
+def container_config(spec: SandboxSpec, settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `containers.create`: limits, no privileges, no published ports."""
+    labels = {
+        LABEL_MANAGED: MANAGED_BY,
+        LABEL_SANDBOX: spec.id,
+        LABEL_WORKSPACE: spec.workspace_id,
+        LABEL_TYPE: str(spec.type),
+    }
+    config: dict[str, Any] = {
+        "image": image_for(spec, settings),
+        "name": container_name(spec.id),
+        "labels": labels,
+        "environment": sandbox_environment(spec, settings),
+        "volumes": {
+            home_volume(spec.id): {"bind": HOME, "mode": "rw"},
+            workspace_volume(spec.workspace_id): {"bind": DISK, "mode": "rw"},
+        },
+        "network": settings.docker_network,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        # Docker's init forwards SIGTERM (so a stop is quick) and reaps the tools' zombies.
+        "init": True,
+        "detach": True,
+    }
+    if spec.type == SandboxType.OPENCLAW:
+        config["command"] = OPENCLAW_COMMAND
+    for key, value in (
+        ("mem_limit", settings.agent_memory_limit),
+        ("nano_cpus", settings.agent_nano_cpus),
+        ("pids_limit", settings.agent_pids_limit),
+    ):
+        if value > 0:
+            config[key] = value
+    return config
+
+
+def reason(exc: Exception) -> str:
+    """A readable sentence for a Docker failure (shown to users as the sandbox's reason)."""
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return f"Docker image not found: {_explanation(exc)} (build it or set AGENT_IMAGE)"
+    if isinstance(exc, docker.errors.APIError):
+        return f"Docker: {_explanation(exc)}"
+    if isinstance(exc, requests.exceptions.RequestException | docker.errors.DockerException):
+        return f"Docker daemon unreachable at {docker_host()}: {exc}"
+    return f"Docker: {exc}"
+
+
+def _explanation(exc: docker.errors.APIError) -> str:
+    return str(exc.explanation or exc)
+
+
+def docker_host() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def connect() -> docker.DockerClient:
+    """A client from the standard environment (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH)."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise BackendError(
+            f"Docker daemon unreachable at {docker_host()} ({exc}); start Docker, set DOCKER_HOST, "
+            "or use --backend process"
+        ) from None
+    return client
+
+
+def _missing(fn: Callable[[], T]) -> T | None:
+    """`fn()`, or None when Docker says the thing does not exist."""
+    try:
+        return fn()
+    except docker.errors.NotFound:
+        return None
+
+
+def _exit_reason(state: dict[str, Any]) -> str:
+    text = f"exited with status {state.get('ExitCode')}"
+    if state.get("OOMKilled"):
+        text += " (out of memory)"
+    if state.get("Error"):
+        text += f": {state['Error']}"
+    return text
+
+
+class DockerBackend:
+    """Sandboxes as containers on one Docker host. Docker calls run in worker threads."""
+
+    name = "docker"
+
+    def __init__(self, client: docker.DockerClient, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+        self._limiter = trio.CapacityLimiter(DOCKER_THREADS)
+        # Sandboxes we stopped or removed on purpose: their `die` events are not crashes.
+        self._stopping: set[str] = set()
+        self._watch_scope: trio.CancelScope | None = None
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking Docker call in a worker thread; Docker failures become BackendError."""
+        try:
+            return await trio.to_thread.run_sync(
+                partial(fn, *args, **kwargs), limiter=self._limiter
+            )
+        except BackendError:
+            raise
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise BackendError(reason(exc)) from exc
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def ensure_network(self) -> None:
+        """The user-defined network sandboxes join (container addresses work only on one)."""
+        await self._call(self._ensure_network)
+
+    async def create(self, spec: SandboxSpec) -> Endpoint:
+        return await self._start(spec)
+
+    async def resume(self, spec: SandboxSpec) -> Endpoint:
+        return await self._start(spec)
+
+    async def pause(self, sandbox_id: str) -> None:
+        self._stopping.add(sandbox_id)
+        await self._call(self._stop, sandbox_id)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        self._stopping.add(sandbox_id)
+        await self._call(self._remove, sandbox_id)
+
+    async def destroy_workspace(self, workspace_id: str) -> None:
+        await self._call(self._remove_volume, workspace_volume(workspace_id))
+
+    async def list_managed(self) -> list[Managed]:
+        return await self._call(self._list_managed)
+
+    async def logs(self, sandbox_id: str, lines: int = 200) -> str:
+        return await self._call(self._logs, sandbox_id, lines)
+
+    async def aclose(self) -> None:
+        """Stop watching events. Containers keep running: a server restart never stops them."""
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()
+
+    async def _start(self, spec: SandboxSpec) -> Endpoint:
+        config = container_config(spec, self._settings)
+        host = await self._call(self._ensure_running, spec, config)
+        # Only now: a late `die` from the previous stop must not count as a crash. A crash
+        # during start is caught by the readiness check instead.
+        self._stopping.discard(spec.id)
+        endpoint = Endpoint(host=host, port=agent_port(spec.type))
+        try:
+            await self._wait_ready(spec, endpoint)
+        except BackendError:
+            # Don't leave a broken agent running; its volumes stay for a later resume.
+            self._stopping.add(spec.id)
+            with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT + 5):
+                try:
+                    await self._call(self._stop, spec.id)
+                except BackendError as exc:
+                    log.warning("could not stop sandbox %s after a failed start: %s", spec.id, exc)
+            raise
+        return endpoint
+
+    async def _wait_ready(self, spec: SandboxSpec, endpoint: Endpoint) -> None:
+        """Poll the agent's `/` (a bounded wait) until it answers; fail at once if it exits."""
+        url = f"http://{endpoint.host}:{endpoint.port}/"
+        auth = ("opencode", spec.agent_secret) if spec.type == SandboxType.OPENCODE else None
+        with trio.move_on_after(READY_TIMEOUT):
+            async with httpx.AsyncClient(auth=auth, timeout=5.0, trust_env=False) as http:
+                while True:
+                    try:
+                        response = await http.get(url)
+                        if response.status_code < 500 and response.status_code != 401:
+                            return
+                    except httpx.TransportError:
+                        pass
+                    state = await self._call(self._state, spec.id)
+                    if state is None or not state.get("Running"):
+                        tail = (await self.logs(spec.id, 5)).strip().splitlines()
+                        detail = f"; last output: {tail[-1][:300]}" if tail else ""
+                        raise BackendError(
+                            f"the agent {_exit_reason(state or {})} during start{detail}"
+                        )
+                    await trio.sleep(READY_POLL)
+        raise BackendError(
+            f"the agent did not answer at {endpoint.host}:{endpoint.port} "
+            f"within {READY_TIMEOUT:.0f}s"
+        )
+
+    # -- events ---------------------------------------------------------------------------------
+
+    async def watch_exits(
+        self, on_exit: ExitNotice, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Report our containers that stop on their own (`die` events we did not cause)."""
+        with trio.CancelScope() as scope:
+            self._watch_scope = scope
+            # From now on only; after a break, from the last event seen (nanoseconds).
+            since, delay = time.time_ns(), EVENTS_RETRY[0]
+            events = await self._call(self._open_events, None)
+            task_status.started()
+            while True:
+                try:
+                    since = await self._follow(events, on_exit, since)
+                    delay = EVENTS_RETRY[0]
+                except BackendError as exc:
+                    log.warning("Docker event stream broke (%s); reconnecting", exc)
+                # Backoff between reconnects to a daemon that went away, not a wait for a state.
+                await trio.sleep(delay)
+                delay = min(delay * 2, EVENTS_RETRY[1])
+                try:
+                    events = await self._call(self._open_events, since)
+                except BackendError as exc:
+                    log.warning("Docker events unavailable: %s", exc)
+
+    async def _follow(self, events: Any, on_exit: ExitNotice, since: int) -> int:
+        """Handle events until the stream ends; returns where a new stream should start."""
+        try:
+            while True:
+                event = await trio.to_thread.run_sync(_next_event, events, abandon_on_cancel=True)
+                if event is None:
+                    return since
+                since = max(since, int(event.get("timeNano", since)) + 1)
+                await self._on_die(event, on_exit)
+        finally:
+            events.close()
+
+    async def _on_die(self, event: dict[str, Any], on_exit: ExitNotice) -> None:
+        sandbox_id = event.get("Actor", {}).get("Attributes", {}).get(LABEL_SANDBOX)
+        if not sandbox_id or sandbox_id in self._stopping:
+            return
+        try:
+            state = await self._call(self._state, sandbox_id)
+        except BackendError as exc:
+            log.warning("cannot inspect sandbox %s after it stopped: %s", sandbox_id, exc)
+            return
+        if state is not None and state.get("Running"):
+            return  # a late event from before the latest start
+        code = event["Actor"]["Attributes"].get("exitCode", "?")
+        text = _exit_reason(state) if state else f"exited with status {code}; container removed"
+        try:
+            await on_exit(sandbox_id, text)
+        except Exception:
+            log.exception("exit notice for sandbox %s failed", sandbox_id)
+
+    # -- blocking Docker calls (worker threads only) ----------------------------------------------
+
+    def _ensure_network(self) -> None:
+        name = self._settings.docker_network
+        if _missing(lambda: self._client.networks.get(name)) is None:
+            try:
+                self._client.networks.create(
+                    name, driver="bridge", labels={LABEL_MANAGED: MANAGED_BY}
+                )
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # made meanwhile by another server
+                    raise
+
+    def _ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+        if _missing(lambda: self._client.volumes.get(name)) is None:
+            self._client.volumes.create(name=name, labels=labels)
+
+    def _container(self, sandbox_id: str) -> Container | None:
+        return _missing(lambda: self._client.containers.get(container_name(sandbox_id)))
+
+    def _ensure_running(self, spec: SandboxSpec, config: dict[str, Any]) -> str:
+        """Start the sandbox's container (made from `config` if missing or stale); its address."""
+        labels = config["labels"]
+        self._ensure_volume(home_volume(spec.id), labels)
+        self._ensure_volume(
+            workspace_volume(spec.workspace_id),
+            {LABEL_MANAGED: MANAGED_BY, LABEL_WORKSPACE: spec.workspace_id},
+        )
+        container = self._container(spec.id)
+        wanted = {f"{k}={v}" for k, v in config["environment"].items()}
+        if container is not None and not wanted <= set(container.attrs["Config"]["Env"] or []):
+            # New credentials (e.g. a fresh proxy token): a container's env is fixed, so make
+            # a new one. Files live in the volumes and stay.
+            container.remove(force=True)
+            container = None
+        fresh = container is None
+        if container is None:
+            container = self._client.containers.create(**config)
+        if container.status != "running":
+            try:
+                container.start()
+            except docker.errors.APIError:
+                if fresh:
+                    container.remove(force=True)
+                raise
+        container.reload()
+        networks = container.attrs["NetworkSettings"]["Networks"] or {}
+        address = (networks.get(self._settings.docker_network) or {}).get("IPAddress")
+        if not address:
+            raise BackendError(
+                f"container {container.name} has no address on Docker network "
+                f"{self._settings.docker_network}"
+            )
+        return str(address)
+
+    def _stop(self, sandbox_id: str) -> None:
+        container = self._container(sandbox_id)
+        if container is not None and container.status in ("running", "restarting", "paused"):
+            container.stop(timeout=STOP_TIMEOUT)
+
+    def _remove(self, sandbox_id: str) -> None:
+        container = self._container(sandbox_id)
+        if container is not None:
+            _missing(lambda: container.remove(force=True))
+        self._remove_volume(home_volume(sandbox_id))
+
+    def _remove_volume(self, name: str) -> None:
+        volume = _missing(lambda: self._client.volumes.get(name))
+        if volume is not None:
+            _missing(lambda: volume.remove(force=True))
+
+    def _state(self, sandbox_id: str) -> dict[str, Any] | None:
+        container = self._container(sandbox_id)
+        return None if container is None else dict(container.attrs["State"])
+
+    def _list_managed(self) -> list[Managed]:
+        found = []
+        for container in self._client.containers.list(all=True, filters={"label": OURS}):
+            labels = container.labels
+            if LABEL_SANDBOX not in labels:
+                continue
+            running = container.status == "running"
+            networks = container.attrs["NetworkSettings"]["Networks"] or {}
+            address = (networks.get(self._settings.docker_network) or {}).get("IPAddress")
+            endpoint = None
+            if running and address:
+                endpoint = Endpoint(str(address), agent_port(labels.get(LABEL_TYPE, "opencode")))
+            found.append(Managed(id=labels[LABEL_SANDBOX], running=running, endpoint=endpoint))
+        return found
+
+    def _logs(self, sandbox_id: str, lines: int) -> str:
+        container = self._container(sandbox_id)
+        if container is None:
+            return ""
+        output = _missing(lambda: container.logs(stdout=True, stderr=True, tail=lines))
+        return (output or b"").decode(errors="replace")
+
+    def _open_events(self, since_ns: int | None) -> Any:
+        filters = {"type": "container", "event": "die", "label": OURS}
+        # Docker takes "seconds.nanoseconds"; whole seconds would replay up to a second of events.
+        since = None if since_ns is None else f"{since_ns // 10**9}.{since_ns % 10**9:09d}"
+        return self._client.api.events(since=since, filters=filters, decode=True)  # type: ignore[call-overload]
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _next_event(events: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
+    """The next event, or None when the stream ended (daemon gone or stream closed)."""
+    try:
+        return next(events, None)
+    except (
+        docker.errors.DockerException,
+        requests.exceptions.RequestException,
+        OSError,
+        ValueError,
+    ) as exc:
+        log.debug("Docker event stream ended: %s", exc)
+        return None
+
+
+@asynccontextmanager
+async def open_backend(settings: Settings, on_exit: ExitNotice) -> AsyncIterator[DockerBackend]:
+    """Connect to Docker, ensure the network, and watch for sandboxes that stop on their own."""
+    client = await trio.to_thread.run_sync(connect)
+    backend = DockerBackend(client, settings)
+    try:
+        await backend.ensure_network()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(backend.watch_exits, on_exit)
+            try:
+                yield backend
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(backend.close)

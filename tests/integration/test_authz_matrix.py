@@ -82,6 +82,8 @@ MATRIX: dict[tuple[str, str], frozenset[str] | Case] = {
         OWNER_ONLY, body={"role": "guest"}
     ),
     ("DELETE", "/api/workspaces/<workspace_id>/members/<user_id>"): OWNER_ONLY,
+    # LLM usage (api/usage.py)
+    ("GET", "/api/workspaces/<workspace_id>/usage"): ANY_MEMBER,
     # sandboxes, agent codes, usage, events: add rows here (see the module docstring).
 }
 

@@ -1,0 +1,86 @@
+-- name: llm_caller_by_token :one
+-- The sandbox a proxy token belongs to (only its hash is stored).
+SELECT id AS sandbox_id, workspace_id, created_by, name, status
+FROM sandboxes WHERE proxy_token_hash = :token_hash;
+
+-- name: llm_lock_workspace :exec
+-- Serialises admission per workspace so concurrent calls (or replicas) cannot overshoot a limit.
+SELECT pg_advisory_xact_lock(hashtext('agentserver-llm:' || :workspace_id));
+
+-- name: llm_workspace_load :one
+-- The workspace's overrides and how much it used in the last minute and today (UTC).
+SELECT q.rpm AS rpm_override,
+       q.tokens_per_day AS tokens_per_day_override,
+       m.requests AS recent_requests,
+       coalesce(ceil(extract(epoch FROM m.oldest + interval '60 seconds' - now())), 0)::int
+           AS window_frees_in,
+       d.tokens AS tokens_today,
+       ceil(extract(epoch FROM (date_trunc('day', now() AT TIME ZONE 'UTC') + interval '1 day')
+                               AT TIME ZONE 'UTC' - now()))::int AS day_ends_in
+FROM (SELECT count(*) AS requests, min(created_at) AS oldest FROM llm_usage
+      WHERE workspace_id = :workspace_id AND created_at > now() - interval '60 seconds') m
+CROSS JOIN (SELECT coalesce(sum(input_tokens + output_tokens + cache_creation_input_tokens
+                                + cache_read_input_tokens), 0)::bigint AS tokens
+            FROM llm_usage
+            WHERE workspace_id = :workspace_id
+              AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') d
+LEFT JOIN llm_quotas q ON q.workspace_id = :workspace_id;
+
+-- name: llm_usage_start :scalar
+INSERT INTO llm_usage (sandbox_id, workspace_id, user_id, sandbox_name, method, endpoint, model, streaming)
+VALUES (:sandbox_id, :workspace_id, :user_id, :sandbox_name, :method, :endpoint, :model, :streaming)
+RETURNING id;
+
+-- name: llm_usage_finish :exec
+UPDATE llm_usage
+SET status = :status, streaming = :streaming, duration_ms = :duration_ms,
+    model = coalesce(:model, model),
+    input_tokens = :input_tokens, output_tokens = :output_tokens,
+    cache_creation_input_tokens = :cache_creation_input_tokens,
+    cache_read_input_tokens = :cache_read_input_tokens
+WHERE id = :id;
+
+-- name: llm_usage_by_day :many
+SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day,
+       count(*) AS requests, count(*) FILTER (WHERE status >= 400) AS errors,
+       coalesce(sum(input_tokens), 0)::bigint AS input_tokens,
+       coalesce(sum(output_tokens), 0)::bigint AS output_tokens,
+       coalesce(sum(cache_creation_input_tokens), 0)::bigint AS cache_creation_input_tokens,
+       coalesce(sum(cache_read_input_tokens), 0)::bigint AS cache_read_input_tokens
+FROM llm_usage
+WHERE workspace_id = :workspace_id AND created_at >= :since AND created_at < :until
+GROUP BY 1 ORDER BY 1;
+
+-- name: llm_usage_by_sandbox :many
+SELECT u.sandbox_id, u.sandbox_name,
+       count(*) AS requests, count(*) FILTER (WHERE u.status >= 400) AS errors,
+       coalesce(sum(u.input_tokens), 0)::bigint AS input_tokens,
+       coalesce(sum(u.output_tokens), 0)::bigint AS output_tokens,
+       coalesce(sum(u.cache_creation_input_tokens), 0)::bigint AS cache_creation_input_tokens,
+       coalesce(sum(u.cache_read_input_tokens), 0)::bigint AS cache_read_input_tokens
+FROM llm_usage u
+WHERE u.workspace_id = :workspace_id AND u.created_at >= :since AND u.created_at < :until
+GROUP BY u.sandbox_id, u.sandbox_name ORDER BY u.sandbox_name, u.sandbox_id;
+
+-- name: llm_usage_by_model :many
+SELECT coalesce(model, '') AS model,
+       count(*) AS requests, count(*) FILTER (WHERE status >= 400) AS errors,
+       coalesce(sum(input_tokens), 0)::bigint AS input_tokens,
+       coalesce(sum(output_tokens), 0)::bigint AS output_tokens,
+       coalesce(sum(cache_creation_input_tokens), 0)::bigint AS cache_creation_input_tokens,
+       coalesce(sum(cache_read_input_tokens), 0)::bigint AS cache_read_input_tokens
+FROM llm_usage
+WHERE workspace_id = :workspace_id AND created_at >= :since AND created_at < :until
+GROUP BY 1 ORDER BY 1;
+
+-- name: llm_get_quota :one
+SELECT workspace_id, rpm, tokens_per_day, updated_at FROM llm_quotas WHERE workspace_id = :workspace_id;
+
+-- name: llm_put_quota :exec
+INSERT INTO llm_quotas (workspace_id, rpm, tokens_per_day, updated_at)
+VALUES (:workspace_id, :rpm, :tokens_per_day, now())
+ON CONFLICT (workspace_id) DO UPDATE
+SET rpm = excluded.rpm, tokens_per_day = excluded.tokens_per_day, updated_at = now();
+
+-- name: llm_delete_quota :execrows
+DELETE FROM llm_quotas WHERE workspace_id = :workspace_id;

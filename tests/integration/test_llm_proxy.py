@@ -1,0 +1,425 @@
+"""The LLM proxy against a local Anthropic stand-in: keys, paths, streaming, usage, limits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from agentserver.auth.tokens import hash_token, new_id, new_token
+from tests.conftest import Server, make_settings, register, start_server
+from tests.support.anthropic import AnthropicStandIn, Reply, message_json, open_anthropic
+
+REAL_KEY = "sk-ant-real-key-never-in-a-sandbox"
+MESSAGES = "/proxy/anthropic/v1/messages"
+BODY = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+
+
+@dataclass
+class Env:
+    """A server in front of a stand-in, an admin owner with a workspace and a running sandbox."""
+
+    server: Server
+    standin: AnthropicStandIn
+    owner: httpx.AsyncClient
+    workspace_id: str
+    user_id: str
+    sandbox_id: str
+    token: str
+
+    def sandbox_client(self, token: str | None = None, **headers: str) -> httpx.AsyncClient:
+        """A client that talks like opencode inside the sandbox (no cookies, its proxy token)."""
+        sent = {"x-api-key": token if token is not None else self.token, **headers}
+        return httpx.AsyncClient(base_url=self.server.url, headers=sent, timeout=30)
+
+    async def usage(self, query: str = "") -> dict[str, Any]:
+        response = await self.owner.get(f"/api/workspaces/{self.workspace_id}/usage{query}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+
+async def add_sandbox(
+    server: Server, workspace_id: str, user_id: str, status: str = "running"
+) -> tuple[str, str]:
+    """A sandbox row with a proxy token we know (only its hash is stored)."""
+    sandbox_id, token = new_id(), new_token()
+
+    def insert(tx: Any) -> None:
+        tx.conn.execute(
+            "INSERT INTO sandboxes (id, workspace_id, name, type, status, created_by, agent_secret,"
+            " proxy_token_hash) VALUES (%s, %s, %s, 'opencode', %s, %s, 'secret', %s)",
+            (sandbox_id, workspace_id, f"box-{sandbox_id[:4]}", status, user_id, hash_token(token)),
+        )
+
+    await server.deps.db.transaction(insert)
+    return sandbox_id, token
+
+
+async def sql(server: Server, statement: str, *params: Any) -> None:
+    await server.deps.db.transaction(lambda tx: tx.conn.execute(statement, params))
+
+
+@pytest.fixture
+def options() -> dict[str, str]:
+    """Server options for the test; tests override by parametrizing or replacing this."""
+    return {}
+
+
+@pytest.fixture
+async def env(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, options: dict[str, str]
+) -> AsyncIterator[Env]:
+    standin = await open_anthropic(nursery)
+    values = {
+        "anthropic_base_url": standin.url + "/gateway",
+        "anthropic_api_key": REAL_KEY,
+        **options,
+    }
+    server = await start_server(nursery, make_settings(db_url, tmp_path / "data", **values))
+    owner = server.client()
+    user = await register(owner, "owner")
+    created = await owner.post("/api/workspaces", json={"name": "llm"})
+    workspace_id = created.json()["id"]
+    sandbox_id, token = await add_sandbox(server, workspace_id, user["id"])
+    yield Env(server, standin, owner, workspace_id, user["id"], sandbox_id, token)
+    await owner.aclose()
+    server.shutdown.set()
+
+
+def anthropic_error(response: httpx.Response, status: int, kind: str) -> str:
+    """The error message, after checking the status and Anthropic's error shape."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["type"] == "error", body
+    assert body["error"]["type"] == kind, body
+    return str(body["error"]["message"])
+
+
+@pytest.mark.parametrize("style", ["x-api-key", "bearer"])
+async def test_real_key_replaces_the_proxy_token(env: Env, style: str) -> None:
+    """The stand-in gets the real key, never the proxy token; path prefix, query and body intact."""
+    headers = {"x-api-key": ""} if style == "bearer" else {}
+    if style == "bearer":
+        headers["authorization"] = f"Bearer {env.token}"
+    raw = json.dumps(BODY, indent=1).encode()  # spacing a re-encoder would change
+    async with env.sandbox_client(**headers) as client:
+        if style == "bearer":
+            del client.headers["x-api-key"]
+        response = await client.post(
+            MESSAGES + "?beta=true&x=%2F", content=raw, headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 200, response.text
+    assert response.json() == message_json(env.standin.reply)
+    (got,) = env.standin.received
+    assert (got.method, got.path, got.query, got.body) == (
+        "POST",
+        "/gateway/v1/messages",
+        "beta=true&x=%2F",
+        raw,
+    )
+    assert got.header("x-api-key") == REAL_KEY
+    assert got.header("authorization") is None
+    assert got.header("anthropic-version") == "2023-06-01"
+    assert not any(env.token in value for _, value in got.headers)
+
+
+@pytest.mark.parametrize(
+    "options", [{"anthropic_api_key": "", "anthropic_auth_token": "real-bearer"}]
+)
+async def test_auth_token_is_sent_as_bearer_only(env: Env) -> None:
+    """With only ANTHROPIC_AUTH_TOKEN set, upstream sees Bearer and no x-api-key at all."""
+    async with env.sandbox_client(**{"anthropic-version": "2099-01-01"}) as client:
+        response = await client.post(MESSAGES, json=BODY)
+    assert response.status_code == 200, response.text
+    (got,) = env.standin.received
+    assert got.header("authorization") == "Bearer real-bearer"
+    assert got.header("x-api-key") is None
+    assert got.header("anthropic-version") == "2099-01-01"
+
+
+@pytest.mark.parametrize("options", [{"anthropic_api_key": ""}])
+async def test_no_credentials_configured_is_503(env: Env) -> None:
+    """Without any Anthropic credential the proxy answers 503 in Anthropic's shape."""
+    async with env.sandbox_client() as client:
+        response = await client.post(MESSAGES, json=BODY)
+    assert "credentials" in anthropic_error(response, 503, "api_error")
+    assert env.standin.received == []
+
+
+async def test_streamed_events_arrive_one_by_one(env: Env) -> None:
+    """The client reads each SSE event before the stand-in writes the next (no buffering)."""
+    seen = [trio.Event() for _ in range(64)]
+
+    async def pace(index: int) -> None:
+        with trio.fail_after(10):  # a buffering proxy would wait here forever
+            await seen[index - 1].wait()
+
+    env.standin.pace = pace
+    events: list[dict[str, Any]] = []
+    async with (
+        env.sandbox_client() as client,
+        client.stream("POST", MESSAGES, json=BODY | {"stream": True}) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        pending = b""
+        async for chunk in response.aiter_raw():
+            pending += chunk
+            while b"\n\n" in pending:
+                block, pending = pending.split(b"\n\n", 1)
+                data = next(line[6:] for line in block.split(b"\n") if line.startswith(b"data: "))
+                events.append(json.loads(data))
+                seen[len(events) - 1].set()
+    assert events[0]["type"] == "message_start"
+    assert events[-1]["type"] == "message_stop"
+    totals = (await env.usage())["totals"]
+    reply = env.standin.reply
+    assert (totals["inputTokens"], totals["outputTokens"]) == (
+        reply.input_tokens,
+        reply.output_tokens,
+    )
+
+
+async def test_usage_shows_exactly_the_reported_tokens(env: Env) -> None:
+    """Streaming and non-streaming calls are recorded with the stand-in's exact token counts."""
+    async with env.sandbox_client() as client:
+        env.standin.reply = Reply(
+            input_tokens=101,
+            output_tokens=23,
+            cache_creation_input_tokens=7,
+            cache_read_input_tokens=4000,
+            start_input_tokens=90,
+        )
+        streamed = await client.post(MESSAGES, json=BODY | {"stream": True})
+        env.standin.reply = Reply(
+            input_tokens=5,
+            output_tokens=9,
+            cache_creation_input_tokens=0,
+            cache_read_input_tokens=31,
+            model="claude-haiku-4-5",
+        )
+        plain = await client.post(MESSAGES, json=BODY)
+    assert streamed.status_code == plain.status_code == 200
+    usage = await env.usage()
+    want = {k: sum(s.usage[k] for s in env.standin.served) for k in env.standin.served[0].usage}
+    totals = usage["totals"]
+    assert totals["requests"] == 2
+    assert totals["errors"] == 0
+    assert (
+        totals["inputTokens"],
+        totals["outputTokens"],
+        totals["cacheCreationInputTokens"],
+        totals["cacheReadInputTokens"],
+    ) == (
+        want["input_tokens"],
+        want["output_tokens"],
+        want["cache_creation_input_tokens"],
+        want["cache_read_input_tokens"],
+    )
+    assert totals["totalTokens"] == sum(want.values())
+    by_model = {m["model"]: m["inputTokens"] for m in usage["byModel"]}
+    assert by_model == {"claude-sonnet-4-5": 101, "claude-haiku-4-5": 5}
+    assert [s["sandboxId"] for s in usage["bySandbox"]] == [env.sandbox_id]
+    assert len(usage["byDay"]) == 1
+    assert usage["byDay"][0]["requests"] == 2
+
+
+async def test_deleted_sandbox_token_is_dead(env: Env) -> None:
+    """Once the sandbox is deleted its token gets 401, and its past usage stays counted."""
+    async with env.sandbox_client() as client:
+        assert (await client.post(MESSAGES, json=BODY)).status_code == 200
+        await sql(env.server, "DELETE FROM sandboxes WHERE id = %s", env.sandbox_id)
+        response = await client.post(MESSAGES, json=BODY)
+    anthropic_error(response, 401, "authentication_error")
+    usage = await env.usage()
+    assert usage["totals"]["requests"] == 1
+    assert usage["bySandbox"][0]["sandboxId"] is None
+
+
+@pytest.mark.parametrize("status", ["paused", "failed", "offline"])
+async def test_inactive_sandbox_is_refused(env: Env, status: str) -> None:
+    """A sandbox that is not creating or running gets 403 and nothing reaches Anthropic."""
+    await sql(env.server, "UPDATE sandboxes SET status = %s WHERE id = %s", status, env.sandbox_id)
+    async with env.sandbox_client() as client:
+        response = await client.post(MESSAGES, json=BODY)
+    assert status in anthropic_error(response, 403, "permission_error")
+    assert env.standin.received == []
+
+
+async def test_missing_or_unknown_token_is_401(env: Env) -> None:
+    """No token, an unknown token or a non-Bearer Authorization all get 401."""
+    async with httpx.AsyncClient(base_url=env.server.url) as client:
+        missing = await client.post(MESSAGES, json=BODY)
+        unknown = await client.post(MESSAGES, json=BODY, headers={"x-api-key": "nope"})
+        basic = await client.post(
+            MESSAGES, json=BODY, headers={"authorization": f"Basic {env.token}"}
+        )
+    for response in (missing, unknown, basic):
+        anthropic_error(response, 401, "authentication_error")
+    assert env.standin.received == []
+
+
+@pytest.mark.parametrize("options", [{"llm_rpm": "2"}])
+async def test_requests_per_minute_limit(env: Env) -> None:
+    """Over the per-minute limit → 429 with Retry-After; an admin override lifts it."""
+    async with env.sandbox_client() as client:
+        for _ in range(2):
+            assert (await client.post(MESSAGES, json=BODY)).status_code == 200
+        limited = await client.post(MESSAGES, json=BODY)
+        assert "per minute" in anthropic_error(limited, 429, "rate_limit_error")
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        quota = await env.owner.put(
+            f"/api/admin/workspaces/{env.workspace_id}/quota", json={"rpm": 0}
+        )
+        assert quota.status_code == 200
+        assert quota.json()["effective"]["rpm"] == 0
+        assert (await client.post(MESSAGES, json=BODY)).status_code == 200
+    assert len(env.standin.received) == 3
+
+
+@pytest.mark.parametrize("options", [{"llm_tokens_per_day": "50"}])
+async def test_tokens_per_day_limit(env: Env) -> None:
+    """Once today's tokens reach the limit the next call is 429 with Retry-After until midnight."""
+    async with env.sandbox_client() as client:
+        assert (await client.post(MESSAGES, json=BODY | {"stream": True})).status_code == 200
+        limited = await client.post(MESSAGES, json=BODY)
+    assert "tokens" in anthropic_error(limited, 429, "rate_limit_error")
+    assert 1 <= int(limited.headers["retry-after"]) <= 86400
+    assert len(env.standin.received) == 1
+
+
+@pytest.mark.parametrize("options", [{"llm_models": "claude-haiku-*, claude-sonnet-4-5"}])
+async def test_model_allow_list(env: Env) -> None:
+    """Models outside the allow-list get 403; listed names and patterns pass."""
+    async with env.sandbox_client() as client:
+        refused = await client.post(MESSAGES, json=BODY | {"model": "claude-opus-4-1"})
+        haiku = await client.post(MESSAGES, json=BODY | {"model": "claude-haiku-4-5"})
+        sonnet = await client.post(MESSAGES, json=BODY)
+    assert "claude-opus-4-1" in anthropic_error(refused, 403, "permission_error")
+    assert (haiku.status_code, sonnet.status_code) == (200, 200)
+    assert [r.json()["model"] for r in env.standin.received] == [
+        "claude-haiku-4-5",
+        "claude-sonnet-4-5",
+    ]
+
+
+@pytest.mark.parametrize("options", [{"llm_max_body": "1KiB"}])
+async def test_oversized_bodies_are_413(env: Env) -> None:
+    """A body over the limit gets 413 whether it declares its length or streams it chunked."""
+    big = json.dumps(BODY | {"pad": "x" * 2048}).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(big), 256):
+            yield big[start : start + 256]
+
+    async with env.sandbox_client() as client:
+        declared = await client.post(MESSAGES, content=big)
+        chunked = await client.post(MESSAGES, content=chunks())
+    anthropic_error(declared, 413, "request_too_large")
+    anthropic_error(chunked, 413, "request_too_large")
+    assert env.standin.received == []
+
+
+async def test_bad_input_gets_clear_errors_never_500(env: Env) -> None:
+    """Malformed JSON, dot segments and odd methods get 4xx in Anthropic's shape, never a 500."""
+    async with env.sandbox_client() as client:
+        malformed = await client.post(
+            MESSAGES, content=b'{"model": ', headers={"content-type": "application/json"}
+        )
+        dots = await client.get("/proxy/anthropic/v1/%2E%2E/admin")
+        listed = await client.request("PATCH", "/proxy/anthropic/v1/models?limit=1")
+    assert "JSON" in anthropic_error(malformed, 400, "invalid_request_error")
+    anthropic_error(dots, 400, "invalid_request_error")
+    assert listed.status_code == 200  # forwarded: the stand-in answers every path
+    assert [(r.method, r.path, r.query) for r in env.standin.received] == [
+        ("PATCH", "/gateway/v1/models", "limit=1")
+    ]
+
+
+async def test_upstream_errors_are_passed_on_and_recorded(env: Env) -> None:
+    """An upstream error answer reaches the sandbox unchanged and is recorded with zero tokens."""
+    env.standin.reply = Reply(status=529, error_type="overloaded_error")
+    async with env.sandbox_client() as client:
+        response = await client.post(MESSAGES, json=BODY)
+    anthropic_error(response, 529, "overloaded_error")
+    totals = (await env.usage())["totals"]
+    assert (totals["requests"], totals["errors"], totals["totalTokens"]) == (1, 1, 0)
+
+
+async def test_unreachable_upstream_is_502(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    """A base URL nobody listens on gives 502 in Anthropic's shape, recorded as an error."""
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = make_settings(
+        db_url,
+        tmp_path / "data",
+        anthropic_base_url=f"http://127.0.0.1:{port}",
+        anthropic_api_key=REAL_KEY,
+    )
+    server = await start_server(nursery, settings)
+    async with server.client() as owner:
+        user = await register(owner, "owner")
+        wid = (await owner.post("/api/workspaces", json={"name": "w"})).json()["id"]
+        _, token = await add_sandbox(server, wid, user["id"])
+        async with httpx.AsyncClient(base_url=server.url, headers={"x-api-key": token}) as client:
+            response = await client.post(MESSAGES, json=BODY)
+        anthropic_error(response, 502, "api_error")
+        totals = (await owner.get(f"/api/workspaces/{wid}/usage")).json()["totals"]
+    assert (totals["requests"], totals["errors"]) == (1, 1)
+    server.shutdown.set()
+
+
+async def test_sandbox_subdomains_are_not_proxied(env: Env) -> None:
+    """On an oc-{id} host the path belongs to the sandbox, so the LLM proxy stays out of it."""
+    host = f"oc-{env.sandbox_id}.localhost:{env.server.port}"
+    async with env.sandbox_client(host=host) as client:
+        response = await client.post(MESSAGES, json=BODY)
+    assert response.status_code != 200
+    assert env.standin.received == []
+
+
+async def test_usage_period_parameters(env: Env) -> None:
+    """from/to accept days and RFC 3339 times; a bad value is a 400 naming the field."""
+    async with env.sandbox_client() as client:
+        assert (await client.post(MESSAGES, json=BODY)).status_code == 200
+    today = (await env.usage())["byDay"][0]["day"]
+    assert (await env.usage(f"?from={today}&to={today}"))["totals"]["requests"] == 1
+    assert (await env.usage("?from=2000-01-01&to=2000-01-02T00:00:00Z"))["totals"]["requests"] == 0
+    for query, name in (
+        ("?from=yesterday", "from"),
+        ("?to=2020-13-01", "to"),
+        ("?from=2030-01-01&to=2029-01-01", "from"),
+    ):
+        response = await env.owner.get(f"/api/workspaces/{env.workspace_id}/usage{query}")
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["field"] == name
+
+
+async def test_quota_admin_api(env: Env) -> None:
+    """The admin reads, sets and clears overrides; others get 403; bad values 400; unknown 404."""
+    url = f"/api/admin/workspaces/{env.workspace_id}/quota"
+    assert (await env.owner.get(url)).json()["rpm"] is None
+    put = await env.owner.put(url, json={"rpm": 5, "tokensPerDay": 1000})
+    assert put.status_code == 200
+    assert put.json()["effective"] == {"rpm": 5, "tokensPerDay": 1000}
+    assert (await env.owner.put(url, json={"rpm": -1})).status_code == 400
+    assert (await env.owner.put(url, json={"rpm": "many"})).status_code == 400
+    assert (await env.owner.get("/api/admin/workspaces/nope/quota")).status_code == 404
+    async with env.server.client() as other:
+        await register(other, "someone")
+        assert (await other.get(url)).status_code == 403
+    assert (await env.owner.delete(url)).status_code == 204
+    assert (await env.owner.get(url)).json()["effective"] == {"rpm": 0, "tokensPerDay": 0}

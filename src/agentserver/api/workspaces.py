@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from quart import Blueprint, Response
 from quart_schema import validate_request
 
@@ -30,6 +30,13 @@ class WorkspaceWithRole:
 
 class WorkspaceBody(Body):
     name: str = Field(min_length=1, max_length=100)
+
+    @field_validator("name")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
 
 
 def workspace_json(ws: Workspace | WorkspaceWithRole, role: Role | str) -> dict[str, Any]:
@@ -55,7 +62,7 @@ async def list_workspaces() -> list[dict[str, Any]]:
 async def create_workspace(data: WorkspaceBody) -> tuple[dict[str, Any], int]:
     """Create a workspace; the caller becomes its owner."""
     user = await current_user()
-    name = data.name.strip() or "New Workspace"
+    name = data.name
 
     def work(tx: Tx) -> Workspace:
         ws = tx.one("create_workspace", Workspace, name=name)
@@ -82,7 +89,7 @@ async def get_workspace(workspace_id: str) -> dict[str, Any]:
 async def rename_workspace(workspace_id: str, data: WorkspaceBody) -> dict[str, Any]:
     """Rename a workspace (owner, maintainer)."""
     _, role = await require(workspace_id, Action.RENAME_WORKSPACE)
-    await deps().db.exec("rename_workspace", id=workspace_id, name=data.name.strip())
+    await deps().db.exec("rename_workspace", id=workspace_id, name=data.name)
     ws = await deps().db.one("get_workspace", Workspace, id=workspace_id)
     if ws is None:
         raise NotFound("workspace not found")

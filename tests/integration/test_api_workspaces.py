@@ -12,7 +12,7 @@ def is_rfc3339(text: str) -> bool:
 
 
 async def test_create_makes_the_caller_owner(server: Server) -> None:
-    """POST answers 201 with a camelCase workspace whose role is owner and whose times are RFC 3339."""
+    """POST answers 201: a camelCase workspace, role owner, times in RFC 3339."""
     async with server.client() as client:
         await register(client, "alice")
         response = await client.post("/api/workspaces", json={"name": "Team"})

@@ -46,7 +46,9 @@ function WorkspaceSwitcher({ workspaces, current, section }) {
 }
 
 function Frame({ me, workspaces, route, onSignOut, children }) {
-  const wid = route.workspaceId;
+  // Off a workspace's pages (workspace list, admin) the tabs keep pointing at the last one used.
+  const last = localStorage.getItem(LAST_WORKSPACE);
+  const wid = route.workspaceId || (workspaces.some((ws) => ws.id === last) ? last : workspaces[0] && workspaces[0].id);
   const base = wid ? `/w/${encodeURIComponent(wid)}` : null;
   const section = { members: 'members', usage: 'usage' }[route.view] || '';
   const tab = (href, label, active) => html`<li><${Link} href=${href} aria-current=${active ? 'page' : undefined}>${label}<//></li>`;

@@ -50,6 +50,7 @@ function Users({ me }) {
   </section>`;
 }
 
+const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
 const asLimit = (text) => (text.trim() === '' ? null : Number(text));
 
 function QuotaEditor({ workspace, onClose }) {
@@ -59,8 +60,8 @@ function QuotaEditor({ workspace, onClose }) {
   const url = path`/api/admin/workspaces/${workspace.id}/quota`;
   useEffect(() => {
     get(url).then(
-      (q) => setForm({ rpm: q.rpm ?? '', tokensPerDay: q.tokensPerDay ?? q.tokens_per_day ?? '' }),
-      (err) => (err.status === 404 && err.code === 'not_found' ? setForm({ rpm: '', tokensPerDay: '' }) : setError(err)),
+      (q) => setForm({ rpm: q.rpm ?? '', tokensPerDay: q.tokensPerDay ?? '', defaults: q.default || {} }),
+      setError,
     );
   }, [url]);
   const save = (event) => {
@@ -72,12 +73,16 @@ function QuotaEditor({ workspace, onClose }) {
   };
   const reset = () => run(async () => {
     await del(url);
-    setForm({ rpm: '', tokensPerDay: '' });
+    setForm({ ...form, rpm: '', tokensPerDay: '' });
     setSaved('Back to the server defaults.');
   });
+  const fallback = (name) => {
+    const value = form.defaults && form.defaults[name];
+    return value ? `default: ${value.toLocaleString()}` : 'default: unlimited';
+  };
   const field = (name, label) => html`<div class="field">
     <label for=${`quota-${name}-${workspace.id}`}>${label}</label>
-    <input id=${`quota-${name}-${workspace.id}`} type="number" min="0" step="1" inputmode="numeric" placeholder="server default"
+    <input id=${`quota-${name}-${workspace.id}`} type="number" min="0" step="1" inputmode="numeric" placeholder=${fallback(name)}
       value=${form[name]} onInput=${(e) => setForm({ ...form, [name]: e.currentTarget.value })} />
   </div>`;
   return html`<form class="inline-form quota" onSubmit=${save} aria-label=${`LLM quota of ${workspace.name}`}>
@@ -105,7 +110,7 @@ function Workspaces() {
     ${rows && rows.length > 0 && html`<ul class="list">${rows.map((ws) => html`<li class="row" key=${ws.id} data-workspace=${ws.name}>
       <div class="row-main">
         <span class="name">${ws.name}</span>
-        <span class="muted small">${ws.memberCount} members · ${ws.sandboxCount} sandboxes</span>
+        <span class="muted small">${plural(ws.memberCount, 'member')} · ${plural(ws.sandboxCount, 'sandbox', 'sandboxes')}</span>
       </div>
       <div class="row-actions">
         ${open !== ws.id && html`<button type="button" aria-label=${`Edit LLM quota of ${ws.name}`} onClick=${() => setOpen(ws.id)}>Edit quota</button>`}

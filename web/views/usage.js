@@ -30,7 +30,12 @@ export function usageRow(row) {
 /** The usage answer as {byDay, bySandbox, byModel}, each a list of usageRow. */
 export function readUsage(data) {
   const list = (...names) => (pick(data || {}, ...names) || []).map(usageRow);
-  return { byDay: list('byDay', 'days', 'by_day'), bySandbox: list('bySandbox', 'sandboxes', 'by_sandbox'), byModel: list('byModel', 'models', 'by_model') };
+  return {
+    byDay: list('byDay', 'days', 'by_day'),
+    bySandbox: list('bySandbox', 'sandboxes', 'by_sandbox'),
+    byModel: list('byModel', 'models', 'by_model'),
+    limits: (data && data.limits) || null,
+  };
 }
 
 export function useUsage(workspaceId) {
@@ -76,6 +81,13 @@ export function UsageTable({ rows, label, caption }) {
   </table>`;
 }
 
+function Limits({ limits }) {
+  if (!limits) return null;
+  const rpm = limits.rpm ? `at most ${number(limits.rpm)} requests per minute` : 'no per-minute limit';
+  const daily = limits.tokensPerDay ? `at most ${number(limits.tokensPerDay)} tokens per day` : 'no daily token limit';
+  return html`<p class="muted">Limits for this workspace: ${rpm}, ${daily}.</p>`;
+}
+
 export function Usage({ workspace }) {
   const { usage, error } = useUsage(workspace.id);
   const empty = usage && usage.byDay.length === 0 && usage.bySandbox.length === 0;
@@ -84,6 +96,7 @@ export function Usage({ workspace }) {
     <${ErrorBox} error=${error} />
     ${!usage && !error && html`<${Loading} what="Loading usage" />`}
     ${empty && html`<${Empty}>No LLM calls yet. Sandboxes reach Anthropic through this server, and their token use shows up here.<//>`}
+    ${usage && html`<${Limits} limits=${usage.limits} />`}
     ${usage && !empty && html`
       ${usage.byDay.length > 0 && html`<${DayChart} days=${usage.byDay} />`}
       <div class="scroll"><${UsageTable} rows=${usage.byDay} label=${['Day', 'day']} caption="By day" /></div>

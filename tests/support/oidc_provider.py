@@ -23,8 +23,8 @@ from authlib.oauth2.rfc6749 import (
     OAuth2Error,
     OAuth2Payload,
     OAuth2Request,
+    grants,
 )
-from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import AuthorizationCodeMixin
@@ -48,8 +48,13 @@ def loopback_socket() -> socket.socket:
     return sock
 
 
-async def serve_app(app: Any, sock: socket.socket, shutdown: trio.Event, *,
-                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_app(
+    app: Any,
+    sock: socket.socket,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve an ASGI app with hypercorn on `sock` until `shutdown` is set."""
     sock.listen(64)
     sock.setblocking(False)
@@ -59,8 +64,9 @@ async def serve_app(app: Any, sock: socket.socket, shutdown: trio.Event, *,
     config.graceful_timeout = 1
     sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
     asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
-    await worker_serve(asgi, config, sockets=sockets, shutdown_trigger=shutdown.wait,
-                       task_status=task_status)
+    await worker_serve(
+        asgi, config, sockets=sockets, shutdown_trigger=shutdown.wait, task_status=task_status
+    )
 
 
 @dataclass
@@ -154,8 +160,9 @@ class _Payload(OAuth2Payload):
 class _Request(OAuth2Request):
     """authlib's request, built from what quart parsed."""
 
-    def __init__(self, method: str, uri: str, headers: Any, args: dict[str, str],
-                 form: dict[str, str]) -> None:
+    def __init__(
+        self, method: str, uri: str, headers: Any, args: dict[str, str], form: dict[str, str]
+    ) -> None:
         super().__init__(method, uri, headers=headers)
         self._args, self._form = args, form
         self.payload = _Payload({**args, **form})
@@ -176,10 +183,15 @@ class CodeGrant(grants.AuthorizationCodeGrant):
         data = request.payload.data
         idp: OpenIDProvider = self.server.idp
         idp.codes[code] = Code(
-            code=code, client_id=request.client.client_id, redirect_uri=data.get("redirect_uri"),
-            scope=data.get("scope", ""), user=request.user, nonce=data.get("nonce"),
+            code=code,
+            client_id=request.client.client_id,
+            redirect_uri=data.get("redirect_uri"),
+            scope=data.get("scope", ""),
+            user=request.user,
+            nonce=data.get("nonce"),
             code_challenge=data.get("code_challenge"),
-            code_challenge_method=data.get("code_challenge_method"))
+            code_challenge_method=data.get("code_challenge_method"),
+        )
 
     def query_authorization_code(self, code: str, client: Client) -> Code | None:
         found = self.server.idp.codes.get(code)
@@ -213,8 +225,10 @@ class OpenID(OpenIDCode):
 
     def get_client_claims(self, client: Client) -> dict[str, Any]:
         knobs, now = self.idp.knobs, int(time.time())
-        claims: dict[str, Any] = {"iss": self.idp.url,
-                                  "aud": [knobs.audience or client.get_client_id()]}
+        claims: dict[str, Any] = {
+            "iss": self.idp.url,
+            "aud": [knobs.audience or client.get_client_id()],
+        }
         if knobs.expired:
             claims.update(iat=now - 1200, exp=now - 600)
         else:
@@ -236,7 +250,8 @@ class Server(AuthorizationServer):
         super().__init__(scopes_supported=["openid", "profile", "email"])
         self.idp = idp
         self.register_token_generator(
-            "default", BearerTokenGenerator(lambda *a, **k: generate_token(42)))
+            "default", BearerTokenGenerator(lambda *a, **k: generate_token(42))
+        )
         self.register_grant(CodeGrant, [CodeChallenge(required=True), OpenID(idp)])
 
     def query_client(self, client_id: str) -> Client | None:
@@ -269,8 +284,11 @@ class OpenIDProvider:
     codes: dict[str, Code] = field(default_factory=dict)
     tokens_issued: int = 0
     url: str = ""
-    key: RSAKey = field(default_factory=lambda: RSAKey.generate_key(
-        2048, parameters={"kid": generate_token(8), "use": "sig", "alg": "RS256"}))
+    key: RSAKey = field(
+        default_factory=lambda: RSAKey.generate_key(
+            2048, parameters={"kid": generate_token(8), "use": "sig", "alg": "RS256"}
+        )
+    )
 
     @property
     def client(self) -> Client:
@@ -286,14 +304,19 @@ class OpenIDProvider:
 
         async def oauth_request() -> _Request:
             form = (await request.form).to_dict() if request.method == "POST" else {}
-            return _Request(request.method, request.url, request.headers, request.args.to_dict(), form)
+            return _Request(
+                request.method, request.url, request.headers, request.args.to_dict(), form
+            )
 
         @app.get("/.well-known/openid-configuration")
         async def discovery() -> dict[str, Any]:
             return {
-                "issuer": self.url, "authorization_endpoint": f"{self.url}/authorize",
-                "token_endpoint": f"{self.url}/token", "jwks_uri": f"{self.url}/jwks",
-                "response_types_supported": ["code"], "subject_types_supported": ["public"],
+                "issuer": self.url,
+                "authorization_endpoint": f"{self.url}/authorize",
+                "token_endpoint": f"{self.url}/token",
+                "jwks_uri": f"{self.url}/jwks",
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
                 "id_token_signing_alg_values_supported": ["RS256"],
                 "token_endpoint_auth_methods_supported": ["client_secret_basic"],
                 "code_challenge_methods_supported": ["S256"],
@@ -316,7 +339,8 @@ class OpenIDProvider:
                 failed: Response = server.handle_error_response(oauth, error)
                 return failed
             response: Response = server.create_authorization_response(
-                oauth, grant_user=grant_user, grant=grant)
+                oauth, grant_user=grant_user, grant=grant
+            )
             return response
 
         @app.post("/token")
@@ -328,19 +352,26 @@ class OpenIDProvider:
 
         return app
 
-    async def serve(self, sock: socket.socket, shutdown: trio.Event, *,
-                    task_status: trio.TaskStatus[OpenIDProvider] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self,
+        sock: socket.socket,
+        shutdown: trio.Event,
+        *,
+        task_status: trio.TaskStatus[OpenIDProvider] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(serve_app, self.app(), sock, shutdown))
             task_status.started(self)
 
 
-async def open_provider(nursery: trio.Nursery, redirect_uri: str,
-                        sock: socket.socket | None = None) -> OpenIDProvider:
+async def open_provider(
+    nursery: trio.Nursery, redirect_uri: str, sock: socket.socket | None = None
+) -> OpenIDProvider:
     """Start a provider in `nursery` (on `sock` if given) that accepts `redirect_uri`."""
     provider = OpenIDProvider(redirect_uris=[redirect_uri])
     shutdown = trio.Event()
     started: OpenIDProvider = await nursery.start(
-        partial(provider.serve, sock or loopback_socket(), shutdown))
+        partial(provider.serve, sock or loopback_socket(), shutdown)
+    )
     return started

@@ -168,7 +168,7 @@ def verify_id_token(
     except ExpiredTokenError:
         raise bad("it has expired") from None
     except ClaimError as exc:
-        raise bad(f"its '{exc.claim}' claim is missing or wrong") from None
+        raise bad(f"its {exc.claim} claim is missing or wrong") from None
     audience = claims["aud"]
     several = isinstance(audience, list) and len(audience) > 1
     if (several or "azp" in claims) and claims.get("azp") != client_id:

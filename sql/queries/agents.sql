@@ -1,0 +1,61 @@
+-- Local agents: registration codes, tunnel tokens and tunnel status. Names start with `agent_`.
+
+-- name: agent_create_code :scalar
+INSERT INTO agent_codes (code_hash, workspace_id, user_id, expires_at)
+VALUES (:code_hash, :workspace_id, :user_id, now() + make_interval(secs => :lifetime))
+RETURNING expires_at;
+
+-- name: agent_delete_stale_codes :execrows
+-- Codes expired or used over a day ago: kept a while so a late retry gets "already used".
+DELETE FROM agent_codes WHERE expires_at < now() - interval '1 day';
+
+-- name: agent_spend_code :one
+-- Atomic: only the first caller gets `fresh`; later ones see why the code is no good.
+WITH spent AS (
+    UPDATE agent_codes SET used_at = now()
+    WHERE code_hash = :code_hash AND used_at IS NULL AND expires_at > now()
+    RETURNING workspace_id, user_id
+)
+SELECT c.workspace_id, c.user_id,
+       (s.workspace_id IS NOT NULL) AS fresh,
+       (c.used_at IS NOT NULL AND s.workspace_id IS NULL) AS used,
+       (c.expires_at <= now()) AS expired
+FROM agent_codes c LEFT JOIN spent s ON true
+WHERE c.code_hash = :code_hash;
+
+-- name: agent_insert_sandbox :one
+INSERT INTO sandboxes (id, workspace_id, name, type, status, status_reason, created_by,
+                       agent_secret, tunnel_token_hash)
+VALUES (:id, :workspace_id, :name, 'local', 'offline', 'waiting for the agent to connect',
+        :created_by, :agent_secret, :tunnel_token_hash)
+RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
+          last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
+          last_heartbeat_at;
+
+-- name: agent_tunnel_sandbox :one
+-- The local sandbox a tunnel token opens (no row: wrong token, deleted or revoked).
+SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
+       last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
+       last_heartbeat_at
+FROM sandboxes WHERE id = :id AND type = 'local' AND tunnel_token_hash = :tunnel_token_hash;
+
+-- name: agent_heartbeat :execrows
+-- Zero rows: the sandbox was deleted or its token revoked, so the tunnel must close.
+UPDATE sandboxes SET last_heartbeat_at = now()
+WHERE id = :id AND type = 'local' AND tunnel_token_hash = :tunnel_token_hash;
+
+-- name: agent_set_status :one
+-- Fallback when no lifecycle service runs: the same conditional transition.
+UPDATE sandboxes SET status = :new, status_reason = :reason, updated_at = now(),
+       last_activity_at = CASE WHEN :new = 'running' THEN now() ELSE last_activity_at END
+WHERE id = :id AND type = 'local' AND status = ANY(:expected)
+RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
+          last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
+          last_heartbeat_at;
+
+-- name: agent_all_offline :many
+-- At start: no tunnel survives a restart.
+UPDATE sandboxes SET status = 'offline', status_reason = 'waiting for the agent to reconnect',
+       updated_at = now()
+WHERE type = 'local' AND status = 'running'
+RETURNING id, workspace_id;

@@ -1,0 +1,1 @@
+"""The local agent (`agentserver agent connect`): never imports the server side."""

@@ -1,0 +1,324 @@
+"""`agentserver agent connect`: register once, then keep one tunnel up and serve it.
+
+The agent dials out (`ws(s)://<server>/api/tunnel/<sandboxId>`, token in the Authorization
+header), and forwards every request the server opens on the tunnel to the local opencode
+(forward.py). It reconnects forever with exponential backoff and full jitter (1 s up to 60 s,
+reset after a healthy connection), and stops with exit status 1 when the server refuses the
+token (the sandbox was deleted or its token revoked).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import trio
+import trio_websocket
+
+from agentserver.agent.forward import Forwarder
+from agentserver.tunnel.connection import Role, Settings
+from agentserver.tunnel.frames import ProtocolError
+from agentserver.tunnel.transport import Tunnel, TunnelClosed, WebSocketLink
+
+DEFAULT_CONFIG = "~/.agentserver/agent.json"
+DEFAULT_OPENCODE_URL = "http://localhost:4096"
+BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0
+HEALTHY_AFTER = 30.0  # seconds connected after which the backoff starts again from 1 s
+PING_INTERVAL = 20.0
+# What the agent accepts from the server: 64 KiB frames, 1 MiB of credit per stream.
+AGENT_SETTINGS = Settings(max_frame_payload=64 * 1024, initial_window=1024 * 1024,
+                          ping_interval=PING_INTERVAL)
+REVOKED_STATUSES = frozenset({401, 403, 404})
+Say = Callable[[str], None]
+
+
+class AgentError(Exception):
+    """A reason to stop for good, with the message to show and the exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The saved registration (`~/.agentserver/agent.json`, mode 0600)."""
+
+    server: str
+    sandboxId: str  # camelCase: the file's keys, as the original agent writes them
+    tunnelToken: str
+    workspaceId: str
+    name: str
+
+
+def load_config(path: Path) -> AgentConfig | None:
+    """The saved registration, or None when there is none yet."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise AgentError(f"cannot read {path}: {exc}", status=2) from None
+    if not isinstance(data, dict) or not data.get("sandboxId"):
+        return None
+    try:
+        return AgentConfig(**{k: str(data[k]) for k in AgentConfig.__dataclass_fields__})
+    except KeyError as exc:
+        raise AgentError(f"{path} lacks {exc}; register again with --code", status=2) from None
+
+
+def save_config(path: Path, config: AgentConfig) -> None:
+    """Write atomically: a private directory (0700), the file created 0600, then renamed."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=".agent-", dir=path.parent)  # mkstemp creates 0600
+    try:
+        with os.fdopen(fd, "w") as file:
+            json.dump(asdict(config), file, indent=2)
+            file.write("\n")
+        os.chmod(temp, 0o600)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def config_file(config_path: str | Path) -> Path:
+    return Path(config_path).expanduser()
+
+
+def default_name() -> str:
+    return socket.gethostname() or "Local Agent"
+
+
+def normalise_server(server: str) -> str:
+    server = server.strip().rstrip("/")
+    if not server.startswith(("http://", "https://")):
+        raise AgentError(f"--server must start with http:// or https:// (got {server!r})",
+                         status=2)
+    return server
+
+
+def tunnel_url(config: AgentConfig, server: str | None = None) -> str:
+    base = normalise_server(server or config.server)
+    return "ws" + base[len("http"):] + f"/api/tunnel/{config.sandboxId}"
+
+
+async def register(server: str, code: str, name: str) -> AgentConfig:
+    """Spend the one-time code for a sandbox and its tunnel token."""
+    server = normalise_server(server)
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            response = await client.post(f"{server}/api/agent/register",
+                                         json={"code": code.strip(), "name": name})
+    except httpx.HTTPError as exc:
+        raise AgentError(f"registration failed: cannot reach {server}: {exc}") from None
+    if response.status_code != 201:
+        try:
+            reason = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            reason = response.text[:200]
+        raise AgentError(f"registration failed ({response.status_code}): {reason}")
+    body = response.json()
+    return AgentConfig(server=server, sandboxId=body["sandboxId"],
+                       tunnelToken=body["tunnelToken"], workspaceId=body["workspaceId"], name=name)
+
+
+class Backoff:
+    """Exponential backoff with full jitter: a random wait up to 1, 2, 4 … 60 s."""
+
+    def __init__(self, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP,
+                 rng: random.Random | None = None) -> None:
+        self.first, self.cap = first, cap
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.first * 2 ** self.attempt)
+        self.attempt = min(self.attempt + 1, 32)
+        return self._rng.uniform(0, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Session:
+    """One agent: its credentials, its forwarder and its reconnect loop."""
+
+    def __init__(self, config: AgentConfig, forwarder: Forwarder, say: Say,
+                 server: str | None = None, backoff: Backoff | None = None) -> None:
+        self.config = config
+        self.forwarder = forwarder
+        self.say = say
+        self.url = tunnel_url(config, server)
+        self.backoff = backoff or Backoff()
+        self.connected = trio.Event()  # set on each successful connection (tests watch it)
+        self.connections = 0
+
+    async def run(self) -> None:
+        """Reconnect forever; raises AgentError when the server refuses the token."""
+        while True:
+            self.say(f"connecting to {self.url}")
+            try:
+                await self.connect_once()
+                reason = "the server closed the tunnel"
+            except Exception as exc:  # ExceptionGroup too; never Cancelled
+                refused = _refused(exc)
+                if refused is not None:
+                    raise AgentError(
+                        f"the server refused this agent's token (HTTP {refused}): the sandbox "
+                        "was deleted or its token revoked; register again with --code") from None
+                if not _retryable(exc):
+                    raise
+                reason = describe(exc)
+            delay = self.backoff.next()
+            self.say(f"disconnected ({reason}); reconnecting in {delay:.1f} s")
+            await trio.sleep(delay)
+
+    async def connect_once(self) -> None:
+        headers = [(b"authorization", f"Bearer {self.config.tunnelToken}".encode())]
+        async with trio_websocket.open_websocket_url(
+            self.url, extra_headers=headers, receive_buffer_size=None,
+            max_message_size=4 * 1024 * 1024, connect_timeout=30, disconnect_timeout=5,
+        ) as ws:
+            tunnel = Tunnel(WebSocketLink(ws), role=Role.CLIENT, settings=AGENT_SETTINGS,
+                            handler=self.forwarder.handle)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._serve, tunnel, nursery.cancel_scope)
+                self.connections += 1
+                self.connected.set()
+                self.say(f"connected: sandbox {self.config.sandboxId} ({self.config.name})"
+                         f" is running, forwarding to {self.forwarder.base_url}")
+                self.forwarder.on_success = self.backoff.reset
+                nursery.start_soon(self._healthy_after)
+
+    async def _serve(self, tunnel: Tunnel, scope: trio.CancelScope,
+                     task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await tunnel.run(task_status=task_status)
+        finally:
+            scope.cancel()
+
+    async def _healthy_after(self) -> None:
+        await trio.sleep(HEALTHY_AFTER)
+        self.backoff.reset()
+
+
+_RETRYABLE = (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, OSError,
+              trio.BrokenResourceError, trio.TooSlowError, ProtocolError)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _refused(exc: BaseException) -> int | None:
+    """The HTTP status when the server refused the upgrade as unauthorised or unknown."""
+    for leaf in _leaves(exc):
+        if (isinstance(leaf, trio_websocket.ConnectionRejected)
+                and leaf.status_code in REVOKED_STATUSES):
+            return int(leaf.status_code)
+    return None
+
+
+def _retryable(exc: BaseException) -> bool:
+    return all(isinstance(leaf, _RETRYABLE) for leaf in _leaves(exc))
+
+
+def describe(exc: BaseException) -> str:
+    exc = _leaves(exc)[0]
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        return f"the server answered HTTP {exc.status_code}"
+    if isinstance(exc, TunnelClosed):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"cannot reach the server: {exc.strerror or exc}"
+    return str(exc) or type(exc).__name__
+
+
+async def connect(
+    *,
+    server: str | None = None,
+    code: str | None = None,
+    name: str | None = None,
+    opencode_url: str = DEFAULT_OPENCODE_URL,
+    config_path: str | Path = DEFAULT_CONFIG,
+    opencode_password: str | None = None,
+    say: Say = print,
+    handle_signals: bool = False,
+    started: Callable[[Session], None] | None = None,
+) -> int:
+    """Register if needed, then serve the tunnel until stopped; returns the exit status."""
+    path = config_file(config_path)
+    try:
+        try:
+            forwarder = Forwarder(opencode_url, opencode_password, say)
+        except ValueError as exc:
+            raise AgentError(str(exc), status=2) from None
+        config = await credentials(path, server, code, name, say)
+        session = Session(config, forwarder, say, server=server)
+    except AgentError as exc:
+        say(f"error: {exc.message}")
+        return exc.status
+    if started is not None:
+        started(session)
+    status = 0
+    async with forwarder:
+        try:
+            if handle_signals:
+                status = await _until_signal(session)
+            else:
+                await session.run()
+        except* AgentError as group:
+            error = _leaves(group)[0]
+            assert isinstance(error, AgentError)
+            say(f"stopped: {error.message}")
+            status = error.status
+    return status
+
+
+async def credentials(path: Path, server: str | None, code: str | None, name: str | None,
+                      say: Say) -> AgentConfig:
+    """The saved registration, or a new one when a code is given (which always registers)."""
+    saved = load_config(path)
+    if code:
+        target = server or (saved.server if saved else None)
+        if not target:
+            raise AgentError("--server is needed to register with --code", status=2)
+        config = await register(target, code, name or default_name())
+        save_config(path, config)
+        say(f"registered as sandbox {config.sandboxId} in workspace {config.workspaceId}; "
+            f"credentials saved to {path}")
+        return config
+    if saved is None:
+        raise AgentError(f"no saved registration in {path}: run once with --server and --code "
+                         "(a code comes from the web UI's laptop button)", status=2)
+    return saved
+
+
+async def _until_signal(session: Session) -> int:
+    status = 0
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal status
+                async for signum in signals:
+                    status = 130 if signum == signal.SIGINT else 0
+                    session.say("stopping")
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch)
+            await session.run()
+            nursery.cancel_scope.cancel()
+    return status

@@ -1,0 +1,214 @@
+"""Serving the tunnel on the agent: each request the server opens goes to the local opencode.
+
+Bodies stream both ways with no timeout once the response started (SSE lives as long as both
+ends want). When the browser goes away the server resets the stream; the transport cancels the
+handler, which closes the request to opencode. WebSocket upgrades (opencode's terminal) are
+relayed message by message.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import AsyncIterator, Callable, Sequence
+from urllib.parse import urlsplit
+
+import httpx
+import trio
+import trio_websocket
+
+from agentserver.tunnel.connection import RequestReceived
+from agentserver.tunnel.transport import TunnelStream
+
+# Connection-specific fields (RFC 9110 §7.6.1) never cross a hop; Host is the local opencode's.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+                        "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
+                        "host"})
+WEBSOCKET_FIELDS = HOP_BY_HOP | {"sec-websocket-key", "sec-websocket-version", "origin",
+                                 "sec-websocket-extensions", "sec-websocket-protocol",
+                                 "content-length"}
+_UNSENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
+
+
+def safe_target(target: str) -> str | None:
+    """`target` if it is an origin-form path (`/…`), else None: no scheme, host or `//host`."""
+    if not target.startswith("/") or target.startswith(("//", "/\\")):
+        return None
+    if any(c in target for c in "\r\n\x00\t "):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return None
+    return target
+
+
+def _sendable(code: int | None) -> int:
+    return 1000 if code is None else _UNSENDABLE.get(code, code)
+
+
+class Forwarder:
+    """The tunnel's request handler: forwards to `base_url` (the local opencode)."""
+
+    def __init__(self, base_url: str, password: str | None, say: Callable[[str], None]) -> None:
+        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"--opencode-url must be an http(s) URL (got {base_url!r})")
+        self._base = httpx.URL(self.base_url)
+        self._ws_base = ("wss" if parts.scheme == "https" else "ws") + "://" + parts.netloc
+        self._auth = (None if not password else
+                      "Basic " + base64.b64encode(f"opencode:{password}".encode()).decode())
+        self._say = say
+        self._reachable: bool | None = None
+        self.on_success: Callable[[], None] = lambda: None
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=10.0, read=None, write=None, pool=None),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+            follow_redirects=False,
+        )
+
+    async def __aenter__(self) -> Forwarder:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with trio.CancelScope(shield=True):
+            await self._client.aclose()
+
+    def headers_for_opencode(self, headers: Sequence[tuple[str, str]],
+                             drop: frozenset[str] = HOP_BY_HOP) -> list[tuple[str, str]]:
+        """The request's headers with hop-by-hop fields and the server's Authorization replaced
+        by ours (or removed when no --opencode-password was given)."""
+        listed = {t.strip().lower() for n, v in headers if n.lower() == "connection"
+                  for t in v.split(",")}
+        kept = [(n, v) for n, v in headers
+                if n.lower() not in drop and n.lower() not in listed
+                and n.lower() != "authorization"]
+        if self._auth:
+            kept.append(("authorization", self._auth))
+        return kept
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def handle(self, request: RequestReceived, stream: TunnelStream) -> None:
+        target = safe_target(request.target)
+        if target is None:
+            await self._answer(stream, 400, "text/plain; charset=utf-8", b"invalid request path")
+            return
+        if request.websocket:
+            await self._websocket(request, target, stream)
+            return
+        await self._http(request, target, stream)
+
+    async def _http(self, request: RequestReceived, target: str, stream: TunnelStream) -> None:
+        content = _body(stream) if request.body else None
+        outgoing = self._client.build_request(
+            request.method, self._base.copy_with(raw_path=target.encode()),
+            headers=self.headers_for_opencode(request.headers), content=content)
+        try:
+            response = await self._client.send(outgoing, stream=True)
+        except httpx.TransportError as exc:
+            await self._unreachable(stream, exc)
+            return
+        try:
+            self._seen_reachable()
+            headers = [(n.decode("latin-1"), v.decode("latin-1"))
+                       for n, v in response.headers.raw if n.lower().decode() not in HOP_BY_HOP]
+            await stream.send_response_head(response.status_code, headers)
+            async for chunk in response.aiter_raw():
+                await stream.send_all(chunk)
+            await stream.send_eof()
+            self.on_success()
+        except httpx.TransportError:
+            await stream.reset()  # opencode broke off: the browser sees a cut response
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await response.aclose()
+
+    async def _answer(self, stream: TunnelStream, status: int, content_type: str,
+                      body: bytes) -> None:
+        await stream.send_response_head(status, [("content-type", content_type),
+                                                 ("content-length", str(len(body))),
+                                                 ("cache-control", "no-store")])
+        await stream.send_all(body)
+        await stream.send_eof()
+
+    async def _unreachable(self, stream: TunnelStream, exc: Exception) -> None:
+        reason = str(exc) or type(exc).__name__
+        if self._reachable is not False:
+            self._reachable = False
+            self._say(f"local opencode unreachable at {self.base_url}: {reason}")
+        page = (
+            "<!doctype html><meta charset=utf-8><title>Local opencode is not answering</title>"
+            "<h1>Local opencode is not answering</h1>"
+            f"<p>The agent is connected, but nothing answers at <code>{html.escape(self.base_url)}"
+            f"</code> on its machine ({html.escape(reason)}).</p>"
+            "<p>Start opencode there (<code>opencode serve --port 4096</code>) or run the agent "
+            "with the right <code>--opencode-url</code>, then reload this page.</p>"
+        ).encode()
+        await self._answer(stream, 502, "text/html; charset=utf-8", page)
+
+    def _seen_reachable(self) -> None:
+        if self._reachable is False:
+            self._say(f"local opencode at {self.base_url} answers again")
+        self._reachable = True
+
+    # -- WebSocket relay --------------------------------------------------------------------
+
+    async def _websocket(self, request: RequestReceived, target: str,
+                         stream: TunnelStream) -> None:
+        headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in
+                   self.headers_for_opencode(request.headers, WEBSOCKET_FIELDS)]
+        try:
+            async with trio_websocket.open_websocket_url(
+                self._ws_base + target, subprotocols=list(request.subprotocols),
+                extra_headers=headers, max_message_size=16 * 1024 * 1024,
+                connect_timeout=30, disconnect_timeout=5,
+            ) as ws:
+                self._seen_reachable()
+                chosen = [("sec-websocket-protocol", ws.subprotocol)] if ws.subprotocol else []
+                await stream.send_response_head(101, chosen)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_to_opencode, stream, ws, nursery.cancel_scope)
+                    nursery.start_soon(_to_browser, ws, stream, nursery.cancel_scope)
+        except trio_websocket.ConnectionRejected as exc:
+            body = exc.body or b""
+            await self._answer(stream, exc.status_code, "text/plain; charset=utf-8", body)
+        except (trio_websocket.HandshakeError, OSError) as exc:
+            await self._unreachable(stream, exc)
+
+
+async def _body(stream: TunnelStream) -> AsyncIterator[bytes]:
+    while chunk := await stream.receive_some():
+        yield chunk
+
+
+async def _to_opencode(stream: TunnelStream, ws: trio_websocket.WebSocketConnection,
+                       done: trio.CancelScope) -> None:
+    try:
+        while True:
+            try:
+                message = await stream.receive_message()
+            except trio.EndOfChannel:
+                await ws.aclose(_sendable(stream.close_code), stream.close_reason or None)
+                return
+            await ws.send_message(message)
+    except trio_websocket.ConnectionClosed:
+        return  # opencode closed; the other pump tells the browser
+    finally:
+        done.cancel()
+
+
+async def _to_browser(ws: trio_websocket.WebSocketConnection, stream: TunnelStream,
+                      done: trio.CancelScope) -> None:
+    try:
+        while True:
+            try:
+                message = await ws.get_message()
+            except trio_websocket.ConnectionClosed as closed:
+                code = closed.reason.code if closed.reason else None
+                reason = (closed.reason.reason if closed.reason else None) or ""
+                await stream.send_close(_sendable(code), reason)
+                return
+            await stream.send_message(message)
+    finally:
+        done.cancel()

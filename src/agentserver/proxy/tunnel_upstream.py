@@ -1,0 +1,159 @@
+"""The proxy's `Upstream` for local sandboxes: each request is one stream over the agent's tunnel.
+
+Request and response bodies stream with the tunnel's per-stream credit, so a slow browser slows
+only its own stream; closing a response early resets the stream, and the agent then stops its
+request to the local opencode. A relayed WebSocket is a stream with message framing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+
+import trio
+import trio_websocket
+
+from agentserver.deps import Deps
+from agentserver.errors import SandboxUnreachable
+from agentserver.proxy.headers import Headers
+from agentserver.proxy.upstream import HEADER_TIMEOUT, UpstreamResponse, UpstreamTimeout
+from agentserver.tunnel.hub import Hub
+from agentserver.tunnel.transport import Tunnel, TunnelClosed, TunnelStream
+
+# Agents see the host they serve on themselves; the browser's Host means nothing to them.
+_DROPPED = frozenset({b"host"})
+_BROKEN = (TunnelClosed, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def _text_headers(headers: Headers) -> list[tuple[str, str]]:
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n not in _DROPPED]
+
+
+def _byte_headers(headers: Sequence[tuple[str, str]]) -> Headers:
+    return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+
+
+class _Body:
+    """The response body as it arrives over the stream."""
+
+    def __init__(self, stream: TunnelStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._stream.receive_some()
+        except _BROKEN:
+            raise SandboxUnreachable("the tunnel to the local agent broke") from None
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+
+class TunnelSocket:
+    """A WebSocket relayed over one tunnel stream (satisfies proxy.upstream.UpstreamSocket)."""
+
+    def __init__(self, stream: TunnelStream, subprotocol: str | None) -> None:
+        self._stream = stream
+        self._subprotocol = subprotocol
+
+    @property
+    def subprotocol(self) -> str | None:
+        return self._subprotocol
+
+    async def get_message(self) -> str | bytes:
+        try:
+            return await self._stream.receive_message()
+        except trio.EndOfChannel:
+            code = self._stream.close_code or 1005
+            reason = trio_websocket.CloseReason(code, self._stream.close_reason or None)
+        except _BROKEN:
+            reason = trio_websocket.CloseReason(1006, "the tunnel to the local agent broke")
+        raise trio_websocket.ConnectionClosed(reason)
+
+    async def send_message(self, message: str | bytes) -> None:
+        try:
+            await self._stream.send_message(message)
+        except _BROKEN:
+            reason = trio_websocket.CloseReason(1006, "the tunnel to the local agent broke")
+            raise trio_websocket.ConnectionClosed(reason) from None
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        with suppress(*_BROKEN):
+            await self._stream.send_close(code, reason or "")
+        await self._stream.aclose()
+
+
+class TunnelUpstream:
+    """A local sandbox's agent, reached through its live tunnel."""
+
+    def __init__(self, tunnel: Tunnel, header_timeout: float = HEADER_TIMEOUT) -> None:
+        self._tunnel = tunnel
+        self._header_timeout = header_timeout
+
+    async def _open(self, method: str, target: str, headers: Headers, *, body: bool,
+                    websocket: bool = False, subprotocols: Sequence[str] = ()) -> TunnelStream:
+        try:
+            return await self._tunnel.open_request(method, target, _text_headers(headers),
+                                                   body=body, websocket=websocket,
+                                                   subprotocols=subprotocols)
+        except _BROKEN:
+            raise SandboxUnreachable("the local agent is not connected") from None
+
+    async def _head(self, stream: TunnelStream) -> tuple[int, Headers]:
+        try:
+            with trio.move_on_after(self._header_timeout) as waited:
+                status, headers = await stream.receive_response_head()
+        except _BROKEN:
+            raise SandboxUnreachable("the tunnel to the local agent broke") from None
+        if waited.cancelled_caught:
+            raise UpstreamTimeout("the local agent did not answer in time")
+        return status, _byte_headers(headers)
+
+    async def request(self, method: bytes, target: bytes, headers: Headers,
+                      body: AsyncIterable[bytes]) -> UpstreamResponse:
+        """Send the head and the streamed body, then wait for the response head."""
+        stream = await self._open(method.decode("latin-1"), target.decode("latin-1"), headers,
+                                  body=True)
+        ok = False
+        try:
+            try:
+                async for chunk in body:
+                    if chunk:
+                        await stream.send_all(chunk)
+                await stream.send_eof()
+            except _BROKEN:
+                pass  # the agent may have answered early (e.g. 413) and dropped the rest
+            status, response_headers = await self._head(stream)
+            ok = True
+            return UpstreamResponse(status, response_headers, _Body(stream), stream.aclose)
+        finally:
+            if not ok:
+                await stream.aclose()
+
+    @asynccontextmanager
+    async def websocket(self, target: str, headers: Headers,
+                        subprotocols: Sequence[str]) -> AsyncIterator[TunnelSocket]:
+        stream = await self._open("GET", target, headers, body=True, websocket=True,
+                                  subprotocols=subprotocols)
+        try:
+            status, response_headers = await self._head(stream)
+            if status != 101:
+                raise SandboxUnreachable(f"the local agent refused the WebSocket ({status})")
+            chosen = next((v.decode("latin-1") for n, v in response_headers
+                           if n == b"sec-websocket-protocol"), None)
+            yield TunnelSocket(stream, chosen)
+        finally:
+            await stream.aclose()
+
+
+@asynccontextmanager
+async def open_tunnel_upstreams(deps: Deps) -> AsyncIterator[None]:
+    """Feature opener (serve.FEATURES, after the hub's): the subdomain proxy reaches local
+    sandboxes through `deps.extras["hub"].upstream(id)`, a `TunnelUpstream` over `hub.get(id)`."""
+    hub = deps.extras.get("hub")
+    if isinstance(hub, Hub):
+        hub.upstream_factory = TunnelUpstream
+    yield

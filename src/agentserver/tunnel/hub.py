@@ -1,0 +1,96 @@
+"""The hub: which live tunnel serves each local sandbox, on this server process.
+
+One tunnel per sandbox. A new tunnel for the same sandbox replaces (and closes) the old one; the
+old one's end must then not unregister the new one, so `unregister` takes the tunnel it means.
+Status changes derived from the hub (running / offline) are serialised per sandbox with
+`status_lock`, and the caller reads the hub *inside* the lock, so the last writer always wrote
+the hub's current state no matter how a close and a reconnect interleave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .transport import Tunnel
+
+
+class Hub:
+    """Sandbox id → the live `Tunnel` (server side); kept in `deps.extras["hub"]`."""
+
+    def __init__(self) -> None:
+        self._tunnels: dict[str, Tunnel] = {}
+        self._locks: dict[str, trio.Lock] = {}
+        self._finished: dict[Tunnel, trio.Event] = {}
+        # Set by the proxy (proxy/tunnel_upstream.py): wraps a tunnel as its `Upstream`.
+        self.upstream_factory: Callable[[Tunnel], Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self._tunnels)
+
+    def get(self, sandbox_id: str) -> Tunnel | None:
+        """The sandbox's live tunnel, or None (the agent is offline)."""
+        tunnel = self._tunnels.get(sandbox_id)
+        return None if tunnel is None or tunnel.closed else tunnel
+
+    def upstream(self, sandbox_id: str) -> Any:
+        """The proxy's way to the sandbox's agent over its tunnel (None: offline)."""
+        tunnel = self.get(sandbox_id)
+        if tunnel is None or self.upstream_factory is None:
+            return None
+        return self.upstream_factory(tunnel)
+
+    async def register(self, sandbox_id: str, tunnel: Tunnel) -> None:
+        """Make `tunnel` the sandbox's tunnel; a previous one is closed."""
+        previous = self._tunnels.get(sandbox_id)
+        self._tunnels[sandbox_id] = tunnel
+        self._finished.setdefault(tunnel, trio.Event())
+        if previous is not None and previous is not tunnel:
+            await previous.aclose()
+
+    def unregister(self, sandbox_id: str, tunnel: Tunnel) -> bool:
+        """Forget `tunnel` if it is still the sandbox's tunnel; True when it was."""
+        if self._tunnels.get(sandbox_id) is not tunnel:
+            return False
+        del self._tunnels[sandbox_id]
+        return True
+
+    def finish(self, tunnel: Tunnel) -> None:
+        """The session that served `tunnel` is over (its status is written)."""
+        event = self._finished.pop(tunnel, None)
+        if event is not None:
+            event.set()
+
+    async def wait_finished(self, tunnel: Tunnel) -> None:
+        """Wait until the session of `tunnel` is completely over."""
+        event = self._finished.get(tunnel)
+        if event is not None:
+            await event.wait()
+
+    async def close(self, sandbox_id: str) -> bool:
+        """Close the sandbox's tunnel (deleted or revoked); its session unregisters itself."""
+        tunnel = self._tunnels.get(sandbox_id)
+        if tunnel is None:
+            return False
+        await tunnel.aclose()
+        return True
+
+    async def close_all(self) -> None:
+        for tunnel in list(self._tunnels.values()):
+            await tunnel.aclose()
+
+    def status_lock(self, sandbox_id: str) -> trio.Lock:
+        """The lock under which the sandbox's tunnel status is read and written."""
+        lock = self._locks.get(sandbox_id)
+        if lock is None:
+            lock = self._locks[sandbox_id] = trio.Lock()
+        return lock
+
+    def release_lock(self, sandbox_id: str) -> None:
+        """Drop an idle lock of a sandbox without a tunnel, so the map does not grow forever."""
+        lock = self._locks.get(sandbox_id)
+        if (lock is not None and not lock.locked() and sandbox_id not in self._tunnels
+                and lock.statistics().tasks_waiting == 0):
+            del self._locks[sandbox_id]

@@ -23,7 +23,7 @@ from agentserver.auth.oidc import (
     flow_for,
     providers_from_settings,
 )
-from agentserver.auth.sessions import create_session
+from agentserver.auth.sessions import SESSION_COOKIE, create_session, revoke_session
 from agentserver.auth.tokens import hash_token, new_token, same
 from agentserver.deps import Deps
 from agentserver.errors import AgentServerError, NotFound
@@ -200,6 +200,8 @@ async def callback(provider_id: str) -> Response:
         provider = _provider(provider_id)
         user = await _complete(provider, request.args, request.cookies.get(flow_cookie(settings)))
         token = await create_session(deps().db, user.id, settings.session_lifetime)
+        # Whoever this browser was signed in as before, that session ends here (no fixation).
+        await revoke_session(deps().db, request.cookies.get(SESSION_COOKIE))
     except AgentServerError as exc:
         log.info("sign-in with %s failed: %s", provider_id, exc.code)
         response = failure_page(exc)

@@ -110,6 +110,16 @@ def create_app(deps: Deps) -> QuartTrio:
             return error_response(400, "invalid", message, field=field)
         return error_response(400, "invalid", "the body is not valid JSON of the expected shape")
 
+    @app.errorhandler(UnicodeDecodeError)
+    async def on_bad_text(exc: UnicodeDecodeError) -> Response:
+        # Quart decodes a JSON body before parsing it; bytes that are not UTF-8 are bad input.
+        return error_response(400, "invalid", "the body is not valid UTF-8")
+
+    @app.errorhandler(RecursionError)
+    async def on_deep_json(exc: RecursionError) -> Response:
+        # json.loads recurses per nesting level; a body nested thousands deep is bad input.
+        return error_response(400, "invalid", "the body is nested too deeply")
+
     @app.errorhandler(HTTPException)
     async def on_http(exc: HTTPException) -> Response:
         status = exc.code or 500

@@ -12,7 +12,8 @@ from agentserver.errors import Invalid
 
 _HASHER = PasswordHasher()
 _USERNAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{1,30}[a-z0-9])?$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# No whitespace or control characters anywhere (PostgreSQL text cannot even hold NUL).
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
 # A fixed hash to verify against when the user does not exist, so timing does not tell.

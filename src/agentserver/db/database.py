@@ -29,7 +29,9 @@ def load_queries(directory: Path | None = None) -> dict[str, sqlfile.Query]:
     for path in sorted((directory or sql_dir() / "queries").glob("*.sql")):
         for name, query in sqlfile.parse(path.read_text(), path.name).items():
             if name in queries:
-                raise sqlfile.SqlFileError(f"{query.source}: {name!r} also in {queries[name].source}")
+                raise sqlfile.SqlFileError(
+                    f"{query.source}: {name!r} also in {queries[name].source}"
+                )
             queries[name] = query
     return queries
 
@@ -149,13 +151,23 @@ def check_connect(url: str, timeout: float = 5.0) -> None:
 
 
 @asynccontextmanager
-async def open_database(url: str, *, min_size: int = 2, max_size: int = 10) -> AsyncIterator[Database]:
+async def open_database(
+    url: str, *, min_size: int = 2, max_size: int = 10
+) -> AsyncIterator[Database]:
     """A pool for `url`; the URL is checked first so a bad one fails fast and clearly."""
     queries = load_queries()
     await trio.to_thread.run_sync(check_connect, url)
+    # check: a connection broken by a database restart is replaced at checkout instead of
+    # failing one request; timeout: with the database down a request answers 503 within 5 s.
     pool: ConnectionPool[Any] = ConnectionPool(
-        url, min_size=min_size, max_size=max_size, open=False, timeout=10,
-        kwargs={"autocommit": False}, name="agentserver",
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        timeout=5,
+        kwargs={"autocommit": False},
+        name="agentserver",
+        check=ConnectionPool.check_connection,
     )
     await trio.to_thread.run_sync(lambda: pool.open(wait=True, timeout=15))
     try:

@@ -18,6 +18,7 @@ from hypercorn.config import Config, Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
+from agentserver.api import sandboxes as sandboxes_api
 from agentserver.api.app import create_app
 from agentserver.api.oidc import open_oidc
 from agentserver.api.usage import open_usage_api
@@ -26,6 +27,7 @@ from agentserver.db.embedded import open_embedded_postgres
 from agentserver.db.migrate import apply_migrations
 from agentserver.deps import Deps
 from agentserver.errors import ConfigError, DatabaseUnavailable
+from agentserver.sandboxes.feature import open_sandboxes
 from agentserver.proxy.llm import llm_middleware, open_llm_proxy
 from agentserver.settings import Settings
 
@@ -40,6 +42,8 @@ FEATURES.append(open_oidc)  # sign in with GitHub / OIDC
 # ASGI wrappers applied around the API app, innermost first (e.g. the subdomain proxy).
 Middleware = Callable[[Any, Deps], Any]
 MIDDLEWARE: list[Middleware] = []
+# Sandboxes: the lifecycle service (backend, reconciliation, idle watcher) and its routes.
+FEATURES += [open_sandboxes, sandboxes_api.register]
 FEATURES += [open_usage_api, open_llm_proxy]
 MIDDLEWARE.append(llm_middleware)
 

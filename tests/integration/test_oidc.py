@@ -354,3 +354,21 @@ async def test_providers_lists_what_is_configured_without_secrets(
     assert listed.json() == expected
     assert config.json()["providers"] == expected
     assert CLIENT_SECRET not in listed.text + config.text
+
+
+async def test_sso_sign_in_ends_the_previous_session(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, idp: OpenIDProvider
+) -> None:
+    """Signing in with SSO in a browser that had a session revokes that old session."""
+    server = await start(nursery, db_url, tmp_path, idp.url)
+    async with server.client() as browser:
+        await register(browser, "someone", email="someone@example.org")
+        old = browser.cookies["agentserver_session"]
+        response = await browser.get(await to_provider(browser))
+        assert response.status_code == 302
+        user = await me(browser)
+        assert user is not None
+        assert user["username"] == "alice"
+    async with server.client() as replay:
+        replay.cookies.set("agentserver_session", old)
+        assert await me(replay) is None

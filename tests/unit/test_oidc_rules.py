@@ -319,3 +319,11 @@ def test_configured_providers() -> None:
         )
     )
     assert list(found) == ["github", "generic"]
+
+
+def test_flow_cookie_is_host_only_prefixed_on_https() -> None:
+    """On https the flow cookie uses the __Host- prefix, which sandbox subdomains cannot plant."""
+    from agentserver.api.oidc import flow_cookie
+
+    assert flow_cookie(build_settings({"base_scheme": "https"}, {})) == "__Host-agentserver_oauth"
+    assert flow_cookie(build_settings({}, {})) == "agentserver_oauth"

@@ -1,0 +1,71 @@
+-- Sandbox lifecycle: rows, conditional status transitions, activity, idle and reconciliation.
+-- Names start with `sbx_` (query names are global).
+
+-- name: sbx_insert :one
+INSERT INTO sandboxes (id, workspace_id, name, type, status, created_by, agent_secret)
+VALUES (:id, :workspace_id, :name, :type, 'creating', :created_by, :agent_secret)
+RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
+          last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
+          last_heartbeat_at;
+
+-- name: sbx_get :one
+SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
+       last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
+       last_heartbeat_at
+FROM sandboxes WHERE id = :id;
+
+-- name: sbx_list_workspace :many
+SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
+       last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
+       last_heartbeat_at
+FROM sandboxes WHERE workspace_id = :workspace_id ORDER BY created_at, id;
+
+-- name: sbx_list_all :many
+-- Every sandbox (for reconciliation at start).
+SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
+       last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
+       last_heartbeat_at
+FROM sandboxes ORDER BY created_at, id;
+
+-- name: sbx_set_status :one
+-- The one conditional transition: nothing changes unless the row is still in an expected status.
+-- Entering `running` records the endpoint and counts as activity; `paused` stamps paused_at;
+-- leaving `running` forgets the endpoint (a stopped agent has none).
+UPDATE sandboxes SET
+    status = :new,
+    status_reason = :reason,
+    updated_at = now(),
+    endpoint_host = CASE WHEN :new = 'running' THEN COALESCE(:endpoint_host, endpoint_host)
+                         WHEN :new = 'pausing' THEN endpoint_host ELSE NULL END,
+    endpoint_port = CASE WHEN :new = 'running' THEN COALESCE(:endpoint_port, endpoint_port)
+                         WHEN :new = 'pausing' THEN endpoint_port ELSE NULL END,
+    last_activity_at = CASE WHEN :new = 'running' THEN now() ELSE last_activity_at END,
+    paused_at = CASE WHEN :new = 'paused' THEN now() WHEN :new = 'running' THEN NULL
+                     ELSE paused_at END
+WHERE id = :id AND status = ANY(:expected)
+RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
+          last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
+          last_heartbeat_at;
+
+-- name: sbx_set_proxy_token :execrows
+UPDATE sandboxes SET proxy_token_hash = :proxy_token_hash WHERE id = :id;
+
+-- name: sbx_touch :execrows
+UPDATE sandboxes SET last_activity_at = now() WHERE id = :id AND last_activity_at < now();
+
+-- name: sbx_delete :execrows
+DELETE FROM sandboxes WHERE id = :id;
+
+-- name: sbx_list_idle :many
+-- Running backend sandboxes with no activity for `seconds`.
+SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
+       last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
+       last_heartbeat_at
+FROM sandboxes
+WHERE status = 'running' AND type <> 'local'
+  AND last_activity_at <= now() - make_interval(secs => :seconds);
+
+-- name: sbx_next_idle_in :scalar
+-- Seconds until the next running backend sandbox becomes idle (NULL: none is running).
+SELECT EXTRACT(EPOCH FROM (min(last_activity_at) + make_interval(secs => :seconds) - now()))::float8
+FROM sandboxes WHERE status = 'running' AND type <> 'local';

@@ -1,0 +1,175 @@
+"""Sandbox routes: list, create, read, delete, pause, resume, logs; the workspace event stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import trio
+from pydantic import Field
+from quart import Blueprint, Response, make_response, request
+from quart_schema import validate_request
+
+from agentserver.api.common import Body, current_user, deps, member_role, require
+from agentserver.auth.permissions import Action, allowed
+from agentserver.deps import Deps
+from agentserver.errors import Forbidden, Invalid, NotFound, Unavailable
+from agentserver.models import Sandbox
+from agentserver.sandboxes.events import Event
+from agentserver.sandboxes.service import Sandboxes
+
+blueprint = Blueprint("sandboxes", __name__, url_prefix="/api")
+HEARTBEAT = 15.0  # seconds between keep-alive comments on the event stream
+CREATABLE = ("opencode", "openclaw")
+
+
+class CreateSandboxBody(Body):
+    name: str = Field(min_length=1, max_length=100)
+    type: str = "opencode"
+
+
+def service() -> Sandboxes:
+    found = deps().extras.get("sandboxes")
+    if found is None:
+        raise Unavailable("sandboxes are not available on this server")
+    return cast(Sandboxes, found)
+
+
+async def sandbox_for(sandbox_id: str, action: Action) -> Sandbox:
+    """The sandbox, if the caller's role in its workspace allows `action`.
+
+    A non-member gets the same 404 as for a sandbox that does not exist.
+    """
+    user = await current_user()
+    sandbox = await service().get(sandbox_id)
+    role = None if sandbox is None else await member_role(sandbox.workspace_id, user.id)
+    if sandbox is None or role is None:
+        raise NotFound("sandbox not found")
+    if not allowed(role, action):
+        raise Forbidden(f"a {role.value} may not {action.value.replace('_', ' ')}")
+    return sandbox
+
+
+@blueprint.get("/workspaces/<workspace_id>/sandboxes")
+async def list_sandboxes(workspace_id: str) -> list[dict[str, Any]]:
+    """The workspace's sandboxes, oldest first (any member)."""
+    await require(workspace_id, Action.VIEW_SANDBOXES)
+    svc = service()
+    return [svc.json(s) for s in await svc.list(workspace_id)]
+
+
+@blueprint.post("/workspaces/<workspace_id>/sandboxes")
+@validate_request(CreateSandboxBody)
+async def create_sandbox(workspace_id: str, data: CreateSandboxBody) -> tuple[dict[str, Any], int]:
+    """Create a sandbox: answers 201 `creating` at once; it starts in the background."""
+    user, _ = await require(workspace_id, Action.CREATE_SANDBOX)
+    name = data.name.strip()
+    if not name:
+        raise Invalid("name: must not be blank", field="name")
+    kind = data.type.strip().lower()
+    if kind not in CREATABLE:
+        raise Invalid(f"type: must be one of {', '.join(CREATABLE)}", field="type")
+    svc = service()
+    return svc.json(await svc.create(workspace_id, name, kind, user.id)), 201
+
+
+@blueprint.get("/sandboxes/<sandbox_id>")
+async def get_sandbox(sandbox_id: str) -> dict[str, Any]:
+    """One sandbox (any member of its workspace)."""
+    return service().json(await sandbox_for(sandbox_id, Action.VIEW_SANDBOXES))
+
+
+@blueprint.delete("/sandboxes/<sandbox_id>")
+async def delete_sandbox(sandbox_id: str) -> Response:
+    """Stop the sandbox and remove it with its files (developer and up)."""
+    await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
+    await service().delete(sandbox_id)
+    hub = deps().extras.get("hub")  # a local agent's token died with the row: end its tunnel
+    if hub is not None:
+        await hub.close(sandbox_id)
+    return Response("", status=204)
+
+
+@blueprint.post("/sandboxes/<sandbox_id>/pause")
+async def pause_sandbox(sandbox_id: str) -> dict[str, Any]:
+    """running → pausing (409 in any other status); it stops in the background."""
+    await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
+    svc = service()
+    return svc.json(await svc.pause(sandbox_id))
+
+
+@blueprint.post("/sandboxes/<sandbox_id>/resume")
+async def resume_sandbox(sandbox_id: str) -> dict[str, Any]:
+    """paused or failed → resuming (409 otherwise); it starts in the background."""
+    await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
+    svc = service()
+    return svc.json(await svc.resume(sandbox_id))
+
+
+@blueprint.get("/sandboxes/<sandbox_id>/logs")
+async def sandbox_logs(sandbox_id: str) -> dict[str, Any]:
+    """The tail of the agent's output (`?lines=`, 1-5000, default 200; developer and up)."""
+    await sandbox_for(sandbox_id, Action.VIEW_LOGS)
+    text = request.args.get("lines", "200")
+    if not text.isdigit() or not 1 <= int(text) <= 5000:
+        raise Invalid("lines: must be a whole number from 1 to 5000", field="lines")
+    return {"logs": await service().logs(sandbox_id, int(text))}
+
+
+def sse(event: Event) -> bytes:
+    """One server-sent event: `event: <type>` and its payload as JSON data."""
+    kind = str(event.get("type", "message"))
+    payload = event.get(kind, {k: v for k, v in event.items() if k != "type"})
+    return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+@blueprint.get("/workspaces/<workspace_id>/events")
+async def workspace_events(workspace_id: str) -> Response:
+    """Server-sent events: the current sandboxes, then every change; a heartbeat every 15 s."""
+    await require(workspace_id, Action.VIEW_WORKSPACE)
+    svc = service()
+    # Subscribe before reading the snapshot, so no change can fall between the two.
+    sub = svc.events.subscribe(workspace_id)
+    try:
+        snapshot = await svc.list(workspace_id)
+    except BaseException:
+        sub.close()
+        raise
+
+    async def stream() -> AsyncIterator[bytes]:
+        with sub:
+            yield b": connected\n\n"
+            for sandbox in snapshot:
+                yield sse({"type": "sandbox", "sandbox": svc.json(sandbox)})
+            while True:
+                event: Event | None = None
+                ended = False
+                with trio.move_on_after(HEARTBEAT):
+                    try:
+                        event = await sub.inbox.receive()
+                    except trio.EndOfChannel:  # dropped as too slow, or the workspace is gone
+                        ended = True
+                if ended:
+                    return
+                yield sse(event) if event is not None else b": heartbeat\n\n"
+
+    response: Response = await make_response(  # type: ignore[assignment]
+        stream(),
+        200,
+        {
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        },
+    )
+    response.timeout = None
+    return response
+
+
+@asynccontextmanager
+async def register(deps: Deps) -> AsyncIterator[None]:
+    """Feature opener (serve.FEATURES): adds these routes to the app."""
+    deps.extras.setdefault("blueprints", []).append(blueprint)
+    yield

@@ -1,0 +1,93 @@
+"""Per-workspace event pub/sub: bounded buffers, and slow subscribers are dropped, not waited on."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+# Events a subscriber may fall behind by before it is dropped (it then reconnects and
+# re-reads the current state, which is cheaper than making every publisher wait for it).
+BUFFER = 64
+
+
+class Subscription:
+    """One listener: read `inbox` until it ends (it ends when dropped as too slow or closed).
+
+    Registered from the moment `WorkspaceEvents.subscribe` returns; use it as a context
+    manager (or call `close`) to unregister.
+    """
+
+    def __init__(self, hub: WorkspaceEvents, workspace_id: str, buffer: int) -> None:
+        self.workspace_id = workspace_id
+        self._hub = hub
+        self._send, self.inbox = trio.open_memory_channel[Event](buffer)
+        self.dropped = False
+
+    def offer(self, event: Event) -> bool:
+        """Queue `event` without blocking; False when the buffer is full or the reader left."""
+        try:
+            self._send.send_nowait(event)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def end(self) -> None:
+        """Stop delivering: the reader sees the end of its inbox after what is queued."""
+        self._hub.forget(self)
+        self._send.close()
+
+    def close(self) -> None:
+        self.end()
+        self.inbox.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WorkspaceEvents:
+    """Who listens to which workspace; `publish_nowait` never blocks the publisher."""
+
+    def __init__(self, buffer: int = BUFFER) -> None:
+        self._buffer = buffer
+        self._listeners: dict[str, set[Subscription]] = {}
+
+    def subscribe(self, workspace_id: str) -> Subscription:
+        """Start listening to one workspace (close the subscription when done)."""
+        sub = Subscription(self, workspace_id, self._buffer)
+        self._listeners.setdefault(workspace_id, set()).add(sub)
+        return sub
+
+    def publish_nowait(self, workspace_id: str, event: Event) -> int:
+        """Give `event` to every listener of the workspace; returns how many got it."""
+        delivered = 0
+        for sub in list(self._listeners.get(workspace_id, ())):
+            if sub.offer(event):
+                delivered += 1
+            else:
+                sub.dropped = True
+                log.info("dropping a slow event subscriber of workspace %s", workspace_id)
+                sub.end()
+        return delivered
+
+    def close_workspace(self, workspace_id: str) -> None:
+        """End every subscription of a deleted workspace."""
+        for sub in list(self._listeners.get(workspace_id, ())):
+            sub.end()
+
+    def listeners(self, workspace_id: str) -> int:
+        return len(self._listeners.get(workspace_id, ()))
+
+    def forget(self, sub: Subscription) -> None:
+        subs = self._listeners.get(sub.workspace_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._listeners[sub.workspace_id]

@@ -1,0 +1,70 @@
+"""The sandboxes feature: opens the chosen backend, reconciles, runs the idle watcher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING
+
+import trio
+
+from agentserver.errors import ConfigError
+from agentserver.sandboxes.base import Backend, ExitNotice
+from agentserver.sandboxes.events import WorkspaceEvents
+from agentserver.sandboxes.idle import IdleWatcher
+from agentserver.sandboxes.service import Sandboxes
+from agentserver.settings import Settings
+
+if TYPE_CHECKING:
+    from agentserver.deps import Deps
+
+log = logging.getLogger(__name__)
+
+
+def backend_opener(settings: Settings, on_exit: ExitNotice) -> AbstractAsyncContextManager[Backend]:
+    """The backend named by --backend (imported only when chosen)."""
+    if settings.backend == "process":
+        from agentserver.sandboxes import process
+
+        return process.open_backend(settings, on_exit)
+    if settings.backend == "docker":
+        from agentserver.sandboxes import docker
+
+        return docker.open_backend(settings, on_exit)
+    raise ConfigError(
+        f"--backend / AGENTSERVER_BACKEND: the {settings.backend} backend is not "
+        "available yet; use process or docker"
+    )
+
+
+@asynccontextmanager
+async def open_sandboxes(deps: Deps) -> AsyncIterator[None]:
+    """Feature opener (serve.FEATURES): the lifecycle service in `deps.extras["sandboxes"]`.
+
+    Background operations run in this feature's own nursery, not the root one, so they end
+    before the backend closes (a start racing the shutdown would otherwise touch a closed
+    backend); whatever they leave half-done, the next start's reconciliation settles.
+    """
+    service: Sandboxes | None = None
+
+    async def on_exit(sandbox_id: str, reason: str) -> None:
+        if service is not None:
+            await service.on_exit(sandbox_id, reason)
+
+    async with backend_opener(deps.settings, on_exit) as backend, trio.open_nursery() as nursery:
+        service = Sandboxes(deps.db, deps.settings, backend, nursery, WorkspaceEvents())
+        await nursery.start(service.write_activity)
+        await service.reconcile()
+        if deps.settings.idle_timeout > 0:
+            watcher = IdleWatcher(service, deps.settings.idle_timeout)
+            await nursery.start(watcher.run)
+            deps.extras["idle_watcher"] = watcher
+        deps.extras["sandboxes"] = service
+        deps.extras["delete_workspace_resources"] = service.delete_workspace_resources
+        try:
+            yield
+        finally:
+            nursery.cancel_scope.cancel()
+            deps.extras.pop("sandboxes", None)
+            deps.extras.pop("delete_workspace_resources", None)

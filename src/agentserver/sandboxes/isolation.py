@@ -1,0 +1,113 @@
+"""Bubblewrap isolation for process sandboxes: read-only system, private /tmp, own home and disk.
+
+The sandbox sees the host's system directories read-only, its own home and its workspace's
+disk (at /data/disk0) writable, and nothing of the server's data directory, /root, /home or
+/tmp. It shares the network (the server reaches it on 127.0.0.1) but not the PID namespace,
+and all capabilities are dropped, so root inside cannot remount anything writable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from agentserver.settings import Settings
+
+log = logging.getLogger(__name__)
+DISK_PATH = "/data/disk0"
+# Top-level directories never shown to a sandbox, or replaced by a fresh one.
+_SPECIAL = {"proc", "dev", "tmp", "data", "lost+found", "old_root"}
+_HIDDEN = ("/root", "/home", "/var/tmp")  # noqa: S108 (hidden from sandboxes, not used)
+
+
+@dataclass(frozen=True, slots=True)
+class Isolation:
+    """How sandbox processes are wrapped: `bwrap` argv prefix, or not at all."""
+
+    bwrap: str | None = None
+    hidden: tuple[str, ...] = field(default=_HIDDEN)
+
+    @property
+    def enabled(self) -> bool:
+        return self.bwrap is not None
+
+    def wrap(self, argv: list[str], *, home: Path, disk: Path, data_dir: Path) -> list[str]:
+        """`argv` run inside bubblewrap (unchanged when isolation is off)."""
+        if self.bwrap is None:
+            return argv
+        args = [self.bwrap, *system_binds()]
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]  # noqa: S108
+        for path in (*self.hidden, str(data_dir)):
+            if os.path.isdir(path):
+                args += ["--tmpfs", path]
+        args += ["--dir", "/data", "--bind", str(disk), DISK_PATH, "--bind", str(home), str(home)]
+        program = Path(argv[0])
+        visible = next((p for p in program.parents if p.name == "node_modules"), program)
+        args += ["--ro-bind", str(visible), str(visible)]
+        args += [
+            "--chdir",
+            str(home),
+            "--die-with-parent",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--",
+        ]
+        return args + argv
+
+
+def system_binds() -> list[str]:
+    """Every top-level entry of / read-only (symlinks as symlinks), except the special ones."""
+    args: list[str] = []
+    for name in sorted(os.listdir("/")):
+        if name in _SPECIAL:
+            continue
+        path = f"/{name}"
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return args
+
+
+def _try(bwrap: str, data_dir: Path) -> str | None:
+    """Run `true` the way a sandbox would run; None when it works, else bwrap's complaint."""
+    with tempfile.TemporaryDirectory(prefix="agentserver-probe-") as tmp:
+        home, disk = Path(tmp) / "home", Path(tmp) / "disk"
+        home.mkdir()
+        disk.mkdir()
+        argv = Isolation(bwrap).wrap(
+            [shutil.which("true") or "/bin/true"], home=home, disk=disk, data_dir=data_dir
+        )
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=20, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return str(exc)
+        if done.returncode != 0:
+            return done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
+    return None
+
+
+async def probe_isolation(settings: Settings) -> Isolation:
+    """Bubblewrap when it is installed and works here; otherwise none, with a logged warning."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        log.warning("bubblewrap (bwrap) is not installed: sandbox processes run without isolation")
+        return Isolation()
+    problem = await trio.to_thread.run_sync(_try, bwrap, settings.data_dir)
+    if problem is not None:
+        log.warning(
+            "bubblewrap does not work here (%s): sandbox processes run without isolation", problem
+        )
+        return Isolation()
+    log.info("sandbox processes are isolated with bubblewrap")
+    return Isolation(bwrap)

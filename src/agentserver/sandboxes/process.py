@@ -1,0 +1,450 @@
+"""The process backend: each sandbox is an `opencode serve` child process, isolated with bubblewrap.
+
+Layout under the data directory: `sandboxes/<id>/home` is the sandbox's HOME (and opencode's
+project directory), `sandboxes/<id>/output.log` its captured output (kept outside the home so
+it does not show up in the agent's file tree), `workspaces/<wid>/disk` the workspace's shared
+disk. With bubblewrap the disk is bound at /data/disk0 in every sandbox of the workspace;
+without it a `disk0` symlink in the home points at it. Either way `AGENTSERVER_DISK` names it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+
+import httpx
+import trio
+
+from agentserver.errors import BackendError
+from agentserver.models import SandboxType
+from agentserver.sandboxes.base import Endpoint, ExitNotice, Managed, SandboxSpec
+from agentserver.sandboxes.isolation import DISK_PATH, Isolation, probe_isolation
+from agentserver.settings import Settings
+
+log = logging.getLogger(__name__)
+STOP_GRACE = 5.0  # SIGTERM, then SIGKILL after this long
+LOG_LINES = 2000  # lines of output kept in memory per sandbox
+LOG_FILE_LIMIT = 4 << 20  # the output file starts over beyond this size
+PROBE_EVERY = 0.05  # between health probes, once the agent said it listens
+
+
+class Agent:
+    """One running sandbox process and what we know about it."""
+
+    def __init__(self, sandbox_id: str, kind: str, process: Child, port: int) -> None:
+        self.sandbox_id = sandbox_id
+        self.kind = kind
+        self.process = process
+        self.port = port
+        self.output: deque[str] = deque(maxlen=LOG_LINES)
+        self.listening = False
+        self.settled = trio.Event()  # it said "listening", or it exited
+        self.exited = trio.Event()
+        self.stopping = False  # we asked it to stop: its exit is not a failure
+
+    def tail(self, lines: int = 5) -> str:
+        return "\n".join(list(self.output)[-lines:])
+
+    def exit_reason(self) -> str:
+        code = self.process.returncode
+        how = (
+            f"was killed by signal {-code}"
+            if code is not None and code < 0
+            else (f"exited with status {code}")
+        )
+        last = self.tail(3).strip()
+        return f"{self.kind} {how}" + (f"; last output: {last}" if last else "")
+
+
+class Child:
+    """A child process started from the event-loop thread, with its output pipe as a trio stream.
+
+    Not `trio.lowlevel.open_process`: that forks from a worker thread, and bubblewrap's
+    `--die-with-parent` (PR_SET_PDEATHSIG) fires when the *thread* that forked it exits — the
+    worker thread cache retires idle threads after seconds, which would kill every sandbox.
+    The main thread lives as long as the server, so a crashed server still takes its
+    sandboxes with it. Forking costs a few milliseconds of the loop, once per start.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes], stdout: trio.lowlevel.FdStream) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.stdout = stdout
+
+    @classmethod
+    def spawn(cls, argv: list[str], env: dict[str, str], cwd: str) -> Child:
+        read_fd, write_fd = os.pipe()
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        return cls(popen, trio.lowlevel.FdStream(read_fd))
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    async def wait(self) -> int:
+        """Wait for the exit without a thread: a pidfd becomes readable when it exits."""
+        if self._popen.returncode is not None:
+            return self._popen.returncode
+        pidfd = os.pidfd_open(self.pid)
+        try:
+            await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+        return self._popen.wait()
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nobody listens on right now (the agent binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ProcessBackend:
+    """Runs sandboxes as local processes; every process is supervised in this backend's nursery."""
+
+    name = "process"
+
+    def __init__(
+        self, settings: Settings, on_exit: ExitNotice, nursery: trio.Nursery, isolation: Isolation
+    ) -> None:
+        self.settings = settings
+        self.on_exit = on_exit
+        self.isolation = isolation
+        self._nursery = nursery
+        self._agents: dict[str, Agent] = {}
+        self._root = settings.data_dir
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False)
+
+    # -- paths --------------------------------------------------------------------------------
+    def sandbox_dir(self, sandbox_id: str) -> Path:
+        return self._root / "sandboxes" / sandbox_id
+
+    def home(self, sandbox_id: str) -> Path:
+        return self.sandbox_dir(sandbox_id) / "home"
+
+    def disk(self, workspace_id: str) -> Path:
+        return self._root / "workspaces" / workspace_id / "disk"
+
+    # -- Backend protocol ---------------------------------------------------------------------
+    async def create(self, spec: SandboxSpec) -> Endpoint:
+        return await self._start(spec)
+
+    async def resume(self, spec: SandboxSpec) -> Endpoint:
+        return await self._start(spec)
+
+    async def pause(self, sandbox_id: str) -> None:
+        agent = self._agents.get(sandbox_id)
+        if agent is not None:
+            await self._stop(agent)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        await self.pause(sandbox_id)
+        await trio.to_thread.run_sync(
+            lambda: shutil.rmtree(self.sandbox_dir(sandbox_id), ignore_errors=True)
+        )
+
+    async def destroy_workspace(self, workspace_id: str) -> None:
+        await trio.to_thread.run_sync(
+            lambda: shutil.rmtree(self.disk(workspace_id).parent, ignore_errors=True)
+        )
+
+    async def list_managed(self) -> list[Managed]:
+        def on_disk() -> list[str]:
+            base = self._root / "sandboxes"
+            return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
+        found = {i: Managed(i, running=False) for i in await trio.to_thread.run_sync(on_disk)}
+        for sandbox_id, agent in self._agents.items():
+            found[sandbox_id] = Managed(
+                sandbox_id,
+                running=not agent.exited.is_set(),
+                endpoint=Endpoint("127.0.0.1", agent.port),
+            )
+        return list(found.values())
+
+    async def logs(self, sandbox_id: str, lines: int = 200) -> str:
+        agent = self._agents.get(sandbox_id)
+        if agent is not None:
+            return "\n".join(list(agent.output)[-lines:])
+        path = self.sandbox_dir(sandbox_id) / "output.log"
+
+        def read_tail() -> str:
+            try:
+                data = path.read_bytes()[-(LOG_FILE_LIMIT // 4) :]
+            except FileNotFoundError:
+                return ""
+            return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+        return await trio.to_thread.run_sync(read_tail)
+
+    async def aclose(self) -> None:
+        """Stop every process (server shutdown): none outlives the server."""
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as nursery:
+                for agent in list(self._agents.values()):
+                    nursery.start_soon(self._stop, agent)
+            await self._client.aclose()
+
+    # -- starting -----------------------------------------------------------------------------
+    def command(self, spec: SandboxSpec, port: int) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment of the agent, before isolation wraps it."""
+        home = self.home(spec.id)
+        env = {
+            "HOME": str(home),
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "TERM": "xterm-256color",
+            "AGENTSERVER_SANDBOX_ID": spec.id,
+            "AGENTSERVER_DISK": DISK_PATH
+            if self.isolation.enabled
+            else str(self.disk(spec.workspace_id)),
+            **spec.env,
+        }
+        if spec.type == SandboxType.OPENCLAW:
+            binary = self._binary(
+                self.settings.openclaw_bin, "openclaw", "--openclaw-bin / OPENCLAW_BIN"
+            )
+            env["OPENCLAW_GATEWAY_TOKEN"] = spec.agent_secret
+            argv = [
+                binary,
+                "gateway",
+                "run",
+                "--allow-unconfigured",
+                "--bind",
+                "loopback",
+                "--port",
+                str(port),
+                "--auth",
+                "token",
+            ]
+            return argv, env
+        binary = self._binary(
+            self.settings.opencode_bin, "opencode", "--opencode-bin / OPENCODE_BIN"
+        )
+        env["OPENCODE_SERVER_PASSWORD"] = spec.agent_secret
+        env["OPENCODE_CONFIG_CONTENT"] = json.dumps(
+            {
+                "provider": {
+                    "anthropic": {
+                        "options": {
+                            "baseURL": f"{spec.llm_base_url}/v1",
+                            "apiKey": spec.proxy_token,
+                        }
+                    }
+                }
+            }
+        )
+        return [binary, "serve", "--hostname", "127.0.0.1", "--port", str(port)], env
+
+    @staticmethod
+    def _binary(configured: str | None, kind: str, option: str) -> str:
+        found = shutil.which(configured) if configured else None
+        if found is None:
+            raise BackendError(f"the {kind} program {configured!r} was not found; set {option}")
+        return str(Path(found).resolve())
+
+    def _prepare_dirs(self, spec: SandboxSpec) -> None:
+        home, disk = self.home(spec.id), self.disk(spec.workspace_id)
+        home.mkdir(parents=True, exist_ok=True)
+        disk.mkdir(parents=True, exist_ok=True)
+        link = home / "disk0"
+        if not self.isolation.enabled and not link.is_symlink() and not link.exists():
+            link.symlink_to(disk)
+        if spec.type == SandboxType.OPENCLAW:
+            write_openclaw_config(home, spec)
+        log_file = self.sandbox_dir(spec.id) / "output.log"
+        if log_file.exists() and log_file.stat().st_size > LOG_FILE_LIMIT:
+            log_file.unlink()
+
+    async def _start(self, spec: SandboxSpec) -> Endpoint:
+        """Start the agent (if it is not running) and return once it answers its health check."""
+        agent = self._agents.get(spec.id)
+        if agent is not None and not agent.exited.is_set() and agent.listening:
+            return Endpoint("127.0.0.1", agent.port)
+        if agent is not None:
+            await self._stop(agent)
+        try:
+            await trio.to_thread.run_sync(self._prepare_dirs, spec)
+        except OSError as exc:
+            raise BackendError(f"cannot prepare the sandbox's directories: {exc}") from exc
+        port = free_port()
+        argv, env = self.command(spec, port)
+        argv = self.isolation.wrap(
+            argv, home=self.home(spec.id), disk=self.disk(spec.workspace_id), data_dir=self._root
+        )
+        try:
+            process = Child.spawn(argv, env, str(self.home(spec.id)))
+        except OSError as exc:
+            raise BackendError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+        agent = Agent(spec.id, spec.type.value, process, port)
+        self._agents[spec.id] = agent
+        await self._nursery.start(self._supervise, agent)
+        try:
+            await self._ready(agent, spec)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._stop(agent)
+            raise
+        return Endpoint("127.0.0.1", port)
+
+    async def _ready(self, agent: Agent, spec: SandboxSpec) -> None:
+        """Wait for the "listening" line, then for an authenticated answer over HTTP."""
+        await agent.settled.wait()
+        auth = ("opencode", spec.agent_secret) if spec.type != SandboxType.OPENCLAW else None
+        headers = (
+            {"Authorization": f"Bearer {spec.agent_secret}"}
+            if spec.type == SandboxType.OPENCLAW
+            else {}
+        )
+        url = f"http://127.0.0.1:{agent.port}/"
+        while not agent.exited.is_set():
+            try:
+                response = await self._client.get(url, auth=auth, headers=headers)
+                if response.status_code < 400:
+                    return
+            except httpx.TransportError:
+                pass
+            # Polling an external process's health (allowed): it has said it listens already.
+            await trio.sleep(PROBE_EVERY)
+        raise BackendError(agent.exit_reason() + " before it was ready")
+
+    # -- supervising and stopping -------------------------------------------------------------
+    async def _supervise(
+        self, agent: Agent, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Own the process: copy its output to the ring and the log file, report its exit."""
+        task_status.started()
+        log_path = self.sandbox_dir(agent.sandbox_id) / "output.log"
+        try:
+            async with (
+                await trio.open_file(log_path, "ab") as log_file,
+                trio.open_nursery() as nursery,
+            ):
+                drained = trio.Event()
+                nursery.start_soon(self._pump, agent, log_file, drained)
+                await agent.process.wait()
+                # Children that outlive the agent would hold its output pipe open forever.
+                kill_group(agent.process, signal.SIGKILL)
+                with trio.move_on_after(2):
+                    await drained.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                if agent.process.returncode is None:
+                    kill_group(agent.process, signal.SIGKILL)
+                    await agent.process.wait()
+            agent.exited.set()
+            agent.settled.set()
+            if self._agents.get(agent.sandbox_id) is agent:
+                del self._agents[agent.sandbox_id]
+        if not agent.stopping:
+            reason = agent.exit_reason()
+            log.warning("sandbox %s: %s", agent.sandbox_id, reason)
+            if agent.listening:  # before that, `_ready` reports the failure itself
+                await self.on_exit(agent.sandbox_id, reason)
+
+    async def _pump(
+        self, agent: Agent, log_file: trio.abc.AsyncResource, drained: trio.Event
+    ) -> None:
+        stream = agent.process.stdout
+        assert stream is not None
+        partial = b""
+        async with stream:
+            while chunk := await stream.receive_some(65536):
+                await log_file.write(chunk)  # type: ignore[attr-defined]
+                *lines, partial = (partial + chunk).split(b"\n")
+                for raw in lines:
+                    line = raw.decode(errors="replace").rstrip("\r")
+                    agent.output.append(line)
+                    if not agent.listening and "listening" in line.lower():
+                        agent.listening = True
+                        agent.settled.set()
+        if partial:
+            agent.output.append(partial.decode(errors="replace"))
+        drained.set()
+
+    async def _stop(self, agent: Agent) -> None:
+        """SIGTERM the whole process group, SIGKILL after STOP_GRACE; return once it is gone."""
+        agent.stopping = True
+        if not agent.exited.is_set():
+            kill_group(agent.process, signal.SIGTERM)
+            with trio.move_on_after(STOP_GRACE):
+                await agent.exited.wait()
+            if not agent.exited.is_set():
+                kill_group(agent.process, signal.SIGKILL)
+                await agent.exited.wait()
+        if self._agents.get(agent.sandbox_id) is agent:
+            del self._agents[agent.sandbox_id]
+
+    def pid(self, sandbox_id: str) -> int | None:
+        """The process id of a running sandbox (for tests and diagnostics)."""
+        agent = self._agents.get(sandbox_id)
+        return None if agent is None else agent.process.pid
+
+
+def kill_group(process: Child, sig: signal.Signals) -> None:
+    """Signal the process's whole group (it leads its own session), ignoring one already gone."""
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def write_openclaw_config(home: Path, spec: SandboxSpec) -> None:
+    """OpenClaw's config: the LLM proxy as its Anthropic provider (the real key never enters)."""
+    config = {
+        "gateway": {"mode": "local"},
+        "models": {
+            "providers": {
+                "anthropic": {
+                    "baseUrl": spec.llm_base_url,
+                    "apiKey": spec.proxy_token,
+                    "api": "anthropic-messages",
+                    "models": [
+                        {"id": "claude-sonnet-4-5", "name": "Claude Sonnet 4.5"},
+                        {"id": "claude-haiku-4-5", "name": "Claude Haiku 4.5"},
+                    ],
+                }
+            }
+        },
+    }
+    path = home / ".openclaw" / "openclaw.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+
+
+@asynccontextmanager
+async def open_backend(settings: Settings, on_exit: ExitNotice) -> AsyncIterator[ProcessBackend]:
+    """The process backend; leaving the context stops every sandbox process it started."""
+    isolation = await probe_isolation(settings)
+    async with trio.open_nursery() as nursery:
+        backend = ProcessBackend(settings, on_exit, nursery, isolation)
+        try:
+            yield backend
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(STOP_GRACE + 5):
+                await backend.aclose()
+            nursery.cancel_scope.cancel()

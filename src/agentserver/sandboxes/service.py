@@ -1,0 +1,423 @@
+"""The sandbox lifecycle service: create, pause, resume, delete, wake, activity, reconciliation.
+
+Status changes are conditional updates checked against the table in lifecycle.py; slow backend
+work (start, stop) runs in background operations owned by the service's nursery, one chain
+per sandbox, each with a deadline. A failure leaves the sandbox `failed` with a reason the
+user can read; nothing is deleted unless someone asked for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import trio
+
+from agentserver.auth.tokens import hash_token, new_id, new_token
+from agentserver.db.database import Database
+from agentserver.errors import AgentServerError, Conflict, Invalid, NotFound
+from agentserver.models import Sandbox, SandboxType
+from agentserver.models import SandboxStatus as S
+from agentserver.sandboxes import lifecycle
+from agentserver.sandboxes.base import Backend, Endpoint, SandboxSpec
+from agentserver.sandboxes.events import WorkspaceEvents
+from agentserver.settings import Settings
+
+log = logging.getLogger(__name__)
+START_TIMEOUT = 120.0  # from start to a healthy agent
+STOP_TIMEOUT = 60.0
+ACTIVITY_EVERY = 30.0  # at most one activity write per sandbox this often
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def sandbox_url(sandbox: Sandbox, settings: Settings) -> str:
+    prefix = "claw" if sandbox.type == SandboxType.OPENCLAW else "oc"
+    return f"{settings.base_scheme}://{prefix}-{sandbox.id}.{settings.domain}/"
+
+
+def sandbox_json(sandbox: Sandbox, settings: Settings) -> dict[str, Any]:
+    """The API shape of a sandbox: never its password, token or internal address."""
+    return {
+        "id": sandbox.id,
+        "name": sandbox.name,
+        "type": sandbox.type,
+        "status": sandbox.status,
+        "statusReason": sandbox.status_reason,
+        "workspaceId": sandbox.workspace_id,
+        "createdBy": sandbox.created_by,
+        "createdAt": _time(sandbox.created_at),
+        "updatedAt": _time(sandbox.updated_at),
+        "lastActivityAt": _time(sandbox.last_activity_at),
+        "pausedAt": _time(sandbox.paused_at),
+        "url": sandbox_url(sandbox, settings),
+    }
+
+
+def duration_text(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+class Operation:
+    """One background operation on one sandbox; it waits for the one before it."""
+
+    def __init__(self, previous: Operation | None) -> None:
+        self.previous = previous
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+
+
+class Sandboxes:
+    """The lifecycle of every sandbox on this server (`deps.extras["sandboxes"]`)."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        backend: Backend,
+        nursery: trio.Nursery,
+        events: WorkspaceEvents | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.backend = backend
+        self.events = events or WorkspaceEvents()
+        self._nursery = nursery
+        self._ops: dict[str, Operation] = {}
+        self._touched: dict[str, float] = {}
+        self._activity_in, self._activity_out = trio.open_memory_channel[str](1024)
+
+    # -- reading ------------------------------------------------------------------------------
+    async def get(self, sandbox_id: str) -> Sandbox | None:
+        return await self.db.one("sbx_get", Sandbox, id=sandbox_id)
+
+    async def require(self, sandbox_id: str) -> Sandbox:
+        sandbox = await self.get(sandbox_id)
+        if sandbox is None:
+            raise NotFound("sandbox not found")
+        return sandbox
+
+    async def list(self, workspace_id: str) -> list[Sandbox]:
+        return await self.db.many("sbx_list_workspace", Sandbox, workspace_id=workspace_id)
+
+    async def logs(self, sandbox_id: str, lines: int = 200) -> str:
+        sandbox = await self.require(sandbox_id)
+        if sandbox.type == SandboxType.LOCAL:
+            return ""
+        return await self.backend.logs(sandbox_id, lines)
+
+    def json(self, sandbox: Sandbox) -> dict[str, Any]:
+        return sandbox_json(sandbox, self.settings)
+
+    # -- status -------------------------------------------------------------------------------
+    async def set_status(
+        self,
+        sandbox_id: str,
+        expected: Iterable[str] | str,
+        new: str,
+        reason: str | None = None,
+        endpoint: Endpoint | None = None,
+    ) -> bool:
+        """Move `sandbox_id` to `new` only if it is in an expected status; publish the change."""
+        return await self._transition(sandbox_id, expected, new, reason, endpoint) is not None
+
+    async def _transition(
+        self,
+        sandbox_id: str,
+        expected: Iterable[str] | str,
+        new: str,
+        reason: str | None = None,
+        endpoint: Endpoint | None = None,
+    ) -> Sandbox | None:
+        statuses = lifecycle.check(expected, new)
+        row = await self.db.one(
+            "sbx_set_status",
+            Sandbox,
+            id=sandbox_id,
+            new=S(new).value,
+            reason=reason,
+            expected=sorted(s.value for s in statuses),
+            endpoint_host=endpoint.host if endpoint else None,
+            endpoint_port=endpoint.port if endpoint else None,
+        )
+        if row is not None:
+            log.info("sandbox %s → %s%s", sandbox_id, row.status, f" ({reason})" if reason else "")
+            self.publish(row)
+        return row
+
+    def publish(self, sandbox: Sandbox) -> None:
+        self.events.publish_nowait(
+            sandbox.workspace_id, {"type": "sandbox", "sandbox": self.json(sandbox)}
+        )
+
+    # -- user actions -------------------------------------------------------------------------
+    async def create(
+        self, workspace_id: str, name: str, type_: str, created_by: str | None
+    ) -> Sandbox:
+        """Record a new sandbox as `creating` and start it in the background."""
+        kind = SandboxType(type_)
+        if kind == SandboxType.LOCAL:
+            raise Invalid(
+                "local sandboxes are registered by `agentserver agent connect`", field="type"
+            )
+        if (
+            kind == SandboxType.OPENCLAW
+            and self.settings.backend == "process"
+            and not self.settings.openclaw_bin
+        ):
+            raise Invalid(
+                "OpenClaw is unavailable on this server: it needs Node 24 or newer and "
+                "no --openclaw-bin / OPENCLAW_BIN is configured",
+                field="type",
+            )
+        for attempt in range(3):
+            try:
+                sandbox = await self.db.one(
+                    "sbx_insert",
+                    Sandbox,
+                    id=new_id(),
+                    workspace_id=workspace_id,
+                    name=name,
+                    type=kind.value,
+                    created_by=created_by,
+                    agent_secret=new_token(24),
+                )
+                break
+            except Conflict:  # a 16-character id collided: draw another
+                if attempt == 2:
+                    raise
+        assert sandbox is not None
+        self.publish(sandbox)
+        self._spawn(sandbox.id, self._start, sandbox.id, S.CREATING)
+        return sandbox
+
+    async def pause(self, sandbox_id: str, reason: str | None = None) -> Sandbox:
+        """running → pausing now; the backend stops it in the background (→ paused)."""
+        sandbox = await self.require(sandbox_id)
+        if sandbox.type == SandboxType.LOCAL:
+            raise Invalid("local sandboxes cannot be paused from the server")
+        row = await self._transition(sandbox_id, lifecycle.PAUSABLE, S.PAUSING, reason)
+        if row is None:
+            raise lifecycle.refuse("paused", await self._status(sandbox_id))
+        self._spawn(sandbox_id, self._pause, sandbox_id, reason)
+        return row
+
+    async def resume(self, sandbox_id: str) -> Sandbox:
+        """paused or failed → resuming now; the backend starts it in the background (→ running)."""
+        sandbox = await self.require(sandbox_id)
+        if sandbox.type == SandboxType.LOCAL:
+            raise Invalid("local sandboxes cannot be resumed from the server")
+        row = await self._transition(sandbox_id, lifecycle.RESUMABLE, S.RESUMING)
+        if row is None:
+            raise lifecycle.refuse("resumed", await self._status(sandbox_id))
+        self._spawn(sandbox_id, self._start, sandbox_id, S.RESUMING)
+        return row
+
+    async def wake(self, sandbox_id: str) -> None:
+        """A request reached a paused sandbox: resume it in the background (no-op otherwise)."""
+        sandbox = await self.get(sandbox_id)
+        if sandbox is None or sandbox.type == SandboxType.LOCAL or sandbox.status != S.PAUSED:
+            return
+        if await self._transition(sandbox_id, S.PAUSED, S.RESUMING, "woken by a request"):
+            self._spawn(sandbox_id, self._start, sandbox_id, S.RESUMING)
+
+    async def delete(self, sandbox_id: str) -> None:
+        """Stop whatever runs (cancelling a start in progress), remove its files, then the row."""
+        sandbox = await self.require(sandbox_id)
+        await self._cancel_ops(sandbox_id)
+        if sandbox.type != SandboxType.LOCAL:
+            try:
+                with trio.fail_after(STOP_TIMEOUT):
+                    await self.backend.destroy(sandbox_id)
+            except (AgentServerError, trio.TooSlowError) as exc:
+                reason = (
+                    f"delete failed: {getattr(exc, 'message', None) or 'the backend timed out'}"
+                )
+                await self._force_failed(sandbox_id, reason)
+                raise
+        await self.db.exec("sbx_delete", id=sandbox_id)
+        self._touched.pop(sandbox_id, None)
+        self.events.publish_nowait(
+            sandbox.workspace_id,
+            {
+                "type": "sandbox_deleted",
+                "sandbox_deleted": {"id": sandbox_id, "workspaceId": sandbox.workspace_id},
+            },
+        )
+
+    async def delete_workspace_resources(self, workspace_id: str) -> None:
+        """Every sandbox of the workspace, then its shared disk (before the workspace row goes)."""
+        for sandbox in await self.list(workspace_id):
+            with contextlib.suppress(NotFound):
+                await self.delete(sandbox.id)
+        await self.backend.destroy_workspace(workspace_id)
+        self.events.close_workspace(workspace_id)
+
+    def record_activity(self, sandbox_id: str) -> None:
+        """Note traffic to a sandbox; never blocks, at most one write per sandbox per 30 s."""
+        now = trio.current_time()
+        if now - self._touched.get(sandbox_id, -ACTIVITY_EVERY) < ACTIVITY_EVERY:
+            return
+        self._touched[sandbox_id] = now
+        try:
+            self._activity_in.send_nowait(sandbox_id)
+        except trio.WouldBlock:  # the writer is behind: activity is advisory, drop it
+            self._touched.pop(sandbox_id, None)
+
+    async def write_activity(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The one task that turns recorded activity into database writes."""
+        task_status.started()
+        async for sandbox_id in self._activity_out:
+            try:
+                await self.db.exec("sbx_touch", id=sandbox_id)
+            except AgentServerError as exc:
+                log.warning("recording activity of %s failed: %s", sandbox_id, exc.message)
+
+    async def on_exit(self, sandbox_id: str, reason: str) -> None:
+        """The backend saw the agent stop on its own: show it as failed with the reason."""
+        await self.set_status(sandbox_id, {S.RUNNING, S.CREATING, S.RESUMING}, S.FAILED, reason)
+
+    async def pause_idle(self, seconds: float) -> float | None:
+        """Pause every sandbox idle `seconds`; return the seconds until the next one is due."""
+        reason = f"paused after {duration_text(seconds)} without activity"
+        for sandbox in await self.db.many("sbx_list_idle", Sandbox, seconds=seconds):
+            with contextlib.suppress(Conflict, NotFound):  # someone else moved it first
+                await self.pause(sandbox.id, reason)
+        due = await self.db.scalar("sbx_next_idle_in", seconds=seconds)
+        return None if due is None else float(due)
+
+    # -- reconciliation -----------------------------------------------------------------------
+    async def reconcile(self) -> None:
+        """Make the database and the backend agree (at start): restart, settle, or clean up."""
+        managed = {m.id: m for m in await self.backend.list_managed()}
+        for sandbox in await self.db.many("sbx_list_all", Sandbox):
+            found = managed.pop(sandbox.id, None)
+            await self._reconcile_one(sandbox, found is not None and found.running)
+        for orphan in managed:
+            log.warning("removing sandbox %s: the backend holds it but no row exists", orphan)
+            await self.backend.destroy(orphan)
+
+    async def _reconcile_one(self, sandbox: Sandbox, live: bool) -> None:
+        status, sid = S(sandbox.status), sandbox.id
+        if sandbox.type == SandboxType.LOCAL:
+            if status == S.RUNNING:  # no tunnel survives a restart; the agent will reconnect
+                await self.set_status(
+                    sid, S.RUNNING, S.OFFLINE, "waiting for the agent to reconnect"
+                )
+        elif status == S.RUNNING and not live:
+            if await self.set_status(
+                sid, S.RUNNING, S.RESUMING, "restarting after a server restart"
+            ):
+                self._spawn(sid, self._start, sid, S.RESUMING)
+        elif status in (S.CREATING, S.RESUMING):
+            self._spawn(sid, self._start, sid, status)
+        elif status == S.PAUSING:
+            self._spawn(sid, self._pause, sid, sandbox.status_reason)
+        elif status in (S.PAUSED, S.FAILED) and live:
+            await self.backend.pause(sid)  # nothing may run behind a stopped row
+
+    # -- background operations ----------------------------------------------------------------
+    def _spawn(self, sandbox_id: str, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        op = Operation(self._ops.get(sandbox_id))
+        self._ops[sandbox_id] = op
+        self._nursery.start_soon(self._run, sandbox_id, op, fn, args)
+
+    async def _run(
+        self,
+        sandbox_id: str,
+        op: Operation,
+        fn: Callable[..., Awaitable[None]],
+        args: tuple[Any, ...],
+    ) -> None:
+        try:
+            with op.scope:
+                if op.previous is not None:
+                    await op.previous.done.wait()
+                await fn(*args)
+        except Exception:
+            log.exception("background operation on sandbox %s failed", sandbox_id)
+        finally:
+            op.previous = None
+            op.done.set()
+            if self._ops.get(sandbox_id) is op:
+                del self._ops[sandbox_id]
+
+    async def _cancel_ops(self, sandbox_id: str) -> None:
+        op = self._ops.get(sandbox_id)
+        chain = []
+        while op is not None:
+            chain.append(op)
+            op.scope.cancel()
+            op = op.previous
+        for each in chain:
+            await each.done.wait()
+
+    async def _start(self, sandbox_id: str, current: S) -> None:
+        """Start (create or resume) the agent; → running, or → failed with the reason."""
+        sandbox = await self.get(sandbox_id)
+        if sandbox is None or sandbox.status != current:
+            return
+        try:
+            with trio.fail_after(START_TIMEOUT):
+                spec = await self._spec(sandbox)
+                start = self.backend.create if current == S.CREATING else self.backend.resume
+                endpoint = await start(spec)
+        except (AgentServerError, trio.TooSlowError) as exc:
+            reason = getattr(exc, "message", None) or (
+                f"the {sandbox.type} agent did not become ready within {START_TIMEOUT:g} s"
+            )
+            await self._stop_quietly(sandbox_id)
+            await self.set_status(sandbox_id, current, S.FAILED, reason)
+            return
+        if not await self.set_status(sandbox_id, current, S.RUNNING, endpoint=endpoint):
+            # Deleted, crashed or stopped meanwhile: leave no process nobody owns.
+            await self._stop_quietly(sandbox_id)
+
+    async def _pause(self, sandbox_id: str, reason: str | None) -> None:
+        try:
+            with trio.fail_after(STOP_TIMEOUT):
+                await self.backend.pause(sandbox_id)
+        except (AgentServerError, trio.TooSlowError) as exc:
+            message = getattr(exc, "message", None) or "the backend did not stop it in time"
+            await self.set_status(sandbox_id, S.PAUSING, S.FAILED, f"pause failed: {message}")
+            return
+        await self.set_status(sandbox_id, S.PAUSING, S.PAUSED, reason)
+
+    async def _spec(self, sandbox: Sandbox) -> SandboxSpec:
+        """What the backend needs; mints a fresh proxy token (only its hash is ever stored)."""
+        token = new_token()
+        await self.db.exec("sbx_set_proxy_token", id=sandbox.id, proxy_token_hash=hash_token(token))
+        return SandboxSpec(
+            id=sandbox.id,
+            workspace_id=sandbox.workspace_id,
+            type=SandboxType(sandbox.type),
+            agent_secret=sandbox.agent_secret,
+            llm_base_url=self.settings.llm_proxy_url,
+            proxy_token=token,
+        )
+
+    async def _stop_quietly(self, sandbox_id: str) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT):
+            try:
+                await self.backend.pause(sandbox_id)
+            except AgentServerError as exc:
+                log.warning("stopping sandbox %s failed: %s", sandbox_id, exc.message)
+
+    async def _force_failed(self, sandbox_id: str, reason: str) -> None:
+        """Show a failed backend operation on a sandbox in any status that may fail."""
+        may_fail = [s for s in S if lifecycle.can(s, S.FAILED)]
+        await self.set_status(sandbox_id, may_fail, S.FAILED, reason)
+
+    async def _status(self, sandbox_id: str) -> str:
+        sandbox = await self.require(sandbox_id)
+        return sandbox.status

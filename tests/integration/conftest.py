@@ -1,0 +1,5 @@
+"""Fixtures shared by integration tests beyond the root conftest (sandbox servers)."""
+
+from tests.support.sandboxes import sandbox_server, sandbox_settings
+
+__all__ = ["sandbox_server", "sandbox_settings"]

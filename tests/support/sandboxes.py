@@ -1,0 +1,134 @@
+"""Sandbox test fixtures: a server that runs real opencode, and a reader of its event stream."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from agentserver.settings import Settings
+from tests.conftest import Server, make_settings, register, start_server
+
+# A sandbox start waits for opencode (a few seconds here, more on a busy machine).
+START_DEADLINE = 150.0
+
+
+def sandbox_settings_for(
+    db_url: str, data_dir: Path, opencode_bin: str, **overrides: str
+) -> Settings:
+    """Settings for a server whose process backend runs `opencode_bin`."""
+    values = {"opencode_bin": opencode_bin, "idle_timeout": "0", **overrides}
+    return make_settings(db_url, data_dir, **values)
+
+
+@pytest.fixture
+def sandbox_settings(db_url: str, tmp_path: Path, opencode_bin: str) -> Settings:
+    return sandbox_settings_for(db_url, tmp_path / "data", opencode_bin)
+
+
+@pytest.fixture
+async def sandbox_server(
+    nursery: trio.Nursery, sandbox_settings: Settings
+) -> AsyncIterator[Server]:
+    """A real server with the process backend running real opencode, idle watcher off."""
+    server = await start_server(nursery, sandbox_settings)
+    yield server
+    server.shutdown.set()
+
+
+class EventStream:
+    """The workspace's SSE stream, read in a task; `until` waits for a sandbox status."""
+
+    def __init__(self, client: httpx.AsyncClient, workspace_id: str) -> None:
+        self.client = client
+        self.url = f"/api/workspaces/{workspace_id}/events"
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+        self.comments: list[str] = []
+        self._changed = trio.Event()
+        self._scope = trio.CancelScope()
+
+    def close(self) -> None:
+        """Stop reading (the stream's own connection closes)."""
+        self._scope.cancel()
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # Its own connection, so closing the caller's client never cuts a read in half.
+        own = httpx.AsyncClient(
+            base_url=self.client.base_url, headers=self.client.headers, cookies=self.client.cookies
+        )
+        with self._scope:
+            async with own, own.stream("GET", self.url, timeout=None) as response:
+                await self._read(response, task_status)
+
+    async def _read(self, response: httpx.Response, task_status: trio.TaskStatus[None]) -> None:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        task_status.started()
+        kind, data = "message", ""
+        async for line in response.aiter_lines():
+            if line.startswith(":"):
+                self.comments.append(line[1:].strip())
+            elif line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:"):
+                data += line[5:].strip()
+            elif line == "" and data:
+                self.seen.append((kind, json.loads(data)))
+                kind, data = "message", ""
+                self._changed.set()
+                self._changed = trio.Event()
+
+    def statuses(self, sandbox_id: str) -> list[str]:
+        return [d["status"] for k, d in self.seen if k == "sandbox" and d["id"] == sandbox_id]
+
+    async def until(self, sandbox_id: str, *statuses: str, after: int = 0) -> dict[str, Any]:
+        """The first `sandbox` event (from index `after`) with one of `statuses`."""
+        with trio.fail_after(START_DEADLINE):
+            index = after
+            while True:
+                for kind, data in self.seen[index:]:
+                    if (
+                        kind == "sandbox"
+                        and data["id"] == sandbox_id
+                        and data["status"] in statuses
+                    ):
+                        return data
+                index = len(self.seen)
+                await self._changed.wait()
+
+
+async def open_events(
+    nursery: trio.Nursery, client: httpx.AsyncClient, workspace_id: str
+) -> EventStream:
+    """Subscribe (the server registered us once headers arrive) and read in the background."""
+    stream = EventStream(client, workspace_id)
+    await nursery.start(stream.run)
+    return stream
+
+
+async def owner_with_workspace(
+    server: Server, name: str = "owner"
+) -> tuple[httpx.AsyncClient, str]:
+    client = server.client()
+    await register(client, name)
+    response = await client.post("/api/workspaces", json={"name": "sandboxes"})
+    assert response.status_code == 201, response.text
+    return client, response.json()["id"]
+
+
+def alive(pid: int) -> bool:
+    """True when a process with this id exists (and is not a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

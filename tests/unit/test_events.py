@@ -1,0 +1,74 @@
+"""Per-workspace event pub/sub: delivery, isolation between workspaces, dropping slow readers."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from agentserver.sandboxes.events import WorkspaceEvents
+
+
+async def test_a_subscriber_receives_its_workspace_events_in_order() -> None:
+    """Events published to a workspace reach its subscriber in publication order."""
+    events = WorkspaceEvents()
+    with events.subscribe("w1") as sub:
+        assert events.publish_nowait("w1", {"type": "sandbox", "n": 1}) == 1
+        events.publish_nowait("w1", {"type": "sandbox", "n": 2})
+        assert [(await sub.inbox.receive())["n"] for _ in range(2)] == [1, 2]
+
+
+async def test_other_workspaces_do_not_see_the_event() -> None:
+    """A subscriber of one workspace gets nothing published to another."""
+    events = WorkspaceEvents()
+    with events.subscribe("w1") as one, events.subscribe("w2") as two:
+        assert events.publish_nowait("w2", {"type": "x"}) == 1
+        assert two.inbox.receive_nowait() == {"type": "x"}
+        with pytest.raises(trio.WouldBlock):
+            one.inbox.receive_nowait()
+
+
+async def test_a_slow_subscriber_is_dropped_without_blocking_the_publisher() -> None:
+    """A subscriber whose buffer is full is dropped (its inbox ends); others still get events."""
+    events = WorkspaceEvents(buffer=2)
+    slow = events.subscribe("w")
+    with events.subscribe("w") as fast:
+        for n in range(2):
+            events.publish_nowait("w", {"n": n})
+            assert (await fast.inbox.receive())["n"] == n
+        delivered = events.publish_nowait("w", {"n": 2})  # slow already holds 2: it overflows
+        assert delivered == 1
+        assert slow.dropped
+        assert events.listeners("w") == 1
+        assert [e["n"] async for e in slow.inbox] == [0, 1]  # what it had, then the end
+        assert (await fast.inbox.receive())["n"] == 2
+    slow.close()
+
+
+async def test_leaving_the_block_unsubscribes() -> None:
+    """Closing a subscription removes it, so publishing finds no listener."""
+    events = WorkspaceEvents()
+    with events.subscribe("w"):
+        assert events.listeners("w") == 1
+    assert events.listeners("w") == 0
+    assert events.publish_nowait("w", {"type": "x"}) == 0
+
+
+async def test_closing_a_workspace_ends_every_stream() -> None:
+    """When a workspace is deleted its subscribers' inboxes end, so their streams finish."""
+    events = WorkspaceEvents()
+    sub = events.subscribe("w")
+    received: list[object] = []
+
+    async def read() -> None:
+        async for event in sub.inbox:
+            received.append(event)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        events.publish_nowait("w", {"type": "last"})
+        await trio.testing.wait_all_tasks_blocked()
+        events.close_workspace("w")
+    assert received == [{"type": "last"}]
+    assert events.listeners("w") == 0
+    sub.close()

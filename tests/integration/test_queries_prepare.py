@@ -16,7 +16,7 @@ _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
 
 def as_server_sql(query: Query) -> str:
-    """The query as PostgreSQL's PREPARE wants it: `%(name)s` → `$n` in first-use order, `%%` → `%`."""
+    """The query as PREPARE wants it: `%(name)s` → `$n` by first use, `%%` → `%`."""
     numbers = {name: i for i, name in enumerate(query.params, 1)}
     return _PLACEHOLDER.sub(lambda m: f"${numbers[m.group(1)]}", query.sql).replace("%%", "%")
 

@@ -13,6 +13,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 REPO = Path(__file__).parent
 OPENCODE = REPO / ".cache/npm/node_modules/.bin/opencode"
+LOCAL_CA = Path("/usr/local/share/ca-certificates")
 
 
 def sync(session: nox.Session, *groups: str) -> None:
@@ -74,6 +75,7 @@ def zipapp(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def image(session: nox.Session) -> None:
     """Build the sandbox image on a debootstrapped Debian base; check each toolchain runs."""
+    import subprocess
     import sys
     import tempfile
     import time
@@ -103,14 +105,29 @@ def image(session: nox.Session) -> None:
         session.run("rm", "-rf", str(rootfs), external=True)
     # A persistent data root keeps the built image and its layer cache between runs.
     with (
-        tempfile.TemporaryDirectory(prefix="agentserver-dockerd-", dir="/tmp") as tmp,
+        tempfile.TemporaryDirectory(
+            prefix="agentserver-dockerd-", dir="/tmp", ignore_cleanup_errors=True
+        ) as tmp,
         run_dockerd(Path(tmp), data_root=cache / "docker") as daemon,
     ):
         env = {"DOCKER_HOST": daemon.host, "DOCKER_BUILDKIT": "0"}
         base, tag = "agentserver-debian-base:bookworm", "agentserver-agent:latest"
-        session.run("docker", "import", str(base_tar), base, env=env, external=True)
+        # Import once: a re-import is a new image, which would void the build cache.
+        present = (
+            subprocess.run(
+                ["docker", "image", "inspect", base],
+                env={**os.environ, **env},
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0
+        )
+        if not present:
+            session.run("docker", "import", str(base_tar), base, env=env, external=True)
         build_started = time.monotonic()
         # The private daemon has no bridge/NAT: RUN steps use the host's network.
+        # Extra CAs this host trusts (a TLS-intercepting proxy), for npm during the build.
+        extra_ca = "".join(p.read_text() for p in sorted(LOCAL_CA.glob("*.crt")))
         session.run(
             "docker",
             "build",
@@ -118,6 +135,8 @@ def image(session: nox.Session) -> None:
             "host",
             "--build-arg",
             f"BASE={base}",
+            "--build-arg",
+            f"BUILD_CA_CERTS={extra_ca}",
             "-f",
             str(REPO / "container/sandbox.Dockerfile"),
             "-t",

@@ -23,8 +23,16 @@ RUN apt-get update \
       python3 python3-pip python3-venv python3-dev \
  && rm -rf /var/lib/apt/lists/*
 
-RUN npm install --global --no-fund --no-audit "opencode-ai@${OPENCODE_VERSION}" \
+# BUILD_CA_CERTS (PEM text, optional): extra CAs for npm behind a TLS-intercepting proxy;
+# used for this step only, not kept in the image.
+ARG BUILD_CA_CERTS=""
+RUN if [ -n "$BUILD_CA_CERTS" ]; then \
+      printf '%s\n' "$BUILD_CA_CERTS" > /tmp/build-ca.crt; \
+      export NODE_EXTRA_CA_CERTS=/tmp/build-ca.crt; \
+    fi \
+ && npm install --global --no-fund --no-audit "opencode-ai@${OPENCODE_VERSION}" \
  && npm cache clean --force \
+ && rm -f /tmp/build-ca.crt \
  && opencode --version
 
 # uid/gid 1000, so volumes made from this image's /home/agent and /data/disk0 belong to the agent.

@@ -122,6 +122,15 @@ def run_dockerd(base: Path, data_root: Path | None = None) -> Iterator[Daemon]:
             proc.kill()
             proc.wait()
         pump.join(STOP_TIMEOUT)
+        _unmount_below(base)
+
+
+def _unmount_below(base: Path) -> None:
+    """Detach what dockerd left mounted under `base` (its network namespace files)."""
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    for point in sorted({line.split()[1] for line in mounts}, reverse=True):
+        if point.startswith(f"{base}/"):
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
 def _opencode_elf() -> Path | None:

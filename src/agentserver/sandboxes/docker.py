@@ -42,7 +42,7 @@ OURS = f"{LABEL_MANAGED}={MANAGED_BY}"
 HOME = "/home/agent"
 DISK = "/data/disk0"
 DOCKER_THREADS = 8
-READY_TIMEOUT = 120.0
+READY_TIMEOUT = 90.0  # below the lifecycle's own start deadline, so our reason wins
 READY_POLL = 0.2
 STOP_TIMEOUT = 10  # seconds Docker waits after SIGTERM before it kills
 EVENTS_RETRY = (0.5, 30.0)  # backoff bounds when the event stream breaks (daemon restart)

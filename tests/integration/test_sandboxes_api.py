@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +12,15 @@ import httpx
 import trio
 
 from agentserver.sandboxes.service import Sandboxes
-from tests.conftest import Server
+from tests.conftest import Server, register, start_server
 from tests.support.sandboxes import (
+    EventStream,
+    agent_process,
     alive,
+    disk_path_in,
     open_events,
     owner_with_workspace,
+    sandbox_settings_for,
 )
 
 SECRET_KEYS = {
@@ -117,3 +124,176 @@ async def test_sandbox_lifecycle_create_pause_resume_delete(
     assert (await client.get(f"/api/sandboxes/{sid}")).status_code == 404
     events.close()
     await client.aclose()
+
+
+async def start_running(
+    server: Server, client: httpx.AsyncClient, events: EventStream, wid: str, name: str = "box"
+) -> str:
+    sid = (await create(client, wid, name))["id"]
+    running = await events.until(sid, "running", "failed")
+    assert running["status"] == "running", running
+    return sid
+
+
+def pid_of(server: Server, sandbox_id: str) -> int:
+    pid = service(server).backend.pid(sandbox_id)  # type: ignore[attr-defined]
+    assert pid is not None
+    return int(pid)
+
+
+async def test_shared_disk_and_workspace_delete(
+    sandbox_server: Server, nursery: trio.Nursery
+) -> None:
+    """Two sandboxes of a workspace see one disk at the same path (a file written through A's
+    view appears in B's); deleting the workspace removes its sandboxes and the disk."""
+    client, wid = await owner_with_workspace(sandbox_server)
+    events = await open_events(nursery, client, wid)
+    first = await start_running(sandbox_server, client, events, wid, "a")
+    second = await start_running(sandbox_server, client, events, wid, "b")
+    seen_by_a = disk_path_in(pid_of(sandbox_server, first))
+    seen_by_b = disk_path_in(pid_of(sandbox_server, second))
+    assert seen_by_a.name == seen_by_b.name == "disk0" or seen_by_a == seen_by_b
+    (seen_by_a / "hello.txt").write_text("from a")
+    assert (seen_by_b / "hello.txt").read_text() == "from a"
+    disk = sandbox_server.deps.settings.data_dir / "workspaces" / wid / "disk"
+    assert (disk / "hello.txt").read_text() == "from a"
+
+    pids = [pid_of(sandbox_server, first), pid_of(sandbox_server, second)]
+    events.close()
+    assert (await client.delete(f"/api/workspaces/{wid}")).status_code == 204
+    assert not disk.exists()
+    assert not any(alive(pid) for pid in pids)
+    assert not home_of(sandbox_server, first).exists()
+    await client.aclose()
+
+
+async def test_a_killed_agent_is_shown_failed_with_its_exit_status(
+    sandbox_server: Server, nursery: trio.Nursery
+) -> None:
+    """When the opencode process dies on its own, the sandbox becomes failed and says how."""
+    client, wid = await owner_with_workspace(sandbox_server)
+    events = await open_events(nursery, client, wid)
+    sid = await start_running(sandbox_server, client, events, wid)
+    os.kill(agent_process(pid_of(sandbox_server, sid)), signal.SIGKILL)
+    failed = await events.until(sid, "failed")
+    assert re.search(
+        r"opencode (exited with status 137|was killed by signal 9)", failed["statusReason"]
+    ), failed["statusReason"]
+    logs = await client.get(f"/api/sandboxes/{sid}/logs")
+    assert logs.status_code == 200
+    assert "listening" in logs.json()["logs"]
+    events.close()
+    await client.aclose()
+
+
+async def test_two_concurrent_pauses_one_wins(
+    sandbox_server: Server, nursery: trio.Nursery
+) -> None:
+    """Two pause calls at once: exactly one gets 200, the other 409 (one conditional UPDATE)."""
+    client, wid = await owner_with_workspace(sandbox_server)
+    events = await open_events(nursery, client, wid)
+    sid = await start_running(sandbox_server, client, events, wid)
+    codes: list[int] = []
+
+    async def pause() -> None:
+        codes.append((await client.post(f"/api/sandboxes/{sid}/pause")).status_code)
+
+    async with trio.open_nursery() as both:
+        both.start_soon(pause)
+        both.start_soon(pause)
+    assert sorted(codes) == [200, 409]
+    assert (await events.until(sid, "paused", "failed"))["status"] == "paused"
+    # A paused sandbox cannot be paused again, and a running one cannot be resumed.
+    again = await client.post(f"/api/sandboxes/{sid}/pause")
+    assert again.status_code == 409
+    assert again.json()["error"]["message"] == "a paused sandbox cannot be paused"
+    events.close()
+    await client.aclose()
+
+
+async def test_idle_sandbox_is_paused(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, opencode_bin: str
+) -> None:
+    """With a 1 s idle timeout, a running sandbox nobody uses is paused by the idle watcher."""
+    settings = sandbox_settings_for(db_url, tmp_path / "data", opencode_bin, idle_timeout="1s")
+    server = await start_server(nursery, settings)
+    client, wid = await owner_with_workspace(server)
+    events = await open_events(nursery, client, wid)
+    sid = await start_running(server, client, events, wid)
+    pid = pid_of(server, sid)
+    paused = await events.until(sid, "paused", "failed")
+    assert paused["status"] == "paused"
+    assert paused["statusReason"] == "paused after 1s without activity"
+    assert not alive(pid)
+    events.close()
+    await client.aclose()
+    server.shutdown.set()
+
+
+async def test_a_missing_binary_fails_with_a_readable_reason(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    """Without the opencode program the sandbox becomes failed and says what to configure;
+    the event stream shows creating then failed, and delete still works."""
+    settings = sandbox_settings_for(db_url, tmp_path / "data", "/nonexistent/opencode")
+    server = await start_server(nursery, settings)
+    client, wid = await owner_with_workspace(server)
+    events = await open_events(nursery, client, wid)
+    sid = (await create(client, wid))["id"]
+    failed = await events.until(sid, "failed")
+    assert failed["statusReason"] == (
+        "the opencode program '/nonexistent/opencode' was not found; "
+        "set --opencode-bin / OPENCODE_BIN"
+    )
+    assert events.statuses(sid) == ["creating", "failed"]
+    assert (await client.delete(f"/api/sandboxes/{sid}")).status_code == 204
+    with trio.fail_after(10):
+        while not any(kind == "sandbox_deleted" for kind, _ in events.seen):
+            await events.changed()
+    events.close()
+    await client.aclose()
+    server.shutdown.set()
+
+
+async def test_bad_input_and_roles(nursery: trio.Nursery, db_url: str, tmp_path: Path) -> None:
+    """Names and types are validated (400, never 500); OpenClaw without its program is a clear
+    400; a guest can view but not create, pause, resume, delete or read logs."""
+    settings = sandbox_settings_for(db_url, tmp_path / "data", "/nonexistent/opencode")
+    server = await start_server(nursery, settings)
+    owner, wid = await owner_with_workspace(server)
+    url = f"/api/workspaces/{wid}/sandboxes"
+    for body, field in (
+        ({"name": ""}, "name"),
+        ({"name": "x" * 101}, "name"),
+        ({"name": "   "}, "name"),
+        ({"name": "a", "type": "vm"}, "type"),
+        ({"name": "a", "type": "local"}, "type"),
+        ({"name": 5}, "name"),
+    ):
+        response = await owner.post(url, json=body)
+        assert response.status_code == 400, (body, response.text)
+        assert response.json()["error"]["field"] == field, body
+    claw = await owner.post(url, json={"name": "claw", "type": "openclaw"})
+    assert claw.status_code == 400
+    assert "OpenClaw is unavailable on this server" in claw.json()["error"]["message"]
+
+    sid = (await create(owner, wid))["id"]
+    guest = server.client()
+    await register(guest, "guest")
+    added = await owner.post(
+        f"/api/workspaces/{wid}/members", json={"username": "guest", "role": "guest"}
+    )
+    assert added.status_code == 201
+    assert (await guest.get(f"/api/sandboxes/{sid}")).status_code == 200
+    assert (await guest.get(url)).status_code == 200
+    assert (await guest.post(url, json={"name": "mine"})).status_code == 403
+    for method, path in (("POST", "pause"), ("POST", "resume"), ("GET", "logs")):
+        assert (await guest.request(method, f"/api/sandboxes/{sid}/{path}")).status_code == 403
+    assert (await guest.delete(f"/api/sandboxes/{sid}")).status_code == 403
+    stranger = server.client()
+    await register(stranger, "stranger")
+    assert (await stranger.get(f"/api/sandboxes/{sid}")).status_code == 404
+    assert (await owner.get("/api/sandboxes/nope")).status_code == 404
+    for client in (owner, guest, stranger):
+        await client.aclose()
+    server.shutdown.set()

@@ -84,6 +84,10 @@ class EventStream:
                 self._changed.set()
                 self._changed = trio.Event()
 
+    async def changed(self) -> None:
+        """Wait for the next event."""
+        await self._changed.wait()
+
     def statuses(self, sandbox_id: str) -> list[str]:
         return [d["status"] for k, d in self.seen if k == "sandbox" and d["id"] == sandbox_id]
 
@@ -132,3 +136,33 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children first), read from /proc."""
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        current = queue.pop(0)
+        try:
+            text = Path(f"/proc/{current}/task/{current}/children").read_text()
+        except OSError:
+            continue
+        children = [int(c) for c in text.split()]
+        found += children
+        queue += children
+    return found
+
+
+def agent_process(pid: int) -> int:
+    """The opencode process itself: `pid` or the deepest process below it (bubblewrap wraps it)."""
+    below = descendants(pid)
+    return below[-1] if below else pid
+
+
+def disk_path_in(pid: int) -> Path:
+    """The workspace disk as the agent process sees it, reached through its own mount namespace."""
+    agent = agent_process(pid)
+    environ = Path(f"/proc/{agent}/environ").read_bytes().split(b"\0")
+    disk = next(e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"AGENTSERVER_DISK="))
+    return Path(f"/proc/{agent}/root") / disk.lstrip("/")

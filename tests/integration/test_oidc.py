@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -354,6 +355,57 @@ async def test_providers_lists_what_is_configured_without_secrets(
     assert listed.json() == expected
     assert config.json()["providers"] == expected
     assert CLIENT_SECRET not in listed.text + config.text
+
+
+async def test_no_secret_reaches_the_logs(
+    nursery: trio.Nursery,
+    db_url: str,
+    tmp_path: Path,
+    idp: OpenIDProvider,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Codes, state, the flow cookie, tokens and the client secret never appear in any log line."""
+    caplog.set_level(logging.DEBUG)
+    server = await start(nursery, db_url, tmp_path, idp.url)
+    async with server.client() as browser:
+        path = await to_provider(browser)
+        flow_secret = browser.cookies["agentserver_oauth"]
+        response = await browser.get(path)
+        assert response.status_code == 302
+        session = browser.cookies["agentserver_session"]
+    params = httpx.URL(path).params
+    (token,) = idp.issued
+    secrets = [
+        params["code"],
+        params["state"],
+        flow_secret,
+        session,
+        CLIENT_SECRET,
+        token["access_token"],
+        token["id_token"],
+    ]
+    # The server's own loggers, and its HTTP client's calls to the provider (the test's browser
+    # and person calls carry codes in URLs by design of the protocol, and are left out).
+    # (authlib's grant modules log on the provider's side only, tokens included.)
+    ours = (
+        "agentserver",
+        "authlib.integrations",
+        "authlib.oauth2.client",
+        "authlib.oauth2.auth",
+        "joserfc",
+        "hypercorn",
+        "quart",
+    )
+    logged = "\n".join(
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith(ours)
+        or (r.name == "httpx" and idp.url in r.getMessage() and "/authorize" not in r.getMessage())
+    )
+    assert "POST " + idp.url + "/token" in logged
+    assert "signed in with generic" in logged  # the log was captured at all
+    for secret in secrets:
+        assert secret not in logged
 
 
 async def test_sso_sign_in_ends_the_previous_session(

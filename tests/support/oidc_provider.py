@@ -258,7 +258,7 @@ class Server(AuthorizationServer):
         return self.idp.client if client_id == self.idp.client.client_id else None
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
-        self.idp.tokens_issued += 1
+        self.idp.issued.append(token)  # the same dict gets its id_token added afterwards
 
     def create_oauth2_request(self, request: Any) -> Any:
         return request
@@ -282,7 +282,7 @@ class OpenIDProvider:
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     knobs: Knobs = field(default_factory=Knobs)
     codes: dict[str, Code] = field(default_factory=dict)
-    tokens_issued: int = 0
+    issued: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
     key: RSAKey = field(
         default_factory=lambda: RSAKey.generate_key(

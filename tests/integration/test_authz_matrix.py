@@ -65,6 +65,15 @@ def body_adding_outsider(role: str) -> dict[str, Any]:
     return {"username": "zz-outsider", "role": role}
 
 
+async def with_sandbox(world: World) -> dict[str, str]:
+    """A sandbox in the world's workspace, created by its owner."""
+    response = await world.clients[OWNER].post(
+        f"/api/workspaces/{world.workspace_id}/sandboxes", json={"name": "matrix"}
+    )
+    assert response.status_code == 201, response.text
+    return {"sandbox_id": response.json()["id"]}
+
+
 # ---------------------------------------------------------------------------------------------
 # THE TABLE. Key = (METHOD, url rule as in app.url_map). Value = allowed roles or a Case.
 # ---------------------------------------------------------------------------------------------
@@ -84,6 +93,19 @@ MATRIX: dict[tuple[str, str], frozenset[str] | Case] = {
     ("DELETE", "/api/workspaces/<workspace_id>/members/<user_id>"): OWNER_ONLY,
     # LLM usage (api/usage.py)
     ("GET", "/api/workspaces/<workspace_id>/usage"): ANY_MEMBER,
+    # sandboxes (api/sandboxes.py); without opencode on PATH the setup's sandbox fails at once
+    ("GET", "/api/workspaces/<workspace_id>/sandboxes"): ANY_MEMBER,
+    ("POST", "/api/workspaces/<workspace_id>/sandboxes"): Case(DEVELOPER_UP, body={"name": "m"}),
+    ("GET", "/api/workspaces/<workspace_id>/events"): Case(ANY_MEMBER, stream=True),
+    ("GET", "/api/sandboxes/<sandbox_id>"): Case(ANY_MEMBER, setup=with_sandbox),
+    ("DELETE", "/api/sandboxes/<sandbox_id>"): Case(DEVELOPER_UP, setup=with_sandbox),
+    ("POST", "/api/sandboxes/<sandbox_id>/pause"): Case(
+        DEVELOPER_UP, setup=with_sandbox, ok=frozenset({409})
+    ),
+    ("POST", "/api/sandboxes/<sandbox_id>/resume"): Case(
+        DEVELOPER_UP, setup=with_sandbox, ok=frozenset({409})
+    ),
+    ("GET", "/api/sandboxes/<sandbox_id>/logs"): Case(DEVELOPER_UP, setup=with_sandbox),
     # sandboxes, agent codes, usage, events: add rows here (see the module docstring).
 }
 

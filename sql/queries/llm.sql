@@ -1,17 +1,17 @@
 -- name: llm_caller_by_token :one
--- The sandbox a proxy token belongs to (only its hash is stored).
-SELECT id AS sandbox_id, workspace_id, created_by, name, status
-FROM sandboxes WHERE proxy_token_hash = :token_hash;
+-- The sandbox a proxy token belongs to (only its hash is stored), with its workspace's overrides.
+SELECT s.id AS sandbox_id, s.workspace_id, s.created_by, s.name, s.status,
+       q.rpm AS rpm_override, q.tokens_per_day AS tokens_per_day_override
+FROM sandboxes s LEFT JOIN llm_quotas q ON q.workspace_id = s.workspace_id
+WHERE s.proxy_token_hash = :token_hash;
 
 -- name: llm_lock_workspace :exec
 -- Serialises admission per workspace so concurrent calls (or replicas) cannot overshoot a limit.
 SELECT pg_advisory_xact_lock(hashtext('agentserver-llm:' || :workspace_id));
 
 -- name: llm_workspace_load :one
--- The workspace's overrides and how much it used in the last minute and today (UTC).
-SELECT q.rpm AS rpm_override,
-       q.tokens_per_day AS tokens_per_day_override,
-       m.requests AS recent_requests,
+-- How much the workspace used in the last minute and today (UTC).
+SELECT m.requests AS recent_requests,
        coalesce(ceil(extract(epoch FROM m.oldest + interval '60 seconds' - now())), 0)::int
            AS window_frees_in,
        d.tokens AS tokens_today,
@@ -23,8 +23,7 @@ CROSS JOIN (SELECT coalesce(sum(input_tokens + output_tokens + cache_creation_in
                                 + cache_read_input_tokens), 0)::bigint AS tokens
             FROM llm_usage
             WHERE workspace_id = :workspace_id
-              AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') d
-LEFT JOIN llm_quotas q ON q.workspace_id = :workspace_id;
+              AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') d;
 
 -- name: llm_usage_start :scalar
 INSERT INTO llm_usage (sandbox_id, workspace_id, user_id, sandbox_name, method, endpoint, model, streaming)

@@ -248,12 +248,17 @@ async def test_deleted_sandbox_token_is_dead(env: Env) -> None:
 
 @pytest.mark.parametrize("status", ["paused", "failed", "offline"])
 async def test_inactive_sandbox_is_refused(env: Env, status: str) -> None:
-    """A sandbox that is not creating or running gets 403 and nothing reaches Anthropic."""
-    await sql(env.server, "UPDATE sandboxes SET status = %s WHERE id = %s", status, env.sandbox_id)
+    """A sandbox that stops being creating/running is refused with 403 on its very next call."""
     async with env.sandbox_client() as client:
+        assert (await client.post(MESSAGES, json=BODY)).status_code == 200
+        await sql(
+            env.server, "UPDATE sandboxes SET status = %s WHERE id = %s", status, env.sandbox_id
+        )
         response = await client.post(MESSAGES, json=BODY)
+        again = await client.post(MESSAGES, json=BODY)
     assert status in anthropic_error(response, 403, "permission_error")
-    assert env.standin.received == []
+    anthropic_error(again, 403, "permission_error")
+    assert len(env.standin.received) == 1
 
 
 async def test_missing_or_unknown_token_is_401(env: Env) -> None:

@@ -84,13 +84,48 @@ class ClientGone(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """The sandbox a proxy token belongs to."""
+    """The sandbox a proxy token belongs to, and its workspace's limit overrides."""
 
     sandbox_id: str
     workspace_id: str
     created_by: str | None
     name: str
     status: str
+    rpm_override: int | None = None
+    tokens_per_day_override: int | None = None
+
+    def limits(self, settings: Settings) -> tuple[int, int]:
+        """Requests per minute and tokens per day that apply (0 = unlimited)."""
+        rpm = settings.llm_rpm if self.rpm_override is None else self.rpm_override
+        per_day = self.tokens_per_day_override
+        return rpm, settings.llm_tokens_per_day if per_day is None else per_day
+
+
+class CallerCache:
+    """Recently seen active tokens, only to decide whether to read a body at all.
+
+    The admission transaction looks the token up again, so a deleted or paused sandbox is
+    refused at once; this only saves a database round trip before the body is read.
+    """
+
+    def __init__(self, ttl: float = 30.0, size: int = 4096) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[str, tuple[float, Caller]] = {}
+
+    def get(self, token_hash: str) -> Caller | None:
+        found = self._entries.get(token_hash)
+        if found is None or found[0] < time.monotonic():
+            return None
+        return found[1]
+
+    def put(self, token_hash: str, caller: Caller) -> None:
+        if len(self._entries) >= self.size:
+            self._entries.clear()  # simplest bound; the next calls just look up again
+        self._entries[token_hash] = (time.monotonic() + self.ttl, caller)
+
+    def forget(self, token_hash: str) -> None:
+        self._entries.pop(token_hash, None)
 
 
 def error_body(status: int, message: str) -> bytes:
@@ -144,8 +179,11 @@ def upstream_headers(
 
 
 def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Upstream's headers minus hop-by-hop ones and Content-Length: the answer is re-framed as
+    chunked so it ends only after its usage is recorded (a caller's next request sees it)."""
     connection = b",".join(v for k, v in headers if k.lower() == b"connection")
-    dropped = HOP_BY_HOP | {t.strip().lower() for t in connection.split(b",") if t.strip()}
+    dropped = HOP_BY_HOP | {b"content-length"}
+    dropped |= {t.strip().lower() for t in connection.split(b",") if t.strip()}
     return [(k.lower(), v) for k, v in headers if k.lower() not in dropped]
 
 
@@ -167,17 +205,22 @@ def check_model(settings: Settings, model: str | None) -> None:
         raise Refusal(403, f"model {model!r} is not allowed on this server")
 
 
-def check_limits(settings: Settings, load: dict[str, Any]) -> None:
+def check_caller(caller: Caller | None) -> Caller:
+    if caller is None:
+        raise Refusal(401, "invalid api key")
+    if caller.status not in ACTIVE:
+        raise Refusal(403, f"sandbox is not active (it is {caller.status})")
+    return caller
+
+
+def check_limits(rpm: int, per_day: int, load: dict[str, Any]) -> None:
     """Refuse with 429 when the workspace is over its per-minute or per-day limit."""
-    rpm = load["rpm_override"] if load["rpm_override"] is not None else settings.llm_rpm
     if rpm and load["recent_requests"] >= rpm:
         raise Refusal(
             429,
             f"this workspace may make {rpm} LLM requests per minute",
             retry_after=max(1, load["window_frees_in"]),
         )
-    per_day = load["tokens_per_day_override"]
-    per_day = settings.llm_tokens_per_day if per_day is None else per_day
     if per_day and load["tokens_today"] >= per_day:
         raise Refusal(
             429,
@@ -224,6 +267,7 @@ class Call:
         self.stream = StreamUsage()
         self.kept = bytearray()  # a copy of a non-streamed answer, for its usage
         self.kept_all = True
+        self.finished = False
 
     def observe(self, chunk: bytes) -> None:
         if self.streaming:
@@ -245,6 +289,7 @@ class LlmProxy:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
         self.settings = deps.settings
+        self.callers = CallerCache()
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -270,11 +315,12 @@ class LlmProxy:
         token = proxy_token(headers)
         if token is None:
             raise Refusal(401, "missing api key: send the sandbox's proxy token in x-api-key")
-        caller = await self.deps.db.one("llm_caller_by_token", Caller, token_hash=hash_token(token))
+        token_hash = hash_token(token)
+        caller = self.callers.get(token_hash)
         if caller is None:
-            raise Refusal(401, "invalid api key")
-        if caller.status not in ACTIVE:
-            raise Refusal(403, f"sandbox is not active (it is {caller.status})")
+            found = await self.deps.db.one("llm_caller_by_token", Caller, token_hash=token_hash)
+            caller = check_caller(found)
+            self.callers.put(token_hash, caller)
         if not (self.settings.anthropic_api_key or self.settings.anthropic_auth_token):
             raise Refusal(503, "the server has no Anthropic credentials configured")
         url = upstream_url(
@@ -295,16 +341,27 @@ class LlmProxy:
         except (httpx.InvalidURL, UnicodeError):
             raise Refusal(400, "the path or a header cannot be forwarded") from None
         call = Call(caller, model)
-        call.row_id = await self.deps.db.transaction(lambda tx: self.start_row(tx, scope, call))
+        try:
+            call.row_id = await self.deps.db.transaction(
+                lambda tx: self.start_row(tx, scope, call, token_hash)
+            )
+        except Refusal as refusal:
+            if refusal.status in (401, 403):
+                self.callers.forget(token_hash)
+            raise
         self.record_activity(caller.sandbox_id)
         return call, request
 
-    def start_row(self, tx: Tx, scope: Scope, call: Call) -> int:
-        """Admission under the workspace's lock: the limit check and the row are one step."""
-        caller = call.caller
-        tx.exec("llm_lock_workspace", workspace_id=caller.workspace_id)
-        load = tx.rows("llm_workspace_load", workspace_id=caller.workspace_id)[0]
-        check_limits(self.settings, load)
+    def start_row(self, tx: Tx, scope: Scope, call: Call, token_hash: str) -> int:
+        """Admission in one transaction: the token again (it may be revoked by now), the
+        limits under the workspace's lock, and the usage row that counts this call."""
+        caller = check_caller(tx.one("llm_caller_by_token", Caller, token_hash=token_hash))
+        call.caller = caller
+        rpm, per_day = caller.limits(self.settings)
+        if rpm or per_day:
+            tx.exec("llm_lock_workspace", workspace_id=caller.workspace_id)
+            load = tx.rows("llm_workspace_load", workspace_id=caller.workspace_id)[0]
+            check_limits(rpm, per_day, load)
         endpoint = scope["path"][len(PREFIX) :][:200] or "/"
         row_id: int = tx.scalar(
             "llm_usage_start",
@@ -359,6 +416,8 @@ class LlmProxy:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except httpx.TransportError as exc:
             log.warning("LLM upstream broke off mid-answer: %s", type(exc).__name__)
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            await self.finish(call)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     @staticmethod
@@ -368,8 +427,10 @@ class LlmProxy:
         scope.cancel()
 
     async def finish(self, call: Call) -> None:
-        if call.row_id is None:
+        """Complete the call's usage row (once)."""
+        if call.row_id is None or call.finished:
             return
+        call.finished = True
         usage = call.usage()
         try:
             await self.deps.db.exec(

@@ -153,11 +153,14 @@ async def test_org_allow_list(
 async def test_closed_registration_needs_an_allow_list(
     nursery: trio.Nursery, db_url: str, tmp_path: Path, github: GitHub
 ) -> None:
-    """With registration closed, an unknown GitHub user is refused instead of getting an account."""
+    """With registration closed the first GitHub user becomes admin; later strangers are refused."""
     server = await start(nursery, db_url, tmp_path, github, allow_registration="false")
-    async with server.client() as admin:
-        await register(admin, "admin-user")
-    response, user = await sign_in(server)
+    response, first = await sign_in(server)
+    assert response.status_code == 302
+    assert first is not None
+    assert first["role"] == "admin"
+    github.add("stranger", "stranger@example.com")
+    response, user = await sign_in(server, "stranger")
     assert_refused(response, 403, "does not create new accounts")
     assert user is None
 

@@ -203,11 +203,11 @@ async def callback(provider_id: str) -> Response:
         # Whoever this browser was signed in as before, that session ends here (no fixation).
         await revoke_session(deps().db, request.cookies.get(SESSION_COOKIE))
     except AgentServerError as exc:
-        log.info("sign-in with %s failed: %s", provider_id, exc.code)
+        log.info("sign-in with %r failed: %s", provider_id[:40], exc.code)
         response = failure_page(exc)
     except Exception:
         # Whatever went wrong, nobody is signed in and the person gets a page, not a 500.
-        log.exception("sign-in with %s failed unexpectedly", provider_id)
+        log.exception("sign-in with %r failed unexpectedly", provider_id[:40])
         response = failure_page(
             SignInFailed(
                 "The sign-in could not be completed; the server log has details.",

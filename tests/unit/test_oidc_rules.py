@@ -7,7 +7,9 @@ import json
 import time
 from typing import Any
 
+import httpx
 import pytest
+from authlib.integrations.base_client.errors import OAuthError
 from hypothesis import given
 from hypothesis import strategies as st
 from joserfc import jwt
@@ -32,6 +34,7 @@ from agentserver.auth.oidc import (
     flow_for,
     parse_discovery,
     primary_verified,
+    provider_errors,
     providers_from_settings,
     verify_id_token,
 )
@@ -327,3 +330,36 @@ def test_flow_cookie_is_host_only_prefixed_on_https() -> None:
 
     assert flow_cookie(build_settings({"base_scheme": "https"}, {})) == "__Host-agentserver_oauth"
     assert flow_cookie(build_settings({}, {})) == "agentserver_oauth"
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (OAuthError(error="invalid_grant"), 400, "code_rejected"),
+        (OAuthError(error="bad_verification_code"), 400, "code_rejected"),
+        (OAuthError(error="invalid_client"), 400, "provider_refused"),
+        (httpx.ReadTimeout("slow"), 502, "provider_unavailable"),
+        (httpx.ConnectError("refused"), 502, "provider_unavailable"),
+        (
+            httpx.HTTPStatusError(
+                "boom",
+                request=httpx.Request("GET", "https://idp.example"),
+                response=httpx.Response(503),
+            ),
+            502,
+            "provider_error",
+        ),
+        (ValueError("not json"), 502, "provider_error"),
+    ],
+)
+def test_provider_errors_become_readable_failures(
+    exc: BaseException, status: int, code: str
+) -> None:
+    """Timeouts, refusals, HTTP errors and garbage from a provider map to 4xx/502, never a 500."""
+    with pytest.raises(SignInFailed) as caught, provider_errors("SSO"):
+        _raise(exc)
+    assert (caught.value.status, caught.value.code) == (status, code)

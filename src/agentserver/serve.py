@@ -18,6 +18,7 @@ from hypercorn.config import Config, Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
+from agentserver.api import sandbox_open
 from agentserver.api import sandboxes as sandboxes_api
 from agentserver.api.app import create_app
 from agentserver.api.oidc import open_oidc
@@ -29,6 +30,7 @@ from agentserver.deps import Deps
 from agentserver.errors import ConfigError, DatabaseUnavailable
 from agentserver.sandboxes.feature import open_sandboxes
 from agentserver.proxy.llm import llm_middleware, open_llm_proxy
+from agentserver.proxy.subdomain import SubdomainProxy, open_proxy
 from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ MIDDLEWARE: list[Middleware] = []
 FEATURES += [open_sandboxes, sandboxes_api.register]
 FEATURES += [open_usage_api, open_llm_proxy]
 MIDDLEWARE.append(llm_middleware)
+# The subdomain proxy: /api/sandboxes/{id}/open, its upstream pool, and Host dispatch (outermost).
+FEATURES += [sandbox_open.register, open_proxy]
+MIDDLEWARE.append(SubdomainProxy)
 
 
 @dataclass(frozen=True, slots=True)

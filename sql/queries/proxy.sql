@@ -1,0 +1,44 @@
+-- Subdomain proxy: one-time tickets, per-sandbox sessions, and sandbox lookups.
+
+-- name: proxy_get_sandbox :one
+SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
+       last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
+       last_heartbeat_at
+FROM sandboxes WHERE id = :id;
+
+-- name: proxy_member_role :scalar
+-- The user's role in the sandbox's workspace (NULL: not a member, or no such sandbox).
+SELECT m.role FROM sandboxes s
+JOIN workspace_members m ON m.workspace_id = s.workspace_id AND m.user_id = :user_id
+WHERE s.id = :sandbox_id;
+
+-- name: proxy_create_ticket :exec
+INSERT INTO sandbox_tickets (token_hash, sandbox_id, user_id, expires_at)
+VALUES (:token_hash, :sandbox_id, :user_id, now() + make_interval(secs => :lifetime));
+
+-- name: proxy_delete_expired_tickets :execrows
+DELETE FROM sandbox_tickets WHERE expires_at <= now();
+
+-- name: proxy_redeem_ticket :one
+-- Atomic: a ticket is gone after the first attempt, whether or not it was still valid.
+DELETE FROM sandbox_tickets WHERE token_hash = :token_hash AND sandbox_id = :sandbox_id
+RETURNING user_id, expires_at > now() AS valid;
+
+-- name: proxy_create_session :exec
+INSERT INTO sandbox_sessions (token_hash, sandbox_id, user_id, expires_at)
+VALUES (:token_hash, :sandbox_id, :user_id, now() + make_interval(secs => :lifetime));
+
+-- name: proxy_delete_expired_sessions :execrows
+DELETE FROM sandbox_sessions WHERE user_id = :user_id AND expires_at <= now();
+
+-- name: proxy_session_access :one
+-- A live subdomain session for this sandbox, with the member's CURRENT role and the sandbox row:
+-- no row when the session expired, belongs to another sandbox, or the membership ended.
+SELECT ss.user_id, m.role,
+       s.id, s.workspace_id, s.name, s.type, s.status, s.status_reason, s.created_by,
+       s.created_at, s.updated_at, s.last_activity_at, s.paused_at, s.agent_secret,
+       s.endpoint_host, s.endpoint_port, s.backend_ref, s.last_heartbeat_at
+FROM sandbox_sessions ss
+JOIN sandboxes s ON s.id = ss.sandbox_id
+JOIN workspace_members m ON m.workspace_id = s.workspace_id AND m.user_id = ss.user_id
+WHERE ss.token_hash = :token_hash AND ss.sandbox_id = :sandbox_id AND ss.expires_at > now();

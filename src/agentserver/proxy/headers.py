@@ -1,0 +1,203 @@
+"""Header rewriting between the browser and a sandbox's agent, both directions (pure: no I/O).
+
+Headers are ASGI-style lists of `(lower-case name, value)` byte pairs, in order, repeats kept.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 §7.6.1 connection-specific fields, plus the non-standard ones still seen in the wild.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Our own cookies: the main session (host-only on the main host, so it should never arrive here,
+# but stripped anyway) and the subdomain session. Neither may ever reach a sandbox.
+OUR_COOKIES = frozenset({"agentserver_session", "agentserver_sandbox"})
+# Rewritten by us; whatever the client sent under these names is dropped.
+_REPLACED = frozenset(
+    {
+        b"authorization",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-for",
+        b"forwarded",
+        b"x-real-ip",
+    }
+)
+# The agent's CORS answers are dropped: the sandbox UI is same-origin, and a permissive answer
+# would let a sibling sandbox's page read this one with the member's cookie (same-site).
+_CORS = frozenset(
+    {
+        b"access-control-allow-origin",
+        b"access-control-allow-credentials",
+        b"access-control-allow-headers",
+        b"access-control-allow-methods",
+        b"access-control-expose-headers",
+        b"access-control-max-age",
+    }
+)
+# WebSocket handshake fields the client library sets itself on the upstream leg.
+WEBSOCKET_HANDSHAKE = frozenset(
+    {
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-extensions",
+        b"sec-websocket-protocol",
+        b"sec-websocket-accept",
+        b"host",
+        b"origin",
+        b"content-length",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarding:
+    """What the proxy knows about the client side of one request."""
+
+    client_ip: str | None
+    proto: str  # http or https, as the browser sees it
+    host: bytes  # the subdomain host the browser asked for
+
+
+def basic_auth(secret: str, user: str = "opencode") -> bytes:
+    """`Authorization` value for opencode's Basic auth (fixed user `opencode`)."""
+    return b"Basic " + base64.b64encode(f"{user}:{secret}".encode())
+
+
+def bearer_auth(token: str) -> bytes:
+    """`Authorization` value for the OpenClaw gateway token."""
+    return b"Bearer " + token.encode()
+
+
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Header names listed in `Connection`, which are hop-by-hop for this message only."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(tokens)
+
+
+def strip_cookies(value: bytes, drop: frozenset[str] = OUR_COOKIES) -> bytes:
+    """A Cookie header value without the cookies named in `drop` (others kept, in order)."""
+    kept = []
+    for part in value.split(b";"):
+        crumb = part.strip()
+        if not crumb:
+            continue
+        name = crumb.split(b"=", 1)[0].strip().decode("latin-1")
+        if name not in drop:
+            kept.append(crumb)
+    return b"; ".join(kept)
+
+
+def cookie_values(headers: Iterable[tuple[bytes, bytes]], name: str) -> list[str]:
+    """Every value the client sent for cookie `name` (a tossed duplicate may come first)."""
+    wanted = name.encode()
+    values = []
+    for key, value in headers:
+        if key != b"cookie":
+            continue
+        for part in value.split(b";"):
+            crumb_name, sep, crumb_value = part.strip().partition(b"=")
+            if sep and crumb_name.strip() == wanted:
+                values.append(crumb_value.strip().strip(b'"').decode("latin-1"))
+    return values
+
+
+def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header `name` (lower-case), or None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def request_headers(
+    incoming: Sequence[tuple[bytes, bytes]], auth: bytes, fwd: Forwarding, *, chunked: bool = False
+) -> Headers:
+    """Headers to send upstream: no hop-by-hop, no credentials of ours or the client's, the
+    agent's own credentials injected, and X-Forwarded-* describing the browser's request.
+
+    `chunked` adds `Transfer-Encoding: chunked` back for a body of unknown length.
+    """
+    drop = HOP_BY_HOP | connection_tokens(incoming)
+    out: Headers = []
+    prior_for: list[bytes] = []
+    for name, value in incoming:
+        name = name.lower()
+        if name in drop:
+            continue
+        if name in _REPLACED:
+            if name == b"x-forwarded-for":
+                prior_for.append(value)
+            continue
+        if name == b"cookie":
+            value = strip_cookies(value)
+            if not value:
+                continue
+        out.append((name, value))
+    out.append((b"authorization", auth))
+    chain = b", ".join([*prior_for, *([fwd.client_ip.encode()] if fwd.client_ip else [])])
+    if chain:
+        out.append((b"x-forwarded-for", chain))
+    out.append((b"x-forwarded-proto", fwd.proto.encode()))
+    out.append((b"x-forwarded-host", fwd.host))
+    if chunked:
+        out.append((b"transfer-encoding", b"chunked"))
+    return out
+
+
+def websocket_headers(
+    incoming: Sequence[tuple[bytes, bytes]], auth: bytes, fwd: Forwarding
+) -> Headers:
+    """Extra headers for the upstream WebSocket handshake (the client library adds its own)."""
+    return [(n, v) for n, v in request_headers(incoming, auth, fwd) if n not in WEBSOCKET_HANDSHAKE]
+
+
+def rewrite_set_cookie(value: bytes, protected: frozenset[str] = OUR_COOKIES) -> bytes | None:
+    """A Set-Cookie the browser may receive from a sandbox, or None to drop it.
+
+    Our cookie names are never set by a sandbox, and a `Domain` attribute is removed so the
+    cookie stays on this sandbox's host: no tossing cookies into the main site or a sibling.
+    """
+    first, *attributes = value.split(b";")
+    name = first.split(b"=", 1)[0].strip().decode("latin-1")
+    if name in protected or not name:
+        return None
+    kept = [a for a in attributes if a.strip().split(b"=", 1)[0].strip().lower() != b"domain"]
+    return b";".join([first, *kept])
+
+
+def response_headers(incoming: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """Headers to send the browser: no hop-by-hop, no CORS grants, safe Set-Cookie only."""
+    items = list(incoming)
+    drop = HOP_BY_HOP | connection_tokens(items) | _CORS
+    out: Headers = []
+    for name, value in items:
+        name = name.lower()
+        if name in drop:
+            continue
+        if name == b"set-cookie":
+            rewritten = rewrite_set_cookie(value)
+            if rewritten is None:
+                continue
+            value = rewritten
+        out.append((name, value))
+    return out

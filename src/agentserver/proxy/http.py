@@ -1,0 +1,138 @@
+"""Proxying one HTTP request: bodies stream chunk by chunk both ways, SSE event by event.
+
+No buffering and no timeout on a running response: only the wait for the response headers is
+bounded (in upstream.py). A long response (event stream, download) watches for the browser
+going away and then closes the upstream exchange, so no task or connection outlives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from agentserver.errors import SandboxUnreachable
+from agentserver.proxy.headers import Headers, header, response_headers
+from agentserver.proxy.upstream import Upstream, UpstreamResponse
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+# Responses up to this size, with a known length, are relayed without a disconnect watcher:
+# their end is near anyway, and skipping the watcher keeps small requests cheap.
+SMALL_RESPONSE = 1 << 20
+ACTIVITY_INTERVAL = 20.0
+
+
+class ClientGone(Exception):
+    """The browser disconnected before its request body was complete."""
+
+
+class RequestBody:
+    """The browser's request body as an async iterator over ASGI `http.request` messages."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._more = True
+
+    def __aiter__(self) -> RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._more:
+            raise StopAsyncIteration
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self._more = False
+            raise ClientGone
+        self._more = bool(message.get("more_body", False))
+        return bytes(message.get("body", b""))
+
+
+def target_of(scope: Scope) -> bytes:
+    """The request target as the browser sent it: raw path and query string."""
+    path: bytes = scope.get("raw_path") or scope["path"].encode()
+    query: bytes = scope.get("query_string", b"")
+    return path + b"?" + query if query else path
+
+
+def has_chunked_body(headers: Headers) -> bool:
+    encoding = header(headers, b"transfer-encoding")
+    return encoding is not None and header(headers, b"content-length") is None
+
+
+def _is_small(response: UpstreamResponse) -> bool:
+    length = header(response.headers, b"content-length")
+    return length is not None and length.isdigit() and int(length) <= SMALL_RESPONSE
+
+
+async def proxy_http(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    upstream: Upstream,
+    headers: Headers,
+    on_activity: Callable[[], None],
+    on_unreachable: Callable[[SandboxUnreachable], Awaitable[None]],
+) -> None:
+    """Relay one request to `upstream` and its response back, streaming both bodies."""
+    try:
+        response = await upstream.request(
+            scope["method"].encode(), target_of(scope), headers, RequestBody(receive)
+        )
+    except ClientGone:
+        return
+    except SandboxUnreachable as exc:
+        await on_unreachable(exc)
+        return
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": response_headers(response.headers),
+            }
+        )
+        if _is_small(response):
+            await _relay(response, send)
+        else:
+            await _relay_watched(response, receive, send, on_activity)
+    finally:
+        await response.aclose()
+    on_activity()
+
+
+async def _relay(response: UpstreamResponse, send: Send) -> bool:
+    """Copy the body; False when the upstream broke off (the browser sees a cut response)."""
+    try:
+        async for chunk in response.body:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except SandboxUnreachable:
+        return False  # ending without more_body=False makes the server drop the connection
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return True
+
+
+async def _relay_watched(
+    response: UpstreamResponse, receive: Receive, send: Send, on_activity: Callable[[], None]
+) -> None:
+    """Copy a long body while watching for the browser to leave and keeping the sandbox awake."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+        nursery.start_soon(_keep_awake, on_activity)
+        await _relay(response, send)
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+async def _keep_awake(on_activity: Callable[[], None]) -> None:
+    """A stream that stays open is activity, even when no byte moves for a while."""
+    while True:
+        await trio.sleep(ACTIVITY_INTERVAL)
+        on_activity()

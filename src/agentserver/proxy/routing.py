@@ -1,0 +1,69 @@
+"""Which sandbox, if any, a request's Host header names (pure: no I/O)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["opencode", "openclaw"]
+
+# The subdomain label prefix for each kind of agent. api/sandbox_open.py builds the same names
+# (api may not import proxy, so it keeps its own two-entry copy).
+PREFIXES: dict[str, Kind] = {"oc-": "opencode", "claw-": "openclaw"}
+PREFIX_OF: dict[Kind, str] = {kind: prefix for prefix, kind in PREFIXES.items()}
+
+# Sandbox ids are lower-case base36 (auth.tokens.new_id); anything else is not ours.
+_ID = re.compile(r"[a-z0-9]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A request meant for one sandbox's agent, reached through its own subdomain."""
+
+    kind: Kind
+    sandbox_id: str
+
+
+def split_port(host: str) -> str:
+    """`host` without a trailing `:port` (an IPv6 literal keeps its brackets)."""
+    if host.startswith("["):
+        end = host.find("]")
+        return host if end < 0 else host[: end + 1]
+    name, sep, port = host.rpartition(":")
+    return name if sep and port.isdigit() else host
+
+
+def route(host: str | bytes | None, base_domain: str) -> Target | None:
+    """The sandbox a Host header names under `base_domain`, or None for the main site.
+
+    Ports are ignored on both sides (a front proxy may change them), case and a trailing dot
+    do not matter, and only exactly one label above the base domain is a sandbox.
+    """
+    if not host:
+        return None
+    if isinstance(host, bytes):
+        try:
+            host = host.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    name = split_port(host.strip().lower()).rstrip(".")
+    base = split_port(base_domain.strip().lower()).strip(".")
+    if not base or not name.endswith("." + base):
+        return None
+    label = name[: -len(base) - 1]
+    for prefix, kind in PREFIXES.items():
+        if label.startswith(prefix):
+            sandbox_id = label[len(prefix) :]
+            return Target(kind, sandbox_id) if _ID.fullmatch(sandbox_id) else None
+    return None
+
+
+def sandbox_host(kind: Kind, sandbox_id: str, base_domain: str) -> str:
+    """The Host (with the base domain's port, if any) at which a sandbox is served."""
+    return f"{PREFIX_OF[kind]}{sandbox_id}.{base_domain}"
+
+
+def sandbox_origin(kind: Kind, sandbox_id: str, scheme: str, base_domain: str) -> str:
+    """The browser origin of a sandbox's subdomain, e.g. `http://oc-abc.localhost:8080`."""
+    return f"{scheme}://{sandbox_host(kind, sandbox_id, base_domain)}"

@@ -1,0 +1,336 @@
+"""The Host-dispatching ASGI middleware: `oc-{id}` / `claw-{id}` hosts go to their sandbox.
+
+It runs before any route matching. The main host goes to the API app unchanged. On a sandbox
+host it owns the whole security model of architecture §7: ticket redemption at
+`/_agentserver/auth`, the per-sandbox cookie, role and Origin checks, the sandbox's status
+(waking a paused one), and only then the proxy — with our cookies and the client's
+Authorization removed and the agent's own credentials injected.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+import trio
+
+from agentserver.auth.tickets import SANDBOX_COOKIE, AccessCache, SandboxAccess, redeem_ticket
+from agentserver.deps import Deps
+from agentserver.errors import SandboxUnreachable
+from agentserver.models import Sandbox, SandboxStatus, SandboxType
+from agentserver.proxy import pages
+from agentserver.proxy.headers import (
+    Forwarding,
+    Headers,
+    basic_auth,
+    bearer_auth,
+    cookie_values,
+    header,
+    request_headers,
+    websocket_headers,
+)
+from agentserver.proxy.http import Receive, Scope, Send, has_chunked_body, proxy_http, target_of
+from agentserver.proxy.routing import Target, route
+from agentserver.proxy.upstream import Pool, Upstream, UpstreamTimeout
+from agentserver.proxy.websocket import proxy_websocket, reject
+
+log = logging.getLogger(__name__)
+AUTH_PATH = "/_agentserver/auth"
+SESSION_MAX_AGE = 12 * 3600
+# The proxy tells the lifecycle about activity at most this often per sandbox (it throttles
+# its own writes further); the hot path then costs one dict lookup.
+ACTIVITY_EVERY = 5.0
+_READ_METHODS = frozenset({"GET", "HEAD"})
+# Which sandbox types each subdomain kind may reach (local sandboxes run opencode).
+_KINDS = {"opencode": {SandboxType.OPENCODE, SandboxType.LOCAL}, "openclaw": {SandboxType.OPENCLAW}}
+_WAKING = {SandboxStatus.PAUSED, SandboxStatus.PAUSING, SandboxStatus.RESUMING}
+
+
+class SandboxService(Protocol):
+    """What the proxy needs from the lifecycle service (`deps.extras["sandboxes"]`)."""
+
+    async def wake(self, sandbox_id: str) -> None: ...
+
+    def record_activity(self, sandbox_id: str) -> None: ...
+
+
+class Hub(Protocol):
+    """What the proxy needs from the tunnel hub (`deps.extras["hub"]`)."""
+
+    def upstream(self, sandbox_id: str) -> Upstream | None: ...
+
+
+async def respond(send: Send, status: int, headers: Headers, body: bytes = b"") -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def host_of(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return bytes(value)
+    return None
+
+
+def cross_site(headers: Headers, own: frozenset[str]) -> bool:
+    """True when a browser says the request comes from a page outside this sandbox's origin
+    (sibling sandboxes are same-site, so SameSite cookies alone do not stop them)."""
+    origin = header(headers, b"origin")
+    if origin is not None:
+        return origin.decode("latin-1").lower() not in own
+    site = header(headers, b"sec-fetch-site")
+    return site is not None and site not in (b"same-origin", b"none")
+
+
+class SubdomainProxy:
+    """ASGI middleware: sandbox hosts are proxied, every other host reaches `app`."""
+
+    def __init__(self, app: Any, deps: Deps) -> None:
+        self.app = app
+        self.deps = deps
+        self.settings = deps.settings
+        self.access = AccessCache(deps.db)
+        pool = deps.extras.get("proxy_pool")
+        self.pool: Pool = pool if isinstance(pool, Pool) else Pool()
+        self._touched: dict[str, float] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            target = route(host_of(scope), self.settings.domain)
+            if target is not None:
+                await self.handle(target, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    # -- the request pipeline ---------------------------------------------------------------
+
+    async def handle(self, target: Target, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = scope["type"] == "websocket"
+        headers: Headers = scope["headers"]
+        method = "GET" if websocket else scope["method"]
+        if websocket:
+            await receive()  # websocket.connect
+        elif scope["path"] == AUTH_PATH:
+            await self.redeem(target, scope, send)
+            return
+        access = await self.authenticate(target, headers)
+        if access is None:
+            await self.sign_in(target, scope, send, method, headers)
+            return
+        refusal = self.refusal(access, scope, method, headers)
+        if refusal is not None:
+            await self.page(scope, send, refusal)
+            return
+        sandbox = access.sandbox
+        upstream = await self.upstream_for(scope, send, sandbox)
+        if upstream is None:
+            return
+        self.touch(sandbox.id)
+        fwd = Forwarding(
+            scope["client"][0] if scope.get("client") else None,
+            self.settings.base_scheme,
+            host_of(scope) or b"",
+        )
+        auth = self.agent_auth(sandbox)
+        if websocket:
+            await proxy_websocket(
+                scope,
+                receive,
+                send,
+                upstream,
+                target_of(scope).decode("latin-1"),
+                websocket_headers(headers, auth, fwd),
+                lambda: self.touch(sandbox.id),
+            )
+            return
+        outgoing = request_headers(headers, auth, fwd, chunked=has_chunked_body(headers))
+
+        async def unreachable(exc: SandboxUnreachable) -> None:
+            await self.unreachable(scope, send, sandbox, exc)
+
+        await proxy_http(
+            scope, receive, send, upstream, outgoing, lambda: self.touch(sandbox.id), unreachable
+        )
+
+    async def authenticate(self, target: Target, headers: Headers) -> SandboxAccess | None:
+        """The access of the first valid sandbox cookie for THIS sandbox and subdomain kind."""
+        for token in cookie_values(headers, SANDBOX_COOKIE)[:3]:
+            access = await self.access.get(target.sandbox_id, token)
+            if access is not None and SandboxType(access.sandbox.type) in _KINDS[target.kind]:
+                return access
+        return None
+
+    def refusal(
+        self, access: SandboxAccess, scope: Scope, method: str, headers: Headers
+    ) -> pages.Page | None:
+        """Why this member may not make this request, or None."""
+        own = self.own_origins(scope)
+        if scope["type"] == "websocket":
+            origin = header(headers, b"origin")
+            if origin is None or origin.decode("latin-1").lower() not in own:
+                return pages.CROSS_ORIGIN
+            return pages.READ_ONLY if access.read_only else None
+        if method not in _READ_METHODS:
+            if cross_site(headers, own):
+                return pages.CROSS_ORIGIN
+            if access.read_only:
+                return pages.READ_ONLY
+        return None
+
+    def own_origins(self, scope: Scope) -> frozenset[str]:
+        host = (host_of(scope) or b"").decode("latin-1").lower()
+        schemes = {
+            self.settings.base_scheme,
+            {"ws": "http", "wss": "https"}.get(
+                scope.get("scheme", "http"), scope.get("scheme", "http")
+            ),
+        }
+        return frozenset(f"{s}://{host}" for s in schemes)
+
+    async def upstream_for(self, scope: Scope, send: Send, sandbox: Sandbox) -> Upstream | None:
+        """The way to the sandbox's agent, or None after answering with a status page."""
+        status = SandboxStatus(sandbox.status)
+        if status is not SandboxStatus.RUNNING:
+            self.access.forget(sandbox.id)  # the next reload must see the new status
+        if sandbox.type == SandboxType.LOCAL and status in (
+            SandboxStatus.RUNNING,
+            SandboxStatus.OFFLINE,
+        ):
+            hub: Hub | None = self.deps.extras.get("hub")
+            upstream = hub.upstream(sandbox.id) if hub is not None else None
+            if upstream is None:
+                await self.page(scope, send, pages.OFFLINE)
+            return upstream
+        if status is SandboxStatus.RUNNING:
+            if sandbox.endpoint_host and sandbox.endpoint_port:
+                return self.pool.upstream(sandbox.endpoint_host, sandbox.endpoint_port)
+            await self.page(scope, send, pages.STARTING)
+        elif status in _WAKING:
+            await self.wake(sandbox.id)
+            await self.page(scope, send, pages.WAKING)
+        elif status is SandboxStatus.CREATING:
+            await self.page(scope, send, pages.STARTING)
+        elif status is SandboxStatus.OFFLINE:
+            await self.page(scope, send, pages.OFFLINE)
+        else:
+            await self.page(scope, send, pages.FAILED, reason=sandbox.status_reason)
+        return None
+
+    async def unreachable(
+        self, scope: Scope, send: Send, sandbox: Sandbox, exc: SandboxUnreachable
+    ) -> None:
+        """The agent did not answer: maybe the sandbox just paused or moved; look again."""
+        self.access.forget(sandbox.id)
+        fresh = await self.deps.db.one("proxy_get_sandbox", Sandbox, id=sandbox.id)
+        if fresh is not None and fresh.status != SandboxStatus.RUNNING:
+            await self.upstream_for(scope, send, fresh)
+            return
+        log.info("sandbox %s unreachable: %s", sandbox.id, exc.message)
+        page = pages.TIMEOUT if isinstance(exc, UpstreamTimeout) else pages.UNREACHABLE
+        await self.page(scope, send, page)
+
+    # -- answers ------------------------------------------------------------------------------
+
+    async def page(
+        self, scope: Scope, send: Send, page: pages.Page, reason: str | None = None
+    ) -> None:
+        method = "GET" if scope["type"] == "websocket" else scope["method"]
+        status, headers, body = pages.answer(
+            page, method, scope["headers"], reason=reason, home=self.settings.main_url + "/"
+        )
+        if scope["type"] == "websocket":
+            await reject(
+                scope, send, status, pages.render_json(page, reason=reason), b"application/json"
+            )
+        else:
+            await respond(send, status, headers, body)
+
+    async def sign_in(
+        self, target: Target, scope: Scope, send: Send, method: str, headers: Headers
+    ) -> None:
+        """No valid cookie: browsers go through the main site's open (which re-checks access
+        and comes back with a ticket); API clients get 401."""
+        if scope["type"] == "http" and pages.wants_html(method, headers):
+            location = f"{self.settings.main_url}/api/sandboxes/{target.sandbox_id}/open"
+            await respond(
+                send,
+                302,
+                [
+                    (b"location", location.encode()),
+                    (b"cache-control", b"no-store"),
+                    (b"content-length", b"0"),
+                ],
+            )
+            return
+        await self.page(scope, send, pages.SIGN_IN)
+
+    async def redeem(self, target: Target, scope: Scope, send: Send) -> None:
+        """`/_agentserver/auth?ticket=…`: spend the ticket, set the sandbox cookie, go to `/`."""
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        ticket = (query.get("ticket") or [""])[0]
+        token = None
+        if scope["method"] == "GET" and ticket:
+            token = await redeem_ticket(
+                self.deps.db, target.sandbox_id, ticket, lifetime=SESSION_MAX_AGE
+            )
+        if token is None:
+            await self.page(scope, send, pages.LINK_EXPIRED)
+            return
+        # Host-only (no Domain): the cookie goes to this sandbox's host and nowhere else.
+        cookie = (
+            f"{SANDBOX_COOKIE}={token}; Path=/; Max-Age={SESSION_MAX_AGE}; HttpOnly; SameSite=Lax"
+        )
+        if self.settings.secure_cookies:
+            cookie += "; Secure"
+        await respond(
+            send,
+            302,
+            [
+                (b"location", b"/"),
+                (b"set-cookie", cookie.encode()),
+                (b"cache-control", b"no-store"),
+                (b"referrer-policy", b"no-referrer"),
+                (b"content-length", b"0"),
+            ],
+        )
+
+    # -- the lifecycle ------------------------------------------------------------------------
+
+    def agent_auth(self, sandbox: Sandbox) -> bytes:
+        if sandbox.type == SandboxType.OPENCLAW:
+            return bearer_auth(sandbox.agent_secret)
+        return basic_auth(sandbox.agent_secret)
+
+    def touch(self, sandbox_id: str) -> None:
+        """Record activity, at most every few seconds per sandbox; never blocks."""
+        now = trio.current_time()
+        if now - self._touched.get(sandbox_id, -ACTIVITY_EVERY) < ACTIVITY_EVERY:
+            return
+        self._touched[sandbox_id] = now
+        service: SandboxService | None = self.deps.extras.get("sandboxes")
+        if service is not None:
+            try:
+                service.record_activity(sandbox_id)
+            except Exception:  # activity is advisory: never fail a request over it
+                log.exception("recording activity of %s failed", sandbox_id)
+
+    async def wake(self, sandbox_id: str) -> None:
+        service: SandboxService | None = self.deps.extras.get("sandboxes")
+        if service is None:
+            log.warning("sandbox %s is paused but no lifecycle service can wake it", sandbox_id)
+            return
+        await service.wake(sandbox_id)
+
+
+@asynccontextmanager
+async def open_proxy(deps: Deps) -> AsyncIterator[None]:
+    """Feature opener (serve.FEATURES): the shared upstream pool, closed with the server."""
+    pool = Pool()
+    deps.extras["proxy_pool"] = pool
+    try:
+        yield
+    finally:
+        pool.close()

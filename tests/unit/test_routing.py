@@ -1,0 +1,72 @@
+"""Host header → sandbox target: table tests of proxy/routing.py (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentserver.proxy.routing import Target, route, sandbox_host, sandbox_origin, split_port
+
+SID = "abc123def456ghi7"
+
+ROUTES = [
+    # (host, base domain, expected)
+    (f"oc-{SID}.localhost:8080", "localhost:8080", Target("opencode", SID)),
+    (f"claw-{SID}.localhost:8080", "localhost:8080", Target("openclaw", SID)),
+    (f"OC-{SID.upper()}.LocalHost:8080", "localhost:8080", Target("opencode", SID)),
+    (f"oc-{SID}.example.com", "example.com", Target("opencode", SID)),
+    (f"oc-{SID}.example.com:443", "example.com", Target("opencode", SID)),
+    (f"oc-{SID}.example.com.", "example.com", Target("opencode", SID)),
+    (f"oc-{SID}.localhost:9999", "localhost:8080", Target("opencode", SID)),  # ports ignored
+    (f"oc-{SID}.example.com", "Example.COM.", Target("opencode", SID)),
+    (b"oc-" + SID.encode() + b".example.com", "example.com", Target("opencode", SID)),
+    # the main site and everything else
+    ("localhost:8080", "localhost:8080", None),
+    ("example.com", "example.com", None),
+    ("www.example.com", "example.com", None),
+    (f"oc-{SID}.evil.com", "example.com", None),
+    (f"oc-{SID}.example.com.evil.com", "example.com", None),
+    (f"oc-{SID}example.com", "example.com", None),
+    (f"x.oc-{SID}.example.com", "example.com", None),  # only one label above the base
+    (f"oc-{SID}.sub.example.com", "example.com", None),
+    ("oc-.example.com", "example.com", None),
+    ("oc-abc_def.example.com", "example.com", None),
+    ("oc-abc%2e.example.com", "example.com", None),
+    ("claw-.example.com", "example.com", None),
+    ("ocabc.example.com", "example.com", None),
+    ("", "example.com", None),
+    (None, "example.com", None),
+    (b"\xff\xfe.example.com", "example.com", None),
+    ("[::1]:8080", "localhost:8080", None),
+    (f"oc-{SID}.example.com", "", None),
+]
+
+
+@pytest.mark.parametrize(("host", "base", "expected"), ROUTES)
+def test_route(host: str | bytes | None, base: str, expected: Target | None) -> None:
+    """Each Host header maps to the sandbox it names under the base domain, or to the main site."""
+    assert route(host, base) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("localhost:8080", "localhost"),
+        ("example.com", "example.com"),
+        ("[::1]:80", "[::1]"),
+        ("[::1]", "[::1]"),
+        ("host:notaport", "host:notaport"),
+    ],
+)
+def test_split_port(host: str, expected: str) -> None:
+    """A trailing numeric port is removed and an IPv6 literal keeps its brackets."""
+    assert split_port(host) == expected
+
+
+def test_sandbox_origin_round_trips_through_route() -> None:
+    """The host built for a sandbox routes back to the same sandbox, kind and id."""
+    for kind in ("opencode", "openclaw"):
+        host = sandbox_host(kind, SID, "localhost:8080")  # type: ignore[arg-type]
+        assert route(host, "localhost:8080") == Target(kind, SID)  # type: ignore[arg-type]
+    assert (
+        sandbox_origin("opencode", SID, "https", "example.com") == f"https://oc-{SID}.example.com"
+    )

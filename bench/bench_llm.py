@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -22,10 +21,11 @@ import trio
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agentserver import serve  # noqa: E402
-from agentserver.auth.tokens import hash_token, new_id, new_token  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from tests.support.anthropic import open_anthropic  # noqa: E402
+
+from agentserver import serve  # noqa: E402
+from agentserver.auth.tokens import hash_token, new_id, new_token  # noqa: E402
 
 BODY = {
     "model": "claude-sonnet-4-5",
@@ -112,29 +112,27 @@ async def measure(
     return results
 
 
+COLUMNS = ("direct p50", "proxy p50", "added p50", "ratio", "direct p90", "proxy p90")
+
+
 def report(results: dict[str, tuple[list[float], list[float]]], repeats: int) -> None:
     print(f"\nLLM proxy overhead vs direct to the same Anthropic stand-in ({repeats} calls each)")
-    header = f"{'metric':<26}{'direct p50':>12}{'proxy p50':>12}{'added p50':>12}{'ratio':>8}{'direct p90':>12}{'proxy p90':>12}"
+    header = f"{'metric':<26}" + "".join(f"{c:>12}" for c in COLUMNS)
     print(header)
     print("-" * len(header))
     for name, (direct, proxied) in results.items():
         d50, p50 = statistics.median(direct) * 1000, statistics.median(proxied) * 1000
         d90 = statistics.quantiles(direct, n=10)[-1] * 1000
         p90 = statistics.quantiles(proxied, n=10)[-1] * 1000
-        print(
-            f"{name:<26}{d50:>10.2f}ms{p50:>10.2f}ms{p50 - d50:>10.2f}ms{p50 / d50:>7.1f}x{d90:>10.2f}ms{p90:>10.2f}ms"
-        )
-    print(
-        json.dumps(
-            {
-                n: {
-                    "direct_p50_ms": statistics.median(d) * 1000,
-                    "proxy_p50_ms": statistics.median(p) * 1000,
-                }
-                for n, (d, p) in results.items()
-            }
-        )
-    )
+        cells = [
+            f"{d50:.2f}ms",
+            f"{p50:.2f}ms",
+            f"{p50 - d50:.2f}ms",
+            f"{p50 / d50:.1f}x",
+            f"{d90:.2f}ms",
+            f"{p90:.2f}ms",
+        ]
+        print(f"{name:<26}" + "".join(f"{c:>12}" for c in cells))
 
 
 def main() -> None:

@@ -18,13 +18,8 @@ from agentserver.errors import BackendError
 from agentserver.models import SandboxType
 from agentserver.sandboxes import docker as backend_module
 from agentserver.sandboxes.base import Endpoint, SandboxSpec
-from agentserver.sandboxes.docker import (
-    DockerBackend,
-    container_name,
-    home_volume,
-    open_backend,
-    workspace_volume,
-)
+from agentserver.sandboxes.containers import container_name, home_volume, workspace_volume
+from agentserver.sandboxes.docker import DockerBackend, open_backend
 from agentserver.settings import Settings, build_settings
 from tests.support.dockerd import Daemon, agent_image, dockerd  # noqa: F401 (fixtures)
 

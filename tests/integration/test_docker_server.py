@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from agentserver.auth.tokens import new_id
-from agentserver.sandboxes.docker import (
+from agentserver.sandboxes.containers import (
     LABEL_MANAGED,
     LABEL_SANDBOX,
     LABEL_WORKSPACE,

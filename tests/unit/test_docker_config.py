@@ -13,7 +13,7 @@ import yaml
 from agentserver.errors import BackendError
 from agentserver.models import SandboxType
 from agentserver.sandboxes.base import SandboxSpec
-from agentserver.sandboxes.docker import (
+from agentserver.sandboxes.containers import (
     container_config,
     container_name,
     home_volume,

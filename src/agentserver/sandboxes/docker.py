@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -20,148 +19,30 @@ from docker.models.containers import Container
 
 from agentserver.errors import BackendError
 from agentserver.models import SandboxType
-from agentserver.sandboxes.base import (
-    OPENCLAW_PORT,
-    OPENCODE_PORT,
-    Endpoint,
-    ExitNotice,
-    Managed,
-    SandboxSpec,
+from agentserver.sandboxes.base import Endpoint, ExitNotice, Managed, SandboxSpec
+from agentserver.sandboxes.containers import (
+    LABEL_MANAGED,
+    LABEL_SANDBOX,
+    LABEL_TYPE,
+    LABEL_WORKSPACE,
+    MANAGED_BY,
+    agent_port,
+    container_config,
+    container_name,
+    home_volume,
+    workspace_volume,
 )
 from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MANAGED_BY = "agentserver"
-LABEL_MANAGED = "agentserver.managed-by"
-LABEL_SANDBOX = "agentserver.sandbox-id"
-LABEL_WORKSPACE = "agentserver.workspace-id"
-LABEL_TYPE = "agentserver.sandbox-type"
-OURS = f"{LABEL_MANAGED}={MANAGED_BY}"
-HOME = "/home/agent"
-DISK = "/data/disk0"
 DOCKER_THREADS = 8
 READY_TIMEOUT = 90.0  # below the lifecycle's own start deadline, so our reason wins
 READY_POLL = 0.2
 STOP_TIMEOUT = 10  # seconds Docker waits after SIGTERM before it kills
 EVENTS_RETRY = (0.5, 30.0)  # backoff bounds when the event stream breaks (daemon restart)
-OPENCLAW_MODELS = [
-    {"id": "claude-opus-4-6", "name": "Claude Opus 4.6"},
-    {"id": "claude-opus-4-5", "name": "Claude Opus 4.5"},
-    {"id": "claude-sonnet-4-6", "name": "Claude Sonnet 4.6"},
-    {"id": "claude-sonnet-4-5", "name": "Claude Sonnet 4.5"},
-    {"id": "claude-haiku-4-5", "name": "Claude Haiku 4.5"},
-]
-# OpenClaw reads its config from a file: the container writes it from the environment, then runs.
-OPENCLAW_COMMAND = [
-    "sh",
-    "-c",
-    'mkdir -p "$HOME/.openclaw" && printf %s "$AGENTSERVER_OPENCLAW_CONFIG"'
-    ' > "$HOME/.openclaw/openclaw.json" && exec node openclaw.mjs gateway'
-    " --allow-unconfigured --bind lan",
-]
-
-
-def container_name(sandbox_id: str) -> str:
-    return f"agentserver-sandbox-{sandbox_id}"
-
-
-def home_volume(sandbox_id: str) -> str:
-    return f"agentserver-sandbox-{sandbox_id}-home"
-
-
-def workspace_volume(workspace_id: str) -> str:
-    return f"agentserver-ws-{workspace_id}-disk"
-
-
-def agent_port(sandbox_type: str) -> int:
-    return OPENCLAW_PORT if sandbox_type == SandboxType.OPENCLAW else OPENCODE_PORT
-
-
-def opencode_config(spec: SandboxSpec) -> str:
-    """OPENCODE_CONFIG_CONTENT: Anthropic through the LLM proxy with the sandbox's proxy token."""
-    # opencode's Anthropic SDK appends /messages to the base URL, so it ends in /v1.
-    options = {"baseURL": f"{spec.llm_base_url.rstrip('/')}/v1", "apiKey": spec.proxy_token}
-    return json.dumps({"provider": {"anthropic": {"options": options}}})
-
-
-def openclaw_config(spec: SandboxSpec) -> str:
-    """OpenClaw's openclaw.json: its gateway behind our proxy, Anthropic through the LLM proxy."""
-    # The subdomain proxy authenticates every browser request before it reaches the gateway,
-    # which cannot pair devices or check origins through a reverse proxy.
-    ui = {"dangerouslyAllowHostHeaderOriginFallback": True, "dangerouslyDisableDeviceAuth": True}
-    # OpenClaw's Anthropic client appends /v1/messages itself.
-    provider = {
-        "baseUrl": spec.llm_base_url.rstrip("/"),
-        "apiKey": spec.proxy_token,
-        "api": "anthropic-messages",
-        "models": OPENCLAW_MODELS,
-    }
-    return json.dumps(
-        {"gateway": {"controlUi": ui}, "models": {"providers": {"anthropic": provider}}}
-    )
-
-
-def sandbox_environment(spec: SandboxSpec, settings: Settings) -> dict[str, str]:
-    """The container's environment: its own secret and the proxy token, never the real key."""
-    real = {s for s in (settings.anthropic_api_key, settings.anthropic_auth_token) if s}
-    env = {"TERM": "xterm-256color"}
-    env.update({k: v for k, v in spec.env.items() if v not in real})
-    # Ours last: spec.env cannot replace the agent's password or the proxy settings.
-    if spec.type == SandboxType.OPENCLAW:
-        env["OPENCLAW_GATEWAY_TOKEN"] = spec.agent_secret
-        env["AGENTSERVER_OPENCLAW_CONFIG"] = openclaw_config(spec)
-    else:
-        env["OPENCODE_SERVER_PASSWORD"] = spec.agent_secret
-        env["OPENCODE_CONFIG_CONTENT"] = opencode_config(spec)
-    return env
-
-
-def image_for(spec: SandboxSpec, settings: Settings) -> str:
-    if spec.type == SandboxType.OPENCLAW:
-        if not settings.openclaw_image:
-            raise BackendError("OpenClaw image not configured (set OPENCLAW_IMAGE)")
-        return settings.openclaw_image
-    if spec.type != SandboxType.OPENCODE:
-        raise BackendError(f"{spec.type} sandboxes do not run in Docker")
-    return settings.agent_image
-
-
-def container_config(spec: SandboxSpec, settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for `containers.create`: limits, no privileges, no published ports."""
-    labels = {
-        LABEL_MANAGED: MANAGED_BY,
-        LABEL_SANDBOX: spec.id,
-        LABEL_WORKSPACE: spec.workspace_id,
-        LABEL_TYPE: str(spec.type),
-    }
-    config: dict[str, Any] = {
-        "image": image_for(spec, settings),
-        "name": container_name(spec.id),
-        "labels": labels,
-        "environment": sandbox_environment(spec, settings),
-        "volumes": {
-            home_volume(spec.id): {"bind": HOME, "mode": "rw"},
-            workspace_volume(spec.workspace_id): {"bind": DISK, "mode": "rw"},
-        },
-        "network": settings.docker_network,
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
-        # Docker's init forwards SIGTERM (so a stop is quick) and reaps the tools' zombies.
-        "init": True,
-        "detach": True,
-    }
-    if spec.type == SandboxType.OPENCLAW:
-        config["command"] = OPENCLAW_COMMAND
-    for key, value in (
-        ("mem_limit", settings.agent_memory_limit),
-        ("nano_cpus", settings.agent_nano_cpus),
-        ("pids_limit", settings.agent_pids_limit),
-    ):
-        if value > 0:
-            config[key] = value
-    return config
+OURS = f"{LABEL_MANAGED}={MANAGED_BY}"
 
 
 def reason(exc: Exception) -> str:

@@ -428,3 +428,32 @@ async def test_quota_admin_api(env: Env) -> None:
         assert (await other.get(url)).status_code == 403
     assert (await env.owner.delete(url)).status_code == 204
     assert (await env.owner.get(url)).json()["effective"] == {"rpm": 0, "tokensPerDay": 0}
+
+
+async def test_hanging_up_mid_stream_cancels_the_upstream_call(env: Env) -> None:
+    """A sandbox that disconnects mid-stream closes the upstream call, which is still recorded."""
+    release = trio.Event()
+
+    async def pace(index: int) -> None:
+        if index >= 3:  # hold the stream open after message_start, content_block_start, ping
+            await release.wait()
+
+    env.standin.pace = pace
+    stream = {"json": BODY | {"stream": True}}
+    async with (
+        env.sandbox_client() as client,
+        client.stream("POST", MESSAGES, **stream) as response,
+    ):
+        seen = b""
+        async for chunk in response.aiter_raw():
+            seen += chunk
+            if b"event: ping" in seen:
+                break
+    with trio.fail_after(10):
+        await env.standin.hung_up.wait()
+        while not (totals := (await env.usage())["totals"])["inputTokens"]:
+            await trio.sleep(0.05)  # the row is completed by the handler's shielded cleanup
+    assert totals["requests"] == 1
+    assert totals["inputTokens"] == env.standin.reply.input_tokens  # from message_start
+    assert totals["outputTokens"] == 1  # message_start's count; the final delta never came
+    assert env.standin.served == []

@@ -156,6 +156,8 @@ class AnthropicStandIn:
     served: list[Served] = field(default_factory=list)
     pace: Callable[[int], Awaitable[None]] | None = None
     port: int = 0
+    # Set when a client closes its connection while a stream is still being written.
+    hung_up: trio.Event = field(default_factory=trio.Event)
 
     @property
     def url(self) -> str:
@@ -222,8 +224,8 @@ class AnthropicStandIn:
             self.served.append(Served(streaming=False, usage=dict.fromkeys(reply.usage(), 0)))
             return
         if isinstance(request, dict) and request.get("stream"):
-            await self._send_stream(conn, stream, stream_events(reply, model))
-            self.served.append(Served(streaming=True, usage=reply.usage()))
+            if await self._send_stream(conn, stream, stream_events(reply, model)):
+                self.served.append(Served(streaming=True, usage=reply.usage()))
         else:
             await self._send_json(conn, stream, 200, message_json(reply, model))
             self.served.append(Served(streaming=False, usage=reply.usage()))
@@ -246,18 +248,37 @@ class AnthropicStandIn:
         conn: h11.Connection,
         stream: trio.SocketStream,
         events: list[tuple[str, dict[str, Any]]],
-    ) -> None:
+    ) -> bool:
+        """Write the events; False when the client hung up first (noted in `hung_up`)."""
         headers = [
             ("content-type", "text/event-stream"),
             ("cache-control", "no-cache"),
             ("request-id", "req_standin"),
         ]
         await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)) or b"")
-        for index, (name, data) in enumerate(events):
-            if index and self.pace is not None:
-                await self.pace(index)
-            await stream.send_all(conn.send(h11.Data(data=encode_event(name, data))) or b"")
-        await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_hangup, conn, stream, nursery.cancel_scope)
+            for index, (name, data) in enumerate(events):
+                if index and self.pace is not None:
+                    await self.pace(index)
+                await stream.send_all(conn.send(h11.Data(data=encode_event(name, data))) or b"")
+            await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+            nursery.cancel_scope.cancel()
+        return not self.hung_up.is_set()
+
+    async def _watch_hangup(
+        self, conn: h11.Connection, stream: trio.SocketStream, writer: trio.CancelScope
+    ) -> None:
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self.hung_up.set()
+                writer.cancel()
+                return
+            conn.receive_data(data)  # the start of a next request: kept for the next cycle
 
 
 async def open_anthropic(nursery: trio.Nursery, reply: Reply | None = None) -> AnthropicStandIn:

@@ -173,5 +173,7 @@ async def open_database(
     try:
         yield Database(pool, queries)
     finally:
+        log.debug("closing the database pool")
         with trio.CancelScope(shield=True), trio.move_on_after(10):
             await trio.to_thread.run_sync(lambda: pool.close(timeout=5))
+        log.debug("database pool closed")

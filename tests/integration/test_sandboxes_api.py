@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
+from agentserver.api import sandboxes as sandboxes_api
 from agentserver.sandboxes.service import Sandboxes
 from tests.conftest import Server, register, start_server
 from tests.support.sandboxes import (
@@ -20,6 +22,7 @@ from tests.support.sandboxes import (
     disk_path_in,
     open_events,
     owner_with_workspace,
+    processes_of,
     sandbox_settings_for,
 )
 
@@ -230,11 +233,32 @@ async def test_idle_sandbox_is_paused(
     server.shutdown.set()
 
 
+async def test_delete_while_creating_cancels_the_start(
+    sandbox_server: Server, nursery: trio.Nursery
+) -> None:
+    """Deleting a sandbox that is still starting cancels the start: no process, no files, no row."""
+    client, wid = await owner_with_workspace(sandbox_server)
+    events = await open_events(nursery, client, wid)
+    sid = (await create(client, wid))["id"]
+    with trio.fail_after(60):  # delete once its process exists, before it is ready
+        while not processes_of(sid) and not events.statuses(sid)[1:]:
+            await trio.sleep(0.01)  # no event marks a spawned process: poll /proc, bounded
+    assert events.statuses(sid) == ["creating"]
+    assert (await client.delete(f"/api/sandboxes/{sid}")).status_code == 204
+    assert processes_of(sid) == []
+    assert not home_of(sandbox_server, sid).parent.exists()
+    assert (await client.get(f"/api/sandboxes/{sid}")).status_code == 404
+    assert events.statuses(sid) == ["creating"]  # never shown running or failed
+    events.close()
+    await client.aclose()
+
+
 async def test_a_missing_binary_fails_with_a_readable_reason(
-    nursery: trio.Nursery, db_url: str, tmp_path: Path
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without the opencode program the sandbox becomes failed and says what to configure;
-    the event stream shows creating then failed, and delete still works."""
+    the event stream shows creating then failed, then the deletion, then heartbeats."""
+    monkeypatch.setattr(sandboxes_api, "HEARTBEAT", 0.05)
     settings = sandbox_settings_for(db_url, tmp_path / "data", "/nonexistent/opencode")
     server = await start_server(nursery, settings)
     client, wid = await owner_with_workspace(server)
@@ -249,6 +273,9 @@ async def test_a_missing_binary_fails_with_a_readable_reason(
     assert (await client.delete(f"/api/sandboxes/{sid}")).status_code == 204
     with trio.fail_after(10):
         while not any(kind == "sandbox_deleted" for kind, _ in events.seen):
+            await events.changed()
+    with trio.fail_after(10):  # idle streams carry heartbeat comments
+        while "heartbeat" not in events.comments:
             await events.changed()
     events.close()
     await client.aclose()

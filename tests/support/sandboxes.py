@@ -74,6 +74,8 @@ class EventStream:
         async for line in response.aiter_lines():
             if line.startswith(":"):
                 self.comments.append(line[1:].strip())
+                self._changed.set()
+                self._changed = trio.Event()
             elif line.startswith("event:"):
                 kind = line[6:].strip()
             elif line.startswith("data:"):
@@ -166,3 +168,19 @@ def disk_path_in(pid: int) -> Path:
     environ = Path(f"/proc/{agent}/environ").read_bytes().split(b"\0")
     disk = next(e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"AGENTSERVER_DISK="))
     return Path(f"/proc/{agent}/root") / disk.lstrip("/")
+
+
+def processes_of(sandbox_id: str) -> list[int]:
+    """Every live process started for this sandbox (its environment names the sandbox)."""
+    needle = f"AGENTSERVER_SANDBOX_ID={sandbox_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0") and alive(
+                    int(entry.name)
+                ):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found

@@ -138,6 +138,8 @@ async def workspace_events(workspace_id: str) -> Response:
         sub.close()
         raise
 
+    # Quart streams an async iterator. If it were abandoned without being closed, the
+    # subscription would fill and the hub would drop it, so nothing leaks for long.
     async def stream() -> AsyncIterator[bytes]:
         with sub:
             yield b": connected\n\n"

@@ -241,7 +241,8 @@ class Sandboxes:
                 reason = (
                     f"delete failed: {getattr(exc, 'message', None) or 'the backend timed out'}"
                 )
-                await self._force_failed(sandbox_id, reason)
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    await self._force_failed(sandbox_id, reason)
                 raise
         await self.db.exec("sbx_delete", id=sandbox_id)
         self._touched.pop(sandbox_id, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -22,6 +23,7 @@ from agentserver.errors import AgentServerError, Forbidden, RateLimited
 
 log = logging.getLogger("agentserver.http")
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
@@ -75,7 +77,9 @@ def create_app(deps: Deps) -> QuartTrio:
 
     @app.before_request
     async def start_request() -> Response | None:
-        g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+        given = request.headers.get("X-Request-Id", "")
+        # A caller's id is kept for tracing only if it is a plain token (it goes into the log).
+        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
         g.started = time.perf_counter()
         if request.method in _UNSAFE and SESSION_COOKIE in request.cookies and not _same_origin():
             raise Forbidden("cross-origin request refused")

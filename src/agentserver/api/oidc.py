@@ -112,12 +112,14 @@ def failure_page(exc: AgentServerError) -> Response:
 @blueprint.get("/providers")
 async def providers() -> Response:
     """The sign-in providers this server offers (GitHub, SSO), for the sign-in page."""
+    await trio.lowlevel.checkpoint()
     return jsonify(provider_list(configured()))
 
 
 @blueprint.get("/oidc/<provider_id>")
 async def start(provider_id: str) -> Response:
     """Send the browser to the provider, with state, PKCE and nonce bound to this browser."""
+    await trio.lowlevel.checkpoint()  # every path, the 404 included, is a cancel point
     try:
         provider = _provider(provider_id)
         settings = deps().settings
@@ -195,6 +197,7 @@ async def _complete(provider: Provider, args: Any, browser_secret: str | None) -
 @blueprint.get("/oidc/<provider_id>/callback")
 async def callback(provider_id: str) -> Response:
     """Finish the sign-in: on success a session cookie and a redirect home, else a readable page."""
+    await trio.lowlevel.checkpoint()
     settings = deps().settings
     try:
         provider = _provider(provider_id)
@@ -238,6 +241,7 @@ async def open_oidc(deps: Deps) -> AsyncIterator[None]:
     deps.extras["oidc_providers"] = found
     deps.extras["auth_providers"] = lambda: provider_list(found)
     deps.extras.setdefault("blueprints", []).append(blueprint)
+    await trio.lowlevel.checkpoint()
     for provider in found.values():
         if isinstance(provider, OidcProvider):
             await _discover_at_start(provider)
@@ -246,6 +250,7 @@ async def open_oidc(deps: Deps) -> AsyncIterator[None]:
 
 async def _discover_at_start(provider: OidcProvider) -> None:
     with trio.move_on_after(DISCOVERY_AT_START) as scope:
+        await trio.lowlevel.checkpoint()
         try:
             await provider.metadata()
             return

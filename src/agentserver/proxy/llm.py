@@ -261,7 +261,8 @@ class Call:
         self.caller = caller
         self.model = model
         self.row_id: int | None = None
-        self.status = 502
+        # 499 (nginx's "client closed request") until upstream answers or is found unreachable.
+        self.status = 499
         self.streaming = False
         self.started = time.perf_counter()
         self.stream = StreamUsage()
@@ -298,6 +299,7 @@ class LlmProxy:
             await send_error(send, refusal)
             return
         except ClientGone:
+            await trio.lowlevel.checkpoint()
             return
         except AgentServerError as exc:
             log.warning("LLM proxy refused a call: %s", exc.message)
@@ -391,6 +393,7 @@ class LlmProxy:
             response = await client.send(request, stream=True)
         except httpx.TransportError as exc:
             log.warning("LLM upstream unreachable: %s", type(exc).__name__)
+            call.status = 502
             await send_error(send, Refusal(502, "the Anthropic API could not be reached"))
             return
         try:
@@ -429,6 +432,7 @@ class LlmProxy:
     async def finish(self, call: Call) -> None:
         """Complete the call's usage row (once)."""
         if call.row_id is None or call.finished:
+            await trio.lowlevel.checkpoint()
             return
         call.finished = True
         usage = call.usage()
@@ -447,6 +451,7 @@ class LlmProxy:
             )
         except AgentServerError as exc:
             log.warning("could not record LLM usage: %s", exc.message)
+            await trio.lowlevel.checkpoint()
         self.record_activity(call.caller.sandbox_id)
 
     def record_activity(self, sandbox_id: str) -> None:

@@ -28,7 +28,8 @@ class Team:
 
     async def code(self, client: httpx.AsyncClient | None = None) -> str:
         response = await (client or self.owner).post(
-            f"/api/workspaces/{self.workspace_id}/agent-code")
+            f"/api/workspaces/{self.workspace_id}/agent-code"
+        )
         assert response.status_code == 201, response.text
         return str(response.json()["code"])
 
@@ -53,13 +54,16 @@ async def team(server: Server, db_url: str) -> AsyncIterator[Team]:
 
 
 @asynccontextmanager
-async def tunnel_to(server: Server, sandbox_id: str, token: str | None,
-                    query: str = "") -> AsyncIterator[Tunnel]:
+async def tunnel_to(
+    server: Server, sandbox_id: str, token: str | None, query: str = ""
+) -> AsyncIterator[Tunnel]:
     """A client-side tunnel dialled with the token in the Authorization header."""
     headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
     url = f"ws://127.0.0.1:{server.port}/api/tunnel/{sandbox_id}{query}"
-    async with trio_websocket.open_websocket_url(url, extra_headers=headers) as ws, \
-            trio.open_nursery() as nursery:
+    async with (
+        trio_websocket.open_websocket_url(url, extra_headers=headers) as ws,
+        trio.open_nursery() as nursery,
+    ):
         tunnel = Tunnel(WebSocketLink(ws), role=Role.CLIENT)
         await nursery.start(tunnel.run)
         yield tunnel
@@ -74,7 +78,8 @@ async def rejected(server: Server, sandbox_id: str, token: str | None, query: st
 
 
 async def test_code_registers_a_local_sandbox_once(team: Team) -> None:
-    """A code gives one offline `local` sandbox created by the code's user; the second use is refused with 410."""
+    """A code gives one offline `local` sandbox created by the code's user; a second use of the
+    code is refused with 410."""
     code = await team.code()
     first = await team.register_agent(code, "My MacBook")
     assert first.status_code == 201, first.text
@@ -82,12 +87,16 @@ async def test_code_registers_a_local_sandbox_once(team: Team) -> None:
     assert set(body) == {"sandboxId", "tunnelToken", "workspaceId"}
     assert body["workspaceId"] == team.workspace_id
     sandbox = (await team.owner.get(f"/api/sandboxes/{body['sandboxId']}")).json()
-    assert (sandbox["type"], sandbox["status"], sandbox["name"]) == ("local", "offline",
-                                                                     "My MacBook")
+    assert (sandbox["type"], sandbox["status"], sandbox["name"]) == (
+        "local",
+        "offline",
+        "My MacBook",
+    )
     me = (await team.owner.get("/api/auth/me")).json()
     assert sandbox["createdBy"] == (me.get("user") or me)["id"]
     again = await team.register_agent(code)
-    assert again.status_code == 410 and "already used" in again.json()["error"]["message"]
+    assert again.status_code == 410
+    assert "already used" in again.json()["error"]["message"]
 
 
 async def test_code_and_token_are_stored_hashed(team: Team) -> None:
@@ -102,7 +111,8 @@ async def test_code_and_token_are_stored_hashed(team: Team) -> None:
         return repr(rows)
 
     stored = await trio.to_thread.run_sync(dump)
-    assert code not in stored and token not in stored
+    assert code not in stored
+    assert token not in stored
 
 
 async def test_expired_code_is_refused(team: Team) -> None:
@@ -110,7 +120,8 @@ async def test_expired_code_is_refused(team: Team) -> None:
     code = await team.code()
     await team.sql("UPDATE agent_codes SET expires_at = now() - interval '1 second'")
     response = await team.register_agent(code)
-    assert response.status_code == 410 and "expired" in response.json()["error"]["message"]
+    assert response.status_code == 410
+    assert "expired" in response.json()["error"]["message"]
 
 
 async def test_code_expires_in_ten_minutes(team: Team) -> None:
@@ -138,22 +149,26 @@ async def test_register_validates_the_body(team: Team) -> None:
     """A missing name is a 400 naming the field, not a 500."""
     async with httpx.AsyncClient(base_url=team.server.url) as agent:
         response = await agent.post("/api/agent/register", json={"code": "x"})
-    assert response.status_code == 400 and response.json()["error"]["field"] == "name"
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "name"
 
 
 async def test_guest_cannot_create_codes(team: Team) -> None:
     """A guest of the workspace gets 403 for a registration code."""
     async with team.server.client() as guest:
         await register(guest, "guest")
-        added = await team.owner.post(f"/api/workspaces/{team.workspace_id}/members",
-                                      json={"username": "guest", "role": "guest"})
+        added = await team.owner.post(
+            f"/api/workspaces/{team.workspace_id}/members",
+            json={"username": "guest", "role": "guest"},
+        )
         assert added.status_code == 201
         response = await guest.post(f"/api/workspaces/{team.workspace_id}/agent-code")
     assert response.status_code == 403
 
 
 async def test_tunnel_token_only_in_the_header(team: Team) -> None:
-    """The tunnel opens with the token in Authorization; in the query string, absent or wrong it is refused."""
+    """The tunnel opens with the token in Authorization; in the query string, absent or wrong,
+    it is refused."""
     body = (await team.register_agent(await team.code())).json()
     sid, token = body["sandboxId"], body["tunnelToken"]
     assert await rejected(team.server, sid, None, f"?token={token}") == 400
@@ -172,8 +187,10 @@ async def test_deleting_the_sandbox_revokes_the_token_and_closes_the_tunnel(team
     body = (await team.register_agent(await team.code())).json()
     sid, token = body["sandboxId"], body["tunnelToken"]
     hub = team.server.deps.extras["hub"]
-    async with watch_statuses(team.owner, team.workspace_id) as watch, \
-            tunnel_to(team.server, sid, token) as tunnel:
+    async with (
+        watch_statuses(team.owner, team.workspace_id) as watch,
+        tunnel_to(team.server, sid, token) as tunnel,
+    ):
         await watch.until(sid, "running")
         server_side = hub.get(sid)
         assert server_side is not None

@@ -18,9 +18,9 @@ class StatusWatch:
         self._lines = lines
         self.seen: list[tuple[str, str]] = []  # (sandbox id, status), in order
 
-    async def until(self, sandbox_id: str, status: str, timeout: float = 30) -> None:
+    async def until(self, sandbox_id: str, status: str) -> None:
         """Return once the stream says `sandbox_id` has `status` (the snapshot counts)."""
-        with trio.fail_after(timeout):
+        with trio.fail_after(60):
             if self._latest(sandbox_id) == status:
                 return
             event = ""
@@ -40,10 +40,12 @@ class StatusWatch:
 
 
 @asynccontextmanager
-async def watch_statuses(client: httpx.AsyncClient, workspace_id: str
-                         ) -> AsyncIterator[StatusWatch]:
+async def watch_statuses(
+    client: httpx.AsyncClient, workspace_id: str
+) -> AsyncIterator[StatusWatch]:
     """Subscribe to /api/workspaces/{id}/events with a signed-in client."""
-    async with client.stream("GET", f"/api/workspaces/{workspace_id}/events",
-                             timeout=httpx.Timeout(30, read=None)) as response:
+    async with client.stream(
+        "GET", f"/api/workspaces/{workspace_id}/events", timeout=httpx.Timeout(30, read=None)
+    ) as response:
         assert response.status_code == 200, await response.aread()
         yield StatusWatch(response.aiter_lines())

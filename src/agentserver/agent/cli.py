@@ -22,25 +22,52 @@ def say(line: str) -> None:
 @app.command
 async def connect(
     *,
-    server: Annotated[str | None, Parameter(
-        name="--server", help="Server URL, e.g. https://cli.example.com; needed to register, "
-        "overrides the saved one.")] = None,
-    code: Annotated[str | None, Parameter(name="--code", help="One-time registration code from "
-                    "the web UI; registers anew even if credentials are saved.")] = None,
-    name: Annotated[str | None, Parameter(name="--name", help="Display name; default: this "
-                    "machine's host name.")] = None,
-    opencode_url: Annotated[str, Parameter(name="--opencode-url", help="Where the local opencode "
-                            "listens.")] = agent.DEFAULT_OPENCODE_URL,
-    config: Annotated[str, Parameter(name="--config", help="Where credentials are saved "
-                      "(mode 0600).")] = agent.DEFAULT_CONFIG,
-    opencode_password: Annotated[str | None, Parameter(
-        name="--opencode-password", help="The local opencode's server password "
-        "(OPENCODE_SERVER_PASSWORD), sent as HTTP Basic credentials for user opencode.")] = None,
+    server: Annotated[
+        str | None,
+        Parameter(
+            name="--server",
+            help="Server URL, e.g. https://cli.example.com; needed to register, "
+            "overrides the saved one.",
+        ),
+    ] = None,
+    code: Annotated[
+        str | None,
+        Parameter(
+            name="--code",
+            help="One-time registration code from "
+            "the web UI; registers anew even if credentials are saved.",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        Parameter(name="--name", help="Display name; default: this machine's host name."),
+    ] = None,
+    opencode_url: Annotated[
+        str, Parameter(name="--opencode-url", help="Where the local opencode listens.")
+    ] = agent.DEFAULT_OPENCODE_URL,
+    config: Annotated[
+        str, Parameter(name="--config", help="Where credentials are saved (mode 0600).")
+    ] = agent.DEFAULT_CONFIG,
+    opencode_password: Annotated[
+        str | None,
+        Parameter(
+            name="--opencode-password",
+            help="The local opencode's server password "
+            "(OPENCODE_SERVER_PASSWORD), sent as HTTP Basic credentials for user opencode.",
+        ),
+    ] = None,
 ) -> None:
     """Register this machine (first run, with --code) and keep its tunnel to the server up."""
-    status = await agent.connect(server=server, code=code, name=name, opencode_url=opencode_url,
-                                 config_path=config, opencode_password=opencode_password,
-                                 say=say, handle_signals=True)
+    status = await agent.connect(
+        server=server,
+        code=code,
+        name=name,
+        opencode_url=opencode_url,
+        config_path=config,
+        opencode_password=opencode_password,
+        say=say,
+        handle_signals=True,
+    )
     sys.stdout.flush()
     if status:
         raise SystemExit(status)

@@ -15,7 +15,7 @@ import random
 import signal
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,8 +34,9 @@ BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0
 HEALTHY_AFTER = 30.0  # seconds connected after which the backoff starts again from 1 s
 PING_INTERVAL = 20.0
 # What the agent accepts from the server: 64 KiB frames, 1 MiB of credit per stream.
-AGENT_SETTINGS = Settings(max_frame_payload=64 * 1024, initial_window=1024 * 1024,
-                          ping_interval=PING_INTERVAL)
+AGENT_SETTINGS = Settings(
+    max_frame_payload=64 * 1024, initial_window=1024 * 1024, ping_interval=PING_INTERVAL
+)
 REVOKED_STATUSES = frozenset({401, 403, 404})
 Say = Callable[[str], None]
 
@@ -101,14 +102,13 @@ def default_name() -> str:
 def normalise_server(server: str) -> str:
     server = server.strip().rstrip("/")
     if not server.startswith(("http://", "https://")):
-        raise AgentError(f"--server must start with http:// or https:// (got {server!r})",
-                         status=2)
+        raise AgentError(f"--server must start with http:// or https:// (got {server!r})", status=2)
     return server
 
 
 def tunnel_url(config: AgentConfig, server: str | None = None) -> str:
     base = normalise_server(server or config.server)
-    return "ws" + base[len("http"):] + f"/api/tunnel/{config.sandboxId}"
+    return "ws" + base[len("http") :] + f"/api/tunnel/{config.sandboxId}"
 
 
 async def register(server: str, code: str, name: str) -> AgentConfig:
@@ -116,8 +116,9 @@ async def register(server: str, code: str, name: str) -> AgentConfig:
     server = normalise_server(server)
     try:
         async with httpx.AsyncClient(timeout=30) as client:
-            response = await client.post(f"{server}/api/agent/register",
-                                         json={"code": code.strip(), "name": name})
+            response = await client.post(
+                f"{server}/api/agent/register", json={"code": code.strip(), "name": name}
+            )
     except httpx.HTTPError as exc:
         raise AgentError(f"registration failed: cannot reach {server}: {exc}") from None
     if response.status_code != 201:
@@ -127,21 +128,30 @@ async def register(server: str, code: str, name: str) -> AgentConfig:
             reason = response.text[:200]
         raise AgentError(f"registration failed ({response.status_code}): {reason}")
     body = response.json()
-    return AgentConfig(server=server, sandboxId=body["sandboxId"],
-                       tunnelToken=body["tunnelToken"], workspaceId=body["workspaceId"], name=name)
+    return AgentConfig(
+        server=server,
+        sandboxId=body["sandboxId"],
+        tunnelToken=body["tunnelToken"],
+        workspaceId=body["workspaceId"],
+        name=name,
+    )
 
 
 class Backoff:
     """Exponential backoff with full jitter: a random wait up to 1, 2, 4 … 60 s."""
 
-    def __init__(self, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        first: float = BACKOFF_FIRST,
+        cap: float = BACKOFF_CAP,
+        rng: random.Random | None = None,
+    ) -> None:
         self.first, self.cap = first, cap
         self.attempt = 0
         self._rng = rng or random.Random()
 
     def next(self) -> float:
-        ceiling = min(self.cap, self.first * 2 ** self.attempt)
+        ceiling = min(self.cap, self.first * 2**self.attempt)
         self.attempt = min(self.attempt + 1, 32)
         return self._rng.uniform(0, ceiling)
 
@@ -152,15 +162,24 @@ class Backoff:
 class Session:
     """One agent: its credentials, its forwarder and its reconnect loop."""
 
-    def __init__(self, config: AgentConfig, forwarder: Forwarder, say: Say,
-                 server: str | None = None, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        forwarder: Forwarder,
+        say: Say,
+        server: str | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
         self.config = config
         self.forwarder = forwarder
         self.say = say
         self.url = tunnel_url(config, server)
         self.backoff = backoff or Backoff()
-        self.connected = trio.Event()  # set on each successful connection (tests watch it)
+        self.connected = trio.Event()  # set on the first successful connection
         self.connections = 0
+        self.ws: trio_websocket.WebSocketConnection | None = None  # the live link, if any
+        # How the loop waits before reconnecting (tests hold it to observe `offline`).
+        self.wait: Callable[[float], Awaitable[None]] = trio.sleep
 
     async def run(self) -> None:
         """Reconnect forever; raises AgentError when the server refuses the token."""
@@ -174,33 +193,46 @@ class Session:
                 if refused is not None:
                     raise AgentError(
                         f"the server refused this agent's token (HTTP {refused}): the sandbox "
-                        "was deleted or its token revoked; register again with --code") from None
+                        "was deleted or its token revoked; register again with --code"
+                    ) from None
                 if not _retryable(exc):
                     raise
                 reason = describe(exc)
             delay = self.backoff.next()
             self.say(f"disconnected ({reason}); reconnecting in {delay:.1f} s")
-            await trio.sleep(delay)
+            await self.wait(delay)
 
     async def connect_once(self) -> None:
         headers = [(b"authorization", f"Bearer {self.config.tunnelToken}".encode())]
         async with trio_websocket.open_websocket_url(
-            self.url, extra_headers=headers, receive_buffer_size=None,
-            max_message_size=4 * 1024 * 1024, connect_timeout=30, disconnect_timeout=5,
+            self.url,
+            extra_headers=headers,
+            receive_buffer_size=None,
+            max_message_size=4 * 1024 * 1024,
+            connect_timeout=30,
+            disconnect_timeout=5,
         ) as ws:
-            tunnel = Tunnel(WebSocketLink(ws), role=Role.CLIENT, settings=AGENT_SETTINGS,
-                            handler=self.forwarder.handle)
+            self.ws = ws
+            tunnel = Tunnel(
+                WebSocketLink(ws),
+                role=Role.CLIENT,
+                settings=AGENT_SETTINGS,
+                handler=self.forwarder.handle,
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._serve, tunnel, nursery.cancel_scope)
                 self.connections += 1
                 self.connected.set()
-                self.say(f"connected: sandbox {self.config.sandboxId} ({self.config.name})"
-                         f" is running, forwarding to {self.forwarder.base_url}")
+                self.say(
+                    f"connected: sandbox {self.config.sandboxId} ({self.config.name})"
+                    f" is running, forwarding to {self.forwarder.base_url}"
+                )
                 self.forwarder.on_success = self.backoff.reset
                 nursery.start_soon(self._healthy_after)
 
-    async def _serve(self, tunnel: Tunnel, scope: trio.CancelScope,
-                     task_status: trio.TaskStatus[None]) -> None:
+    async def _serve(
+        self, tunnel: Tunnel, scope: trio.CancelScope, task_status: trio.TaskStatus[None]
+    ) -> None:
         try:
             await tunnel.run(task_status=task_status)
         finally:
@@ -211,8 +243,14 @@ class Session:
         self.backoff.reset()
 
 
-_RETRYABLE = (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, OSError,
-              trio.BrokenResourceError, trio.TooSlowError, ProtocolError)
+_RETRYABLE = (
+    trio_websocket.HandshakeError,
+    trio_websocket.ConnectionClosed,
+    OSError,
+    trio.BrokenResourceError,
+    trio.TooSlowError,
+    ProtocolError,
+)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -224,8 +262,10 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 def _refused(exc: BaseException) -> int | None:
     """The HTTP status when the server refused the upgrade as unauthorised or unknown."""
     for leaf in _leaves(exc):
-        if (isinstance(leaf, trio_websocket.ConnectionRejected)
-                and leaf.status_code in REVOKED_STATUSES):
+        if (
+            isinstance(leaf, trio_websocket.ConnectionRejected)
+            and leaf.status_code in REVOKED_STATUSES
+        ):
             return int(leaf.status_code)
     return None
 
@@ -286,8 +326,9 @@ async def connect(
     return status
 
 
-async def credentials(path: Path, server: str | None, code: str | None, name: str | None,
-                      say: Say) -> AgentConfig:
+async def credentials(
+    path: Path, server: str | None, code: str | None, name: str | None, say: Say
+) -> AgentConfig:
     """The saved registration, or a new one when a code is given (which always registers)."""
     saved = load_config(path)
     if code:
@@ -296,12 +337,17 @@ async def credentials(path: Path, server: str | None, code: str | None, name: st
             raise AgentError("--server is needed to register with --code", status=2)
         config = await register(target, code, name or default_name())
         save_config(path, config)
-        say(f"registered as sandbox {config.sandboxId} in workspace {config.workspaceId}; "
-            f"credentials saved to {path}")
+        say(
+            f"registered as sandbox {config.sandboxId} in workspace {config.workspaceId}; "
+            f"credentials saved to {path}"
+        )
         return config
     if saved is None:
-        raise AgentError(f"no saved registration in {path}: run once with --server and --code "
-                         "(a code comes from the web UI's laptop button)", status=2)
+        raise AgentError(
+            f"no saved registration in {path}: run once with --server and --code "
+            "(a code comes from the web UI's laptop button)",
+            status=2,
+        )
     return saved
 
 

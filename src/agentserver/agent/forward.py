@@ -21,12 +21,28 @@ from agentserver.tunnel.connection import RequestReceived
 from agentserver.tunnel.transport import TunnelStream
 
 # Connection-specific fields (RFC 9110 §7.6.1) never cross a hop; Host is the local opencode's.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
-                        "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
-                        "host"})
-WEBSOCKET_FIELDS = HOP_BY_HOP | {"sec-websocket-key", "sec-websocket-version", "origin",
-                                 "sec-websocket-extensions", "sec-websocket-protocol",
-                                 "content-length"}
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    }
+)
+WEBSOCKET_FIELDS = HOP_BY_HOP | {
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "origin",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "content-length",
+}
 _UNSENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
 
 
@@ -56,8 +72,11 @@ class Forwarder:
             raise ValueError(f"--opencode-url must be an http(s) URL (got {base_url!r})")
         self._base = httpx.URL(self.base_url)
         self._ws_base = ("wss" if parts.scheme == "https" else "ws") + "://" + parts.netloc
-        self._auth = (None if not password else
-                      "Basic " + base64.b64encode(f"opencode:{password}".encode()).decode())
+        self._auth = (
+            None
+            if not password
+            else "Basic " + base64.b64encode(f"opencode:{password}".encode()).decode()
+        )
         self._say = say
         self._reachable: bool | None = None
         self.on_success: Callable[[], None] = lambda: None
@@ -74,15 +93,19 @@ class Forwarder:
         with trio.CancelScope(shield=True):
             await self._client.aclose()
 
-    def headers_for_opencode(self, headers: Sequence[tuple[str, str]],
-                             drop: frozenset[str] = HOP_BY_HOP) -> list[tuple[str, str]]:
+    def headers_for_opencode(
+        self, headers: Sequence[tuple[str, str]], drop: frozenset[str] = HOP_BY_HOP
+    ) -> list[tuple[str, str]]:
         """The request's headers with hop-by-hop fields and the server's Authorization replaced
         by ours (or removed when no --opencode-password was given)."""
-        listed = {t.strip().lower() for n, v in headers if n.lower() == "connection"
-                  for t in v.split(",")}
-        kept = [(n, v) for n, v in headers
-                if n.lower() not in drop and n.lower() not in listed
-                and n.lower() != "authorization"]
+        listed = {
+            t.strip().lower() for n, v in headers if n.lower() == "connection" for t in v.split(",")
+        }
+        kept = [
+            (n, v)
+            for n, v in headers
+            if n.lower() not in drop and n.lower() not in listed and n.lower() != "authorization"
+        ]
         if self._auth:
             kept.append(("authorization", self._auth))
         return kept
@@ -102,8 +125,11 @@ class Forwarder:
     async def _http(self, request: RequestReceived, target: str, stream: TunnelStream) -> None:
         content = _body(stream) if request.body else None
         outgoing = self._client.build_request(
-            request.method, self._base.copy_with(raw_path=target.encode()),
-            headers=self.headers_for_opencode(request.headers), content=content)
+            request.method,
+            self._base.copy_with(raw_path=target.encode()),
+            headers=self.headers_for_opencode(request.headers),
+            content=content,
+        )
         try:
             response = await self._client.send(outgoing, stream=True)
         except httpx.TransportError as exc:
@@ -111,8 +137,11 @@ class Forwarder:
             return
         try:
             self._seen_reachable()
-            headers = [(n.decode("latin-1"), v.decode("latin-1"))
-                       for n, v in response.headers.raw if n.lower().decode() not in HOP_BY_HOP]
+            headers = [
+                (n.decode("latin-1"), v.decode("latin-1"))
+                for n, v in response.headers.raw
+                if n.lower().decode() not in HOP_BY_HOP
+            ]
             await stream.send_response_head(response.status_code, headers)
             async for chunk in response.aiter_raw():
                 await stream.send_all(chunk)
@@ -124,11 +153,17 @@ class Forwarder:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await response.aclose()
 
-    async def _answer(self, stream: TunnelStream, status: int, content_type: str,
-                      body: bytes) -> None:
-        await stream.send_response_head(status, [("content-type", content_type),
-                                                 ("content-length", str(len(body))),
-                                                 ("cache-control", "no-store")])
+    async def _answer(
+        self, stream: TunnelStream, status: int, content_type: str, body: bytes
+    ) -> None:
+        await stream.send_response_head(
+            status,
+            [
+                ("content-type", content_type),
+                ("content-length", str(len(body))),
+                ("cache-control", "no-store"),
+            ],
+        )
         await stream.send_all(body)
         await stream.send_eof()
 
@@ -154,15 +189,19 @@ class Forwarder:
 
     # -- WebSocket relay --------------------------------------------------------------------
 
-    async def _websocket(self, request: RequestReceived, target: str,
-                         stream: TunnelStream) -> None:
-        headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in
-                   self.headers_for_opencode(request.headers, WEBSOCKET_FIELDS)]
+    async def _websocket(self, request: RequestReceived, target: str, stream: TunnelStream) -> None:
+        headers = [
+            (n.encode("latin-1"), v.encode("latin-1"))
+            for n, v in self.headers_for_opencode(request.headers, WEBSOCKET_FIELDS)
+        ]
         try:
             async with trio_websocket.open_websocket_url(
-                self._ws_base + target, subprotocols=list(request.subprotocols),
-                extra_headers=headers, max_message_size=16 * 1024 * 1024,
-                connect_timeout=30, disconnect_timeout=5,
+                self._ws_base + target,
+                subprotocols=list(request.subprotocols),
+                extra_headers=headers,
+                max_message_size=16 * 1024 * 1024,
+                connect_timeout=30,
+                disconnect_timeout=5,
             ) as ws:
                 self._seen_reachable()
                 chosen = [("sec-websocket-protocol", ws.subprotocol)] if ws.subprotocol else []
@@ -182,8 +221,9 @@ async def _body(stream: TunnelStream) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _to_opencode(stream: TunnelStream, ws: trio_websocket.WebSocketConnection,
-                       done: trio.CancelScope) -> None:
+async def _to_opencode(
+    stream: TunnelStream, ws: trio_websocket.WebSocketConnection, done: trio.CancelScope
+) -> None:
     try:
         while True:
             try:
@@ -198,8 +238,9 @@ async def _to_opencode(stream: TunnelStream, ws: trio_websocket.WebSocketConnect
         done.cancel()
 
 
-async def _to_browser(ws: trio_websocket.WebSocketConnection, stream: TunnelStream,
-                      done: trio.CancelScope) -> None:
+async def _to_browser(
+    ws: trio_websocket.WebSocketConnection, stream: TunnelStream, done: trio.CancelScope
+) -> None:
     try:
         while True:
             try:

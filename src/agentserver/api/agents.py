@@ -35,8 +35,9 @@ blueprint = Blueprint("agents", __name__, url_prefix="/api")
 CODE_LIFETIME = 600  # seconds: a code is for the next few minutes, not for later
 HEARTBEAT = 20.0  # tunnel pings and last_heartbeat_at, in seconds
 # 64 KiB frames: the per-frame Python cost dominates bulk throughput, not the bytes copied.
-TUNNEL_SETTINGS = Settings(max_frame_payload=64 * 1024, initial_window=1024 * 1024,
-                           ping_interval=HEARTBEAT)
+TUNNEL_SETTINGS = Settings(
+    max_frame_payload=64 * 1024, initial_window=1024 * 1024, ping_interval=HEARTBEAT
+)
 STATUS_TIMEOUT = 10.0
 
 
@@ -68,9 +69,13 @@ async def create_agent_code(workspace_id: str) -> tuple[dict[str, Any], int]:
     code = new_token(18)
     db = deps().db
     await db.exec("agent_delete_stale_codes")
-    expires_at = await db.scalar("agent_create_code", code_hash=hash_token(code),
-                                 workspace_id=workspace_id, user_id=user.id,
-                                 lifetime=CODE_LIFETIME)
+    expires_at = await db.scalar(
+        "agent_create_code",
+        code_hash=hash_token(code),
+        workspace_id=workspace_id,
+        user_id=user.id,
+        lifetime=CODE_LIFETIME,
+    )
     return {"code": code, "expiresAt": rfc3339(expires_at)}, 201
 
 
@@ -100,19 +105,27 @@ async def register_agent(data: RegisterBody) -> tuple[dict[str, Any], int]:
     service = d.extras.get("sandboxes")
     if service is not None and hasattr(service, "publish"):
         service.publish(sandbox)
-    log.info("local agent registered as sandbox %s in workspace %s", sandbox.id,
-             sandbox.workspace_id)
+    log.info(
+        "local agent registered as sandbox %s in workspace %s", sandbox.id, sandbox.workspace_id
+    )
     return {"sandboxId": sandbox.id, "tunnelToken": token, "workspaceId": sandbox.workspace_id}, 201
 
 
-async def _insert_sandbox(d: Deps, workspace_id: str, name: str, user_id: str,
-                          token: str) -> Sandbox:
+async def _insert_sandbox(
+    d: Deps, workspace_id: str, name: str, user_id: str, token: str
+) -> Sandbox:
     for attempt in range(3):
         try:
-            sandbox = await d.db.one("agent_insert_sandbox", Sandbox, id=new_id(),
-                                     workspace_id=workspace_id, name=name, created_by=user_id,
-                                     agent_secret=new_token(24),
-                                     tunnel_token_hash=hash_token(token))
+            sandbox = await d.db.one(
+                "agent_insert_sandbox",
+                Sandbox,
+                id=new_id(),
+                workspace_id=workspace_id,
+                name=name,
+                created_by=user_id,
+                agent_secret=new_token(24),
+                tunnel_token_hash=hash_token(token),
+            )
         except Conflict:  # a 16-character id collided: draw another
             if attempt == 2:
                 raise
@@ -142,11 +155,13 @@ async def tunnel_endpoint(sandbox_id: str) -> None:
         raise Unauthenticated("send the tunnel token as `Authorization: Bearer <token>`")
     d = deps()
     token_hash = hash_token(token)
-    sandbox = await d.db.one("agent_tunnel_sandbox", Sandbox, id=sandbox_id.lower(),
-                             tunnel_token_hash=token_hash)
+    sandbox = await d.db.one(
+        "agent_tunnel_sandbox", Sandbox, id=sandbox_id.lower(), tunnel_token_hash=token_hash
+    )
     if sandbox is None:
-        raise Unauthenticated("the tunnel token is not valid: the sandbox was deleted or its "
-                              "token revoked")
+        raise Unauthenticated(
+            "the tunnel token is not valid: the sandbox was deleted or its token revoked"
+        )
     await websocket.accept()
     link = QuartLink(cast(Any, websocket)._get_current_object())
     await serve_tunnel(d, sandbox, token_hash, link)
@@ -204,19 +219,24 @@ async def sync_status(d: Deps, hub: Hub, sandbox_id: str) -> None:
         if hub.get(sandbox_id) is not None:
             await set_status(d, sandbox_id, SandboxStatus.OFFLINE, SandboxStatus.RUNNING, None)
         else:
-            await set_status(d, sandbox_id, SandboxStatus.RUNNING, SandboxStatus.OFFLINE,
-                             "the local agent disconnected")
+            await set_status(
+                d,
+                sandbox_id,
+                SandboxStatus.RUNNING,
+                SandboxStatus.OFFLINE,
+                "the local agent disconnected",
+            )
 
 
-async def set_status(d: Deps, sandbox_id: str, expected: str, new: str,
-                     reason: str | None) -> None:
+async def set_status(d: Deps, sandbox_id: str, expected: str, new: str, reason: str | None) -> None:
     service = d.extras.get("sandboxes")
     try:
         if service is not None and hasattr(service, "set_status"):
             await service.set_status(sandbox_id, expected, new, reason)
             return
-        await d.db.one("agent_set_status", Sandbox, id=sandbox_id, expected=[expected], new=new,
-                       reason=reason)
+        await d.db.one(
+            "agent_set_status", Sandbox, id=sandbox_id, expected=[expected], new=new, reason=reason
+        )
     except AgentServerError as exc:
         log.warning("status of sandbox %s not written: %s", sandbox_id, exc.message)
 

@@ -33,6 +33,14 @@ def _byte_headers(headers: Sequence[tuple[str, str]]) -> Headers:
     return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]
 
 
+def _has_body(headers: Headers) -> bool:
+    """HTTP/1.1: a request has a body only with a Transfer-Encoding or a non-zero length."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
 class _Body:
     """The response body as it arrives over the stream."""
 
@@ -93,12 +101,25 @@ class TunnelUpstream:
         self._tunnel = tunnel
         self._header_timeout = header_timeout
 
-    async def _open(self, method: str, target: str, headers: Headers, *, body: bool,
-                    websocket: bool = False, subprotocols: Sequence[str] = ()) -> TunnelStream:
+    async def _open(
+        self,
+        method: str,
+        target: str,
+        headers: Headers,
+        *,
+        body: bool,
+        websocket: bool = False,
+        subprotocols: Sequence[str] = (),
+    ) -> TunnelStream:
         try:
-            return await self._tunnel.open_request(method, target, _text_headers(headers),
-                                                   body=body, websocket=websocket,
-                                                   subprotocols=subprotocols)
+            return await self._tunnel.open_request(
+                method,
+                target,
+                _text_headers(headers),
+                body=body,
+                websocket=websocket,
+                subprotocols=subprotocols,
+            )
         except _BROKEN:
             raise SandboxUnreachable("the local agent is not connected") from None
 
@@ -112,18 +133,22 @@ class TunnelUpstream:
             raise UpstreamTimeout("the local agent did not answer in time")
         return status, _byte_headers(headers)
 
-    async def request(self, method: bytes, target: bytes, headers: Headers,
-                      body: AsyncIterable[bytes]) -> UpstreamResponse:
+    async def request(
+        self, method: bytes, target: bytes, headers: Headers, body: AsyncIterable[bytes]
+    ) -> UpstreamResponse:
         """Send the head and the streamed body, then wait for the response head."""
-        stream = await self._open(method.decode("latin-1"), target.decode("latin-1"), headers,
-                                  body=True)
+        has_body = _has_body(headers)
+        stream = await self._open(
+            method.decode("latin-1"), target.decode("latin-1"), headers, body=has_body
+        )
         ok = False
         try:
             try:
-                async for chunk in body:
-                    if chunk:
-                        await stream.send_all(chunk)
-                await stream.send_eof()
+                if has_body:
+                    async for chunk in body:
+                        if chunk:
+                            await stream.send_all(chunk)
+                    await stream.send_eof()
             except _BROKEN:
                 pass  # the agent may have answered early (e.g. 413) and dropped the rest
             status, response_headers = await self._head(stream)
@@ -134,16 +159,24 @@ class TunnelUpstream:
                 await stream.aclose()
 
     @asynccontextmanager
-    async def websocket(self, target: str, headers: Headers,
-                        subprotocols: Sequence[str]) -> AsyncIterator[TunnelSocket]:
-        stream = await self._open("GET", target, headers, body=True, websocket=True,
-                                  subprotocols=subprotocols)
+    async def websocket(
+        self, target: str, headers: Headers, subprotocols: Sequence[str]
+    ) -> AsyncIterator[TunnelSocket]:
+        stream = await self._open(
+            "GET", target, headers, body=True, websocket=True, subprotocols=subprotocols
+        )
         try:
             status, response_headers = await self._head(stream)
             if status != 101:
                 raise SandboxUnreachable(f"the local agent refused the WebSocket ({status})")
-            chosen = next((v.decode("latin-1") for n, v in response_headers
-                           if n == b"sec-websocket-protocol"), None)
+            chosen = next(
+                (
+                    v.decode("latin-1")
+                    for n, v in response_headers
+                    if n == b"sec-websocket-protocol"
+                ),
+                None,
+            )
             yield TunnelSocket(stream, chosen)
         finally:
             await stream.aclose()

@@ -91,6 +91,10 @@ class Hub:
     def release_lock(self, sandbox_id: str) -> None:
         """Drop an idle lock of a sandbox without a tunnel, so the map does not grow forever."""
         lock = self._locks.get(sandbox_id)
-        if (lock is not None and not lock.locked() and sandbox_id not in self._tunnels
-                and lock.statistics().tasks_waiting == 0):
+        if (
+            lock is not None
+            and not lock.locked()
+            and sandbox_id not in self._tunnels
+            and lock.statistics().tasks_waiting == 0
+        ):
             del self._locks[sandbox_id]

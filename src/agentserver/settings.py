@@ -27,44 +27,215 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("listen", "AGENTSERVER_LISTEN", "127.0.0.1:8080", "Address to listen on, HOST:PORT (port 0 picks a free one)."),
-    Option("db_url", "DATABASE_URL", None, "PostgreSQL URL; when empty an embedded PostgreSQL runs in the data directory.", secret=True),
-    Option("data_dir", "AGENTSERVER_DATA_DIR", None, "Where the embedded database, sandbox homes and workspace disks live (default: the user data directory; /var/lib/agentserver as root)."),
-    Option("base_domain", "BASE_DOMAIN", None, "Domain under which sandboxes get subdomains, oc-{id}.{domain} (default: localhost:{port})."),
-    Option("base_scheme", "BASE_SCHEME", "http", "URL scheme of generated URLs: http or https (https also marks cookies Secure)."),
-    Option("backend", "AGENTSERVER_BACKEND", "process", "Sandbox backend: process, docker or kubernetes."),
-    Option("idle_timeout", "IDLE_TIMEOUT", "30m", "Pause sandboxes idle this long (e.g. 90s, 30m, 2h); 0 disables."),
-    Option("allow_registration", "AGENTSERVER_ALLOW_REGISTRATION", "true", "Let anyone register a password account (the first user always may)."),
-    Option("opencode_bin", "OPENCODE_BIN", "opencode", "The opencode binary the process backend runs."),
-    Option("openclaw_bin", "OPENCLAW_BIN", None, "The OpenClaw binary the process backend runs for openclaw sandboxes (unset: type unavailable)."),
-    Option("agent_image", "AGENT_IMAGE", "agentserver-agent:latest", "Container image for opencode sandboxes (docker, kubernetes)."),
-    Option("openclaw_image", "OPENCLAW_IMAGE", None, "Container image for OpenClaw sandboxes (docker, kubernetes)."),
-    Option("docker_network", "AGENT_NETWORK", "agentserver", "User-defined Docker network the sandboxes join."),
-    Option("agent_memory_limit", "AGENT_MEMORY_LIMIT", "2147483648", "Memory limit per sandbox container, in bytes."),
-    Option("agent_nano_cpus", "AGENT_NANO_CPUS", "2000000000", "CPU limit per sandbox container, in billionths of a CPU."),
+    Option(
+        "listen",
+        "AGENTSERVER_LISTEN",
+        "127.0.0.1:8080",
+        "Address to listen on, HOST:PORT (port 0 picks a free one).",
+    ),
+    Option(
+        "db_url",
+        "DATABASE_URL",
+        None,
+        "PostgreSQL URL; when empty an embedded PostgreSQL runs in the data directory.",
+        secret=True,
+    ),
+    Option(
+        "data_dir",
+        "AGENTSERVER_DATA_DIR",
+        None,
+        "Where the embedded database, sandbox homes and workspace disks live"
+        " (default: the user data directory; /var/lib/agentserver as root).",
+    ),
+    Option(
+        "base_domain",
+        "BASE_DOMAIN",
+        None,
+        "Domain under which sandboxes get subdomains, oc-{id}.{domain}"
+        " (default: localhost:{port}).",
+    ),
+    Option(
+        "base_scheme",
+        "BASE_SCHEME",
+        "http",
+        "URL scheme of generated URLs: http or https (https also marks cookies Secure).",
+    ),
+    Option(
+        "backend",
+        "AGENTSERVER_BACKEND",
+        "process",
+        "Sandbox backend: process, docker or kubernetes.",
+    ),
+    Option(
+        "idle_timeout",
+        "IDLE_TIMEOUT",
+        "30m",
+        "Pause sandboxes idle this long (e.g. 90s, 30m, 2h); 0 disables.",
+    ),
+    Option(
+        "allow_registration",
+        "AGENTSERVER_ALLOW_REGISTRATION",
+        "true",
+        "Let anyone register a password account (the first user always may).",
+    ),
+    Option(
+        "opencode_bin", "OPENCODE_BIN", "opencode", "The opencode binary the process backend runs."
+    ),
+    Option(
+        "openclaw_bin",
+        "OPENCLAW_BIN",
+        None,
+        "The OpenClaw binary the process backend runs for openclaw sandboxes"
+        " (unset: type unavailable).",
+    ),
+    Option(
+        "agent_image",
+        "AGENT_IMAGE",
+        "agentserver-agent:latest",
+        "Container image for opencode sandboxes (docker, kubernetes).",
+    ),
+    Option(
+        "openclaw_image",
+        "OPENCLAW_IMAGE",
+        None,
+        "Container image for OpenClaw sandboxes (docker, kubernetes).",
+    ),
+    Option(
+        "docker_network",
+        "AGENT_NETWORK",
+        "agentserver",
+        "User-defined Docker network the sandboxes join.",
+    ),
+    Option(
+        "agent_memory_limit",
+        "AGENT_MEMORY_LIMIT",
+        "2147483648",
+        "Memory limit per sandbox container, in bytes.",
+    ),
+    Option(
+        "agent_nano_cpus",
+        "AGENT_NANO_CPUS",
+        "2000000000",
+        "CPU limit per sandbox container, in billionths of a CPU.",
+    ),
     Option("agent_pids_limit", "AGENT_PIDS_LIMIT", "256", "Process limit per sandbox container."),
-    Option("anthropic_api_key", "ANTHROPIC_API_KEY", None, "Anthropic API key the LLM proxy injects (never given to sandboxes).", secret=True),
-    Option("anthropic_auth_token", "ANTHROPIC_AUTH_TOKEN", None, "Anthropic bearer token, an alternative to the API key.", secret=True),
-    Option("anthropic_base_url", "ANTHROPIC_BASE_URL", "https://api.anthropic.com", "Upstream Anthropic API base URL (a path in it is kept)."),
-    Option("anthropic_proxy_url", "ANTHROPIC_PROXY_URL", None, "URL sandboxes use to reach the LLM proxy (default: {scheme}://{listen}/proxy/anthropic)."),
-    Option("llm_rpm", "AGENTSERVER_LLM_RPM", "0", "LLM requests per minute per workspace; 0 = unlimited."),
-    Option("llm_tokens_per_day", "AGENTSERVER_LLM_TOKENS_PER_DAY", "0", "LLM tokens per day per workspace; 0 = unlimited."),
-    Option("llm_models", "AGENTSERVER_LLM_MODELS", None, "Comma-separated model allow-list for the LLM proxy (empty: all)."),
-    Option("llm_max_body", "AGENTSERVER_LLM_MAX_BODY", "32MiB", "Largest request body the LLM proxy accepts."),
+    Option(
+        "anthropic_api_key",
+        "ANTHROPIC_API_KEY",
+        None,
+        "Anthropic API key the LLM proxy injects (never given to sandboxes).",
+        secret=True,
+    ),
+    Option(
+        "anthropic_auth_token",
+        "ANTHROPIC_AUTH_TOKEN",
+        None,
+        "Anthropic bearer token, an alternative to the API key.",
+        secret=True,
+    ),
+    Option(
+        "anthropic_base_url",
+        "ANTHROPIC_BASE_URL",
+        "https://api.anthropic.com",
+        "Upstream Anthropic API base URL (a path in it is kept).",
+    ),
+    Option(
+        "anthropic_proxy_url",
+        "ANTHROPIC_PROXY_URL",
+        None,
+        "URL sandboxes use to reach the LLM proxy (default: {scheme}://{listen}/proxy/anthropic).",
+    ),
+    Option(
+        "llm_rpm",
+        "AGENTSERVER_LLM_RPM",
+        "0",
+        "LLM requests per minute per workspace; 0 = unlimited.",
+    ),
+    Option(
+        "llm_tokens_per_day",
+        "AGENTSERVER_LLM_TOKENS_PER_DAY",
+        "0",
+        "LLM tokens per day per workspace; 0 = unlimited.",
+    ),
+    Option(
+        "llm_models",
+        "AGENTSERVER_LLM_MODELS",
+        None,
+        "Comma-separated model allow-list for the LLM proxy (empty: all).",
+    ),
+    Option(
+        "llm_max_body",
+        "AGENTSERVER_LLM_MAX_BODY",
+        "32MiB",
+        "Largest request body the LLM proxy accepts.",
+    ),
     Option("max_body", "AGENTSERVER_MAX_BODY", "1MiB", "Largest JSON body the API accepts."),
-    Option("oidc_redirect_base_url", "OIDC_REDIRECT_BASE_URL", None, "External URL of this server for OAuth/OIDC callbacks."),
+    Option(
+        "oidc_redirect_base_url",
+        "OIDC_REDIRECT_BASE_URL",
+        None,
+        "External URL of this server for OAuth/OIDC callbacks.",
+    ),
     Option("github_client_id", "GITHUB_CLIENT_ID", None, "GitHub OAuth app client id."),
-    Option("github_client_secret", "GITHUB_CLIENT_SECRET", None, "GitHub OAuth app client secret.", secret=True),
-    Option("github_allowed_orgs", "GITHUB_ALLOWED_ORGS", None, "Comma-separated GitHub organisations allowed to sign in (empty: any)."),
-    Option("oidc_issuer_url", "OIDC_ISSUER_URL", None, "Generic OIDC issuer URL (discovery at /.well-known/openid-configuration)."),
+    Option(
+        "github_client_secret",
+        "GITHUB_CLIENT_SECRET",
+        None,
+        "GitHub OAuth app client secret.",
+        secret=True,
+    ),
+    Option(
+        "github_allowed_orgs",
+        "GITHUB_ALLOWED_ORGS",
+        None,
+        "Comma-separated GitHub organisations allowed to sign in (empty: any).",
+    ),
+    Option(
+        "oidc_issuer_url",
+        "OIDC_ISSUER_URL",
+        None,
+        "Generic OIDC issuer URL (discovery at /.well-known/openid-configuration).",
+    ),
     Option("oidc_client_id", "OIDC_CLIENT_ID", None, "Generic OIDC client id."),
-    Option("oidc_client_secret", "OIDC_CLIENT_SECRET", None, "Generic OIDC client secret.", secret=True),
-    Option("oidc_allowed_domains", "OIDC_ALLOWED_DOMAINS", None, "Comma-separated email domains allowed to sign in via SSO (exact match; empty: any)."),
-    Option("oidc_link_by_email", "OIDC_LINK_BY_EMAIL", "true", "Link a new SSO identity to an existing account with the same verified email."),
-    Option("github_api_url", "GITHUB_API_URL", "https://api.github.com", "GitHub REST API base URL (for GitHub Enterprise)."),
-    Option("github_oauth_url", "GITHUB_OAUTH_URL", "https://github.com", "GitHub OAuth base URL (for GitHub Enterprise)."),
-    Option("kube_namespace_prefix", "SANDBOX_NAMESPACE_PREFIX", "agent-ws", "Kubernetes namespace prefix, one namespace per workspace."),
-    Option("runtime_class", "RUNTIME_CLASS", None, "Kubernetes runtimeClassName for sandbox pods (e.g. gvisor)."),
+    Option(
+        "oidc_client_secret", "OIDC_CLIENT_SECRET", None, "Generic OIDC client secret.", secret=True
+    ),
+    Option(
+        "oidc_allowed_domains",
+        "OIDC_ALLOWED_DOMAINS",
+        None,
+        "Comma-separated email domains allowed to sign in via SSO (exact match; empty: any).",
+    ),
+    Option(
+        "oidc_link_by_email",
+        "OIDC_LINK_BY_EMAIL",
+        "true",
+        "Link a new SSO identity to an existing account with the same verified email.",
+    ),
+    Option(
+        "github_api_url",
+        "GITHUB_API_URL",
+        "https://api.github.com",
+        "GitHub REST API base URL (for GitHub Enterprise).",
+    ),
+    Option(
+        "github_oauth_url",
+        "GITHUB_OAUTH_URL",
+        "https://github.com",
+        "GitHub OAuth base URL (for GitHub Enterprise).",
+    ),
+    Option(
+        "kube_namespace_prefix",
+        "SANDBOX_NAMESPACE_PREFIX",
+        "agent-ws",
+        "Kubernetes namespace prefix, one namespace per workspace.",
+    ),
+    Option(
+        "runtime_class",
+        "RUNTIME_CLASS",
+        None,
+        "Kubernetes runtimeClassName for sandbox pods (e.g. gvisor).",
+    ),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -72,8 +243,19 @@ OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 BACKENDS = ("process", "docker", "kubernetes")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _SIZE = re.compile(r"^(\d+)\s*(b|kib|mib|gib|kb|mb|gb|k|m|g)?$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1 << 20, "mib": 1 << 20,
-               "mb": 1000**2, "g": 1 << 30, "gib": 1 << 30, "gb": 1000**3}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1 << 20,
+    "mib": 1 << 20,
+    "mb": 1000**2,
+    "g": 1 << 30,
+    "gib": 1 << 30,
+    "gb": 1000**3,
+}
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -254,14 +436,21 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
     if backend in ("k8s", "kube"):
         backend = "kubernetes"
     if backend not in BACKENDS:
-        raise ConfigError(f"{_where('backend', values)}: {backend!r} must be one of {', '.join(BACKENDS)}")
+        raise ConfigError(
+            f"{_where('backend', values)}: {backend!r} must be one of {', '.join(BACKENDS)}"
+        )
     base_domain = raw["base_domain"]
     if base_domain is not None:
         base_domain = base_domain.strip().strip(".").lower() or None
         if base_domain and not re.fullmatch(r"[a-z0-9.-]+(:\d+)?", base_domain):
             raise ConfigError(f"{_where('base_domain', values)}: {base_domain!r} is not a domain")
     data_dir = Path(raw["data_dir"]).expanduser() if raw["data_dir"] else default_data_dir(environ)
-    for name in ("oidc_redirect_base_url", "oidc_issuer_url", "anthropic_base_url", "anthropic_proxy_url"):
+    for name in (
+        "oidc_redirect_base_url",
+        "oidc_issuer_url",
+        "anthropic_base_url",
+        "anthropic_proxy_url",
+    ):
         url = raw[name]
         if url and not re.match(r"^https?://[^/\s]+", url):
             raise ConfigError(f"{_where(name, values)}: {url!r} is not an http(s) URL")
@@ -299,7 +488,9 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         oidc_issuer_url=(raw["oidc_issuer_url"] or "").rstrip("/") or None,
         oidc_client_id=raw["oidc_client_id"] or None,
         oidc_client_secret=raw["oidc_client_secret"] or None,
-        oidc_allowed_domains=tuple(d.lower().lstrip("@") for d in parse_list(raw["oidc_allowed_domains"])),
+        oidc_allowed_domains=tuple(
+            d.lower().lstrip("@") for d in parse_list(raw["oidc_allowed_domains"])
+        ),
         oidc_link_by_email=convert("oidc_link_by_email", lambda t: parse_bool(t or "")),  # type: ignore[arg-type]
         github_api_url=(raw["github_api_url"] or "https://api.github.com").rstrip("/"),
         github_oauth_url=(raw["github_oauth_url"] or "https://github.com").rstrip("/"),

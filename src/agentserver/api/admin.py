@@ -48,5 +48,13 @@ async def list_workspaces() -> list[dict[str, Any]]:
     """Every workspace with its sandbox and member counts."""
     await require_admin()
     rows = await deps().db.rows("list_all_workspaces")
-    return [{"id": r["id"], "name": r["name"], "createdAt": rfc3339(r["created_at"]),
-             "sandboxCount": r["sandbox_count"], "memberCount": r["member_count"]} for r in rows]
+    return [
+        {
+            "id": r["id"],
+            "name": r["name"],
+            "createdAt": rfc3339(r["created_at"]),
+            "sandboxCount": r["sandbox_count"],
+            "memberCount": r["member_count"],
+        }
+        for r in rows
+    ]

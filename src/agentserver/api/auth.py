@@ -31,8 +31,15 @@ class LoginBody(Body):
 def set_session_cookie(response: Response, token: str) -> None:
     settings = deps().settings
     # Host-only (no Domain): sandbox subdomains never receive the main session.
-    response.set_cookie(SESSION_COOKIE, token, max_age=int(settings.session_lifetime), path="/",
-                        httponly=True, samesite="Lax", secure=settings.secure_cookies)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(settings.session_lifetime),
+        path="/",
+        httponly=True,
+        samesite="Lax",
+        secure=settings.secure_cookies,
+    )
 
 
 async def sign_in(user: User, status: int = 200) -> Response:
@@ -62,8 +69,9 @@ async def register(data: RegisterBody) -> Response:
             raise Conflict("username already taken", field="username")
         if email and tx.one("get_user_by_login", User, login=email):
             raise Conflict("email already in use", field="email")
-        user = tx.one("create_user", User, username=username, email=email,
-                      password_hash=password_hash)
+        user = tx.one(
+            "create_user", User, username=username, email=email, password_hash=password_hash
+        )
         assert user is not None
         return user
 
@@ -95,8 +103,13 @@ async def logout() -> Response:
     """End the session on the server and clear the cookie."""
     await revoke_session(deps().db, request.cookies.get(SESSION_COOKIE))
     response = jsonify({"status": "ok"})
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="Lax",
-                           secure=deps().settings.secure_cookies)
+    response.delete_cookie(
+        SESSION_COOKIE,
+        path="/",
+        httponly=True,
+        samesite="Lax",
+        secure=deps().settings.secure_cookies,
+    )
     return response
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
+import trio
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 from quart import current_app, g, request
@@ -19,8 +20,9 @@ from agentserver.models import Role, User
 class Body(BaseModel):
     """Base of request bodies: camelCase keys, unknown fields refused."""
 
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
-                              str_strip_whitespace=False)
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, str_strip_whitespace=False
+    )
 
 
 def deps() -> Deps:
@@ -34,6 +36,8 @@ def rfc3339(value: datetime | None) -> str | None:
 async def optional_user() -> User | None:
     if "user" not in g:
         g.user = await session_user(deps().db, request.cookies.get(SESSION_COOKIE))
+    else:
+        await trio.lowlevel.checkpoint()  # looked up once per request, checkpoint anyway
     return cast(User | None, g.user)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import trio
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response, current_app, jsonify
@@ -14,6 +15,7 @@ blueprint = Blueprint("health", __name__)
 @blueprint.get("/healthz")
 async def healthz() -> Response:
     """The process is alive."""
+    await trio.lowlevel.checkpoint()
     return jsonify({"status": "ok"})
 
 
@@ -29,5 +31,6 @@ async def readyz() -> Response:
 @blueprint.get("/metrics")
 async def metrics() -> Response:
     """Prometheus text exposition."""
+    await trio.lowlevel.checkpoint()
     registry = current_app.config["METRICS"].registry
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

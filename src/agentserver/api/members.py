@@ -28,8 +28,13 @@ class RoleBody(Body):
 
 
 def member_json(m: Member) -> dict[str, Any]:
-    return {"userId": m.user_id, "username": m.username, "email": m.email, "role": m.role,
-            "createdAt": rfc3339(m.created_at)}
+    return {
+        "userId": m.user_id,
+        "username": m.username,
+        "email": m.email,
+        "role": m.role,
+        "createdAt": rfc3339(m.created_at),
+    }
 
 
 def _role(text: str) -> Role:
@@ -93,12 +98,17 @@ async def change_role(workspace_id: str, user_id: str, data: RoleBody) -> dict[s
 
     def work(tx: Tx) -> Member:
         current = _keep_an_owner(tx, workspace_id, user_id)
-        if current == Role.OWNER and role != Role.OWNER and tx.scalar(
-                "count_owners", workspace_id=workspace_id) <= 1:
+        if (
+            current == Role.OWNER
+            and role != Role.OWNER
+            and tx.scalar("count_owners", workspace_id=workspace_id) <= 1
+        ):
             raise Conflict("the last owner cannot be demoted; make someone else owner first")
         tx.exec("set_member_role", workspace_id=workspace_id, user_id=user_id, role=role.value)
         if current != role:
-            tx.exec("revoke_sandbox_sessions_for_member", workspace_id=workspace_id, user_id=user_id)
+            tx.exec(
+                "revoke_sandbox_sessions_for_member", workspace_id=workspace_id, user_id=user_id
+            )
         member = tx.one("get_member", Member, workspace_id=workspace_id, user_id=user_id)
         assert member is not None
         return member

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import trio
+
 from agentserver.auth.tokens import hash_token, new_token
 from agentserver.db.database import Database
 from agentserver.models import User
@@ -12,12 +14,15 @@ SESSION_COOKIE = "agentserver_session"
 async def create_session(db: Database, user_id: str, lifetime: float) -> str:
     """A new session for `user_id`; returns the token for the cookie (never stored as is)."""
     token = new_token()
-    await db.exec("create_session", token_hash=hash_token(token), user_id=user_id, lifetime=lifetime)
+    await db.exec(
+        "create_session", token_hash=hash_token(token), user_id=user_id, lifetime=lifetime
+    )
     return token
 
 
 async def session_user(db: Database, token: str | None) -> User | None:
     if not token or len(token) > 200:
+        await trio.lowlevel.checkpoint()  # every path checkpoints, as callers expect
         return None
     return await db.one("get_session_user", User, token_hash=hash_token(token))
 
@@ -25,3 +30,5 @@ async def session_user(db: Database, token: str | None) -> User | None:
 async def revoke_session(db: Database, token: str | None) -> None:
     if token:
         await db.exec("delete_session", token_hash=hash_token(token))
+    else:
+        await trio.lowlevel.checkpoint()

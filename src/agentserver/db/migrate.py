@@ -38,7 +38,9 @@ def apply_migrations(url: str, directory: Path | None = None) -> list[str]:
                     continue
                 with conn.transaction():
                     conn.execute(path.read_text().encode())
-                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,))
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,)
+                    )
                 log.info("applied migration %s", path.stem)
                 applied_now.append(path.stem)
         finally:

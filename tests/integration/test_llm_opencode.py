@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +22,11 @@ REPLY = Reply(
     cache_creation_input_tokens=78,
     cache_read_input_tokens=910,
 )
+BODY = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 8,
+    "messages": [{"role": "user", "content": "x"}],
+}
 PROMPT = {
     "model": {"providerID": "anthropic", "modelID": "claude-sonnet-4-5"},
     "parts": [{"type": "text", "text": "hi"}],
@@ -63,6 +69,14 @@ def reply_texts(messages: list[dict[str, Any]]) -> list[str]:
         for part in message["parts"]
         if part.get("type") == "text"
     ]
+
+
+def sandbox_environment(server: Server, sandbox_id: str) -> dict[str, str]:
+    """The environment the sandbox's process was started with (Linux /proc)."""
+    pid = server.deps.extras["sandboxes"].backend.pid(sandbox_id)
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+    return {k.decode(): v.decode("utf-8", "replace") for k, _, v in pairs}
 
 
 def served_totals(standin: AnthropicStandIn) -> dict[str, int]:
@@ -127,5 +141,19 @@ async def test_opencode_prompt_through_the_proxy(
         assert totals["cacheReadInputTokens"] == want["cache_read_input_tokens"]
         assert [s["sandboxId"] for s in usage["bySandbox"]] == [sid]
 
-        assert (await owner.delete(f"/api/sandboxes/{sid}")).status_code == 204
+        # The sandbox holds only its proxy token; deleting the sandbox kills that token.
+        environment = sandbox_environment(server, sid)
+        assert not any(REAL_KEY in value for value in environment.values())
+        config = json.loads(environment["OPENCODE_CONFIG_CONTENT"])
+        options = config["provider"]["anthropic"]["options"]
+        assert options["baseURL"] == f"{server.deps.settings.llm_proxy_url}/v1"
+        proxy = httpx.AsyncClient(
+            base_url=options["baseURL"], headers={"x-api-key": options["apiKey"]}
+        )
+        async with proxy:
+            assert (await proxy.post("/messages", json=BODY)).status_code == 200
+            assert (await owner.delete(f"/api/sandboxes/{sid}")).status_code == 204
+            revoked = await proxy.post("/messages", json=BODY)
+        assert revoked.status_code == 401
+        assert revoked.json()["error"]["type"] == "authentication_error"
     server.shutdown.set()

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
 from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,6 +15,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import LiveServer, Tour
+from tests.conftest import REPO
 
 PASSWORD = "correct-horse"
 START_TIMEOUT_MS = 90_000  # opencode's first start on a busy 2-core machine
@@ -76,7 +81,7 @@ def test_sandbox_lifecycle_from_the_browser(
     tour_factory: Callable[..., Tour],
     opencode_bin: str,
 ) -> None:
-    """Sign up, make a workspace and sandbox; it turns running live; open, pause, resume, delete."""
+    """Sign up, make a workspace and sandbox; it turns running live; pause, resume, open, delete."""
     server = live_server_factory(opencode_bin=opencode_bin)
     require_route(server, "GET", "/api/workspaces/x/sandboxes", "the sandbox lifecycle API")
     require_route(server, "GET", "/api/sandboxes/x/open", "the subdomain proxy's open route")
@@ -97,6 +102,15 @@ def test_sandbox_lifecycle_from_the_browser(
     )
     tour.shot("2-running")
 
+    page.get_by_role("button", name="Pause demo").click()
+    expect(status_of(page, "demo")).to_have_attribute("data-status", "paused", timeout=30_000)
+    tour.shot("3-paused")
+    page.get_by_role("button", name="Resume demo").click()
+    expect(status_of(page, "demo")).to_have_attribute(
+        "data-status", "running", timeout=START_TIMEOUT_MS
+    )
+
+    # Opened last: a closed opencode tab's late requests would wake a paused sandbox again.
     with tour.context.expect_page() as opened:
         page.get_by_role("link", name="Open demo").click()
     tab = opened.value
@@ -104,17 +118,10 @@ def test_sandbox_lifecycle_from_the_browser(
     sandbox_id = row(page, "sandbox", "demo").get_attribute("data-id")
     assert tab.url.startswith(f"http://oc-{sandbox_id}.localhost:{server.port}/")
     expect(tab).to_have_title(re.compile("opencode", re.IGNORECASE), timeout=30_000)
-    tour.shot("3-opencode", tab)
+    tour.shot("4-opencode", tab)
     tab.close()
 
-    page.get_by_role("button", name="Pause demo").click()
-    expect(status_of(page, "demo")).to_have_attribute("data-status", "paused", timeout=30_000)
-    tour.shot("4-paused")
-    page.get_by_role("button", name="Resume demo").click()
-    expect(status_of(page, "demo")).to_have_attribute(
-        "data-status", "running", timeout=START_TIMEOUT_MS
-    )
-    page.get_by_role("link", name="demo").click()
+    page.get_by_role("link", name="demo", exact=True).click()
     expect(page.get_by_role("heading", name="demo")).to_be_visible()
     expect(page.get_by_role("heading", name="Logs")).to_be_visible()
     tour.shot("5-detail")
@@ -135,7 +142,7 @@ def test_guest_sees_sandbox_but_cannot_change_it(
     """A guest sees the sandbox with no changing control, and the API refuses their changes."""
     server = live_server_factory(opencode_bin=opencode_bin)
     require_route(server, "GET", "/api/workspaces/x/sandboxes", "the sandbox lifecycle API")
-    with server.register("owner") as owner, server.register("gina") as guest:
+    with closing(server.register("owner")) as owner, closing(server.register("gina")) as guest:
         wid = api_workspace(owner, "Shared")
         created = owner.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "shared-box"})
         assert created.status_code in (200, 201, 202), created.text
@@ -159,7 +166,7 @@ def test_guest_sees_sandbox_but_cannot_change_it(
         ):
             expect(main.get_by_role("button", name=name)).to_have_count(0)
         expect(main.get_by_label("Name")).to_have_count(0)
-        page.get_by_role("link", name="shared-box").click()
+        page.get_by_role("link", name="shared-box", exact=True).click()
         expect(page.get_by_role("heading", name="shared-box")).to_be_visible()
         expect(main.get_by_role("button")).to_have_count(0)
         tour.shot("guest-detail")
@@ -184,7 +191,7 @@ def test_agent_dialog_shows_ready_to_copy_command(
     """The laptop button makes a one-time code and shows the connect command with a copy button."""
     require_route(live_server, "POST", "/api/workspaces/x/agent-code", "the agent-code API")
     require_route(live_server, "GET", "/api/workspaces/x/sandboxes", "the sandbox lifecycle API")
-    with live_server.register("dev") as dev:
+    with closing(live_server.register("dev")) as dev:
         wid = api_workspace(dev, "Laptops")
     tour = tour_factory(
         live_server.url,
@@ -214,13 +221,48 @@ def test_agent_dialog_shows_ready_to_copy_command(
 
 
 @pytest.mark.browser
-def test_local_agent_command_makes_a_local_sandbox_appear(live_server: LiveServer) -> None:
-    """Running the dialog's command makes a `local` sandbox appear live in the list."""
-    from tests.conftest import REPO
-
+def test_local_agent_command_makes_a_local_sandbox_appear(
+    live_server: LiveServer, tour_factory: Callable[..., Tour], tmp_path: Path
+) -> None:
+    """Running the dialog's command makes a `local` sandbox appear live, and go offline live."""
     if not (REPO / "src/agentserver/agent/connect.py").exists():
         pytest.skip("`agentserver agent connect` (src/agentserver/agent/connect.py) is not built")
-    pytest.skip("the agent connect step is written when the tunnel's agent client lands")
+    require_route(live_server, "POST", "/api/workspaces/x/agent-code", "the agent-code API")
+    with closing(live_server.register("dev")) as dev:
+        wid = api_workspace(dev, "Laptops")
+    tour = tour_factory(live_server.url, viewport={"width": 1280, "height": 800})
+    sign_in(tour, "dev")
+    page = tour.page
+    page.goto(f"{live_server.url}/w/{wid}")
+    expect(page.get_by_text("Live", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Connect a local agent").click()
+    dialog = page.get_by_role("dialog", name="Connect a local agent")
+    dialog.get_by_label("Name of this machine").fill("laptop-1")
+    words = shlex.split(dialog.locator("#agent-command").text_content() or "")
+    assert words[:3] == ["agentserver", "agent", "connect"]
+    dialog.get_by_role("button", name="Close").click()
+    # The command as shown, plus where to keep its credentials (not the real home directory).
+    # Nothing listens at the opencode URL: the tunnel comes up regardless.
+    command = [
+        str(REPO / ".venv/bin/agentserver"),
+        *words[1:],
+        "--config",
+        str(tmp_path / "agent.json"),
+        "--opencode-url",
+        "http://127.0.0.1:9",
+    ]
+    agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        expect(row(page, "sandbox", "laptop-1")).to_be_visible(timeout=60_000)
+        expect(status_of(page, "laptop-1")).to_have_attribute("data-status", "running")
+        expect(row(page, "sandbox", "laptop-1").get_by_text("local")).to_be_visible()
+        tour.shot("local-running")
+    finally:
+        agent.terminate()
+        # Shown by pytest when the test fails.
+        print(agent.communicate(timeout=30)[0].decode(errors="replace"))
+    expect(status_of(page, "laptop-1")).to_have_attribute("data-status", "offline", timeout=60_000)
+    tour.shot("local-offline")
 
 
 @pytest.mark.browser

@@ -7,10 +7,11 @@ import { html, Empty, ErrorBox, Link, Loading, navigate, number, StatusBadge, us
 import { SandboxActions, useSandboxes } from './sandboxes.js';
 import { useUsage } from './usage.js';
 
-/** Log lines from either `{"lines": [...]}` or plain text. */
+/** Log lines from `{"logs": "text"}` (what the server sends), `{"lines": [...]}` or plain text. */
 export function logLines(data) {
-  if (data && Array.isArray(data.lines)) return data.lines;
-  if (typeof data === 'string') return data.split('\n');
+  const body = data && typeof data === 'object' ? (data.logs ?? data.lines) : data;
+  if (Array.isArray(body)) return body;
+  if (typeof body === 'string') return body ? body.replace(/\n$/, '').split('\n') : [];
   return [];
 }
 

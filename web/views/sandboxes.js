@@ -13,12 +13,15 @@ function listOf(data) {
   return Array.isArray(data) ? data : (data && data.sandboxes) || [];
 }
 
-/** What an event says happened: a sandbox's new state, or that it is gone. */
-export function readEvent(data) {
+/**
+ * What an event says happened: a sandbox's new state, or that it is gone. The server sends
+ * `event: sandbox` with the sandbox JSON and `event: sandbox_deleted` with `{"id", "workspaceId"}`.
+ */
+export function readEvent(kind, data) {
   const event = typeof data === 'string' ? JSON.parse(data) : data;
   const sandbox = event.sandbox || (event.id ? event : null);
-  const deleted = event.deleted || event.type === 'sandbox_deleted' || (sandbox && sandbox.status === 'deleted');
-  return { sandbox, deletedId: deleted ? (sandbox ? sandbox.id : event.id) : null };
+  const deleted = kind === 'sandbox_deleted' || event.type === 'sandbox_deleted';
+  return { sandbox: deleted ? null : sandbox, deletedId: deleted && sandbox ? sandbox.id : null };
 }
 
 /**
@@ -56,7 +59,7 @@ export function useSandboxes(workspaceId) {
     let closed = false;
     const apply = (message) => {
       try {
-        const { sandbox, deletedId } = readEvent(message.data);
+        const { sandbox, deletedId } = readEvent(message.type, message.data);
         if (deletedId) remove(deletedId);
         else if (sandbox && sandbox.workspaceId !== undefined && sandbox.workspaceId !== workspaceId) return;
         else if (sandbox) upsert(sandbox);
@@ -67,6 +70,7 @@ export function useSandboxes(workspaceId) {
     const connect = () => {
       source = new EventSource(path`/api/workspaces/${workspaceId}/events`);
       source.addEventListener('sandbox', apply);
+      source.addEventListener('sandbox_deleted', apply);
       source.addEventListener('message', apply);
       source.addEventListener('open', () => {
         setLive(true);

@@ -83,3 +83,22 @@ SET rpm = excluded.rpm, tokens_per_day = excluded.tokens_per_day, updated_at = n
 
 -- name: llm_delete_quota :execrows
 DELETE FROM llm_quotas WHERE workspace_id = :workspace_id;
+
+-- name: llm_admit_unlimited :one
+-- The hot path in one statement: the caller again (it may be revoked since), and when neither it
+-- nor the server sets a limit, its usage row at once (row_id NULL: limits apply, or inactive).
+WITH caller AS (
+    SELECT s.id, s.workspace_id, s.created_by, s.name, s.status, q.rpm, q.tokens_per_day
+    FROM sandboxes s LEFT JOIN llm_quotas q ON q.workspace_id = s.workspace_id
+    WHERE s.proxy_token_hash = :token_hash
+), started AS (
+    INSERT INTO llm_usage (sandbox_id, workspace_id, user_id, sandbox_name, method, endpoint, model)
+    SELECT id, workspace_id, created_by, name, :method, :endpoint, :model FROM caller
+    WHERE status IN ('creating', 'running')
+      AND coalesce(rpm, :default_rpm) = 0 AND coalesce(tokens_per_day, :default_tokens_per_day) = 0
+    RETURNING id
+)
+SELECT c.id AS sandbox_id, c.workspace_id, c.created_by, c.name, c.status,
+       c.rpm AS rpm_override, c.tokens_per_day AS tokens_per_day_override,
+       (SELECT id FROM started) AS row_id
+FROM caller c;

@@ -1,10 +1,10 @@
-"""The LLM proxy's request rewriting and admission rules, without a server (table tests)."""
+"""The LLM proxy's request rewriting and admission rules (pure; table tests)."""
 
 from __future__ import annotations
 
 import pytest
 
-from agentserver.proxy.llm import (
+from agentserver.proxy.llm_rules import (
     Caller,
     CallerCache,
     Refusal,

@@ -1,0 +1,205 @@
+"""What the LLM proxy checks and rewrites in a sandbox's request, decided without I/O (pure)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from agentserver.settings import Settings
+
+PREFIX = "/proxy/anthropic"
+ACTIVE = frozenset({"creating", "running"})
+ANTHROPIC_VERSION = b"2023-06-01"
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Never forwarded upstream: the sandbox's credential, our cookies, and what httpx sets itself.
+_DROPPED = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"x-api-key",
+    b"authorization",
+    b"cookie",
+    b"accept-encoding",
+}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
+_SANDBOX_HOST = re.compile(r"^(oc|claw)-[a-z0-9]+\.")
+
+
+class Refusal(Exception):
+    """A call we answer ourselves, in Anthropic's error shape so SDK clients show the message."""
+
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The sandbox a proxy token belongs to, and its workspace's limit overrides."""
+
+    sandbox_id: str
+    workspace_id: str
+    created_by: str | None
+    name: str
+    status: str
+    rpm_override: int | None = None
+    tokens_per_day_override: int | None = None
+
+    def limits(self, settings: Settings) -> tuple[int, int]:
+        """Requests per minute and tokens per day that apply (0 = unlimited)."""
+        rpm = settings.llm_rpm if self.rpm_override is None else self.rpm_override
+        per_day = self.tokens_per_day_override
+        return rpm, settings.llm_tokens_per_day if per_day is None else per_day
+
+
+class CallerCache:
+    """Recently seen active tokens, only to decide whether to read a body at all.
+
+    The admission transaction looks the token up again, so a deleted or paused sandbox is
+    refused at once; this only saves a database round trip before the body is read.
+    """
+
+    def __init__(self, ttl: float = 30.0, size: int = 4096) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[str, tuple[float, Caller]] = {}
+
+    def get(self, token_hash: str) -> Caller | None:
+        found = self._entries.get(token_hash)
+        if found is None or found[0] < time.monotonic():
+            return None
+        return found[1]
+
+    def put(self, token_hash: str, caller: Caller) -> None:
+        if len(self._entries) >= self.size:
+            self._entries.clear()  # simplest bound; the next calls just look up again
+        self._entries[token_hash] = (time.monotonic() + self.ttl, caller)
+
+    def forget(self, token_hash: str) -> None:
+        self._entries.pop(token_hash, None)
+
+
+def error_body(status: int, message: str) -> bytes:
+    kind = _ERROR_TYPES.get(status, "api_error")
+    return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
+
+
+def is_sandbox_host(host: str) -> bool:
+    """`oc-{id}.…` and `claw-{id}.…` belong to the subdomain proxy, never to this one."""
+    return bool(_SANDBOX_HOST.match(host.lower()))
+
+
+def proxy_token(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The sandbox's token from `x-api-key`, else from `Authorization: Bearer`."""
+    found = dict(headers)
+    if found.get(b"x-api-key"):
+        return found[b"x-api-key"].decode("latin-1").strip()
+    scheme, _, value = found.get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def upstream_url(settings: Settings, raw_path: bytes, query: bytes) -> str:
+    """The base URL (its path kept) + the path after our prefix + the query string."""
+    rest = raw_path[len(PREFIX) :].decode("ascii", "replace") or "/"
+    if not rest.startswith("/"):
+        raise Refusal(404, "no such route")
+    if any(part in (".", "..") for part in unquote(rest).split("/")):
+        raise Refusal(400, "the path may not contain . or .. segments")
+    url = settings.anthropic_base_url.rstrip("/") + rest
+    return url + ("?" + query.decode("ascii", "replace") if query else "")
+
+
+def upstream_headers(
+    headers: list[tuple[bytes, bytes]], settings: Settings
+) -> list[tuple[bytes, bytes]]:
+    """The sandbox's headers minus hop-by-hop and its credential, plus the real credential."""
+    connection = b",".join(v for k, v in headers if k == b"connection")
+    dropped = _DROPPED | {t.strip().lower() for t in connection.split(b",") if t.strip()}
+    out = [(k, v) for k, v in headers if k not in dropped]
+    if settings.anthropic_api_key:
+        out.append((b"x-api-key", settings.anthropic_api_key.encode()))
+    if settings.anthropic_auth_token:
+        out.append((b"authorization", b"Bearer " + settings.anthropic_auth_token.encode()))
+    if not any(k == b"anthropic-version" for k, _ in out):
+        out.append((b"anthropic-version", ANTHROPIC_VERSION))
+    # Identity, so the usage in the answer can be read as it passes.
+    out.append((b"accept-encoding", b"identity"))
+    return out
+
+
+def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Upstream's headers minus hop-by-hop ones and Content-Length: the answer is re-framed as
+    chunked so it ends only after its usage is recorded (a caller's next request sees it)."""
+    connection = b",".join(v for k, v in headers if k.lower() == b"connection")
+    dropped = HOP_BY_HOP | {b"content-length"}
+    dropped |= {t.strip().lower() for t in connection.split(b",") if t.strip()}
+    return [(k.lower(), v) for k, v in headers if k.lower() not in dropped]
+
+
+def request_model(body: bytes, content_type: str) -> str | None:
+    """The `model` of a JSON request body; malformed JSON is refused with a clear 400."""
+    if not body or ("json" not in content_type and content_type):
+        return None
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Refusal(400, "the request body is not valid JSON") from None
+    model = document.get("model") if isinstance(document, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def check_model(settings: Settings, model: str | None) -> None:
+    allowed = settings.llm_models
+    if allowed and model is not None and not any(fnmatch.fnmatchcase(model, p) for p in allowed):
+        raise Refusal(403, f"model {model!r} is not allowed on this server")
+
+
+def check_caller(caller: Caller | None) -> Caller:
+    if caller is None:
+        raise Refusal(401, "invalid api key")
+    if caller.status not in ACTIVE:
+        raise Refusal(403, f"sandbox is not active (it is {caller.status})")
+    return caller
+
+
+def check_limits(rpm: int, per_day: int, load: dict[str, Any]) -> None:
+    """Refuse with 429 when the workspace is over its per-minute or per-day limit."""
+    if rpm and load["recent_requests"] >= rpm:
+        raise Refusal(
+            429,
+            f"this workspace may make {rpm} LLM requests per minute",
+            retry_after=max(1, load["window_frees_in"]),
+        )
+    if per_day and load["tokens_today"] >= per_day:
+        raise Refusal(
+            429,
+            f"this workspace used its {per_day} LLM tokens for today (UTC)",
+            retry_after=max(1, load["day_ends_in"]),
+        )

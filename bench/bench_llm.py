@@ -41,6 +41,13 @@ async def small_call(client: httpx.AsyncClient, url: str) -> float:
     return time.perf_counter() - started
 
 
+async def healthz(client: httpx.AsyncClient, url: str) -> float:
+    """A GET the server answers itself: what any request through hypercorn costs here."""
+    started = time.perf_counter()
+    (await client.get(url)).raise_for_status()
+    return time.perf_counter() - started
+
+
 async def first_event(client: httpx.AsyncClient, url: str) -> float:
     """Seconds until the first complete SSE event arrives (the rest is read and dropped)."""
     started = time.perf_counter()
@@ -93,16 +100,20 @@ async def measure(
         token = await add_sandbox(running)
         direct_url = f"{standin.url}/v1/messages"
         proxy_url = f"http://127.0.0.1:{running.port}/proxy/anthropic/v1/messages"
+        server_url = f"http://127.0.0.1:{running.port}/healthz"
         results: dict[str, tuple[list[float], list[float]]] = {}
         async with httpx.AsyncClient(timeout=30, headers={"x-api-key": token}) as client:
-            for name, probe in (
-                ("small non-streamed call", small_call),
-                ("first streamed event", first_event),
-            ):
+            rows = (
+                ("small non-streamed call", small_call, direct_url, proxy_url),
+                ("first streamed event", first_event, direct_url, proxy_url),
+                # Context: the server answering a trivial GET itself, vs the stand-in.
+                ("(server's own /healthz)", healthz, f"{standin.url}/healthz", server_url),
+            )
+            for name, probe, direct_at, proxy_at in rows:
                 direct: list[float] = []
                 proxied: list[float] = []
                 for i in range(repeats + 20):  # the first 20 warm connections and caches up
-                    d, p = await probe(client, direct_url), await probe(client, proxy_url)
+                    d, p = await probe(client, direct_at), await probe(client, proxy_at)
                     if i >= 20:
                         direct.append(d)
                         proxied.append(p)

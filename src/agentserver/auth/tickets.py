@@ -75,6 +75,7 @@ async def redeem_ticket(
     longer a member allowed to view the sandbox.
     """
     if not ticket or len(ticket) > 200:
+        await trio.lowlevel.checkpoint()
         return None
     token = new_token()
 
@@ -103,6 +104,7 @@ async def redeem_ticket(
 async def session_access(db: Database, sandbox_id: str, token: str) -> SandboxAccess | None:
     """The access a subdomain session token grants to `sandbox_id` right now, if any."""
     if not token or len(token) > 200:
+        await trio.lowlevel.checkpoint()
         return None
     rows = await db.rows(
         "proxy_session_access", token_hash=hash_token(token), sandbox_id=sandbox_id
@@ -125,6 +127,7 @@ class AccessCache:
         now = trio.current_time()
         hit = self._entries.get(key)
         if hit is not None and now - hit[0] < self._seconds:
+            await trio.lowlevel.checkpoint_if_cancelled()  # the hot path: no scheduler trip
             return hit[1]
         access = await session_access(self._db, sandbox_id, token)
         if access is None:

@@ -82,6 +82,7 @@ async def proxy_http(
             scope["method"].encode(), target_of(scope), headers, RequestBody(receive)
         )
     except ClientGone:
+        await trio.lowlevel.checkpoint()
         return
     except SandboxUnreachable as exc:
         await on_unreachable(exc)
@@ -109,6 +110,7 @@ async def _relay(response: UpstreamResponse, send: Send) -> bool:
         async for chunk in response.body:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except SandboxUnreachable:
+        await trio.lowlevel.checkpoint()
         return False  # ending without more_body=False makes the server drop the connection
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return True

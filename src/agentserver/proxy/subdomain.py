@@ -161,6 +161,7 @@ class SubdomainProxy:
             access = await self.access.get(target.sandbox_id, token)
             if access is not None and SandboxType(access.sandbox.type) in _KINDS[target.kind]:
                 return access
+        await trio.lowlevel.checkpoint()
         return None
 
     def refusal(
@@ -203,9 +204,11 @@ class SubdomainProxy:
             upstream = hub.upstream(sandbox.id) if hub is not None else None
             if upstream is None:
                 await self.page(scope, send, pages.OFFLINE)
+            await trio.lowlevel.checkpoint()
             return upstream
         if status is SandboxStatus.RUNNING:
             if sandbox.endpoint_host and sandbox.endpoint_port:
+                await trio.lowlevel.checkpoint()
                 return self.pool.upstream(sandbox.endpoint_host, sandbox.endpoint_port)
             await self.page(scope, send, pages.STARTING)
         elif status in _WAKING:
@@ -321,6 +324,7 @@ class SubdomainProxy:
         service: SandboxService | None = self.deps.extras.get("sandboxes")
         if service is None:
             log.warning("sandbox %s is paused but no lifecycle service can wake it", sandbox_id)
+            await trio.lowlevel.checkpoint()
             return
         await service.wake(sandbox_id)
 

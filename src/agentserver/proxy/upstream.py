@@ -25,7 +25,7 @@ READ_SIZE = 256 * 1024
 # Reuse an idle connection only this long: agents close idle keep-alives after some seconds
 # (Bun: 10 s), and a time check costs nothing where a readability probe costs a syscall.
 IDLE_EXPIRY = 4.0
-MAX_IDLE = 32
+MAX_IDLE = 256
 HEADER_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 # Request bodies up to this size are kept so a stale-connection retry can send them again.
@@ -99,14 +99,14 @@ class _Connection:
         self.received = False
 
     async def send(self, *events: h11.Event) -> None:
-        data = b"".join(self.h11.send(e) or b"" for e in events)
-        if data:
-            await self.stream.send_all(data)
+        await self.stream.send_all(b"".join(self.h11.send(e) or b"" for e in events))
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
+                # A buffered event: only a cheap cancellation check, no trip to the scheduler.
+                await trio.lowlevel.checkpoint_if_cancelled()
                 return event  # type: ignore[return-value]
             data = await self.stream.receive_some(READ_SIZE)
             if data:
@@ -138,11 +138,13 @@ class _Replay:
     async def next(self) -> bytes | None:
         """The next unread chunk, or None at the end."""
         if self._exhausted:
+            await trio.lowlevel.checkpoint_if_cancelled()
             return None
         try:
             chunk = await anext(self._source)
         except StopAsyncIteration:
             self._exhausted = True
+            await trio.lowlevel.checkpoint_if_cancelled()
             return None
         if self._kept is not None:
             self._size += len(chunk)
@@ -199,7 +201,8 @@ class _Body:
             self._conn.close()
 
     async def aclose(self) -> None:
-        self.abort()
+        self.abort()  # synchronous first, so it happens even in a cancelled scope
+        await trio.lowlevel.checkpoint_if_cancelled()
 
 
 class Pool:

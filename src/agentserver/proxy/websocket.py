@@ -96,6 +96,7 @@ async def _browser_to_agent(
                 await agent.send_message(text if text is not None else message.get("bytes") or b"")
                 on_activity()
     except trio_websocket.ConnectionClosed:
+        await trio.lowlevel.checkpoint()
         return  # the agent closed; the other pump tells the browser
     finally:
         done.cancel()

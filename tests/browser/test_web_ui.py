@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from playwright.sync_api import expect
 
+from agentserver.auth.tokens import new_id
 from tests.browser.conftest import LiveServer, Tour
 from tests.conftest import REPO
 
@@ -383,38 +385,82 @@ def test_admin_screen_only_for_the_admin(
     other.close()
 
 
-SCREENS = ("sandboxes", "members", "usage", "workspaces", "admin")
+STATUS_TEXT = {
+    "creating": "Creating",
+    "running": "Running",
+    "pausing": "Pausing",
+    "paused": "Paused",
+    "resuming": "Resuming",
+    "offline": "Offline",
+    "failed": "Failed",
+}
 
 
-def visit_every_screen(tour: Tour, url: str, wid: str, label: str, sandbox: str | None) -> None:
+def seed_statuses_and_usage(db_url: str, workspace_id: str, user_id: str) -> None:
+    """One sandbox row per status (no process behind them) and LLM usage over three days."""
+    ids = {status: new_id() for status in STATUS_TEXT}
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for status in STATUS_TEXT:
+            kind = "local" if status == "offline" else "opencode"
+            reason = "image pull failed: no such image" if status == "failed" else None
+            conn.execute(
+                "INSERT INTO sandboxes (id, workspace_id, name, type, status, status_reason,"
+                " created_by, agent_secret) VALUES (%s, %s, %s, %s, %s, %s, %s, 'x')",
+                (ids[status], workspace_id, f"{status}-box", kind, status, reason, user_id),
+            )
+        for days, model, tokens in (
+            (2, "claude-sonnet-4", 1200),
+            (1, "claude-haiku-4", 300),
+            (0, "claude-sonnet-4", 2500),
+        ):
+            conn.execute(
+                "INSERT INTO llm_usage (sandbox_id, workspace_id, user_id, sandbox_name, method,"
+                " endpoint, model, status, input_tokens, output_tokens, cache_read_input_tokens,"
+                " created_at) VALUES (%s, %s, %s, 'paused-box', 'POST', '/v1/messages', %s, 200,"
+                " %s, %s, %s, now() - make_interval(days => %s))",
+                (
+                    ids["paused"],
+                    workspace_id,
+                    user_id,
+                    model,
+                    tokens,
+                    tokens // 3,
+                    tokens // 2,
+                    days,
+                ),
+            )
+
+
+def visit_every_screen(tour: Tour, url: str, wid: str, sandbox: str | None) -> None:
     """Open each screen by its link, wait until it has loaded, and screenshot it."""
     page = tour.page
     page.goto(f"{url}/w/{wid}")
     expect(page.get_by_role("heading", name="Sandboxes")).to_be_visible()
     expect(page.get_by_text("Live", exact=True)).to_be_visible()
-    tour.shot(f"{label}-sandboxes")
+    tour.shot("sandboxes")
     if sandbox:
-        page.get_by_role("link", name=sandbox).click()
+        page.get_by_role("link", name=sandbox, exact=True).click()
         expect(page.get_by_role("heading", name="Details")).to_be_visible()
-        tour.shot(f"{label}-sandbox-detail")
+        expect(page.get_by_text("Input tokens")).to_be_visible()
+        tour.shot("sandbox-detail")
     page.get_by_role("link", name="Members").click()
     expect(row(page, "member", "tourist")).to_be_visible()
-    tour.shot(f"{label}-members")
+    tour.shot("members")
     page.get_by_role("link", name="Usage").click()
     expect(page.get_by_role("heading", name=re.compile("^LLM usage"))).to_be_visible()
     expect(page.get_by_role("status").filter(has_text="Loading")).to_have_count(0)
-    tour.shot(f"{label}-usage")
+    tour.shot("usage")
     page.get_by_role("link", name="Workspaces", exact=True).click()
     expect(page.get_by_role("heading", name="Workspaces")).to_be_visible()
-    tour.shot(f"{label}-workspaces")
+    tour.shot("workspaces")
     page.get_by_role("link", name="Admin").click()
     expect(page.get_by_role("heading", name="Users")).to_be_visible()
-    tour.shot(f"{label}-admin")
+    tour.shot("admin")
 
 
 @pytest.mark.browser
 def test_full_tour_is_clean_in_light_dark_and_on_a_phone(
-    live_server: LiveServer, tour_factory: Callable[..., Tour]
+    live_server: LiveServer, tour_factory: Callable[..., Tour], db_url: str
 ) -> None:
     """Every screen loads with no console error or failed request, light, dark and 375 px wide."""
     require_route(live_server, "GET", "/api/workspaces/x/sandboxes", "the sandbox lifecycle API")
@@ -429,6 +475,8 @@ def test_full_tour_is_clean_in_light_dark_and_on_a_phone(
     with live_server.client() as client:
         client.post("/api/auth/login", json={"username": "tourist", "password": PASSWORD})
         wid = api_workspace(client, "Tour workspace")
+        user_id = client.get("/api/auth/me").json()["id"]
+    seed_statuses_and_usage(db_url, wid, user_id)
     looks = {
         "light": {"viewport": {"width": 1280, "height": 800}, "color_scheme": "light"},
         "dark": {"viewport": {"width": 1280, "height": 800}, "color_scheme": "dark"},
@@ -448,7 +496,13 @@ def test_full_tour_is_clean_in_light_dark_and_on_a_phone(
     for label, options in looks.items():
         tour = tour_factory(live_server.url, label=label, **options)
         sign_in(tour, "tourist")
-        visit_every_screen(tour, live_server.url, wid, label, None)
+        visit_every_screen(tour, live_server.url, wid, "paused-box")
+        tour.page.get_by_role("link", name="Sandboxes").click()
+        for status, text in STATUS_TEXT.items():
+            badge = status_of(tour.page, f"{status}-box")
+            expect(badge).to_have_text(text)
+            expect(badge).to_have_attribute("data-status", status)
+        expect(row(tour.page, "sandbox", "failed-box")).to_contain_text("image pull failed")
         width = tour.page.evaluate("() => document.documentElement.scrollWidth")
         assert width <= options["viewport"]["width"], f"{label}: page scrolls sideways ({width} px)"
 
@@ -475,6 +529,15 @@ def test_keyboard_alone_creates_a_workspace(
     page.keyboard.press("Enter")
     expect(page.get_by_role("option", name="Typed")).to_have_count(1)
     assert re.fullmatch(r"/w/[^/]+", page.evaluate("() => location.pathname"))
+
+    # The same on the sandbox form: name, Tab past the type, Enter on "Create sandbox".
+    page.get_by_label("Name").focus()
+    page.keyboard.type("by-keys")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.textContent.trim()") == "Create sandbox"
+    page.keyboard.press("Enter")
+    expect(row(page, "sandbox", "by-keys")).to_be_visible()
 
 
 @pytest.mark.browser

@@ -149,7 +149,7 @@ export function SandboxActions({ workspace, sandbox, onChange, onDeleted }) {
       rel="noopener" aria-label=${label('Open')}>Open</a>`}
     ${manage && sandbox.status === 'running' && sandbox.type !== 'local' && html`
       <button type="button" disabled=${busy} aria-label=${label('Pause')} onClick=${() => step('pause')}>Pause</button>`}
-    ${manage && sandbox.status === 'paused' && html`
+    ${manage && (sandbox.status === 'paused' || (sandbox.status === 'failed' && sandbox.type !== 'local')) && html`
       <button type="button" disabled=${busy} aria-label=${label('Resume')} onClick=${() => step('resume')}>Resume</button>`}
     ${manage && html`
       <button type="button" class="danger" disabled=${busy} aria-label=${label('Delete')} onClick=${() => setConfirming(true)}>Delete</button>`}

@@ -13,6 +13,8 @@ import pytest
 import trio
 
 from agentserver.api import sandboxes as sandboxes_api
+from agentserver.sandboxes import process as process_backend
+from agentserver.sandboxes.isolation import Isolation
 from agentserver.sandboxes.service import Sandboxes
 from tests.conftest import Server, register, start_server
 from tests.support.sandboxes import (
@@ -323,4 +325,36 @@ async def test_bad_input_and_roles(nursery: trio.Nursery, db_url: str, tmp_path:
     assert (await owner.get("/api/sandboxes/nope")).status_code == 404
     for client in (owner, guest, stranger):
         await client.aclose()
+    server.shutdown.set()
+
+
+async def test_without_bubblewrap_the_disk_is_linked_from_the_home(
+    nursery: trio.Nursery,
+    db_url: str,
+    tmp_path: Path,
+    opencode_bin: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where bubblewrap cannot run, sandboxes still start; the workspace disk is the `disk0`
+    link in the home and AGENTSERVER_DISK, and pausing stops the process group."""
+
+    async def no_isolation(settings: object) -> Isolation:
+        return Isolation()
+
+    monkeypatch.setattr(process_backend, "probe_isolation", no_isolation)
+    server = await start_server(nursery, sandbox_settings_for(db_url, tmp_path / "d", opencode_bin))
+    assert not service(server).backend.isolation.enabled  # type: ignore[attr-defined]
+    client, wid = await owner_with_workspace(server)
+    events = await open_events(nursery, client, wid)
+    sid = await start_running(server, client, events, wid)
+    disk = server.deps.settings.data_dir / "workspaces" / wid / "disk"
+    assert (home_of(server, sid) / "disk0").resolve() == disk.resolve()
+    assert disk_path_in(pid_of(server, sid)).resolve() == disk.resolve()
+    pid = pid_of(server, sid)
+    assert (await client.post(f"/api/sandboxes/{sid}/pause")).status_code == 200
+    assert (await events.until(sid, "paused", "failed"))["status"] == "paused"
+    assert not alive(pid)
+    assert processes_of(sid) == []
+    events.close()
+    await client.aclose()
     server.shutdown.set()

@@ -457,3 +457,46 @@ async def test_hanging_up_mid_stream_cancels_the_upstream_call(env: Env) -> None
     assert totals["inputTokens"] == env.standin.reply.input_tokens  # from message_start
     assert totals["outputTokens"] == 1  # message_start's count; the final delta never came
     assert env.standin.served == []
+
+
+NASTY_PATHS = [
+    "/proxy/anthropic",
+    "/proxy/anthropic/",
+    "/proxy/anthropic//v1//messages",
+    "/proxy/anthropic/v1/%00",
+    "/proxy/anthropic/v1/%ff%fe",
+    "/proxy/anthropic/%2F%2F",
+    "/proxy/anthropic/v1/messages;x=1",
+    "/proxy/anthropic/v1/\u00e9t\u00e9",
+]
+NASTY_BODIES = [
+    b"",
+    b"null",
+    b"[]",
+    b'"model"',
+    b'{"model": null}',
+    b'{"model": {"a": 1}}',
+    b"\xff\xfe\x00",
+    b'{"model": "claude-sonnet-4-5", "stream": "yes"}',
+    b'{"model": "a\\u0000b"}',
+    b"{" * 5000,
+]
+
+
+async def test_odd_requests_never_get_a_500(env: Env) -> None:
+    """Odd paths, bodies, content types and methods get a forwarded answer or a 4xx, never 5xx."""
+    random = __import__("random").Random(5)
+    statuses = set()
+    async with env.sandbox_client() as client:
+        for path in NASTY_PATHS:
+            for body in random.sample(NASTY_BODIES, 3):
+                for content_type in ("application/json", "text/plain", ""):
+                    method = random.choice(["POST", "PUT", "GET", "DELETE", "OPTIONS"])
+                    headers = {"content-type": content_type} if content_type else {}
+                    response = await client.request(method, path, content=body, headers=headers)
+                    statuses.add(response.status_code)
+                    assert response.status_code < 500, (method, path, body[:40], response.text)
+                    if response.status_code >= 400:
+                        assert response.json()["type"] == "error"
+    assert 200 in statuses
+    assert 400 in statuses

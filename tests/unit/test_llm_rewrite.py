@@ -160,6 +160,9 @@ def test_request_model_and_allow_list() -> None:
     with pytest.raises(Refusal) as caught:
         request_model(b"[1,", "application/json")
     assert caught.value.status == 400
+    for odd in (b'{"model": "a\\u0000b"}', b'{"model": "' + b"m" * 300 + b'"}'):
+        with pytest.raises(Refusal):
+            request_model(odd, "application/json")
     allowing = settings(llm_models="claude-haiku-*,claude-sonnet-4-5")
     check_model(allowing, "claude-haiku-4-5")
     check_model(allowing, None)

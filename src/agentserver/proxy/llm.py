@@ -122,7 +122,10 @@ class LlmProxy:
             return
         except AgentServerError as exc:
             log.warning("LLM proxy refused a call: %s", exc.message)
-            await send_error(send, Refusal(503, "the server cannot check the proxy token now"))
+            if exc.status < 500:
+                await send_error(send, Refusal(exc.status, exc.message))
+            else:
+                await send_error(send, Refusal(503, "the server cannot check the proxy token now"))
             return
         try:
             await self.forward(call, request, receive, send)
@@ -176,7 +179,8 @@ class LlmProxy:
     def start_row(self, tx: Tx, scope: Scope, call: Call, token_hash: str) -> int:
         """Admission in one transaction: the token again (it may be revoked by now), the
         limits under the workspace's lock, and the usage row that counts this call."""
-        endpoint = scope["path"][len(PREFIX) :][:200] or "/"
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        endpoint = raw_path[len(PREFIX) :].decode("ascii", "replace")[:200] or "/"
         row = {"method": scope["method"], "endpoint": endpoint, "model": call.model}
         found = tx.rows(
             "llm_admit_unlimited",

@@ -172,7 +172,11 @@ def request_model(body: bytes, content_type: str) -> str | None:
     except (ValueError, UnicodeDecodeError):
         raise Refusal(400, "the request body is not valid JSON") from None
     model = document.get("model") if isinstance(document, dict) else None
-    return model if isinstance(model, str) else None
+    if not isinstance(model, str):
+        return None
+    if len(model) > 256 or not model.isprintable():
+        raise Refusal(400, "model is not a valid model name")
+    return model
 
 
 def check_model(settings: Settings, model: str | None) -> None:

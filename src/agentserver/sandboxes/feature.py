@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import trio
 
+from agentserver.db.database import Database
 from agentserver.errors import ConfigError
 from agentserver.sandboxes.base import Backend, ExitNotice
 from agentserver.sandboxes.events import WorkspaceEvents
@@ -16,8 +17,14 @@ from agentserver.sandboxes.idle import IdleWatcher
 from agentserver.sandboxes.service import Sandboxes
 from agentserver.settings import Settings
 
-if TYPE_CHECKING:
-    from agentserver.deps import Deps
+
+class Deps(Protocol):
+    """What the feature needs from `agentserver.deps.Deps` (a higher layer it may not import)."""
+
+    settings: Settings
+    db: Database
+    extras: dict[str, Any]
+
 
 log = logging.getLogger(__name__)
 

@@ -191,6 +191,22 @@ async def test_killed_link_ends_the_stream_goes_offline_and_comes_back(
         assert (await browser.get("/small")).json()["size"] == 0
 
 
+async def test_a_browser_leaving_cancels_the_request_on_the_agent(
+    world: TunnelWorld, bulk: BulkUpstream, nursery: trio.Nursery
+) -> None:
+    """When the browser drops an endless stream, the agent closes its request to opencode and
+    the tunnel stays up."""
+    agent = await world.start_agent(nursery, f"http://127.0.0.1:{bulk.port}")
+    async with await world.browser(agent.sandbox_id) as browser:
+        async with browser.stream("GET", "/forever") as response:
+            assert (await anext(response.aiter_lines())).startswith(":")
+        with trio.fail_after(30):
+            await bulk.forever_closed.wait()
+        assert (await browser.get("/small")).status_code == 200
+    assert agent.session is not None
+    assert agent.session.connections == 1
+
+
 async def test_deleting_the_sandbox_stops_the_agent_with_status_1(
     world: TunnelWorld, bulk: BulkUpstream, nursery: trio.Nursery
 ) -> None:

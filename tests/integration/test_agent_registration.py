@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ import trio_websocket
 
 from agentserver.tunnel.connection import Role
 from agentserver.tunnel.transport import Tunnel, WebSocketLink
-from tests.conftest import Server, register
+from tests.conftest import Server, make_settings, register, start_server
 from tests.support.workspace_events import watch_statuses
 
 
@@ -202,3 +203,26 @@ async def test_deleting_the_sandbox_revokes_the_token_and_closes_the_tunnel(team
                 await trio.sleep(0.01)
     assert hub.get(sid) is None
     assert await rejected(team.server, sid, token) == 401
+
+
+async def test_a_server_start_shows_every_local_sandbox_offline(
+    db_url: str, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """No tunnel survives a restart: a local sandbox left `running` is `offline` after a start."""
+    first = await start_server(nursery, make_settings(db_url, tmp_path / "data"))
+    async with first.client() as owner:
+        await register(owner, "owner")
+        workspace = (await owner.post("/api/workspaces", json={"name": "w"})).json()
+        team = Team(first, owner, workspace["id"], db_url)
+        sid = (await team.register_agent(await team.code())).json()["sandboxId"]
+    await team.sql("UPDATE sandboxes SET status = 'running' WHERE id = %s", sid)
+    first.shutdown.set()
+    second = await start_server(nursery, make_settings(db_url, tmp_path / "data"))
+    async with second.client() as owner:
+        signed_in = await owner.post(
+            "/api/auth/login", json={"username": "owner", "password": "correct-horse"}
+        )
+        assert signed_in.status_code == 200, signed_in.text
+        sandbox = (await owner.get(f"/api/sandboxes/{sid}")).json()
+    assert sandbox["status"] == "offline"
+    second.shutdown.set()

@@ -102,6 +102,50 @@ def run_upstream() -> None:
     asyncio.run(main())
 
 
+# -- the floor: hypercorn-trio answering by itself (subprocess) ---------------------------------
+
+
+def run_floor() -> None:
+    """A raw ASGI app under hypercorn's trio worker that answers /small itself: what serving
+    alone costs on this machine right now, so the proxy's own share can be read off."""
+    from functools import partial
+
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    async def app(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()  # type: ignore[operator]
+                await send({"type": message["type"] + ".complete"})  # type: ignore[operator]
+                if message["type"] == "lifespan.shutdown":
+                    return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,  # type: ignore[operator]
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(SMALL)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": SMALL})  # type: ignore[operator]
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = config.errorlog = None
+    config.keep_alive_max_requests = 10**9
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(serve, app, config))  # type: ignore[arg-type]
+            print(binds[0].rsplit(":", 1)[1], flush=True)
+
+    trio.run(main)
+
+
 # -- agentserver (subprocess) ------------------------------------------------------------------
 
 
@@ -169,16 +213,20 @@ def run_server(upstream_port: int) -> None:
                 ),
                 flush=True,
             )
+            profile = None
+            if os.environ.get("BENCH_PROFILE"):  # profile the serving only, not the set-up
+                import cProfile
+
+                profile = cProfile.Profile()
+                profile.enable()
             await trio.to_thread.run_sync(sys.stdin.read)  # until the parent closes stdin
+            if profile is not None:
+                profile.disable()
+                profile.dump_stats(os.environ["BENCH_PROFILE"])
             shutdown.set()
 
     try:
-        if os.environ.get("BENCH_PROFILE"):
-            import cProfile
-
-            cProfile.runctx("trio.run(main)", globals(), locals(), os.environ["BENCH_PROFILE"])
-        else:
-            trio.run(main)
+        trio.run(main)
     finally:
         pg.cleanup()
         shutil.rmtree(base, ignore_errors=True)
@@ -316,6 +364,8 @@ def main() -> None:
         return run_upstream()
     if opts.role == "server":
         return run_server(int(opts.arg))
+    if opts.role == "floor":
+        return run_floor()
 
     me = [sys.executable, __file__]
     up = subprocess.Popen([*me, "upstream"], stdout=subprocess.PIPE, text=True)
@@ -324,9 +374,11 @@ def main() -> None:
         [*me, "server", str(up_port)], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True
     )
     info = json.loads(srv.stdout.readline())  # type: ignore[union-attr]
+    floor = subprocess.Popen([*me, "floor"], stdout=subprocess.PIPE, text=True)
+    floor_port = int(floor.stdout.readline())  # type: ignore[union-attr]
     direct = (up_port, f"127.0.0.1:{up_port}", "", None)
     proxied = (info["port"], info["host"], info["cookie"], info["pid"])
-    results: dict[str, dict[str, list[float]]] = {"direct": {}, "proxy": {}}
+    results: dict[str, dict[str, list[float]]] = {"direct": {}, "proxy": {}, "floor": {}}
     try:
         for port, host, cookie, _ in (direct, proxied):
             latency(port, host, cookie, n=200)  # warm-up and correctness check
@@ -347,12 +399,22 @@ def main() -> None:
                 if rss is not None:
                     row.setdefault("rss", []).append(rss)
                 row.setdefault("sse", []).append(sse_delay(port, host, cookie))
+            floor_host = f"127.0.0.1:{floor_port}"
+            results["floor"].setdefault("p50", []).append(latency(floor_port, floor_host, ""))
+            before = cpu_seconds(floor.pid)
+            rps, done = throughput(floor_port, floor_host, "", opts.seconds)
+            results["floor"].setdefault("rps", []).append(rps)
+            results["floor"].setdefault("cpu_us", []).append(
+                (cpu_seconds(floor.pid) - before) / done * 1e6
+            )
             print(f"round {r + 1}/{opts.rounds} done", file=sys.stderr, flush=True)
     finally:
         srv.stdin.close()  # type: ignore[union-attr]
         srv.wait(30)
         up.terminate()
         up.wait(10)
+        floor.terminate()
+        floor.wait(10)
     report(results)
 
 
@@ -392,10 +454,10 @@ def report(results: dict[str, dict[str, list[float]]]) -> None:
             "—",
             f"{med(p['cpu_us']):.0f}",
             "",
-            "(ref: bare h11 462)",
-            True,
+            "(reference run: bare h11 462)",
+            None,
         ),
-        ("proxy peak RSS during bulk MB", "—", f"{med(p['rss']):.0f}", "", "flat", True),
+        ("proxy peak RSS during bulk MB", "—", f"{med(p['rss']):.0f}", "", "flat", None),
         (
             "SSE event delay ms",
             f"{med(d['sse']):.3f}",
@@ -407,8 +469,14 @@ def report(results: dict[str, dict[str, list[float]]]) -> None:
     ]
     print(f"\n{'metric':32} {'direct':>10} {'proxy':>10} {'vs direct':>12}  target")
     for name, a, b, c, target, ok in rows:
-        print(f"{name:32} {a:>10} {b:>10} {c:>12}  {target} {'met' if ok else 'MISSED'}")
+        verdict = "" if ok is None else ("met" if ok else "MISSED")
+        print(f"{name:32} {a:>10} {b:>10} {c:>12}  {target} {verdict}")
+    f = results["floor"]
     print(f"(medians over {len(d['p50'])} interleaved rounds)")
+    print(
+        f"floor, hypercorn-trio answering /small itself (no proxying): p50 {med(f['p50']):.3f} ms,"
+        f" {med(f['rps']):,.0f} req/s at 50 connections, {med(f['cpu_us']):.0f} us CPU per request"
+    )
 
 
 if __name__ == "__main__":

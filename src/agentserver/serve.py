@@ -19,6 +19,7 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from agentserver.api import sandbox_open
+from agentserver.api.agents import open_tunnel
 from agentserver.api import sandboxes as sandboxes_api
 from agentserver.api.app import create_app
 from agentserver.api.oidc import open_oidc
@@ -31,6 +32,7 @@ from agentserver.errors import ConfigError, DatabaseUnavailable
 from agentserver.sandboxes.feature import open_sandboxes
 from agentserver.proxy.llm import llm_middleware, open_llm_proxy
 from agentserver.proxy.subdomain import SubdomainProxy, open_proxy
+from agentserver.proxy.tunnel_upstream import open_tunnel_upstreams
 from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,9 @@ MIDDLEWARE.append(llm_middleware)
 # The subdomain proxy: /api/sandboxes/{id}/open, its upstream pool, and Host dispatch (outermost).
 FEATURES += [sandbox_open.register, open_proxy]
 MIDDLEWARE.append(SubdomainProxy)
+# Local agents: codes, registration, the tunnel endpoint and hub; tunnels as proxy upstreams
+# (after the sandboxes service, which it tells about running/offline).
+FEATURES += [open_tunnel, open_tunnel_upstreams]
 
 
 @dataclass(frozen=True, slots=True)

@@ -560,3 +560,32 @@ def test_sign_in_offers_one_button_per_sso_provider(
         link = tour.page.get_by_role("link", name=f"Sign in with {provider['name']}")
         expect(link).to_have_attribute("href", provider["loginUrl"])
     tour.shot("providers")
+
+
+@pytest.mark.browser
+def test_api_errors_are_shown_and_a_lost_session_returns_to_sign_in(
+    live_server: LiveServer, tour_factory: Callable[..., Tour]
+) -> None:
+    """The server's error message appears next to the form; a 401 brings back the sign-in card."""
+    live_server.register("taken").close()
+    tour = tour_factory(live_server.url, viewport={"width": 1280, "height": 800})
+    tour.allow(r"\b(409|401)\b")  # provoked on purpose below
+    page = tour.page
+    page.goto(live_server.url + "/")
+    page.get_by_role("button", name="Create one").click()
+    page.get_by_label("Username").fill("taken")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Create account").click()
+    expect(page.get_by_role("alert")).to_have_text("username already taken")
+    tour.shot("taken")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_label("Username or email").fill("taken")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Workspaces")).to_be_visible()
+    tour.context.clear_cookies()  # the session ends elsewhere (expiry, sign-out in another tab)
+    page.get_by_label("New workspace name").fill("Too late")
+    page.get_by_role("button", name="Create workspace").click()
+    expect(page.get_by_role("heading", name="agentserver")).to_be_visible()
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    tour.shot("signed-out")

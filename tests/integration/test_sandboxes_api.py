@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -355,6 +356,37 @@ async def test_without_bubblewrap_the_disk_is_linked_from_the_home(
     assert (await events.until(sid, "paused", "failed"))["status"] == "paused"
     assert not alive(pid)
     assert processes_of(sid) == []
+    events.close()
+    await client.aclose()
+    server.shutdown.set()
+
+
+async def test_a_taken_port_is_retried(
+    nursery: trio.Nursery,
+    db_url: str,
+    tmp_path: Path,
+    opencode_bin: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If another program takes the agent's port before it binds, the start tries another port."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        ports = [busy.getsockname()[1]]
+        real_free_port = process_backend.free_port
+        monkeypatch.setattr(
+            process_backend, "free_port", lambda: ports.pop() if ports else real_free_port()
+        )
+        server = await start_server(
+            nursery, sandbox_settings_for(db_url, tmp_path / "d", opencode_bin)
+        )
+        client, wid = await owner_with_workspace(server)
+        events = await open_events(nursery, client, wid)
+        sid = await start_running(server, client, events, wid)
+        row = await service(server).get(sid)
+        assert row is not None
+        assert row.endpoint_port != busy.getsockname()[1]
+        assert ports == []  # the busy port was really offered first
     events.close()
     await client.aclose()
     server.shutdown.set()

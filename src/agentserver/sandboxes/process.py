@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 STOP_GRACE = 5.0  # SIGTERM, then SIGKILL after this long
 LOG_LINES = 2000  # lines of output kept in memory per sandbox
 LOG_FILE_LIMIT = 4 << 20  # the output file starts over beyond this size
-PROBE_EVERY = 0.05  # between health probes, once the agent said it listens
+PROBE_EVERY = 0.05
+PORT_ATTEMPTS = 3  # between health probes, once the agent said it listens
 
 
 class Agent:
@@ -296,6 +297,26 @@ class ProcessBackend:
             await trio.to_thread.run_sync(self._prepare_dirs, spec)
         except OSError as exc:
             raise BackendError(f"cannot prepare the sandbox's directories: {exc}") from exc
+        for attempt in range(PORT_ATTEMPTS):
+            agent = await self._spawn(spec)
+            try:
+                await self._ready(agent, spec)
+            except BackendError:
+                with trio.CancelScope(shield=True):
+                    await self._stop(agent)
+                # Someone took the free port between our check and the agent's bind: retry.
+                if attempt + 1 < PORT_ATTEMPTS and port_taken(agent):
+                    continue
+                raise
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self._stop(agent)
+                raise
+            return Endpoint("127.0.0.1", agent.port)
+        raise AssertionError("unreachable")
+
+    async def _spawn(self, spec: SandboxSpec) -> Agent:
+        """Start the agent's process on a free port, supervised in the backend's nursery."""
         port = free_port()
         argv, env = self.command(spec, port)
         argv = self.isolation.wrap(
@@ -308,13 +329,7 @@ class ProcessBackend:
         agent = Agent(spec.id, spec.type.value, process, port)
         self._agents[spec.id] = agent
         await self._nursery.start(self._supervise, agent)
-        try:
-            await self._ready(agent, spec)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._stop(agent)
-            raise
-        return Endpoint("127.0.0.1", port)
+        return agent
 
     async def _ready(self, agent: Agent, spec: SandboxSpec) -> None:
         """Wait for the "listening" line, then for an authenticated answer over HTTP."""
@@ -409,6 +424,14 @@ class ProcessBackend:
         """The process id of a running sandbox (for tests and diagnostics)."""
         agent = self._agents.get(sandbox_id)
         return None if agent is None else agent.process.pid
+
+
+def port_taken(agent: Agent) -> bool:
+    """Did the agent fail to bind its port? (opencode 1.x says only "ServeError" then.)"""
+    text = agent.tail(20).lower()
+    return not agent.listening and any(
+        sign in text for sign in ("address already in use", "eaddrinuse", "serveerror")
+    )
 
 
 def kill_group(process: Child, sig: signal.Signals) -> None:

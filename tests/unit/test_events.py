@@ -54,6 +54,17 @@ async def test_leaving_the_block_unsubscribes() -> None:
     assert events.publish_nowait("w", {"type": "x"}) == 0
 
 
+async def test_close_all_ends_every_subscription() -> None:
+    """At shutdown every open stream ends, whichever workspace it follows."""
+    events = WorkspaceEvents()
+    subs = [events.subscribe(w) for w in ("a", "b", "b")]
+    events.close_all()
+    for sub in subs:
+        assert [e async for e in sub.inbox] == []
+        sub.close()
+    assert events.listeners("a") == events.listeners("b") == 0
+
+
 async def test_closing_a_workspace_ends_every_stream() -> None:
     """When a workspace is deleted its subscribers' inboxes end, so their streams finish."""
     events = WorkspaceEvents()

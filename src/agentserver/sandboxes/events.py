@@ -82,6 +82,11 @@ class WorkspaceEvents:
         for sub in list(self._listeners.get(workspace_id, ())):
             sub.end()
 
+    def close_all(self) -> None:
+        """End every subscription (server shutdown: open streams finish instead of hanging)."""
+        for workspace_id in list(self._listeners):
+            self.close_workspace(workspace_id)
+
     def listeners(self, workspace_id: str) -> int:
         return len(self._listeners.get(workspace_id, ()))
 

@@ -72,6 +72,7 @@ async def open_sandboxes(deps: Deps) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            service.events.close_all()
             nursery.cancel_scope.cancel()
             deps.extras.pop("sandboxes", None)
             deps.extras.pop("delete_workspace_resources", None)

@@ -156,11 +156,23 @@ class _Replay:
 
 
 class _Body:
-    """The response body of one exchange; returns the connection to the pool when complete."""
+    """The response body of one exchange; returns the connection to the pool when complete.
 
-    def __init__(self, pool: Pool, key: tuple[str, int], conn: _Connection) -> None:
+    A body framed by Content-Length is read straight from the socket once h11 has parsed the
+    head: h11's receive buffer copies every chunk several times, which capped bulk transfers
+    far below what the socket gives. Chunked bodies (SSE) go through h11.
+    """
+
+    def __init__(
+        self, pool: Pool, key: tuple[str, int], conn: _Connection, length: int | None
+    ) -> None:
         self._pool, self._key, self._conn = pool, key, conn
         self._done = False
+        self._remaining = length
+        self._pending = b""
+        self._reusable = True
+        if length is not None:
+            self._pending, _ = conn.h11.trailing_data
 
     def __aiter__(self) -> _Body:
         return self
@@ -169,6 +181,8 @@ class _Body:
         if self._done:
             raise StopAsyncIteration
         try:
+            if self._remaining is not None:
+                return await self._next_raw()
             while True:
                 event = await self._conn.next_event()
                 if isinstance(event, h11.Data):
@@ -185,6 +199,33 @@ class _Body:
         ):
             self.abort()
             raise SandboxUnreachable("the sandbox closed the response early") from None
+
+    async def _next_raw(self) -> bytes:
+        remaining = self._remaining
+        assert remaining is not None
+        if remaining == 0:
+            self._finish_raw()
+            raise StopAsyncIteration
+        if self._pending:
+            chunk, self._pending = self._pending, b""
+            await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            chunk = await self._conn.stream.receive_some(READ_SIZE)
+            if not chunk:
+                raise trio.BrokenResourceError
+        if len(chunk) > remaining:  # bytes beyond the body: this connection is not reusable
+            chunk, self._reusable = chunk[:remaining], False
+        self._remaining = remaining - len(chunk)
+        return chunk
+
+    def _finish_raw(self) -> None:
+        self._done = True
+        conn = self._conn
+        if self._reusable and conn.h11.our_state is h11.DONE:
+            conn.h11 = h11.Connection(h11.CLIENT)  # h11 never saw the body: start afresh
+            self._pool.release(self._key, conn)
+        else:
+            conn.close()
 
     def _finish(self) -> None:
         self._done = True
@@ -203,6 +244,19 @@ class _Body:
     async def aclose(self) -> None:
         self.abort()  # synchronous first, so it happens even in a cancelled scope
         await trio.lowlevel.checkpoint_if_cancelled()
+
+
+def _raw_length(method: bytes, response: h11.Response) -> int | None:
+    """The Content-Length of a response body we may read past h11, or None to let h11 frame it."""
+    if method == b"HEAD" or response.status_code in (204, 304):
+        return None
+    lengths = {v for n, v in response.headers.raw_items() if n.lower() == b"content-length"}
+    if len(lengths) != 1 or any(
+        n.lower() == b"transfer-encoding" for n, _ in response.headers.raw_items()
+    ):
+        return None
+    value = lengths.pop().strip()
+    return int(value) if value.isdigit() else None
 
 
 class Pool:
@@ -302,7 +356,7 @@ class TcpUpstream:
                 response = await self._response_head(conn)
             if waited.cancelled_caught:
                 raise UpstreamTimeout("the sandbox did not answer in time")
-            body = _Body(self._pool, self._key, conn)
+            body = _Body(self._pool, self._key, conn, _raw_length(method, response))
             ok = True
             return UpstreamResponse(
                 response.status_code, list(response.headers.raw_items()), body, body.aclose

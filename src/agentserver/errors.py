@@ -95,6 +95,13 @@ class BackendError(AgentServerError):
     code = "backend_error"
 
 
+class MigrationFailed(AgentServerError):
+    """A migration file failed to apply; it was rolled back and names the file."""
+
+    status = 500
+    code = "migration_failed"
+
+
 class ConfigError(AgentServerError):
     """A setting has a bad value; the message names the flag or variable."""
 

@@ -81,6 +81,7 @@ def test_serve_help_documents_every_option() -> None:
         (("--listen", "nowhere"), {}, ("--listen",)),
         (("--backend", "vm"), {}, ("--backend",)),
         (("--max-body", "huge"), {}, ("--max-body",)),
+        (("--listen", "127.0.0.1:0", "--data-dir", "/proc/agentserver-nope"), {}, ("--data-dir",)),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(

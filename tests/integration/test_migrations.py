@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from agentserver.db.migrate import apply_migrations, migration_files
+from agentserver.errors import DatabaseUnavailable, MigrationFailed
 
 
 def applied_versions(url: str) -> list[str]:
@@ -69,10 +70,16 @@ def test_a_failing_migration_leaves_nothing_half_done(db_url: str, tmp_path: Pat
     """A migration that fails is rolled back entirely and not recorded; the lock is released."""
     (tmp_path / "0001_ok.sql").write_text("CREATE TABLE ok (id int);")
     (tmp_path / "0002_bad.sql").write_text("CREATE TABLE half (id int);\nSELECT * FROM missing;")
-    with pytest.raises(psycopg.errors.UndefinedTable):
+    with pytest.raises(MigrationFailed, match=r"^migration 0002_bad.sql failed: .*missing"):
         apply_migrations(db_url, tmp_path)
     assert applied_versions(db_url) == ["0001_ok"]
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT to_regclass('half')").fetchone() == (None,)
     (tmp_path / "0002_bad.sql").write_text("CREATE TABLE half (id int);")
     assert apply_migrations(db_url, tmp_path) == ["0002_bad"]
+
+
+def test_an_unreachable_database_is_database_unavailable() -> None:
+    """Migrating against a closed port raises DatabaseUnavailable, not a psycopg error."""
+    with pytest.raises(DatabaseUnavailable, match="cannot connect to the database"):
+        apply_migrations("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")

@@ -50,7 +50,7 @@ class Metrics:
         self.requests = Counter("agentserver_http_requests", "HTTP requests answered",
                                 ["route", "method", "status"], registry=self.registry)
         self.latency = Histogram("agentserver_http_request_seconds", "Time to answer (headers)",
-                                 ["route", "method"], registry=self.registry)
+                                 ["route", "method", "status"], registry=self.registry)
 
 
 def create_app(deps: Deps) -> QuartTrio:
@@ -90,7 +90,7 @@ def create_app(deps: Deps) -> QuartTrio:
         route = request.url_rule.rule if request.url_rule else "unmatched"
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(route, request.method).observe(elapsed)
+        metrics.latency.labels(route, request.method, str(response.status_code)).observe(elapsed)
         response.headers["X-Request-Id"] = g.get("request_id", "")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         # The query string can carry one-time tickets or codes: log the path only.

@@ -9,7 +9,7 @@ from quart import Blueprint, Response
 from quart_schema import validate_request
 
 from agentserver.api.common import Body, deps, require, rfc3339
-from agentserver.auth.permissions import Action, may_grant, parse_role
+from agentserver.auth.permissions import Action, allowed, may_grant, parse_role
 from agentserver.db.database import Tx
 from agentserver.errors import Conflict, Forbidden, Invalid, NotFound
 from agentserver.models import Member, Role, User
@@ -119,8 +119,9 @@ async def change_role(workspace_id: str, user_id: str, data: RoleBody) -> dict[s
 @blueprint.delete("/<user_id>")
 async def remove_member(workspace_id: str, user_id: str) -> Response:
     """Remove a member (owner; anyone may leave); the last owner cannot be removed."""
+    # Any member may leave; removing someone else is REMOVE_MEMBER in the role matrix.
     user, actor = await require(workspace_id, Action.VIEW_WORKSPACE)
-    if user.id != user_id and actor != Role.OWNER:
+    if user.id != user_id and not allowed(actor, Action.REMOVE_MEMBER):
         raise Forbidden(f"a {actor.value} may not remove members")
 
     def work(tx: Tx) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import trio
 
+from agentserver.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +29,14 @@ async def open_embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
             return get_server(data_dir / "postgres", cleanup_mode="stop")
 
-    server = await trio.to_thread.run_sync(start)
+    try:
+        server = await trio.to_thread.run_sync(start)
+    except Exception as exc:  # pgserver fails in many ways (OSError, subprocess errors, asserts)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"--data-dir / AGENTSERVER_DATA_DIR: cannot start the embedded PostgreSQL in "
+            f"{data_dir}: {reason}"
+        ) from exc
     try:
         yield str(server.get_uri())
     finally:

@@ -90,7 +90,11 @@ export function Dialog({ title, onClose, children, labelledBy = 'dialog-title' }
       onClose();
     };
     dialog.addEventListener('cancel', cancel);
-    return () => dialog.removeEventListener('cancel', cancel);
+    return () => {
+      dialog.removeEventListener('cancel', cancel);
+      // Closing (rather than just removing) hands focus back to the button that opened it.
+      if (dialog.open) dialog.close();
+    };
   }, []);
   return html`<dialog ref=${ref} class="dialog" aria-labelledby=${labelledBy}>
     <h2 id=${labelledBy}>${title}</h2>

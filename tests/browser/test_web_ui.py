@@ -155,8 +155,12 @@ def test_guest_sees_sandbox_but_cannot_change_it(
         sign_in(tour, "gina")
         page = tour.page
         page.goto(f"{server.url}/w/{wid}")
-        expect(row(page, "sandbox", "shared-box")).to_be_visible()
         expect(page.get_by_text("Live", exact=True)).to_be_visible()
+        # Running is when Pause would show; a guest may still open it (read-only).
+        expect(status_of(page, "shared-box")).to_have_attribute(
+            "data-status", "running", timeout=START_TIMEOUT_MS
+        )
+        expect(page.get_by_role("link", name="Open shared-box")).to_be_visible()
         tour.shot("guest-list")
         main = page.locator("main")
         for name in (
@@ -220,6 +224,7 @@ def test_agent_dialog_shows_ready_to_copy_command(
     tour.shot("dialog")
     dialog.get_by_role("button", name="Close").click()
     expect(dialog).to_have_count(0)
+    expect(page.get_by_role("button", name="Connect a local agent")).to_be_focused()
 
 
 @pytest.mark.browser
@@ -307,6 +312,12 @@ def test_members_controls_follow_the_role(
             expect(selects).to_have_count(0)
             expect(removes).to_have_count(0)
         expect(main.get_by_role("button", name="Leave")).to_have_count(1)
+
+    # The last one looking was the guest: no workspace controls either.
+    page.get_by_role("link", name="Workspaces", exact=True).click()
+    expect(row(page, "workspace", "Crew")).to_be_visible()
+    expect(page.get_by_role("button", name="Delete Crew")).to_have_count(0)
+    expect(page.get_by_role("button", name="Rename Crew")).to_have_count(0)
 
     # The owner uses each control: add by username, change a role, remove with confirmation.
     tour = tour_factory(live_server.url, label="edits", viewport={"width": 1280, "height": 800})
@@ -511,7 +522,7 @@ def test_full_tour_is_clean_in_light_dark_and_on_a_phone(
 def test_keyboard_alone_creates_a_workspace(
     live_server: LiveServer, tour_factory: Callable[..., Tour]
 ) -> None:
-    """Typing a name, tabbing to the create button and pressing Enter creates the workspace."""
+    """Name, Tab to the create button, Enter: creates a workspace, then a sandbox; then delete."""
     require_route(live_server, "GET", "/api/workspaces/x/sandboxes", "the sandbox lifecycle API")
     live_server.register("keys").close()
     tour = tour_factory(live_server.url, viewport={"width": 1280, "height": 800})
@@ -538,6 +549,15 @@ def test_keyboard_alone_creates_a_workspace(
     assert page.evaluate("() => document.activeElement.textContent.trim()") == "Create sandbox"
     page.keyboard.press("Enter")
     expect(row(page, "sandbox", "by-keys")).to_be_visible()
+
+    # The owner deletes the workspace after confirming; it leaves the switcher and the list.
+    page.get_by_role("link", name="Workspaces", exact=True).click()
+    page.get_by_role("button", name="Delete Typed").click()
+    dialog = page.get_by_role("dialog", name="Delete workspace")
+    expect(dialog).to_contain_text("cannot be undone")
+    dialog.get_by_role("button", name="Delete workspace").click()
+    expect(row(page, "workspace", "Typed")).to_have_count(0)
+    expect(page.get_by_role("option", name="Typed")).to_have_count(0)
 
 
 @pytest.mark.browser

@@ -263,3 +263,22 @@ async def test_cookie_mutations_from_another_origin_are_refused(server: Server) 
         listed = await same.get("/api/workspaces", headers={"Origin": "https://evil.example"})
         assert listed.status_code == 200  # reads are not mutations
         assert [w["name"] for w in listed.json()] == ["mine"]
+
+
+async def test_signing_in_sweeps_expired_sessions(server: Server, db_url: str) -> None:
+    """An expired session is refused, and the next sign-in deletes it from the table."""
+    async with server.client() as client:
+        await register(client, "alice")
+        token = client.cookies[SESSION_COOKIE]
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE sessions SET expires_at = now() - interval '1 second'")
+    async with server.client(cookies={SESSION_COOKIE: token}) as stale:
+        assert (await stale.get("/api/auth/me")).status_code == 401
+    async with server.client() as client:
+        login = await client.post(
+            "/api/auth/login", json={"username": "alice", "password": "correct-horse"}
+        )
+        assert login.status_code == 200
+    with psycopg.connect(db_url) as conn:
+        hashes = [r[0] for r in conn.execute("SELECT token_hash FROM sessions")]
+    assert hashes == [hashlib.sha256(client.cookies[SESSION_COOKIE].encode()).hexdigest()]

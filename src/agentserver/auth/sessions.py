@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from agentserver.auth.tokens import hash_token, new_token
-from agentserver.db.database import Database
+from agentserver.db.database import Database, Tx
 from agentserver.models import User
 
 SESSION_COOKIE = "agentserver_session"
@@ -14,9 +14,13 @@ SESSION_COOKIE = "agentserver_session"
 async def create_session(db: Database, user_id: str, lifetime: float) -> str:
     """A new session for `user_id`; returns the token for the cookie (never stored as is)."""
     token = new_token()
-    await db.exec(
-        "create_session", token_hash=hash_token(token), user_id=user_id, lifetime=lifetime
-    )
+
+    def work(tx: Tx) -> None:
+        # Sign-ins also sweep expired sessions (an indexed delete), so the table stays small.
+        tx.exec("delete_expired_sessions")
+        tx.exec("create_session", token_hash=hash_token(token), user_id=user_id, lifetime=lifetime)
+
+    await db.transaction(work)
     return token
 
 

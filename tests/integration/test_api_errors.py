@@ -74,6 +74,9 @@ async def test_wrong_types_missing_and_unknown_fields_name_the_field(server: Ser
             error = error_of(response)
             assert error["field"] == field, (body, error)
             assert field in error["message"]
+        huge = await client.post("/api/auth/login", json={"username": "a" * 5000, "password": "x"})
+        assert huge.status_code == 400
+        assert error_of(huge)["field"] == "username"
         unknown = await client.post(
             "/api/auth/login", json={"username": "a", "password": "b", "remember": True}
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
 from quart import Blueprint, Response, jsonify, request
 from quart_schema import validate_request
 
@@ -17,15 +18,21 @@ from agentserver.models import User
 blueprint = Blueprint("auth", __name__, url_prefix="/api/auth")
 
 
+# Generous outer bounds (the precise rules and their messages are in auth/passwords.py); they
+# keep a megabyte "username" out of the login throttle's memory and out of argon2.
+_LOGIN_MAX = 254
+_PASSWORD_MAX = 1024
+
+
 class RegisterBody(Body):
-    username: str
-    password: str
-    email: str | None = None
+    username: str = Field(max_length=_LOGIN_MAX)
+    password: str = Field(max_length=_PASSWORD_MAX)
+    email: str | None = Field(default=None, max_length=_LOGIN_MAX)
 
 
 class LoginBody(Body):
-    username: str
-    password: str
+    username: str = Field(max_length=_LOGIN_MAX)
+    password: str = Field(max_length=_PASSWORD_MAX)
 
 
 def set_session_cookie(response: Response, token: str) -> None:

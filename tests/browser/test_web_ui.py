@@ -442,31 +442,43 @@ def seed_statuses_and_usage(db_url: str, workspace_id: str, user_id: str) -> Non
             )
 
 
+UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, button, a[href]')]
+  .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+    && !el.getAttribute('aria-labelledby') && !el.textContent.trim())
+  .map((el) => el.outerHTML.slice(0, 120))"""
+
+
+def shot_labelled(tour: Tour, step: str) -> None:
+    """Screenshot the screen after checking every control on it has an accessible name."""
+    assert tour.page.evaluate(UNLABELLED) == [], f"controls without a label on {step}"
+    tour.shot(step)
+
+
 def visit_every_screen(tour: Tour, url: str, wid: str, sandbox: str | None) -> None:
     """Open each screen by its link, wait until it has loaded, and screenshot it."""
     page = tour.page
     page.goto(f"{url}/w/{wid}")
     expect(page.get_by_role("heading", name="Sandboxes")).to_be_visible()
     expect(page.get_by_text("Live", exact=True)).to_be_visible()
-    tour.shot("sandboxes")
+    shot_labelled(tour, "sandboxes")
     if sandbox:
         page.get_by_role("link", name=sandbox, exact=True).click()
         expect(page.get_by_role("heading", name="Details")).to_be_visible()
         expect(page.get_by_text("Input tokens")).to_be_visible()
-        tour.shot("sandbox-detail")
+        shot_labelled(tour, "sandbox-detail")
     page.get_by_role("link", name="Members").click()
     expect(row(page, "member", "tourist")).to_be_visible()
-    tour.shot("members")
+    shot_labelled(tour, "members")
     page.get_by_role("link", name="Usage").click()
     expect(page.get_by_role("heading", name=re.compile("^LLM usage"))).to_be_visible()
     expect(page.get_by_role("status").filter(has_text="Loading")).to_have_count(0)
-    tour.shot("usage")
+    shot_labelled(tour, "usage")
     page.get_by_role("link", name="Workspaces", exact=True).click()
     expect(page.get_by_role("heading", name="Workspaces")).to_be_visible()
-    tour.shot("workspaces")
+    shot_labelled(tour, "workspaces")
     page.get_by_role("link", name="Admin").click()
     expect(page.get_by_role("heading", name="Users")).to_be_visible()
-    tour.shot("admin")
+    shot_labelled(tour, "admin")
 
 
 @pytest.mark.browser

@@ -77,7 +77,11 @@ def bind(settings: Settings) -> socket.socket:
     except OSError as exc:
         sock.close()
         where = f"{settings.listen_host}:{settings.listen_port}"
-        reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+        reason = (
+            "is already in use"
+            if exc.errno == errno.EADDRINUSE
+            else f"cannot be bound ({exc.strerror})"
+        )
         raise ConfigError(f"--listen / AGENTSERVER_LISTEN: {where} {reason}") from None
     sock.listen(1024)
     sock.setblocking(False)
@@ -142,7 +146,8 @@ async def run(settings: Settings, *, shutdown: trio.Event,
             asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
             await nursery.start(partial(worker_serve, asgi, config, sockets=sockets,
                                         shutdown_trigger=shutdown.wait))
-            host = "localhost" if settings.listen_host in ("127.0.0.1", "0.0.0.0", "::") else settings.listen_host
+            loopback_or_any = ("127.0.0.1", "0.0.0.0", "::")
+            host = "localhost" if settings.listen_host in loopback_or_any else settings.listen_host
             url = f"http://{host}:{settings.listen_port}"
             task_status.started(Running(url=url, port=settings.listen_port, deps=deps))
             await shutdown.wait()

@@ -231,6 +231,7 @@ async def test_replaced_tunnel_closing_late_keeps_the_new_one_running(
     hub = world.server.deps.extras["hub"]
     async with watch_statuses(world.owner, world.workspace_id) as watch:
         await watch.until(sid, "running")
+        mark = len(watch.seen)
         first = hub.get(sid)
         assert first is not None
         # A second agent with the same credentials (e.g. the laptop woke up on a new network).
@@ -256,7 +257,13 @@ async def test_replaced_tunnel_closing_late_keeps_the_new_one_running(
         assert hub.get(sid) is not first
         status = (await world.owner.get(f"/api/sandboxes/{sid}")).json()["status"]
         assert status == "running"
-        assert (sid, "offline") not in watch.seen
+        # A later event (another registration) proves every earlier one was read.
+        async with httpx.AsyncClient(base_url=world.server.url) as other:
+            registered = await other.post(
+                "/api/agent/register", json={"code": await world.code(), "name": "marker"}
+            )
+        await watch.until(registered.json()["sandboxId"], "offline")
+        assert (sid, "offline") not in watch.seen[mark:]
 
 
 def reset_peak() -> None:

@@ -379,7 +379,10 @@ class TcpUpstream:
         conn: _Connection, method: bytes, target: bytes, headers: Headers, replay: _Replay
     ) -> None:
         # The head, any body already read (a retry) and the first chunk go out in one write.
-        pending: list[h11.Event] = [h11.Request(method=method, target=target, headers=headers)]
+        # `_parsed`: skip h11's per-header regex checks. Every header either came through the
+        # server's own h11 parse or was built by us, and the method and target likewise.
+        head = h11.Request(method=method, target=target, headers=headers, _parsed=True)
+        pending: list[h11.Event] = [head]
         pending += [h11.Data(data=c) for c in replay.rewind() if c]
         while (chunk := await replay.next()) is not None:
             if chunk:

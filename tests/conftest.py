@@ -106,8 +106,12 @@ async def server(nursery: trio.Nursery, server_settings: Settings) -> AsyncItera
     srv.shutdown.set()
 
 
-async def register(client: httpx.AsyncClient, username: str, password: str = "correct-horse",
-                   email: str | None = None) -> dict[str, Any]:
+async def register(
+    client: httpx.AsyncClient,
+    username: str,
+    password: str = "correct-horse",  # noqa: S107 (a test account's password)
+    email: str | None = None,
+) -> dict[str, Any]:
     """Register and sign in `client` (its cookie jar keeps the session); returns the user."""
     body: dict[str, Any] = {"username": username, "password": password}
     if email:
@@ -119,8 +123,11 @@ async def register(client: httpx.AsyncClient, username: str, password: str = "co
 
 def opencode_binary() -> str | None:
     """The pinned opencode the test setup installed, or one named by OPENCODE_BIN."""
-    candidates = [os.environ.get("OPENCODE_BIN"), str(REPO / ".cache/npm/node_modules/.bin/opencode"),
-                  shutil.which("opencode")]
+    candidates = [
+        os.environ.get("OPENCODE_BIN"),
+        str(REPO / ".cache/npm/node_modules/.bin/opencode"),
+        shutil.which("opencode"),
+    ]
     return next((c for c in candidates if c and Path(c).exists()), None)
 
 
@@ -128,5 +135,7 @@ def opencode_binary() -> str | None:
 def opencode_bin() -> str:
     found = opencode_binary()
     if found is None:
-        pytest.skip("opencode is not installed (run scripts/test, which installs opencode-ai from npm)")
+        pytest.skip(
+            "opencode is not installed (run scripts/test, which installs opencode-ai from npm)"
+        )
     return found

@@ -391,6 +391,10 @@ def test_admin_screen_only_for_the_admin(
     plain.page.goto(live_server.url + "/admin")
     expect(plain.page.get_by_text("Only the server admin can see this page.")).to_be_visible()
     plain.shot("refused")
+    plain.page.get_by_role("button", name="Sign out").click()
+    expect(plain.page.get_by_role("button", name="Sign in")).to_be_visible()
+    plain.page.reload()  # the session is gone on the server too, not just from the page
+    expect(plain.page.get_by_role("button", name="Sign in")).to_be_visible()
     assert other.get("/api/admin/users").status_code == 403
     admin.close()
     other.close()

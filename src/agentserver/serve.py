@@ -133,26 +133,29 @@ async def run(settings: Settings, *, shutdown: trio.Event,
     """Serve until `shutdown` is set, then drain requests by a deadline and stop everything."""
     sock = bind(settings)
     settings = settings.with_port(sock.getsockname()[1])
-    async with open_db(settings) as db, trio.open_nursery() as nursery:
-        deps = Deps(settings=settings, db=db, nursery=nursery)
-        async with AsyncExitStack() as features:
-            for feature in FEATURES:
-                await features.enter_async_context(feature(deps))
-            app: Any = create_app(deps)
-            for middleware in MIDDLEWARE:
-                app = middleware(app, deps)
-            config = hypercorn_config(settings)
-            sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
-            asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
-            await nursery.start(partial(worker_serve, asgi, config, sockets=sockets,
-                                        shutdown_trigger=shutdown.wait))
-            loopback_or_any = ("127.0.0.1", "0.0.0.0", "::")
-            host = "localhost" if settings.listen_host in loopback_or_any else settings.listen_host
-            url = f"http://{host}:{settings.listen_port}"
-            task_status.started(Running(url=url, port=settings.listen_port, deps=deps))
-            await shutdown.wait()
-            # Features stop their own tasks on exit; anything left in the nursery is cancelled.
-        nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+    with sock:  # closed even when the database or a feature fails to open
+        async with open_db(settings) as db, trio.open_nursery() as nursery:
+            deps = Deps(settings=settings, db=db, nursery=nursery)
+            async with AsyncExitStack() as features:
+                for feature in FEATURES:
+                    await features.enter_async_context(feature(deps))
+                app: Any = create_app(deps)
+                for middleware in MIDDLEWARE:
+                    app = middleware(app, deps)
+                config = hypercorn_config(settings)
+                sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
+                asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
+                # Hypercorn has its own nursery: once `shutdown` is set it drains requests (up to
+                # graceful_timeout) and returns, and only then do features and the database close.
+                async with trio.open_nursery() as http:
+                    await http.start(partial(worker_serve, asgi, config, sockets=sockets,
+                                             shutdown_trigger=shutdown.wait))
+                    loopback = ("127.0.0.1", "0.0.0.0", "::")
+                    host = "localhost" if settings.listen_host in loopback else settings.listen_host
+                    url = f"http://{host}:{settings.listen_port}"
+                    task_status.started(Running(url=url, port=settings.listen_port, deps=deps))
+                # Features stop their own tasks on exit; anything left in the nursery is cancelled.
+            nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
 
 
 async def main(settings: Settings) -> None:

@@ -43,8 +43,10 @@ def translate(exc: Exception) -> AgentServerError:
     if isinstance(exc, psycopg.errors.ForeignKeyViolation):
         return NotFound("a referenced record does not exist")
     if isinstance(exc, psycopg.errors.CheckViolation | psycopg.errors.DataError):
-        return Invalid("a value is out of range")
-    if isinstance(exc, psycopg.OperationalError | PoolTimeout | psycopg.errors.AdminShutdown):
+        return Invalid("a value is out of range or has characters the database cannot store")
+    # OperationalError covers lost connections, shutdowns, timeouts and serialization retries;
+    # InterfaceError a connection that was closed under us.
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout):
         return DatabaseUnavailable("the database is unavailable")
     raise exc
 

@@ -8,6 +8,7 @@ sandbox is `running`; when the registered tunnel ends it is `offline` again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,13 +20,13 @@ from quart import Blueprint, request, websocket
 from quart_schema import validate_request
 
 from agentserver.api.common import Body, deps, require, rfc3339
-from agentserver.api.tunnel_link import QuartLink
 from agentserver.auth.permissions import Action
 from agentserver.auth.tokens import hash_token, new_id, new_token
 from agentserver.deps import Deps
 from agentserver.errors import AgentServerError, Conflict, Invalid, RateLimited, Unauthenticated
 from agentserver.models import Sandbox, SandboxStatus
 from agentserver.tunnel.connection import Role, Settings
+from agentserver.tunnel.frames import ProtocolError
 from agentserver.tunnel.hub import Hub
 from agentserver.tunnel.transport import Tunnel, TunnelClosed
 
@@ -136,6 +137,49 @@ async def _insert_sandbox(
 
 
 # -- the tunnel ----------------------------------------------------------------------------------
+
+# Close codes that end the tunnel normally (the agent stopped, or the server shuts down).
+NORMAL_CLOSE = 1000
+
+
+class QuartLink:
+    """Quart's (quart-trio) server-side WebSocket, accepted, as the tunnel's `MessageLink`.
+
+    Quart ends the handler by cancelling it when the client disconnects, so `get_message`
+    rarely sees an end of its own; the session's cleanup runs in shielded `finally` blocks.
+    """
+
+    def __init__(self, ws: Any) -> None:  # quart.wrappers.Websocket (untyped under quart-trio)
+        self._ws = ws
+        self._closed = False
+
+    async def send_message(self, message: bytes) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the tunnel link was closed")
+        try:
+            await self._ws.send(message)
+        except (OSError, RuntimeError) as exc:  # the ASGI server refuses sends after a close
+            raise trio.BrokenResourceError(f"websocket send failed: {exc}") from exc
+
+    async def get_message(self) -> bytes:
+        if self._closed:
+            raise trio.ClosedResourceError("the tunnel link was closed")
+        try:
+            message = await self._ws.receive()
+        except trio.EndOfChannel:
+            raise trio.EndOfChannel from None
+        except (OSError, RuntimeError, trio.ClosedResourceError) as exc:
+            raise trio.BrokenResourceError(f"websocket receive failed: {exc}") from exc
+        if not isinstance(message, bytes):
+            raise ProtocolError("text message on the tunnel")
+        return message
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError, RuntimeError):  # already gone
+            await self._ws.close(NORMAL_CLOSE)
 
 
 def _bearer(value: str | None) -> str | None:

@@ -242,8 +242,8 @@ async def ws_refusal(world: World, sandbox_id: str, token: str | None, origin: s
 async def test_websocket_relays_messages_and_close_codes(
     world: World, nursery: trio.Nursery
 ) -> None:
-    """A WebSocket through the proxy exchanges text and bytes, keeps the subprotocol and passes
-    the agent's close code on."""
+    """A WebSocket through the proxy exchanges text and bytes, keeps the subprotocol, passes the
+    agent's close code to the browser and tells the agent when the browser closes."""
     sid = await world.sandbox()
     token = await world.open(sid)
     ws = await ws_connect(world, nursery, sid, token, f"http://{world.host(sid)}", ["tty"])
@@ -256,6 +256,15 @@ async def test_websocket_relays_messages_and_close_codes(
     with pytest.raises(trio_websocket.ConnectionClosed) as closed:
         await ws.get_message()
     assert closed.value.reason.code == 4001
+    # A close from the browser reaches the agent as 1001 "going away": hypercorn (0.18) does not
+    # pass the browser's own close code to the application.
+    second = await ws_connect(world, nursery, sid, token, f"http://{world.host(sid)}")
+    await second.send_message("ping")
+    assert await second.get_message() == "echo:ping"
+    await second.aclose(code=4002)
+    with trio.fail_after(10):
+        while 1001 not in world.upstream.ws_close_codes:
+            await world.upstream.ws_closed.wait()
     seen = world.upstream.websockets[0]
     assert seen.target == "/ws?x=1"
     assert seen.header("authorization")[0].startswith("Basic ")
@@ -292,13 +301,17 @@ async def test_a_ticket_works_once_and_expires(world: World) -> None:
 
 
 async def test_a_cookie_for_one_sandbox_does_not_open_another(world: World) -> None:
-    """The cookie of sandbox A is worthless on sandbox B: API clients get 401, browsers go to
-    B's /open."""
+    """The cookie (or a ticket) of sandbox A is worthless on sandbox B: API clients get 401,
+    browsers go to B's /open."""
     a, b = await world.sandbox(), await world.sandbox()
     token = await world.open(a)
+    url = urlsplit(await world.ticket_url(world.owner, a))
     async with world.sub(b, token) as sub:
         api = await sub.get("/json")
         browser = await sub.get("/", headers={"Accept": "text/html"})
+        wrong_host = await sub.get(f"{url.path}?{url.query}")
+    assert wrong_host.status_code == 401
+    assert "set-cookie" not in wrong_host.headers
     assert api.status_code == 401
     assert browser.status_code == 302
     main = world.server.deps.settings.main_url
@@ -307,8 +320,7 @@ async def test_a_cookie_for_one_sandbox_does_not_open_another(world: World) -> N
 
 
 async def test_non_members_and_strangers_are_refused(world: World) -> None:
-    """A non-member gets 404 from /open (and a ticket of someone else's sandbox is useless);
-    anonymous gets 401."""
+    """A non-member gets 404 from /open, anonymous gets 401, and no cookie means no access."""
     sid = await world.sandbox()
     async with world.server.client() as outsider, world.server.client() as anonymous:
         await register(outsider, "outsider")

@@ -53,6 +53,9 @@ class RecordingUpstream:
     # When True the server drops every connection after its response, without saying so.
     drop_after_response: bool = False
     connections: int = 0
+    # Close codes the WebSocket echo received from its clients, and an event per close.
+    ws_close_codes: list[int] = field(default_factory=list)
+    ws_closed: trio.Event = field(default_factory=trio.Event)
 
     def __post_init__(self) -> None:
         self.sse_send, self.sse_receive = trio.open_memory_channel[str](0)
@@ -195,6 +198,9 @@ async def _serve_websocket(up: RecordingUpstream, stream: trio.SocketStream, dat
             elif isinstance(event, ws.BytesMessage):
                 await stream.send_all(connection.send(ws.Message(data=bytes(event.data))))
             elif isinstance(event, ws.CloseConnection):
+                up.ws_close_codes.append(event.code)
+                up.ws_closed.set()
+                up.ws_closed = trio.Event()
                 if connection.state is wsproto.connection.ConnectionState.REMOTE_CLOSING:
                     await stream.send_all(connection.send(event.response()))
                 return

@@ -19,12 +19,16 @@ from agentserver.proxy.upstream import Upstream, UpstreamSocket
 
 # Codes that describe a close but may not be sent in a close frame (RFC 6455 §7.4.1).
 _UNSENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
+GOING_AWAY = 1001
 
 
-def sendable(code: int | None) -> int:
-    """A close code that may go on the wire for `code` (None: a normal close)."""
+def sendable(code: int | None, abnormal: int | None = None) -> int:
+    """A close code that may go on the wire for `code` (None: a normal close); `abnormal`
+    replaces 1006 when given."""
     if code is None:
         return 1000
+    if code == 1006 and abnormal is not None:
+        return abnormal
     return _UNSENDABLE.get(code, code)
 
 
@@ -89,7 +93,9 @@ async def _browser_to_agent(
             if message["type"] == "websocket.disconnect":
                 with trio.move_on_after(5) as cleanup:
                     cleanup.shield = True
-                    await agent.aclose(sendable(message.get("code")))
+                    # hypercorn reports any browser close as 1006 (it drops the browser's own
+                    # code), so the agent is told the browser went away.
+                    await agent.aclose(sendable(message.get("code"), abnormal=GOING_AWAY))
                 return
             if message["type"] == "websocket.receive":
                 text = message.get("text")

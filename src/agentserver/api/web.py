@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import trio
 from quart import Blueprint, Response, request
 
 from agentserver import __version__
@@ -105,15 +106,32 @@ def load_site(root: Path) -> Site:
     return Site(version=version, assets=assets)
 
 
-_site: dict[Path, Site] = {}
+Stamp = tuple[tuple[str, int, int], ...]
+_sites: dict[Path, tuple[Stamp, Site]] = {}
 
 
-def site() -> Site:
-    """The site for the current web directory (read on first use)."""
+def stamp_of(root: Path) -> Stamp:
+    """Name, modification time and size of every file: cheap to take, changes with any edit."""
+    found = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return tuple(
+        (p.relative_to(root).as_posix(), p.stat().st_mtime_ns, p.stat().st_size) for p in found
+    )
+
+
+async def site(*, recheck: bool = False) -> Site:
+    """The site for the web directory, read on first use and again when its files change.
+
+    Only page loads (`recheck`) look for changes, so an edited UI shows on the next reload
+    while assets are answered from memory. Disk reads run in a thread.
+    """
     root = web_dir()
-    if root not in _site:
-        _site[root] = load_site(root)
-    return _site[root]
+    known = _sites.get(root)
+    if known is None or recheck:
+        current = await trio.to_thread.run_sync(stamp_of, root)
+        if known is None or known[0] != current:
+            known = (current, await trio.to_thread.run_sync(load_site, root))
+            _sites[root] = known
+    return known[1]
 
 
 def _send(asset: Asset, cache: str) -> Response:
@@ -141,7 +159,7 @@ async def protect(response: Response) -> Response:
 @blueprint.get("/")
 async def index() -> Response:
     """The single page; never cached, so a new release is picked up on the next load."""
-    page = site().assets.get("index.html")
+    page = (await site(recheck=True)).assets.get("index.html")
     if page is None:
         raise NotFound("the web UI is not installed (no index.html)")
     return _send(page, "no-cache")
@@ -152,7 +170,7 @@ async def asset_or_route(path: str) -> Response:
     """A static file (immutable when versioned), or index.html for a client-side route."""
     if _is_reserved(path):
         raise NotFound("no such route")
-    current = site()
+    current = await site()
     asset = current.assets.get(path)
     if asset is not None:
         versioned = request.args.get("v") == current.version

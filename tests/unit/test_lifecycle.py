@@ -22,7 +22,6 @@ ALLOWED = {
     (S.RESUMING, S.FAILED),
     (S.OFFLINE, S.RUNNING),
     (S.FAILED, S.RESUMING),
-    (S.FAILED, S.PAUSED),
 }
 PAIRS = [(a, b) for a in S for b in S]
 

@@ -27,8 +27,8 @@ TRANSITIONS: dict[S, frozenset[S]] = {
     S.RESUMING: frozenset({S.RUNNING, S.FAILED}),
     # a local agent reconnected
     S.OFFLINE: frozenset({S.RUNNING}),
-    # retry: start it again from its kept files · or stop what is left of it
-    S.FAILED: frozenset({S.RESUMING, S.PAUSED}),
+    # retry: start it again from its kept files
+    S.FAILED: frozenset({S.RESUMING}),
 }
 
 # Statuses in which the backend may have something running that must be stopped.

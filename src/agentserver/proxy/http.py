@@ -87,17 +87,24 @@ async def proxy_http(
     except SandboxUnreachable as exc:
         await on_unreachable(exc)
         return
+    start = {
+        "type": "http.response.start",
+        "status": response.status,
+        "headers": response_headers(response.headers),
+    }
     try:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": response_headers(response.headers),
-            }
-        )
         if _is_small(response):
-            await _relay(response, send)
+            # A small body is usually in hand already: one message instead of two halves, and
+            # a broken upstream still gets an error page rather than a cut response.
+            try:
+                body = b"".join([chunk async for chunk in response.body])
+            except SandboxUnreachable as exc:
+                await on_unreachable(exc)
+                return
+            await send(start)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
         else:
+            await send(start)
             await _relay_watched(response, receive, send, on_activity)
     finally:
         await response.aclose()

@@ -282,3 +282,17 @@ async def test_signing_in_sweeps_expired_sessions(server: Server, db_url: str) -
     with psycopg.connect(db_url) as conn:
         hashes = [r[0] for r in conn.execute("SELECT token_hash FROM sessions")]
     assert hashes == [hashlib.sha256(client.cookies[SESSION_COOKIE].encode()).hexdigest()]
+
+
+async def test_concurrent_first_registrations_make_exactly_one_admin(server: Server) -> None:
+    """Several accounts registering at once on an empty server yield exactly one admin."""
+    roles: list[str] = []
+
+    async def one(name: str) -> None:
+        async with server.client() as client:
+            roles.append((await register(client, name))["role"])
+
+    async with trio.open_nursery() as nursery:
+        for i in range(5):
+            nursery.start_soon(one, f"user{i}")
+    assert sorted(roles) == ["admin", "user", "user", "user", "user"]

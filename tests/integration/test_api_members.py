@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import trio
 
 from tests.conftest import Server, register
 
@@ -151,5 +152,29 @@ async def test_anyone_may_leave_but_only_owners_remove_others(server: Server) ->
         leave = await clients["bob"].delete(f"{url}/{users['bob']['id']}")
         assert leave.status_code == 204
         assert (await clients["bob"].get(f"/api/workspaces/{wid}")).status_code == 404
+    finally:
+        await close(clients)
+
+
+async def test_two_owners_demoting_each_other_at_once_leave_one_owner(server: Server) -> None:
+    """Concurrent demotions are serialised: one succeeds, the other is 409, an owner remains."""
+    clients, users, wid = await setup(server, "alice", "bob")
+    try:
+        url = f"/api/workspaces/{wid}/members"
+        await clients["alice"].post(url, json={"username": "bob", "role": "owner"})
+        statuses: list[int] = []
+
+        async def demote(actor: str, target: str) -> None:
+            response = await clients[actor].put(
+                f"{url}/{users[target]['id']}", json={"role": "developer"}
+            )
+            statuses.append(response.status_code)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(demote, "alice", "bob")
+            nursery.start_soon(demote, "bob", "alice")
+        assert sorted(statuses) in ([200, 403], [200, 409])
+        owners = [m for m in (await clients["alice"].get(url)).json() if m["role"] == "owner"]
+        assert len(owners) == 1
     finally:
         await close(clients)

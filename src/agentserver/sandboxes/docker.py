@@ -151,12 +151,15 @@ class DockerBackend:
         """Stop watching events. Containers keep running: a server restart never stops them."""
         if self._watch_scope is not None:
             self._watch_scope.cancel()
+        await trio.lowlevel.checkpoint()
 
     async def _start(self, spec: SandboxSpec) -> Endpoint:
         config = container_config(spec, self._settings)
+        # While we (re)make and start the container, its `die` events are ours (a stale
+        # container replaced, a late event from the previous stop); a crash during start is
+        # caught by the readiness check instead.
+        self._stopping.add(spec.id)
         host = await self._call(self._ensure_running, spec, config)
-        # Only now: a late `die` from the previous stop must not count as a crash. A crash
-        # during start is caught by the readiness check instead.
         self._stopping.discard(spec.id)
         endpoint = Endpoint(host=host, port=agent_port(spec.type))
         try:
@@ -165,12 +168,16 @@ class DockerBackend:
             # Don't leave a broken agent running; its volumes stay for a later resume.
             self._stopping.add(spec.id)
             with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT + 5):
-                try:
-                    await self._call(self._stop, spec.id)
-                except BackendError as exc:
-                    log.warning("could not stop sandbox %s after a failed start: %s", spec.id, exc)
+                await self._stop_quietly(spec.id)
             raise
         return endpoint
+
+    async def _stop_quietly(self, sandbox_id: str) -> None:
+        try:
+            await self._call(self._stop, sandbox_id)
+        except BackendError as exc:
+            log.warning("could not stop sandbox %s after a failed start: %s", sandbox_id, exc)
+            await trio.lowlevel.checkpoint()
 
     async def _wait_ready(self, spec: SandboxSpec, endpoint: Endpoint) -> None:
         """Poll the agent's `/` (a bounded wait) until it answers; fail at once if it exits."""
@@ -237,6 +244,7 @@ class DockerBackend:
             events.close()
 
     async def _on_die(self, event: dict[str, Any], on_exit: ExitNotice) -> None:
+        await trio.lowlevel.checkpoint()
         sandbox_id = event.get("Actor", {}).get("Attributes", {}).get(LABEL_SANDBOX)
         if not sandbox_id or sandbox_id in self._stopping:
             return
@@ -389,4 +397,4 @@ async def open_backend(settings: Settings, on_exit: ExitNotice) -> AsyncIterator
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        await trio.to_thread.run_sync(backend.close)
+        backend.close()  # closes idle HTTP connections: no I/O to wait for

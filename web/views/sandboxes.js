@@ -79,6 +79,9 @@ export function useSandboxes(workspaceId) {
       source.addEventListener('error', () => {
         setLive(false);
         if (source.readyState === EventSource.CLOSED && !closed) {
+          // The stream was refused: reloading the list through the API shows why (a 401
+          // returns to the sign-in screen) and keeps the list current until it reconnects.
+          load();
           retry = setTimeout(connect, RETRY_MS);
         }
       });

@@ -13,6 +13,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 REPO = Path(__file__).parent
 OPENCODE = REPO / ".cache/npm/node_modules/.bin/opencode"
+OPENCLAW = REPO / ".cache/openclaw/node_modules/.bin/openclaw"
 LOCAL_CA = Path("/usr/local/share/ca-certificates")
 
 
@@ -28,6 +29,8 @@ def test_env() -> dict[str, str]:
     env = {}
     if OPENCODE.exists():
         env["OPENCODE_BIN"] = str(OPENCODE)
+    if OPENCLAW.exists():
+        env["OPENCLAW_BIN"] = str(OPENCLAW)
     return env
 
 

@@ -131,6 +131,8 @@ async def site(*, recheck: bool = False) -> Site:
         if known is None or known[0] != current:
             known = (current, await trio.to_thread.run_sync(load_site, root))
             _sites[root] = known
+    else:
+        await trio.lowlevel.checkpoint()  # answered from memory: still a cancellation point
     return known[1]
 
 
@@ -151,6 +153,7 @@ def _is_reserved(path: str) -> bool:
 @blueprint.after_request
 async def protect(response: Response) -> Response:
     """Every page and asset of the main site carries the CSP and frame protections."""
+    await trio.lowlevel.checkpoint()  # Quart would run a sync hook in a worker thread
     for name, value in SECURITY_HEADERS.items():
         response.headers[name] = value
     return response

@@ -119,7 +119,15 @@ async def test_unknown_routes_methods_and_odd_ids(server: Server) -> None:
         wrong = await client.put("/api/workspaces")
         assert wrong.status_code == 405
         assert error_of(wrong)["code"] == "method_not_allowed"
-        for odd in ("%00", "x" * 5000, "%E2%80%AE", "'; DROP TABLE users; --", "..%2F..%2Fetc"):
+        for odd in (
+            "%00",
+            "x" * 5000,
+            "%E2%80%AE",
+            "'; DROP TABLE users; --",
+            "..%2F..%2Fetc",
+            "%FF",
+            "%ZZ",
+        ):
             response = await client.get(f"/api/workspaces/{odd}")
             assert response.status_code in (400, 404), (odd, response.status_code)
             error_of(response)

@@ -99,7 +99,10 @@ async def _serve_http(
     up.requests.append(seen)
     url = urlsplit(seen.target)
     query = parse_qs(url.query)
-    if url.path == "/":
+    if url.path == "/" and seen.method == "HEAD":
+        head = _response(200, "text/html; charset=utf-8", len(HTML))
+        await _send(stream, conn, head, h11.EndOfMessage())
+    elif url.path == "/":
         await _send(
             stream,
             conn,

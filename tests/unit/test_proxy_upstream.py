@@ -1,0 +1,130 @@
+"""The proxy's h11 upstream pool against a real loopback server (no database, no agentserver)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from agentserver.errors import SandboxUnreachable
+from agentserver.proxy.upstream import Pool, UpstreamTimeout
+from tests.support.upstream import HTML, RecordingUpstream, serve_upstream
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def fetch(
+    pool: Pool, port: int, method: bytes, target: bytes, body: tuple[bytes, ...] = ()
+) -> tuple[int, bytes]:
+    headers = [(b"host", b"upstream")]
+    if body:
+        headers.append((b"content-length", str(sum(map(len, body))).encode()))
+    response = await pool.upstream("127.0.0.1", port).request(
+        method, target, headers, chunks(*body)
+    )
+    data = b"".join([c async for c in response.body])
+    await response.aclose()
+    return response.status, data
+
+
+@pytest.fixture
+async def upstream(nursery: trio.Nursery) -> RecordingUpstream:
+    up: RecordingUpstream = await nursery.start(serve_upstream, RecordingUpstream())
+    return up
+
+
+async def test_a_completed_response_returns_its_connection_for_reuse(
+    upstream: RecordingUpstream,
+) -> None:
+    """Two requests in a row share one upstream connection once the first body was read."""
+    pool = Pool()
+    assert await fetch(pool, upstream.port, b"GET", b"/") == (200, HTML)
+    assert pool.idle_count(("127.0.0.1", upstream.port)) == 1
+    assert (await fetch(pool, upstream.port, b"GET", b"/json"))[0] == 200
+    assert upstream.connections == 1
+    pool.close()
+
+
+async def test_an_abandoned_body_closes_its_connection(upstream: RecordingUpstream) -> None:
+    """Closing a response before its end closes the connection instead of pooling it."""
+    pool = Pool()
+    response = await pool.upstream("127.0.0.1", upstream.port).request(
+        b"GET", b"/big?size=10000000", [(b"host", b"u")], chunks()
+    )
+    await anext(response.body)
+    await response.aclose()
+    assert pool.idle_count() == 0
+    assert (await fetch(pool, upstream.port, b"GET", b"/"))[0] == 200
+    assert upstream.connections == 2
+    pool.close()
+
+
+async def test_a_stale_connection_is_retried_with_the_body_replayed(
+    upstream: RecordingUpstream,
+) -> None:
+    """A POST on a connection the server dropped silently is sent again, body included."""
+    pool = Pool()
+    upstream.drop_after_response = True
+    assert await fetch(pool, upstream.port, b"POST", b"/echo", (b"one", b"-two")) == (
+        200,
+        b"one-two",
+    )
+    assert await fetch(pool, upstream.port, b"POST", b"/echo", (b"three",)) == (200, b"three")
+    assert [r.body for r in upstream.seen("/echo")] == [b"one-two", b"three"]
+    assert upstream.connections == 2
+    pool.close()
+
+
+async def test_expired_idle_connections_are_not_reused(
+    upstream: RecordingUpstream, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An idle connection older than the expiry is closed, and a fresh one is opened."""
+    pool = Pool(idle_expiry=4.0)
+    await fetch(pool, upstream.port, b"GET", b"/")
+    await trio.sleep(5)  # virtual time: past the idle expiry
+    await fetch(pool, upstream.port, b"GET", b"/")
+    assert upstream.connections == 2
+    pool.close()
+
+
+async def test_no_answer_within_the_header_wait_is_a_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An agent that accepts but never answers yields UpstreamTimeout after the header wait."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    accepted: list[trio.SocketStream] = []
+
+    async def silent(stream: trio.SocketStream) -> None:
+        accepted.append(stream)
+        await trio.sleep_forever()
+
+    await nursery.start(trio.serve_listeners, silent, listeners)
+    pool = Pool(header_timeout=30.0)
+    with pytest.raises(UpstreamTimeout):
+        await fetch(pool, port, b"GET", b"/")
+    assert pool.idle_count() == 0
+    nursery.cancel_scope.cancel()
+
+
+async def test_nothing_listening_is_unreachable() -> None:
+    """A port with no agent behind it raises SandboxUnreachable, not an OSError."""
+    sock = trio.socket.socket()
+    await sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with pytest.raises(SandboxUnreachable):
+        await fetch(Pool(), port, b"GET", b"/")
+
+
+async def test_head_and_empty_responses_reuse_the_connection(upstream: RecordingUpstream) -> None:
+    """A HEAD answer (a Content-Length but no body) ends cleanly and keeps the connection."""
+    pool = Pool()
+    assert await fetch(pool, upstream.port, b"HEAD", b"/") == (200, b"")
+    assert await fetch(pool, upstream.port, b"GET", b"/") == (200, HTML)
+    assert upstream.connections == 1
+    pool.close()

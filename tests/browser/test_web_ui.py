@@ -188,6 +188,15 @@ def test_guest_sees_sandbox_but_cannot_change_it(
         assert [r.status_code for r in refused] == [403] * len(refused)
         still = owner.get(f"/api/sandboxes/{sandbox_id}")
         assert still.status_code == 200
+        assert still.json()["status"] == "running"
+
+        # What the owner does elsewhere shows up on the guest's open page without a reload.
+        assert owner.post(f"/api/sandboxes/{sandbox_id}/pause").status_code == 200
+        expect(page.get_by_role("heading", name="shared-box").locator("xpath=..")).to_contain_text(
+            "Paused", timeout=30_000
+        )
+        assert owner.delete(f"/api/sandboxes/{sandbox_id}").status_code == 204
+        expect(page.get_by_role("heading", name="Sandbox not found")).to_be_visible()
 
 
 @pytest.mark.browser

@@ -353,6 +353,55 @@ def sse_delay(port: int, host: str, cookie: str) -> float:
 # -- the run -----------------------------------------------------------------------------------
 
 
+def measure(
+    me: list[str], children: list[subprocess.Popen[str]], rounds: int, seconds: int
+) -> dict[str, dict[str, list[float]]]:
+    """Start the upstream, agentserver and the floor (into `children`), run the rounds."""
+    up = subprocess.Popen([*me, "upstream"], stdout=subprocess.PIPE, text=True)
+    children.append(up)
+    up_port = int(up.stdout.readline())  # type: ignore[union-attr]
+    srv = subprocess.Popen(
+        [*me, "server", str(up_port)], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True
+    )
+    children.append(srv)
+    info = json.loads(srv.stdout.readline())  # type: ignore[union-attr]
+    floor = subprocess.Popen([*me, "floor"], stdout=subprocess.PIPE, text=True)
+    children.append(floor)
+    floor_port = int(floor.stdout.readline())  # type: ignore[union-attr]
+    direct = (up_port, f"127.0.0.1:{up_port}", "", None)
+    proxied = (info["port"], info["host"], info["cookie"], info["pid"])
+    results: dict[str, dict[str, list[float]]] = {"direct": {}, "proxy": {}, "floor": {}}
+    for port, host, cookie, _ in (direct, proxied):
+        latency(port, host, cookie, n=200)  # warm-up and correctness check
+    for r in range(rounds):
+        order = [("direct", direct), ("proxy", proxied)]
+        if r % 2:
+            order.reverse()
+        for name, (port, host, cookie, pid) in order:
+            row = results[name]
+            row.setdefault("p50", []).append(latency(port, host, cookie))
+            before = cpu_seconds(pid)
+            rps, done = throughput(port, host, cookie, seconds)
+            row.setdefault("rps", []).append(rps)
+            if pid:
+                row.setdefault("cpu_us", []).append((cpu_seconds(pid) - before) / done * 1e6)
+            mbps, rss = bulk(port, host, cookie, pid)
+            row.setdefault("mbps", []).append(mbps)
+            if rss is not None:
+                row.setdefault("rss", []).append(rss)
+            row.setdefault("sse", []).append(sse_delay(port, host, cookie))
+        floor_host = f"127.0.0.1:{floor_port}"
+        results["floor"].setdefault("p50", []).append(latency(floor_port, floor_host, ""))
+        before = cpu_seconds(floor.pid)
+        rps, done = throughput(floor_port, floor_host, "", seconds)
+        results["floor"].setdefault("rps", []).append(rps)
+        results["floor"].setdefault("cpu_us", []).append(
+            (cpu_seconds(floor.pid) - before) / done * 1e6
+        )
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
@@ -368,53 +417,17 @@ def main() -> None:
         return run_floor()
 
     me = [sys.executable, __file__]
-    up = subprocess.Popen([*me, "upstream"], stdout=subprocess.PIPE, text=True)
-    up_port = int(up.stdout.readline())  # type: ignore[union-attr]
-    srv = subprocess.Popen(
-        [*me, "server", str(up_port)], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True
-    )
-    info = json.loads(srv.stdout.readline())  # type: ignore[union-attr]
-    floor = subprocess.Popen([*me, "floor"], stdout=subprocess.PIPE, text=True)
-    floor_port = int(floor.stdout.readline())  # type: ignore[union-attr]
-    direct = (up_port, f"127.0.0.1:{up_port}", "", None)
-    proxied = (info["port"], info["host"], info["cookie"], info["pid"])
-    results: dict[str, dict[str, list[float]]] = {"direct": {}, "proxy": {}, "floor": {}}
+    children: list[subprocess.Popen[str]] = []
     try:
-        for port, host, cookie, _ in (direct, proxied):
-            latency(port, host, cookie, n=200)  # warm-up and correctness check
-        for r in range(opts.rounds):
-            order = [("direct", direct), ("proxy", proxied)]
-            if r % 2:
-                order.reverse()
-            for name, (port, host, cookie, pid) in order:
-                row = results[name]
-                row.setdefault("p50", []).append(latency(port, host, cookie))
-                before = cpu_seconds(pid)
-                rps, done = throughput(port, host, cookie, opts.seconds)
-                row.setdefault("rps", []).append(rps)
-                if pid:
-                    row.setdefault("cpu_us", []).append((cpu_seconds(pid) - before) / done * 1e6)
-                mbps, rss = bulk(port, host, cookie, pid)
-                row.setdefault("mbps", []).append(mbps)
-                if rss is not None:
-                    row.setdefault("rss", []).append(rss)
-                row.setdefault("sse", []).append(sse_delay(port, host, cookie))
-            floor_host = f"127.0.0.1:{floor_port}"
-            results["floor"].setdefault("p50", []).append(latency(floor_port, floor_host, ""))
-            before = cpu_seconds(floor.pid)
-            rps, done = throughput(floor_port, floor_host, "", opts.seconds)
-            results["floor"].setdefault("rps", []).append(rps)
-            results["floor"].setdefault("cpu_us", []).append(
-                (cpu_seconds(floor.pid) - before) / done * 1e6
-            )
-            print(f"round {r + 1}/{opts.rounds} done", file=sys.stderr, flush=True)
+        results = measure(me, children, opts.rounds, opts.seconds)
     finally:
-        srv.stdin.close()  # type: ignore[union-attr]
-        srv.wait(30)
-        up.terminate()
-        up.wait(10)
-        floor.terminate()
-        floor.wait(10)
+        for child in reversed(children):  # the server stops when its stdin closes
+            if child.stdin:
+                child.stdin.close()
+            else:
+                child.terminate()
+        for child in children:
+            child.wait(30)
     report(results)
 
 

@@ -21,6 +21,8 @@ from agentserver import serve
 from agentserver.settings import Settings, build_settings
 
 REPO = Path(__file__).resolve().parents[1]
+# Session fixtures registered once, so every module shares one Docker daemon.
+pytest_plugins = ["tests.support.dockerd"]
 
 
 @pytest.fixture(scope="session")

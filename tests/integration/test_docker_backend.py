@@ -21,7 +21,7 @@ from agentserver.sandboxes.base import Endpoint, SandboxSpec
 from agentserver.sandboxes.containers import container_name, home_volume, workspace_volume
 from agentserver.sandboxes.docker import DockerBackend, open_backend
 from agentserver.settings import Settings, build_settings
-from tests.support.dockerd import Daemon, agent_image, dockerd  # noqa: F401 (fixtures)
+from tests.support.dockerd import Daemon
 
 pytestmark = pytest.mark.docker
 REAL_KEY = "sk-ant-real-key-that-must-never-enter-a-sandbox"
@@ -87,7 +87,7 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(dockerd: Daemon, agent_image: str) -> AsyncIterator[Harness]:  # noqa: F811
+async def harness(dockerd: Daemon, agent_image: str) -> AsyncIterator[Harness]:
     """A Docker backend on the session's daemon; every sandbox it made is removed afterwards."""
     settings = docker_settings(agent_image)
     send, receive = trio.open_memory_channel[tuple[str, str]](16)

@@ -28,7 +28,7 @@ from agentserver.sandboxes.containers import (
 )
 from agentserver.settings import Settings
 from tests.conftest import Server, make_settings, start_server
-from tests.support.dockerd import Daemon, agent_image, dockerd  # noqa: F401 (fixtures)
+from tests.support.dockerd import Daemon
 from tests.support.sandboxes import EventStream, open_events, owner_with_workspace
 
 pytestmark = pytest.mark.docker
@@ -48,7 +48,7 @@ def docker_server_settings(db_url: str, data_dir: Path, image: str) -> Settings:
 
 
 @pytest.fixture
-def client(dockerd: Daemon) -> Any:  # noqa: F811
+def client(dockerd: Daemon) -> Any:
     """A plain Docker client on the session's daemon, to look at what the server made."""
     found = docker.DockerClient(base_url=dockerd.host)
     yield found
@@ -60,7 +60,7 @@ async def docker_server(
     nursery: trio.Nursery,
     db_url: str,
     tmp_path: Path,
-    agent_image: str,  # noqa: F811
+    agent_image: str,
 ) -> AsyncIterator[Server]:
     server = await start_server(nursery, docker_server_settings(db_url, tmp_path, agent_image))
     yield server
@@ -187,7 +187,7 @@ async def test_docker_sandbox_lifecycle_through_api_and_proxy(
 async def test_restart_keeps_sandboxes_and_removes_orphans(
     db_url: str,
     tmp_path: Path,
-    agent_image: str,  # noqa: F811
+    agent_image: str,
     client: docker.DockerClient,
 ) -> None:
     """Restarting the server leaves a running sandbox's container running (same container,
@@ -237,7 +237,7 @@ async def test_missing_image_marks_the_sandbox_failed_with_a_reason(
     nursery: trio.Nursery,
     db_url: str,
     tmp_path: Path,
-    dockerd: Daemon,  # noqa: F811
+    dockerd: Daemon,
 ) -> None:
     """A sandbox whose image the Docker host lacks becomes `failed`, its reason naming the image."""
     settings = docker_server_settings(db_url, tmp_path, "agentserver-missing-image:never")

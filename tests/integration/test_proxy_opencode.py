@@ -21,7 +21,7 @@ async def test_opencode_through_the_subdomain_proxy(
 ) -> None:
     """A sandbox created through the API reaches running; through its subdomain `/` is
     opencode's HTML, `/session` is JSON, `/event` delivers an event and a terminal WebSocket
-    echoes a command's output."""
+    echoes a command's output; once paused, the next page load wakes it."""
     client, wid = await owner_with_workspace(sandbox_server)
     events = await open_events(nursery, client, wid)
     created = await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "oc"})
@@ -78,3 +78,20 @@ async def test_opencode_through_the_subdomain_proxy(
             message = await ws.get_message()
             output += message if isinstance(message, str) else message.decode(errors="replace")
     await ws.aclose()
+
+    # Paused: a page load through the proxy wakes it, and opencode answers again.
+    events = await open_events(nursery, client, wid)
+    assert (await client.post(f"/api/sandboxes/{sid}/pause")).status_code == 200
+    assert (await events.until(sid, "paused", "failed"))["status"] == "paused"
+    async with httpx.AsyncClient(
+        base_url=sandbox_server.url, headers={"Host": url.netloc, "Cookie": cookie}, timeout=60
+    ) as sub:
+        woken_at = len(events.seen)
+        waking = await sub.get("/", headers={"Accept": "text/html"})
+        assert waking.status_code == 503
+        assert "Waking up" in waking.text
+        awake = await events.until(sid, "running", "failed", after=woken_at)
+        assert awake["status"] == "running", awake
+        page = await sub.get("/", headers={"Accept": "text/html"})
+        assert page.status_code == 200, page.text
+    events.close()

@@ -366,19 +366,30 @@ async def test_removed_member_loses_access(world: World) -> None:
 
 
 async def test_paused_sandbox_wakes_and_shows_the_waking_page(world: World) -> None:
-    """A paused sandbox's URL calls wake and answers 503 with a self-reloading page (JSON for
-    API clients)."""
+    """Opening a paused sandbox's page calls wake and answers 503 with a self-reloading page."""
     sid = await world.sandbox(status="paused")
     token = await world.open(sid)
     async with world.sub(sid, token) as sub:
         page = await sub.get("/", headers={"Accept": "text/html"})
-        api = await sub.get("/session")
     assert page.status_code == 503
     assert page.headers["retry-after"] == "2"
     assert '<meta http-equiv="refresh" content="2">' in page.text
+    assert world.service.woken == [sid]
+    assert world.upstream.requests == []
+
+
+async def test_background_calls_do_not_wake_a_paused_sandbox(world: World) -> None:
+    """A script's call (not a page load) to a paused sandbox gets a JSON 503 and leaves it paused,
+    so a tab left open cannot undo a pause."""
+    sid = await world.sandbox(status="paused")
+    token = await world.open(sid)
+    async with world.sub(sid, token) as sub:
+        api = await sub.get("/session")
+        events = await sub.get("/event", headers={"Accept": "text/event-stream"})
     assert api.status_code == 503
-    assert api.json()["error"]["code"] == "sandbox_waking"
-    assert world.service.woken == [sid, sid]
+    assert api.json()["error"]["code"] == "sandbox_paused"
+    assert events.status_code == 503
+    assert world.service.woken == []
     assert world.upstream.requests == []
 
 

@@ -53,6 +53,12 @@ WAKING = Page(
     "This sandbox was paused while idle and is starting again. This page reloads by itself.",
     refresh=True,
 )
+PAUSED = Page(
+    503,
+    "sandbox_paused",
+    "Paused",
+    "This sandbox is paused. Open or reload this page in the browser to wake it.",
+)
 STARTING = Page(
     503,
     "sandbox_starting",

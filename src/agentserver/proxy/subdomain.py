@@ -212,8 +212,13 @@ class SubdomainProxy:
                 return self.pool.upstream(sandbox.endpoint_host, sandbox.endpoint_port)
             await self.page(scope, send, pages.STARTING)
         elif status in _WAKING:
-            await self.wake(sandbox.id)
-            await self.page(scope, send, pages.WAKING)
+            # Only a person opening the page wakes a paused sandbox: background calls from a
+            # tab left open (fetch, event streams) must not undo a pause.
+            if status is not SandboxStatus.PAUSED or self.is_navigation(scope):
+                await self.wake(sandbox.id)
+                await self.page(scope, send, pages.WAKING)
+            else:
+                await self.page(scope, send, pages.PAUSED)
         elif status is SandboxStatus.CREATING:
             await self.page(scope, send, pages.STARTING)
         elif status is SandboxStatus.OFFLINE:
@@ -221,6 +226,11 @@ class SubdomainProxy:
         else:
             await self.page(scope, send, pages.FAILED, reason=sandbox.status_reason)
         return None
+
+    @staticmethod
+    def is_navigation(scope: Scope) -> bool:
+        """A browser loading a page (not a script's fetch or event stream)."""
+        return scope["type"] == "http" and pages.wants_html(scope["method"], scope["headers"])
 
     async def unreachable(
         self, scope: Scope, send: Send, sandbox: Sandbox, exc: SandboxUnreachable

@@ -15,7 +15,11 @@ from tests.conftest import Server, make_settings, register, start_server
 
 def set_cookie_of(response: httpx.Response) -> str:
     """The raw Set-Cookie header for the session cookie."""
-    headers = [v for v in response.headers.get_list("set-cookie") if v.startswith(SESSION_COOKIE)]
+    headers = [
+        v
+        for v in response.headers.get_list("set-cookie")
+        if v.startswith((SESSION_COOKIE, "__Host-" + SESSION_COOKIE))
+    ]
     assert len(headers) == 1, response.headers
     return headers[0]
 
@@ -64,7 +68,8 @@ async def test_session_cookie_attributes(server: Server) -> None:
 async def test_cookie_is_secure_when_the_scheme_is_https(
     nursery: trio.Nursery, db_url: str, tmp_path: Path
 ) -> None:
-    """With --base-scheme https the session cookie carries Secure."""
+    """With --base-scheme https the session cookie carries Secure and the `__Host-` prefix
+    (so a sandbox subdomain cannot plant one), and that cookie is the one the server reads."""
     srv = await start_server(nursery, make_settings(db_url, tmp_path, base_scheme="https"))
     try:
         async with srv.client() as client:
@@ -72,7 +77,16 @@ async def test_cookie_is_secure_when_the_scheme_is_https(
                 "/api/auth/register", json={"username": "alice", "password": "correct-horse"}
             )
             assert response.status_code == 201
-            assert "secure" in attributes(set_cookie_of(response))
+            set_cookie = set_cookie_of(response)
+            assert set_cookie.startswith("__Host-agentserver_session=")
+            assert "secure" in attributes(set_cookie)
+            assert "domain" not in attributes(set_cookie)
+            token = set_cookie.split(";", 1)[0].split("=", 1)[1]
+        async with srv.client() as plain:  # httpx keeps Secure cookies from plain http
+            plain.headers["Cookie"] = f"__Host-agentserver_session={token}"
+            assert (await plain.get("/api/auth/me")).json()["username"] == "alice"
+            plain.headers["Cookie"] = f"agentserver_session={token}"
+            assert (await plain.get("/api/auth/me")).status_code == 401
     finally:
         srv.shutdown.set()
 

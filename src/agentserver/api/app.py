@@ -17,7 +17,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from agentserver import __version__
-from agentserver.auth.sessions import SESSION_COOKIE
+from agentserver.auth.sessions import session_cookie_name
 from agentserver.deps import Deps
 from agentserver.errors import AgentServerError, Forbidden, RateLimited
 
@@ -47,10 +47,18 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("agentserver_http_requests", "HTTP requests answered",
-                                ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram("agentserver_http_request_seconds", "Time to answer (headers)",
-                                 ["route", "method", "status"], registry=self.registry)
+        self.requests = Counter(
+            "agentserver_http_requests",
+            "HTTP requests answered",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "agentserver_http_request_seconds",
+            "Time to answer (headers)",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
 
 
 def create_app(deps: Deps) -> QuartTrio:
@@ -59,9 +67,14 @@ def create_app(deps: Deps) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = deps.settings.max_body
     app.config["BODY_TIMEOUT"] = 60
     app.config["RESPONSE_TIMEOUT"] = None  # event streams live as long as the client wants
-    QuartSchema(app, info={"title": "agentserver", "version": __version__},
-                openapi_path="/openapi.json", swagger_ui_path=None, redoc_ui_path=None,
-                scalar_ui_path=None)
+    QuartSchema(
+        app,
+        info={"title": "agentserver", "version": __version__},
+        openapi_path="/openapi.json",
+        swagger_ui_path=None,
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+    )
     metrics = Metrics()
     app.config["METRICS"] = metrics
 
@@ -81,7 +94,11 @@ def create_app(deps: Deps) -> QuartTrio:
         # A caller's id is kept for tracing only if it is a plain token (it goes into the log).
         g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
         g.started = time.perf_counter()
-        if request.method in _UNSAFE and SESSION_COOKIE in request.cookies and not _same_origin():
+        if (
+            request.method in _UNSAFE
+            and session_cookie_name(deps.settings.secure_cookies) in request.cookies
+            and not _same_origin()
+        ):
             raise Forbidden("cross-origin request refused")
         return None
 
@@ -94,8 +111,14 @@ def create_app(deps: Deps) -> QuartTrio:
         response.headers["X-Request-Id"] = g.get("request_id", "")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         # The query string can carry one-time tickets or codes: log the path only.
-        log.info("%s %s %s %d %.1fms", g.get("request_id", "-"), request.method, request.path,
-                 response.status_code, elapsed * 1000)
+        log.info(
+            "%s %s %s %d %.1fms",
+            g.get("request_id", "-"),
+            request.method,
+            request.path,
+            response.status_code,
+            elapsed * 1000,
+        )
         return response
 
     @app.errorhandler(AgentServerError)
@@ -127,11 +150,18 @@ def create_app(deps: Deps) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def on_http(exc: HTTPException) -> Response:
         status = exc.code or 500
-        codes = {400: "invalid", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
-                 415: "unsupported_media_type"}
-        message = {413: f"the body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes",
-                   404: "no such route", 405: "method not allowed on this route"}.get(
-            status, exc.description or exc.name)
+        codes = {
+            400: "invalid",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "too_large",
+            415: "unsupported_media_type",
+        }
+        message = {
+            413: f"the body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes",
+            404: "no such route",
+            405: "method not allowed on this route",
+        }.get(status, exc.description or exc.name)
         return error_response(status, codes.get(status, "http_error"), message)
 
     @app.errorhandler(Exception)

@@ -8,9 +8,16 @@ from pydantic import Field
 from quart import Blueprint, Response, jsonify, request
 from quart_schema import validate_request
 
-from agentserver.api.common import Body, current_user, deps, optional_user, user_json
+from agentserver.api.common import (
+    Body,
+    current_user,
+    deps,
+    optional_user,
+    session_cookie,
+    user_json,
+)
 from agentserver.auth import passwords
-from agentserver.auth.sessions import SESSION_COOKIE, create_session, revoke_session
+from agentserver.auth.sessions import create_session, revoke_session
 from agentserver.db.database import Tx
 from agentserver.errors import Conflict, Forbidden, RateLimited, Unauthenticated
 from agentserver.models import User
@@ -39,7 +46,7 @@ def set_session_cookie(response: Response, token: str) -> None:
     settings = deps().settings
     # Host-only (no Domain): sandbox subdomains never receive the main session.
     response.set_cookie(
-        SESSION_COOKIE,
+        session_cookie(),
         token,
         max_age=int(settings.session_lifetime),
         path="/",
@@ -108,10 +115,10 @@ async def login(data: LoginBody) -> Response:
 @blueprint.post("/logout")
 async def logout() -> Response:
     """End the session on the server and clear the cookie."""
-    await revoke_session(deps().db, request.cookies.get(SESSION_COOKIE))
+    await revoke_session(deps().db, request.cookies.get(session_cookie()))
     response = jsonify({"status": "ok"})
     response.delete_cookie(
-        SESSION_COOKIE,
+        session_cookie(),
         path="/",
         httponly=True,
         samesite="Lax",

@@ -11,7 +11,7 @@ from pydantic.alias_generators import to_camel
 from quart import current_app, g, request
 
 from agentserver.auth.permissions import Action, allowed
-from agentserver.auth.sessions import SESSION_COOKIE, session_user
+from agentserver.auth.sessions import session_cookie_name, session_user
 from agentserver.deps import Deps
 from agentserver.errors import Forbidden, NotFound, Unauthenticated
 from agentserver.models import Role, User
@@ -25,6 +25,11 @@ class Body(BaseModel):
     )
 
 
+def session_cookie() -> str:
+    """This server's main session cookie name (depends on the scheme)."""
+    return session_cookie_name(deps().settings.secure_cookies)
+
+
 def deps() -> Deps:
     return cast(Deps, current_app.config["DEPS"])
 
@@ -35,7 +40,7 @@ def rfc3339(value: datetime | None) -> str | None:
 
 async def optional_user() -> User | None:
     if "user" not in g:
-        g.user = await session_user(deps().db, request.cookies.get(SESSION_COOKIE))
+        g.user = await session_user(deps().db, request.cookies.get(session_cookie()))
     else:
         await trio.lowlevel.checkpoint()  # looked up once per request, checkpoint anyway
     return cast(User | None, g.user)

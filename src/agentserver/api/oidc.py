@@ -14,7 +14,7 @@ from quart import Blueprint, Response, jsonify, request
 
 from agentserver.api.app import error_response
 from agentserver.api.auth import set_session_cookie
-from agentserver.api.common import deps
+from agentserver.api.common import deps, session_cookie
 from agentserver.auth.identities import Policy, SignInFailed, resolve_identity
 from agentserver.auth.oidc import (
     FLOW_LIFETIME,
@@ -23,7 +23,7 @@ from agentserver.auth.oidc import (
     flow_for,
     providers_from_settings,
 )
-from agentserver.auth.sessions import SESSION_COOKIE, create_session, revoke_session
+from agentserver.auth.sessions import create_session, revoke_session
 from agentserver.auth.tokens import hash_token, new_token, same
 from agentserver.deps import Deps
 from agentserver.errors import AgentServerError, NotFound
@@ -204,7 +204,7 @@ async def callback(provider_id: str) -> Response:
         user = await _complete(provider, request.args, request.cookies.get(flow_cookie(settings)))
         token = await create_session(deps().db, user.id, settings.session_lifetime)
         # Whoever this browser was signed in as before, that session ends here (no fixation).
-        await revoke_session(deps().db, request.cookies.get(SESSION_COOKIE))
+        await revoke_session(deps().db, request.cookies.get(session_cookie()))
     except AgentServerError as exc:
         log.info("sign-in with %r failed: %s", provider_id[:40], exc.code)
         response = failure_page(exc)

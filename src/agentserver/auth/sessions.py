@@ -11,6 +11,12 @@ from agentserver.models import User
 SESSION_COOKIE = "agentserver_session"
 
 
+def session_cookie_name(secure: bool) -> str:
+    """The main session cookie's name; with https the `__Host-` prefix makes browsers refuse
+    a copy planted by a sibling host (a sandbox subdomain) with a Domain attribute."""
+    return f"__Host-{SESSION_COOKIE}" if secure else SESSION_COOKIE
+
+
 async def create_session(db: Database, user_id: str, lifetime: float) -> str:
     """A new session for `user_id`; returns the token for the cookie (never stored as is)."""
     token = new_token()

@@ -27,7 +27,14 @@ HOP_BY_HOP = frozenset(
 )
 # Our own cookies: the main session (host-only on the main host, so it should never arrive here,
 # but stripped anyway) and the subdomain session. Neither may ever reach a sandbox.
-OUR_COOKIES = frozenset({"agentserver_session", "agentserver_sandbox"})
+OUR_COOKIES = frozenset(
+    {
+        "agentserver_session",
+        "agentserver_sandbox",
+        "__Host-agentserver_session",
+        "__Host-agentserver_sandbox",
+    }
+)
 # Rewritten by us; whatever the client sent under these names is dropped.
 _REPLACED = frozenset(
     {

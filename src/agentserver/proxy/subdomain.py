@@ -17,7 +17,12 @@ from urllib.parse import parse_qs
 
 import trio
 
-from agentserver.auth.tickets import SANDBOX_COOKIE, AccessCache, SandboxAccess, redeem_ticket
+from agentserver.auth.tickets import (
+    AccessCache,
+    SandboxAccess,
+    redeem_ticket,
+    sandbox_cookie_name,
+)
 from agentserver.deps import Deps
 from agentserver.errors import SandboxUnreachable
 from agentserver.models import Sandbox, SandboxStatus, SandboxType
@@ -92,6 +97,7 @@ class SubdomainProxy:
         self.app = app
         self.deps = deps
         self.settings = deps.settings
+        self.cookie = sandbox_cookie_name(deps.settings.secure_cookies)
         self.access = AccessCache(deps.db)
         pool = deps.extras.get("proxy_pool")
         self.pool: Pool = pool if isinstance(pool, Pool) else Pool()
@@ -157,7 +163,7 @@ class SubdomainProxy:
 
     async def authenticate(self, target: Target, headers: Headers) -> SandboxAccess | None:
         """The access of the first valid sandbox cookie for THIS sandbox and subdomain kind."""
-        for token in cookie_values(headers, SANDBOX_COOKIE)[:3]:
+        for token in cookie_values(headers, self.cookie)[:3]:
             access = await self.access.get(target.sandbox_id, token)
             if access is not None and SandboxType(access.sandbox.type) in _KINDS[target.kind]:
                 return access
@@ -294,7 +300,7 @@ class SubdomainProxy:
             return
         # Host-only (no Domain): the cookie goes to this sandbox's host and nowhere else.
         cookie = (
-            f"{SANDBOX_COOKIE}={token}; Path=/; Max-Age={SESSION_MAX_AGE}; HttpOnly; SameSite=Lax"
+            f"{self.cookie}={token}; Path=/; Max-Age={SESSION_MAX_AGE}; HttpOnly; SameSite=Lax"
         )
         if self.settings.secure_cookies:
             cookie += "; Secure"

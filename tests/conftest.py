@@ -63,8 +63,12 @@ def db_url(postgres: str) -> Iterator[str]:
 
 def make_settings(db_url: str, data_dir: Path, **overrides: str) -> Settings:
     """Settings for a test server on a free loopback port; `overrides` use option names."""
-    values: dict[str, str | None] = {"listen": "127.0.0.1:0", "db_url": db_url,
-                                     "data_dir": str(data_dir), "idle_timeout": "0"}
+    values: dict[str, str | None] = {
+        "listen": "127.0.0.1:0",
+        "db_url": db_url,
+        "data_dir": str(data_dir),
+        "idle_timeout": "0",
+    }
     values.update(overrides)
     return build_settings(values, {})
 
@@ -91,8 +95,12 @@ class Server:
 async def start_server(nursery: trio.Nursery, settings: Settings) -> Server:
     shutdown = trio.Event()
     running: serve.Running = await nursery.start(partial(serve.run, settings, shutdown=shutdown))
-    return Server(url=f"http://127.0.0.1:{running.port}", port=running.port, running=running,
-                  shutdown=shutdown)
+    return Server(
+        url=f"http://127.0.0.1:{running.port}",
+        port=running.port,
+        running=running,
+        shutdown=shutdown,
+    )
 
 
 @pytest.fixture

@@ -9,9 +9,8 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
-
 from functools import partial
+from typing import Any
 
 import trio
 from hypercorn.config import Config, Sockets
@@ -19,8 +18,8 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from agentserver.api import sandbox_open
-from agentserver.api.agents import open_tunnel
 from agentserver.api import sandboxes as sandboxes_api
+from agentserver.api.agents import open_tunnel
 from agentserver.api.app import create_app
 from agentserver.api.oidc import open_oidc
 from agentserver.api.usage import open_usage_api
@@ -29,10 +28,10 @@ from agentserver.db.embedded import open_embedded_postgres
 from agentserver.db.migrate import apply_migrations
 from agentserver.deps import Deps
 from agentserver.errors import ConfigError, DatabaseUnavailable
-from agentserver.sandboxes.feature import open_sandboxes
 from agentserver.proxy.llm import llm_middleware, open_llm_proxy
 from agentserver.proxy.subdomain import SubdomainProxy, open_proxy
 from agentserver.proxy.tunnel_upstream import open_tunnel_upstreams
+from agentserver.sandboxes.feature import open_sandboxes
 from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,13 +45,13 @@ FEATURES.append(open_oidc)  # sign in with GitHub / OIDC
 # ASGI wrappers applied around the API app, innermost first (e.g. the subdomain proxy).
 Middleware = Callable[[Any, Deps], Any]
 MIDDLEWARE: list[Middleware] = []
-# Sandboxes: the lifecycle service (backend, reconciliation, idle watcher) and its routes.
-FEATURES += [open_sandboxes, sandboxes_api.register]
 FEATURES += [open_usage_api, open_llm_proxy]
 MIDDLEWARE.append(llm_middleware)
 # The subdomain proxy: /api/sandboxes/{id}/open, its upstream pool, and Host dispatch (outermost).
 FEATURES += [sandbox_open.register, open_proxy]
 MIDDLEWARE.append(SubdomainProxy)
+# Sandboxes: the lifecycle service (backend, reconciliation, idle watcher) and its routes.
+FEATURES += [open_sandboxes, sandboxes_api.register]
 # Local agents: codes, registration, the tunnel endpoint and hub; tunnels as proxy upstreams
 # (after the sandboxes service, which it tells about running/offline).
 FEATURES += [open_tunnel, open_tunnel_upstreams]
@@ -128,8 +127,12 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-async def run(settings: Settings, *, shutdown: trio.Event,
-              task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
+async def run(
+    settings: Settings,
+    *,
+    shutdown: trio.Event,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve until `shutdown` is set, then drain requests by a deadline and stop everything."""
     sock = bind(settings)
     settings = settings.with_port(sock.getsockname()[1])
@@ -148,8 +151,15 @@ async def run(settings: Settings, *, shutdown: trio.Event,
                 # Hypercorn has its own nursery: once `shutdown` is set it drains requests (up to
                 # graceful_timeout) and returns, and only then do features and the database close.
                 async with trio.open_nursery() as http:
-                    await http.start(partial(worker_serve, asgi, config, sockets=sockets,
-                                             shutdown_trigger=shutdown.wait))
+                    await http.start(
+                        partial(
+                            worker_serve,
+                            asgi,
+                            config,
+                            sockets=sockets,
+                            shutdown_trigger=shutdown.wait,
+                        )
+                    )
                     loopback = ("127.0.0.1", "0.0.0.0", "::")
                     host = "localhost" if settings.listen_host in loopback else settings.listen_host
                     url = f"http://{host}:{settings.listen_port}"

@@ -308,6 +308,7 @@ async def connect(
         session = Session(config, forwarder, say, server=server)
     except AgentError as exc:
         say(f"error: {exc.message}")
+        await trio.lowlevel.checkpoint()  # the error may come before anything was awaited
         return exc.status
     if started is not None:
         started(session)
@@ -348,6 +349,7 @@ async def credentials(
             "(a code comes from the web UI's laptop button)",
             status=2,
         )
+    await trio.lowlevel.checkpoint()  # the saved registration is read without awaiting
     return saved
 
 

@@ -217,7 +217,10 @@ class Forwarder:
 
 
 async def _body(stream: TunnelStream) -> AsyncIterator[bytes]:
-    while chunk := await stream.receive_some():
+    while True:
+        chunk = await stream.receive_some()
+        if not chunk:
+            return
         yield chunk
 
 
@@ -233,6 +236,7 @@ async def _to_opencode(
                 return
             await ws.send_message(message)
     except trio_websocket.ConnectionClosed:
+        await trio.lowlevel.checkpoint()  # a send can fail before it awaits anything
         return  # opencode closed; the other pump tells the browser
     finally:
         done.cancel()

@@ -8,7 +8,6 @@ sandbox is `running`; when the registered tunnel ends it is `offline` again.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -130,9 +129,9 @@ async def _insert_sandbox(
         except Conflict:  # a 16-character id collided: draw another
             if attempt == 2:
                 raise
-            continue
-        assert sandbox is not None
-        return sandbox
+        else:
+            assert sandbox is not None
+            return sandbox
     raise AssertionError("unreachable")
 
 
@@ -176,10 +175,13 @@ class QuartLink:
 
     async def aclose(self) -> None:
         if self._closed:
+            await trio.lowlevel.checkpoint()
             return
         self._closed = True
-        with contextlib.suppress(OSError, RuntimeError):  # already gone
+        try:
             await self._ws.close(NORMAL_CLOSE)
+        except (OSError, RuntimeError):  # already gone (maybe refused before awaiting)
+            await trio.lowlevel.checkpoint()
 
 
 def _bearer(value: str | None) -> str | None:
@@ -213,6 +215,8 @@ async def tunnel_endpoint(sandbox_id: str) -> None:
 
 async def serve_tunnel(d: Deps, sandbox: Sandbox, token_hash: str, link: QuartLink) -> None:
     """Run one agent's tunnel until it ends; its tasks live in this handler's nursery."""
+    # A tunnel closed at once may leave by `except*` with nothing awaited but shielded cleanup.
+    await trio.lowlevel.checkpoint()
     hub = hub_of(d)
     tunnel = Tunnel(link, role=Role.SERVER, settings=TUNNEL_SETTINGS)
     registered = False
@@ -255,6 +259,7 @@ async def heartbeat(d: Deps, tunnel: Tunnel, sandbox_id: str, token_hash: str) -
             await tunnel.aclose()
             return
         await trio.sleep(HEARTBEAT)
+    await trio.lowlevel.checkpoint()  # the tunnel may have closed before the first beat
 
 
 async def sync_status(d: Deps, hub: Hub, sandbox_id: str) -> None:
@@ -283,6 +288,7 @@ async def set_status(d: Deps, sandbox_id: str, expected: str, new: str, reason: 
         )
     except AgentServerError as exc:
         log.warning("status of sandbox %s not written: %s", sandbox_id, exc.message)
+        await trio.lowlevel.checkpoint()  # the error may come before anything was awaited
 
 
 # -- the feature ---------------------------------------------------------------------------------

@@ -140,10 +140,14 @@ async def workspace_events(workspace_id: str) -> Response:
 
     # Quart streams an async iterator. If it were abandoned without being closed, the
     # subscription would fill and the hub would drop it, so nothing leaks for long.
+    # A checkpoint before every yield: the snapshot's yields await nothing, and a receive
+    # under a deadline may end without one.
     async def stream() -> AsyncIterator[bytes]:
         with sub:
+            await trio.lowlevel.checkpoint()
             yield b": connected\n\n"
             for sandbox in snapshot:
+                await trio.lowlevel.checkpoint()
                 yield sse({"type": "sandbox", "sandbox": svc.json(sandbox)})
             while True:
                 event: Event | None = None
@@ -153,6 +157,7 @@ async def workspace_events(workspace_id: str) -> Response:
                         event = await sub.inbox.receive()
                     except trio.EndOfChannel:  # dropped as too slow, or the workspace is gone
                         ended = True
+                await trio.lowlevel.checkpoint()
                 if ended:
                     return
                 yield sse(event) if event is not None else b": heartbeat\n\n"

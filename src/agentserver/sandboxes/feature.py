@@ -58,6 +58,8 @@ async def open_sandboxes(deps: Deps) -> AsyncIterator[None]:
     async def on_exit(sandbox_id: str, reason: str) -> None:
         if service is not None:
             await service.on_exit(sandbox_id, reason)
+        else:  # an exit during startup, before the service exists
+            await trio.lowlevel.checkpoint()
 
     async with backend_opener(deps.settings, on_exit) as backend, trio.open_nursery() as nursery:
         service = Sandboxes(deps.db, deps.settings, backend, nursery, WorkspaceEvents())

@@ -102,6 +102,7 @@ async def probe_isolation(settings: Settings) -> Isolation:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         log.warning("bubblewrap (bwrap) is not installed: sandbox processes run without isolation")
+        await trio.lowlevel.checkpoint()
         return Isolation()
     problem = await trio.to_thread.run_sync(_try, bwrap, settings.data_dir)
     if problem is not None:

@@ -108,6 +108,7 @@ class Child:
     async def wait(self) -> int:
         """Wait for the exit without a thread: a pidfd becomes readable when it exits."""
         if self._popen.returncode is not None:
+            await trio.lowlevel.checkpoint()
             return self._popen.returncode
         pidfd = os.pidfd_open(self.pid)
         try:
@@ -161,6 +162,8 @@ class ProcessBackend:
         agent = self._agents.get(sandbox_id)
         if agent is not None:
             await self._stop(agent)
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def destroy(self, sandbox_id: str) -> None:
         await self.pause(sandbox_id)
@@ -190,6 +193,7 @@ class ProcessBackend:
     async def logs(self, sandbox_id: str, lines: int = 200) -> str:
         agent = self._agents.get(sandbox_id)
         if agent is not None:
+            await trio.lowlevel.checkpoint()
             return "\n".join(list(agent.output)[-lines:])
         path = self.sandbox_dir(sandbox_id) / "output.log"
 
@@ -290,6 +294,7 @@ class ProcessBackend:
         """Start the agent (if it is not running) and return once it answers its health check."""
         agent = self._agents.get(spec.id)
         if agent is not None and not agent.exited.is_set() and agent.listening:
+            await trio.lowlevel.checkpoint()
             return Endpoint("127.0.0.1", agent.port)
         if agent is not None:
             await self._stop(agent)
@@ -419,6 +424,8 @@ class ProcessBackend:
                 await agent.exited.wait()
         if self._agents.get(agent.sandbox_id) is agent:
             del self._agents[agent.sandbox_id]
+        # Last, once it is forgotten: it may have exited already (or within the grace wait).
+        await trio.lowlevel.checkpoint()
 
     def pid(self, sandbox_id: str) -> int | None:
         """The process id of a running sandbox (for tests and diagnostics)."""

@@ -197,6 +197,14 @@ class Sandboxes:
                 "no --openclaw-bin / OPENCLAW_BIN is configured",
                 field="type",
             )
+        sandbox = await self._insert(workspace_id, name, kind, created_by)
+        self.publish(sandbox)
+        self._spawn(sandbox.id, self._start, sandbox.id, S.CREATING)
+        return sandbox
+
+    async def _insert(
+        self, workspace_id: str, name: str, kind: SandboxType, created_by: str | None
+    ) -> Sandbox:
         for attempt in range(3):
             try:
                 sandbox = await self.db.one(
@@ -209,14 +217,13 @@ class Sandboxes:
                     created_by=created_by,
                     agent_secret=new_token(24),
                 )
-                break
             except Conflict:  # a 16-character id collided: draw another
                 if attempt == 2:
                     raise
-        assert sandbox is not None
-        self.publish(sandbox)
-        self._spawn(sandbox.id, self._start, sandbox.id, S.CREATING)
-        return sandbox
+            else:
+                assert sandbox is not None
+                return sandbox
+        raise AssertionError("unreachable")
 
     async def pause(self, sandbox_id: str, reason: str | None = None) -> Sandbox:
         """running → pausing now; the backend stops it in the background (→ paused)."""
@@ -328,6 +335,7 @@ class Sandboxes:
             await self.backend.destroy(orphan)
 
     async def _reconcile_one(self, sandbox: Sandbox, live: bool) -> None:
+        await trio.lowlevel.checkpoint()  # most branches only spawn, awaiting nothing
         status, sid = S(sandbox.status), sandbox.id
         if sandbox.type == SandboxType.LOCAL:
             if status == S.RUNNING:  # no tunnel survives a restart; the agent will reconnect
@@ -371,6 +379,8 @@ class Sandboxes:
             op.done.set()
             if self._ops.get(sandbox_id) is op:
                 del self._ops[sandbox_id]
+        # After the bookkeeping: a scope cancelled before it ran may have passed no checkpoint.
+        await trio.lowlevel.checkpoint()
 
     async def _cancel_ops(self, sandbox_id: str) -> None:
         op = self._ops.get(sandbox_id)
@@ -381,6 +391,7 @@ class Sandboxes:
             op = op.previous
         for each in chain:
             await each.done.wait()
+        await trio.lowlevel.checkpoint()  # the chain may be empty
 
     async def _start(self, sandbox_id: str, current: S) -> None:
         """Start (create or resume) the agent; → running, or → failed with the reason."""
@@ -432,6 +443,8 @@ class Sandboxes:
                 await self.backend.pause(sandbox_id)
             except AgentServerError as exc:
                 log.warning("stopping sandbox %s failed: %s", sandbox_id, exc.message)
+        # Stopped first (shielded), then a cancel point, as trio's own `aclose` methods do.
+        await trio.lowlevel.checkpoint()
 
     async def _force_failed(self, sandbox_id: str, reason: str) -> None:
         """Show a failed backend operation on a sandbox in any status that may fail."""

@@ -44,6 +44,8 @@ class Hub:
 
     async def register(self, sandbox_id: str, tunnel: Tunnel) -> None:
         """Make `tunnel` the sandbox's tunnel; a previous one is closed."""
+        # Before any change: a cancel here leaves nothing registered for the caller to undo.
+        await trio.lowlevel.checkpoint()
         previous = self._tunnels.get(sandbox_id)
         self._tunnels[sandbox_id] = tunnel
         self._finished.setdefault(tunnel, trio.Event())
@@ -68,11 +70,14 @@ class Hub:
         event = self._finished.get(tunnel)
         if event is not None:
             await event.wait()
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def close(self, sandbox_id: str) -> bool:
         """Close the sandbox's tunnel (deleted or revoked); its session unregisters itself."""
         tunnel = self._tunnels.get(sandbox_id)
         if tunnel is None:
+            await trio.lowlevel.checkpoint()
             return False
         await tunnel.aclose()
         return True
@@ -80,6 +85,7 @@ class Hub:
     async def close_all(self) -> None:
         for tunnel in list(self._tunnels.values()):
             await tunnel.aclose()
+        await trio.lowlevel.checkpoint()  # there may be none
 
     def status_lock(self, sandbox_id: str) -> trio.Lock:
         """The lock under which the sandbox's tunnel status is read and written."""

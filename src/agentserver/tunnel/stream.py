@@ -116,14 +116,16 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             view = memoryview(data).cast("B")
             position = 0
             while position < len(view):
-                size = await self._wait_capacity()
+                while (size := self._capacity()) <= 0:
+                    await self._send_lot.park()
                 self._send_data(bytes(view[position : position + size]))
                 position += size
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._sending:
             await trio.lowlevel.checkpoint()
-            await self._wait_capacity()
+            while self._capacity() <= 0:
+                await self._send_lot.park()
 
     async def send_eof(self) -> None:
         with self._sending:
@@ -143,7 +145,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._check_sendable()
             view, position = memoryview(data), 0
             while True:
-                size = await self._wait_capacity()
+                while (size := self._capacity()) <= 0:
+                    await self._send_lot.park()
                 chunk = bytes(view[position : position + size])
                 position += len(chunk)
                 self._send_data(chunk, text=text, more=position < len(view))
@@ -157,17 +160,17 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._check_sendable()
             self._end(code, reason)
 
-    async def _wait_capacity(self) -> int:
+    def _capacity(self) -> int:
+        """Bytes that may go out now; none: park on `_send_lot`, then ask again.
+
+        Not async, so that a send checkpoints once (on entry), not once per chunk.
+        """
+        self._check_sendable()
         tunnel = self._tunnel
-        while True:
-            self._check_sendable()
-            if tunnel._backlog < tunnel._max_backlog:
-                size = self._conn.send_capacity(self.stream_id)
-                if size > 0:
-                    return size
-            else:
-                tunnel._backlog_waiting = True
-            await self._send_lot.park()
+        if tunnel._backlog < tunnel._max_backlog:
+            return self._conn.send_capacity(self.stream_id)
+        tunnel._backlog_waiting = True
+        return 0
 
     def _send_data(self, chunk: bytes, *, text: bool = False, more: bool = False) -> None:
         self._conn.send_data(self.stream_id, chunk, text=text, more=more)

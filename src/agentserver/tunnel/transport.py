@@ -29,7 +29,6 @@ delivers nothing within `ping_timeout` of a ping (default: the ping interval) cl
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
@@ -124,6 +123,8 @@ class StreamLink:
         await self._stream.send_all(_length_prefixed(message))
 
     async def get_message(self) -> bytes:
+        # Before taking a message, never after: a cancel then would lose one already buffered.
+        await trio.lowlevel.checkpoint()
         while (message := self._buffer.next_message()) is None:
             data = await self._stream.receive_some(256 * 1024)
             if not data:
@@ -259,6 +260,8 @@ class Tunnel:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
+    # Cleanup in run()'s `finally`, shielded, so its checkpoints are schedule points only: one
+    # outside the shield could replace the exception in flight with Cancelled.
     async def _close_link(self) -> None:
         with trio.move_on_after(self._close_timeout) as scope:
             scope.shield = True
@@ -269,12 +272,15 @@ class Tunnel:
             except (*_LINK_ERRORS, ProtocolError):
                 pass
             finally:
-                with contextlib.suppress(*_LINK_ERRORS):
+                try:
                     await self._link.aclose()
+                except _LINK_ERRORS:  # already broken, maybe before awaiting anything
+                    await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------ tasks
 
     async def _read_loop(self) -> None:
+        await trio.lowlevel.checkpoint()  # the link may fail at once, before awaiting anything
         max_payload = self.settings.max_frame_payload
         while True:
             try:
@@ -314,6 +320,7 @@ class Tunnel:
         except _LINK_ERRORS as exc:
             self._peer_closed = True
             self._close(f"the tunnel link broke: {exc}", error=exc)
+            await trio.lowlevel.checkpoint()  # the link may fail before awaiting anything
 
     async def _heartbeat(self) -> None:
         # Any frame proves the link alive, so a pong queued behind bulk data still counts.
@@ -346,6 +353,7 @@ class Tunnel:
                 stream._reset_now(ErrorCode.INTERNAL, "the request handler failed")
             finally:
                 stream._abandon()
+        await trio.lowlevel.checkpoint()  # a stream reset before it started awaits nothing
 
     # ------------------------------------------------------------ events
 

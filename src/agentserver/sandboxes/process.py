@@ -28,6 +28,7 @@ from agentserver.errors import BackendError
 from agentserver.models import SandboxType
 from agentserver.sandboxes.base import Endpoint, ExitNotice, Managed, SandboxSpec
 from agentserver.sandboxes.isolation import DISK_PATH, Isolation, probe_isolation
+from agentserver.sandboxes.proctree import descendants, open_pidfds, wait_gone
 from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -415,6 +416,8 @@ class ProcessBackend:
     async def _stop(self, agent: Agent) -> None:
         """SIGTERM the whole process group, SIGKILL after STOP_GRACE; return once it is gone."""
         agent.stopping = True
+        # Taken before the kill: bwrap's pid namespace outlives bwrap by a moment.
+        tree = open_pidfds(descendants(agent.process.pid)) if not agent.exited.is_set() else []
         if not agent.exited.is_set():
             kill_group(agent.process, signal.SIGTERM)
             with trio.move_on_after(STOP_GRACE):
@@ -422,6 +425,10 @@ class ProcessBackend:
             if not agent.exited.is_set():
                 kill_group(agent.process, signal.SIGKILL)
                 await agent.exited.wait()
+        with trio.move_on_after(STOP_GRACE) as waited:
+            await wait_gone(tree)
+        if waited.cancelled_caught:
+            log.warning("sandbox %s: processes outlived its agent", agent.sandbox_id)
         if self._agents.get(agent.sandbox_id) is agent:
             del self._agents[agent.sandbox_id]
         # Last, once it is forgotten: it may have exited already (or within the grace wait).

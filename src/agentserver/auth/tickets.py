@@ -26,6 +26,8 @@ SANDBOX_COOKIE = "agentserver_sandbox"
 def sandbox_cookie_name(secure: bool) -> str:
     """The subdomain cookie's name; `__Host-` with https so sibling sandboxes cannot plant it."""
     return f"__Host-{SANDBOX_COOKIE}" if secure else SANDBOX_COOKIE
+
+
 TICKET_LIFETIME = 60.0
 SESSION_LIFETIME = 12 * 3600.0
 # How long a validated session is trusted without asking the database again.

@@ -299,9 +299,7 @@ class SubdomainProxy:
             await self.page(scope, send, pages.LINK_EXPIRED)
             return
         # Host-only (no Domain): the cookie goes to this sandbox's host and nowhere else.
-        cookie = (
-            f"{self.cookie}={token}; Path=/; Max-Age={SESSION_MAX_AGE}; HttpOnly; SameSite=Lax"
-        )
+        cookie = f"{self.cookie}={token}; Path=/; Max-Age={SESSION_MAX_AGE}; HttpOnly; SameSite=Lax"
         if self.settings.secure_cookies:
             cookie += "; Secure"
         await respond(

@@ -88,31 +88,31 @@ def bind(settings: Settings) -> socket.socket:
 
 
 @asynccontextmanager
+async def open_database_url(settings: Settings) -> AsyncIterator[str]:
+    """The database URL: the given one (checked first) or an embedded PostgreSQL's."""
+    if settings.db_url:
+        try:
+            await trio.to_thread.run_sync(check_connect, settings.db_url)
+        except DatabaseUnavailable as exc:
+            raise ConfigError(f"--db-url / DATABASE_URL: {exc.message}") from None
+        yield settings.db_url
+    else:
+        async with open_embedded_postgres(settings.data_dir) as url:
+            yield url
+
+
+@asynccontextmanager
 async def open_db(settings: Settings) -> AsyncIterator[Database]:
-    """The database: embedded unless a URL is given; migrated before use."""
-    async with AsyncExitStack() as stack:
-        if settings.db_url:
-            url = settings.db_url
-            try:
-                await trio.to_thread.run_sync(check_connect, url)
-            except DatabaseUnavailable as exc:
-                raise ConfigError(f"--db-url / DATABASE_URL: {exc.message}") from None
-        else:
-            url = await stack.enter_async_context(open_embedded_postgres(settings.data_dir))
+    """The database, migrated before use."""
+    async with open_database_url(settings) as url:
         await trio.to_thread.run_sync(apply_migrations, url)
-        yield await stack.enter_async_context(open_database(url))
+        async with open_database(url) as db:
+            yield db
 
 
 async def migrate_only(settings: Settings) -> list[str]:
-    async with AsyncExitStack() as stack:
-        if settings.db_url:
-            url = settings.db_url
-            try:
-                await trio.to_thread.run_sync(check_connect, url)
-            except DatabaseUnavailable as exc:
-                raise ConfigError(f"--db-url / DATABASE_URL: {exc.message}") from None
-        else:
-            url = await stack.enter_async_context(open_embedded_postgres(settings.data_dir))
+    """Apply pending migrations and return their names (`agentserver db migrate`)."""
+    async with open_database_url(settings) as url:
         return await trio.to_thread.run_sync(apply_migrations, url)
 
 

@@ -70,10 +70,12 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def zipapp(session: nox.Session) -> None:
-    """Build the single-file agentserver.pyz with shiv."""
+    """Build the single-file dist/agentserver.pyz (serve + agent connect) with shiv."""
     sync(session)
     session.install("shiv")
+    (REPO / "dist").mkdir(exist_ok=True)
     session.run("shiv", "-c", "agentserver", "-o", "dist/agentserver.pyz", "--reproducible", ".")
+    session.run("python", "dist/agentserver.pyz", "--version")
 
 
 @nox.session(venv_backend="none")

@@ -20,10 +20,11 @@ from quart_schema import validate_request
 
 from agentserver.api.common import Body, deps, require, rfc3339
 from agentserver.auth.permissions import Action
-from agentserver.auth.tokens import hash_token, new_id, new_token
+from agentserver.auth.tokens import hash_token, new_token
 from agentserver.deps import Deps
-from agentserver.errors import AgentServerError, Conflict, Invalid, RateLimited, Unauthenticated
+from agentserver.errors import AgentServerError, Invalid, RateLimited, Unauthenticated
 from agentserver.models import Sandbox, SandboxStatus
+from agentserver.sandboxes.service import insert_sandbox
 from agentserver.tunnel.connection import Role, Settings
 from agentserver.tunnel.frames import ProtocolError
 from agentserver.tunnel.hub import Hub
@@ -114,25 +115,14 @@ async def register_agent(data: RegisterBody) -> tuple[dict[str, Any], int]:
 async def _insert_sandbox(
     d: Deps, workspace_id: str, name: str, user_id: str, token: str
 ) -> Sandbox:
-    for attempt in range(3):
-        try:
-            sandbox = await d.db.one(
-                "agent_insert_sandbox",
-                Sandbox,
-                id=new_id(),
-                workspace_id=workspace_id,
-                name=name,
-                created_by=user_id,
-                agent_secret=new_token(24),
-                tunnel_token_hash=hash_token(token),
-            )
-        except Conflict:  # a 16-character id collided: draw another
-            if attempt == 2:
-                raise
-        else:
-            assert sandbox is not None
-            return sandbox
-    raise AssertionError("unreachable")
+    return await insert_sandbox(
+        d.db,
+        "agent_insert_sandbox",
+        workspace_id=workspace_id,
+        name=name,
+        created_by=user_id,
+        tunnel_token_hash=hash_token(token),
+    )
 
 
 # -- the tunnel ----------------------------------------------------------------------------------

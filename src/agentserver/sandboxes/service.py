@@ -205,25 +205,14 @@ class Sandboxes:
     async def _insert(
         self, workspace_id: str, name: str, kind: SandboxType, created_by: str | None
     ) -> Sandbox:
-        for attempt in range(3):
-            try:
-                sandbox = await self.db.one(
-                    "sbx_insert",
-                    Sandbox,
-                    id=new_id(),
-                    workspace_id=workspace_id,
-                    name=name,
-                    type=kind.value,
-                    created_by=created_by,
-                    agent_secret=new_token(24),
-                )
-            except Conflict:  # a 16-character id collided: draw another
-                if attempt == 2:
-                    raise
-            else:
-                assert sandbox is not None
-                return sandbox
-        raise AssertionError("unreachable")
+        return await insert_sandbox(
+            self.db,
+            "sbx_insert",
+            workspace_id=workspace_id,
+            name=name,
+            type=kind.value,
+            created_by=created_by,
+        )
 
     async def pause(self, sandbox_id: str, reason: str | None = None) -> Sandbox:
         """running → pausing now; the backend stops it in the background (→ paused)."""
@@ -454,3 +443,19 @@ class Sandboxes:
     async def _status(self, sandbox_id: str) -> str:
         sandbox = await self.require(sandbox_id)
         return sandbox.status
+
+
+async def insert_sandbox(db: Database, query: str, **params: Any) -> Sandbox:
+    """Insert a sandbox row with a fresh id and agent secret, drawing another id on a collision."""
+    for attempt in range(3):
+        try:
+            sandbox = await db.one(
+                query, Sandbox, id=new_id(), agent_secret=new_token(24), **params
+            )
+        except Conflict:  # a 16-character id collided: draw another
+            if attempt == 2:
+                raise
+        else:
+            assert sandbox is not None
+            return sandbox
+    raise AssertionError("unreachable")

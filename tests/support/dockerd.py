@@ -136,12 +136,8 @@ def _unmount_below(base: Path) -> None:
 def _opencode_elf() -> Path | None:
     """The real opencode ELF the npm package installed (not its Node launcher)."""
     repo = Path(__file__).resolve().parents[2]
-    roots = [Path("/tmp/oc/node_modules"), repo / ".cache/npm/node_modules"]
-    for root in roots:
-        candidate = root / "opencode-linux-x64/bin/opencode"
-        if candidate.is_file():
-            return candidate
-    return None
+    candidate = repo / ".cache/npm/node_modules/opencode-linux-x64/bin/opencode"
+    return candidate if candidate.is_file() else None
 
 
 def _libraries(binary: Path) -> list[Path]:

@@ -13,8 +13,7 @@ from functools import partial
 from typing import Any
 
 import trio
-from hypercorn.config import Config, Sockets
-from hypercorn.trio.run import worker_serve
+from hypercorn.config import Config
 from hypercorn.utils import wrap_app
 
 from agentserver.api import sandbox_open
@@ -28,6 +27,7 @@ from agentserver.db.embedded import open_embedded_postgres
 from agentserver.db.migrate import apply_migrations
 from agentserver.deps import Deps
 from agentserver.errors import ConfigError, DatabaseUnavailable
+from agentserver.proxy import front
 from agentserver.proxy.llm import llm_middleware, open_llm_proxy
 from agentserver.proxy.subdomain import SubdomainProxy, open_proxy
 from agentserver.proxy.tunnel_upstream import open_tunnel_upstreams
@@ -146,18 +146,15 @@ async def run(
                 for middleware in MIDDLEWARE:
                     app = middleware(app, deps)
                 config = hypercorn_config(settings)
-                sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
                 asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
-                # Hypercorn has its own nursery: once `shutdown` is set it drains requests (up to
+                # Sandbox-host requests take the proxy's fast path, the rest hypercorn.
+                fast = app if isinstance(app, SubdomainProxy) else None
+                # Serving has its own nursery: once `shutdown` is set it drains requests (up to
                 # graceful_timeout) and returns, and only then do features and the database close.
                 async with trio.open_nursery() as http:
                     await http.start(
                         partial(
-                            worker_serve,
-                            asgi,
-                            config,
-                            sockets=sockets,
-                            shutdown_trigger=shutdown.wait,
+                            front.serve, asgi, config, sock, fast, shutdown_trigger=shutdown.wait
                         )
                     )
                     loopback = ("127.0.0.1", "0.0.0.0", "::")

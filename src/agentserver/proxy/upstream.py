@@ -1,11 +1,11 @@
 """Reaching a sandbox's agent: the `Upstream` protocol and its TCP implementation.
 
-The TCP side is a small h11 connection pool per (host, port). httpx's pool scan was the proxy's
-bottleneck (shared/reference/proxy-bench.md), so this one is a LIFO stack of idle connections
-with time-based expiry (no socket probe) and one retry when a reused connection turns out to
-be stale before any response byte arrives. Reads are 256 KiB: bulk throughput is set by the
-per-chunk overhead, not by bytes copied.
-"""
+The TCP side is a small HTTP/1.1 connection pool per (host, port), its message heads and
+chunked bodies read by proxy/http1.py (h11 took over a third of the proxy's CPU). httpx's
+pool scan was the proxy's bottleneck (shared/reference/proxy-bench.md), so this one is a LIFO
+stack of idle connections with time-based expiry (no socket probe) and one retry when a
+reused connection turns out to be stale before any response byte arrives. Reads are 256 KiB:
+bulk throughput is set by the per-chunk overhead, not by bytes copied."""
 
 from __future__ import annotations
 
@@ -14,12 +14,22 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass
 from typing import Protocol
 
-import h11
 import trio
 import trio_websocket
 
 from agentserver.errors import SandboxUnreachable
 from agentserver.proxy.headers import Headers
+from agentserver.proxy.http1 import (
+    LAST_CHUNK,
+    MAX_HEAD,
+    ChunkedBody,
+    ProtocolError,
+    ResponseHead,
+    chunk,
+    head_end,
+    parse_response_head,
+    request_head,
+)
 
 READ_SIZE = 256 * 1024
 # Reuse an idle connection only this long: agents close idle keep-alives after some seconds
@@ -88,30 +98,40 @@ class _Stale(Exception):
 
 
 class _Connection:
-    """One HTTP/1.1 connection to an agent and its h11 state."""
+    """One HTTP/1.1 connection to an agent and the bytes read from it but not yet used."""
 
-    __slots__ = ("h11", "idle_since", "received", "stream")
+    __slots__ = ("buffer", "idle_since", "received", "stream")
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.buffer = bytearray()
         self.idle_since = 0.0
         self.received = False
 
-    async def send(self, *events: h11.Event) -> None:
-        await self.stream.send_all(b"".join(self.h11.send(e) or b"" for e in events))
+    async def fill(self) -> None:
+        data = await self.stream.receive_some(READ_SIZE)
+        if not data:
+            raise trio.BrokenResourceError("the agent closed the connection")
+        self.received = True
+        self.buffer += data
 
-    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
+    async def read_head(self, method: bytes) -> ResponseHead:
+        """The next final response head (1xx answers are skipped)."""
+        searched = 0
         while True:
-            event = self.h11.next_event()
-            if event is not h11.NEED_DATA:
-                # A buffered event: only a cheap cancellation check, no trip to the scheduler.
+            end = head_end(self.buffer, searched)
+            if end < 0:
+                if len(self.buffer) > MAX_HEAD:
+                    raise ProtocolError("response head too large")
+                searched = len(self.buffer)
+                await self.fill()
+                continue
+            head = parse_response_head(bytes(self.buffer[:end]), method)
+            del self.buffer[:end]
+            if head.status >= 200:
                 await trio.lowlevel.checkpoint_if_cancelled()
-                return event  # type: ignore[return-value]
-            data = await self.stream.receive_some(READ_SIZE)
-            if data:
-                self.received = True
-            self.h11.receive_data(data)
+                return head
+            searched = 0
 
     def close(self) -> None:
         # Synchronous on purpose: it must work inside a cancelled scope, without a checkpoint.
@@ -158,21 +178,21 @@ class _Replay:
 class _Body:
     """The response body of one exchange; returns the connection to the pool when complete.
 
-    A body framed by Content-Length is read straight from the socket once h11 has parsed the
-    head: h11's receive buffer copies every chunk several times, which capped bulk transfers
-    far below what the socket gives. Chunked bodies (SSE) go through h11.
+    Framed by Content-Length (read straight from the socket), chunked (SSE: each piece comes
+    out as soon as it arrives) or by the agent closing the connection.
     """
 
     def __init__(
-        self, pool: Pool, key: tuple[str, int], conn: _Connection, length: int | None
+        self, pool: Pool, key: tuple[str, int], conn: _Connection, head: ResponseHead
     ) -> None:
         self._pool, self._key, self._conn = pool, key, conn
+        self._remaining = head.length
+        self._chunks = ChunkedBody() if head.chunked else None
+        self._reusable = head.reusable
         self._done = False
-        self._remaining = length
-        self._pending = b""
-        self._reusable = True
-        if length is not None:
-            self._pending, _ = conn.h11.trailing_data
+        if self._chunks is not None:
+            self._chunks.feed(bytes(conn.buffer))
+            conn.buffer.clear()
 
     def __aiter__(self) -> _Body:
         return self
@@ -181,60 +201,66 @@ class _Body:
         if self._done:
             raise StopAsyncIteration
         try:
+            if self._chunks is not None:
+                return await self._next_chunked(self._chunks)
             if self._remaining is not None:
-                return await self._next_raw()
-            while True:
-                event = await self._conn.next_event()
-                if isinstance(event, h11.Data):
-                    return bytes(event.data)
-                if isinstance(event, h11.EndOfMessage):
-                    self._finish()
-                    raise StopAsyncIteration
-                raise SandboxUnreachable("the sandbox closed the response early")
-        except (
-            OSError,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            h11.RemoteProtocolError,
-        ):
+                return await self._next_sized(self._remaining)
+            return await self._next_until_close()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError):
             self.abort()
             raise SandboxUnreachable("the sandbox closed the response early") from None
 
-    async def _next_raw(self) -> bytes:
-        remaining = self._remaining
-        assert remaining is not None
+    async def _next_sized(self, remaining: int) -> bytes:
         if remaining == 0:
-            self._finish_raw()
+            self._finish(reusable=not self._conn.buffer)
             raise StopAsyncIteration
-        if self._pending:
-            chunk, self._pending = self._pending, b""
+        buffer = self._conn.buffer
+        if buffer:
+            chunk = bytes(buffer[:remaining])
+            del buffer[:remaining]
             await trio.lowlevel.checkpoint_if_cancelled()
         else:
             chunk = await self._conn.stream.receive_some(READ_SIZE)
             if not chunk:
                 raise trio.BrokenResourceError
-        if len(chunk) > remaining:  # bytes beyond the body: this connection is not reusable
-            chunk, self._reusable = chunk[:remaining], False
+            if len(chunk) > remaining:  # bytes beyond the body: this connection is spoiled
+                chunk, self._reusable = chunk[:remaining], False
         self._remaining = remaining - len(chunk)
         return chunk
 
-    def _finish_raw(self) -> None:
-        self._done = True
-        conn = self._conn
-        if self._reusable and conn.h11.our_state is h11.DONE:
-            conn.h11 = h11.Connection(h11.CLIENT)  # h11 never saw the body: start afresh
-            self._pool.release(self._key, conn)
-        else:
-            conn.close()
+    async def _next_chunked(self, chunks: ChunkedBody) -> bytes:
+        while True:
+            data = chunks.data()
+            if data:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                return data
+            if chunks.done:
+                self._finish(reusable=not chunks.buffer)
+                raise StopAsyncIteration
+            chunk = await self._conn.stream.receive_some(READ_SIZE)
+            if not chunk:
+                raise trio.BrokenResourceError
+            chunks.feed(chunk)
 
-    def _finish(self) -> None:
+    async def _next_until_close(self) -> bytes:
+        buffer = self._conn.buffer
+        if buffer:
+            chunk = bytes(buffer)
+            buffer.clear()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return chunk
+        chunk = await self._conn.stream.receive_some(READ_SIZE)
+        if not chunk:
+            self._finish(reusable=False)
+            raise StopAsyncIteration
+        return chunk
+
+    def _finish(self, *, reusable: bool) -> None:
         self._done = True
-        conn = self._conn
-        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
-            conn.h11.start_next_cycle()
-            self._pool.release(self._key, conn)
+        if reusable and self._reusable:
+            self._pool.release(self._key, self._conn)
         else:
-            conn.close()
+            self._conn.close()
 
     def abort(self) -> None:
         if not self._done:
@@ -244,19 +270,6 @@ class _Body:
     async def aclose(self) -> None:
         self.abort()  # synchronous first, so it happens even in a cancelled scope
         await trio.lowlevel.checkpoint_if_cancelled()
-
-
-def _raw_length(method: bytes, response: h11.Response) -> int | None:
-    """The Content-Length of a response body we may read past h11, or None to let h11 frame it."""
-    if method == b"HEAD" or response.status_code in (204, 304):
-        return None
-    lengths = {v for n, v in response.headers.raw_items() if n.lower() == b"content-length"}
-    if len(lengths) != 1 or any(
-        n.lower() == b"transfer-encoding" for n, _ in response.headers.raw_items()
-    ):
-        return None
-    value = lengths.pop().strip()
-    return int(value) if value.isdigit() else None
 
 
 class Pool:
@@ -353,20 +366,15 @@ class TcpUpstream:
         try:
             await self._send_request(conn, method, target, headers, replay)
             with trio.move_on_after(self._pool.header_timeout) as waited:
-                response = await self._response_head(conn)
+                head = await conn.read_head(method)
             if waited.cancelled_caught:
                 raise UpstreamTimeout("the sandbox did not answer in time")
-            body = _Body(self._pool, self._key, conn, _raw_length(method, response))
+            body = _Body(self._pool, self._key, conn, head)
             ok = True
-            return UpstreamResponse(
-                response.status_code, list(response.headers.raw_items()), body, body.aclose
-            )
-        except (
-            OSError,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            h11.RemoteProtocolError,
-        ):
+            return UpstreamResponse(head.status, head.headers, body, body.aclose)
+        except ProtocolError:
+            raise SandboxUnreachable("the sandbox sent a broken response") from None
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             if conn.received:
                 raise SandboxUnreachable("the sandbox sent a broken response") from None
             raise _Stale from None
@@ -379,28 +387,20 @@ class TcpUpstream:
         conn: _Connection, method: bytes, target: bytes, headers: Headers, replay: _Replay
     ) -> None:
         # The head, any body already read (a retry) and the first chunk go out in one write.
-        # `_parsed`: skip h11's per-header regex checks. Every header either came through the
-        # server's own h11 parse or was built by us, and the method and target likewise.
-        head = h11.Request(method=method, target=target, headers=headers, _parsed=True)
-        pending: list[h11.Event] = [head]
-        pending += [h11.Data(data=c) for c in replay.rewind() if c]
-        while (chunk := await replay.next()) is not None:
-            if chunk:
-                pending.append(h11.Data(data=chunk))
-                await conn.send(*pending)
+        # A body of unknown length (the browser sent it chunked) goes on chunked.
+        chunked = any(n == b"transfer-encoding" for n, _ in headers)
+        frame = chunk if chunked else bytes
+        pending = [request_head(method, target, headers)]
+        pending += [frame(c) for c in replay.rewind() if c]
+        while (piece := await replay.next()) is not None:
+            if piece:
+                pending.append(frame(piece))
+                await conn.stream.send_all(b"".join(pending))
                 pending = []
-        pending.append(h11.EndOfMessage())
-        await conn.send(*pending)
-
-    @staticmethod
-    async def _response_head(conn: _Connection) -> h11.Response:
-        while True:
-            event = await conn.next_event()
-            if isinstance(event, h11.Response):
-                return event
-            if isinstance(event, h11.InformationalResponse):
-                continue  # 100 Continue and friends: the final answer follows
-            raise h11.RemoteProtocolError("connection closed before a response")
+        if chunked:
+            pending.append(LAST_CHUNK)
+        if pending:
+            await conn.stream.send_all(b"".join(pending))
 
     @asynccontextmanager
     async def websocket(

@@ -1,0 +1,211 @@
+"""One plain HTTP/1.1 exchange on a raw client socket, given to the subdomain proxy as ASGI.
+
+`front.py` decides which requests come here (proxy/http1.py says which are plain). The proxy
+sees the same scope, receive and send it gets from hypercorn, so its security model (tickets,
+cookies, roles, Origin, status pages, waking) has one implementation for both paths. This
+module owns only HTTP/1.1 framing: the request body by Content-Length, the response by its
+Content-Length or chunked, the browser leaving (seen while a long response runs, or as a
+failed write: either cancels the exchange), and whether the connection may carry another
+request afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from agentserver.proxy.http1 import (
+    LAST_CHUNK,
+    MAX_HEAD,
+    Headers,
+    RequestHead,
+    body_allowed,
+    chunk,
+    content_length,
+    response_head,
+)
+from agentserver.proxy.routing import Target
+from agentserver.proxy.subdomain import SubdomainProxy
+
+log = logging.getLogger(__name__)
+READ_SIZE = 256 * 1024
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
+_FAILED = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
+
+
+class Client:
+    """The browser's connection: its socket and the bytes read but not yet used."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+        peer, local = stream.socket.getpeername(), stream.socket.getsockname()
+        self.peer: tuple[str, int] = (peer[0], peer[1])
+        self.local: tuple[str, int] = (local[0], local[1])
+
+    async def fill(self, size: int = MAX_HEAD) -> bool:
+        """Read more into the buffer; False at end of stream."""
+        data = await self.stream.receive_some(size)
+        self.buffer += data
+        return bool(data)
+
+    async def read(self, most: int) -> bytes:
+        """Up to `most` bytes, buffered ones first; b"" at end of stream."""
+        if not self.buffer:
+            return bytes(await self.stream.receive_some(min(most, READ_SIZE)))
+        data = bytes(self.buffer[:most])
+        del self.buffer[:most]
+        await trio.lowlevel.checkpoint()
+        return data
+
+    async def wait_gone(self) -> None:
+        """Return when the browser closes; bytes it sends meanwhile (a pipelined request)
+        are kept for later, up to one head's worth."""
+        while len(self.buffer) <= MAX_HEAD:
+            try:
+                if not await self.fill():
+                    return
+            except _BROKEN:
+                return
+        await trio.sleep_forever()
+
+    def close(self) -> None:
+        # Synchronous: it must work in a cancelled scope.
+        self.stream.socket.close()
+
+
+class Exchange:
+    """One request and its response; `run` says whether the connection stays open."""
+
+    def __init__(
+        self, client: Client, request: RequestHead, target: Target, proxy: SubdomainProxy
+    ) -> None:
+        self.client, self.request, self.target, self.proxy = client, request, target, proxy
+        self._unread = request.content_length
+        self._body_sent = False  # the last http.request message was handed out
+        self._gone = False
+        self._status = 0
+        self._headers: Headers = []
+        self._started = self._complete = self._chunked = False
+        self._declared: int | None = None
+        self._sent = 0
+        self._scope = trio.CancelScope()
+
+    def scope(self) -> dict[str, Any]:
+        request, client = self.request, self.client
+        return {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": "1.1",
+            "method": request.method.decode("ascii"),
+            "scheme": "http",
+            "path": request.decoded_path(),
+            "raw_path": request.path,
+            "query_string": request.query,
+            "root_path": "",
+            "headers": request.headers,
+            "client": client.peer,
+            "server": client.local,
+            "extensions": {},
+        }
+
+    async def run(self) -> bool:
+        with self._scope:
+            try:
+                await self.proxy.handle(self.target, self.scope(), self.receive, self.send)
+            except Exception:
+                log.exception("proxying %s failed", self.target.sandbox_id)
+                if not self._started:
+                    self._headers = _FAILED
+                    self._status = 500
+                    await self._write_body(b"internal server error", more=False)
+        framed = (
+            self._chunked
+            or self._declared is None
+            or self._sent == self._declared
+            or not body_allowed(self.request.method, self._status)
+        )
+        return (
+            framed
+            and self._complete
+            and not self._gone
+            and self._unread == 0
+            and self.request.keep_alive
+        )
+
+    # -- ASGI receive ----------------------------------------------------------------------
+
+    async def receive(self) -> dict[str, Any]:
+        if not self._body_sent:
+            if self._unread == 0:
+                self._body_sent = True
+                await trio.lowlevel.checkpoint()
+                return {"type": "http.request", "body": b"", "more_body": False}
+            try:
+                data = await self.client.read(self._unread)
+            except _BROKEN:
+                data = b""
+            if not data:
+                self._gone = True
+                return {"type": "http.disconnect"}
+            self._unread -= len(data)
+            self._body_sent = self._unread == 0
+            return {"type": "http.request", "body": data, "more_body": self._unread > 0}
+        await self.client.wait_gone()
+        self._gone = True
+        return {"type": "http.disconnect"}
+
+    # -- ASGI send -------------------------------------------------------------------------
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self._status = int(message["status"])
+            self._headers = list(message.get("headers", ()))
+            if content_length(self._headers) is None:
+                # A stream (SSE) may wait long for its first bytes: the browser gets the head
+                # now. A sized body follows at once and shares the head's write.
+                await self._write_body(b"", more=True)
+            else:
+                await trio.lowlevel.checkpoint()
+        elif kind == "http.response.body" and not self._complete:
+            await self._write_body(bytes(message.get("body", b"")), bool(message.get("more_body")))
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def _write_body(self, body: bytes, more: bool) -> None:
+        out = b"" if self._started else self._head(body, more)
+        if body_allowed(self.request.method, self._status):
+            if self._chunked:
+                out += (chunk(body) if body else b"") + (b"" if more else LAST_CHUNK)
+            else:
+                if self._declared is not None:
+                    body = body[: self._declared - self._sent]  # never past what we declared
+                out += body
+                self._sent += len(body)
+        self._complete = not more
+        try:
+            await self.client.stream.send_all(out)
+        except _BROKEN:
+            # The browser left: end the exchange (the proxy's finally blocks close upstream).
+            self._gone = True
+            self._scope.cancel()
+            await trio.lowlevel.checkpoint()
+
+    def _head(self, body: bytes, more: bool) -> bytes:
+        """The response head, sent with the first body bytes in one write."""
+        self._started = True
+        headers = self._headers
+        self._declared = content_length(headers)
+        if body_allowed(self.request.method, self._status) and self._declared is None:
+            headers = [(n, v) for n, v in headers if n != b"content-length"]
+            if more:
+                self._chunked = True
+            else:
+                self._declared = len(body)
+                headers.append((b"content-length", b"%d" % len(body)))
+        close = not self.request.keep_alive
+        return response_head(self._status, headers, chunked=self._chunked, close=close)

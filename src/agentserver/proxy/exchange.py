@@ -11,6 +11,7 @@ request afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -28,12 +29,25 @@ from agentserver.proxy.http1 import (
 )
 from agentserver.proxy.routing import Target
 from agentserver.proxy.subdomain import SubdomainProxy
+from agentserver.proxy.upstream import send_all
 
 log = logging.getLogger(__name__)
 READ_SIZE = 256 * 1024
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
 _FAILED = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
+
+
+class ClientLeft(Exception):
+    """The browser closed its connection while we were answering."""
+
+
+def _client_left(exc: BaseException) -> bool:
+    """Whether `exc` only says the browser left (maybe wrapped by the proxy's nurseries)."""
+    if isinstance(exc, BaseExceptionGroup):
+        rest = exc.split(ClientLeft)[1]
+        return rest is None
+    return isinstance(exc, ClientLeft)
 
 
 class Client:
@@ -58,12 +72,13 @@ class Client:
             return bytes(await self.stream.receive_some(min(most, READ_SIZE)))
         data = bytes(self.buffer[:most])
         del self.buffer[:most]
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         return data
 
     async def wait_gone(self) -> None:
         """Return when the browser closes; bytes it sends meanwhile (a pipelined request)
         are kept for later, up to one head's worth."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         while len(self.buffer) <= MAX_HEAD:
             try:
                 if not await self.fill():
@@ -92,7 +107,6 @@ class Exchange:
         self._started = self._complete = self._chunked = False
         self._declared: int | None = None
         self._sent = 0
-        self._scope = trio.CancelScope()
 
     def scope(self) -> dict[str, Any]:
         request, client = self.request, self.client
@@ -113,15 +127,17 @@ class Exchange:
         }
 
     async def run(self) -> bool:
-        with self._scope:
-            try:
-                await self.proxy.handle(self.target, self.scope(), self.receive, self.send)
-            except Exception:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            await self.proxy.handle(self.target, self.scope(), self.receive, self.send)
+        except Exception as exc:
+            if not _client_left(exc):
                 log.exception("proxying %s failed", self.target.sandbox_id)
-                if not self._started:
+                if not self._started and not self._gone:
                     self._headers = _FAILED
                     self._status = 500
-                    await self._write_body(b"internal server error", more=False)
+                    with contextlib.suppress(ClientLeft):
+                        await self._write_body(b"internal server error", more=False)
         framed = (
             self._chunked
             or self._declared is None
@@ -139,10 +155,10 @@ class Exchange:
     # -- ASGI receive ----------------------------------------------------------------------
 
     async def receive(self) -> dict[str, Any]:
+        await trio.lowlevel.checkpoint_if_cancelled()
         if not self._body_sent:
             if self._unread == 0:
                 self._body_sent = True
-                await trio.lowlevel.checkpoint()
                 return {"type": "http.request", "body": b"", "more_body": False}
             try:
                 data = await self.client.read(self._unread)
@@ -170,11 +186,11 @@ class Exchange:
                 # now. A sized body follows at once and shares the head's write.
                 await self._write_body(b"", more=True)
             else:
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint_if_cancelled()
         elif kind == "http.response.body" and not self._complete:
             await self._write_body(bytes(message.get("body", b"")), bool(message.get("more_body")))
         else:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _write_body(self, body: bytes, more: bool) -> None:
         out = b"" if self._started else self._head(body, more)
@@ -188,12 +204,11 @@ class Exchange:
                 self._sent += len(body)
         self._complete = not more
         try:
-            await self.client.stream.send_all(out)
+            await send_all(self.client.stream, out)
         except _BROKEN:
             # The browser left: end the exchange (the proxy's finally blocks close upstream).
             self._gone = True
-            self._scope.cancel()
-            await trio.lowlevel.checkpoint()
+            raise ClientLeft from None
 
     def _head(self, body: bytes, more: bool) -> bytes:
         """The response head, sent with the first body bytes in one write."""

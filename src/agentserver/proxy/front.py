@@ -13,6 +13,7 @@ read, for the rest of that connection's life.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -28,10 +29,11 @@ from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 
 from agentserver.proxy.exchange import Client, Exchange
 from agentserver.proxy.http1 import MAX_HEAD, head_end, parse_request_head
-from agentserver.proxy.routing import route
+from agentserver.proxy.routing import Target, route
 from agentserver.proxy.subdomain import SubdomainProxy
 
 log = logging.getLogger(__name__)
+ROUTES_REMEMBERED = 4096
 
 
 class _Replayed:
@@ -79,6 +81,7 @@ class Front:
         self.app, self.config, self.context, self.state = app, config, context, state
         self.proxy = proxy
         self._idle: set[trio.CancelScope] = set()
+        self._routes: dict[bytes, Target | None] = {}
         self._draining = False
 
     def drain(self) -> None:
@@ -88,6 +91,7 @@ class Front:
             scope.cancel()
 
     async def handle(self, stream: trio.SocketStream) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
         handed_over = False
         try:
             client = Client(stream)
@@ -95,21 +99,22 @@ class Front:
             await stream.aclose()
             return
         try:
-            while not self._draining:
-                end = await self._next_head(client)
-                if end is None:
-                    return
-                request = parse_request_head(bytes(client.buffer[:end])) if end > 0 else None
-                target = None
-                if request is not None and self.proxy is not None:
-                    target = route(request.host, self.proxy.settings.domain)
-                if request is None or target is None or self.proxy is None:
-                    handed_over = True
-                    await self._hand_over(client)
-                    return
-                del client.buffer[:end]
-                if not await Exchange(client, request, target, self.proxy).run():
-                    return
+            # One scope for the connection's life: its deadline is the keep-alive limit while
+            # it waits for a request, none while one is served (cheaper than a scope each).
+            with trio.CancelScope() as idle:
+                while not self._draining:
+                    end = await self._next_head(client, idle)
+                    if end is None:
+                        return
+                    request = parse_request_head(bytes(client.buffer[:end])) if end > 0 else None
+                    target = self._route(request.host) if request is not None else None
+                    if request is None or target is None or self.proxy is None:
+                        handed_over = True
+                        await self._hand_over(client)
+                        return
+                    del client.buffer[:end]
+                    if not await Exchange(client, request, target, self.proxy).run():
+                        return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
@@ -117,25 +122,40 @@ class Front:
                 client.close()
                 await trio.lowlevel.checkpoint_if_cancelled()
 
-    async def _next_head(self, client: Client) -> int | None:
+    def _route(self, host: bytes) -> Target | None:
+        """The sandbox a Host names (remembered: a browser sends the same few hosts)."""
+        if self.proxy is None:
+            return None
+        try:
+            return self._routes[host]
+        except KeyError:
+            if len(self._routes) >= ROUTES_REMEMBERED:
+                self._routes.clear()
+            target = self._routes[host] = route(host, self.proxy.settings.domain)
+            return target
+
+    async def _next_head(self, client: Client, idle: trio.CancelScope) -> int | None:
         """Index past the next head in the buffer; 0 for "not ours to parse" (too large);
-        None when the client left, stayed idle too long, or the server is draining."""
-        with trio.CancelScope(
-            deadline=trio.current_time() + self.config.keep_alive_timeout
-        ) as idle:
-            self._idle.add(idle)
-            try:
-                searched = 0
-                while (end := head_end(client.buffer, searched)) < 0:
-                    if len(client.buffer) > MAX_HEAD:
-                        return 0
-                    searched = len(client.buffer)
-                    if not await client.fill():
-                        return None
-                return end
-            finally:
-                self._idle.discard(idle)
-        return None  # cancelled: idle timeout or drain
+        None when the client left. Cancelled when idle too long or the server drains."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        end = head_end(client.buffer)
+        if end >= 0:
+            return end
+        # The whole head must arrive within the keep-alive limit (no trickling a byte a minute).
+        idle.deadline = trio.current_time() + self.config.keep_alive_timeout
+        self._idle.add(idle)
+        try:
+            while end < 0:
+                if len(client.buffer) > MAX_HEAD:
+                    return 0
+                searched = len(client.buffer)
+                if not await client.fill():
+                    return None
+                end = head_end(client.buffer, searched)
+            return end
+        finally:
+            self._idle.discard(idle)
+            idle.deadline = math.inf
 
     async def _hand_over(self, client: Client) -> None:
         stream = _Replayed(client.stream, bytes(client.buffer))

@@ -210,11 +210,11 @@ class SubdomainProxy:
             upstream = hub.upstream(sandbox.id) if hub is not None else None
             if upstream is None:
                 await self.page(scope, send, pages.OFFLINE)
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
             return upstream
         if status is SandboxStatus.RUNNING:
             if sandbox.endpoint_host and sandbox.endpoint_port:
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint_if_cancelled()  # the hot path: no scheduler trip
                 return self.pool.upstream(sandbox.endpoint_host, sandbox.endpoint_port)
             await self.page(scope, send, pages.STARTING)
         elif status in _WAKING:

@@ -1,0 +1,105 @@
+"""A real server, a recording upstream (tests/support/upstream.py) and a member who can open
+sandboxes: the world the subdomain proxy tests run in (fixture `world`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+import pytest
+import trio
+
+from agentserver.auth.tokens import new_id
+from tests.conftest import Server, register
+from tests.support.upstream import RecordingUpstream, serve_upstream
+
+AGENT_SECRET = "agent-password-123"
+
+
+@dataclass
+class RecordingService:
+    """Stands in for (or wraps) the lifecycle service: records wake and activity calls."""
+
+    inner: Any = None
+    woken: list[str] = field(default_factory=list)
+    active: list[str] = field(default_factory=list)
+
+    async def wake(self, sandbox_id: str) -> None:
+        self.woken.append(sandbox_id)
+        if self.inner is not None:
+            await self.inner.wake(sandbox_id)
+
+    def record_activity(self, sandbox_id: str) -> None:
+        self.active.append(sandbox_id)
+        if self.inner is not None:
+            self.inner.record_activity(sandbox_id)
+
+
+@dataclass
+class World:
+    server: Server
+    upstream: RecordingUpstream
+    owner: httpx.AsyncClient
+    workspace_id: str
+    db_url: str
+    service: RecordingService
+
+    def host(self, sandbox_id: str, prefix: str = "oc-") -> str:
+        return f"{prefix}{sandbox_id}.localhost:{self.server.port}"
+
+    def sub(self, sandbox_id: str, cookie: str | None = None, **headers: str) -> httpx.AsyncClient:
+        """A client talking to the sandbox's subdomain (Host header to 127.0.0.1)."""
+        sent = {"Host": self.host(sandbox_id), **headers}
+        if cookie:
+            sent["Cookie"] = f"agentserver_sandbox={cookie}"
+        return httpx.AsyncClient(base_url=self.server.url, headers=sent, timeout=30)
+
+    async def sql(self, query: str, *params: Any) -> None:
+        def run() -> None:
+            with psycopg.connect(self.db_url, autocommit=True) as conn:
+                conn.execute(query, params)  # type: ignore[arg-type]
+
+        await trio.to_thread.run_sync(run)
+
+    async def sandbox(self, status: str = "running", sandbox_type: str = "opencode") -> str:
+        sandbox_id = new_id()
+        await self.sql(
+            "INSERT INTO sandboxes (id, workspace_id, name, type, status, agent_secret,"
+            " endpoint_host, endpoint_port) VALUES (%s, %s, %s, %s, %s, %s, '127.0.0.1', %s)",
+            sandbox_id,
+            self.workspace_id,
+            f"sb-{sandbox_id[:4]}",
+            sandbox_type,
+            status,
+            AGENT_SECRET,
+            self.upstream.port,
+        )
+        return sandbox_id
+
+    async def ticket_url(self, client: httpx.AsyncClient, sandbox_id: str) -> str:
+        response = await client.get(f"/api/sandboxes/{sandbox_id}/open")
+        assert response.status_code == 302, response.text
+        return response.headers["location"]
+
+    async def open(self, sandbox_id: str, client: httpx.AsyncClient | None = None) -> str:
+        """Go through /open and the ticket redemption; the sandbox cookie's value."""
+        url = urlsplit(await self.ticket_url(client or self.owner, sandbox_id))
+        async with self.sub(sandbox_id) as sub:
+            response = await sub.get(f"{url.path}?{url.query}")
+        assert response.status_code == 302, response.text
+        return response.cookies["agentserver_sandbox"]
+
+
+@pytest.fixture
+async def world(server: Server, nursery: trio.Nursery, db_url: str) -> AsyncIterator[World]:
+    upstream: RecordingUpstream = await nursery.start(serve_upstream, RecordingUpstream())
+    service = RecordingService(server.deps.extras.get("sandboxes"))
+    server.deps.extras["sandboxes"] = service
+    async with server.client() as owner:
+        await register(owner, "owner")
+        workspace = (await owner.post("/api/workspaces", json={"name": "w"})).json()
+        yield World(server, upstream, owner, workspace["id"], db_url, service)

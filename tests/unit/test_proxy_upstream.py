@@ -1,14 +1,16 @@
-"""The proxy's h11 upstream pool against a real loopback server (no database, no agentserver)."""
+"""The proxy's HTTP/1.1 upstream pool against a real loopback server (no database)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 
 import pytest
 import trio
 
 from agentserver.errors import SandboxUnreachable
 from agentserver.proxy.upstream import Pool, UpstreamTimeout
+from tests.support.tcp import read_exactly, tcp_pair
 from tests.support.upstream import HTML, RecordingUpstream, serve_upstream
 
 
@@ -127,4 +129,46 @@ async def test_head_and_empty_responses_reuse_the_connection(upstream: Recording
     assert await fetch(pool, upstream.port, b"HEAD", b"/") == (200, b"")
     assert await fetch(pool, upstream.port, b"GET", b"/") == (200, HTML)
     assert upstream.connections == 1
+    pool.close()
+
+
+async def test_a_spliced_body_arrives_whole_and_frees_its_connection(
+    upstream: RecordingUpstream,
+) -> None:
+    """A sized body moved with splice(2) reaches the browser socket and the link is reused."""
+    pool = Pool()
+    size = 3_000_017
+    response = await pool.upstream("127.0.0.1", upstream.port).request(
+        b"GET", f"/big?size={size}".encode(), [(b"host", b"u")], chunks()
+    )
+    assert response.splice is not None
+    async with tcp_pair() as (sink, browser), trio.open_nursery() as nursery:
+        received: list[bytes] = []
+
+        async def read() -> None:
+            received.append(await read_exactly(browser, size))
+
+        nursery.start_soon(read)
+        assert await response.splice(sink) == size
+    assert received == [b"x" * size]
+    assert pool.idle_count() == 1
+    assert (await fetch(pool, upstream.port, b"GET", b"/json"))[0] == 200
+    assert upstream.connections == 1
+    pool.close()
+
+
+async def test_a_body_ended_by_closing_is_read_to_the_end(nursery: trio.Nursery) -> None:
+    """A response with no length and no chunking ends when the agent closes; never reused."""
+
+    async def agent(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nhello ")
+        await stream.send_all(b"world")
+        await stream.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, agent, 0, host="127.0.0.1"))
+    pool = Pool()
+    port = listeners[0].socket.getsockname()[1]
+    assert await fetch(pool, port, b"GET", b"/") == (200, b"hello world")
+    assert pool.idle_count() == 0
     pool.close()

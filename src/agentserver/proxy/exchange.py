@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
+from agentserver.proxy.http import SPLICE
 from agentserver.proxy.http1 import (
     LAST_CHUNK,
     MAX_HEAD,
@@ -28,6 +30,7 @@ from agentserver.proxy.http1 import (
     response_head,
 )
 from agentserver.proxy.routing import Target
+from agentserver.proxy.splice import available as splice_available
 from agentserver.proxy.subdomain import SubdomainProxy
 from agentserver.proxy.upstream import send_all
 
@@ -123,7 +126,7 @@ class Exchange:
             "headers": request.headers,
             "client": client.peer,
             "server": client.local,
-            "extensions": {},
+            "extensions": {SPLICE: {}} if splice_available else {},
         }
 
     async def run(self) -> bool:
@@ -189,6 +192,8 @@ class Exchange:
                 await trio.lowlevel.checkpoint_if_cancelled()
         elif kind == "http.response.body" and not self._complete:
             await self._write_body(bytes(message.get("body", b"")), bool(message.get("more_body")))
+        elif kind == SPLICE and not self._complete:
+            await self._splice(message["splice"])
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
 
@@ -209,6 +214,19 @@ class Exchange:
             # The browser left: end the exchange (the proxy's finally blocks close upstream).
             self._gone = True
             raise ClientLeft from None
+
+    async def _splice(self, move: Callable[[trio.SocketStream], Awaitable[int]]) -> None:
+        """The rest of a sized body, kernel to kernel (proxy/splice.py)."""
+        if not self._started:
+            await self._write_body(b"", more=True)
+        if self._chunked or self._declared is None:
+            raise RuntimeError("splice needs a response framed by Content-Length")
+        try:
+            self._sent += await move(self.client.stream)
+        except _BROKEN:
+            self._gone = True
+            raise ClientLeft from None
+        self._complete = True
 
     def _head(self, body: bytes, more: bool) -> bytes:
         """The response head, sent with the first body bytes in one write."""

@@ -23,6 +23,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 # their end is near anyway, and skipping the watcher keeps small requests cheap.
 SMALL_RESPONSE = 1 << 20
 ACTIVITY_INTERVAL = 20.0
+# An ASGI extension of our fast path (proxy/exchange.py): the server moves a sized body from
+# the agent's socket to the browser's itself, with splice(2).
+SPLICE = "agentserver.splice"
 
 
 class ClientGone(Exception):
@@ -105,14 +108,21 @@ async def proxy_http(
             await send({"type": "http.response.body", "body": body, "more_body": False})
         else:
             await send(start)
-            await _relay_watched(response, receive, send, on_activity)
+            await _relay_watched(response, scope, receive, send, on_activity)
     finally:
         await response.aclose()
     on_activity()
 
 
-async def _relay(response: UpstreamResponse, send: Send) -> bool:
+async def _relay(response: UpstreamResponse, send: Send, scope: Scope) -> bool:
     """Copy the body; False when the upstream broke off (the browser sees a cut response)."""
+    if response.splice is not None and SPLICE in scope.get("extensions", {}):
+        try:
+            await send({"type": SPLICE, "splice": response.splice})
+        except SandboxUnreachable:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return False
+        return True
     try:
         async for chunk in response.body:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -124,13 +134,17 @@ async def _relay(response: UpstreamResponse, send: Send) -> bool:
 
 
 async def _relay_watched(
-    response: UpstreamResponse, receive: Receive, send: Send, on_activity: Callable[[], None]
+    response: UpstreamResponse,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    on_activity: Callable[[], None],
 ) -> None:
     """Copy a long body while watching for the browser to leave and keeping the sandbox awake."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
         nursery.start_soon(_keep_awake, on_activity)
-        await _relay(response, send)
+        await _relay(response, send, scope)
         nursery.cancel_scope.cancel()
 
 

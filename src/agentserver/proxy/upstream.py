@@ -19,6 +19,7 @@ import trio
 import trio_websocket
 
 from agentserver.errors import SandboxUnreachable
+from agentserver.proxy import splice
 from agentserver.proxy.headers import Headers
 from agentserver.proxy.http1 import (
     LAST_CHUNK,
@@ -59,6 +60,9 @@ class UpstreamResponse:
     headers: Headers
     body: AsyncIterator[bytes]
     aclose: Callable[[], Awaitable[None]]
+    # For a sized body straight off a TCP agent: send the rest of it to a browser socket
+    # with splice(2) (returns the bytes moved); None when the body must be read as chunks.
+    splice: Callable[[trio.SocketStream], Awaitable[int]] | None = None
 
 
 class UpstreamSocket(Protocol):
@@ -273,6 +277,27 @@ class _Body:
             raise StopAsyncIteration
         return chunk
 
+    async def splice_into(self, sink: trio.SocketStream) -> int:
+        """Send the rest of a sized body to `sink` without reading it into Python."""
+        remaining = self._remaining
+        assert remaining is not None
+        assert not self._done
+        moved = 0
+        try:
+            buffer = self._conn.buffer
+            if buffer:
+                first = bytes(buffer[:remaining])
+                del buffer[:remaining]
+                await send_all(sink, first)
+                moved = len(first)
+            await splice.splice(self._conn.stream, sink, remaining - moved)
+        except BaseException:
+            self.abort()  # the link's state is unknown: never reuse it
+            raise
+        self._remaining = 0
+        self._finish(reusable=not self._conn.buffer)
+        return remaining
+
     def _finish(self, *, reusable: bool) -> None:
         self._done = True
         if reusable and self._reusable:
@@ -389,7 +414,14 @@ class TcpUpstream:
                 raise UpstreamTimeout("the sandbox did not answer in time")
             body = _Body(self._pool, self._key, conn, head)
             ok = True
-            return UpstreamResponse(head.status, head.headers, body, body.aclose)
+            spliceable = splice.available and bool(head.length) and not head.chunked
+            return UpstreamResponse(
+                head.status,
+                head.headers,
+                body,
+                body.aclose,
+                body.splice_into if spliceable else None,
+            )
         except ProtocolError:
             raise SandboxUnreachable("the sandbox sent a broken response") from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):

@@ -32,7 +32,7 @@ from agentserver.proxy.http1 import (
 from agentserver.proxy.routing import Target
 from agentserver.proxy.splice import available as splice_available
 from agentserver.proxy.subdomain import SubdomainProxy
-from agentserver.proxy.upstream import send_all
+from agentserver.proxy.upstream import receive_reply, send_all
 
 log = logging.getLogger(__name__)
 READ_SIZE = 256 * 1024
@@ -65,7 +65,7 @@ class Client:
 
     async def fill(self, size: int = MAX_HEAD) -> bool:
         """Read more into the buffer; False at end of stream."""
-        data = await self.stream.receive_some(size)
+        data = await receive_reply(self.stream, size)
         self.buffer += data
         return bool(data)
 

@@ -102,6 +102,7 @@ class SubdomainProxy:
         pool = deps.extras.get("proxy_pool")
         self.pool: Pool = pool if isinstance(pool, Pool) else Pool()
         self._touched: dict[str, float] = {}
+        self._origins: dict[tuple[str, str], frozenset[str]] = {}  # per host and scheme
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -189,13 +190,20 @@ class SubdomainProxy:
 
     def own_origins(self, scope: Scope) -> frozenset[str]:
         host = (host_of(scope) or b"").decode("latin-1").lower()
+        key = (host, scope.get("scheme", "http"))
+        known = self._origins.get(key)
+        if known is not None:
+            return known
+        if len(self._origins) >= 4096:
+            self._origins.clear()
         schemes = {
             self.settings.base_scheme,
             {"ws": "http", "wss": "https"}.get(
                 scope.get("scheme", "http"), scope.get("scheme", "http")
             ),
         }
-        return frozenset(f"{s}://{host}" for s in schemes)
+        origins = self._origins[key] = frozenset(f"{s}://{host}" for s in schemes)
+        return origins
 
     async def upstream_for(self, scope: Scope, send: Send, sandbox: Sandbox) -> Upstream | None:
         """The way to the sandbox's agent, or None after answering with a status page."""

@@ -115,6 +115,21 @@ async def send_all(stream: trio.SocketStream, data: bytes) -> None:
         raise trio.BrokenResourceError(f"the connection broke: {exc.strerror}") from None
 
 
+async def receive_reply(stream: trio.SocketStream, size: int) -> bytes:
+    """`stream.receive_some` for bytes that are not there yet (a reply to what we just sent,
+    the next request on a kept-alive connection): wait for readiness, then one read. This
+    skips the failed read attempt and the extra scheduler trip of the general path."""
+    sock = stream.socket
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return os.read(sock.fileno(), size)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"the connection broke: {exc.strerror}") from None
+
+
 class _Stale(Exception):
     """A connection failed before any response byte arrived (safe to retry if reused)."""
 
@@ -131,7 +146,7 @@ class _Connection:
         self.received = False
 
     async def fill(self) -> None:
-        data = await self.stream.receive_some(READ_SIZE)
+        data = await receive_reply(self.stream, READ_SIZE)
         if not data:
             raise trio.BrokenResourceError("the agent closed the connection")
         self.received = True
@@ -259,7 +274,7 @@ class _Body:
             if chunks.done:
                 self._finish(reusable=not chunks.buffer)
                 raise StopAsyncIteration
-            chunk = await self._conn.stream.receive_some(READ_SIZE)
+            chunk = await receive_reply(self._conn.stream, READ_SIZE)  # SSE: the next event
             if not chunk:
                 raise trio.BrokenResourceError
             chunks.feed(chunk)

@@ -288,7 +288,7 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
         size = args.megabytes * MB
         cpu: dict[str, list[float]] = {}
         pids = {"server": server_proc.pid, "agent": agent_proc.pid}
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
             for name, probe in (("download MB/s", download), ("upload MB/s", upload)):
                 d = await probe(direct, size)
                 spent = {k: cpu_seconds(p) for k, p in pids.items()}
@@ -298,6 +298,10 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
                         (cpu_seconds(p) - spent[k]) / (size / MB) * 100
                     )
                 add(name, d, t)
+                # Each round on its own line: on a shared machine the spread matters.
+                print(
+                    f"round {round_ + 1} {name:<14} direct {d:7.1f} tunnel {t:7.1f} = {t / d:.2f}x"
+                )
             for _ in range(100):
                 add("small request ms", await small(direct) * 1000, await small(tunnel) * 1000)
             d = [x * 1000 for x in await sse_delays(direct, 100)]

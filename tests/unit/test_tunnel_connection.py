@@ -151,16 +151,16 @@ def test_send_capacity_is_the_smaller_of_credit_and_frame_limit() -> None:
 
 
 def test_credit_returns_only_as_the_receiver_consumes() -> None:
-    """Window frames are sent when consumed bytes reach a quarter window, not on receipt."""
+    """Window frames are sent when consumed bytes reach half a window, not on receipt."""
     pair = ConnectionPair()
     stream_id = pair.open()
     for _ in range(4):
         pair.server.send_data(stream_id, b"x" * 1024)
     server_events, _ = pair.shuttle()
     assert server_events == []  # receiving alone grants nothing
-    pair.client.acknowledge(stream_id, 1000)
-    assert pair.client.frames_to_send() == []  # below the 1024-byte threshold
-    pair.client.acknowledge(stream_id, 1048)
+    pair.client.acknowledge(stream_id, 2000)
+    assert pair.client.frames_to_send() == []  # below the 2048-byte threshold
+    pair.client.acknowledge(stream_id, 48)
     server_events, _ = pair.shuttle()
     assert server_events == [WindowUpdated(stream_id, 2048)]
     assert pair.server.send_capacity(stream_id) == 1024

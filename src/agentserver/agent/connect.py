@@ -24,6 +24,7 @@ import trio
 import trio_websocket
 
 from agentserver.agent.forward import Forwarder
+from agentserver.tunnel import masking
 from agentserver.tunnel.connection import Role, Settings
 from agentserver.tunnel.frames import ProtocolError
 from agentserver.tunnel.transport import Tunnel, TunnelClosed, WebSocketLink
@@ -33,9 +34,10 @@ DEFAULT_OPENCODE_URL = "http://localhost:4096"
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0
 HEALTHY_AFTER = 30.0  # seconds connected after which the backoff starts again from 1 s
 PING_INTERVAL = 20.0
-# What the agent accepts from the server: 64 KiB frames, 1 MiB of credit per stream.
+# What the agent accepts from the server: 256 KiB frames, 2 MiB of credit per stream (see the
+# server's TUNNEL_SETTINGS). An older server that announces less gets frames of its size.
 AGENT_SETTINGS = Settings(
-    max_frame_payload=64 * 1024, initial_window=1024 * 1024, ping_interval=PING_INTERVAL
+    max_frame_payload=256 * 1024, initial_window=2 * 1024 * 1024, ping_interval=PING_INTERVAL
 )
 REVOKED_STATUSES = frozenset({401, 403, 404})
 Say = Callable[[str], None]
@@ -299,6 +301,7 @@ async def connect(
 ) -> int:
     """Register if needed, then serve the tunnel until stopped; returns the exit status."""
     path = config_file(config_path)
+    masking.install()  # every tunnel frame the agent sends is masked: do it in C
     try:
         try:
             forwarder = Forwarder(opencode_url, opencode_password, say)

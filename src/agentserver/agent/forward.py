@@ -13,6 +13,7 @@ import html
 from collections.abc import AsyncIterator, Callable, Sequence
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 import trio
 import trio_websocket
@@ -44,6 +45,15 @@ WEBSOCKET_FIELDS = HOP_BY_HOP | {
     "content-length",
 }
 _UNSENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
+# httpcore reads a response 64 KiB at a time; each read becomes (at least) one tunnel frame, and
+# the per-frame cost bounds a download. Reading up to one full frame (the tunnel's 256 KiB)
+# quarters the frames when opencode outpaces the tunnel and adds no wait: a read returns
+# whatever has arrived. httpcore has no per-client option for it, so this sets its class
+# default in the agent's process.
+UPSTREAM_READ = 256 * 1024
+httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = max(
+    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES, UPSTREAM_READ
+)
 
 
 def safe_target(target: str) -> str | None:

@@ -25,6 +25,7 @@ from agentserver.deps import Deps
 from agentserver.errors import AgentServerError, Invalid, RateLimited, Unauthenticated
 from agentserver.models import Sandbox, SandboxStatus
 from agentserver.sandboxes.service import insert_sandbox
+from agentserver.tunnel import masking
 from agentserver.tunnel.connection import Role, Settings
 from agentserver.tunnel.frames import ProtocolError
 from agentserver.tunnel.hub import Hub
@@ -35,9 +36,11 @@ blueprint = Blueprint("agents", __name__, url_prefix="/api")
 
 CODE_LIFETIME = 600  # seconds: a code is for the next few minutes, not for later
 HEARTBEAT = 20.0  # tunnel pings and last_heartbeat_at, in seconds
-# 64 KiB frames: the per-frame Python cost dominates bulk throughput, not the bytes copied.
+# What the server accepts from agents. Large frames and credit: the per-frame Python cost, not
+# the bytes copied, bounds bulk throughput (bench/bench_tunnel.py); 2 MiB per stream, granted
+# back a megabyte at a time, keeps a download streaming without a pause for credit.
 TUNNEL_SETTINGS = Settings(
-    max_frame_payload=64 * 1024, initial_window=1024 * 1024, ping_interval=HEARTBEAT
+    max_frame_payload=256 * 1024, initial_window=2 * 1024 * 1024, ping_interval=HEARTBEAT
 )
 STATUS_TIMEOUT = 10.0
 
@@ -287,6 +290,7 @@ async def set_status(d: Deps, sandbox_id: str, expected: str, new: str, reason: 
 @asynccontextmanager
 async def open_tunnel(d: Deps) -> AsyncIterator[None]:
     """Feature opener (serve.FEATURES): the hub and these routes; no tunnel outlives the server."""
+    masking.install()  # agents' frames are masked: unmask them in C (tunnel/masking.py)
     hub = Hub()
     d.extras["hub"] = hub
     d.extras.setdefault("blueprints", []).append(blueprint)

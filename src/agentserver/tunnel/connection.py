@@ -22,8 +22,9 @@ The rule for peer mistakes:
 Misuse by our own application raises `LocalProtocolError` and changes nothing.
 Flow control: the peer's `Hello.initial_window` is how many Data payload bytes we may send on a
 stream before it grants more with `Window`. We grant credit as the application *consumes* data
-(`acknowledge`), in batches of a quarter window, so the network reader never blocks and a slow
-consumer only slows its own stream.
+(`acknowledge`), in batches of half a window, so the network reader never blocks and a slow
+consumer only slows its own stream. (Half, not less: each Window frame costs both ends as much as
+a Data frame, and half a window still leaves the sender the other half to go on with.)
 """
 
 from __future__ import annotations
@@ -202,6 +203,7 @@ class _Stream:
     send_credit: int = 0  # payload bytes we may still send
     recv_allowed: int = 0  # payload bytes the peer may still send
     recv_unacked: int = 0  # consumed by the application, not yet granted back
+    websocket: bool = False  # a relayed WebSocket: Data frames are message boundaries
 
 
 class TunnelConnection:
@@ -217,7 +219,8 @@ class TunnelConnection:
         self._next_id = 1 if role is Role.SERVER else 2
         self._peer_parity = 0 if role is Role.SERVER else 1
         self._last_peer_id = 0
-        self._grant_threshold = max(1, self.settings.initial_window // 4)
+        self._grant_threshold = max(1, self.settings.initial_window // 2)
+        self._joinable: Data | None = None  # the outbox's last frame, if body bytes may join it
         self._outbox: list[Frame] = [
             Hello(
                 VERSION,
@@ -243,6 +246,12 @@ class TunnelConnection:
     def half_states(self, stream_id: int) -> tuple[Half, Half] | None:  # None once finished
         stream = self._streams.get(stream_id)
         return None if stream is None else (stream.send, stream.recv)
+
+    @property
+    def send_limit(self) -> int:
+        """The largest Data payload the peer accepts (its Hello's limit)."""
+        assert self.peer_settings is not None
+        return self.peer_settings.max_frame_payload
 
     def send_capacity(self, stream_id: int) -> int:
         """How many payload bytes one `send_data` call may carry right now."""
@@ -274,6 +283,7 @@ class TunnelConnection:
             local=True,
             send_credit=self.peer_settings.initial_window,
             recv_allowed=self.settings.initial_window,
+            websocket=websocket,
         )
         self._next_id += 2
         self._streams[stream.stream_id] = stream
@@ -294,11 +304,28 @@ class TunnelConnection:
     def send_data(
         self, stream_id: int, data: bytes, *, text: bool = False, more: bool = False
     ) -> None:
-        """Send one Data frame; at most `send_capacity(stream_id)` bytes."""
+        """Send `data` (at most `send_capacity(stream_id)` bytes) in a Data frame.
+
+        Body bytes (not a WebSocket stream's) join the stream's Data frame still waiting at the
+        end of the outbox, up to the peer's frame limit: when the writer falls behind, fewer and
+        larger frames go out, and a writer that keeps up still sends every piece at once.
+        """
         stream = self._live(stream_id)
         if len(data) > (capacity := self.send_capacity(stream_id)):
             raise LocalProtocolError(f"{len(data)} bytes exceed the capacity of {capacity}")
-        self._local_step(stream, Act.DATA, Data(stream_id, data, text, more))
+        tail = self._joinable
+        if (
+            tail is not None
+            and tail.stream_id == stream_id
+            and self._outbox
+            and self._outbox[-1] is tail
+            and len(tail.payload) + len(data) <= self.send_limit
+        ):
+            self._joinable = self._outbox[-1] = Data(stream_id, tail.payload + data)
+        else:
+            frame = Data(stream_id, data, text, more)
+            self._local_step(stream, Act.DATA, frame)
+            self._joinable = None if (stream.websocket or text or more) else frame
         stream.send_credit -= len(data)
 
     def end_stream(self, stream_id: int, *, code: int | None = None, reason: str = "") -> None:
@@ -395,6 +422,7 @@ class TunnelConnection:
             local=False,
             send_credit=self.peer_settings.initial_window,
             recv_allowed=self.settings.initial_window,
+            websocket=frame.websocket,
         )
         self._streams[stream_id] = stream
         stream.recv = TRANSITIONS[stream.recv, Act.HEAD]

@@ -118,7 +118,10 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             while position < len(view):
                 while (size := self._capacity()) <= 0:
                     await self._send_lot.park()
-                self._send_data(bytes(view[position : position + size]))
+                if position == 0 and size >= len(view) and type(data) is bytes:
+                    self._send_data(data)  # immutable and whole: no copy (the usual body chunk)
+                else:
+                    self._send_data(bytes(view[position : position + size]))
                 position += size
 
     async def wait_send_all_might_not_block(self) -> None:

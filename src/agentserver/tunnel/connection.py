@@ -233,6 +233,7 @@ class TunnelConnection:
     def frames_to_send(self) -> list[Frame]:
         """Every frame queued since the last call, in order."""
         frames, self._outbox = self._outbox, []
+        self._joinable = None  # taken: later bytes start a new frame (and it is not kept alive)
         return frames
 
     @property

@@ -313,6 +313,7 @@ class Tunnel:
                     await self._link.send_message(encode(frame))
                     if type(frame) is Data:
                         self._backlog -= len(frame.payload)
+                del frames, frame  # a parked writer keeps no frame (up to 256 KiB) alive
                 if self._backlog_waiting and self._backlog < self._max_backlog:
                     self._backlog_waiting = False
                     for stream in self._streams.values():

@@ -89,6 +89,13 @@ OPTIONS: tuple[Option, ...] = (
         " (unset: type unavailable).",
     ),
     Option(
+        "sandbox_user",
+        "AGENTSERVER_SANDBOX_USER",
+        "agentserver-sandbox",
+        "User the process backend runs sandboxes as when the server runs as root (the default"
+        " system user is created if missing); ignored otherwise.",
+    ),
+    Option(
         "agent_image",
         "AGENT_IMAGE",
         "agentserver-agent:latest",
@@ -257,6 +264,8 @@ _SIZE_UNITS = {
     "gb": 1000**3,
 }
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# POSIX-portable user names (what useradd accepts by default), at most 32 characters.
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,30}\$?")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -330,6 +339,7 @@ class Settings:
     allow_registration: bool = True
     opencode_bin: str = "opencode"
     openclaw_bin: str | None = None
+    sandbox_user: str = "agentserver-sandbox"
     agent_image: str = "agentserver-agent:latest"
     openclaw_image: str | None = None
     docker_network: str = "agentserver"
@@ -444,6 +454,13 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         base_domain = base_domain.strip().strip(".").lower() or None
         if base_domain and not re.fullmatch(r"[a-z0-9.-]+(:\d+)?", base_domain):
             raise ConfigError(f"{_where('base_domain', values)}: {base_domain!r} is not a domain")
+    sandbox_user = (raw["sandbox_user"] or "agentserver-sandbox").strip()
+    if not _USER_NAME.fullmatch(sandbox_user):
+        raise ConfigError(
+            f"{_where('sandbox_user', values)}: {sandbox_user!r} is not a user name"
+            " (lowercase letters, digits, _ and -, starting with a letter or _)",
+            field="sandbox_user",
+        )
     data_dir = Path(raw["data_dir"]).expanduser() if raw["data_dir"] else default_data_dir(environ)
     for name in (
         "oidc_redirect_base_url",
@@ -466,6 +483,7 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         allow_registration=convert("allow_registration", lambda t: parse_bool(t or "")),  # type: ignore[arg-type]
         opencode_bin=raw["opencode_bin"] or "opencode",
         openclaw_bin=raw["openclaw_bin"] or None,
+        sandbox_user=sandbox_user,
         agent_image=raw["agent_image"] or "agentserver-agent:latest",
         openclaw_image=raw["openclaw_image"] or None,
         docker_network=raw["docker_network"] or "agentserver",

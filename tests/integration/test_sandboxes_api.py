@@ -339,7 +339,7 @@ async def test_without_bubblewrap_the_disk_is_linked_from_the_home(
     """Where bubblewrap cannot run, sandboxes still start; the workspace disk is the `disk0`
     link in the home and AGENTSERVER_DISK, and pausing stops the process group."""
 
-    async def no_isolation(settings: object) -> Isolation:
+    async def no_isolation(*args: object) -> Isolation:
         return Isolation()
 
     monkeypatch.setattr(process_backend, "probe_isolation", no_isolation)

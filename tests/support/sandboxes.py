@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,21 @@ def sandbox_settings_for(
 ) -> Settings:
     """Settings for a server whose process backend runs `opencode_bin`."""
     values = {"opencode_bin": opencode_bin, "idle_timeout": "0", **overrides}
-    return make_settings(db_url, data_dir, **values)
+    return make_settings(db_url, reachable_data_dir(data_dir), **values)
+
+
+def reachable_data_dir(data_dir: Path) -> Path:
+    """`data_dir`, or as root a fresh one the sandbox user can reach (removed at exit).
+
+    pytest's temporary folders live under a private /tmp/pytest-of-root, which the
+    unprivileged sandbox user cannot enter (the server refuses to open it up).
+    """
+    if os.geteuid() != 0:
+        return data_dir
+    base = Path(tempfile.mkdtemp(prefix="agentserver-sbx-", dir="/tmp"))
+    base.chmod(0o711)  # traversable, not listable: the homes inside are 0700
+    atexit.register(shutil.rmtree, base, True)
+    return base / data_dir.name
 
 
 @pytest.fixture

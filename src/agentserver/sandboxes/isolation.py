@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from agentserver.sandboxes.account import Account
 from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,17 +80,32 @@ def system_binds() -> list[str]:
     return args
 
 
-def _try(bwrap: str, data_dir: Path) -> str | None:
-    """Run `true` the way a sandbox would run; None when it works, else bwrap's complaint."""
+def _try(bwrap: str, data_dir: Path, account: Account) -> str | None:
+    """Run `true` the way a sandbox would run (as its user, in a home and disk of its own);
+    None when it works, else bwrap's complaint."""
     with tempfile.TemporaryDirectory(prefix="agentserver-probe-") as tmp:
         home, disk = Path(tmp) / "home", Path(tmp) / "disk"
         home.mkdir()
         disk.mkdir()
+        if account.switches:
+            # Traversable only (no listing): the account reaches its two folders inside.
+            os.chmod(tmp, 0o711)  # noqa: S103
+            account.give(home, 0o700)
+            account.give(disk, 0o700)
+            if account.blocked_at(home) is not None:
+                return f"{account.name} cannot reach the temporary directory {tmp}"
         argv = Isolation(bwrap).wrap(
             [shutil.which("true") or "/bin/true"], home=home, disk=disk, data_dir=data_dir
         )
         try:
-            done = subprocess.run(argv, capture_output=True, timeout=20, check=False)
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                timeout=20,
+                check=False,
+                cwd=home,
+                **account.popen_args(),
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return str(exc)
         if done.returncode != 0:
@@ -97,18 +113,18 @@ def _try(bwrap: str, data_dir: Path) -> str | None:
     return None
 
 
-async def probe_isolation(settings: Settings) -> Isolation:
-    """Bubblewrap when it is installed and works here; otherwise none, with a logged warning."""
+async def probe_isolation(settings: Settings, account: Account) -> Isolation:
+    """Bubblewrap when it is installed and works here as `account`; otherwise none, warned."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         log.warning("bubblewrap (bwrap) is not installed: sandbox processes run without isolation")
         await trio.lowlevel.checkpoint()
         return Isolation()
-    problem = await trio.to_thread.run_sync(_try, bwrap, settings.data_dir)
+    problem = await trio.to_thread.run_sync(_try, bwrap, settings.data_dir, account)
     if problem is not None:
         log.warning(
             "bubblewrap does not work here (%s): sandbox processes run without isolation", problem
         )
         return Isolation()
-    log.info("sandbox processes are isolated with bubblewrap")
+    log.info("sandbox processes are isolated with bubblewrap, as %s", account.name)
     return Isolation(bwrap)

@@ -5,6 +5,8 @@ project directory), `sandboxes/<id>/output.log` its captured output (kept outsid
 it does not show up in the agent's file tree), `workspaces/<wid>/disk` the workspace's shared
 disk. With bubblewrap the disk is bound at /data/disk0 in every sandbox of the workspace;
 without it a `disk0` symlink in the home points at it. Either way `AGENTSERVER_DISK` names it.
+A root server runs the processes as the unprivileged `--sandbox-user` (account.py), who owns
+the homes and disks.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ import trio
 
 from agentserver.errors import BackendError
 from agentserver.models import SandboxType
+from agentserver.sandboxes.account import (
+    Account,
+    check_program,
+    data_dir_problem,
+    resolve_account,
+)
 from agentserver.sandboxes.base import Endpoint, ExitNotice, Managed, SandboxSpec
 from agentserver.sandboxes.isolation import DISK_PATH, Isolation, probe_isolation
 from agentserver.sandboxes.proctree import descendants, open_pidfds, wait_gone
@@ -83,7 +91,8 @@ class Child:
         self.stdout = stdout
 
     @classmethod
-    def spawn(cls, argv: list[str], env: dict[str, str], cwd: str) -> Child:
+    def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, account: Account) -> Child:
+        """Start `argv` as `account` (user, group, no supplementary groups) in its own session."""
         read_fd, write_fd = os.pipe()
         try:
             popen = subprocess.Popen(
@@ -94,6 +103,7 @@ class Child:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
+                **account.popen_args(),
             )
         except BaseException:
             os.close(read_fd)
@@ -132,11 +142,17 @@ class ProcessBackend:
     name = "process"
 
     def __init__(
-        self, settings: Settings, on_exit: ExitNotice, nursery: trio.Nursery, isolation: Isolation
+        self,
+        settings: Settings,
+        on_exit: ExitNotice,
+        nursery: trio.Nursery,
+        isolation: Isolation,
+        account: Account,
     ) -> None:
         self.settings = settings
         self.on_exit = on_exit
         self.isolation = isolation
+        self.account = account
         self._nursery = nursery
         self._agents: dict[str, Agent] = {}
         self._root = settings.data_dir
@@ -271,14 +287,21 @@ class ProcessBackend:
         )
         return [binary, "serve", "--hostname", "127.0.0.1", "--port", str(port)], env
 
-    @staticmethod
-    def _binary(configured: str | None, kind: str, option: str) -> str:
+    def _binary(self, configured: str | None, kind: str, option: str) -> str:
+        """The program's real path, runnable by the sandbox's account."""
         found = shutil.which(configured) if configured else None
         if found is None:
             raise BackendError(f"the {kind} program {configured!r} was not found; set {option}")
-        return str(Path(found).resolve())
+        program = Path(found).resolve()
+        problem = check_program(self.account, program, option)
+        if problem is not None:
+            raise BackendError(problem)
+        return str(program)
 
     def _prepare_dirs(self, spec: SandboxSpec) -> None:
+        problem = data_dir_problem(self.account, self._root)
+        if problem is not None:
+            raise BackendError(problem)
         home, disk = self.home(spec.id), self.disk(spec.workspace_id)
         home.mkdir(parents=True, exist_ok=True)
         disk.mkdir(parents=True, exist_ok=True)
@@ -286,7 +309,10 @@ class ProcessBackend:
         if not self.isolation.enabled and not link.is_symlink() and not link.exists():
             link.symlink_to(disk)
         if spec.type == SandboxType.OPENCLAW:
-            write_openclaw_config(home, spec)
+            write_openclaw_config(home, spec, self.account)
+        # The agent's own: it writes its state in the home and files on the disk.
+        self.account.give(home, 0o700)
+        self.account.give(disk, 0o700)
         log_file = self.sandbox_dir(spec.id) / "output.log"
         if log_file.exists() and log_file.stat().st_size > LOG_FILE_LIMIT:
             log_file.unlink()
@@ -329,7 +355,7 @@ class ProcessBackend:
             argv, home=self.home(spec.id), disk=self.disk(spec.workspace_id), data_dir=self._root
         )
         try:
-            process = Child.spawn(argv, env, str(self.home(spec.id)))
+            process = Child.spawn(argv, env, str(self.home(spec.id)), self.account)
         except OSError as exc:
             raise BackendError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
         agent = Agent(spec.id, spec.type.value, process, port)
@@ -454,8 +480,12 @@ def kill_group(process: Child, sig: signal.Signals) -> None:
         os.killpg(process.pid, sig)
 
 
-def write_openclaw_config(home: Path, spec: SandboxSpec) -> None:
-    """OpenClaw's config: the LLM proxy as its Anthropic provider (the real key never enters)."""
+def write_openclaw_config(home: Path, spec: SandboxSpec, account: Account) -> None:
+    """OpenClaw's config: the LLM proxy as its Anthropic provider (the real key never enters).
+
+    Written through directory descriptors without following links: the home belongs to the
+    sandbox's user, who could have left a link there pointing at a file of the server's.
+    """
     config = {
         "gateway": {"mode": "local"},
         "models": {
@@ -472,18 +502,40 @@ def write_openclaw_config(home: Path, spec: SandboxSpec) -> None:
             }
         },
     }
-    path = home / ".openclaw" / "openclaw.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config))
-    path.chmod(0o600)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    home_fd = os.open(home, flags)
+    try:
+        with suppress(FileExistsError):
+            os.mkdir(".openclaw", 0o700, dir_fd=home_fd)
+        folder = os.open(".openclaw", flags, dir_fd=home_fd)
+    finally:
+        os.close(home_fd)
+    try:
+        with suppress(FileNotFoundError):
+            os.unlink("openclaw.json", dir_fd=folder)
+        create = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open("openclaw.json", create, 0o600, dir_fd=folder)
+        with open(fd, "w") as file:
+            file.write(json.dumps(config))
+            if account.switches:
+                os.fchown(fd, account.uid, account.gid)
+        if account.switches:
+            os.fchown(folder, account.uid, account.gid)
+    finally:
+        os.close(folder)
 
 
 @asynccontextmanager
 async def open_backend(settings: Settings, on_exit: ExitNotice) -> AsyncIterator[ProcessBackend]:
     """The process backend; leaving the context stops every sandbox process it started."""
-    isolation = await probe_isolation(settings)
+    account = await trio.to_thread.run_sync(resolve_account, settings)
+    # Not fatal here: the server is useful without sandboxes; each start reports it again.
+    problem = await trio.to_thread.run_sync(data_dir_problem, account, settings.data_dir)
+    if problem is not None:
+        log.warning("sandboxes cannot start: %s", problem)
+    isolation = await probe_isolation(settings, account)
     async with trio.open_nursery() as nursery:
-        backend = ProcessBackend(settings, on_exit, nursery, isolation)
+        backend = ProcessBackend(settings, on_exit, nursery, isolation, account)
         try:
             yield backend
         finally:

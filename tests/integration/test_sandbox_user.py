@@ -1,0 +1,158 @@
+"""A root server runs sandbox processes as the unprivileged sandbox user (process backend)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from agentserver.sandboxes.account import Account
+from agentserver.sandboxes.process import Child, ProcessBackend
+from agentserver.sandboxes.service import Sandboxes
+from tests.conftest import REPO, Server, make_settings, start_server
+from tests.integration.test_cli import assert_one_clear_line, run_cli
+from tests.support.sandboxes import agent_process, open_events, owner_with_workspace
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs a root server (only root switches sandboxes to another user)"
+)
+
+
+def backend_of(server: Server) -> ProcessBackend:
+    sandboxes: Sandboxes = server.deps.extras["sandboxes"]
+    assert isinstance(sandboxes.backend, ProcessBackend)
+    return sandboxes.backend
+
+
+def ids_in_status(pid: int) -> dict[str, list[int]]:
+    """The Uid, Gid and Groups lines of /proc/<pid>/status, as numbers."""
+    found: dict[str, list[int]] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Uid", "Gid", "Groups"):
+            found[key] = [int(v) for v in value.split()]
+    return found
+
+
+@pytest.fixture
+def root_only_file() -> Iterator[Path]:
+    """A 0600 root file in a folder every user may enter, visible (read-only) in sandboxes."""
+    folder = Path(tempfile.mkdtemp(prefix=".test-secret-", dir=REPO))
+    try:
+        folder.chmod(0o755)
+        secret = folder / "secret.txt"
+        secret.write_text("root only\n")
+        secret.chmod(0o600)
+        yield secret
+    finally:
+        shutil.rmtree(folder)
+
+
+def shadow() -> list[str]:
+    """/etc/shadow when the machine has one (root-readable only, or with the shadow group)."""
+    return ["/etc/shadow"] if Path("/etc/shadow").exists() else []
+
+
+async def run_as(
+    backend: ProcessBackend, account: Account, home: Path, disk: Path, *argv: str
+) -> tuple[int, str]:
+    """Run `argv` exactly as the backend starts agents (bubblewrap, user), with its output."""
+    wrapped = backend.isolation.wrap(
+        list(argv), home=home, disk=disk, data_dir=backend.settings.data_dir
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+    child = Child.spawn(wrapped, env, str(home), account)
+    output = b""
+    async with child.stdout:
+        while chunk := await child.stdout.receive_some(65536):
+            output += chunk
+    return await child.wait(), output.decode(errors="replace")
+
+
+async def test_the_agent_runs_unprivileged_and_cannot_read_root_files(
+    sandbox_server: Server, nursery: trio.Nursery, root_only_file: Path, tmp_path: Path
+) -> None:
+    """opencode runs as the sandbox user without extra groups, owns its home and disk, and a
+    command started the same way cannot read a root-only file that root itself can read."""
+    backend = backend_of(sandbox_server)
+    account = backend.account
+    assert account.uid != 0
+    assert account.switches
+    client, wid = await owner_with_workspace(sandbox_server)
+    events = await open_events(nursery, client, wid)
+    response = await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "u"})
+    sid = response.json()["id"]
+    assert (await events.until(sid, "running", "failed"))["status"] == "running"
+
+    pid = backend.pid(sid)
+    assert pid is not None
+    for process in (pid, agent_process(pid)):  # bubblewrap and opencode below it
+        ids = ids_in_status(process)
+        assert ids["Uid"] == [account.uid] * 4, (process, ids)
+        assert ids["Gid"] == [account.gid] * 4, (process, ids)
+        assert ids["Groups"] == [], (process, ids)
+    home, disk = backend.home(sid), backend.disk(wid)
+    for folder in (home, disk):
+        info = folder.stat()
+        assert (info.st_uid, info.st_gid) == (account.uid, account.gid), folder
+        assert info.st_mode & 0o777 == 0o700, folder
+
+    # The control: the same command as the server's own user (in folders of its own: without
+    # capabilities even root cannot enter the sandbox user's 0700 home).
+    root, own = Account("root", 0, 0), tmp_path / "root-home"
+    own.mkdir()
+    status, output = await run_as(backend, root, own, own, "/bin/cat", str(root_only_file))
+    assert (status, output) == (0, "root only\n")
+    for secret in (str(root_only_file), *shadow()):
+        status, output = await run_as(backend, account, home, disk, "/bin/cat", secret)
+        assert status != 0, secret
+        assert "Permission denied" in output, output
+
+    disk_inside = "/data/disk0" if backend.isolation.enabled else str(disk)
+    script = f'echo hi > "$HOME/mine" && echo hi > "{disk_inside}/shared" && id -u'
+    status, output = await run_as(backend, account, home, disk, "/bin/sh", "-c", script)
+    assert (status, output.strip()) == (0, str(account.uid))
+    assert (home / "mine").stat().st_uid == account.uid
+    assert (disk / "shared").stat().st_uid == account.uid
+
+    events.close()
+    assert (await client.delete(f"/api/workspaces/{wid}")).status_code == 204
+    assert not disk.exists()
+    assert not home.exists()
+    await client.aclose()
+
+
+async def test_a_data_dir_the_user_cannot_enter_fails_the_sandbox_clearly(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, opencode_bin: str
+) -> None:
+    """Under a private folder (pytest's own), a sandbox fails naming --data-dir; nothing is
+    opened up to make it work."""
+    private = tmp_path.parent.parent  # /tmp/pytest-of-root, 0700
+    mode = private.stat().st_mode & 0o777
+    settings = make_settings(db_url, tmp_path / "data", opencode_bin=opencode_bin)
+    server = await start_server(nursery, settings)
+    client, wid = await owner_with_workspace(server)
+    events = await open_events(nursery, client, wid)
+    response = await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "p"})
+    failed = await events.until(response.json()["id"], "running", "failed")
+    assert failed["status"] == "failed"
+    assert "--data-dir" in failed["statusReason"]
+    assert "cannot enter" in failed["statusReason"]
+    assert private.stat().st_mode & 0o777 == mode
+    events.close()
+    await client.aclose()
+    server.shutdown.set()
+
+
+def test_a_bad_sandbox_user_is_one_line_and_exit_2() -> None:
+    """serve refuses a malformed --sandbox-user before starting, in one line naming it."""
+    assert_one_clear_line(run_cli("serve", "--sandbox-user", "Not A User"), "--sandbox-user")
+    line = assert_one_clear_line(
+        run_cli("serve", AGENTSERVER_SANDBOX_USER="x;y"), "AGENTSERVER_SANDBOX_USER"
+    )
+    assert "is not a user name" in line

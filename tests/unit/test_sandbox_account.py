@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from agentserver.errors import ConfigError
 from agentserver.models import SandboxType
-from agentserver.sandboxes import account as account_module
+from agentserver.sandboxes import isolation
 from agentserver.sandboxes.account import (
     DEFAULT_USER,
     Account,
@@ -22,6 +24,7 @@ from agentserver.sandboxes.base import SandboxSpec
 from agentserver.sandboxes.process import write_openclaw_config
 from agentserver.settings import Settings, build_settings
 
+REPO = Path(__file__).resolve().parents[2]
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (changes file owners)")
 STRANGER = Account("stranger", 4242, 4242)  # owns nothing on this machine
 
@@ -45,8 +48,8 @@ def test_a_bad_user_name_names_the_option(name: str) -> None:
 
 def test_not_root_runs_sandboxes_as_the_server_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that is not root ignores the option: no user switch, no account needed."""
-    monkeypatch.setattr(account_module.os, "geteuid", lambda: 4242)
-    monkeypatch.setattr(account_module.os, "getegid", lambda: 4343)
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+    monkeypatch.setattr(os, "getegid", lambda: 4343)
     found = resolve_account(Settings(sandbox_user="no-such-user-anywhere"))
     assert (found.uid, found.gid) == (4242, 4343)
     assert not found.switches
@@ -114,7 +117,7 @@ def test_a_program_the_account_cannot_reach_names_its_option(tmp_path: Path) -> 
 
 def test_the_installed_opencode_is_runnable_by_others() -> None:
     """The opencode that scripts/bootstrap installs can be run by an unrelated user."""
-    installed = Path(__file__).resolve().parents[2] / ".cache/npm/node_modules/.bin/opencode"
+    installed = REPO / ".cache/npm/node_modules/.bin/opencode"
     if not installed.exists():
         pytest.skip(f"{installed} is not installed (scripts/bootstrap)")
     if os.geteuid() != 0:
@@ -161,3 +164,25 @@ def test_openclaw_config_refuses_a_planted_link_and_belongs_to_the_account(
     with pytest.raises(OSError):
         write_openclaw_config(home, spec, account)
     assert list(target.iterdir()) == []
+
+
+@as_root
+def test_the_isolation_probe_runs_as_the_sandbox_user(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The bubblewrap probe runs its command as the account, so "isolated" means as that user."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.skip("bubblewrap (bwrap) is not installed")
+    folder = Path(tempfile.mkdtemp(prefix=".test-probe-", dir=REPO))  # visible in the sandbox
+    try:
+        folder.chmod(0o755)
+        script = folder / "report-uid"
+        script.write_text("#!/bin/sh\nid -u >&2\nexit 1\n")
+        script.chmod(0o755)
+        monkeypatch.setattr(shutil, "which", lambda name: str(script))
+        account = resolve_account(Settings())
+        assert isolation._try(bwrap, tmp_path / "data", account) == str(account.uid)
+        assert isolation._try(bwrap, tmp_path / "data", Account("root", 0, 0)) == "0"
+    finally:
+        shutil.rmtree(folder)

@@ -3,7 +3,10 @@
 The sandbox sees the host's system directories read-only, its own home and its workspace's
 disk (at /data/disk0) writable, and nothing of the server's data directory, /root, /home or
 /tmp. It shares the network (the server reaches it on 127.0.0.1) but not the PID namespace,
-and all capabilities are dropped, so root inside cannot remount anything writable.
+and all capabilities are dropped, so root inside cannot remount anything writable. A root
+server starts bubblewrap as the unprivileged sandbox user (account.py), where it relies on
+unprivileged user namespaces; the probe runs the same way, so isolation is on only when it
+really works as that user.
 """
 
 from __future__ import annotations
@@ -122,8 +125,15 @@ async def probe_isolation(settings: Settings, account: Account) -> Isolation:
         return Isolation()
     problem = await trio.to_thread.run_sync(_try, bwrap, settings.data_dir, account)
     if problem is not None:
+        # Still as the unprivileged account: one uid for every sandbox is the lesser evil
+        # compared with uid 0 reading root-only files (and the server's secrets among them).
         log.warning(
-            "bubblewrap does not work here (%s): sandbox processes run without isolation", problem
+            "bubblewrap does not work here as %s (%s): sandbox processes run without isolation,"
+            " so they can read each other's homes and disks; allowing unprivileged user"
+            " namespaces (sysctl user.max_user_namespaces, kernel.apparmor_restrict_"
+            "unprivileged_userns) enables it",
+            account.name,
+            problem,
         )
         return Isolation()
     log.info("sandbox processes are isolated with bubblewrap, as %s", account.name)

@@ -16,7 +16,12 @@ from agentserver.sandboxes.process import Child, ProcessBackend
 from agentserver.sandboxes.service import Sandboxes
 from tests.conftest import REPO, Server, make_settings, start_server
 from tests.integration.test_cli import assert_one_clear_line, run_cli
-from tests.support.sandboxes import agent_process, open_events, owner_with_workspace
+from tests.support.sandboxes import (
+    agent_process,
+    open_events,
+    owner_with_workspace,
+    sandbox_settings_for,
+)
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs a root server (only root switches sandboxes to another user)"
@@ -156,3 +161,26 @@ def test_a_bad_sandbox_user_is_one_line_and_exit_2() -> None:
         run_cli("serve", AGENTSERVER_SANDBOX_USER="x;y"), "AGENTSERVER_SANDBOX_USER"
     )
     assert "is not a user name" in line
+
+
+async def test_a_program_the_user_cannot_reach_fails_naming_opencode_bin(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    """An opencode the sandbox user cannot enter the folder of fails the sandbox with a reason
+    naming --opencode-bin (instead of an obscure exec error from inside bubblewrap)."""
+    private = tmp_path / "private-bin"
+    private.mkdir(mode=0o700)
+    program = private / "opencode"
+    program.write_text("#!/bin/sh\nexit 1\n")
+    program.chmod(0o755)
+    server = await start_server(nursery, sandbox_settings_for(db_url, tmp_path / "d", str(program)))
+    client, wid = await owner_with_workspace(server)
+    events = await open_events(nursery, client, wid)
+    response = await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "b"})
+    failed = await events.until(response.json()["id"], "running", "failed")
+    assert failed["status"] == "failed"
+    assert "--opencode-bin" in failed["statusReason"]
+    assert "cannot enter" in failed["statusReason"]
+    events.close()
+    await client.aclose()
+    server.shutdown.set()

@@ -106,6 +106,8 @@ async def test_the_agent_runs_unprivileged_and_cannot_read_root_files(
         info = folder.stat()
         assert (info.st_uid, info.st_gid) == (account.uid, account.gid), folder
         assert info.st_mode & 0o777 == 0o700, folder
+    output_log = backend.sandbox_dir(sid) / "output.log"
+    assert output_log.stat().st_mode & 0o777 == 0o600  # the agent's output: the server's only
 
     # The control: the same command as the server's own user (in folders of its own: without
     # capabilities even root cannot enter the sandbox user's 0700 home).

@@ -316,6 +316,9 @@ class ProcessBackend:
         log_file = self.sandbox_dir(spec.id) / "output.log"
         if log_file.exists() and log_file.stat().st_size > LOG_FILE_LIMIT:
             log_file.unlink()
+        # The agent's output can carry secrets of the user's project: the server's eyes only.
+        log_file.touch(mode=0o600, exist_ok=True)
+        log_file.chmod(0o600)
 
     async def _start(self, spec: SandboxSpec) -> Endpoint:
         """Start the agent (if it is not running) and return once it answers its health check."""

@@ -73,6 +73,13 @@ OPTIONS: tuple[Option, ...] = (
         "Pause sandboxes idle this long (e.g. 90s, 30m, 2h); 0 disables.",
     ),
     Option(
+        "proxy_timeout",
+        "AGENTSERVER_PROXY_TIMEOUT",
+        "60s",
+        "How long the subdomain proxy waits for a sandbox's response headers (504 after);"
+        " a running response or stream is never cut.",
+    ),
+    Option(
         "allow_registration",
         "AGENTSERVER_ALLOW_REGISTRATION",
         "true",
@@ -286,6 +293,13 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def positive_duration(text: str | None) -> float:
+    seconds = parse_duration(text or "")
+    if seconds <= 0:
+        raise ValueError("must be longer than 0 (examples: 30s, 2m)")
+    return seconds
+
+
 def parse_size(text: str) -> int:
     """Bytes in a size such as `32MiB`, `1048576` or `10k`."""
     match = _SIZE.match(text.strip())
@@ -336,6 +350,7 @@ class Settings:
     base_scheme: str = "http"
     backend: str = "process"
     idle_timeout: float = 1800.0
+    proxy_timeout: float = 60.0
     allow_registration: bool = True
     opencode_bin: str = "opencode"
     openclaw_bin: str | None = None
@@ -480,6 +495,7 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         base_scheme=scheme,
         backend=backend,
         idle_timeout=convert("idle_timeout", lambda t: parse_duration(t or "")),  # type: ignore[arg-type]
+        proxy_timeout=convert("proxy_timeout", positive_duration),  # type: ignore[arg-type]
         allow_registration=convert("allow_registration", lambda t: parse_bool(t or "")),  # type: ignore[arg-type]
         opencode_bin=raw["opencode_bin"] or "opencode",
         openclaw_bin=raw["openclaw_bin"] or None,

@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import json
 from functools import partial
+from pathlib import Path
 
 import h11
+import pytest
 import trio
 
 from agentserver.auth.tokens import new_id
+from agentserver.settings import Settings
+from tests.conftest import make_settings
 from tests.support.proxy_world import AGENT_SECRET, World
 from tests.support.upstream import HTML
+
+
+@pytest.fixture
+def server_settings(db_url: str, tmp_path: Path) -> Settings:
+    """This module's server waits one second for an agent's response headers."""
+    return make_settings(db_url, tmp_path / "data", proxy_timeout="1s")
 
 
 class Wire:
@@ -209,11 +219,8 @@ async def broken_agent(reply: bytes, task_status: trio.TaskStatus[int]) -> None:
         task_status.started(listeners[0].socket.getsockname()[1])
 
 
-async def test_a_garbled_agent_response_becomes_a_502_page(
-    world: World, nursery: trio.Nursery
-) -> None:
-    """A sandbox answering with a broken head gets the browser a clear 502, not garbage."""
-    port = await nursery.start(broken_agent, b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")
+async def agent_sandbox(world: World, port: int) -> str:
+    """A running sandbox whose agent listens on `port`."""
     sid = new_id()
     await world.sql(
         "INSERT INTO sandboxes (id, workspace_id, name, type, status, agent_secret,"
@@ -224,6 +231,33 @@ async def test_a_garbled_agent_response_becomes_a_502_page(
         AGENT_SECRET,
         port,
     )
+    return sid
+
+
+async def test_an_agent_silent_past_the_proxy_timeout_gets_a_504(
+    world: World, nursery: trio.Nursery
+) -> None:
+    """With --proxy-timeout 1s, an agent that never answers becomes a 504 after that wait."""
+
+    async def silent(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+    sid = await agent_sandbox(world, listeners[0].socket.getsockname()[1])
+    token = await world.open(sid)
+    async with world.sub(sid, token) as sub:
+        response = await sub.get("/json", headers={"Accept": "application/json"})
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "sandbox_timeout"
+
+
+async def test_a_garbled_agent_response_becomes_a_502_page(
+    world: World, nursery: trio.Nursery
+) -> None:
+    """A sandbox answering with a broken head gets the browser a clear 502, not garbage."""
+    port = await nursery.start(broken_agent, b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")
+    sid = await agent_sandbox(world, port)
     token = await world.open(sid)
     async with world.sub(sid, token) as sub:
         response = await sub.get("/json", headers={"Accept": "application/json"})

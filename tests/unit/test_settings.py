@@ -74,6 +74,12 @@ def test_data_dir_follows_xdg_and_flag(tmp_path: Path) -> None:
         ({"max_body": "lots"}, {}, "--max-body:"),
         ({}, {"AGENTSERVER_LLM_RPM": "-1"}, "--llm-rpm / AGENTSERVER_LLM_RPM:"),
         ({"oidc_issuer_url": "issuer.example"}, {}, "--oidc-issuer-url:"),
+        ({"proxy_timeout": "0"}, {}, "--proxy-timeout:"),
+        (
+            {},
+            {"AGENTSERVER_PROXY_TIMEOUT": "later"},
+            "--proxy-timeout / AGENTSERVER_PROXY_TIMEOUT:",
+        ),
     ],
 )
 def test_a_bad_value_names_its_flag_and_variable(
@@ -187,3 +193,9 @@ def test_every_option_maps_to_a_settings_field_or_a_listen_pair() -> None:
     fields = set(Settings.__dataclass_fields__)
     for option in OPTIONS:
         assert option.name == "listen" or option.name in fields, option.name
+
+
+def test_proxy_timeout_reaches_the_upstream_pool_setting() -> None:
+    """`--proxy-timeout 2m` is 120 seconds of waiting for a sandbox's response headers."""
+    assert build_settings({"proxy_timeout": "2m"}, {}).proxy_timeout == 120.0
+    assert build_settings({}, {}).proxy_timeout == 60.0

@@ -354,7 +354,7 @@ class SubdomainProxy:
 @asynccontextmanager
 async def open_proxy(deps: Deps) -> AsyncIterator[None]:
     """Feature opener (serve.FEATURES): the shared upstream pool, closed with the server."""
-    pool = Pool()
+    pool = Pool(header_timeout=deps.settings.proxy_timeout)
     deps.extras["proxy_pool"] = pool
     try:
         yield

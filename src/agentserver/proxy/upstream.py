@@ -38,7 +38,7 @@ READ_SIZE = 256 * 1024
 # (Bun: 10 s), and a time check costs nothing where a readability probe costs a syscall.
 IDLE_EXPIRY = 4.0
 MAX_IDLE = 256
-HEADER_TIMEOUT = 30.0
+HEADER_TIMEOUT = 60.0  # --proxy-timeout sets the server's
 CONNECT_TIMEOUT = 10.0
 # Request bodies up to this size are kept so a stale-connection retry can send them again.
 REPLAY_LIMIT = 1 << 20

@@ -34,6 +34,7 @@ from agentserver.proxy.subdomain import SubdomainProxy
 
 log = logging.getLogger(__name__)
 ROUTES_REMEMBERED = 4096
+HANDED_OVER_READ = 256 * 1024
 
 
 class _Replayed:
@@ -52,7 +53,9 @@ class _Replayed:
             data, self._prefix = self._prefix, b""
             await trio.lowlevel.checkpoint()
             return data
-        return await self._stream.receive_some(max_bytes)
+        # Hypercorn asks for 64 KiB; tunnel uploads and downloads arrive here in bulk, and
+        # fewer, larger reads cost less.
+        return await self._stream.receive_some(max(max_bytes or 0, HANDED_OVER_READ))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)

@@ -19,6 +19,7 @@ import trio
 
 from agentserver import serve
 from tests.conftest import REPO, make_settings
+from tests.support.sandboxes import reachable_data_dir
 
 CHROMIUM = os.environ.get("AGENTSERVER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -103,7 +104,7 @@ def live_server_factory(db_url: str, tmp_path: Path) -> Iterator[Callable[..., L
     started: list[tuple[LiveServer, threading.Thread]] = []
 
     def start(**overrides: str) -> LiveServer:
-        srv, thread = start_live_server(db_url, tmp_path / "data", **overrides)
+        srv, thread = start_live_server(db_url, reachable_data_dir(tmp_path / "data"), **overrides)
         started.append((srv, thread))
         return srv
 

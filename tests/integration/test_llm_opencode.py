@@ -13,6 +13,7 @@ import trio
 
 from tests.conftest import Server, make_settings, register, start_server
 from tests.support.anthropic import AnthropicStandIn, Reply, open_anthropic
+from tests.support.sandboxes import reachable_data_dir
 
 REAL_KEY = "sk-ant-e2e-real-key"
 REPLY = Reply(
@@ -96,7 +97,7 @@ async def test_opencode_prompt_through_the_proxy(
     standin = await open_anthropic(nursery, REPLY)
     settings = make_settings(
         db_url,
-        tmp_path / "data",
+        reachable_data_dir(tmp_path / "data"),
         anthropic_base_url=standin.url,
         anthropic_api_key=REAL_KEY,
         opencode_bin=opencode_bin,

@@ -6,6 +6,7 @@ Headers are ASGI-style lists of `(lower-case name, value)` byte pairs, in order,
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -82,6 +83,7 @@ class Forwarding:
     host: bytes  # the subdomain host the browser asked for
 
 
+@functools.lru_cache(maxsize=1024)  # one per running sandbox: asked on every request
 def basic_auth(secret: str, user: str = "opencode") -> bytes:
     """`Authorization` value for opencode's Basic auth (fixed user `opencode`)."""
     return b"Basic " + base64.b64encode(f"{user}:{secret}".encode())

@@ -318,11 +318,14 @@ def bulk(port: int, host: str, cookie: str, pid: int | None) -> tuple[float, flo
     while b"\r\n\r\n" not in buf:
         buf += _recv(sock, 1 << 20)
     got = len(buf.split(b"\r\n\r\n", 1)[1])
+    # Into one reused buffer, as curl does: the client's own copying stays small next to
+    # what it measures (a fresh bytes object per read made it the slowest of the three).
+    into = memoryview(bytearray(1 << 20))
     while got < BIG:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
+        n = sock.recv_into(into)
+        if not n:
             raise RuntimeError("bulk download cut short")
-        got += len(chunk)
+        got += n
     elapsed = time.perf_counter() - start
     sock.close()
     rss = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -149,6 +150,9 @@ async def run(
                 asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
                 # Sandbox-host requests take the proxy's fast path, the rest hypercorn.
                 fast = app if isinstance(app, SubdomainProxy) else None
+                # Everything built so far lives as long as the server: keep the collector's
+                # full passes from walking it again and again under load.
+                gc.freeze()
                 # Serving has its own nursery: once `shutdown` is set it drains requests (up to
                 # graceful_timeout) and returns, and only then do features and the database close.
                 async with trio.open_nursery() as http:

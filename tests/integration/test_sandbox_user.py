@@ -14,6 +14,7 @@ import trio
 from agentserver.sandboxes.account import Account
 from agentserver.sandboxes.process import Child, ProcessBackend
 from agentserver.sandboxes.service import Sandboxes
+from agentserver.settings import Settings
 from tests.conftest import REPO, Server, make_settings, start_server
 from tests.integration.test_cli import assert_one_clear_line, run_cli
 from tests.support.sandboxes import (
@@ -134,6 +135,20 @@ async def test_the_agent_runs_unprivileged_and_cannot_read_root_files(
     await client.aclose()
 
 
+async def failure_of_a_new_sandbox(nursery: trio.Nursery, settings: Settings) -> str:
+    """Start a server, create a sandbox, and return why it failed (it must fail)."""
+    server = await start_server(nursery, settings)
+    client, wid = await owner_with_workspace(server)
+    events = await open_events(nursery, client, wid)
+    response = await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "f"})
+    failed = await events.until(response.json()["id"], "running", "failed")
+    events.close()
+    await client.aclose()
+    server.shutdown.set()
+    assert failed["status"] == "failed"
+    return str(failed["statusReason"])
+
+
 async def test_a_data_dir_the_user_cannot_enter_fails_the_sandbox_clearly(
     nursery: trio.Nursery, db_url: str, tmp_path: Path, opencode_bin: str
 ) -> None:
@@ -142,18 +157,10 @@ async def test_a_data_dir_the_user_cannot_enter_fails_the_sandbox_clearly(
     private = tmp_path.parent.parent  # /tmp/pytest-of-root, 0700
     mode = private.stat().st_mode & 0o777
     settings = make_settings(db_url, tmp_path / "data", opencode_bin=opencode_bin)
-    server = await start_server(nursery, settings)
-    client, wid = await owner_with_workspace(server)
-    events = await open_events(nursery, client, wid)
-    response = await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "p"})
-    failed = await events.until(response.json()["id"], "running", "failed")
-    assert failed["status"] == "failed"
-    assert "--data-dir" in failed["statusReason"]
-    assert "cannot enter" in failed["statusReason"]
+    reason = await failure_of_a_new_sandbox(nursery, settings)
+    assert "--data-dir" in reason
+    assert "cannot enter" in reason
     assert private.stat().st_mode & 0o777 == mode
-    events.close()
-    await client.aclose()
-    server.shutdown.set()
 
 
 def test_a_bad_sandbox_user_is_one_line_and_exit_2() -> None:
@@ -175,14 +182,7 @@ async def test_a_program_the_user_cannot_reach_fails_naming_opencode_bin(
     program = private / "opencode"
     program.write_text("#!/bin/sh\nexit 1\n")
     program.chmod(0o755)
-    server = await start_server(nursery, sandbox_settings_for(db_url, tmp_path / "d", str(program)))
-    client, wid = await owner_with_workspace(server)
-    events = await open_events(nursery, client, wid)
-    response = await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "b"})
-    failed = await events.until(response.json()["id"], "running", "failed")
-    assert failed["status"] == "failed"
-    assert "--opencode-bin" in failed["statusReason"]
-    assert "cannot enter" in failed["statusReason"]
-    events.close()
-    await client.aclose()
-    server.shutdown.set()
+    settings = sandbox_settings_for(db_url, tmp_path / "d", str(program))
+    reason = await failure_of_a_new_sandbox(nursery, settings)
+    assert "--opencode-bin" in reason
+    assert "cannot enter" in reason

@@ -15,7 +15,7 @@ from agentserver.sandboxes.account import Account
 from agentserver.sandboxes.process import Child, ProcessBackend
 from agentserver.sandboxes.service import Sandboxes
 from agentserver.settings import Settings
-from tests.conftest import REPO, Server, make_settings, start_server
+from tests.conftest import Server, make_settings, start_server
 from tests.integration.test_cli import assert_one_clear_line, run_cli
 from tests.support.sandboxes import (
     agent_process,
@@ -47,8 +47,11 @@ def ids_in_status(pid: int) -> dict[str, list[int]]:
 
 @pytest.fixture
 def root_only_file() -> Iterator[Path]:
-    """A 0600 root file in a folder every user may enter, visible (read-only) in sandboxes."""
-    folder = Path(tempfile.mkdtemp(prefix=".test-secret-", dir=REPO))
+    """A 0600 root file in a folder every user may enter, visible (read-only) in sandboxes.
+
+    Under /var/lib: bubblewrap shows /var read-only but replaces /tmp, /var/tmp, /root and
+    /home, and the checkout itself may live under any of them (a CI clone in /tmp did)."""
+    folder = Path(tempfile.mkdtemp(prefix="agentserver-test-secret-", dir="/var/lib"))
     try:
         folder.chmod(0o755)
         secret = folder / "secret.txt"

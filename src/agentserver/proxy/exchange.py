@@ -4,8 +4,9 @@
 sees the same scope, receive and send it gets from hypercorn, so its security model (tickets,
 cookies, roles, Origin, status pages, waking) has one implementation for both paths. This
 module owns only HTTP/1.1 framing: the request body by Content-Length, the response by its
-Content-Length or chunked, the browser leaving (seen while a long response runs, or as a
-failed write: either cancels the exchange), and whether the connection may carry another
+Content-Length or chunked (or spliced kernel to kernel, proxy/splice.py), the browser leaving
+(an `http.disconnect` while a long response runs, or `ClientLeft` raised from a failed write,
+which unwinds the proxy and closes its upstream), and whether the connection may carry another
 request afterwards.
 """
 

@@ -138,8 +138,7 @@ class Exchange:
             if not _client_left(exc):
                 log.exception("proxying %s failed", self.target.sandbox_id)
                 if not self._started and not self._gone:
-                    self._headers = _FAILED
-                    self._status = 500
+                    self._respond(500, _FAILED)
                     with contextlib.suppress(ClientLeft):
                         await self._write_body(b"internal server error", more=False)
         framed = (
@@ -183,9 +182,8 @@ class Exchange:
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "http.response.start":
-            self._status = int(message["status"])
-            self._headers = list(message.get("headers", ()))
-            if content_length(self._headers) is None:
+            self._respond(int(message["status"]), list(message.get("headers", ())))
+            if self._declared is None:
                 # A stream (SSE) may wait long for its first bytes: the browser gets the head
                 # now. A sized body follows at once and shares the head's write.
                 await self._write_body(b"", more=True)
@@ -229,11 +227,15 @@ class Exchange:
             raise ClientLeft from None
         self._complete = True
 
+    def _respond(self, status: int, headers: Headers) -> None:
+        """The response's status and headers (sent with its first body bytes)."""
+        self._status, self._headers = status, headers
+        self._declared = content_length(headers)
+
     def _head(self, body: bytes, more: bool) -> bytes:
         """The response head, sent with the first body bytes in one write."""
         self._started = True
         headers = self._headers
-        self._declared = content_length(headers)
         if body_allowed(self.request.method, self._status) and self._declared is None:
             headers = [(n, v) for n, v in headers if n != b"content-length"]
             if more:

@@ -7,17 +7,16 @@ Raw sockets, so what crosses the wire (framing, keep-alive, pipelining) is what 
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
 import h11
 import pytest
 import trio
 
-from agentserver.auth.tokens import new_id
 from agentserver.settings import Settings
 from tests.conftest import make_settings
-from tests.support.proxy_world import AGENT_SECRET, World
+from tests.support.proxy_world import World
+from tests.support.tcp import serve_on_free_port
 from tests.support.upstream import HTML
 
 
@@ -214,24 +213,7 @@ async def broken_agent(reply: bytes, task_status: trio.TaskStatus[int]) -> None:
         await stream.send_all(reply)
         await stream.aclose()
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, answer, 0, host="127.0.0.1"))
-        task_status.started(listeners[0].socket.getsockname()[1])
-
-
-async def agent_sandbox(world: World, port: int) -> str:
-    """A running sandbox whose agent listens on `port`."""
-    sid = new_id()
-    await world.sql(
-        "INSERT INTO sandboxes (id, workspace_id, name, type, status, agent_secret,"
-        " endpoint_host, endpoint_port) VALUES (%s, %s, 'g', 'opencode', 'running', %s,"
-        " '127.0.0.1', %s)",
-        sid,
-        world.workspace_id,
-        AGENT_SECRET,
-        port,
-    )
-    return sid
+    await serve_on_free_port(answer, task_status)
 
 
 async def test_an_agent_silent_past_the_proxy_timeout_gets_a_504(
@@ -243,8 +225,7 @@ async def test_an_agent_silent_past_the_proxy_timeout_gets_a_504(
         await stream.receive_some(65536)
         await trio.sleep_forever()
 
-    listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
-    sid = await agent_sandbox(world, listeners[0].socket.getsockname()[1])
+    sid = await world.sandbox(port=await nursery.start(serve_on_free_port, silent))
     token = await world.open(sid)
     async with world.sub(sid, token) as sub:
         response = await sub.get("/json", headers={"Accept": "application/json"})
@@ -257,7 +238,7 @@ async def test_a_garbled_agent_response_becomes_a_502_page(
 ) -> None:
     """A sandbox answering with a broken head gets the browser a clear 502, not garbage."""
     port = await nursery.start(broken_agent, b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")
-    sid = await agent_sandbox(world, port)
+    sid = await world.sandbox(port=port)
     token = await world.open(sid)
     async with world.sub(sid, token) as sub:
         response = await sub.get("/json", headers={"Accept": "application/json"})

@@ -17,6 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import trio
 
+from tests.support.tcp import serve_on_free_port
+
 CHUNK = 64 * 1024
 BLOCK = bytes(range(256)) * (CHUNK // 256)
 
@@ -127,12 +129,10 @@ async def serve_bulk(
     up: BulkUpstream, task_status: trio.TaskStatus[BulkUpstream] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Listen on 127.0.0.1 (a free port) and serve until cancelled."""
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    up.port = listeners[0].socket.getsockname()[1]
 
     async def handler(stream: trio.SocketStream) -> None:
         await _serve_connection(up, stream)
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handler, listeners)
+        up.port = await nursery.start(serve_on_free_port, handler)
         task_status.started(up)

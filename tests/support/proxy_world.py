@@ -65,7 +65,10 @@ class World:
 
         await trio.to_thread.run_sync(run)
 
-    async def sandbox(self, status: str = "running", sandbox_type: str = "opencode") -> str:
+    async def sandbox(
+        self, status: str = "running", sandbox_type: str = "opencode", port: int | None = None
+    ) -> str:
+        """A sandbox row whose agent is the recording upstream (or listens on `port`)."""
         sandbox_id = new_id()
         await self.sql(
             "INSERT INTO sandboxes (id, workspace_id, name, type, status, agent_secret,"
@@ -76,7 +79,7 @@ class World:
             sandbox_type,
             status,
             AGENT_SECRET,
-            self.upstream.port,
+            self.upstream.port if port is None else port,
         )
         return sandbox_id
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -33,3 +33,14 @@ async def read_exactly(stream: trio.SocketStream, size: int) -> bytes:
         assert chunk, "stream ended early"
         data += chunk
     return data
+
+
+async def serve_on_free_port(
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `handler` on 127.0.0.1 at a free port (reported to the starter) until cancelled."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handler, listeners)
+        task_status.started(listeners[0].socket.getsockname()[1])

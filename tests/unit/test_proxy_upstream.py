@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from functools import partial
 
 import pytest
 import trio
 
 from agentserver.errors import SandboxUnreachable
 from agentserver.proxy.upstream import Pool, UpstreamTimeout
-from tests.support.tcp import read_exactly, tcp_pair
+from tests.support.tcp import read_exactly, serve_on_free_port, tcp_pair
 from tests.support.upstream import HTML, RecordingUpstream, serve_upstream
 
 
@@ -166,9 +165,8 @@ async def test_a_body_ended_by_closing_is_read_to_the_end(nursery: trio.Nursery)
         await stream.send_all(b"world")
         await stream.aclose()
 
-    listeners = await nursery.start(partial(trio.serve_tcp, agent, 0, host="127.0.0.1"))
+    port = await nursery.start(serve_on_free_port, agent)
     pool = Pool()
-    port = listeners[0].socket.getsockname()[1]
     assert await fetch(pool, port, b"GET", b"/") == (200, b"hello world")
     assert pool.idle_count() == 0
     pool.close()

@@ -137,16 +137,30 @@ async def start(provider_id: str) -> Response:
         )
     except AgentServerError as exc:
         return failure_page(exc)
-    response = see_other(url)
-    response.set_cookie(
-        flow_cookie(settings),
-        browser_secret,
-        max_age=FLOW_LIFETIME,
-        path="/",
-        httponly=True,
-        samesite="Lax",
-        secure=settings.secure_cookies,
-    )
+    return with_flow_cookie(see_other(url), settings, browser_secret)
+
+
+def with_flow_cookie(response: Response, settings: Settings, secret: str | None) -> Response:
+    """`response` setting the flow's browser-binding cookie (clearing it when `secret` is
+    None), kept out of caches and Referer headers: both ends of a sign-in answer this way."""
+    if secret is None:
+        response.delete_cookie(
+            flow_cookie(settings),
+            path="/",
+            httponly=True,
+            samesite="Lax",
+            secure=settings.secure_cookies,
+        )
+    else:
+        response.set_cookie(
+            flow_cookie(settings),
+            secret,
+            max_age=FLOW_LIFETIME,
+            path="/",
+            httponly=True,
+            samesite="Lax",
+            secure=settings.secure_cookies,
+        )
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
@@ -222,16 +236,7 @@ async def callback(provider_id: str) -> Response:
         log.info("user %s signed in with %s", user.id, provider_id)
         response = see_other("/")
         set_session_cookie(response, token)
-    response.delete_cookie(
-        flow_cookie(settings),
-        path="/",
-        httponly=True,
-        samesite="Lax",
-        secure=settings.secure_cookies,
-    )
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    return with_flow_cookie(response, settings, None)
 
 
 @asynccontextmanager

@@ -5,6 +5,15 @@ A read-and-write relay copies every byte into and out of the process, and on a s
 those copies, not the proxy's logic, cap a download. With splice the kernel moves the pages;
 the proxy only waits for readiness. Linux only: `available` is False elsewhere and callers
 use the ordinary relay.
+
+Waiting is what is left to cost: a large body stalls a few hundred times (whenever the agent
+or the browser is the slower side), and each stall on trio's event loop costs tens of
+microseconds of Python, half of the proxy's CPU for a download. So a body larger than a pipe
+moves on a worker thread of its own that waits with poll(2) on the two sockets and a wake-up
+pipe, and drains the browser side while refilling from the agent. The awaiting task owns that
+thread: a cancel writes to the wake-up pipe and the task returns only once the thread has
+stopped touching the sockets. A few threads at most (`THREADS`); past that, bodies take the
+event-loop path.
 """
 
 from __future__ import annotations
@@ -12,16 +21,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
 from agentserver.errors import SandboxUnreachable
 
+if TYPE_CHECKING:
+    import outcome  # trio's own type for a result that may be an exception
+
 available = hasattr(os, "splice")
 PIPE_SIZE = 1 << 20
+THREAD_FROM = PIPE_SIZE  # bodies at least this large move on a worker thread
+THREADS = 32  # at most this many at once
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
-_MORE = getattr(os, "SPLICE_F_MORE", 4)
+_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("splice_threads")
 
 
 def _pipe() -> tuple[int, int]:
@@ -32,6 +49,15 @@ def _pipe() -> tuple[int, int]:
     return read_end, write_end
 
 
+def _threads() -> trio.CapacityLimiter:
+    try:
+        return _limiter.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(THREADS)
+        _limiter.set(limiter)
+        return limiter
+
+
 async def splice(source: trio.SocketStream, sink: trio.SocketStream, count: int) -> None:
     """Move exactly `count` bytes from `source` to `sink`.
 
@@ -40,6 +66,19 @@ async def splice(source: trio.SocketStream, sink: trio.SocketStream, count: int)
     """
     read_end, write_end = _pipe()
     try:
+        src, dst = source.socket.fileno(), sink.socket.fileno()
+        if count >= THREAD_FROM:
+            limiter, borrower = _threads(), object()
+            try:
+                limiter.acquire_on_behalf_of_nowait(borrower)
+            except trio.WouldBlock:
+                pass
+            else:
+                try:
+                    await _pump_on_thread(src, dst, count, read_end, write_end)
+                finally:
+                    limiter.release_on_behalf_of(borrower)
+                return
         await _pump(source, sink, count, read_end, write_end)
     finally:
         os.close(read_end)
@@ -58,21 +97,114 @@ async def _pump(
         in_pipe = 0
         while not in_pipe:
             try:
-                in_pipe = os.splice(src, write_end, min(count, PIPE_SIZE), flags=_FLAGS)
+                in_pipe = _fill(src, write_end, min(count, PIPE_SIZE))
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(source.socket)
-                continue
-            except OSError as exc:
-                raise SandboxUnreachable(
-                    f"reading from the sandbox failed: {exc.strerror}"
-                ) from None
-            if not in_pipe:
-                raise SandboxUnreachable("the sandbox closed the response early")
         count -= in_pipe
         while in_pipe:
             try:
-                in_pipe -= os.splice(read_end, dst, in_pipe, flags=_FLAGS | (_MORE if count else 0))
+                in_pipe -= _drain(read_end, dst, in_pipe)
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(sink.socket)
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"the browser went away: {exc.strerror}") from None
+
+
+def _fill(src: int, write_end: int, most: int) -> int:
+    """Agent socket → pipe: the bytes moved (BlockingIOError when there are none yet)."""
+    try:
+        moved = os.splice(src, write_end, most, flags=_FLAGS)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        raise SandboxUnreachable(f"reading from the sandbox failed: {exc.strerror}") from None
+    if not moved:
+        raise SandboxUnreachable("the sandbox closed the response early")
+    return moved
+
+
+def _drain(read_end: int, dst: int, most: int) -> int:
+    """Pipe → browser socket: the bytes moved (BlockingIOError when it takes none now).
+
+    Never with SPLICE_F_MORE: that corks a partial segment until more data comes, so the
+    bytes an agent sends just before it pauses would sit in our socket (~200 ms, measured).
+    """
+    try:
+        return os.splice(read_end, dst, most, flags=_FLAGS)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"the browser went away: {exc.strerror}") from None
+
+
+async def _pump_on_thread(src: int, dst: int, count: int, read_end: int, write_end: int) -> None:
+    """`_pump_blocking` on a worker thread that this task owns until it has stopped."""
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        finished = await _run_on_thread(
+            lambda: _pump_blocking(src, dst, count, read_end, write_end, wake_r), wake_w
+        )
+        if not finished:  # woken by a cancel: deliver it here
+            await trio.lowlevel.checkpoint()
+            raise RuntimeError("the splice thread stopped without a cancel")  # pragma: no cover
+    finally:
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+async def _run_on_thread(work: Callable[[], bool], wake_w: int) -> bool:
+    """Run `work` on a thread and wait for it; a cancel wakes it through `wake_w` and is
+    only delivered after it has returned (so the sockets are never used after we return)."""
+    task, token = trio.lowlevel.current_task(), trio.lowlevel.current_trio_token()
+
+    def deliver(result: outcome.Outcome[bool]) -> None:  # on the worker thread
+        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+    def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        os.write(wake_w, b"\0")
+        return trio.lowlevel.Abort.FAILED  # keep waiting: the thread reports when it stops
+
+    trio.lowlevel.start_thread_soon(work, deliver, name="agentserver splice")
+    result: bool = await trio.lowlevel.wait_task_rescheduled(abort)
+    return result
+
+
+def _pump_blocking(
+    src: int, dst: int, count: int, read_end: int, write_end: int, wake_r: int
+) -> bool:
+    """Move `count` bytes, refilling the pipe from the agent while the browser drains it.
+
+    Runs on a worker thread; returns False if woken through `wake_r` before the end.
+    """
+    poller = select.poll()
+    poller.register(wake_r, select.POLLIN)
+    in_pipe = 0
+    while count or in_pipe:
+        wait_for: tuple[int, int] | None = None
+        room = min(count, PIPE_SIZE - in_pipe)
+        if room > 0:
+            try:
+                moved = _fill(src, write_end, room)
+                count -= moved
+                in_pipe += moved
+            except BlockingIOError:
+                if not in_pipe:
+                    wait_for = (src, select.POLLIN)
+        if in_pipe:
+            try:
+                in_pipe -= _drain(read_end, dst, in_pipe)
+                continue
+            except BlockingIOError:
+                wait_for = (dst, select.POLLOUT)
+        if wait_for is not None and not _wait(poller, *wait_for, wake_r):
+            return False
+    return True
+
+
+def _wait(poller: select.poll, fd: int, event: int, wake_r: int) -> bool:
+    """Block until `fd` is ready for `event` (or failed, which the next splice reports);
+    False when woken through `wake_r` instead."""
+    poller.register(fd, event)
+    try:
+        ready = poller.poll()
+    finally:
+        poller.unregister(fd)
+    return not any(ready_fd == wake_r for ready_fd, _ in ready)

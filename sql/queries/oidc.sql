@@ -24,3 +24,6 @@ VALUES (:provider, :subject, :user_id, :email);
 
 -- name: oidc_get_user_by_email :one
 SELECT id, username, email, role, created_at FROM users WHERE lower(email) = lower(:email);
+
+-- name: oidc_email_verified :scalar
+SELECT email_verified FROM users WHERE id = :id;

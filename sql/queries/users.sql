@@ -1,6 +1,7 @@
 -- name: create_user :one
-INSERT INTO users (username, email, password_hash, role)
-VALUES (:username, :email, :password_hash,
+-- :email_verified only when a sign-in provider vouched for the address (never for a typed one).
+INSERT INTO users (username, email, email_verified, password_hash, role)
+VALUES (:username, :email, :email_verified, :password_hash,
         CASE WHEN EXISTS (SELECT 1 FROM users) THEN 'user' ELSE 'admin' END)
 RETURNING id, username, email, role, created_at;
 

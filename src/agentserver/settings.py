@@ -224,7 +224,8 @@ OPTIONS: tuple[Option, ...] = (
         "oidc_link_by_email",
         "OIDC_LINK_BY_EMAIL",
         "true",
-        "Link a new SSO identity to an existing account with the same verified email.",
+        "Link a new SSO identity to an existing account with the same email when a provider"
+        " verified it for both (never an address typed in at registration).",
     ),
     Option(
         "github_api_url",

@@ -110,14 +110,23 @@ async def test_returning_github_user_keeps_account(
 async def test_links_by_verified_primary_email(
     nursery: trio.Nursery, db_url: str, tmp_path: Path, github: GitHub
 ) -> None:
-    """GitHub's verified primary email links to the password account holding that email."""
+    """GitHub's verified primary email links to the account a verified sign-in created with it;
+    a password account that merely typed the address in is refused instead."""
     server = await start(nursery, db_url, tmp_path, github)
-    async with server.client() as owner:
-        existing = await register(owner, "octo-pw", email="octo@example.com")
-    response, user = await sign_in(server)
+    first, existing = await sign_in(server)
+    assert first.status_code == 302
+    assert existing is not None
+    github.add("octo-second", "octo@example.com")
+    response, user = await sign_in(server, "octo-second")
     assert response.status_code == 302
     assert user is not None
     assert user["id"] == existing["id"]
+    async with server.client() as squatter:
+        await register(squatter, "squatter", email="hubot@example.com")
+    github.add("hubot", "hubot@example.com")
+    refused, nobody = await sign_in(server, "hubot")
+    assert_refused(refused, 409, "was never confirmed")
+    assert nobody is None
 
 
 async def test_unverified_primary_email_never_links(

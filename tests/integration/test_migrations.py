@@ -83,3 +83,27 @@ def test_an_unreachable_database_is_database_unavailable() -> None:
     """Migrating against a closed port raises DatabaseUnavailable, not a psycopg error."""
     with pytest.raises(DatabaseUnavailable, match="cannot connect to the database"):
         apply_migrations("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+
+
+def test_only_accounts_made_by_sso_start_with_a_vouched_for_email(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Upgrading to 0006 marks the address of an account an SSO sign-in created (no password)
+    as verified, never one typed in at registration."""
+    files = migration_files()
+    for path in files:
+        if path.stem < "0006":
+            (tmp_path / path.name).write_text(path.read_text())
+    apply_migrations(db_url, tmp_path)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO users (username, email, password_hash) VALUES"
+            " ('by-sso', 'sso@example.com', NULL), ('typed', 'typed@example.com', 'argon2-hash'),"
+            " ('no-email', NULL, NULL)"
+        )
+    for path in files:
+        (tmp_path / path.name).write_text(path.read_text())
+    assert "0006_email_verified" in apply_migrations(db_url, tmp_path)
+    with psycopg.connect(db_url) as conn:
+        verified = dict(conn.execute("SELECT username, email_verified FROM users").fetchall())
+    assert verified == {"by-sso": True, "typed": False, "no-email": False}

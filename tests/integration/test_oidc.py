@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import trio
 
@@ -79,6 +80,16 @@ async def sign_in(
         return response, await me(browser)
 
 
+async def count_identities(db_url: str) -> int:
+    def count() -> int:
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute("SELECT count(*) FROM oidc_identities").fetchone()
+            assert row is not None
+            return int(row[0])
+
+    return await trio.to_thread.run_sync(count)
+
+
 async def me(browser: httpx.AsyncClient) -> dict[str, Any] | None:
     response = await browser.get("/api/auth/me")
     return dict(response.json()) if response.status_code == 200 else None
@@ -128,17 +139,36 @@ async def test_returning_user_keeps_account_when_email_changes(
     assert after["username"] == "alice"
 
 
-async def test_links_to_password_account_by_verified_email(
+async def test_links_by_email_to_an_account_a_provider_vouched_for(
     nursery: trio.Nursery, db_url: str, tmp_path: Path, idp: OpenIDProvider
 ) -> None:
-    """A new identity whose email the provider verified (true) joins the existing account."""
+    """A new identity whose verified email belongs to an account created by an earlier verified
+    sign-in joins that account."""
     server = await start(nursery, db_url, tmp_path, idp.url)
-    async with server.client() as owner:
-        existing = await register(owner, "alice-pw", email="Alice@Example.com")
-    response, user = await sign_in(server)
+    first, existing = await sign_in(server)
+    assert first.status_code == 302
+    assert existing is not None
+    idp.add_user("alice-again", email="Alice@Example.com", email_verified=True)
+    response, user = await sign_in(server, "alice-again")
     assert response.status_code == 302
     assert user is not None
     assert user["id"] == existing["id"]
+
+
+async def test_a_typed_in_email_never_captures_a_sign_in(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, idp: OpenIDProvider
+) -> None:
+    """Someone who registers with another person's address does not get that person's later
+    SSO sign-in linked to their account: it is refused, and the account stays unlinked."""
+    server = await start(nursery, db_url, tmp_path, idp.url)
+    async with server.client() as squatter:
+        await register(squatter, "squatter", email="alice@example.com")
+    for _ in range(2):
+        response, user = await sign_in(server)
+        assert_refused(response, 409, "was never confirmed")
+        assert user is None
+    assert await server.deps.db.scalar("count_users") == 1
+    assert await count_identities(db_url) == 0
 
 
 async def test_refuses_linking_without_boolean_verification(
@@ -179,10 +209,12 @@ async def test_no_linking_when_disabled(
 ) -> None:
     """With linking by email off, a taken verified email is refused instead of linked."""
     server = await start(nursery, db_url, tmp_path, idp.url, oidc_link_by_email="false")
-    async with server.client() as owner:
-        await register(owner, "victim", email="alice@example.com")
-    response, _ = await sign_in(server)
+    first, _ = await sign_in(server)
+    assert first.status_code == 302
+    idp.add_user("alice-again", email="alice@example.com", email_verified=True)
+    response, user = await sign_in(server, "alice-again")
     assert_refused(response, 409, "does not link sign-in providers")
+    assert user is None
 
 
 async def test_username_collision_gets_a_number(

@@ -54,17 +54,33 @@ def identity(email: str | None = "a@example.com", verified: bool = True) -> Exte
     ("ident", "policy", "linked", "owner", "may_create", "expected"),
     [
         (identity(), Policy(), "u1", None, True, SignIn("u1")),
-        (identity("new@other.org"), Policy(), "u1", "u2", True, SignIn("u1")),
-        (identity(), Policy(), None, "u2", True, Link("u2")),
+        (identity("new@other.org"), Policy(), "u1", ("u2", True), True, SignIn("u1")),
+        (identity("new@other.org"), Policy(), "u1", ("u2", False), True, SignIn("u1")),
+        (identity(), Policy(), None, ("u2", True), True, Link("u2")),
+        (
+            identity(),
+            Policy(),
+            None,
+            ("u2", False),
+            True,
+            Refuse(409, "account_email_unconfirmed", ""),
+        ),
         (
             identity(verified=False),
             Policy(),
             None,
-            "u2",
+            ("u2", True),
             True,
             Refuse(409, "email_not_verified", ""),
         ),
-        (identity(), Policy(link_by_email=False), None, "u2", True, Refuse(409, "email_taken", "")),
+        (
+            identity(),
+            Policy(link_by_email=False),
+            None,
+            ("u2", True),
+            True,
+            Refuse(409, "email_taken", ""),
+        ),
         (identity(), Policy(), None, None, True, Create("a@example.com")),
         (identity(verified=False), Policy(), None, None, True, Create(None)),
         (identity(None, False), Policy(), None, None, True, Create(None)),
@@ -83,12 +99,20 @@ def test_decide_table(
     ident: ExternalIdentity,
     policy: Policy,
     linked: str | None,
-    owner: str | None,
+    owner: tuple[str, bool] | None,
     may_create: bool,
     expected: object,
 ) -> None:
-    """Each combination of identity, policy and existing accounts has exactly one outcome."""
-    got = decide(ident, policy, linked_user=linked, email_owner=owner, may_create=may_create)
+    """Each combination of identity, policy and existing accounts (with or without a vouched-for
+    email) has exactly one outcome."""
+    got = decide(
+        ident,
+        policy,
+        linked_user=linked,
+        email_owner=owner[0] if owner else None,
+        owner_email_verified=owner[1] if owner else False,
+        may_create=may_create,
+    )
     if isinstance(expected, Refuse):
         assert isinstance(got, Refuse)
         assert (got.status, got.code) == (expected.status, expected.code)

@@ -84,7 +84,12 @@ async def register(data: RegisterBody) -> Response:
         if email and tx.one("get_user_by_login", User, login=email):
             raise Conflict("email already in use", field="email")
         user = tx.one(
-            "create_user", User, username=username, email=email, password_hash=password_hash
+            "create_user",
+            User,
+            username=username,
+            email=email,
+            email_verified=False,  # typed in: nobody vouched for it
+            password_hash=password_hash,
         )
         assert user is not None
         return user

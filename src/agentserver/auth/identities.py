@@ -91,12 +91,14 @@ def decide(
     *,
     linked_user: str | None,
     email_owner: str | None,
+    owner_email_verified: bool,
     may_create: bool,
 ) -> Decision:
     """The one place that says whether an identity signs in, links, gets an account, or is refused.
 
     `linked_user` is the account this (provider, subject) already belongs to; `email_owner` is an
-    existing account with the identity's email (looked up only for new identities).
+    existing account with the identity's email (looked up only for new identities), and
+    `owner_email_verified` whether a provider ever vouched for that account's address.
     """
     if not domain_allowed(identity, policy.allowed_domains):
         return Refuse(
@@ -108,8 +110,6 @@ def decide(
     if linked_user is not None:
         return SignIn(linked_user)
     if email_owner is not None:
-        if identity.email_verified and policy.link_by_email:
-            return Link(email_owner)
         if not identity.email_verified:
             return Refuse(
                 409,
@@ -118,6 +118,19 @@ def decide(
                 f"{identity.provider_name} did not confirm that this address is verified, "
                 "so the sign-in was not linked to it. Sign in with your password instead.",
             )
+        if not owner_email_verified:
+            # Both must vouch: an address typed in at registration could be anyone's, and
+            # linking to it would hand this person's sign-in to whoever registered it.
+            return Refuse(
+                409,
+                "account_email_unconfirmed",
+                f"An account with the email {identity.email} already exists, but that "
+                "address was typed in when the account was registered and was never "
+                "confirmed, so this sign-in was not linked to it. Sign in with your "
+                "password instead, or ask an admin.",
+            )
+        if policy.link_by_email:
+            return Link(email_owner)
         return Refuse(
             409,
             "email_taken",
@@ -173,19 +186,22 @@ def resolve_in(tx: Tx, identity: ExternalIdentity, policy: Policy) -> User:
     key = {"provider": identity.provider, "subject": identity.subject}
     linked = tx.scalar("oidc_get_identity_user", **key)
     owner: User | None = None
-    may_create = False
+    owner_verified = may_create = False
     if linked is None:
         # Serialises with registrations and other first sign-ins (one first admin, no dup emails).
         tx.exec("lock_users")
         linked = tx.scalar("oidc_get_identity_user", **key)
         if linked is None and identity.email:
             owner = tx.one("oidc_get_user_by_email", User, email=identity.email)
+            if owner is not None:
+                owner_verified = bool(tx.scalar("oidc_email_verified", id=owner.id))
         may_create = policy.open_signup or tx.scalar("count_users") == 0
     decision = decide(
         identity,
         policy,
         linked_user=linked,
         email_owner=owner.id if owner else None,
+        owner_email_verified=owner_verified,
         may_create=may_create,
     )
     match decision:
@@ -198,7 +214,12 @@ def resolve_in(tx: Tx, identity: ExternalIdentity, policy: Policy) -> User:
         case Create(email):
             username = _free_username(tx, identity.username_hints)
             created = tx.one(
-                "create_user", User, username=username, email=email, password_hash=None
+                "create_user",
+                User,
+                username=username,
+                email=email,
+                email_verified=email is not None,  # Create carries only a verified address
+                password_hash=None,
             )
             assert created is not None
             user_id = created.id

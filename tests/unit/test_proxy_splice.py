@@ -4,6 +4,7 @@ event loop and on a worker thread."""
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 import trio
@@ -139,3 +140,24 @@ async def test_bytes_before_a_pause_reach_the_browser_at_once(way: str) -> None:
             await agent.send_all(piece)
             assert await read_exactly(browser, len(piece)) == piece
         nursery.cancel_scope.cancel()
+
+
+async def test_the_agent_socket_goes_back_with_its_default_low_water_mark(way: str) -> None:
+    """The batching mark a threaded relay sets on the agent's socket is gone afterwards, after
+    a whole body and after a cancel, so a pooled connection's next small reply is not held."""
+
+    def mark(stream: trio.SocketStream) -> int:
+        return int(stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT))
+
+    async with tcp_pair() as (agent, source), tcp_pair() as (sink, browser):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(agent.send_all, b"z" * 3 * MIB)
+            nursery.start_soon(read_exactly, browser, 3 * MIB)
+            await splice(source, sink, 3 * MIB)
+        assert mark(source) == 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(splice, source, sink, 4 * MIB)
+            await agent.send_all(b"z" * 1000)
+            assert await read_exactly(browser, 1000) == b"z" * 1000
+            nursery.cancel_scope.cancel()
+        assert mark(source) == 1

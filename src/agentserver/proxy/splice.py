@@ -22,6 +22,9 @@ import contextlib
 import fcntl
 import os
 import select
+import socket
+import struct
+import termios
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -36,6 +39,11 @@ available = hasattr(os, "splice")
 PIPE_SIZE = 1 << 20
 THREAD_FROM = PIPE_SIZE  # bodies at least this large move on a worker thread
 THREADS = 32  # at most this many at once
+# On a thread, wake for the agent's bytes a MiB at a time (SO_RCVLOWAT): fewer, larger moves
+# cost less per byte for every process involved (bench: 0.58x -> 0.72x of direct)...
+BATCH = 1 << 20
+# ...but never hold bytes that have arrived for longer than this, in milliseconds.
+BATCH_WAIT_MS = 2
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("splice_threads")
@@ -66,7 +74,7 @@ async def splice(source: trio.SocketStream, sink: trio.SocketStream, count: int)
     """
     read_end, write_end = _pipe()
     try:
-        src, dst = source.socket.fileno(), sink.socket.fileno()
+        dst = sink.socket.fileno()
         if count >= THREAD_FROM:
             limiter, borrower = _threads(), object()
             try:
@@ -75,7 +83,7 @@ async def splice(source: trio.SocketStream, sink: trio.SocketStream, count: int)
                 pass
             else:
                 try:
-                    await _pump_on_thread(src, dst, count, read_end, write_end)
+                    await _pump_on_thread(source.socket, dst, count, read_end, write_end)
                 finally:
                     limiter.release_on_behalf_of(borrower)
                 return
@@ -135,12 +143,14 @@ def _drain(read_end: int, dst: int, most: int) -> int:
         raise trio.BrokenResourceError(f"the browser went away: {exc.strerror}") from None
 
 
-async def _pump_on_thread(src: int, dst: int, count: int, read_end: int, write_end: int) -> None:
+async def _pump_on_thread(
+    source: trio.socket.SocketType, dst: int, count: int, read_end: int, write_end: int
+) -> None:
     """`_pump_blocking` on a worker thread that this task owns until it has stopped."""
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         finished = await _run_on_thread(
-            lambda: _pump_blocking(src, dst, count, read_end, write_end, wake_r), wake_w
+            lambda: _pump_blocking(source, dst, count, read_end, write_end, wake_r), wake_w
         )
         if not finished:  # woken by a cancel: deliver it here
             await trio.lowlevel.checkpoint()
@@ -168,43 +178,79 @@ async def _run_on_thread(work: Callable[[], bool], wake_w: int) -> bool:
 
 
 def _pump_blocking(
-    src: int, dst: int, count: int, read_end: int, write_end: int, wake_r: int
+    source: trio.socket.SocketType,
+    dst: int,
+    count: int,
+    read_end: int,
+    write_end: int,
+    wake_r: int,
 ) -> bool:
     """Move `count` bytes, refilling the pipe from the agent while the browser drains it.
 
-    Runs on a worker thread; returns False if woken through `wake_r` before the end.
+    Runs on a worker thread; returns False if woken through `wake_r` before the end. The
+    agent's socket gets a low-water mark while this runs, and its default back at the end.
     """
+    src = source.fileno()
     poller = select.poll()
     poller.register(wake_r, select.POLLIN)
     in_pipe = 0
-    while count or in_pipe:
-        wait_for: tuple[int, int] | None = None
-        room = min(count, PIPE_SIZE - in_pipe)
-        if room > 0:
-            try:
-                moved = _fill(src, write_end, room)
-                count -= moved
-                in_pipe += moved
-            except BlockingIOError:
-                if not in_pipe:
-                    wait_for = (src, select.POLLIN)
-        if in_pipe:
-            try:
-                in_pipe -= _drain(read_end, dst, in_pipe)
+    lowat = 1
+    try:
+        while count or in_pipe:
+            wait_for: tuple[int, int] | None = None
+            room = min(count, PIPE_SIZE - in_pipe)
+            if room > 0:
+                try:
+                    moved = _fill(src, write_end, room)
+                    count -= moved
+                    in_pipe += moved
+                except BlockingIOError:
+                    if not in_pipe:
+                        wait_for = (src, select.POLLIN)
+            if in_pipe:
+                try:
+                    in_pipe -= _drain(read_end, dst, in_pipe)
+                    continue
+                except BlockingIOError:
+                    wait_for = (dst, select.POLLOUT)
+            if wait_for is None:
                 continue
-            except BlockingIOError:
-                wait_for = (dst, select.POLLOUT)
-        if wait_for is not None and not _wait(poller, *wait_for, wake_r):
-            return False
-    return True
+            timeout = None
+            if wait_for[0] == src:
+                if lowat != min(BATCH, count):
+                    lowat = min(BATCH, count)
+                    source.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+                timeout = BATCH_WAIT_MS if lowat > 1 else None
+            ready = _wait(poller, *wait_for, wake_r, timeout)
+            if ready is None and not _unread(src):
+                # A batch did not come in time and nothing has: the agent is pausing, so wait
+                # for its next byte (the batch mark comes back once it sends again).
+                lowat = 1
+                source.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+            elif ready is False:
+                return False
+        return True
+    finally:
+        if lowat != 1:  # the pooled connection goes back as it came
+            with contextlib.suppress(OSError):
+                source.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
 
-def _wait(poller: select.poll, fd: int, event: int, wake_r: int) -> bool:
-    """Block until `fd` is ready for `event` (or failed, which the next splice reports);
-    False when woken through `wake_r` instead."""
+def _unread(fd: int) -> int:
+    """Bytes waiting in a socket's receive queue."""
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
+
+
+def _wait(
+    poller: select.poll, fd: int, event: int, wake_r: int, timeout_ms: int | None
+) -> bool | None:
+    """Block until `fd` is ready for `event` (or failed, which the next splice reports): True;
+    False when woken through `wake_r` instead; None when `timeout_ms` passed first."""
     poller.register(fd, event)
     try:
-        ready = poller.poll()
+        ready = poller.poll(timeout_ms)
     finally:
         poller.unregister(fd)
-    return not any(ready_fd == wake_r for ready_fd, _ in ready)
+    if any(ready_fd == wake_r for ready_fd, _ in ready):
+        return False
+    return True if ready else None

@@ -127,7 +127,7 @@ def decide(
                 f"An account with the email {identity.email} already exists, but that "
                 "address was typed in when the account was registered and was never "
                 "confirmed, so this sign-in was not linked to it. Sign in with your "
-                "password instead, or ask an admin.",
+                "password instead.",
             )
         if policy.link_by_email:
             return Link(email_owner)

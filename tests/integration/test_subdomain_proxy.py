@@ -12,9 +12,10 @@ import pytest
 import trio
 import trio_websocket
 
+from agentserver.proxy import splice
 from tests.conftest import register
 from tests.support.proxy_world import AGENT_SECRET, World
-from tests.support.upstream import HTML
+from tests.support.upstream import HTML, patterned
 
 
 async def member(world: World, username: str, role: str) -> httpx.AsyncClient:
@@ -108,6 +109,40 @@ async def test_large_body_streams_through(world: World) -> None:
         async for chunk in response.aiter_raw():
             received += len(chunk)
     assert received == size
+
+
+async def test_more_large_bodies_at_once_than_splice_threads_all_arrive_exact(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bodies over a pipe's worth move on splice threads (when more than THREADS run at once,
+    the others on the event loop): fetched all at once, every one arrives byte for byte, and
+    no thread slot stays taken."""
+    threads: list[object] = []
+    start_thread_soon = trio.lowlevel.start_thread_soon
+    monkeypatch.setattr(
+        trio.lowlevel,
+        "start_thread_soon",
+        lambda fn, deliver, name=None: (threads.append(name), start_thread_soon(fn, deliver, name)),
+    )
+    sid = await world.sandbox()
+    token = await world.open(sid)
+    size, count = 2 * splice.PIPE_SIZE + 12_345, splice.THREADS + 8
+    received: dict[int, bytes] = {}
+
+    async def fetch(seed: int) -> None:
+        async with world.sub(sid, token) as sub:
+            response = await sub.get(f"/big?size={size}&seed={seed}")
+        assert response.status_code == 200
+        received[seed] = response.content
+
+    async with trio.open_nursery() as nursery:
+        for seed in range(count):
+            nursery.start_soon(fetch, seed)
+    assert sorted(received) == list(range(count))
+    for seed, body in received.items():
+        assert body == patterned(size, seed), seed
+    assert splice._threads().borrowed_tokens == 0
+    assert threads  # the thread path was taken
 
 
 async def ws_connect(

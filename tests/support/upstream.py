@@ -8,6 +8,7 @@ its client goes away, and a WebSocket echo.
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -77,6 +78,11 @@ async def _next(stream: trio.SocketStream, conn: h11.Connection) -> h11.Event:
             conn.receive_data(await stream.receive_some(CHUNK))
             continue
         return event  # type: ignore[return-value]
+
+
+def patterned(size: int, seed: int) -> bytes:
+    """The body `/big?size=…&seed=…` sends."""
+    return random.Random(seed).randbytes(size)
 
 
 def _response(status: int, content_type: str, length: int | None = None) -> h11.Response:
@@ -151,10 +157,12 @@ async def _serve_http(
     elif url.path == "/big":
         size = int(query.get("size", ["0"])[0])
         await _send(stream, conn, _response(200, "application/octet-stream", size))
-        block = b"x" * CHUNK
+        seed = query.get("seed")
+        # With a seed, bytes anyone can recompute (`patterned`), so order and content are checked.
+        block = patterned(size, int(seed[0])) if seed else b"x" * CHUNK
         sent = 0
         while sent < size:
-            piece = block[: min(CHUNK, size - sent)]
+            piece = block[sent : sent + CHUNK] if seed else block[: min(CHUNK, size - sent)]
             await _send(stream, conn, h11.Data(data=piece))
             sent += len(piece)
         await _send(stream, conn, h11.EndOfMessage())

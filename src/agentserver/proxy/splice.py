@@ -25,7 +25,7 @@ import select
 import socket
 import struct
 import termios
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -66,6 +66,21 @@ def _threads() -> trio.CapacityLimiter:
         return limiter
 
 
+@contextlib.contextmanager
+def _thread_slot() -> Iterator[bool]:
+    """One of the THREADS worker-thread slots if one is free now (True), never waiting."""
+    limiter, borrower = _threads(), object()
+    try:
+        limiter.acquire_on_behalf_of_nowait(borrower)
+    except trio.WouldBlock:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        limiter.release_on_behalf_of(borrower)
+
+
 async def splice(source: trio.SocketStream, sink: trio.SocketStream, count: int) -> None:
     """Move exactly `count` bytes from `source` to `sink`.
 
@@ -73,21 +88,14 @@ async def splice(source: trio.SocketStream, sink: trio.SocketStream, count: int)
     when the sink (the browser) goes away.
     """
     read_end, write_end = _pipe()
+    slot = _thread_slot() if count >= THREAD_FROM else contextlib.nullcontext(False)
     try:
-        dst = sink.socket.fileno()
-        if count >= THREAD_FROM:
-            limiter, borrower = _threads(), object()
-            try:
-                limiter.acquire_on_behalf_of_nowait(borrower)
-            except trio.WouldBlock:
-                pass
+        with slot as on_thread:
+            if on_thread:
+                dst = sink.socket.fileno()
+                await _pump_on_thread(source.socket, dst, count, read_end, write_end)
             else:
-                try:
-                    await _pump_on_thread(source.socket, dst, count, read_end, write_end)
-                finally:
-                    limiter.release_on_behalf_of(borrower)
-                return
-        await _pump(source, sink, count, read_end, write_end)
+                await _pump(source, sink, count, read_end, write_end)
     finally:
         os.close(read_end)
         os.close(write_end)

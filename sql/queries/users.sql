@@ -32,6 +32,12 @@ SELECT id, username, email, role, created_at FROM users ORDER BY created_at;
 -- name: set_user_role :execrows
 UPDATE users SET role = :role, updated_at = now() WHERE id = :id;
 
+-- name: get_user_role :scalar
+SELECT role FROM users WHERE id = :id;
+
+-- name: count_admins :scalar
+SELECT count(*) FROM users WHERE role = 'admin';
+
 -- name: lock_users :exec
--- Serialises registrations so exactly one first user becomes the admin.
+-- Serialises registrations (exactly one first user becomes the admin) and admin role changes.
 LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE;

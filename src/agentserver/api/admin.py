@@ -8,7 +8,8 @@ from quart import Blueprint
 from quart_schema import validate_request
 
 from agentserver.api.common import Body, deps, require_admin, rfc3339, user_json
-from agentserver.errors import Conflict, Invalid, NotFound
+from agentserver.db.database import Tx
+from agentserver.errors import Conflict, Forbidden, Invalid, NotFound
 from agentserver.models import SystemRole, User
 
 blueprint = Blueprint("admin", __name__, url_prefix="/api/admin")
@@ -36,8 +37,19 @@ async def set_user_role(user_id: str, data: UserRoleBody) -> dict[str, Any]:
         raise Invalid("role must be admin or user", field="role") from None
     if admin.id == user_id and role != SystemRole.ADMIN:
         raise Conflict("you cannot remove your own admin role")
-    if not await deps().db.exec("set_user_role", id=user_id, role=role.value):
-        raise NotFound("user not found")
+
+    def work(tx: Tx) -> None:
+        # One change at a time (as registration): two admins demoting each other at once
+        # would otherwise each see the other still admin and leave the server with none.
+        tx.exec("lock_users")
+        if tx.scalar("get_user_role", id=admin.id) != SystemRole.ADMIN:
+            raise Forbidden("only the server admin may do this")
+        if not tx.exec("set_user_role", id=user_id, role=role.value):
+            raise NotFound("user not found")
+        if tx.scalar("count_admins") < 1:
+            raise Conflict("the server must keep at least one admin")
+
+    await deps().db.transaction(work)
     user = await deps().db.one("get_user", User, id=user_id)
     assert user is not None
     return user_json(user)

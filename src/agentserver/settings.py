@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -9,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agentserver.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +254,13 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Kubernetes runtimeClassName for sandbox pods (e.g. gvisor).",
     ),
+    Option(
+        "trusted_proxies",
+        "AGENTSERVER_TRUSTED_PROXIES",
+        None,
+        "Comma-separated addresses or CIDRs of reverse proxies whose X-Forwarded-For or"
+        " Forwarded header names the real client (throttles key on it); empty: trust none.",
+    ),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -330,6 +340,19 @@ def parse_list(text: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (text or "").split(",") if p.strip())
 
 
+def parse_networks(text: str | None) -> tuple[IPNetwork, ...]:
+    """Addresses or CIDRs (`10.0.0.0/8, 192.168.1.7, ::1`) as networks."""
+    networks = []
+    for item in parse_list(text):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{item!r} is not an IP address or CIDR (example: 10.0.0.0/8)"
+            ) from None
+    return tuple(networks)
+
+
 def default_data_dir(environ: Mapping[str, str]) -> Path:
     """The user data directory; as root a system folder (embedded PostgreSQL opens its parents)."""
     if os.name == "posix" and os.geteuid() == 0:
@@ -386,6 +409,7 @@ class Settings:
     runtime_class: str | None = None
     session_lifetime: float = 7 * 86400.0
     extra: Mapping[str, str] = field(default_factory=dict)
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
     @property
     def secure_cookies(self) -> bool:
@@ -531,6 +555,7 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         github_oauth_url=(raw["github_oauth_url"] or "https://github.com").rstrip("/"),
         kube_namespace_prefix=raw["kube_namespace_prefix"] or "agent-ws",
         runtime_class=raw["runtime_class"] or None,
+        trusted_proxies=convert("trusted_proxies", parse_networks),  # type: ignore[arg-type]
     )
 
 

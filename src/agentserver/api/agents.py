@@ -15,10 +15,10 @@ from typing import Any, cast
 
 import trio
 from pydantic import Field
-from quart import Blueprint, request, websocket
+from quart import Blueprint, websocket
 from quart_schema import validate_request
 
-from agentserver.api.common import Body, deps, require, rfc3339
+from agentserver.api.common import Body, client_address, deps, require, rfc3339
 from agentserver.auth.permissions import Action
 from agentserver.auth.tokens import hash_token, new_token
 from agentserver.deps import Deps
@@ -88,7 +88,7 @@ async def create_agent_code(workspace_id: str) -> tuple[dict[str, Any], int]:
 async def register_agent(data: RegisterBody) -> tuple[dict[str, Any], int]:
     """Spend a code for a new `local` sandbox and its tunnel token (shown this once)."""
     d = deps()
-    key = f"agent-code:{request.remote_addr}"
+    key = f"agent-code:{client_address()}"
     wait = d.code_throttle.retry_after(key)
     if wait:
         raise RateLimited("too many wrong registration codes; try again later", retry_after=wait)

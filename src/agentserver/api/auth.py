@@ -10,6 +10,7 @@ from quart_schema import validate_request
 
 from agentserver.api.common import (
     Body,
+    client_address,
     current_user,
     deps,
     optional_user,
@@ -72,17 +73,24 @@ async def register(data: RegisterBody) -> Response:
     username = passwords.check_username(data.username)
     password = passwords.check_password(data.password)
     email = passwords.check_email(data.email) if data.email else None
-    password_hash = await passwords.hash_password(password)
     allow = deps().settings.allow_registration
 
-    def work(tx: Tx) -> User:
-        tx.exec("lock_users")
+    def refuse_taken(tx: Tx) -> None:
         if not allow and tx.scalar("count_users") > 0:
             raise Forbidden("registration is closed on this server; ask an admin")
         if tx.one("get_user_by_username", User, username=username):
             raise Conflict("username already taken", field="username")
         if email and tx.one("get_user_by_login", User, login=email):
             raise Conflict("email already in use", field="email")
+
+    # Everything cheap first: a closed server or a taken name costs no argon2 work.
+    await deps().db.transaction(refuse_taken)
+    spend_password_attempt()
+    password_hash = await passwords.hash_password(password)
+
+    def work(tx: Tx) -> User:
+        tx.exec("lock_users")
+        refuse_taken(tx)  # again, under the lock: another registration may have won meanwhile
         user = tx.one(
             "create_user",
             User,
@@ -102,19 +110,35 @@ async def register(data: RegisterBody) -> Response:
 @validate_request(LoginBody)
 async def login(data: LoginBody) -> Response:
     """Sign in with username (or email) and password; repeated failures are throttled."""
-    throttle = deps().login_throttle
-    keys = (f"user:{data.username.strip().lower()}", f"addr:{request.remote_addr}")
-    wait = throttle.retry_after(*keys)
+    d = deps()
+    address = f"addr:{client_address()}"
+    wait = d.login_throttle.retry_after(address)
     if wait:
         raise RateLimited("too many failed sign-ins; try again later", retry_after=wait)
-    db = deps().db
-    user = await db.one("get_user_by_login", User, login=data.username.strip())
-    stored = await db.scalar("get_password_hash", id=user.id) if user else None
-    if not await passwords.verify_password(stored, data.password) or user is None:
-        throttle.fail(*keys)
-        raise Unauthenticated("wrong username or password")
-    throttle.reset(keys[0])
+    spend_password_attempt()
+    user = await d.db.one("get_user_by_login", User, login=data.username.strip())
+    # Paced per account (however it was named); an unknown name is paced by what was typed.
+    account = f"user:{user.id}" if user else f"login:{data.username.strip().lower()}"
+    async with d.account_pacer.turn(account):
+        stored = await d.db.scalar("get_password_hash", id=user.id) if user else None
+        if not await passwords.verify_password(stored, data.password) or user is None:
+            d.login_throttle.fail(address)
+            d.account_pacer.fail(account)
+            raise Unauthenticated("wrong username or password")
+        d.account_pacer.reset(account)
     return await sign_in(user)
+
+
+def spend_password_attempt() -> None:
+    """Count one attempt that costs argon2 work against the client; refuse past the limit."""
+    throttle = deps().password_attempts
+    key = f"addr:{client_address()}"
+    wait = throttle.retry_after(key)
+    if wait:
+        raise RateLimited(
+            "too many sign-in or registration attempts; try again later", retry_after=wait
+        )
+    throttle.fail(key)
 
 
 @blueprint.post("/logout")

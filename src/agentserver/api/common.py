@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 from quart import current_app, g, request
 
+from agentserver.auth.client_address import client_address as real_client
 from agentserver.auth.permissions import Action, allowed
 from agentserver.auth.sessions import session_cookie_name, session_user
 from agentserver.deps import Deps
@@ -36,6 +37,16 @@ def deps() -> Deps:
 
 def rfc3339(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def client_address() -> str:
+    """The real client of this request: the peer, or what a trusted proxy says it saw."""
+    return real_client(
+        request.remote_addr,
+        deps().settings.trusted_proxies,
+        request.headers.getlist("Forwarded"),
+        request.headers.getlist("X-Forwarded-For"),
+    )
 
 
 async def optional_user() -> User | None:

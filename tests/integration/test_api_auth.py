@@ -292,3 +292,15 @@ async def test_concurrent_first_registrations_make_exactly_one_admin(server: Ser
         for i in range(5):
             nursery.start_soon(one, f"user{i}")
     assert sorted(roles) == ["admin", "user", "user", "user", "user"]
+
+
+async def test_the_first_admin_cannot_pick_a_common_password(server: Server) -> None:
+    """Registering (even as the first user, the admin) with `password` is a 400 naming the field."""
+    async with server.client() as client:
+        response = await client.post(
+            "/api/auth/register", json={"username": "admin", "password": "password"}
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["field"] == "password"
+        assert "common" in response.json()["error"]["message"]
+        assert (await client.get("/api/auth/me")).status_code == 401

@@ -71,7 +71,7 @@ async def sign_in(user: User, status: int = 200) -> Response:
 async def register(data: RegisterBody) -> Response:
     """Create a password account and sign it in; the first account becomes the server admin."""
     username = passwords.check_username(data.username)
-    password = passwords.check_password(data.password)
+    password = passwords.check_password(data.password, username)
     email = passwords.check_email(data.email) if data.email else None
     allow = deps().settings.allow_registration
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import TypeVar
@@ -33,12 +34,28 @@ def check_username(username: str) -> str:
     return name
 
 
-def check_password(password: str) -> str:
+def check_password(password: str, username: str | None = None) -> str:
     if len(password) < MIN_PASSWORD:
         raise Invalid(f"password must be at least {MIN_PASSWORD} characters", field="password")
     if len(password) > MAX_PASSWORD:
         raise Invalid(f"password must be at most {MAX_PASSWORD} characters", field="password")
+    if password.lower() in _common_passwords():
+        raise Invalid(
+            "this password is one of the most common ones (it would be guessed first); "
+            "choose another",
+            field="password",
+        )
+    if username and password.lower() == username.strip().lower():
+        raise Invalid("the password must not be the username", field="password")
     return password
+
+
+@functools.cache
+def _common_passwords() -> frozenset[str]:
+    """The 30,000 most common passwords of leaked lists, as zxcvbn ships them (loaded once)."""
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+    return frozenset(FREQUENCY_LISTS["passwords"])
 
 
 def check_email(email: str) -> str:

@@ -13,8 +13,9 @@ function Providers({ providers }) {
 }
 
 export function SignIn({ config, onSignedIn }) {
-  const open = config.registrationOpen !== false;
-  const [mode, setMode] = useState('signin');
+  const setup = config.setupNeeded === true;
+  const open = config.registrationOpen !== false && !setup;
+  const [mode, setMode] = useState(setup ? 'register' : 'signin');
   const [username, setUsername] = useState('');
   const [password, setPassword] = useState('');
   const [email, setEmail] = useState('');
@@ -40,7 +41,11 @@ export function SignIn({ config, onSignedIn }) {
   return html`<main class="center">
     <section class="card signin" aria-labelledby="signin-title">
       <h1 id="signin-title">agentserver</h1>
-      <p class="muted">${registering ? 'Create an account' : 'Sign in to your account'}</p>
+      ${setup
+        ? html`<h2 class="setup-title">Create the admin account</h2>
+          <p class="muted">Nobody has an account on this server yet: the first one becomes its
+            admin, who can manage users and every workspace.</p>`
+        : html`<p class="muted">${registering ? 'Create an account' : 'Sign in to your account'}</p>`}
       <form onSubmit=${submit}>
         <label for="username">${registering ? 'Username' : 'Username or email'}</label>
         <input id="username" name="username" autocomplete="username" required value=${username}
@@ -51,11 +56,16 @@ export function SignIn({ config, onSignedIn }) {
             onInput=${(e) => setEmail(e.currentTarget.value)} />`}
         <label for="password">Password</label>
         <input id="password" name="password" type="password" required
+          aria-describedby=${registering ? 'password-rules' : undefined}
           autocomplete=${registering ? 'new-password' : 'current-password'} value=${password}
           onInput=${(e) => setPassword(e.currentTarget.value)} />
+        ${registering && html`<p id="password-rules" class="hint muted">
+          At least 8 characters, not a common password and not the username.</p>`}
         <${ErrorBox} error=${error} />
         <button type="submit" class="primary wide" disabled=${busy || !username || !password}>
-          ${busy ? (registering ? 'Creating account…' : 'Signing in…') : (registering ? 'Create account' : 'Sign in')}
+          ${busy
+            ? (registering ? 'Creating account…' : 'Signing in…')
+            : (setup ? 'Create admin account' : registering ? 'Create account' : 'Sign in')}
         </button>
       </form>
       ${open && html`<p class="toggle">

@@ -170,6 +170,7 @@ async def config() -> dict[str, Any]:
     providers = deps().extras.get("auth_providers", lambda: [])()
     return {
         "registrationOpen": deps().settings.allow_registration or first,
+        "setupNeeded": first,  # nobody has an account yet: the next one becomes the admin
         "providers": providers,
         "user": user_json(user) if user else None,
         "baseDomain": deps().settings.domain,

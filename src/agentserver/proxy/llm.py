@@ -20,14 +20,20 @@ from agentserver.proxy.llm_rules import (
     Caller,
     CallerCache,
     Refusal,
+    Requested,
+    Route,
+    UnknownTokens,
     check_caller,
     check_limits,
     check_model,
     error_body,
+    input_estimate,
     is_sandbox_host,
     proxy_token,
-    request_model,
+    read_request,
+    reservation,
     response_headers,
+    route_for,
     upstream_headers,
     upstream_url,
 )
@@ -42,6 +48,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # A non-streamed answer is kept (besides being passed on) only up to this size to read its usage.
 MAX_PARSED_BODY = 8 << 20
+# Database look-ups of tokens not in the cache that may run at once: made-up tokens can then
+# hold at most this many of the pool's connections, whatever the traffic.
+LOOKUPS_AT_ONCE = 2
 
 
 class ClientGone(Exception):
@@ -71,6 +80,15 @@ async def send_error(send: Send, refusal: Refusal) -> None:
         headers.append((b"retry-after", str(refusal.retry_after).encode()))
     await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
     await send({"type": "http.response.body", "body": error_body(refusal.status, refusal.message)})
+
+
+class Admission:
+    """What the admission transaction needs to know of a call besides its caller."""
+
+    def __init__(self, route: Route, requested: Requested, body_size: int) -> None:
+        self.route = route
+        self.requested = requested
+        self.body_size = body_size
 
 
 class Call:
@@ -110,6 +128,8 @@ class LlmProxy:
         self.deps = deps
         self.settings = deps.settings
         self.callers = CallerCache()
+        self.unknown = UnknownTokens()
+        self.lookups = trio.CapacityLimiter(LOOKUPS_AT_ONCE)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -139,22 +159,16 @@ class LlmProxy:
         token = proxy_token(headers)
         if token is None:
             raise Refusal(401, "missing api key: send the sandbox's proxy token in x-api-key")
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        url = upstream_url(self.settings, raw_path, scope.get("query_string", b""))
+        route = route_for(scope["method"], raw_path)
         token_hash = hash_token(token)
-        caller = self.callers.get(token_hash)
-        if caller is None:
-            found = await self.deps.db.one("llm_caller_by_token", Caller, token_hash=token_hash)
-            caller = check_caller(found)
-            self.callers.put(token_hash, caller)
+        caller = self.callers.get(token_hash) or await self.lookup(token_hash)
         if not (self.settings.anthropic_api_key or self.settings.anthropic_auth_token):
             raise Refusal(503, "the server has no Anthropic credentials configured")
-        url = upstream_url(
-            self.settings,
-            scope.get("raw_path") or scope["path"].encode(),
-            scope.get("query_string", b""),
-        )
         body = await read_body(receive, self.settings.llm_max_body, headers)
-        model = request_model(body, dict(headers).get(b"content-type", b"").decode("latin-1"))
-        check_model(self.settings, model)
+        requested = read_request(body, dict(headers).get(b"content-type", b"").decode("latin-1"))
+        check_model(self.settings, requested.model, required=route.names_model)
         client: httpx.AsyncClient | None = self.deps.extras.get("llm_client")
         if client is None:
             raise Refusal(503, "the LLM proxy is not running")
@@ -164,10 +178,11 @@ class LlmProxy:
             )
         except (httpx.InvalidURL, UnicodeError):
             raise Refusal(400, "the path or a header cannot be forwarded") from None
-        call = Call(caller, model)
+        call = Call(caller, requested.model)
+        admission = Admission(route, requested, len(body))
         try:
             call.row_id = await self.deps.db.transaction(
-                lambda tx: self.start_row(tx, scope, call, token_hash)
+                lambda tx: self.start_row(tx, scope, call, token_hash, admission)
             )
         except Refusal as refusal:
             if refusal.status in (401, 403):
@@ -176,10 +191,26 @@ class LlmProxy:
         self.record_activity(caller.sandbox_id)
         return call, request
 
-    def start_row(self, tx: Tx, scope: Scope, call: Call, token_hash: str) -> int:
+    async def lookup(self, token_hash: str) -> Caller:
+        """The sandbox of a token the cache does not know: one query, a few at once at most;
+        a token that belongs to no sandbox is remembered briefly and costs no further query."""
+        if token_hash in self.unknown:
+            raise Refusal(401, "invalid api key")
+        async with self.lookups:
+            found = await self.deps.db.one("llm_caller_by_token", Caller, token_hash=token_hash)
+        if found is None:
+            self.unknown.add(token_hash)
+        caller = check_caller(found)
+        self.callers.put(token_hash, caller)
+        return caller
+
+    def start_row(
+        self, tx: Tx, scope: Scope, call: Call, token_hash: str, admission: Admission
+    ) -> int:
         """Admission in one transaction: the token again (it may be revoked by now), the
-        limits under the workspace's lock, and the usage row that counts this call."""
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        limits under the workspace's lock, and the usage row that counts this call, holding
+        its reservation of the daily token quota until `finish` settles it."""
+        raw_path = scope.get("raw_path") or scope["path"].encode()
         endpoint = raw_path[len(PREFIX) :].decode("ascii", "replace")[:200] or "/"
         row = {"method": scope["method"], "endpoint": endpoint, "model": call.model}
         found = tx.rows(
@@ -195,10 +226,12 @@ class LlmProxy:
         if row_id is not None:
             return int(row_id)
         rpm, per_day = caller.limits(self.settings)
+        route, size = admission.route, admission.body_size
+        reserved = reservation(route, admission.requested, size, per_day)
+        # Serialised per workspace: the next admission sees this one's reservation.
         tx.exec("llm_lock_workspace", workspace_id=caller.workspace_id)
-        check_limits(
-            rpm, per_day, tx.rows("llm_workspace_load", workspace_id=caller.workspace_id)[0]
-        )
+        load = tx.rows("llm_workspace_load", workspace_id=caller.workspace_id)[0]
+        check_limits(rpm, per_day, load, input_estimate(size) if route.spends_tokens else 0)
         started: int = tx.scalar(
             "llm_usage_start",
             sandbox_id=caller.sandbox_id,
@@ -206,6 +239,7 @@ class LlmProxy:
             user_id=caller.created_by,
             sandbox_name=caller.name,
             streaming=False,
+            reserved_tokens=reserved,
             **row,
         )
         return started

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from tests.conftest import make_settings, register, start_server
 from tests.support.anthropic import Reply, message_json
@@ -317,6 +318,52 @@ async def test_unreachable_upstream_is_502(
         anthropic_error(response, 502, "api_error")
         totals = (await owner.get(f"/api/workspaces/{wid}/usage")).json()["totals"]
     assert (totals["requests"], totals["errors"]) == (1, 1)
+    server.shutdown.set()
+
+
+async def test_unreachable_upstream_is_recorded_before_the_answer(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 502 for an unreachable upstream is sent only once its usage row is completed."""
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = make_settings(
+        db_url,
+        tmp_path / "data",
+        anthropic_base_url=f"http://127.0.0.1:{port}",
+        anthropic_api_key=REAL_KEY,
+    )
+    server = await start_server(nursery, settings)
+    async with server.client() as owner:
+        user = await register(owner, "owner")
+        wid = (await owner.post("/api/workspaces", json={"name": "w"})).json()["id"]
+        _, token = await add_sandbox(server, wid, user["id"])
+    db = server.deps.db
+    exec_query = db.exec
+    finishing, finish = trio.Event(), trio.Event()
+    answered: list[httpx.Response] = []
+
+    async def gated(name: str, /, **params: Any) -> int:
+        if name == "llm_usage_finish":
+            finishing.set()
+            await finish.wait()
+        result: int = await exec_query(name, **params)
+        return result
+
+    async def call() -> None:
+        async with httpx.AsyncClient(base_url=server.url, headers={"x-api-key": token}) as client:
+            answered.append(await client.post(MESSAGES, json=BODY))
+
+    monkeypatch.setattr(db, "exec", gated)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as calls:
+            calls.start_soon(call)
+            await finishing.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert answered == []  # the row is still being completed: no answer yet
+            finish.set()
+    anthropic_error(answered[0], 502, "api_error")
     server.shutdown.set()
 
 

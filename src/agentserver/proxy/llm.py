@@ -260,6 +260,9 @@ class LlmProxy:
         except httpx.TransportError as exc:
             log.warning("LLM upstream unreachable: %s", type(exc).__name__)
             call.status = 502
+            # Recorded before the answer, like every other: the caller may read usage next.
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await self.finish(call)
             await send_error(send, Refusal(502, "the Anthropic API could not be reached"))
             return
         try:

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -82,13 +83,13 @@ async def send_error(send: Send, refusal: Refusal) -> None:
     await send({"type": "http.response.body", "body": error_body(refusal.status, refusal.message)})
 
 
+@dataclass(frozen=True, slots=True)
 class Admission:
     """What the admission transaction needs to know of a call besides its caller."""
 
-    def __init__(self, route: Route, requested: Requested, body_size: int) -> None:
-        self.route = route
-        self.requested = requested
-        self.body_size = body_size
+    route: Route
+    requested: Requested
+    body_size: int
 
 
 class Call:
@@ -187,6 +188,8 @@ class LlmProxy:
         except Refusal as refusal:
             if refusal.status in (401, 403):
                 self.callers.forget(token_hash)
+            if refusal.status == 401:
+                self.unknown.add(token_hash)  # its sandbox is gone: the token never comes back
             raise
         self.record_activity(caller.sandbox_id)
         return call, request

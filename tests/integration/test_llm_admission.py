@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from tests.support.anthropic import MODELS, Reply, model_json, models_json
 from tests.support.llm_world import BODY, MESSAGES, REAL_KEY, Env, anthropic_error, open_env
@@ -216,3 +217,38 @@ async def test_an_unknown_token_costs_one_lookup(env: Env, monkeypatch: pytest.M
     assert len(lookups) == 2  # the made-up token once, the sandbox's own token once
     assert known.status_code == 200
     assert json.loads(env.standin.received[0].body)["model"] == BODY["model"]
+
+
+async def test_made_up_tokens_hold_few_database_connections(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many made-up tokens arrive at once, only two of them are looked up at a time."""
+    db = env.server.deps.db
+    one = db.one
+    inside, most = 0, 0
+    release = trio.Event()
+
+    async def gated(name: str, cls: Any, /, **params: Any) -> Any:
+        nonlocal inside, most
+        if name != "llm_caller_by_token":
+            return await one(name, cls, **params)
+        inside += 1
+        most = max(most, inside)
+        await release.wait()
+        inside -= 1
+        return await one(name, cls, **params)
+
+    async def stranger(index: int) -> None:
+        async with env.sandbox_client(token=f"made-up-{index}") as client:
+            statuses.append((await client.post(MESSAGES, json=BODY)).status_code)
+
+    statuses: list[int] = []
+    monkeypatch.setattr(db, "one", gated)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for index in range(8):
+                nursery.start_soon(stranger, index)
+            await trio.testing.wait_all_tasks_blocked()
+            assert most == 2
+            release.set()
+    assert statuses == [401] * 8

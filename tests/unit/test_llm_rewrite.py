@@ -268,6 +268,8 @@ def test_agent_routes_are_known(
         ("POST", "/v1/messages;x"),
         ("GET", "/v1/models/a/b"),
         ("GET", "/v1/models/%2e%2e"),
+        ("GET", "/v1/models/.."),
+        ("GET", "/v1/models/.hidden"),
         ("GET", "/v1/models/"),
         ("POST", "/messages"),
         ("POST", ""),
@@ -283,7 +285,7 @@ def test_other_endpoints_are_404(method: str, path: str) -> None:
 
 def test_every_route_is_reachable() -> None:
     """No route in the table is shadowed by another (each is what its own path finds)."""
-    samples = {"/v1/models/[A-Za-z0-9._:@-]{1,128}": "/v1/models/m"}
+    samples = {"/v1/models/[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}": "/v1/models/m"}
     for route in ROUTES:
         path = samples.get(route.path.pattern, route.path.pattern)
         assert route_for(route.method, b"/proxy/anthropic" + path.encode()) is route

@@ -68,7 +68,7 @@ ROUTES = (
     Route("GET", re.compile(r"/v1/models"), names_model=False, spends_tokens=False),
     Route(
         "GET",
-        re.compile(r"/v1/models/[A-Za-z0-9._:@-]{1,128}"),
+        re.compile(r"/v1/models/[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"),
         names_model=False,
         spends_tokens=False,
     ),

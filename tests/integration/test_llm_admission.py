@@ -163,25 +163,53 @@ async def test_concurrent_streams_cannot_overshoot_the_daily_quota(env: Env) -> 
     assert total <= PER_DAY + BODY["max_tokens"]  # type: ignore[operator]
 
 
-@pytest.mark.parametrize("options", [{"llm_tokens_per_day": "100"}])
-async def test_reservations_are_released_when_calls_end_badly(env: Env) -> None:
-    """A call's reservation is given back when it fails or is cut off, so later calls get in."""
-    # One call's reservation (its input estimate + 64) leaves no room for a second one.
+@pytest.mark.parametrize("options", [{"llm_tokens_per_day": "200"}])
+async def test_reservations_are_released_when_calls_end_badly(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call's reservation is given back when it fails, is cut off or its caller hangs up."""
+    # What the three calls use leaves room for the last one; one reservation left behind
+    # (the call's input estimate + 64 tokens) would not.
+    db = env.server.deps.db
+    exec_query = db.exec
+    settled: list[int] = []
+    three_settled = trio.Event()
+
+    async def noting(name: str, /, **params: Any) -> int:
+        result: int = await exec_query(name, **params)
+        if name == "llm_usage_finish":
+            settled.append(params["id"])
+            if len(settled) == 3:
+                three_settled.set()
+        return result
+
+    async def pace(index: int) -> None:
+        if index >= 3:  # after message_start, content_block_start and ping
+            await trio.sleep_forever()
+
+    monkeypatch.setattr(db, "exec", noting)
     async with env.sandbox_client() as client:
         env.standin.reply = Reply(status=529, error_type="overloaded_error")
         failed = await client.post(MESSAGES, json=BODY)
         env.standin.reply = Reply(break_after=1)
         cut = await client.post(MESSAGES, json=BODY | {"stream": True})
-        env.standin.reply = Reply()
+        env.standin.reply, env.standin.pace = Reply(), pace
+        async with client.stream("POST", MESSAGES, json=BODY | {"stream": True}) as held:
+            async for chunk in held.aiter_raw():
+                if b"event: ping" in chunk:
+                    break
+        with trio.fail_after(10):
+            await three_settled.wait()  # the hung-up call's row is completed by its handler
+        env.standin.pace = None
         after = await client.post(MESSAGES, json=BODY)
     anthropic_error(failed, 529, "overloaded_error")
     assert cut.status_code == 200
     assert b"message_start" in cut.content
     assert b"message_stop" not in cut.content
     assert after.status_code == 200, after.text
-    start = env.standin.reply.usage() | {"output_tokens": 1}
+    start = sum((env.standin.reply.usage() | {"output_tokens": 1}).values())
     totals = (await env.usage())["totals"]
-    assert totals["totalTokens"] == sum(start.values()) + sum(env.standin.reply.usage().values())
+    assert totals["totalTokens"] == 2 * start + sum(env.standin.reply.usage().values())
 
 
 @pytest.mark.parametrize("options", [{"llm_tokens_per_day": "1000"}])

@@ -315,15 +315,37 @@ def test_read_request(body: bytes, want: Requested) -> None:
     [
         b'{"model": "claude-haiku-4-5", "model": "claude-opus-4-1"}',
         b'{"max_tokens": 1, "max_tokens": 100000, "model": "m"}',
-        b'{"model": "m", "metadata": {"user_id": "a", "user_id": "b"}}',
+        b'{"model": "claude-opus-4-1", "mod\\u0065l": "claude-haiku-4-5"}',
+        b'{"model": "m", "tools": [{"model": "a", "model": "b"}]}',
     ],
 )
-def test_duplicate_keys_are_refused(body: bytes) -> None:
-    """A key given twice is a 400: which copy counts differs between parsers."""
+def test_repeated_deciding_keys_are_refused(body: bytes) -> None:
+    """`model` or `max_tokens` given twice in one object (even spelt with escapes) is a 400."""
     with pytest.raises(Refusal) as caught:
         read_request(body, "application/json")
     assert caught.value.status == 400
     assert "more than once" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "want"),
+    [
+        (b'{"model": "m", "metadata": {"user_id": "a", "user_id": "b"}}', Requested("m")),
+        (b'{"model": "m", "messages": [{"content": "say \\"model\\""}]}', Requested("m")),
+        (b'{"model": "m", "tools": [{"model": "x"}], "note": "\\u00e9"}', Requested("m")),
+        (b'{"model": "model", "max_tokens": 5}', Requested("model", 5)),
+    ],
+)
+def test_other_repeats_and_mentions_are_accepted(body: bytes, want: Requested) -> None:
+    """Other keys may repeat, and `model` may appear nested or inside text, on either parse."""
+    assert read_request(body, "application/json") == want
+
+
+def test_a_body_that_is_not_utf8_is_a_400() -> None:
+    """UTF-16 JSON (which Python would decode) is refused: its keys cannot be checked as text."""
+    with pytest.raises(Refusal) as caught:
+        read_request('{"model": "m"}'.encode("utf-16"), "application/json")
+    assert caught.value.status == 400
 
 
 def test_deep_nesting_is_a_400() -> None:

@@ -14,7 +14,15 @@ import trio
 import trio.testing
 
 from tests.support.anthropic import MODELS, Reply, model_json, models_json
-from tests.support.llm_world import BODY, MESSAGES, REAL_KEY, Env, anthropic_error, open_env
+from tests.support.llm_world import (
+    BODY,
+    MESSAGES,
+    REAL_KEY,
+    Env,
+    SettledCalls,
+    anthropic_error,
+    open_env,
+)
 
 PROXY = "/proxy/anthropic"
 
@@ -170,24 +178,12 @@ async def test_reservations_are_released_when_calls_end_badly(
     """A call's reservation is given back when it fails, is cut off or its caller hangs up."""
     # What the three calls use leaves room for the last one; one reservation left behind
     # (the call's input estimate + 64 tokens) would not.
-    db = env.server.deps.db
-    exec_query = db.exec
-    settled: list[int] = []
-    three_settled = trio.Event()
-
-    async def noting(name: str, /, **params: Any) -> int:
-        result: int = await exec_query(name, **params)
-        if name == "llm_usage_finish":
-            settled.append(params["id"])
-            if len(settled) == 3:
-                three_settled.set()
-        return result
+    settled = SettledCalls(env.server, monkeypatch)
 
     async def pace(index: int) -> None:
         if index >= 3:  # after message_start, content_block_start and ping
             await trio.sleep_forever()
 
-    monkeypatch.setattr(db, "exec", noting)
     async with env.sandbox_client() as client:
         env.standin.reply = Reply(status=529, error_type="overloaded_error")
         failed = await client.post(MESSAGES, json=BODY)
@@ -199,7 +195,7 @@ async def test_reservations_are_released_when_calls_end_badly(
                 if b"event: ping" in chunk:
                     break
         with trio.fail_after(10):
-            await three_settled.wait()  # the hung-up call's row is completed by its handler
+            await settled.wait_for(3)  # the hung-up call's row is completed by its handler
         env.standin.pace = None
         after = await client.post(MESSAGES, json=BODY)
     anthropic_error(failed, 529, "overloaded_error")

@@ -19,6 +19,7 @@ from tests.support.llm_world import (
     MESSAGES,
     REAL_KEY,
     Env,
+    SettledCalls,
     add_sandbox,
     anthropic_error,
     open_env,
@@ -410,9 +411,12 @@ async def test_quota_admin_api(env: Env) -> None:
     assert (await env.owner.get(url)).json()["effective"] == {"rpm": 0, "tokensPerDay": 0}
 
 
-async def test_hanging_up_mid_stream_cancels_the_upstream_call(env: Env) -> None:
+async def test_hanging_up_mid_stream_cancels_the_upstream_call(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A sandbox that disconnects mid-stream closes the upstream call, which is still recorded."""
     release = trio.Event()
+    settled = SettledCalls(env.server, monkeypatch)
 
     async def pace(index: int) -> None:
         if index >= 3:  # hold the stream open after message_start, content_block_start, ping
@@ -431,8 +435,8 @@ async def test_hanging_up_mid_stream_cancels_the_upstream_call(env: Env) -> None
                 break
     with trio.fail_after(10):
         await env.standin.hung_up.wait()
-        while not (totals := (await env.usage())["totals"])["inputTokens"]:
-            await trio.sleep(0.05)  # the row is completed by the handler's shielded cleanup
+        await settled.wait_for(1)  # the row is completed by the handler's shielded cleanup
+    totals = (await env.usage())["totals"]
     assert totals["requests"] == 1
     assert totals["inputTokens"] == env.standin.reply.input_tokens  # from message_start
     assert totals["outputTokens"] == 1  # message_start's count; the final delta never came

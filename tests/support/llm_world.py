@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from agentserver.auth.tokens import hash_token, new_id, new_token
@@ -99,3 +100,30 @@ def anthropic_error(response: httpx.Response, status: int, kind: str) -> str:
     assert body["type"] == "error", body
     assert body["error"]["type"] == kind, body
     return str(body["error"]["message"])
+
+
+class SettledCalls:
+    """Counts the usage rows the proxy completes, by wrapping the server's database: a test
+    waits for a handler's cleanup without polling."""
+
+    def __init__(self, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        self._changed = trio.Event()
+        db = server.deps.db
+        exec_query = db.exec
+
+        async def noting(name: str, /, **params: Any) -> int:
+            result: int = await exec_query(name, **params)
+            if name == "llm_usage_finish":
+                self.count += 1
+                self._changed.set()
+                self._changed = trio.Event()
+            return result
+
+        monkeypatch.setattr(db, "exec", noting)
+
+    async def wait_for(self, count: int) -> None:
+        """Return once `count` calls in all have been settled."""
+        await trio.lowlevel.checkpoint()
+        while self.count < count:
+            await self._changed.wait()

@@ -406,6 +406,7 @@ def test_incoming_input_must_fit(tokens_today: int, incoming: int, refused: bool
     with pytest.raises(Refusal) as caught:
         check_limits(0, 900, load, incoming)
     assert (caught.value.status, caught.value.retry_after) == (429, 3600)
+    assert ("does not fit" in caught.value.message) is (tokens_today < 900)
 
 
 def test_input_estimate_rounds_up() -> None:

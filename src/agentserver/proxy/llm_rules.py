@@ -355,9 +355,13 @@ def check_limits(rpm: int, per_day: int, load: dict[str, Any], incoming: int = 0
             retry_after=max(1, load["window_frees_in"]),
         )
     used = load["tokens_today"]
-    if per_day and (used >= per_day or used + incoming > per_day):
-        raise Refusal(
-            429,
-            f"this workspace used its {per_day} LLM tokens for today (UTC)",
-            retry_after=max(1, load["day_ends_in"]),
+    if not per_day or (used + incoming <= per_day and used < per_day):
+        return
+    if used >= per_day:
+        message = f"this workspace used its {per_day} LLM tokens for today (UTC)"
+    else:
+        message = (
+            f"this call's input (about {incoming} tokens) does not fit in the"
+            f" {per_day - used} LLM tokens this workspace has left today (UTC)"
         )
+    raise Refusal(429, message, retry_after=max(1, load["day_ends_in"]))

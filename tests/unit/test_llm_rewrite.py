@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from typing import Any
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agentserver.proxy.llm_rules import (
     ROUTES,
@@ -426,3 +432,58 @@ def test_unknown_tokens_expire_and_stay_bounded() -> None:
     assert len(unknown) == 3
     assert "a" not in unknown
     assert all(key in unknown for key in ("b", "c", "d"))
+
+
+# A JSON object as its pairs in order (so keys can repeat), with keys spelt plainly or escaped.
+@dataclass(frozen=True)
+class Obj:
+    pairs: tuple[tuple[str, bool, Any], ...]
+
+
+_KEYS = st.sampled_from(["model", "max_tokens", "a", 'say "model"'])
+_LEAVES = st.one_of(st.sampled_from(["model", "m", 'x "model" y']), st.integers(1, 9))
+
+
+def _objects(children: Any) -> Any:
+    pairs = st.lists(st.tuples(_KEYS, st.booleans(), children), max_size=4)
+    return pairs.map(lambda found: Obj(tuple(found)))
+
+
+_VALUES = st.recursive(
+    _LEAVES, lambda inner: st.one_of(st.lists(inner, max_size=3), _objects(inner))
+)
+
+
+def _key(name: str, escaped: bool) -> str:
+    if not escaped:
+        return json.dumps(name)
+    return '"' + "".join(f"\\u{ord(c):04x}" for c in name) + '"'
+
+
+def _write(value: Any) -> str:
+    if isinstance(value, Obj):
+        items = (f"{_key(k, escaped)}: {_write(v)}" for k, escaped, v in value.pairs)
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_write(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _repeats(value: Any) -> bool:
+    if isinstance(value, Obj):
+        keys = [k for k, _, _ in value.pairs]
+        if any(keys.count(k) > 1 for k in ("model", "max_tokens")):
+            return True
+        return any(_repeats(v) for _, _, v in value.pairs)
+    return isinstance(value, list) and any(_repeats(v) for v in value)
+
+
+@given(_objects(_VALUES))
+def test_repeats_are_found_however_the_body_is_spelt(document: Obj) -> None:
+    """A body is refused exactly when some object gives `model` or `max_tokens` twice."""
+    body = _write(document).encode()
+    if not _repeats(document):
+        read_request(body, "application/json")
+        return
+    with pytest.raises(Refusal, match="more than once"):
+        read_request(body, "application/json")

@@ -241,6 +241,9 @@ class AnthropicStandIn:
             request = {}
         model = request.get("model", MODEL) if isinstance(request, dict) else MODEL
         reply = self.reply
+        if received.path == "/healthz":  # a trivial answer, for benchmarks' baselines
+            await self._send_json(conn, stream, 200, {"ok": True})
+            return
         endpoint = _ENDPOINT.fullmatch(received.path)
         name = endpoint.group(1) if endpoint else ""
         if endpoint is None or (received.method == "GET") != name.startswith("models"):

@@ -86,12 +86,16 @@ async def add_sandbox(server: serve.Running) -> str:
 
 
 async def measure(
-    db_url: str, data_dir: Path, repeats: int
+    db_url: str, data_dir: Path, repeats: int, tokens_per_day: int
 ) -> dict[str, tuple[list[float], list[float]]]:
     async with trio.open_nursery() as nursery:
         standin = await open_anthropic(nursery)
         settings = make_settings(
-            db_url, data_dir, anthropic_base_url=standin.url, anthropic_api_key="sk-bench"
+            db_url,
+            data_dir,
+            anthropic_base_url=standin.url,
+            anthropic_api_key="sk-bench",
+            llm_tokens_per_day=str(tokens_per_day),
         )
         shutdown = trio.Event()
         running: serve.Running = await nursery.start(
@@ -149,6 +153,12 @@ def report(results: dict[str, tuple[list[float], list[float]]], repeats: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument(
+        "--tokens-per-day",
+        type=int,
+        default=0,
+        help="a daily quota (large enough never to refuse) to measure its admission path too",
+    )
     args = parser.parse_args()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -162,7 +172,7 @@ def main() -> None:
         with psycopg.connect(root, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         db_url = str(httpx.URL(root).copy_with(path=f"/{name}"))
-        results = trio.run(measure, db_url, base / "data", args.repeats)
+        results = trio.run(measure, db_url, base / "data", args.repeats, args.tokens_per_day)
         report(results, args.repeats)
     finally:
         pg.cleanup()

@@ -10,7 +10,9 @@ WHERE s.proxy_token_hash = :token_hash;
 SELECT pg_advisory_xact_lock(hashtext('agentserver-llm:' || :workspace_id));
 
 -- name: llm_workspace_load :one
--- How much the workspace used in the last minute and today (UTC).
+-- How much the workspace used in the last minute and today (UTC). Today's tokens include what
+-- calls in flight reserved; a reservation older than an hour counts no more (its call's server
+-- died before settling it), so a lost one cannot block the workspace for the rest of the day.
 SELECT m.requests AS recent_requests,
        coalesce(ceil(extract(epoch FROM m.oldest + interval '60 seconds' - now())), 0)::int
            AS window_frees_in,
@@ -20,19 +22,24 @@ SELECT m.requests AS recent_requests,
 FROM (SELECT count(*) AS requests, min(created_at) AS oldest FROM llm_usage
       WHERE workspace_id = :workspace_id AND created_at > now() - interval '60 seconds') m
 CROSS JOIN (SELECT coalesce(sum(input_tokens + output_tokens + cache_creation_input_tokens
-                                + cache_read_input_tokens), 0)::bigint AS tokens
+                                + cache_read_input_tokens
+                                + CASE WHEN status IS NULL AND created_at > now() - interval '1 hour'
+                                       THEN reserved_tokens ELSE 0 END), 0)::bigint AS tokens
             FROM llm_usage
             WHERE workspace_id = :workspace_id
               AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') d;
 
 -- name: llm_usage_start :scalar
-INSERT INTO llm_usage (sandbox_id, workspace_id, user_id, sandbox_name, method, endpoint, model, streaming)
-VALUES (:sandbox_id, :workspace_id, :user_id, :sandbox_name, :method, :endpoint, :model, :streaming)
+INSERT INTO llm_usage (sandbox_id, workspace_id, user_id, sandbox_name, method, endpoint, model, streaming,
+                       reserved_tokens)
+VALUES (:sandbox_id, :workspace_id, :user_id, :sandbox_name, :method, :endpoint, :model, :streaming,
+        :reserved_tokens)
 RETURNING id;
 
 -- name: llm_usage_finish :exec
+-- Settles the call: its real usage replaces its reservation.
 UPDATE llm_usage
-SET status = :status, streaming = :streaming, duration_ms = :duration_ms,
+SET status = :status, streaming = :streaming, duration_ms = :duration_ms, reserved_tokens = 0,
     model = coalesce(:model, model),
     input_tokens = :input_tokens, output_tokens = :output_tokens,
     cache_creation_input_tokens = :cache_creation_input_tokens,

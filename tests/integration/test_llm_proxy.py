@@ -4,69 +4,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
+import trio.testing
 
-from agentserver.auth.tokens import hash_token, new_id, new_token
-from tests.conftest import Server, make_settings, register, start_server
-from tests.support.anthropic import AnthropicStandIn, Reply, message_json, open_anthropic
-
-REAL_KEY = "sk-ant-real-key-never-in-a-sandbox"
-MESSAGES = "/proxy/anthropic/v1/messages"
-BODY = {
-    "model": "claude-sonnet-4-5",
-    "max_tokens": 64,
-    "messages": [{"role": "user", "content": "hi"}],
-}
-
-
-@dataclass
-class Env:
-    """A server in front of a stand-in, an admin owner with a workspace and a running sandbox."""
-
-    server: Server
-    standin: AnthropicStandIn
-    owner: httpx.AsyncClient
-    workspace_id: str
-    user_id: str
-    sandbox_id: str
-    token: str
-
-    def sandbox_client(self, token: str | None = None, **headers: str) -> httpx.AsyncClient:
-        """A client that talks like opencode inside the sandbox (no cookies, its proxy token)."""
-        sent = {"x-api-key": token if token is not None else self.token, **headers}
-        return httpx.AsyncClient(base_url=self.server.url, headers=sent, timeout=30)
-
-    async def usage(self, query: str = "") -> dict[str, Any]:
-        response = await self.owner.get(f"/api/workspaces/{self.workspace_id}/usage{query}")
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-
-async def add_sandbox(
-    server: Server, workspace_id: str, user_id: str, status: str = "running"
-) -> tuple[str, str]:
-    """A sandbox row with a proxy token we know (only its hash is stored)."""
-    sandbox_id, token = new_id(), new_token()
-
-    def insert(tx: Any) -> None:
-        tx.conn.execute(
-            "INSERT INTO sandboxes (id, workspace_id, name, type, status, created_by, agent_secret,"
-            " proxy_token_hash) VALUES (%s, %s, %s, 'opencode', %s, %s, 'secret', %s)",
-            (sandbox_id, workspace_id, f"box-{sandbox_id[:4]}", status, user_id, hash_token(token)),
-        )
-
-    await server.deps.db.transaction(insert)
-    return sandbox_id, token
-
-
-async def sql(server: Server, statement: str, *params: Any) -> None:
-    await server.deps.db.transaction(lambda tx: tx.conn.execute(statement, params))
+from tests.conftest import make_settings, register, start_server
+from tests.support.anthropic import Reply, message_json
+from tests.support.llm_world import (
+    BODY,
+    MESSAGES,
+    REAL_KEY,
+    Env,
+    SettledCalls,
+    add_sandbox,
+    anthropic_error,
+    open_env,
+    sql,
+)
 
 
 @pytest.fixture
@@ -79,30 +37,9 @@ def options() -> dict[str, str]:
 async def env(
     nursery: trio.Nursery, db_url: str, tmp_path: Path, options: dict[str, str]
 ) -> AsyncIterator[Env]:
-    standin = await open_anthropic(nursery)
-    values = {
-        "anthropic_base_url": standin.url + "/gateway",
-        "anthropic_api_key": REAL_KEY,
-        **options,
-    }
-    server = await start_server(nursery, make_settings(db_url, tmp_path / "data", **values))
-    owner = server.client()
-    user = await register(owner, "owner")
-    created = await owner.post("/api/workspaces", json={"name": "llm"})
-    workspace_id = created.json()["id"]
-    sandbox_id, token = await add_sandbox(server, workspace_id, user["id"])
-    yield Env(server, standin, owner, workspace_id, user["id"], sandbox_id, token)
-    await owner.aclose()
-    server.shutdown.set()
-
-
-def anthropic_error(response: httpx.Response, status: int, kind: str) -> str:
-    """The error message, after checking the status and Anthropic's error shape."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["type"] == "error", body
-    assert body["error"]["type"] == kind, body
-    return str(body["error"]["message"])
+    """A server in front of a stand-in, with a workspace and a running sandbox."""
+    async with open_env(nursery, db_url, tmp_path, options) as world:
+        yield world
 
 
 @pytest.mark.parametrize("style", ["x-api-key", "bearer"])
@@ -342,13 +279,11 @@ async def test_bad_input_gets_clear_errors_never_500(env: Env) -> None:
             MESSAGES, content=b'{"model": ', headers={"content-type": "application/json"}
         )
         dots = await client.get("/proxy/anthropic/v1/%2E%2E/admin")
-        listed = await client.request("PATCH", "/proxy/anthropic/v1/models?limit=1")
+        patched = await client.request("PATCH", "/proxy/anthropic/v1/models?limit=1")
     assert "JSON" in anthropic_error(malformed, 400, "invalid_request_error")
     anthropic_error(dots, 400, "invalid_request_error")
-    assert listed.status_code == 200  # forwarded: the stand-in answers every path
-    assert [(r.method, r.path, r.query) for r in env.standin.received] == [
-        ("PATCH", "/gateway/v1/models", "limit=1")
-    ]
+    assert "PATCH" in anthropic_error(patched, 404, "not_found_error")
+    assert env.standin.received == []
 
 
 async def test_upstream_errors_are_passed_on_and_recorded(env: Env) -> None:
@@ -384,6 +319,52 @@ async def test_unreachable_upstream_is_502(
         anthropic_error(response, 502, "api_error")
         totals = (await owner.get(f"/api/workspaces/{wid}/usage")).json()["totals"]
     assert (totals["requests"], totals["errors"]) == (1, 1)
+    server.shutdown.set()
+
+
+async def test_unreachable_upstream_is_recorded_before_the_answer(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 502 for an unreachable upstream is sent only once its usage row is completed."""
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = make_settings(
+        db_url,
+        tmp_path / "data",
+        anthropic_base_url=f"http://127.0.0.1:{port}",
+        anthropic_api_key=REAL_KEY,
+    )
+    server = await start_server(nursery, settings)
+    async with server.client() as owner:
+        user = await register(owner, "owner")
+        wid = (await owner.post("/api/workspaces", json={"name": "w"})).json()["id"]
+        _, token = await add_sandbox(server, wid, user["id"])
+    db = server.deps.db
+    exec_query = db.exec
+    finishing, finish = trio.Event(), trio.Event()
+    answered: list[httpx.Response] = []
+
+    async def gated(name: str, /, **params: Any) -> int:
+        if name == "llm_usage_finish":
+            finishing.set()
+            await finish.wait()
+        result: int = await exec_query(name, **params)
+        return result
+
+    async def call() -> None:
+        async with httpx.AsyncClient(base_url=server.url, headers={"x-api-key": token}) as client:
+            answered.append(await client.post(MESSAGES, json=BODY))
+
+    monkeypatch.setattr(db, "exec", gated)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as calls:
+            calls.start_soon(call)
+            await finishing.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert answered == []  # the row is still being completed: no answer yet
+            finish.set()
+    anthropic_error(answered[0], 502, "api_error")
     server.shutdown.set()
 
 
@@ -430,9 +411,12 @@ async def test_quota_admin_api(env: Env) -> None:
     assert (await env.owner.get(url)).json()["effective"] == {"rpm": 0, "tokensPerDay": 0}
 
 
-async def test_hanging_up_mid_stream_cancels_the_upstream_call(env: Env) -> None:
+async def test_hanging_up_mid_stream_cancels_the_upstream_call(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A sandbox that disconnects mid-stream closes the upstream call, which is still recorded."""
     release = trio.Event()
+    settled = SettledCalls(env.server, monkeypatch)
 
     async def pace(index: int) -> None:
         if index >= 3:  # hold the stream open after message_start, content_block_start, ping
@@ -451,8 +435,8 @@ async def test_hanging_up_mid_stream_cancels_the_upstream_call(env: Env) -> None
                 break
     with trio.fail_after(10):
         await env.standin.hung_up.wait()
-        while not (totals := (await env.usage())["totals"])["inputTokens"]:
-            await trio.sleep(0.05)  # the row is completed by the handler's shielded cleanup
+        await settled.wait_for(1)  # the row is completed by the handler's shielded cleanup
+    totals = (await env.usage())["totals"]
     assert totals["requests"] == 1
     assert totals["inputTokens"] == env.standin.reply.input_tokens  # from message_start
     assert totals["outputTokens"] == 1  # message_start's count; the final delta never came
@@ -460,6 +444,7 @@ async def test_hanging_up_mid_stream_cancels_the_upstream_call(env: Env) -> None
 
 
 NASTY_PATHS = [
+    MESSAGES,
     "/proxy/anthropic",
     "/proxy/anthropic/",
     "/proxy/anthropic//v1//messages",
@@ -492,6 +477,8 @@ async def test_odd_requests_never_get_a_500(env: Env) -> None:
             for body in random.sample(NASTY_BODIES, 3):
                 for content_type in ("application/json", "text/plain", ""):
                     method = random.choice(["POST", "PUT", "GET", "DELETE", "OPTIONS"])
+                    if path == MESSAGES:
+                        method = "POST"  # the one route whose bodies are read
                     headers = {"content-type": content_type} if content_type else {}
                     response = await client.request(method, path, content=body, headers=headers)
                     statuses.add(response.status_code)
@@ -500,3 +487,4 @@ async def test_odd_requests_never_get_a_500(env: Env) -> None:
                         assert response.json()["type"] == "error"
     assert 200 in statuses
     assert 400 in statuses
+    assert 404 in statuses

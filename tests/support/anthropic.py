@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,9 @@ import h11
 import trio
 
 MODEL = "claude-sonnet-4-5"
+MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5")
+# The endpoints the stand-in serves, after any base path: like the real API, others are 404.
+_ENDPOINT = re.compile(r".*/v1/(messages|messages/count_tokens|models|models/[^/]+)")
 
 
 @dataclass
@@ -28,6 +32,8 @@ class Reply:
     start_input_tokens: int | None = None
     status: int = 200
     error_type: str = "invalid_request_error"
+    # A stream cut off (the connection closed mid-body) after this many events.
+    break_after: int | None = None
 
     def usage(self) -> dict[str, int]:
         return {
@@ -104,6 +110,26 @@ def stream_events(
         ("message_stop", {"type": "message_stop"}),
     ]
     return events
+
+
+def model_json(model_id: str) -> dict[str, Any]:
+    """One entry of the Models API."""
+    return {
+        "type": "model",
+        "id": model_id,
+        "display_name": model_id.replace("-", " ").title(),
+        "created_at": "2025-09-29T00:00:00Z",
+    }
+
+
+def models_json() -> dict[str, Any]:
+    """The Models API's list, as `GET /v1/models` answers it."""
+    return {
+        "data": [model_json(m) for m in MODELS],
+        "has_more": False,
+        "first_id": MODELS[0],
+        "last_id": MODELS[-1],
+    }
 
 
 def encode_event(name: str, data: dict[str, Any]) -> bytes:
@@ -215,6 +241,22 @@ class AnthropicStandIn:
             request = {}
         model = request.get("model", MODEL) if isinstance(request, dict) else MODEL
         reply = self.reply
+        if received.path == "/healthz":  # a trivial answer, for benchmarks' baselines
+            await self._send_json(conn, stream, 200, {"ok": True})
+            return
+        endpoint = _ENDPOINT.fullmatch(received.path)
+        name = endpoint.group(1) if endpoint else ""
+        if endpoint is None or (received.method == "GET") != name.startswith("models"):
+            error = {"type": "error", "error": {"type": "not_found_error", "message": "no route"}}
+            await self._send_json(conn, stream, 404, error)
+            return
+        if name.startswith("models"):
+            document = models_json() if name == "models" else model_json(name.split("/")[1])
+            await self._send_json(conn, stream, 200, document)
+            return
+        if name == "messages/count_tokens":
+            await self._send_json(conn, stream, 200, {"input_tokens": reply.input_tokens})
+            return
         if reply.status != 200:
             error = {
                 "type": "error",
@@ -224,7 +266,12 @@ class AnthropicStandIn:
             self.served.append(Served(streaming=False, usage=dict.fromkeys(reply.usage(), 0)))
             return
         if isinstance(request, dict) and request.get("stream"):
-            if await self._send_stream(conn, stream, stream_events(reply, model)):
+            events = stream_events(reply, model)
+            if reply.break_after is not None:
+                await self._send_stream(conn, stream, events[: reply.break_after], complete=False)
+                await stream.aclose()
+                return
+            if await self._send_stream(conn, stream, events):
                 self.served.append(Served(streaming=True, usage=reply.usage()))
         else:
             await self._send_json(conn, stream, 200, message_json(reply, model))
@@ -248,8 +295,11 @@ class AnthropicStandIn:
         conn: h11.Connection,
         stream: trio.SocketStream,
         events: list[tuple[str, dict[str, Any]]],
+        *,
+        complete: bool = True,
     ) -> bool:
-        """Write the events; False when the client hung up first (noted in `hung_up`)."""
+        """Write the events (and the end of the body if `complete`); False when the client hung
+        up first (noted in `hung_up`)."""
         headers = [
             ("content-type", "text/event-stream"),
             ("cache-control", "no-cache"),
@@ -262,7 +312,8 @@ class AnthropicStandIn:
                 if index and self.pace is not None:
                     await self.pace(index)
                 await stream.send_all(conn.send(h11.Data(data=encode_event(name, data))) or b"")
-            await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+            if complete:
+                await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
             nursery.cancel_scope.cancel()
         return not self.hung_up.is_set()
 

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -20,14 +21,20 @@ from agentserver.proxy.llm_rules import (
     Caller,
     CallerCache,
     Refusal,
+    Requested,
+    Route,
+    UnknownTokens,
     check_caller,
     check_limits,
     check_model,
     error_body,
+    input_estimate,
     is_sandbox_host,
     proxy_token,
-    request_model,
+    read_request,
+    reservation,
     response_headers,
+    route_for,
     upstream_headers,
     upstream_url,
 )
@@ -42,6 +49,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # A non-streamed answer is kept (besides being passed on) only up to this size to read its usage.
 MAX_PARSED_BODY = 8 << 20
+# Database look-ups of tokens not in the cache that may run at once: made-up tokens can then
+# hold at most this many of the pool's connections, whatever the traffic.
+LOOKUPS_AT_ONCE = 2
 
 
 class ClientGone(Exception):
@@ -71,6 +81,15 @@ async def send_error(send: Send, refusal: Refusal) -> None:
         headers.append((b"retry-after", str(refusal.retry_after).encode()))
     await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
     await send({"type": "http.response.body", "body": error_body(refusal.status, refusal.message)})
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the admission transaction needs to know of a call besides its caller."""
+
+    route: Route
+    requested: Requested
+    body_size: int
 
 
 class Call:
@@ -110,6 +129,8 @@ class LlmProxy:
         self.deps = deps
         self.settings = deps.settings
         self.callers = CallerCache()
+        self.unknown = UnknownTokens()
+        self.lookups = trio.CapacityLimiter(LOOKUPS_AT_ONCE)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -139,22 +160,16 @@ class LlmProxy:
         token = proxy_token(headers)
         if token is None:
             raise Refusal(401, "missing api key: send the sandbox's proxy token in x-api-key")
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        url = upstream_url(self.settings, raw_path, scope.get("query_string", b""))
+        route = route_for(scope["method"], raw_path)
         token_hash = hash_token(token)
-        caller = self.callers.get(token_hash)
-        if caller is None:
-            found = await self.deps.db.one("llm_caller_by_token", Caller, token_hash=token_hash)
-            caller = check_caller(found)
-            self.callers.put(token_hash, caller)
+        caller = self.callers.get(token_hash) or await self.lookup(token_hash)
         if not (self.settings.anthropic_api_key or self.settings.anthropic_auth_token):
             raise Refusal(503, "the server has no Anthropic credentials configured")
-        url = upstream_url(
-            self.settings,
-            scope.get("raw_path") or scope["path"].encode(),
-            scope.get("query_string", b""),
-        )
         body = await read_body(receive, self.settings.llm_max_body, headers)
-        model = request_model(body, dict(headers).get(b"content-type", b"").decode("latin-1"))
-        check_model(self.settings, model)
+        requested = read_request(body, dict(headers).get(b"content-type", b"").decode("latin-1"))
+        check_model(self.settings, requested.model, required=route.names_model)
         client: httpx.AsyncClient | None = self.deps.extras.get("llm_client")
         if client is None:
             raise Refusal(503, "the LLM proxy is not running")
@@ -164,22 +179,41 @@ class LlmProxy:
             )
         except (httpx.InvalidURL, UnicodeError):
             raise Refusal(400, "the path or a header cannot be forwarded") from None
-        call = Call(caller, model)
+        call = Call(caller, requested.model)
+        admission = Admission(route, requested, len(body))
         try:
             call.row_id = await self.deps.db.transaction(
-                lambda tx: self.start_row(tx, scope, call, token_hash)
+                lambda tx: self.start_row(tx, scope, call, token_hash, admission)
             )
         except Refusal as refusal:
             if refusal.status in (401, 403):
                 self.callers.forget(token_hash)
+            if refusal.status == 401:
+                self.unknown.add(token_hash)  # its sandbox is gone: the token never comes back
             raise
         self.record_activity(caller.sandbox_id)
         return call, request
 
-    def start_row(self, tx: Tx, scope: Scope, call: Call, token_hash: str) -> int:
+    async def lookup(self, token_hash: str) -> Caller:
+        """The sandbox of a token the cache does not know: one query, a few at once at most;
+        a token that belongs to no sandbox is remembered briefly and costs no further query."""
+        if token_hash in self.unknown:
+            raise Refusal(401, "invalid api key")
+        async with self.lookups:
+            found = await self.deps.db.one("llm_caller_by_token", Caller, token_hash=token_hash)
+        if found is None:
+            self.unknown.add(token_hash)
+        caller = check_caller(found)
+        self.callers.put(token_hash, caller)
+        return caller
+
+    def start_row(
+        self, tx: Tx, scope: Scope, call: Call, token_hash: str, admission: Admission
+    ) -> int:
         """Admission in one transaction: the token again (it may be revoked by now), the
-        limits under the workspace's lock, and the usage row that counts this call."""
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        limits under the workspace's lock, and the usage row that counts this call, holding
+        its reservation of the daily token quota until `finish` settles it."""
+        raw_path = scope.get("raw_path") or scope["path"].encode()
         endpoint = raw_path[len(PREFIX) :].decode("ascii", "replace")[:200] or "/"
         row = {"method": scope["method"], "endpoint": endpoint, "model": call.model}
         found = tx.rows(
@@ -195,10 +229,12 @@ class LlmProxy:
         if row_id is not None:
             return int(row_id)
         rpm, per_day = caller.limits(self.settings)
+        route, size = admission.route, admission.body_size
+        reserved = reservation(route, admission.requested, size, per_day)
+        # Serialised per workspace: the next admission sees this one's reservation.
         tx.exec("llm_lock_workspace", workspace_id=caller.workspace_id)
-        check_limits(
-            rpm, per_day, tx.rows("llm_workspace_load", workspace_id=caller.workspace_id)[0]
-        )
+        load = tx.rows("llm_workspace_load", workspace_id=caller.workspace_id)[0]
+        check_limits(rpm, per_day, load, input_estimate(size) if route.spends_tokens else 0)
         started: int = tx.scalar(
             "llm_usage_start",
             sandbox_id=caller.sandbox_id,
@@ -206,6 +242,7 @@ class LlmProxy:
             user_id=caller.created_by,
             sandbox_name=caller.name,
             streaming=False,
+            reserved_tokens=reserved,
             **row,
         )
         return started
@@ -226,6 +263,9 @@ class LlmProxy:
         except httpx.TransportError as exc:
             log.warning("LLM upstream unreachable: %s", type(exc).__name__)
             call.status = 502
+            # Recorded before the answer, like every other: the caller may read usage next.
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await self.finish(call)
             await send_error(send, Refusal(502, "the Anthropic API could not be reached"))
             return
         try:

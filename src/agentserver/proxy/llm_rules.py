@@ -46,6 +46,33 @@ _ERROR_TYPES = {
     429: "rate_limit_error",
 }
 _SANDBOX_HOST = re.compile(r"^(oc|claw)-[a-z0-9]+\.")
+# The input of a call is estimated at one token per this many body bytes when it is reserved.
+BYTES_PER_TOKEN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One Anthropic endpoint that opencode or OpenClaw calls, and what its body means to us."""
+
+    method: str
+    path: re.Pattern[str]
+    names_model: bool  # the JSON body carries `model`, so the allow-list applies to it
+    spends_tokens: bool  # the call is billed in tokens, so it reserves quota at admission
+
+
+# Everything else (Message Batches, Files, Skills, Admin API …) is refused with 404: the real key
+# would let any sandbox read other workspaces' files and batches, and batches escape the quota.
+ROUTES = (
+    Route("POST", re.compile(r"/v1/messages"), names_model=True, spends_tokens=True),
+    Route("POST", re.compile(r"/v1/messages/count_tokens"), names_model=True, spends_tokens=False),
+    Route("GET", re.compile(r"/v1/models"), names_model=False, spends_tokens=False),
+    Route(
+        "GET",
+        re.compile(r"/v1/models/[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"),
+        names_model=False,
+        spends_tokens=False,
+    ),
+)
 
 
 class Refusal(Exception):
@@ -77,6 +104,14 @@ class Caller:
         return rpm, settings.llm_tokens_per_day if per_day is None else per_day
 
 
+@dataclass(frozen=True, slots=True)
+class Requested:
+    """What the proxy reads from a request body: the model and the most output it may cost."""
+
+    model: str | None = None
+    max_tokens: int | None = None
+
+
 class CallerCache:
     """Recently seen active tokens, only to decide whether to read a body at all.
 
@@ -102,6 +137,35 @@ class CallerCache:
 
     def forget(self, token_hash: str) -> None:
         self._entries.pop(token_hash, None)
+
+
+class UnknownTokens:
+    """Token hashes recently found to belong to no sandbox, so a client repeating one costs no
+    database query. Bounded (the oldest entry goes first) and short-lived; only negative answers
+    are kept, so a revoked token is never let through by it."""
+
+    def __init__(self, ttl: float = 10.0, size: int = 4096) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._expires: dict[str, float] = {}
+
+    def __contains__(self, token_hash: str) -> bool:
+        expires = self._expires.get(token_hash)
+        if expires is None:
+            return False
+        if expires < time.monotonic():
+            del self._expires[token_hash]
+            return False
+        return True
+
+    def add(self, token_hash: str) -> None:
+        self._expires.pop(token_hash, None)
+        while len(self._expires) >= self.size:
+            del self._expires[next(iter(self._expires))]
+        self._expires[token_hash] = time.monotonic() + self.ttl
+
+    def __len__(self) -> int:
+        return len(self._expires)
 
 
 def error_body(status: int, message: str) -> bytes:
@@ -136,6 +200,16 @@ def upstream_url(settings: Settings, raw_path: bytes, query: bytes) -> str:
     return url + ("?" + query.decode("ascii", "replace") if query else "")
 
 
+def route_for(method: str, raw_path: bytes) -> Route:
+    """The endpoint a call is for; anything opencode and OpenClaw do not use is a 404."""
+    rest = raw_path[len(PREFIX) :].decode("ascii", "replace")
+    for route in ROUTES:
+        if route.method == method and route.path.fullmatch(rest):
+            return route
+    shown = rest[:100] or "/"
+    raise Refusal(404, f"{method} {shown} is not an endpoint this proxy forwards")
+
+
 def upstream_headers(
     headers: list[tuple[bytes, bytes]], settings: Settings
 ) -> list[tuple[bytes, bytes]]:
@@ -165,23 +239,79 @@ def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, by
 
 def request_model(body: bytes, content_type: str) -> str | None:
     """The `model` of a JSON request body; malformed JSON is refused with a clear 400."""
+    return read_request(body, content_type).model
+
+
+def read_request(body: bytes, content_type: str) -> Requested:
+    """`model` and `max_tokens` of a JSON body; malformed JSON is refused with a clear 400.
+
+    A body giving either of them twice in one object is refused too: parsers disagree on which
+    copy wins, so a repeated `model` or `max_tokens` could pass our checks and mean another
+    thing upstream (no JSON encoder writes a key twice, so no real client is turned away).
+    """
     if not body or ("json" not in content_type and content_type):
-        return None
+        return Requested()
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise Refusal(400, "the request body is not valid JSON") from None
-    model = document.get("model") if isinstance(document, dict) else None
+        text = body.decode("utf-8")
+        if _cannot_repeat(text):
+            document = json.loads(text)
+        else:
+            document = json.loads(text, object_pairs_hook=_pairs)
+    except _RepeatedKey as exc:
+        raise Refusal(400, f"the request body gives {exc.args[0]!r} more than once") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise Refusal(400, "the request body is not valid JSON (UTF-8)") from None
+    if not isinstance(document, dict):
+        return Requested()
+    model = document.get("model")
     if not isinstance(model, str):
-        return None
-    if len(model) > 256 or not model.isprintable():
+        model = None
+    elif len(model) > 256 or not model.isprintable():
         raise Refusal(400, "model is not a valid model name")
-    return model
+    limit = document.get("max_tokens")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        limit = None
+    return Requested(model, limit)
 
 
-def check_model(settings: Settings, model: str | None) -> None:
+# The keys whose value the proxy decides on; each may appear once per object.
+_DECIDING = ("model", "max_tokens")
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _cannot_repeat(text: str) -> bool:
+    """True when no object in `text` can hold a deciding key twice, seen without parsing.
+
+    Without \\u escapes a key can only be spelt literally, and inside a JSON string every `"` is
+    escaped, so `"model"` appears once per key or value equal to it. This keeps the hook's cost
+    (about 1 µs per object, several ms for a long conversation) off the usual request.
+    """
+    return "\\u" not in text and all(text.count(f'"{key}"') <= 1 for key in _DECIDING)
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        keys = [key for key, _ in pairs]
+        for key in _DECIDING:
+            if keys.count(key) > 1:
+                raise _RepeatedKey(key)
+    return document
+
+
+def check_model(settings: Settings, model: str | None, *, required: bool = False) -> None:
+    """The allow-list: a listed model passes; with `required`, so must a body naming none."""
     allowed = settings.llm_models
-    if allowed and model is not None and not any(fnmatch.fnmatchcase(model, p) for p in allowed):
+    if not allowed:
+        return
+    if model is None:
+        if required:
+            raise Refusal(400, "this server allows only some models: name one in a JSON body")
+        return
+    if not any(fnmatch.fnmatchcase(model, p) for p in allowed):
         raise Refusal(403, f"model {model!r} is not allowed on this server")
 
 
@@ -193,17 +323,45 @@ def check_caller(caller: Caller | None) -> Caller:
     return caller
 
 
-def check_limits(rpm: int, per_day: int, load: dict[str, Any]) -> None:
-    """Refuse with 429 when the workspace is over its per-minute or per-day limit."""
+def input_estimate(body_size: int) -> int:
+    """The input tokens a body of this size is taken to cost before Anthropic counts them."""
+    return -(-body_size // BYTES_PER_TOKEN)
+
+
+def reservation(route: Route, requested: Requested, body_size: int, per_day: int) -> int:
+    """The tokens a call holds of the daily quota from admission until its real usage is known.
+
+    Its input estimate plus the most output it may ask for, capped at the whole quota (a larger
+    hold would block no more). Refused when a quota applies and the output cannot be bounded.
+    """
+    if not per_day or not route.spends_tokens:
+        return 0
+    if requested.max_tokens is None:
+        raise Refusal(400, "max_tokens must be a positive integer")
+    return min(per_day, input_estimate(body_size) + requested.max_tokens)
+
+
+def check_limits(rpm: int, per_day: int, load: dict[str, Any], incoming: int = 0) -> None:
+    """Refuse with 429 when the workspace is over its per-minute or per-day limit.
+
+    `tokens_today` counts what finished calls used and what calls in flight reserved; a call
+    whose `incoming` input does not fit in what is left is refused too, so the day's total can
+    pass the quota only by the output of the last call let in.
+    """
     if rpm and load["recent_requests"] >= rpm:
         raise Refusal(
             429,
             f"this workspace may make {rpm} LLM requests per minute",
             retry_after=max(1, load["window_frees_in"]),
         )
-    if per_day and load["tokens_today"] >= per_day:
-        raise Refusal(
-            429,
-            f"this workspace used its {per_day} LLM tokens for today (UTC)",
-            retry_after=max(1, load["day_ends_in"]),
+    used = load["tokens_today"]
+    if not per_day or (used + incoming <= per_day and used < per_day):
+        return
+    if used >= per_day:
+        message = f"this workspace used its {per_day} LLM tokens for today (UTC)"
+    else:
+        message = (
+            f"this call's input (about {incoming} tokens) does not fit in the"
+            f" {per_day - used} LLM tokens this workspace has left today (UTC)"
         )
+    raise Refusal(429, message, retry_after=max(1, load["day_ends_in"]))

@@ -3,13 +3,17 @@
 The TCP side is a small HTTP/1.1 connection pool per (host, port), its message heads and
 chunked bodies read by proxy/http1.py (h11 took over a third of the proxy's CPU). httpx's
 pool scan was the proxy's bottleneck (shared/reference/proxy-bench.md), so this one is a LIFO
-stack of idle connections with time-based expiry (no socket probe) and one retry when a
-reused connection turns out to be stale before any response byte arrives. Reads are 256 KiB:
-bulk throughput is set by the per-chunk overhead, not by bytes copied."""
+stack of idle connections with time-based expiry and one retry when a reused connection turns
+out to be stale before any response byte arrives — for idempotent requests only (RFC 9110
+§9.2.2), whose body, if any, is still held whole: the agent may have acted on a POST before
+the connection broke, so a POST is never sent twice. It goes on a pooled connection only after
+a cheap check that the agent has not closed it already. Reads are 256 KiB: bulk throughput is
+set by the per-chunk overhead, not by bytes copied."""
 
 from __future__ import annotations
 
 import os
+import select
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -43,6 +47,8 @@ CONNECT_TIMEOUT = 10.0
 # Request bodies up to this size are kept so a stale-connection retry can send them again.
 REPLAY_LIMIT = 1 << 20
 WS_MAX_MESSAGE = 16 << 20
+# Methods a retry cannot do twice (RFC 9110 §9.2.2); anything else is never replayed.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class UpstreamTimeout(SandboxUnreachable):
@@ -173,6 +179,13 @@ class _Connection:
     def close(self) -> None:
         # Synchronous on purpose: it must work inside a cancelled scope, without a checkpoint.
         self.stream.socket.close()
+
+    def peer_done(self) -> bool:
+        """Whether the agent already closed this idle connection (or sent something unasked):
+        one poll(2) without waiting, so a request that must not be retried avoids it."""
+        poller = select.poll()
+        poller.register(self.stream.socket.fileno(), select.POLLIN | select.POLLRDHUP)
+        return bool(poller.poll(0))
 
 
 class _Replay:
@@ -348,19 +361,22 @@ class Pool:
     def upstream(self, host: str, port: int) -> TcpUpstream:
         return TcpUpstream(self, host, port)
 
-    def take(self, key: tuple[str, int]) -> _Connection | None:
-        """The most recently used idle connection that has not expired, if any."""
+    def take(self, key: tuple[str, int], *, checked: bool = False) -> _Connection | None:
+        """The most recently used idle connection that has not expired, if any; `checked`
+        also skips (and closes) connections the agent has closed already."""
         stack = self._idle.get(key)
-        if not stack:
-            return None
-        conn = stack.pop()
-        if trio.current_time() - conn.idle_since < self.idle_expiry:
-            return conn
-        # LIFO: everything below the top is older still.
-        conn.close()
-        for old in stack:
-            old.close()
-        stack.clear()
+        while stack:
+            conn = stack.pop()
+            if trio.current_time() - conn.idle_since >= self.idle_expiry:
+                # LIFO: everything below the top is older still.
+                conn.close()
+                for old in stack:
+                    old.close()
+                stack.clear()
+                return None
+            if not checked or not conn.peer_done():
+                return conn
+            conn.close()
         return None
 
     def release(self, key: tuple[str, int], conn: _Connection) -> None:
@@ -404,12 +420,14 @@ class TcpUpstream:
         self, method: bytes, target: bytes, headers: Headers, body: AsyncIterable[bytes]
     ) -> UpstreamResponse:
         replay = _Replay(body)
-        conn = self._pool.take(self._key)
+        retryable = method in IDEMPOTENT
+        conn = self._pool.take(self._key, checked=not retryable)
         if conn is not None:
             try:
                 return await self._exchange(conn, method, target, headers, replay)
             except _Stale:
-                if not replay.replayable:
+                # The agent may have acted on it: only a request safe to repeat goes again.
+                if not (retryable and replay.replayable):
                     raise SandboxUnreachable("the connection to the sandbox broke") from None
         conn = await self._pool.connect(self._key)
         try:

@@ -251,6 +251,13 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Kubernetes runtimeClassName for sandbox pods (e.g. gvisor).",
     ),
+    Option(
+        "proxy_body_timeout",
+        "AGENTSERVER_PROXY_BODY_TIMEOUT",
+        "30s",
+        "How long the subdomain proxy waits for the next bytes of a request body before it"
+        " answers 408 and closes the connection.",
+    ),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -386,6 +393,7 @@ class Settings:
     runtime_class: str | None = None
     session_lifetime: float = 7 * 86400.0
     extra: Mapping[str, str] = field(default_factory=dict)
+    proxy_body_timeout: float = 30.0
 
     @property
     def secure_cookies(self) -> bool:
@@ -531,6 +539,7 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         github_oauth_url=(raw["github_oauth_url"] or "https://github.com").rstrip("/"),
         kube_namespace_prefix=raw["kube_namespace_prefix"] or "agent-ws",
         runtime_class=raw["runtime_class"] or None,
+        proxy_body_timeout=convert("proxy_body_timeout", positive_duration),  # type: ignore[arg-type]
     )
 
 

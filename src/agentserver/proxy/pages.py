@@ -96,6 +96,12 @@ READ_ONLY = Page(
     "Read-only access",
     "Guests may look at this sandbox but not change anything in it.",
 )
+BODY_TIMEOUT = Page(
+    408,
+    "request_timeout",
+    "Request too slow",
+    "The request's body stopped arriving before it was complete. Try again.",
+)
 CROSS_ORIGIN = Page(
     403, "forbidden", "Refused", "A request from another site may not act on this sandbox."
 )

@@ -27,6 +27,8 @@ from agentserver.deps import Deps
 from agentserver.errors import SandboxUnreachable
 from agentserver.models import Sandbox, SandboxStatus, SandboxType
 from agentserver.proxy import pages
+from agentserver.proxy.body_deadline import BodyDeadline
+from agentserver.proxy.frame_policy import with_frame_policy
 from agentserver.proxy.headers import (
     Forwarding,
     Headers,
@@ -73,6 +75,23 @@ async def respond(send: Send, status: int, headers: Headers, body: bytes = b"") 
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+class GuardedSend:
+    """The ASGI `send` of one HTTP request on a sandbox host: every response head gets the
+    framing policy (proxy/frame_policy.py), and `started` tells whether one went out."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            message["headers"] = with_frame_policy(list(message.get("headers", ())))
+        await self._send(message)
+
+
 def host_of(scope: Scope) -> bytes | None:
     for name, value in scope["headers"]:
         if name == b"host":
@@ -115,6 +134,17 @@ class SubdomainProxy:
     # -- the request pipeline ---------------------------------------------------------------
 
     async def handle(self, target: Target, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = scope["type"] == "websocket"
+        if websocket:
+            await self.dispatch(target, scope, receive, send)
+            return
+        guarded = GuardedSend(send)
+        deadline = BodyDeadline(receive, self.settings.proxy_body_timeout)
+        await self.dispatch(target, scope, deadline.receive, guarded)
+        if deadline.expired and not guarded.started:
+            await self.page(scope, guarded, pages.BODY_TIMEOUT)
+
+    async def dispatch(self, target: Target, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = scope["type"] == "websocket"
         headers: Headers = scope["headers"]
         method = "GET" if websocket else scope["method"]

@@ -245,3 +245,35 @@ async def test_a_body_ended_by_closing_is_read_to_the_end(nursery: trio.Nursery)
     assert await fetch(pool, port, b"GET", b"/") == (200, b"hello world")
     assert pool.idle_count() == 0
     pool.close()
+
+
+async def test_a_sandbox_reached_at_a_new_endpoint_drops_the_old_ones_connections(
+    upstream: RecordingUpstream, nursery: trio.Nursery
+) -> None:
+    """When a sandbox's agent moves to another port, the old port's idle connections close."""
+    moved: RecordingUpstream = await nursery.start(serve_upstream, RecordingUpstream())
+    pool = Pool()
+    for port in (upstream.port, moved.port):
+        response = await pool.upstream("127.0.0.1", port, "sbx").request(
+            b"GET", b"/json", [(b"host", b"u")], chunks()
+        )
+        assert [c async for c in response.body]
+    assert pool.idle_count(("127.0.0.1", upstream.port)) == 0
+    assert pool.idle_count(("127.0.0.1", moved.port)) == 1
+    pool.forget_sandbox("sbx")
+    assert pool.idle_count() == 0
+
+
+async def test_expired_connections_nobody_asks_for_again_are_swept(
+    upstream: RecordingUpstream, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An expired idle connection to an endpoint no request uses any more is closed when the
+    pool is next used for anything, instead of staying open for good."""
+    other: RecordingUpstream = await nursery.start(serve_upstream, RecordingUpstream())
+    pool = Pool(idle_expiry=4.0)
+    await fetch(pool, upstream.port, b"GET", b"/")
+    await trio.sleep(5)  # virtual time: past the idle expiry
+    await fetch(pool, other.port, b"GET", b"/")
+    assert pool.idle_count(("127.0.0.1", upstream.port)) == 0
+    assert pool.idle_count() == 1
+    pool.close()

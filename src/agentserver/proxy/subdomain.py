@@ -43,6 +43,7 @@ from agentserver.proxy.http import Receive, Scope, Send, has_chunked_body, proxy
 from agentserver.proxy.routing import Target, route
 from agentserver.proxy.upstream import Pool, Upstream, UpstreamTimeout
 from agentserver.proxy.websocket import proxy_websocket, reject
+from agentserver.sandboxes.events import Event, WorkspaceEvents
 
 log = logging.getLogger(__name__)
 AUTH_PATH = "/_agentserver/auth"
@@ -122,6 +123,10 @@ class SubdomainProxy:
         self.pool: Pool = pool if isinstance(pool, Pool) else Pool()
         self._touched: dict[str, float] = {}
         self._origins: dict[tuple[str, str], frozenset[str]] = {}  # per host and scheme
+        service = deps.extras.get("sandboxes")
+        events = getattr(service, "events", None)
+        if isinstance(events, WorkspaceEvents):
+            events.observe(self.sandbox_changed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -130,6 +135,16 @@ class SubdomainProxy:
                 await self.handle(target, scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def sandbox_changed(self, workspace_id: str, event: Event) -> None:
+        """A sandbox's status or endpoint changed, or it was deleted: its idle connections
+        and cached accesses go (the next request reads the new state)."""
+        kind = event.get("type")
+        if kind not in ("sandbox", "sandbox_deleted"):
+            return
+        sandbox_id = event[kind]["id"]
+        self.pool.forget_sandbox(sandbox_id)
+        self.access.forget(sandbox_id)
 
     # -- the request pipeline ---------------------------------------------------------------
 
@@ -253,7 +268,7 @@ class SubdomainProxy:
         if status is SandboxStatus.RUNNING:
             if sandbox.endpoint_host and sandbox.endpoint_port:
                 await trio.lowlevel.checkpoint_if_cancelled()  # the hot path: no scheduler trip
-                return self.pool.upstream(sandbox.endpoint_host, sandbox.endpoint_port)
+                return self.pool.upstream(sandbox.endpoint_host, sandbox.endpoint_port, sandbox.id)
             await self.page(scope, send, pages.STARTING)
         elif status in _WAKING:
             # Only a person opening the page wakes a paused sandbox: background calls from a

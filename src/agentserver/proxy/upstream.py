@@ -42,6 +42,8 @@ READ_SIZE = 256 * 1024
 # (Bun: 10 s), and a time check costs nothing where a readability probe costs a syscall.
 IDLE_EXPIRY = 4.0
 MAX_IDLE = 256
+# Sandboxes whose last endpoint the pool remembers (one entry per sandbox reached).
+MAX_ENDPOINTS = 65536
 HEADER_TIMEOUT = 60.0  # --proxy-timeout sets the server's
 CONNECT_TIMEOUT = 10.0
 # Request bodies up to this size are kept so a stale-connection retry can send them again.
@@ -344,7 +346,13 @@ class _Body:
 
 
 class Pool:
-    """Idle HTTP/1.1 connections per (host, port), reused newest first."""
+    """Idle HTTP/1.1 connections per (host, port), reused newest first.
+
+    A sandbox's agent moves (a new port or address after every resume) and goes away (pause,
+    delete): the pool remembers which endpoint each sandbox was last reached at, and
+    `forget_sandbox` (told by the lifecycle's events) closes that endpoint's idle connections.
+    Whatever is left behind anyway (an endpoint nobody asks for again) is swept once expired.
+    """
 
     def __init__(
         self,
@@ -357,9 +365,45 @@ class Pool:
         self.max_idle = max_idle
         self.header_timeout = header_timeout
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._endpoints: dict[str, tuple[str, int]] = {}  # sandbox id → where it was reached
+        self._next_sweep = 0.0
 
-    def upstream(self, host: str, port: int) -> TcpUpstream:
+    def upstream(self, host: str, port: int, sandbox_id: str | None = None) -> TcpUpstream:
+        """The agent at (host, port); with `sandbox_id`, a move of that sandbox from another
+        endpoint drops the old endpoint's idle connections."""
+        if sandbox_id is not None:
+            key = (host, port)
+            known = self._endpoints.get(sandbox_id)
+            if known != key:
+                if known is not None:
+                    self.forget(known)
+                elif len(self._endpoints) >= MAX_ENDPOINTS:
+                    self._endpoints.clear()  # only a hint: the sweep still closes what expires
+                self._endpoints[sandbox_id] = key
         return TcpUpstream(self, host, port)
+
+    def forget_sandbox(self, sandbox_id: str) -> None:
+        """The sandbox paused, moved or was deleted: close its idle connections."""
+        key = self._endpoints.pop(sandbox_id, None)
+        if key is not None:
+            self.forget(key)
+
+    def forget(self, key: tuple[str, int]) -> None:
+        """Close every idle connection to (host, port)."""
+        for conn in self._idle.pop(key, ()):
+            conn.close()
+
+    def sweep(self, now: float) -> None:
+        """Close the idle connections that expired (LIFO: each stack's oldest come first)."""
+        for key, stack in list(self._idle.items()):
+            fresh = 0
+            while fresh < len(stack) and now - stack[fresh].idle_since >= self.idle_expiry:
+                stack[fresh].close()
+                fresh += 1
+            if fresh == len(stack):
+                del self._idle[key]
+            elif fresh:
+                del stack[:fresh]
 
     def take(self, key: tuple[str, int], *, checked: bool = False) -> _Connection | None:
         """The most recently used idle connection that has not expired, if any; `checked`
@@ -380,11 +424,15 @@ class Pool:
         return None
 
     def release(self, key: tuple[str, int], conn: _Connection) -> None:
+        now = trio.current_time()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.idle_expiry
+            self.sweep(now)
         stack = self._idle.setdefault(key, [])
         if len(stack) >= self.max_idle:
             conn.close()
             return
-        conn.idle_since = trio.current_time()
+        conn.idle_since = now
         conn.received = False
         stack.append(conn)
 
@@ -407,6 +455,7 @@ class Pool:
             for conn in stack:
                 conn.close()
         self._idle.clear()
+        self._endpoints.clear()
 
 
 class TcpUpstream:

@@ -7,6 +7,7 @@ Raw sockets, so what crosses the wire is what is tested.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -111,3 +112,36 @@ async def test_status_pages_carry_the_framing_policy_too(world: World) -> None:
     response, _ = await client.response()
     assert response.status_code == 401
     assert header(response, b"content-security-policy") == b"frame-ancestors 'self'"
+
+
+async def test_repeated_bogus_cookies_cost_the_database_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten requests carrying the same three bogus sandbox cookies look each cookie up once,
+    not thirty times: refusals are remembered for a few seconds."""
+    sid = await world.sandbox()
+    db = world.server.deps.db
+    looked_up: list[str] = []
+    rows = db.rows
+
+    async def counting(name: str, /, **params: Any) -> list[dict[str, Any]]:
+        if name == "proxy_session_access":
+            looked_up.append(params["token_hash"])
+        return await rows(name, **params)
+
+    monkeypatch.setattr(db, "rows", counting)
+    cookies = "; ".join(f"agentserver_sandbox=bogus-{n}" for n in range(3))
+    async with world.sub(sid, Accept="application/json", Cookie=cookies) as sub:
+        for _ in range(10):
+            assert (await sub.get("/json")).status_code == 401
+    assert len(looked_up) == 3
+
+
+async def test_a_valid_cookie_still_works_beside_a_refused_one(world: World) -> None:
+    """A remembered refusal of one cookie does not stop a valid cookie sent after it."""
+    sid = await world.sandbox()
+    token = await world.open(sid)
+    cookies = f"agentserver_sandbox=bogus; agentserver_sandbox={token}"
+    async with world.sub(sid, Accept="application/json", Cookie=cookies) as sub:
+        for _ in range(3):
+            assert (await sub.get("/json")).status_code == 200

@@ -23,6 +23,7 @@ from agentserver.auth.tickets import (
     redeem_ticket,
     sandbox_cookie_name,
 )
+from agentserver.auth.tokens import hash_token
 from agentserver.deps import Deps
 from agentserver.errors import SandboxUnreachable
 from agentserver.models import Sandbox, SandboxStatus, SandboxType
@@ -40,6 +41,7 @@ from agentserver.proxy.headers import (
     websocket_headers,
 )
 from agentserver.proxy.http import Receive, Scope, Send, has_chunked_body, proxy_http, target_of
+from agentserver.proxy.refused_tokens import RefusedTokens
 from agentserver.proxy.routing import Target, route
 from agentserver.proxy.upstream import Pool, Upstream, UpstreamTimeout
 from agentserver.proxy.websocket import proxy_websocket, reject
@@ -119,6 +121,7 @@ class SubdomainProxy:
         self.settings = deps.settings
         self.cookie = sandbox_cookie_name(deps.settings.secure_cookies)
         self.access = AccessCache(deps.db)
+        self.refused = RefusedTokens()
         pool = deps.extras.get("proxy_pool")
         self.pool: Pool = pool if isinstance(pool, Pool) else Pool()
         self._touched: dict[str, float] = {}
@@ -210,8 +213,14 @@ class SubdomainProxy:
     async def authenticate(self, target: Target, headers: Headers) -> SandboxAccess | None:
         """The access of the first valid sandbox cookie for THIS sandbox and subdomain kind."""
         for token in cookie_values(headers, self.cookie)[:3]:
+            key = (target.sandbox_id, hash_token(token))
+            now = trio.current_time()
+            if self.refused.refused(key, now):
+                continue
             access = await self.access.get(target.sandbox_id, token)
-            if access is not None and SandboxType(access.sandbox.type) in _KINDS[target.kind]:
+            if access is None:
+                self.refused.remember(key, now)
+            elif SandboxType(access.sandbox.type) in _KINDS[target.kind]:
                 return access
         await trio.lowlevel.checkpoint()
         return None

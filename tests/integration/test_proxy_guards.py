@@ -145,3 +145,27 @@ async def test_a_valid_cookie_still_works_beside_a_refused_one(world: World) -> 
     async with world.sub(sid, Accept="application/json", Cookie=cookies) as sub:
         for _ in range(3):
             assert (await sub.get("/json")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("label", "code"),
+    [("anything", "not_found"), ("p3000-abc123", "previews_disabled"), ("oc-bad_id", "not_found")],
+)
+async def test_unknown_hosts_under_the_base_domain_get_a_plain_404(
+    world: World, label: str, code: str
+) -> None:
+    """A name under the base domain that is no sandbox answers 404, not the dashboard."""
+    host = f"{label}.localhost:{world.server.port}"
+    async with world.sub("x", Host=host, Accept="application/json") as client:
+        response = await client.get("/")
+        api = await client.get("/api/auth/me")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == code
+    assert api.status_code == 404
+
+
+async def test_the_main_site_answers_by_ip_address_too(world: World) -> None:
+    """A host outside the base domain (here 127.0.0.1:port) is still the main site."""
+    async with world.server.client(headers={"Host": f"127.0.0.1:{world.server.port}"}) as client:
+        assert (await client.get("/api/auth/me")).status_code == 401
+    assert (await world.owner.get("/api/auth/me")).status_code == 200

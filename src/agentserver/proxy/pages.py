@@ -33,6 +33,18 @@ NOT_FOUND = Page(
     "Sandbox not found",
     "This sandbox does not exist, or you do not have access to it.",
 )
+UNKNOWN_HOST = Page(
+    404,
+    "not_found",
+    "Not found",
+    "Nothing is served at this address. Check the link, or open the dashboard.",
+)
+PREVIEWS_DISABLED = Page(
+    404,
+    "previews_disabled",
+    "Previews not enabled",
+    "This server does not serve previews of a sandbox's ports.",
+)
 FAILED = Page(
     503,
     "sandbox_failed",

@@ -42,7 +42,7 @@ from agentserver.proxy.headers import (
 )
 from agentserver.proxy.http import Receive, Scope, Send, has_chunked_body, proxy_http, target_of
 from agentserver.proxy.refused_tokens import RefusedTokens
-from agentserver.proxy.routing import Target, route
+from agentserver.proxy.routing import Target, Unknown, resolve
 from agentserver.proxy.upstream import Pool, Upstream, UpstreamTimeout
 from agentserver.proxy.websocket import proxy_websocket, reject
 from agentserver.sandboxes.events import Event, WorkspaceEvents
@@ -56,6 +56,11 @@ ACTIVITY_EVERY = 5.0
 _READ_METHODS = frozenset({"GET", "HEAD"})
 # Which sandbox types each subdomain kind may reach (local sandboxes run opencode).
 _KINDS = {"opencode": {SandboxType.OPENCODE, SandboxType.LOCAL}, "openclaw": {SandboxType.OPENCLAW}}
+_UNKNOWN_PAGES = {
+    "sandbox": pages.NOT_FOUND,
+    "preview": pages.PREVIEWS_DISABLED,
+    "host": pages.UNKNOWN_HOST,
+}
 _WAKING = {SandboxStatus.PAUSED, SandboxStatus.PAUSING, SandboxStatus.RESUMING}
 
 
@@ -133,11 +138,22 @@ class SubdomainProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            target = route(host_of(scope), self.settings.domain)
-            if target is not None:
-                await self.handle(target, scope, receive, send)
+            found = resolve(host_of(scope), self.settings.domain)
+            if isinstance(found, Target):
+                await self.handle(found, scope, receive, send)
+                return
+            if found is not None:
+                await self.unknown_host(found, scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    async def unknown_host(
+        self, unknown: Unknown, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """A name under the base domain that is no sandbox: 404, never the main site."""
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+        await self.page(scope, GuardedSend(send), _UNKNOWN_PAGES[unknown.what])
 
     def sandbox_changed(self, workspace_id: str, event: Event) -> None:
         """A sandbox's status or endpoint changed, or it was deleted: its idle connections

@@ -3,13 +3,22 @@ sandbox drops its idle connections, and the next request goes where the sandbox 
 
 from __future__ import annotations
 
+import os
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
 import trio
 
 from agentserver.proxy.upstream import Pool
 from agentserver.sandboxes.base import Endpoint
 from agentserver.sandboxes.service import Sandboxes
+from tests.conftest import Server
 from tests.support.proxy_world import World
+from tests.support.sandboxes import open_events, owner_with_workspace
 from tests.support.upstream import RecordingUpstream, serve_upstream
+
+CONNECTIONS = 8
 
 
 def lifecycle(world: World) -> Sandboxes:
@@ -77,3 +86,47 @@ async def test_deleting_a_sandbox_drops_its_idle_connections(world: World) -> No
     assert pool_of(world).idle_count() == 1
     await lifecycle(world).delete(sid)
     assert pool_of(world).idle_count() == 0
+
+
+def open_files() -> int:
+    """File descriptors open in this process (the server runs in it)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.opencode
+async def test_pause_resume_cycles_of_real_opencode_leak_no_open_files(
+    sandbox_server: Server, nursery: trio.Nursery
+) -> None:
+    """A real opencode sandbox used over several connections at once, then paused and
+    resumed three times: the server's open files do not grow with the cycles, and no idle
+    connection to the paused agent is kept."""
+    client, wid = await owner_with_workspace(sandbox_server)
+    events = await open_events(nursery, client, wid)
+    created = await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "oc"})
+    sid = created.json()["id"]
+    assert (await events.until(sid, "running", "failed"))["status"] == "running"
+    pool = sandbox_server.deps.extras["proxy_pool"]
+    counts = []
+    for _ in range(3):
+        location = (await client.get(f"/api/sandboxes/{sid}/open")).headers["location"]
+        url = urlsplit(location)
+        async with httpx.AsyncClient(
+            base_url=sandbox_server.url, headers={"Host": url.netloc}, timeout=60
+        ) as sub:
+            redeemed = await sub.get(f"{url.path}?{url.query}")
+            sub.headers["Cookie"] = f"agentserver_sandbox={redeemed.cookies['agentserver_sandbox']}"
+            async with trio.open_nursery() as burst:  # several connections, as a browser opens
+                for _ in range(CONNECTIONS):
+                    burst.start_soon(sub.get, "/session")
+        assert pool.idle_count() >= 2
+        seen = len(events.seen)
+        assert (await client.post(f"/api/sandboxes/{sid}/pause")).status_code == 200
+        await events.until(sid, "paused", after=seen)
+        assert pool.idle_count() == 0
+        counts.append(open_files())
+        seen = len(events.seen)
+        assert (await client.post(f"/api/sandboxes/{sid}/resume")).status_code == 200
+        assert (await events.until(sid, "running", "failed", after=seen))["status"] == "running"
+    events.close()
+    # A little slack for the server's own bookkeeping (database connections come and go).
+    assert counts[-1] - counts[0] <= 2, counts

@@ -24,8 +24,14 @@ HANG_GUARD = 20
 
 @pytest.fixture
 def server_settings(db_url: str, tmp_path: Path) -> Settings:
-    """This module's server waits half a second for the next bytes of a request body."""
-    return make_settings(db_url, tmp_path / "data", proxy_body_timeout=BODY_TIMEOUT)
+    """This module's server waits half a second for the next bytes of a request body, and
+    its OAuth callbacks come to a name under the base domain."""
+    return make_settings(
+        db_url,
+        tmp_path / "data",
+        proxy_body_timeout=BODY_TIMEOUT,
+        oidc_redirect_base_url="http://login.localhost:9000",
+    )
 
 
 async def stalled_upload(world: World, framing: str, first: bytes) -> tuple[int, bytes, bytes]:
@@ -169,3 +175,13 @@ async def test_the_main_site_answers_by_ip_address_too(world: World) -> None:
     async with world.server.client(headers={"Host": f"127.0.0.1:{world.server.port}"}) as client:
         assert (await client.get("/api/auth/me")).status_code == 401
     assert (await world.owner.get("/api/auth/me")).status_code == 200
+
+
+async def test_a_configured_callback_host_under_the_base_domain_is_the_main_site(
+    world: World,
+) -> None:
+    """The host of --oidc-redirect-base-url, though under the base domain, reaches the main
+    site (its API answers), not a 404."""
+    host = f"login.localhost:{world.server.port}"
+    async with world.server.client(headers={"Host": host}) as client:
+        assert (await client.get("/api/auth/me")).status_code == 401

@@ -112,3 +112,12 @@ def test_resolve(host: str | bytes | None, base: str, expected: Target | Unknown
     """A Host is the main site only as the base domain itself or outside it; any other name
     under the base domain that is no sandbox resolves to Unknown (a 404)."""
     assert resolve(host, base) == expected
+
+
+def test_configured_main_names_under_the_base_domain_are_the_main_site() -> None:
+    """A name the configuration gives the server itself (an OAuth callback host) is the main
+    site even under the base domain; other names there stay unknown."""
+    main = frozenset({"login.example.com"})
+    assert resolve("Login.Example.com:8443", "example.com", main) is None
+    assert resolve("www.example.com", "example.com", main) == Unknown("host")
+    assert resolve(f"oc-{SID}.example.com", "example.com", main) == Target("opencode", SID)

@@ -50,10 +50,13 @@ class Unknown:
 _PREVIEW = re.compile(r"p[0-9]{1,5}-[a-z0-9]{1,64}")
 
 
-def resolve(host: str | bytes | None, base_domain: str) -> Target | Unknown | None:
+def resolve(
+    host: str | bytes | None, base_domain: str, main_names: frozenset[str] = frozenset()
+) -> Target | Unknown | None:
     """What a Host header names: a sandbox, an unknown host under `base_domain`, or (None)
-    the main site — the base domain itself or any host outside it (an IP address, another
-    name the server is reached by).
+    the main site — the base domain itself, any host outside it (an IP address, another
+    name the server is reached by) or one of `main_names` (host names, without ports, that
+    the configuration gives the server itself, e.g. its OAuth callback URL's).
 
     Ports are ignored on both sides (a front proxy may change them), case and a trailing dot
     do not matter, and only exactly one label above the base domain is a sandbox.
@@ -64,7 +67,7 @@ def resolve(host: str | bytes | None, base_domain: str) -> Target | Unknown | No
         host = host.decode("latin-1")  # a non-ASCII name is no sandbox; it may be unknown
     name = split_port(host.strip().lower()).rstrip(".")
     base = split_port(base_domain.strip().lower()).strip(".")
-    if not base or not name.endswith("." + base):
+    if not base or not name.endswith("." + base) or name in main_names:
         return None
     label = name[: -len(base) - 1]
     for prefix, kind in PREFIXES.items():

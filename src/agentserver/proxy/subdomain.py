@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import trio
 
@@ -127,6 +127,12 @@ class SubdomainProxy:
         self.cookie = sandbox_cookie_name(deps.settings.secure_cookies)
         self.access = AccessCache(deps.db)
         self.refused = RefusedTokens()
+        # Names under the base domain that configured URLs give the server itself.
+        self.main_names = frozenset(
+            name
+            for url in (deps.settings.oidc_redirect_base_url, deps.settings.anthropic_proxy_url)
+            if url and (name := urlsplit(url).hostname)
+        )
         pool = deps.extras.get("proxy_pool")
         self.pool: Pool = pool if isinstance(pool, Pool) else Pool()
         self._touched: dict[str, float] = {}
@@ -138,7 +144,7 @@ class SubdomainProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            found = resolve(host_of(scope), self.settings.domain)
+            found = resolve(host_of(scope), self.settings.domain, self.main_names)
             if isinstance(found, Target):
                 await self.handle(found, scope, receive, send)
                 return

@@ -4,7 +4,10 @@ It runs before any route matching. The main host goes to the API app unchanged. 
 host it owns the whole security model of architecture §7: ticket redemption at
 `/_agentserver/auth`, the per-sandbox cookie, role and Origin checks, the sandbox's status
 (waking a paused one), and only then the proxy — with our cookies and the client's
-Authorization removed and the agent's own credentials injected.
+Authorization removed and the agent's own credentials injected. Around it: any other name
+under the base domain is a 404, every response carries a framing policy, a request body that
+stops arriving is cut off (408), refused cookies are remembered briefly, and the lifecycle's
+events make the upstream pool drop a paused, moved or deleted sandbox's connections.
 """
 
 from __future__ import annotations

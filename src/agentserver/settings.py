@@ -261,6 +261,13 @@ OPTIONS: tuple[Option, ...] = (
         "Comma-separated addresses or CIDRs of reverse proxies whose X-Forwarded-For or"
         " Forwarded header names the real client (throttles key on it); empty: trust none.",
     ),
+    Option(
+        "proxy_body_timeout",
+        "AGENTSERVER_PROXY_BODY_TIMEOUT",
+        "30s",
+        "How long the subdomain proxy waits for the next bytes of a request body before it"
+        " answers 408 and closes the connection.",
+    ),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -410,6 +417,7 @@ class Settings:
     session_lifetime: float = 7 * 86400.0
     extra: Mapping[str, str] = field(default_factory=dict)
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    proxy_body_timeout: float = 30.0
 
     @property
     def secure_cookies(self) -> bool:
@@ -556,6 +564,7 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         kube_namespace_prefix=raw["kube_namespace_prefix"] or "agent-ws",
         runtime_class=raw["runtime_class"] or None,
         trusted_proxies=convert("trusted_proxies", parse_networks),  # type: ignore[arg-type]
+        proxy_body_timeout=convert("proxy_body_timeout", positive_duration),  # type: ignore[arg-type]
     )
 
 

@@ -83,3 +83,21 @@ async def test_closing_a_workspace_ends_every_stream() -> None:
     assert received == [{"type": "last"}]
     assert events.listeners("w") == 0
     sub.close()
+
+
+async def test_an_observer_sees_every_workspace_and_a_failing_one_stops_nothing() -> None:
+    """Observers get each event of any workspace as it is published; one that raises does
+    not keep the event from the others or from subscribers."""
+    events = WorkspaceEvents()
+    seen: list[tuple[str, str]] = []
+
+    def broken(workspace_id: str, event: dict[str, object]) -> None:
+        raise RuntimeError("observer bug")
+
+    events.observe(broken)
+    events.observe(lambda workspace_id, event: seen.append((workspace_id, str(event["type"]))))
+    with events.subscribe("w2") as sub:
+        events.publish_nowait("w1", {"type": "sandbox"})
+        assert events.publish_nowait("w2", {"type": "sandbox_deleted"}) == 1
+        assert sub.inbox.receive_nowait() == {"type": "sandbox_deleted"}
+    assert seen == [("w1", "sandbox"), ("w2", "sandbox_deleted")]

@@ -64,19 +64,94 @@ async def test_an_abandoned_body_closes_its_connection(upstream: RecordingUpstre
     pool.close()
 
 
-async def test_a_stale_connection_is_retried_with_the_body_replayed(
+async def test_a_stale_connection_is_retried_with_a_put_body_replayed(
     upstream: RecordingUpstream,
 ) -> None:
-    """A POST on a connection the server dropped silently is sent again, body included."""
+    """A PUT (idempotent) on a connection the server dropped silently is sent again, body
+    included."""
     pool = Pool()
     upstream.drop_after_response = True
-    assert await fetch(pool, upstream.port, b"POST", b"/echo", (b"one", b"-two")) == (
+    assert await fetch(pool, upstream.port, b"PUT", b"/echo", (b"one", b"-two")) == (
         200,
         b"one-two",
     )
-    assert await fetch(pool, upstream.port, b"POST", b"/echo", (b"three",)) == (200, b"three")
+    assert await fetch(pool, upstream.port, b"PUT", b"/echo", (b"three",)) == (200, b"three")
     assert [r.body for r in upstream.seen("/echo")] == [b"one-two", b"three"]
     assert upstream.connections == 2
+    pool.close()
+
+
+class _OneShotAgent:
+    """Answers each connection's first request; the second request on the first connection
+    is read whole and then the connection is closed unanswered (the agent may have acted)."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.closed = trio.Event()
+
+    async def read_request(self, stream: trio.SocketStream, buffer: bytearray) -> bytes:
+        while b"\r\n\r\n" not in buffer:
+            buffer += await stream.receive_some(65536)
+        head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        while len(rest) < length:
+            rest += await stream.receive_some(65536)
+        buffer[:] = rest[length:]
+        self.requests.append(head.split(b" ", 1)[0] + b" " + rest[:length])
+        return rest[:length]
+
+    async def __call__(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        first = self.connections == 1
+        buffer = bytearray()
+        async with stream:
+            body = await self.read_request(stream, buffer)
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+            )
+            if first:
+                await self.read_request(stream, buffer)
+        self.closed.set()
+
+
+async def test_a_post_on_a_connection_that_breaks_is_never_sent_twice(
+    nursery: trio.Nursery,
+) -> None:
+    """A POST whose pooled connection breaks before any answer is not replayed: the agent may
+    have acted on it, so the caller gets SandboxUnreachable and the agent saw it once."""
+    agent = _OneShotAgent()
+    port = await nursery.start(serve_on_free_port, agent)
+    pool = Pool()
+    assert await fetch(pool, port, b"GET", b"/") == (200, b"")
+    with pytest.raises(SandboxUnreachable):
+        await fetch(pool, port, b"POST", b"/act", (b"launch",))
+    assert agent.requests == [b"GET ", b"POST launch"]
+    pool.close()
+
+
+async def test_a_post_skips_a_pooled_connection_the_agent_already_closed(
+    nursery: trio.Nursery,
+) -> None:
+    """A POST does not go on an idle connection the agent has closed: it opens a fresh one
+    and reaches the agent exactly once."""
+
+    agent = _OneShotAgent()
+    agent.connections = 1  # every connection answers one request, then closes
+    port = await nursery.start(serve_on_free_port, agent)
+    pool = Pool()
+    assert await fetch(pool, port, b"GET", b"/") == (200, b"")
+    await agent.closed.wait()
+    assert await fetch(pool, port, b"POST", b"/act", (b"launch",)) == (200, b"launch")
+    assert agent.requests == [b"GET ", b"POST launch"]
+    assert pool.idle_count() == 1
     pool.close()
 
 
@@ -169,4 +244,36 @@ async def test_a_body_ended_by_closing_is_read_to_the_end(nursery: trio.Nursery)
     pool = Pool()
     assert await fetch(pool, port, b"GET", b"/") == (200, b"hello world")
     assert pool.idle_count() == 0
+    pool.close()
+
+
+async def test_a_sandbox_reached_at_a_new_endpoint_drops_the_old_ones_connections(
+    upstream: RecordingUpstream, nursery: trio.Nursery
+) -> None:
+    """When a sandbox's agent moves to another port, the old port's idle connections close."""
+    moved: RecordingUpstream = await nursery.start(serve_upstream, RecordingUpstream())
+    pool = Pool()
+    for port in (upstream.port, moved.port):
+        response = await pool.upstream("127.0.0.1", port, "sbx").request(
+            b"GET", b"/json", [(b"host", b"u")], chunks()
+        )
+        assert [c async for c in response.body]
+    assert pool.idle_count(("127.0.0.1", upstream.port)) == 0
+    assert pool.idle_count(("127.0.0.1", moved.port)) == 1
+    pool.forget_sandbox("sbx")
+    assert pool.idle_count() == 0
+
+
+async def test_expired_connections_nobody_asks_for_again_are_swept(
+    upstream: RecordingUpstream, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An expired idle connection to an endpoint no request uses any more is closed when the
+    pool is next used for anything, instead of staying open for good."""
+    other: RecordingUpstream = await nursery.start(serve_upstream, RecordingUpstream())
+    pool = Pool(idle_expiry=4.0)
+    await fetch(pool, upstream.port, b"GET", b"/")
+    await trio.sleep(5)  # virtual time: past the idle expiry
+    await fetch(pool, other.port, b"GET", b"/")
+    assert pool.idle_count(("127.0.0.1", upstream.port)) == 0
+    assert pool.idle_count() == 1
     pool.close()

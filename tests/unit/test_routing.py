@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from agentserver.proxy.routing import Target, route, sandbox_host, sandbox_origin, split_port
+from agentserver.proxy.routing import (
+    Target,
+    Unknown,
+    resolve,
+    route,
+    sandbox_host,
+    sandbox_origin,
+    split_port,
+)
 
 SID = "abc123def456ghi7"
 
@@ -70,3 +78,46 @@ def test_sandbox_origin_round_trips_through_route() -> None:
     assert (
         sandbox_origin("opencode", SID, "https", "example.com") == f"https://oc-{SID}.example.com"
     )
+
+
+RESOLVED = [
+    # (host, base domain, expected): the main site is None, a sandbox its Target
+    ("localhost:8080", "localhost:8080", None),
+    ("example.com", "example.com", None),
+    ("EXAMPLE.com.:443", "example.com", None),
+    ("127.0.0.1:8080", "localhost:8080", None),  # not under the base domain: the main site
+    ("[::1]:8080", "localhost:8080", None),
+    ("other.org", "example.com", None),
+    ("", "example.com", None),
+    (None, "example.com", None),
+    (f"oc-{SID}.example.com", "", None),
+    (f"oc-{SID}.example.com", "example.com", Target("opencode", SID)),
+    # under the base domain but no sandbox: never the main site
+    ("www.example.com", "example.com", Unknown("host")),
+    ("anything.localhost:8080", "localhost:8080", Unknown("host")),
+    (f"x.oc-{SID}.example.com", "example.com", Unknown("host")),
+    ("ocabc.example.com", "example.com", Unknown("host")),
+    (b"\xff\xfe.example.com", "example.com", Unknown("host")),
+    ("oc-.example.com", "example.com", Unknown("sandbox")),
+    ("oc-abc_def.example.com", "example.com", Unknown("sandbox")),
+    (f"oc-{SID}.sub.example.com", "example.com", Unknown("sandbox")),
+    (f"p3000-{SID}.example.com", "example.com", Unknown("preview")),
+    (f"P5173-{SID}.localhost:8080", "localhost:8080", Unknown("preview")),
+    (f"p-{SID}.example.com", "example.com", Unknown("host")),
+]
+
+
+@pytest.mark.parametrize(("host", "base", "expected"), RESOLVED)
+def test_resolve(host: str | bytes | None, base: str, expected: Target | Unknown | None) -> None:
+    """A Host is the main site only as the base domain itself or outside it; any other name
+    under the base domain that is no sandbox resolves to Unknown (a 404)."""
+    assert resolve(host, base) == expected
+
+
+def test_configured_main_names_under_the_base_domain_are_the_main_site() -> None:
+    """A name the configuration gives the server itself (an OAuth callback host) is the main
+    site even under the base domain; other names there stay unknown."""
+    main = frozenset({"login.example.com"})
+    assert resolve("Login.Example.com:8443", "example.com", main) is None
+    assert resolve("www.example.com", "example.com", main) == Unknown("host")
+    assert resolve(f"oc-{SID}.example.com", "example.com", main) == Target("opencode", SID)

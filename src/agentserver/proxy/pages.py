@@ -33,6 +33,18 @@ NOT_FOUND = Page(
     "Sandbox not found",
     "This sandbox does not exist, or you do not have access to it.",
 )
+UNKNOWN_HOST = Page(
+    404,
+    "not_found",
+    "Not found",
+    "Nothing is served at this address. Check the link, or open the dashboard.",
+)
+PREVIEWS_DISABLED = Page(
+    404,
+    "previews_disabled",
+    "Previews not enabled",
+    "This server does not serve previews of a sandbox's ports.",
+)
 FAILED = Page(
     503,
     "sandbox_failed",
@@ -95,6 +107,12 @@ READ_ONLY = Page(
     "forbidden",
     "Read-only access",
     "Guests may look at this sandbox but not change anything in it.",
+)
+BODY_TIMEOUT = Page(
+    408,
+    "request_timeout",
+    "Request too slow",
+    "The request's body stopped arriving before it was complete. Try again.",
 )
 CROSS_ORIGIN = Page(
     403, "forbidden", "Refused", "A request from another site may not act on this sandbox."

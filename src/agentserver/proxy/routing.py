@@ -34,8 +34,29 @@ def split_port(host: str) -> str:
     return name if sep and port.isdigit() else host
 
 
-def route(host: str | bytes | None, base_domain: str) -> Target | None:
-    """The sandbox a Host header names under `base_domain`, or None for the main site.
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A host under the base domain that is neither the main site nor a sandbox: a 404.
+
+    `what` says which: a malformed sandbox name, a preview host `p{port}-{id}` (previews are
+    not served yet), or any other name (`www.`, deeper names): never the dashboard, which
+    would give a lookalike host the main site's pages.
+    """
+
+    what: Literal["sandbox", "preview", "host"]
+
+
+# `p{port}-{id}`: a dev server's port inside a sandbox (a future feature, recognised already).
+_PREVIEW = re.compile(r"p[0-9]{1,5}-[a-z0-9]{1,64}")
+
+
+def resolve(
+    host: str | bytes | None, base_domain: str, main_names: frozenset[str] = frozenset()
+) -> Target | Unknown | None:
+    """What a Host header names: a sandbox, an unknown host under `base_domain`, or (None)
+    the main site — the base domain itself, any host outside it (an IP address, another
+    name the server is reached by) or one of `main_names` (host names, without ports, that
+    the configuration gives the server itself, e.g. its OAuth callback URL's).
 
     Ports are ignored on both sides (a front proxy may change them), case and a trailing dot
     do not matter, and only exactly one label above the base domain is a sandbox.
@@ -43,20 +64,24 @@ def route(host: str | bytes | None, base_domain: str) -> Target | None:
     if not host:
         return None
     if isinstance(host, bytes):
-        try:
-            host = host.decode("ascii")
-        except UnicodeDecodeError:
-            return None
+        host = host.decode("latin-1")  # a non-ASCII name is no sandbox; it may be unknown
     name = split_port(host.strip().lower()).rstrip(".")
     base = split_port(base_domain.strip().lower()).strip(".")
-    if not base or not name.endswith("." + base):
+    if not base or not name.endswith("." + base) or name in main_names:
         return None
     label = name[: -len(base) - 1]
     for prefix, kind in PREFIXES.items():
         if label.startswith(prefix):
             sandbox_id = label[len(prefix) :]
-            return Target(kind, sandbox_id) if _ID.fullmatch(sandbox_id) else None
-    return None
+            return Target(kind, sandbox_id) if _ID.fullmatch(sandbox_id) else Unknown("sandbox")
+    return Unknown("preview" if _PREVIEW.fullmatch(label) else "host")
+
+
+def route(host: str | bytes | None, base_domain: str) -> Target | None:
+    """The sandbox a Host header names under `base_domain`, or None for anything else
+    (`resolve` tells the main site from unknown hosts)."""
+    found = resolve(host, base_domain)
+    return found if isinstance(found, Target) else None
 
 
 def sandbox_host(kind: Kind, sandbox_id: str, base_domain: str) -> str:

@@ -4,7 +4,10 @@ It runs before any route matching. The main host goes to the API app unchanged. 
 host it owns the whole security model of architecture §7: ticket redemption at
 `/_agentserver/auth`, the per-sandbox cookie, role and Origin checks, the sandbox's status
 (waking a paused one), and only then the proxy — with our cookies and the client's
-Authorization removed and the agent's own credentials injected.
+Authorization removed and the agent's own credentials injected. Around it: any other name
+under the base domain is a 404, every response carries a framing policy, a request body that
+stops arriving is cut off (408), refused cookies are remembered briefly, and the lifecycle's
+events make the upstream pool drop a paused, moved or deleted sandbox's connections.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import trio
 
@@ -23,10 +26,13 @@ from agentserver.auth.tickets import (
     redeem_ticket,
     sandbox_cookie_name,
 )
+from agentserver.auth.tokens import hash_token
 from agentserver.deps import Deps
 from agentserver.errors import SandboxUnreachable
 from agentserver.models import Sandbox, SandboxStatus, SandboxType
 from agentserver.proxy import pages
+from agentserver.proxy.body_deadline import BodyDeadline
+from agentserver.proxy.frame_policy import with_frame_policy
 from agentserver.proxy.headers import (
     Forwarding,
     Headers,
@@ -38,9 +44,11 @@ from agentserver.proxy.headers import (
     websocket_headers,
 )
 from agentserver.proxy.http import Receive, Scope, Send, has_chunked_body, proxy_http, target_of
-from agentserver.proxy.routing import Target, route
+from agentserver.proxy.refused_tokens import RefusedTokens
+from agentserver.proxy.routing import Target, Unknown, resolve
 from agentserver.proxy.upstream import Pool, Upstream, UpstreamTimeout
 from agentserver.proxy.websocket import proxy_websocket, reject
+from agentserver.sandboxes.events import Event, WorkspaceEvents
 
 log = logging.getLogger(__name__)
 AUTH_PATH = "/_agentserver/auth"
@@ -51,6 +59,11 @@ ACTIVITY_EVERY = 5.0
 _READ_METHODS = frozenset({"GET", "HEAD"})
 # Which sandbox types each subdomain kind may reach (local sandboxes run opencode).
 _KINDS = {"opencode": {SandboxType.OPENCODE, SandboxType.LOCAL}, "openclaw": {SandboxType.OPENCLAW}}
+_UNKNOWN_PAGES = {
+    "sandbox": pages.NOT_FOUND,
+    "preview": pages.PREVIEWS_DISABLED,
+    "host": pages.UNKNOWN_HOST,
+}
 _WAKING = {SandboxStatus.PAUSED, SandboxStatus.PAUSING, SandboxStatus.RESUMING}
 
 
@@ -71,6 +84,23 @@ class Hub(Protocol):
 async def respond(send: Send, status: int, headers: Headers, body: bytes = b"") -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class GuardedSend:
+    """The ASGI `send` of one HTTP request on a sandbox host: every response head gets the
+    framing policy (proxy/frame_policy.py), and `started` tells whether one went out."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            message["headers"] = with_frame_policy(list(message.get("headers", ())))
+        await self._send(message)
 
 
 def host_of(scope: Scope) -> bytes | None:
@@ -99,22 +129,65 @@ class SubdomainProxy:
         self.settings = deps.settings
         self.cookie = sandbox_cookie_name(deps.settings.secure_cookies)
         self.access = AccessCache(deps.db)
+        self.refused = RefusedTokens()
+        # Names under the base domain that configured URLs give the server itself.
+        self.main_names = frozenset(
+            name
+            for url in (deps.settings.oidc_redirect_base_url, deps.settings.anthropic_proxy_url)
+            if url and (name := urlsplit(url).hostname)
+        )
         pool = deps.extras.get("proxy_pool")
         self.pool: Pool = pool if isinstance(pool, Pool) else Pool()
         self._touched: dict[str, float] = {}
         self._origins: dict[tuple[str, str], frozenset[str]] = {}  # per host and scheme
+        service = deps.extras.get("sandboxes")
+        events = getattr(service, "events", None)
+        if isinstance(events, WorkspaceEvents):
+            events.observe(self.sandbox_changed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            target = route(host_of(scope), self.settings.domain)
-            if target is not None:
-                await self.handle(target, scope, receive, send)
+            found = resolve(host_of(scope), self.settings.domain, self.main_names)
+            if isinstance(found, Target):
+                await self.handle(found, scope, receive, send)
+                return
+            if found is not None:
+                await self.unknown_host(found, scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    async def unknown_host(
+        self, unknown: Unknown, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """A name under the base domain that is no sandbox: 404, never the main site."""
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+        await self.page(scope, GuardedSend(send), _UNKNOWN_PAGES[unknown.what])
+
+    def sandbox_changed(self, workspace_id: str, event: Event) -> None:
+        """A sandbox's status or endpoint changed, or it was deleted: its idle connections
+        and cached accesses go (the next request reads the new state)."""
+        kind = event.get("type")
+        if kind not in ("sandbox", "sandbox_deleted"):
+            return
+        sandbox_id = event[kind]["id"]
+        self.pool.forget_sandbox(sandbox_id)
+        self.access.forget(sandbox_id)
 
     # -- the request pipeline ---------------------------------------------------------------
 
     async def handle(self, target: Target, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = scope["type"] == "websocket"
+        if websocket:
+            await self.dispatch(target, scope, receive, send)
+            return
+        guarded = GuardedSend(send)
+        deadline = BodyDeadline(receive, self.settings.proxy_body_timeout)
+        await self.dispatch(target, scope, deadline.receive, guarded)
+        if deadline.expired and not guarded.started:
+            await self.page(scope, guarded, pages.BODY_TIMEOUT)
+
+    async def dispatch(self, target: Target, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = scope["type"] == "websocket"
         headers: Headers = scope["headers"]
         method = "GET" if websocket else scope["method"]
@@ -165,8 +238,14 @@ class SubdomainProxy:
     async def authenticate(self, target: Target, headers: Headers) -> SandboxAccess | None:
         """The access of the first valid sandbox cookie for THIS sandbox and subdomain kind."""
         for token in cookie_values(headers, self.cookie)[:3]:
+            key = (target.sandbox_id, hash_token(token))
+            now = trio.current_time()
+            if self.refused.refused(key, now):
+                continue
             access = await self.access.get(target.sandbox_id, token)
-            if access is not None and SandboxType(access.sandbox.type) in _KINDS[target.kind]:
+            if access is None:
+                self.refused.remember(key, now)
+            elif SandboxType(access.sandbox.type) in _KINDS[target.kind]:
                 return access
         await trio.lowlevel.checkpoint()
         return None
@@ -223,7 +302,7 @@ class SubdomainProxy:
         if status is SandboxStatus.RUNNING:
             if sandbox.endpoint_host and sandbox.endpoint_port:
                 await trio.lowlevel.checkpoint_if_cancelled()  # the hot path: no scheduler trip
-                return self.pool.upstream(sandbox.endpoint_host, sandbox.endpoint_port)
+                return self.pool.upstream(sandbox.endpoint_host, sandbox.endpoint_port, sandbox.id)
             await self.page(scope, send, pages.STARTING)
         elif status in _WAKING:
             # Only a person opening the page wakes a paused sandbox: background calls from a

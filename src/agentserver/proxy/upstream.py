@@ -3,13 +3,17 @@
 The TCP side is a small HTTP/1.1 connection pool per (host, port), its message heads and
 chunked bodies read by proxy/http1.py (h11 took over a third of the proxy's CPU). httpx's
 pool scan was the proxy's bottleneck (shared/reference/proxy-bench.md), so this one is a LIFO
-stack of idle connections with time-based expiry (no socket probe) and one retry when a
-reused connection turns out to be stale before any response byte arrives. Reads are 256 KiB:
-bulk throughput is set by the per-chunk overhead, not by bytes copied."""
+stack of idle connections with time-based expiry and one retry when a reused connection turns
+out to be stale before any response byte arrives — for idempotent requests only (RFC 9110
+§9.2.2), whose body, if any, is still held whole: the agent may have acted on a POST before
+the connection broke, so a POST is never sent twice. It goes on a pooled connection only after
+a cheap check that the agent has not closed it already. Reads are 256 KiB: bulk throughput is
+set by the per-chunk overhead, not by bytes copied."""
 
 from __future__ import annotations
 
 import os
+import select
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -38,11 +42,15 @@ READ_SIZE = 256 * 1024
 # (Bun: 10 s), and a time check costs nothing where a readability probe costs a syscall.
 IDLE_EXPIRY = 4.0
 MAX_IDLE = 256
+# Sandboxes whose last endpoint the pool remembers (one entry per sandbox reached).
+MAX_ENDPOINTS = 65536
 HEADER_TIMEOUT = 60.0  # --proxy-timeout sets the server's
 CONNECT_TIMEOUT = 10.0
 # Request bodies up to this size are kept so a stale-connection retry can send them again.
 REPLAY_LIMIT = 1 << 20
 WS_MAX_MESSAGE = 16 << 20
+# Methods a retry cannot do twice (RFC 9110 §9.2.2); anything else is never replayed.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class UpstreamTimeout(SandboxUnreachable):
@@ -173,6 +181,13 @@ class _Connection:
     def close(self) -> None:
         # Synchronous on purpose: it must work inside a cancelled scope, without a checkpoint.
         self.stream.socket.close()
+
+    def peer_done(self) -> bool:
+        """Whether the agent already closed this idle connection (or sent something unasked):
+        one poll(2) without waiting, so a request that must not be retried avoids it."""
+        poller = select.poll()
+        poller.register(self.stream.socket.fileno(), select.POLLIN | select.POLLRDHUP)
+        return bool(poller.poll(0))
 
 
 class _Replay:
@@ -331,7 +346,13 @@ class _Body:
 
 
 class Pool:
-    """Idle HTTP/1.1 connections per (host, port), reused newest first."""
+    """Idle HTTP/1.1 connections per (host, port), reused newest first.
+
+    A sandbox's agent moves (a new port or address after every resume) and goes away (pause,
+    delete): the pool remembers which endpoint each sandbox was last reached at, and
+    `forget_sandbox` (told by the lifecycle's events) closes that endpoint's idle connections.
+    Whatever is left behind anyway (an endpoint nobody asks for again) is swept once expired.
+    """
 
     def __init__(
         self,
@@ -344,31 +365,74 @@ class Pool:
         self.max_idle = max_idle
         self.header_timeout = header_timeout
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._endpoints: dict[str, tuple[str, int]] = {}  # sandbox id → where it was reached
+        self._next_sweep = 0.0
 
-    def upstream(self, host: str, port: int) -> TcpUpstream:
+    def upstream(self, host: str, port: int, sandbox_id: str | None = None) -> TcpUpstream:
+        """The agent at (host, port); with `sandbox_id`, a move of that sandbox from another
+        endpoint drops the old endpoint's idle connections."""
+        if sandbox_id is not None:
+            key = (host, port)
+            known = self._endpoints.get(sandbox_id)
+            if known != key:
+                if known is not None:
+                    self.forget(known)
+                elif len(self._endpoints) >= MAX_ENDPOINTS:
+                    self._endpoints.clear()  # only a hint: the sweep still closes what expires
+                self._endpoints[sandbox_id] = key
         return TcpUpstream(self, host, port)
 
-    def take(self, key: tuple[str, int]) -> _Connection | None:
-        """The most recently used idle connection that has not expired, if any."""
+    def forget_sandbox(self, sandbox_id: str) -> None:
+        """The sandbox paused, moved or was deleted: close its idle connections."""
+        key = self._endpoints.pop(sandbox_id, None)
+        if key is not None:
+            self.forget(key)
+
+    def forget(self, key: tuple[str, int]) -> None:
+        """Close every idle connection to (host, port)."""
+        for conn in self._idle.pop(key, ()):
+            conn.close()
+
+    def sweep(self, now: float) -> None:
+        """Close the idle connections that expired (LIFO: each stack's oldest come first)."""
+        for key, stack in list(self._idle.items()):
+            fresh = 0
+            while fresh < len(stack) and now - stack[fresh].idle_since >= self.idle_expiry:
+                stack[fresh].close()
+                fresh += 1
+            if fresh == len(stack):
+                del self._idle[key]
+            elif fresh:
+                del stack[:fresh]
+
+    def take(self, key: tuple[str, int], *, checked: bool = False) -> _Connection | None:
+        """The most recently used idle connection that has not expired, if any; `checked`
+        also skips (and closes) connections the agent has closed already."""
         stack = self._idle.get(key)
-        if not stack:
-            return None
-        conn = stack.pop()
-        if trio.current_time() - conn.idle_since < self.idle_expiry:
-            return conn
-        # LIFO: everything below the top is older still.
-        conn.close()
-        for old in stack:
-            old.close()
-        stack.clear()
+        while stack:
+            conn = stack.pop()
+            if trio.current_time() - conn.idle_since >= self.idle_expiry:
+                # LIFO: everything below the top is older still.
+                conn.close()
+                for old in stack:
+                    old.close()
+                stack.clear()
+                return None
+            if not checked or not conn.peer_done():
+                return conn
+            conn.close()
         return None
 
     def release(self, key: tuple[str, int], conn: _Connection) -> None:
+        now = trio.current_time()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.idle_expiry
+            self.sweep(now)
         stack = self._idle.setdefault(key, [])
         if len(stack) >= self.max_idle:
             conn.close()
             return
-        conn.idle_since = trio.current_time()
+        conn.idle_since = now
         conn.received = False
         stack.append(conn)
 
@@ -391,6 +455,7 @@ class Pool:
             for conn in stack:
                 conn.close()
         self._idle.clear()
+        self._endpoints.clear()
 
 
 class TcpUpstream:
@@ -404,12 +469,14 @@ class TcpUpstream:
         self, method: bytes, target: bytes, headers: Headers, body: AsyncIterable[bytes]
     ) -> UpstreamResponse:
         replay = _Replay(body)
-        conn = self._pool.take(self._key)
+        retryable = method in IDEMPOTENT
+        conn = self._pool.take(self._key, checked=not retryable)
         if conn is not None:
             try:
                 return await self._exchange(conn, method, target, headers, replay)
             except _Stale:
-                if not replay.replayable:
+                # The agent may have acted on it: only a request safe to repeat goes again.
+                if not (retryable and replay.replayable):
                     raise SandboxUnreachable("the connection to the sandbox broke") from None
         conn = await self._pool.connect(self._key)
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -58,6 +59,7 @@ class WorkspaceEvents:
     def __init__(self, buffer: int = BUFFER) -> None:
         self._buffer = buffer
         self._listeners: dict[str, set[Subscription]] = {}
+        self._observers: list[Callable[[str, Event], None]] = []
 
     def subscribe(self, workspace_id: str) -> Subscription:
         """Start listening to one workspace (close the subscription when done)."""
@@ -65,8 +67,18 @@ class WorkspaceEvents:
         self._listeners.setdefault(workspace_id, set()).add(sub)
         return sub
 
+    def observe(self, observer: Callable[[str, Event], None]) -> None:
+        """Also hand every event of every workspace to `observer` (the proxy forgetting a
+        sandbox's connections); called synchronously, so it must not block."""
+        self._observers.append(observer)
+
     def publish_nowait(self, workspace_id: str, event: Event) -> int:
         """Give `event` to every listener of the workspace; returns how many got it."""
+        for observer in self._observers:
+            try:
+                observer(workspace_id, event)
+            except Exception:  # an observer's bug must not stop the publisher
+                log.exception("an observer of workspace events failed")
         delivered = 0
         for sub in list(self._listeners.get(workspace_id, ())):
             if sub.offer(event):

@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from agentserver.proxy.headers import connection_tokens
 from agentserver.proxy.http import SPLICE
 from agentserver.proxy.http1 import (
     LAST_CHUNK,
@@ -111,6 +112,7 @@ class Exchange:
         self._started = self._complete = self._chunked = False
         self._declared: int | None = None
         self._sent = 0
+        self._close = not request.keep_alive  # the browser or the proxy said so
 
     def scope(self) -> dict[str, Any]:
         request, client = self.request, self.client
@@ -148,11 +150,7 @@ class Exchange:
             or not body_allowed(self.request.method, self._status)
         )
         return (
-            framed
-            and self._complete
-            and not self._gone
-            and self._unread == 0
-            and self.request.keep_alive
+            framed and self._complete and not self._gone and self._unread == 0 and not self._close
         )
 
     # -- ASGI receive ----------------------------------------------------------------------
@@ -231,6 +229,8 @@ class Exchange:
         """The response's status and headers (sent with its first body bytes)."""
         self._status, self._headers = status, headers
         self._declared = content_length(headers)
+        if b"close" in connection_tokens(headers):  # e.g. a request refused for its framing
+            self._close = True
 
     def _head(self, body: bytes, more: bool) -> bytes:
         """The response head, sent with the first body bytes in one write."""
@@ -243,5 +243,4 @@ class Exchange:
             else:
                 self._declared = len(body)
                 headers.append((b"content-length", b"%d" % len(body)))
-        close = not self.request.keep_alive
-        return response_head(self._status, headers, chunked=self._chunked, close=close)
+        return response_head(self._status, headers, chunked=self._chunked, close=self._close)

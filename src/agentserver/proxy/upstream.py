@@ -18,9 +18,9 @@ from typing import Protocol
 import trio
 import trio_websocket
 
-from agentserver.errors import SandboxUnreachable
+from agentserver.errors import Invalid, SandboxUnreachable
 from agentserver.proxy import splice
-from agentserver.proxy.headers import Headers
+from agentserver.proxy.headers import FRAMING, Headers, framing_headers
 from agentserver.proxy.http1 import (
     LAST_CHUNK,
     MAX_HEAD,
@@ -50,6 +50,17 @@ class UpstreamTimeout(SandboxUnreachable):
 
     status = 504
     code = "sandbox_timeout"
+
+
+class BodyMismatch(Invalid):
+    """The request body's byte count differs from the length its head declared: the request
+    is not finished upstream, and the connection that carried part of it is closed."""
+
+    code = "bad_framing"
+
+
+# Set by the writer of a request, from what it sends (never passed through from a client).
+_WRITER_SETS = FRAMING | {b"connection"}
 
 
 @dataclass(slots=True)
@@ -85,10 +96,20 @@ class Upstream(Protocol):
     """How the proxy reaches one sandbox's agent: TCP here, a tunnel for local sandboxes."""
 
     async def request(
-        self, method: bytes, target: bytes, headers: Headers, body: AsyncIterable[bytes]
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: AsyncIterable[bytes],
+        *,
+        length: int | None,
     ) -> UpstreamResponse:
         """Send a request and return once the response headers arrived (SandboxUnreachable
-        when the agent cannot be reached, UpstreamTimeout when it does not answer)."""
+        when the agent cannot be reached, UpstreamTimeout when it does not answer).
+
+        The body is framed by the upstream itself: `length` bytes (BodyMismatch when it turns
+        out longer or shorter), or, with `length=None`, chunked. Framing fields in `headers`
+        are ignored."""
         ...
 
     def websocket(
@@ -393,6 +414,12 @@ class Pool:
         self._idle.clear()
 
 
+def _framed(method: bytes, headers: Headers, length: int | None) -> Headers:
+    """`headers` with the framing of the body we are about to send, and nothing of any other."""
+    kept = [(n, v) for n, v in headers if n not in _WRITER_SETS]
+    return kept + framing_headers(method, length)
+
+
 class TcpUpstream:
     """An agent listening on (host, port), reached over the shared pool."""
 
@@ -401,28 +428,35 @@ class TcpUpstream:
         self._key = (host, port)
 
     async def request(
-        self, method: bytes, target: bytes, headers: Headers, body: AsyncIterable[bytes]
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: AsyncIterable[bytes],
+        *,
+        length: int | None,
     ) -> UpstreamResponse:
         replay = _Replay(body)
+        head = request_head(method, target, _framed(method, headers, length))
         conn = self._pool.take(self._key)
         if conn is not None:
             try:
-                return await self._exchange(conn, method, target, headers, replay)
+                return await self._exchange(conn, method, head, length, replay)
             except _Stale:
                 if not replay.replayable:
                     raise SandboxUnreachable("the connection to the sandbox broke") from None
         conn = await self._pool.connect(self._key)
         try:
-            return await self._exchange(conn, method, target, headers, replay)
+            return await self._exchange(conn, method, head, length, replay)
         except _Stale:
             raise SandboxUnreachable("the sandbox closed the connection") from None
 
     async def _exchange(
-        self, conn: _Connection, method: bytes, target: bytes, headers: Headers, replay: _Replay
+        self, conn: _Connection, method: bytes, request: bytes, length: int | None, replay: _Replay
     ) -> UpstreamResponse:
         ok = False
         try:
-            await self._send_request(conn, method, target, headers, replay)
+            await self._send_request(conn, request, length, replay)
             with trio.move_on_after(self._pool.header_timeout) as waited:
                 head = await conn.read_head(method)
             if waited.cancelled_caught:
@@ -449,21 +483,32 @@ class TcpUpstream:
 
     @staticmethod
     async def _send_request(
-        conn: _Connection, method: bytes, target: bytes, headers: Headers, replay: _Replay
+        conn: _Connection, head: bytes, length: int | None, replay: _Replay
     ) -> None:
         # The head, any body already read (a retry) and the first chunk go out in one write.
-        # A body of unknown length (the browser sent it chunked) goes on chunked.
-        chunked = any(n == b"transfer-encoding" for n, _ in headers)
-        frame = chunk if chunked else bytes
-        pending = [request_head(method, target, headers)]
-        pending += [frame(c) for c in replay.rewind() if c]
+        # A body of unknown length (the browser sent it chunked) goes on chunked. A sized one
+        # is counted: not a byte past its length goes out, and a body that ends short or runs
+        # long raises BodyMismatch, which closes this connection (the agent holds a partial
+        # request on it that the next one must never complete).
+        frame = chunk if length is None else bytes
+        pending = [head]
+        sent = 0
+        for kept in replay.rewind():
+            if kept:  # an empty chunk would end a chunked body
+                sent += len(kept)
+                pending.append(frame(kept))
         while (piece := await replay.next()) is not None:
             if piece:
+                sent += len(piece)
+                if length is not None and sent > length:
+                    raise BodyMismatch("the request body is longer than its Content-Length")
                 pending.append(frame(piece))
                 await send_all(conn.stream, b"".join(pending))
                 pending = []
-        if chunked:
+        if length is None:
             pending.append(LAST_CHUNK)
+        elif sent != length:
+            raise BodyMismatch("the request body is shorter than its Content-Length")
         if pending:
             await send_all(conn.stream, b"".join(pending))
 

@@ -18,6 +18,7 @@ import httpx
 import trio
 import trio_websocket
 
+from agentserver.framing import BodyMismatch, exactly
 from agentserver.tunnel.connection import RequestReceived
 from agentserver.tunnel.transport import TunnelStream
 
@@ -37,7 +38,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Framing is set for the request the agent writes, from the body it sends: never taken from
-# the server's header list (a length declared there is checked against the bytes, `_counted`).
+# the server's header list (a length declared there is checked against the bytes, `exactly`).
 FRAMING = frozenset({"content-length", "transfer-encoding"})
 WEBSOCKET_FIELDS = HOP_BY_HOP | {
     "sec-websocket-key",
@@ -69,10 +70,6 @@ def safe_target(target: str) -> str | None:
     if parts.scheme or parts.netloc:
         return None
     return target
-
-
-class BodyMismatch(Exception):
-    """The request body from the tunnel is longer or shorter than the length it declared."""
 
 
 def declared_length(headers: Sequence[tuple[str, str]]) -> int | None:
@@ -151,9 +148,9 @@ class Forwarder:
         content = None
         if request.body:
             # httpx frames an async body chunked, or by the Content-Length we give it (and
-            # h11 under it refuses to send more or fewer bytes than that, as `_counted` does).
+            # h11 under it refuses to send more or fewer bytes than that, as `exactly` does).
             length = declared_length(request.headers)
-            content = _counted(stream, length)
+            content = exactly(_body(stream), length)
             if length is not None:
                 headers.append(("content-length", str(length)))
         outgoing = self._client.build_request(
@@ -251,20 +248,9 @@ class Forwarder:
             await self._unreachable(stream, exc)
 
 
-async def _counted(stream: TunnelStream, length: int | None) -> AsyncIterator[bytes]:
-    """The request body from the tunnel; with a declared `length`, exactly that many bytes or
-    BodyMismatch (before a byte too many is handed on)."""
-    sent = 0
-    while True:
-        chunk = await stream.receive_some()
-        if not chunk:
-            break
-        sent += len(chunk)
-        if length is not None and sent > length:
-            raise BodyMismatch("the request body is longer than its Content-Length")
+async def _body(stream: TunnelStream) -> AsyncIterator[bytes]:
+    while chunk := await stream.receive_some():
         yield chunk
-    if length is not None and sent != length:
-        raise BodyMismatch("the request body is shorter than its Content-Length")
 
 
 async def _to_opencode(

@@ -14,8 +14,9 @@ from typing import Any
 import trio
 
 from agentserver.errors import SandboxUnreachable
+from agentserver.framing import BodyMismatch
 from agentserver.proxy.headers import Headers, header, response_headers
-from agentserver.proxy.upstream import BodyMismatch, Upstream, UpstreamResponse
+from agentserver.proxy.upstream import Upstream, UpstreamResponse
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

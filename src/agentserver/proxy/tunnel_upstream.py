@@ -15,13 +15,9 @@ import trio_websocket
 
 from agentserver.deps import Deps
 from agentserver.errors import SandboxUnreachable
+from agentserver.framing import exactly
 from agentserver.proxy.headers import FRAMING, Headers
-from agentserver.proxy.upstream import (
-    HEADER_TIMEOUT,
-    BodyMismatch,
-    UpstreamResponse,
-    UpstreamTimeout,
-)
+from agentserver.proxy.upstream import HEADER_TIMEOUT, UpstreamResponse, UpstreamTimeout
 from agentserver.tunnel.hub import Hub
 from agentserver.tunnel.transport import Tunnel, TunnelClosed, TunnelStream
 
@@ -44,17 +40,11 @@ def _byte_headers(headers: Sequence[tuple[str, str]]) -> Headers:
 
 
 async def _send_body(stream: TunnelStream, body: AsyncIterable[bytes], length: int | None) -> None:
-    """The body, then the end of our direction: never a byte past `length`, and BodyMismatch
-    (the stream is then reset, so the agent drops the request) when it ends short."""
-    sent = 0
-    async for chunk in body:
+    """The body, then the end of our direction. A body that does not match `length` raises
+    BodyMismatch (`exactly`) and the stream is reset, so the agent drops the request."""
+    async for chunk in exactly(body, length):
         if chunk:
-            sent += len(chunk)
-            if length is not None and sent > length:
-                raise BodyMismatch("the request body is longer than its Content-Length")
             await stream.send_all(chunk)
-    if length is not None and sent != length:
-        raise BodyMismatch("the request body is shorter than its Content-Length")
     await stream.send_eof()
 
 

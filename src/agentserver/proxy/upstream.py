@@ -18,7 +18,8 @@ from typing import Protocol
 import trio
 import trio_websocket
 
-from agentserver.errors import Invalid, SandboxUnreachable
+from agentserver.errors import SandboxUnreachable
+from agentserver.framing import exactly
 from agentserver.proxy import splice
 from agentserver.proxy.headers import FRAMING, Headers, framing_headers
 from agentserver.proxy.http1 import (
@@ -50,13 +51,6 @@ class UpstreamTimeout(SandboxUnreachable):
 
     status = 504
     code = "sandbox_timeout"
-
-
-class BodyMismatch(Invalid):
-    """The request body's byte count differs from the length its head declared: the request
-    is not finished upstream, and the connection that carried part of it is closed."""
-
-    code = "bad_framing"
 
 
 # Set by the writer of a request, from what it sends (never passed through from a client).
@@ -436,7 +430,7 @@ class TcpUpstream:
         *,
         length: int | None,
     ) -> UpstreamResponse:
-        replay = _Replay(body)
+        replay = _Replay(exactly(body, length))
         head = request_head(method, target, _framed(method, headers, length))
         conn = self._pool.take(self._key)
         if conn is not None:
@@ -486,29 +480,19 @@ class TcpUpstream:
         conn: _Connection, head: bytes, length: int | None, replay: _Replay
     ) -> None:
         # The head, any body already read (a retry) and the first chunk go out in one write.
-        # A body of unknown length (the browser sent it chunked) goes on chunked. A sized one
-        # is counted: not a byte past its length goes out, and a body that ends short or runs
-        # long raises BodyMismatch, which closes this connection (the agent holds a partial
-        # request on it that the next one must never complete).
+        # A body of unknown length (the browser sent it chunked) goes on chunked; a sized one
+        # comes through `exactly`, whose BodyMismatch closes this connection (the agent may
+        # hold a partial request on it that the next request must never complete).
         frame = chunk if length is None else bytes
         pending = [head]
-        sent = 0
-        for kept in replay.rewind():
-            if kept:  # an empty chunk would end a chunked body
-                sent += len(kept)
-                pending.append(frame(kept))
+        pending += [frame(c) for c in replay.rewind() if c]  # an empty chunk would end a body
         while (piece := await replay.next()) is not None:
             if piece:
-                sent += len(piece)
-                if length is not None and sent > length:
-                    raise BodyMismatch("the request body is longer than its Content-Length")
                 pending.append(frame(piece))
                 await send_all(conn.stream, b"".join(pending))
                 pending = []
         if length is None:
             pending.append(LAST_CHUNK)
-        elif sent != length:
-            raise BodyMismatch("the request body is shorter than its Content-Length")
         if pending:
             await send_all(conn.stream, b"".join(pending))
 

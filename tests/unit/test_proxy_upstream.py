@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from agentserver.errors import SandboxUnreachable
+from agentserver.framing import BodyMismatch
 from agentserver.proxy.upstream import Pool, UpstreamTimeout
 from tests.support.tcp import read_exactly, serve_on_free_port, tcp_pair
 from tests.support.upstream import HTML, RecordingUpstream, serve_upstream
@@ -167,4 +168,57 @@ async def test_a_body_ended_by_closing_is_read_to_the_end(nursery: trio.Nursery)
     pool = Pool()
     assert await fetch(pool, port, b"GET", b"/") == (200, b"hello world")
     assert pool.idle_count() == 0
+    pool.close()
+
+
+async def test_the_request_is_framed_by_its_length_not_by_its_headers(
+    upstream: RecordingUpstream,
+) -> None:
+    """Framing and Connection fields handed to the writer are replaced by the body's own
+    Content-Length, and the connection stays reusable."""
+    pool = Pool()
+    headers = [
+        (b"host", b"u"),
+        (b"content-length", b"0"),
+        (b"transfer-encoding", b"chunked"),
+        (b"connection", b"close"),
+    ]
+    response = await pool.upstream("127.0.0.1", upstream.port).request(
+        b"POST", b"/echo", headers, chunks(b"hello", b" world"), length=11
+    )
+    assert b"".join([c async for c in response.body]) == b"hello world"
+    (seen,) = upstream.requests
+    assert seen.header("content-length") == ["11"]
+    assert seen.header("transfer-encoding") == seen.header("connection") == []
+    assert pool.idle_count() == 1
+    pool.close()
+
+
+@pytest.mark.parametrize(("parts", "length"), [((b"abc", b"def"), 3), ((b"abc",), 10)])
+async def test_a_body_not_matching_its_length_closes_its_connection(
+    upstream: RecordingUpstream, parts: tuple[bytes, ...], length: int
+) -> None:
+    """A body longer or shorter than declared raises BodyMismatch, is never a complete request
+    to the agent, and its (pooled) connection is closed rather than reused."""
+    pool = Pool()
+    await fetch(pool, upstream.port, b"GET", b"/")
+    with pytest.raises(BodyMismatch):
+        await pool.upstream("127.0.0.1", upstream.port).request(
+            b"POST", b"/echo", [(b"host", b"u")], chunks(*parts), length=length
+        )
+    assert pool.idle_count() == 0
+    await fetch(pool, upstream.port, b"GET", b"/json")
+    assert [r.target for r in upstream.requests] == ["/", "/json"]
+    assert upstream.connections == 2
+    pool.close()
+
+
+async def test_a_body_of_unknown_length_goes_chunked(upstream: RecordingUpstream) -> None:
+    """With no length, the writer frames the body chunked, and it arrives whole."""
+    pool = Pool()
+    response = await pool.upstream("127.0.0.1", upstream.port).request(
+        b"PUT", b"/echo", [(b"host", b"u")], chunks(b"a", b"", b"bc"), length=None
+    )
+    assert b"".join([c async for c in response.body]) == b"abc"
+    assert upstream.requests[0].header("transfer-encoding") == ["chunked"]
     pool.close()

@@ -9,12 +9,16 @@ Authorization included) would become part of the attacker's request.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import Server, register
 from tests.integration.test_proxy_front import Wire, header
@@ -133,6 +137,83 @@ async def test_a_chunked_upload_is_framed_chunked_by_the_proxy(world: World) -> 
     seen = world.upstream.seen("/echo")[0]
     assert seen.header("transfer-encoding") == ["chunked"]
     assert seen.header("content-length") == []
+
+
+# -- any framing: Hypothesis -------------------------------------------------------------------
+
+LENGTHS = ["0", "3", "5", str(len(SMUGGLED)), "1000", "abc", "+5", ""]
+CODINGS = ["chunked", "identity", "gzip, chunked", "chunked, identity", "Chunked", ""]
+TOKENS = ["content-length", "transfer-encoding", "host", "close", "keep-alive", "cookie", "x-a"]
+
+
+@st.composite
+def attacks(draw: st.DrawFn) -> dict[str, object]:
+    """One browser request with any mix of framing fields and Connection options, whose
+    body bytes hold a request (or a prefix to glue onto the next one)."""
+    return {
+        "path": draw(st.sampled_from(["fast", "hypercorn"])),
+        "method": draw(st.sampled_from(["GET", "POST"])),
+        "lengths": draw(st.lists(st.sampled_from(LENGTHS), max_size=2)),
+        "codings": draw(st.lists(st.sampled_from(CODINGS), max_size=2)),
+        "tokens": draw(st.lists(st.sampled_from(TOKENS), max_size=4)),
+        "chunk_encoded": draw(st.booleans()),
+        "payload": draw(st.sampled_from([SMUGGLED, b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"])),
+    }
+
+
+def attack_bytes(attack: dict[str, object], host: str, token: str, n: int) -> bytes:
+    lines = [
+        f"{attack['method']} /echo?n={n} HTTP/1.1",
+        f"Host: {host}",
+        f"Cookie: agentserver_sandbox={token}",
+        f"Origin: http://{host}",
+    ]
+    lines += [f"Content-Length: {v}" for v in attack["lengths"]]  # type: ignore[attr-defined]
+    lines += [f"Transfer-Encoding: {v}" for v in attack["codings"]]  # type: ignore[attr-defined]
+    if attack["tokens"]:
+        lines.append("Connection: " + ", ".join(attack["tokens"]))  # type: ignore[arg-type]
+    payload = attack["payload"]
+    assert isinstance(payload, bytes)
+    body = chunked(payload) if attack["chunk_encoded"] else payload
+    return "\r\n".join(lines).encode() + b"\r\n\r\n" + body
+
+
+async def test_no_framing_lets_the_agent_see_more_requests_than_the_browser_sent(
+    world: World,
+) -> None:
+    """Whatever Content-Length, Transfer-Encoding and Connection a request carries, on either
+    server path, the agent sees at most that request, never one hidden in its body, and the
+    next browser request on the pooled connection arrives as itself."""
+    sid = await world.sandbox()
+    token = await world.open(sid)
+    host = world.host(sid)
+    numbers = itertools.count()
+
+    async def one(attack: dict[str, object]) -> None:
+        n = next(numbers)
+        with trio.fail_after(30):  # a hang guard, not a timing assertion
+            client = await open_wire(world.server.port, str(attack["path"]))
+            await client.stream.send_all(attack_bytes(attack, host, token, n))
+            await client.stream.send_eof()
+            with contextlib.suppress(trio.BrokenResourceError):
+                while await client.stream.receive_some(65536):
+                    pass
+            await client.stream.aclose()
+            async with world.sub(sid, token) as victim:
+                answer = await victim.get(f"/json?n={n}", headers={"X-Victim": "1"})
+        assert answer.json() == {"ok": True, "path": "/json"}
+        mine = [r for r in world.upstream.requests if r.target.endswith(f"?n={n}")]
+        assert world.upstream.seen("/smuggled") == []
+        assert [r.target for r in mine].count(f"/echo?n={n}") <= 1
+        victims = [r for r in mine if r.target == f"/json?n={n}"]
+        assert [r.header("x-victim") for r in victims] == [["1"]]
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(attacks())
+    def check(attack: dict[str, object]) -> None:
+        trio.from_thread.run(one, attack)
+
+    await trio.to_thread.run_sync(check)
 
 
 # -- HTTP/2 -----------------------------------------------------------------------------------

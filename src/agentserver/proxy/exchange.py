@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from agentserver.proxy.headers import connection_tokens
+from agentserver.proxy.headers import connection_tokens, header
 from agentserver.proxy.http import SPLICE
 from agentserver.proxy.http1 import (
     LAST_CHUNK,
@@ -229,8 +229,9 @@ class Exchange:
         """The response's status and headers (sent with its first body bytes)."""
         self._status, self._headers = status, headers
         self._declared = content_length(headers)
-        if b"close" in connection_tokens(headers):  # e.g. a request refused for its framing
-            self._close = True
+        connection = header(headers, b"connection")  # the proxy may end the connection too,
+        if connection is not None and b"close" in connection.lower():  # e.g. after a 400
+            self._close = self._close or b"close" in connection_tokens(headers)
 
     def _head(self, body: bytes, more: bool) -> bytes:
         """The response head, sent with the first body bytes in one write."""

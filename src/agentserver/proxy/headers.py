@@ -65,6 +65,8 @@ _CORS = frozenset(
     }
 )
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_NOT_FORWARDED = HOP_BY_HOP | FRAMING
+_NONE: frozenset[bytes] = frozenset()
 # WebSocket handshake fields the client library sets itself on the upstream leg.
 WEBSOCKET_HANDSHAKE = frozenset(
     {
@@ -107,7 +109,7 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
     for name, value in headers:
         if name.lower() == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return frozenset(tokens) - NOT_CONNECTION_OPTIONS
+    return frozenset(tokens - NOT_CONNECTION_OPTIONS) if tokens else _NONE
 
 
 def framing_headers(method: bytes, length: int | None) -> Headers:
@@ -167,7 +169,8 @@ def request_headers(
     No framing either: the writer of the upstream request adds it for the body it sends
     (`framing_headers`), so a client's Content-Length or Transfer-Encoding never reaches an agent.
     """
-    drop = HOP_BY_HOP | FRAMING | connection_tokens(incoming)
+    listed = connection_tokens(incoming)
+    drop = _NOT_FORWARDED | listed if listed else _NOT_FORWARDED
     out: Headers = []
     prior_for: list[bytes] = []
     for name, value in incoming:

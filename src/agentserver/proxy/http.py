@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from agentserver.errors import SandboxUnreachable
-from agentserver.framing import BodyMismatch
+from agentserver.framing import BadFraming
 from agentserver.proxy.headers import Headers, header, response_headers
 from agentserver.proxy.upstream import Upstream, UpstreamResponse
 
@@ -69,29 +69,26 @@ class _NoBody:
         raise StopAsyncIteration
 
 
-def framing_problem(headers: Headers) -> str | None:
-    """Why a request's framing is refused, or None. With both Content-Length and
-    Transfer-Encoding, or disagreeing lengths, the parties on a path may each delimit the
-    body differently (RFC 9112 §6.3, §11.2): such a request is never forwarded."""
-    lengths = {v.strip() for n, v in headers if n == b"content-length"}
-    if lengths and header(headers, b"transfer-encoding") is not None:
-        return "the request has both a Content-Length and a Transfer-Encoding"
-    if len(lengths) > 1 or not all(v.isdigit() for v in lengths):
-        return "the request's Content-Length is not one valid number"
-    return None
-
-
 def declared_length(scope: Scope) -> int | None:
-    """How many body bytes the server delimited the request by (its framing was checked by
-    `framing_problem`): the Content-Length, 0 for no body, None when the body has no length
-    (chunked over HTTP/1.1; over HTTP/2 and 3 a body may simply run to the stream's end)."""
-    headers = scope["headers"]
-    length = header(headers, b"content-length")
+    """How many body bytes the server delimited the request by: its Content-Length, 0 for no
+    body, None when the body has no length (chunked over HTTP/1.1; over HTTP/2 and 3 a body
+    may simply run to the stream's end). BadFraming when parties on the way could delimit it
+    differently: a Content-Length with a Transfer-Encoding, or lengths that are not one number."""
+    length: bytes | None = None
+    coded = False
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            value = value.strip()
+            if not value.isdigit() or (length is not None and value != length):
+                raise BadFraming("the request's Content-Length is not one valid number")
+            length = value
+        elif name == b"transfer-encoding":
+            coded = True
     if length is not None:
+        if coded:
+            raise BadFraming("the request has both a Content-Length and a Transfer-Encoding")
         return int(length)
-    if scope.get("http_version", "1.1") in ("2", "3"):
-        return None
-    return None if header(headers, b"transfer-encoding") is not None else 0
+    return None if coded or scope.get("http_version") in ("2", "3") else 0
 
 
 async def request_body(scope: Scope, receive: Receive) -> tuple[AsyncIterable[bytes], int | None]:
@@ -103,7 +100,7 @@ async def request_body(scope: Scope, receive: Receive) -> tuple[AsyncIterable[by
     if length == 0:
         await trio.lowlevel.checkpoint_if_cancelled()
         return _NoBody(), 0
-    if length is not None or scope.get("http_version", "1.1") not in ("2", "3"):
+    if length is not None or scope.get("http_version") not in ("2", "3"):
         await trio.lowlevel.checkpoint_if_cancelled()
         return RequestBody(receive), length
     first = await receive()
@@ -151,10 +148,6 @@ async def proxy_http(
     on_unreachable: Callable[[SandboxUnreachable], Awaitable[None]],
 ) -> None:
     """Relay one request to `upstream` and its response back, streaming both bodies."""
-    problem = framing_problem(scope["headers"])
-    if problem is not None:
-        await refuse_framing(send, problem)
-        return
     try:
         content, length = await request_body(scope, receive)
         response = await upstream.request(
@@ -163,7 +156,7 @@ async def proxy_http(
     except ClientGone:
         await trio.lowlevel.checkpoint()
         return
-    except BodyMismatch as exc:
+    except BadFraming as exc:  # never forwarded, or (BodyMismatch) never completed upstream
         await refuse_framing(send, exc.message)
         return
     except SandboxUnreachable as exc:

@@ -139,6 +139,27 @@ async def test_a_chunked_upload_is_framed_chunked_by_the_proxy(world: World) -> 
     assert seen.header("content-length") == []
 
 
+@pytest.mark.parametrize("ending", ["refused", "connection-close"])
+async def test_bytes_after_a_closing_request_never_take_the_server_down(
+    world: World, ending: str
+) -> None:
+    """A request whose answer ends the connection (a framing refusal, or the client's own
+    `Connection: close`) followed by more bytes ends that connection only: hypercorn's error
+    answer racing the app's answer must not take the server down."""
+    sid = await world.sandbox()
+    token = await world.open(sid)
+    port = world.server.port
+    closing = f"GET /healthz HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
+    request = both_framings(world.host(sid), token) if ending == "refused" else closing.encode()
+    for _ in range(30):
+        client = await hypercorn_wire(port)
+        await client.send(request + b"GARBAGE\r\n\r\n" * 3)
+        with contextlib.suppress(trio.BrokenResourceError):
+            await read_to_end(client)
+        await client.stream.aclose()
+    assert (await world.owner.get("/healthz")).status_code == 200
+
+
 # -- any framing: Hypothesis -------------------------------------------------------------------
 
 # Content-Length values: the body's real size, around it, or not a number at all.

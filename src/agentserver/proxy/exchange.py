@@ -105,6 +105,7 @@ class Exchange:
     ) -> None:
         self.client, self.request, self.target, self.proxy = client, request, target, proxy
         self._unread = request.content_length
+        self._closing = not request.keep_alive  # the response says `Connection: close`
         self._body_sent = False  # the last http.request message was handed out
         self._gone = False
         self._status = 0
@@ -112,7 +113,6 @@ class Exchange:
         self._started = self._complete = self._chunked = False
         self._declared: int | None = None
         self._sent = 0
-        self._close = not request.keep_alive  # the browser or the proxy said so
 
     def scope(self) -> dict[str, Any]:
         request, client = self.request, self.client
@@ -150,7 +150,7 @@ class Exchange:
             or not body_allowed(self.request.method, self._status)
         )
         return (
-            framed and self._complete and not self._gone and self._unread == 0 and not self._close
+            framed and self._complete and not self._gone and self._unread == 0 and not self._closing
         )
 
     # -- ASGI receive ----------------------------------------------------------------------
@@ -231,7 +231,7 @@ class Exchange:
         self._declared = content_length(headers)
         connection = header(headers, b"connection")  # the proxy may end the connection too,
         if connection is not None and b"close" in connection.lower():  # e.g. after a 400
-            self._close = self._close or b"close" in connection_tokens(headers)
+            self._closing = self._closing or b"close" in connection_tokens(headers)
 
     def _head(self, body: bytes, more: bool) -> bytes:
         """The response head, sent with the first body bytes in one write."""
@@ -244,4 +244,4 @@ class Exchange:
             else:
                 self._declared = len(body)
                 headers.append((b"content-length", b"%d" % len(body)))
-        return response_head(self._status, headers, chunked=self._chunked, close=self._close)
+        return response_head(self._status, headers, chunked=self._chunked, close=self._closing)

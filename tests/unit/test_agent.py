@@ -15,9 +15,12 @@ import trio.testing
 
 from agentserver.agent.connect import AgentConfig, Backoff, load_config, save_config, tunnel_url
 from agentserver.agent.forward import Forwarder, safe_target
+from agentserver.framing import BodyMismatch
+from agentserver.proxy.tunnel_upstream import TunnelUpstream
 from agentserver.tunnel.connection import Role
 from agentserver.tunnel.hub import Hub
-from agentserver.tunnel.transport import StreamLink, Tunnel, TunnelStream
+from agentserver.tunnel.transport import StreamLink, StreamResetError, Tunnel, TunnelStream
+from tests.support.upstream import RecordingUpstream, serve_upstream
 
 CONFIG = AgentConfig(
     server="https://as.example.com",
@@ -180,3 +183,68 @@ async def test_hub_replaces_and_closes_and_unregisters_only_its_own() -> None:
         for server, agent in tunnels:
             await server.aclose()
             await agent.aclose()
+
+
+@asynccontextmanager
+async def laptop_tunnel() -> AsyncIterator[tuple[Tunnel, RecordingUpstream]]:
+    """A server-side tunnel to an agent whose "opencode" is the recording h11 server."""
+    async with trio.open_nursery() as nursery:
+        laptop: RecordingUpstream = await nursery.start(serve_upstream, RecordingUpstream())
+        async with (
+            Forwarder(f"http://127.0.0.1:{laptop.port}", None, print) as forwarder,
+            agent_tunnel(forwarder) as server,
+        ):
+            yield server, laptop
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_agent_frames_a_body_by_its_own_length() -> None:
+    """A Content-Length the server declared frames the body to opencode even when the header
+    list also says chunked and lists Content-Length in Connection."""
+    headers = [
+        ("content-length", "3"),
+        ("transfer-encoding", "chunked"),
+        ("connection", "content-length, host"),
+    ]
+    async with laptop_tunnel() as (server, laptop):
+        stream = await server.open_request("POST", "/echo", headers)
+        await stream.send_all(b"abc")
+        await stream.send_eof()
+        status, _ = await stream.receive_response_head()
+        assert (status, await read_all(stream)) == (200, b"abc")
+    (seen,) = laptop.requests
+    assert seen.header("content-length") == ["3"]
+    assert seen.header("transfer-encoding") == []
+
+
+async def test_a_body_longer_than_declared_is_reset_before_opencode_has_it() -> None:
+    """More bytes than the declared length reset the stream; opencode never gets a complete
+    request, and the next request arrives as itself."""
+    async with laptop_tunnel() as (server, laptop):
+        stream = await server.open_request("POST", "/echo", [("content-length", "3")])
+        await stream.send_all(b"abcdef")
+        await stream.send_eof()
+        with pytest.raises(StreamResetError):
+            await stream.receive_response_head()
+        follow = await server.open_request("GET", "/json", body=False)
+        status, _ = await follow.receive_response_head()
+        assert status == 200
+    assert [r.target for r in laptop.requests] == ["/json"]
+
+
+async def test_the_proxy_resets_a_tunnel_request_whose_body_does_not_match() -> None:
+    """TunnelUpstream raises BodyMismatch for a body longer than its length and the laptop
+    never sees the request complete."""
+    async with laptop_tunnel() as (server, laptop):
+        upstream = TunnelUpstream(server)
+
+        async def body() -> AsyncIterator[bytes]:
+            for part in (b"abc", b"def"):
+                yield part
+
+        with pytest.raises(BodyMismatch):
+            await upstream.request(b"POST", b"/echo", [(b"host", b"h")], body(), length=3)
+        response = await upstream.request(b"GET", b"/json", [], body(), length=0)
+        assert response.status == 200
+        await response.aclose()
+    assert [r.target for r in laptop.requests] == ["/json"]

@@ -10,7 +10,9 @@ from agentserver.proxy.headers import (
     Forwarding,
     basic_auth,
     bearer_auth,
+    connection_tokens,
     cookie_values,
+    framing_headers,
     request_headers,
     response_headers,
     rewrite_set_cookie,
@@ -123,12 +125,44 @@ def test_request_headers(
     assert len(values(out, b"x-forwarded-for")) == 1
 
 
-def test_request_headers_chunked_body_keeps_framing() -> None:
-    """A body of unknown length is re-announced as chunked to the upstream (hop-by-hop was
-    dropped)."""
-    incoming = [(b"transfer-encoding", b"chunked")]
-    assert (b"transfer-encoding", b"chunked") in request_headers(incoming, AUTH, FWD, chunked=True)
-    assert b"transfer-encoding" not in names(request_headers(incoming, AUTH, FWD))
+def test_request_headers_never_carry_the_clients_framing() -> None:
+    """Content-Length and Transfer-Encoding are the writer's to set: none the client sent
+    survives (proxy/upstream.py frames the body it actually sends)."""
+    incoming = [(b"content-length", b"5"), (b"transfer-encoding", b"chunked"), (b"x-a", b"1")]
+    out = request_headers(incoming, AUTH, FWD)
+    assert b"content-length" not in names(out)
+    assert b"transfer-encoding" not in names(out)
+    assert (b"x-a", b"1") in out
+
+
+def test_connection_cannot_remove_framing_or_host() -> None:
+    """A Connection list naming Content-Length, Transfer-Encoding or Host removes none of them
+    from the hop-by-hop set it defines, and Host still reaches the agent."""
+    incoming = [
+        (b"host", b"oc-abc.example.com"),
+        (b"connection", b"Content-Length, HOST, x-a ,Transfer-Encoding"),
+        (b"x-a", b"1"),
+    ]
+    assert connection_tokens(incoming) == {b"x-a"}
+    out = request_headers(incoming, AUTH, FWD)
+    assert values(out, b"host") == [b"oc-abc.example.com"]
+    assert b"x-a" not in names(out)
+
+
+@pytest.mark.parametrize(
+    ("method", "length", "expected"),
+    [
+        (b"GET", 0, []),
+        (b"POST", 0, [(b"content-length", b"0")]),
+        (b"GET", 12, [(b"content-length", b"12")]),
+        (b"PUT", None, [(b"transfer-encoding", b"chunked")]),
+    ],
+)
+def test_framing_headers(
+    method: bytes, length: int | None, expected: list[tuple[bytes, bytes]]
+) -> None:
+    """A body is framed by its length, chunked when unknown, and a bodiless GET by nothing."""
+    assert framing_headers(method, length) == expected
 
 
 def test_request_headers_without_client_ip() -> None:

@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from agentserver.errors import SandboxUnreachable
+from agentserver.framing import BodyMismatch
 from agentserver.proxy.upstream import Pool, UpstreamTimeout
 from tests.support.tcp import read_exactly, serve_on_free_port, tcp_pair
 from tests.support.upstream import HTML, RecordingUpstream, serve_upstream
@@ -22,10 +23,8 @@ async def fetch(
     pool: Pool, port: int, method: bytes, target: bytes, body: tuple[bytes, ...] = ()
 ) -> tuple[int, bytes]:
     headers = [(b"host", b"upstream")]
-    if body:
-        headers.append((b"content-length", str(sum(map(len, body))).encode()))
     response = await pool.upstream("127.0.0.1", port).request(
-        method, target, headers, chunks(*body)
+        method, target, headers, chunks(*body), length=sum(map(len, body))
     )
     data = b"".join([c async for c in response.body])
     await response.aclose()
@@ -54,7 +53,7 @@ async def test_an_abandoned_body_closes_its_connection(upstream: RecordingUpstre
     """Closing a response before its end closes the connection instead of pooling it."""
     pool = Pool()
     response = await pool.upstream("127.0.0.1", upstream.port).request(
-        b"GET", b"/big?size=10000000", [(b"host", b"u")], chunks()
+        b"GET", b"/big?size=10000000", [(b"host", b"u")], chunks(), length=0
     )
     await anext(response.body)
     await response.aclose()
@@ -213,7 +212,7 @@ async def test_a_spliced_body_arrives_whole_and_frees_its_connection(
     pool = Pool()
     size = 3_000_017
     response = await pool.upstream("127.0.0.1", upstream.port).request(
-        b"GET", f"/big?size={size}".encode(), [(b"host", b"u")], chunks()
+        b"GET", f"/big?size={size}".encode(), [(b"host", b"u")], chunks(), length=0
     )
     assert response.splice is not None
     async with tcp_pair() as (sink, browser), trio.open_nursery() as nursery:
@@ -255,7 +254,7 @@ async def test_a_sandbox_reached_at_a_new_endpoint_drops_the_old_ones_connection
     pool = Pool()
     for port in (upstream.port, moved.port):
         response = await pool.upstream("127.0.0.1", port, "sbx").request(
-            b"GET", b"/json", [(b"host", b"u")], chunks()
+            b"GET", b"/json", [(b"host", b"u")], chunks(), length=0
         )
         assert [c async for c in response.body]
     assert pool.idle_count(("127.0.0.1", upstream.port)) == 0
@@ -276,4 +275,57 @@ async def test_expired_connections_nobody_asks_for_again_are_swept(
     await fetch(pool, other.port, b"GET", b"/")
     assert pool.idle_count(("127.0.0.1", upstream.port)) == 0
     assert pool.idle_count() == 1
+    pool.close()
+
+
+async def test_the_request_is_framed_by_its_length_not_by_its_headers(
+    upstream: RecordingUpstream,
+) -> None:
+    """Framing and Connection fields handed to the writer are replaced by the body's own
+    Content-Length, and the connection stays reusable."""
+    pool = Pool()
+    headers = [
+        (b"host", b"u"),
+        (b"content-length", b"0"),
+        (b"transfer-encoding", b"chunked"),
+        (b"connection", b"close"),
+    ]
+    response = await pool.upstream("127.0.0.1", upstream.port).request(
+        b"POST", b"/echo", headers, chunks(b"hello", b" world"), length=11
+    )
+    assert b"".join([c async for c in response.body]) == b"hello world"
+    (seen,) = upstream.requests
+    assert seen.header("content-length") == ["11"]
+    assert seen.header("transfer-encoding") == seen.header("connection") == []
+    assert pool.idle_count() == 1
+    pool.close()
+
+
+@pytest.mark.parametrize(("parts", "length"), [((b"abc", b"def"), 3), ((b"abc",), 10)])
+async def test_a_body_not_matching_its_length_closes_its_connection(
+    upstream: RecordingUpstream, parts: tuple[bytes, ...], length: int
+) -> None:
+    """A body longer or shorter than declared raises BodyMismatch, is never a complete request
+    to the agent, and its (pooled) connection is closed rather than reused."""
+    pool = Pool()
+    await fetch(pool, upstream.port, b"GET", b"/")
+    with pytest.raises(BodyMismatch):
+        await pool.upstream("127.0.0.1", upstream.port).request(
+            b"POST", b"/echo", [(b"host", b"u")], chunks(*parts), length=length
+        )
+    assert pool.idle_count() == 0
+    await fetch(pool, upstream.port, b"GET", b"/json")
+    assert [r.target for r in upstream.requests] == ["/", "/json"]
+    assert upstream.connections == 2
+    pool.close()
+
+
+async def test_a_body_of_unknown_length_goes_chunked(upstream: RecordingUpstream) -> None:
+    """With no length, the writer frames the body chunked, and it arrives whole."""
+    pool = Pool()
+    response = await pool.upstream("127.0.0.1", upstream.port).request(
+        b"PUT", b"/echo", [(b"host", b"u")], chunks(b"a", b"", b"bc"), length=None
+    )
+    assert b"".join([c async for c in response.body]) == b"abc"
+    assert upstream.requests[0].header("transfer-encoding") == ["chunked"]
     pool.close()

@@ -18,6 +18,7 @@ import httpx
 import trio
 import trio_websocket
 
+from agentserver.framing import BodyMismatch, exactly
 from agentserver.tunnel.connection import RequestReceived
 from agentserver.tunnel.transport import TunnelStream
 
@@ -36,6 +37,9 @@ HOP_BY_HOP = frozenset(
         "host",
     }
 )
+# Framing is set for the request the agent writes, from the body it sends: never taken from
+# the server's header list (a length declared there is checked against the bytes, `exactly`).
+FRAMING = frozenset({"content-length", "transfer-encoding"})
 WEBSOCKET_FIELDS = HOP_BY_HOP | {
     "sec-websocket-key",
     "sec-websocket-version",
@@ -66,6 +70,16 @@ def safe_target(target: str) -> str | None:
     if parts.scheme or parts.netloc:
         return None
     return target
+
+
+def declared_length(headers: Sequence[tuple[str, str]]) -> int | None:
+    """The body length the server declared (one valid Content-Length), else None: unknown,
+    so the body goes to opencode chunked."""
+    values = {v.strip() for n, v in headers if n.lower() == "content-length"}
+    if len(values) != 1:
+        return None
+    value = values.pop()
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def _sendable(code: int | None) -> int:
@@ -111,11 +125,8 @@ class Forwarder:
         listed = {
             t.strip().lower() for n, v in headers if n.lower() == "connection" for t in v.split(",")
         }
-        kept = [
-            (n, v)
-            for n, v in headers
-            if n.lower() not in drop and n.lower() not in listed and n.lower() != "authorization"
-        ]
+        drop = drop | FRAMING | (listed - FRAMING - {"host"}) | {"authorization"}
+        kept = [(n, v) for n, v in headers if n.lower() not in drop]
         if self._auth:
             kept.append(("authorization", self._auth))
         return kept
@@ -133,17 +144,28 @@ class Forwarder:
         await self._http(request, target, stream)
 
     async def _http(self, request: RequestReceived, target: str, stream: TunnelStream) -> None:
-        content = _body(stream) if request.body else None
+        headers = self.headers_for_opencode(request.headers)
+        content = None
+        if request.body:
+            # httpx frames an async body chunked, or by the Content-Length we give it (and
+            # h11 under it refuses to send more or fewer bytes than that, as `exactly` does).
+            length = declared_length(request.headers)
+            content = exactly(_body(stream), length)
+            if length is not None:
+                headers.append(("content-length", str(length)))
         outgoing = self._client.build_request(
             request.method,
             self._base.copy_with(raw_path=target.encode()),
-            headers=self.headers_for_opencode(request.headers),
+            headers=headers,
             content=content,
         )
         try:
             response = await self._client.send(outgoing, stream=True)
         except httpx.TransportError as exc:
             await self._unreachable(stream, exc)
+            return
+        except BodyMismatch:
+            await stream.reset()  # httpx closed the connection with the partial request on it
             return
         try:
             self._seen_reachable()
@@ -227,10 +249,7 @@ class Forwarder:
 
 
 async def _body(stream: TunnelStream) -> AsyncIterator[bytes]:
-    while True:
-        chunk = await stream.receive_some()
-        if not chunk:
-            return
+    while chunk := await stream.receive_some():
         yield chunk
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from agentserver.proxy.headers import connection_tokens, header
 from agentserver.proxy.http import SPLICE
 from agentserver.proxy.http1 import (
     LAST_CHUNK,
@@ -104,6 +105,7 @@ class Exchange:
     ) -> None:
         self.client, self.request, self.target, self.proxy = client, request, target, proxy
         self._unread = request.content_length
+        self._closing = not request.keep_alive  # the response says `Connection: close`
         self._body_sent = False  # the last http.request message was handed out
         self._gone = False
         self._status = 0
@@ -148,11 +150,7 @@ class Exchange:
             or not body_allowed(self.request.method, self._status)
         )
         return (
-            framed
-            and self._complete
-            and not self._gone
-            and self._unread == 0
-            and self.request.keep_alive
+            framed and self._complete and not self._gone and self._unread == 0 and not self._closing
         )
 
     # -- ASGI receive ----------------------------------------------------------------------
@@ -231,6 +229,9 @@ class Exchange:
         """The response's status and headers (sent with its first body bytes)."""
         self._status, self._headers = status, headers
         self._declared = content_length(headers)
+        connection = header(headers, b"connection")  # the proxy may end the connection too,
+        if connection is not None and b"close" in connection.lower():  # e.g. after a 400
+            self._closing = self._closing or b"close" in connection_tokens(headers)
 
     def _head(self, body: bytes, more: bool) -> bytes:
         """The response head, sent with the first body bytes in one write."""
@@ -243,5 +244,4 @@ class Exchange:
             else:
                 self._declared = len(body)
                 headers.append((b"content-length", b"%d" % len(body)))
-        close = not self.request.keep_alive
-        return response_head(self._status, headers, chunked=self._chunked, close=close)
+        return response_head(self._status, headers, chunked=self._chunked, close=self._closing)

@@ -169,7 +169,14 @@ class Front:
             ConnectionState(self.state.copy()),
             stream,  # type: ignore[arg-type]  # hypercorn probes it for SSL by attribute
         )
-        await server.run()
+        try:
+            await server.run()
+        except Exception as exc:
+            # Hypercorn's h11 protocol can fail on what a client sends: bytes after a request
+            # that ends its connection make it answer 400 while the app's answer or its own
+            # close is being written (BusyResourceError). That ends this connection only.
+            log.info("a handed-over connection from %s ended on an error: %r", client.peer, exc)
+            client.close()
 
 
 async def serve(

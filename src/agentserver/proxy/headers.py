@@ -26,6 +26,11 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+# How a message's body is delimited: always set by whoever writes the message, from the bytes
+# it actually sends (proxy/upstream.py, the tunnel), never copied from what the client sent.
+FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+# Fields a client's `Connection` list can never remove: framing (above) and the Host.
+NOT_CONNECTION_OPTIONS = FRAMING | {b"host"}
 # Our own cookies: the main session (host-only on the main host, so it should never arrive here,
 # but stripped anyway) and the subdomain session. Neither may ever reach a sandbox.
 OUR_COOKIES = frozenset(
@@ -59,6 +64,9 @@ _CORS = frozenset(
         b"access-control-max-age",
     }
 )
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_NOT_FORWARDED = HOP_BY_HOP | FRAMING
+_NONE: frozenset[bytes] = frozenset()
 # WebSocket handshake fields the client library sets itself on the upstream leg.
 WEBSOCKET_HANDSHAKE = frozenset(
     {
@@ -95,12 +103,26 @@ def bearer_auth(token: str) -> bytes:
 
 
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Header names listed in `Connection`, which are hop-by-hop for this message only."""
+    """Header names listed in `Connection`, which are hop-by-hop for this message only
+    (never the framing fields or Host: those are not the client's to remove)."""
     tokens: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return frozenset(tokens)
+    return frozenset(tokens - NOT_CONNECTION_OPTIONS) if tokens else _NONE
+
+
+def framing_headers(method: bytes, length: int | None) -> Headers:
+    """The framing of a request body we send: `length` bytes, or chunked when unknown (None).
+
+    An empty body is announced only where a body is expected (`Content-Length: 0` on POST, PUT,
+    PATCH, as httpx does), so a GET stays a plain GET.
+    """
+    if length is None:
+        return [(b"transfer-encoding", b"chunked")]
+    if length or method in _BODY_METHODS:
+        return [(b"content-length", b"%d" % length)]
+    return []
 
 
 def strip_cookies(value: bytes, drop: frozenset[str] = OUR_COOKIES) -> bytes:
@@ -139,14 +161,16 @@ def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 
 
 def request_headers(
-    incoming: Sequence[tuple[bytes, bytes]], auth: bytes, fwd: Forwarding, *, chunked: bool = False
+    incoming: Sequence[tuple[bytes, bytes]], auth: bytes, fwd: Forwarding
 ) -> Headers:
     """Headers to send upstream: no hop-by-hop, no credentials of ours or the client's, the
     agent's own credentials injected, and X-Forwarded-* describing the browser's request.
 
-    `chunked` adds `Transfer-Encoding: chunked` back for a body of unknown length.
+    No framing either: the writer of the upstream request adds it for the body it sends
+    (`framing_headers`), so a client's Content-Length or Transfer-Encoding never reaches an agent.
     """
-    drop = HOP_BY_HOP | connection_tokens(incoming)
+    listed = connection_tokens(incoming)
+    drop = _NOT_FORWARDED | listed if listed else _NOT_FORWARDED
     out: Headers = []
     prior_for: list[bytes] = []
     for name, value in incoming:
@@ -168,8 +192,6 @@ def request_headers(
         out.append((b"x-forwarded-for", chain))
     out.append((b"x-forwarded-proto", fwd.proto.encode()))
     out.append((b"x-forwarded-host", fwd.host))
-    if chunked:
-        out.append((b"transfer-encoding", b"chunked"))
     return out
 
 

@@ -7,12 +7,14 @@ going away and then closes the upstream exchange, so no task or connection outli
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
 import trio
 
 from agentserver.errors import SandboxUnreachable
+from agentserver.framing import BadFraming
 from agentserver.proxy.headers import Headers, header, response_headers
 from agentserver.proxy.upstream import Upstream, UpstreamResponse
 
@@ -33,10 +35,12 @@ class ClientGone(Exception):
 
 
 class RequestBody:
-    """The browser's request body as an async iterator over ASGI `http.request` messages."""
+    """The browser's request body as an async iterator over ASGI `http.request` messages
+    (`first`: one already received)."""
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, first: dict[str, Any] | None = None) -> None:
         self._receive = receive
+        self._first = first
         self._more = True
 
     def __aiter__(self) -> RequestBody:
@@ -45,7 +49,8 @@ class RequestBody:
     async def __anext__(self) -> bytes:
         if not self._more:
             raise StopAsyncIteration
-        message = await self._receive()
+        message = self._first if self._first is not None else await self._receive()
+        self._first = None
         if message["type"] == "http.disconnect":
             self._more = False
             raise ClientGone
@@ -64,13 +69,61 @@ class _NoBody:
         raise StopAsyncIteration
 
 
-def request_body(scope: Scope, receive: Receive) -> AsyncIterable[bytes]:
-    """The body to send upstream: nothing at all for a request that declares none (most of
-    them: GETs), which saves reading the empty body message through every layer."""
-    length = header(scope["headers"], b"content-length")
-    if length in (None, b"0") and header(scope["headers"], b"transfer-encoding") is None:
-        return _NoBody()
-    return RequestBody(receive)
+def declared_length(scope: Scope) -> int | None:
+    """How many body bytes the server delimited the request by: its Content-Length, 0 for no
+    body, None when the body has no length (chunked over HTTP/1.1; over HTTP/2 and 3 a body
+    may simply run to the stream's end). BadFraming when parties on the way could delimit it
+    differently: a Content-Length with a Transfer-Encoding, or lengths that are not one number."""
+    length: bytes | None = None
+    coded = False
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            value = value.strip()
+            if not value.isdigit() or (length is not None and value != length):
+                raise BadFraming("the request's Content-Length is not one valid number")
+            length = value
+        elif name == b"transfer-encoding":
+            coded = True
+    if length is not None:
+        if coded:
+            raise BadFraming("the request has both a Content-Length and a Transfer-Encoding")
+        return int(length)
+    return None if coded or scope.get("http_version") in ("2", "3") else 0
+
+
+async def request_body(scope: Scope, receive: Receive) -> tuple[AsyncIterable[bytes], int | None]:
+    """The body to send upstream and its length (None: unknown, sent chunked). Nothing at all
+    for a request that declares none (most of them: GETs), which saves reading the empty body
+    message through every layer. An HTTP/2 request without a length is looked at first: an
+    empty one is no body, one that arrived whole has the length it has."""
+    length = declared_length(scope)
+    if length == 0:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return _NoBody(), 0
+    if length is not None or scope.get("http_version") not in ("2", "3"):
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return RequestBody(receive), length
+    first = await receive()
+    if first["type"] == "http.disconnect":
+        raise ClientGone
+    if first.get("more_body", False):
+        return RequestBody(receive, first), None
+    data = bytes(first.get("body", b""))
+    return (RequestBody(receive, first), len(data)) if data else (_NoBody(), 0)
+
+
+async def refuse_framing(send: Send, message: str) -> None:
+    """A 400 for a request we will not forward; the connection closes after it (its next
+    bytes cannot be trusted to start a request)."""
+    body = json.dumps({"error": {"code": "bad_framing", "message": message}}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"cache-control", b"no-store"),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def target_of(scope: Scope) -> bytes:
@@ -78,11 +131,6 @@ def target_of(scope: Scope) -> bytes:
     path: bytes = scope.get("raw_path") or scope["path"].encode()
     query: bytes = scope.get("query_string", b"")
     return path + b"?" + query if query else path
-
-
-def has_chunked_body(headers: Headers) -> bool:
-    encoding = header(headers, b"transfer-encoding")
-    return encoding is not None and header(headers, b"content-length") is None
 
 
 def _is_small(response: UpstreamResponse) -> bool:
@@ -101,11 +149,15 @@ async def proxy_http(
 ) -> None:
     """Relay one request to `upstream` and its response back, streaming both bodies."""
     try:
+        content, length = await request_body(scope, receive)
         response = await upstream.request(
-            scope["method"].encode(), target_of(scope), headers, request_body(scope, receive)
+            scope["method"].encode(), target_of(scope), headers, content, length=length
         )
     except ClientGone:
         await trio.lowlevel.checkpoint()
+        return
+    except BadFraming as exc:  # never forwarded, or (BodyMismatch) never completed upstream
+        await refuse_framing(send, exc.message)
         return
     except SandboxUnreachable as exc:
         await on_unreachable(exc)

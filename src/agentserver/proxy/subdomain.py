@@ -43,7 +43,7 @@ from agentserver.proxy.headers import (
     request_headers,
     websocket_headers,
 )
-from agentserver.proxy.http import Receive, Scope, Send, has_chunked_body, proxy_http, target_of
+from agentserver.proxy.http import Receive, Scope, Send, proxy_http, target_of
 from agentserver.proxy.refused_tokens import RefusedTokens
 from agentserver.proxy.routing import Target, Unknown, resolve
 from agentserver.proxy.upstream import Pool, Upstream, UpstreamTimeout
@@ -226,7 +226,7 @@ class SubdomainProxy:
                 lambda: self.touch(sandbox.id),
             )
             return
-        outgoing = request_headers(headers, auth, fwd, chunked=has_chunked_body(headers))
+        outgoing = request_headers(headers, auth, fwd)
 
         async def unreachable(exc: SandboxUnreachable) -> None:
             await self.unreachable(scope, send, sandbox, exc)

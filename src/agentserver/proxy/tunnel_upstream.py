@@ -15,30 +15,37 @@ import trio_websocket
 
 from agentserver.deps import Deps
 from agentserver.errors import SandboxUnreachable
-from agentserver.proxy.headers import Headers
+from agentserver.framing import exactly
+from agentserver.proxy.headers import FRAMING, Headers
 from agentserver.proxy.upstream import HEADER_TIMEOUT, UpstreamResponse, UpstreamTimeout
 from agentserver.tunnel.hub import Hub
 from agentserver.tunnel.transport import Tunnel, TunnelClosed, TunnelStream
 
 # Agents see the host they serve on themselves; the browser's Host means nothing to them.
-_DROPPED = frozenset({b"host"})
+# Framing and Connection are the agent's to set for the request it writes (agent/forward.py);
+# a known length travels as our own Content-Length, which the agent checks against the bytes.
+_DROPPED = FRAMING | {b"host", b"connection"}
 _BROKEN = (TunnelClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-def _text_headers(headers: Headers) -> list[tuple[str, str]]:
-    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n not in _DROPPED]
+def _text_headers(headers: Headers, length: int | None = 0) -> list[tuple[str, str]]:
+    out = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n not in _DROPPED]
+    if length:
+        out.append(("content-length", str(length)))
+    return out
 
 
 def _byte_headers(headers: Sequence[tuple[str, str]]) -> Headers:
     return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]
 
 
-def _has_body(headers: Headers) -> bool:
-    """HTTP/1.1: a request has a body only with a Transfer-Encoding or a non-zero length."""
-    for name, value in headers:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return True
-    return False
+async def _send_body(stream: TunnelStream, body: AsyncIterable[bytes], length: int | None) -> None:
+    """The body, then the end of our direction. A body that does not match `length` raises
+    BodyMismatch (`exactly`) and the stream is reset, so the agent drops the request."""
+    async for chunk in exactly(body, length):
+        if chunk:
+            await stream.send_all(chunk)
+    await stream.send_eof()
 
 
 class _Body:
@@ -105,7 +112,7 @@ class TunnelUpstream:
         self,
         method: str,
         target: str,
-        headers: Headers,
+        headers: list[tuple[str, str]],
         *,
         body: bool,
         websocket: bool = False,
@@ -115,7 +122,7 @@ class TunnelUpstream:
             return await self._tunnel.open_request(
                 method,
                 target,
-                _text_headers(headers),
+                headers,
                 body=body,
                 websocket=websocket,
                 subprotocols=subprotocols,
@@ -134,21 +141,27 @@ class TunnelUpstream:
         return status, _byte_headers(headers)
 
     async def request(
-        self, method: bytes, target: bytes, headers: Headers, body: AsyncIterable[bytes]
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: AsyncIterable[bytes],
+        *,
+        length: int | None,
     ) -> UpstreamResponse:
         """Send the head and the streamed body, then wait for the response head."""
-        has_body = _has_body(headers)
+        has_body = length != 0
         stream = await self._open(
-            method.decode("latin-1"), target.decode("latin-1"), headers, body=has_body
+            method.decode("latin-1"),
+            target.decode("latin-1"),
+            _text_headers(headers, length),
+            body=has_body,
         )
         ok = False
         try:
             try:
                 if has_body:
-                    async for chunk in body:
-                        if chunk:
-                            await stream.send_all(chunk)
-                    await stream.send_eof()
+                    await _send_body(stream, body, length)
             except _BROKEN:
                 pass  # the agent may have answered early (e.g. 413) and dropped the rest
             status, response_headers = await self._head(stream)
@@ -163,7 +176,12 @@ class TunnelUpstream:
         self, target: str, headers: Headers, subprotocols: Sequence[str]
     ) -> AsyncIterator[TunnelSocket]:
         stream = await self._open(
-            "GET", target, headers, body=True, websocket=True, subprotocols=subprotocols
+            "GET",
+            target,
+            _text_headers(headers),
+            body=True,
+            websocket=True,
+            subprotocols=subprotocols,
         )
         try:
             status, response_headers = await self._head(stream)

@@ -23,8 +23,9 @@ import trio
 import trio_websocket
 
 from agentserver.errors import SandboxUnreachable
+from agentserver.framing import exactly
 from agentserver.proxy import splice
-from agentserver.proxy.headers import Headers
+from agentserver.proxy.headers import FRAMING, Headers, framing_headers
 from agentserver.proxy.http1 import (
     LAST_CHUNK,
     MAX_HEAD,
@@ -60,6 +61,10 @@ class UpstreamTimeout(SandboxUnreachable):
     code = "sandbox_timeout"
 
 
+# Set by the writer of a request, from what it sends (never passed through from a client).
+_WRITER_SETS = FRAMING | {b"connection"}
+
+
 @dataclass(slots=True)
 class UpstreamResponse:
     """A response whose body is still streaming; `aclose` ends it early and frees its link."""
@@ -93,10 +98,20 @@ class Upstream(Protocol):
     """How the proxy reaches one sandbox's agent: TCP here, a tunnel for local sandboxes."""
 
     async def request(
-        self, method: bytes, target: bytes, headers: Headers, body: AsyncIterable[bytes]
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: AsyncIterable[bytes],
+        *,
+        length: int | None,
     ) -> UpstreamResponse:
         """Send a request and return once the response headers arrived (SandboxUnreachable
-        when the agent cannot be reached, UpstreamTimeout when it does not answer)."""
+        when the agent cannot be reached, UpstreamTimeout when it does not answer).
+
+        The body is framed by the upstream itself: `length` bytes (BodyMismatch when it turns
+        out longer or shorter), or, with `length=None`, chunked. Framing fields in `headers`
+        are ignored."""
         ...
 
     def websocket(
@@ -458,6 +473,12 @@ class Pool:
         self._endpoints.clear()
 
 
+def _framed(method: bytes, headers: Headers, length: int | None) -> Headers:
+    """`headers` with the framing of the body we are about to send, and nothing of any other."""
+    kept = [(n, v) for n, v in headers if n not in _WRITER_SETS]
+    return kept + framing_headers(method, length)
+
+
 class TcpUpstream:
     """An agent listening on (host, port), reached over the shared pool."""
 
@@ -466,30 +487,37 @@ class TcpUpstream:
         self._key = (host, port)
 
     async def request(
-        self, method: bytes, target: bytes, headers: Headers, body: AsyncIterable[bytes]
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: AsyncIterable[bytes],
+        *,
+        length: int | None,
     ) -> UpstreamResponse:
-        replay = _Replay(body)
+        replay = _Replay(exactly(body, length))
+        head = request_head(method, target, _framed(method, headers, length))
         retryable = method in IDEMPOTENT
         conn = self._pool.take(self._key, checked=not retryable)
         if conn is not None:
             try:
-                return await self._exchange(conn, method, target, headers, replay)
+                return await self._exchange(conn, method, head, length, replay)
             except _Stale:
                 # The agent may have acted on it: only a request safe to repeat goes again.
                 if not (retryable and replay.replayable):
                     raise SandboxUnreachable("the connection to the sandbox broke") from None
         conn = await self._pool.connect(self._key)
         try:
-            return await self._exchange(conn, method, target, headers, replay)
+            return await self._exchange(conn, method, head, length, replay)
         except _Stale:
             raise SandboxUnreachable("the sandbox closed the connection") from None
 
     async def _exchange(
-        self, conn: _Connection, method: bytes, target: bytes, headers: Headers, replay: _Replay
+        self, conn: _Connection, method: bytes, request: bytes, length: int | None, replay: _Replay
     ) -> UpstreamResponse:
         ok = False
         try:
-            await self._send_request(conn, method, target, headers, replay)
+            await self._send_request(conn, request, length, replay)
             with trio.move_on_after(self._pool.header_timeout) as waited:
                 head = await conn.read_head(method)
             if waited.cancelled_caught:
@@ -516,20 +544,21 @@ class TcpUpstream:
 
     @staticmethod
     async def _send_request(
-        conn: _Connection, method: bytes, target: bytes, headers: Headers, replay: _Replay
+        conn: _Connection, head: bytes, length: int | None, replay: _Replay
     ) -> None:
         # The head, any body already read (a retry) and the first chunk go out in one write.
-        # A body of unknown length (the browser sent it chunked) goes on chunked.
-        chunked = any(n == b"transfer-encoding" for n, _ in headers)
-        frame = chunk if chunked else bytes
-        pending = [request_head(method, target, headers)]
-        pending += [frame(c) for c in replay.rewind() if c]
+        # A body of unknown length (the browser sent it chunked) goes on chunked; a sized one
+        # comes through `exactly`, whose BodyMismatch closes this connection (the agent may
+        # hold a partial request on it that the next request must never complete).
+        frame = chunk if length is None else bytes
+        pending = [head]
+        pending += [frame(c) for c in replay.rewind() if c]  # an empty chunk would end a body
         while (piece := await replay.next()) is not None:
             if piece:
                 pending.append(frame(piece))
                 await send_all(conn.stream, b"".join(pending))
                 pending = []
-        if chunked:
+        if length is None:
             pending.append(LAST_CHUNK)
         if pending:
             await send_all(conn.stream, b"".join(pending))

@@ -83,3 +83,37 @@ async def test_closing_a_workspace_ends_every_stream() -> None:
     assert received == [{"type": "last"}]
     assert events.listeners("w") == 0
     sub.close()
+
+
+async def test_end_member_ends_only_that_members_subscriptions() -> None:
+    """`end_member` ends the member's subscriptions to that workspace and no one else's."""
+    events = WorkspaceEvents()
+    with (
+        events.subscribe("w1", "alice") as alice,
+        events.subscribe("w1", "bob") as bob,
+        events.subscribe("w2", "alice") as elsewhere,
+    ):
+        assert events.end_member("w1", "alice") == 1
+        with pytest.raises(trio.EndOfChannel):
+            await alice.inbox.receive()
+        assert events.publish_nowait("w1", {"n": 1}) == 1
+        assert bob.inbox.receive_nowait() == {"n": 1}
+        assert events.publish_nowait("w2", {"n": 2}) == 1
+        assert elsewhere.inbox.receive_nowait() == {"n": 2}
+
+
+async def test_end_user_ends_the_users_subscriptions_in_every_workspace() -> None:
+    """`end_user` ends a user's subscriptions everywhere and leaves other users' open."""
+    events = WorkspaceEvents()
+    with (
+        events.subscribe("w1", "alice") as one,
+        events.subscribe("w2", "alice") as two,
+        events.subscribe("w2", "bob") as bob,
+    ):
+        assert events.end_user("alice") == 2
+        for sub in (one, two):
+            with pytest.raises(trio.EndOfChannel):
+                await sub.inbox.receive()
+        assert events.listeners("w2") == 1
+        assert events.publish_nowait("w2", {"n": 1}) == 1
+        assert bob.inbox.receive_nowait() == {"n": 1}

@@ -128,10 +128,11 @@ def sse(event: Event) -> bytes:
 @blueprint.get("/workspaces/<workspace_id>/events")
 async def workspace_events(workspace_id: str) -> Response:
     """Server-sent events: the current sandboxes, then every change; a heartbeat every 15 s."""
-    await require(workspace_id, Action.VIEW_WORKSPACE)
+    user, _ = await require(workspace_id, Action.VIEW_WORKSPACE)
     svc = service()
-    # Subscribe before reading the snapshot, so no change can fall between the two.
-    sub = svc.events.subscribe(workspace_id)
+    # Subscribe before reading the snapshot, so no change can fall between the two. The
+    # subscription names its member: removing them or changing their role ends it.
+    sub = svc.events.subscribe(workspace_id, user.id)
     try:
         snapshot = await svc.list(workspace_id)
     except BaseException:
@@ -155,7 +156,7 @@ async def workspace_events(workspace_id: str) -> Response:
                 with trio.move_on_after(HEARTBEAT):
                     try:
                         event = await sub.inbox.receive()
-                    except trio.EndOfChannel:  # dropped as too slow, or the workspace is gone
+                    except trio.EndOfChannel:  # too slow, workspace gone, or member removed
                         ended = True
                 await trio.lowlevel.checkpoint()
                 if ended:

@@ -22,8 +22,11 @@ class Subscription:
     manager (or call `close`) to unregister.
     """
 
-    def __init__(self, hub: WorkspaceEvents, workspace_id: str, buffer: int) -> None:
+    def __init__(
+        self, hub: WorkspaceEvents, workspace_id: str, buffer: int, user_id: str | None = None
+    ) -> None:
         self.workspace_id = workspace_id
+        self.user_id = user_id  # whose stream this is: ended when they lose access
         self._hub = hub
         self._send, self.inbox = trio.open_memory_channel[Event](buffer)
         self.dropped = False
@@ -59,9 +62,10 @@ class WorkspaceEvents:
         self._buffer = buffer
         self._listeners: dict[str, set[Subscription]] = {}
 
-    def subscribe(self, workspace_id: str) -> Subscription:
-        """Start listening to one workspace (close the subscription when done)."""
-        sub = Subscription(self, workspace_id, self._buffer)
+    def subscribe(self, workspace_id: str, user_id: str | None = None) -> Subscription:
+        """Start listening to one workspace (close the subscription when done); `user_id` is
+        the member it is for, so `end_member` and `end_user` can find it."""
+        sub = Subscription(self, workspace_id, self._buffer, user_id)
         self._listeners.setdefault(workspace_id, set()).add(sub)
         return sub
 
@@ -81,6 +85,18 @@ class WorkspaceEvents:
         """End every subscription of a deleted workspace."""
         for sub in list(self._listeners.get(workspace_id, ())):
             sub.end()
+
+    def end_member(self, workspace_id: str, user_id: str) -> int:
+        """End a member's subscriptions to one workspace (removed, or the role changed: a
+        stream re-opened afterwards is checked against the new role); returns how many."""
+        mine = [s for s in self._listeners.get(workspace_id, ()) if s.user_id == user_id]
+        for sub in mine:
+            sub.end()
+        return len(mine)
+
+    def end_user(self, user_id: str) -> int:
+        """End every subscription of a user (signed out everywhere); returns how many."""
+        return sum(self.end_member(workspace_id, user_id) for workspace_id in list(self._listeners))
 
     def close_all(self) -> None:
         """End every subscription (server shutdown: open streams finish instead of hanging)."""

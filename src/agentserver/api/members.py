@@ -9,11 +9,11 @@ from quart import Blueprint, Response
 from quart_schema import validate_request
 
 from agentserver.api.common import Body, deps, require, rfc3339
+from agentserver.api.revocation import access_ended
 from agentserver.auth.permissions import Action, allowed, may_grant, parse_role
 from agentserver.db.database import Tx
 from agentserver.errors import Conflict, Forbidden, Invalid, NotFound
 from agentserver.models import Member, Role, User
-from agentserver.sandboxes.events import WorkspaceEvents
 
 blueprint = Blueprint("members", __name__, url_prefix="/api/workspaces/<workspace_id>/members")
 
@@ -115,7 +115,7 @@ async def change_role(workspace_id: str, user_id: str, data: RoleBody) -> dict[s
         return member
 
     member = await deps().db.transaction(work)
-    _end_event_streams(workspace_id, user_id)
+    access_ended(user_id, workspace_id)
     return member_json(member)
 
 
@@ -135,7 +135,7 @@ async def remove_member(workspace_id: str, user_id: str) -> Response:
         tx.exec("remove_member", workspace_id=workspace_id, user_id=user_id)
 
     await deps().db.transaction(work)
-    _end_event_streams(workspace_id, user_id)
+    access_ended(user_id, workspace_id)
     return Response("", status=204)
 
 
@@ -146,11 +146,3 @@ def _revoke_access(tx: Tx, workspace_id: str, user_id: str, keep_codes: bool) ->
     tx.exec("revoke_sandbox_sessions_for_member", workspace_id=workspace_id, user_id=user_id)
     if not keep_codes:
         tx.exec("agent_revoke_member_codes", workspace_id=workspace_id, user_id=user_id)
-
-
-def _end_event_streams(workspace_id: str, user_id: str) -> None:
-    """End the member's open workspace event streams (after the commit: a browser that
-    reconnects is checked against the new membership)."""
-    events = getattr(deps().extras.get("sandboxes"), "events", None)
-    if isinstance(events, WorkspaceEvents):
-        events.end_member(workspace_id, user_id)

@@ -27,13 +27,16 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Our own cookies: the main session (host-only on the main host, so it should never arrive here,
-# but stripped anyway) and the subdomain session. Neither may ever reach a sandbox.
+# but stripped anyway), the subdomain session and the sign-in binding nonce (auth/tickets.py).
+# None may ever reach a sandbox, nor be set by one.
 OUR_COOKIES = frozenset(
     {
         "agentserver_session",
         "agentserver_sandbox",
+        "agentserver_bind",
         "__Host-agentserver_session",
         "__Host-agentserver_sandbox",
+        "__Host-agentserver_bind",
     }
 )
 # Rewritten by us; whatever the client sent under these names is dropped.

@@ -96,6 +96,12 @@ READ_ONLY = Page(
     "Read-only access",
     "Guests may look at this sandbox but not change anything in it.",
 )
+GUEST_HIDDEN = Page(
+    403,
+    "forbidden",
+    "Not shown to guests",
+    "This part of the agent holds the sandbox's settings and credentials; guests do not see it.",
+)
 CROSS_ORIGIN = Page(
     403, "forbidden", "Refused", "A request from another site may not act on this sandbox."
 )

@@ -30,7 +30,7 @@ from agentserver.auth.tickets import (
 from agentserver.deps import Deps
 from agentserver.errors import SandboxUnreachable
 from agentserver.models import Sandbox, SandboxStatus, SandboxType
-from agentserver.proxy import pages
+from agentserver.proxy import guest, pages
 from agentserver.proxy.headers import (
     Forwarding,
     Headers,
@@ -136,6 +136,12 @@ class SubdomainProxy:
         if refusal is not None:
             await self.page(scope, send, refusal)
             return
+        if access.read_only and target.kind == "opencode":
+            if guest.refused(scope.get("raw_path") or scope["path"].encode()):
+                await self.page(scope, send, pages.GUEST_HIDDEN)
+                return
+            scope = self.guest_view(scope)
+            headers = scope["headers"]
         sandbox = access.sandbox
         upstream = await self.upstream_for(scope, send, sandbox)
         if upstream is None:
@@ -192,6 +198,16 @@ class SubdomainProxy:
             if access.read_only:
                 return pages.READ_ONLY
         return None
+
+    @staticmethod
+    def guest_view(scope: Scope) -> Scope:
+        """The request a guest may make of opencode: on its own project only (proxy/guest.py
+        says why the directory and workspace selectors go)."""
+        return {
+            **scope,
+            "query_string": guest.query_without_selectors(scope.get("query_string", b"")),
+            "headers": guest.headers_without_selectors(scope["headers"]),
+        }
 
     def own_origins(self, scope: Scope) -> frozenset[str]:
         host = (host_of(scope) or b"").decode("latin-1").lower()

@@ -41,7 +41,7 @@ DELETE FROM sandbox_sessions WHERE user_id = :user_id AND expires_at <= now();
 -- A live subdomain session for this sandbox, with the member's CURRENT role and the sandbox row:
 -- no row when the session (or the main session it came from) expired, belongs to another
 -- sandbox, or the membership ended.
-SELECT ss.user_id, m.role,
+SELECT ss.user_id, m.role, ss.session_hash,
        s.id, s.workspace_id, s.name, s.type, s.status, s.status_reason, s.created_by,
        s.created_at, s.updated_at, s.last_activity_at, s.paused_at, s.agent_secret,
        s.endpoint_host, s.endpoint_port, s.backend_ref, s.last_heartbeat_at

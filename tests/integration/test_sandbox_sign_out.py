@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import httpx
+import pytest
+import trio
+import trio_websocket
 
 from tests.conftest import register
 from tests.support.proxy_world import World
@@ -153,3 +158,54 @@ async def test_a_sandbox_session_ends_when_its_main_session_expires(world: World
     token = await world.open(sid)
     await world.sql("UPDATE sessions SET expires_at = now() - interval '1 second'")
     assert not await sandbox_ok(world, sid, token)
+
+
+async def test_signing_out_ends_an_open_stream_through_the_proxy(world: World) -> None:
+    """An event stream proxied from the sandbox ends when the session that opened it signs
+    out, and the agent sees its client go."""
+    sid = await world.sandbox()
+    token = await world.open(sid)
+    async with world.sub(sid, token) as sub, sub.stream("GET", "/forever") as response:
+        assert response.status_code == 200
+        chunks = response.aiter_raw()
+        await anext(chunks)
+        assert (await world.owner.post("/api/auth/logout")).status_code == 200
+        with trio.fail_after(10):
+            with contextlib.suppress(httpx.HTTPError):
+                async for _ in chunks:
+                    pass
+    with trio.fail_after(10):
+        await world.upstream.stream_closed.wait()
+
+
+async def test_removing_a_member_closes_their_open_terminal(
+    world: World, nursery: trio.Nursery
+) -> None:
+    """A removed developer's open WebSocket (the terminal) through the proxy is closed."""
+    sid = await world.sandbox()
+    async with world.server.client() as dev:
+        user = await register(dev, "dev")
+        added = await world.owner.post(
+            f"/api/workspaces/{world.workspace_id}/members",
+            json={"username": "dev", "role": "developer"},
+        )
+        assert added.status_code == 201
+        token = await world.open(sid, dev)
+    stream = await trio.open_tcp_stream("127.0.0.1", world.server.port)
+    ws = await trio_websocket.wrap_client_stream(
+        nursery,
+        stream,
+        world.host(sid),
+        "/ws",
+        extra_headers=[
+            (b"origin", f"http://{world.host(sid)}".encode()),
+            (b"cookie", f"agentserver_sandbox={token}".encode()),
+        ],
+    )
+    await ws.send_message("hello")
+    assert await ws.get_message() == "echo:hello"
+    removed = await world.owner.delete(f"/api/workspaces/{world.workspace_id}/members/{user['id']}")
+    assert removed.status_code == 204
+    with trio.fail_after(10), pytest.raises(trio_websocket.ConnectionClosed):
+        await ws.get_message()
+    await ws.aclose()

@@ -19,6 +19,7 @@ from agentserver.api.common import (
 )
 from agentserver.api.revocation import access_ended
 from agentserver.auth import passwords
+from agentserver.auth.revocation import Revocation
 from agentserver.auth.sessions import create_session, revoke_session, revoke_user_sessions
 from agentserver.auth.tokens import hash_token
 from agentserver.db.database import Tx
@@ -130,9 +131,10 @@ async def logout() -> Response:
     """End the session on the server, with the sandbox-host sessions it opened, and clear the
     cookie."""
     user = await optional_user()
-    await revoke_session(deps().db, request.cookies.get(session_cookie()))
-    if user is not None:
-        access_ended(user.id)
+    token = request.cookies.get(session_cookie())
+    await revoke_session(deps().db, token)
+    if user is not None and token:
+        access_ended(Revocation(user.id, session_hash=hash_token(token)))
     return _signed_out()
 
 
@@ -142,7 +144,7 @@ async def logout_all() -> Response:
     every sandbox-host session they opened, and their open event streams."""
     user = await current_user()
     await revoke_user_sessions(deps().db, user.id)
-    access_ended(user.id)
+    access_ended(Revocation(user.id))
     return _signed_out()
 
 
@@ -176,7 +178,7 @@ async def change_password(data: PasswordBody) -> dict[str, Any]:
         tx.exec("delete_other_sessions", user_id=user.id, keep_hash=keep)
 
     await db.transaction(work)
-    access_ended(user.id)
+    access_ended(Revocation(user.id, keep_session=keep))
     return {"status": "ok"}
 
 

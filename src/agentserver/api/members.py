@@ -11,6 +11,7 @@ from quart_schema import validate_request
 from agentserver.api.common import Body, deps, require, rfc3339
 from agentserver.api.revocation import access_ended
 from agentserver.auth.permissions import Action, allowed, may_grant, parse_role
+from agentserver.auth.revocation import Revocation
 from agentserver.db.database import Tx
 from agentserver.errors import Conflict, Forbidden, Invalid, NotFound
 from agentserver.models import Member, Role, User
@@ -115,7 +116,7 @@ async def change_role(workspace_id: str, user_id: str, data: RoleBody) -> dict[s
         return member
 
     member = await deps().db.transaction(work)
-    access_ended(user_id, workspace_id)
+    access_ended(Revocation(user_id, workspace_id=workspace_id))
     return member_json(member)
 
 
@@ -135,7 +136,7 @@ async def remove_member(workspace_id: str, user_id: str) -> Response:
         tx.exec("remove_member", workspace_id=workspace_id, user_id=user_id)
 
     await deps().db.transaction(work)
-    access_ended(user_id, workspace_id)
+    access_ended(Revocation(user_id, workspace_id=workspace_id))
     return Response("", status=204)
 
 

@@ -1,22 +1,21 @@
-"""What must stop at once, on this server, when a user loses access: cached sandbox access and
-open workspace event streams (the database rows are revoked by the caller's transaction)."""
+"""What must stop at once, on this server, when access ends: cached sandbox access, proxied
+requests in flight (an open terminal) and workspace event streams. The database rows are
+revoked by the caller's transaction; this runs after its commit."""
 
 from __future__ import annotations
 
 from agentserver.api.common import deps
-from agentserver.auth.tickets import forget_user
+from agentserver.auth.revocation import Revocation
+from agentserver.auth.tickets import revoke_access
 from agentserver.sandboxes.events import WorkspaceEvents
 
 
-def access_ended(user_id: str, workspace_id: str | None = None) -> None:
-    """After the commit: `user_id` lost access to `workspace_id` (None: everything, as when
-    all their sessions end). Their next sandbox-host request is checked against the database,
-    and their event streams end, so a browser that reconnects is checked afresh."""
+def access_ended(revocation: Revocation) -> None:
+    """End, on this server, everything `revocation` covers: the next sandbox-host request is
+    checked against the database, open proxied requests and event streams end (a browser
+    that reconnects is checked afresh)."""
     extras = deps().extras
-    forget_user(extras, user_id)
+    revoke_access(extras, revocation)
     events = getattr(extras.get("sandboxes"), "events", None)
     if isinstance(events, WorkspaceEvents):
-        if workspace_id is None:
-            events.end_user(user_id)
-        else:
-            events.end_member(workspace_id, user_id)
+        events.end(revocation)

@@ -12,8 +12,16 @@ from pydantic import Field
 from quart import Blueprint, Response, make_response, request
 from quart_schema import validate_request
 
-from agentserver.api.common import Body, current_user, deps, member_role, require
+from agentserver.api.common import (
+    Body,
+    current_user,
+    deps,
+    member_role,
+    require,
+    session_cookie,
+)
 from agentserver.auth.permissions import Action, allowed
+from agentserver.auth.tokens import hash_token
 from agentserver.deps import Deps
 from agentserver.errors import Forbidden, Invalid, NotFound, Unavailable
 from agentserver.models import Sandbox
@@ -132,7 +140,8 @@ async def workspace_events(workspace_id: str) -> Response:
     svc = service()
     # Subscribe before reading the snapshot, so no change can fall between the two. The
     # subscription names its member: removing them or changing their role ends it.
-    sub = svc.events.subscribe(workspace_id, user.id)
+    session = request.cookies.get(session_cookie(), "")
+    sub = svc.events.subscribe(workspace_id, user.id, hash_token(session))
     try:
         snapshot = await svc.list(workspace_id)
     except BaseException:

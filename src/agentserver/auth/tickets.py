@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from agentserver.auth.permissions import Action, allowed
+from agentserver.auth.revocation import Revocation
 from agentserver.auth.tokens import hash_token, new_token, same
 from agentserver.db.database import Database, Tx
 from agentserver.models import Role, Sandbox
@@ -84,6 +85,10 @@ class SandboxAccess:
     user_id: str
     role: Role
     sandbox: Sandbox
+    session_hash: str | None = None  # the main session it was opened from
+
+    def ended_by(self, revocation: Revocation) -> bool:
+        return revocation.covers(self.user_id, self.sandbox.workspace_id, self.session_hash)
 
     @property
     def read_only(self) -> bool:
@@ -176,16 +181,45 @@ async def session_access(db: Database, sandbox_id: str, token: str) -> SandboxAc
     )
     if not rows or not allowed(rows[0]["role"], Action.VIEW_SANDBOX):
         return None
-    return SandboxAccess(rows[0]["user_id"], Role(rows[0]["role"]), sandbox_from_row(rows[0]))
+    row = rows[0]
+    return SandboxAccess(
+        row["user_id"], Role(row["role"]), sandbox_from_row(row), row["session_hash"]
+    )
+
+
+class LiveRequest:
+    """One proxied request in flight (a page, an event stream, a terminal WebSocket), as a
+    context manager: `AccessCache.revoke` cancels it when its access ends."""
+
+    def __init__(self, live: set[LiveRequest], access: SandboxAccess) -> None:
+        self.access = access
+        self.scope = trio.CancelScope()
+        self._live = live
+
+    def __enter__(self) -> LiveRequest:
+        self._live.add(self)
+        self.scope.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self._live.discard(self)
+        return self.scope.__exit__(*exc)
 
 
 class AccessCache:
-    """Validated sessions for a few seconds, so a busy page costs one query per interval."""
+    """Validated sessions for a few seconds, so a busy page costs one query per interval; and
+    the requests in flight on them, so that ending access ends those too."""
 
     def __init__(self, db: Database, seconds: float = ACCESS_CACHE_SECONDS) -> None:
         self._db = db
         self._seconds = seconds
         self._entries: OrderedDict[tuple[str, str], tuple[float, SandboxAccess]] = OrderedDict()
+        # As many as the requests being proxied (the front end bounds those).
+        self._live: set[LiveRequest] = set()
+
+    def live(self, access: SandboxAccess) -> LiveRequest:
+        """Wrap a proxied request: it is cancelled if `access` is revoked meanwhile."""
+        return LiveRequest(self._live, access)
 
     async def get(self, sandbox_id: str, token: str) -> SandboxAccess | None:
         key = (hash_token(token), sandbox_id)
@@ -204,11 +238,16 @@ class AccessCache:
             self._entries.popitem(last=False)
         return access
 
-    def forget_user(self, user_id: str) -> None:
-        """Drop cached entries of a user (signed out, removed, role changed): their next
-        request is checked against the database at once."""
-        for key in [k for k, (_, a) in self._entries.items() if a.user_id == user_id]:
+    def revoke(self, revocation: Revocation) -> int:
+        """Access ended (signed out, removed, role changed): drop what it covers from the
+        cache, so the next request is checked against the database at once, and cancel the
+        requests in flight on it (an open terminal or event stream); returns how many."""
+        for key in [k for k, (_, a) in self._entries.items() if a.ended_by(revocation)]:
             del self._entries[key]
+        ended = [r for r in self._live if r.access.ended_by(revocation)]
+        for request in ended:
+            request.scope.cancel()
+        return len(ended)
 
     def forget(self, sandbox_id: str) -> None:
         """Drop cached entries for a sandbox (its status or address changed)."""
@@ -228,8 +267,8 @@ def shared_access_cache(extras: dict[str, Any], db: Database) -> AccessCache:
     return cache
 
 
-def forget_user(extras: dict[str, Any], user_id: str) -> None:
-    """Clear a user's cached sandbox access, if the proxy has a cache on this server."""
+def revoke_access(extras: dict[str, Any], revocation: Revocation) -> None:
+    """End what `revocation` covers in the proxy's cache and requests, if it runs here."""
     cache = extras.get(ACCESS_CACHE_KEY)
     if isinstance(cache, AccessCache):
-        cache.forget_user(user_id)
+        cache.revoke(revocation)

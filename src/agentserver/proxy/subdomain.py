@@ -153,25 +153,34 @@ class SubdomainProxy:
             host_of(scope) or b"",
         )
         auth = self.agent_auth(sandbox)
-        if websocket:
-            await proxy_websocket(
+        # Signing out or losing membership cancels the request mid-way (an open terminal or
+        # event stream ends with the access that opened it).
+        with self.access.live(access):
+            if websocket:
+                await proxy_websocket(
+                    scope,
+                    receive,
+                    send,
+                    upstream,
+                    target_of(scope).decode("latin-1"),
+                    websocket_headers(headers, auth, fwd),
+                    lambda: self.touch(sandbox.id),
+                )
+                return
+            outgoing = request_headers(headers, auth, fwd, chunked=has_chunked_body(headers))
+
+            async def unreachable(exc: SandboxUnreachable) -> None:
+                await self.unreachable(scope, send, sandbox, exc)
+
+            await proxy_http(
                 scope,
                 receive,
                 send,
                 upstream,
-                target_of(scope).decode("latin-1"),
-                websocket_headers(headers, auth, fwd),
+                outgoing,
                 lambda: self.touch(sandbox.id),
+                unreachable,
             )
-            return
-        outgoing = request_headers(headers, auth, fwd, chunked=has_chunked_body(headers))
-
-        async def unreachable(exc: SandboxUnreachable) -> None:
-            await self.unreachable(scope, send, sandbox, exc)
-
-        await proxy_http(
-            scope, receive, send, upstream, outgoing, lambda: self.touch(sandbox.id), unreachable
-        )
 
     async def authenticate(self, target: Target, headers: Headers) -> SandboxAccess | None:
         """The access of the first valid sandbox cookie for THIS sandbox and subdomain kind."""

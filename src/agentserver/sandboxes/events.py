@@ -7,6 +7,8 @@ from typing import Any
 
 import trio
 
+from agentserver.auth.revocation import Revocation
+
 log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
@@ -23,10 +25,17 @@ class Subscription:
     """
 
     def __init__(
-        self, hub: WorkspaceEvents, workspace_id: str, buffer: int, user_id: str | None = None
+        self,
+        hub: WorkspaceEvents,
+        workspace_id: str,
+        buffer: int,
+        user_id: str | None = None,
+        session_hash: str | None = None,
     ) -> None:
         self.workspace_id = workspace_id
-        self.user_id = user_id  # whose stream this is: ended when they lose access
+        # Whose stream this is, opened from which main session: ended when that access ends.
+        self.user_id = user_id
+        self.session_hash = session_hash
         self._hub = hub
         self._send, self.inbox = trio.open_memory_channel[Event](buffer)
         self.dropped = False
@@ -62,10 +71,12 @@ class WorkspaceEvents:
         self._buffer = buffer
         self._listeners: dict[str, set[Subscription]] = {}
 
-    def subscribe(self, workspace_id: str, user_id: str | None = None) -> Subscription:
-        """Start listening to one workspace (close the subscription when done); `user_id` is
-        the member it is for, so `end_member` and `end_user` can find it."""
-        sub = Subscription(self, workspace_id, self._buffer, user_id)
+    def subscribe(
+        self, workspace_id: str, user_id: str | None = None, session_hash: str | None = None
+    ) -> Subscription:
+        """Start listening to one workspace (close the subscription when done); `user_id` and
+        `session_hash` say whose it is, so `end` can find it when their access ends."""
+        sub = Subscription(self, workspace_id, self._buffer, user_id, session_hash)
         self._listeners.setdefault(workspace_id, set()).add(sub)
         return sub
 
@@ -86,17 +97,19 @@ class WorkspaceEvents:
         for sub in list(self._listeners.get(workspace_id, ())):
             sub.end()
 
-    def end_member(self, workspace_id: str, user_id: str) -> int:
-        """End a member's subscriptions to one workspace (removed, or the role changed: a
-        stream re-opened afterwards is checked against the new role); returns how many."""
-        mine = [s for s in self._listeners.get(workspace_id, ()) if s.user_id == user_id]
-        for sub in mine:
+    def end(self, revocation: Revocation) -> int:
+        """End the subscriptions whose access `revocation` covers (a browser that reconnects
+        is checked afresh); returns how many."""
+        ended = [
+            sub
+            for subs in self._listeners.values()
+            for sub in subs
+            if sub.user_id is not None
+            and revocation.covers(sub.user_id, sub.workspace_id, sub.session_hash)
+        ]
+        for sub in ended:
             sub.end()
-        return len(mine)
-
-    def end_user(self, user_id: str) -> int:
-        """End every subscription of a user (signed out everywhere); returns how many."""
-        return sum(self.end_member(workspace_id, user_id) for workspace_id in list(self._listeners))
+        return len(ended)
 
     def close_all(self) -> None:
         """End every subscription (server shutdown: open streams finish instead of hanging)."""

@@ -45,7 +45,7 @@ function WorkspaceSwitcher({ workspaces, current, section }) {
   </div>`;
 }
 
-function Frame({ me, workspaces, route, onSignOut, children }) {
+function Frame({ me, workspaces, route, onSignOut, onSignOutEverywhere, children }) {
   // Off a workspace's pages (workspace list, admin) the tabs keep pointing at the last one used.
   const last = localStorage.getItem(LAST_WORKSPACE);
   const wid = route.workspaceId || (workspaces.some((ws) => ws.id === last) ? last : workspaces[0] && workspaces[0].id);
@@ -68,6 +68,13 @@ function Frame({ me, workspaces, route, onSignOut, children }) {
       <div class="user">
         <span class="who" title=${me.email || ''}>${me.username}</span>
         <button type="button" onClick=${onSignOut}>Sign out</button>
+        <details class="account">
+          <summary>Account</summary>
+          <div class="account-menu">
+            <p>Ends every session of yours: other browsers and devices, and every sandbox tab.</p>
+            <button type="button" onClick=${onSignOutEverywhere}>Sign out everywhere</button>
+          </div>
+        </details>
       </div>
     </header>
     <main id="main">${children}</main>
@@ -131,8 +138,8 @@ function App() {
     document.title = titles[route.view] ? `${titles[route.view]} · agentserver` : 'agentserver';
   }, [route.view]);
 
-  const signOut = async () => {
-    await post('/api/auth/logout').catch(() => {});
+  const signOut = async (everywhere) => {
+    await post(everywhere === true ? '/api/auth/logout-all' : '/api/auth/logout').catch(() => {});
     setWorkspaces([]);
     navigate('/', { replace: true });
     boot();
@@ -144,7 +151,8 @@ function App() {
       <button type="button" onClick=${boot}>Try again</button></main>`;
   }
   if (state.phase === 'signin') return html`<${SignIn} config=${state.config} onSignedIn=${boot} />`;
-  return html`<${Frame} me=${state.me} workspaces=${workspaces} route=${route} onSignOut=${signOut}>
+  return html`<${Frame} me=${state.me} workspaces=${workspaces} route=${route}
+    onSignOut=${() => signOut(false)} onSignOutEverywhere=${() => signOut(true)}>
     ${route.view === 'home' ? html`<${Loading} />` : html`<${Screen} route=${route} me=${state.me} workspaces=${workspaces} reload=${reload} />`}
   <//>`;
 }

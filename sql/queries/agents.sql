@@ -9,6 +9,11 @@ RETURNING expires_at;
 -- Codes expired or used over a day ago: kept a while so a late retry gets "already used".
 DELETE FROM agent_codes WHERE expires_at < now() - interval '1 day';
 
+-- name: agent_revoke_member_codes :execrows
+-- A member removed, or demoted to a role that may not add agents: their unspent codes go.
+DELETE FROM agent_codes
+WHERE workspace_id = :workspace_id AND user_id = :user_id AND used_at IS NULL;
+
 -- name: agent_spend_code :one
 -- Atomic: only the first caller gets `fresh`; later ones see why the code is no good.
 WITH spent AS (

@@ -115,6 +115,16 @@ MATRIX: dict[tuple[str, str], frozenset[str] | Case] = {
 
 SCOPED = re.compile(r"^/api/(workspaces|sandboxes)/<")
 
+# Routes about the caller's own account (no workspace): any signed-in user may call them for
+# themselves, anonymous callers get 401. Value: the body to send.
+ACCOUNT: dict[tuple[str, str], dict[str, Any] | None] = {
+    ("POST", "/api/auth/logout-all"): None,
+    ("POST", "/api/auth/password"): {
+        "currentPassword": "correct-horse",
+        "newPassword": "correct-horse-2",
+    },
+}
+
 
 def live_routes(server: Server) -> set[tuple[str, str]]:
     """(METHOD, rule) for every scoped route of an app built from the running server's Deps."""
@@ -216,4 +226,20 @@ async def test_every_route_as_every_caller(server: Server) -> None:
         with trio.CancelScope(shield=True):
             for client in clients.values():
                 await client.aclose()
+    assert not wrong, "\n".join(wrong)
+
+
+async def test_account_routes_need_a_session_and_nothing_more(server: Server) -> None:
+    """Each account route answers 401 to an anonymous caller and 2xx to any signed-in user
+    acting on their own account (a fresh user per row: these routes end sessions)."""
+    wrong: list[str] = []
+    for n, ((method, rule), body) in enumerate(sorted(ACCOUNT.items())):
+        async with server.client() as anonymous, server.client() as user:
+            await register(user, f"account{n}")
+            denied = await anonymous.request(method, rule, json=body)
+            allowed = await user.request(method, rule, json=body)
+        if denied.status_code != 401:
+            wrong.append(f"{method} {rule} as anonymous: expected 401, got {denied.status_code}")
+        if not 200 <= allowed.status_code < 300:
+            wrong.append(f"{method} {rule} as its user: got {allowed.status_code}")
     assert not wrong, "\n".join(wrong)

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import docker
 import docker.errors
@@ -29,6 +28,7 @@ from agentserver.sandboxes.containers import (
 from agentserver.settings import Settings
 from tests.conftest import Server, make_settings, start_server
 from tests.support.dockerd import Daemon
+from tests.support.sandbox_login import sandbox_cookie
 from tests.support.sandboxes import EventStream, open_events, owner_with_workspace
 
 pytestmark = pytest.mark.docker
@@ -106,14 +106,9 @@ async def through_proxy(
     server: Server, api: httpx.AsyncClient, sandbox_id: str
 ) -> httpx.AsyncClient:
     """A client on oc-{id}.localhost:{port} holding a sandbox session (via /open and a ticket)."""
-    opened = await api.get(f"/api/sandboxes/{sandbox_id}/open")
-    assert opened.status_code == 302, opened.text
-    ticket = urlsplit(opened.headers["location"])
     host = {"Host": f"oc-{sandbox_id}.localhost:{server.port}"}
     async with httpx.AsyncClient(base_url=server.url, headers=host, timeout=30) as sub:
-        redeemed = await sub.get(f"{ticket.path}?{ticket.query}")
-    assert redeemed.status_code == 302, redeemed.text
-    cookie = f"agentserver_sandbox={redeemed.cookies['agentserver_sandbox']}"
+        cookie = f"agentserver_sandbox={await sandbox_cookie(api, sub, sandbox_id)}"
     return httpx.AsyncClient(base_url=server.url, headers={**host, "Cookie": cookie}, timeout=30)
 
 

@@ -13,6 +13,7 @@ import trio
 
 from tests.conftest import Server, make_settings, register, start_server
 from tests.support.anthropic import AnthropicStandIn, Reply, open_anthropic
+from tests.support.sandbox_login import sandbox_cookie
 from tests.support.sandboxes import reachable_data_dir
 
 REAL_KEY = "sk-ant-e2e-real-key"
@@ -52,13 +53,10 @@ async def open_subdomain(
     """Go through /open and the ticket like a browser; a client for oc-{id} with its cookie."""
     opened = await owner.get(f"/api/sandboxes/{sandbox_id}/open")
     assert opened.status_code == 302, opened.text
-    ticket = urlsplit(opened.headers["location"])
-    host = ticket.netloc
+    host = urlsplit(opened.headers["location"]).netloc
     headers = {"Host": host, "Origin": f"http://{host}"}
     sub = httpx.AsyncClient(base_url=server.url, headers=headers, timeout=180)
-    redeemed = await sub.get(f"{ticket.path}?{ticket.query}")
-    assert redeemed.status_code == 302, redeemed.text
-    sub.headers["Cookie"] = f"agentserver_sandbox={redeemed.cookies['agentserver_sandbox']}"
+    sub.headers["Cookie"] = f"agentserver_sandbox={await sandbox_cookie(owner, sub, sandbox_id)}"
     return sub
 
 

@@ -11,6 +11,7 @@ import trio
 import trio_websocket
 
 from tests.conftest import Server
+from tests.support.sandbox_login import sandbox_cookie
 from tests.support.sandboxes import open_events, owner_with_workspace
 
 pytestmark = pytest.mark.opencode
@@ -37,9 +38,7 @@ async def test_opencode_through_the_subdomain_proxy(
     async with httpx.AsyncClient(
         base_url=sandbox_server.url, headers={"Host": url.netloc}, timeout=60
     ) as sub:
-        redeemed = await sub.get(f"{url.path}?{url.query}")
-        assert redeemed.status_code == 302
-        cookie = f"agentserver_sandbox={redeemed.cookies['agentserver_sandbox']}"
+        cookie = f"agentserver_sandbox={await sandbox_cookie(client, sub, sid)}"
         sub.headers["Cookie"] = cookie
 
         page = await sub.get("/", headers={"Accept": "text/html"})

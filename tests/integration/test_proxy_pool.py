@@ -15,6 +15,7 @@ from agentserver.sandboxes.base import Endpoint
 from agentserver.sandboxes.service import Sandboxes
 from tests.conftest import Server
 from tests.support.proxy_world import World
+from tests.support.sandbox_login import sandbox_cookie
 from tests.support.sandboxes import open_events, owner_with_workspace
 from tests.support.upstream import RecordingUpstream, serve_upstream
 
@@ -113,8 +114,8 @@ async def test_pause_resume_cycles_of_real_opencode_leak_no_open_files(
         async with httpx.AsyncClient(
             base_url=sandbox_server.url, headers={"Host": url.netloc}, timeout=60
         ) as sub:
-            redeemed = await sub.get(f"{url.path}?{url.query}")
-            sub.headers["Cookie"] = f"agentserver_sandbox={redeemed.cookies['agentserver_sandbox']}"
+            token = await sandbox_cookie(client, sub, sid)
+            sub.headers["Cookie"] = f"agentserver_sandbox={token}"
             async with trio.open_nursery() as burst:  # several connections, as a browser opens
                 for _ in range(CONNECTIONS):
                     burst.start_soon(sub.get, "/session")

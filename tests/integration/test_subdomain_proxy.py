@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio_websocket
 
+from agentserver.auth.tokens import hash_token
 from agentserver.proxy import splice
 from tests.conftest import register
 from tests.support.proxy_world import AGENT_SECRET, World
@@ -246,7 +247,7 @@ async def test_a_ticket_works_once_and_expires(world: World) -> None:
 
 async def test_a_cookie_for_one_sandbox_does_not_open_another(world: World) -> None:
     """The cookie (or a ticket) of sandbox A is worthless on sandbox B: API clients get 401,
-    browsers go to B's /open."""
+    browsers go to B's /open (bound to the nonce B's host just gave them)."""
     a, b = await world.sandbox(), await world.sandbox()
     token = await world.open(a)
     url = urlsplit(await world.ticket_url(world.owner, a))
@@ -259,7 +260,8 @@ async def test_a_cookie_for_one_sandbox_does_not_open_another(world: World) -> N
     assert api.status_code == 401
     assert browser.status_code == 302
     main = world.server.deps.settings.main_url
-    assert browser.headers["location"] == f"{main}/api/sandboxes/{b}/open"
+    nonce = browser.cookies["agentserver_bind"]
+    assert browser.headers["location"] == f"{main}/api/sandboxes/{b}/open?bind={hash_token(nonce)}"
     assert world.upstream.requests == []
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -15,6 +14,7 @@ import trio
 
 from agentserver.auth.tokens import new_id
 from tests.conftest import Server, register
+from tests.support.sandbox_login import BIND_COOKIE, bound_ticket, redeem
 from tests.support.upstream import RecordingUpstream, serve_upstream
 
 AGENT_SECRET = "agent-password-123"
@@ -47,15 +47,21 @@ class World:
     workspace_id: str
     db_url: str
     service: RecordingService
+    # The binding nonce this "browser" holds on each sandbox host (the cookie it was given).
+    nonces: dict[str, str] = field(default_factory=dict)
 
     def host(self, sandbox_id: str, prefix: str = "oc-") -> str:
         return f"{prefix}{sandbox_id}.localhost:{self.server.port}"
 
     def sub(self, sandbox_id: str, cookie: str | None = None, **headers: str) -> httpx.AsyncClient:
-        """A client talking to the sandbox's subdomain (Host header to 127.0.0.1)."""
+        """A client talking to the sandbox's subdomain (Host header to 127.0.0.1), with the
+        sandbox cookie `cookie` and the binding nonce this browser holds there, if any."""
         sent = {"Host": self.host(sandbox_id), **headers}
-        if cookie:
-            sent["Cookie"] = f"agentserver_sandbox={cookie}"
+        crumbs = [f"agentserver_sandbox={cookie}"] if cookie else []
+        if sandbox_id in self.nonces:
+            crumbs.append(f"{BIND_COOKIE}={self.nonces[sandbox_id]}")
+        if crumbs and "Cookie" not in headers:
+            sent["Cookie"] = "; ".join(crumbs)
         return httpx.AsyncClient(base_url=self.server.url, headers=sent, timeout=30)
 
     async def sql(self, query: str, *params: Any) -> None:
@@ -84,15 +90,17 @@ class World:
         return sandbox_id
 
     async def ticket_url(self, client: httpx.AsyncClient, sandbox_id: str) -> str:
-        response = await client.get(f"/api/sandboxes/{sandbox_id}/open")
-        assert response.status_code == 302, response.text
-        return response.headers["location"]
+        """A ticket URL minted for `client`'s user and bound to this browser's nonce on the
+        sandbox host (kept in `nonces`, so `sub` clients present it)."""
+        async with self.sub(sandbox_id) as sub:
+            url, self.nonces[sandbox_id] = await bound_ticket(client, sub, sandbox_id)
+        return url
 
     async def open(self, sandbox_id: str, client: httpx.AsyncClient | None = None) -> str:
         """Go through /open and the ticket redemption; the sandbox cookie's value."""
-        url = urlsplit(await self.ticket_url(client or self.owner, sandbox_id))
+        url = await self.ticket_url(client or self.owner, sandbox_id)
         async with self.sub(sandbox_id) as sub:
-            response = await sub.get(f"{url.path}?{url.query}")
+            response = await redeem(sub, url, self.nonces[sandbox_id])
         assert response.status_code == 302, response.text
         return response.cookies["agentserver_sandbox"]
 

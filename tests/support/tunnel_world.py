@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -16,6 +15,7 @@ import trio_websocket
 
 from agentserver.agent.connect import Session, connect
 from tests.conftest import Server
+from tests.support.sandbox_login import sandbox_cookie
 
 
 @dataclass
@@ -81,15 +81,10 @@ class TunnelWorld:
 
     async def cookie(self, sandbox_id: str) -> str:
         """The subdomain cookie, through /open and the one-time ticket, as a browser gets it."""
-        opened = await self.owner.get(f"/api/sandboxes/{sandbox_id}/open")
-        assert opened.status_code == 302, opened.text
-        url = urlsplit(opened.headers["location"])
         async with httpx.AsyncClient(
             base_url=self.server.url, headers={"Host": self.host(sandbox_id)}
         ) as sub:
-            redeemed = await sub.get(f"{url.path}?{url.query}")
-        assert redeemed.status_code == 302, redeemed.text
-        return str(redeemed.cookies["agentserver_sandbox"])
+            return await sandbox_cookie(self.owner, sub, sandbox_id)
 
     async def browser(self, sandbox_id: str, **kwargs: object) -> httpx.AsyncClient:
         """A client on the sandbox's subdomain (Host header to 127.0.0.1) with its cookie."""

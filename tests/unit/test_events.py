@@ -6,6 +6,7 @@ import pytest
 import trio
 import trio.testing
 
+from agentserver.auth.revocation import Revocation
 from agentserver.sandboxes.events import WorkspaceEvents
 
 
@@ -101,3 +102,41 @@ async def test_an_observer_sees_every_workspace_and_a_failing_one_stops_nothing(
         assert events.publish_nowait("w2", {"type": "sandbox_deleted"}) == 1
         assert sub.inbox.receive_nowait() == {"type": "sandbox_deleted"}
     assert seen == [("w1", "sandbox"), ("w2", "sandbox_deleted")]
+
+
+async def test_ending_a_members_access_ends_only_their_subscriptions() -> None:
+    """A revocation for one member of one workspace ends their subscriptions to it and no
+    one else's (nor theirs elsewhere)."""
+    events = WorkspaceEvents()
+    with (
+        events.subscribe("w1", "alice", "s1") as alice,
+        events.subscribe("w1", "bob", "s2") as bob,
+        events.subscribe("w2", "alice", "s1") as elsewhere,
+    ):
+        assert events.end(Revocation("alice", workspace_id="w1")) == 1
+        with pytest.raises(trio.EndOfChannel):
+            await alice.inbox.receive()
+        assert events.publish_nowait("w1", {"n": 1}) == 1
+        assert bob.inbox.receive_nowait() == {"n": 1}
+        assert events.publish_nowait("w2", {"n": 2}) == 1
+        assert elsewhere.inbox.receive_nowait() == {"n": 2}
+
+
+async def test_signing_out_ends_that_sessions_subscriptions_in_every_workspace() -> None:
+    """A revocation of one main session ends its subscriptions everywhere and leaves the
+    same user's other session and other users open."""
+    events = WorkspaceEvents()
+    with (
+        events.subscribe("w1", "alice", "s1") as one,
+        events.subscribe("w2", "alice", "s1") as two,
+        events.subscribe("w2", "alice", "s9") as other_browser,
+        events.subscribe("w2", "bob", "s1") as bob,
+    ):
+        assert events.end(Revocation("alice", session_hash="s1")) == 2
+        for sub in (one, two):
+            with pytest.raises(trio.EndOfChannel):
+                await sub.inbox.receive()
+        assert events.listeners("w2") == 2
+        assert events.publish_nowait("w2", {"n": 1}) == 2
+        assert other_browser.inbox.receive_nowait() == {"n": 1}
+        assert bob.inbox.receive_nowait() == {"n": 1}

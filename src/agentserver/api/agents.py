@@ -19,10 +19,11 @@ from quart import Blueprint, websocket
 from quart_schema import validate_request
 
 from agentserver.api.common import Body, client_address, deps, require, rfc3339
-from agentserver.auth.permissions import Action
+from agentserver.auth.permissions import Action, allowed
 from agentserver.auth.tokens import hash_token, new_token
+from agentserver.db.database import Tx
 from agentserver.deps import Deps
-from agentserver.errors import AgentServerError, Invalid, RateLimited, Unauthenticated
+from agentserver.errors import AgentServerError, Forbidden, Invalid, RateLimited, Unauthenticated
 from agentserver.models import Sandbox, SandboxStatus
 from agentserver.sandboxes.service import insert_sandbox
 from agentserver.tunnel import masking
@@ -95,8 +96,7 @@ async def register_agent(data: RegisterBody) -> tuple[dict[str, Any], int]:
     name = data.name.strip()
     if not name:
         raise Invalid("name: must not be blank", field="name")
-    row = await d.db.rows("agent_spend_code", code_hash=hash_token(data.code.strip()))
-    spent = row[0] if row else None
+    spent = await d.db.transaction(lambda tx: _spend_code(tx, hash_token(data.code.strip())))
     if spent is None or not spent["fresh"]:
         d.code_throttle.fail(key)
         if spent is None:
@@ -104,6 +104,10 @@ async def register_agent(data: RegisterBody) -> tuple[dict[str, Any], int]:
         if spent["expired"]:
             raise CodeSpent("this registration code has expired; create a new one in the web UI")
         raise CodeSpent("this registration code was already used; create a new one in the web UI")
+    if not spent["creator_may_add"]:
+        raise Forbidden(
+            "whoever created this registration code may no longer add agents to this workspace"
+        )
     token = new_token()
     sandbox = await _insert_sandbox(d, spent["workspace_id"], name, spent["user_id"], token)
     service = d.extras.get("sandboxes")
@@ -113,6 +117,19 @@ async def register_agent(data: RegisterBody) -> tuple[dict[str, Any], int]:
         "local agent registered as sandbox %s in workspace %s", sandbox.id, sandbox.workspace_id
     )
     return {"sandboxId": sandbox.id, "tunnelToken": token, "workspaceId": sandbox.workspace_id}, 201
+
+
+def _spend_code(tx: Tx, code_hash: str) -> dict[str, Any] | None:
+    """Spend a code, and say whether its creator may still add agents (removing or demoting
+    a member also deletes their unspent codes; this check covers a spend racing that)."""
+    rows = tx.rows("agent_spend_code", code_hash=code_hash)
+    if not rows:
+        return None
+    spent = rows[0]
+    role = tx.scalar(
+        "get_member_role", workspace_id=spent["workspace_id"], user_id=spent["user_id"]
+    )
+    return {**spent, "creator_may_add": allowed(role, Action.CREATE_AGENT_CODE)}
 
 
 async def _insert_sandbox(

@@ -1,4 +1,5 @@
-"""Password accounts: register, sign in, sign out, who am I."""
+"""Password accounts: register, sign in, sign out (here or everywhere), change the password,
+who am I."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ from agentserver.api.common import (
     session_cookie,
     user_json,
 )
+from agentserver.api.revocation import access_ended
 from agentserver.auth import passwords
-from agentserver.auth.sessions import create_session, revoke_session
+from agentserver.auth.revocation import Revocation
+from agentserver.auth.sessions import create_session, revoke_session, revoke_user_sessions
+from agentserver.auth.tokens import hash_token
 from agentserver.db.database import Tx
-from agentserver.errors import Conflict, Forbidden, RateLimited, Unauthenticated
+from agentserver.errors import Conflict, Forbidden, Invalid, RateLimited, Unauthenticated
 from agentserver.models import User
 
 blueprint = Blueprint("auth", __name__, url_prefix="/api/auth")
@@ -41,6 +45,11 @@ class RegisterBody(Body):
 class LoginBody(Body):
     username: str = Field(max_length=_LOGIN_MAX)
     password: str = Field(max_length=_PASSWORD_MAX)
+
+
+class PasswordBody(Body):
+    current_password: str = Field(max_length=_PASSWORD_MAX)
+    new_password: str = Field(max_length=_PASSWORD_MAX)
 
 
 def set_session_cookie(response: Response, token: str) -> None:
@@ -143,8 +152,61 @@ def spend_password_attempt() -> None:
 
 @blueprint.post("/logout")
 async def logout() -> Response:
-    """End the session on the server and clear the cookie."""
-    await revoke_session(deps().db, request.cookies.get(session_cookie()))
+    """End the session on the server, with the sandbox-host sessions it opened, and clear the
+    cookie."""
+    user = await optional_user()
+    token = request.cookies.get(session_cookie())
+    await revoke_session(deps().db, token)
+    if user is not None and token:
+        access_ended(Revocation(user.id, session_hash=hash_token(token)))
+    return _signed_out()
+
+
+@blueprint.post("/logout-all")
+async def logout_all() -> Response:
+    """Sign out everywhere: end every session of the signed-in user, on every browser, with
+    every sandbox-host session they opened, and their open event streams."""
+    user = await current_user()
+    await revoke_user_sessions(deps().db, user.id)
+    access_ended(Revocation(user.id))
+    return _signed_out()
+
+
+@blueprint.post("/password")
+@validate_request(PasswordBody)
+async def change_password(data: PasswordBody) -> dict[str, Any]:
+    """Change the password (the current one is required). Every other session of the user
+    ends, with the sandbox-host sessions they opened; the session that made the change stays."""
+    user = await current_user()
+    throttle = deps().login_throttle
+    key = f"user:{user.username.strip().lower()}"  # the same budget as sign-ins
+    wait = throttle.retry_after(key)
+    if wait:
+        raise RateLimited("too many wrong passwords; try again later", retry_after=wait)
+    db = deps().db
+    stored = await db.scalar("get_password_hash", id=user.id)
+    if stored is None:
+        raise Conflict("this account signs in through a provider and has no password")
+    if not await passwords.verify_password(stored, data.current_password):
+        throttle.fail(key)
+        raise Forbidden("the current password is wrong")
+    try:
+        new_password = passwords.check_password(data.new_password)
+    except Invalid as exc:
+        raise Invalid(exc.message, field="newPassword") from None
+    new_hash = await passwords.hash_password(new_password)
+    keep = hash_token(request.cookies.get(session_cookie(), ""))
+
+    def work(tx: Tx) -> None:
+        tx.exec("set_password_hash", id=user.id, password_hash=new_hash)
+        tx.exec("delete_other_sessions", user_id=user.id, keep_hash=keep)
+
+    await db.transaction(work)
+    access_ended(Revocation(user.id, keep_session=keep))
+    return {"status": "ok"}
+
+
+def _signed_out() -> Response:
     response = jsonify({"status": "ok"})
     response.delete_cookie(
         session_cookie(),

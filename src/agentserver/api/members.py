@@ -9,7 +9,9 @@ from quart import Blueprint, Response
 from quart_schema import validate_request
 
 from agentserver.api.common import Body, deps, require, rfc3339
+from agentserver.api.revocation import access_ended
 from agentserver.auth.permissions import Action, allowed, may_grant, parse_role
+from agentserver.auth.revocation import Revocation
 from agentserver.db.database import Tx
 from agentserver.errors import Conflict, Forbidden, Invalid, NotFound
 from agentserver.models import Member, Role, User
@@ -106,14 +108,16 @@ async def change_role(workspace_id: str, user_id: str, data: RoleBody) -> dict[s
             raise Conflict("the last owner cannot be demoted; make someone else owner first")
         tx.exec("set_member_role", workspace_id=workspace_id, user_id=user_id, role=role.value)
         if current != role:
-            tx.exec(
-                "revoke_sandbox_sessions_for_member", workspace_id=workspace_id, user_id=user_id
+            _revoke_access(
+                tx, workspace_id, user_id, keep_codes=allowed(role, Action.CREATE_AGENT_CODE)
             )
         member = tx.one("get_member", Member, workspace_id=workspace_id, user_id=user_id)
         assert member is not None
         return member
 
-    return member_json(await deps().db.transaction(work))
+    member = await deps().db.transaction(work)
+    access_ended(Revocation(user_id, workspace_id=workspace_id))
+    return member_json(member)
 
 
 @blueprint.delete("/<user_id>")
@@ -128,8 +132,18 @@ async def remove_member(workspace_id: str, user_id: str) -> Response:
         current = _keep_an_owner(tx, workspace_id, user_id)
         if current == Role.OWNER and tx.scalar("count_owners", workspace_id=workspace_id) <= 1:
             raise Conflict("the last owner cannot be removed; make someone else owner first")
-        tx.exec("revoke_sandbox_sessions_for_member", workspace_id=workspace_id, user_id=user_id)
+        _revoke_access(tx, workspace_id, user_id, keep_codes=False)
         tx.exec("remove_member", workspace_id=workspace_id, user_id=user_id)
 
     await deps().db.transaction(work)
+    access_ended(Revocation(user_id, workspace_id=workspace_id))
     return Response("", status=204)
+
+
+def _revoke_access(tx: Tx, workspace_id: str, user_id: str, keep_codes: bool) -> None:
+    """What a member loses with a removal or a role change, in the same transaction: their
+    sandbox-host sessions (the next request re-checks the role through /open) and, unless the
+    new role may still add local agents, their unspent agent registration codes."""
+    tx.exec("revoke_sandbox_sessions_for_member", workspace_id=workspace_id, user_id=user_id)
+    if not keep_codes:
+        tx.exec("agent_revoke_member_codes", workspace_id=workspace_id, user_id=user_id)

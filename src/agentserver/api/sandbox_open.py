@@ -3,6 +3,11 @@
 The main session cookie stays on the main host. This route checks membership, mints a
 one-time ticket (≤ 60 s, stored hashed) and redirects the browser to the sandbox's subdomain,
 which spends the ticket for a cookie scoped to that sandbox and user (proxy/subdomain.py).
+
+The ticket is bound to the browser that asked (auth/tickets.py): the sandbox host starts the
+flow by giving the browser a nonce and sending it here with `?bind=<sha256 of the nonce>`.
+Without `bind` (the dashboard's Open button), this route first sends the browser to the
+sandbox host's `/_agentserver/auth`, which comes back with one.
 """
 
 from __future__ import annotations
@@ -12,11 +17,11 @@ from contextlib import asynccontextmanager
 
 from quart import Blueprint, Response, request
 
-from agentserver.api.common import deps, optional_user, require
+from agentserver.api.common import deps, optional_user, require, session_cookie
 from agentserver.auth.permissions import Action
-from agentserver.auth.tickets import mint_ticket
+from agentserver.auth.tickets import is_binding, mint_ticket
 from agentserver.deps import Deps
-from agentserver.errors import NotFound, Unauthenticated
+from agentserver.errors import Invalid, NotFound, Unauthenticated
 from agentserver.models import Sandbox, SandboxType
 
 blueprint = Blueprint("sandbox_open", __name__, url_prefix="/api/sandboxes")
@@ -46,7 +51,13 @@ async def open_sandbox(sandbox_id: str) -> Response:
         user, _ = await require(sandbox.workspace_id, Action.VIEW_SANDBOX)
     except NotFound:
         raise NotFound("sandbox not found") from None
-    ticket = await mint_ticket(deps().db, sandbox.id, user.id)
+    bind = request.args.get("bind", "")
+    if not bind:
+        return _redirect(sandbox_url(sandbox.id, sandbox.type, "/_agentserver/auth"))
+    if not is_binding(bind):
+        raise Invalid("bind: must be the 64 hex digits the sandbox's host sent", field="bind")
+    session = request.cookies.get(session_cookie(), "")
+    ticket = await mint_ticket(deps().db, sandbox.id, user.id, session, bind)
     return _redirect(sandbox_url(sandbox.id, sandbox.type, f"/_agentserver/auth?ticket={ticket}"))
 
 

@@ -12,8 +12,16 @@ from pydantic import Field
 from quart import Blueprint, Response, make_response, request
 from quart_schema import validate_request
 
-from agentserver.api.common import Body, current_user, deps, member_role, require
+from agentserver.api.common import (
+    Body,
+    current_user,
+    deps,
+    member_role,
+    require,
+    session_cookie,
+)
 from agentserver.auth.permissions import Action, allowed
+from agentserver.auth.tokens import hash_token
 from agentserver.deps import Deps
 from agentserver.errors import Forbidden, Invalid, NotFound, Unavailable
 from agentserver.models import Sandbox
@@ -128,10 +136,12 @@ def sse(event: Event) -> bytes:
 @blueprint.get("/workspaces/<workspace_id>/events")
 async def workspace_events(workspace_id: str) -> Response:
     """Server-sent events: the current sandboxes, then every change; a heartbeat every 15 s."""
-    await require(workspace_id, Action.VIEW_WORKSPACE)
+    user, _ = await require(workspace_id, Action.VIEW_WORKSPACE)
     svc = service()
-    # Subscribe before reading the snapshot, so no change can fall between the two.
-    sub = svc.events.subscribe(workspace_id)
+    # Subscribe before reading the snapshot, so no change can fall between the two. The
+    # subscription names its member: removing them or changing their role ends it.
+    session = request.cookies.get(session_cookie(), "")
+    sub = svc.events.subscribe(workspace_id, user.id, hash_token(session))
     try:
         snapshot = await svc.list(workspace_id)
     except BaseException:
@@ -155,7 +165,7 @@ async def workspace_events(workspace_id: str) -> Response:
                 with trio.move_on_after(HEARTBEAT):
                     try:
                         event = await sub.inbox.receive()
-                    except trio.EndOfChannel:  # dropped as too slow, or the workspace is gone
+                    except trio.EndOfChannel:  # too slow, workspace gone, or member removed
                         ended = True
                 await trio.lowlevel.checkpoint()
                 if ended:

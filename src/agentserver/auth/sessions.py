@@ -42,3 +42,9 @@ async def revoke_session(db: Database, token: str | None) -> None:
         await db.exec("delete_session", token_hash=hash_token(token))
     else:
         await trio.lowlevel.checkpoint()
+
+
+async def revoke_user_sessions(db: Database, user_id: str) -> int:
+    """End every session of `user_id`, and with them every sandbox-host session they opened
+    (ON DELETE CASCADE); returns how many ended."""
+    return await db.exec("delete_user_sessions", user_id=user_id)

@@ -5,6 +5,20 @@ lives ≤ 60 s and works once; the sandbox's subdomain redeems it for a session 
 that one sandbox and user. Both are stored only as SHA-256 hashes. A session answers with the
 member's current role on every check (cached for a few seconds), so a removed member or a
 changed role takes effect at once — and the members API deletes the rows as well.
+
+A subdomain session belongs to the main session whose /open minted its ticket: it ends when
+that main session ends (sign-out, sign-out everywhere, a password change; ON DELETE CASCADE)
+or expires, whichever comes first.
+
+Binding (why a ticket cannot sign a victim in as someone else): the ticket travels in a URL, so
+an attacker could mint one for themselves and send the link to a victim, whose browser would
+then hold the attacker's session on that sandbox host (and type into the attacker's agent).
+So the flow starts on the sandbox host, OAuth-`state` style: it gives the browser a random
+nonce in a host-only, HttpOnly cookie (`__Host-` with https, so sibling hosts cannot plant one)
+and sends it to the main host's /open with only the nonce's SHA-256 (`bind=`). /open stores
+that hash with the ticket; redemption succeeds only for a browser presenting the nonce itself.
+A link with someone else's ticket fails in any other browser, and the hash in the URL is of no
+use to whoever sees it: it cannot be turned back into the nonce.
 """
 
 from __future__ import annotations
@@ -16,7 +30,8 @@ from typing import Any
 import trio
 
 from agentserver.auth.permissions import Action, allowed
-from agentserver.auth.tokens import hash_token, new_token
+from agentserver.auth.revocation import Revocation
+from agentserver.auth.tokens import hash_token, new_token, same
 from agentserver.db.database import Database, Tx
 from agentserver.models import Role, Sandbox
 
@@ -26,6 +41,33 @@ SANDBOX_COOKIE = "agentserver_sandbox"
 def sandbox_cookie_name(secure: bool) -> str:
     """The subdomain cookie's name; `__Host-` with https so sibling sandboxes cannot plant it."""
     return f"__Host-{SANDBOX_COOKIE}" if secure else SANDBOX_COOKIE
+
+
+BIND_COOKIE = "agentserver_bind"
+# Long enough for the round trip through the main host (and a sign-in there, if needed).
+BIND_LIFETIME = 600
+_HEX = frozenset("0123456789abcdef")
+
+
+def bind_cookie_name(secure: bool) -> str:
+    """The binding nonce's cookie on the sandbox host; `__Host-` with https, as above."""
+    return f"__Host-{BIND_COOKIE}" if secure else BIND_COOKIE
+
+
+def new_binding() -> tuple[str, str]:
+    """A fresh nonce for the browser's cookie, and the hash that goes to /open (`bind=`)."""
+    nonce = new_token()
+    return nonce, hash_token(nonce)
+
+
+def binding_of(nonce: str) -> str | None:
+    """The `bind=` value of a nonce from a cookie, or None when it is no nonce of ours."""
+    return hash_token(nonce) if 20 <= len(nonce) <= 200 else None
+
+
+def is_binding(text: str) -> bool:
+    """True when `text` has the form of a `bind=` value (a hex SHA-256)."""
+    return len(text) == 64 and set(text) <= _HEX
 
 
 TICKET_LIFETIME = 60.0
@@ -43,6 +85,10 @@ class SandboxAccess:
     user_id: str
     role: Role
     sandbox: Sandbox
+    session_hash: str | None = None  # the main session it was opened from
+
+    def ended_by(self, revocation: Revocation) -> bool:
+        return revocation.covers(self.user_id, self.sandbox.workspace_id, self.session_hash)
 
     @property
     def read_only(self) -> bool:
@@ -54,9 +100,16 @@ def sandbox_from_row(row: dict[str, Any]) -> Sandbox:
 
 
 async def mint_ticket(
-    db: Database, sandbox_id: str, user_id: str, lifetime: float = TICKET_LIFETIME
+    db: Database,
+    sandbox_id: str,
+    user_id: str,
+    session_token: str,
+    binding: str,
+    lifetime: float = TICKET_LIFETIME,
 ) -> str:
-    """A fresh one-time ticket for `user_id` to open `sandbox_id`; the caller checked access."""
+    """A fresh one-time ticket for `user_id` to open `sandbox_id`, for the browser holding
+    the nonce whose hash is `binding`, on behalf of the main session `session_token`; the
+    caller checked access and that `binding` has the right form."""
     ticket = new_token()
 
     def work(tx: Tx) -> None:
@@ -66,6 +119,8 @@ async def mint_ticket(
             token_hash=hash_token(ticket),
             sandbox_id=sandbox_id,
             user_id=user_id,
+            session_hash=hash_token(session_token),
+            binding_hash=binding,
             lifetime=min(lifetime, TICKET_LIFETIME),
         )
 
@@ -74,35 +129,43 @@ async def mint_ticket(
 
 
 async def redeem_ticket(
-    db: Database, sandbox_id: str, ticket: str, lifetime: float = SESSION_LIFETIME
+    db: Database,
+    sandbox_id: str,
+    ticket: str,
+    nonce: str | None,
+    lifetime: float = SESSION_LIFETIME,
 ) -> str | None:
     """Spend `ticket` (once, atomically) for a subdomain session token; None if refused.
 
-    Refused: unknown, already used, expired, minted for another sandbox, or the user is no
-    longer a member allowed to view the sandbox.
+    Refused: unknown, already used, expired, minted for another sandbox or for another
+    browser (`nonce`, from the binding cookie, is not the one the ticket was bound to), the
+    main session that asked for it has ended, or the user is no longer a member allowed to
+    view the sandbox.
     """
-    if not ticket or len(ticket) > 200:
+    binding = binding_of(nonce) if nonce else None
+    if not ticket or len(ticket) > 200 or binding is None:
         await trio.lowlevel.checkpoint()
         return None
     token = new_token()
 
     def work(tx: Tx) -> str | None:
         rows = tx.rows("proxy_redeem_ticket", token_hash=hash_token(ticket), sandbox_id=sandbox_id)
-        if not rows or not rows[0]["valid"]:
+        if not rows or not rows[0]["valid"] or not same(rows[0]["binding_hash"], binding):
             return None
         user_id = rows[0]["user_id"]
         role = tx.scalar("proxy_member_role", sandbox_id=sandbox_id, user_id=user_id)
         if not allowed(role, Action.VIEW_SANDBOX):
             return None
         tx.exec("proxy_delete_expired_sessions", user_id=user_id)
-        tx.exec(
+        created = tx.exec(
             "proxy_create_session",
             token_hash=hash_token(token),
             sandbox_id=sandbox_id,
             user_id=user_id,
+            session_hash=rows[0]["session_hash"],
             lifetime=lifetime,
         )
-        return token
+        return token if created == 1 else None  # 0: the main session ended meanwhile
 
     # The DELETE commits even when the session is refused: a ticket never works twice.
     return await db.transaction(work)
@@ -118,16 +181,45 @@ async def session_access(db: Database, sandbox_id: str, token: str) -> SandboxAc
     )
     if not rows or not allowed(rows[0]["role"], Action.VIEW_SANDBOX):
         return None
-    return SandboxAccess(rows[0]["user_id"], Role(rows[0]["role"]), sandbox_from_row(rows[0]))
+    row = rows[0]
+    return SandboxAccess(
+        row["user_id"], Role(row["role"]), sandbox_from_row(row), row["session_hash"]
+    )
+
+
+class LiveRequest:
+    """One proxied request in flight (a page, an event stream, a terminal WebSocket), as a
+    context manager: `AccessCache.revoke` cancels it when its access ends."""
+
+    def __init__(self, live: set[LiveRequest], access: SandboxAccess) -> None:
+        self.access = access
+        self.scope = trio.CancelScope()
+        self._live = live
+
+    def __enter__(self) -> LiveRequest:
+        self._live.add(self)
+        self.scope.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self._live.discard(self)
+        return self.scope.__exit__(*exc)
 
 
 class AccessCache:
-    """Validated sessions for a few seconds, so a busy page costs one query per interval."""
+    """Validated sessions for a few seconds, so a busy page costs one query per interval; and
+    the requests in flight on them, so that ending access ends those too."""
 
     def __init__(self, db: Database, seconds: float = ACCESS_CACHE_SECONDS) -> None:
         self._db = db
         self._seconds = seconds
         self._entries: OrderedDict[tuple[str, str], tuple[float, SandboxAccess]] = OrderedDict()
+        # As many as the requests being proxied (the front end bounds those).
+        self._live: set[LiveRequest] = set()
+
+    def live(self, access: SandboxAccess) -> LiveRequest:
+        """Wrap a proxied request: it is cancelled if `access` is revoked meanwhile."""
+        return LiveRequest(self._live, access)
 
     async def get(self, sandbox_id: str, token: str) -> SandboxAccess | None:
         key = (hash_token(token), sandbox_id)
@@ -146,7 +238,37 @@ class AccessCache:
             self._entries.popitem(last=False)
         return access
 
+    def revoke(self, revocation: Revocation) -> int:
+        """Access ended (signed out, removed, role changed): drop what it covers from the
+        cache, so the next request is checked against the database at once, and cancel the
+        requests in flight on it (an open terminal or event stream); returns how many."""
+        for key in [k for k, (_, a) in self._entries.items() if a.ended_by(revocation)]:
+            del self._entries[key]
+        ended = [r for r in self._live if r.access.ended_by(revocation)]
+        for request in ended:
+            request.scope.cancel()
+        return len(ended)
+
     def forget(self, sandbox_id: str) -> None:
         """Drop cached entries for a sandbox (its status or address changed)."""
         for key in [k for k in self._entries if k[1] == sandbox_id]:
             del self._entries[key]
+
+
+ACCESS_CACHE_KEY = "sandbox_access"
+
+
+def shared_access_cache(extras: dict[str, Any], db: Database) -> AccessCache:
+    """The server's one AccessCache (in `deps.extras`): the subdomain proxy reads it, and the
+    routes that end access (sign-out, member changes) clear a user's entries in it."""
+    cache = extras.get(ACCESS_CACHE_KEY)
+    if not isinstance(cache, AccessCache):
+        cache = extras[ACCESS_CACHE_KEY] = AccessCache(db)
+    return cache
+
+
+def revoke_access(extras: dict[str, Any], revocation: Revocation) -> None:
+    """End what `revocation` covers in the proxy's cache and requests, if it runs here."""
+    cache = extras.get(ACCESS_CACHE_KEY)
+    if isinstance(cache, AccessCache):
+        cache.revoke(revocation)

@@ -32,13 +32,16 @@ FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 # Fields a client's `Connection` list can never remove: framing (above) and the Host.
 NOT_CONNECTION_OPTIONS = FRAMING | {b"host"}
 # Our own cookies: the main session (host-only on the main host, so it should never arrive here,
-# but stripped anyway) and the subdomain session. Neither may ever reach a sandbox.
+# but stripped anyway), the subdomain session and the sign-in binding nonce (auth/tickets.py).
+# None may ever reach a sandbox, nor be set by one.
 OUR_COOKIES = frozenset(
     {
         "agentserver_session",
         "agentserver_sandbox",
+        "agentserver_bind",
         "__Host-agentserver_session",
         "__Host-agentserver_sandbox",
+        "__Host-agentserver_bind",
     }
 )
 # Rewritten by us; whatever the client sent under these names is dropped.

@@ -114,6 +114,12 @@ BODY_TIMEOUT = Page(
     "Request too slow",
     "The request's body stopped arriving before it was complete. Try again.",
 )
+GUEST_HIDDEN = Page(
+    403,
+    "forbidden",
+    "Not shown to guests",
+    "This part of the agent holds the sandbox's settings and credentials; guests do not see it.",
+)
 CROSS_ORIGIN = Page(
     403, "forbidden", "Refused", "A request from another site may not act on this sandbox."
 )

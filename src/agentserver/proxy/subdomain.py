@@ -21,16 +21,20 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 
 from agentserver.auth.tickets import (
-    AccessCache,
+    BIND_LIFETIME,
     SandboxAccess,
+    bind_cookie_name,
+    binding_of,
+    new_binding,
     redeem_ticket,
     sandbox_cookie_name,
+    shared_access_cache,
 )
 from agentserver.auth.tokens import hash_token
 from agentserver.deps import Deps
 from agentserver.errors import SandboxUnreachable
 from agentserver.models import Sandbox, SandboxStatus, SandboxType
-from agentserver.proxy import pages
+from agentserver.proxy import guest, pages
 from agentserver.proxy.body_deadline import BodyDeadline
 from agentserver.proxy.frame_policy import with_frame_policy
 from agentserver.proxy.headers import (
@@ -128,7 +132,8 @@ class SubdomainProxy:
         self.deps = deps
         self.settings = deps.settings
         self.cookie = sandbox_cookie_name(deps.settings.secure_cookies)
-        self.access = AccessCache(deps.db)
+        self.bind_cookie = bind_cookie_name(deps.settings.secure_cookies)
+        self.access = shared_access_cache(deps.extras, deps.db)
         self.refused = RefusedTokens()
         # Names under the base domain that configured URLs give the server itself.
         self.main_names = frozenset(
@@ -204,6 +209,12 @@ class SubdomainProxy:
         if refusal is not None:
             await self.page(scope, send, refusal)
             return
+        if access.read_only and target.kind == "opencode":
+            if guest.refused(scope.get("raw_path") or scope["path"].encode()):
+                await self.page(scope, send, pages.GUEST_HIDDEN)
+                return
+            scope = self.guest_view(scope)
+            headers = scope["headers"]
         sandbox = access.sandbox
         upstream = await self.upstream_for(scope, send, sandbox)
         if upstream is None:
@@ -215,25 +226,34 @@ class SubdomainProxy:
             host_of(scope) or b"",
         )
         auth = self.agent_auth(sandbox)
-        if websocket:
-            await proxy_websocket(
+        # Signing out or losing membership cancels the request mid-way (an open terminal or
+        # event stream ends with the access that opened it).
+        with self.access.live(access):
+            if websocket:
+                await proxy_websocket(
+                    scope,
+                    receive,
+                    send,
+                    upstream,
+                    target_of(scope).decode("latin-1"),
+                    websocket_headers(headers, auth, fwd),
+                    lambda: self.touch(sandbox.id),
+                )
+                return
+            outgoing = request_headers(headers, auth, fwd)
+
+            async def unreachable(exc: SandboxUnreachable) -> None:
+                await self.unreachable(scope, send, sandbox, exc)
+
+            await proxy_http(
                 scope,
                 receive,
                 send,
                 upstream,
-                target_of(scope).decode("latin-1"),
-                websocket_headers(headers, auth, fwd),
+                outgoing,
                 lambda: self.touch(sandbox.id),
+                unreachable,
             )
-            return
-        outgoing = request_headers(headers, auth, fwd)
-
-        async def unreachable(exc: SandboxUnreachable) -> None:
-            await self.unreachable(scope, send, sandbox, exc)
-
-        await proxy_http(
-            scope, receive, send, upstream, outgoing, lambda: self.touch(sandbox.id), unreachable
-        )
 
     async def authenticate(self, target: Target, headers: Headers) -> SandboxAccess | None:
         """The access of the first valid sandbox cookie for THIS sandbox and subdomain kind."""
@@ -266,6 +286,16 @@ class SubdomainProxy:
             if access.read_only:
                 return pages.READ_ONLY
         return None
+
+    @staticmethod
+    def guest_view(scope: Scope) -> Scope:
+        """The request a guest may make of opencode: on its own project only (proxy/guest.py
+        says why the directory and workspace selectors go)."""
+        return {
+            **scope,
+            "query_string": guest.query_without_selectors(scope.get("query_string", b"")),
+            "headers": guest.headers_without_selectors(scope["headers"]),
+        }
 
     def own_origins(self, scope: Scope) -> frozenset[str]:
         host = (host_of(scope) or b"").decode("latin-1").lower()
@@ -358,43 +388,69 @@ class SubdomainProxy:
         self, target: Target, scope: Scope, send: Send, method: str, headers: Headers
     ) -> None:
         """No valid cookie: browsers go through the main site's open (which re-checks access
-        and comes back with a ticket); API clients get 401."""
+        and comes back with a ticket bound to this browser); API clients get 401."""
         if scope["type"] == "http" and pages.wants_html(method, headers):
-            location = f"{self.settings.main_url}/api/sandboxes/{target.sandbox_id}/open"
-            await respond(
-                send,
-                302,
-                [
-                    (b"location", location.encode()),
-                    (b"cache-control", b"no-store"),
-                    (b"content-length", b"0"),
-                ],
-            )
+            await self.start_binding(target, scope, send)
             return
         await self.page(scope, send, pages.SIGN_IN)
 
+    async def start_binding(self, target: Target, scope: Scope, send: Send) -> None:
+        """Give this browser a binding nonce (keeping one it already has, so two tabs opening
+        at once both succeed) and send it to the main host's /open with the nonce's hash;
+        auth/tickets.py explains why."""
+        held = cookie_values(scope["headers"], self.bind_cookie)
+        binding = binding_of(held[0]) if held else None
+        cookie = b""
+        if binding is None:
+            nonce, binding = new_binding()
+            cookie = self.cookie_header(self.bind_cookie, nonce, BIND_LIFETIME)
+        location = f"{self.settings.main_url}/api/sandboxes/{target.sandbox_id}/open?bind={binding}"
+        await respond(
+            send,
+            302,
+            [
+                (b"location", location.encode()),
+                *([(b"set-cookie", cookie)] if cookie else []),
+                (b"cache-control", b"no-store"),
+                (b"referrer-policy", b"no-referrer"),
+                (b"content-length", b"0"),
+            ],
+        )
+
+    def cookie_header(self, name: str, value: str, max_age: int) -> bytes:
+        # Host-only (no Domain): the cookie goes to this sandbox's host and nowhere else.
+        cookie = f"{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
+        if self.settings.secure_cookies:
+            cookie += "; Secure"
+        return cookie.encode()
+
     async def redeem(self, target: Target, scope: Scope, send: Send) -> None:
-        """`/_agentserver/auth?ticket=…`: spend the ticket, set the sandbox cookie, go to `/`."""
+        """`/_agentserver/auth?ticket=…`: spend the ticket (if it was minted for this browser),
+        set the sandbox cookie, go to `/`. Without a ticket: start the bound sign-in."""
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         ticket = (query.get("ticket") or [""])[0]
+        if scope["method"] == "GET" and not ticket:
+            await self.start_binding(target, scope, send)
+            return
         token = None
-        if scope["method"] == "GET" and ticket:
+        if scope["method"] == "GET":
+            nonces = cookie_values(scope["headers"], self.bind_cookie)
             token = await redeem_ticket(
-                self.deps.db, target.sandbox_id, ticket, lifetime=SESSION_MAX_AGE
+                self.deps.db,
+                target.sandbox_id,
+                ticket,
+                nonces[0] if nonces else None,
+                lifetime=SESSION_MAX_AGE,
             )
         if token is None:
             await self.page(scope, send, pages.LINK_EXPIRED)
             return
-        # Host-only (no Domain): the cookie goes to this sandbox's host and nowhere else.
-        cookie = f"{self.cookie}={token}; Path=/; Max-Age={SESSION_MAX_AGE}; HttpOnly; SameSite=Lax"
-        if self.settings.secure_cookies:
-            cookie += "; Secure"
         await respond(
             send,
             302,
             [
                 (b"location", b"/"),
-                (b"set-cookie", cookie.encode()),
+                (b"set-cookie", self.cookie_header(self.cookie, token, SESSION_MAX_AGE)),
                 (b"cache-control", b"no-store"),
                 (b"referrer-policy", b"no-referrer"),
                 (b"content-length", b"0"),

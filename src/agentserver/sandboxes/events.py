@@ -8,6 +8,8 @@ from typing import Any
 
 import trio
 
+from agentserver.auth.revocation import Revocation
+
 log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
@@ -23,8 +25,18 @@ class Subscription:
     manager (or call `close`) to unregister.
     """
 
-    def __init__(self, hub: WorkspaceEvents, workspace_id: str, buffer: int) -> None:
+    def __init__(
+        self,
+        hub: WorkspaceEvents,
+        workspace_id: str,
+        buffer: int,
+        user_id: str | None = None,
+        session_hash: str | None = None,
+    ) -> None:
         self.workspace_id = workspace_id
+        # Whose stream this is, opened from which main session: ended when that access ends.
+        self.user_id = user_id
+        self.session_hash = session_hash
         self._hub = hub
         self._send, self.inbox = trio.open_memory_channel[Event](buffer)
         self.dropped = False
@@ -61,9 +73,12 @@ class WorkspaceEvents:
         self._listeners: dict[str, set[Subscription]] = {}
         self._observers: list[Callable[[str, Event], None]] = []
 
-    def subscribe(self, workspace_id: str) -> Subscription:
-        """Start listening to one workspace (close the subscription when done)."""
-        sub = Subscription(self, workspace_id, self._buffer)
+    def subscribe(
+        self, workspace_id: str, user_id: str | None = None, session_hash: str | None = None
+    ) -> Subscription:
+        """Start listening to one workspace (close the subscription when done); `user_id` and
+        `session_hash` say whose it is, so `end` can find it when their access ends."""
+        sub = Subscription(self, workspace_id, self._buffer, user_id, session_hash)
         self._listeners.setdefault(workspace_id, set()).add(sub)
         return sub
 
@@ -93,6 +108,20 @@ class WorkspaceEvents:
         """End every subscription of a deleted workspace."""
         for sub in list(self._listeners.get(workspace_id, ())):
             sub.end()
+
+    def end(self, revocation: Revocation) -> int:
+        """End the subscriptions whose access `revocation` covers (a browser that reconnects
+        is checked afresh); returns how many."""
+        ended = [
+            sub
+            for subs in self._listeners.values()
+            for sub in subs
+            if sub.user_id is not None
+            and revocation.covers(sub.user_id, sub.workspace_id, sub.session_hash)
+        ]
+        for sub in ended:
+            sub.end()
+        return len(ended)
 
     def close_all(self) -> None:
         """End every subscription (server shutdown: open streams finish instead of hanging)."""

@@ -11,6 +11,7 @@ the homes and disks.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -19,14 +20,14 @@ import signal
 import socket
 import subprocess
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import httpx
 import trio
 
-from agentserver.errors import BackendError
+from agentserver.errors import AgentServerError, BackendError
 from agentserver.models import SandboxType
 from agentserver.sandboxes.account import (
     Account,
@@ -36,7 +37,14 @@ from agentserver.sandboxes.account import (
 )
 from agentserver.sandboxes.base import Endpoint, ExitNotice, Managed, SandboxSpec
 from agentserver.sandboxes.isolation import DISK_PATH, Isolation, probe_isolation
-from agentserver.sandboxes.proctree import descendants, open_pidfds, wait_gone
+from agentserver.sandboxes.proctree import (
+    descendants,
+    forget,
+    open_pidfds,
+    record,
+    sweep,
+    wait_gone,
+)
 from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,7 @@ LOG_LINES = 2000  # lines of output kept in memory per sandbox
 LOG_FILE_LIMIT = 4 << 20  # the output file starts over beyond this size
 PROBE_EVERY = 0.05
 PORT_ATTEMPTS = 3  # between health probes, once the agent said it listens
+REPORT_RETRY_FIRST, REPORT_RETRY_MAX = 0.5, 30.0  # retrying an exit notice that failed
 
 
 class Agent:
@@ -75,6 +84,27 @@ class Agent:
         return f"{self.kind} {how}" + (f"; last output: {last}" if last else "")
 
 
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_server(server_pid: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when the server's thread that forked it dies.
+
+    It runs after Popen switched user (a credential change clears the setting, so it must come
+    after), and checks the parent afterwards: a server that died in between is not noticed by
+    the kernel any more. bwrap's own `--die-with-parent` does the same inside the sandbox.
+    """
+
+    def preexec() -> None:
+        if _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != server_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
 class Child:
     """A child process started from the event-loop thread, with its output pipe as a trio stream.
 
@@ -103,6 +133,7 @@ class Child:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
+                preexec_fn=_die_with_server(os.getpid()),
                 **account.popen_args(),
             )
         except BaseException:
@@ -361,6 +392,11 @@ class ProcessBackend:
             process = Child.spawn(argv, env, str(self.home(spec.id)), self.account)
         except OSError as exc:
             raise BackendError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+        # Recorded at once: should the server die now, the next start finds and stops it.
+        try:
+            record(self.sandbox_dir(spec.id), process.pid)
+        except OSError as exc:
+            log.warning("sandbox %s: cannot record its process id: %s", spec.id, exc)
         agent = Agent(spec.id, spec.type.value, process, port)
         self._agents[spec.id] = agent
         await self._nursery.start(self._supervise, agent)
@@ -412,6 +448,8 @@ class ProcessBackend:
                 if agent.process.returncode is None:
                     kill_group(agent.process, signal.SIGKILL)
                     await agent.process.wait()
+            with suppress(OSError):
+                forget(self.sandbox_dir(agent.sandbox_id))
             agent.exited.set()
             agent.settled.set()
             if self._agents.get(agent.sandbox_id) is agent:
@@ -420,7 +458,34 @@ class ProcessBackend:
             reason = agent.exit_reason()
             log.warning("sandbox %s: %s", agent.sandbox_id, reason)
             if agent.listening:  # before that, `_ready` reports the failure itself
+                await self._report_exit(agent, reason)
+
+    async def _report_exit(self, agent: Agent, reason: str) -> None:
+        """Tell the lifecycle the agent stopped on its own, retrying while that fails (the
+        database may be down): a supervisor never takes the server down. It gives up once
+        another agent of the sandbox runs (that start decides its status)."""
+        delay = REPORT_RETRY_FIRST
+        while True:
+            try:
                 await self.on_exit(agent.sandbox_id, reason)
+                return
+            except AgentServerError as exc:
+                log.warning(
+                    "sandbox %s: cannot record that its agent stopped (%s); retrying in %g s",
+                    agent.sandbox_id,
+                    exc.message,
+                    delay,
+                )
+            except Exception:
+                log.exception(
+                    "sandbox %s: recording that its agent stopped failed", agent.sandbox_id
+                )
+                return
+            # A retry delay, not a wait for an event: nothing tells us the database is back.
+            await trio.sleep(delay)
+            delay = min(delay * 2, REPORT_RETRY_MAX)
+            if agent.sandbox_id in self._agents:
+                return
 
     async def _pump(
         self, agent: Agent, log_file: trio.abc.AsyncResource, drained: trio.Event
@@ -528,6 +593,29 @@ def write_openclaw_config(home: Path, spec: SandboxSpec, account: Account) -> No
         os.close(folder)
 
 
+def _sweep_all(root: Path) -> list[int]:
+    """Kill every agent an earlier run of the server left behind; pidfds to wait on."""
+    base = root / "sandboxes"
+    fds: list[int] = []
+    if base.is_dir():
+        for folder in sorted(base.iterdir()):
+            found = sweep(folder)
+            if found:
+                log.warning("sandbox %s: stopped its agent left from an earlier run", folder.name)
+            fds += found
+    return fds
+
+
+async def stop_leftovers(root: Path) -> None:
+    """Stop agents left running by a server that died without stopping them (before
+    reconciliation, which would otherwise start a second agent on the same home)."""
+    fds = await trio.to_thread.run_sync(_sweep_all, root)
+    with trio.move_on_after(STOP_GRACE) as waited:
+        await wait_gone(fds)
+    if waited.cancelled_caught:
+        log.warning("processes left from an earlier run did not exit after SIGKILL")
+
+
 @asynccontextmanager
 async def open_backend(settings: Settings, on_exit: ExitNotice) -> AsyncIterator[ProcessBackend]:
     """The process backend; leaving the context stops every sandbox process it started."""
@@ -537,6 +625,7 @@ async def open_backend(settings: Settings, on_exit: ExitNotice) -> AsyncIterator
     if problem is not None:
         log.warning("sandboxes cannot start: %s", problem)
     isolation = await probe_isolation(settings, account)
+    await stop_leftovers(settings.data_dir)
     async with trio.open_nursery() as nursery:
         backend = ProcessBackend(settings, on_exit, nursery, isolation, account)
         try:

@@ -251,6 +251,13 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Kubernetes runtimeClassName for sandbox pods (e.g. gvisor).",
     ),
+    Option(
+        "allow_unisolated_sandboxes",
+        "AGENTSERVER_ALLOW_UNISOLATED_SANDBOXES",
+        "false",
+        "Let the process backend start sandboxes where bubblewrap does not work; they can then"
+        " read each other's files and the server's command line (the web UI says so).",
+    ),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -386,6 +393,7 @@ class Settings:
     runtime_class: str | None = None
     session_lifetime: float = 7 * 86400.0
     extra: Mapping[str, str] = field(default_factory=dict)
+    allow_unisolated_sandboxes: bool = False
 
     @property
     def secure_cookies(self) -> bool:
@@ -531,6 +539,10 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         github_oauth_url=(raw["github_oauth_url"] or "https://github.com").rstrip("/"),
         kube_namespace_prefix=raw["kube_namespace_prefix"] or "agent-ws",
         runtime_class=raw["runtime_class"] or None,
+        allow_unisolated_sandboxes=convert(
+            "allow_unisolated_sandboxes",
+            lambda t: parse_bool(t or ""),  # type: ignore[arg-type]
+        ),
     )
 
 

@@ -199,3 +199,13 @@ def test_proxy_timeout_reaches_the_upstream_pool_setting() -> None:
     """`--proxy-timeout 2m` is 120 seconds of waiting for a sandbox's response headers."""
     assert build_settings({"proxy_timeout": "2m"}, {}).proxy_timeout == 120.0
     assert build_settings({}, {}).proxy_timeout == 60.0
+
+
+def test_unisolated_sandboxes_are_off_unless_allowed() -> None:
+    """--allow-unisolated-sandboxes defaults to off; its flag or variable turns it on."""
+    assert build_settings({}, {}).allow_unisolated_sandboxes is False
+    env = {"AGENTSERVER_ALLOW_UNISOLATED_SANDBOXES": "true"}
+    assert build_settings({}, env).allow_unisolated_sandboxes is True
+    assert build_settings({"allow_unisolated_sandboxes": "yes"}, {}).allow_unisolated_sandboxes
+    with pytest.raises(ConfigError, match="--allow-unisolated-sandboxes"):
+        build_settings({"allow_unisolated_sandboxes": "perhaps"}, {})

@@ -37,6 +37,7 @@ class Isolation:
 
     bwrap: str | None = None
     hidden: tuple[str, ...] = field(default=_HIDDEN)
+    problem: str = ""  # why there is none (when bwrap is None)
 
     @property
     def enabled(self) -> bool:
@@ -117,24 +118,18 @@ def _try(bwrap: str, data_dir: Path, account: Account) -> str | None:
 
 
 async def probe_isolation(settings: Settings, account: Account) -> Isolation:
-    """Bubblewrap when it is installed and works here as `account`; otherwise none, warned."""
+    """Bubblewrap when it is installed and works here as `account`; otherwise none, saying why
+    (the backend decides whether sandboxes may start without it)."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
-        log.warning("bubblewrap (bwrap) is not installed: sandbox processes run without isolation")
         await trio.lowlevel.checkpoint()
-        return Isolation()
+        return Isolation(problem="bubblewrap (bwrap) is not installed")
     problem = await trio.to_thread.run_sync(_try, bwrap, settings.data_dir, account)
     if problem is not None:
-        # Still as the unprivileged account: one uid for every sandbox is the lesser evil
-        # compared with uid 0 reading root-only files (and the server's secrets among them).
-        log.warning(
-            "bubblewrap does not work here as %s (%s): sandbox processes run without isolation,"
-            " so they can read each other's homes and disks; allowing unprivileged user"
-            " namespaces (sysctl user.max_user_namespaces, kernel.apparmor_restrict_"
-            "unprivileged_userns) enables it",
-            account.name,
-            problem,
+        return Isolation(
+            problem=f"bubblewrap does not work here as {account.name} ({problem}); allowing"
+            " unprivileged user namespaces (sysctl user.max_user_namespaces,"
+            " kernel.apparmor_restrict_unprivileged_userns) enables it"
         )
-        return Isolation()
     log.info("sandbox processes are isolated with bubblewrap, as %s", account.name)
     return Isolation(bwrap)

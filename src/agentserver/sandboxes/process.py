@@ -45,7 +45,7 @@ from agentserver.sandboxes.proctree import (
     sweep,
     wait_gone,
 )
-from agentserver.settings import Settings
+from agentserver.settings import OPTION_BY_NAME, Settings
 
 log = logging.getLogger(__name__)
 STOP_GRACE = 5.0  # SIGTERM, then SIGKILL after this long
@@ -188,6 +188,7 @@ class ProcessBackend:
         self._agents: dict[str, Agent] = {}
         self._root = settings.data_dir
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False)
+        self.refusal, self.warnings = isolation_verdict(settings, isolation)
 
     # -- paths --------------------------------------------------------------------------------
     def sandbox_dir(self, sandbox_id: str) -> Path:
@@ -353,6 +354,9 @@ class ProcessBackend:
 
     async def _start(self, spec: SandboxSpec) -> Endpoint:
         """Start the agent (if it is not running) and return once it answers its health check."""
+        if self.refusal:
+            await trio.lowlevel.checkpoint()
+            raise BackendError(self.refusal)
         agent = self._agents.get(spec.id)
         if agent is not None and not agent.exited.is_set() and agent.listening:
             await trio.lowlevel.checkpoint()
@@ -591,6 +595,28 @@ def write_openclaw_config(home: Path, spec: SandboxSpec, account: Account) -> No
             os.fchown(folder, account.uid, account.gid)
     finally:
         os.close(folder)
+
+
+def isolation_verdict(settings: Settings, isolation: Isolation) -> tuple[str, tuple[str, ...]]:
+    """Without working bubblewrap a sandbox can read the server's command line, every home and
+    disk, and reach every local port: refuse to start sandboxes then (the returned refusal),
+    unless the operator allowed it (then a warning the web UI shows)."""
+    allow = OPTION_BY_NAME["allow_unisolated_sandboxes"].flag
+    if isolation.enabled:
+        return "", ()
+    if settings.allow_unisolated_sandboxes:
+        warning = (
+            f"Sandboxes run without isolation ({allow}): {isolation.problem}. Each sandbox can"
+            " read the others' files and reach their ports and the server's."
+        )
+        log.warning("%s", warning)
+        return "", (warning,)
+    refusal = (
+        f"sandboxes cannot start: {isolation.problem}; install bubblewrap where it works, or"
+        f" pass {allow} to run them without isolation"
+    )
+    log.error("%s", refusal)
+    return refusal, (refusal[0].upper() + refusal[1:] + ".",)
 
 
 def _sweep_all(root: Path) -> list[int]:

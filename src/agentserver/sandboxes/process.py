@@ -41,6 +41,7 @@ from agentserver.sandboxes.account import (
 from agentserver.sandboxes.base import Endpoint, ExitNotice, Managed, SandboxSpec
 from agentserver.sandboxes.ids import Ids, share_disk
 from agentserver.sandboxes.isolation import DISK_PATH, Isolation, probe_isolation
+from agentserver.sandboxes.limits import Limits, limits_for
 from agentserver.sandboxes.proctree import (
     descendants,
     forget,
@@ -92,9 +93,10 @@ _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def _child_setup(server_pid: int) -> Callable[[], None]:
-    """A preexec_fn: the child gets SIGKILL when the server's thread that forked it dies, and
-    creates files for its owner and group only (the workspace disk's group shares them).
+def _child_setup(server_pid: int, limits: Limits) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when the server's thread that forked it dies,
+    creates files for its owner and group only (the workspace disk's group shares them), and
+    starts with the sandbox's resource limits (limits.py).
 
     It runs after Popen switched user (a credential change clears the death signal, so it must
     come after), and checks the parent afterwards: a server that died in between is not
@@ -103,6 +105,7 @@ def _child_setup(server_pid: int) -> Callable[[], None]:
 
     def preexec() -> None:
         os.umask(0o007)
+        limits.apply()
         if _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
         if os.getppid() != server_pid:
@@ -127,8 +130,16 @@ class Child:
         self.stdout = stdout
 
     @classmethod
-    def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, account: Account) -> Child:
-        """Start `argv` as `account` (user, group, no supplementary groups) in its own session."""
+    def spawn(
+        cls,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        account: Account,
+        limits: Limits = Limits(),  # noqa: B008 (frozen, so one shared default is fine)
+    ) -> Child:
+        """Start `argv` as `account` (user, group, no supplementary groups) in its own session,
+        with `limits`."""
         read_fd, write_fd = os.pipe()
         try:
             popen = subprocess.Popen(
@@ -139,7 +150,7 @@ class Child:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_child_setup(os.getpid()),
+                preexec_fn=_child_setup(os.getpid(), limits),
                 **account.popen_args(),
             )
         except BaseException:
@@ -420,7 +431,8 @@ class ProcessBackend:
         )
         try:
             account = self.account_of(spec.id, spec.workspace_id)
-            process = Child.spawn(argv, env, str(self.home(spec.id)), account)
+            limits = limits_for(self.settings, own_uid=self.ids is not None)
+            process = Child.spawn(argv, env, str(self.home(spec.id)), account, limits)
         except OSError as exc:
             raise BackendError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
         # Recorded at once: should the server die now, the next start finds and stops it.

@@ -263,7 +263,7 @@ OPTIONS: tuple[Option, ...] = (
         "AGENTSERVER_ALLOW_UNISOLATED_SANDBOXES",
         "false",
         "Let the process backend start sandboxes where bubblewrap does not work; they can then"
-        " read each other's files and the server's command line (the web UI says so).",
+        " see the server's command line and reach other sandboxes' ports (the web UI says so).",
     ),
     Option(
         "agent_file_size_limit",

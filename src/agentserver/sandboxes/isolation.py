@@ -22,7 +22,7 @@ from pathlib import Path
 import trio
 
 from agentserver.sandboxes.account import Account
-from agentserver.settings import Settings
+from agentserver.settings import OPTION_BY_NAME, Settings
 
 log = logging.getLogger(__name__)
 DISK_PATH = "/data/disk0"
@@ -133,3 +133,26 @@ async def probe_isolation(settings: Settings, account: Account) -> Isolation:
         )
     log.info("sandbox processes are isolated with bubblewrap, as %s", account.name)
     return Isolation(bwrap)
+
+
+def isolation_verdict(settings: Settings, isolation: Isolation) -> tuple[str, tuple[str, ...]]:
+    """Without working bubblewrap a sandbox can read the server's command line, every home and
+    disk, and reach every local port: refuse to start sandboxes then (the returned refusal),
+    unless the operator allowed it (then a warning the web UI shows)."""
+    allow = OPTION_BY_NAME["allow_unisolated_sandboxes"].flag
+    if isolation.enabled:
+        return "", ()
+    if settings.allow_unisolated_sandboxes:
+        warning = (
+            f"Sandboxes run without isolation ({allow}): {isolation.problem}. Each sandbox can"
+            " see every process's command line and reach the other sandboxes' ports and the"
+            " server's (and, unless the server runs as root, read the others' files)."
+        )
+        log.warning("%s", warning)
+        return "", (warning,)
+    refusal = (
+        f"sandboxes cannot start: {isolation.problem}; install bubblewrap where it works, or"
+        f" pass {allow} to run them without isolation"
+    )
+    log.error("%s", refusal)
+    return refusal, (refusal[0].upper() + refusal[1:] + ".",)

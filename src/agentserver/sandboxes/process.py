@@ -14,16 +14,14 @@ death signal) and a pid file lets the next start stop any that survived (proctre
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
 import shutil
 import signal
 import socket
-import subprocess
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
@@ -39,18 +37,24 @@ from agentserver.sandboxes.account import (
     resolve_account,
 )
 from agentserver.sandboxes.base import Endpoint, ExitNotice, Managed, SandboxSpec
+from agentserver.sandboxes.child import Child
 from agentserver.sandboxes.ids import Ids, share_disk
-from agentserver.sandboxes.isolation import DISK_PATH, Isolation, probe_isolation
-from agentserver.sandboxes.limits import Limits, limits_for
+from agentserver.sandboxes.isolation import (
+    DISK_PATH,
+    Isolation,
+    isolation_verdict,
+    probe_isolation,
+)
+from agentserver.sandboxes.limits import limits_for
 from agentserver.sandboxes.proctree import (
     descendants,
     forget,
     open_pidfds,
     record,
-    sweep,
+    stop_leftovers,
     wait_gone,
 )
-from agentserver.settings import OPTION_BY_NAME, Settings
+from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)
 STOP_GRACE = 5.0  # SIGTERM, then SIGKILL after this long
@@ -87,94 +91,6 @@ class Agent:
         )
         last = self.tail(3).strip()
         return f"{self.kind} {how}" + (f"; last output: {last}" if last else "")
-
-
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def _child_setup(server_pid: int, limits: Limits) -> Callable[[], None]:
-    """A preexec_fn: the child gets SIGKILL when the server's thread that forked it dies,
-    creates files for its owner and group only (the workspace disk's group shares them), and
-    starts with the sandbox's resource limits (limits.py).
-
-    It runs after Popen switched user (a credential change clears the death signal, so it must
-    come after), and checks the parent afterwards: a server that died in between is not
-    noticed by the kernel any more. bwrap's own `--die-with-parent` does the same inside.
-    """
-
-    def preexec() -> None:
-        os.umask(0o007)
-        limits.apply()
-        if _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() != server_pid:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
-
-
-class Child:
-    """A child process started from the event-loop thread, with its output pipe as a trio stream.
-
-    Not `trio.lowlevel.open_process`: that forks from a worker thread, and bubblewrap's
-    `--die-with-parent` (PR_SET_PDEATHSIG) fires when the *thread* that forked it exits — the
-    worker thread cache retires idle threads after seconds, which would kill every sandbox.
-    The main thread lives as long as the server, so a crashed server still takes its
-    sandboxes with it. Forking costs a few milliseconds of the loop, once per start.
-    """
-
-    def __init__(self, popen: subprocess.Popen[bytes], stdout: trio.lowlevel.FdStream) -> None:
-        self._popen = popen
-        self.pid = popen.pid
-        self.stdout = stdout
-
-    @classmethod
-    def spawn(
-        cls,
-        argv: list[str],
-        env: dict[str, str],
-        cwd: str,
-        account: Account,
-        limits: Limits = Limits(),  # noqa: B008 (frozen, so one shared default is fine)
-    ) -> Child:
-        """Start `argv` as `account` (user, group, no supplementary groups) in its own session,
-        with `limits`."""
-        read_fd, write_fd = os.pipe()
-        try:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-                preexec_fn=_child_setup(os.getpid(), limits),
-                **account.popen_args(),
-            )
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-        return cls(popen, trio.lowlevel.FdStream(read_fd))
-
-    @property
-    def returncode(self) -> int | None:
-        return self._popen.returncode
-
-    async def wait(self) -> int:
-        """Wait for the exit without a thread: a pidfd becomes readable when it exits."""
-        if self._popen.returncode is not None:
-            await trio.lowlevel.checkpoint()
-            return self._popen.returncode
-        pidfd = os.pidfd_open(self.pid)
-        try:
-            await trio.lowlevel.wait_readable(pidfd)
-        finally:
-            os.close(pidfd)
-        return self._popen.wait()
 
 
 def free_port() -> int:
@@ -636,51 +552,6 @@ def write_openclaw_config(home: Path, spec: SandboxSpec, account: Account) -> No
         os.close(folder)
 
 
-def isolation_verdict(settings: Settings, isolation: Isolation) -> tuple[str, tuple[str, ...]]:
-    """Without working bubblewrap a sandbox can read the server's command line, every home and
-    disk, and reach every local port: refuse to start sandboxes then (the returned refusal),
-    unless the operator allowed it (then a warning the web UI shows)."""
-    allow = OPTION_BY_NAME["allow_unisolated_sandboxes"].flag
-    if isolation.enabled:
-        return "", ()
-    if settings.allow_unisolated_sandboxes:
-        warning = (
-            f"Sandboxes run without isolation ({allow}): {isolation.problem}. Each sandbox can"
-            " read the others' files and reach their ports and the server's."
-        )
-        log.warning("%s", warning)
-        return "", (warning,)
-    refusal = (
-        f"sandboxes cannot start: {isolation.problem}; install bubblewrap where it works, or"
-        f" pass {allow} to run them without isolation"
-    )
-    log.error("%s", refusal)
-    return refusal, (refusal[0].upper() + refusal[1:] + ".",)
-
-
-def _sweep_all(root: Path) -> list[int]:
-    """Kill every agent an earlier run of the server left behind; pidfds to wait on."""
-    base = root / "sandboxes"
-    fds: list[int] = []
-    if base.is_dir():
-        for folder in sorted(base.iterdir()):
-            found = sweep(folder)
-            if found:
-                log.warning("sandbox %s: stopped its agent left from an earlier run", folder.name)
-            fds += found
-    return fds
-
-
-async def stop_leftovers(root: Path) -> None:
-    """Stop agents left running by a server that died without stopping them (before
-    reconciliation, which would otherwise start a second agent on the same home)."""
-    fds = await trio.to_thread.run_sync(_sweep_all, root)
-    with trio.move_on_after(STOP_GRACE) as waited:
-        await wait_gone(fds)
-    if waited.cancelled_caught:
-        log.warning("processes left from an earlier run did not exit after SIGKILL")
-
-
 @asynccontextmanager
 async def open_backend(settings: Settings, on_exit: ExitNotice) -> AsyncIterator[ProcessBackend]:
     """The process backend; leaving the context stops every sandbox process it started."""
@@ -690,7 +561,7 @@ async def open_backend(settings: Settings, on_exit: ExitNotice) -> AsyncIterator
     if problem is not None:
         log.warning("sandboxes cannot start: %s", problem)
     isolation = await probe_isolation(settings, account)
-    await stop_leftovers(settings.data_dir)
+    await stop_leftovers(settings.data_dir / "sandboxes", STOP_GRACE)
     ids = await trio.to_thread.run_sync(Ids.scan, settings.data_dir) if account.switches else None
     async with trio.open_nursery() as nursery:
         backend = ProcessBackend(settings, on_exit, nursery, isolation, account, ids)

@@ -8,12 +8,15 @@ Waiting on pidfds makes `pause`/`destroy` return only when nothing of the sandbo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 from contextlib import suppress
 from pathlib import Path
 
 import trio
+
+log = logging.getLogger(__name__)
 
 
 def _parents() -> dict[int, int]:
@@ -169,3 +172,26 @@ def kill_tree(pid: int) -> list[int]:
         with suppress(ProcessLookupError, PermissionError):
             os.kill(member, signal.SIGKILL)
     return fds
+
+
+def _sweep_all(base: Path) -> list[int]:
+    """Kill every agent an earlier run of the server left behind; pidfds to wait on."""
+    fds: list[int] = []
+    if base.is_dir():
+        for folder in sorted(base.iterdir()):
+            found = sweep(folder)
+            if found:
+                log.warning("sandbox %s: stopped its agent left from an earlier run", folder.name)
+            fds += found
+    return fds
+
+
+async def stop_leftovers(base: Path, grace: float) -> None:
+    """Stop the agents recorded in `base`/*/agent.pid that a server which died without stopping
+    them left running (before reconciliation, which would otherwise start a second agent on
+    the same home); wait up to `grace` seconds for them to be gone."""
+    fds = await trio.to_thread.run_sync(_sweep_all, base)
+    with trio.move_on_after(grace) as waited:
+        await wait_gone(fds)
+    if waited.cancelled_caught:
+        log.warning("processes left from an earlier run did not exit after SIGKILL")

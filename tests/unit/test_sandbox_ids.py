@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,23 @@ def test_sharing_a_disk_hands_its_contents_to_the_group_without_following_links(
     assert (file.st_gid, stat.S_IMODE(file.st_mode)) == (gid, 0o770)
     target = outside.stat()
     assert (target.st_gid, stat.S_IMODE(target.st_mode)) == (0, 0o600)
+
+
+def test_sandboxes_started_at_once_from_threads_never_share_an_id() -> None:
+    """Allocations from several worker threads at once all get distinct uids."""
+    ids = Ids()
+    keys = [[f"t{t}-s{n}" for n in range(300)] for t in range(8)]
+    barrier = threading.Barrier(len(keys))
+
+    def allocate(mine: list[str]) -> None:
+        barrier.wait()
+        for key in mine:
+            ids.uid(key)
+
+    threads = [threading.Thread(target=allocate, args=(mine,)) for mine in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(ids.uids) == 8 * 300
+    assert len(set(ids.uids.values())) == 8 * 300

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +29,14 @@ def in_range(number: int) -> bool:
 
 @dataclass
 class Ids:
-    """Who is who: sandbox id → uid, workspace id → gid (each unique within the range)."""
+    """Who is who: sandbox id → uid, workspace id → gid (each unique within the range).
+
+    Safe to use from worker threads: two sandboxes started at once never get the same id.
+    """
 
     uids: dict[str, int] = field(default_factory=dict)
     gids: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def scan(cls, data_dir: Path) -> Ids:
@@ -52,11 +57,13 @@ class Ids:
 
     def uid(self, sandbox_id: str) -> int:
         """The sandbox's uid, allocated on first use."""
-        return _allocate(self.uids, sandbox_id)
+        with self._lock:
+            return _allocate(self.uids, sandbox_id)
 
     def gid(self, workspace_id: str) -> int:
         """The workspace disk's gid, allocated on first use."""
-        return _allocate(self.gids, workspace_id)
+        with self._lock:
+            return _allocate(self.gids, workspace_id)
 
 
 def _allocate(table: dict[str, int], key: str) -> int:

@@ -21,7 +21,6 @@ from agentserver.sandboxes.proctree import group_members, record
 from agentserver.settings import OPTIONS
 from tests.conftest import start_server
 from tests.support.sandboxes import (
-    START_DEADLINE,
     alive,
     open_events,
     owner_with_workspace,
@@ -74,7 +73,7 @@ async def serve(data_dir: Path, env: dict[str, str]) -> tuple[trio.Process, int]
     return proc, int(match.group(1))
 
 
-async def running_sandbox(port: int) -> str:
+async def running_sandbox(nursery: trio.Nursery, port: int) -> str:
     """Register, create a workspace and a sandbox, and return its id once it runs."""
     url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=url, headers={"Origin": url}, timeout=30) as client:
@@ -82,17 +81,14 @@ async def running_sandbox(port: int) -> str:
         assert (await client.post("/api/auth/register", json=body)).status_code == 201
         workspace = await client.post("/api/workspaces", json={"name": "w"})
         wid = workspace.json()["id"]
+        events = await open_events(nursery, client, wid)
         created = await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "box"})
         assert created.status_code == 201, created.text
         sid = str(created.json()["id"])
-        with trio.fail_after(START_DEADLINE):
-            while True:
-                status = (await client.get(f"/api/sandboxes/{sid}")).json()["status"]
-                assert status in ("creating", "running"), status
-                if status == "running":
-                    return sid
-                # Polling another process's state over HTTP (it has no push we can await here).
-                await trio.sleep(0.1)
+        started = await events.until(sid, "running", "failed")
+        events.close()
+        assert started["status"] == "running", started["statusReason"]
+        return sid
 
 
 async def wait_gone(pids: list[int], seconds: float) -> list[int]:
@@ -115,7 +111,12 @@ async def wait_gone(pids: list[int], seconds: float) -> list[int]:
 
 @pytest.mark.parametrize("isolated", [True, False], ids=["bubblewrap", "unisolated"])
 async def test_a_killed_server_leaves_no_agent_running(
-    isolated: bool, tmp_path: Path, db_url: str, opencode_bin: str, broken_bwrap: Path
+    isolated: bool,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    db_url: str,
+    opencode_bin: str,
+    broken_bwrap: Path,
 ) -> None:
     """SIGKILL on the server ends its sandbox's opencode too, with or without bubblewrap."""
     extra = (
@@ -129,7 +130,7 @@ async def test_a_killed_server_leaves_no_agent_running(
     data_dir = reachable_data_dir(tmp_path / "data")
     proc, port = await serve(data_dir, server_env(opencode_bin, db_url, **extra))
     try:
-        sid = await running_sandbox(port)
+        sid = await running_sandbox(nursery, port)
         agents = processes_of(sid)
         assert agents, "the sandbox's processes should be running"
         proc.send_signal(signal.SIGKILL)

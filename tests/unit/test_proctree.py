@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from contextlib import suppress
 from pathlib import Path
 
@@ -56,14 +57,22 @@ async def test_wait_gone_blocks_while_a_process_lives() -> None:
 
 
 async def spawn_tree() -> tuple[trio.Process, list[int]]:
-    """A session leader with a child in its group, as an agent started by an earlier run."""
+    """A session leader with a child in its group, as an agent started by an earlier run; it
+    prints the child's pid once it has forked it."""
     leader = await trio.lowlevel.open_process(
-        ["sh", "-c", "sleep 60 & wait"], start_new_session=True
+        ["sh", "-c", "sleep 60 >/dev/null & echo $!; exec 1>&-; wait"],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
     )
+    assert leader.stdout is not None
+    line = b""
     with trio.fail_after(10):
-        while not descendants(leader.pid):  # no event marks a fork: poll /proc
-            await trio.sleep(0.01)
-    return leader, descendants(leader.pid)
+        while not line.endswith(b"\n"):
+            chunk = await leader.stdout.receive_some()
+            assert chunk, "the shell exited before starting its child"
+            line += chunk
+    await leader.stdout.aclose()
+    return leader, [int(line)]
 
 
 async def test_sweep_kills_a_recorded_agent_and_its_children(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 bubblewrap puts the agent in a new session and pid namespace, so signalling the process group
 reaches only bwrap; the kernel then kills the rest as the namespace is torn down, a moment later.
 Waiting on pidfds makes `pause`/`destroy` return only when nothing of the sandbox is left.
+A pid file per sandbox lets the next start find and stop an agent a killed server left behind.
 """
 
 from __future__ import annotations

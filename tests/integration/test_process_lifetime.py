@@ -209,3 +209,33 @@ async def test_an_agent_exit_during_a_database_outage_is_recorded_once_it_is_bac
     events.close()
     await client.aclose()
     server.shutdown.set()
+
+
+async def test_unrecorded_processes_of_our_sandboxes_are_stopped_and_others_spared(
+    tmp_path: Path, db_url: str, opencode_bin: str
+) -> None:
+    """Without a pid file (an agent from before them, or a process that left the agent's
+    group), a process labelled with one of our sandboxes' ids is stopped at backend start;
+    one labelled with a sandbox of another data directory is not."""
+    settings = sandbox_settings_for(db_url, tmp_path / "data", opencode_bin)
+    (settings.data_dir / "sandboxes" / "ours").mkdir(parents=True)
+    env = {"PATH": os.environ["PATH"]}
+    ours = await trio.lowlevel.open_process(
+        ["sleep", "60"], env={**env, "AGENTSERVER_SANDBOX_ID": "ours"}, start_new_session=True
+    )
+    theirs = await trio.lowlevel.open_process(
+        ["sleep", "60"], env={**env, "AGENTSERVER_SANDBOX_ID": "theirs"}, start_new_session=True
+    )
+    try:
+
+        async def on_exit(sandbox_id: str, reason: str) -> None:
+            raise AssertionError("no sandbox of this backend should exit")
+
+        async with process_backend.open_backend(settings, on_exit):
+            assert not alive(ours.pid)
+            assert alive(theirs.pid)
+    finally:
+        for proc in (ours, theirs):
+            with suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()

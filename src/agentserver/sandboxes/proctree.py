@@ -175,15 +175,46 @@ def kill_tree(pid: int) -> list[int]:
     return fds
 
 
+LABEL = b"AGENTSERVER_SANDBOX_ID="  # in the environment of every process a sandbox starts
+
+
+def labelled(sandbox_ids: set[str]) -> dict[str, list[int]]:
+    """Processes whose environment names one of `sandbox_ids` (readable: root's, or our own)."""
+    found: dict[str, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with suppress(OSError):
+            for item in (entry / "environ").read_bytes().split(b"\0"):
+                if item.startswith(LABEL):
+                    sandbox_id = item[len(LABEL) :].decode(errors="replace")
+                    if sandbox_id in sandbox_ids:
+                        found.setdefault(sandbox_id, []).append(int(entry.name))
+                    break
+    return found
+
+
 def _sweep_all(base: Path) -> list[int]:
-    """Kill every agent an earlier run of the server left behind; pidfds to wait on."""
+    """Kill every agent an earlier run of the server left behind; pidfds to wait on.
+
+    First the recorded ones (pid files); then any process still labelled with one of our
+    sandboxes' ids: agents started before pid files existed, or processes an agent without
+    bubblewrap started in a session of their own. At this point this server runs no agent
+    yet, so every such process is a leftover.
+    """
     fds: list[int] = []
-    if base.is_dir():
-        for folder in sorted(base.iterdir()):
-            found = sweep(folder)
-            if found:
-                log.warning("sandbox %s: stopped its agent left from an earlier run", folder.name)
-            fds += found
+    folders = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    for folder in folders:
+        found = sweep(folder)
+        if found:
+            log.warning("sandbox %s: stopped its agent left from an earlier run", folder.name)
+        fds += found
+    for sandbox_id, pids in labelled({f.name for f in folders}).items():
+        log.warning(
+            "sandbox %s: stopped %d process(es) left from an earlier run", sandbox_id, len(pids)
+        )
+        for pid in pids:
+            fds += kill_tree(pid)
     return fds
 
 

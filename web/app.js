@@ -45,7 +45,15 @@ function WorkspaceSwitcher({ workspaces, current, section }) {
   </div>`;
 }
 
-function Frame({ me, workspaces, route, onSignOut, onSignOutEverywhere, children }) {
+/** What the server says every signed-in user should know (e.g. sandboxes run unisolated). */
+function Warnings({ warnings }) {
+  if (!warnings || warnings.length === 0) return null;
+  return html`<div class="server-warnings" role="alert">
+    ${warnings.map((text) => html`<p>${text}</p>`)}
+  </div>`;
+}
+
+function Frame({ me, workspaces, route, warnings, onSignOut, onSignOutEverywhere, children }) {
   // Off a workspace's pages (workspace list, admin) the tabs keep pointing at the last one used.
   const last = localStorage.getItem(LAST_WORKSPACE);
   const wid = route.workspaceId || (workspaces.some((ws) => ws.id === last) ? last : workspaces[0] && workspaces[0].id);
@@ -77,6 +85,7 @@ function Frame({ me, workspaces, route, onSignOut, onSignOutEverywhere, children
         </details>
       </div>
     </header>
+    <${Warnings} warnings=${warnings} />
     <main id="main">${children}</main>
   </div>`;
 }
@@ -152,6 +161,7 @@ function App() {
   }
   if (state.phase === 'signin') return html`<${SignIn} config=${state.config} onSignedIn=${boot} />`;
   return html`<${Frame} me=${state.me} workspaces=${workspaces} route=${route}
+    warnings=${state.config.warnings}
     onSignOut=${() => signOut(false)} onSignOutEverywhere=${() => signOut(true)}>
     ${route.view === 'home' ? html`<${Loading} />` : html`<${Screen} route=${route} me=${state.me} workspaces=${workspaces} reload=${reload} />`}
   <//>`;

@@ -33,7 +33,7 @@ from agentserver.proxy.llm import llm_middleware, open_llm_proxy
 from agentserver.proxy.subdomain import SubdomainProxy, open_proxy
 from agentserver.proxy.tunnel_upstream import open_tunnel_upstreams
 from agentserver.sandboxes.feature import open_sandboxes
-from agentserver.settings import Settings
+from agentserver.settings import OPTION_BY_NAME, Settings
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 5.0
@@ -184,5 +184,14 @@ async def main(settings: Settings) -> None:
             nursery.start_soon(watch)
             running: Running = await nursery.start(partial(run, settings, shutdown=shutdown))
             print(f"agentserver listening on {running.url}", flush=True)
+            for flag in settings.secret_flags:
+                env = OPTION_BY_NAME[flag[2:].replace("-", "_")].env
+                log.warning(
+                    "%s was given on the command line, where every local user can read it;"
+                    " use %s or %s_FILE instead",
+                    flag,
+                    env,
+                    env,
+                )
             await shutdown.wait()
         log.info("stopped")

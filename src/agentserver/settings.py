@@ -102,8 +102,8 @@ OPTIONS: tuple[Option, ...] = (
         "sandbox_user",
         "AGENTSERVER_SANDBOX_USER",
         "agentserver-sandbox",
-        "User the process backend runs sandboxes as when the server runs as root (the default"
-        " system user is created if missing); ignored otherwise.",
+        "System user the process backend checks bubblewrap as when the server runs as root (the"
+        " default is created if missing); each sandbox then runs as a uid of its own.",
     ),
     Option(
         "agent_image",
@@ -133,9 +133,16 @@ OPTIONS: tuple[Option, ...] = (
         "agent_nano_cpus",
         "AGENT_NANO_CPUS",
         "2000000000",
-        "CPU limit per sandbox container, in billionths of a CPU.",
+        "CPU limit per sandbox container, in billionths of a CPU (not the process backend,"
+        " whose sandboxes run at a lower priority instead).",
     ),
-    Option("agent_pids_limit", "AGENT_PIDS_LIMIT", "256", "Process limit per sandbox container."),
+    Option(
+        "agent_pids_limit",
+        "AGENT_PIDS_LIMIT",
+        "256",
+        "Process limit per sandbox container (process backend of a root server: processes and"
+        " threads of the sandbox's own uid); 0 means none.",
+    ),
     Option(
         "anthropic_api_key",
         "ANTHROPIC_API_KEY",
@@ -268,6 +275,20 @@ OPTIONS: tuple[Option, ...] = (
         "How long the subdomain proxy waits for the next bytes of a request body before it"
         " answers 408 and closes the connection.",
     ),
+    Option(
+        "allow_unisolated_sandboxes",
+        "AGENTSERVER_ALLOW_UNISOLATED_SANDBOXES",
+        "false",
+        "Let the process backend start sandboxes where bubblewrap does not work; they can then"
+        " see the server's command line and reach other sandboxes' ports (the web UI says so).",
+    ),
+    Option(
+        "agent_file_size_limit",
+        "AGENT_FILE_SIZE_LIMIT",
+        "8GiB",
+        "Largest file a process sandbox may write (RLIMIT_FSIZE; not a quota on the whole"
+        " disk); 0 means no limit.",
+    ),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -291,6 +312,7 @@ _SIZE_UNITS = {
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # POSIX-portable user names (what useradd accepts by default), at most 32 characters.
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,30}\$?")
+MAX_SECRET_FILE = 64 << 10
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -418,6 +440,10 @@ class Settings:
     extra: Mapping[str, str] = field(default_factory=dict)
     trusted_proxies: tuple[IPNetwork, ...] = ()
     proxy_body_timeout: float = 30.0
+    allow_unisolated_sandboxes: bool = False
+    # Flags of secrets given on the command line (the server warns once it listens).
+    secret_flags: tuple[str, ...] = ()
+    agent_file_size_limit: int = 8 << 30
 
     @property
     def secure_cookies(self) -> bool:
@@ -454,15 +480,52 @@ def _replace(settings: Settings, **changes: object) -> Settings:
 
 
 def _pick(name: str, values: Mapping[str, str | None], environ: Mapping[str, str]) -> str | None:
-    """Flag beats environment beats default; an empty environment value counts as unset."""
+    """Flag beats environment beats default; an empty environment value counts as unset.
+
+    A secret can also come from a file named by `<VARIABLE>_FILE` (Docker's convention), so
+    it need not be on the command line (any local user reads /proc/PID/cmdline) or in the
+    environment of every process the server starts.
+    """
     option = OPTION_BY_NAME[name]
     given = values.get(name)
     if given is not None:
         return given
     env = environ.get(option.env)
+    file = environ.get(f"{option.env}_FILE") if option.secret else None
+    if env not in (None, "") and file:
+        raise ConfigError(
+            f"{option.env} and {option.env}_FILE are both set: keep one", field=option.name
+        )
     if env not in (None, ""):
         return env
+    if file:
+        return read_secret_file(option, file)
     return option.default
+
+
+def read_secret_file(option: Option, path: str) -> str:
+    """The secret in the file `<VARIABLE>_FILE` names, without its trailing newline."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read(MAX_SECRET_FILE + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"{option.env}_FILE: cannot read {path}: {reason}", field=option.name
+        ) from None
+    if len(text) > MAX_SECRET_FILE:
+        raise ConfigError(
+            f"{option.env}_FILE: {path} is larger than {MAX_SECRET_FILE} bytes", field=option.name
+        )
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise ConfigError(f"{option.env}_FILE: {path} is empty", field=option.name)
+    return secret
+
+
+def secrets_on_command_line(values: Mapping[str, str | None]) -> list[str]:
+    """The flags of secret options given on the command line (readable by any local user)."""
+    return [o.flag for o in OPTIONS if o.secret and values.get(o.name) is not None]
 
 
 def _where(name: str, values: Mapping[str, str | None]) -> str:
@@ -565,6 +628,12 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         runtime_class=raw["runtime_class"] or None,
         trusted_proxies=convert("trusted_proxies", parse_networks),  # type: ignore[arg-type]
         proxy_body_timeout=convert("proxy_body_timeout", positive_duration),  # type: ignore[arg-type]
+        allow_unisolated_sandboxes=convert(
+            "allow_unisolated_sandboxes",
+            lambda t: parse_bool(t or ""),  # type: ignore[arg-type]
+        ),
+        secret_flags=tuple(secrets_on_command_line(values)),
+        agent_file_size_limit=convert("agent_file_size_limit", lambda t: parse_size(t or "")),  # type: ignore[arg-type]
     )
 
 

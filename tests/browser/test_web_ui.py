@@ -671,3 +671,28 @@ def test_first_visit_creates_the_admin_account(
     page.goto(live_server.url + "/")
     expect(page.get_by_role("button", name="Sign in")).to_be_visible()
     expect(page.get_by_role("heading", name="Create the admin account")).to_have_count(0)
+
+
+@pytest.mark.browser
+def test_a_server_warning_is_shown_above_every_screen(
+    live_server_factory: Callable[..., LiveServer],
+    tour_factory: Callable[..., Tour],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When sandboxes run without isolation, a signed-in user sees the server's warning banner."""
+    from agentserver.sandboxes import process as process_backend
+    from agentserver.sandboxes.isolation import Isolation
+
+    async def unusable(*args: object) -> Isolation:
+        return Isolation(problem="bubblewrap does not work here (test)")
+
+    monkeypatch.setattr(process_backend, "probe_isolation", unusable)
+    server = live_server_factory(allow_unisolated_sandboxes="true")
+    server.register("warned").close()
+    tour = tour_factory(server.url, viewport={"width": 1280, "height": 800})
+    sign_in(tour, "warned")
+    tour.page.goto(server.url + "/workspaces")
+    banner = tour.page.get_by_role("alert")
+    expect(banner).to_contain_text("Sandboxes run without isolation")
+    expect(banner).to_contain_text("--allow-unisolated-sandboxes")
+    tour.shot("warning")

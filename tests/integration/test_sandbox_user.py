@@ -1,4 +1,5 @@
-"""A root server runs sandbox processes as the unprivileged sandbox user (process backend)."""
+"""A root server runs each sandbox as its own unprivileged uid, with a group per workspace disk
+(process backend)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import trio
 
 from agentserver.sandboxes.account import Account
+from agentserver.sandboxes.ids import in_range
 from agentserver.sandboxes.process import Child, ProcessBackend
 from agentserver.sandboxes.service import Sandboxes
 from agentserver.settings import Settings
@@ -86,17 +88,19 @@ async def run_as(
 async def test_the_agent_runs_unprivileged_and_cannot_read_root_files(
     sandbox_server: Server, nursery: trio.Nursery, root_only_file: Path, tmp_path: Path
 ) -> None:
-    """opencode runs as the sandbox user without extra groups, owns its home and disk, and a
-    command started the same way cannot read a root-only file that root itself can read."""
+    """opencode runs as the sandbox's own uid and its workspace's group without extra groups,
+    owns its home, shares the disk through the group, and a command started the same way
+    cannot read a root-only file that root itself can read."""
     backend = backend_of(sandbox_server)
-    account = backend.account
-    assert account.uid != 0
-    assert account.switches
     client, wid = await owner_with_workspace(sandbox_server)
     events = await open_events(nursery, client, wid)
     response = await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "u"})
     sid = response.json()["id"]
     assert (await events.until(sid, "running", "failed"))["status"] == "running"
+    account = backend.account_of(sid, wid)
+    assert in_range(account.uid)
+    assert in_range(account.gid)
+    assert account.uid != backend.account.uid
 
     pid = backend.pid(sid)
     assert pid is not None
@@ -106,10 +110,10 @@ async def test_the_agent_runs_unprivileged_and_cannot_read_root_files(
         assert ids["Gid"] == [account.gid] * 4, (process, ids)
         assert ids["Groups"] == [], (process, ids)
     home, disk = backend.home(sid), backend.disk(wid)
-    for folder in (home, disk):
-        info = folder.stat()
-        assert (info.st_uid, info.st_gid) == (account.uid, account.gid), folder
-        assert info.st_mode & 0o777 == 0o700, folder
+    info = home.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (account.uid, account.gid, 0o700)
+    info = disk.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (0, account.gid, 0o2770)
     output_log = backend.sandbox_dir(sid) / "output.log"
     assert output_log.stat().st_mode & 0o777 == 0o600  # the agent's output: the server's only
 
@@ -129,7 +133,9 @@ async def test_the_agent_runs_unprivileged_and_cannot_read_root_files(
     status, output = await run_as(backend, account, home, disk, "/bin/sh", "-c", script)
     assert (status, output.strip()) == (0, str(account.uid))
     assert (home / "mine").stat().st_uid == account.uid
-    assert (disk / "shared").stat().st_uid == account.uid
+    shared = (disk / "shared").stat()
+    assert (shared.st_uid, shared.st_gid) == (account.uid, account.gid)
+    assert shared.st_mode & 0o077 == 0o060  # the workspace's group may change it; no one else
 
     events.close()
     assert (await client.delete(f"/api/workspaces/{wid}")).status_code == 204
@@ -189,3 +195,70 @@ async def test_a_program_the_user_cannot_reach_fails_naming_opencode_bin(
     reason = await failure_of_a_new_sandbox(nursery, settings)
     assert "--opencode-bin" in reason
     assert "cannot enter" in reason
+
+
+async def unwrapped(account: Account, home: Path, *argv: str) -> tuple[int, str]:
+    """Run `argv` as `account` like an agent that escaped bubblewrap: no mounts hide anything."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+    child = Child.spawn(list(argv), env, str(home), account)
+    output = b""
+    async with child.stdout:
+        while chunk := await child.stdout.receive_some(65536):
+            output += chunk
+    return await child.wait(), output.decode(errors="replace")
+
+
+async def test_sandboxes_cannot_read_each_others_homes_or_other_workspaces_disks(
+    sandbox_server: Server, nursery: trio.Nursery
+) -> None:
+    """Each sandbox has its own uid and each workspace disk its own group: even outside its
+    mounts a sandbox cannot read another sandbox's home or another workspace's disk, while two
+    sandboxes of one workspace can both change a file on their shared disk."""
+    backend = backend_of(sandbox_server)
+    client, first_ws = await owner_with_workspace(sandbox_server)
+    second_ws = (await client.post("/api/workspaces", json={"name": "other"})).json()["id"]
+    events = [await open_events(nursery, client, w) for w in (first_ws, second_ws)]
+    placed = [(first_ws, events[0], "a1"), (first_ws, events[0], "a2"), (second_ws, events[1], "b")]
+    ids: dict[str, str] = {}
+    for wid, stream, name in placed:
+        response = await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": name})
+        ids[name] = response.json()["id"]
+        assert (await stream.until(ids[name], "running", "failed"))["status"] == "running"
+    a1, a2, b = (backend.account_of(ids[n], w) for w, _, n in placed)
+    assert len({a1.uid, a2.uid, b.uid}) == 3
+    assert a1.gid == a2.gid != b.gid
+    home = {name: backend.home(sid) for name, sid in ids.items()}
+    disk = backend.disk(first_ws)
+    team = ("/data/disk0" if backend.isolation.enabled else str(disk)) + "/team"
+
+    status, _ = await run_as(
+        backend,
+        a1,
+        home["a1"],
+        disk,
+        "/bin/sh",
+        "-c",
+        'echo private > "$HOME/private" && echo one > ' + team,
+    )
+    assert status == 0
+    for account, own in ((b, home["b"]), (a2, home["a2"])):
+        status, output = await unwrapped(account, own, "/bin/cat", str(home["a1"] / "private"))
+        assert status != 0, output
+        assert "Permission denied" in output, output
+    status, output = await unwrapped(b, home["b"], "/bin/ls", str(disk))
+    assert status != 0, output
+    assert "Permission denied" in output, output
+    if backend.isolation.enabled:  # inside bubblewrap the other homes are not even there
+        status, output = await run_as(
+            backend, b, home["b"], backend.disk(second_ws), "/bin/ls", str(home["a1"])
+        )
+        assert status != 0, output
+        assert "No such file or directory" in output, output
+    status, output = await run_as(
+        backend, a2, home["a2"], disk, "/bin/sh", "-c", f"echo two >> {team}"
+    )
+    assert status == 0, output
+    assert (disk / "team").read_text() == "one\ntwo\n"
+    for stream in events:
+        stream.close()
+    await client.aclose()

@@ -336,14 +336,18 @@ async def test_without_bubblewrap_the_disk_is_linked_from_the_home(
     opencode_bin: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Where bubblewrap cannot run, sandboxes still start; the workspace disk is the `disk0`
-    link in the home and AGENTSERVER_DISK, and pausing stops the process group."""
+    """Where bubblewrap cannot run and unisolated sandboxes are allowed, they start; the
+    workspace disk is the `disk0` link in the home and AGENTSERVER_DISK, and pausing stops the
+    process group."""
 
     async def no_isolation(*args: object) -> Isolation:
         return Isolation()
 
     monkeypatch.setattr(process_backend, "probe_isolation", no_isolation)
-    server = await start_server(nursery, sandbox_settings_for(db_url, tmp_path / "d", opencode_bin))
+    settings = sandbox_settings_for(
+        db_url, tmp_path / "d", opencode_bin, allow_unisolated_sandboxes="true"
+    )
+    server = await start_server(nursery, settings)
     assert not service(server).backend.isolation.enabled  # type: ignore[attr-defined]
     client, wid = await owner_with_workspace(server)
     events = await open_events(nursery, client, wid)

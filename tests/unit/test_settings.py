@@ -9,12 +9,14 @@ import pytest
 from agentserver.errors import ConfigError
 from agentserver.settings import (
     OPTIONS,
+    Option,
     Settings,
     build_settings,
     parse_bool,
     parse_duration,
     parse_listen,
     parse_size,
+    secrets_on_command_line,
 )
 
 
@@ -199,3 +201,57 @@ def test_proxy_timeout_reaches_the_upstream_pool_setting() -> None:
     """`--proxy-timeout 2m` is 120 seconds of waiting for a sandbox's response headers."""
     assert build_settings({"proxy_timeout": "2m"}, {}).proxy_timeout == 120.0
     assert build_settings({}, {}).proxy_timeout == 60.0
+
+
+def test_unisolated_sandboxes_are_off_unless_allowed() -> None:
+    """--allow-unisolated-sandboxes defaults to off; its flag or variable turns it on."""
+    assert build_settings({}, {}).allow_unisolated_sandboxes is False
+    env = {"AGENTSERVER_ALLOW_UNISOLATED_SANDBOXES": "true"}
+    assert build_settings({}, env).allow_unisolated_sandboxes is True
+    assert build_settings({"allow_unisolated_sandboxes": "yes"}, {}).allow_unisolated_sandboxes
+    with pytest.raises(ConfigError, match="--allow-unisolated-sandboxes"):
+        build_settings({"allow_unisolated_sandboxes": "perhaps"}, {})
+
+
+SECRETS = [o for o in OPTIONS if o.secret]
+
+
+@pytest.mark.parametrize("option", SECRETS, ids=[o.env for o in SECRETS])
+def test_every_secret_can_come_from_a_file(option: Option, tmp_path: Path) -> None:
+    """<VARIABLE>_FILE names a file holding the secret (its trailing newline dropped)."""
+    secret = tmp_path / "secret"
+    secret.write_text("postgresql://u:p@db/x\n" if option.name == "db_url" else "s3cr3t\n")
+    settings = build_settings({}, {f"{option.env}_FILE": str(secret)})
+    assert getattr(settings, option.name) == secret.read_text().rstrip("\n")
+
+
+def test_a_secret_file_problem_names_the_variable_not_the_secret(tmp_path: Path) -> None:
+    """A missing or empty secret file, or a secret set both ways, is a clear ConfigError."""
+    missing = {"ANTHROPIC_API_KEY_FILE": str(tmp_path / "nope")}
+    with pytest.raises(ConfigError, match="ANTHROPIC_API_KEY_FILE: cannot read"):
+        build_settings({}, missing)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        build_settings({}, {"ANTHROPIC_API_KEY_FILE": str(empty)})
+    both = {"ANTHROPIC_API_KEY": "k", "ANTHROPIC_API_KEY_FILE": str(empty)}
+    with pytest.raises(ConfigError, match="both set"):
+        build_settings({}, both)
+
+
+def test_a_flag_still_beats_a_secret_file(tmp_path: Path) -> None:
+    """A flag wins over <VARIABLE>_FILE, as over the variable itself; and it is reported as a
+    secret given on the command line."""
+    secret = tmp_path / "secret"
+    secret.write_text("from-file")
+    values = {"anthropic_api_key": "from-flag"}
+    assert build_settings(values, {"ANTHROPIC_API_KEY_FILE": str(secret)}).anthropic_api_key == (
+        "from-flag"
+    )
+    assert secrets_on_command_line(values) == ["--anthropic-api-key"]
+    assert secrets_on_command_line({"listen": "127.0.0.1:1"}) == []
+
+
+def test_only_secrets_have_a_file_variant(tmp_path: Path) -> None:
+    """A _FILE variable of a setting that is no secret is ignored (not read)."""
+    assert build_settings({}, {"BASE_DOMAIN_FILE": str(tmp_path / "nope")}).base_domain is None

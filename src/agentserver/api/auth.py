@@ -236,4 +236,6 @@ async def config() -> dict[str, Any]:
         "providers": providers,
         "user": user_json(user) if user else None,
         "baseDomain": deps().settings.domain,
+        # Signed-in users only: e.g. that sandboxes run without isolation (sandboxes/feature.py).
+        "warnings": list(deps().extras.get("server_warnings", ())) if user else [],
     }

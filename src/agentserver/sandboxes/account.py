@@ -1,10 +1,12 @@
-"""The unprivileged user sandbox processes run as when the server runs as root.
+"""The unprivileged account sandbox processes run as when the server runs as root.
 
 A root server would otherwise hand uid 0 to every agent: bubblewrap drops its capabilities,
 but uid 0 still reads every root-owned file the sandbox sees read-only (/etc/shadow, keys
 under /etc), and without bubblewrap it could do anything. So, like embedded PostgreSQL runs
 as a `pgserver` system user, sandboxes run as `--sandbox-user` (a system user created on first
-use), without supplementary groups. A server that is not root runs them as itself.
+use), without supplementary groups. A server that is not root runs them as itself. A root
+server's process backend goes further and gives each sandbox an account of its own (a uid per
+sandbox, a gid per workspace disk: ids.py); the system user is who the isolation probe runs as.
 """
 
 from __future__ import annotations

@@ -71,6 +71,8 @@ async def open_sandboxes(deps: Deps) -> AsyncIterator[None]:
             deps.extras["idle_watcher"] = watcher
         deps.extras["sandboxes"] = service
         deps.extras["delete_workspace_resources"] = service.delete_workspace_resources
+        # What signed-in users should know about this server (e.g. sandboxes run unisolated).
+        deps.extras["server_warnings"] = tuple(getattr(backend, "warnings", ()))
         try:
             yield
         finally:
@@ -78,3 +80,4 @@ async def open_sandboxes(deps: Deps) -> AsyncIterator[None]:
             nursery.cancel_scope.cancel()
             deps.extras.pop("sandboxes", None)
             deps.extras.pop("delete_workspace_resources", None)
+            deps.extras.pop("server_warnings", None)

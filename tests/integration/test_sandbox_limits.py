@@ -1,0 +1,116 @@
+"""Resource limits of process sandboxes: what the agent starts with, and that they hold."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from agentserver.sandboxes.account import Account
+from agentserver.sandboxes.ids import ID_BASE
+from agentserver.sandboxes.limits import NICE, Limits
+from agentserver.sandboxes.process import Child, ProcessBackend
+from tests.conftest import start_server
+from tests.support.sandboxes import (
+    agent_process,
+    open_events,
+    owner_with_workspace,
+    sandbox_settings_for,
+)
+
+MiB = 1 << 20
+
+
+def limits_of(pid: int) -> dict[str, tuple[str, str]]:
+    """/proc/PID/limits as name → (soft, hard)."""
+    found = {}
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines()[1:]:
+        parts = line[26:].split()
+        found[line[:26].strip()] = (parts[0], parts[1])
+    return found
+
+
+def nice_of(pid: int) -> int:
+    """The process's nice value (field 19 of /proc/PID/stat)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+async def test_the_agent_starts_with_the_configured_limits(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, opencode_bin: str
+) -> None:
+    """opencode (and bubblewrap above it) runs with --agent-file-size-limit as its largest file,
+    --agent-pids-limit as its process count (a root server, where each sandbox has a uid of its
+    own), at a lower priority."""
+    settings = sandbox_settings_for(
+        db_url,
+        tmp_path / "d",
+        opencode_bin,
+        agent_file_size_limit="64MiB",
+        agent_pids_limit="200",
+    )
+    server = await start_server(nursery, settings)
+    client, wid = await owner_with_workspace(server)
+    events = await open_events(nursery, client, wid)
+    sid = (await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "l"})).json()["id"]
+    started = await events.until(sid, "running", "failed")
+    assert started["status"] == "running", started["statusReason"]
+    backend = server.deps.extras["sandboxes"].backend
+    assert isinstance(backend, ProcessBackend)
+    pid = backend.pid(sid)
+    assert pid is not None
+    for process in (pid, agent_process(pid)):
+        limits = limits_of(process)
+        assert limits["Max file size"] == (str(64 * MiB), str(64 * MiB)), process
+        if os.geteuid() == 0:
+            assert limits["Max processes"] == ("200", "200"), process
+        assert nice_of(process) == NICE
+    events.close()
+    await client.aclose()
+    server.shutdown.set()
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A folder any user may work in (pytest's own are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="agentserver-limits-", dir="/tmp"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def run_limited(folder: Path, uid: int, limits: Limits, script: str) -> tuple[int, str]:
+    """Run `script` with sh as `uid` (a sandbox's own), with `limits`."""
+    account = Account("limits-test", uid, uid)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(folder)}
+    child = Child.spawn(["/bin/sh", "-c", script], env, str(folder), account, limits)
+    output = b""
+    async with child.stdout:
+        while chunk := await child.stdout.receive_some(65536):
+            output += chunk
+    return await child.wait(), output.decode(errors="replace")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as another uid")
+async def test_the_limits_hold(open_folder: Path) -> None:
+    """A file beyond the file-size limit is cut at the limit, and forks beyond the process
+    limit fail."""
+    limits = Limits(((resource.RLIMIT_FSIZE, MiB), (resource.RLIMIT_NPROC, 8)))
+    # Ids no other test uses: processes that exited but were not reaped yet count for NPROC.
+    first, second = ID_BASE + 99_998, ID_BASE + 99_999
+    status, output = await run_limited(
+        open_folder, first, limits, "head -c 2097152 /dev/zero > big; echo $?; stat -c %s big"
+    )
+    assert status == 0, output
+    assert output.split()[-1] == str(MiB), output  # cut at the limit, with an error
+    script = (
+        "i=0; while [ $i -lt 20 ]; do sleep 30 </dev/null >/dev/null 2>&1 & i=$((i+1)); done;"
+        " kill $(jobs -p) 2>/dev/null"
+    )
+    status, output = await run_limited(open_folder, second, limits, script)
+    assert "fork" in output.lower(), output

@@ -251,6 +251,13 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Kubernetes runtimeClassName for sandbox pods (e.g. gvisor).",
     ),
+    Option(
+        "reconcile_interval",
+        "AGENTSERVER_RECONCILE_INTERVAL",
+        "60s",
+        "How often sandbox rows and the backend are made to agree again (a status write lost"
+        " while the database was down, an exit missed); 0 reconciles only at start.",
+    ),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -386,6 +393,7 @@ class Settings:
     runtime_class: str | None = None
     session_lifetime: float = 7 * 86400.0
     extra: Mapping[str, str] = field(default_factory=dict)
+    reconcile_interval: float = 60.0
 
     @property
     def secure_cookies(self) -> bool:
@@ -531,6 +539,7 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         github_oauth_url=(raw["github_oauth_url"] or "https://github.com").rstrip("/"),
         kube_namespace_prefix=raw["kube_namespace_prefix"] or "agent-ws",
         runtime_class=raw["runtime_class"] or None,
+        reconcile_interval=convert("reconcile_interval", lambda t: parse_duration(t or "")),  # type: ignore[arg-type]
     )
 
 

@@ -8,8 +8,14 @@ import psycopg
 import trio
 
 from agentserver.sandboxes.service import Sandboxes
-from tests.conftest import start_server
-from tests.support.sandboxes import alive, open_events, owner_with_workspace, sandbox_settings_for
+from tests.conftest import Server, start_server
+from tests.support.sandboxes import (
+    EventStream,
+    alive,
+    open_events,
+    owner_with_workspace,
+    sandbox_settings_for,
+)
 
 SETTLED = {"running", "paused", "failed"}
 
@@ -71,4 +77,122 @@ async def test_stop_leaves_no_process_and_restart_reconciles(
     assert {r["status"] for r in rows} <= SETTLED
     events.close()
     await client.aclose()
+    server.shutdown.set()
+
+
+# A trigger that makes the database refuse (as a lost connection, SQLSTATE 08006) the first
+# `lost` writes that move a sandbox to `running`. A sequence counts them: it is not rolled
+# back with the failed write.
+LOSE_RUNNING_WRITES = """
+CREATE SEQUENCE lost_running_writes;
+CREATE FUNCTION lose_running_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.status = 'running' AND OLD.status <> 'running'
+     AND nextval('lost_running_writes') <= {lost} THEN
+    RAISE EXCEPTION 'connection lost (test)' USING ERRCODE = '08006';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER lose_running_write BEFORE UPDATE ON sandboxes
+  FOR EACH ROW EXECUTE FUNCTION lose_running_write();
+"""
+
+
+def run_sql(db_url: str, sql: str) -> object:
+    """Run SQL behind the server's back; the first column of the last row, if any."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        cursor = conn.execute(sql)
+        row = cursor.fetchone() if cursor.description else None
+        return None if row is None else row[0]
+
+
+async def test_a_lost_running_write_is_retried_not_left_creating(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, opencode_bin: str
+) -> None:
+    """When the database refuses the write that ends a start (twice), the service tries again
+    and the sandbox ends `running`, not stuck `creating` with its agent running."""
+    server = await start_server(nursery, sandbox_settings_for(db_url, tmp_path, opencode_bin))
+    await trio.to_thread.run_sync(run_sql, db_url, LOSE_RUNNING_WRITES.format(lost=2))
+    client, wid = await owner_with_workspace(server)
+    events = await open_events(nursery, client, wid)
+    sid = (await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "s"})).json()["id"]
+    settled = await events.until(sid, *SETTLED)
+    assert settled["status"] == "running", settled
+    lost = await trio.to_thread.run_sync(
+        run_sql, db_url, "SELECT last_value FROM lost_running_writes"
+    )
+    assert lost == 3  # two writes refused, the third taken (the trigger's count)
+    events.close()
+    await client.aclose()
+    server.shutdown.set()
+
+
+async def running_sandbox(server: Server, nursery: trio.Nursery) -> tuple[EventStream, str, int]:
+    """A workspace event stream, a running sandbox's id and its agent's process id."""
+    client, wid = await owner_with_workspace(server)
+    events = await open_events(nursery, client, wid)
+    sid = (await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "s"})).json()["id"]
+    assert (await events.until(sid, *SETTLED))["status"] == "running"
+    pid = server.deps.extras["sandboxes"].backend.pid(sid)
+    assert pid is not None
+    assert alive(pid)
+    return events, sid, pid
+
+
+async def test_periodic_reconciliation_repairs_a_row_left_creating(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, opencode_bin: str
+) -> None:
+    """A row left `creating` (its final write lost for good) while its agent runs is shown
+    `running` by the next periodic pass (--reconcile-interval), the agent left as it was."""
+    settings = sandbox_settings_for(db_url, tmp_path, opencode_bin, reconcile_interval="0.5s")
+    server = await start_server(nursery, settings)
+    events, sid, pid = await running_sandbox(server, nursery)
+    seen = len(events.seen)
+    await trio.to_thread.run_sync(force_status, db_url, sid, "creating")
+    repaired = await events.until(sid, *SETTLED, after=seen)
+    assert repaired["status"] == "running", repaired
+    assert server.deps.extras["sandboxes"].backend.pid(sid) == pid  # not started again
+    events.close()
+    server.shutdown.set()
+
+
+async def test_reconciliation_restarts_a_running_row_whose_agent_is_gone(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, opencode_bin: str
+) -> None:
+    """A row that says `running` while the backend runs nothing is started again by a pass."""
+    server = await start_server(nursery, sandbox_settings_for(db_url, tmp_path, opencode_bin))
+    service: Sandboxes = server.deps.extras["sandboxes"]
+    events, sid, _ = await running_sandbox(server, nursery)
+    await service.pause(sid)
+    await events.until(sid, "paused")
+    seen = len(events.seen)
+    await trio.to_thread.run_sync(force_status, db_url, sid, "running")
+    reconciler = server.deps.extras["reconciler"]
+    reconciler.poke()
+    await reconciler.next_pass()
+    assert (await events.until(sid, "resuming", after=seen))["statusReason"].startswith(
+        "restarting after"
+    )
+    assert (await events.until(sid, *SETTLED, after=seen))["status"] == "running"
+    pid = service.backend.pid(sid)  # type: ignore[attr-defined]
+    assert pid is not None
+    assert alive(pid)
+    events.close()
+    server.shutdown.set()
+
+
+async def test_reconciliation_stops_an_agent_behind_a_paused_row(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, opencode_bin: str
+) -> None:
+    """An agent still running behind a row that says `paused` is stopped by a pass."""
+    server = await start_server(nursery, sandbox_settings_for(db_url, tmp_path, opencode_bin))
+    service: Sandboxes = server.deps.extras["sandboxes"]
+    events, sid, pid = await running_sandbox(server, nursery)
+    await trio.to_thread.run_sync(force_status, db_url, sid, "paused")
+    reconciler = server.deps.extras["reconciler"]
+    reconciler.poke()
+    await reconciler.next_pass()
+    assert service.backend.pid(sid) is None  # type: ignore[attr-defined]
+    assert not alive(pid)
+    events.close()
     server.shutdown.set()

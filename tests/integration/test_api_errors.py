@@ -261,3 +261,38 @@ async def test_usage_at_the_ends_of_the_calendar_is_not_a_500(server: Server) ->
         late = await client.get(url, params={"from": "9999-12-31"})  # after `to` (now)
         assert late.status_code == 400, late.text
         assert error_of(late)["field"] == "from"
+
+
+async def test_405_names_the_allowed_methods(server: Server) -> None:
+    """A method a route does not take is a 405 whose `Allow` lists the methods it does take."""
+    async with server.client() as client:
+        await register(client, "alice")
+        wrong = await client.put("/api/workspaces")
+        assert wrong.status_code == 405
+        allowed = {m.strip() for m in wrong.headers["allow"].split(",")}
+        assert {"GET", "POST"} <= allowed
+        assert "PUT" not in allowed
+        wrong_on_item = await client.post("/api/sandboxes/abc")
+        assert wrong_on_item.status_code == 405
+        assert "DELETE" in wrong_on_item.headers["allow"]
+
+
+async def test_openapi_describes_answers_query_parameters_and_constraints(server: Server) -> None:
+    """Every operation in /openapi.json has a success answer and the error shape as `default`;
+    query parameters and their bounds are listed (e.g. `lines` of logs, `from`/`to` of usage)."""
+    async with server.client() as client:
+        spec = (await client.get("/openapi.json")).json()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            answers = operation["responses"]
+            assert any(code.startswith(("2", "3")) for code in answers), (method, path)
+            error = answers["default"]["content"]["application/json"]["schema"]
+            assert error["required"] == ["error"], (method, path)
+    logs = spec["paths"]["/api/sandboxes/{sandbox_id}/logs"]["get"]
+    lines = next(p for p in logs["parameters"] if p["name"] == "lines")
+    assert lines["in"] == "query"
+    assert (lines["schema"]["minimum"], lines["schema"]["maximum"]) == (1, 5000)
+    usage = spec["paths"]["/api/workspaces/{workspace_id}/usage"]["get"]
+    assert {p["name"] for p in usage["parameters"] if p["in"] == "query"} == {"from", "to"}
+    sandbox = spec["paths"]["/api/sandboxes/{sandbox_id}"]["get"]["responses"]["200"]
+    assert "status" in sandbox["content"]["application/json"]["schema"]["required"]

@@ -51,6 +51,7 @@ ERROR: Schema = obj(
     }
 )
 USER = obj(id=STRING, username=STRING, email=NULLABLE_STRING, role=STRING, createdAt=TIME)
+SIGNED_IN = obj(user=USER)
 WORKSPACE = obj(id=STRING, name=STRING, role=ROLE, createdAt=TIME, updatedAt=TIME)
 MEMBER = obj(userId=STRING, username=STRING, email=NULLABLE_STRING, role=ROLE, createdAt=TIME)
 SANDBOX = obj(
@@ -130,8 +131,8 @@ def typed(media_type: str, description: str) -> dict[str, Any]:
 
 # (method, path) → its success answers by status. Anything else answers `default` (ERROR).
 ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
-    ("POST", "/api/auth/register"): {"201": json_answer(USER, "registered and signed in")},
-    ("POST", "/api/auth/login"): {"200": json_answer(USER, "signed in")},
+    ("POST", "/api/auth/register"): {"201": json_answer(SIGNED_IN, "registered and signed in")},
+    ("POST", "/api/auth/login"): {"200": json_answer(SIGNED_IN, "signed in")},
     ("POST", "/api/auth/logout"): {"200": json_answer(STATUS_OK, "signed out")},
     ("GET", "/api/auth/me"): {"200": json_answer(USER, "the signed-in user")},
     ("GET", "/api/auth/config"): {"200": json_answer(AUTH_CONFIG, "what sign-in offers")},

@@ -30,6 +30,7 @@ class Reconciler:
         self.interval = interval
         self.passes = 0  # finished
         self._begun = 0
+        self._unfinished = False  # a pass raised: the restarted loop does it again at once
         self._poke = trio.Event()
         self._passed = trio.Event()
 
@@ -44,17 +45,21 @@ class Reconciler:
             await self._passed.wait()
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Pass after pass, the first one interval after start (the start itself reconciled)."""
+        """Pass after pass, the first one interval after start (the start itself reconciled),
+        or at once when the previous run of this loop ended in the middle of a pass."""
         task_status.started()
         while True:
-            with trio.move_on_after(self.interval):
-                await self._poke.wait()
+            if not self._unfinished:
+                with trio.move_on_after(self.interval):
+                    await self._poke.wait()
             self._poke = trio.Event()
             self._begun += 1
+            self._unfinished = True
             try:
                 await self.sandboxes.reconcile()
             except AgentServerError as exc:  # e.g. the database or the backend is down
                 log.warning("reconciliation failed: %s", exc.message)
+            self._unfinished = False
             self.passes += 1
             self._passed.set()
             self._passed = trio.Event()

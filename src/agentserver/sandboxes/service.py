@@ -118,6 +118,7 @@ class Sandboxes:
         self._ops: dict[str, Operation] = {}
         self._touched: dict[str, float] = {}
         self.settle_for = SETTLE_FOR
+        self._deleting: set[str] = set()
         self._activity_in, self._activity_out = trio.open_memory_channel[str](1024)
 
     # -- reading ------------------------------------------------------------------------------
@@ -292,6 +293,13 @@ class Sandboxes:
 
     async def delete(self, sandbox_id: str) -> None:
         """Stop whatever runs (cancelling a start in progress), remove its files, then the row."""
+        self._deleting.add(sandbox_id)  # the reconciler leaves it alone meanwhile
+        try:
+            await self._delete(sandbox_id)
+        finally:
+            self._deleting.discard(sandbox_id)
+
+    async def _delete(self, sandbox_id: str) -> None:
         sandbox = await self.require(sandbox_id)
         await self._cancel_ops(sandbox_id)
         if sandbox.type != SandboxType.LOCAL:
@@ -374,18 +382,27 @@ class Sandboxes:
             if sandbox.type == SandboxType.LOCAL and not at_start:
                 continue  # local sandboxes follow their tunnel (api/agents.py)
             if not at_start:
-                if sandbox.id in self._ops:
+                if self._busy(sandbox.id):
                     continue
                 fresh = await self.get(sandbox.id)
-                if fresh is None or sandbox.id in self._ops:
+                # Changed since the pass began: someone is acting on it, and what the backend
+                # listed may already be stale; the next pass looks again.
+                changed = fresh is None or (fresh.status, fresh.updated_at) != (
+                    sandbox.status,
+                    sandbox.updated_at,
+                )
+                if changed or self._busy(sandbox.id):
                     continue
-                sandbox = fresh
             await self._reconcile_one(sandbox, found, at_start=at_start)
         for orphan in managed:
-            if not at_start and (orphan in self._ops or await self.get(orphan) is not None):
+            if not at_start and (self._busy(orphan) or await self.get(orphan) is not None):
                 continue  # created after the rows were read
             log.warning("removing sandbox %s: the backend holds it but no row exists", orphan)
             await self.backend.destroy(orphan)
+
+    def _busy(self, sandbox_id: str) -> bool:
+        """An operation or a deletion is under way on the sandbox."""
+        return sandbox_id in self._ops or sandbox_id in self._deleting
 
     async def _reconcile_one(
         self, sandbox: Sandbox, found: Managed | None, *, at_start: bool

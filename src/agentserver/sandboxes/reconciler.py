@@ -41,8 +41,10 @@ class Reconciler:
     async def next_pass(self) -> None:
         """Wait until the next pass (one that starts after this call) has finished."""
         wanted = self._begun + 1
-        while self.passes < wanted:
+        while True:  # passes < wanted at first: it counts only passes already begun
             await self._passed.wait()
+            if self.passes >= wanted:
+                return
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Pass after pass, the first one interval after start (the start itself reconciled),

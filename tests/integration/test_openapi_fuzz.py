@@ -1,4 +1,5 @@
-"""Schemathesis over /openapi.json: signed in, every operation, no 5xx, no answer off the schema."""
+"""Schemathesis over /openapi.json: signed in, every operation, valid and invalid input; no 5xx,
+no answer off the schema."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import schemathesis
 import trio
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -23,10 +26,10 @@ from schemathesis.specs.openapi.checks import (
 from agentserver.auth.sessions import session_cookie_name
 from tests.conftest import make_settings, register, start_server
 
-# Examples per operation: enough to reach every parameter and body field, small enough that
+# Examples per operation and mode: enough to reach every parameter and body field, few enough that
 # the whole run stays well under two minutes on CI's two cores. Derandomized: the same cases
 # every run, so a failure here reproduces.
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 20
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -60,20 +63,34 @@ def fuzz(spec: dict[str, Any], base_url: str, cookie: str, real: dict[str, str])
     assert len(operations) >= 40, [op.label for op in operations]
     for operation in operations:
         endless = (operation.method.upper(), operation.path) in ENDLESS
-        run = cases_of(operation, base_url, session, real, endless, failures)
-        run()
+        for mode in modes_of(operation):
+            run = cases_of(operation, mode, base_url, session, real, endless, failures)
+            try:
+                run()
+            except Unsatisfiable:  # every part it has accepts anything (e.g. a free string)
+                assert mode == GenerationMode.NEGATIVE, operation.label
     return failures
+
+
+def modes_of(operation: Any) -> tuple[GenerationMode, ...]:
+    """Valid input always; input the description forbids where it takes any input at all."""
+    parts = (operation.path_parameters, operation.query, operation.headers, operation.cookies)
+    if any(len(part) for part in parts) or len(operation.body):
+        return (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    return (GenerationMode.POSITIVE,)
 
 
 def cases_of(
     operation: Any,
+    mode: GenerationMode,
     base_url: str,
     session: requests.Session,
     real: dict[str, str],
     endless: bool,
     failures: list[str],
 ) -> Callable[[], None]:
-    """A Hypothesis test running `operation`'s cases; half of them on the ids that exist."""
+    """A Hypothesis test running `operation`'s cases (valid ones, or ones the description
+    forbids); half of them on the ids that exist."""
 
     @settings(
         max_examples=MAX_EXAMPLES,
@@ -83,7 +100,7 @@ def cases_of(
         phases=[Phase.explicit, Phase.generate],  # no shrinking: every failure is kept as is
         suppress_health_check=list(HealthCheck),
     )
-    @given(st.tuples(operation.as_strategy(), st.booleans()))
+    @given(st.tuples(operation.as_strategy(generation_mode=mode), st.booleans()))
     def run(pair: tuple[Any, bool]) -> None:
         case, use_real = pair
         if use_real and not endless and case.path_parameters:
@@ -104,8 +121,8 @@ async def test_schemathesis_finds_no_5xx_and_no_answer_off_the_schema(
     nursery: trio.Nursery, db_url: str, tmp_path: Path
 ) -> None:
     """Every operation of /openapi.json, called signed in (as the admin who owns a workspace
-    with a sandbox) with generated parameters and bodies, answers neither 5xx nor anything its
-    description does not allow (status, content type, headers, body shape)."""
+    with a sandbox) with generated parameters and bodies, valid or not, answers neither 5xx
+    nor anything its description does not allow (status, content type, headers, body shape)."""
     # A sandbox's agent that cannot start: creating one is quick and leaves nothing running.
     server = await start_server(
         nursery, make_settings(db_url, tmp_path / "data", opencode_bin="/nonexistent/opencode")

@@ -199,3 +199,14 @@ def test_proxy_timeout_reaches_the_upstream_pool_setting() -> None:
     """`--proxy-timeout 2m` is 120 seconds of waiting for a sandbox's response headers."""
     assert build_settings({"proxy_timeout": "2m"}, {}).proxy_timeout == 120.0
     assert build_settings({}, {}).proxy_timeout == 60.0
+
+
+def test_reconcile_interval_is_a_duration_from_flag_or_environment() -> None:
+    """`--reconcile-interval` / AGENTSERVER_RECONCILE_INTERVAL: 60 s by default, 0 for "only at
+    start", and a bad value names the option."""
+    assert build_settings({}, {}).reconcile_interval == 60.0
+    assert build_settings({"reconcile_interval": "90s"}, {}).reconcile_interval == 90.0
+    env = {"AGENTSERVER_RECONCILE_INTERVAL": "0"}
+    assert build_settings({}, env).reconcile_interval == 0.0
+    with pytest.raises(ConfigError, match="--reconcile-interval"):
+        build_settings({"reconcile_interval": "soon"}, {})

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
+import pytest
 import trio
 
+from agentserver.db.database import open_database
+from agentserver.db.migrate import apply_migrations
+from agentserver.errors import BackendError
+from agentserver.sandboxes.base import Managed
 from agentserver.sandboxes.service import Sandboxes
-from tests.conftest import Server, start_server
+from tests.conftest import Server, make_settings, start_server
 from tests.support.sandboxes import (
     EventStream,
     alive,
@@ -196,3 +201,36 @@ async def test_reconciliation_stops_an_agent_behind_a_paused_row(
     assert not alive(pid)
     events.close()
     server.shutdown.set()
+
+
+class RefusingBackend:
+    """A backend holding two sandboxes no row knows; removing the first one fails."""
+
+    name = "refusing"
+
+    def __init__(self) -> None:
+        self.destroyed: list[str] = []
+
+    async def list_managed(self) -> list[Managed]:
+        await trio.lowlevel.checkpoint()
+        return [Managed("orphan0000000000a", running=False), Managed("orphan0000000000b", False)]
+
+    async def destroy(self, sandbox_id: str) -> None:
+        await trio.lowlevel.checkpoint()
+        if sandbox_id.endswith("a"):
+            raise BackendError("the daemon refused")
+        self.destroyed.append(sandbox_id)
+
+
+async def test_one_sandbox_failing_does_not_stop_a_reconciliation(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A backend error on one sandbox is logged and the pass goes on with the next one."""
+    await trio.to_thread.run_sync(apply_migrations, db_url)
+    backend = RefusingBackend()
+    async with open_database(db_url) as db, trio.open_nursery() as nursery:
+        service = Sandboxes(db, make_settings(db_url, tmp_path), backend, nursery)  # type: ignore[arg-type]
+        await service.reconcile(at_start=True)
+        nursery.cancel_scope.cancel()
+    assert backend.destroyed == ["orphan0000000000b"]
+    assert any("the daemon refused" in r.getMessage() for r in caplog.records)

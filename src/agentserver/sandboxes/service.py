@@ -393,12 +393,18 @@ class Sandboxes:
                 )
                 if changed or self._busy(sandbox.id):
                     continue
-            await self._reconcile_one(sandbox, found, at_start=at_start)
+            try:
+                await self._reconcile_one(sandbox, found, at_start=at_start)
+            except AgentServerError as exc:  # one sandbox's trouble does not stop the pass
+                log.warning("reconciling sandbox %s failed: %s", sandbox.id, exc.message)
         for orphan in managed:
             if not at_start and (self._busy(orphan) or await self.get(orphan) is not None):
                 continue  # created after the rows were read
             log.warning("removing sandbox %s: the backend holds it but no row exists", orphan)
-            await self.backend.destroy(orphan)
+            try:
+                await self.backend.destroy(orphan)
+            except AgentServerError as exc:
+                log.warning("removing sandbox %s failed: %s", orphan, exc.message)
 
     def _busy(self, sandbox_id: str) -> bool:
         """An operation or a deletion is under way on the sandbox."""

@@ -289,6 +289,13 @@ OPTIONS: tuple[Option, ...] = (
         "Largest file a process sandbox may write (RLIMIT_FSIZE; not a quota on the whole"
         " disk); 0 means no limit.",
     ),
+    Option(
+        "reconcile_interval",
+        "AGENTSERVER_RECONCILE_INTERVAL",
+        "60s",
+        "How often sandbox rows and the backend are made to agree again (a status write lost"
+        " while the database was down, an exit missed); 0 reconciles only at start.",
+    ),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -444,6 +451,7 @@ class Settings:
     # Flags of secrets given on the command line (the server warns once it listens).
     secret_flags: tuple[str, ...] = ()
     agent_file_size_limit: int = 8 << 30
+    reconcile_interval: float = 60.0
 
     @property
     def secure_cookies(self) -> bool:
@@ -634,6 +642,7 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         ),
         secret_flags=tuple(secrets_on_command_line(values)),
         agent_file_size_limit=convert("agent_file_size_limit", lambda t: parse_size(t or "")),  # type: ignore[arg-type]
+        reconcile_interval=convert("reconcile_interval", lambda t: parse_duration(t or "")),  # type: ignore[arg-type]
     )
 
 

@@ -224,3 +224,75 @@ async def test_a_dead_database_is_503_not_500(server: Server, db_url: str, postg
             while (await client.get("/readyz")).status_code != 200:
                 await trio.sleep(0.2)
         assert (await client.get("/api/auth/me")).status_code == 200
+
+
+async def test_logs_lines_that_are_not_plain_digits_are_400(server: Server) -> None:
+    """`?lines=` of a superscript, Arabic-Indic or repeated digits is a 400 naming `lines`."""
+    async with server.client() as client:
+        await register(client, "alice")
+        ws = (await client.post("/api/workspaces", json={"name": "w"})).json()
+        created = await client.post(f"/api/workspaces/{ws['id']}/sandboxes", json={"name": "s"})
+        assert created.status_code == 201, created.text
+        url = f"/api/sandboxes/{created.json()['id']}/logs"
+        for query in ("²", "١٢", "0", "5001", "1e3", "lots"):
+            response = await client.get(url, params={"lines": query})
+            assert response.status_code == 400, (query, response.text)
+            assert error_of(response)["field"] == "lines", query
+        twice = await client.get(f"{url}?lines=1&lines=2")
+        assert twice.status_code == 400, twice.text
+        assert (await client.get(url, params={"lines": "3"})).status_code == 200
+
+
+async def test_usage_at_the_ends_of_the_calendar_is_not_a_500(server: Server) -> None:
+    """A usage period touching year 1 or year 9999 answers 200 with an empty count, not a 500."""
+    async with server.client() as client:
+        await register(client, "alice")
+        ws = (await client.post("/api/workspaces", json={"name": "w"})).json()
+        url = f"/api/workspaces/{ws['id']}/usage"
+        for params in (
+            {"to": "9999-12-31"},
+            {"to": "0001-01-01"},
+            {"from": "0001-01-01", "to": "9999-12-31"},
+            {"to": "0001-01-01T00:00:00+00:00"},
+        ):
+            response = await client.get(url, params=params)
+            assert response.status_code == 200, (params, response.text)
+            assert response.json()["totals"]["requests"] == 0
+        late = await client.get(url, params={"from": "9999-12-31"})  # after `to` (now)
+        assert late.status_code == 400, late.text
+        assert error_of(late)["field"] == "from"
+
+
+async def test_405_names_the_allowed_methods(server: Server) -> None:
+    """A method a route does not take is a 405 whose `Allow` lists the methods it does take."""
+    async with server.client() as client:
+        await register(client, "alice")
+        wrong = await client.put("/api/workspaces")
+        assert wrong.status_code == 405
+        allowed = {m.strip() for m in wrong.headers["allow"].split(",")}
+        assert {"GET", "POST"} <= allowed
+        assert "PUT" not in allowed
+        wrong_on_item = await client.post("/api/sandboxes/abc")
+        assert wrong_on_item.status_code == 405
+        assert "DELETE" in wrong_on_item.headers["allow"]
+
+
+async def test_openapi_describes_answers_query_parameters_and_constraints(server: Server) -> None:
+    """Every operation in /openapi.json has a success answer and the error shape as `default`;
+    query parameters and their bounds are listed (e.g. `lines` of logs, `from`/`to` of usage)."""
+    async with server.client() as client:
+        spec = (await client.get("/openapi.json")).json()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            answers = operation["responses"]
+            assert any(code.startswith(("2", "3")) for code in answers), (method, path)
+            error = answers["default"]["content"]["application/json"]["schema"]
+            assert error["required"] == ["error"], (method, path)
+    logs = spec["paths"]["/api/sandboxes/{sandbox_id}/logs"]["get"]
+    lines = next(p for p in logs["parameters"] if p["name"] == "lines")
+    assert lines["in"] == "query"
+    assert (lines["schema"]["minimum"], lines["schema"]["maximum"]) == (1, 5000)
+    usage = spec["paths"]["/api/workspaces/{workspace_id}/usage"]["get"]
+    assert {p["name"] for p in usage["parameters"] if p["in"] == "query"} == {"from", "to"}
+    sandbox = spec["paths"]["/api/sandboxes/{sandbox_id}"]["get"]["responses"]["200"]
+    assert "status" in sandbox["content"]["application/json"]["schema"]["required"]

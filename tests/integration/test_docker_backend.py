@@ -18,7 +18,12 @@ from agentserver.errors import BackendError
 from agentserver.models import SandboxType
 from agentserver.sandboxes import docker as backend_module
 from agentserver.sandboxes.base import Endpoint, SandboxSpec
-from agentserver.sandboxes.containers import container_name, home_volume, workspace_volume
+from agentserver.sandboxes.containers import (
+    PROXY_TOKEN_FILE,
+    container_name,
+    home_volume,
+    workspace_volume,
+)
 from agentserver.sandboxes.docker import DockerBackend, open_backend
 from agentserver.settings import Settings, build_settings
 from tests.support.dockerd import Daemon
@@ -140,8 +145,10 @@ async def test_create_runs_opencode_confined_without_the_real_key(harness: Harne
     assert not any(REAL_KEY in line for line in env)
     assert f"OPENCODE_SERVER_PASSWORD={spec.agent_secret}" in env
     assert any(
-        line.startswith("OPENCODE_CONFIG_CONTENT=") and spec.proxy_token in line for line in env
+        line.startswith("OPENCODE_CONFIG_CONTENT=") and PROXY_TOKEN_FILE in line for line in env
     )
+    assert not any(spec.proxy_token in line for line in env)
+    assert await harness.sh(spec.id, f"cat {PROXY_TOKEN_FILE}") == (0, spec.proxy_token)
     code, inside = await harness.sh(spec.id, "env; id -u")
     assert code == 0
     assert REAL_KEY not in inside
@@ -230,20 +237,26 @@ async def test_resume_recreates_a_vanished_container_with_its_volumes(harness: H
     assert await harness.sh(spec.id, "cat /home/agent/f.txt") == (0, "survives\n")
 
 
-async def test_new_credentials_on_resume_replace_the_container(harness: Harness) -> None:
-    """Resuming with a new proxy token makes a new container (env is fixed per container) that
-    carries the new token; the home files stay."""
+async def test_resume_keeps_the_container_and_delivers_the_new_token(harness: Harness) -> None:
+    """Pause then resume with a fresh proxy token (as every start mints) keeps the same
+    container: a file written outside the volumes is still there, the agent answers, and the
+    new token is in the file opencode reads at start, never in the environment."""
     spec = make_spec()
     await harness.backend.create(spec)
     before = (await harness.container(spec.id)).id
-    assert (await harness.sh(spec.id, "echo still > /home/agent/f.txt"))[0] == 0
+    assert await harness.sh(spec.id, f"cat {PROXY_TOKEN_FILE}") == (0, spec.proxy_token)
+    assert (await harness.sh(spec.id, "echo installed > /tmp/outside-volumes.txt"))[0] == 0
     await harness.backend.pause(spec.id)
     fresh = replace(spec, proxy_token=new_token())
-    await harness.backend.resume(fresh)
+    endpoint = await harness.backend.resume(fresh)
     container = await harness.container(spec.id)
-    assert container.id != before
-    assert any(fresh.proxy_token in line for line in container.attrs["Config"]["Env"])
-    assert await harness.sh(spec.id, "cat /home/agent/f.txt") == (0, "still\n")
+    assert container.id == before
+    assert await harness.sh(spec.id, "cat /tmp/outside-volumes.txt") == (0, "installed\n")
+    assert (await agent_get(endpoint, "/session", spec.agent_secret)).status_code == 200
+    assert await harness.sh(spec.id, f"cat {PROXY_TOKEN_FILE}") == (0, fresh.proxy_token)
+    env = container.attrs["Config"]["Env"]
+    assert not any(t in line for line in env for t in (spec.proxy_token, fresh.proxy_token))
+    assert (await harness.sh(spec.id, f"echo x > {PROXY_TOKEN_FILE}"))[0] != 0  # read-only
 
 
 async def test_closing_the_backend_keeps_sandboxes_running(harness: Harness) -> None:

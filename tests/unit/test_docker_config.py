@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,14 @@ from agentserver.errors import BackendError
 from agentserver.models import SandboxType
 from agentserver.sandboxes.base import SandboxSpec
 from agentserver.sandboxes.containers import (
+    OPENCLAW_CONFIG_FILE,
+    PROXY_TOKEN_FILE,
     container_config,
     container_name,
     home_volume,
     sandbox_environment,
+    start_archive,
+    start_files,
     workspace_volume,
 )
 from agentserver.settings import Settings, build_settings
@@ -52,8 +58,9 @@ def spec(
 
 
 def test_opencode_environment_holds_proxy_settings_and_never_the_real_key() -> None:
-    """opencode gets its password and the LLM proxy URL + proxy token; values equal to the
-    server's real Anthropic credentials are dropped, whatever their name."""
+    """opencode gets its password and the LLM proxy URL, the proxy token by reference to the
+    file written at each start (never in the fixed environment); values equal to the server's
+    real Anthropic credentials are dropped, whatever their name."""
     env = sandbox_environment(
         spec(
             env={
@@ -76,26 +83,31 @@ def test_opencode_environment_holds_proxy_settings_and_never_the_real_key() -> N
             "anthropic": {
                 "options": {
                     "baseURL": "http://srv:8080/proxy/anthropic/v1",
-                    "apiKey": "proxy-token",
+                    "apiKey": "{file:/etc/agentserver/proxy-token}",
                 }
             }
         }
     }
+    assert 'proxy-token"' not in json.dumps(env)
+    assert start_files(spec()) == {PROXY_TOKEN_FILE: "proxy-token"}
 
 
 def test_openclaw_gets_gateway_token_and_a_proxy_config_file() -> None:
-    """OpenClaw gets its gateway token and a config (written by its command) using the proxy."""
+    """OpenClaw gets its gateway token and a config using the proxy, written as a file at each
+    start (its command copies it home); the proxy token is not in its environment."""
     config = container_config(spec(SandboxType.OPENCLAW), settings(openclaw_image="claw:1"))
     env = config["environment"]
     assert config["image"] == "claw:1"
     assert env["OPENCLAW_GATEWAY_TOKEN"] == "agent-secret"
     assert "OPENCODE_SERVER_PASSWORD" not in env
-    provider = json.loads(env["AGENTSERVER_OPENCLAW_CONFIG"])["models"]["providers"]["anthropic"]
+    assert "proxy-token" not in json.dumps(env)
+    files = start_files(spec(SandboxType.OPENCLAW))
+    provider = json.loads(files[OPENCLAW_CONFIG_FILE])["models"]["providers"]["anthropic"]
     assert (provider["baseUrl"], provider["apiKey"]) == (
         "http://srv:8080/proxy/anthropic",
         "proxy-token",
     )
-    assert "openclaw.json" in " ".join(config["command"])
+    assert OPENCLAW_CONFIG_FILE in " ".join(config["command"])
 
 
 def test_openclaw_without_image_and_local_sandboxes_are_refused() -> None:
@@ -190,3 +202,17 @@ def test_dockerfiles_pin_opencode_and_let_the_base_be_chosen() -> None:
     assert '"opencode", "serve", "--hostname", "0.0.0.0", "--port", "4096"' in sandbox
     server = (REPO / "container/server.Dockerfile").read_text()
     assert '"agentserver", "serve", "--listen", "0.0.0.0:8080"' in server
+
+
+def test_start_archive_holds_the_start_files_read_only() -> None:
+    """The archive written at `/` before each start holds exactly the start files, owned by
+    root and read-only, under a directory anyone may enter."""
+    with tarfile.open(fileobj=io.BytesIO(start_archive(spec()))) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert set(members) == {"etc/agentserver", PROXY_TOKEN_FILE.lstrip("/")}
+        folder, token = members["etc/agentserver"], members[PROXY_TOKEN_FILE.lstrip("/")]
+        assert (folder.isdir(), folder.mode, folder.uid) == (True, 0o755, 0)
+        assert (token.isfile(), token.mode, token.uid) == (True, 0o444, 0)
+        extracted = tar.extractfile(token)
+        assert extracted is not None
+        assert extracted.read() == b"proxy-token"

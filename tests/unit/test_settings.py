@@ -255,3 +255,14 @@ def test_a_flag_still_beats_a_secret_file(tmp_path: Path) -> None:
 def test_only_secrets_have_a_file_variant(tmp_path: Path) -> None:
     """A _FILE variable of a setting that is no secret is ignored (not read)."""
     assert build_settings({}, {"BASE_DOMAIN_FILE": str(tmp_path / "nope")}).base_domain is None
+
+
+def test_reconcile_interval_is_a_duration_from_flag_or_environment() -> None:
+    """`--reconcile-interval` / AGENTSERVER_RECONCILE_INTERVAL: 60 s by default, 0 for "only at
+    start", and a bad value names the option."""
+    assert build_settings({}, {}).reconcile_interval == 60.0
+    assert build_settings({"reconcile_interval": "90s"}, {}).reconcile_interval == 90.0
+    env = {"AGENTSERVER_RECONCILE_INTERVAL": "0"}
+    assert build_settings({}, env).reconcile_interval == 0.0
+    with pytest.raises(ConfigError, match="--reconcile-interval"):
+        build_settings({"reconcile_interval": "soon"}, {})

@@ -14,9 +14,10 @@ from pydantic import ValidationError
 from quart import Response, current_app, g, jsonify, request
 from quart_schema import QuartSchema, RequestSchemaValidationError
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from agentserver import __version__
+from agentserver.api.openapi import DescribedOpenAPI
 from agentserver.auth.sessions import session_cookie_name
 from agentserver.deps import Deps
 from agentserver.errors import AgentServerError, Forbidden, RateLimited
@@ -74,6 +75,7 @@ def create_app(deps: Deps) -> QuartTrio:
         swagger_ui_path=None,
         redoc_ui_path=None,
         scalar_ui_path=None,
+        openapi_provider_class=DescribedOpenAPI,
     )
     metrics = Metrics()
     app.config["METRICS"] = metrics
@@ -162,7 +164,10 @@ def create_app(deps: Deps) -> QuartTrio:
             404: "no such route",
             405: "method not allowed on this route",
         }.get(status, exc.description or exc.name)
-        return error_response(status, codes.get(status, "http_error"), message)
+        response = error_response(status, codes.get(status, "http_error"), message)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        return response
 
     @app.errorhandler(Exception)
     async def on_bug(exc: Exception) -> Response:

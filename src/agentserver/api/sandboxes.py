@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import trio
-from pydantic import Field
+from pydantic import BaseModel, Field
 from quart import Blueprint, Response, make_response, request
-from quart_schema import validate_request
+from quart_schema import validate_querystring, validate_request
 
 from agentserver.api.common import (
     Body,
@@ -31,6 +31,12 @@ from agentserver.sandboxes.service import Sandboxes
 blueprint = Blueprint("sandboxes", __name__, url_prefix="/api")
 HEARTBEAT = 15.0  # seconds between keep-alive comments on the event stream
 CREATABLE = ("opencode", "openclaw")
+
+
+class LogsQuery(BaseModel):
+    """`GET …/logs` query: how many lines of the tail (a plain whole number)."""
+
+    lines: int = Field(default=200, ge=1, le=5000, description="lines of the tail")
 
 
 class CreateSandboxBody(Body):
@@ -117,13 +123,11 @@ async def resume_sandbox(sandbox_id: str) -> dict[str, Any]:
 
 
 @blueprint.get("/sandboxes/<sandbox_id>/logs")
-async def sandbox_logs(sandbox_id: str) -> dict[str, Any]:
+@validate_querystring(LogsQuery)
+async def sandbox_logs(sandbox_id: str, query_args: LogsQuery) -> dict[str, Any]:
     """The tail of the agent's output (`?lines=`, 1-5000, default 200; developer and up)."""
     await sandbox_for(sandbox_id, Action.VIEW_LOGS)
-    text = request.args.get("lines", "200")
-    if not text.isdigit() or not 1 <= int(text) <= 5000:
-        raise Invalid("lines: must be a whole number from 1 to 5000", field="lines")
-    return {"logs": await service().logs(sandbox_id, int(text))}
+    return {"logs": await service().logs(sandbox_id, query_args.lines)}
 
 
 def sse(event: Event) -> bytes:

@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from pydantic import Field
-from quart import Blueprint, Response, request
-from quart_schema import validate_request
+from pydantic import BaseModel, ConfigDict, Field
+from quart import Blueprint, Response
+from quart_schema import validate_querystring, validate_request
 
 from agentserver.api.common import Body, deps, require, require_admin, rfc3339
 from agentserver.auth.permissions import Action
@@ -30,24 +30,52 @@ _COUNTS = (
 )
 
 
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
+class UsageQuery(BaseModel):
+    """`GET …/usage` query: the period, each end an RFC 3339 time or a YYYY-MM-DD day (UTC)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    since: str | None = Field(
+        default=None, alias="from", description="start (default: 30 days before `to`)"
+    )
+    until: str | None = Field(
+        default=None, alias="to", description="end; a day includes all of it (default: now)"
+    )
+
+
+def shifted(when: datetime, delta: timedelta) -> datetime:
+    """`when + delta`, held at the ends of the calendar (year 1, year 9999) instead of failing."""
+    try:
+        return when + delta
+    except OverflowError:
+        return _LATEST if delta > timedelta(0) else _EARLIEST
+
+
 def parse_when(text: str, name: str, *, end: bool) -> datetime:
     """An RFC 3339 time or a YYYY-MM-DD day (UTC; as `to`, the whole day is included)."""
     try:
         if _DAY.match(text):
             day = date.fromisoformat(text)
             when = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            return when + timedelta(days=1) if end else when
+            return shifted(when, timedelta(days=1)) if end else when
         when = datetime.fromisoformat(text)
     except ValueError:
         raise Invalid(f"{name}: not an RFC 3339 time or a YYYY-MM-DD day", field=name) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def period() -> tuple[datetime, datetime]:
+def period(query: UsageQuery) -> tuple[datetime, datetime]:
     """The `from`/`to` query parameters: by default the last 30 days."""
-    raw_to, raw_from = request.args.get("to"), request.args.get("from")
-    until = parse_when(raw_to, "to", end=True) if raw_to else datetime.now(UTC)
-    since = parse_when(raw_from, "from", end=False) if raw_from else until - DEFAULT_PERIOD
+    until = parse_when(query.until, "to", end=True) if query.until else datetime.now(UTC)
+    since = (
+        parse_when(query.since, "from", end=False)
+        if query.since
+        else shifted(until, -DEFAULT_PERIOD)
+    )
     if since > until:
         raise Invalid("from: must not be after to", field="from")
     return since, until
@@ -90,10 +118,11 @@ async def limits_json(workspace_id: str) -> dict[str, Any]:
 
 
 @blueprint.get("/api/workspaces/<workspace_id>/usage")
-async def workspace_usage(workspace_id: str) -> dict[str, Any]:
+@validate_querystring(UsageQuery)
+async def workspace_usage(workspace_id: str, query_args: UsageQuery) -> dict[str, Any]:
     """LLM calls and tokens of the workspace, per day, per sandbox and per model."""
     await require(workspace_id, Action.VIEW_USAGE)
-    since, until = period()
+    since, until = period(query_args)
     db = deps().db
     params = {"workspace_id": workspace_id, "since": since, "until": until}
     by_day = await db.rows("llm_usage_by_day", **params)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from typing import Any
 
 from agentserver.errors import BackendError
@@ -18,6 +20,12 @@ LABEL_TYPE = "agentserver.sandbox-type"
 
 HOME = "/home/agent"
 DISK = "/data/disk0"
+# What changes on every start (the proxy token) is written here before each start rather than
+# into the environment, which is fixed when a container is made: so a resume keeps the
+# container, and whatever the user installed outside the volumes.
+SECRETS_DIR = "/etc/agentserver"
+PROXY_TOKEN_FILE = f"{SECRETS_DIR}/proxy-token"
+OPENCLAW_CONFIG_FILE = f"{SECRETS_DIR}/openclaw.json"
 
 OPENCLAW_MODELS = [
     {"id": "claude-opus-4-6", "name": "Claude Opus 4.6"},
@@ -26,11 +34,12 @@ OPENCLAW_MODELS = [
     {"id": "claude-sonnet-4-5", "name": "Claude Sonnet 4.5"},
     {"id": "claude-haiku-4-5", "name": "Claude Haiku 4.5"},
 ]
-# OpenClaw reads its config from a file: the container writes it from the environment, then runs.
+# OpenClaw reads its config from its home: the container copies the one written for this
+# start (it holds the proxy token), then runs.
 OPENCLAW_COMMAND = [
     "sh",
     "-c",
-    'mkdir -p "$HOME/.openclaw" && printf %s "$AGENTSERVER_OPENCLAW_CONFIG"'
+    f'mkdir -p "$HOME/.openclaw" && cat {OPENCLAW_CONFIG_FILE}'
     ' > "$HOME/.openclaw/openclaw.json" && exec node openclaw.mjs gateway'
     " --allow-unconfigured --bind lan",
 ]
@@ -53,9 +62,13 @@ def agent_port(sandbox_type: str) -> int:
 
 
 def opencode_config(spec: SandboxSpec) -> str:
-    """OPENCODE_CONFIG_CONTENT: Anthropic through the LLM proxy with the sandbox's proxy token."""
+    """OPENCODE_CONFIG_CONTENT: Anthropic through the LLM proxy with the sandbox's proxy token,
+    which opencode reads from PROXY_TOKEN_FILE when it starts (its `{file:…}` substitution)."""
     # opencode's Anthropic SDK appends /messages to the base URL, so it ends in /v1.
-    options = {"baseURL": f"{spec.llm_base_url.rstrip('/')}/v1", "apiKey": spec.proxy_token}
+    options = {
+        "baseURL": f"{spec.llm_base_url.rstrip('/')}/v1",
+        "apiKey": f"{{file:{PROXY_TOKEN_FILE}}}",
+    }
     return json.dumps({"provider": {"anthropic": {"options": options}}})
 
 
@@ -84,11 +97,34 @@ def sandbox_environment(spec: SandboxSpec, settings: Settings) -> dict[str, str]
     # Ours last: spec.env cannot replace the agent's password or the proxy settings.
     if spec.type == SandboxType.OPENCLAW:
         env["OPENCLAW_GATEWAY_TOKEN"] = spec.agent_secret
-        env["AGENTSERVER_OPENCLAW_CONFIG"] = openclaw_config(spec)
     else:
         env["OPENCODE_SERVER_PASSWORD"] = spec.agent_secret
         env["OPENCODE_CONFIG_CONTENT"] = opencode_config(spec)
     return env
+
+
+def start_files(spec: SandboxSpec) -> dict[str, str]:
+    """Files (path → text) written into the container before each start: the proxy token,
+    or OpenClaw's whole config, which holds it."""
+    if spec.type == SandboxType.OPENCLAW:
+        return {OPENCLAW_CONFIG_FILE: openclaw_config(spec)}
+    return {PROXY_TOKEN_FILE: spec.proxy_token}
+
+
+def start_archive(spec: SandboxSpec) -> bytes:
+    """`start_files` as a tar for Docker's put_archive at `/`: root's, readable by the agent's
+    user (whoever the image runs as), which cannot change them (no capabilities)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        folder = tarfile.TarInfo(SECRETS_DIR.lstrip("/"))
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(folder)
+        for path, text in start_files(spec).items():
+            data = text.encode()
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode = len(data), 0o444
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def image_for(spec: SandboxSpec, settings: Settings) -> str:

@@ -30,9 +30,11 @@ from agentserver.sandboxes.containers import (
     container_config,
     container_name,
     home_volume,
+    start_archive,
     workspace_volume,
 )
 from agentserver.settings import Settings
+from agentserver.supervise import supervise
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -128,6 +130,8 @@ class DockerBackend:
         return await self._start(spec)
 
     async def resume(self, spec: SandboxSpec) -> Endpoint:
+        """Start the same container again (a new one only if it vanished or its settings
+        changed), with the fresh proxy token written into it first."""
         return await self._start(spec)
 
     async def pause(self, sandbox_id: str) -> None:
@@ -293,20 +297,25 @@ class DockerBackend:
         container = self._container(spec.id)
         wanted = {f"{k}={v}" for k, v in config["environment"].items()}
         if container is not None and not wanted <= set(container.attrs["Config"]["Env"] or []):
-            # New credentials (e.g. a fresh proxy token): a container's env is fixed, so make
-            # a new one. Files live in the volumes and stay.
+            # Its fixed settings changed (not the proxy token, which is a file): a container's
+            # env cannot change, so make a new one. Files in the volumes stay.
             container.remove(force=True)
             container = None
         fresh = container is None
         if container is None:
             container = self._client.containers.create(**config)
-        if container.status != "running":
-            try:
+        try:
+            # This start's proxy token, read by the agent as it starts; a kept container keeps
+            # whatever was installed outside the volumes.
+            container.put_archive("/", start_archive(spec))
+            if container.status == "running":  # e.g. a start redone after a server restart
+                container.restart(timeout=STOP_TIMEOUT)
+            else:
                 container.start()
-            except docker.errors.APIError:
-                if fresh:
-                    container.remove(force=True)
-                raise
+        except docker.errors.APIError:
+            if fresh:
+                container.remove(force=True)
+            raise
         container.reload()
         networks = container.attrs["NetworkSettings"]["Networks"] or {}
         address = (networks.get(self._settings.docker_network) or {}).get("IPAddress")
@@ -391,7 +400,7 @@ async def open_backend(settings: Settings, on_exit: ExitNotice) -> AsyncIterator
     try:
         await backend.ensure_network()
         async with trio.open_nursery() as nursery:
-            await nursery.start(backend.watch_exits, on_exit)
+            await nursery.start(supervise, "Docker exit watcher", backend.watch_exits, on_exit)
             try:
                 yield backend
             finally:

@@ -14,8 +14,10 @@ from agentserver.errors import ConfigError
 from agentserver.sandboxes.base import Backend, ExitNotice
 from agentserver.sandboxes.events import WorkspaceEvents
 from agentserver.sandboxes.idle import IdleWatcher
+from agentserver.sandboxes.reconciler import Reconciler
 from agentserver.sandboxes.service import Sandboxes
 from agentserver.settings import Settings
+from agentserver.supervise import supervise
 
 
 class Deps(Protocol):
@@ -63,12 +65,18 @@ async def open_sandboxes(deps: Deps) -> AsyncIterator[None]:
 
     async with backend_opener(deps.settings, on_exit) as backend, trio.open_nursery() as nursery:
         service = Sandboxes(deps.db, deps.settings, backend, nursery, WorkspaceEvents())
-        await nursery.start(service.write_activity)
-        await service.reconcile()
+        # Each long-lived task is supervised: a bug in one is logged and it starts again,
+        # instead of cancelling this nursery (and with it the server).
+        await nursery.start(supervise, "activity writer", service.write_activity)
+        await service.reconcile(at_start=True)
         if deps.settings.idle_timeout > 0:
             watcher = IdleWatcher(service, deps.settings.idle_timeout)
-            await nursery.start(watcher.run)
+            await nursery.start(supervise, "idle watcher", watcher.run)
             deps.extras["idle_watcher"] = watcher
+        if deps.settings.reconcile_interval > 0:
+            reconciler = Reconciler(service, deps.settings.reconcile_interval)
+            await nursery.start(supervise, "reconciler", reconciler.run)
+            deps.extras["reconciler"] = reconciler
         deps.extras["sandboxes"] = service
         deps.extras["delete_workspace_resources"] = service.delete_workspace_resources
         # What signed-in users should know about this server (e.g. sandboxes run unisolated).
@@ -79,5 +87,6 @@ async def open_sandboxes(deps: Deps) -> AsyncIterator[None]:
             service.events.close_all()
             nursery.cancel_scope.cancel()
             deps.extras.pop("sandboxes", None)
+            deps.extras.pop("reconciler", None)
             deps.extras.pop("delete_workspace_resources", None)
             deps.extras.pop("server_warnings", None)

@@ -20,11 +20,11 @@ from typing import Any
 import trio
 
 from agentserver.db.database import Database
-from agentserver.errors import AgentServerError, Conflict, Invalid, NotFound
+from agentserver.errors import AgentServerError, Conflict, DatabaseUnavailable, Invalid, NotFound
 from agentserver.models import Sandbox, SandboxType
 from agentserver.models import SandboxStatus as S
 from agentserver.sandboxes import lifecycle
-from agentserver.sandboxes.base import Backend, Endpoint, SandboxSpec
+from agentserver.sandboxes.base import Backend, Endpoint, Managed, SandboxSpec
 from agentserver.sandboxes.events import WorkspaceEvents
 from agentserver.settings import Settings
 
@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 120.0  # from start to a healthy agent
 STOP_TIMEOUT = 60.0
 ACTIVITY_EVERY = 30.0  # at most one activity write per sandbox this often
+# How long a background operation keeps retrying the status write that ends it while the
+# database is unavailable, and the first and longest pause between tries. After that the
+# periodic reconciliation repairs the row.
+SETTLE_FOR = 60.0
+SETTLE_BACKOFF = (0.25, 8.0)
 
 
 # The same formats as auth/tokens.py (which this layer may not import): ids are 16 lower-case
@@ -112,6 +117,8 @@ class Sandboxes:
         self._nursery = nursery
         self._ops: dict[str, Operation] = {}
         self._touched: dict[str, float] = {}
+        self.settle_for = SETTLE_FOR
+        self._deleting: set[str] = set()
         self._activity_in, self._activity_out = trio.open_memory_channel[str](1024)
 
     # -- reading ------------------------------------------------------------------------------
@@ -147,6 +154,46 @@ class Sandboxes:
     ) -> bool:
         """Move `sandbox_id` to `new` only if it is in an expected status; publish the change."""
         return await self._transition(sandbox_id, expected, new, reason, endpoint) is not None
+
+    async def settle(
+        self,
+        sandbox_id: str,
+        expected: Iterable[str] | str,
+        new: str,
+        reason: str | None = None,
+        endpoint: Endpoint | None = None,
+    ) -> bool:
+        """`set_status` for the write that ends a background operation: while the database is
+        unavailable it is tried again (for up to `settle_for` seconds) instead of being lost.
+
+        A try whose answer was lost may have been written: a later try that matches no row
+        then counts as done if the sandbox already shows `new`.
+        """
+        delay, retried = SETTLE_BACKOFF[0], False
+        with trio.move_on_after(self.settle_for) as window:
+            while True:
+                try:
+                    row = await self._transition(sandbox_id, expected, new, reason, endpoint)
+                    if row is None and retried:
+                        current = await self.get(sandbox_id)
+                        return current is not None and current.status == S(new)
+                    return row is not None
+                except DatabaseUnavailable as exc:
+                    log.warning(
+                        "sandbox %s → %s not written (%s); trying again in %g s",
+                        sandbox_id,
+                        S(new).value,
+                        exc.message,
+                        delay,
+                    )
+                # Backoff between tries against a database that is down, not a wait for state.
+                await trio.sleep(delay)
+                delay, retried = min(delay * 2, SETTLE_BACKOFF[1]), True
+        assert window.cancelled_caught
+        raise DatabaseUnavailable(
+            f"sandbox {sandbox_id} → {S(new).value} not written within {self.settle_for:g} s; "
+            "the periodic reconciliation will repair it"
+        )
 
     async def _transition(
         self,
@@ -246,6 +293,13 @@ class Sandboxes:
 
     async def delete(self, sandbox_id: str) -> None:
         """Stop whatever runs (cancelling a start in progress), remove its files, then the row."""
+        self._deleting.add(sandbox_id)  # the reconciler leaves it alone meanwhile
+        try:
+            await self._delete(sandbox_id)
+        finally:
+            self._deleting.discard(sandbox_id)
+
+    async def _delete(self, sandbox_id: str) -> None:
         sandbox = await self.require(sandbox_id)
         await self._cancel_ops(sandbox_id)
         if sandbox.type != SandboxType.LOCAL:
@@ -301,7 +355,7 @@ class Sandboxes:
 
     async def on_exit(self, sandbox_id: str, reason: str) -> None:
         """The backend saw the agent stop on its own: show it as failed with the reason."""
-        await self.set_status(sandbox_id, {S.RUNNING, S.CREATING, S.RESUMING}, S.FAILED, reason)
+        await self.settle(sandbox_id, {S.RUNNING, S.CREATING, S.RESUMING}, S.FAILED, reason)
 
     async def pause_idle(self, seconds: float) -> float | None:
         """Pause every sandbox idle `seconds`; return the seconds until the next one is due."""
@@ -313,29 +367,70 @@ class Sandboxes:
         return None if due is None else float(due)
 
     # -- reconciliation -----------------------------------------------------------------------
-    async def reconcile(self) -> None:
-        """Make the database and the backend agree (at start): restart, settle, or clean up."""
-        managed = {m.id: m for m in await self.backend.list_managed()}
-        for sandbox in await self.db.many("sbx_list_all", Sandbox):
-            found = managed.pop(sandbox.id, None)
-            await self._reconcile_one(sandbox, found is not None and found.running)
-        for orphan in managed:
-            log.warning("removing sandbox %s: the backend holds it but no row exists", orphan)
-            await self.backend.destroy(orphan)
+    async def reconcile(self, *, at_start: bool = False) -> None:
+        """Make the database and the backend agree: restart, settle, or clean up.
 
-    async def _reconcile_one(self, sandbox: Sandbox, live: bool) -> None:
+        At start nothing runs yet. Later (periodically) operations may be under way: a sandbox
+        with one in flight is left to it, each decision is made on a fresh read of its row,
+        and every change is a conditional update, so a user's click can race this safely.
+        """
+        rows = await self.db.many("sbx_list_all", Sandbox)
+        # Listed after the rows: a sandbox started meanwhile shows as live, never as missing.
+        managed = {m.id: m for m in await self.backend.list_managed()}
+        for sandbox in rows:
+            found = managed.pop(sandbox.id, None)
+            if sandbox.type == SandboxType.LOCAL and not at_start:
+                continue  # local sandboxes follow their tunnel (api/agents.py)
+            if not at_start:
+                if self._busy(sandbox.id):
+                    continue
+                fresh = await self.get(sandbox.id)
+                # Changed since the pass began: someone is acting on it, and what the backend
+                # listed may already be stale; the next pass looks again.
+                changed = fresh is None or (fresh.status, fresh.updated_at) != (
+                    sandbox.status,
+                    sandbox.updated_at,
+                )
+                if changed or self._busy(sandbox.id):
+                    continue
+            try:
+                await self._reconcile_one(sandbox, found, at_start=at_start)
+            except AgentServerError as exc:  # one sandbox's trouble does not stop the pass
+                log.warning("reconciling sandbox %s failed: %s", sandbox.id, exc.message)
+        for orphan in managed:
+            if not at_start and (self._busy(orphan) or await self.get(orphan) is not None):
+                continue  # created after the rows were read
+            log.warning("removing sandbox %s: the backend holds it but no row exists", orphan)
+            try:
+                await self.backend.destroy(orphan)
+            except AgentServerError as exc:
+                log.warning("removing sandbox %s failed: %s", orphan, exc.message)
+
+    def _busy(self, sandbox_id: str) -> bool:
+        """An operation or a deletion is under way on the sandbox."""
+        return sandbox_id in self._ops or sandbox_id in self._deleting
+
+    async def _reconcile_one(
+        self, sandbox: Sandbox, found: Managed | None, *, at_start: bool
+    ) -> None:
         await trio.lowlevel.checkpoint()  # most branches only spawn, awaiting nothing
         status, sid = S(sandbox.status), sandbox.id
+        live = found is not None and found.running
+        endpoint = found.endpoint if found is not None and live else None
         if sandbox.type == SandboxType.LOCAL:
             if status == S.RUNNING:  # no tunnel survives a restart; the agent will reconnect
                 await self.set_status(
                     sid, S.RUNNING, S.OFFLINE, "waiting for the agent to reconnect"
                 )
         elif status == S.RUNNING and not live:
-            if await self.set_status(
-                sid, S.RUNNING, S.RESUMING, "restarting after a server restart"
-            ):
+            why = "a server restart" if at_start else "its agent stopped unnoticed"
+            if await self.set_status(sid, S.RUNNING, S.RESUMING, f"restarting after {why}"):
                 self._spawn(sid, self._start, sid, S.RESUMING)
+        elif status in (S.CREATING, S.RESUMING) and endpoint is not None and not at_start:
+            # Started, but the write saying so was lost (no operation is under way): it runs
+            # with the token whose hash is stored, so record it running, not start it again.
+            # (At start a half-done start is done again: its agent may never have answered.)
+            await self.set_status(sid, status, S.RUNNING, endpoint=endpoint)
         elif status in (S.CREATING, S.RESUMING):
             self._spawn(sid, self._start, sid, status)
         elif status == S.PAUSING:
@@ -397,9 +492,9 @@ class Sandboxes:
                 f"the {sandbox.type} agent did not become ready within {START_TIMEOUT:g} s"
             )
             await self._stop_quietly(sandbox_id)
-            await self.set_status(sandbox_id, current, S.FAILED, reason)
+            await self.settle(sandbox_id, current, S.FAILED, reason)
             return
-        if not await self.set_status(sandbox_id, current, S.RUNNING, endpoint=endpoint):
+        if not await self.settle(sandbox_id, current, S.RUNNING, endpoint=endpoint):
             # Deleted, crashed or stopped meanwhile: leave no process nobody owns.
             await self._stop_quietly(sandbox_id)
 
@@ -409,9 +504,9 @@ class Sandboxes:
                 await self.backend.pause(sandbox_id)
         except (AgentServerError, trio.TooSlowError) as exc:
             message = getattr(exc, "message", None) or "the backend did not stop it in time"
-            await self.set_status(sandbox_id, S.PAUSING, S.FAILED, f"pause failed: {message}")
+            await self.settle(sandbox_id, S.PAUSING, S.FAILED, f"pause failed: {message}")
             return
-        await self.set_status(sandbox_id, S.PAUSING, S.PAUSED, reason)
+        await self.settle(sandbox_id, S.PAUSING, S.PAUSED, reason)
 
     async def _spec(self, sandbox: Sandbox) -> SandboxSpec:
         """What the backend needs; mints a fresh proxy token (only its hash is ever stored)."""

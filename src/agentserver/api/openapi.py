@@ -1,0 +1,239 @@
+"""What /openapi.json says beyond routes and request bodies: every operation's answers.
+
+quart-schema describes paths, path and query parameters and request bodies from the routes
+and their pydantic models. This adds what a client (or a fuzzer) needs to judge an answer:
+each operation's success status with the shape of its body, and the one error shape every
+other answer has (`{"error": {"code", "message", "field"?}}`), as `default`. The shapes are
+written once here as JSON Schema; tests/integration/test_openapi_fuzz.py holds the server to
+them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart_schema import OpenAPIProvider
+
+from agentserver.auth.sessions import session_cookie_name
+
+Schema = dict[str, Any]
+
+STRING: Schema = {"type": "string"}
+TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
+NULLABLE_STRING: Schema = {"type": ["string", "null"]}
+COUNT: Schema = {"type": "integer", "minimum": 0}
+
+
+def obj(**properties: Schema) -> Schema:
+    """An object with exactly these (all required) properties."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": sorted(properties),
+        "additionalProperties": False,
+    }
+
+
+def array(items: Schema) -> Schema:
+    return {"type": "array", "items": items}
+
+
+def nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+ROLE: Schema = {"type": "string", "enum": ["owner", "maintainer", "developer", "guest"]}
+ERROR: Schema = obj(
+    error={
+        "type": "object",
+        "properties": {"code": STRING, "message": {"type": "string", "minLength": 1}},
+        "required": ["code", "message"],
+    }
+)
+USER = obj(id=STRING, username=STRING, email=NULLABLE_STRING, role=STRING, createdAt=TIME)
+SIGNED_IN = obj(user=USER)
+WORKSPACE = obj(id=STRING, name=STRING, role=ROLE, createdAt=TIME, updatedAt=TIME)
+MEMBER = obj(userId=STRING, username=STRING, email=NULLABLE_STRING, role=ROLE, createdAt=TIME)
+SANDBOX = obj(
+    id=STRING,
+    name=STRING,
+    type={"type": "string", "enum": ["opencode", "openclaw", "local"]},
+    status={
+        "type": "string",
+        "enum": ["creating", "running", "pausing", "paused", "resuming", "offline", "failed"],
+    },
+    statusReason=NULLABLE_STRING,
+    workspaceId=STRING,
+    createdBy=NULLABLE_STRING,
+    createdAt=TIME,
+    updatedAt=TIME,
+    lastActivityAt=TIME,
+    pausedAt=TIME,
+    url={"type": "string", "format": "uri"},
+)
+COUNTS: dict[str, Schema] = {
+    name: COUNT
+    for name in (
+        "requests",
+        "errors",
+        "inputTokens",
+        "outputTokens",
+        "cacheCreationInputTokens",
+        "cacheReadInputTokens",
+        "totalTokens",
+    )
+}
+LIMITS = obj(rpm=COUNT, tokensPerDay=COUNT)
+QUOTA = obj(
+    rpm=nullable(COUNT),
+    tokensPerDay=nullable(COUNT),
+    default=LIMITS,
+    effective=LIMITS,
+    updatedAt=TIME,
+)
+USAGE = obj(
+    **{"from": TIME, "to": TIME},
+    totals=obj(**COUNTS),
+    byDay=array(obj(day=STRING, **COUNTS)),
+    bySandbox=array(obj(sandboxId=NULLABLE_STRING, sandboxName=NULLABLE_STRING, **COUNTS)),
+    byModel=array(obj(model=NULLABLE_STRING, **COUNTS)),
+    limits=LIMITS,
+)
+PROVIDER = obj(id=STRING, name=STRING, loginUrl=STRING)
+AUTH_CONFIG = obj(
+    registrationOpen={"type": "boolean"},
+    providers=array(PROVIDER),
+    user=nullable(USER),
+    baseDomain=STRING,
+)
+ADMIN_WORKSPACE = obj(id=STRING, name=STRING, createdAt=TIME, sandboxCount=COUNT, memberCount=COUNT)
+STATUS_OK = obj(status={"const": "ok"})
+
+
+def json_answer(schema: Schema, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def no_content(description: str) -> dict[str, Any]:
+    return {"description": description}
+
+
+def redirect(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {"Location": {"schema": STRING, "required": True}},
+    }
+
+
+def typed(media_type: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": STRING}}}
+
+
+# (method, path) → its success answers by status. Anything else answers `default` (ERROR).
+ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("POST", "/api/auth/register"): {"201": json_answer(SIGNED_IN, "registered and signed in")},
+    ("POST", "/api/auth/login"): {"200": json_answer(SIGNED_IN, "signed in")},
+    ("POST", "/api/auth/logout"): {"200": json_answer(STATUS_OK, "signed out")},
+    ("GET", "/api/auth/me"): {"200": json_answer(USER, "the signed-in user")},
+    ("GET", "/api/auth/config"): {"200": json_answer(AUTH_CONFIG, "what sign-in offers")},
+    ("GET", "/api/auth/providers"): {"200": json_answer(array(PROVIDER), "SSO providers")},
+    ("GET", "/api/auth/oidc/{provider_id}"): {"302": redirect("to the provider")},
+    ("GET", "/api/auth/oidc/{provider_id}/callback"): {"302": redirect("signed in: to the app")},
+    ("GET", "/api/workspaces"): {"200": json_answer(array(WORKSPACE), "the caller's")},
+    ("POST", "/api/workspaces"): {"201": json_answer(WORKSPACE, "created")},
+    ("GET", "/api/workspaces/{workspace_id}"): {"200": json_answer(WORKSPACE, "the workspace")},
+    ("PATCH", "/api/workspaces/{workspace_id}"): {"200": json_answer(WORKSPACE, "renamed")},
+    ("DELETE", "/api/workspaces/{workspace_id}"): {"204": no_content("deleted")},
+    ("GET", "/api/workspaces/{workspace_id}/members"): {
+        "200": json_answer(array(MEMBER), "its members")
+    },
+    ("POST", "/api/workspaces/{workspace_id}/members"): {"201": json_answer(MEMBER, "added")},
+    ("PUT", "/api/workspaces/{workspace_id}/members/{user_id}"): {
+        "200": json_answer(MEMBER, "role changed")
+    },
+    ("DELETE", "/api/workspaces/{workspace_id}/members/{user_id}"): {"204": no_content("removed")},
+    ("GET", "/api/workspaces/{workspace_id}/sandboxes"): {
+        "200": json_answer(array(SANDBOX), "its sandboxes")
+    },
+    ("POST", "/api/workspaces/{workspace_id}/sandboxes"): {
+        "201": json_answer(SANDBOX, "created, starting in the background")
+    },
+    ("GET", "/api/workspaces/{workspace_id}/events"): {
+        "200": typed("text/event-stream", "sandbox changes as server-sent events")
+    },
+    ("GET", "/api/workspaces/{workspace_id}/usage"): {"200": json_answer(USAGE, "LLM usage")},
+    ("POST", "/api/workspaces/{workspace_id}/agent-code"): {
+        "201": json_answer(obj(code=STRING, expiresAt=TIME), "a one-time registration code")
+    },
+    ("POST", "/api/agent/register"): {
+        "201": json_answer(
+            obj(sandboxId=STRING, tunnelToken=STRING, workspaceId=STRING), "registered"
+        )
+    },
+    ("GET", "/api/sandboxes/{sandbox_id}"): {"200": json_answer(SANDBOX, "the sandbox")},
+    ("DELETE", "/api/sandboxes/{sandbox_id}"): {"204": no_content("deleted with its files")},
+    ("POST", "/api/sandboxes/{sandbox_id}/pause"): {"200": json_answer(SANDBOX, "pausing")},
+    ("POST", "/api/sandboxes/{sandbox_id}/resume"): {"200": json_answer(SANDBOX, "resuming")},
+    ("GET", "/api/sandboxes/{sandbox_id}/logs"): {
+        "200": json_answer(obj(logs=STRING), "the tail of the agent's output")
+    },
+    ("GET", "/api/sandboxes/{sandbox_id}/open"): {
+        "302": redirect("to the sandbox's own host, with a one-time ticket")
+    },
+    ("GET", "/api/admin/users"): {"200": json_answer(array(USER), "every user")},
+    ("PUT", "/api/admin/users/{user_id}/role"): {"200": json_answer(USER, "role changed")},
+    ("GET", "/api/admin/workspaces"): {
+        "200": json_answer(array(ADMIN_WORKSPACE), "every workspace")
+    },
+    ("GET", "/api/admin/workspaces/{workspace_id}/quota"): {
+        "200": json_answer(QUOTA, "its LLM limits")
+    },
+    ("PUT", "/api/admin/workspaces/{workspace_id}/quota"): {
+        "200": json_answer(QUOTA, "its LLM limits, changed")
+    },
+    ("DELETE", "/api/admin/workspaces/{workspace_id}/quota"): {
+        "204": no_content("server defaults apply again")
+    },
+    ("GET", "/healthz"): {"200": json_answer(STATUS_OK, "the process is alive")},
+    ("GET", "/readyz"): {
+        "200": json_answer(obj(status={"const": "ok"}, database={"const": True}), "ready"),
+        "503": json_answer(
+            obj(status={"const": "unavailable"}, database={"const": False}), "database down"
+        ),
+    },
+    ("GET", "/metrics"): {"200": typed("text/plain", "Prometheus text exposition")},
+    ("GET", "/"): {"200": typed("text/html", "the web app")},
+    ("GET", "/{path}"): {"200": typed("*/*", "a web app file, or the app for its routes")},
+}
+# Sign-in with an SSO provider answers a browser with a page, an API client with JSON.
+HTML_ERRORS = {"/api/auth/oidc/{provider_id}", "/api/auth/oidc/{provider_id}/callback"}
+
+
+def error_answer(path: str) -> dict[str, Any]:
+    answer = json_answer(ERROR, "an error: its code, a message, and the field at fault if any")
+    if path in HTML_ERRORS:
+        answer["content"]["text/html"] = {"schema": STRING}
+    return answer
+
+
+class DescribedOpenAPI(OpenAPIProvider):
+    """quart-schema's document plus every operation's answers and the cookie that signs in."""
+
+    def schema(self) -> dict[str, Any]:
+        document = super().schema()
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                answers = dict(ANSWERS.get((method.upper(), path), {}))
+                answers.update(operation.get("responses") or {})
+                answers["default"] = error_answer(path)
+                operation["responses"] = answers
+        components = document.setdefault("components", {})
+        components.setdefault("securitySchemes", {})["session"] = {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": session_cookie_name(False),
+            "description": f"set by register or login (named {session_cookie_name(True)} "
+            "with https); mutations carrying it must come from the same origin",
+        }
+        document["security"] = [{"session": []}, {}]
+        return document

@@ -29,10 +29,20 @@ def _anthropic(settings: Settings) -> str:
         return f"API key configured, calls go to {settings.anthropic_base_url}"
     if settings.anthropic_auth_token:
         return f"bearer token configured, calls go to {settings.anthropic_base_url}"
-    return (
-        "no credentials: prompts in sandboxes will fail until ANTHROPIC_API_KEY or"
-        " ANTHROPIC_AUTH_TOKEN is set"
-    )
+    return "no credentials: " + NO_CREDENTIALS
+
+
+NO_CREDENTIALS = (
+    "prompts in sandboxes will fail until ANTHROPIC_API_KEY or ANTHROPIC_AUTH_TOKEN is set"
+    " (or their _FILE variants)"
+)
+
+
+def missing_credentials(settings: Settings) -> str | None:
+    """What an admin should be told when the LLM proxy has nothing to call Anthropic with."""
+    if settings.anthropic_api_key or settings.anthropic_auth_token:
+        return None
+    return "This server has no Anthropic credentials: " + NO_CREDENTIALS + "."
 
 
 def warnings(settings: Settings) -> list[str]:
@@ -41,7 +51,7 @@ def warnings(settings: Settings) -> list[str]:
     listens_widely = settings.listen_host not in _LOOPBACK_HOSTS
     if listens_widely and settings.domain.split(":")[0] == "localhost":
         found.append(
-            f"listening on {settings.listen_host}:{settings.listen_port} for other machines, but"
+            f"other machines can connect ({settings.listen_host}:{settings.listen_port}), but"
             f" the base domain is {settings.domain}: a teammate who opens a sandbox is sent to"
             f" oc-….{settings.domain}, which is their own machine. Set --base-domain to a name"
             " with a wildcard DNS record (README: Serve your team)."

@@ -23,6 +23,7 @@ from agentserver.api.agents import open_tunnel
 from agentserver.api.app import create_app
 from agentserver.api.oidc import open_oidc
 from agentserver.api.usage import open_usage_api
+from agentserver.banner import startup_lines
 from agentserver.db.database import Database, check_connect, open_database
 from agentserver.db.embedded import open_embedded_postgres
 from agentserver.db.migrate import apply_migrations
@@ -183,7 +184,9 @@ async def main(settings: Settings) -> None:
 
             nursery.start_soon(watch)
             running: Running = await nursery.start(partial(run, settings, shutdown=shutdown))
-            print(f"agentserver listening on {running.url}", flush=True)
+            sandboxes = str(running.deps.extras.get("sandbox_summary", settings.backend))
+            lines = startup_lines(running.deps.settings, running.url, sandboxes)
+            print("\n".join(lines), flush=True)
             for flag in settings.secret_flags:
                 env = OPTION_BY_NAME[flag[2:].replace("-", "_")].env
                 log.warning(

@@ -304,3 +304,27 @@ async def test_the_first_admin_cannot_pick_a_common_password(server: Server) -> 
         assert response.json()["error"]["field"] == "password"
         assert "common" in response.json()["error"]["message"]
         assert (await client.get("/api/auth/me")).status_code == 401
+
+
+async def test_admins_are_told_when_the_server_has_no_anthropic_credentials(
+    server: Server, nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    """Without a key the admin's config carries a warning (a banner in the UI); other users do
+    not get it, and with a key configured the admin does not either."""
+    async with server.client() as admin, server.client() as user:
+        await register(admin, "admin")
+        await register(user, "bob")
+        (warning,) = (await admin.get("/api/auth/config")).json()["warnings"]
+        assert "no Anthropic credentials" in warning
+        assert (await user.get("/api/auth/config")).json()["warnings"] == []
+    keyed = await start_server(
+        nursery, make_settings(db_url, tmp_path / "keyed", anthropic_api_key="sk-test")
+    )
+    try:
+        async with keyed.client() as admin:
+            await admin.post(
+                "/api/auth/login", json={"username": "admin", "password": "correct-horse"}
+            )
+            assert (await admin.get("/api/auth/config")).json()["warnings"] == []
+    finally:
+        keyed.shutdown.set()

@@ -144,10 +144,18 @@ def processes_using(path: Path) -> list[int]:
     return found
 
 
-async def serve_until_listening(data_dir: Path) -> tuple[trio.Process, int]:
+async def serve_until_listening(
+    data_dir: Path, listen: str = "127.0.0.1:0"
+) -> tuple[trio.Process, int]:
     """Start `serve` with the embedded database; return the process and its port once listening."""
+    proc, port, _ = await serve_until_summary(data_dir, listen)
+    return proc, port
+
+
+async def serve_until_summary(data_dir: Path, listen: str) -> tuple[trio.Process, int, str]:
+    """Start `serve`; return the process, its port and the start-up summary once printed."""
     proc = await trio.lowlevel.open_process(
-        [str(BIN), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+        [str(BIN), "serve", "--listen", listen, "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=cli_env(),
@@ -155,12 +163,13 @@ async def serve_until_listening(data_dir: Path) -> tuple[trio.Process, int]:
     assert proc.stdout is not None
     seen = b""
     with trio.fail_after(120):
-        while not (match := LISTENING.search(seen)):
+        # The summary is one write; its Anthropic line is there whatever else is.
+        while not ((match := LISTENING.search(seen)) and b"Anthropic:" in seen):
             chunk = await proc.stdout.receive_some()
             assert chunk, f"serve exited before listening (status {proc.poll()}): {seen!r}"
             seen += chunk
     assert seen.count(b"listening") == 1
-    return proc, int(match.group(1))
+    return proc, int(match.group(1)), seen.decode()
 
 
 async def stop(proc: trio.Process, signum: signal.Signals) -> int:
@@ -218,3 +227,19 @@ def test_db_migrate_with_a_url(db_url: str) -> None:
     again = run_cli("db", "migrate", DATABASE_URL=db_url)
     assert again.returncode == 0
     assert "applied 0 migration(s)" in again.stdout
+
+
+async def test_serve_summarises_and_warns_about_a_wide_listen(data_dir: Path) -> None:
+    """Once ready, serve prints where data lives, the backend, the sandbox URL form and the
+    missing Anthropic key, and warns that teammates would be sent to a localhost base domain."""
+    proc, port, summary = await serve_until_summary(data_dir, "0.0.0.0:0")
+    try:
+        assert f"embedded PostgreSQL in {data_dir}" in summary
+        assert "sandboxes:     process backend" in summary
+        assert f"http://oc-{{id}}.localhost:{port}" in summary
+        assert "prompts in sandboxes will fail" in summary
+        (warning,) = [line for line in summary.splitlines() if line.startswith("warning:")]
+        assert f"localhost:{port}" in warning
+        assert "--base-domain" in warning
+    finally:
+        assert await stop(proc, signal.SIGTERM) == 0

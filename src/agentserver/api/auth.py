@@ -23,6 +23,7 @@ from agentserver.auth import passwords
 from agentserver.auth.revocation import Revocation
 from agentserver.auth.sessions import create_session, revoke_session, revoke_user_sessions
 from agentserver.auth.tokens import hash_token
+from agentserver.banner import missing_credentials
 from agentserver.db.database import Tx
 from agentserver.errors import Conflict, Forbidden, Invalid, RateLimited, Unauthenticated
 from agentserver.models import User
@@ -236,6 +237,17 @@ async def config() -> dict[str, Any]:
         "providers": providers,
         "user": user_json(user) if user else None,
         "baseDomain": deps().settings.domain,
-        # Signed-in users only: e.g. that sandboxes run without isolation (sandboxes/feature.py).
-        "warnings": list(deps().extras.get("server_warnings", ())) if user else [],
+        "warnings": server_warnings(user),
     }
+
+
+def server_warnings(user: User | None) -> list[str]:
+    """What a signed-in user should know about this server: e.g. that sandboxes run without
+    isolation (sandboxes/feature.py); admins also that the LLM proxy has no credentials."""
+    if user is None:
+        return []
+    found = list(deps().extras.get("server_warnings", ()))
+    missing = missing_credentials(deps().settings)
+    if user.role == "admin" and missing:
+        found.append(missing)
+    return found

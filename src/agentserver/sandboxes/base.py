@@ -85,6 +85,10 @@ class Backend(Protocol):
         """Stop everything this backend runs in this process (server shutdown)."""
         ...
 
+    def describe(self) -> str:
+        """One line for the operator at start-up: what runs sandboxes, and how isolated."""
+        ...
+
 
 # Called by a backend when a sandbox stops on its own (crash, exit): (sandbox id, reason).
 # The lifecycle marks it `failed` with that reason.

@@ -101,6 +101,10 @@ class DockerBackend:
 
     name = "docker"
 
+    def describe(self) -> str:
+        network, image = self._settings.docker_network, self._settings.agent_image
+        return f"docker backend, a container each on network {network} (image {image})"
+
     def __init__(self, client: docker.DockerClient, settings: Settings) -> None:
         self._client = client
         self._settings = settings

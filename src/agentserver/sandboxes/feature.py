@@ -81,6 +81,7 @@ async def open_sandboxes(deps: Deps) -> AsyncIterator[None]:
         deps.extras["delete_workspace_resources"] = service.delete_workspace_resources
         # What signed-in users should know about this server (e.g. sandboxes run unisolated).
         deps.extras["server_warnings"] = tuple(getattr(backend, "warnings", ()))
+        deps.extras["sandbox_summary"] = backend.describe()
         try:
             yield
         finally:

@@ -105,6 +105,14 @@ class ProcessBackend:
 
     name = "process"
 
+    def describe(self) -> str:
+        if self.refusal:
+            return f"process backend; {self.refusal}"
+        if not self.isolation.enabled:
+            return "process backend WITHOUT isolation (--allow-unisolated-sandboxes)"
+        who = ", each as a uid of its own" if self.account.switches else ""
+        return f"process backend, each sandbox in bubblewrap{who}"
+
     def __init__(
         self,
         settings: Settings,

@@ -101,6 +101,7 @@ class ErrorCode(StrEnum):
     FLOW_CONTROL = "flow_control"
     INTERNAL = "internal"
     NORMAL = "normal"
+    TIMEOUT = "timeout"  # we waited too long for the peer's credit
 
 
 DEFAULT_WINDOW: Final = 256 * 1024

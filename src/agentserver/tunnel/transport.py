@@ -25,6 +25,10 @@ Guarantees: the reader never blocks on a stream (credit windows bound every stre
 one writer task owns the link; a handler task is cancelled when its stream is reset or the
 tunnel closes; when the tunnel dies every stream operation raises `TunnelClosed`; a link that
 delivers nothing within `ping_timeout` of a ping (default: the ping interval) closes the tunnel.
+With `send_timeout`, a send that can put out nothing for that long (no credit from the peer, or
+a link the peer does not read) resets its stream (code "timeout") and raises `StreamResetError`.
+Beyond `Settings.max_streams` open streams, `open_request` raises `StreamLimitReached` and the
+tunnel stays up.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from .connection import (
     Role,
     Settings,
     StreamEnded,
+    StreamLimitReached,
     StreamReset,
     TunnelConnection,
     WindowUpdated,
@@ -63,6 +68,7 @@ __all__ = [
     "RequestReceived",
     "Role",
     "Settings",
+    "StreamLimitReached",
     "StreamLink",
     "StreamResetError",
     "Tunnel",
@@ -160,6 +166,7 @@ class Tunnel:
         hello_timeout: float = 10.0,
         close_timeout: float = 2.0,
         max_backlog: int = 1024 * 1024,
+        send_timeout: float | None = None,
     ) -> None:
         self._link = link
         self._conn = TunnelConnection(role, settings)
@@ -169,6 +176,7 @@ class Tunnel:
         self._hello_timeout = hello_timeout
         self._close_timeout = close_timeout
         self._max_backlog = max_backlog
+        self._send_timeout = send_timeout
         self._streams: dict[int, TunnelStream] = {}
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._hello = trio.Event()
@@ -271,11 +279,13 @@ class Tunnel:
                     await self._link.send_message(encode(GoAway(code, self.close_reason)))
             except (*_LINK_ERRORS, ProtocolError):
                 pass
-            finally:
-                try:
-                    await self._link.aclose()
-                except _LINK_ERRORS:  # already broken, maybe before awaiting anything
-                    await trio.lowlevel.checkpoint()
+        # Its own deadline: a GoAway that a peer never reads must not leave the link open.
+        with trio.move_on_after(self._close_timeout) as scope:
+            scope.shield = True
+            try:
+                await self._link.aclose()
+            except _LINK_ERRORS:  # already broken, maybe before awaiting anything
+                await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------ tasks
 

@@ -7,8 +7,8 @@ import pytest
 import trio
 import trio.testing
 
-from agentserver.tunnel.connection import VERSION, ErrorCode, RequestReceived, Role, Settings
-from agentserver.tunnel.frames import Hello, Ping, Pong, RequestOpen, encode
+from agentserver.tunnel.connection import ErrorCode, RequestReceived, Role, Settings
+from agentserver.tunnel.frames import VERSION, Hello, Ping, Pong, RequestOpen, encode
 from agentserver.tunnel.transport import (
     StreamLimitReached,
     StreamResetError,

@@ -251,6 +251,27 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Kubernetes runtimeClassName for sandbox pods (e.g. gvisor).",
     ),
+    Option(
+        "tunnel_max_streams",
+        "AGENTSERVER_TUNNEL_MAX_STREAMS",
+        "100",
+        "Requests open at once through one local agent's tunnel; more are answered 503 until"
+        " one finishes.",
+    ),
+    Option(
+        "tunnel_receive_budget",
+        "AGENTSERVER_TUNNEL_RECEIVE_BUDGET",
+        "16MiB",
+        "Bytes one local agent may send ahead, all its streams together, before browsers read"
+        " them (a stream gets up to 2 MiB while the budget lasts, 128 KiB beyond it).",
+    ),
+    Option(
+        "tunnel_send_timeout",
+        "AGENTSERVER_TUNNEL_SEND_TIMEOUT",
+        "60s",
+        "How long an upload to a local agent may wait for the agent to take more before its"
+        " request is reset and the browser gets an error.",
+    ),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -386,6 +407,9 @@ class Settings:
     runtime_class: str | None = None
     session_lifetime: float = 7 * 86400.0
     extra: Mapping[str, str] = field(default_factory=dict)
+    tunnel_max_streams: int = 100
+    tunnel_receive_budget: int = 16 << 20
+    tunnel_send_timeout: float = 60.0
 
     @property
     def secure_cookies(self) -> bool:
@@ -453,6 +477,11 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         if text is None or not text.strip().isdigit():
             raise ValueError(f"{text!r} is not a whole number ≥ 0")
         return int(text)
+
+    def at_least_one(text: str | None) -> int:
+        if positive_int(text) < 1:
+            raise ValueError("must be at least 1")
+        return int(text or "")
 
     host, port = convert("listen", lambda t: parse_listen(t or ""))  # type: ignore[misc]
     scheme = (raw["base_scheme"] or "http").lower()
@@ -531,6 +560,9 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         github_oauth_url=(raw["github_oauth_url"] or "https://github.com").rstrip("/"),
         kube_namespace_prefix=raw["kube_namespace_prefix"] or "agent-ws",
         runtime_class=raw["runtime_class"] or None,
+        tunnel_max_streams=convert("tunnel_max_streams", at_least_one),  # type: ignore[arg-type]
+        tunnel_receive_budget=convert("tunnel_receive_budget", lambda t: parse_size(t or "")),  # type: ignore[arg-type]
+        tunnel_send_timeout=convert("tunnel_send_timeout", positive_duration),  # type: ignore[arg-type]
     )
 
 

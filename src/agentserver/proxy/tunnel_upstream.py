@@ -18,11 +18,18 @@ from agentserver.errors import SandboxUnreachable
 from agentserver.proxy.headers import Headers
 from agentserver.proxy.upstream import HEADER_TIMEOUT, UpstreamResponse, UpstreamTimeout
 from agentserver.tunnel.hub import Hub
-from agentserver.tunnel.transport import Tunnel, TunnelClosed, TunnelStream
+from agentserver.tunnel.transport import StreamLimitReached, Tunnel, TunnelClosed, TunnelStream
 
 # Agents see the host they serve on themselves; the browser's Host means nothing to them.
 _DROPPED = frozenset({b"host"})
 _BROKEN = (TunnelClosed, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class TunnelBusy(SandboxUnreachable):
+    """The agent's tunnel carries as many requests as it may at once (503; the tunnel stays up)."""
+
+    status = 503
+    code = "sandbox_busy"
 
 
 def _text_headers(headers: Headers) -> list[tuple[str, str]]:
@@ -122,6 +129,8 @@ class TunnelUpstream:
             )
         except _BROKEN:
             raise SandboxUnreachable("the local agent is not connected") from None
+        except StreamLimitReached as exc:
+            raise TunnelBusy(f"the local agent's tunnel is full: {exc}") from None
 
     async def _head(self, stream: TunnelStream) -> tuple[int, Headers]:
         try:

@@ -366,6 +366,11 @@ def decode(
     return decoder(header)
 
 
+def max_message_size(max_payload: int) -> int:
+    """The longest message a side that announced `max_payload` can receive (a Data frame)."""
+    return _LEN + MAX_HEADER + max_payload
+
+
 # ---------------------------------------------------------------- byte streams
 
 

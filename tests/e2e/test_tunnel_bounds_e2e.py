@@ -31,8 +31,9 @@ RAW_HELLO = encode(Hello(VERSION, 256 * 1024, 16 * 1024 * 1024, 20.0))
 
 @pytest.fixture
 def server_settings(server_settings: Settings) -> Settings:
-    """The usual test server, with room for only a few streams per tunnel."""
-    return replace(server_settings, tunnel_max_streams=MAX_STREAMS)
+    """The usual test server, with room for only a few streams per tunnel and a 1 s wait for an
+    agent's credit."""
+    return replace(server_settings, tunnel_max_streams=MAX_STREAMS, tunnel_send_timeout=1.0)
 
 
 async def _register(world: TunnelWorld) -> tuple[str, str]:
@@ -112,37 +113,59 @@ async def test_requests_beyond_the_stream_cap_get_503_and_the_tunnel_stays_up(
         await watch.until(agent.sandbox_id, "running")  # the server registered the tunnel
     tunnel = world.server.deps.extras["hub"].get(agent.sandbox_id)
     assert isinstance(tunnel, Tunnel)
-    async with await world.browser(agent.sandbox_id) as browser:
-        async with trio.open_nursery() as streams:
-            stop = [trio.Event() for _ in range(MAX_STREAMS)]
-            opened = trio.Semaphore(0)
+    async with await world.browser(agent.sandbox_id) as browser, trio.open_nursery() as streams:
+        stop = [trio.Event() for _ in range(MAX_STREAMS)]
+        opened = trio.Semaphore(0)
 
-            async def endless(done: trio.Event) -> None:
-                async with browser.stream("GET", "/forever") as response:
-                    assert response.status_code == 200
-                    lines = response.aiter_lines()  # kept: closing it would close the response
-                    assert (await anext(lines)).startswith(":")
-                    opened.release()
-                    await done.wait()
-                    await lines.aclose()
+        async def endless(done: trio.Event) -> None:
+            async with browser.stream("GET", "/forever") as response:
+                assert response.status_code == 200
+                lines = response.aiter_lines()  # kept: closing it would close the response
+                assert (await anext(lines)).startswith(":")
+                opened.release()
+                await done.wait()
+                await lines.aclose()
 
-            for done in stop:
-                streams.start_soon(endless, done)
-            for _ in stop:
-                await opened.acquire()
-            busy = await browser.get("/small", headers={"accept": "application/json"})
-            assert busy.status_code == 503
-            assert busy.json()["error"]["code"] == "sandbox_busy"
-            assert tunnel._conn._open_counts[True] == MAX_STREAMS
-            stop[0].set()
-            with trio.fail_after(30):
-                await bulk.forever_closed.wait()  # after the server dropped that stream
-            assert (await browser.get("/small")).status_code == 200
-            for done in stop:
-                done.set()
+        for done in stop:
+            streams.start_soon(endless, done)
+        for _ in stop:
+            await opened.acquire()
+        busy = await browser.get("/small", headers={"accept": "application/json"})
+        assert busy.status_code == 503
+        assert busy.json()["error"]["code"] == "sandbox_busy"
+        assert tunnel._conn._open_counts[True] == MAX_STREAMS
+        stop[0].set()
+        with trio.fail_after(30):
+            await bulk.forever_closed.wait()  # after the server dropped that stream
+        assert (await browser.get("/small")).status_code == 200
+        for done in stop:
+            done.set()
     assert not tunnel.closed
     assert agent.session is not None
     assert agent.session.connections == 1
+
+
+async def test_an_upload_to_an_agent_that_grants_no_credit_ends_in_an_error(
+    world: TunnelWorld,
+) -> None:
+    """A browser's upload to an agent that never grants credit gets a 502 once the send timeout
+    passed; the server forgets the stream and the tunnel stays up."""
+    sandbox_id, token = await _register(world)
+    stingy = encode(Hello(VERSION, 256 * 1024, 1024, 20.0))  # 1 KiB per stream, never more
+    async with raw_agent(world, sandbox_id, token) as ws:
+        await ws.send_message(stingy)
+        async with watch_statuses(world.owner, world.workspace_id) as watch:
+            await watch.until(sandbox_id, "running")
+        async with await world.browser(sandbox_id) as browser:
+            with trio.fail_after(60):
+                answer = await browser.post(
+                    "/upload", content=b"u" * (1 << 20), headers={"accept": "application/json"}
+                )
+        assert answer.status_code == 502
+        tunnel = world.server.deps.extras["hub"].get(sandbox_id)
+        assert isinstance(tunnel, Tunnel)
+        assert tunnel._streams == {}
+        assert not tunnel.closed
 
 
 async def test_an_oversize_message_is_refused_before_the_server_holds_it_whole(

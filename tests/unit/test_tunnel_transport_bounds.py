@@ -6,7 +6,10 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from hypercorn.protocol.ws_stream import FrameTooLargeError
+from wsproto.events import BytesMessage
 
+from agentserver.api.tunnel_link import CappedBuffer
 from agentserver.tunnel.connection import ErrorCode, RequestReceived, Role, Settings
 from agentserver.tunnel.frames import VERSION, Hello, Ping, Pong, RequestOpen, encode
 from agentserver.tunnel.transport import (
@@ -133,3 +136,19 @@ async def test_an_upload_that_keeps_moving_is_never_timed_out(
         assert await stream.receive_response_head() == (200, ())
         assert await read_all(stream) == str(4 * SMALL.initial_window).encode()
         assert trio.current_time() - started > 30.0
+
+
+def test_hypercorns_buffer_refuses_a_message_before_storing_past_the_cap() -> None:
+    """The tunnel's message buffer stores nothing beyond its cap, reports it once, and refuses
+    every later piece of that message without storing it either."""
+    overflows: list[int] = []
+    buffer = CappedBuffer(10, lambda: overflows.append(1))
+    buffer.extend(BytesMessage(b"x" * 8, frame_finished=False, message_finished=False))
+    with pytest.raises(FrameTooLargeError):
+        buffer.extend(BytesMessage(b"y" * 3, frame_finished=False, message_finished=False))
+    with pytest.raises(FrameTooLargeError):
+        buffer.extend(BytesMessage(b"z", frame_finished=False, message_finished=True))
+    assert buffer.length == 8
+    assert buffer.value is not None
+    assert buffer.value.getvalue() == b"x" * 8
+    assert overflows == [1]

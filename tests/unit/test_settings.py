@@ -80,6 +80,10 @@ def test_data_dir_follows_xdg_and_flag(tmp_path: Path) -> None:
             {"AGENTSERVER_PROXY_TIMEOUT": "later"},
             "--proxy-timeout / AGENTSERVER_PROXY_TIMEOUT:",
         ),
+        ({"tunnel_max_streams": "0"}, {}, "--tunnel-max-streams:"),
+        ({"tunnel_max_streams": "many"}, {}, "--tunnel-max-streams:"),
+        ({"tunnel_receive_budget": "big"}, {}, "--tunnel-receive-budget:"),
+        ({"tunnel_send_timeout": "0"}, {}, "--tunnel-send-timeout:"),
     ],
 )
 def test_a_bad_value_names_its_flag_and_variable(
@@ -199,3 +203,19 @@ def test_proxy_timeout_reaches_the_upstream_pool_setting() -> None:
     """`--proxy-timeout 2m` is 120 seconds of waiting for a sandbox's response headers."""
     assert build_settings({"proxy_timeout": "2m"}, {}).proxy_timeout == 120.0
     assert build_settings({}, {}).proxy_timeout == 60.0
+
+
+def test_tunnel_bounds_reach_their_settings() -> None:
+    """The tunnel's stream cap, receive budget and send timeout parse from flags and variables."""
+    s = build_settings(
+        {"tunnel_max_streams": "7", "tunnel_receive_budget": "4MiB"},
+        {"AGENTSERVER_TUNNEL_SEND_TIMEOUT": "90s"},
+    )
+    assert (s.tunnel_max_streams, s.tunnel_receive_budget, s.tunnel_send_timeout) == (
+        7,
+        4 << 20,
+        90.0,
+    )
+    defaults = build_settings({}, {})
+    assert (defaults.tunnel_max_streams, defaults.tunnel_receive_budget) == (100, 16 << 20)
+    assert defaults.tunnel_send_timeout == 60.0

@@ -163,6 +163,15 @@ def test_receive_budget_holds_for_streams_the_peer_opens() -> None:
     assert credits == [16384, 16384, 4096]
 
 
+def test_a_peer_request_without_a_body_gets_no_extra_credit() -> None:
+    """Only a stream that will carry data is granted more: a bodiless request spends no budget."""
+    conn = _connected(BUDGETED, Role.CLIENT)
+    conn.receive_frame(RequestOpen(1, "GET", "/", body=False))
+    conn.receive_frame(RequestOpen(3, "POST", "/"))
+    assert conn.frames_to_send() == [Window(3, 16384 - 4096)]
+    assert conn._windows == 4096 + 16384
+
+
 def test_data_within_a_grown_window_is_accepted() -> None:
     """The extra credit is real: the peer may send the whole grown window without a reset."""
     pair = ConnectionPair(server=BUDGETED)

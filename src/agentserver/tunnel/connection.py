@@ -467,12 +467,12 @@ class TunnelConnection:
             return []
         stream = self._new_stream(stream_id, local=False, websocket=frame.websocket)
         stream.recv = TRANSITIONS[stream.recv, Act.HEAD]
-        self._grow(stream)
         head = (frame.method, frame.target, frame.headers, frame.body, frame.websocket)
         events: list[Event] = [RequestReceived(stream_id, *head, frame.subprotocols)]
         if not frame.body:
             stream.recv = TRANSITIONS[stream.recv, Act.END]
             events.append(StreamEnded(stream_id))
+        self._grow(stream)  # a request without a body needs no credit at all
         return events
 
     def _on_response(self, frame: ResponseHead) -> list[Event]:

@@ -26,14 +26,20 @@ from tests.support.tunnel_world import TunnelWorld
 from tests.support.workspace_events import watch_statuses
 
 MAX_STREAMS = 3
+BUDGET = 1024 * 1024
 RAW_HELLO = encode(Hello(VERSION, 256 * 1024, 16 * 1024 * 1024, 20.0))
 
 
 @pytest.fixture
 def server_settings(server_settings: Settings) -> Settings:
-    """The usual test server, with room for only a few streams per tunnel and a 1 s wait for an
-    agent's credit."""
-    return replace(server_settings, tunnel_max_streams=MAX_STREAMS, tunnel_send_timeout=1.0)
+    """The usual test server, with room for only a few streams per tunnel, a 1 MiB receive budget
+    and a 1 s wait for an agent's credit."""
+    return replace(
+        server_settings,
+        tunnel_max_streams=MAX_STREAMS,
+        tunnel_send_timeout=1.0,
+        tunnel_receive_budget=BUDGET,
+    )
 
 
 async def _register(world: TunnelWorld) -> tuple[str, str]:
@@ -143,6 +149,37 @@ async def test_requests_beyond_the_stream_cap_get_503_and_the_tunnel_stays_up(
     assert not tunnel.closed
     assert agent.session is not None
     assert agent.session.connections == 1
+
+
+async def test_unread_downloads_hold_no_more_than_the_receive_budget_allows(
+    world: TunnelWorld, bulk: BulkUpstream, nursery: trio.Nursery
+) -> None:
+    """Three 64 MiB downloads nobody reads: the agent is never allowed more in flight than the
+    budget plus the initial window of each other stream, and the server holds no more."""
+    agent = await world.start_agent(nursery, f"http://127.0.0.1:{bulk.port}")
+    async with watch_statuses(world.owner, world.workspace_id) as watch:
+        await watch.until(agent.sandbox_id, "running")
+    tunnel = world.server.deps.extras["hub"].get(agent.sandbox_id)
+    assert isinstance(tunnel, Tunnel)
+    bound = BUDGET + (MAX_STREAMS - 1) * TUNNEL_SETTINGS.initial_window
+    async with await world.browser(agent.sandbox_id) as browser, trio.open_nursery() as readers:
+        started, release = trio.Semaphore(0), trio.Event()
+
+        async def unread() -> None:
+            async with browser.stream("GET", "/bytes?size=67108864") as response:
+                assert response.status_code == 200
+                started.release()
+                await release.wait()
+
+        for _ in range(MAX_STREAMS):
+            readers.start_soon(unread)
+        for _ in range(MAX_STREAMS):
+            await started.acquire()
+        streams = tunnel._conn._streams.values()
+        assert sum(stream.recv_window for stream in streams) == bound
+        held = sum(len(chunk.data) for s in tunnel._streams.values() for chunk in s._chunks)
+        assert held <= bound
+        release.set()
 
 
 async def test_an_upload_to_an_agent_that_grants_no_credit_ends_in_an_error(

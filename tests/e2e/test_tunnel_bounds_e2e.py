@@ -130,7 +130,6 @@ async def test_requests_beyond_the_stream_cap_get_503_and_the_tunnel_stays_up(
                 assert (await anext(lines)).startswith(":")
                 opened.release()
                 await done.wait()
-                await lines.aclose()
 
         for done in stop:
             streams.start_soon(endless, done)

@@ -10,11 +10,12 @@ from agentserver.tunnel.connection import (
     Role,
     Settings,
     StreamLimitReached,
-    StreamReset,
     TunnelConnection,
 )
 from agentserver.tunnel.frames import (
+    VERSION,
     Data,
+    Hello,
     Ping,
     Pong,
     ProtocolError,
@@ -59,22 +60,40 @@ def test_a_pong_waiting_behind_other_frames_is_updated_in_place() -> None:
 
 
 def test_peer_streams_beyond_max_streams_are_refused_and_others_go_on() -> None:
-    """The peer's stream over `max_streams` is reset as refused; once one ends, a new one opens."""
+    """A peer ignoring our announced `max_streams` gets its extra stream reset as refused; once
+    one of its streams ends, a new one opens."""
+    conn = _connected(Settings(1024, 4096, 5.0, max_streams=2), Role.CLIENT)
+    for stream_id in (1, 3, 5):
+        conn.receive_frame(RequestOpen(stream_id, "GET", "/", body=False))
+    assert conn.frames_to_send() == [Reset(5, ErrorCode.REFUSED, "more than 2 open streams")]
+    assert conn.is_open(1)
+    assert conn.is_open(3)
+    conn.receive_frame(Reset(1, ErrorCode.CANCEL))
+    conn.receive_frame(RequestOpen(7, "GET", "/", body=False))
+    assert conn.frames_to_send() == []
+    assert conn.is_open(7)
+
+
+def test_we_open_no_more_streams_than_the_peer_announced() -> None:
+    """The peer's Hello says how many streams it takes; opening one more raises locally, before
+    anything is sent."""
     pair = ConnectionPair(client=Settings(1024, 4096, 5.0, max_streams=2))
-    first = pair.server.open_request("GET", "/1")
-    second = pair.server.open_request("GET", "/2")
-    third = pair.server.open_request("GET", "/3")
-    server_events, _ = pair.shuttle()
-    refused = StreamReset(third, ErrorCode.REFUSED, "more than 2 open streams", remote=True)
-    assert server_events == [refused]
-    assert pair.client.is_open(first)
-    assert pair.client.is_open(second)
-    pair.server.reset_stream(first)
-    pair.shuttle()
-    fourth = pair.server.open_request("GET", "/4")
-    server_events, _ = pair.shuttle()
-    assert server_events == []
-    assert pair.client.is_open(fourth)
+    pair.open(body=False)
+    pair.open(body=False)
+    with pytest.raises(StreamLimitReached, match="2 streams"):
+        pair.server.open_request("GET", "/3")
+    assert pair.server.frames_to_send() == []
+
+
+def test_a_peer_hello_without_a_stream_count_sets_no_cap() -> None:
+    """An older peer announces no stream count: only our own `max_streams` applies."""
+    conn = TunnelConnection(Role.SERVER, Settings(1024, 4096, 5.0, max_streams=3))
+    old_hello = b'{"type":"hello","version":1,"max_payload":1024,"window":4096,"ping":5}'
+    conn.receive_frame(decode(len(old_hello).to_bytes(4, "big") + old_hello))
+    for _ in range(3):
+        conn.open_request("GET", "/", body=False)
+    with pytest.raises(StreamLimitReached, match="3 streams"):
+        conn.open_request("GET", "/")
 
 
 def test_own_streams_beyond_max_streams_raise_and_free_up_when_one_finishes() -> None:
@@ -213,3 +232,13 @@ def test_finished_streams_give_back_their_windows() -> None:
     assert pair.server._streams == {}
     assert pair.server._windows == 0
     assert pair.server._open_counts == {True: 0, False: 0}
+
+
+def test_hello_carries_an_optional_stream_count() -> None:
+    """`streams` round-trips in the Hello, is left out when unset, and must be a positive int."""
+    hello = Hello(VERSION, 1024, 4096, 5.0, max_streams=7)
+    assert decode(encode(hello)) == hello
+    assert b"streams" not in encode(Hello(VERSION, 1024, 4096, 5.0))
+    bad = b'{"type":"hello","version":1,"max_payload":1024,"window":4096,"ping":5,"streams":0}'
+    with pytest.raises(ProtocolError, match="streams"):
+        decode(len(bad).to_bytes(4, "big") + bad)

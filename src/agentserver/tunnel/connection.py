@@ -31,8 +31,9 @@ Bounds (what a peer can make us hold, whatever it does):
   (an extra `Window` grant) up to `stream_window` only while the windows of all streams together
   stay within `receive_budget`. So the bytes the peer may have in flight, and so the bytes
   buffered for slow readers, never exceed `receive_budget` + `max_streams` x `initial_window`;
-* streams: at most `max_streams` open streams opened by each side; a peer's stream beyond that
-  is refused (`Reset` "refused"), ours raises `StreamLimitReached`; the tunnel stays up;
+* streams: at most `max_streams` open streams opened by each side (announced in our Hello; we
+  open no more than the peer announced either); a peer's stream beyond that is refused (`Reset`
+  "refused"), ours raises `StreamLimitReached`; the tunnel stays up;
 * control frames: at most one `Pong` waits in the outbox (a newer ping replaces its opaque), and
   when more than `max_queued_control` frames other than Data wait after a peer's frame (a peer
   that makes us answer but does not read the answers), that is a `ProtocolError`.
@@ -46,6 +47,7 @@ from typing import Final
 
 from .frames import (
     DEFAULT_MAX_PAYLOAD,
+    MAX_STREAM_ID,
     MAX_WINDOW,
     VERSION,
     Data,
@@ -114,8 +116,8 @@ DEFAULT_MAX_QUEUED_CONTROL: Final = 1024
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """What one side announces in its Hello (the first three: limits for what it receives, and its
-    ping cadence), and the local bounds it keeps (not announced; see the module's "Bounds").
+    """What one side announces in its Hello (the first four: limits for what it receives, its
+    ping cadence, how many streams it takes), and local bounds (see the module's "Bounds").
 
     `stream_window` 0 means `initial_window` (no growth); `receive_budget` 0 means no budget
     beyond `max_streams` x `stream_window`.
@@ -264,6 +266,7 @@ class TunnelConnection:
                 self.settings.max_frame_payload,
                 self.settings.initial_window,
                 self.settings.ping_interval,
+                self.settings.max_streams,
             )
         ]
 
@@ -315,8 +318,9 @@ class TunnelConnection:
             raise LocalProtocolError("cannot open a stream before the peer's Hello")
         if self.peer_going_away or self.going_away:
             raise LocalProtocolError("the tunnel is going away; no new streams")
-        if self._open_counts[True] >= self.settings.max_streams:
-            raise StreamLimitReached(f"{self.settings.max_streams} streams are open already")
+        limit = min(self.settings.max_streams, self.peer_settings.max_streams)
+        if self._open_counts[True] >= limit:
+            raise StreamLimitReached(f"{limit} streams are open already")
         frame = RequestOpen(self._next_id, method, target, headers, body, websocket, subprotocols)
         self._check_head(frame)
         stream = self._new_stream(frame.stream_id, local=True, websocket=websocket)
@@ -449,7 +453,10 @@ class TunnelConnection:
         if frame.version != VERSION:
             raise ProtocolError(f"peer speaks tunnel version {frame.version}, we speak {VERSION}")
         self.peer_settings = Settings(
-            frame.max_frame_payload, frame.initial_window, frame.ping_interval
+            frame.max_frame_payload,
+            frame.initial_window,
+            frame.ping_interval,
+            frame.max_streams or MAX_STREAM_ID,  # a peer that does not say has no cap we know
         )
         return [HelloReceived(self.peer_settings)]
 

@@ -255,8 +255,8 @@ OPTIONS: tuple[Option, ...] = (
         "tunnel_max_streams",
         "AGENTSERVER_TUNNEL_MAX_STREAMS",
         "100",
-        "Requests open at once through one local agent's tunnel; more are answered 503 until"
-        " one finishes.",
+        "Requests open at once through one local agent's tunnel (at most what the agent"
+        " announces, 100 for ours); more are answered 503 until one finishes.",
     ),
     Option(
         "tunnel_receive_budget",

@@ -30,7 +30,7 @@ Bounds (what a peer can make us hold, whatever it does):
 * receive: every stream starts with our announced `initial_window`; a stream's window then grows
   (an extra `Window` grant) up to `stream_window` only while the windows of all streams together
   stay within `receive_budget`. So the bytes the peer may have in flight, and so the bytes
-  buffered for slow readers, never exceed `receive_budget` + `max_streams` x `initial_window`;
+  buffered for slow readers, never exceed `receive_budget` + `initial_window` per open stream;
 * streams: at most `max_streams` open streams opened by each side (announced in our Hello; we
   open no more than the peer announced either); a peer's stream beyond that is refused (`Reset`
   "refused"), ours raises `StreamLimitReached`; the tunnel stays up;

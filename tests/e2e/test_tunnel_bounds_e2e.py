@@ -80,7 +80,7 @@ async def test_a_ping_flood_from_an_agent_that_does_not_read_queues_one_pong(
     world: TunnelWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """20,000 pings from an agent that reads nothing leave at most one Pong (and no more than the
-    control bound of frames) waiting on the server, and the tunnel stays up."""
+    control bound of frames) waiting on the server."""
     pings = 20_000
     seen, all_seen = 0, trio.Event()
     get_message = QuartLink.get_message
@@ -106,7 +106,8 @@ async def test_a_ping_flood_from_an_agent_that_does_not_read_queues_one_pong(
         waiting = tunnel._conn._outbox
         assert sum(type(frame) is Pong for frame in waiting) <= 1
         assert len(waiting) <= TUNNEL_SETTINGS.max_queued_control
-        assert not tunnel.closed
+        # Nothing else ended it (on a very slow run, the 20 s write-stall check may have).
+        assert not tunnel.closed or "read nothing" in tunnel.close_reason
 
 
 async def test_requests_beyond_the_stream_cap_get_503_and_the_tunnel_stays_up(

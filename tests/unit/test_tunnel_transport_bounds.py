@@ -152,3 +152,28 @@ def test_hypercorns_buffer_refuses_a_message_before_storing_past_the_cap() -> No
     assert buffer.value is not None
     assert buffer.value.getvalue() == b"x" * 8
     assert overflows == [1]
+
+
+async def test_a_peer_that_pings_but_never_reads_is_closed_within_two_intervals(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Pings keep proving the peer alive, but a peer that reads nothing is closed once a send
+    has been blocked from one of our pings to its timeout."""
+    server_link, peer = link_pair(Wire(), buffer=4)
+    tunnel = Tunnel(server_link, role=Role.SERVER, settings=SMALL)
+    await peer.send_message(PEER_HELLO)
+
+    async def pinger() -> None:
+        try:
+            for opaque in range(1, 1000):
+                await peer.send_message(encode(Ping(opaque)))
+                await trio.sleep(SMALL.ping_interval / 4)  # a busy peer, not a wait
+        except trio.BrokenResourceError:  # the tunnel closed its end
+            pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pinger)
+        with pytest.raises(TunnelClosed, match="read nothing"):
+            await tunnel.run()
+    # The link held 4 messages; the writer blocked within 2 intervals and was seen within 2 more.
+    assert trio.current_time() <= 4 * SMALL.ping_interval

@@ -296,6 +296,27 @@ OPTIONS: tuple[Option, ...] = (
         "How often sandbox rows and the backend are made to agree again (a status write lost"
         " while the database was down, an exit missed); 0 reconciles only at start.",
     ),
+    Option(
+        "tunnel_max_streams",
+        "AGENTSERVER_TUNNEL_MAX_STREAMS",
+        "100",
+        "Requests open at once through one local agent's tunnel (at most what the agent"
+        " announces, 100 for ours); more are answered 503 until one finishes.",
+    ),
+    Option(
+        "tunnel_receive_budget",
+        "AGENTSERVER_TUNNEL_RECEIVE_BUDGET",
+        "16MiB",
+        "Bytes one local agent may send ahead, all its streams together, before browsers read"
+        " them (a stream gets up to 2 MiB while the budget lasts, 128 KiB beyond it).",
+    ),
+    Option(
+        "tunnel_send_timeout",
+        "AGENTSERVER_TUNNEL_SEND_TIMEOUT",
+        "60s",
+        "How long an upload to a local agent may wait for the agent to take more before its"
+        " request is reset and the browser gets an error.",
+    ),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -452,6 +473,9 @@ class Settings:
     secret_flags: tuple[str, ...] = ()
     agent_file_size_limit: int = 8 << 30
     reconcile_interval: float = 60.0
+    tunnel_max_streams: int = 100
+    tunnel_receive_budget: int = 16 << 20
+    tunnel_send_timeout: float = 60.0
 
     @property
     def secure_cookies(self) -> bool:
@@ -557,6 +581,11 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
             raise ValueError(f"{text!r} is not a whole number ≥ 0")
         return int(text)
 
+    def at_least_one(text: str | None) -> int:
+        if positive_int(text) < 1:
+            raise ValueError("must be at least 1")
+        return int(text or "")
+
     host, port = convert("listen", lambda t: parse_listen(t or ""))  # type: ignore[misc]
     scheme = (raw["base_scheme"] or "http").lower()
     if scheme not in ("http", "https"):
@@ -643,6 +672,9 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         secret_flags=tuple(secrets_on_command_line(values)),
         agent_file_size_limit=convert("agent_file_size_limit", lambda t: parse_size(t or "")),  # type: ignore[arg-type]
         reconcile_interval=convert("reconcile_interval", lambda t: parse_duration(t or "")),  # type: ignore[arg-type]
+        tunnel_max_streams=convert("tunnel_max_streams", at_least_one),  # type: ignore[arg-type]
+        tunnel_receive_budget=convert("tunnel_receive_budget", lambda t: parse_size(t or "")),  # type: ignore[arg-type]
+        tunnel_send_timeout=convert("tunnel_send_timeout", positive_duration),  # type: ignore[arg-type]
     )
 
 

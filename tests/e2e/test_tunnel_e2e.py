@@ -15,8 +15,7 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import Server, register
-from tests.support.bulk_upstream import BulkUpstream, pattern, serve_bulk
+from tests.support.bulk_upstream import BulkUpstream, pattern
 from tests.support.tunnel_world import TunnelWorld, free_port
 from tests.support.workspace_events import watch_statuses
 
@@ -73,19 +72,6 @@ async def laptop_opencode(
     yield f"http://127.0.0.1:{port}"
     os.killpg(process.pid, signal.SIGKILL)
     await process.wait()
-
-
-@pytest.fixture
-async def world(server: Server, tmp_path: Path) -> AsyncIterator[TunnelWorld]:
-    async with server.client() as owner:
-        await register(owner, "owner")
-        workspace = (await owner.post("/api/workspaces", json={"name": "w"})).json()
-        yield TunnelWorld(server, owner, workspace["id"], tmp_path)
-
-
-@pytest.fixture
-async def bulk(nursery: trio.Nursery) -> BulkUpstream:
-    return await nursery.start(serve_bulk, BulkUpstream())  # type: ignore[no-any-return]
 
 
 async def test_opencode_web_ui_api_events_and_terminal_through_the_tunnel(

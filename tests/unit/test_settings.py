@@ -82,6 +82,10 @@ def test_data_dir_follows_xdg_and_flag(tmp_path: Path) -> None:
             {"AGENTSERVER_PROXY_TIMEOUT": "later"},
             "--proxy-timeout / AGENTSERVER_PROXY_TIMEOUT:",
         ),
+        ({"tunnel_max_streams": "0"}, {}, "--tunnel-max-streams:"),
+        ({"tunnel_max_streams": "many"}, {}, "--tunnel-max-streams:"),
+        ({"tunnel_receive_budget": "big"}, {}, "--tunnel-receive-budget:"),
+        ({"tunnel_send_timeout": "0"}, {}, "--tunnel-send-timeout:"),
     ],
 )
 def test_a_bad_value_names_its_flag_and_variable(
@@ -266,3 +270,19 @@ def test_reconcile_interval_is_a_duration_from_flag_or_environment() -> None:
     assert build_settings({}, env).reconcile_interval == 0.0
     with pytest.raises(ConfigError, match="--reconcile-interval"):
         build_settings({"reconcile_interval": "soon"}, {})
+
+
+def test_tunnel_bounds_reach_their_settings() -> None:
+    """The tunnel's stream cap, receive budget and send timeout parse from flags and variables."""
+    s = build_settings(
+        {"tunnel_max_streams": "7", "tunnel_receive_budget": "4MiB"},
+        {"AGENTSERVER_TUNNEL_SEND_TIMEOUT": "90s"},
+    )
+    assert (s.tunnel_max_streams, s.tunnel_receive_budget, s.tunnel_send_timeout) == (
+        7,
+        4 << 20,
+        90.0,
+    )
+    defaults = build_settings({}, {})
+    assert (defaults.tunnel_max_streams, defaults.tunnel_receive_budget) == (100, 16 << 20)
+    assert defaults.tunnel_send_timeout == 60.0

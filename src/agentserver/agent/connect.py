@@ -26,7 +26,7 @@ import trio_websocket
 from agentserver.agent.forward import Forwarder
 from agentserver.tunnel import masking
 from agentserver.tunnel.connection import Role, Settings
-from agentserver.tunnel.frames import ProtocolError
+from agentserver.tunnel.frames import ProtocolError, max_message_size
 from agentserver.tunnel.transport import Tunnel, TunnelClosed, WebSocketLink
 
 DEFAULT_CONFIG = "~/.agentserver/agent.json"
@@ -210,7 +210,9 @@ class Session:
             self.url,
             extra_headers=headers,
             receive_buffer_size=None,
-            max_message_size=4 * 1024 * 1024,
+            # The largest tunnel message the server may send us: trio-websocket closes with 1009
+            # as soon as a message grows past it, never holding more of it.
+            max_message_size=max_message_size(AGENT_SETTINGS.max_frame_payload),
             connect_timeout=30,
             disconnect_timeout=5,
         ) as ws:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any, cast
 
 import trio
@@ -19,6 +20,7 @@ from quart import Blueprint, websocket
 from quart_schema import validate_request
 
 from agentserver.api.common import Body, client_address, deps, require, rfc3339
+from agentserver.api.tunnel_link import QuartLink
 from agentserver.auth.permissions import Action, allowed
 from agentserver.auth.tokens import hash_token, new_token
 from agentserver.db.database import Tx
@@ -28,7 +30,7 @@ from agentserver.models import Sandbox, SandboxStatus
 from agentserver.sandboxes.service import insert_sandbox
 from agentserver.tunnel import masking
 from agentserver.tunnel.connection import Role, Settings
-from agentserver.tunnel.frames import ProtocolError
+from agentserver.tunnel.frames import max_message_size
 from agentserver.tunnel.hub import Hub
 from agentserver.tunnel.transport import Tunnel, TunnelClosed
 
@@ -39,9 +41,14 @@ CODE_LIFETIME = 600  # seconds: a code is for the next few minutes, not for late
 HEARTBEAT = 20.0  # tunnel pings and last_heartbeat_at, in seconds
 # What the server accepts from agents. Large frames and credit: the per-frame Python cost, not
 # the bytes copied, bounds bulk throughput (bench/bench_tunnel.py); 2 MiB per stream, granted
-# back a megabyte at a time, keeps a download streaming without a pause for credit.
+# back a megabyte at a time, keeps a download streaming without a pause for credit. A stream
+# starts with 128 KiB and gets the rest at once while the tunnel's receive budget lasts, so an
+# agent can never make the server hold more than budget + streams x 128 KiB for slow browsers.
 TUNNEL_SETTINGS = Settings(
-    max_frame_payload=256 * 1024, initial_window=2 * 1024 * 1024, ping_interval=HEARTBEAT
+    max_frame_payload=256 * 1024,
+    initial_window=128 * 1024,
+    ping_interval=HEARTBEAT,
+    stream_window=2 * 1024 * 1024,
 )
 STATUS_TIMEOUT = 10.0
 
@@ -147,52 +154,6 @@ async def _insert_sandbox(
 
 # -- the tunnel ----------------------------------------------------------------------------------
 
-# Close codes that end the tunnel normally (the agent stopped, or the server shuts down).
-NORMAL_CLOSE = 1000
-
-
-class QuartLink:
-    """Quart's (quart-trio) server-side WebSocket, accepted, as the tunnel's `MessageLink`.
-
-    Quart ends the handler by cancelling it when the client disconnects, so `get_message`
-    rarely sees an end of its own; the session's cleanup runs in shielded `finally` blocks.
-    """
-
-    def __init__(self, ws: Any) -> None:  # quart.wrappers.Websocket (untyped under quart-trio)
-        self._ws = ws
-        self._closed = False
-
-    async def send_message(self, message: bytes) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("the tunnel link was closed")
-        try:
-            await self._ws.send(message)
-        except (OSError, RuntimeError) as exc:  # the ASGI server refuses sends after a close
-            raise trio.BrokenResourceError(f"websocket send failed: {exc}") from exc
-
-    async def get_message(self) -> bytes:
-        if self._closed:
-            raise trio.ClosedResourceError("the tunnel link was closed")
-        try:
-            message = await self._ws.receive()
-        except trio.EndOfChannel:
-            raise trio.EndOfChannel from None
-        except (OSError, RuntimeError, trio.ClosedResourceError) as exc:
-            raise trio.BrokenResourceError(f"websocket receive failed: {exc}") from exc
-        if not isinstance(message, bytes):
-            raise ProtocolError("text message on the tunnel")
-        return message
-
-    async def aclose(self) -> None:
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        self._closed = True
-        try:
-            await self._ws.close(NORMAL_CLOSE)
-        except (OSError, RuntimeError):  # already gone (maybe refused before awaiting)
-            await trio.lowlevel.checkpoint()
-
 
 def _bearer(value: str | None) -> str | None:
     if value is None:
@@ -218,9 +179,22 @@ async def tunnel_endpoint(sandbox_id: str) -> None:
         raise Unauthenticated(
             "the tunnel token is not valid: the sandbox was deleted or its token revoked"
         )
+    if websocket.headers.get("Sec-WebSocket-Extensions"):
+        # permessage-deflate would let a small message inflate past any cap before it is seen.
+        raise Invalid("the tunnel takes no WebSocket extensions (no compression)")
     await websocket.accept()
-    link = QuartLink(cast(Any, websocket)._get_current_object())
+    ws = cast(Any, websocket)._get_current_object()
+    link = QuartLink(ws, max_message=max_message_size(TUNNEL_SETTINGS.max_frame_payload))
     await serve_tunnel(d, sandbox, token_hash, link)
+
+
+def tunnel_settings(d: Deps) -> Settings:
+    """TUNNEL_SETTINGS with the configured stream cap and receive budget."""
+    return replace(
+        TUNNEL_SETTINGS,
+        max_streams=d.settings.tunnel_max_streams,
+        receive_budget=d.settings.tunnel_receive_budget,
+    )
 
 
 async def serve_tunnel(d: Deps, sandbox: Sandbox, token_hash: str, link: QuartLink) -> None:
@@ -228,7 +202,12 @@ async def serve_tunnel(d: Deps, sandbox: Sandbox, token_hash: str, link: QuartLi
     # A tunnel closed at once may leave by `except*` with nothing awaited but shielded cleanup.
     await trio.lowlevel.checkpoint()
     hub = hub_of(d)
-    tunnel = Tunnel(link, role=Role.SERVER, settings=TUNNEL_SETTINGS)
+    tunnel = Tunnel(
+        link,
+        role=Role.SERVER,
+        settings=tunnel_settings(d),
+        send_timeout=d.settings.tunnel_send_timeout,
+    )
     registered = False
     try:
         async with trio.open_nursery() as nursery:

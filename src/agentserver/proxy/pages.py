@@ -90,6 +90,12 @@ TIMEOUT = Page(
     "Sandbox too slow",
     "The sandbox's agent did not answer in time. Try again in a moment.",
 )
+BUSY = Page(
+    503,
+    "sandbox_busy",
+    "Agent busy",
+    "The local agent is already serving as many requests as it may. Try again in a moment.",
+)
 LINK_EXPIRED = Page(
     401,
     "ticket_invalid",

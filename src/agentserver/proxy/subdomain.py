@@ -366,6 +366,7 @@ class SubdomainProxy:
             return
         log.info("sandbox %s unreachable: %s", sandbox.id, exc.message)
         page = pages.TIMEOUT if isinstance(exc, UpstreamTimeout) else pages.UNREACHABLE
+        page = pages.BUSY if exc.status == pages.BUSY.status else page  # a full tunnel
         await self.page(scope, send, page)
 
     # -- answers ------------------------------------------------------------------------------

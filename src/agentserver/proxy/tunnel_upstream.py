@@ -19,13 +19,20 @@ from agentserver.framing import exactly
 from agentserver.proxy.headers import FRAMING, Headers
 from agentserver.proxy.upstream import HEADER_TIMEOUT, UpstreamResponse, UpstreamTimeout
 from agentserver.tunnel.hub import Hub
-from agentserver.tunnel.transport import Tunnel, TunnelClosed, TunnelStream
+from agentserver.tunnel.transport import StreamLimitReached, Tunnel, TunnelClosed, TunnelStream
 
 # Agents see the host they serve on themselves; the browser's Host means nothing to them.
 # Framing and Connection are the agent's to set for the request it writes (agent/forward.py);
 # a known length travels as our own Content-Length, which the agent checks against the bytes.
 _DROPPED = FRAMING | {b"host", b"connection"}
 _BROKEN = (TunnelClosed, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class TunnelBusy(SandboxUnreachable):
+    """The agent's tunnel carries as many requests as it may at once (503; the tunnel stays up)."""
+
+    status = 503
+    code = "sandbox_busy"
 
 
 def _text_headers(headers: Headers, length: int | None = 0) -> list[tuple[str, str]]:
@@ -129,6 +136,8 @@ class TunnelUpstream:
             )
         except _BROKEN:
             raise SandboxUnreachable("the local agent is not connected") from None
+        except StreamLimitReached as exc:
+            raise TunnelBusy(f"the local agent's tunnel is full: {exc}") from None
 
     async def _head(self, stream: TunnelStream) -> tuple[int, Headers]:
         try:

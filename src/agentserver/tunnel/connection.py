@@ -25,6 +25,18 @@ stream before it grants more with `Window`. We grant credit as the application *
 (`acknowledge`), in batches of half a window, so the network reader never blocks and a slow
 consumer only slows its own stream. (Half, not less: each Window frame costs both ends as much as
 a Data frame, and half a window still leaves the sender the other half to go on with.)
+
+Bounds (what a peer can make us hold, whatever it does):
+* receive: every stream starts with our announced `initial_window`; a stream's window then grows
+  (an extra `Window` grant) up to `stream_window` only while the windows of all streams together
+  stay within `receive_budget`. So the bytes the peer may have in flight, and so the bytes
+  buffered for slow readers, never exceed `receive_budget` + `initial_window` per open stream;
+* streams: at most `max_streams` open streams opened by each side (announced in our Hello; we
+  open no more than the peer announced either); a peer's stream beyond that is refused (`Reset`
+  "refused"), ours raises `StreamLimitReached`; the tunnel stays up;
+* control frames: at most one `Pong` waits in the outbox (a newer ping replaces its opaque), and
+  when more than `max_queued_control` frames other than Data wait after a peer's frame (a peer
+  that makes us answer but does not read the answers), that is a `ProtocolError`.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from typing import Final
 
 from .frames import (
     DEFAULT_MAX_PAYLOAD,
+    MAX_STREAM_ID,
     MAX_WINDOW,
     VERSION,
     Data,
@@ -90,23 +103,41 @@ class ErrorCode(StrEnum):
     FLOW_CONTROL = "flow_control"
     INTERNAL = "internal"
     NORMAL = "normal"
+    TIMEOUT = "timeout"  # we waited too long for the peer's credit
 
 
 DEFAULT_WINDOW: Final = 256 * 1024
 DEFAULT_PING_INTERVAL: Final = 20.0
 
 
+DEFAULT_MAX_STREAMS: Final = 100
+DEFAULT_MAX_QUEUED_CONTROL: Final = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """What one side announces in its Hello: limits for what it receives, and its ping cadence."""
+    """What one side announces in its Hello (the first four: limits for what it receives, its
+    ping cadence, how many streams it takes), and local bounds (see the module's "Bounds").
+
+    `stream_window` 0 means `initial_window` (no growth); `receive_budget` 0 means no budget
+    beyond `max_streams` x `stream_window`.
+    """
 
     max_frame_payload: int = DEFAULT_MAX_PAYLOAD
     initial_window: int = DEFAULT_WINDOW
     ping_interval: float = DEFAULT_PING_INTERVAL
+    max_streams: int = DEFAULT_MAX_STREAMS
+    stream_window: int = 0
+    receive_budget: int = 0
+    max_queued_control: int = DEFAULT_MAX_QUEUED_CONTROL
 
 
 class LocalProtocolError(Exception):
     """Our own application asked for something the protocol forbids."""
+
+
+class StreamLimitReached(LocalProtocolError):
+    """`max_streams` of our streams are open: no new one until one finishes."""
 
 
 # ---------------------------------------------------------------- events
@@ -203,6 +234,7 @@ class _Stream:
     send_credit: int = 0  # payload bytes we may still send
     recv_allowed: int = 0  # payload bytes the peer may still send
     recv_unacked: int = 0  # consumed by the application, not yet granted back
+    recv_window: int = 0  # recv_allowed + unread + recv_unacked: what the peer may have sent
     websocket: bool = False  # a relayed WebSocket: Data frames are message boundaries
 
 
@@ -219,7 +251,14 @@ class TunnelConnection:
         self._next_id = 1 if role is Role.SERVER else 2
         self._peer_parity = 0 if role is Role.SERVER else 1
         self._last_peer_id = 0
-        self._grant_threshold = max(1, self.settings.initial_window // 2)
+        self._stream_window = max(self.settings.initial_window, self.settings.stream_window)
+        self._budget = self.settings.receive_budget or (
+            self.settings.max_streams * self._stream_window
+        )
+        self._windows = 0  # the recv_window of every open stream, added up
+        self._open_counts = {True: 0, False: 0}  # open streams opened by us (True) / the peer
+        self._pong_at: int | None = None  # index of the Pong waiting in the outbox, if any
+        self._control_queued = 0  # frames other than Data in the outbox
         self._joinable: Data | None = None  # the outbox's last frame, if body bytes may join it
         self._outbox: list[Frame] = [
             Hello(
@@ -227,6 +266,7 @@ class TunnelConnection:
                 self.settings.max_frame_payload,
                 self.settings.initial_window,
                 self.settings.ping_interval,
+                self.settings.max_streams,
             )
         ]
 
@@ -234,6 +274,7 @@ class TunnelConnection:
         """Every frame queued since the last call, in order."""
         frames, self._outbox = self._outbox, []
         self._joinable = None  # taken: later bytes start a new frame (and it is not kept alive)
+        self._pong_at, self._control_queued = None, 0
         return frames
 
     @property
@@ -277,18 +318,15 @@ class TunnelConnection:
             raise LocalProtocolError("cannot open a stream before the peer's Hello")
         if self.peer_going_away or self.going_away:
             raise LocalProtocolError("the tunnel is going away; no new streams")
+        limit = min(self.settings.max_streams, self.peer_settings.max_streams)
+        if self._open_counts[True] >= limit:
+            raise StreamLimitReached(f"{limit} streams are open already")
         frame = RequestOpen(self._next_id, method, target, headers, body, websocket, subprotocols)
         self._check_head(frame)
-        stream = _Stream(
-            frame.stream_id,
-            local=True,
-            send_credit=self.peer_settings.initial_window,
-            recv_allowed=self.settings.initial_window,
-            websocket=websocket,
-        )
+        stream = self._new_stream(frame.stream_id, local=True, websocket=websocket)
         self._next_id += 2
-        self._streams[stream.stream_id] = stream
         self._local_step(stream, Act.HEAD, frame)
+        self._grow(stream)
         if not body:
             self._local_step(stream, Act.END, None)
         return stream.stream_id
@@ -340,36 +378,46 @@ class TunnelConnection:
         """Abort the stream in both directions. A no-op once it is finished."""
         if not code:
             raise LocalProtocolError("a reset needs a code")
-        if self._streams.pop(stream_id, None) is not None:
-            self._outbox.append(Reset(stream_id, code, message))
+        if self._drop(stream_id):
+            self._queue(Reset(stream_id, code, message))
 
     def acknowledge(self, stream_id: int, consumed: int) -> None:
         """The application consumed `consumed` received bytes: grant that much credit back."""
         stream = self._streams.get(stream_id)
         if stream is None or stream.recv is not Half.OPEN:
             return  # nothing more will arrive; no credit needed
-        outstanding = self.settings.initial_window - stream.recv_allowed - stream.recv_unacked
+        outstanding = stream.recv_window - stream.recv_allowed - stream.recv_unacked
         if not 0 <= consumed <= outstanding:
             raise LocalProtocolError(f"acknowledged {consumed} bytes but {outstanding} are unread")
         stream.recv_unacked += consumed
-        if stream.recv_unacked >= self._grant_threshold:
-            self._outbox.append(Window(stream_id, stream.recv_unacked))
+        if stream.recv_unacked >= max(1, stream.recv_window // 2):
+            self._queue(Window(stream_id, stream.recv_unacked))
             stream.recv_allowed += stream.recv_unacked
             stream.recv_unacked = 0
+            self._grow(stream)  # budget freed by finished streams goes to those still reading
 
     def ping(self, opaque: int) -> None:  # the peer answers with a Pong(opaque)
-        self._outbox.append(Ping(opaque))
+        self._queue(Ping(opaque))
 
     def go_away(self, code: str = ErrorCode.NORMAL, message: str = "") -> None:
         """Tell the peer we accept and open no new streams; existing ones may finish."""
         if not self.going_away:
             self.going_away = True
-            self._outbox.append(GoAway(code, message))
+            self._queue(GoAway(code, message))
 
     # ------------------------------------------------------------ peer frames
 
     def receive_frame(self, frame: Frame) -> list[Event]:
         """Apply one frame from the peer; returns what the application should act on."""
+        events = self._receive(frame)
+        if self._control_queued > self.settings.max_queued_control:
+            raise ProtocolError(
+                f"{self._control_queued} control frames wait to be sent: the peer makes us answer"
+                " faster than it reads"
+            )
+        return events
+
+    def _receive(self, frame: Frame) -> list[Event]:
         if self.peer_settings is None:
             if type(frame) is not Hello:
                 raise ProtocolError(f"expected hello, got {type(frame).__name__}")
@@ -386,12 +434,12 @@ class TunnelConnection:
             case End():
                 return self._on_end(frame)
             case Reset():
-                if self._streams.pop(frame.stream_id, None) is None:
+                if not self._drop(frame.stream_id):
                     self._known_finished(frame.stream_id)
                     return []
                 return [StreamReset(frame.stream_id, frame.code, frame.message, remote=True)]
             case Ping():
-                self._outbox.append(Pong(frame.opaque))
+                self._answer_ping(frame.opaque)
                 return [PingReceived(frame.opaque)]
             case Pong():
                 return [PongReceived(frame.opaque)]
@@ -405,7 +453,10 @@ class TunnelConnection:
         if frame.version != VERSION:
             raise ProtocolError(f"peer speaks tunnel version {frame.version}, we speak {VERSION}")
         self.peer_settings = Settings(
-            frame.max_frame_payload, frame.initial_window, frame.ping_interval
+            frame.max_frame_payload,
+            frame.initial_window,
+            frame.ping_interval,
+            frame.max_streams or MAX_STREAM_ID,  # a peer that does not say has no cap we know
         )
         return [HelloReceived(self.peer_settings)]
 
@@ -415,23 +466,20 @@ class TunnelConnection:
             raise ProtocolError(f"stream id {stream_id} is reused, out of order or not the peer's")
         self._last_peer_id = stream_id
         if self.going_away:
-            self._outbox.append(Reset(stream_id, ErrorCode.REFUSED, "going away"))
+            self._queue(Reset(stream_id, ErrorCode.REFUSED, "going away"))
             return []
-        assert self.peer_settings is not None
-        stream = _Stream(
-            stream_id,
-            local=False,
-            send_credit=self.peer_settings.initial_window,
-            recv_allowed=self.settings.initial_window,
-            websocket=frame.websocket,
-        )
-        self._streams[stream_id] = stream
+        if self._open_counts[False] >= self.settings.max_streams:
+            message = f"more than {self.settings.max_streams} open streams"
+            self._queue(Reset(stream_id, ErrorCode.REFUSED, message))
+            return []
+        stream = self._new_stream(stream_id, local=False, websocket=frame.websocket)
         stream.recv = TRANSITIONS[stream.recv, Act.HEAD]
         head = (frame.method, frame.target, frame.headers, frame.body, frame.websocket)
         events: list[Event] = [RequestReceived(stream_id, *head, frame.subprotocols)]
         if not frame.body:
             stream.recv = TRANSITIONS[stream.recv, Act.END]
             events.append(StreamEnded(stream_id))
+        self._grow(stream)  # a request without a body needs no credit at all
         return events
 
     def _on_response(self, frame: ResponseHead) -> list[Event]:
@@ -475,6 +523,57 @@ class TunnelConnection:
             raise LocalProtocolError(f"stream {stream_id} is not open")
         return stream
 
+    def _queue(self, frame: Frame) -> None:
+        """Put a frame other than Data in the outbox (counted against `max_queued_control`)."""
+        self._outbox.append(frame)
+        self._control_queued += 1
+
+    def _answer_ping(self, opaque: int) -> None:
+        # One Pong waiting is enough to prove we are alive: a newer ping only updates it.
+        if self._pong_at is not None:
+            self._outbox[self._pong_at] = Pong(opaque)
+            return
+        self._pong_at = len(self._outbox)
+        self._queue(Pong(opaque))
+
+    def _new_stream(self, stream_id: int, *, local: bool, websocket: bool) -> _Stream:
+        assert self.peer_settings is not None  # streams exist only after the Hello exchange
+        window = self.settings.initial_window
+        stream = _Stream(
+            stream_id,
+            local=local,
+            send_credit=self.peer_settings.initial_window,
+            recv_allowed=window,
+            recv_window=window,
+            websocket=websocket,
+        )
+        self._streams[stream_id] = stream
+        self._windows += window
+        self._open_counts[local] += 1
+        return stream
+
+    def _drop(self, stream_id: int) -> bool:
+        """Forget a stream and give its window back to the budget; False if it was unknown."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return False
+        self._windows -= stream.recv_window
+        self._open_counts[stream.local] -= 1
+        return True
+
+    def _grow(self, stream: _Stream) -> None:
+        """Grant the stream extra credit, up to `stream_window`, as far as the budget allows."""
+        if stream.recv is Half.ENDED or stream.stream_id not in self._streams:
+            return
+        extra = min(self._stream_window - stream.recv_window, self._budget - self._windows)
+        # Not for crumbs: a Window frame costs about what a Data frame does.
+        if extra <= 0 or extra < min(self._stream_window - stream.recv_window, 4096):
+            return
+        stream.recv_window += extra
+        stream.recv_allowed += extra
+        self._windows += extra
+        self._queue(Window(stream.stream_id, extra))
+
     def _local_step(self, stream: _Stream, act: Act, frame: Frame | None) -> None:
         """Advance our half and queue `frame` (None: the step was implied by the head)."""
         new = TRANSITIONS.get((stream.send, act))
@@ -485,7 +584,10 @@ class TunnelConnection:
             )
         stream.send = new
         if frame is not None:
-            self._outbox.append(frame)
+            if type(frame) is Data:
+                self._outbox.append(frame)
+            else:
+                self._queue(frame)
         self._forget_if_done(stream)
 
     def _peer_step(self, stream_id: int, act: Act) -> _Stream | list[Event]:
@@ -502,8 +604,8 @@ class TunnelConnection:
         return stream
 
     def _violate(self, stream: _Stream, code: ErrorCode, message: str) -> list[Event]:
-        del self._streams[stream.stream_id]
-        self._outbox.append(Reset(stream.stream_id, code, message))
+        self._drop(stream.stream_id)
+        self._queue(Reset(stream.stream_id, code, message))
         return [StreamReset(stream.stream_id, code, message, remote=False)]
 
     def _known_finished(self, stream_id: int) -> None:
@@ -517,7 +619,7 @@ class TunnelConnection:
 
     def _forget_if_done(self, stream: _Stream) -> None:
         if stream.send is Half.ENDED and stream.recv is Half.ENDED:
-            del self._streams[stream.stream_id]
+            self._drop(stream.stream_id)
 
     def _check_head(self, frame: Frame) -> None:
         # The peer would reject an invalid head as a tunnel-fatal ProtocolError, so refuse it

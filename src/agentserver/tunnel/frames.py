@@ -7,7 +7,8 @@ Every tunnel message (one binary WebSocket message) is::
 The header is a JSON object whose ``"type"`` says which frame it is; only ``Data`` frames carry a
 payload. Keys are short but readable::
 
-    hello     {"version", "max_payload", "window", "ping"}      negotiates limits (first frame)
+    hello     {"version", "max_payload", "window", "ping",       negotiates limits (first frame)
+               "streams"?}
     request   {"id", "method", "target", "headers", "body", "ws", "protocols"}
     response  {"id", "status", "headers"}
     data      {"id", "text"?, "more"?}  + payload               body bytes or a WebSocket fragment
@@ -59,6 +60,7 @@ class Hello:
     max_frame_payload: int
     initial_window: int
     ping_interval: float
+    max_streams: int | None = None  # how many of the peer's streams we take at once (optional)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +131,16 @@ Frame = Hello | RequestOpen | ResponseHead | Data | End | Window | Reset | Ping 
 def _header_of(frame: Frame) -> dict[str, Any]:
     match frame:
         case Hello():
-            return {
+            hello: dict[str, Any] = {
                 "type": "hello",
                 "version": frame.version,
                 "max_payload": frame.max_frame_payload,
                 "window": frame.initial_window,
                 "ping": frame.ping_interval,
             }
+            if frame.max_streams is not None:  # older peers neither send nor read it
+                hello["streams"] = frame.max_streams
+            return hello
         case RequestOpen():
             return {
                 "type": "request",
@@ -274,6 +279,7 @@ def _decode_hello(h: dict[str, Any]) -> Hello:
         max_frame_payload=_int(h, "max_payload", MIN_MAX_PAYLOAD, MAX_MAX_PAYLOAD),
         initial_window=_int(h, "window", 1, MAX_WINDOW),
         ping_interval=float(ping),
+        max_streams=None if h.get("streams") is None else _int(h, "streams", 1, MAX_STREAM_ID),
     )
 
 
@@ -364,6 +370,11 @@ def decode(
     if payload:
         raise ProtocolError(f"a {kind} frame carries no payload")
     return decoder(header)
+
+
+def max_message_size(max_payload: int) -> int:
+    """The longest message a side that announced `max_payload` can receive (a Data frame)."""
+    return _LEN + MAX_HEADER + max_payload
 
 
 # ---------------------------------------------------------------- byte streams

@@ -82,6 +82,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self._sending = _Busy("sending")
         self._receiving = _Busy("receiving")
         self._handler_scope: trio.CancelScope | None = None
+        self._stalled_until: float | None = None  # while a send waits: when it gives up
 
     # ------------------------------------------------------------ heads
 
@@ -113,11 +114,12 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         with self._sending:
             await trio.lowlevel.checkpoint()
             self._check_sendable()
+            self._stalled_until = None
             view = memoryview(data).cast("B")
             position = 0
             while position < len(view):
                 while (size := self._capacity()) <= 0:
-                    await self._send_lot.park()
+                    await self._park_sender()
                 if position == 0 and size >= len(view) and type(data) is bytes:
                     self._send_data(data)  # immutable and whole: no copy (the usual body chunk)
                 else:
@@ -127,8 +129,9 @@ class TunnelStream(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         with self._sending:
             await trio.lowlevel.checkpoint()
+            self._stalled_until = None
             while self._capacity() <= 0:
-                await self._send_lot.park()
+                await self._park_sender()
 
     async def send_eof(self) -> None:
         with self._sending:
@@ -146,10 +149,11 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         with self._sending:
             await trio.lowlevel.checkpoint()
             self._check_sendable()
+            self._stalled_until = None
             view, position = memoryview(data), 0
             while True:
                 while (size := self._capacity()) <= 0:
-                    await self._send_lot.park()
+                    await self._park_sender()
                 chunk = bytes(view[position : position + size])
                 position += len(chunk)
                 self._send_data(chunk, text=text, more=position < len(view))
@@ -175,7 +179,29 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         tunnel._backlog_waiting = True
         return 0
 
+    async def _park_sender(self) -> None:
+        """Wait for capacity; past the tunnel's `send_timeout` without any, reset the stream.
+
+        The clock runs from the first wait of this call since bytes last went out, so a slow
+        peer that keeps granting credit is never cut, and one that grants none is cut after the
+        timeout.
+        """
+        timeout = self._tunnel._send_timeout
+        if timeout is None:
+            await self._send_lot.park()
+            return
+        if self._stalled_until is None:
+            self._stalled_until = trio.current_time() + timeout
+        with trio.move_on_at(self._stalled_until) as waited:
+            await self._send_lot.park()
+        if waited.cancelled_caught:
+            message = f"nothing could be sent for {timeout:g} s"
+            self._reset_now(ErrorCode.TIMEOUT, message)
+            self._raise_if_broken()
+            raise StreamResetError(ErrorCode.TIMEOUT, message, remote=False)
+
     def _send_data(self, chunk: bytes, *, text: bool = False, more: bool = False) -> None:
+        self._stalled_until = None
         self._conn.send_data(self.stream_id, chunk, text=text, more=more)
         self._tunnel._backlog += len(chunk)
         self._tunnel._wake_writer()

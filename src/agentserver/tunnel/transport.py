@@ -24,7 +24,13 @@ with `close_code`/`close_reason` set) and `send_close(code, reason)`.
 Guarantees: the reader never blocks on a stream (credit windows bound every stream's buffer);
 one writer task owns the link; a handler task is cancelled when its stream is reset or the
 tunnel closes; when the tunnel dies every stream operation raises `TunnelClosed`; a link that
-delivers nothing within `ping_timeout` of a ping (default: the ping interval) closes the tunnel.
+delivers nothing within `ping_timeout` of a ping (default: the ping interval) closes the tunnel,
+and so does one whose peer reads nothing (a single send blocked from a ping to its timeout),
+however busily that peer sends.
+With `send_timeout`, a send that can put out nothing for that long (no credit from the peer, or
+a link the peer does not read) resets its stream (code "timeout") and raises `StreamResetError`.
+Beyond `Settings.max_streams` open streams, `open_request` raises `StreamLimitReached` and the
+tunnel stays up.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from .connection import (
     Role,
     Settings,
     StreamEnded,
+    StreamLimitReached,
     StreamReset,
     TunnelConnection,
     WindowUpdated,
@@ -63,6 +70,7 @@ __all__ = [
     "RequestReceived",
     "Role",
     "Settings",
+    "StreamLimitReached",
     "StreamLink",
     "StreamResetError",
     "Tunnel",
@@ -160,6 +168,7 @@ class Tunnel:
         hello_timeout: float = 10.0,
         close_timeout: float = 2.0,
         max_backlog: int = 1024 * 1024,
+        send_timeout: float | None = None,
     ) -> None:
         self._link = link
         self._conn = TunnelConnection(role, settings)
@@ -169,11 +178,13 @@ class Tunnel:
         self._hello_timeout = hello_timeout
         self._close_timeout = close_timeout
         self._max_backlog = max_backlog
+        self._send_timeout = send_timeout
         self._streams: dict[int, TunnelStream] = {}
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._hello = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._last_received = -math.inf
+        self._writing_since: float | None = None  # when the send under way started
         self._backlog = 0  # Data payload bytes queued for the link, not yet written
         self._backlog_waiting = False
         self.closed = False
@@ -271,11 +282,13 @@ class Tunnel:
                     await self._link.send_message(encode(GoAway(code, self.close_reason)))
             except (*_LINK_ERRORS, ProtocolError):
                 pass
-            finally:
-                try:
-                    await self._link.aclose()
-                except _LINK_ERRORS:  # already broken, maybe before awaiting anything
-                    await trio.lowlevel.checkpoint()
+        # Its own deadline: a GoAway that a peer never reads must not leave the link open.
+        with trio.move_on_after(self._close_timeout) as scope:
+            scope.shield = True
+            try:
+                await self._link.aclose()
+            except _LINK_ERRORS:  # already broken, maybe before awaiting anything
+                await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------ tasks
 
@@ -310,7 +323,9 @@ class Tunnel:
                     await self._writer_lot.park()
                     continue
                 for frame in frames:
+                    self._writing_since = trio.current_time()
                     await self._link.send_message(encode(frame))
+                    self._writing_since = None
                     if type(frame) is Data:
                         self._backlog -= len(frame.payload)
                 del frames, frame  # a parked writer keeps no frame (up to 256 KiB) alive
@@ -335,6 +350,10 @@ class Tunnel:
             await trio.sleep_until(sent_at + timeout)
             if self._last_received < sent_at:
                 self._close(f"no answer from the peer within {timeout:g} s of a ping")
+                return
+            stuck = self._writing_since
+            if stuck is not None and stuck <= sent_at:  # one send, blocked for the whole wait
+                self._close(f"the peer has read nothing for {timeout:g} s")
                 return
             await trio.sleep_until(sent_at + max(interval, timeout))
 

@@ -251,6 +251,27 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Kubernetes runtimeClassName for sandbox pods (e.g. gvisor).",
     ),
+    Option(
+        "max_connections",
+        "AGENTSERVER_MAX_CONNECTIONS",
+        None,
+        "Most client connections open at once; at the cap the one idle longest is closed, or"
+        " with none idle the newcomer gets a 503 (default: half the open-files limit less 128).",
+    ),
+    Option(
+        "keep_alive_timeout",
+        "AGENTSERVER_KEEP_ALIVE_TIMEOUT",
+        "30s",
+        "How long a client connection may wait for its next request, whose head must have"
+        " arrived whole by then; the connection is closed after.",
+    ),
+    Option(
+        "metrics_token",
+        "AGENTSERVER_METRICS_TOKEN",
+        None,
+        "When set, GET /metrics requires `Authorization: Bearer <token>` (401 otherwise).",
+        secret=True,
+    ),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -386,6 +407,9 @@ class Settings:
     runtime_class: str | None = None
     session_lifetime: float = 7 * 86400.0
     extra: Mapping[str, str] = field(default_factory=dict)
+    max_connections: int = 0  # 0: from the open-files limit (proxy/connections.py)
+    keep_alive_timeout: float = 30.0
+    metrics_token: str | None = field(default=None, repr=False)  # a secret: never in logs
 
     @property
     def secure_cookies(self) -> bool:
@@ -531,6 +555,9 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         github_oauth_url=(raw["github_oauth_url"] or "https://github.com").rstrip("/"),
         kube_namespace_prefix=raw["kube_namespace_prefix"] or "agent-ws",
         runtime_class=raw["runtime_class"] or None,
+        max_connections=convert("max_connections", lambda t: positive_int(t or "0")),  # type: ignore[arg-type]
+        keep_alive_timeout=convert("keep_alive_timeout", positive_duration),  # type: ignore[arg-type]
+        metrics_token=raw["metrics_token"] or None,
     )
 
 

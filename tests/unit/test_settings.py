@@ -8,6 +8,7 @@ import pytest
 
 from agentserver.errors import ConfigError
 from agentserver.settings import (
+    OPTION_BY_NAME,
     OPTIONS,
     Settings,
     build_settings,
@@ -199,3 +200,23 @@ def test_proxy_timeout_reaches_the_upstream_pool_setting() -> None:
     """`--proxy-timeout 2m` is 120 seconds of waiting for a sandbox's response headers."""
     assert build_settings({"proxy_timeout": "2m"}, {}).proxy_timeout == 120.0
     assert build_settings({}, {}).proxy_timeout == 60.0
+
+
+def test_connection_limits_are_read_and_checked() -> None:
+    """`--max-connections` and `--keep-alive-timeout` are parsed; bad values name the flag."""
+    s = build_settings({"max_connections": "200", "keep_alive_timeout": "5s"}, {})
+    assert (s.max_connections, s.keep_alive_timeout) == (200, 5.0)
+    default = build_settings({}, {})
+    assert (default.max_connections, default.keep_alive_timeout) == (0, 30.0)
+    with pytest.raises(ConfigError, match="--max-connections"):
+        build_settings({"max_connections": "many"}, {})
+    with pytest.raises(ConfigError, match="--keep-alive-timeout"):
+        build_settings({"keep_alive_timeout": "0"}, {})
+
+
+def test_the_metrics_token_is_a_secret() -> None:
+    """The /metrics token comes from its variable and never shows in Settings' repr."""
+    s = build_settings({}, {"AGENTSERVER_METRICS_TOKEN": "metrics-secret"})
+    assert s.metrics_token == "metrics-secret"
+    assert "metrics-secret" not in repr(s)
+    assert OPTION_BY_NAME["metrics_token"].secret

@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from tests.conftest import Server, make_settings, start_server
+from tests.support.proxy_world import World
 
 GUARD = 15  # seconds before a test that expects the server to act calls it a hang
 
@@ -213,3 +214,18 @@ async def test_at_the_cap_with_every_connection_busy_a_newcomer_gets_a_503(
     await busy.stream.send_all(body)
     response, _ = await busy.response(b"POST")
     assert response.status_code == 401  # no such user: answered, not cut off
+
+
+async def test_fast_path_answer_before_the_body_says_connection_close(world: World) -> None:
+    """A sandbox-host answer sent before the request body came (no cookie: 401) says
+    `Connection: close`, and the server closes."""
+    sid = await world.sandbox()
+    conn = await Conn.open(world.server)
+    head = (
+        f"POST /session HTTP/1.1\r\nHost: {world.host(sid)}\r\nAccept: application/json\r\n"
+        "Content-Length: 10\r\n\r\n"
+    )
+    response, _ = await conn.request(head.encode(), b"POST")
+    assert response.status_code == 401
+    assert header(response, b"connection") == b"close"
+    assert await conn.closed_by_server()

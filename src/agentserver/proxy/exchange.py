@@ -104,6 +104,7 @@ class Exchange:
     ) -> None:
         self.client, self.request, self.target, self.proxy = client, request, target, proxy
         self._unread = request.content_length
+        self._closing = not request.keep_alive  # the response says `Connection: close`
         self._body_sent = False  # the last http.request message was handed out
         self._gone = False
         self._status = 0
@@ -148,11 +149,7 @@ class Exchange:
             or not body_allowed(self.request.method, self._status)
         )
         return (
-            framed
-            and self._complete
-            and not self._gone
-            and self._unread == 0
-            and self.request.keep_alive
+            framed and self._complete and not self._gone and self._unread == 0 and not self._closing
         )
 
     # -- ASGI receive ----------------------------------------------------------------------
@@ -243,5 +240,7 @@ class Exchange:
             else:
                 self._declared = len(body)
                 headers.append((b"content-length", b"%d" % len(body)))
-        close = not self.request.keep_alive
-        return response_head(self._status, headers, chunked=self._chunked, close=close)
+        # Answered before the request body came (an auth error, say): the connection cannot
+        # be reused, and the client is told so.
+        self._closing = self._closing or self._unread > 0
+        return response_head(self._status, headers, chunked=self._chunked, close=self._closing)

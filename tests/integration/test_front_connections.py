@@ -15,10 +15,17 @@ import pytest
 import trio
 import trio.testing
 
+from agentserver.settings import Settings
 from tests.conftest import Server, make_settings, start_server
 from tests.support.proxy_world import World
 
 GUARD = 15  # seconds before a test that expects the server to act calls it a hang
+
+
+@pytest.fixture
+def server_settings(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """The `server` (and `world`) fixture's settings; options through indirect parametrize."""
+    return make_settings(db_url, tmp_path / "data", **getattr(request, "param", {}))
 
 
 async def serve_with(nursery: trio.Nursery, db_url: str, tmp_path: Path, **options: str) -> Server:
@@ -229,3 +236,31 @@ async def test_fast_path_answer_before_the_body_says_connection_close(world: Wor
     assert response.status_code == 401
     assert header(response, b"connection") == b"close"
     assert await conn.closed_by_server()
+
+
+def sandbox_get(world: World, sandbox_id: str, token: str) -> bytes:
+    return (
+        f"GET /json HTTP/1.1\r\nHost: {world.host(sandbox_id)}\r\n"
+        f"Cookie: agentserver_sandbox={token}\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("server_settings", [{"max_connections": "2"}], indirect=True)
+async def test_fast_path_connections_idle_longest_make_room_too(world: World) -> None:
+    """With --max-connections 2 and two idle sandbox-host connections, a third is served and
+    the one idle longest is closed."""
+    sid = await world.sandbox()
+    token = await world.open(sid)
+    await world.owner.aclose()  # its idle connection would otherwise be the oldest
+    await trio.testing.wait_all_tasks_blocked()
+    first, second = await Conn.open(world.server), await Conn.open(world.server)
+    for conn in (first, second):
+        response, _ = await conn.request(sandbox_get(world, sid, token))
+        assert response.status_code == 200
+    await trio.testing.wait_all_tasks_blocked()
+    third = await Conn.open(world.server)
+    response, _ = await third.request(sandbox_get(world, sid, token))
+    assert response.status_code == 200
+    assert await first.closed_by_server()
+    response, _ = await second.request(sandbox_get(world, sid, token))
+    assert response.status_code == 200

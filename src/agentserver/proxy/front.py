@@ -7,7 +7,11 @@ starts here: the first request head is read and, when it is a plain HTTP/1.1 req
 `oc-…`/`claw-…` (proxy/http1.py), it is served by `exchange.Exchange`, which hands the
 subdomain proxy an ASGI scope over the raw socket. Anything else (the main site, WebSocket
 upgrades, chunked uploads, malformed heads) continues on hypercorn with the bytes already
-read, for the rest of that connection's life.
+read, for the rest of that connection's life (proxy/handover.py).
+
+Both paths share one budget (proxy/connections.py): a cap on open connections, where the one
+idle longest makes room for a newcomer, and one keep-alive limit for waiting for a request
+and its whole head. A head with a bare LF is answered 400 here, before either path.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ close stayed open with no stream, so its next request was never answered and it 
 `HandedOver` runs those two steps shielded (each is a few non-blocking calls). A response that
 starts before its request body has all arrived is marked `Connection: close`
 (`CloseUnlessBodyRead`), so the client knows the connection ends with it instead of sending its
-next request into it.
+next request into it. (Related upstream reports: pgjones/hypercorn#106, #210.)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState
 
 HANDED_OVER_READ = 256 * 1024
-CLOSE_DEADLINE = 5.0
+CLOSE_DEADLINE = 1.0  # for a few non-blocking calls; bounds a shielded wait
 _BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 
 

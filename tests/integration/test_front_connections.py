@@ -179,6 +179,19 @@ async def test_a_bare_lf_head_gets_a_400_at_once(
     assert await conn.closed_by_server()
 
 
+async def test_a_bare_lf_in_a_later_piece_of_the_head_gets_a_400(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    """A head sent in two pieces, the second with a bare LF, is answered 400 as well."""
+    server = await serve_with(nursery, db_url, tmp_path)
+    conn = await Conn.open(server)
+    await conn.stream.send_all(b"GET /healthz HTTP/1.1\r")
+    await trio.testing.wait_all_tasks_blocked()  # the server has read the first piece
+    response, _ = await conn.request(f"\nHost: localhost:{server.port}\n\n".encode())
+    assert response.status_code == 400
+    assert await conn.closed_by_server()
+
+
 async def test_at_the_cap_the_connection_idle_longest_is_closed_for_a_newcomer(
     nursery: trio.Nursery, db_url: str, tmp_path: Path
 ) -> None:

@@ -117,3 +117,18 @@ def test_bare_lf_after_the_head_is_not_the_heads_concern() -> None:
     """Bytes past the head's end (a body) are not searched."""
     head = b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n"
     assert not has_bare_lf(head + b"\n\n", len(head))
+
+
+@pytest.mark.parametrize(
+    ("head", "start", "bare"),
+    [
+        (b"GET / HTTP/1.1\r\n", 15, False),  # a CRLF split across two reads
+        (b"GET / HTTP/1.1\r\nHost: h\n", 15, True),
+        (b"GET / HTTP/1.1\nHost: h\r\n", 16, False),  # before `start`: searched already
+    ],
+)
+def test_a_head_arriving_in_pieces_is_searched_from_where_the_last_piece_ended(
+    head: bytes, start: int, bare: bool
+) -> None:
+    """With `start`, only the new bytes are searched, and a CRLF straddling it is no bare LF."""
+    assert has_bare_lf(head, len(head), start) is bare

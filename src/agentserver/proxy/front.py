@@ -144,6 +144,8 @@ class Front:
         if end >= 0:
             return MALFORMED if has_bare_lf(client.buffer, end) else end
         # The whole head must arrive within the keep-alive limit (no trickling a byte a minute).
+        if has_bare_lf(client.buffer, len(client.buffer)):  # the start of a pipelined head
+            return MALFORMED
         idle.deadline = trio.current_time() + self.config.keep_alive_timeout
         self.connections.idle(key, idle.cancel)
         try:
@@ -154,7 +156,7 @@ class Front:
                 if not await client.fill():
                     return None
                 end = head_end(client.buffer, searched)
-                if has_bare_lf(client.buffer, len(client.buffer) if end < 0 else end):
+                if has_bare_lf(client.buffer, len(client.buffer) if end < 0 else end, searched):
                     return MALFORMED
             return end
         finally:

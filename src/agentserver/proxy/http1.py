@@ -62,13 +62,14 @@ def head_end(buffer: bytes | bytearray, start: int = 0) -> int:
     return -1 if found < 0 else found + 4
 
 
-def has_bare_lf(buffer: bytes | bytearray, end: int) -> bool:
-    """Whether `buffer[:end]` (a head, or the start of one) ends a line with LF alone.
+def has_bare_lf(buffer: bytes | bytearray, end: int, start: int = 0) -> bool:
+    """Whether `buffer[start:end]` (part of a head) ends a line with LF alone; `start` lets a
+    head that arrives in pieces be searched once, not again with every piece.
 
     RFC 9112 §2.2 lets a server accept those; we answer 400 instead, so that no part of the
     server frames a request differently from another (h11 would accept what we skip), and a
     client that never sends CRLF gets an answer rather than a wait for a blank line."""
-    return buffer.count(b"\n", 0, end) != buffer.count(b"\r\n", 0, end)
+    return buffer.count(b"\n", start, end) != buffer.count(b"\r\n", max(0, start - 1), end)
 
 
 def parse_request_head(head: bytes) -> RequestHead | None:

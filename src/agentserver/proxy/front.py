@@ -94,7 +94,7 @@ class Front:
         try:
             client = Client(stream)
         except OSError:  # gone before we looked
-            stream.socket.close()
+            await stream.aclose()
             return
         try:
             # One scope for the connection's life: its deadline is the keep-alive limit while
@@ -143,9 +143,9 @@ class Front:
         end = head_end(client.buffer)
         if end >= 0:
             return MALFORMED if has_bare_lf(client.buffer, end) else end
-        # The whole head must arrive within the keep-alive limit (no trickling a byte a minute).
         if has_bare_lf(client.buffer, len(client.buffer)):  # the start of a pipelined head
             return MALFORMED
+        # The whole head must arrive within the keep-alive limit (no trickling a byte a minute).
         idle.deadline = trio.current_time() + self.config.keep_alive_timeout
         self.connections.idle(key, idle.cancel)
         try:
@@ -187,7 +187,8 @@ async def _answer_and_close(stream: trio.SocketStream, response: bytes) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await stream.send_all(response)
             await stream.send_eof()
-    stream.socket.close()
+    stream.socket.close()  # synchronous: also when cancelled
+    await trio.lowlevel.checkpoint_if_cancelled()
 
 
 async def serve(

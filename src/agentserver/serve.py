@@ -123,7 +123,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.accesslog = None  # our own request log never prints query strings
     config.errorlog = None  # serve prints its own "listening" line once ready
     config.graceful_timeout = SHUTDOWN_GRACE
-    config.keep_alive_timeout = 75
+    config.keep_alive_timeout = settings.keep_alive_timeout  # both paths (proxy/front.py)
     config.websocket_ping_interval = 20
     config.h11_max_incomplete_size = 64 * 1024
     return config
@@ -159,7 +159,13 @@ async def run(
                 async with trio.open_nursery() as http:
                     await http.start(
                         partial(
-                            front.serve, asgi, config, sock, fast, shutdown_trigger=shutdown.wait
+                            front.serve,
+                            asgi,
+                            config,
+                            sock,
+                            fast,
+                            shutdown_trigger=shutdown.wait,
+                            max_connections=settings.max_connections,
                         )
                     )
                     loopback = ("127.0.0.1", "0.0.0.0", "::")

@@ -317,6 +317,27 @@ OPTIONS: tuple[Option, ...] = (
         "How long an upload to a local agent may wait for the agent to take more before its"
         " request is reset and the browser gets an error.",
     ),
+    Option(
+        "max_connections",
+        "AGENTSERVER_MAX_CONNECTIONS",
+        None,
+        "Most client connections open at once; at the cap the one idle longest is closed, or"
+        " with none idle the newcomer gets a 503 (default: half the open-files limit less 128).",
+    ),
+    Option(
+        "keep_alive_timeout",
+        "AGENTSERVER_KEEP_ALIVE_TIMEOUT",
+        "30s",
+        "How long a client connection may wait for its next request, whose head must have"
+        " arrived whole by then; the connection is closed after.",
+    ),
+    Option(
+        "metrics_token",
+        "AGENTSERVER_METRICS_TOKEN",
+        None,
+        "When set, GET /metrics requires `Authorization: Bearer <token>` (401 otherwise).",
+        secret=True,
+    ),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -476,6 +497,9 @@ class Settings:
     tunnel_max_streams: int = 100
     tunnel_receive_budget: int = 16 << 20
     tunnel_send_timeout: float = 60.0
+    max_connections: int = 0  # 0: from the open-files limit (proxy/connections.py)
+    keep_alive_timeout: float = 30.0
+    metrics_token: str | None = field(default=None, repr=False)  # a secret: never in logs
 
     @property
     def secure_cookies(self) -> bool:
@@ -675,6 +699,9 @@ def build_settings(values: Mapping[str, str | None], environ: Mapping[str, str])
         tunnel_max_streams=convert("tunnel_max_streams", at_least_one),  # type: ignore[arg-type]
         tunnel_receive_budget=convert("tunnel_receive_budget", lambda t: parse_size(t or "")),  # type: ignore[arg-type]
         tunnel_send_timeout=convert("tunnel_send_timeout", positive_duration),  # type: ignore[arg-type]
+        max_connections=convert("max_connections", lambda t: positive_int(t or "0")),  # type: ignore[arg-type]
+        keep_alive_timeout=convert("keep_alive_timeout", positive_duration),  # type: ignore[arg-type]
+        metrics_token=raw["metrics_token"] or None,
     )
 
 

@@ -219,6 +219,25 @@ async def test_serve_embedded_stops_cleanly_and_keeps_data(data_dir: Path) -> No
     assert processes_using(data_dir) == []
 
 
+async def test_serve_after_a_crash_stops_the_postgresql_it_found_running(data_dir: Path) -> None:
+    """A server killed outright leaves its PostgreSQL running; the next server on that data
+    directory adopts it and stops it on exit, leaving no process behind."""
+    crashed, _ = await serve_until_listening(data_dir)
+    crashed.kill()
+    with trio.fail_after(10):
+        await crashed.wait()
+    assert processes_using(data_dir), "PostgreSQL outlives a killed server"
+    proc, port = await serve_until_listening(data_dir)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/readyz")).status_code == 200
+        assert await stop(proc, signal.SIGTERM) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert processes_using(data_dir) == []
+
+
 def test_db_migrate_with_a_url(db_url: str) -> None:
     """`db migrate --db-url` applies every migration once, then nothing."""
     first = run_cli("db", "migrate", "--db-url", db_url)

@@ -8,6 +8,7 @@ import pytest
 
 from agentserver.errors import ConfigError
 from agentserver.settings import (
+    OPTION_BY_NAME,
     OPTIONS,
     Option,
     Settings,
@@ -286,3 +287,23 @@ def test_tunnel_bounds_reach_their_settings() -> None:
     defaults = build_settings({}, {})
     assert (defaults.tunnel_max_streams, defaults.tunnel_receive_budget) == (100, 16 << 20)
     assert defaults.tunnel_send_timeout == 60.0
+
+
+def test_connection_limits_are_read_and_checked() -> None:
+    """`--max-connections` and `--keep-alive-timeout` are parsed; bad values name the flag."""
+    s = build_settings({"max_connections": "200", "keep_alive_timeout": "5s"}, {})
+    assert (s.max_connections, s.keep_alive_timeout) == (200, 5.0)
+    default = build_settings({}, {})
+    assert (default.max_connections, default.keep_alive_timeout) == (0, 30.0)
+    with pytest.raises(ConfigError, match="--max-connections"):
+        build_settings({"max_connections": "many"}, {})
+    with pytest.raises(ConfigError, match="--keep-alive-timeout"):
+        build_settings({"keep_alive_timeout": "0"}, {})
+
+
+def test_the_metrics_token_is_a_secret() -> None:
+    """The /metrics token comes from its variable and never shows in Settings' repr."""
+    s = build_settings({}, {"AGENTSERVER_METRICS_TOKEN": "metrics-secret"})
+    assert s.metrics_token == "metrics-secret"
+    assert "metrics-secret" not in repr(s)
+    assert OPTION_BY_NAME["metrics_token"].secret

@@ -17,6 +17,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from agentserver import __version__
+from agentserver.api.metrics import method_label, status_label
 from agentserver.api.openapi import DescribedOpenAPI
 from agentserver.auth.sessions import session_cookie_name
 from agentserver.deps import Deps
@@ -108,8 +109,10 @@ def create_app(deps: Deps) -> QuartTrio:
     async def finish_request(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(route, request.method, str(response.status_code)).observe(elapsed)
+        # Fixed label sets: a client cannot mint new time series (api/metrics.py).
+        labels = (route, method_label(request.method), status_label(response.status_code))
+        metrics.requests.labels(*labels).inc()
+        metrics.latency.labels(*labels).observe(elapsed)
         response.headers["X-Request-Id"] = g.get("request_id", "")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         # The query string can carry one-time tickets or codes: log the path only.

@@ -5,9 +5,11 @@ from __future__ import annotations
 import trio
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from quart import Blueprint, Response, current_app, jsonify
+from quart import Blueprint, Response, current_app, jsonify, request
 
 from agentserver.api.common import deps
+from agentserver.api.metrics import metrics_allowed
+from agentserver.errors import Unauthenticated
 
 blueprint = Blueprint("health", __name__)
 
@@ -30,7 +32,9 @@ async def readyz() -> Response:
 
 @blueprint.get("/metrics")
 async def metrics() -> Response:
-    """Prometheus text exposition."""
+    """Prometheus text exposition (with --metrics-token set, for its bearer only)."""
     await trio.lowlevel.checkpoint()
+    if not metrics_allowed(deps().settings.metrics_token, request.headers.get("Authorization")):
+        raise Unauthenticated("send the metrics token as `Authorization: Bearer <token>`")
     registry = current_app.config["METRICS"].registry
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

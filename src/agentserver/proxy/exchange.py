@@ -244,4 +244,7 @@ class Exchange:
             else:
                 self._declared = len(body)
                 headers.append((b"content-length", b"%d" % len(body)))
+        # Answered before the request body came (an auth error, say): the connection cannot
+        # be reused, and the client is told so.
+        self._closing = self._closing or self._unread > 0
         return response_head(self._status, headers, chunked=self._chunked, close=self._closing)

@@ -7,11 +7,16 @@ starts here: the first request head is read and, when it is a plain HTTP/1.1 req
 `oc-…`/`claw-…` (proxy/http1.py), it is served by `exchange.Exchange`, which hands the
 subdomain proxy an ASGI scope over the raw socket. Anything else (the main site, WebSocket
 upgrades, chunked uploads, malformed heads) continues on hypercorn with the bytes already
-read, for the rest of that connection's life.
+read, for the rest of that connection's life (proxy/handover.py).
+
+Both paths share one budget (proxy/connections.py): a cap on open connections, where the one
+idle longest makes room for a newcomer, and one keep-alive limit for waiting for a request
+and its whole head. A head with a bare LF is answered 400 here, before either path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
@@ -23,51 +28,31 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
-from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 
+from agentserver.proxy.connections import Connections, default_cap
 from agentserver.proxy.exchange import Client, Exchange
-from agentserver.proxy.http1 import MAX_HEAD, head_end, parse_request_head
+from agentserver.proxy.handover import CloseUnlessBodyRead, HandedOver, Replayed
+from agentserver.proxy.http1 import MAX_HEAD, has_bare_lf, head_end, parse_request_head
 from agentserver.proxy.routing import Target, route
 from agentserver.proxy.subdomain import SubdomainProxy
 
 log = logging.getLogger(__name__)
 ROUTES_REMEMBERED = 4096
-HANDED_OVER_READ = 256 * 1024
-
-
-class _Replayed:
-    """A socket stream that first yields bytes already read from it (for hypercorn).
-
-    It deliberately has no `do_handshake`: hypercorn treats it as plain TCP and uses `.socket`.
-    """
-
-    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-        self.socket = stream.socket
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
-            await trio.lowlevel.checkpoint()
-            return data
-        # Hypercorn asks for 64 KiB; tunnel uploads and downloads arrive here in bulk, and
-        # fewer, larger reads cost less.
-        return await self._stream.receive_some(max(max_bytes or 0, HANDED_OVER_READ))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
+REFUSAL_WRITE = 1.0
+_BUSY_BODY = b'{"error": {"code": "busy", "message": "too many open connections; retry shortly"}}'
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n%s"
+    % (len(_BUSY_BODY), _BUSY_BODY)
+)
+_BARE_LF_BODY = b'{"error": {"code": "bad_request", "message": "lines must end with CRLF"}}'
+BARE_LF = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_BARE_LF_BODY), _BARE_LF_BODY)
+)
+MALFORMED = -1
 
 
 class Front:
@@ -80,22 +65,32 @@ class Front:
         context: WorkerContext,
         state: LifespanState,
         proxy: SubdomainProxy | None,
+        connections: Connections,
     ) -> None:
         self.app, self.config, self.context, self.state = app, config, context, state
+        self.handed_over_app = CloseUnlessBodyRead(app)
         self.proxy = proxy
-        self._idle: set[trio.CancelScope] = set()
+        self.connections = connections
         self._routes: dict[bytes, Target | None] = {}
         self._draining = False
 
     def drain(self) -> None:
         """Shutdown: connections waiting for their next request close now; others after it."""
         self._draining = True
-        for scope in self._idle:
-            scope.cancel()
+        self.connections.close_idle()
 
     async def handle(self, stream: trio.SocketStream) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        handed_over = False
+        key = self.connections.admit()
+        if key is None:  # over the cap, every connection busy
+            await _answer_and_close(stream, BUSY)
+            return
+        try:
+            await self._serve(stream, key)
+        finally:
+            self.connections.release(key)
+
+    async def _serve(self, stream: trio.SocketStream, key: int) -> None:
         try:
             client = Client(stream)
         except OSError:  # gone before we looked
@@ -106,14 +101,16 @@ class Front:
             # it waits for a request, none while one is served (cheaper than a scope each).
             with trio.CancelScope() as idle:
                 while not self._draining:
-                    end = await self._next_head(client, idle)
+                    end = await self._next_head(client, idle, key)
                     if end is None:
+                        return
+                    if end == MALFORMED:
+                        await _answer_and_close(stream, BARE_LF)
                         return
                     request = parse_request_head(bytes(client.buffer[:end])) if end > 0 else None
                     target = self._route(request.host) if request is not None else None
                     if request is None or target is None or self.proxy is None:
-                        handed_over = True
-                        await self._hand_over(client)
+                        await self._hand_over(client, key)
                         return
                     del client.buffer[:end]
                     if not await Exchange(client, request, target, self.proxy).run():
@@ -121,9 +118,10 @@ class Front:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
-            if not handed_over:
-                client.close()
-                await trio.lowlevel.checkpoint_if_cancelled()
+            # Synchronous, so it also happens in a cancelled scope, whoever served the
+            # connection (hypercorn's own close may have been cut short).
+            client.close()
+            await trio.lowlevel.checkpoint_if_cancelled()
 
     def _route(self, host: bytes) -> Target | None:
         """The sandbox a Host names (remembered: a browser sends the same few hosts)."""
@@ -137,16 +135,19 @@ class Front:
             target = self._routes[host] = route(host, self.proxy.settings.domain)
             return target
 
-    async def _next_head(self, client: Client, idle: trio.CancelScope) -> int | None:
+    async def _next_head(self, client: Client, idle: trio.CancelScope, key: int) -> int | None:
         """Index past the next head in the buffer; 0 for "not ours to parse" (too large);
-        None when the client left. Cancelled when idle too long or the server drains."""
+        MALFORMED for a line ended by a bare LF; None when the client left. Cancelled when
+        idle too long, when the server drains or when its slot is needed for a newcomer."""
         await trio.lowlevel.checkpoint_if_cancelled()
         end = head_end(client.buffer)
         if end >= 0:
-            return end
+            return MALFORMED if has_bare_lf(client.buffer, end) else end
+        if has_bare_lf(client.buffer, len(client.buffer)):  # the start of a pipelined head
+            return MALFORMED
         # The whole head must arrive within the keep-alive limit (no trickling a byte a minute).
         idle.deadline = trio.current_time() + self.config.keep_alive_timeout
-        self._idle.add(idle)
+        self.connections.idle(key, idle.cancel)
         try:
             while end < 0:
                 if len(client.buffer) > MAX_HEAD:
@@ -155,19 +156,27 @@ class Front:
                 if not await client.fill():
                     return None
                 end = head_end(client.buffer, searched)
+                if has_bare_lf(client.buffer, len(client.buffer) if end < 0 else end, searched):
+                    return MALFORMED
             return end
         finally:
-            self._idle.discard(idle)
+            self.connections.busy(key)
             idle.deadline = math.inf
 
-    async def _hand_over(self, client: Client) -> None:
-        stream = _Replayed(client.stream, bytes(client.buffer))
-        server = TCPServer(
-            self.app,
+    async def _hand_over(self, client: Client, key: int) -> None:
+        def on_idle(waiting: bool) -> None:
+            if waiting:
+                self.connections.idle(key, client.close)
+            else:
+                self.connections.busy(key)
+
+        server = HandedOver(
+            self.handed_over_app,
             self.config,
             self.context,
             ConnectionState(self.state.copy()),
-            stream,  # type: ignore[arg-type]  # hypercorn probes it for SSL by attribute
+            Replayed(client.stream, bytes(client.buffer)),
+            on_idle,
         )
         try:
             await server.run()
@@ -179,6 +188,16 @@ class Front:
             client.close()
 
 
+async def _answer_and_close(stream: trio.SocketStream, response: bytes) -> None:
+    """A short canned response, then close without reading further."""
+    with trio.move_on_after(REFUSAL_WRITE):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await stream.send_all(response)
+            await stream.send_eof()
+    stream.socket.close()  # synchronous: also when cancelled
+    await trio.lowlevel.checkpoint_if_cancelled()
+
+
 async def serve(
     app: AppWrapper,
     config: Config,
@@ -186,10 +205,12 @@ async def serve(
     proxy: SubdomainProxy | None,
     *,
     shutdown_trigger: Callable[[], Awaitable[Any]],
+    max_connections: int = 0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` on the listening `sock` until `shutdown_trigger` returns, then drain
-    (hypercorn's own worker loop, with `Front` in place of its connection handler)."""
+    (hypercorn's own worker loop, with `Front` in place of its connection handler). At most
+    `max_connections` are open at once (0: sized from the open-files limit)."""
     config.set_statsd_logger_class(StatsdLogger)
     state: LifespanState = {}
     lifespan = Lifespan(app, config, state)
@@ -197,7 +218,9 @@ async def serve(
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
-        front = Front(app, config, context, state, proxy)
+        cap = max_connections or default_cap()
+        log.info("serving at most %d connections at once", cap)
+        front = Front(app, config, context, state, proxy, Connections(cap))
         async with trio.open_nursery() as connections:
             listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
             async with trio.open_nursery() as accepting:

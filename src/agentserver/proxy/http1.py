@@ -62,6 +62,16 @@ def head_end(buffer: bytes | bytearray, start: int = 0) -> int:
     return -1 if found < 0 else found + 4
 
 
+def has_bare_lf(buffer: bytes | bytearray, end: int, start: int = 0) -> bool:
+    """Whether `buffer[start:end]` (part of a head) ends a line with LF alone; `start` lets a
+    head that arrives in pieces be searched once, not again with every piece.
+
+    RFC 9112 §2.2 lets a server accept those; we answer 400 instead, so that no part of the
+    server frames a request differently from another (h11 would accept what we skip), and a
+    client that never sends CRLF gets an answer rather than a wait for a blank line."""
+    return buffer.count(b"\n", start, end) != buffer.count(b"\r\n", max(0, start - 1), end)
+
+
 def parse_request_head(head: bytes) -> RequestHead | None:
     """The request in `head` (up to and including its blank line), or None when it is not
     one the fast path serves — malformed ones included, for hypercorn to reject properly."""

@@ -169,6 +169,9 @@ def run_server(upstream_port: int) -> None:
     from agentserver.auth.tokens import new_id
     from agentserver.settings import build_settings
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.support.sandbox_login import sandbox_cookie
+
     base = Path(tempfile.mkdtemp(prefix="agentserver-bench-", dir="/tmp"))
     pg = pgserver.get_server(base / "pg", cleanup_mode="delete")
     settings = build_settings(
@@ -201,12 +204,9 @@ def run_server(upstream_port: int) -> None:
                         " 'b', 'opencode', 'running', 'pw', '127.0.0.1', %s)",
                         (sid, ws["id"], upstream_port),
                     )
-                location = (await client.get(f"/api/sandboxes/{sid}/open")).headers["location"]
-                host = location.split("/")[2]
-                redeemed = await client.get(
-                    location.replace(f"http://{host}", url), headers={"Host": host}
-                )
-                cookie = redeemed.cookies["agentserver_sandbox"]
+                host = f"oc-{sid}.localhost:{running.port}"
+                async with httpx.AsyncClient(base_url=url, headers={"Host": host}) as sub:
+                    cookie = await sandbox_cookie(client, sub, sid)
             print(
                 json.dumps(
                     {

@@ -23,7 +23,6 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -33,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support.bulk_upstream import BulkUpstream, serve_bulk  # noqa: E402
+from tests.support.sandbox_login import sandbox_cookie  # noqa: E402
 
 from agentserver.tunnel.connection import Role  # noqa: E402
 from agentserver.tunnel.transport import Tunnel, WebSocketLink  # noqa: E402
@@ -154,11 +154,8 @@ async def browser(
 ) -> httpx.AsyncClient:
     """A client on the sandbox's subdomain with a cookie from the ticket flow."""
     host = f"oc-{sandbox_id}.localhost:{port}"
-    opened = await owner.get(f"/api/sandboxes/{sandbox_id}/open")
-    url = urlsplit(opened.headers["location"])
     async with httpx.AsyncClient(base_url=server, headers={"Host": host}) as sub:
-        redeemed = await sub.get(f"{url.path}?{url.query}")
-    cookie = redeemed.cookies["agentserver_sandbox"]
+        cookie = await sandbox_cookie(owner, sub, sandbox_id)
     return httpx.AsyncClient(
         base_url=server,
         timeout=httpx.Timeout(120, read=None),

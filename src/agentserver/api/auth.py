@@ -192,7 +192,7 @@ async def change_password(data: PasswordBody) -> dict[str, Any]:
         throttle.fail(key)
         raise Forbidden("the current password is wrong")
     try:
-        new_password = passwords.check_password(data.new_password)
+        new_password = passwords.check_password(data.new_password, user.username)
     except Invalid as exc:
         raise Invalid(exc.message, field="newPassword") from None
     new_hash = await passwords.hash_password(new_password)

@@ -102,9 +102,11 @@ USAGE = obj(
 PROVIDER = obj(id=STRING, name=STRING, loginUrl=STRING)
 AUTH_CONFIG = obj(
     registrationOpen={"type": "boolean"},
+    setupNeeded={"type": "boolean"},
     providers=array(PROVIDER),
     user=nullable(USER),
     baseDomain=STRING,
+    warnings=array(STRING),
 )
 ADMIN_WORKSPACE = obj(id=STRING, name=STRING, createdAt=TIME, sandboxCount=COUNT, memberCount=COUNT)
 STATUS_OK = obj(status={"const": "ok"})
@@ -134,6 +136,8 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("POST", "/api/auth/register"): {"201": json_answer(SIGNED_IN, "registered and signed in")},
     ("POST", "/api/auth/login"): {"200": json_answer(SIGNED_IN, "signed in")},
     ("POST", "/api/auth/logout"): {"200": json_answer(STATUS_OK, "signed out")},
+    ("POST", "/api/auth/logout-all"): {"200": json_answer(STATUS_OK, "every session ended")},
+    ("POST", "/api/auth/password"): {"200": json_answer(STATUS_OK, "password changed")},
     ("GET", "/api/auth/me"): {"200": json_answer(USER, "the signed-in user")},
     ("GET", "/api/auth/config"): {"200": json_answer(AUTH_CONFIG, "what sign-in offers")},
     ("GET", "/api/auth/providers"): {"200": json_answer(array(PROVIDER), "SSO providers")},

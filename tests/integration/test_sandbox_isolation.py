@@ -9,6 +9,7 @@ import trio
 
 from agentserver.sandboxes import process as process_backend
 from agentserver.sandboxes.isolation import Isolation
+from agentserver.settings import Settings
 from tests.conftest import start_server
 from tests.support.sandboxes import (
     open_events,
@@ -31,13 +32,20 @@ def no_bubblewrap(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(process_backend, "probe_isolation", unusable)
 
 
+def keyed(db_url: str, data_dir: Path, opencode_bin: str, **overrides: str) -> Settings:
+    """Sandbox settings with an Anthropic key, so the admin's only warnings are isolation's."""
+    return sandbox_settings_for(
+        db_url, data_dir, opencode_bin, anthropic_api_key="sk-ant-test", **overrides
+    )
+
+
 @pytest.mark.usefixtures("no_bubblewrap")
 async def test_without_isolation_sandboxes_are_refused_and_signed_in_users_told(
     nursery: trio.Nursery, db_url: str, tmp_path: Path, opencode_bin: str
 ) -> None:
     """Without bubblewrap and without --allow-unisolated-sandboxes a new sandbox fails, naming
     the flag, no agent process starts, and /api/auth/config warns signed-in users only."""
-    server = await start_server(nursery, sandbox_settings_for(db_url, tmp_path / "d", opencode_bin))
+    server = await start_server(nursery, keyed(db_url, tmp_path / "d", opencode_bin))
     anonymous = server.client()
     assert (await anonymous.get("/api/auth/config")).json()["warnings"] == []
     client, wid = await owner_with_workspace(server)
@@ -66,9 +74,7 @@ async def test_allowed_unisolated_sandboxes_run_with_a_warning(
 ) -> None:
     """With --allow-unisolated-sandboxes a sandbox runs without bubblewrap, and signed-in users
     are warned that sandboxes are not isolated."""
-    settings = sandbox_settings_for(
-        db_url, tmp_path / "d", opencode_bin, allow_unisolated_sandboxes="true"
-    )
+    settings = keyed(db_url, tmp_path / "d", opencode_bin, allow_unisolated_sandboxes="true")
     server = await start_server(nursery, settings)
     client, wid = await owner_with_workspace(server)
     events = await open_events(nursery, client, wid)
@@ -87,7 +93,7 @@ async def test_with_bubblewrap_there_is_no_warning(
     nursery: trio.Nursery, db_url: str, tmp_path: Path, opencode_bin: str
 ) -> None:
     """Where bubblewrap works, signed-in users see no warning."""
-    server = await start_server(nursery, sandbox_settings_for(db_url, tmp_path / "d", opencode_bin))
+    server = await start_server(nursery, keyed(db_url, tmp_path / "d", opencode_bin))
     if not server.deps.extras["sandboxes"].backend.isolation.enabled:
         pytest.skip("bubblewrap does not work on this machine")
     client, _ = await owner_with_workspace(server)

@@ -126,6 +126,10 @@ def usable_cgroups(wanted: Wanted) -> Layout:
     return layout
 
 
+LIMIT_FILES = ("memory.limit_in_bytes", "memory.max", "cpu.cfs_quota_us", "cpu.cfs_period_us")
+LIMIT_FILES += ("cpu.max", "pids.max")
+
+
 def members(folder: Path) -> set[int]:
     return {int(pid) for pid in (folder / "cgroup.procs").read_text().split()}
 
@@ -165,8 +169,7 @@ async def test_the_agent_runs_in_its_sandboxs_cgroups(
         assert {pid, agent_process(pid)} <= members(folder), controller
         files = {
             name: (folder / name).read_text().split()
-            for name in ("memory.limit_in_bytes", "memory.max", "cpu.cfs_quota_us")
-            + ("cpu.cfs_period_us", "cpu.max", "pids.max")
+            for name in LIMIT_FILES
             if (folder / name).exists()
         }
         if controller == "memory":

@@ -239,6 +239,11 @@ def probe(wanted: Wanted, proc_cgroup: str | None = None, mountinfo: str | None 
                 missing[controller] = "no cgroup hierarchy offers the controller"
         except OSError as exc:
             missing[controller] = f"{exc.filename or 'cgroup'}: {exc.strerror or exc}"
+            if exc.errno == errno.EBUSY:  # cgroup v2's "no internal processes" rule
+                missing[controller] += (
+                    " (the server's cgroup holds processes, so cgroup v2 lets it hand no"
+                    " controller to a child; give the server a cgroup with them enabled)"
+                )
     return Layout(wanted, parents, missing)
 
 

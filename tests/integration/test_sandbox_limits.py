@@ -16,8 +16,8 @@ import trio
 from agentserver.sandboxes.account import Account
 from agentserver.sandboxes.cgroups import Layout, Wanted, probe
 from agentserver.sandboxes.ids import ID_BASE
-from agentserver.sandboxes.limits import NICE, Limits
-from agentserver.sandboxes.process import Child, ProcessBackend
+from agentserver.sandboxes.limits import NICE, Limits, wanted_of
+from agentserver.sandboxes.process import Child, ProcessBackend, open_backend
 from tests.conftest import start_server
 from tests.support.sandboxes import (
     agent_process,
@@ -223,3 +223,28 @@ async def test_memory_beyond_the_limit_is_killed(open_folder: Path) -> None:
         assert "oom_kill 0" not in events.splitlines(), events
     finally:
         assert cgroup.remove() == []
+
+
+async def test_empty_cgroups_left_by_an_earlier_run_are_removed_at_start(
+    tmp_path: Path, db_url: str, opencode_bin: str
+) -> None:
+    """Opening the process backend removes the empty cgroups a killed server left for its
+    sandboxes, and not those of sandboxes it does not have."""
+    settings = sandbox_settings_for(db_url, tmp_path / "data", opencode_bin)
+    layout = usable_cgroups(wanted_of(settings))
+    ours, other = f"left-{os.getpid()}", f"other-{os.getpid()}"
+    (settings.data_dir / "sandboxes" / ours).mkdir(parents=True)
+    left, kept = layout.cgroup(ours), layout.cgroup(other)
+    left.create()
+    kept.create()
+    try:
+
+        async def on_exit(sandbox_id: str, reason: str) -> None:
+            raise AssertionError("no sandbox of this backend should exit")
+
+        async with open_backend(settings, on_exit):
+            assert [folder for _, _, folder in left.dirs if folder.exists()] == []
+            assert all(folder.exists() for _, _, folder in kept.dirs)
+    finally:
+        left.remove()
+        assert kept.remove() == []

@@ -266,7 +266,12 @@ class Cgroup:
             with suppress(FileExistsError):
                 folder.mkdir(mode=0o755)
             for name, value in self.wanted.files(controller, version):
-                _write(folder / name, value)
+                try:
+                    _write(folder / name, value)
+                except OSError as exc:
+                    # cgroup v1 refuses a CPU quota above the server's own: that one holds.
+                    if not (controller == "cpu" and exc.errno == errno.EINVAL):
+                        raise
 
     def members(self) -> list[int]:
         """Every process in any of the directories."""

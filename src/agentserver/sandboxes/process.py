@@ -538,7 +538,10 @@ async def remove_cgroup(cgroup: Cgroup, sandbox_id: str) -> None:
         await trio.lowlevel.checkpoint()
         return
     with trio.move_on_after(STOP_GRACE):
-        while fds := await trio.to_thread.run_sync(cgroup.kill):
+        for _ in range(10):  # a member may fork while it is being killed: look again
+            fds = await trio.to_thread.run_sync(cgroup.kill)
+            if not fds:
+                break
             await wait_gone(fds)
     left = await trio.to_thread.run_sync(cgroup.remove)
     if left:

@@ -127,21 +127,24 @@ OPTIONS: tuple[Option, ...] = (
         "agent_memory_limit",
         "AGENT_MEMORY_LIMIT",
         "2147483648",
-        "Memory limit per sandbox container, in bytes.",
+        "Memory limit per sandbox, in bytes: its container's (Docker), or its cgroup's (process"
+        " backend, where the server can create cgroups).",
     ),
     Option(
         "agent_nano_cpus",
         "AGENT_NANO_CPUS",
         "2000000000",
-        "CPU limit per sandbox container, in billionths of a CPU (not the process backend,"
-        " whose sandboxes run at a lower priority instead).",
+        "CPU limit per sandbox, in billionths of a CPU: its container's (Docker), or its"
+        " cgroup's CPU quota (process backend, where the server can create cgroups; its"
+        " sandboxes also run at a lower priority).",
     ),
     Option(
         "agent_pids_limit",
         "AGENT_PIDS_LIMIT",
         "256",
-        "Process limit per sandbox container (process backend of a root server: processes and"
-        " threads of the sandbox's own uid); 0 means none.",
+        "Process (and thread) limit per sandbox: its container's (Docker), or its cgroup's"
+        " pids.max and, on a root server, RLIMIT_NPROC of its own uid (process backend);"
+        " 0 means none.",
     ),
     Option(
         "anthropic_api_key",

@@ -17,6 +17,7 @@ import trio
 
 from agentserver.errors import DatabaseUnavailable
 from agentserver.sandboxes import process as process_backend
+from agentserver.sandboxes.cgroups import Wanted, probe
 from agentserver.sandboxes.proctree import group_members, record
 from agentserver.settings import OPTIONS
 from tests.conftest import start_server
@@ -142,6 +143,9 @@ async def test_a_killed_server_leaves_no_agent_running(
             await proc.wait()
     for pid in left:  # not to leave them behind this test either
         os.kill(pid, signal.SIGKILL)
+    # What the next start's sweep does: the dead server's sandbox cgroups are empty, so removable.
+    layout = probe(Wanted(memory=1, nano_cpus=1, pids=1))
+    assert len(layout.sweep([sid])) == len(layout.parents)
     assert left == [], f"processes outlived the server: {left}"
 
 

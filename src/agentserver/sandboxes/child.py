@@ -17,18 +17,26 @@ _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def _child_setup(server_pid: int, limits: Limits) -> Callable[[], None]:
-    """A preexec_fn: the child gets SIGKILL when the server's thread that forked it dies,
-    creates files for its owner and group only (the workspace disk's group shares them), and
-    starts with the sandbox's resource limits (limits.py).
+def _child_setup(server_pid: int, limits: Limits, account: Account) -> Callable[[], None]:
+    """A preexec_fn: the child joins the sandbox's cgroups, becomes `account`, gets SIGKILL
+    when the server's thread that forked it dies, creates files for its owner and group only
+    (the workspace disk's group shares them), and starts with the sandbox's resource limits
+    (limits.py).
 
-    It runs after Popen switched user (a credential change clears the death signal, so it must
-    come after), and checks the parent afterwards: a server that died in between is not
-    noticed by the kernel any more. bwrap's own `--die-with-parent` does the same inside.
+    The user switch is done here rather than by Popen (which would do it before this
+    function), because joining a cgroup needs root: a sandbox's uid may not move itself.
+    It is the same switch Popen does (groups, gid, uid). The death signal comes after it (a
+    credential change clears it), and the parent is checked afterwards: a server that died in
+    between is not noticed by the kernel any more. bwrap's `--die-with-parent` does the same.
     """
 
     def preexec() -> None:
         os.umask(0o007)
+        limits.join()
+        if account.switches:
+            os.setgroups([])
+            os.setregid(account.gid, account.gid)
+            os.setreuid(account.uid, account.uid)
         limits.apply()
         if _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
@@ -74,8 +82,7 @@ class Child:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_child_setup(os.getpid(), limits),
-                **account.popen_args(),
+                preexec_fn=_child_setup(os.getpid(), limits, account),
             )
         except BaseException:
             os.close(read_fd)

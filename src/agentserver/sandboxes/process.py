@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -37,6 +38,7 @@ from agentserver.sandboxes.account import (
     resolve_account,
 )
 from agentserver.sandboxes.base import Endpoint, ExitNotice, Managed, SandboxSpec
+from agentserver.sandboxes.cgroups import Cgroup, Layout, probe
 from agentserver.sandboxes.child import Child
 from agentserver.sandboxes.ids import Ids, share_disk
 from agentserver.sandboxes.isolation import (
@@ -45,7 +47,7 @@ from agentserver.sandboxes.isolation import (
     isolation_verdict,
     probe_isolation,
 )
-from agentserver.sandboxes.limits import limits_for
+from agentserver.sandboxes.limits import limits_for, wanted_of
 from agentserver.sandboxes.proctree import (
     descendants,
     forget,
@@ -68,8 +70,11 @@ REPORT_RETRY_FIRST, REPORT_RETRY_MAX = 0.5, 30.0  # retrying an exit notice that
 class Agent:
     """One running sandbox process and what we know about it."""
 
-    def __init__(self, sandbox_id: str, kind: str, process: Child, port: int) -> None:
+    def __init__(
+        self, sandbox_id: str, kind: str, process: Child, port: int, cgroup: Cgroup
+    ) -> None:
         self.sandbox_id = sandbox_id
+        self.cgroup = cgroup  # removed once the agent exited
         self.kind = kind
         self.process = process
         self.port = port
@@ -108,10 +113,11 @@ class ProcessBackend:
     def describe(self) -> str:
         if self.refusal:
             return f"process backend; {self.refusal}"
+        limits = f"limits: {self.cgroups.describe()}"
         if not self.isolation.enabled:
-            return "process backend WITHOUT isolation (--allow-unisolated-sandboxes)"
+            return f"process backend WITHOUT isolation (--allow-unisolated-sandboxes), {limits}"
         who = ", each as a uid of its own" if self.account.switches else ""
-        return f"process backend, each sandbox in bubblewrap{who}"
+        return f"process backend, each sandbox in bubblewrap{who}, {limits}"
 
     def __init__(
         self,
@@ -121,12 +127,15 @@ class ProcessBackend:
         isolation: Isolation,
         account: Account,
         ids: Ids | None = None,
+        cgroups: Layout | None = None,
     ) -> None:
         self.settings = settings
         self.on_exit = on_exit
         self.isolation = isolation
         self.account = account
         self.ids = ids  # a root server's uid per sandbox and gid per workspace (ids.py)
+        # Where each sandbox's memory, CPU and process limits go (cgroups.py; none: no cgroups).
+        self.cgroups = cgroups or Layout(wanted_of(settings), {}, {})
         self._nursery = nursery
         self._agents: dict[str, Agent] = {}
         self._root = settings.data_dir
@@ -353,18 +362,26 @@ class ProcessBackend:
         argv = self.isolation.wrap(
             argv, home=self.home(spec.id), disk=self.disk(spec.workspace_id), data_dir=self._root
         )
+        cgroup = self.cgroups.cgroup(spec.id)
+        try:
+            await trio.to_thread.run_sync(cgroup.create)
+        except OSError as exc:
+            raise BackendError(f"cannot create the sandbox's cgroup: {exc}") from exc
         try:
             account = self.account_of(spec.id, spec.workspace_id)
-            limits = limits_for(self.settings, own_uid=self.ids is not None)
+            limits = limits_for(self.settings, own_uid=self.ids is not None, cgroups=cgroup.procs)
             process = Child.spawn(argv, env, str(self.home(spec.id)), account, limits)
-        except OSError as exc:
-            raise BackendError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+        except (OSError, subprocess.SubprocessError) as exc:
+            with trio.CancelScope(shield=True):
+                await remove_cgroup(cgroup, spec.id)
+            reason = exc.strerror if isinstance(exc, OSError) else None
+            raise BackendError(f"cannot start {argv[0]}: {reason or exc}") from exc
         # Recorded at once: should the server die now, the next start finds and stops it.
         try:
             record(self.sandbox_dir(spec.id), process.pid)
         except OSError as exc:
             log.warning("sandbox %s: cannot record its process id: %s", spec.id, exc)
-        agent = Agent(spec.id, spec.type.value, process, port)
+        agent = Agent(spec.id, spec.type.value, process, port, cgroup)
         self._agents[spec.id] = agent
         await self._nursery.start(self._supervise, agent)
         return agent
@@ -415,6 +432,7 @@ class ProcessBackend:
                 if agent.process.returncode is None:
                     kill_group(agent.process, signal.SIGKILL)
                     await agent.process.wait()
+                await remove_cgroup(agent.cgroup, agent.sandbox_id)
             with suppress(OSError):
                 forget(self.sandbox_dir(agent.sandbox_id))
             agent.exited.set()
@@ -509,6 +527,27 @@ def port_taken(agent: Agent) -> bool:
     )
 
 
+def leftover_ids(base: Path) -> list[str]:
+    """The ids of the sandboxes with a folder under `base` (their cgroups are ours to sweep)."""
+    return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
+
+async def remove_cgroup(cgroup: Cgroup, sandbox_id: str) -> None:
+    """Kill what is left in the sandbox's cgroups and remove them (the agent has exited)."""
+    if not cgroup.dirs:
+        await trio.lowlevel.checkpoint()
+        return
+    with trio.move_on_after(STOP_GRACE):
+        for _ in range(10):  # a member may fork while it is being killed: look again
+            fds = await trio.to_thread.run_sync(cgroup.kill)
+            if not fds:
+                break
+            await wait_gone(fds)
+    left = await trio.to_thread.run_sync(cgroup.remove)
+    if left:
+        log.warning("sandbox %s: cannot remove its cgroup %s", sandbox_id, left[0])
+
+
 def kill_group(process: Child, sig: signal.Signals) -> None:
     """Signal the process's whole group (it leads its own session), ignoring one already gone."""
     with suppress(ProcessLookupError, PermissionError):
@@ -570,9 +609,17 @@ async def open_backend(settings: Settings, on_exit: ExitNotice) -> AsyncIterator
         log.warning("sandboxes cannot start: %s", problem)
     isolation = await probe_isolation(settings, account)
     await stop_leftovers(settings.data_dir / "sandboxes", STOP_GRACE)
+    cgroups = await trio.to_thread.run_sync(probe, wanted_of(settings))
+    if cgroups.missing:
+        log.warning(
+            "process sandboxes get no %s limit: %s",
+            ", ".join(cgroups.missing),
+            "; ".join(f"{c}: {why}" for c, why in cgroups.missing.items()),
+        )
+    await trio.to_thread.run_sync(cgroups.sweep, leftover_ids(settings.data_dir / "sandboxes"))
     ids = await trio.to_thread.run_sync(Ids.scan, settings.data_dir) if account.switches else None
     async with trio.open_nursery() as nursery:
-        backend = ProcessBackend(settings, on_exit, nursery, isolation, account, ids)
+        backend = ProcessBackend(settings, on_exit, nursery, isolation, account, ids, cgroups)
         try:
             yield backend
         finally:

@@ -249,7 +249,10 @@ class Forwarder:
 
 
 async def _body(stream: TunnelStream) -> AsyncIterator[bytes]:
-    while chunk := await stream.receive_some():
+    while True:
+        chunk = await stream.receive_some()
+        if not chunk:
+            return
         yield chunk
 
 

@@ -92,18 +92,19 @@ class QuartLink:
     async def get_message(self) -> bytes:
         if self._closed:
             raise trio.ClosedResourceError("the tunnel link was closed")
-        message: object = None
-        with trio.CancelScope() as self._receiving:
-            if self.too_large is None:
-                try:
-                    message = await self._ws.receive()
-                except trio.EndOfChannel:
-                    raise trio.EndOfChannel from None
-                except (OSError, RuntimeError, trio.ClosedResourceError) as exc:
-                    raise trio.BrokenResourceError(f"websocket receive failed: {exc}") from exc
-        self._receiving = None
         if self.too_large is not None:
             await trio.lowlevel.checkpoint()  # found before awaiting anything
+            raise trio.BrokenResourceError(self.too_large)
+        message: object = None
+        with trio.CancelScope() as self._receiving:
+            try:
+                message = await self._ws.receive()
+            except trio.EndOfChannel:
+                raise trio.EndOfChannel from None
+            except (OSError, RuntimeError, trio.ClosedResourceError) as exc:
+                raise trio.BrokenResourceError(f"websocket receive failed: {exc}") from exc
+        self._receiving = None
+        if self.too_large is not None:  # found while receiving (the receive was cancelled)
             raise trio.BrokenResourceError(self.too_large)
         if not isinstance(message, bytes):
             raise ProtocolError("text message on the tunnel")

@@ -186,6 +186,7 @@ class Front:
             # close is being written (BusyResourceError). That ends this connection only.
             log.info("a handed-over connection from %s ended on an error: %r", client.peer, exc)
             client.close()
+            await trio.lowlevel.checkpoint()
 
 
 async def _answer_and_close(stream: trio.SocketStream, response: bytes) -> None:

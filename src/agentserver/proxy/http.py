@@ -49,8 +49,11 @@ class RequestBody:
     async def __anext__(self) -> bytes:
         if not self._more:
             raise StopAsyncIteration
-        message = self._first if self._first is not None else await self._receive()
-        self._first = None
+        if self._first is not None:
+            message, self._first = self._first, None
+            await trio.lowlevel.checkpoint()
+        else:
+            message = await self._receive()
         if message["type"] == "http.disconnect":
             self._more = False
             raise ClientGone

@@ -139,7 +139,13 @@ class ProcessBackend:
         self._nursery = nursery
         self._agents: dict[str, Agent] = {}
         self._root = settings.data_dir
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False)
+        # Readiness probes keep no connection: an agent's port changes on every start, and a
+        # kept one would stay open to an agent long gone.
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(5.0),
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
         self.refusal, self.warnings = isolation_verdict(settings, isolation)
 
     def account_of(self, sandbox_id: str, workspace_id: str) -> Account:
@@ -465,6 +471,7 @@ class ProcessBackend:
                 log.exception(
                     "sandbox %s: recording that its agent stopped failed", agent.sandbox_id
                 )
+                await trio.lowlevel.checkpoint()
                 return
             # A retry delay, not a wait for an event: nothing tells us the database is back.
             await trio.sleep(delay)

@@ -96,6 +96,7 @@ async def measure(
             anthropic_base_url=standin.url,
             anthropic_api_key="sk-bench",
             llm_tokens_per_day=str(tokens_per_day),
+            reconcile_interval="0",  # the sandbox is a bare row: nothing to reconcile with
         )
         shutdown = trio.Event()
         running: serve.Running = await nursery.start(

@@ -180,6 +180,9 @@ def run_server(upstream_port: int) -> None:
             "db_url": pg.get_uri(),
             "data_dir": str(base / "data"),
             "idle_timeout": "0",
+            # The sandbox is a row pointing at our upstream, not an agent the backend runs:
+            # a periodic reconciliation would "restart" it mid-run.
+            "reconcile_interval": "0",
         },
         {},
     )

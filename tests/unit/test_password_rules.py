@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from agentserver.auth.passwords import check_password
@@ -36,3 +39,15 @@ def test_length_limits(password: str, message: str) -> None:
 def test_an_uncommon_password_passes() -> None:
     """A password of good length that is not on the list is accepted as it is."""
     assert check_password("correct-horse", "alice") == "correct-horse"
+
+
+def test_the_list_is_read_without_zxcvbns_dictionaries() -> None:
+    """Loading the common-password list runs only zxcvbn's word-list file, not the package
+    (whose import builds ~17 MB of ranked dictionaries this never uses)."""
+    code = (
+        "import sys; from agentserver.auth import passwords;"
+        "assert 'password' in passwords._common_passwords();"
+        "print('zxcvbn' in sys.modules, 'zxcvbn.matching' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import trio
@@ -52,10 +54,23 @@ def check_password(password: str, username: str | None = None) -> str:
 
 @functools.cache
 def _common_passwords() -> frozenset[str]:
-    """The 30,000 most common passwords of leaked lists, as zxcvbn ships them (loaded once)."""
-    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+    """The 30,000 most common passwords of leaked lists, as zxcvbn ships them (loaded once).
 
-    return frozenset(FREQUENCY_LISTS["passwords"])
+    Only its word-list file is run where it is a file: importing the `zxcvbn` package builds
+    ranked dictionaries of every list it has (names, English words, TV titles), ~17 MB more
+    than this needs. In a bundle without the source file, the package is imported after all.
+    """
+    spec = importlib.util.find_spec("zxcvbn")
+    folders = (spec.submodule_search_locations or []) if spec else []
+    path = Path(folders[0]) / "frequency_lists.py" if folders else None
+    lists = importlib.util.spec_from_file_location("_zxcvbn_lists", path) if path else None
+    if path is None or not path.is_file() or lists is None or lists.loader is None:
+        from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+        return frozenset(FREQUENCY_LISTS["passwords"])
+    module = importlib.util.module_from_spec(lists)
+    lists.loader.exec_module(module)
+    return frozenset(module.FREQUENCY_LISTS["passwords"])
 
 
 def check_email(email: str) -> str:

@@ -24,6 +24,7 @@ use to whoever sees it: it cannot be turned back into the nonce.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -191,19 +192,31 @@ class LiveRequest:
     """One proxied request in flight (a page, an event stream, a terminal WebSocket), as a
     context manager: `AccessCache.revoke` cancels it when its access ends."""
 
-    def __init__(self, live: set[LiveRequest], access: SandboxAccess) -> None:
+    def __init__(
+        self,
+        live: set[LiveRequest],
+        access: SandboxAccess,
+        cancel_connection: Callable[[], None] | None = None,
+    ) -> None:
         self.access = access
-        self.scope = trio.CancelScope()
+        # On the proxy's fast path the connection's own scope ends the request (and the
+        # connection with it): cheaper than a scope per request on the hot path.
+        self.scope: trio.CancelScope | None = None
+        if cancel_connection is None:
+            self.scope = trio.CancelScope()
+            cancel_connection = self.scope.cancel
+        self.cancel = cancel_connection
         self._live = live
 
     def __enter__(self) -> LiveRequest:
         self._live.add(self)
-        self.scope.__enter__()
+        if self.scope is not None:
+            self.scope.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> bool:
         self._live.discard(self)
-        return self.scope.__exit__(*exc)
+        return self.scope.__exit__(*exc) if self.scope is not None else False
 
 
 class AccessCache:
@@ -217,9 +230,12 @@ class AccessCache:
         # As many as the requests being proxied (the front end bounds those).
         self._live: set[LiveRequest] = set()
 
-    def live(self, access: SandboxAccess) -> LiveRequest:
-        """Wrap a proxied request: it is cancelled if `access` is revoked meanwhile."""
-        return LiveRequest(self._live, access)
+    def live(
+        self, access: SandboxAccess, cancel_connection: Callable[[], None] | None = None
+    ) -> LiveRequest:
+        """Wrap a proxied request: it is cancelled if `access` is revoked meanwhile (through
+        `cancel_connection`, which ends its whole connection, when given)."""
+        return LiveRequest(self._live, access, cancel_connection)
 
     async def get(self, sandbox_id: str, token: str) -> SandboxAccess | None:
         key = (hash_token(token), sandbox_id)
@@ -246,7 +262,7 @@ class AccessCache:
             del self._entries[key]
         ended = [r for r in self._live if r.access.ended_by(revocation)]
         for request in ended:
-            request.scope.cancel()
+            request.cancel()
         return len(ended)
 
     def forget(self, sandbox_id: str) -> None:

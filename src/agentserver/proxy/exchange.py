@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from agentserver.proxy.headers import connection_tokens, header
-from agentserver.proxy.http import SPLICE
+from agentserver.proxy.http import CANCEL_CONNECTION, SPLICE
 from agentserver.proxy.http1 import (
     LAST_CHUNK,
     MAX_HEAD,
@@ -101,9 +101,18 @@ class Exchange:
     """One request and its response; `run` says whether the connection stays open."""
 
     def __init__(
-        self, client: Client, request: RequestHead, target: Target, proxy: SubdomainProxy
+        self,
+        client: Client,
+        request: RequestHead,
+        target: Target,
+        proxy: SubdomainProxy,
+        cancel: Callable[[], None] | None = None,
     ) -> None:
         self.client, self.request, self.target, self.proxy = client, request, target, proxy
+        # Ends the connection this exchange runs on (its owner's cancel scope).
+        self._extensions: dict[str, Any] = {SPLICE: {}} if splice_available else {}
+        if cancel is not None:
+            self._extensions[CANCEL_CONNECTION] = cancel
         self._unread = request.content_length
         self._closing = not request.keep_alive  # the response says `Connection: close`
         self._body_sent = False  # the last http.request message was handed out
@@ -129,7 +138,7 @@ class Exchange:
             "headers": request.headers,
             "client": client.peer,
             "server": client.local,
-            "extensions": {SPLICE: {}} if splice_available else {},
+            "extensions": self._extensions,
         }
 
     async def run(self) -> bool:

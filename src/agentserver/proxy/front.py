@@ -113,7 +113,8 @@ class Front:
                         await self._hand_over(client, key)
                         return
                     del client.buffer[:end]
-                    if not await Exchange(client, request, target, self.proxy).run():
+                    exchange = Exchange(client, request, target, self.proxy, idle.cancel)
+                    if not await exchange.run():
                         return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass

@@ -28,6 +28,9 @@ ACTIVITY_INTERVAL = 20.0
 # An ASGI extension of our fast path (proxy/exchange.py): the server moves a sized body from
 # the agent's socket to the browser's itself, with splice(2).
 SPLICE = "agentserver.splice"
+# Another: a callable that ends the whole client connection (cancelling the request on it).
+# A request that must end when its access is revoked uses it instead of a scope of its own.
+CANCEL_CONNECTION = "agentserver.cancel_connection"
 
 
 class ClientGone(Exception):

@@ -47,7 +47,7 @@ from agentserver.proxy.headers import (
     request_headers,
     websocket_headers,
 )
-from agentserver.proxy.http import Receive, Scope, Send, proxy_http, target_of
+from agentserver.proxy.http import CANCEL_CONNECTION, Receive, Scope, Send, proxy_http, target_of
 from agentserver.proxy.refused_tokens import RefusedTokens
 from agentserver.proxy.routing import Target, Unknown, resolve
 from agentserver.proxy.upstream import Pool, Upstream, UpstreamTimeout
@@ -228,7 +228,7 @@ class SubdomainProxy:
         auth = self.agent_auth(sandbox)
         # Signing out or losing membership cancels the request mid-way (an open terminal or
         # event stream ends with the access that opened it).
-        with self.access.live(access):
+        with self.access.live(access, (scope.get("extensions") or {}).get(CANCEL_CONNECTION)):
             if websocket:
                 await proxy_websocket(
                     scope,

@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.conftest import make_settings, register, start_server
+from tests.conftest import Server, make_settings, register, start_server
 from tests.support.anthropic import Reply, message_json
 from tests.support.llm_world import (
     BODY,
@@ -296,10 +296,8 @@ async def test_upstream_errors_are_passed_on_and_recorded(env: Env) -> None:
     assert (totals["requests"], totals["errors"], totals["totalTokens"]) == (1, 1, 0)
 
 
-async def test_unreachable_upstream_is_502(
-    nursery: trio.Nursery, db_url: str, tmp_path: Path
-) -> None:
-    """A base URL nobody listens on gives 502 in Anthropic's shape, recorded as an error."""
+async def unreachable_upstream_server(nursery: trio.Nursery, db_url: str, tmp_path: Path) -> Server:
+    """A server whose Anthropic base URL is a loopback port nobody listens on."""
     with trio.socket.socket() as probe:
         await probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -309,7 +307,14 @@ async def test_unreachable_upstream_is_502(
         anthropic_base_url=f"http://127.0.0.1:{port}",
         anthropic_api_key=REAL_KEY,
     )
-    server = await start_server(nursery, settings)
+    return await start_server(nursery, settings)
+
+
+async def test_unreachable_upstream_is_502(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    """A base URL nobody listens on gives 502 in Anthropic's shape, recorded as an error."""
+    server = await unreachable_upstream_server(nursery, db_url, tmp_path)
     async with server.client() as owner:
         user = await register(owner, "owner")
         wid = (await owner.post("/api/workspaces", json={"name": "w"})).json()["id"]
@@ -326,16 +331,7 @@ async def test_unreachable_upstream_is_recorded_before_the_answer(
     nursery: trio.Nursery, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The 502 for an unreachable upstream is sent only once its usage row is completed."""
-    with trio.socket.socket() as probe:
-        await probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    settings = make_settings(
-        db_url,
-        tmp_path / "data",
-        anthropic_base_url=f"http://127.0.0.1:{port}",
-        anthropic_api_key=REAL_KEY,
-    )
-    server = await start_server(nursery, settings)
+    server = await unreachable_upstream_server(nursery, db_url, tmp_path)
     async with server.client() as owner:
         user = await register(owner, "owner")
         wid = (await owner.post("/api/workspaces", json={"name": "w"})).json()["id"]

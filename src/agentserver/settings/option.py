@@ -26,7 +26,7 @@ class Option:
     parse: Callable[[str | None], object] = values.text
     # An empty flag (`--agent-image ''`) means the default, as an empty variable always does.
     blank_is_default: bool = False
-    # The value when no text is given at all, if it depends on the environment (None: parse).
+    # The value when the text is empty or missing, where it depends on the environment.
     unset: Callable[[Mapping[str, str]], object] | None = None
     # The Settings fields the value fills: this option's own, or those of a tuple it parses to.
     fields: tuple[str, ...] = ()

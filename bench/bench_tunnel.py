@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 from tests.support.bulk_upstream import BulkUpstream, serve_bulk  # noqa: E402
 from tests.support.sandbox_login import sandbox_cookie  # noqa: E402
 
+from agentserver.tunnel import Tunnel, WebSocketLink  # noqa: E402
 from agentserver.tunnel.connection import Role  # noqa: E402
-from agentserver.tunnel.transport import Tunnel, WebSocketLink  # noqa: E402
 
 MB = 1024 * 1024
 PYTHON = sys.executable

@@ -18,8 +18,7 @@ from agentserver.errors import SandboxUnreachable
 from agentserver.framing import exactly
 from agentserver.proxy.headers import FRAMING, Headers
 from agentserver.proxy.upstream import HEADER_TIMEOUT, UpstreamResponse, UpstreamTimeout
-from agentserver.tunnel.hub import Hub
-from agentserver.tunnel.transport import StreamLimitReached, Tunnel, TunnelClosed, TunnelStream
+from agentserver.tunnel import Hub, StreamLimitReached, Tunnel, TunnelClosed, TunnelStream
 
 # Agents see the host they serve on themselves; the browser's Host means nothing to them.
 # Framing and Connection are the agent's to set for the request it writes (agent/forward.py);

@@ -70,11 +70,12 @@ _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class Tunnel:
-    """One end of a tunnel over `link`. Start it with ``await nursery.start(tunnel.run)``.
+    """One end of a tunnel over `link`: `open_tunnel` runs one, or ``nursery.start(tunnel.run)``.
 
     `handler` runs once per request the peer opens, as a task of the tunnel; without one, peer
     requests are refused. `ping_timeout` defaults to the ping interval so a silently dead link
-    is noticed within two intervals.
+    is noticed within two intervals. Its `send_*`, `grant_credit` and `send_capacity` methods
+    are what its streams call (`stream.StreamTransport`); use the streams' own methods instead.
     """
 
     def __init__(

@@ -19,8 +19,8 @@ from agentserver.agent.forward import Forwarder
 from agentserver.api.agents import TUNNEL_SETTINGS
 from agentserver.api.tunnel_link import QuartLink
 from agentserver.settings import Settings
+from agentserver.tunnel import Tunnel
 from agentserver.tunnel.frames import VERSION, Hello, Ping, Pong, encode, max_message_size
-from agentserver.tunnel.transport import Tunnel
 from tests.support.bulk_upstream import BulkUpstream
 from tests.support.tunnel_world import TunnelWorld
 from tests.support.workspace_events import watch_statuses

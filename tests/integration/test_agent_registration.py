@@ -14,8 +14,8 @@ import pytest
 import trio
 import trio_websocket
 
+from agentserver.tunnel import Tunnel, WebSocketLink
 from agentserver.tunnel.connection import Role
-from agentserver.tunnel.transport import Tunnel, WebSocketLink
 from tests.conftest import Server, make_settings, register, start_server
 from tests.support.workspace_events import watch_statuses
 

@@ -28,11 +28,16 @@ from agentserver.deps import Deps
 from agentserver.errors import AgentServerError, Forbidden, Invalid, RateLimited, Unauthenticated
 from agentserver.models import Sandbox, SandboxStatus
 from agentserver.sandboxes.service import insert_sandbox
-from agentserver.tunnel import masking
-from agentserver.tunnel.connection import Role, Settings
-from agentserver.tunnel.frames import max_message_size
-from agentserver.tunnel.hub import Hub
-from agentserver.tunnel.transport import Tunnel, TunnelClosed
+from agentserver.tunnel import (
+    Hub,
+    Role,
+    Settings,
+    Tunnel,
+    TunnelClosed,
+    masking,
+    max_message_size,
+)
+from agentserver.tunnel import open_tunnel as open_agent_tunnel  # ours is the feature opener
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("agents", __name__, url_prefix="/api")
@@ -202,37 +207,30 @@ async def serve_tunnel(d: Deps, sandbox: Sandbox, token_hash: str, link: QuartLi
     # A tunnel closed at once may leave by `except*` with nothing awaited but shielded cleanup.
     await trio.lowlevel.checkpoint()
     hub = hub_of(d)
-    tunnel = Tunnel(
-        link,
-        role=Role.SERVER,
-        settings=tunnel_settings(d),
-        send_timeout=d.settings.tunnel_send_timeout,
-    )
+    tunnel: Tunnel | None = None
     registered = False
     try:
-        async with trio.open_nursery() as nursery:
-
-            async def run(task_status: trio.TaskStatus[None]) -> None:
-                try:
-                    await tunnel.run(task_status=task_status)
-                finally:
-                    nursery.cancel_scope.cancel()  # the heartbeat ends with the tunnel
-
-            await nursery.start(run)
+        async with open_agent_tunnel(
+            link,
+            role=Role.SERVER,
+            settings=tunnel_settings(d),
+            send_timeout=d.settings.tunnel_send_timeout,
+        ) as tunnel:  # the heartbeat below ends with the tunnel
             await hub.register(sandbox.id, tunnel)
             registered = True
             log.info("local agent of sandbox %s connected", sandbox.id)
             await sync_status(d, hub, sandbox.id)
-            nursery.start_soon(heartbeat, d, tunnel, sandbox.id, token_hash)
+            await heartbeat(d, tunnel, sandbox.id, token_hash)
     except* TunnelClosed as group:
         log.info("tunnel of sandbox %s ended: %s", sandbox.id, group.exceptions[0])
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(STATUS_TIMEOUT):
-            if registered and hub.unregister(sandbox.id, tunnel):
+            if registered and tunnel is not None and hub.unregister(sandbox.id, tunnel):
                 log.info("local agent of sandbox %s disconnected", sandbox.id)
                 await sync_status(d, hub, sandbox.id)
             hub.release_lock(sandbox.id)
-        hub.finish(tunnel)
+        if tunnel is not None:
+            hub.finish(tunnel)
 
 
 async def heartbeat(d: Deps, tunnel: Tunnel, sandbox_id: str, token_hash: str) -> None:

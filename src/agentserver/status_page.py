@@ -55,6 +55,8 @@ def render(
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        # No icon request: on a sandbox's host it would reach the agent or meet a refusal.
+        '<link rel="icon" href="data:,">'
         f"{head}<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
         f"<body><main>{spinner}<h1>{html.escape(title)}</h1>"
         f"<p>{html.escape(message)}</p>{shown_note}{detail}"

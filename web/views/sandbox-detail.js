@@ -73,8 +73,9 @@ export function durationWords(seconds) {
   return parts.join(' ') || '0 seconds';
 }
 
-/** Why the sandbox was paused, in words (null when nobody recorded why). */
+/** Why the sandbox is paused (or pausing, or waking), in words; null otherwise. */
 export function pauseText(sandbox) {
+  if (!['pausing', 'paused', 'resuming'].includes(sandbox.status)) return null;
   if (sandbox.pausedReason === 'idle') {
     if (!sandbox.pausedIdleSeconds) return 'Paused because nobody used it for a while';
     return `Paused after ${durationWords(sandbox.pausedIdleSeconds)} without activity`;
@@ -113,7 +114,7 @@ export function SandboxDetail({ workspace, sandboxId, onGone }) {
         <dt>Created</dt><dd>${when(sandbox.createdAt)}</dd>
         <dt>Last activity</dt><dd>${when(sandbox.lastActivityAt)}</dd>
         <dt>Paused at</dt><dd>${when(sandbox.pausedAt)}</dd>
-        ${pauseText(sandbox) && html`<dt>Paused why</dt><dd data-pause-reason>${pauseText(sandbox)}</dd>`}
+        ${pauseText(sandbox) && html`<dt>Why paused</dt><dd data-pause-reason>${pauseText(sandbox)}</dd>`}
         <dt>Updated</dt><dd>${when(sandbox.updatedAt)}</dd>
         <dt>Address</dt><dd class="break">${sandbox.url || '—'}</dd>
         <dt>Id</dt><dd><code>${sandbox.id}</code></dd>

@@ -238,7 +238,19 @@ async def config() -> dict[str, Any]:
         "user": user_json(user) if user else None,
         "baseDomain": deps().settings.domain,
         "warnings": server_warnings(user),
+        "sandboxTypes": creatable_types(),
     }
+
+
+def creatable_types() -> list[str]:
+    """The sandbox types this server can start, for the create dialog: OpenClaw only where
+    its process can run (the process backend needs an OpenClaw binary, containers an image)."""
+    settings = deps().settings
+    if settings.backend == "process":
+        openclaw = bool(settings.openclaw_bin)
+    else:
+        openclaw = bool(settings.openclaw_image)
+    return ["opencode", "openclaw"] if openclaw else ["opencode"]
 
 
 def server_warnings(user: User | None) -> list[str]:

@@ -26,7 +26,7 @@ from agentserver.deps import Deps
 from agentserver.errors import Forbidden, Invalid, NotFound, Unavailable
 from agentserver.models import Sandbox
 from agentserver.sandboxes.events import Event
-from agentserver.sandboxes.service import Sandboxes
+from agentserver.sandboxes.service import PauseCause, Sandboxes
 
 blueprint = Blueprint("sandboxes", __name__, url_prefix="/api")
 HEARTBEAT = 15.0  # seconds between keep-alive comments on the event stream
@@ -110,8 +110,9 @@ async def delete_sandbox(sandbox_id: str) -> Response:
 async def pause_sandbox(sandbox_id: str) -> dict[str, Any]:
     """running → pausing (409 in any other status); it stops in the background."""
     await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
+    user = await current_user()
     svc = service()
-    return svc.json(await svc.pause(sandbox_id))
+    return svc.json(await svc.pause(sandbox_id, cause=PauseCause.user(user.id)))
 
 
 @blueprint.post("/sandboxes/<sandbox_id>/resume")

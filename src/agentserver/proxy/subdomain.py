@@ -337,11 +337,14 @@ class SubdomainProxy:
         elif status in _WAKING:
             # Only a person opening the page wakes a paused sandbox: background calls from a
             # tab left open (fetch, event streams) must not undo a pause.
+            why = pages.pause_note(
+                sandbox.paused_reason, sandbox.paused_by_name, sandbox.paused_idle_seconds
+            )
             if status is not SandboxStatus.PAUSED or self.is_navigation(scope):
                 await self.wake(sandbox.id)
-                await self.page(scope, send, pages.WAKING)
+                await self.page(scope, send, pages.WAKING, note=why)
             else:
-                await self.page(scope, send, pages.PAUSED)
+                await self.page(scope, send, pages.PAUSED, note=why)
         elif status is SandboxStatus.CREATING:
             await self.page(scope, send, pages.STARTING)
         elif status is SandboxStatus.OFFLINE:
@@ -372,11 +375,21 @@ class SubdomainProxy:
     # -- answers ------------------------------------------------------------------------------
 
     async def page(
-        self, scope: Scope, send: Send, page: pages.Page, reason: str | None = None
+        self,
+        scope: Scope,
+        send: Send,
+        page: pages.Page,
+        reason: str | None = None,
+        note: str | None = None,
     ) -> None:
         method = "GET" if scope["type"] == "websocket" else scope["method"]
         status, headers, body = pages.answer(
-            page, method, scope["headers"], reason=reason, home=self.settings.main_url + "/"
+            page,
+            method,
+            scope["headers"],
+            reason=reason,
+            home=self.settings.main_url + "/workspaces",
+            note=note,
         )
         if scope["type"] == "websocket":
             await reject(

@@ -14,6 +14,7 @@ import logging
 import secrets
 import string
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -79,6 +80,9 @@ def sandbox_json(sandbox: Sandbox, settings: Settings) -> dict[str, Any]:
         "updatedAt": _time(sandbox.updated_at),
         "lastActivityAt": _time(sandbox.last_activity_at),
         "pausedAt": _time(sandbox.paused_at),
+        "pausedReason": sandbox.paused_reason,
+        "pausedBy": sandbox.paused_by_name,
+        "pausedIdleSeconds": sandbox.paused_idle_seconds,
         "url": sandbox_url(sandbox, settings),
     }
 
@@ -88,6 +92,23 @@ def duration_text(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+@dataclass(frozen=True, slots=True)
+class PauseCause:
+    """Why a sandbox is paused: `idle` for `idle_seconds` without activity, or by `user` `by`."""
+
+    kind: str
+    by: str | None = None
+    idle_seconds: float | None = None
+
+    @classmethod
+    def idle(cls, seconds: float) -> PauseCause:
+        return cls("idle", idle_seconds=seconds)
+
+    @classmethod
+    def user(cls, user_id: str) -> PauseCause:
+        return cls("user", by=user_id)
 
 
 class Operation:
@@ -202,6 +223,7 @@ class Sandboxes:
         new: str,
         reason: str | None = None,
         endpoint: Endpoint | None = None,
+        cause: PauseCause | None = None,
     ) -> Sandbox | None:
         statuses = lifecycle.check(expected, new)
         row = await self.db.one(
@@ -213,6 +235,9 @@ class Sandboxes:
             expected=sorted(s.value for s in statuses),
             endpoint_host=endpoint.host if endpoint else None,
             endpoint_port=endpoint.port if endpoint else None,
+            paused_reason=cause.kind if cause else None,
+            paused_by=cause.by if cause else None,
+            paused_idle_seconds=cause.idle_seconds if cause else None,
         )
         if row is not None:
             log.info("sandbox %s → %s%s", sandbox_id, row.status, f" ({reason})" if reason else "")
@@ -261,12 +286,15 @@ class Sandboxes:
             created_by=created_by,
         )
 
-    async def pause(self, sandbox_id: str, reason: str | None = None) -> Sandbox:
-        """running → pausing now; the backend stops it in the background (→ paused)."""
+    async def pause(
+        self, sandbox_id: str, reason: str | None = None, cause: PauseCause | None = None
+    ) -> Sandbox:
+        """running → pausing now; the backend stops it in the background (→ paused). `cause`
+        (idle, or a member) is kept until it runs again, for the wake page and the dashboard."""
         sandbox = await self.require(sandbox_id)
         if sandbox.type == SandboxType.LOCAL:
             raise Invalid("local sandboxes cannot be paused from the server")
-        row = await self._transition(sandbox_id, lifecycle.PAUSABLE, S.PAUSING, reason)
+        row = await self._transition(sandbox_id, lifecycle.PAUSABLE, S.PAUSING, reason, cause=cause)
         if row is None:
             raise lifecycle.refuse("paused", await self._status(sandbox_id))
         self._spawn(sandbox_id, self._pause, sandbox_id, reason)
@@ -362,7 +390,7 @@ class Sandboxes:
         reason = f"paused after {duration_text(seconds)} without activity"
         for sandbox in await self.db.many("sbx_list_idle", Sandbox, seconds=seconds):
             with contextlib.suppress(Conflict, NotFound):  # someone else moved it first
-                await self.pause(sandbox.id, reason)
+                await self.pause(sandbox.id, reason, PauseCause.idle(seconds))
         due = await self.db.scalar("sbx_next_idle_in", seconds=seconds)
         return None if due is None else float(due)
 

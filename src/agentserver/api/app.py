@@ -81,15 +81,23 @@ def create_app(deps: Deps) -> QuartTrio:
     metrics = Metrics()
     app.config["METRICS"] = metrics
 
-    from agentserver.api import admin, auth, health, members, workspaces
+    from agentserver.api import (
+        admin,
+        agents,
+        auth,
+        health,
+        members,
+        oidc,
+        sandbox_open,
+        sandboxes,
+        usage,
+        web,
+        workspaces,
+    )
 
-    for module in (health, auth, workspaces, members, admin):
+    routes = (health, auth, workspaces, members, admin, oidc, usage, sandbox_open, sandboxes)
+    for module in (*routes, agents, web):  # web last: its catch-all serves client-side routes
         app.register_blueprint(module.blueprint)
-    for hook in deps.extras.get("blueprints", ()):
-        app.register_blueprint(hook)
-    from agentserver.api import web
-
-    app.register_blueprint(web.blueprint)  # last: its catch-all serves client-side routes
 
     @app.before_request
     async def start_request() -> Response | None:

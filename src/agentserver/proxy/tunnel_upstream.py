@@ -13,12 +13,10 @@ from contextlib import asynccontextmanager, suppress
 import trio
 import trio_websocket
 
-from agentserver.deps import Deps
 from agentserver.errors import SandboxUnreachable
 from agentserver.framing import exactly
 from agentserver.proxy.headers import FRAMING, Headers
 from agentserver.proxy.upstream import HEADER_TIMEOUT, UpstreamResponse, UpstreamTimeout
-from agentserver.tunnel.hub import Hub
 from agentserver.tunnel.transport import StreamLimitReached, Tunnel, TunnelClosed, TunnelStream
 
 # Agents see the host they serve on themselves; the browser's Host means nothing to them.
@@ -207,13 +205,3 @@ class TunnelUpstream:
             yield TunnelSocket(stream, chosen)
         finally:
             await stream.aclose()
-
-
-@asynccontextmanager
-async def open_tunnel_upstreams(deps: Deps) -> AsyncIterator[None]:
-    """Feature opener (serve.FEATURES, after the hub's): the subdomain proxy reaches local
-    sandboxes through `deps.extras["hub"].upstream(id)`, a `TunnelUpstream` over `hub.get(id)`."""
-    hub = deps.extras.get("hub")
-    if isinstance(hub, Hub):
-        hub.upstream_factory = TunnelUpstream
-    yield

@@ -31,7 +31,7 @@ from agentserver.proxy.llm import llm_middleware, open_llm_client
 from agentserver.proxy.subdomain import SubdomainProxy, open_pool
 from agentserver.sandboxes.events import WorkspaceEvents
 from agentserver.sandboxes.feature import open_sandboxes
-from agentserver.sandboxes.tunnel_session import TunnelSessions, open_hub
+from agentserver.sandboxes.tunnel_session import open_tunnel_sessions
 from agentserver.settings import OPTION_BY_NAME, Settings
 
 log = logging.getLogger(__name__)
@@ -99,16 +99,17 @@ async def open_db(settings: Settings) -> AsyncIterator[Database]:
 async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
     """Every service of the server, opened in order and closed in reverse: the database, sign-in
     providers, the Anthropic client, the upstream pool, the sandbox lifecycle over its backend,
-    and the tunnel hub. Yields the handlers' `Deps` and the backend's one-line summary."""
+    and the local agents' tunnel sessions with their hub. Yields the handlers' `Deps` and the
+    backend's one-line summary."""
     async with open_db(settings) as db:
-        # A half-configured provider stops the start here, before anything else is opened.
+        # A half-configured provider stops the start here, before any other service opens.
         oidc_providers = await sign_in_providers(settings)
         events = WorkspaceEvents()
         async with (
             open_llm_client() as llm_client,
             open_pool(settings) as proxy_pool,
             open_sandboxes(settings, db, events) as lifecycle,
-            open_hub(db) as hub,  # after the lifecycle, which writes local sandboxes' status
+            open_tunnel_sessions(settings, db, lifecycle.service) as tunnels,
         ):
             deps = Deps(
                 settings=settings,
@@ -117,8 +118,8 @@ async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
                 sandboxes=lifecycle.service,
                 idle_watcher=lifecycle.idle_watcher,
                 reconciler=lifecycle.reconciler,
-                hub=hub,
-                tunnels=TunnelSessions(settings, db, hub, lifecycle.service),
+                hub=tunnels.hub,
+                tunnels=tunnels,
                 access=AccessCache(db),
                 proxy_pool=proxy_pool,
                 llm_client=llm_client,

@@ -42,16 +42,18 @@ STATUS_TIMEOUT = 10.0
 
 
 @asynccontextmanager
-async def open_hub(db: Database) -> AsyncIterator[Hub]:
-    """The hub of this server's tunnels, after marking every local sandbox offline; no tunnel
-    outlives it."""
+async def open_tunnel_sessions(
+    settings: Settings, db: Database, sandboxes: Sandboxes
+) -> AsyncIterator[TunnelSessions]:
+    """The sessions of this server's tunnels and their hub, after marking every local sandbox
+    offline; no tunnel outlives them (and so none outlives the lifecycle they write to)."""
     masking.install()  # agents' frames are masked: unmask them in C (tunnel/masking.py)
     hub = Hub()
     stale = await db.rows("agent_all_offline")
     if stale:
         log.info("%d local sandbox(es) offline until their agents reconnect", len(stale))
     try:
-        yield hub
+        yield TunnelSessions(settings, db, hub, sandboxes)
     finally:
         with trio.CancelScope(shield=True):
             await hub.close_all()

@@ -318,11 +318,10 @@ class SubdomainProxy:
             SandboxStatus.OFFLINE,
         ):
             tunnel = self.hub.get(sandbox.id)
-            upstream = None if tunnel is None else TunnelUpstream(tunnel)
-            if upstream is None:
+            if tunnel is None:
                 await self.page(scope, send, pages.OFFLINE)
             await trio.lowlevel.checkpoint_if_cancelled()
-            return upstream
+            return None if tunnel is None else TunnelUpstream(tunnel)
         if status is SandboxStatus.RUNNING:
             if sandbox.endpoint_host and sandbox.endpoint_port:
                 await trio.lowlevel.checkpoint_if_cancelled()  # the hot path: no scheduler trip

@@ -62,7 +62,7 @@ async def test_the_idle_watcher_records_how_long_and_running_forgets_it(
     """An idle pause records the idle timeout and no member; running again clears the reason."""
     client, wid = await owner_with_workspace(server)
     sid = await insert_running(db_url, wid, idle_for=3600)
-    service: Sandboxes = server.deps.extras["sandboxes"]
+    service: Sandboxes = server.deps.sandboxes
     events = await open_events(nursery, client, wid)
     await service.pause_idle(600)
     settled = await events.until(sid, "paused", "failed")

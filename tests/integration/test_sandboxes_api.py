@@ -41,7 +41,7 @@ SECRET_KEYS = {
 
 
 def service(server: Server) -> Sandboxes:
-    found: Sandboxes = server.deps.extras["sandboxes"]
+    found: Sandboxes = server.deps.sandboxes
     return found
 
 

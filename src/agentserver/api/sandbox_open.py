@@ -12,16 +12,12 @@ sandbox host's `/_agentserver/auth`, which comes back with one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 from quart import Blueprint, Response, request
 
 from agentserver import status_page
 from agentserver.api.common import deps, optional_user, require, session_cookie
 from agentserver.auth.permissions import Action
 from agentserver.auth.tickets import is_binding, mint_ticket
-from agentserver.deps import Deps
 from agentserver.errors import AgentServerError, Forbidden, Invalid, NotFound, Unauthenticated
 from agentserver.models import Sandbox, SandboxType
 
@@ -119,10 +115,3 @@ def _redirect(location: str) -> Response:
 async def _signed_in() -> None:
     if await optional_user() is None:
         raise Unauthenticated("sign in first")
-
-
-@asynccontextmanager
-async def register(deps: Deps) -> AsyncIterator[None]:
-    """Feature opener (serve.FEATURES): adds this blueprint before the app is created."""
-    deps.extras.setdefault("blueprints", []).append(blueprint)
-    yield

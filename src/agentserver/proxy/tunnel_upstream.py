@@ -12,13 +12,12 @@ from contextlib import asynccontextmanager, suppress
 
 import trio
 
-from agentserver.deps import Deps
 from agentserver.errors import SandboxUnreachable
 from agentserver.framing import exactly
 from agentserver.proxy.headers import FRAMING, Headers
 from agentserver.proxy.upstream import HEADER_TIMEOUT, UpstreamResponse, UpstreamTimeout
 from agentserver.proxy.upstream_socket import UpstreamClosed
-from agentserver.tunnel import Hub, StreamLimitReached, Tunnel, TunnelClosed, TunnelStream
+from agentserver.tunnel import StreamLimitReached, Tunnel, TunnelClosed, TunnelStream
 
 # Agents see the host they serve on themselves; the browser's Host means nothing to them.
 # Framing and Connection are the agent's to set for the request it writes (agent/forward.py);
@@ -204,13 +203,3 @@ class TunnelUpstream:
             yield TunnelSocket(stream, chosen)
         finally:
             await stream.aclose()
-
-
-@asynccontextmanager
-async def open_tunnel_upstreams(deps: Deps) -> AsyncIterator[None]:
-    """Feature opener (serve.FEATURES, after the hub's): the subdomain proxy reaches local
-    sandboxes through `deps.extras["hub"].upstream(id)`, a `TunnelUpstream` over `hub.get(id)`."""
-    hub = deps.extras.get("hub")
-    if isinstance(hub, Hub):
-        hub.upstream_factory = TunnelUpstream
-    yield

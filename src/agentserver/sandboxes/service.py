@@ -15,7 +15,6 @@ import secrets
 import string
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import trio
@@ -57,36 +56,6 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _time(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
-def sandbox_url(sandbox: Sandbox, settings: Settings) -> str:
-    prefix = "claw" if sandbox.type == SandboxType.OPENCLAW else "oc"
-    return f"{settings.base_scheme}://{prefix}-{sandbox.id}.{settings.domain}/"
-
-
-def sandbox_json(sandbox: Sandbox, settings: Settings) -> dict[str, Any]:
-    """The API shape of a sandbox: never its password, token or internal address."""
-    return {
-        "id": sandbox.id,
-        "name": sandbox.name,
-        "type": sandbox.type,
-        "status": sandbox.status,
-        "statusReason": sandbox.status_reason,
-        "workspaceId": sandbox.workspace_id,
-        "createdBy": sandbox.created_by,
-        "createdAt": _time(sandbox.created_at),
-        "updatedAt": _time(sandbox.updated_at),
-        "lastActivityAt": _time(sandbox.last_activity_at),
-        "pausedAt": _time(sandbox.paused_at),
-        "pausedReason": sandbox.paused_reason,
-        "pausedBy": sandbox.paused_by_name,
-        "pausedIdleSeconds": sandbox.paused_idle_seconds,
-        "url": sandbox_url(sandbox, settings),
-    }
-
-
 def duration_text(seconds: float) -> str:
     for unit, size in (("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
@@ -121,7 +90,7 @@ class Operation:
 
 
 class Sandboxes:
-    """The lifecycle of every sandbox on this server (`deps.extras["sandboxes"]`)."""
+    """The lifecycle of every sandbox on this server (`Deps.sandboxes`)."""
 
     def __init__(
         self,
@@ -160,9 +129,6 @@ class Sandboxes:
         if sandbox.type == SandboxType.LOCAL:
             return ""
         return await self.backend.logs(sandbox_id, lines)
-
-    def json(self, sandbox: Sandbox) -> dict[str, Any]:
-        return sandbox_json(sandbox, self.settings)
 
     # -- status -------------------------------------------------------------------------------
     async def set_status(
@@ -245,9 +211,9 @@ class Sandboxes:
         return row
 
     def publish(self, sandbox: Sandbox) -> None:
-        self.events.publish_nowait(
-            sandbox.workspace_id, {"type": "sandbox", "sandbox": self.json(sandbox)}
-        )
+        """Tell the workspace's listeners about the sandbox's row as it is now (the API
+        renders it for the browser)."""
+        self.events.publish_nowait(sandbox.workspace_id, {"type": "sandbox", "sandbox": sandbox})
 
     # -- user actions -------------------------------------------------------------------------
     async def create(
@@ -408,7 +374,7 @@ class Sandboxes:
         for sandbox in rows:
             found = managed.pop(sandbox.id, None)
             if sandbox.type == SandboxType.LOCAL and not at_start:
-                continue  # local sandboxes follow their tunnel (api/agents.py)
+                continue  # local sandboxes follow their tunnel (sandboxes/tunnel_session.py)
             if not at_start:
                 if self._busy(sandbox.id):
                     continue

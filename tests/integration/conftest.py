@@ -1,6 +1,7 @@
 """Fixtures shared by integration tests beyond the root conftest (sandbox servers)."""
 
+from tests.support.lifecycle_world import lifecycle
 from tests.support.proxy_world import world
 from tests.support.sandboxes import sandbox_server, sandbox_settings
 
-__all__ = ["sandbox_server", "sandbox_settings", "world"]
+__all__ = ["lifecycle", "sandbox_server", "sandbox_settings", "world"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -13,7 +12,7 @@ import trio
 
 from tests.conftest import Server, make_settings, register, start_server
 from tests.support.anthropic import AnthropicStandIn, Reply, open_anthropic
-from tests.support.sandbox_login import sandbox_cookie
+from tests.support.sandbox_login import sandbox_client
 from tests.support.sandboxes import reachable_data_dir
 
 REAL_KEY = "sk-ant-e2e-real-key"
@@ -51,13 +50,7 @@ async def open_subdomain(
     server: Server, owner: httpx.AsyncClient, sandbox_id: str
 ) -> httpx.AsyncClient:
     """Go through /open and the ticket like a browser; a client for oc-{id} with its cookie."""
-    opened = await owner.get(f"/api/sandboxes/{sandbox_id}/open")
-    assert opened.status_code == 302, opened.text
-    host = urlsplit(opened.headers["location"]).netloc
-    headers = {"Host": host, "Origin": f"http://{host}"}
-    sub = httpx.AsyncClient(base_url=server.url, headers=headers, timeout=180)
-    sub.headers["Cookie"] = f"agentserver_sandbox={await sandbox_cookie(owner, sub, sandbox_id)}"
-    return sub
+    return await sandbox_client(server.url, owner, sandbox_id, origin=True, timeout=180)
 
 
 def reply_texts(messages: list[dict[str, Any]]) -> list[str]:

@@ -14,6 +14,7 @@ from tests.conftest import Server, make_settings, register, start_server
 from tests.support.anthropic import AnthropicStandIn, Reply, open_anthropic
 from tests.support.sandbox_login import sandbox_client
 from tests.support.sandboxes import reachable_data_dir
+from tests.support.workspace_events import open_events
 
 REAL_KEY = "sk-ant-e2e-real-key"
 REPLY = Reply(
@@ -34,16 +35,6 @@ PROMPT = {
 }
 
 pytestmark = pytest.mark.opencode
-
-
-async def wait_running(owner: httpx.AsyncClient, sandbox_id: str) -> dict[str, Any]:
-    """Poll the sandbox until opencode is up (an external process: bounded, small gaps)."""
-    with trio.fail_after(120):
-        while True:
-            shown = (await owner.get(f"/api/sandboxes/{sandbox_id}")).json()
-            if shown["status"] in ("running", "failed"):
-                return dict(shown)
-            await trio.sleep(0.2)
 
 
 async def open_subdomain(
@@ -98,12 +89,14 @@ async def test_opencode_prompt_through_the_proxy(
     async with server.client() as owner:
         await register(owner, "owner")
         wid = (await owner.post("/api/workspaces", json={"name": "e2e"})).json()["id"]
+        events = await open_events(nursery, owner, wid)
         created = await owner.post(
             f"/api/workspaces/{wid}/sandboxes", json={"name": "llm", "type": "opencode"}
         )
         assert created.status_code == 201, created.text
         sid = created.json()["id"]
-        assert (await wait_running(owner, sid))["status"] == "running"
+        assert (await events.until(sid, "running", "failed"))["status"] == "running"
+        events.close()
 
         sub = await open_subdomain(server, owner, sid)
         try:

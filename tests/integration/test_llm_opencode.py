@@ -10,7 +10,8 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import Server, make_settings, register, start_server
+from tests.conftest import Server, make_settings, start_server
+from tests.support.accounts import owner_of_workspace
 from tests.support.anthropic import AnthropicStandIn, Reply, open_anthropic
 from tests.support.sandbox_login import sandbox_client
 from tests.support.sandboxes import reachable_data_dir
@@ -87,8 +88,7 @@ async def test_opencode_prompt_through_the_proxy(
     )
     server = await start_server(nursery, settings)
     async with server.client() as owner:
-        await register(owner, "owner")
-        wid = (await owner.post("/api/workspaces", json={"name": "e2e"})).json()["id"]
+        wid = (await owner_of_workspace(owner, workspace="e2e"))[1]["id"]
         events = await open_events(nursery, owner, wid)
         created = await owner.post(
             f"/api/workspaces/{wid}/sandboxes", json={"name": "llm", "type": "opencode"}

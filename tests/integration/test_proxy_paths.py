@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.conftest import register
 from tests.support.proxy_world import World
 from tests.support.server_paths import PATHS, ServerPaths, choose_paths
 
@@ -100,14 +99,9 @@ async def test_refusals_are_the_same_on_both_paths(world: World, paths: ServerPa
     assert answers["fast"] == answers["hypercorn"]
     assert answers["fast"].status == 401
 
-    async with world.server.client() as guest:
-        await register(guest, "guest")
-        added = await world.owner.post(
-            f"/api/workspaces/{world.workspace_id}/members",
-            json={"username": "guest", "role": "guest"},
-        )
-        assert added.status_code == 201, added.text
-        guest_token = await world.open(sid, guest)
+    guest = await world.member("guest", "guest")
+    guest_token = await world.open(sid, guest)
+    await guest.aclose()
 
     async def post(sub: httpx.AsyncClient) -> httpx.Response:
         return await sub.post("/echo", content=b"rm -rf")

@@ -8,7 +8,6 @@ import base64
 import json
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 import trio
 import trio_websocket
@@ -19,16 +18,6 @@ from tests.conftest import register
 from tests.support.proxy_world import AGENT_SECRET, World
 from tests.support.server_paths import Path
 from tests.support.upstream import HTML, patterned
-
-
-async def member(world: World, username: str, role: str) -> httpx.AsyncClient:
-    client = world.server.client()
-    await register(client, username)
-    added = await world.owner.post(
-        f"/api/workspaces/{world.workspace_id}/members", json={"username": username, "role": role}
-    )
-    assert added.status_code == 201, added.text
-    return client
 
 
 async def test_ticket_redemption_sets_a_host_only_cookie_and_proxies_html(
@@ -286,7 +275,7 @@ async def test_non_members_and_strangers_are_refused(world: World, server_path: 
 async def test_guests_are_read_only(world: World, server_path: Path) -> None:
     """A guest may GET but not POST, and may not open a WebSocket (terminal)."""
     sid = await world.sandbox()
-    guest = await member(world, "guest", "guest")
+    guest = await world.member("guest", "guest")
     token = await world.open(sid, guest)
     await guest.aclose()
     origin = f"http://{world.host(sid)}"
@@ -303,7 +292,7 @@ async def test_guests_are_read_only(world: World, server_path: Path) -> None:
 async def test_removed_member_loses_access(world: World) -> None:
     """Removing a member deletes their sandbox sessions, so their cookie stops working."""
     sid = await world.sandbox()
-    dev = await member(world, "dev", "developer")
+    dev = await world.member("dev", "developer")
     token = await world.open(sid, dev)
     await dev.aclose()
     user_id = (await world.owner.get(f"/api/workspaces/{world.workspace_id}/members")).json()[1][

@@ -14,7 +14,8 @@ import pytest
 import trio
 
 from agentserver.settings import Settings
-from tests.conftest import Server, make_settings, register, start_server
+from tests.conftest import Server, make_settings, start_server
+from tests.support.accounts import owner_of_workspace
 from tests.support.workspace_events import START_DEADLINE, EventStream, open_events
 
 # Where sandbox tests have always found them; the one implementation is in workspace_events.
@@ -62,10 +63,8 @@ async def owner_with_workspace(
     server: Server, name: str = "owner"
 ) -> tuple[httpx.AsyncClient, str]:
     client = server.client()
-    await register(client, name)
-    response = await client.post("/api/workspaces", json={"name": "sandboxes"})
-    assert response.status_code == 201, response.text
-    return client, response.json()["id"]
+    _, workspace = await owner_of_workspace(client, name, "sandboxes")
+    return client, workspace["id"]
 
 
 def alive(pid: int) -> bool:

@@ -68,18 +68,54 @@ class EventStream:
 
     async def until(self, sandbox_id: str, *statuses: str, after: int = 0) -> dict[str, Any]:
         """The first `sandbox` event (from index `after`) with one of `statuses`."""
+        return self.seen[await self.index_of(sandbox_id, *statuses, after=after)][1]
+
+    async def index_of(self, sandbox_id: str, *statuses: str, after: int = 0) -> int:
+        """Where in `seen` the event `until` returns is."""
         with trio.fail_after(START_DEADLINE):
             index = after
             while True:
-                for kind, data in self.seen[index:]:
+                for at in range(index, len(self.seen)):
+                    kind, data = self.seen[at]
                     if (
                         kind == "sandbox"
                         and data["id"] == sandbox_id
                         and data["status"] in statuses
                     ):
-                        return data
+                        return at
                 index = len(self.seen)
                 await self._changed.wait()
+
+
+class StatusCursor:
+    """An EventStream read in order: `until` is done at once when the last status read for
+    the sandbox is the one asked for (the snapshot counts), and otherwise reads on to the
+    event that brings it."""
+
+    def __init__(self, stream: EventStream) -> None:
+        self.stream = stream
+        self.read = 0  # events of `stream.seen` read so far
+
+    @property
+    def seen(self) -> list[tuple[str, str]]:
+        """(sandbox id, status) of every sandbox event read so far, in order."""
+        return [
+            (data["id"], data["status"])
+            for kind, data in self.stream.seen[: self.read]
+            if kind == "sandbox"
+        ]
+
+    async def until(self, sandbox_id: str, status: str) -> dict[str, Any]:
+        mine = [
+            data
+            for kind, data in self.stream.seen[: self.read]
+            if kind == "sandbox" and data["id"] == sandbox_id
+        ]
+        if mine and mine[-1]["status"] == status:
+            return mine[-1]
+        at = await self.stream.index_of(sandbox_id, status, after=self.read)
+        self.read = at + 1
+        return self.stream.seen[at][1]
 
 
 async def open_events(
@@ -94,11 +130,12 @@ async def open_events(
 @asynccontextmanager
 async def watch_statuses(
     client: httpx.AsyncClient, workspace_id: str
-) -> AsyncIterator[EventStream]:
-    """`open_events` for the length of a `with` block (subscribed when it is entered)."""
+) -> AsyncIterator[StatusCursor]:
+    """`open_events` for the length of a `with` block (subscribed when it is entered), read
+    in order through a StatusCursor."""
     async with trio.open_nursery() as nursery:
         stream = await open_events(nursery, client, workspace_id)
         try:
-            yield stream
+            yield StatusCursor(stream)
         finally:
             stream.close()

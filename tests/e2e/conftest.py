@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.conftest import Server, register
+from tests.conftest import Server
+from tests.support.accounts import owner_of_workspace
 from tests.support.bulk_upstream import BulkUpstream, serve_bulk
 from tests.support.tunnel_world import TunnelWorld
 
@@ -16,8 +17,7 @@ from tests.support.tunnel_world import TunnelWorld
 @pytest.fixture
 async def world(server: Server, tmp_path: Path) -> AsyncIterator[TunnelWorld]:
     async with server.client() as owner:
-        await register(owner, "owner")
-        workspace = (await owner.post("/api/workspaces", json={"name": "w"})).json()
+        _, workspace = await owner_of_workspace(owner)
         yield TunnelWorld(server, owner, workspace["id"], tmp_path)
 
 

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from tests.conftest import Server, register
+from tests.support.accounts import owner_of_workspace
 
 
 @dataclass
@@ -44,9 +45,8 @@ class Team:
 async def team(server: Server) -> AsyncIterator[Team]:
     """An owner and a developer in one workspace."""
     async with server.client() as owner, server.client() as dev:
-        await register(owner, "owner")
+        _, workspace = await owner_of_workspace(owner)
         dev_user = await register(dev, "dev")
-        workspace = (await owner.post("/api/workspaces", json={"name": "w"})).json()
         added = await owner.post(
             f"/api/workspaces/{workspace['id']}/members",
             json={"username": "dev", "role": "developer"},

@@ -17,6 +17,7 @@ import trio_websocket
 from agentserver.tunnel import Tunnel, WebSocketLink
 from agentserver.tunnel.connection import Role
 from tests.conftest import Server, make_settings, register, start_server
+from tests.support.accounts import owner_of_workspace
 from tests.support.workspace_events import watch_statuses
 
 
@@ -49,8 +50,7 @@ class Team:
 @pytest.fixture
 async def team(server: Server, db_url: str) -> AsyncIterator[Team]:
     async with server.client() as owner:
-        await register(owner, "owner")
-        workspace = (await owner.post("/api/workspaces", json={"name": "w"})).json()
+        _, workspace = await owner_of_workspace(owner)
         yield Team(server, owner, workspace["id"], db_url)
 
 
@@ -211,8 +211,7 @@ async def test_a_server_start_shows_every_local_sandbox_offline(
     """No tunnel survives a restart: a local sandbox left `running` is `offline` after a start."""
     first = await start_server(nursery, make_settings(db_url, tmp_path / "data"))
     async with first.client() as owner:
-        await register(owner, "owner")
-        workspace = (await owner.post("/api/workspaces", json={"name": "w"})).json()
+        _, workspace = await owner_of_workspace(owner)
         team = Team(first, owner, workspace["id"], db_url)
         sid = (await team.register_agent(await team.code())).json()["sandboxId"]
     await team.sql("UPDATE sandboxes SET status = 'running' WHERE id = %s", sid)

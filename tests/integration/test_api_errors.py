@@ -11,6 +11,7 @@ import trio
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.conftest import Server, make_settings, register, start_server
+from tests.support.accounts import owner_of_workspace
 
 BAD_BODIES: list[tuple[str, bytes]] = [
     ("malformed JSON", b'{"username": "alice", '),
@@ -38,8 +39,7 @@ def error_of(response: Any) -> dict[str, Any]:
 async def test_malformed_bodies_are_clear_400s(server: Server) -> None:
     """Every kind of broken body on every JSON route is a 400 in the error shape, never a 500."""
     async with server.client() as client:
-        await register(client, "alice")
-        ws = (await client.post("/api/workspaces", json={"name": "w"})).json()
+        _, ws = await owner_of_workspace(client, "alice")
         me = (await client.get("/api/auth/me")).json()
         routes = [
             ("POST", "/api/auth/register"),
@@ -229,8 +229,7 @@ async def test_a_dead_database_is_503_not_500(server: Server, db_url: str, postg
 async def test_logs_lines_that_are_not_plain_digits_are_400(server: Server) -> None:
     """`?lines=` of a superscript, Arabic-Indic or repeated digits is a 400 naming `lines`."""
     async with server.client() as client:
-        await register(client, "alice")
-        ws = (await client.post("/api/workspaces", json={"name": "w"})).json()
+        _, ws = await owner_of_workspace(client, "alice")
         created = await client.post(f"/api/workspaces/{ws['id']}/sandboxes", json={"name": "s"})
         assert created.status_code == 201, created.text
         url = f"/api/sandboxes/{created.json()['id']}/logs"
@@ -246,8 +245,7 @@ async def test_logs_lines_that_are_not_plain_digits_are_400(server: Server) -> N
 async def test_usage_at_the_ends_of_the_calendar_is_not_a_500(server: Server) -> None:
     """A usage period touching year 1 or year 9999 answers 200 with an empty count, not a 500."""
     async with server.client() as client:
-        await register(client, "alice")
-        ws = (await client.post("/api/workspaces", json={"name": "w"})).json()
+        _, ws = await owner_of_workspace(client, "alice")
         url = f"/api/workspaces/{ws['id']}/usage"
         for params in (
             {"to": "9999-12-31"},

@@ -28,7 +28,7 @@ from agentserver.sandboxes.containers import (
 from agentserver.settings import Settings
 from tests.conftest import Server, make_settings, start_server
 from tests.support.dockerd import Daemon
-from tests.support.sandbox_login import sandbox_cookie
+from tests.support.sandbox_login import sandbox_client
 from tests.support.sandboxes import EventStream, open_events, owner_with_workspace
 
 pytestmark = pytest.mark.docker
@@ -106,10 +106,8 @@ async def through_proxy(
     server: Server, api: httpx.AsyncClient, sandbox_id: str
 ) -> httpx.AsyncClient:
     """A client on oc-{id}.localhost:{port} holding a sandbox session (via /open and a ticket)."""
-    host = {"Host": f"oc-{sandbox_id}.localhost:{server.port}"}
-    async with httpx.AsyncClient(base_url=server.url, headers=host, timeout=30) as sub:
-        cookie = f"agentserver_sandbox={await sandbox_cookie(api, sub, sandbox_id)}"
-    return httpx.AsyncClient(base_url=server.url, headers={**host, "Cookie": cookie}, timeout=30)
+    host = f"oc-{sandbox_id}.localhost:{server.port}"
+    return await sandbox_client(server.url, api, sandbox_id, host=host)
 
 
 async def test_docker_sandbox_lifecycle_through_api_and_proxy(

@@ -8,7 +8,6 @@ import base64
 import binascii
 import contextlib
 import json
-from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -16,7 +15,7 @@ import pytest
 import trio
 
 from tests.conftest import Server, register
-from tests.support.sandbox_login import sandbox_cookie
+from tests.support.sandbox_login import sandbox_client
 from tests.support.sandboxes import open_events, owner_with_workspace
 
 pytestmark = pytest.mark.opencode
@@ -78,11 +77,7 @@ async def agent_secret(db_url: str, sandbox_id: str) -> str:
 async def subdomain_client(
     server: Server, main: httpx.AsyncClient, sandbox_id: str
 ) -> httpx.AsyncClient:
-    opened = await main.get(f"/api/sandboxes/{sandbox_id}/open")
-    host = urlsplit(opened.headers["location"]).netloc
-    sub = httpx.AsyncClient(base_url=server.url, headers={"Host": host}, timeout=120)
-    sub.headers["Cookie"] = f"agentserver_sandbox={await sandbox_cookie(main, sub, sandbox_id)}"
-    return sub
+    return await sandbox_client(server.url, main, sandbox_id, timeout=120)
 
 
 async def test_a_guest_sees_no_secret_of_a_real_opencode(

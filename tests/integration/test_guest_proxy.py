@@ -6,24 +6,11 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-import httpx
-
-from tests.conftest import register
 from tests.support.proxy_world import World
 
 
-async def member(world: World, username: str, role: str) -> httpx.AsyncClient:
-    client = world.server.client()
-    await register(client, username)
-    added = await world.owner.post(
-        f"/api/workspaces/{world.workspace_id}/members", json={"username": username, "role": role}
-    )
-    assert added.status_code == 201, added.text
-    return client
-
-
 async def cookie_of(world: World, sandbox_id: str, role: str) -> str:
-    client = await member(world, role, role)
+    client = await world.member(role, role)
     try:
         return await world.open(sandbox_id, client)
     finally:

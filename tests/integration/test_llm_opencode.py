@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import trio
 
-from tests.conftest import Server, make_settings, register, start_server
+from tests.conftest import Server, make_settings, start_server
+from tests.support.accounts import owner_of_workspace
 from tests.support.anthropic import AnthropicStandIn, Reply, open_anthropic
-from tests.support.sandbox_login import sandbox_cookie
+from tests.support.sandbox_login import sandbox_client
 from tests.support.sandboxes import reachable_data_dir
+from tests.support.workspace_events import open_events
 
 REAL_KEY = "sk-ant-e2e-real-key"
 REPLY = Reply(
@@ -37,27 +38,11 @@ PROMPT = {
 pytestmark = pytest.mark.opencode
 
 
-async def wait_running(owner: httpx.AsyncClient, sandbox_id: str) -> dict[str, Any]:
-    """Poll the sandbox until opencode is up (an external process: bounded, small gaps)."""
-    with trio.fail_after(120):
-        while True:
-            shown = (await owner.get(f"/api/sandboxes/{sandbox_id}")).json()
-            if shown["status"] in ("running", "failed"):
-                return dict(shown)
-            await trio.sleep(0.2)
-
-
 async def open_subdomain(
     server: Server, owner: httpx.AsyncClient, sandbox_id: str
 ) -> httpx.AsyncClient:
     """Go through /open and the ticket like a browser; a client for oc-{id} with its cookie."""
-    opened = await owner.get(f"/api/sandboxes/{sandbox_id}/open")
-    assert opened.status_code == 302, opened.text
-    host = urlsplit(opened.headers["location"]).netloc
-    headers = {"Host": host, "Origin": f"http://{host}"}
-    sub = httpx.AsyncClient(base_url=server.url, headers=headers, timeout=180)
-    sub.headers["Cookie"] = f"agentserver_sandbox={await sandbox_cookie(owner, sub, sandbox_id)}"
-    return sub
+    return await sandbox_client(server.url, owner, sandbox_id, origin=True, timeout=180)
 
 
 def reply_texts(messages: list[dict[str, Any]]) -> list[str]:
@@ -103,14 +88,15 @@ async def test_opencode_prompt_through_the_proxy(
     )
     server = await start_server(nursery, settings)
     async with server.client() as owner:
-        await register(owner, "owner")
-        wid = (await owner.post("/api/workspaces", json={"name": "e2e"})).json()["id"]
+        wid = (await owner_of_workspace(owner, workspace="e2e"))[1]["id"]
+        events = await open_events(nursery, owner, wid)
         created = await owner.post(
             f"/api/workspaces/{wid}/sandboxes", json={"name": "llm", "type": "opencode"}
         )
         assert created.status_code == 201, created.text
         sid = created.json()["id"]
-        assert (await wait_running(owner, sid))["status"] == "running"
+        assert (await events.until(sid, "running", "failed"))["status"] == "running"
+        events.close()
 
         sub = await open_subdomain(server, owner, sid)
         try:

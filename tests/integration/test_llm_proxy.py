@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from tests.conftest import Server, make_settings, register, start_server
+from tests.support.accounts import owner_of_workspace
 from tests.support.anthropic import Reply, message_json
 from tests.support.llm_world import (
     BODY,
@@ -316,8 +317,8 @@ async def test_unreachable_upstream_is_502(
     """A base URL nobody listens on gives 502 in Anthropic's shape, recorded as an error."""
     server = await unreachable_upstream_server(nursery, db_url, tmp_path)
     async with server.client() as owner:
-        user = await register(owner, "owner")
-        wid = (await owner.post("/api/workspaces", json={"name": "w"})).json()["id"]
+        user, workspace = await owner_of_workspace(owner)
+        wid = workspace["id"]
         _, token = await add_sandbox(server, wid, user["id"])
         async with httpx.AsyncClient(base_url=server.url, headers={"x-api-key": token}) as client:
             response = await client.post(MESSAGES, json=BODY)
@@ -333,8 +334,8 @@ async def test_unreachable_upstream_is_recorded_before_the_answer(
     """The 502 for an unreachable upstream is sent only once its usage row is completed."""
     server = await unreachable_upstream_server(nursery, db_url, tmp_path)
     async with server.client() as owner:
-        user = await register(owner, "owner")
-        wid = (await owner.post("/api/workspaces", json={"name": "w"})).json()["id"]
+        user, workspace = await owner_of_workspace(owner)
+        wid = workspace["id"]
         _, token = await add_sandbox(server, wid, user["id"])
     db = server.deps.db
     exec_query = db.exec

@@ -24,7 +24,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from agentserver.auth.sessions import session_cookie_name
-from tests.conftest import make_settings, register, start_server
+from tests.conftest import make_settings, start_server
+from tests.support.accounts import owner_of_workspace
 
 # Examples per operation and mode: enough to reach every parameter and body field, few enough that
 # the whole run stays well under two minutes on CI's two cores. Derandomized: the same cases
@@ -128,8 +129,7 @@ async def test_schemathesis_finds_no_5xx_and_no_answer_off_the_schema(
         nursery, make_settings(db_url, tmp_path / "data", opencode_bin="/nonexistent/opencode")
     )
     async with server.client() as client:
-        user = await register(client, "fuzzer")
-        workspace = (await client.post("/api/workspaces", json={"name": "w"})).json()
+        user, workspace = await owner_of_workspace(client, "fuzzer")
         sandbox = await client.post(
             f"/api/workspaces/{workspace['id']}/sandboxes", json={"name": "s"}
         )

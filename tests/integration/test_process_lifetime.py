@@ -21,6 +21,7 @@ from agentserver.sandboxes.cgroups import Wanted, probe
 from agentserver.sandboxes.proctree import group_members, record
 from agentserver.settings import OPTIONS
 from tests.conftest import start_server
+from tests.support.accounts import owner_of_workspace
 from tests.support.sandboxes import (
     alive,
     open_events,
@@ -78,10 +79,7 @@ async def running_sandbox(nursery: trio.Nursery, port: int) -> str:
     """Register, create a workspace and a sandbox, and return its id once it runs."""
     url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=url, headers={"Origin": url}, timeout=30) as client:
-        body = {"username": "owner", "password": "correct-horse"}
-        assert (await client.post("/api/auth/register", json=body)).status_code == 201
-        workspace = await client.post("/api/workspaces", json={"name": "w"})
-        wid = workspace.json()["id"]
+        wid = (await owner_of_workspace(client))[1]["id"]
         events = await open_events(nursery, client, wid)
         created = await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "box"})
         assert created.status_code == 201, created.text

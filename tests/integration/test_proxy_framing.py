@@ -20,8 +20,9 @@ import trio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Server, register
+from tests.conftest import Server
 from tests.integration.test_proxy_front import Wire, header
+from tests.support.accounts import owner_of_workspace
 from tests.support.proxy_world import World
 from tests.support.tunnel_world import TunnelWorld
 from tests.support.upstream import RecordingUpstream, serve_upstream
@@ -318,8 +319,7 @@ async def test_an_http2_get_without_a_body_stays_without_one(world: World) -> No
 @pytest.fixture
 async def tunnel(server: Server, tmp_path: Path) -> AsyncIterator[TunnelWorld]:
     async with server.client() as owner:
-        await register(owner, "owner")
-        workspace = (await owner.post("/api/workspaces", json={"name": "w"})).json()
+        _, workspace = await owner_of_workspace(owner)
         yield TunnelWorld(server, owner, workspace["id"], tmp_path)
 
 

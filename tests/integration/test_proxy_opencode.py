@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -11,7 +10,7 @@ import trio
 import trio_websocket
 
 from tests.conftest import Server
-from tests.support.sandbox_login import sandbox_cookie
+from tests.support.sandbox_login import sandbox_client
 from tests.support.sandboxes import open_events, owner_with_workspace
 
 pytestmark = pytest.mark.opencode
@@ -32,14 +31,9 @@ async def test_opencode_through_the_subdomain_proxy(
     assert running["status"] == "running", running
     events.close()
 
-    location = (await client.get(f"/api/sandboxes/{sid}/open")).headers["location"]
-    url = urlsplit(location)
-    origin = f"http://{url.netloc}"
-    async with httpx.AsyncClient(
-        base_url=sandbox_server.url, headers={"Host": url.netloc}, timeout=60
-    ) as sub:
-        cookie = f"agentserver_sandbox={await sandbox_cookie(client, sub, sid)}"
-        sub.headers["Cookie"] = cookie
+    async with await sandbox_client(sandbox_server.url, client, sid, timeout=60) as sub:
+        host, cookie = sub.headers["Host"], sub.headers["Cookie"]
+        origin = f"http://{host}"
 
         page = await sub.get("/", headers={"Accept": "text/html"})
         assert page.status_code == 200
@@ -66,7 +60,7 @@ async def test_opencode_through_the_subdomain_proxy(
     ws = await trio_websocket.wrap_client_stream(
         nursery,
         stream,
-        url.netloc,
+        host,
         f"/pty/{pty_id}/connect",
         extra_headers=[(b"origin", origin.encode()), (b"cookie", cookie.encode())],
     )
@@ -83,7 +77,7 @@ async def test_opencode_through_the_subdomain_proxy(
     assert (await client.post(f"/api/sandboxes/{sid}/pause")).status_code == 200
     assert (await events.until(sid, "paused", "failed"))["status"] == "paused"
     async with httpx.AsyncClient(
-        base_url=sandbox_server.url, headers={"Host": url.netloc, "Cookie": cookie}, timeout=60
+        base_url=sandbox_server.url, headers={"Host": host, "Cookie": cookie}, timeout=60
     ) as sub:
         woken_at = len(events.seen)
         waking = await sub.get("/", headers={"Accept": "text/html"})

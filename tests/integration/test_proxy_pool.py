@@ -4,9 +4,7 @@ sandbox drops its idle connections, and the next request goes where the sandbox 
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
 
-import httpx
 import pytest
 import trio
 
@@ -16,7 +14,7 @@ from agentserver.sandboxes.base import Endpoint
 from agentserver.sandboxes.service import Sandboxes
 from tests.conftest import Server
 from tests.support.proxy_world import World
-from tests.support.sandbox_login import sandbox_cookie
+from tests.support.sandbox_login import sandbox_client
 from tests.support.sandboxes import open_events, owner_with_workspace
 from tests.support.upstream import RecordingUpstream, serve_upstream
 
@@ -124,16 +122,12 @@ async def test_pause_resume_cycles_of_real_opencode_leak_no_open_files(
     assert (await events.until(sid, "running", "failed"))["status"] == "running"
     pool = sandbox_server.running.proxy.pool
     for _ in range(3):
-        location = (await client.get(f"/api/sandboxes/{sid}/open")).headers["location"]
-        url = urlsplit(location)
-        async with httpx.AsyncClient(
-            base_url=sandbox_server.url, headers={"Host": url.netloc}, timeout=60
-        ) as sub:
-            token = await sandbox_cookie(client, sub, sid)
-            sub.headers["Cookie"] = f"agentserver_sandbox={token}"
-            async with trio.open_nursery() as burst:  # several connections, as a browser opens
-                for _ in range(CONNECTIONS):
-                    burst.start_soon(sub.get, "/session")
+        async with (
+            await sandbox_client(sandbox_server.url, client, sid, timeout=60) as sub,
+            trio.open_nursery() as burst,  # several connections, as a browser opens
+        ):
+            for _ in range(CONNECTIONS):
+                burst.start_soon(sub.get, "/session")
         assert pool.idle_count() >= 2
         row = await sandbox_server.deps.db.one("sbx_get", Sandbox, id=sid)
         assert row is not None

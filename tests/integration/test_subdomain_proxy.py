@@ -1,5 +1,6 @@
 """The subdomain proxy against a real server and a recording upstream
-(tests/support/upstream.py)."""
+(tests/support/upstream.py). Tests taking `server_path` run on both of the listener's paths,
+the fast path and hypercorn (tests/support/server_paths.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import base64
 import json
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 import trio
 import trio_websocket
@@ -16,20 +16,13 @@ from agentserver.auth.tokens import hash_token
 from agentserver.proxy import splice
 from tests.conftest import register
 from tests.support.proxy_world import AGENT_SECRET, World
+from tests.support.server_paths import Path
 from tests.support.upstream import HTML, patterned
 
 
-async def member(world: World, username: str, role: str) -> httpx.AsyncClient:
-    client = world.server.client()
-    await register(client, username)
-    added = await world.owner.post(
-        f"/api/workspaces/{world.workspace_id}/members", json={"username": username, "role": role}
-    )
-    assert added.status_code == 201, added.text
-    return client
-
-
-async def test_ticket_redemption_sets_a_host_only_cookie_and_proxies_html(world: World) -> None:
+async def test_ticket_redemption_sets_a_host_only_cookie_and_proxies_html(
+    world: World, server_path: Path
+) -> None:
     """/open redirects to the subdomain with a ticket; redeeming sets a host-only HttpOnly
     cookie and `/` is the agent's HTML."""
     sid = await world.sandbox()
@@ -55,7 +48,7 @@ async def test_ticket_redemption_sets_a_host_only_cookie_and_proxies_html(world:
     assert world.service.active == [sid]
 
 
-async def test_our_credentials_never_reach_the_upstream(world: World) -> None:
+async def test_our_credentials_never_reach_the_upstream(world: World, server_path: Path) -> None:
     """The upstream never sees our cookies or the client's Authorization, and does see the
     injected Basic credentials."""
     sid = await world.sandbox()
@@ -82,7 +75,7 @@ async def test_our_credentials_never_reach_the_upstream(world: World) -> None:
     assert world.upstream.seen("/json")[0].target == "/json?x=1"
 
 
-async def test_sse_events_arrive_one_by_one(world: World) -> None:
+async def test_sse_events_arrive_one_by_one(world: World, server_path: Path) -> None:
     """Each SSE event reaches the browser before the upstream even produces the next one."""
     sid = await world.sandbox()
     token = await world.open(sid)
@@ -216,7 +209,7 @@ async def test_websocket_relays_messages_and_close_codes(
     assert token not in json.dumps(seen.headers)
 
 
-async def test_cross_origin_requests_are_refused(world: World) -> None:
+async def test_cross_origin_requests_are_refused(world: World, server_path: Path) -> None:
     """A WebSocket upgrade or a POST from another origin (even a sibling sandbox) is refused."""
     sid, other = await world.sandbox(), await world.sandbox()
     token = await world.open(sid)
@@ -245,7 +238,9 @@ async def test_a_ticket_works_once_and_expires(world: World) -> None:
         assert "set-cookie" not in expired.headers
 
 
-async def test_a_cookie_for_one_sandbox_does_not_open_another(world: World) -> None:
+async def test_a_cookie_for_one_sandbox_does_not_open_another(
+    world: World, server_path: Path
+) -> None:
     """The cookie (or a ticket) of sandbox A is worthless on sandbox B: API clients get 401,
     browsers go to B's /open (bound to the nonce B's host just gave them)."""
     a, b = await world.sandbox(), await world.sandbox()
@@ -265,7 +260,7 @@ async def test_a_cookie_for_one_sandbox_does_not_open_another(world: World) -> N
     assert world.upstream.requests == []
 
 
-async def test_non_members_and_strangers_are_refused(world: World) -> None:
+async def test_non_members_and_strangers_are_refused(world: World, server_path: Path) -> None:
     """A non-member gets 404 from /open, anonymous gets 401, and no cookie means no access."""
     sid = await world.sandbox()
     async with world.server.client() as outsider, world.server.client() as anonymous:
@@ -277,10 +272,10 @@ async def test_non_members_and_strangers_are_refused(world: World) -> None:
         assert (await sub.get("/json")).status_code == 401
 
 
-async def test_guests_are_read_only(world: World) -> None:
+async def test_guests_are_read_only(world: World, server_path: Path) -> None:
     """A guest may GET but not POST, and may not open a WebSocket (terminal)."""
     sid = await world.sandbox()
-    guest = await member(world, "guest", "guest")
+    guest = await world.member("guest", "guest")
     token = await world.open(sid, guest)
     await guest.aclose()
     origin = f"http://{world.host(sid)}"
@@ -297,7 +292,7 @@ async def test_guests_are_read_only(world: World) -> None:
 async def test_removed_member_loses_access(world: World) -> None:
     """Removing a member deletes their sandbox sessions, so their cookie stops working."""
     sid = await world.sandbox()
-    dev = await member(world, "dev", "developer")
+    dev = await world.member("dev", "developer")
     token = await world.open(sid, dev)
     await dev.aclose()
     user_id = (await world.owner.get(f"/api/workspaces/{world.workspace_id}/members")).json()[1][
@@ -311,7 +306,9 @@ async def test_removed_member_loses_access(world: World) -> None:
     assert world.upstream.requests == []
 
 
-async def test_paused_sandbox_wakes_and_shows_the_waking_page(world: World) -> None:
+async def test_paused_sandbox_wakes_and_shows_the_waking_page(
+    world: World, server_path: Path
+) -> None:
     """Opening a paused sandbox's page calls wake and answers 503 with a self-reloading page."""
     sid = await world.sandbox(status="paused")
     token = await world.open(sid)
@@ -324,7 +321,9 @@ async def test_paused_sandbox_wakes_and_shows_the_waking_page(world: World) -> N
     assert world.upstream.requests == []
 
 
-async def test_background_calls_do_not_wake_a_paused_sandbox(world: World) -> None:
+async def test_background_calls_do_not_wake_a_paused_sandbox(
+    world: World, server_path: Path
+) -> None:
     """A script's call (not a page load) to a paused sandbox gets a JSON 503 and leaves it paused,
     so a tab left open cannot undo a pause."""
     sid = await world.sandbox(status="paused")
@@ -339,7 +338,7 @@ async def test_background_calls_do_not_wake_a_paused_sandbox(world: World) -> No
     assert world.upstream.requests == []
 
 
-async def test_failed_sandbox_shows_its_reason(world: World) -> None:
+async def test_failed_sandbox_shows_its_reason(world: World, server_path: Path) -> None:
     """A failed sandbox answers a page carrying its reason, HTML-escaped."""
     sid = await world.sandbox(status="failed")
     await world.sql("UPDATE sandboxes SET status_reason = '<b>exit 3</b>' WHERE id = %s", sid)
@@ -350,7 +349,9 @@ async def test_failed_sandbox_shows_its_reason(world: World) -> None:
     assert "&lt;b&gt;exit 3&lt;/b&gt;" in page.text
 
 
-async def test_cancelling_a_client_mid_stream_closes_the_upstream(world: World) -> None:
+async def test_cancelling_a_client_mid_stream_closes_the_upstream(
+    world: World, server_path: Path
+) -> None:
     """When the browser leaves an endless stream, the proxy closes its upstream connection."""
     sid = await world.sandbox()
     token = await world.open(sid)
@@ -377,7 +378,7 @@ async def test_a_stale_pooled_connection_is_retried(world: World) -> None:
     assert world.upstream.connections >= 3
 
 
-async def test_upstream_cannot_set_our_cookies(world: World) -> None:
+async def test_upstream_cannot_set_our_cookies(world: World, server_path: Path) -> None:
     """A Set-Cookie for our cookie names is dropped and a Domain attribute is removed."""
     sid = await world.sandbox()
     token = await world.open(sid)
@@ -387,7 +388,7 @@ async def test_upstream_cannot_set_our_cookies(world: World) -> None:
     assert cookies == ["theme=dark; Path=/"]
 
 
-async def test_unreachable_sandbox_answers_502(world: World) -> None:
+async def test_unreachable_sandbox_answers_502(world: World, server_path: Path) -> None:
     """A running sandbox whose agent does not listen answers a 502 page, not a 500."""
     sid = await world.sandbox()
     token = await world.open(sid)

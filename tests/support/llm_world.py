@@ -13,7 +13,8 @@ import pytest
 import trio
 
 from agentserver.auth.tokens import hash_token, new_id, new_token
-from tests.conftest import Server, make_settings, register, start_server
+from tests.conftest import Server, make_settings, start_server
+from tests.support.accounts import owner_of_workspace
 from tests.support.anthropic import AnthropicStandIn, open_anthropic
 
 REAL_KEY = "sk-ant-real-key-never-in-a-sandbox"
@@ -82,9 +83,8 @@ async def open_env(
     }
     server = await start_server(nursery, make_settings(db_url, tmp_path / "data", **values))
     owner = server.client()
-    user = await register(owner, "owner")
-    created = await owner.post("/api/workspaces", json={"name": "llm"})
-    workspace_id = created.json()["id"]
+    user, workspace = await owner_of_workspace(owner, workspace="llm")
+    workspace_id = workspace["id"]
     sandbox_id, token = await add_sandbox(server, workspace_id, user["id"])
     try:
         yield Env(server, standin, owner, workspace_id, user["id"], sandbox_id, token)

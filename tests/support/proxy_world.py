@@ -14,6 +14,7 @@ import trio
 
 from agentserver.auth.tokens import new_id
 from tests.conftest import Server, register
+from tests.support.accounts import add_member, owner_of_workspace
 from tests.support.sandbox_login import BIND_COOKIE, bound_ticket, redeem
 from tests.support.upstream import RecordingUpstream, serve_upstream
 
@@ -64,6 +65,13 @@ class World:
             sent["Cookie"] = "; ".join(crumbs)
         return httpx.AsyncClient(base_url=self.server.url, headers=sent, timeout=30)
 
+    async def member(self, username: str, role: str) -> httpx.AsyncClient:
+        """A new user, signed in, whom the owner added to the workspace with `role`."""
+        client = self.server.client()
+        await register(client, username)
+        await add_member(self.owner, self.workspace_id, username, role)
+        return client
+
     async def sql(self, query: str, *params: Any) -> None:
         def run() -> None:
             with psycopg.connect(self.db_url, autocommit=True) as conn:
@@ -112,6 +120,5 @@ async def world(server: Server, nursery: trio.Nursery, db_url: str) -> AsyncIter
     service = RecordingService(server.running.proxy.sandboxes)
     server.running.proxy.sandboxes = service
     async with server.client() as owner:
-        await register(owner, "owner")
-        workspace = (await owner.post("/api/workspaces", json={"name": "w"})).json()
+        _, workspace = await owner_of_workspace(owner)
         yield World(server, upstream, owner, workspace["id"], db_url, service)

@@ -1,25 +1,25 @@
-"""Sandbox test fixtures: a server that runs real opencode, and a reader of its event stream."""
+"""Sandbox test fixtures: a server that runs real opencode, and what its tests look at."""
 
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import trio
 
 from agentserver.settings import Settings
-from tests.conftest import Server, make_settings, register, start_server
+from tests.conftest import Server, make_settings, start_server
+from tests.support.accounts import owner_of_workspace
+from tests.support.workspace_events import START_DEADLINE, EventStream, open_events
 
-# A sandbox start waits for opencode (a few seconds here, more on a busy machine).
-START_DEADLINE = 150.0
+# Where sandbox tests have always found them; the one implementation is in workspace_events.
+__all__ = ["START_DEADLINE", "EventStream", "open_events"]
 
 
 def sandbox_settings_for(
@@ -59,90 +59,12 @@ async def sandbox_server(
     server.shutdown.set()
 
 
-class EventStream:
-    """The workspace's SSE stream, read in a task; `until` waits for a sandbox status."""
-
-    def __init__(self, client: httpx.AsyncClient, workspace_id: str) -> None:
-        self.client = client
-        self.url = f"/api/workspaces/{workspace_id}/events"
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-        self.comments: list[str] = []
-        self._changed = trio.Event()
-        self._scope = trio.CancelScope()
-
-    def close(self) -> None:
-        """Stop reading (the stream's own connection closes)."""
-        self._scope.cancel()
-
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        # Its own connection, so closing the caller's client never cuts a read in half.
-        own = httpx.AsyncClient(
-            base_url=self.client.base_url, headers=self.client.headers, cookies=self.client.cookies
-        )
-        with self._scope:
-            async with own, own.stream("GET", self.url, timeout=None) as response:
-                await self._read(response, task_status)
-
-    async def _read(self, response: httpx.Response, task_status: trio.TaskStatus[None]) -> None:
-        assert response.status_code == 200, await response.aread()
-        assert response.headers["content-type"].startswith("text/event-stream")
-        task_status.started()
-        kind, data = "message", ""
-        async for line in response.aiter_lines():
-            if line.startswith(":"):
-                self.comments.append(line[1:].strip())
-                self._changed.set()
-                self._changed = trio.Event()
-            elif line.startswith("event:"):
-                kind = line[6:].strip()
-            elif line.startswith("data:"):
-                data += line[5:].strip()
-            elif line == "" and data:
-                self.seen.append((kind, json.loads(data)))
-                kind, data = "message", ""
-                self._changed.set()
-                self._changed = trio.Event()
-
-    async def changed(self) -> None:
-        """Wait for the next event."""
-        await self._changed.wait()
-
-    def statuses(self, sandbox_id: str) -> list[str]:
-        return [d["status"] for k, d in self.seen if k == "sandbox" and d["id"] == sandbox_id]
-
-    async def until(self, sandbox_id: str, *statuses: str, after: int = 0) -> dict[str, Any]:
-        """The first `sandbox` event (from index `after`) with one of `statuses`."""
-        with trio.fail_after(START_DEADLINE):
-            index = after
-            while True:
-                for kind, data in self.seen[index:]:
-                    if (
-                        kind == "sandbox"
-                        and data["id"] == sandbox_id
-                        and data["status"] in statuses
-                    ):
-                        return data
-                index = len(self.seen)
-                await self._changed.wait()
-
-
-async def open_events(
-    nursery: trio.Nursery, client: httpx.AsyncClient, workspace_id: str
-) -> EventStream:
-    """Subscribe (the server registered us once headers arrive) and read in the background."""
-    stream = EventStream(client, workspace_id)
-    await nursery.start(stream.run)
-    return stream
-
-
 async def owner_with_workspace(
     server: Server, name: str = "owner"
 ) -> tuple[httpx.AsyncClient, str]:
     client = server.client()
-    await register(client, name)
-    response = await client.post("/api/workspaces", json={"name": "sandboxes"})
-    assert response.status_code == 201, response.text
-    return client, response.json()["id"]
+    _, workspace = await owner_of_workspace(client, name, "sandboxes")
+    return client, workspace["id"]
 
 
 def alive(pid: int) -> bool:

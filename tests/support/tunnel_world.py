@@ -15,7 +15,7 @@ import trio_websocket
 
 from agentserver.agent.connect import Session, connect
 from tests.conftest import Server
-from tests.support.sandbox_login import sandbox_cookie
+from tests.support.sandbox_login import sandbox_client, sandbox_cookie
 
 
 @dataclass
@@ -88,14 +88,9 @@ class TunnelWorld:
 
     async def browser(self, sandbox_id: str, **kwargs: object) -> httpx.AsyncClient:
         """A client on the sandbox's subdomain (Host header to 127.0.0.1) with its cookie."""
-        cookie = await self.cookie(sandbox_id)
-        headers = {"Host": self.host(sandbox_id), "Cookie": f"agentserver_sandbox={cookie}"}
-        return httpx.AsyncClient(
-            base_url=self.server.url,
-            headers=headers,
-            timeout=httpx.Timeout(60, read=None),
-            **kwargs,
-        )  # type: ignore[arg-type]
+        kwargs.setdefault("timeout", httpx.Timeout(60, read=None))
+        host = self.host(sandbox_id)
+        return await sandbox_client(self.server.url, self.owner, sandbox_id, host=host, **kwargs)
 
     @asynccontextmanager
     async def websocket(

@@ -1,0 +1,63 @@
+"""Choosing which of the listener's two paths serves sandbox-host requests (proxy/front.py).
+
+The front door serves a plain HTTP/1.1 request for a sandbox host on its fast path
+(`front.Exchange`) and hands everything else to hypercorn. A test server runs in the test's
+own process, so patching `Front._route` chooses per connection, with no hook in src/: while
+`mode` is "hypercorn" no Host routes to a sandbox there, so every new connection is handed
+to hypercorn, which serves sandbox hosts through the same SubdomainProxy middleware. The
+fast-path exchanges are counted, so a test can show the path it asked for was the one taken.
+(WebSocket upgrades always go to hypercorn: the fast path never takes them.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pytest
+
+from agentserver.proxy import front
+from agentserver.proxy.routing import Target
+
+Path = Literal["fast", "hypercorn"]
+PATHS: tuple[Path, ...] = ("fast", "hypercorn")
+
+
+@dataclass
+class ServerPaths:
+    """The path new sandbox-host requests take (`mode`) and how many took the fast one."""
+
+    mode: Path = "fast"
+    exchanges: int = 0
+
+
+def choose_paths(monkeypatch: pytest.MonkeyPatch) -> ServerPaths:
+    """Patch the front door (for this test) so `ServerPaths.mode` picks the path."""
+    paths = ServerPaths()
+    route = front.Front._route
+    exchange = front.Exchange
+
+    def routed(self: front.Front, host: bytes) -> Target | None:
+        target = route(self, host)
+        return None if paths.mode == "hypercorn" else target
+
+    def counted(*args: Any, **kwargs: Any) -> front.Exchange:
+        paths.exchanges += 1
+        return exchange(*args, **kwargs)
+
+    monkeypatch.setattr(front.Front, "_route", routed)
+    monkeypatch.setattr(front, "Exchange", counted)
+    return paths
+
+
+@pytest.fixture(params=PATHS)
+def server_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run the test once on each path; afterwards, check the path it named was taken."""
+    paths = choose_paths(monkeypatch)
+    paths.mode = request.param
+    yield request.param
+    if paths.mode == "fast":
+        assert paths.exchanges > 0, "no sandbox-host request took the fast path"
+    else:
+        assert paths.exchanges == 0, "a sandbox-host request took the fast path"

@@ -41,7 +41,8 @@ class Lifecycle:
             async for event in self.events.inbox:
                 if event["type"] != "sandbox":
                     continue
-                shown = event["sandbox"]
+                row: Sandbox = event["sandbox"]  # events carry the row; the API renders it
+                shown = {"id": row.id, "status": row.status, "statusReason": row.status_reason}
                 self.seen.append((shown["id"], shown["status"], shown["statusReason"]))
                 if shown["id"] == sandbox_id and shown["status"] in statuses:
                     return dict(shown)

@@ -80,16 +80,12 @@ async def test_a_workspaces_sandbox_names_are_unique(sandbox_server: Server) -> 
         two = (await alice.post("/api/workspaces", json={"name": "two"})).json()
         made = await alice.post(f"/api/workspaces/{one['id']}/sandboxes", json={"name": "Web"})
         assert made.status_code == 201, made.text
-        again = await alice.post(
-            f"/api/workspaces/{one['id']}/sandboxes", json={"name": " web  "}
-        )
+        again = await alice.post(f"/api/workspaces/{one['id']}/sandboxes", json={"name": " web  "})
         assert again.status_code == 409, again.text
         assert again.json()["error"]["message"] == (
             'this workspace already has a sandbox named "web"'
         )
-        elsewhere = await alice.post(
-            f"/api/workspaces/{two['id']}/sandboxes", json={"name": "web"}
-        )
+        elsewhere = await alice.post(f"/api/workspaces/{two['id']}/sandboxes", json={"name": "web"})
         assert elsewhere.status_code == 201, elsewhere.text
         listed = await alice.get(f"/api/workspaces/{one['id']}/sandboxes")
         assert [s["name"] for s in listed.json()] == ["Web"]
@@ -167,4 +163,5 @@ def test_migration_0009_renames_existing_duplicates(db_url: str, tmp_path: Path)
         "w7": "x" * 96 + " (2)",
     }
     assert sandboxes == {"s1": "web", "s2": "Web (2)", "s3": "web"}
-    assert owners["w5"] == "u2" and owners["w1"] == "u1"
+    assert owners["w5"] == "u2"
+    assert owners["w1"] == "u1"

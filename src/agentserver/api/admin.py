@@ -57,9 +57,11 @@ def managed_json(user: ManagedUser) -> dict[str, Any]:
 
 
 def still_admin(tx: Tx, admin: User) -> None:
-    """Under the users lock: the actor is still an admin (another may have demoted them)."""
+    """Under the users lock: the actor is still an active admin (another admin may have
+    demoted or disabled them meanwhile)."""
     tx.exec("lock_users")
-    if tx.scalar("get_user_role", id=admin.id) != SystemRole.ADMIN:
+    actor = tx.one("admin_get_user", ManagedUser, id=admin.id)
+    if actor is None or actor.role != SystemRole.ADMIN or actor.disabled_at is not None:
         raise Forbidden("only the server admin may do this")
 
 

@@ -80,7 +80,7 @@ function ResetPassword({ user, onClose }) {
       </div>
       <button type="submit" class="primary" disabled=${busy || !password}>Set password</button>
       <button type="button" disabled=${busy} onClick=${() => reset({})}>Generate one</button>`}
-    ${shown && shown.generated && html`<p role="status">New password for ${user.username}:
+    ${shown && shown.generated && html`<p role="status">New password for ${user.username}:${" "}
       <code data-generated-password>${shown.generated}</code> — shown only now; give it to them.
       Their sessions were ended.</p>`}
     ${shown && shown.set && html`<p role="status">Password set. Their sessions were ended.</p>`}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 
 import httpx
+import psycopg
 
 from agentserver.auth.sessions import SESSION_COOKIE
 from tests.conftest import Server, register
@@ -126,3 +128,30 @@ async def test_the_session_routes_need_a_session(server: Server) -> None:
     async with server.client() as anonymous:
         assert (await anonymous.get("/api/auth/sessions")).status_code == 401
         assert (await anonymous.delete("/api/auth/sessions/x")).status_code == 401
+
+
+async def test_last_used_is_noted_at_most_once_a_minute(server: Server, db_url: str) -> None:
+    """A request on a session last used long ago moves its "last used" to now; one on a
+    session used half a minute ago leaves it as it was (no write on every request)."""
+
+    def last_used(seconds_ago: float | None = None) -> datetime:
+        """The session's stored "last used", after setting it `seconds_ago` if given."""
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            if seconds_ago is not None:
+                conn.execute(
+                    "UPDATE sessions SET last_used_at = now() - make_interval(secs => %s)",
+                    (seconds_ago,),
+                )
+            row = conn.execute("SELECT last_used_at FROM sessions").fetchone()
+        assert row is not None
+        return row[0]  # type: ignore[no-any-return]
+
+    async with server.client() as alice:
+        await register(alice, "alice")
+        old = last_used(3600)
+        assert (await alice.get("/api/auth/me")).status_code == 200
+        noted = last_used()
+        assert (noted - old).total_seconds() > 3500
+        recent = last_used(30)
+        assert (await alice.get("/api/auth/me")).status_code == 200
+        assert last_used() == recent

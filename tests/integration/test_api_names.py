@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import trio
@@ -165,3 +166,22 @@ def test_migration_0009_renames_existing_duplicates(db_url: str, tmp_path: Path)
     assert sandboxes == {"s1": "web", "s2": "Web (2)", "s3": "web"}
     assert owners["w5"] == "u2"
     assert owners["w1"] == "u1"
+
+
+async def test_a_local_agent_with_a_taken_name_keeps_its_code(server: Server) -> None:
+    """Registering a local agent under a name the workspace already has is a 409 naming it,
+    and the one-time code stays unspent: the same code then registers another name."""
+    async with server.client() as owner, httpx.AsyncClient(base_url=server.url) as agent:
+        await register(owner, "owner")
+        wid = (await owner.post("/api/workspaces", json={"name": "w"})).json()["id"]
+        first = (await owner.post(f"/api/workspaces/{wid}/agent-code")).json()["code"]
+        made = await agent.post("/api/agent/register", json={"code": first, "name": "laptop"})
+        assert made.status_code == 201, made.text
+        code = (await owner.post(f"/api/workspaces/{wid}/agent-code")).json()["code"]
+        taken = await agent.post("/api/agent/register", json={"code": code, "name": "Laptop"})
+        assert taken.status_code == 409, taken.text
+        assert taken.json()["error"]["message"] == (
+            'this workspace already has a sandbox named "Laptop"; choose another --name'
+        )
+        again = await agent.post("/api/agent/register", json={"code": code, "name": "desktop"})
+        assert again.status_code == 201, again.text

@@ -12,6 +12,7 @@ import { Sandboxes } from './views/sandboxes.js';
 import { SandboxDetail } from './views/sandbox-detail.js';
 import { Usage } from './views/usage.js';
 import { Admin } from './views/admin.js';
+import { Account } from './views/account.js';
 
 const LAST_WORKSPACE = 'agentserver.workspace';
 
@@ -21,6 +22,7 @@ export function parseRoute(pathname) {
   if (parts.length === 0) return { view: 'home' };
   if (parts[0] === 'workspaces' && parts.length === 1) return { view: 'workspaces' };
   if (parts[0] === 'admin' && parts.length === 1) return { view: 'admin' };
+  if (parts[0] === 'account' && parts.length === 1) return { view: 'account' };
   if (parts[0] === 'w' && parts.length >= 2) {
     const workspaceId = parts[1];
     if (parts.length === 2) return { view: 'sandboxes', workspaceId };
@@ -72,6 +74,7 @@ function Frame({ me, workspaces, route, warnings, onSignOut, onSignOutEverywhere
           ${base && tab(`${base}/usage`, 'Usage', route.view === 'usage')}
           ${tab('/workspaces', 'Workspaces', route.view === 'workspaces')}
           ${me.role === 'admin' && tab('/admin', 'Admin', route.view === 'admin')}
+          ${tab('/account', 'Your account', route.view === 'account')}
         </ul>
       </nav>
       <div class="user">
@@ -120,6 +123,7 @@ function screenOf(route, me, workspace, workspaces, reload, config, onGone) {
     case 'sandbox': return html`<${SandboxDetail} workspace=${workspace} sandboxId=${route.sandboxId} onGone=${onGone} key=${route.sandboxId} />`;
     case 'members': return html`<${Members} workspace=${workspace} me=${me} reload=${reload} key=${workspace.id} />`;
     case 'usage': return html`<${Usage} workspace=${workspace} key=${workspace.id} />`;
+    case 'account': return html`<${Account} me=${me} />`;
     case 'admin':
       return me.role === 'admin' ? html`<${Admin} me=${me} />`
         : html`<section><h1>Admin</h1><p>Only the server admin can see this page.</p></section>`;
@@ -167,7 +171,7 @@ function App() {
     if (route.workspaceId) localStorage.setItem(LAST_WORKSPACE, route.workspaceId);
   }, [route.workspaceId]);
   useEffect(() => {
-    const titles = { workspaces: 'Workspaces', admin: 'Admin', members: 'Members', usage: 'Usage', sandboxes: 'Sandboxes', sandbox: 'Sandbox' };
+    const titles = { workspaces: 'Workspaces', admin: 'Admin', account: 'Account', members: 'Members', usage: 'Usage', sandboxes: 'Sandboxes', sandbox: 'Sandbox' };
     document.title = titles[route.view] ? `${titles[route.view]} · agentserver` : 'agentserver';
   }, [route.view]);
 

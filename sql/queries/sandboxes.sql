@@ -79,3 +79,9 @@ WHERE status = 'running' AND type <> 'local'
 -- Seconds until the next running backend sandbox becomes idle (NULL: none is running).
 SELECT EXTRACT(EPOCH FROM (min(last_activity_at) + make_interval(secs => :seconds) - now()))::float8
 FROM sandboxes WHERE status = 'running' AND type <> 'local';
+
+-- name: sbx_name_taken :scalar
+-- Whether the workspace already has a sandbox of this name (trimmed, ignoring case), as the
+-- unique index sandboxes_workspace_name_key sees it.
+SELECT EXISTS (SELECT 1 FROM sandboxes
+               WHERE workspace_id = :workspace_id AND lower(btrim(name)) = lower(btrim(:name)));

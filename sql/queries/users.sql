@@ -36,7 +36,28 @@ UPDATE users SET role = :role, updated_at = now() WHERE id = :id;
 SELECT role FROM users WHERE id = :id;
 
 -- name: count_admins :scalar
-SELECT count(*) FROM users WHERE role = 'admin';
+-- Admins who can act: a disabled admin does not count.
+SELECT count(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL;
+
+-- name: admin_list_users :many
+SELECT id, username, email, role, created_at, disabled_at FROM users ORDER BY created_at, id;
+
+-- name: admin_get_user :one
+SELECT id, username, email, role, created_at, disabled_at FROM users WHERE id = :id;
+
+-- name: set_user_disabled :execrows
+-- Disable (:disabled true) or enable again; a no-op on a user already in that state.
+UPDATE users SET disabled_at = CASE WHEN :disabled THEN coalesce(disabled_at, now()) END,
+                 updated_at = now()
+WHERE id = :id;
+
+-- name: admin_list_sandboxes :many
+-- Every sandbox on the server with its workspace's name and its creator's username.
+SELECT s.id, s.name, s.type, s.status, s.status_reason, s.workspace_id, w.name AS workspace_name,
+       s.created_by, u.username AS creator, s.created_at, s.last_activity_at
+FROM sandboxes s JOIN workspaces w ON w.id = s.workspace_id
+LEFT JOIN users u ON u.id = s.created_by
+ORDER BY s.created_at, s.id;
 
 -- name: lock_users :exec
 -- Serialises registrations (exactly one first user becomes the admin) and admin role changes.

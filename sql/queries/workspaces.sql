@@ -1,5 +1,6 @@
 -- name: create_workspace :one
-INSERT INTO workspaces (name) VALUES (:name)
+-- `created_by` owns the name: a user's workspace names are unique (trimmed, ignoring case).
+INSERT INTO workspaces (name, created_by) VALUES (:name, :created_by)
 RETURNING id, name, created_at, updated_at;
 
 -- name: list_workspaces_for_user :many
@@ -10,6 +11,11 @@ ORDER BY w.created_at, w.id;
 
 -- name: get_workspace :one
 SELECT id, name, created_at, updated_at FROM workspaces WHERE id = :id;
+
+-- name: workspace_name_owner :one
+-- Whose names a workspace's name must not repeat: its creator (NULL once they are deleted).
+SELECT w.created_by, u.username FROM workspaces w LEFT JOIN users u ON u.id = w.created_by
+WHERE w.id = :id;
 
 -- name: rename_workspace :execrows
 UPDATE workspaces SET name = :name, updated_at = now() WHERE id = :id;

@@ -13,6 +13,7 @@ that does not exist: nothing leaks); an anonymous caller gets 401.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -118,6 +119,7 @@ SCOPED = re.compile(r"^/api/(workspaces|sandboxes)/<")
 # Routes about the caller's own account (no workspace): any signed-in user may call them for
 # themselves, anonymous callers get 401. Value: the body to send.
 ACCOUNT: dict[tuple[str, str], dict[str, Any] | None] = {
+    ("GET", "/api/auth/sessions"): None,
     ("POST", "/api/auth/logout-all"): None,
     ("POST", "/api/auth/password"): {
         "currentPassword": "correct-horse",
@@ -160,6 +162,7 @@ def verdict(status: int, case: Case) -> str:
 
 
 ROLE_USERS = (OWNER, MAINTAINER, DEVELOPER, GUEST, "target", NON_MEMBER, "zz-outsider")
+WORLD_NUMBERS = itertools.count(1)
 
 
 async def make_users(server: Server) -> tuple[dict[str, httpx.AsyncClient], dict[str, Any]]:
@@ -173,7 +176,10 @@ async def make_world(
     server: Server, clients: dict[str, httpx.AsyncClient], users: dict[str, Any]
 ) -> World:
     """A new workspace owned by `owner`, with maintainer, developer, guest and target members."""
-    created = await clients[OWNER].post("/api/workspaces", json={"name": "matrix"})
+    # A user's workspace names are unique: each world gets its own.
+    created = await clients[OWNER].post(
+        "/api/workspaces", json={"name": f"matrix-{next(WORLD_NUMBERS)}"}
+    )
     assert created.status_code == 201, created.text
     wid = created.json()["id"]
     for name, role in (
@@ -219,6 +225,9 @@ async def test_every_route_as_every_caller(server: Server) -> None:
                 if case.setup is not None:
                     values.update(await case.setup(world))
                 status = await call(clients[caller], method, fill(rule, values), case)
+                # Each world is used once. Deleting it frees its name: the owner's names are
+                # unique, and the next world's rename to "Renamed" must not collide with it.
+                await clients[OWNER].delete(f"/api/workspaces/{world.workspace_id}")
                 want, got = expected(case, caller), verdict(status, case)
                 if want != got:
                     wrong.append(f"{method} {rule} as {caller}: expected {want}, got {status}")

@@ -5,6 +5,7 @@ import { del, get, path, post } from '../api.js';
 import { can } from '../roles.js';
 import { html, Confirm, Empty, ErrorBox, LaptopIcon, Link, Loading, StatusBadge, TRANSITIONAL, useAction } from '../ui.js';
 import { AgentDialog } from './agent-dialog.js';
+import { CharCount, nameTooLong } from './name-length.js';
 
 const RETRY_MS = 5000;
 const POLL_MS = 3000;
@@ -132,7 +133,9 @@ function CreateSandbox({ workspace, types, onCreated }) {
   return html`<form class="inline-form" onSubmit=${submit} aria-label="New sandbox">
     <div class="field">
       <label for="sandbox-name">Name</label>
-      <input id="sandbox-name" maxlength="100" value=${name} placeholder="New sandbox" onInput=${(e) => setName(e.currentTarget.value)} />
+      <input id="sandbox-name" value=${name} placeholder="New sandbox" aria-describedby="sandbox-name-count"
+        onInput=${(e) => setName(e.currentTarget.value)} />
+      <${CharCount} id="sandbox-name-count" value=${name} />
     </div>
     <div class="field">
       <label for="sandbox-type">Type</label>
@@ -141,7 +144,7 @@ function CreateSandbox({ workspace, types, onCreated }) {
         ${(types || ['opencode', 'openclaw']).includes('openclaw') && html`<option value="openclaw">OpenClaw</option>`}
       </select>
     </div>
-    <button type="submit" class="primary" disabled=${busy}>${busy ? 'Creating…' : 'Create sandbox'}</button>
+    <button type="submit" class="primary" disabled=${busy || nameTooLong(name)}>${busy ? 'Creating…' : 'Create sandbox'}</button>
     <${ErrorBox} error=${error} />
   </form>`;
 }

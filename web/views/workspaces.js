@@ -4,6 +4,7 @@ import { useState } from '../vendor/hooks.module.js';
 import { del, patch, path, post } from '../api.js';
 import { can } from '../roles.js';
 import { html, Confirm, Empty, ErrorBox, Link, navigate, useAction, when } from '../ui.js';
+import { CharCount, nameTooLong } from './name-length.js';
 
 function CreateWorkspace({ reload }) {
   const [name, setName] = useState('');
@@ -20,10 +21,11 @@ function CreateWorkspace({ reload }) {
   return html`<form class="inline-form" onSubmit=${submit} aria-label="New workspace">
     <div class="field">
       <label for="new-workspace-name">New workspace name</label>
-      <input id="new-workspace-name" required maxlength="100" value=${name} placeholder="e.g. Backend team"
-        onInput=${(e) => setName(e.currentTarget.value)} />
+      <input id="new-workspace-name" required value=${name} placeholder="e.g. Backend team"
+        aria-describedby="new-workspace-count" onInput=${(e) => setName(e.currentTarget.value)} />
+      <${CharCount} id="new-workspace-count" value=${name} />
     </div>
-    <button type="submit" class="primary" disabled=${busy || !name.trim()}>${busy ? 'Creating…' : 'Create workspace'}</button>
+    <button type="submit" class="primary" disabled=${busy || !name.trim() || nameTooLong(name)}>${busy ? 'Creating…' : 'Create workspace'}</button>
     <${ErrorBox} error=${error} />
   </form>`;
 }
@@ -43,9 +45,11 @@ function Rename({ ws, reload, onDone }) {
   return html`<form class="inline-form" onSubmit=${submit}>
     <div class="field">
       <label for=${id}>New name for ${ws.name}</label>
-      <input id=${id} required maxlength="100" value=${name} onInput=${(e) => setName(e.currentTarget.value)} />
+      <input id=${id} required value=${name} aria-describedby=${`${id}-count`}
+        onInput=${(e) => setName(e.currentTarget.value)} />
+      <${CharCount} id=${`${id}-count`} value=${name} />
     </div>
-    <button type="submit" disabled=${busy || !name.trim()}>Save</button>
+    <button type="submit" disabled=${busy || !name.trim() || nameTooLong(name)}>Save</button>
     <button type="button" onClick=${onDone}>Cancel</button>
     <${ErrorBox} error=${error} />
   </form>`;

@@ -1,13 +1,20 @@
-"""Server administration (the server admin only): users and their server role."""
+"""Server administration (the server admin only): users (role, disable, password reset),
+every workspace and every sandbox."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from pydantic import Field
 from quart import Blueprint
 from quart_schema import validate_request
 
 from agentserver.api.common import Body, deps, require_admin, rfc3339, user_json
+from agentserver.api.revocation import access_ended
+from agentserver.auth import passwords
+from agentserver.auth.revocation import Revocation
 from agentserver.db.database import Tx
 from agentserver.errors import Conflict, Forbidden, Invalid, NotFound
 from agentserver.models import SystemRole, User
@@ -15,21 +22,60 @@ from agentserver.models import SystemRole, User
 blueprint = Blueprint("admin", __name__, url_prefix="/api/admin")
 
 
+@dataclass(frozen=True, slots=True)
+class ManagedUser:
+    """A user as the admin pages see them: with whether they are disabled."""
+
+    id: str
+    username: str
+    email: str | None
+    role: str
+    created_at: datetime
+    disabled_at: datetime | None
+
+
 class UserRoleBody(Body):
     role: str
 
 
+class ResetPasswordBody(Body):
+    """A new password for the user, or none: the server makes one up and shows it once."""
+
+    password: str | None = Field(default=None, max_length=1024)
+
+
+def managed_json(user: ManagedUser) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "username": user.username,
+        "email": user.email,
+        "role": user.role,
+        "createdAt": rfc3339(user.created_at),
+        "disabled": user.disabled_at is not None,
+        "disabledAt": rfc3339(user.disabled_at),
+    }
+
+
+def still_admin(tx: Tx, admin: User) -> None:
+    """Under the users lock: the actor is still an active admin (another admin may have
+    demoted or disabled them meanwhile)."""
+    tx.exec("lock_users")
+    actor = tx.one("admin_get_user", ManagedUser, id=admin.id)
+    if actor is None or actor.role != SystemRole.ADMIN or actor.disabled_at is not None:
+        raise Forbidden("only the server admin may do this")
+
+
 @blueprint.get("/users")
 async def list_users() -> list[dict[str, Any]]:
-    """Every user."""
+    """Every user, with whether they are disabled."""
     await require_admin()
-    return [user_json(u) for u in await deps().db.many("list_users", User)]
+    return [managed_json(u) for u in await deps().db.many("admin_list_users", ManagedUser)]
 
 
 @blueprint.put("/users/<user_id>/role")
 @validate_request(UserRoleBody)
 async def set_user_role(user_id: str, data: UserRoleBody) -> dict[str, Any]:
-    """Make a user admin or not; the server always keeps at least one admin."""
+    """Make a user admin or not; the server always keeps at least one active admin."""
     admin = await require_admin()
     try:
         role = SystemRole(data.role)
@@ -41,9 +87,7 @@ async def set_user_role(user_id: str, data: UserRoleBody) -> dict[str, Any]:
     def work(tx: Tx) -> None:
         # One change at a time (as registration): two admins demoting each other at once
         # would otherwise each see the other still admin and leave the server with none.
-        tx.exec("lock_users")
-        if tx.scalar("get_user_role", id=admin.id) != SystemRole.ADMIN:
-            raise Forbidden("only the server admin may do this")
+        still_admin(tx, admin)
         if not tx.exec("set_user_role", id=user_id, role=role.value):
             raise NotFound("user not found")
         if tx.scalar("count_admins") < 1:
@@ -53,6 +97,75 @@ async def set_user_role(user_id: str, data: UserRoleBody) -> dict[str, Any]:
     user = await deps().db.one("get_user", User, id=user_id)
     assert user is not None
     return user_json(user)
+
+
+@blueprint.post("/users/<user_id>/disable")
+async def disable_user(user_id: str) -> dict[str, Any]:
+    """Disable a user: they cannot sign in by any method, and every session they have (with
+    its sandbox-host sessions and event streams) ends at once. The last active admin stays."""
+    admin = await require_admin()
+    if admin.id == user_id:
+        raise Conflict("you cannot disable your own account")
+
+    def work(tx: Tx) -> ManagedUser:
+        still_admin(tx, admin)
+        if not tx.exec("set_user_disabled", id=user_id, disabled=True):
+            raise NotFound("user not found")
+        if tx.scalar("count_admins") < 1:
+            raise Conflict("the last active admin cannot be disabled")
+        tx.exec("delete_user_sessions", user_id=user_id)
+        user = tx.one("admin_get_user", ManagedUser, id=user_id)
+        assert user is not None
+        return user
+
+    user = await deps().db.transaction(work)
+    access_ended(Revocation(user_id))
+    return managed_json(user)
+
+
+@blueprint.post("/users/<user_id>/enable")
+async def enable_user(user_id: str) -> dict[str, Any]:
+    """Let a disabled user sign in again (their old sessions stay ended)."""
+    admin = await require_admin()
+
+    def work(tx: Tx) -> ManagedUser:
+        still_admin(tx, admin)
+        if not tx.exec("set_user_disabled", id=user_id, disabled=False):
+            raise NotFound("user not found")
+        user = tx.one("admin_get_user", ManagedUser, id=user_id)
+        assert user is not None
+        return user
+
+    return managed_json(await deps().db.transaction(work))
+
+
+@blueprint.post("/users/<user_id>/password")
+@validate_request(ResetPasswordBody)
+async def reset_password(user_id: str, data: ResetPasswordBody) -> dict[str, Any]:
+    """Set a user's password (it must pass the same rules as registration), or have the server
+    make one up, answered once as `password`. Every session of the user ends."""
+    admin = await require_admin()
+    if admin.id == user_id:
+        raise Conflict("change your own password on your account page")
+    target = await deps().db.one("get_user", User, id=user_id)
+    if target is None:
+        raise NotFound("user not found")
+    generated = data.password is None
+    if data.password is None:
+        password = passwords.generate_password(target.username)
+    else:
+        password = passwords.check_password(data.password, target.username)
+    password_hash = await passwords.hash_password(password)
+
+    def work(tx: Tx) -> None:
+        still_admin(tx, admin)
+        if not tx.exec("set_password_hash", id=user_id, password_hash=password_hash):
+            raise NotFound("user not found")
+        tx.exec("delete_user_sessions", user_id=user_id)
+
+    await deps().db.transaction(work)
+    access_ended(Revocation(user_id))
+    return {"password": password if generated else None}
 
 
 @blueprint.get("/workspaces")
@@ -67,6 +180,29 @@ async def list_workspaces() -> list[dict[str, Any]]:
             "createdAt": rfc3339(r["created_at"]),
             "sandboxCount": r["sandbox_count"],
             "memberCount": r["member_count"],
+        }
+        for r in rows
+    ]
+
+
+@blueprint.get("/sandboxes")
+async def list_sandboxes() -> list[dict[str, Any]]:
+    """Every sandbox on the server: its workspace, creator, status and type."""
+    await require_admin()
+    rows = await deps().db.rows("admin_list_sandboxes")
+    return [
+        {
+            "id": r["id"],
+            "name": r["name"],
+            "type": r["type"],
+            "status": r["status"],
+            "statusReason": r["status_reason"],
+            "workspaceId": r["workspace_id"],
+            "workspaceName": r["workspace_name"],
+            "createdBy": r["created_by"],
+            "creator": r["creator"],
+            "createdAt": rfc3339(r["created_at"]),
+            "lastActivityAt": rfc3339(r["last_activity_at"]),
         }
         for r in rows
     ]

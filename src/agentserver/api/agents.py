@@ -21,7 +21,14 @@ from agentserver.auth.permissions import Action, allowed
 from agentserver.auth.tokens import hash_token, new_token
 from agentserver.db.database import Tx
 from agentserver.deps import Deps
-from agentserver.errors import AgentServerError, Forbidden, Invalid, RateLimited, Unauthenticated
+from agentserver.errors import (
+    AgentServerError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    RateLimited,
+    Unauthenticated,
+)
 from agentserver.models import Sandbox
 from agentserver.sandboxes.service import insert_sandbox
 from agentserver.sandboxes.tunnel_session import TUNNEL_SETTINGS
@@ -77,7 +84,7 @@ async def register_agent(data: RegisterBody) -> tuple[dict[str, Any], int]:
     name = data.name.strip()
     if not name:
         raise Invalid("name: must not be blank", field="name")
-    spent = await d.db.transaction(lambda tx: _spend_code(tx, hash_token(data.code.strip())))
+    spent = await d.db.transaction(lambda tx: _spend_code(tx, hash_token(data.code.strip()), name))
     if spent is None or not spent["fresh"]:
         d.code_throttle.fail(key)
         if spent is None:
@@ -90,7 +97,10 @@ async def register_agent(data: RegisterBody) -> tuple[dict[str, Any], int]:
             "whoever created this registration code may no longer add agents to this workspace"
         )
     token = new_token()
-    sandbox = await _insert_sandbox(d, spent["workspace_id"], name, spent["user_id"], token)
+    try:
+        sandbox = await _insert_sandbox(d, spent["workspace_id"], name, spent["user_id"], token)
+    except Conflict:  # another sandbox took the name since the check (the unique index)
+        raise _name_taken(name) from None
     d.sandboxes.publish(sandbox)
     log.info(
         "local agent registered as sandbox %s in workspace %s", sandbox.id, sandbox.workspace_id
@@ -98,13 +108,26 @@ async def register_agent(data: RegisterBody) -> tuple[dict[str, Any], int]:
     return {"sandboxId": sandbox.id, "tunnelToken": token, "workspaceId": sandbox.workspace_id}, 201
 
 
-def _spend_code(tx: Tx, code_hash: str) -> dict[str, Any] | None:
+def _name_taken(name: str) -> Conflict:
+    return Conflict(
+        f'this workspace already has a sandbox named "{name}"; choose another --name',
+        field="name",
+    )
+
+
+def _spend_code(tx: Tx, code_hash: str, name: str) -> dict[str, Any] | None:
     """Spend a code, and say whether its creator may still add agents (removing or demoting
-    a member also deletes their unspent codes; this check covers a spend racing that)."""
+    a member also deletes their unspent codes; this check covers a spend racing that). A name
+    the workspace already has refuses the registration and leaves the code unspent (the
+    transaction rolls back), so the agent can try again with another name."""
     rows = tx.rows("agent_spend_code", code_hash=code_hash)
     if not rows:
         return None
     spent = rows[0]
+    if spent["fresh"] and tx.scalar(
+        "sbx_name_taken", workspace_id=spent["workspace_id"], name=name
+    ):
+        raise _name_taken(name)
     role = tx.scalar(
         "get_member_role", workspace_id=spent["workspace_id"], user_id=spent["user_id"]
     )

@@ -1,5 +1,5 @@
-"""Password accounts: register, sign in, sign out (here or everywhere), change the password,
-who am I."""
+"""Password accounts: register, sign in, sign out (here or everywhere), the caller's sessions
+(list, end one), change the password, who am I."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from agentserver.api.common import (
     current_user,
     deps,
     optional_user,
+    rfc3339,
     session_cookie,
     user_json,
 )
@@ -22,11 +23,25 @@ from agentserver.api.revocation import access_ended
 from agentserver.auth import passwords
 from agentserver.auth.oidc import provider_list
 from agentserver.auth.revocation import Revocation
-from agentserver.auth.sessions import create_session, revoke_session, revoke_user_sessions
+from agentserver.auth.sessions import (
+    SessionInfo,
+    create_session,
+    list_sessions,
+    revoke_session,
+    revoke_session_by_id,
+    revoke_user_sessions,
+)
 from agentserver.auth.tokens import hash_token
 from agentserver.banner import missing_credentials
 from agentserver.db.database import Tx
-from agentserver.errors import Conflict, Forbidden, Invalid, RateLimited, Unauthenticated
+from agentserver.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+)
 from agentserver.models import User
 
 blueprint = Blueprint("auth", __name__, url_prefix="/api/auth")
@@ -68,9 +83,20 @@ def set_session_cookie(response: Response, token: str) -> None:
     )
 
 
+async def new_session(user: User) -> str:
+    """A session for `user` opened by this request's client (403 for a disabled user)."""
+    return await create_session(
+        deps().db,
+        user.id,
+        deps().settings.session_lifetime,
+        client_address=client_address(),
+        user_agent=request.headers.get("User-Agent"),
+    )
+
+
 async def sign_in(user: User, status: int = 200) -> Response:
     """A response carrying a fresh session cookie for `user`."""
-    token = await create_session(deps().db, user.id, deps().settings.session_lifetime)
+    token = await new_session(user)
     response = jsonify({"user": user_json(user)})
     response.status_code = status
     set_session_cookie(response, token)
@@ -208,8 +234,49 @@ async def change_password(data: PasswordBody) -> dict[str, Any]:
     return {"status": "ok"}
 
 
+def session_json(info: SessionInfo) -> dict[str, Any]:
+    return {
+        "id": info.public_id,
+        "createdAt": rfc3339(info.created_at),
+        "lastUsedAt": rfc3339(info.last_used_at),
+        "expiresAt": rfc3339(info.expires_at),
+        "clientAddress": info.client_address,
+        "userAgent": info.user_agent,
+        "current": info.is_current,
+    }
+
+
+@blueprint.get("/sessions")
+async def sessions() -> list[dict[str, Any]]:
+    """The caller's own live sessions, most recently used first; `current` is this one. A
+    session's id names it for ending it and authenticates nobody."""
+    user = await current_user()
+    token = request.cookies.get(session_cookie())
+    return [session_json(s) for s in await list_sessions(deps().db, user.id, token)]
+
+
+@blueprint.delete("/sessions/<session_id>")
+async def end_session(session_id: str) -> Response:
+    """End one of the caller's sessions, with the sandbox-host sessions it opened; ending this
+    one signs this browser out."""
+    user = await current_user()
+    ended = await revoke_session_by_id(deps().db, user.id, session_id)
+    if ended is None:
+        raise NotFound("session not found")
+    access_ended(Revocation(user.id, session_hash=ended))
+    response = Response("", status=204)
+    if ended == hash_token(request.cookies.get(session_cookie(), "")):
+        _clear_cookie(response)
+    return response
+
+
 def _signed_out() -> Response:
     response = jsonify({"status": "ok"})
+    _clear_cookie(response)
+    return response
+
+
+def _clear_cookie(response: Response) -> None:
     response.delete_cookie(
         session_cookie(),
         path="/",
@@ -217,7 +284,6 @@ def _signed_out() -> Response:
         samesite="Lax",
         secure=deps().settings.secure_cookies,
     )
-    return response
 
 
 @blueprint.get("/me")

@@ -11,7 +11,7 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, jsonify, request
 
-from agentserver.api.auth import set_session_cookie
+from agentserver.api.auth import new_session, set_session_cookie
 from agentserver.api.common import deps, error_response, session_cookie
 from agentserver.auth.identities import Policy, SignInFailed, resolve_identity
 from agentserver.auth.oidc import (
@@ -22,7 +22,7 @@ from agentserver.auth.oidc import (
     provider_list,
     providers_from_settings,
 )
-from agentserver.auth.sessions import create_session, revoke_session
+from agentserver.auth.sessions import revoke_session
 from agentserver.auth.tokens import hash_token, new_token, same
 from agentserver.errors import AgentServerError, NotFound
 from agentserver.models import User
@@ -207,7 +207,7 @@ async def callback(provider_id: str) -> Response:
     try:
         provider = _provider(provider_id)
         user = await _complete(provider, request.args, request.cookies.get(flow_cookie(settings)))
-        token = await create_session(deps().db, user.id, settings.session_lifetime)
+        token = await new_session(user)  # 403 for a disabled user, as every sign-in
         # Whoever this browser was signed in as before, that session ends here (no fixation).
         await revoke_session(deps().db, request.cookies.get(session_cookie()))
     except AgentServerError as exc:

@@ -114,6 +114,37 @@ AUTH_CONFIG = obj(
 )
 ADMIN_WORKSPACE = obj(id=STRING, name=STRING, createdAt=TIME, sandboxCount=COUNT, memberCount=COUNT)
 STATUS_OK = obj(status={"const": "ok"})
+SESSION = obj(
+    id=STRING,
+    createdAt=TIME,
+    lastUsedAt=TIME,
+    expiresAt=TIME,
+    clientAddress=NULLABLE_STRING,
+    userAgent=NULLABLE_STRING,
+    current={"type": "boolean"},
+)
+ADMIN_USER = obj(
+    id=STRING,
+    username=STRING,
+    email=NULLABLE_STRING,
+    role=STRING,
+    createdAt=TIME,
+    disabled={"type": "boolean"},
+    disabledAt=TIME,
+)
+ADMIN_SANDBOX = obj(
+    id=STRING,
+    name=STRING,
+    type=SANDBOX["properties"]["type"],
+    status=SANDBOX["properties"]["status"],
+    statusReason=NULLABLE_STRING,
+    workspaceId=STRING,
+    workspaceName=STRING,
+    createdBy=NULLABLE_STRING,
+    creator=NULLABLE_STRING,
+    createdAt=TIME,
+    lastActivityAt=TIME,
+)
 
 
 def json_answer(schema: Schema, description: str) -> dict[str, Any]:
@@ -142,6 +173,8 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("POST", "/api/auth/logout"): {"200": json_answer(STATUS_OK, "signed out")},
     ("POST", "/api/auth/logout-all"): {"200": json_answer(STATUS_OK, "every session ended")},
     ("POST", "/api/auth/password"): {"200": json_answer(STATUS_OK, "password changed")},
+    ("GET", "/api/auth/sessions"): {"200": json_answer(array(SESSION), "the caller's sessions")},
+    ("DELETE", "/api/auth/sessions/{session_id}"): {"204": no_content("that session ended")},
     ("GET", "/api/auth/me"): {"200": json_answer(USER, "the signed-in user")},
     ("GET", "/api/auth/config"): {"200": json_answer(AUTH_CONFIG, "what sign-in offers")},
     ("GET", "/api/auth/providers"): {"200": json_answer(array(PROVIDER), "SSO providers")},
@@ -188,8 +221,24 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("GET", "/api/sandboxes/{sandbox_id}/open"): {
         "302": redirect("to the sandbox's own host, with a one-time ticket")
     },
-    ("GET", "/api/admin/users"): {"200": json_answer(array(USER), "every user")},
+    ("GET", "/api/admin/users"): {"200": json_answer(array(ADMIN_USER), "every user")},
     ("PUT", "/api/admin/users/{user_id}/role"): {"200": json_answer(USER, "role changed")},
+    ("POST", "/api/admin/users/{user_id}/disable"): {
+        "200": json_answer(ADMIN_USER, "disabled; every session of theirs ended")
+    },
+    ("POST", "/api/admin/users/{user_id}/enable"): {
+        "200": json_answer(ADMIN_USER, "may sign in again")
+    },
+    ("POST", "/api/admin/users/{user_id}/password"): {
+        "200": json_answer(
+            obj(password=NULLABLE_STRING),
+            "password set, every session of theirs ended; `password` is the one the server "
+            "made up (shown once), or null when the admin gave one",
+        )
+    },
+    ("GET", "/api/admin/sandboxes"): {
+        "200": json_answer(array(ADMIN_SANDBOX), "every sandbox on the server")
+    },
     ("GET", "/api/admin/workspaces"): {
         "200": json_answer(array(ADMIN_WORKSPACE), "every workspace")
     },

@@ -22,7 +22,7 @@ from agentserver.api.common import (
 )
 from agentserver.auth.permissions import Action, allowed
 from agentserver.auth.tokens import hash_token
-from agentserver.errors import Forbidden, Invalid, NotFound
+from agentserver.errors import Conflict, Forbidden, Invalid, NotFound
 from agentserver.models import Sandbox, SandboxType
 from agentserver.sandboxes.events import Event
 from agentserver.sandboxes.service import PauseCause, Sandboxes
@@ -112,7 +112,14 @@ async def create_sandbox(workspace_id: str, data: CreateSandboxBody) -> tuple[di
     kind = data.type.strip().lower()
     if kind not in CREATABLE:
         raise Invalid(f"type: must be one of {', '.join(CREATABLE)}", field="type")
-    return render(await service().create(workspace_id, name, kind, user.id)), 201
+    taken = Conflict(f'this workspace already has a sandbox named "{name}"', field="name")
+    if await deps().db.scalar("sbx_name_taken", workspace_id=workspace_id, name=name):
+        raise taken
+    try:
+        sandbox = await service().create(workspace_id, name, kind, user.id)
+    except Conflict:  # another create of this name won the race: the unique index refused
+        raise taken from None
+    return render(sandbox), 201
 
 
 @blueprint.get("/sandboxes/<sandbox_id>")

@@ -13,7 +13,7 @@ from quart_schema import validate_request
 from agentserver.api.common import Body, current_user, deps, require, rfc3339
 from agentserver.auth.permissions import Action
 from agentserver.db.database import Tx
-from agentserver.errors import NotFound
+from agentserver.errors import Conflict, NotFound
 from agentserver.models import Role, Workspace
 
 blueprint = Blueprint("workspaces", __name__, url_prefix="/api/workspaces")
@@ -28,8 +28,11 @@ class WorkspaceWithRole:
     role: str
 
 
+NAME_MAX = 100  # the web UI counts against the same number
+
+
 class WorkspaceBody(Body):
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=NAME_MAX)
 
     @field_validator("name")
     @classmethod
@@ -65,12 +68,15 @@ async def create_workspace(data: WorkspaceBody) -> tuple[dict[str, Any], int]:
     name = data.name
 
     def work(tx: Tx) -> Workspace:
-        ws = tx.one("create_workspace", Workspace, name=name)
+        ws = tx.one("create_workspace", Workspace, name=name, created_by=user.id)
         assert ws is not None
         tx.exec("add_member", workspace_id=ws.id, user_id=user.id, role=Role.OWNER.value)
         return ws
 
-    ws = await deps().db.transaction(work)
+    try:
+        ws = await deps().db.transaction(work)
+    except Conflict:  # the only unique key a new workspace can hit: its owner's names
+        raise Conflict(f'you already have a workspace named "{name}"', field="name") from None
     return workspace_json(ws, Role.OWNER), 201
 
 
@@ -88,8 +94,17 @@ async def get_workspace(workspace_id: str) -> dict[str, Any]:
 @validate_request(WorkspaceBody)
 async def rename_workspace(workspace_id: str, data: WorkspaceBody) -> dict[str, Any]:
     """Rename a workspace (owner, maintainer)."""
-    _, role = await require(workspace_id, Action.RENAME_WORKSPACE)
-    await deps().db.exec("rename_workspace", id=workspace_id, name=data.name)
+    user, role = await require(workspace_id, Action.RENAME_WORKSPACE)
+    try:
+        await deps().db.exec("rename_workspace", id=workspace_id, name=data.name)
+    except Conflict:  # the owner's names are unique (trimmed, ignoring case)
+        owner = await deps().db.rows("workspace_name_owner", id=workspace_id)
+        whose = (
+            "you already have"
+            if not owner or owner[0]["created_by"] == user.id
+            else f"its owner {owner[0]['username']} already has"
+        )
+        raise Conflict(f'{whose} a workspace named "{data.name}"', field="name") from None
     ws = await deps().db.one("get_workspace", Workspace, id=workspace_id)
     if ws is None:
         raise NotFound("workspace not found")

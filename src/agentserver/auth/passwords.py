@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -50,6 +51,19 @@ def check_password(password: str, username: str | None = None) -> str:
     if username and password.lower() == username.strip().lower():
         raise Invalid("the password must not be the username", field="password")
     return password
+
+
+def generate_password(username: str) -> str:
+    """A random password that passes the rules (an admin's reset, shown once): four groups
+    of five lowercase letters and digits, about 103 bits."""
+    alphabet = "abcdefghijkmnpqrstuvwxyz23456789"  # nothing that reads as another character
+    while True:
+        groups = ("".join(secrets.choice(alphabet) for _ in range(5)) for _ in range(4))
+        password = "-".join(groups)
+        try:
+            return check_password(password, username)
+        except Invalid:  # practically never; draw again rather than hand out a weak one
+            continue
 
 
 @functools.cache

@@ -1,0 +1,22 @@
+// A live character count for a name field, against the length the API accepts (no silent cut).
+
+import { html } from '../ui.js';
+
+/** The API's limit for workspace and sandbox names (api/workspaces.py NAME_MAX). */
+export const NAME_MAX = 100;
+
+/** What the API counts: characters (not UTF-16 units) of the trimmed name. */
+export const nameLength = (value) => [...value.trim()].length;
+
+export const nameTooLong = (value, max = NAME_MAX) => nameLength(value) > max;
+
+/** "12 / 100", or how many characters too many, shown next to the field it describes. */
+export function CharCount({ id, value, max = NAME_MAX }) {
+  const count = nameLength(value);
+  const over = count > max;
+  return html`<span id=${id} class="char-count small" data-over=${over ? 'true' : 'false'}
+    style=${over ? 'color: var(--danger); font-weight: 600' : 'color: var(--muted)'}
+    aria-live=${over ? 'polite' : 'off'}>
+    ${over ? `${count} / ${max} characters: ${count - max} too many` : `${count} / ${max}`}
+  </span>`;
+}

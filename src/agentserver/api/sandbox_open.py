@@ -22,18 +22,16 @@ from agentserver.auth.permissions import Action
 from agentserver.auth.tickets import is_binding, mint_ticket
 from agentserver.deps import Deps
 from agentserver.errors import Invalid, NotFound, Unauthenticated
-from agentserver.models import Sandbox, SandboxType
+from agentserver.models import Sandbox
+from agentserver.sandboxes.kinds import kind_of
 
 blueprint = Blueprint("sandbox_open", __name__, url_prefix="/api/sandboxes")
-
-# Subdomain label prefixes, as proxy/routing.py reads them (api may not import proxy).
-_PREFIX = {SandboxType.OPENCODE: "oc-", SandboxType.LOCAL: "oc-", SandboxType.OPENCLAW: "claw-"}
 
 
 def sandbox_url(sandbox_id: str, sandbox_type: str, path: str = "/") -> str:
     """The browser URL of a sandbox's subdomain."""
     settings = deps().settings
-    prefix = _PREFIX.get(SandboxType(sandbox_type), "oc-")
+    prefix = kind_of(sandbox_type).prefix  # the kinds table, as proxy/routing.py reads it
     return f"{settings.base_scheme}://{prefix}{sandbox_id}.{settings.domain}{path}"
 
 

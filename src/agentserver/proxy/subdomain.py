@@ -40,8 +40,6 @@ from agentserver.proxy.frame_policy import with_frame_policy
 from agentserver.proxy.headers import (
     Forwarding,
     Headers,
-    basic_auth,
-    bearer_auth,
     cookie_values,
     header,
     request_headers,
@@ -53,6 +51,7 @@ from agentserver.proxy.routing import Target, Unknown, resolve
 from agentserver.proxy.upstream import Pool, Upstream, UpstreamTimeout
 from agentserver.proxy.websocket import proxy_websocket, reject
 from agentserver.sandboxes.events import Event, WorkspaceEvents
+from agentserver.sandboxes.kinds import BY_NAME, authorization, types_of
 
 log = logging.getLogger(__name__)
 AUTH_PATH = "/_agentserver/auth"
@@ -62,7 +61,7 @@ SESSION_MAX_AGE = 12 * 3600
 ACTIVITY_EVERY = 5.0
 _READ_METHODS = frozenset({"GET", "HEAD"})
 # Which sandbox types each subdomain kind may reach (local sandboxes run opencode).
-_KINDS = {"opencode": {SandboxType.OPENCODE, SandboxType.LOCAL}, "openclaw": {SandboxType.OPENCLAW}}
+_KINDS = {name: types_of(name) for name in BY_NAME}
 _UNKNOWN_PAGES = {
     "sandbox": pages.NOT_FOUND,
     "preview": pages.PREVIEWS_DISABLED,
@@ -461,9 +460,7 @@ class SubdomainProxy:
     # -- the lifecycle ------------------------------------------------------------------------
 
     def agent_auth(self, sandbox: Sandbox) -> bytes:
-        if sandbox.type == SandboxType.OPENCLAW:
-            return bearer_auth(sandbox.agent_secret)
-        return basic_auth(sandbox.agent_secret)
+        return authorization(sandbox.type, sandbox.agent_secret)
 
     def touch(self, sandbox_id: str) -> None:
         """Record activity, at most every few seconds per sandbox; never blocks."""

@@ -26,6 +26,7 @@ from agentserver.models import SandboxStatus as S
 from agentserver.sandboxes import lifecycle
 from agentserver.sandboxes.base import Backend, Endpoint, Managed, SandboxSpec
 from agentserver.sandboxes.events import WorkspaceEvents
+from agentserver.sandboxes.kinds import kind_of
 from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,8 @@ def _time(value: datetime | None) -> str | None:
 
 
 def sandbox_url(sandbox: Sandbox, settings: Settings) -> str:
-    prefix = "claw" if sandbox.type == SandboxType.OPENCLAW else "oc"
-    return f"{settings.base_scheme}://{prefix}-{sandbox.id}.{settings.domain}/"
+    prefix = kind_of(sandbox.type).prefix
+    return f"{settings.base_scheme}://{prefix}{sandbox.id}.{settings.domain}/"
 
 
 def sandbox_json(sandbox: Sandbox, settings: Settings) -> dict[str, Any]:

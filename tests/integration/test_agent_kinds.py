@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from agentserver.auth.tokens import new_id, new_token
+from agentserver.kinds import answers_with_credentials, kind_of, probe_headers
 from agentserver.models import SandboxType
 from agentserver.sandboxes.base import SandboxSpec
-from agentserver.sandboxes.kinds import answers_with_credentials, kind_of, probe_headers
 from agentserver.sandboxes.process import open_backend
 from agentserver.settings import build_settings
 from tests.support.sandboxes import reachable_data_dir

@@ -6,6 +6,7 @@ import base64
 
 import pytest
 
+from agentserver.kinds import authorization
 from agentserver.models import SandboxType
 from agentserver.proxy.headers import (
     Forwarding,
@@ -18,7 +19,6 @@ from agentserver.proxy.headers import (
     strip_cookies,
     websocket_headers,
 )
-from agentserver.sandboxes.kinds import authorization
 
 FWD = Forwarding(client_ip="10.0.0.7", proto="https", host=b"oc-abc.example.com")
 AUTH = authorization(SandboxType.OPENCODE, "s3cret")

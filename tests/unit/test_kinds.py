@@ -1,4 +1,4 @@
-"""The kinds table (sandboxes/kinds.py): each row pinned, and every backend, the proxy and the
+"""The kinds table (kinds.py): each row pinned, and every backend, the proxy and the
 API rendering what the row says, so no copy can drift from it again."""
 
 from __future__ import annotations
@@ -11,6 +11,21 @@ from pathlib import Path
 
 import pytest
 
+from agentserver.agent.connect import DEFAULT_OPENCODE_URL
+from agentserver.agent.forward import Forwarder
+from agentserver.kinds import (
+    KINDS,
+    OPENCLAW,
+    OPENCLAW_MODELS,
+    OPENCODE,
+    AgentKind,
+    LlmAccess,
+    answers_with_credentials,
+    authorization,
+    kind_of,
+    probe_headers,
+    types_of,
+)
 from agentserver.models import Sandbox, SandboxType
 from agentserver.proxy.routing import PREFIXES, Target, resolve, sandbox_host
 from agentserver.sandboxes.account import Account
@@ -23,19 +38,6 @@ from agentserver.sandboxes.containers import (
     container_config,
     sandbox_environment,
     start_files,
-)
-from agentserver.sandboxes.kinds import (
-    KINDS,
-    OPENCLAW,
-    OPENCLAW_MODELS,
-    OPENCODE,
-    AgentKind,
-    LlmAccess,
-    answers_with_credentials,
-    authorization,
-    kind_of,
-    probe_headers,
-    types_of,
 )
 from agentserver.sandboxes.launch import Folders, agent_command, write_agent_config
 from agentserver.sandboxes.service import sandbox_url
@@ -243,3 +245,11 @@ def test_a_probe_carries_the_credentials_and_the_body_type() -> None:
         "Authorization": "Bearer tok",
         "Content-Type": "application/json",
     }
+
+
+def test_the_local_agent_reaches_opencode_as_the_row_says() -> None:
+    """`agent connect` looks for opencode on the row's port by default and sends it the row's
+    credentials with the password it is given."""
+    assert f"http://localhost:{OPENCODE.port}" == DEFAULT_OPENCODE_URL
+    forwarder = Forwarder(DEFAULT_OPENCODE_URL, "pw", lambda line: None)
+    assert forwarder._auth == OPENCODE.credentials.header("pw")

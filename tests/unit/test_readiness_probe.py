@@ -13,11 +13,11 @@ import pytest
 import trio
 
 from agentserver.errors import BackendError
+from agentserver.kinds import kind_of
 from agentserver.models import SandboxType
 from agentserver.sandboxes import docker as docker_module
 from agentserver.sandboxes.base import Endpoint, SandboxSpec
 from agentserver.sandboxes.docker import DockerBackend
-from agentserver.sandboxes.kinds import kind_of
 from agentserver.sandboxes.readiness import answers
 from agentserver.settings import build_settings
 

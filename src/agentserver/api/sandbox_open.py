@@ -22,8 +22,8 @@ from agentserver.auth.permissions import Action
 from agentserver.auth.tickets import is_binding, mint_ticket
 from agentserver.deps import Deps
 from agentserver.errors import Invalid, NotFound, Unauthenticated
+from agentserver.kinds import kind_of
 from agentserver.models import Sandbox
-from agentserver.sandboxes.kinds import kind_of
 
 blueprint = Blueprint("sandbox_open", __name__, url_prefix="/api/sandboxes")
 

@@ -6,10 +6,10 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from agentserver.sandboxes.kinds import BY_NAME, BY_PREFIX
-from agentserver.sandboxes.kinds import Name as Kind
+from agentserver.kinds import BY_NAME, BY_PREFIX
+from agentserver.kinds import Name as Kind
 
-# The subdomain label prefix of each kind of agent, from the kinds table (sandboxes/kinds.py).
+# The subdomain label prefix of each kind of agent, from the kinds table (kinds.py).
 PREFIXES: dict[str, Kind] = {prefix: kind.name for prefix, kind in BY_PREFIX.items()}
 PREFIX_OF: dict[Kind, str] = {name: kind.prefix for name, kind in BY_NAME.items()}
 

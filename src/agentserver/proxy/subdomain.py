@@ -33,6 +33,7 @@ from agentserver.auth.tickets import (
 from agentserver.auth.tokens import hash_token
 from agentserver.deps import Deps
 from agentserver.errors import SandboxUnreachable
+from agentserver.kinds import BY_NAME, authorization, types_of
 from agentserver.models import Sandbox, SandboxStatus, SandboxType
 from agentserver.proxy import guest, pages
 from agentserver.proxy.body_deadline import BodyDeadline
@@ -51,7 +52,6 @@ from agentserver.proxy.routing import Target, Unknown, resolve
 from agentserver.proxy.upstream import Pool, Upstream, UpstreamTimeout
 from agentserver.proxy.websocket import proxy_websocket, reject
 from agentserver.sandboxes.events import Event, WorkspaceEvents
-from agentserver.sandboxes.kinds import BY_NAME, authorization, types_of
 
 log = logging.getLogger(__name__)
 AUTH_PATH = "/_agentserver/auth"

@@ -8,9 +8,9 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from agentserver.errors import BackendError
+from agentserver.kinds import OPENCLAW, OPENCODE, LlmAccess, kind_of
 from agentserver.models import SandboxType
 from agentserver.sandboxes.base import SandboxSpec
-from agentserver.sandboxes.kinds import OPENCLAW, OPENCODE, LlmAccess, kind_of
 from agentserver.settings import Settings
 
 MANAGED_BY = "agentserver"

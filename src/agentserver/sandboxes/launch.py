@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from agentserver.errors import BackendError
+from agentserver.kinds import LlmAccess, kind_of
 from agentserver.sandboxes.account import Account, check_program, data_dir_problem
 from agentserver.sandboxes.base import SandboxSpec
 from agentserver.sandboxes.ids import share_disk
 from agentserver.sandboxes.isolation import DISK_PATH
-from agentserver.sandboxes.kinds import LlmAccess, kind_of
 from agentserver.settings import Settings
 
 LOG_FILE_LIMIT = 4 << 20  # the output file starts over beyond this size

@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 import trio
 
-from agentserver.sandboxes.kinds import answers_with_credentials, kind_of, probe_headers
+from agentserver.kinds import answers_with_credentials, kind_of, probe_headers
 
 
 async def answers(client: httpx.AsyncClient, sandbox_type: str, base_url: str, secret: str) -> bool:

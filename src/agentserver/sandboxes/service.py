@@ -21,12 +21,12 @@ import trio
 
 from agentserver.db.database import Database
 from agentserver.errors import AgentServerError, Conflict, DatabaseUnavailable, Invalid, NotFound
+from agentserver.kinds import kind_of
 from agentserver.models import Sandbox, SandboxType
 from agentserver.models import SandboxStatus as S
 from agentserver.sandboxes import lifecycle
 from agentserver.sandboxes.base import Backend, Endpoint, Managed, SandboxSpec
 from agentserver.sandboxes.events import WorkspaceEvents
-from agentserver.sandboxes.kinds import kind_of
 from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)

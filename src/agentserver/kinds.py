@@ -5,8 +5,9 @@ opencode on its owner's machine). Everything that differs between them is a row 
 the subdomain prefix it is served at, its port, how the proxy and the backends authenticate
 to it, the request that proves it is ready, its command-line arguments, its environment and
 configuration (the LLM proxy as its Anthropic provider), and the settings that name its
-program and image. Every backend, the subdomain proxy, the routing and the API read this
-table; none keeps its own copy.
+program and image. Every backend, the subdomain proxy, the routing, the API and the
+`agent connect` client (for the local opencode) read this table; none keeps its own copy.
+It sits below every layer that needs it (pyproject's import-linter layers).
 """
 
 from __future__ import annotations

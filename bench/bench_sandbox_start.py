@@ -166,7 +166,7 @@ async def main(runs: int) -> None:
             )
             api = Api(f"http://127.0.0.1:{running.port}")
             await api.setup(nursery)
-            isolation = running.deps.extras["sandboxes"].backend.isolation
+            isolation = running.deps.sandboxes.backend.isolation
             await direct_start(binary, scratch)  # warm the page cache for both
             for _ in range(runs):
                 direct.append(await direct_start(binary, scratch))

@@ -34,8 +34,7 @@ sys.path.insert(0, str(REPO))
 from tests.support.bulk_upstream import BulkUpstream, serve_bulk  # noqa: E402
 from tests.support.sandbox_login import sandbox_cookie  # noqa: E402
 
-from agentserver.tunnel.connection import Role  # noqa: E402
-from agentserver.tunnel.transport import Tunnel, WebSocketLink  # noqa: E402
+from agentserver.tunnel import Role, WebSocketLink, open_tunnel  # noqa: E402
 
 MB = 1024 * 1024
 PYTHON = sys.executable
@@ -190,10 +189,8 @@ async def idle_tunnels(
                     f"ws://127.0.0.1:{port}/api/tunnel/{sandbox_id}",
                     extra_headers=[(b"authorization", f"Bearer {token}".encode())],
                 ) as ws,
-                trio.open_nursery() as nursery,
+                open_tunnel(WebSocketLink(ws), role=Role.CLIENT),
             ):
-                tunnel = Tunnel(WebSocketLink(ws), role=Role.CLIENT)
-                await nursery.start(tunnel.run)
                 dialing.release()
                 released = True
                 connected += 1

@@ -3,6 +3,7 @@
 import { render } from './vendor/preact.module.js';
 import { useCallback, useEffect, useState } from './vendor/hooks.module.js';
 import { get, post, whenSignedOut } from './api.js';
+import { can } from './roles.js';
 import { html, ErrorBox, Link, Loading, navigate, useLocation } from './ui.js';
 import { SignIn } from './views/signin.js';
 import { Workspaces } from './views/workspaces.js';
@@ -90,16 +91,33 @@ function Frame({ me, workspaces, route, warnings, onSignOut, onSignOutEverywhere
   </div>`;
 }
 
-function Screen({ route, me, workspaces, reload }) {
+/** Shown on every screen of a workspace where the user is a guest: they may look, not change. */
+function ReadOnlyNotice({ workspace }) {
+  if (!workspace || can(workspace.role, 'use_sandbox')) return null;
+  return html`<p class="notice read-only" role="note">
+    <strong>Read-only.</strong> You are a ${workspace.role} in ${workspace.name}: you can look at its
+    sandboxes, members and usage, but not change anything. Ask an owner for another role.
+  </p>`;
+}
+
+function Screen({ route, me, workspaces, reload, config, gone, onGone }) {
   const workspace = route.workspaceId ? workspaces.find((ws) => ws.id === route.workspaceId) : null;
   if (route.workspaceId && !workspace) {
+    if (gone === route.workspaceId) {
+      return html`<section role="alert"><h1>Workspace deleted</h1>
+        <p>This workspace was deleted, or you were removed from it. <${Link} href="/workspaces">See your workspaces<//>.</p></section>`;
+    }
     return html`<section><h1>Workspace not found</h1>
       <p>It does not exist, or you are not a member. <${Link} href="/workspaces">See your workspaces<//>.</p></section>`;
   }
+  return html`<${ReadOnlyNotice} workspace=${workspace} />${screenOf(route, me, workspace, workspaces, reload, config, onGone)}`;
+}
+
+function screenOf(route, me, workspace, workspaces, reload, config, onGone) {
   switch (route.view) {
     case 'workspaces': return html`<${Workspaces} workspaces=${workspaces} reload=${reload} />`;
-    case 'sandboxes': return html`<${Sandboxes} workspace=${workspace} key=${workspace.id} />`;
-    case 'sandbox': return html`<${SandboxDetail} workspace=${workspace} sandboxId=${route.sandboxId} key=${route.sandboxId} />`;
+    case 'sandboxes': return html`<${Sandboxes} workspace=${workspace} types=${config.sandboxTypes} onGone=${onGone} key=${workspace.id} />`;
+    case 'sandbox': return html`<${SandboxDetail} workspace=${workspace} sandboxId=${route.sandboxId} onGone=${onGone} key=${route.sandboxId} />`;
     case 'members': return html`<${Members} workspace=${workspace} me=${me} reload=${reload} key=${workspace.id} />`;
     case 'usage': return html`<${Usage} workspace=${workspace} key=${workspace.id} />`;
     case 'admin':
@@ -113,6 +131,7 @@ function App() {
   const pathname = useLocation();
   const [state, setState] = useState({ phase: 'loading' });
   const [workspaces, setWorkspaces] = useState([]);
+  const [gone, setGone] = useState(null);
   const route = parseRoute(pathname);
 
   const boot = useCallback(async () => {
@@ -126,6 +145,11 @@ function App() {
     }
   }, []);
   const reload = useCallback(async () => setWorkspaces(await get('/api/workspaces')), []);
+  // A workspace open in this tab was deleted: the list drops it and the screen says so, once.
+  const onGone = useCallback((id) => {
+    setGone(id);
+    reload().catch(() => {});
+  }, []);
 
   useEffect(() => {
     whenSignedOut(() => setState((s) => ({ phase: 'signin', config: s.config || {} })));
@@ -163,7 +187,8 @@ function App() {
   return html`<${Frame} me=${state.me} workspaces=${workspaces} route=${route}
     warnings=${state.config.warnings}
     onSignOut=${() => signOut(false)} onSignOutEverywhere=${() => signOut(true)}>
-    ${route.view === 'home' ? html`<${Loading} />` : html`<${Screen} route=${route} me=${state.me} workspaces=${workspaces} reload=${reload} />`}
+    ${route.view === 'home' ? html`<${Loading} />` : html`<${Screen} route=${route} me=${state.me} workspaces=${workspaces} reload=${reload}
+      config=${state.config} gone=${gone} onGone=${onGone} />`}
   <//>`;
 }
 

@@ -29,6 +29,35 @@ export const GRANTABLE = {
   guest: [],
 };
 
+// What each action means to a person, for the role table on the members page (generated from
+// MATRIX above; tests/unit/test_web_roles.py checks every action has its words).
+export const ACTION_TEXT = {
+  view_workspace: 'See the workspace',
+  rename_workspace: 'Rename the workspace',
+  delete_workspace: 'Delete the workspace',
+  list_members: 'See the members',
+  add_member: 'Add members',
+  change_member_role: 'Change members\' roles',
+  remove_member: 'Remove members',
+  view_sandboxes: 'See the sandboxes',
+  create_sandbox: 'Create sandboxes',
+  manage_sandbox: 'Pause, resume and delete sandboxes',
+  use_sandbox: 'Work in a sandbox',
+  view_sandbox: 'Look into a sandbox (read-only)',
+  view_logs: 'Read sandbox logs',
+  create_agent_code: 'Connect a local agent',
+  view_usage: 'See LLM usage',
+};
+
+/** The role table: one row per action, in MATRIX's order, with who may take it. */
+export function roleTable() {
+  return Object.keys(MATRIX).map((action) => ({
+    action,
+    text: ACTION_TEXT[action] || action,
+    roles: ROLES.map((role) => MATRIX[action].includes(role)),
+  }));
+}
+
 /** True when `role` (a workspace role, or undefined for a non-member) may take `action`. */
 export function can(role, action) {
   return Boolean(role) && (MATRIX[action] || []).includes(role);

@@ -49,15 +49,6 @@ FROM sandboxes WHERE id = :id AND type = 'local' AND tunnel_token_hash = :tunnel
 UPDATE sandboxes SET last_heartbeat_at = now()
 WHERE id = :id AND type = 'local' AND tunnel_token_hash = :tunnel_token_hash;
 
--- name: agent_set_status :one
--- Fallback when no lifecycle service runs: the same conditional transition.
-UPDATE sandboxes SET status = :new, status_reason = :reason, updated_at = now(),
-       last_activity_at = CASE WHEN :new = 'running' THEN now() ELSE last_activity_at END
-WHERE id = :id AND type = 'local' AND status = ANY(:expected)
-RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
-          last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-          last_heartbeat_at;
-
 -- name: agent_all_offline :many
 -- At start: no tunnel survives a restart.
 UPDATE sandboxes SET status = 'offline', status_reason = 'waiting for the agent to reconnect',

@@ -3,7 +3,8 @@
 -- name: proxy_get_sandbox :one
 SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
        last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-       last_heartbeat_at
+       last_heartbeat_at, paused_reason, paused_by, paused_idle_seconds,
+       (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name
 FROM sandboxes WHERE id = :id;
 
 -- name: proxy_member_role :scalar
@@ -44,9 +45,11 @@ DELETE FROM sandbox_sessions WHERE user_id = :user_id AND expires_at <= now();
 SELECT ss.user_id, m.role, ss.session_hash,
        s.id, s.workspace_id, s.name, s.type, s.status, s.status_reason, s.created_by,
        s.created_at, s.updated_at, s.last_activity_at, s.paused_at, s.agent_secret,
-       s.endpoint_host, s.endpoint_port, s.backend_ref, s.last_heartbeat_at
+       s.endpoint_host, s.endpoint_port, s.backend_ref, s.last_heartbeat_at,
+       s.paused_reason, s.paused_by, s.paused_idle_seconds, pu.username AS paused_by_name
 FROM sandbox_sessions ss
 JOIN sandboxes s ON s.id = ss.sandbox_id
 JOIN workspace_members m ON m.workspace_id = s.workspace_id AND m.user_id = ss.user_id
 JOIN sessions ms ON ms.token_hash = ss.session_hash AND ms.expires_at > now()
+LEFT JOIN users pu ON pu.id = s.paused_by
 WHERE ss.token_hash = :token_hash AND ss.sandbox_id = :sandbox_id AND ss.expires_at > now();

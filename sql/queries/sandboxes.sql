@@ -11,13 +11,15 @@ RETURNING id, workspace_id, name, type, status, status_reason, created_by, creat
 -- name: sbx_get :one
 SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
        last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-       last_heartbeat_at
+       last_heartbeat_at, paused_reason, paused_by, paused_idle_seconds,
+       (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name
 FROM sandboxes WHERE id = :id;
 
 -- name: sbx_list_workspace :many
 SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
        last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-       last_heartbeat_at
+       last_heartbeat_at, paused_reason, paused_by, paused_idle_seconds,
+       (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name
 FROM sandboxes WHERE workspace_id = :workspace_id ORDER BY created_at, id;
 
 -- name: sbx_list_all :many
@@ -30,7 +32,8 @@ FROM sandboxes ORDER BY created_at, id;
 -- name: sbx_set_status :one
 -- The one conditional transition: nothing changes unless the row is still in an expected status.
 -- Entering `running` records the endpoint and counts as activity; `paused` stamps paused_at;
--- leaving `running` forgets the endpoint (a stopped agent has none).
+-- leaving `running` forgets the endpoint (a stopped agent has none). Entering `pausing` records
+-- why (idle or by whom); running again forgets it.
 UPDATE sandboxes SET
     status = :new,
     status_reason = :reason,
@@ -41,11 +44,18 @@ UPDATE sandboxes SET
                          WHEN :new = 'pausing' THEN endpoint_port ELSE NULL END,
     last_activity_at = CASE WHEN :new = 'running' THEN now() ELSE last_activity_at END,
     paused_at = CASE WHEN :new = 'paused' THEN now() WHEN :new = 'running' THEN NULL
-                     ELSE paused_at END
+                     ELSE paused_at END,
+    paused_reason = CASE WHEN :new = 'pausing' THEN CAST(:paused_reason AS TEXT)
+                         WHEN :new = 'running' THEN NULL ELSE paused_reason END,
+    paused_by = CASE WHEN :new = 'pausing' THEN CAST(:paused_by AS TEXT)
+                     WHEN :new = 'running' THEN NULL ELSE paused_by END,
+    paused_idle_seconds = CASE WHEN :new = 'pausing' THEN CAST(:paused_idle_seconds AS FLOAT8)
+                               WHEN :new = 'running' THEN NULL ELSE paused_idle_seconds END
 WHERE id = :id AND status = ANY(:expected)
 RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
           last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-          last_heartbeat_at;
+          last_heartbeat_at, paused_reason, paused_by, paused_idle_seconds,
+          (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name;
 
 -- name: sbx_set_proxy_token :execrows
 UPDATE sandboxes SET proxy_token_hash = :proxy_token_hash WHERE id = :id;

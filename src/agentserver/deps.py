@@ -1,25 +1,49 @@
-"""The one object through which handlers reach the database, backend, hub and settings."""
+"""The one object through which handlers reach the services of a running server."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-import trio
-
+from agentserver.auth.oidc import Provider
 from agentserver.auth.pacing import AccountPacer
 from agentserver.auth.throttle import Throttle
+from agentserver.auth.tickets import AccessCache
 from agentserver.db.database import Database
+from agentserver.sandboxes.events import WorkspaceEvents
+from agentserver.sandboxes.idle import IdleWatcher
+from agentserver.sandboxes.reconciler import Reconciler
+from agentserver.sandboxes.service import Sandboxes
+from agentserver.sandboxes.tunnel_session import TunnelSessions
 from agentserver.settings import Settings
+from agentserver.tunnel.hub import Hub
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Deps:
-    """Shared services of one running server; built by serve.py, read by every handler."""
+    """Shared services of one running server: built once by `serve.run`, read by every handler.
+
+    A feature that is off is off by configuration: no OIDC providers is an empty mapping, no
+    idle timeout or reconcile interval is `None`; nothing here is ever missing.
+    """
 
     settings: Settings
     db: Database
-    nursery: trio.Nursery
+    # Per-workspace sandbox events (the dashboard's stream; the proxy forgets what changed).
+    events: WorkspaceEvents
+    sandboxes: Sandboxes
+    # The background loops of the lifecycle (None when configured off).
+    idle_watcher: IdleWatcher | None
+    reconciler: Reconciler | None
+    # Local sandboxes' live tunnels on this server, and the sessions that serve them.
+    hub: Hub
+    tunnels: TunnelSessions
+    # Who may reach which sandbox host, cached briefly; revoked when access ends.
+    access: AccessCache
+    # Sign in with GitHub / OIDC, by provider id (empty: password sign-in only).
+    oidc_providers: Mapping[str, Provider]
+    # What signed-in users should know about this server (e.g. sandboxes run unisolated).
+    server_warnings: tuple[str, ...] = ()
     # Failed sign-ins per client address: past the limit that address is refused for a while.
     login_throttle: Throttle = field(default_factory=lambda: Throttle(limit=5, window=60.0))
     # Failed sign-ins per account: past the limit attempts are paced, never locked out.
@@ -27,5 +51,3 @@ class Deps:
     # Password work (sign-in, registration) per client address, counted before any hashing.
     password_attempts: Throttle = field(default_factory=lambda: Throttle(limit=30, window=60.0))
     code_throttle: Throttle = field(default_factory=lambda: Throttle(limit=10, window=60.0))
-    # Filled in by the features that own them (sandboxes, tunnel hub, LLM proxy, OIDC).
-    extras: dict[str, Any] = field(default_factory=dict)

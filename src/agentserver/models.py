@@ -90,3 +90,9 @@ class Sandbox:
     endpoint_port: int | None
     backend_ref: str | None
     last_heartbeat_at: datetime | None
+    # Why it was paused (migration 0010): "idle" after `paused_idle_seconds`, or "user" by
+    # `paused_by` (its name in `paused_by_name`). Only the queries that show it select these.
+    paused_reason: str | None = None
+    paused_by: str | None = None
+    paused_by_name: str | None = None
+    paused_idle_seconds: float | None = None

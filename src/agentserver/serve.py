@@ -1,4 +1,4 @@
-"""The root nursery: database, features, hypercorn, signals and graceful shutdown."""
+"""The composition root: opens every service, builds `Deps`, serves, and shuts down by deadline."""
 
 from __future__ import annotations
 
@@ -7,22 +7,19 @@ import gc
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import trio
 from hypercorn.config import Config
 from hypercorn.utils import wrap_app
 
-from agentserver.api import sandbox_open
-from agentserver.api import sandboxes as sandboxes_api
-from agentserver.api.agents import open_tunnel
 from agentserver.api.app import create_app
-from agentserver.api.oidc import open_oidc
-from agentserver.api.usage import open_usage_api
+from agentserver.api.oidc import sign_in_providers
+from agentserver.auth.tickets import AccessCache
 from agentserver.banner import startup_lines
 from agentserver.db.database import Database, check_connect, open_database
 from agentserver.db.embedded import open_embedded_postgres
@@ -30,33 +27,15 @@ from agentserver.db.migrate import apply_migrations
 from agentserver.deps import Deps
 from agentserver.errors import ConfigError, DatabaseUnavailable
 from agentserver.proxy import front
-from agentserver.proxy.llm import llm_middleware, open_llm_proxy
-from agentserver.proxy.subdomain import SubdomainProxy, open_proxy
-from agentserver.proxy.tunnel_upstream import open_tunnel_upstreams
+from agentserver.proxy.llm import llm_middleware, open_llm_client
+from agentserver.proxy.subdomain import SubdomainProxy, open_pool
+from agentserver.sandboxes.events import WorkspaceEvents
 from agentserver.sandboxes.feature import open_sandboxes
+from agentserver.sandboxes.tunnel_session import open_tunnel_sessions
 from agentserver.settings import OPTION_BY_NAME, Settings
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 5.0
-
-# Features that own services of their own (sandboxes, tunnel hub, LLM proxy, OIDC) add an
-# opener here: an async context manager taking Deps, entered in order, exited in reverse.
-Feature = Callable[[Deps], AbstractAsyncContextManager[None]]
-FEATURES: list[Feature] = []
-FEATURES.append(open_oidc)  # sign in with GitHub / OIDC
-# ASGI wrappers applied around the API app, innermost first (e.g. the subdomain proxy).
-Middleware = Callable[[Any, Deps], Any]
-MIDDLEWARE: list[Middleware] = []
-FEATURES += [open_usage_api, open_llm_proxy]
-MIDDLEWARE.append(llm_middleware)
-# The subdomain proxy: /api/sandboxes/{id}/open, its upstream pool, and Host dispatch (outermost).
-FEATURES += [sandbox_open.register, open_proxy]
-MIDDLEWARE.append(SubdomainProxy)
-# Sandboxes: the lifecycle service (backend, reconciliation, idle watcher) and its routes.
-FEATURES += [open_sandboxes, sandboxes_api.register]
-# Local agents: codes, registration, the tunnel endpoint and hub; tunnels as proxy upstreams
-# (after the sandboxes service, which it tells about running/offline).
-FEATURES += [open_tunnel, open_tunnel_upstreams]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +45,10 @@ class Running:
     url: str
     port: int
     deps: Deps
+    # The front door's subdomain proxy (sandbox hosts), around the LLM proxy and the API app.
+    proxy: SubdomainProxy
+    # One line for the operator: what runs sandboxes, and how isolated.
+    sandbox_summary: str
 
 
 def bind(settings: Settings) -> socket.socket:
@@ -112,6 +95,36 @@ async def open_db(settings: Settings) -> AsyncIterator[Database]:
             yield db
 
 
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
+    """Every service the handlers share, opened in order and closed in reverse: the database,
+    sign-in providers, the sandbox lifecycle over its backend, and the local agents' tunnel
+    sessions with their hub. Yields the handlers' `Deps` and the backend's one-line summary.
+    (The proxies' own clients are opened by `run` and handed to them.)"""
+    async with open_db(settings) as db:
+        # A half-configured provider stops the start here, before any other service opens.
+        oidc_providers = await sign_in_providers(settings)
+        events = WorkspaceEvents()
+        async with (
+            open_sandboxes(settings, db, events) as lifecycle,
+            open_tunnel_sessions(settings, db, lifecycle.service) as tunnels,
+        ):
+            deps = Deps(
+                settings=settings,
+                db=db,
+                events=events,
+                sandboxes=lifecycle.service,
+                idle_watcher=lifecycle.idle_watcher,
+                reconciler=lifecycle.reconciler,
+                hub=tunnels.hub,
+                tunnels=tunnels,
+                access=AccessCache(db),
+                oidc_providers=oidc_providers,
+                server_warnings=lifecycle.warnings,
+            )
+            yield deps, lifecycle.summary
+
+
 async def migrate_only(settings: Settings) -> list[str]:
     """Apply pending migrations and return their names (`agentserver db migrate`)."""
     async with open_database_url(settings) as url:
@@ -138,42 +151,42 @@ async def run(
     """Serve until `shutdown` is set, then drain requests by a deadline and stop everything."""
     sock = bind(settings)
     settings = settings.with_port(sock.getsockname()[1])
-    with sock:  # closed even when the database or a feature fails to open
-        async with open_db(settings) as db, trio.open_nursery() as nursery:
-            deps = Deps(settings=settings, db=db, nursery=nursery)
-            async with AsyncExitStack() as features:
-                for feature in FEATURES:
-                    await features.enter_async_context(feature(deps))
-                app: Any = create_app(deps)
-                for middleware in MIDDLEWARE:
-                    app = middleware(app, deps)
-                config = hypercorn_config(settings)
-                asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
-                # Sandbox-host requests take the proxy's fast path, the rest hypercorn.
-                fast = app if isinstance(app, SubdomainProxy) else None
-                # Everything built so far lives as long as the server: keep the collector's
-                # full passes from walking it again and again under load.
-                gc.freeze()
-                # Serving has its own nursery: once `shutdown` is set it drains requests (up to
-                # graceful_timeout) and returns, and only then do features and the database close.
-                async with trio.open_nursery() as http:
-                    await http.start(
-                        partial(
-                            front.serve,
-                            asgi,
-                            config,
-                            sock,
-                            fast,
-                            shutdown_trigger=shutdown.wait,
-                            max_connections=settings.max_connections,
-                        )
+    with sock:  # closed even when the database or a service fails to open
+        async with (
+            open_services(settings) as (deps, sandbox_summary),
+            open_llm_client() as llm_client,  # the LLM proxy's, to the Anthropic API
+            open_pool(settings) as pool,  # the subdomain proxy's, to sandboxes' agents
+        ):
+            # Sandbox hosts go to the subdomain proxy (which the front door also takes as its
+            # fast path), /proxy/anthropic/* on the main host to the LLM proxy, the rest to the API.
+            # (quart, hypercorn and our proxies each type ASGI their own way: one protocol.)
+            api: Any = create_app(deps)
+            proxy = SubdomainProxy(llm_middleware(api, deps, llm_client), deps, pool)
+            config = hypercorn_config(settings)
+            asgi = wrap_app(cast(Any, proxy), config.wsgi_max_body_size, "asgi")
+            # Everything built so far lives as long as the server: keep the collector's
+            # full passes from walking it again and again under load.
+            gc.freeze()
+            # Serving has its own nursery: once `shutdown` is set it drains requests (up to
+            # graceful_timeout) and returns, and only then do the services and the database close.
+            async with trio.open_nursery() as http:
+                await http.start(
+                    partial(
+                        front.serve,
+                        asgi,
+                        config,
+                        sock,
+                        proxy,
+                        shutdown_trigger=shutdown.wait,
+                        max_connections=settings.max_connections,
                     )
-                    loopback = ("127.0.0.1", "0.0.0.0", "::")
-                    host = "localhost" if settings.listen_host in loopback else settings.listen_host
-                    url = f"http://{host}:{settings.listen_port}"
-                    task_status.started(Running(url=url, port=settings.listen_port, deps=deps))
-                # Features stop their own tasks on exit; anything left in the nursery is cancelled.
-            nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+                )
+                loopback = ("127.0.0.1", "0.0.0.0", "::")
+                host = "localhost" if settings.listen_host in loopback else settings.listen_host
+                url = f"http://{host}:{settings.listen_port}"
+                task_status.started(
+                    Running(url, settings.listen_port, deps, proxy, sandbox_summary)
+                )
 
 
 async def main(settings: Settings) -> None:
@@ -190,8 +203,7 @@ async def main(settings: Settings) -> None:
 
             nursery.start_soon(watch)
             running: Running = await nursery.start(partial(run, settings, shutdown=shutdown))
-            sandboxes = str(running.deps.extras.get("sandbox_summary", settings.backend))
-            lines = startup_lines(running.deps.settings, running.url, sandboxes)
+            lines = startup_lines(running.deps.settings, running.url, running.sandbox_summary)
             print("\n".join(lines), flush=True)
             for flag in settings.secret_flags:
                 env = OPTION_BY_NAME[flag[2:].replace("-", "_")].env

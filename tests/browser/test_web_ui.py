@@ -343,6 +343,7 @@ def test_members_controls_follow_the_role(
     main.get_by_role("button", name="Add member").click()
     expect(row(page, "member", "newbie")).to_be_visible()
     main.get_by_label("Role of dev").select_option("maintainer")
+    page.get_by_role("dialog").get_by_role("button", name="Change role").click()
     expect(main.get_by_label("Role of dev")).to_have_value("maintainer")
     main.get_by_role("button", name="Remove gus").click()
     page.get_by_role("dialog").get_by_role("button", name="Remove").click()

@@ -16,11 +16,11 @@ import wsproto.events
 
 from agentserver.agent.connect import AGENT_SETTINGS, AgentConfig, Session, describe
 from agentserver.agent.forward import Forwarder
-from agentserver.api.agents import TUNNEL_SETTINGS
 from agentserver.api.tunnel_link import QuartLink
+from agentserver.sandboxes.tunnel_session import TUNNEL_SETTINGS
 from agentserver.settings import Settings
+from agentserver.tunnel import Tunnel
 from agentserver.tunnel.frames import VERSION, Hello, Ping, Pong, encode, max_message_size
-from agentserver.tunnel.transport import Tunnel
 from tests.support.bulk_upstream import BulkUpstream
 from tests.support.tunnel_world import TunnelWorld
 from tests.support.workspace_events import watch_statuses
@@ -101,7 +101,7 @@ async def test_a_ping_flood_from_an_agent_that_does_not_read_queues_one_pong(
             await ws.send_message(encode(Ping(opaque)))
         with trio.fail_after(120):
             await all_seen.wait()
-        tunnel = world.server.deps.extras["hub"].get(sandbox_id)
+        tunnel = world.server.deps.hub.get(sandbox_id)
         assert isinstance(tunnel, Tunnel)
         waiting = tunnel._conn._outbox
         assert sum(type(frame) is Pong for frame in waiting) <= 1
@@ -118,7 +118,7 @@ async def test_requests_beyond_the_stream_cap_get_503_and_the_tunnel_stays_up(
     agent = await world.start_agent(nursery, f"http://127.0.0.1:{bulk.port}")
     async with watch_statuses(world.owner, world.workspace_id) as watch:
         await watch.until(agent.sandbox_id, "running")  # the server registered the tunnel
-    tunnel = world.server.deps.extras["hub"].get(agent.sandbox_id)
+    tunnel = world.server.deps.hub.get(agent.sandbox_id)
     assert isinstance(tunnel, Tunnel)
     async with await world.browser(agent.sandbox_id) as browser, trio.open_nursery() as streams:
         stop = [trio.Event() for _ in range(MAX_STREAMS)]
@@ -159,7 +159,7 @@ async def test_unread_downloads_hold_no_more_than_the_receive_budget_allows(
     agent = await world.start_agent(nursery, f"http://127.0.0.1:{bulk.port}")
     async with watch_statuses(world.owner, world.workspace_id) as watch:
         await watch.until(agent.sandbox_id, "running")
-    tunnel = world.server.deps.extras["hub"].get(agent.sandbox_id)
+    tunnel = world.server.deps.hub.get(agent.sandbox_id)
     assert isinstance(tunnel, Tunnel)
     bound = BUDGET + (MAX_STREAMS - 1) * TUNNEL_SETTINGS.initial_window
     async with await world.browser(agent.sandbox_id) as browser, trio.open_nursery() as readers:
@@ -199,7 +199,7 @@ async def test_an_upload_to_an_agent_that_grants_no_credit_ends_in_an_error(
                     "/upload", content=b"u" * (1 << 20), headers={"accept": "application/json"}
                 )
         assert answer.status_code == 502
-        tunnel = world.server.deps.extras["hub"].get(sandbox_id)
+        tunnel = world.server.deps.hub.get(sandbox_id)
         assert isinstance(tunnel, Tunnel)
         assert tunnel._streams == {}
         assert not tunnel.closed
@@ -249,7 +249,7 @@ async def test_an_oversize_message_is_refused_before_the_server_holds_it_whole(
         assert close.code == 1009
         assert sent > max_message_size(TUNNEL_SETTINGS.max_frame_payload)
         await watch.until(sandbox_id, "offline")
-    assert world.server.deps.extras["hub"].get(sandbox_id) is None
+    assert world.server.deps.hub.get(sandbox_id) is None
 
 
 async def test_the_tunnel_refuses_websocket_compression(world: TunnelWorld) -> None:

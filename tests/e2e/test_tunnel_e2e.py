@@ -214,7 +214,7 @@ async def test_replaced_tunnel_closing_late_keeps_the_new_one_running(
     agent = await world.start_agent(nursery, f"http://127.0.0.1:{bulk.port}")
     session, sid = agent.session, agent.sandbox_id
     assert session is not None
-    hub = world.server.deps.extras["hub"]
+    hub = world.server.deps.hub
     async with watch_statuses(world.owner, world.workspace_id) as watch:
         await watch.until(sid, "running")
         mark = len(watch.seen)

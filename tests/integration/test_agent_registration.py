@@ -14,8 +14,8 @@ import pytest
 import trio
 import trio_websocket
 
+from agentserver.tunnel import Tunnel, WebSocketLink
 from agentserver.tunnel.connection import Role
-from agentserver.tunnel.transport import Tunnel, WebSocketLink
 from tests.conftest import Server, make_settings, register, start_server
 from tests.support.workspace_events import watch_statuses
 
@@ -179,7 +179,7 @@ async def test_tunnel_token_only_in_the_header(team: Team) -> None:
         async with tunnel_to(team.server, sid, token) as tunnel:
             await watch.until(sid, "running")
             assert not tunnel.closed
-            assert team.server.deps.extras["hub"].get(sid) is not None
+            assert team.server.deps.hub.get(sid) is not None
         await watch.until(sid, "offline")
 
 
@@ -187,7 +187,7 @@ async def test_deleting_the_sandbox_revokes_the_token_and_closes_the_tunnel(team
     """DELETE of a local sandbox ends its live tunnel and the token no longer opens one."""
     body = (await team.register_agent(await team.code())).json()
     sid, token = body["sandboxId"], body["tunnelToken"]
-    hub = team.server.deps.extras["hub"]
+    hub = team.server.deps.hub
     async with (
         watch_statuses(team.owner, team.workspace_id) as watch,
         tunnel_to(team.server, sid, token) as tunnel,

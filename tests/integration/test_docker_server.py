@@ -132,7 +132,7 @@ async def test_docker_sandbox_lifecycle_through_api_and_proxy(
     assert sessions.status_code == 200
     assert sessions.json() == []
 
-    row = await docker_server.deps.extras["sandboxes"].get(sid)
+    row = await docker_server.deps.sandboxes.get(sid)
     old_host = row.endpoint_host
     container = await container_of(client, sid)
     assert row.endpoint_host == container.attrs["NetworkSettings"]["Networks"][NETWORK]["IPAddress"]
@@ -161,7 +161,7 @@ async def test_docker_sandbox_lifecycle_through_api_and_proxy(
     assert (await api.post(f"/api/sandboxes/{sid}/resume")).status_code == 200
     resumed = await events.until(sid, "running", "failed", after=len(events.seen) - 1)
     assert resumed["status"] == "running", resumed
-    row = await docker_server.deps.extras["sandboxes"].get(sid)
+    row = await docker_server.deps.sandboxes.get(sid)
     address = (await container_of(client, sid)).attrs["NetworkSettings"]["Networks"][NETWORK]
     assert row.endpoint_host == address["IPAddress"] != old_host
     assert await sh(client, sid, "cat /home/agent/own.txt") == (0, "mine\n")
@@ -213,7 +213,7 @@ async def test_restart_keeps_sandboxes_and_removes_orphans(
     )
     async with trio.open_nursery() as nursery:
         server = await start_server(nursery, settings)
-        row = await server.deps.extras["sandboxes"].get(sid)
+        row = await server.deps.sandboxes.get(sid)
         assert row.status == "running"
         assert await container_of(client, orphan_id) is None
         after = await container_of(client, sid)

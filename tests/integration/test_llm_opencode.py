@@ -72,7 +72,7 @@ def reply_texts(messages: list[dict[str, Any]]) -> list[str]:
 
 def sandbox_environment(server: Server, sandbox_id: str) -> dict[str, str]:
     """The environment the sandbox's process was started with (Linux /proc)."""
-    pid = server.deps.extras["sandboxes"].backend.pid(sandbox_id)
+    pid = server.deps.sandboxes.backend.pid(sandbox_id)
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
     return {k.decode(): v.decode("utf-8", "replace") for k, _, v in pairs}

@@ -43,7 +43,7 @@ async def test_openclaw_gateway_runs_with_its_token(
     assert created.json()["url"].startswith(f"http://claw-{sid}.")
     running = await events.until(sid, "running", "failed")
     assert running["status"] == "running", running
-    row = await server.deps.extras["sandboxes"].get(sid)
+    row = await server.deps.sandboxes.get(sid)
     url = f"http://{row.endpoint_host}:{row.endpoint_port}/healthz"
     async with httpx.AsyncClient(timeout=10) as direct:
         token = {"Authorization": f"Bearer {row.agent_secret}"}

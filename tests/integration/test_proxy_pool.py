@@ -30,7 +30,7 @@ def lifecycle(world: World) -> Sandboxes:
 
 
 def pool_of(world: World) -> Pool:
-    pool = world.server.deps.extras["proxy_pool"]
+    pool = world.server.running.proxy.pool
     assert isinstance(pool, Pool)
     return pool
 
@@ -122,7 +122,7 @@ async def test_pause_resume_cycles_of_real_opencode_leak_no_open_files(
     created = await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "oc"})
     sid = created.json()["id"]
     assert (await events.until(sid, "running", "failed"))["status"] == "running"
-    pool = sandbox_server.deps.extras["proxy_pool"]
+    pool = sandbox_server.running.proxy.pool
     for _ in range(3):
         location = (await client.get(f"/api/sandboxes/{sid}/open")).headers["location"]
         url = urlsplit(location)

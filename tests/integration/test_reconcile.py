@@ -40,7 +40,7 @@ async def test_stop_leaves_no_process_and_restart_reconciles(
     settings = sandbox_settings_for(db_url, tmp_path / "data", opencode_bin)
     async with trio.open_nursery() as first_run:
         server = await start_server(first_run, settings)
-        service: Sandboxes = server.deps.extras["sandboxes"]
+        service: Sandboxes = server.deps.sandboxes
         client, wid = await owner_with_workspace(server)
         events = await open_events(first_run, client, wid)
         ids = {}
@@ -74,7 +74,7 @@ async def test_stop_leaves_no_process_and_restart_reconciles(
     for name, status in want.items():
         settled = await events.until(ids[name], *SETTLED)
         assert settled["status"] == status, (name, settled)
-    restarted: Sandboxes = server.deps.extras["sandboxes"]
+    restarted: Sandboxes = server.deps.sandboxes
     assert alive(restarted.backend.pid(ids["running"]))  # type: ignore[attr-defined]
     assert restarted.backend.pid(ids["paused"]) is None  # type: ignore[attr-defined]
     assert not orphan.parent.exists()
@@ -138,7 +138,7 @@ async def running_sandbox(server: Server, nursery: trio.Nursery) -> tuple[EventS
     events = await open_events(nursery, client, wid)
     sid = (await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "s"})).json()["id"]
     assert (await events.until(sid, *SETTLED))["status"] == "running"
-    pid = server.deps.extras["sandboxes"].backend.pid(sid)
+    pid = server.deps.sandboxes.backend.pid(sid)
     assert pid is not None
     assert alive(pid)
     return events, sid, pid
@@ -156,7 +156,7 @@ async def test_periodic_reconciliation_repairs_a_row_left_creating(
     await trio.to_thread.run_sync(force_status, db_url, sid, "creating")
     repaired = await events.until(sid, *SETTLED, after=seen)
     assert repaired["status"] == "running", repaired
-    assert server.deps.extras["sandboxes"].backend.pid(sid) == pid  # not started again
+    assert server.deps.sandboxes.backend.pid(sid) == pid  # not started again
     events.close()
     server.shutdown.set()
 
@@ -166,13 +166,13 @@ async def test_reconciliation_restarts_a_running_row_whose_agent_is_gone(
 ) -> None:
     """A row that says `running` while the backend runs nothing is started again by a pass."""
     server = await start_server(nursery, sandbox_settings_for(db_url, tmp_path, opencode_bin))
-    service: Sandboxes = server.deps.extras["sandboxes"]
+    service: Sandboxes = server.deps.sandboxes
     events, sid, _ = await running_sandbox(server, nursery)
     await service.pause(sid)
     await events.until(sid, "paused")
     seen = len(events.seen)
     await trio.to_thread.run_sync(force_status, db_url, sid, "running")
-    reconciler = server.deps.extras["reconciler"]
+    reconciler = server.deps.reconciler
     reconciler.poke()
     await reconciler.next_pass()
     assert (await events.until(sid, "resuming", after=seen))["statusReason"].startswith(
@@ -191,10 +191,10 @@ async def test_reconciliation_stops_an_agent_behind_a_paused_row(
 ) -> None:
     """An agent still running behind a row that says `paused` is stopped by a pass."""
     server = await start_server(nursery, sandbox_settings_for(db_url, tmp_path, opencode_bin))
-    service: Sandboxes = server.deps.extras["sandboxes"]
+    service: Sandboxes = server.deps.sandboxes
     events, sid, pid = await running_sandbox(server, nursery)
     await trio.to_thread.run_sync(force_status, db_url, sid, "paused")
-    reconciler = server.deps.extras["reconciler"]
+    reconciler = server.deps.reconciler
     reconciler.poke()
     await reconciler.next_pass()
     assert service.backend.pid(sid) is None  # type: ignore[attr-defined]

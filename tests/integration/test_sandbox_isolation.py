@@ -94,7 +94,7 @@ async def test_with_bubblewrap_there_is_no_warning(
 ) -> None:
     """Where bubblewrap works, signed-in users see no warning."""
     server = await start_server(nursery, keyed(db_url, tmp_path / "d", opencode_bin))
-    if not server.deps.extras["sandboxes"].backend.isolation.enabled:
+    if not server.deps.sandboxes.backend.isolation.enabled:
         pytest.skip("bubblewrap does not work on this machine")
     client, _ = await owner_with_workspace(server)
     assert (await client.get("/api/auth/config")).json()["warnings"] == []

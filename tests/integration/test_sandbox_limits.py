@@ -62,7 +62,7 @@ async def test_the_agent_starts_with_the_configured_limits(
     sid = (await client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "l"})).json()["id"]
     started = await events.until(sid, "running", "failed")
     assert started["status"] == "running", started["statusReason"]
-    backend = server.deps.extras["sandboxes"].backend
+    backend = server.deps.sandboxes.backend
     assert isinstance(backend, ProcessBackend)
     pid = backend.pid(sid)
     assert pid is not None
@@ -149,7 +149,7 @@ async def test_the_agent_runs_in_its_sandboxs_cgroups(
         agent_pids_limit="300",
     )
     server = await start_server(nursery, settings)
-    backend = server.deps.extras["sandboxes"].backend
+    backend = server.deps.sandboxes.backend
     assert isinstance(backend, ProcessBackend)
     assert "limits: memory 1 GiB, 1.5 CPUs, 300 processes (cgroup v1" in backend.describe() or (
         "limits: memory 1 GiB, 1.5 CPUs, 300 processes (cgroup v2" in backend.describe()

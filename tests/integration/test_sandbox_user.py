@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def backend_of(server: Server) -> ProcessBackend:
-    sandboxes: Sandboxes = server.deps.extras["sandboxes"]
+    sandboxes: Sandboxes = server.deps.sandboxes
     assert isinstance(sandboxes.backend, ProcessBackend)
     return sandboxes.backend
 

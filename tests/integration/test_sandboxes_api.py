@@ -41,7 +41,7 @@ SECRET_KEYS = {
 
 
 def service(server: Server) -> Sandboxes:
-    found: Sandboxes = server.deps.extras["sandboxes"]
+    found: Sandboxes = server.deps.sandboxes
     return found
 
 
@@ -92,6 +92,9 @@ async def test_sandbox_lifecycle_create_pause_resume_delete(
             "lastActivityAt",
             "pausedAt",
             "url",
+            "pausedReason",  # why it was paused (migration 0010): idle or by whom
+            "pausedBy",
+            "pausedIdleSeconds",
         }
     row = await service(sandbox_server).get(sid)
     assert row is not None

@@ -12,8 +12,6 @@ import pytest
 import trio
 
 from agentserver.auth import passwords
-from agentserver.auth.pacing import AccountPacer
-from agentserver.auth.throttle import Throttle
 from agentserver.models import User
 from tests.conftest import Server, make_settings, register, start_server
 
@@ -38,7 +36,7 @@ async def proxied(nursery: trio.Nursery, db_url: str, tmp_path: Path) -> Any:
     srv = await start_server(
         nursery, make_settings(db_url, tmp_path / "data", trusted_proxies="127.0.0.1")
     )
-    srv.deps.account_pacer = AccountPacer(delay=0.05)
+    srv.deps.account_pacer.delay = 0.05  # Deps is frozen: its pacer is tuned in place
     yield srv
     srv.shutdown.set()
 
@@ -163,7 +161,7 @@ async def test_password_work_per_client_is_limited_before_hashing(
     server: Server, hasher: CountingHasher
 ) -> None:
     """Past the per-client attempt limit a registration is 429 and hashes nothing."""
-    server.deps.password_attempts = Throttle(limit=3, window=60.0)
+    server.deps.password_attempts.limit = 3  # the server's own throttle, window 60 s
     async with server.client() as client:
         statuses = [
             (

@@ -360,7 +360,7 @@ async def test_cancelling_a_client_mid_stream_closes_the_upstream(world: World) 
         await anext(response.aiter_raw())
     with trio.fail_after(10):
         await world.upstream.stream_closed.wait()
-    pool = world.server.deps.extras["proxy_pool"]
+    pool = world.server.running.proxy.pool
     assert pool.idle_count(("127.0.0.1", world.upstream.port)) == 0
 
 

@@ -46,7 +46,7 @@ async def test_a_bug_in_a_watcher_is_logged_and_retried_and_the_server_lives_on(
     its traceback, the task runs again, and the server keeps answering."""
     settings = make_settings(db_url, tmp_path / "data", idle_timeout="1h")
     server = await start_server(nursery, settings)
-    watcher = server.deps.extras[task]
+    watcher = getattr(server.deps, task)
     flaky = FailsOnce()
     watcher.sandboxes = flaky
     watcher.poke()

@@ -108,8 +108,9 @@ class World:
 @pytest.fixture
 async def world(server: Server, nursery: trio.Nursery, db_url: str) -> AsyncIterator[World]:
     upstream: RecordingUpstream = await nursery.start(serve_upstream, RecordingUpstream())
-    service = RecordingService(server.deps.extras.get("sandboxes"))
-    server.deps.extras["sandboxes"] = service
+    # The subdomain proxy's way to the lifecycle (wake, activity) is replaced by a recorder.
+    service = RecordingService(server.running.proxy.sandboxes)
+    server.running.proxy.sandboxes = service
     async with server.client() as owner:
         await register(owner, "owner")
         workspace = (await owner.post("/api/workspaces", json={"name": "w"})).json()

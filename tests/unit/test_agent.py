@@ -17,9 +17,9 @@ from agentserver.agent.connect import AgentConfig, Backoff, load_config, save_co
 from agentserver.agent.forward import Forwarder, safe_target
 from agentserver.framing import BodyMismatch
 from agentserver.proxy.tunnel_upstream import TunnelUpstream
+from agentserver.tunnel import StreamLink, StreamResetError, Tunnel, TunnelStream
 from agentserver.tunnel.connection import Role
 from agentserver.tunnel.hub import Hub
-from agentserver.tunnel.transport import StreamLink, StreamResetError, Tunnel, TunnelStream
 from tests.support.upstream import RecordingUpstream, serve_upstream
 
 CONFIG = AgentConfig(

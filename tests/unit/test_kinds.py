@@ -13,6 +13,7 @@ import pytest
 
 from agentserver.agent.connect import DEFAULT_OPENCODE_URL
 from agentserver.agent.forward import Forwarder
+from agentserver.api.sandboxes import sandbox_url
 from agentserver.kinds import (
     KINDS,
     OPENCLAW,
@@ -40,7 +41,6 @@ from agentserver.sandboxes.containers import (
     start_files,
 )
 from agentserver.sandboxes.launch import Folders, agent_command, write_agent_config
-from agentserver.sandboxes.service import sandbox_url
 from agentserver.settings import Settings, build_settings
 
 REPO = Path(__file__).resolve().parents[2]

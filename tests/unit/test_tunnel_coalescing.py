@@ -8,9 +8,9 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agentserver.tunnel import Tunnel
 from agentserver.tunnel.connection import Role, Settings, TunnelConnection
 from agentserver.tunnel.frames import DEFAULT_MAX_PAYLOAD, Data, End, Frame, Window, decode, encode
-from agentserver.tunnel.transport import Tunnel
 from tests.unit.test_tunnel_connection import ConnectionPair
 from tests.unit.test_tunnel_transport import Wire, echo, link_pair, read_all
 

@@ -11,8 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from agentserver.tunnel.connection import ErrorCode, RequestReceived, Role, Settings
-from agentserver.tunnel.transport import (
+from agentserver.tunnel import (
     RequestHandler,
     StreamLink,
     StreamResetError,
@@ -20,6 +19,7 @@ from agentserver.tunnel.transport import (
     TunnelClosed,
     TunnelStream,
 )
+from agentserver.tunnel.connection import ErrorCode, RequestReceived, Role, Settings
 
 SMALL = Settings(max_frame_payload=4096, initial_window=16384, ping_interval=10.0)
 

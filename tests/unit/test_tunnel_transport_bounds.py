@@ -10,15 +10,15 @@ from hypercorn.protocol.ws_stream import FrameTooLargeError
 from wsproto.events import BytesMessage
 
 from agentserver.api.tunnel_link import CappedBuffer
-from agentserver.tunnel.connection import ErrorCode, RequestReceived, Role, Settings
-from agentserver.tunnel.frames import VERSION, Hello, Ping, Pong, RequestOpen, encode
-from agentserver.tunnel.transport import (
+from agentserver.tunnel import (
     StreamLimitReached,
     StreamResetError,
     Tunnel,
     TunnelClosed,
     TunnelStream,
 )
+from agentserver.tunnel.connection import ErrorCode, RequestReceived, Role, Settings
+from agentserver.tunnel.frames import VERSION, Hello, Ping, Pong, RequestOpen, encode
 from tests.unit.test_tunnel_transport import SMALL, Wire, link_pair, read_all, tunnel_pair
 
 PEER_HELLO = encode(Hello(VERSION, 4096, 16384, 10.0))

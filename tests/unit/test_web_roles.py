@@ -28,3 +28,11 @@ def test_web_role_matrix_matches_permissions() -> None:
     assert {k: set(v) for k, v in web_grantable.items()} == {
         r.value: {g.value for g in roles} for r, roles in GRANTABLE.items()
     }
+
+
+def test_every_action_has_words_for_the_role_table() -> None:
+    """The members page's role table (generated from MATRIX) has words for every action."""
+    source = (web_dir() / "roles.js").read_text()
+    words = _table(source, "ACTION_TEXT")
+    assert set(words) == {a.value for a in MATRIX}
+    assert all(isinstance(text, str) and text for text in words.values())

@@ -1,8 +1,9 @@
-// Workspace members: list with roles; add, change role, remove and leave, each only when allowed.
+// Workspace members: list with roles; add, change role (confirmed), remove and leave, each only
+// when allowed; and what each role may do, as a table generated from roles.js.
 
 import { useEffect, useState } from '../vendor/hooks.module.js';
 import { del, get, path, post, put } from '../api.js';
-import { can, GRANTABLE, ROLES } from '../roles.js';
+import { can, GRANTABLE, ROLES, roleTable } from '../roles.js';
 import { html, Confirm, Empty, ErrorBox, Loading, navigate, useAction } from '../ui.js';
 
 function AddMember({ workspace, onAdded }) {
@@ -36,26 +37,60 @@ function AddMember({ workspace, onAdded }) {
 }
 
 function RoleControl({ workspace, member, onChanged }) {
-  const { busy, error, run } = useAction();
+  const [pending, setPending] = useState(null);
   const grantable = GRANTABLE[workspace.role] || [];
   if (!can(workspace.role, 'change_member_role')) {
     return html`<span class=${`badge role-${member.role}`}>${member.role}</span>`;
   }
-  const change = (event) => {
+  // The select keeps showing the current role until the change is confirmed.
+  const choose = (event) => {
     const role = event.currentTarget.value;
-    run(async () => {
-      await put(path`/api/workspaces/${workspace.id}/members/${member.userId}`, { role });
-      await onChanged();
-    });
+    event.currentTarget.value = member.role;
+    if (role !== member.role) setPending(role);
+  };
+  const change = async () => {
+    await put(path`/api/workspaces/${workspace.id}/members/${member.userId}`, { role: pending });
+    await onChanged();
   };
   const id = `role-${member.userId}`;
   return html`<span class="field compact">
     <label for=${id} class="visually-hidden">Role of ${member.username}</label>
-    <select id=${id} value=${member.role} disabled=${busy} onChange=${change}>
+    <select id=${id} value=${member.role} disabled=${pending !== null} onChange=${choose}>
       ${ROLES.filter((r) => grantable.includes(r) || r === member.role).map((r) => html`<option value=${r}>${r}</option>`)}
     </select>
-    <${ErrorBox} error=${error} />
+    ${pending && html`<${Confirm} title="Change role"
+      message=${`Make ${member.username} ${article(pending)} ${pending} instead of ${article(member.role)} ${member.role}? ${roleSummary(pending)}`}
+      action="Change role" onConfirm=${change} onClose=${() => setPending(null)} />`}
   </span>`;
+}
+
+/** One sentence on what a role may do, from the same table. */
+function roleSummary(role) {
+  const index = ROLES.indexOf(role);
+  const may = roleTable().filter((row) => row.roles[index]).map((row) => row.text.toLowerCase());
+  const a = article(role);
+  return `${a[0].toUpperCase()}${a.slice(1)} ${role} may: ${may.join('; ')}.`;
+}
+
+const article = (word) => (/^[aeiou]/.test(word) ? 'an' : 'a');
+
+/** What each role may do: generated from roles.js (the server's matrix), never written by hand. */
+export function RoleTable() {
+  const rows = roleTable();
+  const grants = ROLES.filter((r) => (GRANTABLE[r] || []).length > 0)
+    .map((r) => `${r}s may give the roles ${ROLES.filter((g) => GRANTABLE[r].includes(g)).join(', ')}`);
+  return html`<details class="panel role-help">
+    <summary>What each role may do</summary>
+    <div class="scroll"><table class="table roles-table" aria-label="What each role may do">
+      <thead><tr><th scope="col">Action</th>${ROLES.map((r) => html`<th scope="col">${r}</th>`)}</tr></thead>
+      <tbody>${rows.map((row) => html`<tr key=${row.action} data-action=${row.action}>
+        <th scope="row">${row.text}</th>
+        ${row.roles.map((yes, i) => html`<td data-role=${ROLES[i]}>${yes
+          ? html`<span aria-label="yes">✓</span>` : html`<span class="muted" aria-label="no">—</span>`}</td>`)}
+      </tr>`)}</tbody>
+    </table></div>
+    <p class="muted small">${grants.join('; ')}. Only owners change roles or remove members; anyone may leave.</p>
+  </details>`;
 }
 
 export function Members({ workspace, me, reload }) {
@@ -91,11 +126,12 @@ export function Members({ workspace, me, reload }) {
   return html`<section aria-labelledby="members-title">
     <h1 id="members-title">Members <span class="muted small">of ${workspace.name}</span></h1>
     <p class="muted">Your role here: <span class=${`badge role-${workspace.role}`}>${workspace.role}</span></p>
+    <${RoleTable} />
     ${can(workspace.role, 'add_member') && html`<${AddMember} workspace=${workspace} onAdded=${load} />`}
     <${ErrorBox} error=${error} />
     ${members === null && !error && html`<${Loading} what="Loading members" />`}
     ${members && members.length === 0 && html`<${Empty}>No members.<//>`}
-    ${members && members.length > 0 && html`<table class="table">
+    ${members && members.length > 0 && html`<div class="scroll"><table class="table members-table">
       <thead><tr><th scope="col">User</th><th scope="col">Role</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
       <tbody>${members.map((m) => html`<tr key=${m.userId} data-member=${m.username}>
         <td><strong>${m.username}</strong>${m.userId === me.id && html` <span class="muted">(you)</span>`}
@@ -107,7 +143,7 @@ export function Members({ workspace, me, reload }) {
             : can(workspace.role, 'remove_member') && html`<button type="button" class="danger" aria-label=${`Remove ${m.username}`} onClick=${() => setRemoving(m)}>Remove</button>`}
         </td>
       </tr>`)}</tbody>
-    </table>`}
+    </table></div>`}
     ${removing && html`<${Confirm} title=${leaving ? 'Leave workspace' : 'Remove member'}
       message=${leaving ? `Leave “${workspace.name}”? You lose access until someone adds you again.`
         : `Remove ${removing.username} from “${workspace.name}”? They lose access to its sandboxes at once.`}

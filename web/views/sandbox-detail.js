@@ -61,8 +61,31 @@ function useCreatorName(workspace, userId) {
   return name;
 }
 
-export function SandboxDetail({ workspace, sandboxId }) {
-  const { sandboxes, error, upsert, remove } = useSandboxes(workspace.id);
+/** `90` → "1 minute 30 seconds" (the words of the wake page, proxy/pages.py). */
+export function durationWords(seconds) {
+  let left = Math.max(0, Math.round(seconds));
+  const parts = [];
+  for (const [unit, size] of [['hour', 3600], ['minute', 60], ['second', 1]]) {
+    const count = Math.floor(left / size);
+    left -= count * size;
+    if (count) parts.push(`${count} ${unit}${count === 1 ? '' : 's'}`);
+  }
+  return parts.join(' ') || '0 seconds';
+}
+
+/** Why the sandbox is paused (or pausing, or waking), in words; null otherwise. */
+export function pauseText(sandbox) {
+  if (!['pausing', 'paused', 'resuming'].includes(sandbox.status)) return null;
+  if (sandbox.pausedReason === 'idle') {
+    if (!sandbox.pausedIdleSeconds) return 'Paused because nobody used it for a while';
+    return `Paused after ${durationWords(sandbox.pausedIdleSeconds)} without activity`;
+  }
+  if (sandbox.pausedReason === 'user') return `Paused by ${sandbox.pausedBy || 'a former member'}`;
+  return null;
+}
+
+export function SandboxDetail({ workspace, sandboxId, onGone }) {
+  const { sandboxes, error, upsert, remove } = useSandboxes(workspace.id, onGone);
   const sandbox = sandboxes && sandboxes.find((s) => s.id === sandboxId);
   const creator = useCreatorName(workspace, sandbox && sandbox.createdBy);
   const back = path`/w/${workspace.id}`;
@@ -91,6 +114,7 @@ export function SandboxDetail({ workspace, sandboxId }) {
         <dt>Created</dt><dd>${when(sandbox.createdAt)}</dd>
         <dt>Last activity</dt><dd>${when(sandbox.lastActivityAt)}</dd>
         <dt>Paused at</dt><dd>${when(sandbox.pausedAt)}</dd>
+        ${pauseText(sandbox) && html`<dt>Why paused</dt><dd data-pause-reason>${pauseText(sandbox)}</dd>`}
         <dt>Updated</dt><dd>${when(sandbox.updatedAt)}</dd>
         <dt>Address</dt><dd class="break">${sandbox.url || '—'}</dd>
         <dt>Id</dt><dd><code>${sandbox.id}</code></dd>

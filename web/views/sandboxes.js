@@ -28,11 +28,12 @@ export function readEvent(kind, data) {
  * The workspace's sandboxes: loaded once, then kept current from `GET …/events` (server-sent
  * events). If the stream drops, it reconnects and reloads the list, so no update is missed.
  */
-export function useSandboxes(workspaceId) {
+export function useSandboxes(workspaceId, onGone) {
   const [sandboxes, setSandboxes] = useState(null);
   const [error, setError] = useState(null);
   const [live, setLive] = useState(false);
   const current = useRef([]);
+  const gone = useRef(false);
 
   const set = (list) => {
     current.current = list;
@@ -45,10 +46,16 @@ export function useSandboxes(workspaceId) {
   };
   const remove = (id) => set((current.current || []).filter((s) => s.id !== id));
   const load = async () => {
+    if (gone.current) return;
     try {
       set(listOf(await get(path`/api/workspaces/${workspaceId}/sandboxes`)));
       setError(null);
     } catch (err) {
+      // The workspace was deleted (or we were removed): say so once, never retry.
+      if (err.status === 404) {
+        gone.current = true;
+        if (onGone) onGone(workspaceId);
+      }
       setError(err);
     }
   };
@@ -78,11 +85,15 @@ export function useSandboxes(workspaceId) {
       });
       source.addEventListener('error', () => {
         setLive(false);
-        if (source.readyState === EventSource.CLOSED && !closed) {
+        if (gone.current) {
+          source.close();
+        } else if (source.readyState === EventSource.CLOSED && !closed) {
           // The stream was refused: reloading the list through the API shows why (a 401
-          // returns to the sign-in screen) and keeps the list current until it reconnects.
-          load();
-          retry = setTimeout(connect, RETRY_MS);
+          // returns to the sign-in screen, a 404 ends it) and keeps the list current until
+          // it reconnects.
+          load().then(() => {
+            if (!gone.current && !closed) retry = setTimeout(connect, RETRY_MS);
+          });
         }
       });
     };
@@ -106,7 +117,7 @@ export function useSandboxes(workspaceId) {
   return { sandboxes, error, live, upsert, remove, reload: load };
 }
 
-function CreateSandbox({ workspace, onCreated }) {
+function CreateSandbox({ workspace, types, onCreated }) {
   const [name, setName] = useState('');
   const [type, setType] = useState('opencode');
   const { busy, error, run } = useAction();
@@ -127,7 +138,7 @@ function CreateSandbox({ workspace, onCreated }) {
       <label for="sandbox-type">Type</label>
       <select id="sandbox-type" value=${type} onChange=${(e) => setType(e.currentTarget.value)}>
         <option value="opencode">OpenCode</option>
-        <option value="openclaw">OpenClaw</option>
+        ${(types || ['opencode', 'openclaw']).includes('openclaw') && html`<option value="openclaw">OpenClaw</option>`}
       </select>
     </div>
     <button type="submit" class="primary" disabled=${busy}>${busy ? 'Creating…' : 'Create sandbox'}</button>
@@ -175,8 +186,8 @@ function SandboxRow({ workspace, sandbox, upsert, remove }) {
   </li>`;
 }
 
-export function Sandboxes({ workspace }) {
-  const { sandboxes, error, live, upsert, remove } = useSandboxes(workspace.id);
+export function Sandboxes({ workspace, types, onGone }) {
+  const { sandboxes, error, live, upsert, remove } = useSandboxes(workspace.id, onGone);
   const [agent, setAgent] = useState(false);
   return html`<section aria-labelledby="sandboxes-title">
     <div class="heading">
@@ -186,7 +197,7 @@ export function Sandboxes({ workspace }) {
           onClick=${() => setAgent(true)}><${LaptopIcon} /></button>`}
       <span class=${live ? 'live on' : 'live'} role="status">${live ? 'Live' : 'Connecting…'}</span>
     </div>
-    ${can(workspace.role, 'create_sandbox') && html`<${CreateSandbox} workspace=${workspace} onCreated=${upsert} />`}
+    ${can(workspace.role, 'create_sandbox') && html`<${CreateSandbox} workspace=${workspace} types=${types} onCreated=${upsert} />`}
     <${ErrorBox} error=${error} />
     ${sandboxes === null && !error && html`<${Loading} what="Loading sandboxes" />`}
     ${sandboxes && sandboxes.length === 0 && html`<${Empty}>No sandboxes yet.${can(workspace.role, 'create_sandbox') ? ' Create one above.' : ''}<//>`}

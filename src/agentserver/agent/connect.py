@@ -25,10 +25,16 @@ import trio_websocket
 
 from agentserver.agent.forward import Forwarder
 from agentserver.kinds import OPENCODE
-from agentserver.tunnel import masking
-from agentserver.tunnel.connection import Role, Settings
-from agentserver.tunnel.frames import ProtocolError, max_message_size
-from agentserver.tunnel.transport import Tunnel, TunnelClosed, WebSocketLink
+from agentserver.tunnel import (
+    ProtocolError,
+    Role,
+    Settings,
+    TunnelClosed,
+    WebSocketLink,
+    masking,
+    max_message_size,
+    open_tunnel,
+)
 
 DEFAULT_CONFIG = "~/.agentserver/agent.json"
 DEFAULT_OPENCODE_URL = f"http://localhost:{OPENCODE.port}"
@@ -218,14 +224,12 @@ class Session:
             disconnect_timeout=5,
         ) as ws:
             self.ws = ws
-            tunnel = Tunnel(
+            async with open_tunnel(
                 WebSocketLink(ws),
                 role=Role.CLIENT,
                 settings=AGENT_SETTINGS,
                 handler=self.forwarder.handle,
-            )
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self._serve, tunnel, nursery.cancel_scope)
+            ):  # served until it ends, which also ends this block
                 self.connections += 1
                 self.connected.set()
                 self.say(
@@ -233,19 +237,8 @@ class Session:
                     f" is running, forwarding to {self.forwarder.base_url}"
                 )
                 self.forwarder.on_success = self.backoff.reset
-                nursery.start_soon(self._healthy_after)
-
-    async def _serve(
-        self, tunnel: Tunnel, scope: trio.CancelScope, task_status: trio.TaskStatus[None]
-    ) -> None:
-        try:
-            await tunnel.run(task_status=task_status)
-        finally:
-            scope.cancel()
-
-    async def _healthy_after(self) -> None:
-        await trio.sleep(HEALTHY_AFTER)
-        self.backoff.reset()
+                await trio.sleep(HEALTHY_AFTER)
+                self.backoff.reset()
 
 
 _RETRYABLE = (

@@ -19,8 +19,7 @@ import trio_websocket
 
 from agentserver.framing import BodyMismatch, exactly
 from agentserver.kinds import OPENCODE
-from agentserver.tunnel.connection import RequestReceived
-from agentserver.tunnel.transport import TunnelStream
+from agentserver.tunnel import RequestReceived, TunnelStream
 
 # Connection-specific fields (RFC 9110 §7.6.1) never cross a hop; Host is the local opencode's.
 HOP_BY_HOP = frozenset(

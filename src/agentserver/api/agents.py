@@ -2,19 +2,15 @@
 
 A developer mints a code (`POST /api/workspaces/{wid}/agent-code`); `agentserver agent connect`
 spends it (`POST /api/agent/register`) for a `local` sandbox and a tunnel token, then dials
-`/api/tunnel/{sandboxId}` with the token in the Authorization header. While the tunnel is up the
-sandbox is `running`; when the registered tunnel ends it is `offline` again.
+`/api/tunnel/{sandboxId}` with the token in the Authorization header; the session behind it
+(hub, status, heartbeat) is sandboxes/tunnel_session.py's.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import replace
 from typing import Any, cast
 
-import trio
 from pydantic import Field
 from quart import Blueprint, websocket
 from quart_schema import validate_request
@@ -26,31 +22,15 @@ from agentserver.auth.tokens import hash_token, new_token
 from agentserver.db.database import Tx
 from agentserver.deps import Deps
 from agentserver.errors import AgentServerError, Forbidden, Invalid, RateLimited, Unauthenticated
-from agentserver.models import Sandbox, SandboxStatus
+from agentserver.models import Sandbox
 from agentserver.sandboxes.service import insert_sandbox
-from agentserver.tunnel import masking
-from agentserver.tunnel.connection import Role, Settings
-from agentserver.tunnel.frames import max_message_size
-from agentserver.tunnel.hub import Hub
-from agentserver.tunnel.transport import Tunnel, TunnelClosed
+from agentserver.sandboxes.tunnel_session import TUNNEL_SETTINGS
+from agentserver.tunnel import max_message_size
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("agents", __name__, url_prefix="/api")
 
 CODE_LIFETIME = 600  # seconds: a code is for the next few minutes, not for later
-HEARTBEAT = 20.0  # tunnel pings and last_heartbeat_at, in seconds
-# What the server accepts from agents. Large frames and credit: the per-frame Python cost, not
-# the bytes copied, bounds bulk throughput (bench/bench_tunnel.py); 2 MiB per stream, granted
-# back a megabyte at a time, keeps a download streaming without a pause for credit. A stream
-# starts with 128 KiB and gets the rest at once while the tunnel's receive budget lasts, so an
-# agent can never make the server hold more than budget + streams x 128 KiB for slow browsers.
-TUNNEL_SETTINGS = Settings(
-    max_frame_payload=256 * 1024,
-    initial_window=128 * 1024,
-    ping_interval=HEARTBEAT,
-    stream_window=2 * 1024 * 1024,
-)
-STATUS_TIMEOUT = 10.0
 
 
 class CodeSpent(AgentServerError):
@@ -63,12 +43,6 @@ class CodeSpent(AgentServerError):
 class RegisterBody(Body):
     code: str = Field(min_length=1, max_length=200)
     name: str = Field(min_length=1, max_length=100)
-
-
-def hub_of(d: Deps) -> Hub:
-    hub = d.extras.get("hub")
-    assert isinstance(hub, Hub), "the tunnel feature (open_tunnel) is not running"
-    return hub
 
 
 # -- registration --------------------------------------------------------------------------------
@@ -117,9 +91,7 @@ async def register_agent(data: RegisterBody) -> tuple[dict[str, Any], int]:
         )
     token = new_token()
     sandbox = await _insert_sandbox(d, spent["workspace_id"], name, spent["user_id"], token)
-    service = d.extras.get("sandboxes")
-    if service is not None and hasattr(service, "publish"):
-        service.publish(sandbox)
+    d.sandboxes.publish(sandbox)
     log.info(
         "local agent registered as sandbox %s in workspace %s", sandbox.id, sandbox.workspace_id
     )
@@ -185,117 +157,4 @@ async def tunnel_endpoint(sandbox_id: str) -> None:
     await websocket.accept()
     ws = cast(Any, websocket)._get_current_object()
     link = QuartLink(ws, max_message=max_message_size(TUNNEL_SETTINGS.max_frame_payload))
-    await serve_tunnel(d, sandbox, token_hash, link)
-
-
-def tunnel_settings(d: Deps) -> Settings:
-    """TUNNEL_SETTINGS with the configured stream cap and receive budget."""
-    return replace(
-        TUNNEL_SETTINGS,
-        max_streams=d.settings.tunnel_max_streams,
-        receive_budget=d.settings.tunnel_receive_budget,
-    )
-
-
-async def serve_tunnel(d: Deps, sandbox: Sandbox, token_hash: str, link: QuartLink) -> None:
-    """Run one agent's tunnel until it ends; its tasks live in this handler's nursery."""
-    # A tunnel closed at once may leave by `except*` with nothing awaited but shielded cleanup.
-    await trio.lowlevel.checkpoint()
-    hub = hub_of(d)
-    tunnel = Tunnel(
-        link,
-        role=Role.SERVER,
-        settings=tunnel_settings(d),
-        send_timeout=d.settings.tunnel_send_timeout,
-    )
-    registered = False
-    try:
-        async with trio.open_nursery() as nursery:
-
-            async def run(task_status: trio.TaskStatus[None]) -> None:
-                try:
-                    await tunnel.run(task_status=task_status)
-                finally:
-                    nursery.cancel_scope.cancel()  # the heartbeat ends with the tunnel
-
-            await nursery.start(run)
-            await hub.register(sandbox.id, tunnel)
-            registered = True
-            log.info("local agent of sandbox %s connected", sandbox.id)
-            await sync_status(d, hub, sandbox.id)
-            nursery.start_soon(heartbeat, d, tunnel, sandbox.id, token_hash)
-    except* TunnelClosed as group:
-        log.info("tunnel of sandbox %s ended: %s", sandbox.id, group.exceptions[0])
-    finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(STATUS_TIMEOUT):
-            if registered and hub.unregister(sandbox.id, tunnel):
-                log.info("local agent of sandbox %s disconnected", sandbox.id)
-                await sync_status(d, hub, sandbox.id)
-            hub.release_lock(sandbox.id)
-        hub.finish(tunnel)
-
-
-async def heartbeat(d: Deps, tunnel: Tunnel, sandbox_id: str, token_hash: str) -> None:
-    """Record the agent as alive; close the tunnel once its token is gone (sandbox deleted)."""
-    while not tunnel.closed:
-        try:
-            alive = await d.db.exec("agent_heartbeat", id=sandbox_id, tunnel_token_hash=token_hash)
-        except AgentServerError as exc:
-            log.warning("heartbeat of sandbox %s not recorded: %s", sandbox_id, exc.message)
-            alive = 1
-        if not alive:
-            log.info("sandbox %s was deleted: closing its tunnel", sandbox_id)
-            await tunnel.aclose()
-            return
-        await trio.sleep(HEARTBEAT)
-    await trio.lowlevel.checkpoint()  # the tunnel may have closed before the first beat
-
-
-async def sync_status(d: Deps, hub: Hub, sandbox_id: str) -> None:
-    """Write `running` or `offline` as the hub says *now*, one writer per sandbox at a time."""
-    async with hub.status_lock(sandbox_id):
-        if hub.get(sandbox_id) is not None:
-            await set_status(d, sandbox_id, SandboxStatus.OFFLINE, SandboxStatus.RUNNING, None)
-        else:
-            await set_status(
-                d,
-                sandbox_id,
-                SandboxStatus.RUNNING,
-                SandboxStatus.OFFLINE,
-                "the local agent disconnected",
-            )
-
-
-async def set_status(d: Deps, sandbox_id: str, expected: str, new: str, reason: str | None) -> None:
-    service = d.extras.get("sandboxes")
-    try:
-        if service is not None and hasattr(service, "set_status"):
-            await service.set_status(sandbox_id, expected, new, reason)
-            return
-        await d.db.one(
-            "agent_set_status", Sandbox, id=sandbox_id, expected=[expected], new=new, reason=reason
-        )
-    except AgentServerError as exc:
-        log.warning("status of sandbox %s not written: %s", sandbox_id, exc.message)
-        await trio.lowlevel.checkpoint()  # the error may come before anything was awaited
-
-
-# -- the feature ---------------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def open_tunnel(d: Deps) -> AsyncIterator[None]:
-    """Feature opener (serve.FEATURES): the hub and these routes; no tunnel outlives the server."""
-    masking.install()  # agents' frames are masked: unmask them in C (tunnel/masking.py)
-    hub = Hub()
-    d.extras["hub"] = hub
-    d.extras.setdefault("blueprints", []).append(blueprint)
-    stale = await d.db.rows("agent_all_offline")
-    if stale:
-        log.info("%d local sandbox(es) offline until their agents reconnect", len(stale))
-    try:
-        yield
-    finally:
-        with trio.CancelScope(shield=True):
-            await hub.close_all()
-        d.extras.pop("hub", None)
+    await d.tunnels.serve(sandbox, token_hash, link)

@@ -6,17 +6,17 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
-from quart import Response, current_app, g, jsonify, request
+from quart import Response, current_app, g, request
 from quart_schema import QuartSchema, RequestSchemaValidationError
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from agentserver import __version__
+from agentserver.api.common import error_response
 from agentserver.api.metrics import method_label, status_label
 from agentserver.api.openapi import DescribedOpenAPI
 from agentserver.auth.sessions import session_cookie_name
@@ -26,13 +26,6 @@ from agentserver.errors import AgentServerError, Forbidden, RateLimited
 log = logging.getLogger("agentserver.http")
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
-def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
-    body: dict[str, Any] = {"error": {"code": code, "message": message, **extra}}
-    response = jsonify(body)
-    response.status_code = status
-    return response
 
 
 def _field_of(exc: ValidationError) -> tuple[str, str]:
@@ -81,15 +74,23 @@ def create_app(deps: Deps) -> QuartTrio:
     metrics = Metrics()
     app.config["METRICS"] = metrics
 
-    from agentserver.api import admin, auth, health, members, workspaces
+    from agentserver.api import (
+        admin,
+        agents,
+        auth,
+        health,
+        members,
+        oidc,
+        sandbox_open,
+        sandboxes,
+        usage,
+        web,
+        workspaces,
+    )
 
-    for module in (health, auth, workspaces, members, admin):
+    routes = (health, auth, workspaces, members, admin, oidc, usage, sandbox_open, sandboxes)
+    for module in (*routes, agents, web):  # web last: its catch-all serves client-side routes
         app.register_blueprint(module.blueprint)
-    for hook in deps.extras.get("blueprints", ()):
-        app.register_blueprint(hook)
-    from agentserver.api import web
-
-    app.register_blueprint(web.blueprint)  # last: its catch-all serves client-side routes
 
     @app.before_request
     async def start_request() -> Response | None:

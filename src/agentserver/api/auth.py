@@ -20,6 +20,7 @@ from agentserver.api.common import (
 )
 from agentserver.api.revocation import access_ended
 from agentserver.auth import passwords
+from agentserver.auth.oidc import provider_list
 from agentserver.auth.revocation import Revocation
 from agentserver.auth.sessions import create_session, revoke_session, revoke_user_sessions
 from agentserver.auth.tokens import hash_token
@@ -230,7 +231,7 @@ async def config() -> dict[str, Any]:
     """What the sign-in page needs: whether registration is open, and the signed-in user."""
     user = await optional_user()
     first = (await deps().db.scalar("count_users")) == 0
-    providers = deps().extras.get("auth_providers", lambda: [])()
+    providers = provider_list(deps().oidc_providers)
     return {
         "registrationOpen": deps().settings.allow_registration or first,
         "setupNeeded": first,  # nobody has an account yet: the next one becomes the admin
@@ -238,7 +239,19 @@ async def config() -> dict[str, Any]:
         "user": user_json(user) if user else None,
         "baseDomain": deps().settings.domain,
         "warnings": server_warnings(user),
+        "sandboxTypes": creatable_types(),
     }
+
+
+def creatable_types() -> list[str]:
+    """The sandbox types this server can start, for the create dialog: OpenClaw only where
+    its process can run (the process backend needs an OpenClaw binary, containers an image)."""
+    settings = deps().settings
+    if settings.backend == "process":
+        openclaw = bool(settings.openclaw_bin)
+    else:
+        openclaw = bool(settings.openclaw_image)
+    return ["opencode", "openclaw"] if openclaw else ["opencode"]
 
 
 def server_warnings(user: User | None) -> list[str]:
@@ -246,7 +259,7 @@ def server_warnings(user: User | None) -> list[str]:
     isolation (sandboxes/feature.py); admins also that the LLM proxy has no credentials."""
     if user is None:
         return []
-    found = list(deps().extras.get("server_warnings", ()))
+    found = list(deps().server_warnings)
     missing = missing_credentials(deps().settings)
     if user.role == "admin" and missing:
         found.append(missing)

@@ -8,7 +8,7 @@ from typing import Any, cast
 import trio
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
-from quart import current_app, g, request
+from quart import Response, current_app, g, jsonify, request
 
 from agentserver.auth.client_address import client_address as real_client
 from agentserver.auth.permissions import Action, allowed
@@ -98,3 +98,10 @@ def user_json(user: User) -> dict[str, Any]:
         "role": user.role,
         "createdAt": rfc3339(user.created_at),
     }
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
+    body: dict[str, Any] = {"error": {"code": code, "message": message, **extra}}
+    response = jsonify(body)
+    response.status_code = status
+    return response

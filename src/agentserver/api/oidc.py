@@ -4,28 +4,26 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 from quart import Blueprint, Response, jsonify, request
 
-from agentserver.api.app import error_response
 from agentserver.api.auth import set_session_cookie
-from agentserver.api.common import deps, session_cookie
+from agentserver.api.common import deps, error_response, session_cookie
 from agentserver.auth.identities import Policy, SignInFailed, resolve_identity
 from agentserver.auth.oidc import (
     FLOW_LIFETIME,
     OidcProvider,
     Provider,
     flow_for,
+    provider_list,
     providers_from_settings,
 )
 from agentserver.auth.sessions import create_session, revoke_session
 from agentserver.auth.tokens import hash_token, new_token, same
-from agentserver.deps import Deps
 from agentserver.errors import AgentServerError, NotFound
 from agentserver.models import User
 from agentserver.settings import Settings
@@ -47,15 +45,8 @@ def flow_cookie(settings: Settings) -> str:
     return "__Host-agentserver_oauth" if settings.secure_cookies else "agentserver_oauth"
 
 
-def configured() -> dict[str, Provider]:
-    return deps().extras.get("oidc_providers", {})  # type: ignore[no-any-return]
-
-
-def provider_list(found: dict[str, Provider]) -> list[dict[str, str]]:
-    """What the sign-in page shows: one button per configured provider (never any secret)."""
-    return [
-        {"id": p.id, "name": p.name, "loginUrl": f"/api/auth/oidc/{p.id}"} for p in found.values()
-    ]
+def configured() -> Mapping[str, Provider]:
+    return deps().oidc_providers
 
 
 def redirect_uri(settings: Settings, provider_id: str) -> str:
@@ -239,18 +230,15 @@ async def callback(provider_id: str) -> Response:
     return with_flow_cookie(response, settings, None)
 
 
-@asynccontextmanager
-async def open_oidc(deps: Deps) -> AsyncIterator[None]:
-    """Configure the providers (a half configuration stops the start) and discover OIDC early."""
-    found = providers_from_settings(deps.settings)
-    deps.extras["oidc_providers"] = found
-    deps.extras["auth_providers"] = lambda: provider_list(found)
-    deps.extras.setdefault("blueprints", []).append(blueprint)
+async def sign_in_providers(settings: Settings) -> Mapping[str, Provider]:
+    """The configured sign-in providers by id (none: password sign-in only); a half
+    configuration stops the start, and OIDC providers are discovered early."""
+    found = providers_from_settings(settings)
     await trio.lowlevel.checkpoint()
     for provider in found.values():
         if isinstance(provider, OidcProvider):
             await _discover_at_start(provider)
-    yield
+    return found
 
 
 async def _discover_at_start(provider: OidcProvider) -> None:

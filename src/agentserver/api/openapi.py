@@ -70,6 +70,9 @@ SANDBOX = obj(
     lastActivityAt=TIME,
     pausedAt=TIME,
     url={"type": "string", "format": "uri"},
+    pausedReason={"type": ["string", "null"], "enum": ["idle", "user", None]},
+    pausedBy=NULLABLE_STRING,
+    pausedIdleSeconds={"type": ["number", "null"]},
 )
 COUNTS: dict[str, Schema] = {
     name: COUNT
@@ -107,6 +110,7 @@ AUTH_CONFIG = obj(
     user=nullable(USER),
     baseDomain=STRING,
     warnings=array(STRING),
+    sandboxTypes=array({"type": "string", "enum": ["opencode", "openclaw"]}),
 )
 ADMIN_WORKSPACE = obj(id=STRING, name=STRING, createdAt=TIME, sandboxCount=COUNT, memberCount=COUNT)
 STATUS_OK = obj(status={"const": "ok"})

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 from agentserver.api.common import deps
 from agentserver.auth.revocation import Revocation
-from agentserver.auth.tickets import revoke_access
-from agentserver.sandboxes.events import WorkspaceEvents
 
 
 def access_ended(revocation: Revocation) -> None:
     """End, on this server, everything `revocation` covers: the next sandbox-host request is
     checked against the database, open proxied requests and event streams end (a browser
     that reconnects is checked afresh)."""
-    extras = deps().extras
-    revoke_access(extras, revocation)
-    events = getattr(extras.get("sandboxes"), "events", None)
-    if isinstance(events, WorkspaceEvents):
-        events.end(revocation)
+    d = deps()
+    d.access.revoke(revocation)
+    d.events.end(revocation)

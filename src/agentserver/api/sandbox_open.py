@@ -12,16 +12,13 @@ sandbox host's `/_agentserver/auth`, which comes back with one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 from quart import Blueprint, Response, request
 
+from agentserver import status_page
 from agentserver.api.common import deps, optional_user, require, session_cookie
 from agentserver.auth.permissions import Action
 from agentserver.auth.tickets import is_binding, mint_ticket
-from agentserver.deps import Deps
-from agentserver.errors import Invalid, NotFound, Unauthenticated
+from agentserver.errors import AgentServerError, Forbidden, Invalid, NotFound, Unauthenticated
 from agentserver.kinds import kind_of
 from agentserver.models import Sandbox
 
@@ -35,12 +32,53 @@ def sandbox_url(sandbox_id: str, sandbox_type: str, path: str = "/") -> str:
     return f"{settings.base_scheme}://{prefix}{sandbox_id}.{settings.domain}{path}"
 
 
+# What a person sees when opening is refused (the same words as the sandbox host's pages).
+_REFUSED = {
+    404: (
+        "Sandbox not found",
+        "This sandbox does not exist any more, or you are not a member of its workspace.",
+    ),
+    403: ("Not allowed", "Your role in this workspace does not let you open this sandbox."),
+    400: ("Link not valid", "This link to the sandbox is not valid. Open it from the dashboard."),
+    401: ("Sign in needed", "Sign in on the dashboard, then open the sandbox again."),
+}
+
+
 @blueprint.get("/<sandbox_id>/open")
 async def open_sandbox(sandbox_id: str) -> Response:
-    """Redirect a member (guests too: read-only) to the sandbox with a one-time ticket."""
-    if await optional_user() is None and "text/html" in request.headers.get("Accept", ""):
+    """Redirect a member (guests too: read-only) to the sandbox with a one-time ticket.
+
+    A browser navigation that is refused gets a page with a way back, never raw JSON; API
+    clients get the JSON error as from every other route."""
+    navigation = "text/html" in request.headers.get("Accept", "")
+    if await optional_user() is None and navigation:
         # A browser that is not signed in: the dashboard signs in, then the user opens again.
         return _redirect(deps().settings.main_url + "/")
+    try:
+        return await _open(sandbox_id)
+    except (NotFound, Forbidden, Invalid, Unauthenticated) as exc:
+        if not navigation:
+            raise
+        return _refused_page(exc)
+
+
+def _refused_page(exc: AgentServerError) -> Response:
+    title, message = _REFUSED[exc.status]
+    back = (deps().settings.main_url + "/workspaces", "Back to your workspaces")
+    reason = None if exc.status == 404 else exc.message  # a 404 never says which it was
+    body = status_page.render(title, message, exc.status, reason=reason, back=back)
+    return Response(
+        body,
+        status=exc.status,
+        headers={
+            "Content-Type": "text/html; charset=utf-8",
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+async def _open(sandbox_id: str) -> Response:
     sandbox = await deps().db.one("proxy_get_sandbox", Sandbox, id=sandbox_id.lower())
     if sandbox is None:
         await _signed_in()
@@ -75,10 +113,3 @@ def _redirect(location: str) -> Response:
 async def _signed_in() -> None:
     if await optional_user() is None:
         raise Unauthenticated("sign in first")
-
-
-@asynccontextmanager
-async def register(deps: Deps) -> AsyncIterator[None]:
-    """Feature opener (serve.FEATURES): adds this blueprint before the app is created."""
-    deps.extras.setdefault("blueprints", []).append(blueprint)
-    yield

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 import trio
 from pydantic import BaseModel, Field
@@ -18,15 +17,17 @@ from agentserver.api.common import (
     deps,
     member_role,
     require,
+    rfc3339,
     session_cookie,
 )
 from agentserver.auth.permissions import Action, allowed
 from agentserver.auth.tokens import hash_token
-from agentserver.deps import Deps
-from agentserver.errors import Forbidden, Invalid, NotFound, Unavailable
+from agentserver.errors import Forbidden, Invalid, NotFound
+from agentserver.kinds import kind_of
 from agentserver.models import Sandbox
 from agentserver.sandboxes.events import Event
-from agentserver.sandboxes.service import Sandboxes
+from agentserver.sandboxes.service import PauseCause, Sandboxes
+from agentserver.settings import Settings
 
 blueprint = Blueprint("sandboxes", __name__, url_prefix="/api")
 HEARTBEAT = 15.0  # seconds between keep-alive comments on the event stream
@@ -45,10 +46,38 @@ class CreateSandboxBody(Body):
 
 
 def service() -> Sandboxes:
-    found = deps().extras.get("sandboxes")
-    if found is None:
-        raise Unavailable("sandboxes are not available on this server")
-    return cast(Sandboxes, found)
+    return deps().sandboxes
+
+
+def sandbox_url(sandbox: Sandbox, settings: Settings) -> str:
+    prefix = kind_of(sandbox.type).prefix  # the kinds table, as proxy/routing.py reads it
+    return f"{settings.base_scheme}://{prefix}{sandbox.id}.{settings.domain}/"
+
+
+def sandbox_json(sandbox: Sandbox, settings: Settings) -> dict[str, Any]:
+    """The API shape of a sandbox: never its password, token or internal address."""
+    return {
+        "id": sandbox.id,
+        "name": sandbox.name,
+        "type": sandbox.type,
+        "status": sandbox.status,
+        "statusReason": sandbox.status_reason,
+        "workspaceId": sandbox.workspace_id,
+        "createdBy": sandbox.created_by,
+        "createdAt": rfc3339(sandbox.created_at),
+        "updatedAt": rfc3339(sandbox.updated_at),
+        "lastActivityAt": rfc3339(sandbox.last_activity_at),
+        "pausedAt": rfc3339(sandbox.paused_at),
+        "pausedReason": sandbox.paused_reason,
+        "pausedBy": sandbox.paused_by_name,
+        "pausedIdleSeconds": sandbox.paused_idle_seconds,
+        "url": sandbox_url(sandbox, settings),
+    }
+
+
+def render(sandbox: Sandbox) -> dict[str, Any]:
+    """`sandbox_json` with this server's settings (inside a request)."""
+    return sandbox_json(sandbox, deps().settings)
 
 
 async def sandbox_for(sandbox_id: str, action: Action) -> Sandbox:
@@ -70,8 +99,7 @@ async def sandbox_for(sandbox_id: str, action: Action) -> Sandbox:
 async def list_sandboxes(workspace_id: str) -> list[dict[str, Any]]:
     """The workspace's sandboxes, oldest first (any member)."""
     await require(workspace_id, Action.VIEW_SANDBOXES)
-    svc = service()
-    return [svc.json(s) for s in await svc.list(workspace_id)]
+    return [render(s) for s in await service().list(workspace_id)]
 
 
 @blueprint.post("/workspaces/<workspace_id>/sandboxes")
@@ -85,14 +113,13 @@ async def create_sandbox(workspace_id: str, data: CreateSandboxBody) -> tuple[di
     kind = data.type.strip().lower()
     if kind not in CREATABLE:
         raise Invalid(f"type: must be one of {', '.join(CREATABLE)}", field="type")
-    svc = service()
-    return svc.json(await svc.create(workspace_id, name, kind, user.id)), 201
+    return render(await service().create(workspace_id, name, kind, user.id)), 201
 
 
 @blueprint.get("/sandboxes/<sandbox_id>")
 async def get_sandbox(sandbox_id: str) -> dict[str, Any]:
     """One sandbox (any member of its workspace)."""
-    return service().json(await sandbox_for(sandbox_id, Action.VIEW_SANDBOXES))
+    return render(await sandbox_for(sandbox_id, Action.VIEW_SANDBOXES))
 
 
 @blueprint.delete("/sandboxes/<sandbox_id>")
@@ -100,9 +127,7 @@ async def delete_sandbox(sandbox_id: str) -> Response:
     """Stop the sandbox and remove it with its files (developer and up)."""
     await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
     await service().delete(sandbox_id)
-    hub = deps().extras.get("hub")  # a local agent's token died with the row: end its tunnel
-    if hub is not None:
-        await hub.close(sandbox_id)
+    await deps().hub.close(sandbox_id)  # a local agent's token died with the row: end its tunnel
     return Response("", status=204)
 
 
@@ -110,16 +135,15 @@ async def delete_sandbox(sandbox_id: str) -> Response:
 async def pause_sandbox(sandbox_id: str) -> dict[str, Any]:
     """running → pausing (409 in any other status); it stops in the background."""
     await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
-    svc = service()
-    return svc.json(await svc.pause(sandbox_id))
+    user = await current_user()
+    return render(await service().pause(sandbox_id, cause=PauseCause.user(user.id)))
 
 
 @blueprint.post("/sandboxes/<sandbox_id>/resume")
 async def resume_sandbox(sandbox_id: str) -> dict[str, Any]:
     """paused or failed → resuming (409 otherwise); it starts in the background."""
     await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
-    svc = service()
-    return svc.json(await svc.resume(sandbox_id))
+    return render(await service().resume(sandbox_id))
 
 
 @blueprint.get("/sandboxes/<sandbox_id>/logs")
@@ -130,10 +154,13 @@ async def sandbox_logs(sandbox_id: str, query_args: LogsQuery) -> dict[str, Any]
     return {"logs": await service().logs(sandbox_id, query_args.lines)}
 
 
-def sse(event: Event) -> bytes:
-    """One server-sent event: `event: <type>` and its payload as JSON data."""
+def sse(event: Event, settings: Settings) -> bytes:
+    """One server-sent event: `event: <type>` and its payload as JSON data (a sandbox's row
+    in its API shape)."""
     kind = str(event.get("type", "message"))
     payload = event.get(kind, {k: v for k, v in event.items() if k != "type"})
+    if isinstance(payload, Sandbox):
+        payload = sandbox_json(payload, settings)
     return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
@@ -142,6 +169,7 @@ async def workspace_events(workspace_id: str) -> Response:
     """Server-sent events: the current sandboxes, then every change; a heartbeat every 15 s."""
     user, _ = await require(workspace_id, Action.VIEW_WORKSPACE)
     svc = service()
+    settings = deps().settings
     # Subscribe before reading the snapshot, so no change can fall between the two. The
     # subscription names its member: removing them or changing their role ends it.
     session = request.cookies.get(session_cookie(), "")
@@ -162,7 +190,7 @@ async def workspace_events(workspace_id: str) -> Response:
             yield b": connected\n\n"
             for sandbox in snapshot:
                 await trio.lowlevel.checkpoint()
-                yield sse({"type": "sandbox", "sandbox": svc.json(sandbox)})
+                yield sse({"type": "sandbox", "sandbox": sandbox}, settings)
             while True:
                 event: Event | None = None
                 ended = False
@@ -174,7 +202,7 @@ async def workspace_events(workspace_id: str) -> Response:
                 await trio.lowlevel.checkpoint()
                 if ended:
                     return
-                yield sse(event) if event is not None else b": heartbeat\n\n"
+                yield sse(event, settings) if event is not None else b": heartbeat\n\n"
 
     response: Response = await make_response(  # type: ignore[assignment]
         stream(),
@@ -187,10 +215,3 @@ async def workspace_events(workspace_id: str) -> Response:
     )
     response.timeout = None
     return response
-
-
-@asynccontextmanager
-async def register(deps: Deps) -> AsyncIterator[None]:
-    """Feature opener (serve.FEATURES): adds these routes to the app."""
-    deps.extras.setdefault("blueprints", []).append(blueprint)
-    yield

@@ -20,7 +20,7 @@ import trio
 from hypercorn.protocol.ws_stream import FrameTooLargeError, WebsocketBuffer, WSStream
 from wsproto.events import Message
 
-from agentserver.tunnel.frames import ProtocolError
+from agentserver.tunnel import ProtocolError
 
 log = logging.getLogger(__name__)
 

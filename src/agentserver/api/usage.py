@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -14,7 +12,6 @@ from quart_schema import validate_querystring, validate_request
 
 from agentserver.api.common import Body, deps, require, require_admin, rfc3339
 from agentserver.auth.permissions import Action
-from agentserver.deps import Deps
 from agentserver.errors import Invalid, NotFound
 
 blueprint = Blueprint("usage", __name__)
@@ -179,10 +176,3 @@ async def delete_quota(workspace_id: str) -> Response:
     await existing_workspace(workspace_id)
     await deps().db.exec("llm_delete_quota", workspace_id=workspace_id)
     return Response("", status=204)
-
-
-@asynccontextmanager
-async def open_usage_api(deps: Deps) -> AsyncIterator[None]:
-    """Registers this blueprint (a feature, so api/app.py needs no edit)."""
-    deps.extras.setdefault("blueprints", []).append(blueprint)
-    yield

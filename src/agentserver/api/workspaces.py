@@ -100,8 +100,6 @@ async def rename_workspace(workspace_id: str, data: WorkspaceBody) -> dict[str, 
 async def delete_workspace(workspace_id: str) -> Response:
     """Delete a workspace, its sandboxes and its disk (owner)."""
     await require(workspace_id, Action.DELETE_WORKSPACE)
-    cleanup = deps().extras.get("delete_workspace_resources")
-    if cleanup is not None:
-        await cleanup(workspace_id)
+    await deps().sandboxes.delete_workspace_resources(workspace_id)
     await deps().db.exec("delete_workspace", id=workspace_id)
     return Response("", status=204)

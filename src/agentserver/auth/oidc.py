@@ -8,7 +8,7 @@ import hmac
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -469,3 +469,10 @@ def providers_from_settings(settings: Settings) -> dict[str, Provider]:
             "server's external URL when GitHub or OIDC sign-in is configured"
         )
     return found
+
+
+def provider_list(found: Mapping[str, Provider]) -> list[dict[str, str]]:
+    """What the sign-in page shows: one button per configured provider (never any secret)."""
+    return [
+        {"id": p.id, "name": p.name, "loginUrl": f"/api/auth/oidc/{p.id}"} for p in found.values()
+    ]

@@ -269,22 +269,3 @@ class AccessCache:
         """Drop cached entries for a sandbox (its status or address changed)."""
         for key in [k for k in self._entries if k[1] == sandbox_id]:
             del self._entries[key]
-
-
-ACCESS_CACHE_KEY = "sandbox_access"
-
-
-def shared_access_cache(extras: dict[str, Any], db: Database) -> AccessCache:
-    """The server's one AccessCache (in `deps.extras`): the subdomain proxy reads it, and the
-    routes that end access (sign-out, member changes) clear a user's entries in it."""
-    cache = extras.get(ACCESS_CACHE_KEY)
-    if not isinstance(cache, AccessCache):
-        cache = extras[ACCESS_CACHE_KEY] = AccessCache(db)
-    return cache
-
-
-def revoke_access(extras: dict[str, Any], revocation: Revocation) -> None:
-    """End what `revocation` covers in the proxy's cache and requests, if it runs here."""
-    cache = extras.get(ACCESS_CACHE_KEY)
-    if isinstance(cache, AccessCache):
-        cache.revoke(revocation)

@@ -125,8 +125,9 @@ class Call:
 class LlmProxy:
     """Authenticates the sandbox, enforces limits, forwards, streams back and records usage."""
 
-    def __init__(self, deps: Deps) -> None:
+    def __init__(self, deps: Deps, client: httpx.AsyncClient) -> None:
         self.deps = deps
+        self.client = client
         self.settings = deps.settings
         self.callers = CallerCache()
         self.unknown = UnknownTokens()
@@ -170,11 +171,8 @@ class LlmProxy:
         body = await read_body(receive, self.settings.llm_max_body, headers)
         requested = read_request(body, dict(headers).get(b"content-type", b"").decode("latin-1"))
         check_model(self.settings, requested.model, required=route.names_model)
-        client: httpx.AsyncClient | None = self.deps.extras.get("llm_client")
-        if client is None:
-            raise Refusal(503, "the LLM proxy is not running")
         try:
-            request = client.build_request(
+            request = self.client.build_request(
                 scope["method"], url, content=body, headers=upstream_headers(headers, self.settings)
             )
         except (httpx.InvalidURL, UnicodeError):
@@ -257,9 +255,8 @@ class LlmProxy:
             nursery.cancel_scope.cancel()
 
     async def exchange(self, call: Call, request: httpx.Request, send: Send) -> None:
-        client: httpx.AsyncClient = self.deps.extras["llm_client"]
         try:
-            response = await client.send(request, stream=True)
+            response = await self.client.send(request, stream=True)
         except httpx.TransportError as exc:
             log.warning("LLM upstream unreachable: %s", type(exc).__name__)
             call.status = 502
@@ -327,27 +324,21 @@ class LlmProxy:
         self.record_activity(call.caller.sandbox_id)
 
     def record_activity(self, sandbox_id: str) -> None:
-        sandboxes = self.deps.extras.get("sandboxes")
-        if sandboxes is not None and hasattr(sandboxes, "record_activity"):
-            sandboxes.record_activity(sandbox_id)
+        self.deps.sandboxes.record_activity(sandbox_id)
 
 
 @asynccontextmanager
-async def open_llm_proxy(deps: Deps) -> AsyncIterator[None]:
+async def open_llm_client() -> AsyncIterator[httpx.AsyncClient]:
     """The upstream HTTP client: a bounded connect, no read timeout (answers stream for minutes)."""
     timeout = httpx.Timeout(None, connect=10.0, pool=30.0)
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
     async with httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False) as client:
-        deps.extras["llm_client"] = client
-        try:
-            yield
-        finally:
-            deps.extras.pop("llm_client", None)
+        yield client
 
 
-def llm_middleware(app: ASGIApp, deps: Deps) -> ASGIApp:
+def llm_middleware(app: ASGIApp, deps: Deps, client: httpx.AsyncClient) -> ASGIApp:
     """Take /proxy/anthropic/* on the main host; everything else goes to `app` untouched."""
-    proxy = LlmProxy(deps)
+    proxy = LlmProxy(deps, client)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _is_ours(scope):

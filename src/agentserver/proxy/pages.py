@@ -1,19 +1,20 @@
 """What a sandbox's subdomain answers when it cannot proxy: HTML for browsers, JSON for APIs.
 
-Pages are self-contained (inline CSS, no external resources) and follow the system's light or
-dark scheme. A sandbox that is waking up or starting answers 503 with `Retry-After` and a page
+Pages share one self-contained layout (agentserver/status_page.py) with a link back to the
+workspace list. A sandbox that is waking up or starting answers 503 with `Retry-After` and a page
 that reloads itself, so the browser lands in the agent's UI as soon as it runs.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import dataclass
 
+from agentserver import status_page
 from agentserver.proxy.headers import Headers, header
 
-REFRESH_SECONDS = 2
+REFRESH_SECONDS = status_page.REFRESH_SECONDS
+BACK_LABEL = "Back to your workspaces"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,7 @@ WAKING = Page(
     503,
     "sandbox_waking",
     "Waking up",
-    "This sandbox was paused while idle and is starting again. This page reloads by itself.",
+    "This sandbox was paused and is starting again. This page reloads by itself.",
     refresh=True,
 )
 PAUSED = Page(
@@ -130,22 +131,6 @@ CROSS_ORIGIN = Page(
     403, "forbidden", "Refused", "A request from another site may not act on this sandbox."
 )
 
-_STYLE = """
-:root{color-scheme:light dark;--bg:#fff;--fg:#18181b;--muted:#71717a;--line:#e4e4e7}
-@media (prefers-color-scheme:dark){:root{--bg:#09090b;--fg:#fafafa;--muted:#a1a1aa;--line:#27272a}}
-*{box-sizing:border-box}body{margin:0;min-height:100vh;display:grid;place-items:center;
-background:var(--bg);color:var(--fg);font:16px/1.5 system-ui,-apple-system,Segoe UI,sans-serif}
-main{max-width:28rem;padding:2rem;text-align:center}h1{font-size:1.4rem;margin:.5rem 0}
-p{color:var(--muted);margin:.5rem 0 1.25rem}.badge{display:inline-block;border:1px solid
-var(--line);border-radius:999px;padding:.1rem .7rem;font-size:.8rem;color:var(--muted)}
-.reason{font-family:ui-monospace,monospace;font-size:.85rem;border:1px solid var(--line);
-border-radius:.5rem;padding:.5rem;color:var(--fg);text-align:left;white-space:pre-wrap}
-.spin{width:2rem;height:2rem;border:3px solid var(--line);border-top-color:var(--fg);
-border-radius:50%;margin:0 auto;animation:s 1s linear infinite}
-@keyframes s{to{transform:rotate(1turn)}}
-a{color:inherit}
-"""
-
 
 def wants_html(method: str, headers: Headers) -> bool:
     """A browser navigation (GET/HEAD accepting HTML) rather than an API or script call."""
@@ -154,19 +139,41 @@ def wants_html(method: str, headers: Headers) -> bool:
     return b"text/html" in (header(headers, b"accept") or b"")
 
 
-def render_html(page: Page, *, reason: str | None = None, home: str | None = None) -> bytes:
-    refresh = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if page.refresh else ""
-    spinner = '<div class="spin" aria-hidden="true"></div>' if page.refresh else ""
-    detail = f'<p class="reason">{html.escape(reason)}</p>' if reason else ""
-    back = f'<p><a href="{html.escape(home)}">Open the dashboard</a></p>' if home else ""
-    return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"{refresh}<title>{html.escape(page.title)}</title><style>{_STYLE}</style></head>"
-        f"<body><main>{spinner}<h1>{html.escape(page.title)}</h1>"
-        f"<p>{html.escape(page.message)}</p>{detail}<span class=badge>HTTP {page.status}</span>"
-        f"{back}</main></body></html>"
-    ).encode()
+def render_html(
+    page: Page, *, reason: str | None = None, home: str | None = None, note: str | None = None
+) -> bytes:
+    """The page in the layout every status and refusal shares (agentserver/status_page.py)."""
+    return status_page.render(
+        page.title,
+        page.message,
+        page.status,
+        refresh=page.refresh,
+        note=note,
+        reason=reason,
+        back=(home, BACK_LABEL) if home else None,
+    )
+
+
+def pause_note(reason: str | None, by: str | None, idle_seconds: float | None) -> str | None:
+    """Why a sandbox was paused, in words (None when nobody recorded why)."""
+    if reason == "idle":
+        if idle_seconds is None:
+            return "It was paused because nobody used it for a while."
+        return f"It was paused after {duration_words(idle_seconds)} without activity."
+    if reason == "user":
+        return f"It was paused by {by}." if by else "It was paused by a member."
+    return None
+
+
+def duration_words(seconds: float) -> str:
+    """`90` → "1 minute 30 seconds", `7200` → "2 hours"."""
+    whole = max(0, round(seconds))
+    parts = []
+    for unit, size in (("hour", 3600), ("minute", 60), ("second", 1)):
+        count, whole = divmod(whole, size)
+        if count:
+            parts.append(f"{count} {unit}{'' if count == 1 else 's'}")
+    return " ".join(parts) or "0 seconds"
 
 
 def render_json(page: Page, *, reason: str | None = None) -> bytes:
@@ -175,11 +182,18 @@ def render_json(page: Page, *, reason: str | None = None) -> bytes:
 
 
 def answer(
-    page: Page, method: str, headers: Headers, *, reason: str | None = None, home: str | None = None
+    page: Page,
+    method: str,
+    headers: Headers,
+    *,
+    reason: str | None = None,
+    home: str | None = None,
+    note: str | None = None,
 ) -> tuple[int, Headers, bytes]:
-    """Status, headers and body answering a request with `page`, in the form it wants."""
+    """Status, headers and body answering a request with `page`, in the form it wants (`note`
+    is for people only: the JSON answer stays as it was)."""
     if wants_html(method, headers):
-        body = render_html(page, reason=reason, home=home)
+        body = render_html(page, reason=reason, home=home, note=note)
         kind = b"text/html; charset=utf-8"
     else:
         body = render_json(page, reason=reason)

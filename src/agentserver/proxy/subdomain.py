@@ -28,7 +28,6 @@ from agentserver.auth.tickets import (
     new_binding,
     redeem_ticket,
     sandbox_cookie_name,
-    shared_access_cache,
 )
 from agentserver.auth.tokens import hash_token
 from agentserver.deps import Deps
@@ -49,9 +48,11 @@ from agentserver.proxy.headers import (
 from agentserver.proxy.http import CANCEL_CONNECTION, Receive, Scope, Send, proxy_http, target_of
 from agentserver.proxy.refused_tokens import RefusedTokens
 from agentserver.proxy.routing import Target, Unknown, resolve
+from agentserver.proxy.tunnel_upstream import TunnelUpstream
 from agentserver.proxy.upstream import Pool, Upstream, UpstreamTimeout
 from agentserver.proxy.websocket import proxy_websocket, reject
-from agentserver.sandboxes.events import Event, WorkspaceEvents
+from agentserver.sandboxes.events import Event
+from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)
 AUTH_PATH = "/_agentserver/auth"
@@ -71,17 +72,11 @@ _WAKING = {SandboxStatus.PAUSED, SandboxStatus.PAUSING, SandboxStatus.RESUMING}
 
 
 class SandboxService(Protocol):
-    """What the proxy needs from the lifecycle service (`deps.extras["sandboxes"]`)."""
+    """What the proxy needs from the lifecycle service (`Deps.sandboxes`)."""
 
     async def wake(self, sandbox_id: str) -> None: ...
 
     def record_activity(self, sandbox_id: str) -> None: ...
-
-
-class Hub(Protocol):
-    """What the proxy needs from the tunnel hub (`deps.extras["hub"]`)."""
-
-    def upstream(self, sandbox_id: str) -> Upstream | None: ...
 
 
 async def respond(send: Send, status: int, headers: Headers, body: bytes = b"") -> None:
@@ -126,13 +121,15 @@ def cross_site(headers: Headers, own: frozenset[str]) -> bool:
 class SubdomainProxy:
     """ASGI middleware: sandbox hosts are proxied, every other host reaches `app`."""
 
-    def __init__(self, app: Any, deps: Deps) -> None:
+    def __init__(self, app: Any, deps: Deps, pool: Pool) -> None:
         self.app = app
         self.deps = deps
         self.settings = deps.settings
         self.cookie = sandbox_cookie_name(deps.settings.secure_cookies)
         self.bind_cookie = bind_cookie_name(deps.settings.secure_cookies)
-        self.access = shared_access_cache(deps.extras, deps.db)
+        self.access = deps.access
+        self.sandboxes: SandboxService = deps.sandboxes
+        self.hub = deps.hub
         self.refused = RefusedTokens()
         # Names under the base domain that configured URLs give the server itself.
         self.main_names = frozenset(
@@ -140,14 +137,10 @@ class SubdomainProxy:
             for url in (deps.settings.oidc_redirect_base_url, deps.settings.anthropic_proxy_url)
             if url and (name := urlsplit(url).hostname)
         )
-        pool = deps.extras.get("proxy_pool")
-        self.pool: Pool = pool if isinstance(pool, Pool) else Pool()
+        self.pool = pool
         self._touched: dict[str, float] = {}
         self._origins: dict[tuple[str, str], frozenset[str]] = {}  # per host and scheme
-        service = deps.extras.get("sandboxes")
-        events = getattr(service, "events", None)
-        if isinstance(events, WorkspaceEvents):
-            events.observe(self.sandbox_changed)
+        deps.events.observe(self.sandbox_changed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -174,7 +167,8 @@ class SubdomainProxy:
         kind = event.get("type")
         if kind not in ("sandbox", "sandbox_deleted"):
             return
-        sandbox_id = event[kind]["id"]
+        changed = event[kind]
+        sandbox_id = changed.id if isinstance(changed, Sandbox) else changed["id"]
         self.pool.forget_sandbox(sandbox_id)
         self.access.forget(sandbox_id)
 
@@ -322,12 +316,11 @@ class SubdomainProxy:
             SandboxStatus.RUNNING,
             SandboxStatus.OFFLINE,
         ):
-            hub: Hub | None = self.deps.extras.get("hub")
-            upstream = hub.upstream(sandbox.id) if hub is not None else None
-            if upstream is None:
+            tunnel = self.hub.get(sandbox.id)
+            if tunnel is None:
                 await self.page(scope, send, pages.OFFLINE)
             await trio.lowlevel.checkpoint_if_cancelled()
-            return upstream
+            return None if tunnel is None else TunnelUpstream(tunnel)
         if status is SandboxStatus.RUNNING:
             if sandbox.endpoint_host and sandbox.endpoint_port:
                 await trio.lowlevel.checkpoint_if_cancelled()  # the hot path: no scheduler trip
@@ -336,11 +329,14 @@ class SubdomainProxy:
         elif status in _WAKING:
             # Only a person opening the page wakes a paused sandbox: background calls from a
             # tab left open (fetch, event streams) must not undo a pause.
+            why = pages.pause_note(
+                sandbox.paused_reason, sandbox.paused_by_name, sandbox.paused_idle_seconds
+            )
             if status is not SandboxStatus.PAUSED or self.is_navigation(scope):
                 await self.wake(sandbox.id)
-                await self.page(scope, send, pages.WAKING)
+                await self.page(scope, send, pages.WAKING, note=why)
             else:
-                await self.page(scope, send, pages.PAUSED)
+                await self.page(scope, send, pages.PAUSED, note=why)
         elif status is SandboxStatus.CREATING:
             await self.page(scope, send, pages.STARTING)
         elif status is SandboxStatus.OFFLINE:
@@ -371,11 +367,21 @@ class SubdomainProxy:
     # -- answers ------------------------------------------------------------------------------
 
     async def page(
-        self, scope: Scope, send: Send, page: pages.Page, reason: str | None = None
+        self,
+        scope: Scope,
+        send: Send,
+        page: pages.Page,
+        reason: str | None = None,
+        note: str | None = None,
     ) -> None:
         method = "GET" if scope["type"] == "websocket" else scope["method"]
         status, headers, body = pages.answer(
-            page, method, scope["headers"], reason=reason, home=self.settings.main_url + "/"
+            page,
+            method,
+            scope["headers"],
+            reason=reason,
+            home=self.settings.main_url + "/workspaces",
+            note=note,
         )
         if scope["type"] == "websocket":
             await reject(
@@ -468,28 +474,20 @@ class SubdomainProxy:
         if now - self._touched.get(sandbox_id, -ACTIVITY_EVERY) < ACTIVITY_EVERY:
             return
         self._touched[sandbox_id] = now
-        service: SandboxService | None = self.deps.extras.get("sandboxes")
-        if service is not None:
-            try:
-                service.record_activity(sandbox_id)
-            except Exception:  # activity is advisory: never fail a request over it
-                log.exception("recording activity of %s failed", sandbox_id)
+        try:
+            self.sandboxes.record_activity(sandbox_id)
+        except Exception:  # activity is advisory: never fail a request over it
+            log.exception("recording activity of %s failed", sandbox_id)
 
     async def wake(self, sandbox_id: str) -> None:
-        service: SandboxService | None = self.deps.extras.get("sandboxes")
-        if service is None:
-            log.warning("sandbox %s is paused but no lifecycle service can wake it", sandbox_id)
-            await trio.lowlevel.checkpoint()
-            return
-        await service.wake(sandbox_id)
+        await self.sandboxes.wake(sandbox_id)
 
 
 @asynccontextmanager
-async def open_proxy(deps: Deps) -> AsyncIterator[None]:
-    """Feature opener (serve.FEATURES): the shared upstream pool, closed with the server."""
-    pool = Pool(header_timeout=deps.settings.proxy_timeout)
-    deps.extras["proxy_pool"] = pool
+async def open_pool(settings: Settings) -> AsyncIterator[Pool]:
+    """The shared pool of connections to sandboxes' agents, closed with the server."""
+    pool = Pool(header_timeout=settings.proxy_timeout)
     try:
-        yield
+        yield pool
     finally:
         pool.close()

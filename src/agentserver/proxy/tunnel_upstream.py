@@ -11,15 +11,13 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 
 import trio
-import trio_websocket
 
-from agentserver.deps import Deps
 from agentserver.errors import SandboxUnreachable
 from agentserver.framing import exactly
 from agentserver.proxy.headers import FRAMING, Headers
 from agentserver.proxy.upstream import HEADER_TIMEOUT, UpstreamResponse, UpstreamTimeout
-from agentserver.tunnel.hub import Hub
-from agentserver.tunnel.transport import StreamLimitReached, Tunnel, TunnelClosed, TunnelStream
+from agentserver.proxy.upstream_socket import UpstreamClosed
+from agentserver.tunnel import StreamLimitReached, Tunnel, TunnelClosed, TunnelStream
 
 # Agents see the host they serve on themselves; the browser's Host means nothing to them.
 # Framing and Connection are the agent's to set for the request it writes (agent/forward.py);
@@ -90,17 +88,15 @@ class TunnelSocket:
             return await self._stream.receive_message()
         except trio.EndOfChannel:
             code = self._stream.close_code or 1005
-            reason = trio_websocket.CloseReason(code, self._stream.close_reason or None)
+            raise UpstreamClosed(code, self._stream.close_reason or None) from None
         except _BROKEN:
-            reason = trio_websocket.CloseReason(1006, "the tunnel to the local agent broke")
-        raise trio_websocket.ConnectionClosed(reason)
+            raise UpstreamClosed(1006, "the tunnel to the local agent broke") from None
 
     async def send_message(self, message: str | bytes) -> None:
         try:
             await self._stream.send_message(message)
         except _BROKEN:
-            reason = trio_websocket.CloseReason(1006, "the tunnel to the local agent broke")
-            raise trio_websocket.ConnectionClosed(reason) from None
+            raise UpstreamClosed(1006, "the tunnel to the local agent broke") from None
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
         with suppress(*_BROKEN):
@@ -207,13 +203,3 @@ class TunnelUpstream:
             yield TunnelSocket(stream, chosen)
         finally:
             await stream.aclose()
-
-
-@asynccontextmanager
-async def open_tunnel_upstreams(deps: Deps) -> AsyncIterator[None]:
-    """Feature opener (serve.FEATURES, after the hub's): the subdomain proxy reaches local
-    sandboxes through `deps.extras["hub"].upstream(id)`, a `TunnelUpstream` over `hub.get(id)`."""
-    hub = deps.extras.get("hub")
-    if isinstance(hub, Hub):
-        hub.upstream_factory = TunnelUpstream
-    yield

@@ -37,6 +37,7 @@ from agentserver.proxy.http1 import (
     parse_response_head,
     request_head,
 )
+from agentserver.proxy.upstream_socket import TcpSocket, UpstreamSocket
 
 READ_SIZE = 256 * 1024
 # Reuse an idle connection only this long: agents close idle keep-alives after some seconds
@@ -76,22 +77,6 @@ class UpstreamResponse:
     # For a sized body straight off a TCP agent: send the rest of it to a browser socket
     # with splice(2) (returns the bytes moved); None when the body must be read as chunks.
     splice: Callable[[trio.SocketStream], Awaitable[int]] | None = None
-
-
-class UpstreamSocket(Protocol):
-    """An open WebSocket to the agent (trio_websocket.WebSocketConnection satisfies it).
-
-    `get_message` raises `trio_websocket.ConnectionClosed` (with `.reason.code`) once closed.
-    """
-
-    @property
-    def subprotocol(self) -> str | None: ...
-
-    async def get_message(self) -> str | bytes: ...
-
-    async def send_message(self, message: str | bytes) -> None: ...
-
-    async def aclose(self, code: int = 1000, reason: str | None = None) -> None: ...
 
 
 class Upstream(Protocol):
@@ -585,4 +570,4 @@ class TcpUpstream:
                 ws = await stack.enter_async_context(opened)
             except trio_websocket.HandshakeError as exc:
                 raise SandboxUnreachable(f"the sandbox refused the WebSocket: {exc!r}") from None
-            yield ws
+            yield TcpSocket(ws)

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import trio
-import trio_websocket
 
 from agentserver.errors import SandboxUnreachable
 from agentserver.proxy.headers import Headers
 from agentserver.proxy.http import ACTIVITY_INTERVAL, Receive, Scope, Send
-from agentserver.proxy.upstream import Upstream, UpstreamSocket
+from agentserver.proxy.upstream import Upstream
+from agentserver.proxy.upstream_socket import UpstreamClosed, UpstreamSocket
 
 # Codes that describe a close but may not be sent in a close frame (RFC 6455 §7.4.1).
 _UNSENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
@@ -101,7 +101,7 @@ async def _browser_to_agent(
                 text = message.get("text")
                 await agent.send_message(text if text is not None else message.get("bytes") or b"")
                 on_activity()
-    except trio_websocket.ConnectionClosed:
+    except UpstreamClosed:
         await trio.lowlevel.checkpoint()
         return  # the agent closed; the other pump tells the browser
     finally:
@@ -115,13 +115,12 @@ async def _agent_to_browser(
         while True:
             try:
                 message = await agent.get_message()
-            except trio_websocket.ConnectionClosed as closed:
-                reason = closed.reason
+            except UpstreamClosed as closed:
                 await send(
                     {
                         "type": "websocket.close",
-                        "code": sendable(reason.code if reason else None),
-                        "reason": (reason.reason if reason else None) or "",
+                        "code": sendable(closed.code),
+                        "reason": closed.reason or "",
                     }
                 )
                 return

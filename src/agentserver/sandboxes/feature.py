@@ -1,11 +1,11 @@
-"""The sandboxes feature: opens the chosen backend, reconciles, runs the idle watcher."""
+"""The sandbox lifecycle, opened: the chosen backend, reconciliation, the idle watcher."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol
+from dataclasses import dataclass
 
 import trio
 
@@ -20,12 +20,17 @@ from agentserver.settings import Settings
 from agentserver.supervise import supervise
 
 
-class Deps(Protocol):
-    """What the feature needs from `agentserver.deps.Deps` (a higher layer it may not import)."""
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """What `open_sandboxes` opens: the service and its background loops (None when off)."""
 
-    settings: Settings
-    db: Database
-    extras: dict[str, Any]
+    service: Sandboxes
+    idle_watcher: IdleWatcher | None
+    reconciler: Reconciler | None
+    # What signed-in users should know about the backend (e.g. sandboxes run unisolated).
+    warnings: tuple[str, ...]
+    # One line for the operator at start-up: what runs sandboxes, and how isolated.
+    summary: str
 
 
 log = logging.getLogger(__name__)
@@ -48,10 +53,12 @@ def backend_opener(settings: Settings, on_exit: ExitNotice) -> AbstractAsyncCont
 
 
 @asynccontextmanager
-async def open_sandboxes(deps: Deps) -> AsyncIterator[None]:
-    """Feature opener (serve.FEATURES): the lifecycle service in `deps.extras["sandboxes"]`.
+async def open_sandboxes(
+    settings: Settings, db: Database, events: WorkspaceEvents
+) -> AsyncIterator[Lifecycle]:
+    """The lifecycle service over the configured backend, reconciled, with its loops running.
 
-    Background operations run in this feature's own nursery, not the root one, so they end
+    Background operations run in this context's own nursery, not the root one, so they end
     before the backend closes (a start racing the shutdown would otherwise touch a closed
     backend); whatever they leave half-done, the next start's reconciliation settles.
     """
@@ -63,31 +70,27 @@ async def open_sandboxes(deps: Deps) -> AsyncIterator[None]:
         else:  # an exit during startup, before the service exists
             await trio.lowlevel.checkpoint()
 
-    async with backend_opener(deps.settings, on_exit) as backend, trio.open_nursery() as nursery:
-        service = Sandboxes(deps.db, deps.settings, backend, nursery, WorkspaceEvents())
+    async with backend_opener(settings, on_exit) as backend, trio.open_nursery() as nursery:
+        service = Sandboxes(db, settings, backend, nursery, events)
         # Each long-lived task is supervised: a bug in one is logged and it starts again,
         # instead of cancelling this nursery (and with it the server).
         await nursery.start(supervise, "activity writer", service.write_activity)
         await service.reconcile(at_start=True)
-        if deps.settings.idle_timeout > 0:
-            watcher = IdleWatcher(service, deps.settings.idle_timeout)
+        watcher = reconciler = None
+        if settings.idle_timeout > 0:
+            watcher = IdleWatcher(service, settings.idle_timeout)
             await nursery.start(supervise, "idle watcher", watcher.run)
-            deps.extras["idle_watcher"] = watcher
-        if deps.settings.reconcile_interval > 0:
-            reconciler = Reconciler(service, deps.settings.reconcile_interval)
+        if settings.reconcile_interval > 0:
+            reconciler = Reconciler(service, settings.reconcile_interval)
             await nursery.start(supervise, "reconciler", reconciler.run)
-            deps.extras["reconciler"] = reconciler
-        deps.extras["sandboxes"] = service
-        deps.extras["delete_workspace_resources"] = service.delete_workspace_resources
-        # What signed-in users should know about this server (e.g. sandboxes run unisolated).
-        deps.extras["server_warnings"] = tuple(getattr(backend, "warnings", ()))
-        deps.extras["sandbox_summary"] = backend.describe()
         try:
-            yield
+            yield Lifecycle(
+                service=service,
+                idle_watcher=watcher,
+                reconciler=reconciler,
+                warnings=tuple(getattr(backend, "warnings", ())),
+                summary=backend.describe(),
+            )
         finally:
-            service.events.close_all()
+            events.close_all()
             nursery.cancel_scope.cancel()
-            deps.extras.pop("sandboxes", None)
-            deps.extras.pop("reconciler", None)
-            deps.extras.pop("delete_workspace_resources", None)
-            deps.extras.pop("server_warnings", None)

@@ -14,14 +14,13 @@ import logging
 import secrets
 import string
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from agentserver.db.database import Database
 from agentserver.errors import AgentServerError, Conflict, DatabaseUnavailable, Invalid, NotFound
-from agentserver.kinds import kind_of
 from agentserver.models import Sandbox, SandboxType
 from agentserver.models import SandboxStatus as S
 from agentserver.sandboxes import lifecycle
@@ -57,38 +56,28 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _time(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
-def sandbox_url(sandbox: Sandbox, settings: Settings) -> str:
-    prefix = kind_of(sandbox.type).prefix
-    return f"{settings.base_scheme}://{prefix}{sandbox.id}.{settings.domain}/"
-
-
-def sandbox_json(sandbox: Sandbox, settings: Settings) -> dict[str, Any]:
-    """The API shape of a sandbox: never its password, token or internal address."""
-    return {
-        "id": sandbox.id,
-        "name": sandbox.name,
-        "type": sandbox.type,
-        "status": sandbox.status,
-        "statusReason": sandbox.status_reason,
-        "workspaceId": sandbox.workspace_id,
-        "createdBy": sandbox.created_by,
-        "createdAt": _time(sandbox.created_at),
-        "updatedAt": _time(sandbox.updated_at),
-        "lastActivityAt": _time(sandbox.last_activity_at),
-        "pausedAt": _time(sandbox.paused_at),
-        "url": sandbox_url(sandbox, settings),
-    }
-
-
 def duration_text(seconds: float) -> str:
     for unit, size in (("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+@dataclass(frozen=True, slots=True)
+class PauseCause:
+    """Why a sandbox is paused: `idle` for `idle_seconds` without activity, or by `user` `by`."""
+
+    kind: str
+    by: str | None = None
+    idle_seconds: float | None = None
+
+    @classmethod
+    def idle(cls, seconds: float) -> PauseCause:
+        return cls("idle", idle_seconds=seconds)
+
+    @classmethod
+    def user(cls, user_id: str) -> PauseCause:
+        return cls("user", by=user_id)
 
 
 class Operation:
@@ -101,7 +90,7 @@ class Operation:
 
 
 class Sandboxes:
-    """The lifecycle of every sandbox on this server (`deps.extras["sandboxes"]`)."""
+    """The lifecycle of every sandbox on this server (`Deps.sandboxes`)."""
 
     def __init__(
         self,
@@ -140,9 +129,6 @@ class Sandboxes:
         if sandbox.type == SandboxType.LOCAL:
             return ""
         return await self.backend.logs(sandbox_id, lines)
-
-    def json(self, sandbox: Sandbox) -> dict[str, Any]:
-        return sandbox_json(sandbox, self.settings)
 
     # -- status -------------------------------------------------------------------------------
     async def set_status(
@@ -203,6 +189,7 @@ class Sandboxes:
         new: str,
         reason: str | None = None,
         endpoint: Endpoint | None = None,
+        cause: PauseCause | None = None,
     ) -> Sandbox | None:
         statuses = lifecycle.check(expected, new)
         row = await self.db.one(
@@ -214,6 +201,9 @@ class Sandboxes:
             expected=sorted(s.value for s in statuses),
             endpoint_host=endpoint.host if endpoint else None,
             endpoint_port=endpoint.port if endpoint else None,
+            paused_reason=cause.kind if cause else None,
+            paused_by=cause.by if cause else None,
+            paused_idle_seconds=cause.idle_seconds if cause else None,
         )
         if row is not None:
             log.info("sandbox %s → %s%s", sandbox_id, row.status, f" ({reason})" if reason else "")
@@ -221,9 +211,9 @@ class Sandboxes:
         return row
 
     def publish(self, sandbox: Sandbox) -> None:
-        self.events.publish_nowait(
-            sandbox.workspace_id, {"type": "sandbox", "sandbox": self.json(sandbox)}
-        )
+        """Tell the workspace's listeners about the sandbox's row as it is now (the API
+        renders it for the browser)."""
+        self.events.publish_nowait(sandbox.workspace_id, {"type": "sandbox", "sandbox": sandbox})
 
     # -- user actions -------------------------------------------------------------------------
     async def create(
@@ -262,12 +252,15 @@ class Sandboxes:
             created_by=created_by,
         )
 
-    async def pause(self, sandbox_id: str, reason: str | None = None) -> Sandbox:
-        """running → pausing now; the backend stops it in the background (→ paused)."""
+    async def pause(
+        self, sandbox_id: str, reason: str | None = None, cause: PauseCause | None = None
+    ) -> Sandbox:
+        """running → pausing now; the backend stops it in the background (→ paused). `cause`
+        (idle, or a member) is kept until it runs again, for the wake page and the dashboard."""
         sandbox = await self.require(sandbox_id)
         if sandbox.type == SandboxType.LOCAL:
             raise Invalid("local sandboxes cannot be paused from the server")
-        row = await self._transition(sandbox_id, lifecycle.PAUSABLE, S.PAUSING, reason)
+        row = await self._transition(sandbox_id, lifecycle.PAUSABLE, S.PAUSING, reason, cause=cause)
         if row is None:
             raise lifecycle.refuse("paused", await self._status(sandbox_id))
         self._spawn(sandbox_id, self._pause, sandbox_id, reason)
@@ -363,7 +356,7 @@ class Sandboxes:
         reason = f"paused after {duration_text(seconds)} without activity"
         for sandbox in await self.db.many("sbx_list_idle", Sandbox, seconds=seconds):
             with contextlib.suppress(Conflict, NotFound):  # someone else moved it first
-                await self.pause(sandbox.id, reason)
+                await self.pause(sandbox.id, reason, PauseCause.idle(seconds))
         due = await self.db.scalar("sbx_next_idle_in", seconds=seconds)
         return None if due is None else float(due)
 
@@ -381,7 +374,7 @@ class Sandboxes:
         for sandbox in rows:
             found = managed.pop(sandbox.id, None)
             if sandbox.type == SandboxType.LOCAL and not at_start:
-                continue  # local sandboxes follow their tunnel (api/agents.py)
+                continue  # local sandboxes follow their tunnel (sandboxes/tunnel_session.py)
             if not at_start:
                 if self._busy(sandbox.id):
                     continue

@@ -1,1 +1,43 @@
-"""The agent tunnel: frame codec, sans-IO stream state machine, and the trio transport."""
+"""The agent tunnel: frame codec, sans-IO stream state machine, and the trio transport.
+
+What the rest of agentserver uses is re-exported here; the modules behind it, in import order:
+`frames` (pure codec) → `connection` (pure stream state machine and credit windows) →
+`errors` → `stream` (`TunnelStream`, knowing its tunnel only as a `StreamTransport`) →
+`links` (WebSocket / byte-stream links) → `transport` (`Tunnel`, `open_tunnel`) → `hub`.
+"""
+
+from .connection import (
+    ErrorCode,
+    LocalProtocolError,
+    RequestReceived,
+    Role,
+    Settings,
+    StreamLimitReached,
+)
+from .errors import StreamResetError, TunnelClosed
+from .frames import ProtocolError, max_message_size
+from .hub import Hub
+from .links import MessageLink, StreamLink, WebSocketLink
+from .stream import RequestHandler, TunnelStream
+from .transport import Tunnel, open_tunnel
+
+__all__ = [
+    "ErrorCode",
+    "Hub",
+    "LocalProtocolError",
+    "MessageLink",
+    "ProtocolError",
+    "RequestHandler",
+    "RequestReceived",
+    "Role",
+    "Settings",
+    "StreamLimitReached",
+    "StreamLink",
+    "StreamResetError",
+    "Tunnel",
+    "TunnelClosed",
+    "TunnelStream",
+    "WebSocketLink",
+    "max_message_size",
+    "open_tunnel",
+]

@@ -9,23 +9,18 @@ the hub's current state no matter how a close and a reconnect interleave.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import trio
 
 from .transport import Tunnel
 
 
 class Hub:
-    """Sandbox id → the live `Tunnel` (server side); kept in `deps.extras["hub"]`."""
+    """Sandbox id → the live `Tunnel` (server side); one per server (`Deps.hub`)."""
 
     def __init__(self) -> None:
         self._tunnels: dict[str, Tunnel] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._finished: dict[Tunnel, trio.Event] = {}
-        # Set by the proxy (proxy/tunnel_upstream.py): wraps a tunnel as its `Upstream`.
-        self.upstream_factory: Callable[[Tunnel], Any] | None = None
 
     def __len__(self) -> int:
         return len(self._tunnels)
@@ -34,13 +29,6 @@ class Hub:
         """The sandbox's live tunnel, or None (the agent is offline)."""
         tunnel = self._tunnels.get(sandbox_id)
         return None if tunnel is None or tunnel.closed else tunnel
-
-    def upstream(self, sandbox_id: str) -> Any:
-        """The proxy's way to the sandbox's agent over its tunnel (None: offline)."""
-        tunnel = self.get(sandbox_id)
-        if tunnel is None or self.upstream_factory is None:
-            return None
-        return self.upstream_factory(tunnel)
 
     async def register(self, sandbox_id: str, tunnel: Tunnel) -> None:
         """Make `tunnel` the sandbox's tunnel; a previous one is closed."""

@@ -1,39 +1,52 @@
 """TunnelStream: one request (or relayed WebSocket) over a tunnel, as a trio HalfCloseableStream.
 
-Split from `transport` only for size; the two are one unit (the stream uses the tunnel's writer,
-connection and backlog accounting directly).
+The stream knows its tunnel only as a `StreamTransport`: the few calls that send on its behalf
+and say whether the tunnel is still up. The tunnel hands it what arrives for it through the
+stream's public `*_received` / `credit_granted` / `tunnel_closed` methods, and runs the handler
+of a request the peer opened with `serve`.
 """
 
 from __future__ import annotations
 
+import logging
 import operator
 from collections import deque
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
 
 import trio
 
 from .connection import DataReceived, ErrorCode, LocalProtocolError, RequestReceived
+from .errors import StreamResetError, TunnelClosed
 from .frames import Headers
-
-if TYPE_CHECKING:
-    from .transport import Tunnel
 
 MAX_WEBSOCKET_MESSAGE = 16 * 1024 * 1024
 
-
-class TunnelClosed(trio.BrokenResourceError):
-    """The tunnel is gone (closed, broken link, dead peer); every open stream fails with this."""
+logger = logging.getLogger(__name__)
 
 
-class StreamResetError(trio.BrokenResourceError):
-    """The stream was reset: by the peer (`remote`) or by us because the peer broke its rules."""
+class StreamTransport(Protocol):
+    """What a `TunnelStream` needs of its tunnel (`transport.Tunnel` is one).
 
-    def __init__(self, code: str, message: str, *, remote: bool) -> None:
-        super().__init__(
-            f"stream reset ({code}): {message}" if message else f"stream reset ({code})"
-        )
-        self.code, self.message, self.remote = code, message, remote
+    The `send_*` calls queue frames for the tunnel's writer and never block; `send_capacity`
+    says how many bytes of data may be queued now (0: wait for `credit_granted`).
+    """
+
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def close_reason(self) -> str: ...
+    @property
+    def send_timeout(self) -> float | None: ...
+
+    def send_capacity(self, stream_id: int) -> int: ...
+    def send_head(self, stream_id: int, status: int, headers: Headers) -> None: ...
+    def send_data(self, stream_id: int, data: bytes, *, text: bool, more: bool) -> None: ...
+    def send_end(self, stream_id: int, code: int | None, reason: str) -> None: ...
+    def grant_credit(self, stream_id: int, size: int) -> None: ...
+    def send_reset(self, stream_id: int, code: str, message: str) -> bool:
+        """Reset the stream unless it is already over; True when it was reset now."""
+        ...
 
 
 class _Busy:
@@ -61,8 +74,17 @@ class TunnelStream(trio.abc.HalfCloseableStream):
     the stream if it is not finished, so the peer stops working on it.
     """
 
-    def __init__(self, tunnel: Tunnel, stream_id: int, request: RequestReceived | None) -> None:
-        self._tunnel, self._conn = tunnel, tunnel._conn
+    def __init__(
+        self,
+        transport: StreamTransport,
+        stream_id: int,
+        request: RequestReceived | None,
+        *,
+        body: bool = True,
+    ) -> None:
+        """`request`: the peer's request, on the answering side. `body=False`: a request we
+        opened without a body, so our direction is already over."""
+        self._transport = transport
         self.stream_id = stream_id
         self.request = request  # set on the side that answers the request
         self.close_code: int | None = None
@@ -74,7 +96,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self._eof = False
         self._reset: StreamResetError | None = None
         self._closed = False
-        self._sent_eof = False
+        self._sent_eof = not body
         self._head_sent = request is None
         self._response: tuple[int, Headers] | None = None
         self._lot = trio.lowlevel.ParkingLot()
@@ -104,9 +126,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         with self._sending:
             await trio.lowlevel.checkpoint()
             self._check_sendable(head=False)
-            self._conn.send_response(self.stream_id, status, tuple(headers))
+            self._transport.send_head(self.stream_id, status, tuple(headers))
             self._head_sent = True
-            self._tunnel._wake_writer()
 
     # ------------------------------------------------------------ sending
 
@@ -173,11 +194,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         Not async, so that a send checkpoints once (on entry), not once per chunk.
         """
         self._check_sendable()
-        tunnel = self._tunnel
-        if tunnel._backlog < tunnel._max_backlog:
-            return self._conn.send_capacity(self.stream_id)
-        tunnel._backlog_waiting = True
-        return 0
+        return self._transport.send_capacity(self.stream_id)
 
     async def _park_sender(self) -> None:
         """Wait for capacity; past the tunnel's `send_timeout` without any, reset the stream.
@@ -186,7 +203,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         peer that keeps granting credit is never cut, and one that grants none is cut after the
         timeout.
         """
-        timeout = self._tunnel._send_timeout
+        timeout = self._transport.send_timeout
         if timeout is None:
             await self._send_lot.park()
             return
@@ -202,15 +219,11 @@ class TunnelStream(trio.abc.HalfCloseableStream):
 
     def _send_data(self, chunk: bytes, *, text: bool = False, more: bool = False) -> None:
         self._stalled_until = None
-        self._conn.send_data(self.stream_id, chunk, text=text, more=more)
-        self._tunnel._backlog += len(chunk)
-        self._tunnel._wake_writer()
+        self._transport.send_data(self.stream_id, chunk, text=text, more=more)
 
     def _end(self, code: int | None = None, reason: str = "") -> None:
-        self._conn.end_stream(self.stream_id, code=code, reason=reason)
+        self._transport.send_end(self.stream_id, code, reason)
         self._sent_eof = True
-        self._tunnel._forget_if_finished(self.stream_id)
-        self._tunnel._wake_writer()
 
     # ------------------------------------------------------------ receiving
 
@@ -276,9 +289,59 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         else:
             self._offset = end
             piece = chunk[start:end]
-        self._conn.acknowledge(self.stream_id, end - start)
-        self._tunnel._wake_writer()
+        self._transport.grant_credit(self.stream_id, end - start)
         return piece
+
+    # ------------------------------------------------------------ from the tunnel
+
+    def data_received(self, event: DataReceived) -> None:
+        self._chunks.append(event)
+        self._lot.unpark_all()
+
+    def credit_granted(self) -> None:
+        """The peer granted credit, or the tunnel's backlog drained: a parked send may go on."""
+        self._send_lot.unpark_all()
+
+    def response_received(self, status: int, headers: Headers) -> None:
+        self._response = (status, headers)
+        self._lot.unpark_all()
+
+    def end_received(self, code: int | None, reason: str) -> None:
+        self._eof, self.close_code, self.close_reason = True, code, reason
+        self._wake()
+
+    def reset_received(self, code: str, message: str, *, remote: bool) -> None:
+        """The stream was reset (by the peer, or by the connection for a broken rule)."""
+        self._reset = StreamResetError(code, message, remote=remote)
+        if self._handler_scope is not None:
+            self._handler_scope.cancel()
+        self._wake()
+
+    def tunnel_closed(self) -> None:
+        """The tunnel is gone: every waiting operation wakes up to raise `TunnelClosed`."""
+        self._wake()
+
+    async def serve(self, handler: RequestHandler) -> None:
+        """Run `handler` on the peer's request (a task of the tunnel); cancelled on a reset.
+
+        A handler that fails resets the stream ("internal"); when it returns, the stream is
+        finished unless it already ended.
+        """
+        assert self.request is not None, "serve() runs on the answering side"
+        with trio.CancelScope() as scope:
+            self._handler_scope = scope
+            if self._reset is not None:
+                scope.cancel()
+            try:
+                await handler(self.request, self)
+            except* (StreamResetError, TunnelClosed):
+                pass
+            except* Exception:
+                logger.exception("tunnel request handler failed for %s", self.request.target)
+                self._reset_now(ErrorCode.INTERNAL, "the request handler failed")
+            finally:
+                self._abandon()
+        await trio.lowlevel.checkpoint()  # a stream reset before it started awaits nothing
 
     # ------------------------------------------------------------ closing
 
@@ -294,7 +357,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
     def _close_now(self) -> None:
         if self._closed:
             return
-        if self._reset is None and not self._tunnel.closed:
+        if self._reset is None and not self._transport.closed:
             if self._head_sent and not self._sent_eof:
                 self._end()
             self._reset_now(ErrorCode.CANCEL, "closed before the end")
@@ -303,11 +366,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self._wake()
 
     def _reset_now(self, code: str, message: str) -> None:
-        if self._reset is None and self._conn.is_open(self.stream_id):
-            self._conn.reset_stream(self.stream_id, code, message)
+        if self._reset is None and self._transport.send_reset(self.stream_id, code, message):
             self._reset = StreamResetError(code, message, remote=False)
-            self._tunnel._streams.pop(self.stream_id, None)
-            self._tunnel._wake_writer()
         self._wake()
 
     def _abandon(self) -> None:
@@ -333,5 +393,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
     def _raise_if_broken(self) -> None:
         if (reset := self._reset) is not None:  # a fresh exception each time, fresh traceback
             raise StreamResetError(reset.code, reset.message, remote=reset.remote)
-        if self._tunnel.closed:
-            raise TunnelClosed(self._tunnel.close_reason)
+        if self._transport.closed:
+            raise TunnelClosed(self._transport.close_reason)
+
+
+RequestHandler = Callable[[RequestReceived, TunnelStream], Awaitable[None]]

@@ -1,20 +1,20 @@
 """The tunnel over a live link: reader, writer and heartbeat tasks, and one TunnelStream per stream.
 
-The same code serves both ends. The server's hub opens streams; the agent answers them::
+The same code serves both ends, opened the same way by `open_tunnel`. The server opens streams;
+the agent answers them::
 
-    tunnel = Tunnel(WebSocketLink(ws), role=Role.SERVER)
-    await nursery.start(tunnel.run)              # returns once the Hello exchange is done
-    stream = await tunnel.open_request("POST", "/session", [("content-type", "application/json")])
-    await stream.send_all(body); await stream.send_eof()
-    status, headers = await stream.receive_response_head()
-    while chunk := await stream.receive_some(): ...
-    await stream.aclose()                        # before the end: Reset, the agent stops working
+    async with open_tunnel(link, role=Role.SERVER, settings=...) as tunnel:   # Hello exchanged
+        stream = await tunnel.open_request("POST", "/session", [("content-type", "text/json")])
+        await stream.send_all(body); await stream.send_eof()
+        status, headers = await stream.receive_response_head()
+        while chunk := await stream.receive_some(): ...
+        await stream.aclose()                    # before the end: Reset, the agent stops working
 
     async def handle(request: RequestReceived, stream: TunnelStream) -> None:   # agent side
         body = await stream.receive_some()  ...
         await stream.send_response_head(200, [("content-type", "text/plain")])
         await stream.send_all(b"hi"); await stream.send_eof()
-    tunnel = Tunnel(WebSocketLink(ws), role=Role.CLIENT, handler=handle)
+    async with open_tunnel(WebSocketLink(ws), role=Role.CLIENT, handler=handle) as tunnel: ...
 
 WebSocket relaying: `open_request(..., websocket=True, subprotocols=[...])`; the agent answers
 with status 101 (chosen subprotocol in a ``sec-websocket-protocol`` header), then both sides use
@@ -37,11 +37,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 
 import trio
-import trio_websocket
 
 from .connection import (
     DataReceived,
@@ -54,107 +53,29 @@ from .connection import (
     Role,
     Settings,
     StreamEnded,
-    StreamLimitReached,
     StreamReset,
     TunnelConnection,
     WindowUpdated,
 )
-from .frames import Data, GoAway, MessageBuffer, ProtocolError, decode, encode
-from .frames import frame_message as _length_prefixed
-from .stream import StreamResetError, TunnelClosed, TunnelStream
+from .errors import TunnelClosed
+from .frames import Data, GoAway, Headers, ProtocolError, decode, encode
+from .links import MessageLink
+from .stream import RequestHandler, TunnelStream
 
-__all__ = [
-    "ErrorCode",
-    "MessageLink",
-    "RequestHandler",
-    "RequestReceived",
-    "Role",
-    "Settings",
-    "StreamLimitReached",
-    "StreamLink",
-    "StreamResetError",
-    "Tunnel",
-    "TunnelClosed",
-    "TunnelStream",
-    "WebSocketLink",
-]
+__all__ = ["Tunnel", "open_tunnel"]
 
 logger = logging.getLogger(__name__)
 
 _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-class MessageLink(Protocol):
-    """A message-oriented link. `get_message` raises `trio.EndOfChannel` on a clean close and
-    `trio.BrokenResourceError` when the link fails."""
-
-    async def send_message(self, message: bytes) -> None: ...
-    async def get_message(self) -> bytes: ...
-    async def aclose(self) -> None: ...
-
-
-class WebSocketLink:
-    """A trio-websocket connection as a `MessageLink`."""
-
-    def __init__(self, ws: Any) -> None:  # trio_websocket ships no type information
-        self._ws = ws
-
-    async def send_message(self, message: bytes) -> None:
-        try:
-            await self._ws.send_message(message)
-        except trio_websocket.ConnectionClosed as exc:
-            raise trio.BrokenResourceError(f"websocket closed: {exc.reason}") from exc
-
-    async def get_message(self) -> bytes:
-        try:
-            message = await self._ws.get_message()
-        except trio_websocket.ConnectionClosed as exc:
-            if exc.reason is not None and exc.reason.code in (1000, 1001):
-                raise trio.EndOfChannel from exc
-            raise trio.BrokenResourceError(f"websocket closed: {exc.reason}") from exc
-        if not isinstance(message, bytes):
-            raise ProtocolError("text message on the tunnel")
-        return message
-
-    async def aclose(self) -> None:
-        await self._ws.aclose()
-
-
-class StreamLink:
-    """A byte stream as a `MessageLink`: each message travels with a u32 length prefix."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self._stream = stream
-        self._buffer = MessageBuffer()
-
-    async def send_message(self, message: bytes) -> None:
-        await self._stream.send_all(_length_prefixed(message))
-
-    async def get_message(self) -> bytes:
-        # Before taking a message, never after: a cancel then would lose one already buffered.
-        await trio.lowlevel.checkpoint()
-        while (message := self._buffer.next_message()) is None:
-            data = await self._stream.receive_some(256 * 1024)
-            if not data:
-                if self._buffer.pending:
-                    raise trio.BrokenResourceError("stream ended in the middle of a message")
-                raise trio.EndOfChannel
-            self._buffer.feed(data)
-        return message
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-RequestHandler = Callable[[RequestReceived, TunnelStream], Awaitable[None]]
-
-
 class Tunnel:
-    """One end of a tunnel over `link`. Start it with ``await nursery.start(tunnel.run)``.
+    """One end of a tunnel over `link`: `open_tunnel` runs one, or ``nursery.start(tunnel.run)``.
 
     `handler` runs once per request the peer opens, as a task of the tunnel; without one, peer
     requests are refused. `ping_timeout` defaults to the ping interval so a silently dead link
-    is noticed within two intervals.
+    is noticed within two intervals. Its `send_*`, `grant_credit` and `send_capacity` methods
+    are what its streams call (`stream.StreamTransport`); use the streams' own methods instead.
     """
 
     def __init__(
@@ -178,7 +99,7 @@ class Tunnel:
         self._hello_timeout = hello_timeout
         self._close_timeout = close_timeout
         self._max_backlog = max_backlog
-        self._send_timeout = send_timeout
+        self.send_timeout = send_timeout
         self._streams: dict[int, TunnelStream] = {}
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._hello = trio.Event()
@@ -250,8 +171,7 @@ class Tunnel:
         stream_id = self._conn.open_request(
             method, target, head, body=body, websocket=websocket, subprotocols=tuple(subprotocols)
         )
-        stream = TunnelStream(self, stream_id, None)
-        stream._sent_eof = not body
+        stream = TunnelStream(self, stream_id, None, body=body)
         self._streams[stream_id] = stream
         self._wake_writer()
         return stream
@@ -267,7 +187,7 @@ class Tunnel:
         log("tunnel closed: %s", reason)
         streams, self._streams = self._streams, {}
         for stream in streams.values():
-            stream._wake()
+            stream.tunnel_closed()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -332,7 +252,7 @@ class Tunnel:
                 if self._backlog_waiting and self._backlog < self._max_backlog:
                     self._backlog_waiting = False
                     for stream in self._streams.values():
-                        stream._send_lot.unpark_all()
+                        stream.credit_granted()
         except _LINK_ERRORS as exc:
             self._peer_closed = True
             self._close(f"the tunnel link broke: {exc}", error=exc)
@@ -357,64 +277,73 @@ class Tunnel:
                 return
             await trio.sleep_until(sent_at + max(interval, timeout))
 
-    async def _serve_request(self, stream: TunnelStream) -> None:
-        assert self._handler is not None
-        assert stream.request is not None
-        with trio.CancelScope() as scope:
-            stream._handler_scope = scope
-            if stream._reset is not None:
-                scope.cancel()
-            try:
-                await self._handler(stream.request, stream)
-            except* (StreamResetError, TunnelClosed):
-                pass
-            except* Exception:
-                logger.exception("tunnel request handler failed for %s", stream.request.target)
-                stream._reset_now(ErrorCode.INTERNAL, "the request handler failed")
-            finally:
-                stream._abandon()
-        await trio.lowlevel.checkpoint()  # a stream reset before it started awaits nothing
-
     # ------------------------------------------------------------ events
 
     def _dispatch(self, event: Event) -> None:
         match event:
             case DataReceived():
                 if stream := self._streams.get(event.stream_id):
-                    stream._chunks.append(event)
-                    stream._lot.unpark_all()
+                    stream.data_received(event)
             case WindowUpdated():
                 if stream := self._streams.get(event.stream_id):
-                    stream._send_lot.unpark_all()
+                    stream.credit_granted()
             case ResponseReceived():
                 if stream := self._streams.get(event.stream_id):
-                    stream._response = (event.status, event.headers)
-                    stream._lot.unpark_all()
+                    stream.response_received(event.status, event.headers)
             case StreamEnded():
                 if stream := self._streams.get(event.stream_id):
-                    stream._eof, stream.close_code = True, event.code
-                    stream.close_reason = event.reason
-                    stream._wake()
+                    stream.end_received(event.code, event.reason)
                     self._forget_if_finished(event.stream_id)
             case StreamReset():
                 if stream := self._streams.pop(event.stream_id, None):
-                    stream._reset = StreamResetError(event.code, event.message, remote=event.remote)
-                    if stream._handler_scope is not None:
-                        stream._handler_scope.cancel()
-                    stream._wake()
+                    stream.reset_received(event.code, event.message, remote=event.remote)
             case RequestReceived():
                 if self._handler is None or self._nursery is None or self.closed:
                     self._conn.reset_stream(event.stream_id, ErrorCode.REFUSED, "no handler")
                     return
                 stream = TunnelStream(self, event.stream_id, event)
                 self._streams[event.stream_id] = stream
-                self._nursery.start_soon(self._serve_request, stream)
+                self._nursery.start_soon(stream.serve, self._handler)
             case HelloReceived():
                 self._hello.set()
             case GoAwayReceived():
                 logger.info("the peer is going away (%s): %s", event.code, event.message)
             case _:  # pings are answered inside the connection; pongs only prove liveness
                 pass
+
+    # ------------------------------------------------------------ for the streams (StreamTransport)
+
+    def send_capacity(self, stream_id: int) -> int:
+        if self._backlog < self._max_backlog:
+            return self._conn.send_capacity(stream_id)
+        self._backlog_waiting = True  # the writer wakes the streams once the backlog drains
+        return 0
+
+    def send_head(self, stream_id: int, status: int, headers: Headers) -> None:
+        self._conn.send_response(stream_id, status, headers)
+        self._wake_writer()
+
+    def send_data(self, stream_id: int, data: bytes, *, text: bool, more: bool) -> None:
+        self._conn.send_data(stream_id, data, text=text, more=more)
+        self._backlog += len(data)
+        self._wake_writer()
+
+    def send_end(self, stream_id: int, code: int | None, reason: str) -> None:
+        self._conn.end_stream(stream_id, code=code, reason=reason)
+        self._forget_if_finished(stream_id)
+        self._wake_writer()
+
+    def grant_credit(self, stream_id: int, size: int) -> None:
+        self._conn.acknowledge(stream_id, size)
+        self._wake_writer()
+
+    def send_reset(self, stream_id: int, code: str, message: str) -> bool:
+        if not self._conn.is_open(stream_id):
+            return False
+        self._conn.reset_stream(stream_id, code, message)
+        self._streams.pop(stream_id, None)
+        self._wake_writer()
+        return True
 
     def _forget_if_finished(self, stream_id: int) -> None:
         if not self._conn.is_open(stream_id):
@@ -423,3 +352,33 @@ class Tunnel:
     def _wake_writer(self) -> None:
         if self._conn.has_frames_to_send:  # a wake-up for nothing costs a task switch per frame
             self._writer_lot.unpark_all()
+
+
+@asynccontextmanager
+async def open_tunnel(
+    link: MessageLink,
+    *,
+    role: Role,
+    settings: Settings | None = None,
+    handler: RequestHandler | None = None,
+    send_timeout: float | None = None,
+) -> AsyncIterator[Tunnel]:
+    """Run a tunnel over `link`; the block is entered once the peer's Hello arrived.
+
+    The block runs alongside the tunnel, like a nursery's: leaving it waits for the tunnel to
+    end (`await tunnel.aclose()` ends it), and the tunnel's end cancels the block. A tunnel that
+    fails raises `TunnelClosed` (in an exception group) out of the `async with`.
+    """
+    tunnel = Tunnel(link, role=role, settings=settings, handler=handler, send_timeout=send_timeout)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_run_until_closed, tunnel, nursery.cancel_scope)
+        yield tunnel
+
+
+async def _run_until_closed(
+    tunnel: Tunnel, scope: trio.CancelScope, task_status: trio.TaskStatus[None]
+) -> None:
+    try:
+        await tunnel.run(task_status=task_status)
+    finally:
+        scope.cancel()  # whatever runs alongside the tunnel ends with it

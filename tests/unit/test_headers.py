@@ -6,10 +6,10 @@ import base64
 
 import pytest
 
+from agentserver.kinds import authorization
+from agentserver.models import SandboxType
 from agentserver.proxy.headers import (
     Forwarding,
-    basic_auth,
-    bearer_auth,
     connection_tokens,
     cookie_values,
     framing_headers,
@@ -21,7 +21,7 @@ from agentserver.proxy.headers import (
 )
 
 FWD = Forwarding(client_ip="10.0.0.7", proto="https", host=b"oc-abc.example.com")
-AUTH = basic_auth("s3cret")
+AUTH = authorization(SandboxType.OPENCODE, "s3cret")
 
 
 def names(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
@@ -173,8 +173,10 @@ def test_request_headers_without_client_ip() -> None:
 
 def test_auth_values() -> None:
     """opencode gets Basic opencode:<secret>; OpenClaw gets Bearer <token>."""
-    assert base64.b64decode(basic_auth("pw").split(b" ")[1]) == b"opencode:pw"
-    assert bearer_auth("tok") == b"Bearer tok"
+    opencode = authorization(SandboxType.OPENCODE, "pw")
+    assert opencode.startswith(b"Basic ")
+    assert base64.b64decode(opencode.split(b" ")[1]) == b"opencode:pw"
+    assert authorization(SandboxType.OPENCLAW, "tok") == b"Bearer tok"
 
 
 def test_websocket_headers_leave_handshake_to_the_client_library() -> None:

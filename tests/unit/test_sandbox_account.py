@@ -21,7 +21,7 @@ from agentserver.sandboxes.account import (
     resolve_account,
 )
 from agentserver.sandboxes.base import SandboxSpec
-from agentserver.sandboxes.process import write_openclaw_config
+from agentserver.sandboxes.launch import write_agent_config
 from agentserver.settings import Settings, build_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,7 +152,7 @@ def test_openclaw_config_refuses_a_planted_link_and_belongs_to_the_account(
     spec = SandboxSpec("s1", "w1", SandboxType.OPENCLAW, "secret", "http://x", "token")
     home = tmp_path / "home"
     home.mkdir()
-    write_openclaw_config(home, spec, account)
+    write_agent_config(home, spec, account)
     config = home / ".openclaw" / "openclaw.json"
     assert config.stat().st_uid == account.uid
     assert (config.stat().st_mode & 0o777) == 0o600
@@ -162,7 +162,7 @@ def test_openclaw_config_refuses_a_planted_link_and_belongs_to_the_account(
     (home / ".openclaw").rmdir()
     (home / ".openclaw").symlink_to(target)
     with pytest.raises(OSError):
-        write_openclaw_config(home, spec, account)
+        write_agent_config(home, spec, account)
     assert list(target.iterdir()) == []
 
 

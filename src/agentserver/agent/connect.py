@@ -24,6 +24,7 @@ import trio
 import trio_websocket
 
 from agentserver.agent.forward import Forwarder
+from agentserver.kinds import OPENCODE
 from agentserver.tunnel import (
     ProtocolError,
     Role,
@@ -36,7 +37,7 @@ from agentserver.tunnel import (
 )
 
 DEFAULT_CONFIG = "~/.agentserver/agent.json"
-DEFAULT_OPENCODE_URL = "http://localhost:4096"
+DEFAULT_OPENCODE_URL = f"http://localhost:{OPENCODE.port}"
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0
 HEALTHY_AFTER = 30.0  # seconds connected after which the backoff starts again from 1 s
 PING_INTERVAL = 20.0

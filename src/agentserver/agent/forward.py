@@ -8,7 +8,6 @@ relayed message by message.
 
 from __future__ import annotations
 
-import base64
 import html
 from collections.abc import AsyncIterator, Callable, Sequence
 from urllib.parse import urlsplit
@@ -19,6 +18,7 @@ import trio
 import trio_websocket
 
 from agentserver.framing import BodyMismatch, exactly
+from agentserver.kinds import OPENCODE
 from agentserver.tunnel import RequestReceived, TunnelStream
 
 # Connection-specific fields (RFC 9110 §7.6.1) never cross a hop; Host is the local opencode's.
@@ -95,11 +95,7 @@ class Forwarder:
             raise ValueError(f"--opencode-url must be an http(s) URL (got {base_url!r})")
         self._base = httpx.URL(self.base_url)
         self._ws_base = ("wss" if parts.scheme == "https" else "ws") + "://" + parts.netloc
-        self._auth = (
-            None
-            if not password
-            else "Basic " + base64.b64encode(f"opencode:{password}".encode()).decode()
-        )
+        self._auth = OPENCODE.credentials.header(password) if password else None
         self._say = say
         self._reachable: bool | None = None
         self.on_success: Callable[[], None] = lambda: None
@@ -208,8 +204,8 @@ class Forwarder:
             "<h1>Local opencode is not answering</h1>"
             f"<p>The agent is connected, but nothing answers at <code>{html.escape(self.base_url)}"
             f"</code> on its machine ({html.escape(reason)}).</p>"
-            "<p>Start opencode there (<code>opencode serve --port 4096</code>) or run the agent "
-            "with the right <code>--opencode-url</code>, then reload this page.</p>"
+            f"<p>Start opencode there (<code>opencode serve --port {OPENCODE.port}</code>) or run "
+            "the agent with the right <code>--opencode-url</code>, then reload this page.</p>"
         ).encode()
         await self._answer(stream, 502, "text/html; charset=utf-8", page)
 

@@ -19,18 +19,16 @@ from agentserver.api.common import deps, optional_user, require, session_cookie
 from agentserver.auth.permissions import Action
 from agentserver.auth.tickets import is_binding, mint_ticket
 from agentserver.errors import AgentServerError, Forbidden, Invalid, NotFound, Unauthenticated
-from agentserver.models import Sandbox, SandboxType
+from agentserver.kinds import kind_of
+from agentserver.models import Sandbox
 
 blueprint = Blueprint("sandbox_open", __name__, url_prefix="/api/sandboxes")
-
-# Subdomain label prefixes, as proxy/routing.py reads them (api may not import proxy).
-_PREFIX = {SandboxType.OPENCODE: "oc-", SandboxType.LOCAL: "oc-", SandboxType.OPENCLAW: "claw-"}
 
 
 def sandbox_url(sandbox_id: str, sandbox_type: str, path: str = "/") -> str:
     """The browser URL of a sandbox's subdomain."""
     settings = deps().settings
-    prefix = _PREFIX.get(SandboxType(sandbox_type), "oc-")
+    prefix = kind_of(sandbox_type).prefix  # the kinds table, as proxy/routing.py reads it
     return f"{settings.base_scheme}://{prefix}{sandbox_id}.{settings.domain}{path}"
 
 

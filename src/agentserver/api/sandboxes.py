@@ -23,7 +23,8 @@ from agentserver.api.common import (
 from agentserver.auth.permissions import Action, allowed
 from agentserver.auth.tokens import hash_token
 from agentserver.errors import Conflict, Forbidden, Invalid, NotFound
-from agentserver.models import Sandbox, SandboxType
+from agentserver.kinds import kind_of
+from agentserver.models import Sandbox
 from agentserver.sandboxes.events import Event
 from agentserver.sandboxes.service import PauseCause, Sandboxes
 from agentserver.settings import Settings
@@ -49,8 +50,8 @@ def service() -> Sandboxes:
 
 
 def sandbox_url(sandbox: Sandbox, settings: Settings) -> str:
-    prefix = "claw" if sandbox.type == SandboxType.OPENCLAW else "oc"
-    return f"{settings.base_scheme}://{prefix}-{sandbox.id}.{settings.domain}/"
+    prefix = kind_of(sandbox.type).prefix  # the kinds table, as proxy/routing.py reads it
+    return f"{settings.base_scheme}://{prefix}{sandbox.id}.{settings.domain}/"
 
 
 def sandbox_json(sandbox: Sandbox, settings: Settings) -> dict[str, Any]:

@@ -5,8 +5,6 @@ Headers are ASGI-style lists of `(lower-case name, value)` byte pairs, in order,
 
 from __future__ import annotations
 
-import base64
-import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -92,17 +90,6 @@ class Forwarding:
     client_ip: str | None
     proto: str  # http or https, as the browser sees it
     host: bytes  # the subdomain host the browser asked for
-
-
-@functools.lru_cache(maxsize=1024)  # one per running sandbox: asked on every request
-def basic_auth(secret: str, user: str = "opencode") -> bytes:
-    """`Authorization` value for opencode's Basic auth (fixed user `opencode`)."""
-    return b"Basic " + base64.b64encode(f"{user}:{secret}".encode())
-
-
-def bearer_auth(token: str) -> bytes:
-    """`Authorization` value for the OpenClaw gateway token."""
-    return b"Bearer " + token.encode()
 
 
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:

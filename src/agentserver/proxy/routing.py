@@ -6,12 +6,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["opencode", "openclaw"]
+from agentserver.kinds import BY_NAME, BY_PREFIX
+from agentserver.kinds import Name as Kind
 
-# The subdomain label prefix for each kind of agent. api/sandbox_open.py builds the same names
-# (api may not import proxy, so it keeps its own two-entry copy).
-PREFIXES: dict[str, Kind] = {"oc-": "opencode", "claw-": "openclaw"}
-PREFIX_OF: dict[Kind, str] = {kind: prefix for prefix, kind in PREFIXES.items()}
+# The subdomain label prefix of each kind of agent, from the kinds table (kinds.py).
+PREFIXES: dict[str, Kind] = {prefix: kind.name for prefix, kind in BY_PREFIX.items()}
+PREFIX_OF: dict[Kind, str] = {name: kind.prefix for name, kind in BY_NAME.items()}
 
 # Sandbox ids are lower-case base36 (auth.tokens.new_id); anything else is not ours.
 _ID = re.compile(r"[a-z0-9]{1,64}")

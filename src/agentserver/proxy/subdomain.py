@@ -32,6 +32,7 @@ from agentserver.auth.tickets import (
 from agentserver.auth.tokens import hash_token
 from agentserver.deps import Deps
 from agentserver.errors import SandboxUnreachable
+from agentserver.kinds import BY_NAME, authorization, types_of
 from agentserver.models import Sandbox, SandboxStatus, SandboxType
 from agentserver.proxy import guest, pages
 from agentserver.proxy.body_deadline import BodyDeadline
@@ -39,8 +40,6 @@ from agentserver.proxy.frame_policy import with_frame_policy
 from agentserver.proxy.headers import (
     Forwarding,
     Headers,
-    basic_auth,
-    bearer_auth,
     cookie_values,
     header,
     request_headers,
@@ -63,7 +62,7 @@ SESSION_MAX_AGE = 12 * 3600
 ACTIVITY_EVERY = 5.0
 _READ_METHODS = frozenset({"GET", "HEAD"})
 # Which sandbox types each subdomain kind may reach (local sandboxes run opencode).
-_KINDS = {"opencode": {SandboxType.OPENCODE, SandboxType.LOCAL}, "openclaw": {SandboxType.OPENCLAW}}
+_KINDS = {name: types_of(name) for name in BY_NAME}
 _UNKNOWN_PAGES = {
     "sandbox": pages.NOT_FOUND,
     "preview": pages.PREVIEWS_DISABLED,
@@ -467,9 +466,7 @@ class SubdomainProxy:
     # -- the lifecycle ------------------------------------------------------------------------
 
     def agent_auth(self, sandbox: Sandbox) -> bytes:
-        if sandbox.type == SandboxType.OPENCLAW:
-            return bearer_auth(sandbox.agent_secret)
-        return basic_auth(sandbox.agent_secret)
+        return authorization(sandbox.type, sandbox.agent_secret)
 
     def touch(self, sandbox_id: str) -> None:
         """Record activity, at most every few seconds per sandbox; never blocks."""

@@ -12,9 +12,6 @@ from agentserver.models import SandboxType
 if TYPE_CHECKING:
     from agentserver.settings import Settings
 
-OPENCODE_PORT = 4096
-OPENCLAW_PORT = 18789
-
 
 @dataclass(frozen=True, slots=True)
 class SandboxSpec:

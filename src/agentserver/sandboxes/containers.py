@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
-import json
 import tarfile
+from pathlib import PurePosixPath
 from typing import Any
 
 from agentserver.errors import BackendError
+from agentserver.kinds import OPENCLAW, OPENCODE, LlmAccess, kind_of
 from agentserver.models import SandboxType
-from agentserver.sandboxes.base import OPENCLAW_PORT, OPENCODE_PORT, SandboxSpec
+from agentserver.sandboxes.base import SandboxSpec
 from agentserver.settings import Settings
 
 MANAGED_BY = "agentserver"
@@ -27,21 +28,14 @@ SECRETS_DIR = "/etc/agentserver"
 PROXY_TOKEN_FILE = f"{SECRETS_DIR}/proxy-token"
 OPENCLAW_CONFIG_FILE = f"{SECRETS_DIR}/openclaw.json"
 
-OPENCLAW_MODELS = [
-    {"id": "claude-opus-4-6", "name": "Claude Opus 4.6"},
-    {"id": "claude-opus-4-5", "name": "Claude Opus 4.5"},
-    {"id": "claude-sonnet-4-6", "name": "Claude Sonnet 4.6"},
-    {"id": "claude-sonnet-4-5", "name": "Claude Sonnet 4.5"},
-    {"id": "claude-haiku-4-5", "name": "Claude Haiku 4.5"},
-]
 # OpenClaw reads its config from its home: the container copies the one written for this
-# start (it holds the proxy token), then runs.
+# start (it holds the proxy token), then runs the gateway as the kinds table says.
 OPENCLAW_COMMAND = [
     "sh",
     "-c",
-    f'mkdir -p "$HOME/.openclaw" && cat {OPENCLAW_CONFIG_FILE}'
-    ' > "$HOME/.openclaw/openclaw.json" && exec node openclaw.mjs gateway'
-    " --allow-unconfigured --bind lan",
+    f'mkdir -p "$HOME/{PurePosixPath(OPENCLAW.config_path or "").parent}"'
+    f' && cat {OPENCLAW_CONFIG_FILE} > "$HOME/{OPENCLAW.config_path}"'
+    f" && exec node openclaw.mjs {' '.join(OPENCLAW.arguments('all', OPENCLAW.port))}",
 ]
 
 
@@ -58,56 +52,32 @@ def workspace_volume(workspace_id: str) -> str:
 
 
 def agent_port(sandbox_type: str) -> int:
-    return OPENCLAW_PORT if sandbox_type == SandboxType.OPENCLAW else OPENCODE_PORT
-
-
-def opencode_config(spec: SandboxSpec) -> str:
-    """OPENCODE_CONFIG_CONTENT: Anthropic through the LLM proxy with the sandbox's proxy token,
-    which opencode reads from PROXY_TOKEN_FILE when it starts (its `{file:…}` substitution)."""
-    # opencode's Anthropic SDK appends /messages to the base URL, so it ends in /v1.
-    options = {
-        "baseURL": f"{spec.llm_base_url.rstrip('/')}/v1",
-        "apiKey": f"{{file:{PROXY_TOKEN_FILE}}}",
-    }
-    return json.dumps({"provider": {"anthropic": {"options": options}}})
-
-
-def openclaw_config(spec: SandboxSpec) -> str:
-    """OpenClaw's openclaw.json: its gateway behind our proxy, Anthropic through the LLM proxy."""
-    # The subdomain proxy authenticates every browser request before it reaches the gateway,
-    # which cannot pair devices or check origins through a reverse proxy.
-    ui = {"dangerouslyAllowHostHeaderOriginFallback": True, "dangerouslyDisableDeviceAuth": True}
-    # OpenClaw's Anthropic client appends /v1/messages itself.
-    provider = {
-        "baseUrl": spec.llm_base_url.rstrip("/"),
-        "apiKey": spec.proxy_token,
-        "api": "anthropic-messages",
-        "models": OPENCLAW_MODELS,
-    }
-    return json.dumps(
-        {"gateway": {"controlUi": ui}, "models": {"providers": {"anthropic": provider}}}
-    )
+    """The agent's port inside a container of this type (opencode's for an unknown label)."""
+    try:
+        return kind_of(sandbox_type).port
+    except ValueError:
+        return OPENCODE.port
 
 
 def sandbox_environment(spec: SandboxSpec, settings: Settings) -> dict[str, str]:
-    """The container's environment: its own secret and the proxy token, never the real key."""
+    """The container's environment: its own secret and the proxy settings, never the real key.
+    opencode reads the proxy token from PROXY_TOKEN_FILE when it starts (its `{file:…}`
+    substitution): the token changes on every start, the environment cannot."""
     real = {s for s in (settings.anthropic_api_key, settings.anthropic_auth_token) if s}
     env = {"TERM": "xterm-256color"}
     env.update({k: v for k, v in spec.env.items() if v not in real})
     # Ours last: spec.env cannot replace the agent's password or the proxy settings.
-    if spec.type == SandboxType.OPENCLAW:
-        env["OPENCLAW_GATEWAY_TOKEN"] = spec.agent_secret
-    else:
-        env["OPENCODE_SERVER_PASSWORD"] = spec.agent_secret
-        env["OPENCODE_CONFIG_CONTENT"] = opencode_config(spec)
+    llm = LlmAccess(spec.llm_base_url, f"{{file:{PROXY_TOKEN_FILE}}}")
+    env.update(kind_of(spec.type).environment(spec.agent_secret, llm))
     return env
 
 
 def start_files(spec: SandboxSpec) -> dict[str, str]:
     """Files (path → text) written into the container before each start: the proxy token,
     or OpenClaw's whole config, which holds it."""
-    if spec.type == SandboxType.OPENCLAW:
-        return {OPENCLAW_CONFIG_FILE: openclaw_config(spec)}
+    kind = kind_of(spec.type)
+    if kind.config is not None:
+        return {OPENCLAW_CONFIG_FILE: kind.config(LlmAccess(spec.llm_base_url, spec.proxy_token))}
     return {PROXY_TOKEN_FILE: spec.proxy_token}
 
 
@@ -128,13 +98,13 @@ def start_archive(spec: SandboxSpec) -> bytes:
 
 
 def image_for(spec: SandboxSpec, settings: Settings) -> str:
-    if spec.type == SandboxType.OPENCLAW:
-        if not settings.openclaw_image:
-            raise BackendError("OpenClaw image not configured (set OPENCLAW_IMAGE)")
-        return settings.openclaw_image
-    if spec.type != SandboxType.OPENCODE:
+    if spec.type == SandboxType.LOCAL:
         raise BackendError(f"{spec.type} sandboxes do not run in Docker")
-    return settings.agent_image
+    kind = kind_of(spec.type)
+    image = getattr(settings, kind.image_setting)
+    if not image:
+        raise BackendError(f"{kind.title} image not configured (set {kind.image_option})")
+    return str(image)
 
 
 def container_config(spec: SandboxSpec, settings: Settings) -> dict[str, Any]:
@@ -161,7 +131,7 @@ def container_config(spec: SandboxSpec, settings: Settings) -> dict[str, Any]:
         "init": True,
         "detach": True,
     }
-    if spec.type == SandboxType.OPENCLAW:
+    if kind_of(spec.type) is OPENCLAW:
         config["command"] = OPENCLAW_COMMAND
     for key, value in (
         ("mem_limit", settings.agent_memory_limit),

@@ -18,7 +18,6 @@ import trio
 from docker.models.containers import Container
 
 from agentserver.errors import BackendError
-from agentserver.models import SandboxType
 from agentserver.sandboxes.base import Endpoint, ExitNotice, Managed, SandboxSpec
 from agentserver.sandboxes.containers import (
     LABEL_MANAGED,
@@ -33,6 +32,7 @@ from agentserver.sandboxes.containers import (
     start_archive,
     workspace_volume,
 )
+from agentserver.sandboxes.readiness import answers
 from agentserver.settings import Settings
 from agentserver.supervise import supervise
 
@@ -188,18 +188,14 @@ class DockerBackend:
             await trio.lowlevel.checkpoint()
 
     async def _wait_ready(self, spec: SandboxSpec, endpoint: Endpoint) -> None:
-        """Poll the agent's `/` (a bounded wait) until it answers; fail at once if it exits."""
-        url = f"http://{endpoint.host}:{endpoint.port}/"
-        auth = ("opencode", spec.agent_secret) if spec.type == SandboxType.OPENCODE else None
+        """Send the agent its readiness probe (kinds.py: with its credentials, within a bounded
+        wait) until it answers; fail at once if it exits."""
+        base_url = f"http://{endpoint.host}:{endpoint.port}"
         with trio.move_on_after(READY_TIMEOUT):
-            async with httpx.AsyncClient(auth=auth, timeout=5.0, trust_env=False) as http:
+            async with httpx.AsyncClient(timeout=5.0, trust_env=False) as http:
                 while True:
-                    try:
-                        response = await http.get(url)
-                        if response.status_code < 500 and response.status_code != 401:
-                            return
-                    except httpx.TransportError:
-                        pass
+                    if await answers(http, spec.type, base_url, spec.agent_secret):
+                        return
                     state = await self._call(self._state, spec.id)
                     if state is None or not state.get("Running"):
                         tail = (await self.logs(spec.id, 5)).strip().splitlines()

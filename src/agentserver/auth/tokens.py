@@ -1,4 +1,6 @@
-"""Random secrets and their at-rest form: only SHA-256 hashes are ever stored."""
+"""Every random id and secret the server mints, and their at-rest form (only SHA-256 hashes
+are ever stored). Nothing else calls `secrets`: one place says what an id or token looks like.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ import hmac
 import secrets
 import string
 
+# Lower-case base36: a sandbox id ends up in a DNS label (`oc-{id}.{base domain}`), which
+# browsers and the proxy's routing (proxy/routing.py) case-fold, and in container and
+# Kubernetes object names (DNS-1123: lower-case letters and digits).
 _ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -26,4 +31,5 @@ def hash_token(token: str) -> str:
 
 
 def same(a: str, b: str) -> bool:
+    """Whether two secrets are equal, compared in constant time."""
     return hmac.compare_digest(a.encode(), b.encode())

@@ -20,9 +20,13 @@ from typing import Any
 import trio
 
 from agentserver.proxy.exchange_states import (
+    CHUNKED,
     ENDED,
-    Browser,
-    Reply,
+    GONE,
+    SENDING,
+    SENT,
+    SIZED,
+    WAITING,
     browser_moves,
     keeps_connection,
     reply_ends,
@@ -123,8 +127,8 @@ class Exchange:
         self._extensions: dict[str, Any] = {SPLICE: {}} if splice_available else {}
         if cancel is not None:
             self._extensions[CANCEL_CONNECTION] = cancel
-        self.browser = Browser.SENDING
-        self.reply = Reply.WAITING
+        self.browser = SENDING
+        self.reply = WAITING
         self._unread = request.content_length
         self._closing = not request.keep_alive  # the response says `Connection: close`
         self._status = 0
@@ -157,7 +161,7 @@ class Exchange:
         except Exception as exc:
             if not _client_left(exc):
                 log.exception("proxying %s failed", self.target.sandbox_id)
-                if self.reply is Reply.WAITING and self.browser is not Browser.GONE:
+                if self.reply is WAITING and self.browser is not GONE:
                     self._respond(500, _FAILED)
                     with contextlib.suppress(ClientLeft):
                         await self._write_body(b"internal server error", more=False)
@@ -165,16 +169,16 @@ class Exchange:
 
     def _left(self) -> None:
         """The browser is gone (seen by a read or a failed write, maybe once each)."""
-        if self.browser is not Browser.GONE:
-            self.browser = browser_moves(self.browser, Browser.GONE)
+        if self.browser is not GONE:
+            self.browser = browser_moves(self.browser, GONE)
 
     # -- ASGI receive ----------------------------------------------------------------------
 
     async def receive(self) -> dict[str, Any]:
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self.browser is Browser.SENDING:
+        if self.browser is SENDING:
             if self._unread == 0:
-                self.browser = browser_moves(self.browser, Browser.SENT)
+                self.browser = browser_moves(self.browser, SENT)
                 return {"type": "http.request", "body": b"", "more_body": False}
             try:
                 data = await self.client.read(self._unread)
@@ -185,9 +189,9 @@ class Exchange:
                 return {"type": "http.disconnect"}
             self._unread -= len(data)
             if self._unread == 0:
-                self.browser = browser_moves(self.browser, Browser.SENT)
+                self.browser = browser_moves(self.browser, SENT)
             return {"type": "http.request", "body": data, "more_body": self._unread > 0}
-        if self.browser is Browser.SENT:
+        if self.browser is SENT:
             await self.client.wait_gone()
             self._left()
         return {"type": "http.disconnect"}
@@ -212,10 +216,10 @@ class Exchange:
             await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _write_body(self, body: bytes, more: bool) -> None:
-        out = self._head(body, more) if self.reply is Reply.WAITING else b""
+        out = self._head(body, more) if self.reply is WAITING else b""
         allowed = body_allowed(self.request.method, self._status)
         if allowed:
-            if self.reply is Reply.CHUNKED:
+            if self.reply is CHUNKED:
                 out += (chunk(body) if body else b"") + (b"" if more else LAST_CHUNK)
             else:
                 if self._declared is not None:
@@ -233,9 +237,9 @@ class Exchange:
 
     async def _splice(self, move: Callable[[trio.SocketStream], Awaitable[int]]) -> None:
         """The rest of a sized body, kernel to kernel (proxy/splice.py)."""
-        if self.reply is Reply.WAITING:
+        if self.reply is WAITING:
             await self._write_body(b"", more=True)
-        if self.reply is not Reply.SIZED or self._declared is None:
+        if self.reply is not SIZED or self._declared is None:
             raise RuntimeError("splice needs a response framed by Content-Length")
         try:
             self._sent += await move(self.client.stream)
@@ -264,7 +268,7 @@ class Exchange:
             else:
                 self._declared = len(body)
                 headers.append((b"content-length", b"%d" % len(body)))
-        self.reply = reply_moves(self.reply, Reply.CHUNKED if chunked else Reply.SIZED)
+        self.reply = reply_moves(self.reply, CHUNKED if chunked else SIZED)
         # Answered before the request body came (an auth error, say): the connection cannot
         # be reused, and the client is told so.
         self._closing = self._closing or self._unread > 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import h11
+import trio
+import trio.testing
 
 from agentserver.proxy.exchange import Client, Exchange
 from agentserver.proxy.exchange_states import Browser, Reply
@@ -124,3 +126,27 @@ async def test_a_browser_that_leaves_mid_body_reads_as_a_disconnect() -> None:
         assert await exchange.receive() == {"type": "http.disconnect"}
     assert [m["type"] for m in proxy.received] == ["http.request", "http.disconnect"]
     assert proxy.received[0]["body"] == b"1234"
+
+
+async def test_body_bytes_read_after_a_failed_write_leave_the_browser_gone() -> None:
+    """A body read that completes after a write to the browser failed meanwhile (the
+    proxy answers and reads at once) hands the bytes over and leaves the browser GONE."""
+    request = parse_request_head(
+        b"POST / HTTP/1.1\r\nHost: oc-abc.localhost\r\nContent-Length: 4\r\n\r\n"
+    )
+    assert request is not None
+    proxy: Any = Answering()
+    async with tcp_pair() as (browser, server):
+        exchange = Exchange(Client(server), request, Target("opencode", "abc"), proxy)
+        async with trio.open_nursery() as nursery:
+            received: list[dict[str, Any]] = []
+
+            async def read() -> None:
+                received.append(await exchange.receive())
+
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            exchange._left()  # what a failed write does
+            await browser.send_all(b"1234")
+    assert received == [{"type": "http.request", "body": b"1234", "more_body": False}]
+    assert exchange.browser is Browser.GONE

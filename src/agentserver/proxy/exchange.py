@@ -188,8 +188,8 @@ class Exchange:
                 self._left()
                 return {"type": "http.disconnect"}
             self._unread -= len(data)
-            if self._unread == 0:
-                self.browser = browser_moves(self.browser, SENT)
+            if self._unread == 0 and self.browser is SENDING:  # a failed write may have
+                self.browser = browser_moves(self.browser, SENT)  # seen it go meanwhile
             return {"type": "http.request", "body": data, "more_body": self._unread > 0}
         if self.browser is SENT:
             await self.client.wait_gone()

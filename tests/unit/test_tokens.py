@@ -6,7 +6,7 @@ import base64
 import re
 import string
 
-from agentserver.auth.tokens import hash_token, new_id, new_token, same
+from agentserver.auth.tokens import hash_token, new_id, new_token, random_text, same
 from agentserver.proxy.routing import Target, resolve
 
 DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -55,3 +55,10 @@ def test_same_compares_secrets() -> None:
     assert same(token, token)
     assert not same(token, token + "x")
     assert not same(token, new_token())
+
+
+def test_random_text_draws_only_from_its_alphabet() -> None:
+    """`random_text` gives the length asked for, from the alphabet given, differing each time."""
+    drawn = {random_text(12, "ab2") for _ in range(50)}
+    assert len(drawn) > 1
+    assert all(len(text) == 12 and set(text) <= set("ab2") for text in drawn)

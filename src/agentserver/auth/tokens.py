@@ -22,7 +22,12 @@ def new_token(nbytes: int = 32) -> str:
 
 def new_id(length: int = 16) -> str:
     """A random DNS-safe identifier (lower-case base36), e.g. for sandbox subdomains."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+    return random_text(length, _ALPHABET)
+
+
+def random_text(length: int, alphabet: str) -> str:
+    """`length` characters drawn uniformly from `alphabet` by the system's secure source."""
+    return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
 def hash_token(token: str) -> str:

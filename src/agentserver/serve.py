@@ -26,8 +26,8 @@ from agentserver.db.embedded import open_embedded_postgres
 from agentserver.db.migrate import apply_migrations
 from agentserver.deps import Deps
 from agentserver.errors import ConfigError, DatabaseUnavailable
+from agentserver.llm.proxy import llm_middleware, open_llm_client
 from agentserver.proxy import front
-from agentserver.proxy.llm import llm_middleware, open_llm_client
 from agentserver.proxy.subdomain import SubdomainProxy, open_pool
 from agentserver.sandboxes.events import WorkspaceEvents
 from agentserver.sandboxes.feature import open_sandboxes

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentserver.proxy.llm_rules import (
+from agentserver.llm.rules import (
     ROUTES,
     Caller,
     CallerCache,

@@ -6,8 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import h11
+import trio
+import trio.testing
 
 from agentserver.proxy.exchange import Client, Exchange
+from agentserver.proxy.exchange_states import Browser, Reply
 from agentserver.proxy.http import Receive, Send, refuse_framing
 from agentserver.proxy.http1 import parse_request_head
 from agentserver.proxy.routing import Target
@@ -40,3 +43,110 @@ async def test_the_proxy_can_end_a_kept_alive_connection() -> None:
     assert isinstance(response, h11.Response)
     assert response.status_code == 400
     assert (b"connection", b"close") in response.headers
+
+
+class Answering:
+    """Answers with the given ASGI messages, after reading the request to its end."""
+
+    def __init__(self, *messages: dict[str, Any]) -> None:
+        self.messages = messages
+        self.received: list[dict[str, Any]] = []
+
+    async def handle(
+        self, target: Target, scope: dict[str, Any], receive: Receive, send: Send
+    ) -> None:
+        while True:
+            self.received.append(await receive())
+            if not self.received[-1].get("more_body"):
+                break
+        for message in self.messages:
+            await send(message)
+
+
+def start(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {"type": "http.response.start", "status": 200, "headers": headers}
+
+
+def body(data: bytes, more: bool = False) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+GET = b"GET / HTTP/1.1\r\nHost: oc-abc.localhost\r\n\r\n"
+
+
+async def test_a_reply_short_of_its_content_length_ends_the_connection() -> None:
+    """A body that stops before the length its head declared ends SHORT, and the connection
+    carries no other request (the browser could not tell where the next answer starts)."""
+    request = parse_request_head(GET)
+    assert request is not None
+    proxy: Any = Answering(start([(b"content-length", b"10")]), body(b"1234"))
+    async with tcp_pair() as (browser, server):
+        exchange = Exchange(Client(server), request, Target("opencode", "abc"), proxy)
+        assert await exchange.run() is False
+        assert exchange.reply is Reply.SHORT
+        assert exchange.browser is Browser.SENT
+        assert (await browser.receive_some(65536)).endswith(b"\r\n\r\n1234")
+
+
+async def test_a_whole_chunked_stream_keeps_the_connection() -> None:
+    """A stream of unknown length goes out chunked; once its last chunk is written the
+    keep-alive connection may carry the next request."""
+    request = parse_request_head(GET)
+    assert request is not None
+    proxy: Any = Answering(start([]), body(b"data: 1\n\n", more=True), body(b""))
+    async with tcp_pair() as (browser, server):
+        exchange = Exchange(Client(server), request, Target("opencode", "abc"), proxy)
+        assert await exchange.run() is True
+        assert exchange.reply is Reply.COMPLETE
+        reader = h11.Connection(h11.CLIENT)
+        reader.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+        reader.receive_data(await browser.receive_some(65536))
+        events = []
+        while not isinstance(event := reader.next_event(), h11.NEED_DATA | h11.EndOfMessage):
+            events.append(event)
+    assert isinstance(events[0], h11.Response)
+    assert (b"transfer-encoding", b"chunked") in events[0].headers
+    assert isinstance(event, h11.EndOfMessage)
+
+
+async def test_a_browser_that_leaves_mid_body_reads_as_a_disconnect() -> None:
+    """When the browser closes before sending its whole body, the proxy is told
+    `http.disconnect`, is told so again if it asks again, and the connection ends."""
+    request = parse_request_head(
+        b"POST / HTTP/1.1\r\nHost: oc-abc.localhost\r\nContent-Length: 10\r\n\r\n"
+    )
+    assert request is not None
+    proxy: Any = Answering()
+    async with tcp_pair() as (browser, server):
+        await browser.send_all(b"1234")
+        await browser.send_eof()
+        exchange = Exchange(Client(server), request, Target("opencode", "abc"), proxy)
+        assert await exchange.run() is False
+        assert exchange.browser is Browser.GONE
+        assert await exchange.receive() == {"type": "http.disconnect"}
+    assert [m["type"] for m in proxy.received] == ["http.request", "http.disconnect"]
+    assert proxy.received[0]["body"] == b"1234"
+
+
+async def test_body_bytes_read_after_a_failed_write_leave_the_browser_gone() -> None:
+    """A body read that completes after a write to the browser failed meanwhile (the
+    proxy answers and reads at once) hands the bytes over and leaves the browser GONE."""
+    request = parse_request_head(
+        b"POST / HTTP/1.1\r\nHost: oc-abc.localhost\r\nContent-Length: 4\r\n\r\n"
+    )
+    assert request is not None
+    proxy: Any = Answering()
+    async with tcp_pair() as (browser, server):
+        exchange = Exchange(Client(server), request, Target("opencode", "abc"), proxy)
+        async with trio.open_nursery() as nursery:
+            received: list[dict[str, Any]] = []
+
+            async def read() -> None:
+                received.append(await exchange.receive())
+
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            exchange._left()  # what a failed write does
+            await browser.send_all(b"1234")
+    assert received == [{"type": "http.request", "body": b"1234", "more_body": False}]
+    assert exchange.browser is Browser.GONE

@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentserver.proxy.usage import MAX_EVENT_BYTES, StreamUsage, Usage, parse_message
+from agentserver.llm.usage import MAX_EVENT_BYTES, StreamUsage, Usage, parse_message
 from tests.support.anthropic import Reply, message_json, stream_bytes
 
 REPLIES = [

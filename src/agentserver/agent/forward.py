@@ -18,28 +18,16 @@ import trio
 import trio_websocket
 
 from agentserver.framing import BodyMismatch, exactly
+from agentserver.http_headers import FRAMING_NAMES, HOP_BY_HOP_NAMES
 from agentserver.kinds import OPENCODE
 from agentserver.tunnel import RequestReceived, TunnelStream
 
-# Connection-specific fields (RFC 9110 §7.6.1) never cross a hop; Host is the local opencode's.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-    }
-)
-# Framing is set for the request the agent writes, from the body it sends: never taken from
-# the server's header list (a length declared there is checked against the bytes, `exactly`).
-FRAMING = frozenset({"content-length", "transfer-encoding"})
-WEBSOCKET_FIELDS = HOP_BY_HOP | {
+# Connection-specific fields never cross a hop (agentserver/http_headers.py); Host is the
+# local opencode's. Framing is set for the request the agent writes, from the body it sends:
+# never taken from the server's header list (a length declared there is checked against the
+# bytes, `exactly`).
+NOT_FORWARDED = HOP_BY_HOP_NAMES | {"host"}
+WEBSOCKET_FIELDS = NOT_FORWARDED | {
     "sec-websocket-key",
     "sec-websocket-version",
     "origin",
@@ -113,14 +101,14 @@ class Forwarder:
             await self._client.aclose()
 
     def headers_for_opencode(
-        self, headers: Sequence[tuple[str, str]], drop: frozenset[str] = HOP_BY_HOP
+        self, headers: Sequence[tuple[str, str]], drop: frozenset[str] = NOT_FORWARDED
     ) -> list[tuple[str, str]]:
         """The request's headers with hop-by-hop fields and the server's Authorization replaced
         by ours (or removed when no --opencode-password was given)."""
         listed = {
             t.strip().lower() for n, v in headers if n.lower() == "connection" for t in v.split(",")
         }
-        drop = drop | FRAMING | (listed - FRAMING - {"host"}) | {"authorization"}
+        drop = drop | FRAMING_NAMES | (listed - FRAMING_NAMES - {"host"}) | {"authorization"}
         kept = [(n, v) for n, v in headers if n.lower() not in drop]
         if self._auth:
             kept.append(("authorization", self._auth))
@@ -167,7 +155,7 @@ class Forwarder:
             headers = [
                 (n.decode("latin-1"), v.decode("latin-1"))
                 for n, v in response.headers.raw
-                if n.lower().decode() not in HOP_BY_HOP
+                if n.lower().decode() not in NOT_FORWARDED
             ]
             await stream.send_response_head(response.status_code, headers)
             async for chunk in response.aiter_raw():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -14,6 +13,7 @@ import trio
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from agentserver.auth.tokens import random_text
 from agentserver.errors import Invalid, RateLimited
 
 _HASHER = PasswordHasher()
@@ -58,8 +58,7 @@ def generate_password(username: str) -> str:
     of five lowercase letters and digits, about 103 bits."""
     alphabet = "abcdefghijkmnpqrstuvwxyz23456789"  # nothing that reads as another character
     while True:
-        groups = ("".join(secrets.choice(alphabet) for _ in range(5)) for _ in range(4))
-        password = "-".join(groups)
+        password = "-".join(random_text(5, alphabet) for _ in range(4))
         try:
             return check_password(password, username)
         except Invalid:  # practically never; draw again rather than hand out a weak one

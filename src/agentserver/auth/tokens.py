@@ -1,4 +1,6 @@
-"""Random secrets and their at-rest form: only SHA-256 hashes are ever stored."""
+"""Every random id and secret the server mints, and their at-rest form (only SHA-256 hashes
+are ever stored). Nothing else calls `secrets`: one place says what an id or token looks like.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ import hmac
 import secrets
 import string
 
+# Lower-case base36: a sandbox id ends up in a DNS label (`oc-{id}.{base domain}`), which
+# browsers and the proxy's routing (proxy/routing.py) case-fold, and in container and
+# Kubernetes object names (DNS-1123: lower-case letters and digits).
 _ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -17,7 +22,12 @@ def new_token(nbytes: int = 32) -> str:
 
 def new_id(length: int = 16) -> str:
     """A random DNS-safe identifier (lower-case base36), e.g. for sandbox subdomains."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+    return random_text(length, _ALPHABET)
+
+
+def random_text(length: int, alphabet: str) -> str:
+    """`length` characters drawn uniformly from `alphabet` by the system's secure source."""
+    return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
 def hash_token(token: str) -> str:
@@ -26,4 +36,5 @@ def hash_token(token: str) -> str:
 
 
 def same(a: str, b: str) -> bool:
+    """Whether two secrets are equal, compared in constant time."""
     return hmac.compare_digest(a.encode(), b.encode())

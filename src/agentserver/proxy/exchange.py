@@ -19,6 +19,19 @@ from typing import Any
 
 import trio
 
+from agentserver.proxy.exchange_states import (
+    CHUNKED,
+    ENDED,
+    GONE,
+    SENDING,
+    SENT,
+    SIZED,
+    WAITING,
+    browser_moves,
+    keeps_connection,
+    reply_ends,
+    reply_moves,
+)
 from agentserver.proxy.headers import connection_tokens, header
 from agentserver.proxy.http import CANCEL_CONNECTION, SPLICE
 from agentserver.proxy.http1 import (
@@ -98,7 +111,8 @@ class Client:
 
 
 class Exchange:
-    """One request and its response; `run` says whether the connection stays open."""
+    """One request and its response; `run` says whether the connection stays open. Where each
+    side stands is in `browser` and `reply` (proxy/exchange_states.py has their transitions)."""
 
     def __init__(
         self,
@@ -113,13 +127,12 @@ class Exchange:
         self._extensions: dict[str, Any] = {SPLICE: {}} if splice_available else {}
         if cancel is not None:
             self._extensions[CANCEL_CONNECTION] = cancel
+        self.browser = SENDING
+        self.reply = WAITING
         self._unread = request.content_length
         self._closing = not request.keep_alive  # the response says `Connection: close`
-        self._body_sent = False  # the last http.request message was handed out
-        self._gone = False
         self._status = 0
         self._headers: Headers = []
-        self._started = self._complete = self._chunked = False
         self._declared: int | None = None
         self._sent = 0
 
@@ -148,40 +161,39 @@ class Exchange:
         except Exception as exc:
             if not _client_left(exc):
                 log.exception("proxying %s failed", self.target.sandbox_id)
-                if not self._started and not self._gone:
+                if self.reply is WAITING and self.browser is not GONE:
                     self._respond(500, _FAILED)
                     with contextlib.suppress(ClientLeft):
                         await self._write_body(b"internal server error", more=False)
-        framed = (
-            self._chunked
-            or self._declared is None
-            or self._sent == self._declared
-            or not body_allowed(self.request.method, self._status)
-        )
-        return (
-            framed and self._complete and not self._gone and self._unread == 0 and not self._closing
-        )
+        return keeps_connection(self.browser, self.reply, self._unread, self._closing)
+
+    def _left(self) -> None:
+        """The browser is gone (seen by a read or a failed write, maybe once each)."""
+        if self.browser is not GONE:
+            self.browser = browser_moves(self.browser, GONE)
 
     # -- ASGI receive ----------------------------------------------------------------------
 
     async def receive(self) -> dict[str, Any]:
         await trio.lowlevel.checkpoint_if_cancelled()
-        if not self._body_sent:
+        if self.browser is SENDING:
             if self._unread == 0:
-                self._body_sent = True
+                self.browser = browser_moves(self.browser, SENT)
                 return {"type": "http.request", "body": b"", "more_body": False}
             try:
                 data = await self.client.read(self._unread)
             except _BROKEN:
                 data = b""
             if not data:
-                self._gone = True
+                self._left()
                 return {"type": "http.disconnect"}
             self._unread -= len(data)
-            self._body_sent = self._unread == 0
+            if self._unread == 0 and self.browser is SENDING:  # a failed write may have
+                self.browser = browser_moves(self.browser, SENT)  # seen it go meanwhile
             return {"type": "http.request", "body": data, "more_body": self._unread > 0}
-        await self.client.wait_gone()
-        self._gone = True
+        if self.browser is SENT:
+            await self.client.wait_gone()
+            self._left()
         return {"type": "http.disconnect"}
 
     # -- ASGI send -------------------------------------------------------------------------
@@ -196,43 +208,46 @@ class Exchange:
                 await self._write_body(b"", more=True)
             else:
                 await trio.lowlevel.checkpoint_if_cancelled()
-        elif kind == "http.response.body" and not self._complete:
+        elif kind == "http.response.body" and self.reply not in ENDED:
             await self._write_body(bytes(message.get("body", b"")), bool(message.get("more_body")))
-        elif kind == SPLICE and not self._complete:
+        elif kind == SPLICE and self.reply not in ENDED:
             await self._splice(message["splice"])
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _write_body(self, body: bytes, more: bool) -> None:
-        out = b"" if self._started else self._head(body, more)
-        if body_allowed(self.request.method, self._status):
-            if self._chunked:
+        out = self._head(body, more) if self.reply is WAITING else b""
+        allowed = body_allowed(self.request.method, self._status)
+        if allowed:
+            if self.reply is CHUNKED:
                 out += (chunk(body) if body else b"") + (b"" if more else LAST_CHUNK)
             else:
                 if self._declared is not None:
                     body = body[: self._declared - self._sent]  # never past what we declared
                 out += body
                 self._sent += len(body)
-        self._complete = not more
+        if not more:
+            self.reply = reply_ends(self.reply, self._declared, self._sent, allowed)
         try:
             await send_all(self.client.stream, out)
         except _BROKEN:
             # The browser left: end the exchange (the proxy's finally blocks close upstream).
-            self._gone = True
+            self._left()
             raise ClientLeft from None
 
     async def _splice(self, move: Callable[[trio.SocketStream], Awaitable[int]]) -> None:
         """The rest of a sized body, kernel to kernel (proxy/splice.py)."""
-        if not self._started:
+        if self.reply is WAITING:
             await self._write_body(b"", more=True)
-        if self._chunked or self._declared is None:
+        if self.reply is not SIZED or self._declared is None:
             raise RuntimeError("splice needs a response framed by Content-Length")
         try:
             self._sent += await move(self.client.stream)
         except _BROKEN:
-            self._gone = True
+            self._left()
             raise ClientLeft from None
-        self._complete = True
+        allowed = body_allowed(self.request.method, self._status)
+        self.reply = reply_ends(self.reply, self._declared, self._sent, allowed)
 
     def _respond(self, status: int, headers: Headers) -> None:
         """The response's status and headers (sent with its first body bytes)."""
@@ -244,16 +259,17 @@ class Exchange:
 
     def _head(self, body: bytes, more: bool) -> bytes:
         """The response head, sent with the first body bytes in one write."""
-        self._started = True
         headers = self._headers
+        chunked = False
         if body_allowed(self.request.method, self._status) and self._declared is None:
             headers = [(n, v) for n, v in headers if n != b"content-length"]
             if more:
-                self._chunked = True
+                chunked = True
             else:
                 self._declared = len(body)
                 headers.append((b"content-length", b"%d" % len(body)))
+        self.reply = reply_moves(self.reply, CHUNKED if chunked else SIZED)
         # Answered before the request body came (an auth error, say): the connection cannot
         # be reused, and the client is told so.
         self._closing = self._closing or self._unread > 0
-        return response_head(self._status, headers, chunked=self._chunked, close=self._closing)
+        return response_head(self._status, headers, chunked=chunked, close=self._closing)

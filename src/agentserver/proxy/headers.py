@@ -8,26 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from agentserver.http_headers import FRAMING, HOP_BY_HOP
+
 Headers = list[tuple[bytes, bytes]]
 
-# RFC 9110 §7.6.1 connection-specific fields, plus the non-standard ones still seen in the wild.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-# How a message's body is delimited: always set by whoever writes the message, from the bytes
-# it actually sends (proxy/upstream.py, the tunnel), never copied from what the client sent.
-FRAMING = frozenset({b"content-length", b"transfer-encoding"})
-# Fields a client's `Connection` list can never remove: framing (above) and the Host.
+# Fields a client's `Connection` list can never remove: framing (always set by whoever writes
+# the message, from the bytes it actually sends: proxy/upstream.py, the tunnel) and the Host.
 NOT_CONNECTION_OPTIONS = FRAMING | {b"host"}
 # Our own cookies: the main session (host-only on the main host, so it should never arrive here,
 # but stripped anyway), the subdomain session and the sign-in binding nonce (auth/tickets.py).

@@ -14,7 +14,8 @@ import trio
 
 from agentserver.errors import SandboxUnreachable
 from agentserver.framing import exactly
-from agentserver.proxy.headers import FRAMING, Headers
+from agentserver.http_headers import FRAMING
+from agentserver.proxy.headers import Headers
 from agentserver.proxy.upstream import HEADER_TIMEOUT, UpstreamResponse, UpstreamTimeout
 from agentserver.proxy.upstream_socket import UpstreamClosed
 from agentserver.tunnel import StreamLimitReached, Tunnel, TunnelClosed, TunnelStream

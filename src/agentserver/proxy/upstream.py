@@ -24,8 +24,9 @@ import trio_websocket
 
 from agentserver.errors import SandboxUnreachable
 from agentserver.framing import exactly
+from agentserver.http_headers import FRAMING
 from agentserver.proxy import splice
-from agentserver.proxy.headers import FRAMING, Headers, framing_headers
+from agentserver.proxy.headers import Headers, framing_headers
 from agentserver.proxy.http1 import (
     LAST_CHUNK,
     MAX_HEAD,

@@ -9,16 +9,14 @@ user can read; nothing is deleted unless someone asked for it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import secrets
-import string
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
+from agentserver.auth.tokens import hash_token, new_id, new_token
 from agentserver.db.database import Database
 from agentserver.errors import AgentServerError, Conflict, DatabaseUnavailable, Invalid, NotFound
 from agentserver.models import Sandbox, SandboxType
@@ -37,23 +35,6 @@ ACTIVITY_EVERY = 30.0  # at most one activity write per sandbox this often
 # periodic reconciliation repairs the row.
 SETTLE_FOR = 60.0
 SETTLE_BACKOFF = (0.25, 8.0)
-
-
-# The same formats as auth/tokens.py (which this layer may not import): ids are 16 lower-case
-# base36 characters (DNS-safe subdomains); tokens are stored only as hex SHA-256.
-_ID_ALPHABET = string.ascii_lowercase + string.digits
-
-
-def new_id(length: int = 16) -> str:
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
-
-
-def new_token(nbytes: int = 32) -> str:
-    return secrets.token_urlsafe(nbytes)
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def duration_text(seconds: float) -> str:

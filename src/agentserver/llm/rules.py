@@ -10,24 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+from agentserver.http_headers import HOP_BY_HOP
 from agentserver.settings import Settings
 
 PREFIX = "/proxy/anthropic"
 ACTIVE = frozenset({"creating", "running"})
 ANTHROPIC_VERSION = b"2023-06-01"
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
 # Never forwarded upstream: the sandbox's credential, our cookies, and what httpx sets itself.
 _DROPPED = HOP_BY_HOP | {
     b"host",

@@ -16,7 +16,7 @@ from agentserver.auth.tokens import hash_token
 from agentserver.db.database import Tx
 from agentserver.deps import Deps
 from agentserver.errors import AgentServerError
-from agentserver.proxy.llm_rules import (
+from agentserver.llm.rules import (
     PREFIX,
     Caller,
     CallerCache,
@@ -38,7 +38,7 @@ from agentserver.proxy.llm_rules import (
     upstream_headers,
     upstream_url,
 )
-from agentserver.proxy.usage import StreamUsage, Usage, parse_message
+from agentserver.llm.usage import StreamUsage, Usage, parse_message
 
 log = logging.getLogger(__name__)
 

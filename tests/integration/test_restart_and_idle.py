@@ -49,7 +49,8 @@ async def test_a_backend_failure_during_restart_ends_failed(
     failed = await lifecycle.until(sid, "running", "failed")
     assert (failed["status"], failed["statusReason"]) == ("failed", reason)
     row = await lifecycle.row(sid)
-    assert row is not None and row.status == "failed"
+    assert row is not None
+    assert row.status == "failed"
 
 
 async def test_restart_is_refused_unless_running_or_paused(lifecycle: Lifecycle) -> None:
@@ -105,7 +106,8 @@ async def test_the_idle_watcher_uses_each_workspaces_timeout(
     )
     # The pass that paused `quick` looked at `slow` too, against its own workspace's hour.
     row = await lifecycle.row(slow.id)
-    assert row is not None and row.status == "running"
+    assert row is not None
+    assert row.status == "running"
     assert lifecycle.backend.ops("pause") == [quick]
 
 
@@ -120,4 +122,5 @@ async def test_a_workspace_timeout_of_zero_never_pauses(lifecycle: Lifecycle) ->
     )
     assert await lifecycle.service.pause_idle(60) is None
     row = await lifecycle.row(sid)
-    assert row is not None and row.status == "running"
+    assert row is not None
+    assert row.status == "running"

@@ -209,7 +209,7 @@ class Settings:
         v.duration,
         "Longest idle timeout a workspace's owners may set for it (--idle-timeout is the default"
         " of a workspace that sets none); 0 means no maximum, and then a workspace may also set 0"
-        " to never pause.",
+        " to never pause. With --idle-timeout 0 nothing is paused, whatever a workspace sets.",
     )
 
     # Subdomain proxy: how long it waits for a sandbox and for a client.

@@ -11,6 +11,7 @@ import { Members } from './views/members.js';
 import { Sandboxes } from './views/sandboxes.js';
 import { SandboxDetail } from './views/sandbox-detail.js';
 import { Usage } from './views/usage.js';
+import { WorkspaceSettings } from './views/workspace-settings.js';
 import { Admin } from './views/admin.js';
 import { Account } from './views/account.js';
 
@@ -28,6 +29,7 @@ export function parseRoute(pathname) {
     if (parts.length === 2) return { view: 'sandboxes', workspaceId };
     if (parts[2] === 'members' && parts.length === 3) return { view: 'members', workspaceId };
     if (parts[2] === 'usage' && parts.length === 3) return { view: 'usage', workspaceId };
+    if (parts[2] === 'settings' && parts.length === 3) return { view: 'settings', workspaceId };
     if (parts[2] === 'sandboxes' && parts.length === 4) return { view: 'sandbox', workspaceId, sandboxId: parts[3] };
   }
   return { view: 'notfound' };
@@ -61,7 +63,7 @@ function Frame({ me, workspaces, route, warnings, onSignOut, onSignOutEverywhere
   const last = localStorage.getItem(LAST_WORKSPACE);
   const wid = route.workspaceId || (workspaces.some((ws) => ws.id === last) ? last : workspaces[0] && workspaces[0].id);
   const base = wid ? `/w/${encodeURIComponent(wid)}` : null;
-  const section = { members: 'members', usage: 'usage' }[route.view] || '';
+  const section = { members: 'members', usage: 'usage', settings: 'settings' }[route.view] || '';
   const tab = (href, label, active) => html`<li><${Link} href=${href} aria-current=${active ? 'page' : undefined}>${label}<//></li>`;
   return html`<div class="frame">
     <header class="topbar">
@@ -72,6 +74,7 @@ function Frame({ me, workspaces, route, warnings, onSignOut, onSignOutEverywhere
           ${base && tab(base, 'Sandboxes', route.view === 'sandboxes' || route.view === 'sandbox')}
           ${base && tab(`${base}/members`, 'Members', route.view === 'members')}
           ${base && tab(`${base}/usage`, 'Usage', route.view === 'usage')}
+          ${base && tab(`${base}/settings`, 'Settings', route.view === 'settings')}
           ${tab('/workspaces', 'Workspaces', route.view === 'workspaces')}
           ${me.role === 'admin' && tab('/admin', 'Admin', route.view === 'admin')}
           ${tab('/account', 'Your account', route.view === 'account')}
@@ -123,6 +126,7 @@ function screenOf(route, me, workspace, workspaces, reload, config, onGone) {
     case 'sandbox': return html`<${SandboxDetail} workspace=${workspace} sandboxId=${route.sandboxId} onGone=${onGone} key=${route.sandboxId} />`;
     case 'members': return html`<${Members} workspace=${workspace} me=${me} reload=${reload} key=${workspace.id} />`;
     case 'usage': return html`<${Usage} workspace=${workspace} key=${workspace.id} />`;
+    case 'settings': return html`<${WorkspaceSettings} workspace=${workspace} reload=${reload} key=${workspace.id} />`;
     case 'account': return html`<${Account} me=${me} />`;
     case 'admin':
       return me.role === 'admin' ? html`<${Admin} me=${me} />`
@@ -171,7 +175,7 @@ function App() {
     if (route.workspaceId) localStorage.setItem(LAST_WORKSPACE, route.workspaceId);
   }, [route.workspaceId]);
   useEffect(() => {
-    const titles = { workspaces: 'Workspaces', admin: 'Admin', account: 'Account', members: 'Members', usage: 'Usage', sandboxes: 'Sandboxes', sandbox: 'Sandbox' };
+    const titles = { workspaces: 'Workspaces', admin: 'Admin', account: 'Account', members: 'Members', usage: 'Usage', settings: 'Settings', sandboxes: 'Sandboxes', sandbox: 'Sandbox' };
     document.title = titles[route.view] ? `${titles[route.view]} · agentserver` : 'agentserver';
   }, [route.view]);
 

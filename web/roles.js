@@ -41,7 +41,7 @@ export const ACTION_TEXT = {
   remove_member: 'Remove members',
   view_sandboxes: 'See the sandboxes',
   create_sandbox: 'Create sandboxes',
-  manage_sandbox: 'Pause, resume and delete sandboxes',
+  manage_sandbox: 'Pause, resume, restart, rename and delete sandboxes',
   use_sandbox: 'Work in a sandbox',
   view_sandbox: 'Look into a sandbox (read-only)',
   view_logs: 'Read sandbox logs',

@@ -67,18 +67,36 @@ UPDATE sandboxes SET last_activity_at = now() WHERE id = :id AND last_activity_a
 DELETE FROM sandboxes WHERE id = :id;
 
 -- name: sbx_list_idle :many
--- Running backend sandboxes with no activity for `seconds`.
-SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
-       last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-       last_heartbeat_at
-FROM sandboxes
-WHERE status = 'running' AND type <> 'local'
-  AND last_activity_at <= now() - make_interval(secs => :seconds);
+-- Running backend sandboxes with no activity for their workspace's idle timeout (its own, or
+-- `seconds`, the server's); a workspace whose timeout is 0 never pauses. `idle_seconds` is the
+-- timeout that applied.
+SELECT s.id, COALESCE(w.idle_timeout_seconds, CAST(:seconds AS FLOAT8)) AS idle_seconds
+FROM sandboxes s JOIN workspaces w ON w.id = s.workspace_id
+WHERE s.status = 'running' AND s.type <> 'local'
+  AND COALESCE(w.idle_timeout_seconds, CAST(:seconds AS FLOAT8)) > 0
+  AND s.last_activity_at <= now() - make_interval(secs => COALESCE(w.idle_timeout_seconds, CAST(:seconds AS FLOAT8)));
 
 -- name: sbx_next_idle_in :scalar
--- Seconds until the next running backend sandbox becomes idle (NULL: none is running).
-SELECT EXTRACT(EPOCH FROM (min(last_activity_at) + make_interval(secs => :seconds) - now()))::float8
-FROM sandboxes WHERE status = 'running' AND type <> 'local';
+-- Seconds until the next running backend sandbox becomes idle under its workspace's timeout;
+-- or sooner, the shortest timeout any workspace has (a sandbox may start there meanwhile).
+-- NULL: none is running and no workspace's timeout is shorter than `seconds`.
+SELECT LEAST(
+    (SELECT EXTRACT(EPOCH FROM (min(s.last_activity_at
+                                    + make_interval(secs => COALESCE(w.idle_timeout_seconds, CAST(:seconds AS FLOAT8))))
+                                - now()))::float8
+     FROM sandboxes s JOIN workspaces w ON w.id = s.workspace_id
+     WHERE s.status = 'running' AND s.type <> 'local'
+       AND COALESCE(w.idle_timeout_seconds, CAST(:seconds AS FLOAT8)) > 0),
+    (SELECT min(idle_timeout_seconds)::float8 FROM workspaces
+     WHERE idle_timeout_seconds > 0 AND idle_timeout_seconds < CAST(:seconds AS FLOAT8)));
+
+-- name: sbx_rename :one
+-- Rename (the unique index sandboxes_workspace_name_key refuses a duplicate).
+UPDATE sandboxes SET name = :name, updated_at = now() WHERE id = :id
+RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
+          last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
+          last_heartbeat_at, paused_reason, paused_by, paused_idle_seconds,
+          (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name;
 
 -- name: sbx_name_taken :scalar
 -- Whether the workspace already has a sandbox of this name (trimmed, ignoring case), as the

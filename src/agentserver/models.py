@@ -58,6 +58,7 @@ class Workspace:
     name: str
     created_at: datetime
     updated_at: datetime
+    idle_timeout_seconds: int | None = None  # None: the server's --idle-timeout
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,6 +106,12 @@ MATRIX: dict[tuple[str, str], frozenset[str] | Case] = {
     ("POST", "/api/sandboxes/<sandbox_id>/resume"): Case(
         DEVELOPER_UP, setup=with_sandbox, ok=frozenset({409})
     ),
+    ("PATCH", "/api/sandboxes/<sandbox_id>"): Case(
+        DEVELOPER_UP, setup=with_sandbox, body={"name": "renamed"}
+    ),
+    ("POST", "/api/sandboxes/<sandbox_id>/restart"): Case(
+        DEVELOPER_UP, setup=with_sandbox, ok=frozenset({409})
+    ),
     ("GET", "/api/sandboxes/<sandbox_id>/logs"): Case(DEVELOPER_UP, setup=with_sandbox),
     # subdomain proxy (api/sandbox_open.py): a 302 with a one-time ticket; guests too (read-only)
     ("GET", "/api/sandboxes/<sandbox_id>/open"): Case(ANY_MEMBER, setup=with_sandbox),

@@ -74,6 +74,13 @@ def test_api_sets_are_consistent_with_the_table() -> None:
     assert S.RUNNING not in lifecycle.RESUMABLE
 
 
+def test_restart_moves_running_or_paused_to_resuming() -> None:
+    """What the API restarts may really move to resuming, and nothing starting or failed is
+    restarted (a failed one is resumed)."""
+    assert frozenset({S.RUNNING, S.PAUSED}) == lifecycle.RESTARTABLE
+    assert all(lifecycle.can(s, S.RESUMING) for s in lifecycle.RESTARTABLE)
+
+
 def test_refuse_names_the_current_status() -> None:
     """The 409 for a refused action says which status stood in the way."""
     error = lifecycle.refuse("paused", "creating")

@@ -1,7 +1,8 @@
-// The workspace's sandboxes, kept live from the event stream: create, open, pause, resume, delete.
+// The workspace's sandboxes, kept live from the event stream: create, open, pause, resume,
+// restart, rename, delete.
 
 import { useEffect, useRef, useState } from '../vendor/hooks.module.js';
-import { del, get, path, post } from '../api.js';
+import { del, get, patch, path, post } from '../api.js';
 import { can } from '../roles.js';
 import { html, Confirm, Empty, ErrorBox, LaptopIcon, Link, Loading, StatusBadge, TRANSITIONAL, useAction } from '../ui.js';
 import { AgentDialog } from './agent-dialog.js';
@@ -149,9 +150,35 @@ function CreateSandbox({ workspace, types, onCreated }) {
   </form>`;
 }
 
-/** Open, pause, resume and delete for one sandbox, each shown only when it applies. */
+/** A sandbox's new name, with the same live character count as the create form. */
+function RenameSandbox({ sandbox, onChange, onDone }) {
+  const [name, setName] = useState(sandbox.name);
+  const { busy, error, run } = useAction();
+  const submit = (event) => {
+    event.preventDefault();
+    run(async () => {
+      onChange(await patch(path`/api/sandboxes/${sandbox.id}`, { name: name.trim() }));
+      onDone();
+    });
+  };
+  const id = `rename-sandbox-${sandbox.id}`;
+  return html`<form class="inline-form" onSubmit=${submit} aria-label=${`Rename ${sandbox.name}`}>
+    <div class="field">
+      <label for=${id}>New name for ${sandbox.name}</label>
+      <input id=${id} required value=${name} aria-describedby=${`${id}-count`}
+        onInput=${(e) => setName(e.currentTarget.value)} />
+      <${CharCount} id=${`${id}-count`} value=${name} />
+    </div>
+    <button type="submit" disabled=${busy || !name.trim() || nameTooLong(name)}>Save</button>
+    <button type="button" onClick=${onDone}>Cancel</button>
+    <${ErrorBox} error=${error} />
+  </form>`;
+}
+
+/** Open, pause, resume, restart, rename and delete for one sandbox, each shown only when it applies. */
 export function SandboxActions({ workspace, sandbox, onChange, onDeleted }) {
   const [confirming, setConfirming] = useState(false);
+  const [renaming, setRenaming] = useState(false);
   const { busy, error, setError, run } = useAction();
   const manage = can(workspace.role, 'manage_sandbox');
   const step = (verb) => run(async () => onChange(await post(path`/api/sandboxes/${sandbox.id}/${verb}`)));
@@ -160,6 +187,7 @@ export function SandboxActions({ workspace, sandbox, onChange, onDeleted }) {
     onDeleted(sandbox.id);
   };
   const openable = ['running', 'paused', 'resuming'].includes(sandbox.status);
+  const restartable = ['running', 'paused'].includes(sandbox.status) && sandbox.type !== 'local';
   const label = (verb) => `${verb} ${sandbox.name}`;
   return html`<div class="row-actions">
     ${openable && html`<a class="button primary" href=${path`/api/sandboxes/${sandbox.id}/open`} target="_blank"
@@ -168,9 +196,15 @@ export function SandboxActions({ workspace, sandbox, onChange, onDeleted }) {
       <button type="button" disabled=${busy} aria-label=${label('Pause')} onClick=${() => step('pause')}>Pause</button>`}
     ${manage && (sandbox.status === 'paused' || (sandbox.status === 'failed' && sandbox.type !== 'local')) && html`
       <button type="button" disabled=${busy} aria-label=${label('Resume')} onClick=${() => step('resume')}>Resume</button>`}
+    ${manage && restartable && html`
+      <button type="button" disabled=${busy} aria-label=${label('Restart')} title="Stop its agent and start it again"
+        onClick=${() => step('restart')}>Restart</button>`}
+    ${manage && !renaming && html`
+      <button type="button" aria-label=${label('Rename')} onClick=${() => setRenaming(true)}>Rename</button>`}
     ${manage && html`
       <button type="button" class="danger" disabled=${busy} aria-label=${label('Delete')} onClick=${() => setConfirming(true)}>Delete</button>`}
     <${ErrorBox} error=${error} onDismiss=${() => setError(null)} />
+    ${renaming && html`<${RenameSandbox} sandbox=${sandbox} onChange=${onChange} onDone=${() => setRenaming(false)} />`}
     ${confirming && html`<${Confirm} title="Delete sandbox"
       message=${`Delete “${sandbox.name}”? Its process and its home directory are removed; the workspace disk stays.`}
       action="Delete sandbox" onConfirm=${remove} onClose=${() => setConfirming(false)} />`}

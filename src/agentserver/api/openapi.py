@@ -52,7 +52,17 @@ ERROR: Schema = obj(
 )
 USER = obj(id=STRING, username=STRING, email=NULLABLE_STRING, role=STRING, createdAt=TIME)
 SIGNED_IN = obj(user=USER)
-WORKSPACE = obj(id=STRING, name=STRING, role=ROLE, createdAt=TIME, updatedAt=TIME)
+SECONDS: Schema = {"type": "number", "minimum": 0}
+WORKSPACE = obj(
+    id=STRING,
+    name=STRING,
+    role=ROLE,
+    createdAt=TIME,
+    updatedAt=TIME,
+    idleTimeoutSeconds={"type": ["integer", "null"], "minimum": 0},
+    defaultIdleTimeoutSeconds=SECONDS,
+    maxIdleTimeoutSeconds=SECONDS,
+)
 MEMBER = obj(userId=STRING, username=STRING, email=NULLABLE_STRING, role=ROLE, createdAt=TIME)
 SANDBOX = obj(
     id=STRING,
@@ -183,7 +193,9 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("GET", "/api/workspaces"): {"200": json_answer(array(WORKSPACE), "the caller's")},
     ("POST", "/api/workspaces"): {"201": json_answer(WORKSPACE, "created")},
     ("GET", "/api/workspaces/{workspace_id}"): {"200": json_answer(WORKSPACE, "the workspace")},
-    ("PATCH", "/api/workspaces/{workspace_id}"): {"200": json_answer(WORKSPACE, "renamed")},
+    ("PATCH", "/api/workspaces/{workspace_id}"): {
+        "200": json_answer(WORKSPACE, "renamed and/or its idle timeout set")
+    },
     ("DELETE", "/api/workspaces/{workspace_id}"): {"204": no_content("deleted")},
     ("GET", "/api/workspaces/{workspace_id}/members"): {
         "200": json_answer(array(MEMBER), "its members")
@@ -212,9 +224,13 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         )
     },
     ("GET", "/api/sandboxes/{sandbox_id}"): {"200": json_answer(SANDBOX, "the sandbox")},
+    ("PATCH", "/api/sandboxes/{sandbox_id}"): {"200": json_answer(SANDBOX, "renamed")},
     ("DELETE", "/api/sandboxes/{sandbox_id}"): {"204": no_content("deleted with its files")},
     ("POST", "/api/sandboxes/{sandbox_id}/pause"): {"200": json_answer(SANDBOX, "pausing")},
     ("POST", "/api/sandboxes/{sandbox_id}/resume"): {"200": json_answer(SANDBOX, "resuming")},
+    ("POST", "/api/sandboxes/{sandbox_id}/restart"): {
+        "200": json_answer(SANDBOX, "resuming: its agent is stopped and started again")
+    },
     ("GET", "/api/sandboxes/{sandbox_id}/logs"): {
         "200": json_answer(obj(logs=STRING), "the tail of the agent's output")
     },

@@ -1,4 +1,4 @@
-"""Sandbox routes: list, create, read, delete, pause, resume, logs; the workspace event stream."""
+"""Sandbox routes: list, create, read, rename, delete, pause, resume, restart, logs; events."""
 
 from __future__ import annotations
 
@@ -40,9 +40,18 @@ class LogsQuery(BaseModel):
     lines: int = Field(default=200, ge=1, le=5000, description="lines of the tail")
 
 
+NAME_MAX = 100  # the web UI counts against the same number
+
+
 class CreateSandboxBody(Body):
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=NAME_MAX)
     type: str = "opencode"
+
+
+class UpdateSandboxBody(Body):
+    """`PATCH /api/sandboxes/<id>`: each field given is changed; the others are kept."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=NAME_MAX)
 
 
 def service() -> Sandboxes:
@@ -107,13 +116,11 @@ async def list_sandboxes(workspace_id: str) -> list[dict[str, Any]]:
 async def create_sandbox(workspace_id: str, data: CreateSandboxBody) -> tuple[dict[str, Any], int]:
     """Create a sandbox: answers 201 `creating` at once; it starts in the background."""
     user, _ = await require(workspace_id, Action.CREATE_SANDBOX)
-    name = data.name.strip()
-    if not name:
-        raise Invalid("name: must not be blank", field="name")
+    name = checked_name(data.name)
     kind = data.type.strip().lower()
     if kind not in CREATABLE:
         raise Invalid(f"type: must be one of {', '.join(CREATABLE)}", field="type")
-    taken = Conflict(f'this workspace already has a sandbox named "{name}"', field="name")
+    taken = name_taken(name)
     if await deps().db.scalar("sbx_name_taken", workspace_id=workspace_id, name=name):
         raise taken
     try:
@@ -123,10 +130,47 @@ async def create_sandbox(workspace_id: str, data: CreateSandboxBody) -> tuple[di
     return render(sandbox), 201
 
 
+def checked_name(text: str) -> str:
+    """A sandbox name as stored: trimmed, never blank."""
+    name = text.strip()
+    if not name:
+        raise Invalid("name: must not be blank", field="name")
+    return name
+
+
+def name_taken(name: str) -> Conflict:
+    return Conflict(f'this workspace already has a sandbox named "{name}"', field="name")
+
+
 @blueprint.get("/sandboxes/<sandbox_id>")
 async def get_sandbox(sandbox_id: str) -> dict[str, Any]:
     """One sandbox (any member of its workspace)."""
     return render(await sandbox_for(sandbox_id, Action.VIEW_SANDBOXES))
+
+
+@blueprint.patch("/sandboxes/<sandbox_id>")
+@validate_request(UpdateSandboxBody)
+async def update_sandbox(sandbox_id: str, data: UpdateSandboxBody) -> dict[str, Any]:
+    """Rename a sandbox (developer and up); the change is published on the event stream."""
+    sandbox = await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
+    if data.name is not None:
+        name = checked_name(data.name)
+        if name != sandbox.name:
+            sandbox = await rename(sandbox, name)
+    return render(sandbox)
+
+
+async def rename(sandbox: Sandbox, name: str) -> Sandbox:
+    taken = name_taken(name)
+    # Only a case change of its own name may match the sandbox itself: the index allows that.
+    if name.lower() != sandbox.name.strip().lower() and await deps().db.scalar(
+        "sbx_name_taken", workspace_id=sandbox.workspace_id, name=name
+    ):
+        raise taken
+    try:
+        return await service().rename(sandbox.id, name)
+    except Conflict:  # another sandbox took the name meanwhile: the unique index refused
+        raise taken from None
 
 
 @blueprint.delete("/sandboxes/<sandbox_id>")
@@ -151,6 +195,14 @@ async def resume_sandbox(sandbox_id: str) -> dict[str, Any]:
     """paused or failed → resuming (409 otherwise); it starts in the background."""
     await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
     return render(await service().resume(sandbox_id))
+
+
+@blueprint.post("/sandboxes/<sandbox_id>/restart")
+async def restart_sandbox(sandbox_id: str) -> dict[str, Any]:
+    """running or paused → resuming (409 otherwise, and for a local sandbox); in the background
+    its agent is stopped and started again (→ running, or → failed with the reason)."""
+    await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
+    return render(await service().restart(sandbox_id))
 
 
 @blueprint.get("/sandboxes/<sandbox_id>/logs")

@@ -1,4 +1,4 @@
-"""Workspaces: list, create, read, rename, delete."""
+"""Workspaces: list, create, read, rename and set the idle timeout, delete."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from quart_schema import validate_request
 from agentserver.api.common import Body, current_user, deps, require, rfc3339
 from agentserver.auth.permissions import Action
 from agentserver.db.database import Tx
-from agentserver.errors import Conflict, NotFound
+from agentserver.errors import Conflict, Invalid, NotFound
 from agentserver.models import Role, Workspace
+from agentserver.sandboxes.service import duration_text
 
 blueprint = Blueprint("workspaces", __name__, url_prefix="/api/workspaces")
 
@@ -26,6 +27,7 @@ class WorkspaceWithRole:
     created_at: datetime
     updated_at: datetime
     role: str
+    idle_timeout_seconds: int | None = None
 
 
 NAME_MAX = 100  # the web UI counts against the same number
@@ -42,14 +44,52 @@ class WorkspaceBody(Body):
         return value.strip()
 
 
+class UpdateWorkspaceBody(Body):
+    """`PATCH`: each field given is changed; `idleTimeoutSeconds: null` restores the default."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=NAME_MAX)
+    idle_timeout_seconds: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+    @field_validator("name")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return None if value is None else value.strip()
+
+
 def workspace_json(ws: Workspace | WorkspaceWithRole, role: Role | str) -> dict[str, Any]:
+    settings = deps().settings
     return {
         "id": ws.id,
         "name": ws.name,
         "role": str(role),
         "createdAt": rfc3339(ws.created_at),
         "updatedAt": rfc3339(ws.updated_at),
+        "idleTimeoutSeconds": ws.idle_timeout_seconds,
+        "defaultIdleTimeoutSeconds": settings.idle_timeout,
+        "maxIdleTimeoutSeconds": settings.max_idle_timeout,
     }
+
+
+def checked_idle_timeout(seconds: int | None, maximum: float) -> int | None:
+    """A workspace's idle timeout within the server's maximum (0: never pause, only without
+    one); Invalid names the maximum."""
+    field = "idleTimeoutSeconds"
+    if seconds is None:
+        return None
+    if maximum > 0 and seconds == 0:
+        raise Invalid(
+            f"{field}: 0 (never pause) is not allowed on this server; the maximum is"
+            f" {duration_text(maximum)}",
+            field=field,
+        )
+    if maximum > 0 and seconds > maximum:
+        raise Invalid(
+            f"{field}: at most {duration_text(maximum)} ({maximum:g} seconds) on this server",
+            field=field,
+        )
+    return seconds
 
 
 @blueprint.get("")
@@ -91,24 +131,37 @@ async def get_workspace(workspace_id: str) -> dict[str, Any]:
 
 
 @blueprint.patch("/<workspace_id>")
-@validate_request(WorkspaceBody)
-async def rename_workspace(workspace_id: str, data: WorkspaceBody) -> dict[str, Any]:
-    """Rename a workspace (owner, maintainer)."""
+@validate_request(UpdateWorkspaceBody)
+async def update_workspace(workspace_id: str, data: UpdateWorkspaceBody) -> dict[str, Any]:
+    """Rename a workspace or set its idle timeout (owner, maintainer)."""
+    # Setting the idle timeout is a workspace setting, allowed to the same roles as its name.
     user, role = await require(workspace_id, Action.RENAME_WORKSPACE)
+    db = deps().db
+    if "idle_timeout_seconds" in data.model_fields_set:
+        seconds = checked_idle_timeout(data.idle_timeout_seconds, deps().settings.max_idle_timeout)
+        await db.exec("set_workspace_idle_timeout", id=workspace_id, seconds=seconds)
+        watcher = deps().idle_watcher
+        if watcher is not None:
+            watcher.poke()  # its sandboxes may be due sooner now
+    if data.name is not None:
+        await rename(workspace_id, data.name, user.id)
+    ws = await db.one("get_workspace", Workspace, id=workspace_id)
+    if ws is None:
+        raise NotFound("workspace not found")
+    return workspace_json(ws, role)
+
+
+async def rename(workspace_id: str, name: str, user_id: str) -> None:
     try:
-        await deps().db.exec("rename_workspace", id=workspace_id, name=data.name)
+        await deps().db.exec("rename_workspace", id=workspace_id, name=name)
     except Conflict:  # the owner's names are unique (trimmed, ignoring case)
         owner = await deps().db.rows("workspace_name_owner", id=workspace_id)
         whose = (
             "you already have"
-            if not owner or owner[0]["created_by"] == user.id
+            if not owner or owner[0]["created_by"] == user_id
             else f"its owner {owner[0]['username']} already has"
         )
-        raise Conflict(f'{whose} a workspace named "{data.name}"', field="name") from None
-    ws = await deps().db.one("get_workspace", Workspace, id=workspace_id)
-    if ws is None:
-        raise NotFound("workspace not found")
-    return workspace_json(ws, role)
+        raise Conflict(f'{whose} a workspace named "{name}"', field="name") from None
 
 
 @blueprint.delete("/<workspace_id>")

@@ -17,11 +17,11 @@ from agentserver.models import SandboxStatus as S
 TRANSITIONS: dict[S, frozenset[S]] = {
     # the backend started it (health check answered) · or the start failed
     S.CREATING: frozenset({S.RUNNING, S.FAILED}),
-    # pause (user or idle) · restart after a server restart · local agent gone · crash
+    # pause (user or idle) · restart (user, or after a server restart) · local agent gone · crash
     S.RUNNING: frozenset({S.PAUSING, S.RESUMING, S.OFFLINE, S.FAILED}),
     # the backend stopped it, files kept · stopping failed
     S.PAUSING: frozenset({S.PAUSED, S.FAILED}),
-    # resume (user or a request to its URL)
+    # resume (user or a request to its URL) · restart (user)
     S.PAUSED: frozenset({S.RESUMING}),
     # the backend started it again · or that failed
     S.RESUMING: frozenset({S.RUNNING, S.FAILED}),
@@ -36,6 +36,8 @@ ACTIVE: frozenset[S] = frozenset({S.CREATING, S.RUNNING, S.RESUMING, S.PAUSING})
 # What the API accepts as "pause" and "resume".
 PAUSABLE: frozenset[S] = frozenset({S.RUNNING})
 RESUMABLE: frozenset[S] = frozenset({S.PAUSED, S.FAILED})
+# What the API accepts as "restart": → resuming, then the agent is stopped and started again.
+RESTARTABLE: frozenset[S] = frozenset({S.RUNNING, S.PAUSED})
 
 
 def can(current: S | str, new: S | str) -> bool:

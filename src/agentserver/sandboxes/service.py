@@ -1,4 +1,4 @@
-"""The sandbox lifecycle service: create, pause, resume, delete, wake, activity, reconciliation.
+"""The sandbox lifecycle service: create, pause, resume, restart, delete, wake, reconciliation.
 
 Status changes are conditional updates checked against the table in lifecycle.py; slow backend
 work (start, stop) runs in background operations owned by the service's nursery, one chain
@@ -59,6 +59,14 @@ class PauseCause:
     @classmethod
     def user(cls, user_id: str) -> PauseCause:
         return cls("user", by=user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class IdleSandbox:
+    """A running sandbox past its workspace's idle timeout (`idle_seconds`)."""
+
+    id: str
+    idle_seconds: float
 
 
 class Operation:
@@ -258,6 +266,29 @@ class Sandboxes:
         self._spawn(sandbox_id, self._start, sandbox_id, S.RESUMING)
         return row
 
+    async def restart(self, sandbox_id: str) -> Sandbox:
+        """running or paused → resuming now; in the background the backend stops the agent and
+        starts it again (→ running, or → failed with the reason)."""
+        sandbox = await self.require(sandbox_id)
+        if sandbox.type == SandboxType.LOCAL:
+            raise Conflict(
+                "a local sandbox's agent runs on its own machine: restart"
+                " `agentserver agent connect` there"
+            )
+        row = await self._transition(sandbox_id, lifecycle.RESTARTABLE, S.RESUMING, "restarting")
+        if row is None:
+            raise lifecycle.refuse("restarted", await self._status(sandbox_id))
+        self._spawn(sandbox_id, self._restart, sandbox_id)
+        return row
+
+    async def rename(self, sandbox_id: str, name: str) -> Sandbox:
+        """Give the sandbox another name (Conflict: the workspace has one of that name)."""
+        row = await self.db.one("sbx_rename", Sandbox, id=sandbox_id, name=name)
+        if row is None:
+            raise NotFound("sandbox not found")
+        self.publish(row)
+        return row
+
     async def wake(self, sandbox_id: str) -> None:
         """A request reached a paused sandbox: resume it in the background (no-op otherwise)."""
         sandbox = await self.get(sandbox_id)
@@ -333,11 +364,12 @@ class Sandboxes:
         await self.settle(sandbox_id, {S.RUNNING, S.CREATING, S.RESUMING}, S.FAILED, reason)
 
     async def pause_idle(self, seconds: float) -> float | None:
-        """Pause every sandbox idle `seconds`; return the seconds until the next one is due."""
-        reason = f"paused after {duration_text(seconds)} without activity"
-        for sandbox in await self.db.many("sbx_list_idle", Sandbox, seconds=seconds):
+        """Pause every sandbox idle longer than its workspace's timeout (`seconds` where the
+        workspace has none of its own); return the seconds until the next check is due."""
+        for idle in await self.db.many("sbx_list_idle", IdleSandbox, seconds=seconds):
+            reason = f"paused after {duration_text(idle.idle_seconds)} without activity"
             with contextlib.suppress(Conflict, NotFound):  # someone else moved it first
-                await self.pause(sandbox.id, reason, PauseCause.idle(seconds))
+                await self.pause(idle.id, reason, PauseCause.idle(idle.idle_seconds))
         due = await self.db.scalar("sbx_next_idle_in", seconds=seconds)
         return None if due is None else float(due)
 
@@ -482,6 +514,17 @@ class Sandboxes:
             await self.settle(sandbox_id, S.PAUSING, S.FAILED, f"pause failed: {message}")
             return
         await self.settle(sandbox_id, S.PAUSING, S.PAUSED, reason)
+
+    async def _restart(self, sandbox_id: str) -> None:
+        """Stop the agent (whatever runs), then start it from its kept files."""
+        try:
+            with trio.fail_after(STOP_TIMEOUT):
+                await self.backend.pause(sandbox_id)
+        except (AgentServerError, trio.TooSlowError) as exc:
+            message = getattr(exc, "message", None) or "the backend did not stop it in time"
+            await self.settle(sandbox_id, S.RESUMING, S.FAILED, f"restart failed: {message}")
+            return
+        await self._start(sandbox_id, S.RESUMING)
 
     async def _spec(self, sandbox: Sandbox) -> SandboxSpec:
         """What the backend needs; mints a fresh proxy token (only its hash is ever stored)."""

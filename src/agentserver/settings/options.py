@@ -203,6 +203,14 @@ class Settings:
         "Largest file a process sandbox may write (RLIMIT_FSIZE; not a quota on the whole"
         " disk); 0 means no limit.",
     )
+    max_idle_timeout: float = setting(
+        "AGENTSERVER_MAX_IDLE_TIMEOUT",
+        "24h",
+        v.duration,
+        "Longest idle timeout a workspace's owners may set for it (--idle-timeout is the default"
+        " of a workspace that sets none); 0 means no maximum, and then a workspace may also set 0"
+        " to never pause. With --idle-timeout 0 nothing is paused, whatever a workspace sets.",
+    )
 
     # Subdomain proxy: how long it waits for a sandbox and for a client.
     proxy_timeout: float = setting(

@@ -49,6 +49,8 @@ class Backend(Protocol):
     """A runtime for sandboxes. Every method is idempotent; failures raise BackendError."""
 
     name: str
+    # What signed-in users should be told about this backend (e.g. sandboxes run unisolated).
+    warnings: tuple[str, ...]
 
     async def create(self, spec: SandboxSpec) -> Endpoint:
         """Start a new sandbox and return once its agent answers its health check."""

@@ -100,6 +100,7 @@ class DockerBackend:
     """Sandboxes as containers on one Docker host. Docker calls run in worker threads."""
 
     name = "docker"
+    warnings: tuple[str, ...] = ()
 
     def describe(self) -> str:
         network, image = self._settings.docker_network, self._settings.agent_image

@@ -90,6 +90,7 @@ class FakeBackend:
 
     on_exit: ExitNotice | None = None
     name: str = "fake"
+    warnings: tuple[str, ...] = ()
     delays: dict[Op, float] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     held: dict[str, Held] = field(default_factory=dict)

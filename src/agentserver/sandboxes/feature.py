@@ -88,7 +88,7 @@ async def open_sandboxes(
                 service=service,
                 idle_watcher=watcher,
                 reconciler=reconciler,
-                warnings=tuple(getattr(backend, "warnings", ())),
+                warnings=backend.warnings,
                 summary=backend.describe(),
             )
         finally:

@@ -505,24 +505,26 @@ class Sandboxes:
             # Deleted, crashed or stopped meanwhile: leave no process nobody owns.
             await self._stop_quietly(sandbox_id)
 
-    async def _pause(self, sandbox_id: str, reason: str | None) -> None:
+    async def _stop_agent(self, sandbox_id: str) -> str | None:
+        """Stop the sandbox's agent, keeping its files; why it failed, or None."""
         try:
             with trio.fail_after(STOP_TIMEOUT):
                 await self.backend.pause(sandbox_id)
         except (AgentServerError, trio.TooSlowError) as exc:
-            message = getattr(exc, "message", None) or "the backend did not stop it in time"
-            await self.settle(sandbox_id, S.PAUSING, S.FAILED, f"pause failed: {message}")
+            await trio.lowlevel.checkpoint()  # the backend may fail before it awaited anything
+            return getattr(exc, "message", None) or "the backend did not stop it in time"
+        return None
+
+    async def _pause(self, sandbox_id: str, reason: str | None) -> None:
+        if (failure := await self._stop_agent(sandbox_id)) is not None:
+            await self.settle(sandbox_id, S.PAUSING, S.FAILED, f"pause failed: {failure}")
             return
         await self.settle(sandbox_id, S.PAUSING, S.PAUSED, reason)
 
     async def _restart(self, sandbox_id: str) -> None:
         """Stop the agent (whatever runs), then start it from its kept files."""
-        try:
-            with trio.fail_after(STOP_TIMEOUT):
-                await self.backend.pause(sandbox_id)
-        except (AgentServerError, trio.TooSlowError) as exc:
-            message = getattr(exc, "message", None) or "the backend did not stop it in time"
-            await self.settle(sandbox_id, S.RESUMING, S.FAILED, f"restart failed: {message}")
+        if (failure := await self._stop_agent(sandbox_id)) is not None:
+            await self.settle(sandbox_id, S.RESUMING, S.FAILED, f"restart failed: {failure}")
             return
         await self._start(sandbox_id, S.RESUMING)
 

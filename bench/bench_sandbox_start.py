@@ -87,6 +87,7 @@ class Api:
     def __init__(self, url: str) -> None:
         self.client = httpx.AsyncClient(base_url=url, headers={"Origin": url}, timeout=30)
         self.workspace = ""
+        self.made = 0
         self.events: trio.MemoryReceiveChannel[dict[str, Any]] | None = None
         self.reading = trio.CancelScope()
 
@@ -129,8 +130,9 @@ class Api:
         """Seconds from POST to the `running` event; the sandbox is deleted afterwards."""
         assert self.events is not None
         started = trio.current_time()
+        self.made += 1  # sandbox names are unique in a workspace
         created = await self.client.post(
-            f"/api/workspaces/{self.workspace}/sandboxes", json={"name": "bench"}
+            f"/api/workspaces/{self.workspace}/sandboxes", json={"name": f"bench-{self.made}"}
         )
         assert created.status_code == 201, created.text
         sid = created.json()["id"]

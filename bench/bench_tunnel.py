@@ -168,10 +168,11 @@ async def idle_tunnels(
     """Server RSS (KiB) before and after `count` idle tunnels connected."""
     credentials = []
     async with httpx.AsyncClient(base_url=server, timeout=60) as agent:
-        for _ in range(count):
+        for i in range(count):
             code = await new_code(owner, workspace_id)
+            name = f"idle-{i}"  # sandbox names are unique in a workspace
             body = (
-                await agent.post("/api/agent/register", json={"code": code, "name": "idle"})
+                await agent.post("/api/agent/register", json={"code": code, "name": name})
             ).json()
             credentials.append((body["sandboxId"], body["tunnelToken"]))
     before = rss_kib(server_pid)
@@ -211,7 +212,7 @@ async def idle_tunnels(
                 listed = (await owner.get(f"/api/workspaces/{workspace_id}/sandboxes")).json()
                 items = listed if isinstance(listed, list) else listed.get("sandboxes", [])
                 if (
-                    sum(1 for s in items if s["name"] == "idle" and s["status"] == "running")
+                    sum(1 for s in items if s["name"].startswith("idle-") and s["status"] == "running")
                     >= count
                 ):
                     break

@@ -211,10 +211,8 @@ async def idle_tunnels(
             while True:
                 listed = (await owner.get(f"/api/workspaces/{workspace_id}/sandboxes")).json()
                 items = listed if isinstance(listed, list) else listed.get("sandboxes", [])
-                if (
-                    sum(1 for s in items if s["name"].startswith("idle-") and s["status"] == "running")
-                    >= count
-                ):
+                up = [s for s in items if s["name"][:5] == "idle-" and s["status"] == "running"]
+                if len(up) >= count:
                     break
                 await trio.sleep(0.5)
         after = rss_kib(server_pid)

@@ -52,7 +52,14 @@ ERROR: Schema = obj(
 )
 USER = obj(id=STRING, username=STRING, email=NULLABLE_STRING, role=STRING, createdAt=TIME)
 SIGNED_IN = obj(user=USER)
-WORKSPACE = obj(id=STRING, name=STRING, role=ROLE, createdAt=TIME, updatedAt=TIME)
+WORKSPACE = obj(
+    id=STRING,
+    name=STRING,
+    role=ROLE,
+    createdAt=TIME,
+    updatedAt=TIME,
+    membersManageAllSandboxes={"type": "boolean"},
+)
 MEMBER = obj(userId=STRING, username=STRING, email=NULLABLE_STRING, role=ROLE, createdAt=TIME)
 SANDBOX = obj(
     id=STRING,
@@ -73,7 +80,19 @@ SANDBOX = obj(
     pausedReason={"type": ["string", "null"], "enum": ["idle", "user", None]},
     pausedBy=NULLABLE_STRING,
     pausedIdleSeconds={"type": ["number", "null"]},
+    private={"type": "boolean"},
 )
+# Someone else's private sandbox, to a member who may not open it: that it exists, no more.
+WITHHELD_SANDBOX = obj(
+    **{
+        name: SANDBOX["properties"][name]
+        for name in ("id", "name", "type", "status", "workspaceId", "createdBy")
+    },
+    createdAt=TIME,
+    updatedAt=TIME,
+    private={"const": True},
+)
+LISTED_SANDBOX: Schema = {"anyOf": [SANDBOX, WITHHELD_SANDBOX]}
 COUNTS: dict[str, Schema] = {
     name: COUNT
     for name in (
@@ -183,7 +202,9 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("GET", "/api/workspaces"): {"200": json_answer(array(WORKSPACE), "the caller's")},
     ("POST", "/api/workspaces"): {"201": json_answer(WORKSPACE, "created")},
     ("GET", "/api/workspaces/{workspace_id}"): {"200": json_answer(WORKSPACE, "the workspace")},
-    ("PATCH", "/api/workspaces/{workspace_id}"): {"200": json_answer(WORKSPACE, "renamed")},
+    ("PATCH", "/api/workspaces/{workspace_id}"): {
+        "200": json_answer(WORKSPACE, "renamed and/or its settings changed")
+    },
     ("DELETE", "/api/workspaces/{workspace_id}"): {"204": no_content("deleted")},
     ("GET", "/api/workspaces/{workspace_id}/members"): {
         "200": json_answer(array(MEMBER), "its members")
@@ -194,7 +215,7 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     },
     ("DELETE", "/api/workspaces/{workspace_id}/members/{user_id}"): {"204": no_content("removed")},
     ("GET", "/api/workspaces/{workspace_id}/sandboxes"): {
-        "200": json_answer(array(SANDBOX), "its sandboxes")
+        "200": json_answer(array(LISTED_SANDBOX), "its sandboxes (others' private ones withheld)")
     },
     ("POST", "/api/workspaces/{workspace_id}/sandboxes"): {
         "201": json_answer(SANDBOX, "created, starting in the background")
@@ -211,7 +232,12 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
             obj(sandboxId=STRING, tunnelToken=STRING, workspaceId=STRING), "registered"
         )
     },
-    ("GET", "/api/sandboxes/{sandbox_id}"): {"200": json_answer(SANDBOX, "the sandbox")},
+    ("GET", "/api/sandboxes/{sandbox_id}"): {
+        "200": json_answer(LISTED_SANDBOX, "the sandbox (withheld if someone else's private one)")
+    },
+    ("PATCH", "/api/sandboxes/{sandbox_id}"): {
+        "200": json_answer(SANDBOX, "changed (private or not)")
+    },
     ("DELETE", "/api/sandboxes/{sandbox_id}"): {"204": no_content("deleted with its files")},
     ("POST", "/api/sandboxes/{sandbox_id}/pause"): {"200": json_answer(SANDBOX, "pausing")},
     ("POST", "/api/sandboxes/{sandbox_id}/resume"): {"200": json_answer(SANDBOX, "resuming")},

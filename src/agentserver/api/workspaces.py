@@ -1,4 +1,4 @@
-"""Workspaces: list, create, read, rename, delete."""
+"""Workspaces: list, create, read, rename and change settings, delete."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from quart import Blueprint, Response
 from quart_schema import validate_request
 
 from agentserver.api.common import Body, current_user, deps, require, rfc3339
-from agentserver.auth.permissions import Action
+from agentserver.auth.permissions import Action, allowed
 from agentserver.db.database import Tx
-from agentserver.errors import Conflict, NotFound
+from agentserver.errors import Conflict, Forbidden, Invalid, NotFound
 from agentserver.models import Role, Workspace
 
 blueprint = Blueprint("workspaces", __name__, url_prefix="/api/workspaces")
@@ -25,6 +25,7 @@ class WorkspaceWithRole:
     name: str
     created_at: datetime
     updated_at: datetime
+    members_manage_all: bool
     role: str
 
 
@@ -42,11 +43,26 @@ class WorkspaceBody(Body):
         return value.strip()
 
 
+class ChangeWorkspaceBody(Body):
+    """`PATCH`: a new name and/or settings (all optional, at least one)."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=NAME_MAX)
+    members_manage_all_sandboxes: bool | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return None if value is None else value.strip()
+
+
 def workspace_json(ws: Workspace | WorkspaceWithRole, role: Role | str) -> dict[str, Any]:
     return {
         "id": ws.id,
         "name": ws.name,
         "role": str(role),
+        "membersManageAllSandboxes": ws.members_manage_all,
         "createdAt": rfc3339(ws.created_at),
         "updatedAt": rfc3339(ws.updated_at),
     }
@@ -91,24 +107,44 @@ async def get_workspace(workspace_id: str) -> dict[str, Any]:
 
 
 @blueprint.patch("/<workspace_id>")
-@validate_request(WorkspaceBody)
-async def rename_workspace(workspace_id: str, data: WorkspaceBody) -> dict[str, Any]:
-    """Rename a workspace (owner, maintainer)."""
-    user, role = await require(workspace_id, Action.RENAME_WORKSPACE)
-    try:
-        await deps().db.exec("rename_workspace", id=workspace_id, name=data.name)
-    except Conflict:  # the owner's names are unique (trimmed, ignoring case)
-        owner = await deps().db.rows("workspace_name_owner", id=workspace_id)
-        whose = (
-            "you already have"
-            if not owner or owner[0]["created_by"] == user.id
-            else f"its owner {owner[0]['username']} already has"
+@validate_request(ChangeWorkspaceBody)
+async def change_workspace(workspace_id: str, data: ChangeWorkspaceBody) -> dict[str, Any]:
+    """Rename a workspace and/or change its settings (owner, maintainer):
+    `membersManageAllSandboxes` lets members who manage sandboxes manage everyone's."""
+    if data.name is None and data.members_manage_all_sandboxes is None:
+        raise Invalid("give a name or a setting to change", field="name")
+    user, role = await require(workspace_id, Action.VIEW_WORKSPACE)
+    for wanted, action in (
+        (data.name, Action.RENAME_WORKSPACE),
+        (data.members_manage_all_sandboxes, Action.CHANGE_WORKSPACE_SETTINGS),
+    ):
+        if wanted is not None and not allowed(role, action):
+            raise Forbidden(f"a {role.value} may not {action.value.replace('_', ' ')}")
+    if data.members_manage_all_sandboxes is not None:
+        await deps().db.exec(
+            "set_workspace_members_manage_all",
+            id=workspace_id,
+            members_manage_all=data.members_manage_all_sandboxes,
         )
-        raise Conflict(f'{whose} a workspace named "{data.name}"', field="name") from None
+    if data.name is not None:
+        await _rename(workspace_id, data.name, user.id)
     ws = await deps().db.one("get_workspace", Workspace, id=workspace_id)
     if ws is None:
         raise NotFound("workspace not found")
     return workspace_json(ws, role)
+
+
+async def _rename(workspace_id: str, name: str, user_id: str) -> None:
+    try:
+        await deps().db.exec("rename_workspace", id=workspace_id, name=name)
+    except Conflict:  # the owner's names are unique (trimmed, ignoring case)
+        owner = await deps().db.rows("workspace_name_owner", id=workspace_id)
+        whose = (
+            "you already have"
+            if not owner or owner[0]["created_by"] == user_id
+            else f"its owner {owner[0]['username']} already has"
+        )
+        raise Conflict(f'{whose} a workspace named "{name}"', field="name") from None
 
 
 @blueprint.delete("/<workspace_id>")

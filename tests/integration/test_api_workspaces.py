@@ -18,7 +18,14 @@ async def test_create_makes_the_caller_owner(server: Server) -> None:
         response = await client.post("/api/workspaces", json={"name": "Team"})
         assert response.status_code == 201
         ws = response.json()
-        assert set(ws) == {"id", "name", "role", "createdAt", "updatedAt"}
+        assert set(ws) == {
+            "id",
+            "name",
+            "role",
+            "createdAt",
+            "updatedAt",
+            "membersManageAllSandboxes",
+        }
         assert (ws["name"], ws["role"]) == ("Team", "owner")
         assert is_rfc3339(ws["createdAt"])
         assert is_rfc3339(ws["updatedAt"])

@@ -44,7 +44,9 @@ export function useSandboxes(workspaceId, onGone) {
   const upsert = (sandbox) => {
     const list = current.current || [];
     const found = list.some((s) => s.id === sandbox.id);
-    set(found ? list.map((s) => (s.id === sandbox.id ? { ...s, ...sandbox } : s)) : [...list, sandbox]);
+    // A withheld row (someone else's private sandbox: no `url`) replaces what was known before.
+    const merged = (s) => (sandbox.private && !('url' in sandbox) ? sandbox : { ...s, ...sandbox });
+    set(found ? list.map((s) => (s.id === sandbox.id ? merged(s) : s)) : [...list, sandbox]);
   };
   const remove = (id) => set((current.current || []).filter((s) => s.id !== id));
   const load = async () => {

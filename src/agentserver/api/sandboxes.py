@@ -199,10 +199,8 @@ async def get_sandbox(sandbox_id: str) -> dict[str, Any]:
 async def change_sandbox(sandbox_id: str, data: ChangeSandboxBody) -> dict[str, Any]:
     """Make a sandbox private or not (its creator; owners and maintainers any). Making it
     private ends, at once, the sandbox-host sessions of everyone else who may not open it."""
-    sandbox, role = await sandbox_for(sandbox_id, Action.VIEW_SANDBOXES)
     if data.private is None:  # nothing to change
-        user = await current_user()
-        return shown(sandbox, deps().settings, user.id, role)
+        return await get_sandbox(sandbox_id)
     await sandbox_for(sandbox_id, Action.SET_SANDBOX_PRIVATE)
     keep = [r.value for r in Role if allowed(r, Action.SEE_PRIVATE_SANDBOX)]
     private = data.private

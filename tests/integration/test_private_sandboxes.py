@@ -17,6 +17,7 @@ from tests.conftest import Server, register
 from tests.support.accounts import add_member, owner_of_workspace
 from tests.support.proxy_world import World
 from tests.support.sandbox_login import redeem, sandbox_client
+from tests.support.workspace_events import open_events
 
 OWNER, MAINTAINER, CREATOR, OTHER, GUEST = "owner", "maintainer", "creator", "other", "guest"
 CALLERS = (OWNER, MAINTAINER, CREATOR, OTHER, GUEST)
@@ -270,3 +271,30 @@ async def test_making_a_sandbox_private_ends_another_members_open_stream(world: 
             await world.upstream.stream_closed.wait()
     finally:
         await other.aclose()
+
+
+async def test_the_event_stream_withholds_a_private_sandbox_from_others(
+    team: Team, nursery: trio.Nursery
+) -> None:
+    """Another developer's workspace event stream carries someone else's private sandbox
+    withheld while the owner's carries it in full; made shared, it comes in full to both."""
+    as_other = await open_events(nursery, team.clients[OTHER], team.workspace_id)
+    as_owner = await open_events(nursery, team.clients[OWNER], team.workspace_id)
+    sid = (await team.sandbox("box", True))["id"]
+    statuses = ("creating", "running", "failed")
+    withheld = await as_other.until(sid, *statuses)
+    assert set(withheld) == WITHHELD_KEYS
+    assert "url" in await as_owner.until(sid, *statuses)
+    after = len(as_other.seen)
+    shared = await team.clients[CREATOR].patch(f"/api/sandboxes/{sid}", json={"private": False})
+    assert shared.status_code == 200, shared.text
+    with trio.fail_after(30):
+        while not any(
+            kind == "sandbox" and data["id"] == sid and data["private"] is False
+            for kind, data in as_other.seen[after:]
+        ):
+            await as_other.changed()
+    shown = next(d for k, d in as_other.seen[after:] if k == "sandbox" and not d["private"])
+    assert "url" in shown
+    as_other.close()
+    as_owner.close()

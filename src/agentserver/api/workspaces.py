@@ -120,14 +120,14 @@ async def change_workspace(workspace_id: str, data: ChangeWorkspaceBody) -> dict
     ):
         if wanted is not None and not allowed(role, action):
             raise Forbidden(f"a {role.value} may not {action.value.replace('_', ' ')}")
+    if data.name is not None:  # first: a name already taken (409) leaves the setting as it was
+        await _rename(workspace_id, data.name, user.id)
     if data.members_manage_all_sandboxes is not None:
         await deps().db.exec(
             "set_workspace_members_manage_all",
             id=workspace_id,
             members_manage_all=data.members_manage_all_sandboxes,
         )
-    if data.name is not None:
-        await _rename(workspace_id, data.name, user.id)
     ws = await deps().db.one("get_workspace", Workspace, id=workspace_id)
     if ws is None:
         raise NotFound("workspace not found")

@@ -298,3 +298,13 @@ async def test_the_event_stream_withholds_a_private_sandbox_from_others(
     assert "url" in shown
     as_other.close()
     as_owner.close()
+
+
+async def test_a_taken_name_leaves_the_setting_as_it_was(team: Team) -> None:
+    """A workspace PATCH whose new name is taken answers 409 and changes no setting either."""
+    owner = team.clients[OWNER]
+    assert (await owner.post("/api/workspaces", json={"name": "taken"})).status_code == 201
+    url = f"/api/workspaces/{team.workspace_id}"
+    both = await owner.patch(url, json={"name": "taken", "membersManageAllSandboxes": True})
+    assert both.status_code == 409, both.text
+    assert (await owner.get(url)).json()["membersManageAllSandboxes"] is False

@@ -122,8 +122,8 @@ function Screen({ route, me, workspaces, reload, config, gone, onGone }) {
 function screenOf(route, me, workspace, workspaces, reload, config, onGone) {
   switch (route.view) {
     case 'workspaces': return html`<${Workspaces} workspaces=${workspaces} reload=${reload} />`;
-    case 'sandboxes': return html`<${Sandboxes} workspace=${workspace} types=${config.sandboxTypes} onGone=${onGone} key=${workspace.id} />`;
-    case 'sandbox': return html`<${SandboxDetail} workspace=${workspace} sandboxId=${route.sandboxId} onGone=${onGone} key=${route.sandboxId} />`;
+    case 'sandboxes': return html`<${Sandboxes} workspace=${workspace} me=${me} types=${config.sandboxTypes} onGone=${onGone} key=${workspace.id} />`;
+    case 'sandbox': return html`<${SandboxDetail} workspace=${workspace} me=${me} sandboxId=${route.sandboxId} onGone=${onGone} key=${route.sandboxId} />`;
     case 'members': return html`<${Members} workspace=${workspace} me=${me} reload=${reload} key=${workspace.id} />`;
     case 'usage': return html`<${Usage} workspace=${workspace} key=${workspace.id} />`;
     case 'settings': return html`<${WorkspaceSettings} workspace=${workspace} reload=${reload} key=${workspace.id} />`;

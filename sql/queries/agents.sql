@@ -35,13 +35,13 @@ VALUES (:id, :workspace_id, :name, 'local', 'offline', 'waiting for the agent to
         :created_by, :agent_secret, :tunnel_token_hash)
 RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
           last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-          last_heartbeat_at;
+          last_heartbeat_at, private;
 
 -- name: agent_tunnel_sandbox :one
 -- The local sandbox a tunnel token opens (no row: wrong token, deleted or revoked).
 SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
        last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-       last_heartbeat_at
+       last_heartbeat_at, private
 FROM sandboxes WHERE id = :id AND type = 'local' AND tunnel_token_hash = :tunnel_token_hash;
 
 -- name: agent_heartbeat :execrows

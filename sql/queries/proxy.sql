@@ -3,7 +3,7 @@
 -- name: proxy_get_sandbox :one
 SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
        last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-       last_heartbeat_at, paused_reason, paused_by, paused_idle_seconds,
+       last_heartbeat_at, private, paused_reason, paused_by, paused_idle_seconds,
        (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name
 FROM sandboxes WHERE id = :id;
 
@@ -12,6 +12,10 @@ FROM sandboxes WHERE id = :id;
 SELECT m.role FROM sandboxes s
 JOIN workspace_members m ON m.workspace_id = s.workspace_id AND m.user_id = :user_id
 WHERE s.id = :sandbox_id;
+
+-- name: proxy_sandbox_privacy :one
+-- Whether a sandbox is private, and who created it (no row: no such sandbox).
+SELECT private, created_by FROM sandboxes WHERE id = :sandbox_id;
 
 -- name: proxy_create_ticket :exec
 -- `session_hash`: the main session that asked; `binding_hash`: the opening browser's nonce hash.
@@ -45,7 +49,7 @@ DELETE FROM sandbox_sessions WHERE user_id = :user_id AND expires_at <= now();
 SELECT ss.user_id, m.role, ss.session_hash,
        s.id, s.workspace_id, s.name, s.type, s.status, s.status_reason, s.created_by,
        s.created_at, s.updated_at, s.last_activity_at, s.paused_at, s.agent_secret,
-       s.endpoint_host, s.endpoint_port, s.backend_ref, s.last_heartbeat_at,
+       s.endpoint_host, s.endpoint_port, s.backend_ref, s.last_heartbeat_at, s.private,
        s.paused_reason, s.paused_by, s.paused_idle_seconds, pu.username AS paused_by_name
 FROM sandbox_sessions ss
 JOIN sandboxes s ON s.id = ss.sandbox_id

@@ -2,23 +2,23 @@
 -- Names start with `sbx_` (query names are global).
 
 -- name: sbx_insert :one
-INSERT INTO sandboxes (id, workspace_id, name, type, status, created_by, agent_secret)
-VALUES (:id, :workspace_id, :name, :type, 'creating', :created_by, :agent_secret)
+INSERT INTO sandboxes (id, workspace_id, name, type, status, created_by, agent_secret, private)
+VALUES (:id, :workspace_id, :name, :type, 'creating', :created_by, :agent_secret, :private)
 RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
           last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-          last_heartbeat_at;
+          last_heartbeat_at, private;
 
 -- name: sbx_get :one
 SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
        last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-       last_heartbeat_at, paused_reason, paused_by, paused_idle_seconds,
+       last_heartbeat_at, private, paused_reason, paused_by, paused_idle_seconds,
        (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name
 FROM sandboxes WHERE id = :id;
 
 -- name: sbx_list_workspace :many
 SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
        last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-       last_heartbeat_at, paused_reason, paused_by, paused_idle_seconds,
+       last_heartbeat_at, private, paused_reason, paused_by, paused_idle_seconds,
        (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name
 FROM sandboxes WHERE workspace_id = :workspace_id ORDER BY created_at, id;
 
@@ -26,7 +26,7 @@ FROM sandboxes WHERE workspace_id = :workspace_id ORDER BY created_at, id;
 -- Every sandbox (for reconciliation at start).
 SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
        last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-       last_heartbeat_at
+       last_heartbeat_at, private
 FROM sandboxes ORDER BY created_at, id;
 
 -- name: sbx_set_status :one
@@ -54,7 +54,7 @@ UPDATE sandboxes SET
 WHERE id = :id AND status = ANY(:expected)
 RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
           last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-          last_heartbeat_at, paused_reason, paused_by, paused_idle_seconds,
+          last_heartbeat_at, private, paused_reason, paused_by, paused_idle_seconds,
           (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name;
 
 -- name: sbx_set_proxy_token :execrows
@@ -103,3 +103,20 @@ RETURNING id, workspace_id, name, type, status, status_reason, created_by, creat
 -- unique index sandboxes_workspace_name_key sees it.
 SELECT EXISTS (SELECT 1 FROM sandboxes
                WHERE workspace_id = :workspace_id AND lower(btrim(name)) = lower(btrim(:name)));
+
+-- name: sbx_set_private :one
+-- Make a sandbox private or not (migration 0011); the row as sbx_get reads it.
+UPDATE sandboxes SET private = :private, updated_at = now() WHERE id = :id
+RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
+          last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
+          last_heartbeat_at, private, paused_reason, paused_by, paused_idle_seconds,
+          (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name;
+
+-- name: sbx_end_private_sessions :many
+-- A sandbox just made private: end the subdomain sessions of everyone but its creator and the
+-- roles that may see others' private sandboxes (`keep_roles`); who lost one.
+DELETE FROM sandbox_sessions ss USING sandboxes s, workspace_members m
+WHERE ss.sandbox_id = :id AND s.id = ss.sandbox_id
+  AND m.workspace_id = s.workspace_id AND m.user_id = ss.user_id
+  AND ss.user_id IS DISTINCT FROM s.created_by AND NOT (m.role = ANY(:keep_roles))
+RETURNING ss.user_id;

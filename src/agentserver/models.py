@@ -59,6 +59,8 @@ class Workspace:
     created_at: datetime
     updated_at: datetime
     idle_timeout_seconds: int | None = None  # None: the server's --idle-timeout
+    # Members who may manage sandboxes may manage everyone's, not only their own (0011).
+    members_manage_all: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,10 @@ class Sandbox:
     endpoint_port: int | None
     backend_ref: str | None
     last_heartbeat_at: datetime | None
+    # Only its creator and the roles that may see private sandboxes open it (migration 0011).
+    # Every query that reads a sandbox selects it: a row without it would show a private
+    # sandbox to everyone.
+    private: bool = False
     # Why it was paused (migration 0010): "idle" after `paused_idle_seconds`, or "user" by
     # `paused_by` (its name in `paused_by_name`). Only the queries that show it select these.
     paused_reason: str | None = None

@@ -31,14 +31,21 @@ PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 800}
 
 
-def insert_sandbox(db_url: str, workspace_id: str, name: str, status: str, **pause: Any) -> str:
+def insert_sandbox(
+    db_url: str,
+    workspace_id: str,
+    name: str,
+    status: str,
+    created_by: str | None = None,
+    **pause: Any,
+) -> str:
     """A sandbox row with no process behind it (the UI and the proxy only read the row)."""
     sandbox_id = new_id()
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO sandboxes (id, workspace_id, name, type, status, agent_secret,"
-            " paused_reason, paused_by, paused_idle_seconds)"
-            " VALUES (%s, %s, %s, 'opencode', %s, 'x', %s, %s, %s)",
+            " paused_reason, paused_by, paused_idle_seconds, created_by)"
+            " VALUES (%s, %s, %s, 'opencode', %s, 'x', %s, %s, %s, %s)",
             (
                 sandbox_id,
                 workspace_id,
@@ -47,6 +54,7 @@ def insert_sandbox(db_url: str, workspace_id: str, name: str, status: str, **pau
                 pause.get("reason"),
                 pause.get("by"),
                 pause.get("idle"),
+                created_by,
             ),
         )
     return sandbox_id
@@ -144,8 +152,9 @@ def test_a_guest_sees_a_read_only_notice_and_no_forbidden_control(
         live_server.register("gina").close()
         live_server.register("dev").close()
         add_member(owner, wid, "gina", "guest")
-        add_member(owner, wid, "dev", "developer")
-    insert_sandbox(db_url, wid, "nap-box", "paused")
+        dev_id = add_member(owner, wid, "dev", "developer")
+    # The developer's own sandbox: developers manage their own (auth/permissions.py).
+    insert_sandbox(db_url, wid, "nap-box", "paused", created_by=dev_id)
     forbidden = [
         ("button", "Create sandbox"),
         ("button", "Connect a local agent"),

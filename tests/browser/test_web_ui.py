@@ -575,9 +575,11 @@ def test_keyboard_alone_creates_a_workspace(
     expect(page.get_by_role("option", name="Typed")).to_have_count(1)
     assert re.fullmatch(r"/w/[^/]+", page.evaluate("() => location.pathname"))
 
-    # The same on the sandbox form: name, Tab past the type, Enter on "Create sandbox".
+    # The same on the sandbox form: name, Tab past the type and the Private checkbox, Enter on
+    # "Create sandbox".
     page.get_by_label("Name").focus()
     page.keyboard.type("by-keys")
+    page.keyboard.press("Tab")
     page.keyboard.press("Tab")
     page.keyboard.press("Tab")
     assert page.evaluate("() => document.activeElement.textContent.trim()") == "Create sandbox"

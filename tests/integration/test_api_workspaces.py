@@ -27,6 +27,7 @@ async def test_create_makes_the_caller_owner(server: Server) -> None:
             "idleTimeoutSeconds",  # its own idle timeout (migration 0012), and the server's
             "defaultIdleTimeoutSeconds",
             "maxIdleTimeoutSeconds",
+            "membersManageAllSandboxes",
         }
         assert (ws["name"], ws["role"]) == ("Team", "owner")
         assert is_rfc3339(ws["createdAt"])

@@ -66,13 +66,19 @@ def body_adding_outsider(role: str) -> dict[str, Any]:
     return {"username": "zz-outsider", "role": role}
 
 
-async def with_sandbox(world: World) -> dict[str, str]:
-    """A sandbox in the world's workspace, created by its owner."""
-    response = await world.clients[OWNER].post(
+async def with_sandbox(world: World, creator: str = OWNER) -> dict[str, str]:
+    """A sandbox in the world's workspace, created by its owner (or `creator`)."""
+    response = await world.clients[creator].post(
         f"/api/workspaces/{world.workspace_id}/sandboxes", json={"name": "matrix"}
     )
     assert response.status_code == 201, response.text
     return {"sandbox_id": response.json()["id"]}
+
+
+async def with_developers_sandbox(world: World) -> dict[str, str]:
+    """A sandbox created by the world's developer: developers manage their own sandboxes
+    (someone else's only if the workspace allows it: see test_private_sandboxes.py)."""
+    return await with_sandbox(world, DEVELOPER)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,18 +105,20 @@ MATRIX: dict[tuple[str, str], frozenset[str] | Case] = {
     ("POST", "/api/workspaces/<workspace_id>/sandboxes"): Case(DEVELOPER_UP, body={"name": "m"}),
     ("GET", "/api/workspaces/<workspace_id>/events"): Case(ANY_MEMBER, stream=True),
     ("GET", "/api/sandboxes/<sandbox_id>"): Case(ANY_MEMBER, setup=with_sandbox),
-    ("DELETE", "/api/sandboxes/<sandbox_id>"): Case(DEVELOPER_UP, setup=with_sandbox),
+    ("DELETE", "/api/sandboxes/<sandbox_id>"): Case(DEVELOPER_UP, setup=with_developers_sandbox),
     ("POST", "/api/sandboxes/<sandbox_id>/pause"): Case(
-        DEVELOPER_UP, setup=with_sandbox, ok=frozenset({409})
+        DEVELOPER_UP, setup=with_developers_sandbox, ok=frozenset({409})
     ),
     ("POST", "/api/sandboxes/<sandbox_id>/resume"): Case(
-        DEVELOPER_UP, setup=with_sandbox, ok=frozenset({409})
+        DEVELOPER_UP, setup=with_developers_sandbox, ok=frozenset({409})
     ),
+    # renaming and making private: its creator (the developer here), owners and maintainers
+    # (someone else's sandbox: see test_private_sandboxes.py and test_sandbox_manage_api.py)
     ("PATCH", "/api/sandboxes/<sandbox_id>"): Case(
-        DEVELOPER_UP, setup=with_sandbox, body={"name": "renamed"}
+        DEVELOPER_UP, setup=with_developers_sandbox, body={"name": "renamed", "private": True}
     ),
     ("POST", "/api/sandboxes/<sandbox_id>/restart"): Case(
-        DEVELOPER_UP, setup=with_sandbox, ok=frozenset({409})
+        DEVELOPER_UP, setup=with_developers_sandbox, ok=frozenset({409})
     ),
     ("GET", "/api/sandboxes/<sandbox_id>/logs"): Case(DEVELOPER_UP, setup=with_sandbox),
     # subdomain proxy (api/sandbox_open.py): a 302 with a one-time ticket; guests too (read-only)

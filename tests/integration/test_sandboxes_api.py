@@ -95,6 +95,7 @@ async def test_sandbox_lifecycle_create_pause_resume_delete(
             "pausedReason",  # why it was paused (migration 0010): idle or by whom
             "pausedBy",
             "pausedIdleSeconds",
+            "private",  # only its creator, owners and maintainers open it (migration 0011)
         }
     row = await service(sandbox_server).get(sid)
     assert row is not None

@@ -27,6 +27,11 @@ EXPECTED: dict[Action, set[Role]] = {
     Action.VIEW_LOGS: {OW, M, D},
     Action.CREATE_AGENT_CODE: {OW, M, D},
     Action.VIEW_USAGE: {OW, M, D, G},
+    Action.MANAGE_ANY_SANDBOX: {OW, M},
+    Action.MANAGE_ANY_SANDBOX_IF_ENABLED: {OW, M, D},
+    Action.SET_SANDBOX_PRIVATE: {OW, M, D},
+    Action.SEE_PRIVATE_SANDBOX: {OW, M},
+    Action.CHANGE_WORKSPACE_SETTINGS: {OW, M},
 }
 
 

@@ -41,6 +41,16 @@ def test_what_a_revocation_covers(
     assert revocation.covers(user, workspace, session) is covered
 
 
+def test_a_revocation_for_one_sandbox_covers_only_access_to_it() -> None:
+    """Making a sandbox private ends the user's access to that sandbox, not to the others in
+    the workspace, nor their workspace event stream (which names no sandbox)."""
+    revocation = Revocation("u1", workspace_id="w1", sandbox_id="sb1")
+    assert revocation.covers("u1", "w1", "s1", "sb1")
+    assert not revocation.covers("u1", "w1", "s1", "sb2")
+    assert not revocation.covers("u1", "w1", "s1")
+    assert not revocation.covers("u2", "w1", "s1", "sb1")
+
+
 def access_of(user: str, workspace: str, session: str) -> SandboxAccess:
     now = datetime.now(UTC)
     sandbox = Sandbox(

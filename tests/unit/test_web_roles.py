@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from agentserver.auth.permissions import GRANTABLE, MATRIX
+from agentserver.auth.permissions import GRANTABLE, MATRIX, PRIVATE_ACTIONS
 from agentserver.db.paths import web_dir
 
 
@@ -36,3 +36,11 @@ def test_every_action_has_words_for_the_role_table() -> None:
     words = _table(source, "ACTION_TEXT")
     assert set(words) == {a.value for a in MATRIX}
     assert all(isinstance(text, str) and text for text in words.values())
+
+
+def test_web_private_actions_match_permissions() -> None:
+    """What someone else's private sandbox withholds is the same list in web/roles.js."""
+    source = (web_dir() / "roles.js").read_text()
+    match = re.search(r"export const PRIVATE_ACTIONS = \[(.*?)\];", source)
+    assert match, "PRIVATE_ACTIONS not found in web/roles.js"
+    assert set(re.findall(r"'(\w+)'", match.group(1))) == {a.value for a in PRIVATE_ACTIONS}

@@ -1,10 +1,39 @@
 // Workspace members: list with roles; add, change role (confirmed), remove and leave, each only
-// when allowed; and what each role may do, as a table generated from roles.js.
+// when allowed; the workspace's sandbox setting; and what each role may do, as a table
+// generated from roles.js.
 
 import { useEffect, useState } from '../vendor/hooks.module.js';
-import { del, get, path, post, put } from '../api.js';
+import { del, get, patch, path, post, put } from '../api.js';
 import { can, GRANTABLE, ROLES, roleTable } from '../roles.js';
 import { html, Confirm, Empty, ErrorBox, Loading, navigate, useAction } from '../ui.js';
+
+/** Whether developers may pause, resume and delete everyone's sandboxes, not only their own
+ * (owners and maintainers: `change_workspace_settings`). */
+function SandboxSetting({ workspace, onChanged }) {
+  const { busy, error, run } = useAction();
+  const [on, setOn] = useState(Boolean(workspace.membersManageAllSandboxes));
+  const change = (value) => {
+    setOn(value); // at once; put back if the server refuses
+    run(async () => {
+      try {
+        await patch(path`/api/workspaces/${workspace.id}`, { membersManageAllSandboxes: value });
+      } catch (err) {
+        setOn(!value);
+        throw err;
+      }
+      await onChanged();
+    });
+  };
+  return html`<section class="panel" aria-labelledby="settings-title">
+    <h2 id="settings-title">Settings</h2>
+    <label>
+      <input id="members-manage-all" type="checkbox" checked=${on} disabled=${busy}
+        onChange=${(e) => change(e.currentTarget.checked)} />
+      Developers may pause, resume and delete everyone's sandboxes, not only their own
+    </label>
+    <${ErrorBox} error=${error} />
+  </section>`;
+}
 
 function AddMember({ workspace, onAdded }) {
   const roles = GRANTABLE[workspace.role] || [];
@@ -127,6 +156,7 @@ export function Members({ workspace, me, reload }) {
     <h1 id="members-title">Members <span class="muted small">of ${workspace.name}</span></h1>
     <p class="muted">Your role here: <span class=${`badge role-${workspace.role}`}>${workspace.role}</span></p>
     <${RoleTable} />
+    ${can(workspace.role, 'change_workspace_settings') && html`<${SandboxSetting} workspace=${workspace} onChanged=${reload} />`}
     ${can(workspace.role, 'add_member') && html`<${AddMember} workspace=${workspace} onAdded=${load} />`}
     <${ErrorBox} error=${error} />
     ${members === null && !error && html`<${Loading} what="Loading members" />`}

@@ -2,9 +2,9 @@
 
 import { useEffect, useState } from '../vendor/hooks.module.js';
 import { get, path } from '../api.js';
-import { can } from '../roles.js';
+import { canOnSandbox } from '../roles.js';
 import { html, Empty, ErrorBox, Link, Loading, navigate, number, StatusBadge, useAction, when } from '../ui.js';
-import { SandboxActions, useSandboxes } from './sandboxes.js';
+import { PrivateBadge, SandboxActions, sandboxFacts, useSandboxes } from './sandboxes.js';
 import { useUsage } from './usage.js';
 
 /** Log lines from `{"logs": "text"}` (what the server sends), `{"lines": [...]}` or plain text. */
@@ -84,7 +84,7 @@ export function pauseText(sandbox) {
   return null;
 }
 
-export function SandboxDetail({ workspace, sandboxId, onGone }) {
+export function SandboxDetail({ workspace, me, sandboxId, onGone }) {
   const { sandboxes, error, upsert, remove } = useSandboxes(workspace.id, onGone);
   const sandbox = sandboxes && sandboxes.find((s) => s.id === sandboxId);
   const creator = useCreatorName(workspace, sandbox && sandbox.createdBy);
@@ -103,9 +103,10 @@ export function SandboxDetail({ workspace, sandboxId, onGone }) {
     <div class="heading">
       <h1 id="sandbox-title">${sandbox.name}</h1>
       <${StatusBadge} sandbox=${sandbox} />
+      <${PrivateBadge} sandbox=${sandbox} />
     </div>
     ${sandbox.statusReason && html`<p class="reason" role="status">${sandbox.statusReason}</p>`}
-    <${SandboxActions} workspace=${workspace} sandbox=${sandbox} onChange=${upsert} onDeleted=${removed} />
+    <${SandboxActions} workspace=${workspace} sandbox=${sandbox} me=${me} onChange=${upsert} onDeleted=${removed} />
     <section class="panel" aria-labelledby="facts-title">
       <h2 id="facts-title">Details</h2>
       <dl class="facts">
@@ -120,7 +121,7 @@ export function SandboxDetail({ workspace, sandboxId, onGone }) {
         <dt>Id</dt><dd><code>${sandbox.id}</code></dd>
       </dl>
     </section>
-    ${can(workspace.role, 'view_logs') && html`<${Logs} sandbox=${sandbox} />`}
+    ${canOnSandbox(workspace.role, 'view_logs', sandboxFacts(workspace, sandbox, me)) && html`<${Logs} sandbox=${sandbox} />`}
     <${SandboxUsage} workspace=${workspace} sandbox=${sandbox} />
   </section>`;
 }

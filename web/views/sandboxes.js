@@ -1,9 +1,10 @@
-// The workspace's sandboxes, kept live from the event stream: create, open, pause, resume,
-// restart, rename, delete.
+// The workspace's sandboxes, kept live from the event stream: create (private or not), open,
+// pause, resume, restart, rename, delete, make private; each control only for those allowed
+// (roles.js).
 
 import { useEffect, useRef, useState } from '../vendor/hooks.module.js';
 import { del, get, patch, path, post } from '../api.js';
-import { can } from '../roles.js';
+import { can, canOnSandbox } from '../roles.js';
 import { html, Confirm, Empty, ErrorBox, LaptopIcon, Link, Loading, StatusBadge, TRANSITIONAL, useAction } from '../ui.js';
 import { AgentDialog } from './agent-dialog.js';
 import { CharCount, nameTooLong } from './name-length.js';
@@ -44,7 +45,9 @@ export function useSandboxes(workspaceId, onGone) {
   const upsert = (sandbox) => {
     const list = current.current || [];
     const found = list.some((s) => s.id === sandbox.id);
-    set(found ? list.map((s) => (s.id === sandbox.id ? { ...s, ...sandbox } : s)) : [...list, sandbox]);
+    // A withheld row (someone else's private sandbox: no `url`) replaces what was known before.
+    const merged = (s) => (sandbox.private && !('url' in sandbox) ? sandbox : { ...s, ...sandbox });
+    set(found ? list.map((s) => (s.id === sandbox.id ? merged(s) : s)) : [...list, sandbox]);
   };
   const remove = (id) => set((current.current || []).filter((s) => s.id !== id));
   const load = async () => {
@@ -119,15 +122,33 @@ export function useSandboxes(workspaceId, onGone) {
   return { sandboxes, error, live, upsert, remove, reload: load };
 }
 
+/** What decides, besides the role, what `me` may do to `sandbox` (roles.js canOnSandbox). */
+export function sandboxFacts(workspace, sandbox, me) {
+  return {
+    own: Boolean(me && sandbox.createdBy && sandbox.createdBy === me.id),
+    private: Boolean(sandbox.private),
+    membersManageAll: Boolean(workspace.membersManageAllSandboxes),
+  };
+}
+
+/** The "Private" badge of a sandbox only its creator, owners and maintainers may open. */
+export function PrivateBadge({ sandbox }) {
+  return sandbox.private
+    ? html`<span class="badge private" title="Only its creator, owners and maintainers may open it">Private</span>`
+    : null;
+}
+
 function CreateSandbox({ workspace, types, onCreated }) {
   const [name, setName] = useState('');
   const [type, setType] = useState('opencode');
+  const [isPrivate, setPrivate] = useState(false);
   const { busy, error, run } = useAction();
   const submit = (event) => {
     event.preventDefault();
     run(async () => {
-      const sandbox = await post(path`/api/workspaces/${workspace.id}/sandboxes`, { name: name.trim() || 'New sandbox', type });
+      const sandbox = await post(path`/api/workspaces/${workspace.id}/sandboxes`, { name: name.trim() || 'New sandbox', type, private: isPrivate });
       setName('');
+      setPrivate(false);
       onCreated(sandbox);
     });
   };
@@ -145,6 +166,12 @@ function CreateSandbox({ workspace, types, onCreated }) {
         ${(types || ['opencode', 'openclaw']).includes('openclaw') && html`<option value="openclaw">OpenClaw</option>`}
       </select>
     </div>
+    ${can(workspace.role, 'set_sandbox_private') && html`<div class="field checkbox">
+      <label title="Only you, the owners and the maintainers may open it">
+        <input id="sandbox-private" type="checkbox" checked=${isPrivate} onChange=${(e) => setPrivate(e.currentTarget.checked)} />
+        Private
+      </label>
+    </div>`}
     <button type="submit" class="primary" disabled=${busy || nameTooLong(name)}>${busy ? 'Creating…' : 'Create sandbox'}</button>
     <${ErrorBox} error=${error} />
   </form>`;
@@ -175,13 +202,18 @@ function RenameSandbox({ sandbox, onChange, onDone }) {
   </form>`;
 }
 
-/** Open, pause, resume, restart, rename and delete for one sandbox, each shown only when it applies. */
-export function SandboxActions({ workspace, sandbox, onChange, onDeleted }) {
+/** Open, pause, resume, restart, rename, delete and make private or shared for one sandbox,
+ * each shown only when it applies and `me` may (whose it is and whether it is private count). */
+export function SandboxActions({ workspace, sandbox, me, onChange, onDeleted }) {
   const [confirming, setConfirming] = useState(false);
   const [renaming, setRenaming] = useState(false);
   const { busy, error, setError, run } = useAction();
-  const manage = can(workspace.role, 'manage_sandbox');
+  const facts = sandboxFacts(workspace, sandbox, me);
+  const manage = canOnSandbox(workspace.role, 'manage_sandbox', facts);
+  const open = canOnSandbox(workspace.role, 'view_sandbox', facts);
+  const toggle = canOnSandbox(workspace.role, 'set_sandbox_private', facts);
   const step = (verb) => run(async () => onChange(await post(path`/api/sandboxes/${sandbox.id}/${verb}`)));
+  const setPrivate = (value) => run(async () => onChange(await patch(path`/api/sandboxes/${sandbox.id}`, { private: value })));
   const remove = async () => {
     await del(path`/api/sandboxes/${sandbox.id}`);
     onDeleted(sandbox.id);
@@ -190,7 +222,7 @@ export function SandboxActions({ workspace, sandbox, onChange, onDeleted }) {
   const restartable = ['running', 'paused'].includes(sandbox.status) && sandbox.type !== 'local';
   const label = (verb) => `${verb} ${sandbox.name}`;
   return html`<div class="row-actions">
-    ${openable && html`<a class="button primary" href=${path`/api/sandboxes/${sandbox.id}/open`} target="_blank"
+    ${openable && open && html`<a class="button primary" href=${path`/api/sandboxes/${sandbox.id}/open`} target="_blank"
       rel="noopener" aria-label=${label('Open')}>Open</a>`}
     ${manage && sandbox.status === 'running' && sandbox.type !== 'local' && html`
       <button type="button" disabled=${busy} aria-label=${label('Pause')} onClick=${() => step('pause')}>Pause</button>`}
@@ -201,6 +233,9 @@ export function SandboxActions({ workspace, sandbox, onChange, onDeleted }) {
         onClick=${() => step('restart')}>Restart</button>`}
     ${manage && !renaming && html`
       <button type="button" aria-label=${label('Rename')} onClick=${() => setRenaming(true)}>Rename</button>`}
+    ${toggle && html`
+      <button type="button" disabled=${busy} aria-label=${label(sandbox.private ? 'Make shared' : 'Make private')}
+        onClick=${() => setPrivate(!sandbox.private)}>${sandbox.private ? 'Make shared' : 'Make private'}</button>`}
     ${manage && html`
       <button type="button" class="danger" disabled=${busy} aria-label=${label('Delete')} onClick=${() => setConfirming(true)}>Delete</button>`}
     <${ErrorBox} error=${error} onDismiss=${() => setError(null)} />
@@ -211,19 +246,20 @@ export function SandboxActions({ workspace, sandbox, onChange, onDeleted }) {
   </div>`;
 }
 
-function SandboxRow({ workspace, sandbox, upsert, remove }) {
+function SandboxRow({ workspace, sandbox, me, upsert, remove }) {
   return html`<li class="row" data-sandbox=${sandbox.name} data-id=${sandbox.id}>
     <div class="row-main">
       <${StatusBadge} sandbox=${sandbox} />
       <${Link} class="name" href=${path`/w/${workspace.id}/sandboxes/${sandbox.id}`}>${sandbox.name}<//>
       <span class=${`badge type-${sandbox.type}`}>${sandbox.type}</span>
+      <${PrivateBadge} sandbox=${sandbox} />
       ${sandbox.statusReason && html`<span class="reason">${sandbox.statusReason}</span>`}
     </div>
-    <${SandboxActions} workspace=${workspace} sandbox=${sandbox} onChange=${upsert} onDeleted=${remove} />
+    <${SandboxActions} workspace=${workspace} sandbox=${sandbox} me=${me} onChange=${upsert} onDeleted=${remove} />
   </li>`;
 }
 
-export function Sandboxes({ workspace, types, onGone }) {
+export function Sandboxes({ workspace, me, types, onGone }) {
   const { sandboxes, error, live, upsert, remove } = useSandboxes(workspace.id, onGone);
   const [agent, setAgent] = useState(false);
   return html`<section aria-labelledby="sandboxes-title">
@@ -239,7 +275,7 @@ export function Sandboxes({ workspace, types, onGone }) {
     ${sandboxes === null && !error && html`<${Loading} what="Loading sandboxes" />`}
     ${sandboxes && sandboxes.length === 0 && html`<${Empty}>No sandboxes yet.${can(workspace.role, 'create_sandbox') ? ' Create one above.' : ''}<//>`}
     ${sandboxes && sandboxes.length > 0 && html`<ul class="list" aria-label="Sandboxes">
-      ${sandboxes.map((s) => html`<${SandboxRow} key=${s.id} workspace=${workspace} sandbox=${s} upsert=${upsert} remove=${remove} />`)}
+      ${sandboxes.map((s) => html`<${SandboxRow} key=${s.id} workspace=${workspace} sandbox=${s} me=${me} upsert=${upsert} remove=${remove} />`)}
     </ul>`}
     ${agent && html`<${AgentDialog} workspace=${workspace} onClose=${() => setAgent(false)} />`}
   </section>`;

@@ -62,6 +62,7 @@ WORKSPACE = obj(
     idleTimeoutSeconds={"type": ["integer", "null"], "minimum": 0},
     defaultIdleTimeoutSeconds=SECONDS,
     maxIdleTimeoutSeconds=SECONDS,
+    membersManageAllSandboxes={"type": "boolean"},
 )
 MEMBER = obj(userId=STRING, username=STRING, email=NULLABLE_STRING, role=ROLE, createdAt=TIME)
 SANDBOX = obj(
@@ -83,7 +84,19 @@ SANDBOX = obj(
     pausedReason={"type": ["string", "null"], "enum": ["idle", "user", None]},
     pausedBy=NULLABLE_STRING,
     pausedIdleSeconds={"type": ["number", "null"]},
+    private={"type": "boolean"},
 )
+# Someone else's private sandbox, to a member who may not open it: that it exists, no more.
+WITHHELD_SANDBOX = obj(
+    **{
+        name: SANDBOX["properties"][name]
+        for name in ("id", "name", "type", "status", "workspaceId", "createdBy")
+    },
+    createdAt=TIME,
+    updatedAt=TIME,
+    private={"const": True},
+)
+LISTED_SANDBOX: Schema = {"anyOf": [SANDBOX, WITHHELD_SANDBOX]}
 COUNTS: dict[str, Schema] = {
     name: COUNT
     for name in (
@@ -194,7 +207,7 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("POST", "/api/workspaces"): {"201": json_answer(WORKSPACE, "created")},
     ("GET", "/api/workspaces/{workspace_id}"): {"200": json_answer(WORKSPACE, "the workspace")},
     ("PATCH", "/api/workspaces/{workspace_id}"): {
-        "200": json_answer(WORKSPACE, "renamed and/or its idle timeout set")
+        "200": json_answer(WORKSPACE, "renamed and/or its settings changed")
     },
     ("DELETE", "/api/workspaces/{workspace_id}"): {"204": no_content("deleted")},
     ("GET", "/api/workspaces/{workspace_id}/members"): {
@@ -206,7 +219,7 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     },
     ("DELETE", "/api/workspaces/{workspace_id}/members/{user_id}"): {"204": no_content("removed")},
     ("GET", "/api/workspaces/{workspace_id}/sandboxes"): {
-        "200": json_answer(array(SANDBOX), "its sandboxes")
+        "200": json_answer(array(LISTED_SANDBOX), "its sandboxes (others' private ones withheld)")
     },
     ("POST", "/api/workspaces/{workspace_id}/sandboxes"): {
         "201": json_answer(SANDBOX, "created, starting in the background")
@@ -223,8 +236,12 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
             obj(sandboxId=STRING, tunnelToken=STRING, workspaceId=STRING), "registered"
         )
     },
-    ("GET", "/api/sandboxes/{sandbox_id}"): {"200": json_answer(SANDBOX, "the sandbox")},
-    ("PATCH", "/api/sandboxes/{sandbox_id}"): {"200": json_answer(SANDBOX, "renamed")},
+    ("GET", "/api/sandboxes/{sandbox_id}"): {
+        "200": json_answer(LISTED_SANDBOX, "the sandbox (withheld if someone else's private one)")
+    },
+    ("PATCH", "/api/sandboxes/{sandbox_id}"): {
+        "200": json_answer(SANDBOX, "renamed and/or made private or not")
+    },
     ("DELETE", "/api/sandboxes/{sandbox_id}"): {"204": no_content("deleted with its files")},
     ("POST", "/api/sandboxes/{sandbox_id}/pause"): {"200": json_answer(SANDBOX, "pausing")},
     ("POST", "/api/sandboxes/{sandbox_id}/resume"): {"200": json_answer(SANDBOX, "resuming")},

@@ -17,7 +17,7 @@ from quart import Blueprint, Response, request
 from agentserver import status_page
 from agentserver.api.common import deps, optional_user, require, session_cookie
 from agentserver.auth.permissions import Action
-from agentserver.auth.tickets import is_binding, mint_ticket
+from agentserver.auth.tickets import is_binding, may_view, mint_ticket
 from agentserver.errors import AgentServerError, Forbidden, Invalid, NotFound, Unauthenticated
 from agentserver.kinds import kind_of
 from agentserver.models import Sandbox
@@ -84,9 +84,13 @@ async def _open(sandbox_id: str) -> Response:
         await _signed_in()
         raise NotFound("sandbox not found")
     try:
-        user, _ = await require(sandbox.workspace_id, Action.VIEW_SANDBOX)
+        user, role = await require(sandbox.workspace_id, Action.VIEW_SANDBOX)
     except NotFound:
         raise NotFound("sandbox not found") from None
+    if not may_view(role, user.id, sandbox.private, sandbox.created_by):
+        raise Forbidden(
+            "this sandbox is private: only its creator, owners and maintainers may open it"
+        )
     bind = request.args.get("bind", "")
     if not bind:
         return _redirect(sandbox_url(sandbox.id, sandbox.type, "/_agentserver/auth"))

@@ -1,9 +1,10 @@
-"""Sandbox routes: list, create, read, rename, delete, pause, resume, restart, logs; events."""
+"""Sandbox routes: list, create, read, change (rename, private), delete, pause, resume,
+restart, logs; the workspace event stream."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
@@ -20,11 +21,20 @@ from agentserver.api.common import (
     rfc3339,
     session_cookie,
 )
-from agentserver.auth.permissions import Action, allowed
+from agentserver.api.revocation import access_ended
+from agentserver.auth.permissions import (
+    PRIVATE_ACTIONS,
+    Action,
+    SandboxFacts,
+    allowed,
+    may_on_sandbox,
+)
+from agentserver.auth.revocation import Revocation
 from agentserver.auth.tokens import hash_token
+from agentserver.db.database import Tx
 from agentserver.errors import Conflict, Forbidden, Invalid, NotFound
 from agentserver.kinds import kind_of
-from agentserver.models import Sandbox
+from agentserver.models import Role, Sandbox, Workspace
 from agentserver.sandboxes.events import Event
 from agentserver.sandboxes.service import PauseCause, Sandboxes
 from agentserver.settings import Settings
@@ -46,12 +56,14 @@ NAME_MAX = 100  # the web UI counts against the same number
 class CreateSandboxBody(Body):
     name: str = Field(min_length=1, max_length=NAME_MAX)
     type: str = "opencode"
+    private: bool = False
 
 
-class UpdateSandboxBody(Body):
+class ChangeSandboxBody(Body):
     """`PATCH /api/sandboxes/<id>`: each field given is changed; the others are kept."""
 
     name: str | None = Field(default=None, min_length=1, max_length=NAME_MAX)
+    private: bool | None = None
 
 
 def service() -> Sandboxes:
@@ -81,7 +93,36 @@ def sandbox_json(sandbox: Sandbox, settings: Settings) -> dict[str, Any]:
         "pausedBy": sandbox.paused_by_name,
         "pausedIdleSeconds": sandbox.paused_idle_seconds,
         "url": sandbox_url(sandbox, settings),
+        "private": sandbox.private,
     }
+
+
+def withheld_json(sandbox: Sandbox) -> dict[str, Any]:
+    """Someone else's private sandbox, as members who may not open it see it: that it
+    exists, whose it is and its status, nothing more."""
+    return {
+        "id": sandbox.id,
+        "name": sandbox.name,
+        "type": sandbox.type,
+        "status": sandbox.status,
+        "workspaceId": sandbox.workspace_id,
+        "createdBy": sandbox.created_by,
+        "createdAt": rfc3339(sandbox.created_at),
+        "updatedAt": rfc3339(sandbox.updated_at),
+        "private": True,
+    }
+
+
+def facts(sandbox: Sandbox, user_id: str, members_manage_all: bool = False) -> SandboxFacts:
+    own = sandbox.created_by is not None and sandbox.created_by == user_id
+    return SandboxFacts(own, sandbox.private, members_manage_all)
+
+
+def shown(sandbox: Sandbox, settings: Settings, user_id: str, role: Role) -> dict[str, Any]:
+    """The sandbox as `user_id` with `role` may see it: in full, or withheld (private)."""
+    if may_on_sandbox(role, Action.VIEW_SANDBOX, facts(sandbox, user_id)):
+        return sandbox_json(sandbox, settings)
+    return withheld_json(sandbox)
 
 
 def render(sandbox: Sandbox) -> dict[str, Any]:
@@ -89,8 +130,9 @@ def render(sandbox: Sandbox) -> dict[str, Any]:
     return sandbox_json(sandbox, deps().settings)
 
 
-async def sandbox_for(sandbox_id: str, action: Action) -> Sandbox:
-    """The sandbox, if the caller's role in its workspace allows `action`.
+async def sandbox_for(sandbox_id: str, action: Action) -> tuple[Sandbox, Role]:
+    """The sandbox and the caller's role, if they may take `action` on it (whose it is and
+    whether it is private count: auth/permissions.py `may_on_sandbox`).
 
     A non-member gets the same 404 as for a sandbox that does not exist.
     """
@@ -99,22 +141,39 @@ async def sandbox_for(sandbox_id: str, action: Action) -> Sandbox:
     role = None if sandbox is None else await member_role(sandbox.workspace_id, user.id)
     if sandbox is None or role is None:
         raise NotFound("sandbox not found")
+    verb = action.value.replace("_", " ")
     if not allowed(role, action):
-        raise Forbidden(f"a {role.value} may not {action.value.replace('_', ' ')}")
-    return sandbox
+        raise Forbidden(f"a {role.value} may not {verb}")
+    manage_all = False
+    if action is Action.MANAGE_SANDBOX and sandbox.created_by != user.id:
+        ws = await deps().db.one("get_workspace", Workspace, id=sandbox.workspace_id)
+        manage_all = ws is not None and ws.members_manage_all
+    if not may_on_sandbox(role, action, facts(sandbox, user.id, manage_all)):
+        if sandbox.private and action in PRIVATE_ACTIONS:
+            raise Forbidden(
+                "this sandbox is private: only its creator, owners and maintainers may see it"
+            )
+        if action is Action.MANAGE_SANDBOX:
+            raise Forbidden(
+                f"a {role.value} may only pause, resume or delete their own sandboxes here"
+            )
+        raise Forbidden("only its creator, owners and maintainers may make a sandbox private")
+    return sandbox, role
 
 
 @blueprint.get("/workspaces/<workspace_id>/sandboxes")
 async def list_sandboxes(workspace_id: str) -> list[dict[str, Any]]:
     """The workspace's sandboxes, oldest first (any member)."""
-    await require(workspace_id, Action.VIEW_SANDBOXES)
-    return [render(s) for s in await service().list(workspace_id)]
+    user, role = await require(workspace_id, Action.VIEW_SANDBOXES)
+    settings = deps().settings
+    return [shown(s, settings, user.id, role) for s in await service().list(workspace_id)]
 
 
 @blueprint.post("/workspaces/<workspace_id>/sandboxes")
 @validate_request(CreateSandboxBody)
 async def create_sandbox(workspace_id: str, data: CreateSandboxBody) -> tuple[dict[str, Any], int]:
-    """Create a sandbox: answers 201 `creating` at once; it starts in the background."""
+    """Create a sandbox (`private`: only its creator, owners and maintainers may open it):
+    answers 201 `creating` at once; it starts in the background."""
     user, _ = await require(workspace_id, Action.CREATE_SANDBOX)
     name = checked_name(data.name)
     kind = data.type.strip().lower()
@@ -124,7 +183,7 @@ async def create_sandbox(workspace_id: str, data: CreateSandboxBody) -> tuple[di
     if await deps().db.scalar("sbx_name_taken", workspace_id=workspace_id, name=name):
         raise taken
     try:
-        sandbox = await service().create(workspace_id, name, kind, user.id)
+        sandbox = await service().create(workspace_id, name, kind, user.id, data.private)
     except Conflict:  # another create of this name won the race: the unique index refused
         raise taken from None
     return render(sandbox), 201
@@ -144,20 +203,52 @@ def name_taken(name: str) -> Conflict:
 
 @blueprint.get("/sandboxes/<sandbox_id>")
 async def get_sandbox(sandbox_id: str) -> dict[str, Any]:
-    """One sandbox (any member of its workspace)."""
-    return render(await sandbox_for(sandbox_id, Action.VIEW_SANDBOXES))
+    """One sandbox (any member of its workspace; someone else's private one withheld)."""
+    sandbox, role = await sandbox_for(sandbox_id, Action.VIEW_SANDBOXES)
+    user = await current_user()
+    return shown(sandbox, deps().settings, user.id, role)
 
 
 @blueprint.patch("/sandboxes/<sandbox_id>")
-@validate_request(UpdateSandboxBody)
-async def update_sandbox(sandbox_id: str, data: UpdateSandboxBody) -> dict[str, Any]:
-    """Rename a sandbox (developer and up); the change is published on the event stream."""
-    sandbox = await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
+@validate_request(ChangeSandboxBody)
+async def change_sandbox(sandbox_id: str, data: ChangeSandboxBody) -> dict[str, Any]:
+    """Rename a sandbox (whoever may manage it) and/or make it private or not (its creator;
+    owners and maintainers any). Making it private ends, at once, the sandbox-host sessions
+    of everyone else who may not open it. Each change is published on the event stream."""
+    if data.name is None and data.private is None:
+        raise Invalid("give a name or private to change", field="name")
+    # Every permission is checked before anything changes.
+    first = Action.SET_SANDBOX_PRIVATE if data.private is not None else Action.MANAGE_SANDBOX
+    sandbox, _ = await sandbox_for(sandbox_id, first)
     if data.name is not None:
+        if first is not Action.MANAGE_SANDBOX:
+            sandbox, _ = await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
         name = checked_name(data.name)
         if name != sandbox.name:
             sandbox = await rename(sandbox, name)
+    if data.private is not None:
+        sandbox = await set_private(sandbox_id, data.private)
     return render(sandbox)
+
+
+async def set_private(sandbox_id: str, private: bool) -> Sandbox:
+    keep = [r.value for r in Role if allowed(r, Action.SEE_PRIVATE_SANDBOX)]
+
+    def work(tx: Tx) -> tuple[Sandbox | None, list[str]]:
+        row = tx.one("sbx_set_private", Sandbox, id=sandbox_id, private=private)
+        if row is None or not private:
+            return row, []
+        ended = tx.rows("sbx_end_private_sessions", id=sandbox_id, keep_roles=keep)
+        return row, sorted({r["user_id"] for r in ended})
+
+    changed, ended = await deps().db.transaction(work)
+    if changed is None:
+        raise NotFound("sandbox not found")
+    for user_id in ended:
+        access_ended(Revocation(user_id, workspace_id=changed.workspace_id, sandbox_id=changed.id))
+    deps().access.forget(changed.id)  # cached accesses carry the old row
+    service().publish(changed)
+    return changed
 
 
 async def rename(sandbox: Sandbox, name: str) -> Sandbox:
@@ -175,7 +266,8 @@ async def rename(sandbox: Sandbox, name: str) -> Sandbox:
 
 @blueprint.delete("/sandboxes/<sandbox_id>")
 async def delete_sandbox(sandbox_id: str) -> Response:
-    """Stop the sandbox and remove it with its files (developer and up)."""
+    """Stop the sandbox and remove it with its files (its creator; owners and maintainers
+    any, developers too when the workspace allows it)."""
     await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
     await service().delete(sandbox_id)
     await deps().hub.close(sandbox_id)  # a local agent's token died with the row: end its tunnel
@@ -184,7 +276,8 @@ async def delete_sandbox(sandbox_id: str) -> Response:
 
 @blueprint.post("/sandboxes/<sandbox_id>/pause")
 async def pause_sandbox(sandbox_id: str) -> dict[str, Any]:
-    """running → pausing (409 in any other status); it stops in the background."""
+    """running → pausing (409 in any other status); it stops in the background (who: as
+    for delete)."""
     await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
     user = await current_user()
     return render(await service().pause(sandbox_id, cause=PauseCause.user(user.id)))
@@ -192,7 +285,8 @@ async def pause_sandbox(sandbox_id: str) -> dict[str, Any]:
 
 @blueprint.post("/sandboxes/<sandbox_id>/resume")
 async def resume_sandbox(sandbox_id: str) -> dict[str, Any]:
-    """paused or failed → resuming (409 otherwise); it starts in the background."""
+    """paused or failed → resuming (409 otherwise); it starts in the background (who: as
+    for delete)."""
     await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
     return render(await service().resume(sandbox_id))
 
@@ -213,22 +307,29 @@ async def sandbox_logs(sandbox_id: str, query_args: LogsQuery) -> dict[str, Any]
     return {"logs": await service().logs(sandbox_id, query_args.lines)}
 
 
-def sse(event: Event, settings: Settings) -> bytes:
+def sse(
+    event: Event, settings: Settings, view: Callable[[Sandbox], dict[str, Any]] | None = None
+) -> bytes:
     """One server-sent event: `event: <type>` and its payload as JSON data (a sandbox's row
-    in its API shape)."""
+    in its API shape, or as `view` shows it to the subscriber)."""
     kind = str(event.get("type", "message"))
     payload = event.get(kind, {k: v for k, v in event.items() if k != "type"})
     if isinstance(payload, Sandbox):
-        payload = sandbox_json(payload, settings)
+        payload = sandbox_json(payload, settings) if view is None else view(payload)
     return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
 @blueprint.get("/workspaces/<workspace_id>/events")
 async def workspace_events(workspace_id: str) -> Response:
     """Server-sent events: the current sandboxes, then every change; a heartbeat every 15 s."""
-    user, _ = await require(workspace_id, Action.VIEW_WORKSPACE)
+    user, role = await require(workspace_id, Action.VIEW_WORKSPACE)
     svc = service()
     settings = deps().settings
+
+    # The role is fixed for the stream's life: a role change ends the subscription.
+    def view(sandbox: Sandbox) -> dict[str, Any]:
+        return shown(sandbox, settings, user.id, role)
+
     # Subscribe before reading the snapshot, so no change can fall between the two. The
     # subscription names its member: removing them or changing their role ends it.
     session = request.cookies.get(session_cookie(), "")
@@ -249,7 +350,7 @@ async def workspace_events(workspace_id: str) -> Response:
             yield b": connected\n\n"
             for sandbox in snapshot:
                 await trio.lowlevel.checkpoint()
-                yield sse({"type": "sandbox", "sandbox": sandbox}, settings)
+                yield sse({"type": "sandbox", "sandbox": sandbox}, settings, view)
             while True:
                 event: Event | None = None
                 ended = False
@@ -261,7 +362,7 @@ async def workspace_events(workspace_id: str) -> Response:
                 await trio.lowlevel.checkpoint()
                 if ended:
                     return
-                yield sse(event, settings) if event is not None else b": heartbeat\n\n"
+                yield sse(event, settings, view) if event is not None else b": heartbeat\n\n"
 
     response: Response = await make_response(  # type: ignore[assignment]
         stream(),

@@ -1,4 +1,5 @@
-"""Workspaces: list, create, read, rename and set the idle timeout, delete."""
+"""Workspaces: list, create, read, rename and change settings (idle timeout, who manages
+sandboxes), delete."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from quart import Blueprint, Response
 from quart_schema import validate_request
 
 from agentserver.api.common import Body, current_user, deps, require, rfc3339
-from agentserver.auth.permissions import Action
+from agentserver.auth.permissions import Action, allowed
 from agentserver.db.database import Tx
-from agentserver.errors import Conflict, Invalid, NotFound
+from agentserver.errors import Conflict, Forbidden, Invalid, NotFound
 from agentserver.models import Role, Workspace
 from agentserver.sandboxes.service import duration_text
 
@@ -26,6 +27,7 @@ class WorkspaceWithRole:
     name: str
     created_at: datetime
     updated_at: datetime
+    members_manage_all: bool
     role: str
     idle_timeout_seconds: int | None = None
 
@@ -44,11 +46,13 @@ class WorkspaceBody(Body):
         return value.strip()
 
 
-class UpdateWorkspaceBody(Body):
-    """`PATCH`: each field given is changed; `idleTimeoutSeconds: null` restores the default."""
+class ChangeWorkspaceBody(Body):
+    """`PATCH`: a new name and/or settings (each optional, at least one);
+    `idleTimeoutSeconds: null` restores the server's default."""
 
     name: str | None = Field(default=None, min_length=1, max_length=NAME_MAX)
     idle_timeout_seconds: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    members_manage_all_sandboxes: bool | None = None
 
     @field_validator("name")
     @classmethod
@@ -64,6 +68,7 @@ def workspace_json(ws: Workspace | WorkspaceWithRole, role: Role | str) -> dict[
         "id": ws.id,
         "name": ws.name,
         "role": str(role),
+        "membersManageAllSandboxes": ws.members_manage_all,
         "createdAt": rfc3339(ws.created_at),
         "updatedAt": rfc3339(ws.updated_at),
         "idleTimeoutSeconds": ws.idle_timeout_seconds,
@@ -131,27 +136,45 @@ async def get_workspace(workspace_id: str) -> dict[str, Any]:
 
 
 @blueprint.patch("/<workspace_id>")
-@validate_request(UpdateWorkspaceBody)
-async def update_workspace(workspace_id: str, data: UpdateWorkspaceBody) -> dict[str, Any]:
-    """Rename a workspace or set its idle timeout (owner, maintainer)."""
-    # Setting the idle timeout is a workspace setting, allowed to the same roles as its name.
-    user, role = await require(workspace_id, Action.RENAME_WORKSPACE)
+@validate_request(ChangeWorkspaceBody)
+async def change_workspace(workspace_id: str, data: ChangeWorkspaceBody) -> dict[str, Any]:
+    """Rename a workspace and/or change its settings (owner, maintainer): its own idle timeout,
+    and `membersManageAllSandboxes`, which lets members who manage sandboxes manage everyone's."""
+    given = data.model_fields_set
+    if not given:
+        raise Invalid("give a name or a setting to change", field="name")
+    user, role = await require(workspace_id, Action.VIEW_WORKSPACE)
+    for field, action in (
+        ("name", Action.RENAME_WORKSPACE),
+        ("idle_timeout_seconds", Action.CHANGE_WORKSPACE_SETTINGS),
+        ("members_manage_all_sandboxes", Action.CHANGE_WORKSPACE_SETTINGS),
+    ):
+        if field in given and not allowed(role, action):
+            raise Forbidden(f"a {role.value} may not {action.value.replace('_', ' ')}")
     db = deps().db
-    if "idle_timeout_seconds" in data.model_fields_set:
+    seconds = None
+    if "idle_timeout_seconds" in given:  # checked before anything changes
         seconds = checked_idle_timeout(data.idle_timeout_seconds, deps().settings.max_idle_timeout)
+    if data.name is not None:  # first: a name already taken (409) leaves the settings as they were
+        await _rename(workspace_id, data.name, user.id)
+    if "idle_timeout_seconds" in given:
         await db.exec("set_workspace_idle_timeout", id=workspace_id, seconds=seconds)
         watcher = deps().idle_watcher
         if watcher is not None:
             watcher.poke()  # its sandboxes may be due sooner now
-    if data.name is not None:
-        await rename(workspace_id, data.name, user.id)
+    if data.members_manage_all_sandboxes is not None:
+        await db.exec(
+            "set_workspace_members_manage_all",
+            id=workspace_id,
+            members_manage_all=data.members_manage_all_sandboxes,
+        )
     ws = await db.one("get_workspace", Workspace, id=workspace_id)
     if ws is None:
         raise NotFound("workspace not found")
     return workspace_json(ws, role)
 
 
-async def rename(workspace_id: str, name: str, user_id: str) -> None:
+async def _rename(workspace_id: str, name: str, user_id: str) -> None:
     try:
         await deps().db.exec("rename_workspace", id=workspace_id, name=name)
     except Conflict:  # the owner's names are unique (trimmed, ignoring case)

@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from agentserver.auth.permissions import Action, allowed
+from agentserver.auth.permissions import Action, SandboxFacts, allowed, may_on_sandbox
 from agentserver.auth.revocation import Revocation
 from agentserver.auth.tokens import hash_token, new_token, same
 from agentserver.db.database import Database, Tx
@@ -89,11 +89,20 @@ class SandboxAccess:
     session_hash: str | None = None  # the main session it was opened from
 
     def ended_by(self, revocation: Revocation) -> bool:
-        return revocation.covers(self.user_id, self.sandbox.workspace_id, self.session_hash)
+        return revocation.covers(
+            self.user_id, self.sandbox.workspace_id, self.session_hash, self.sandbox.id
+        )
 
     @property
     def read_only(self) -> bool:
         return not allowed(self.role, Action.USE_SANDBOX)
+
+
+def may_view(role: Role | str | None, user_id: str, private: bool, created_by: str | None) -> bool:
+    """True when `user_id` with `role` may open the sandbox on its host (a private one: only
+    its creator and the roles that may see private sandboxes)."""
+    facts = SandboxFacts(own=created_by is not None and created_by == user_id, private=private)
+    return may_on_sandbox(role, Action.VIEW_SANDBOX, facts)
 
 
 def sandbox_from_row(row: dict[str, Any]) -> Sandbox:
@@ -141,7 +150,7 @@ async def redeem_ticket(
     Refused: unknown, already used, expired, minted for another sandbox or for another
     browser (`nonce`, from the binding cookie, is not the one the ticket was bound to), the
     main session that asked for it has ended, or the user is no longer a member allowed to
-    view the sandbox.
+    view the sandbox (a private one: only its creator, owners and maintainers).
     """
     binding = binding_of(nonce) if nonce else None
     if not ticket or len(ticket) > 200 or binding is None:
@@ -155,7 +164,10 @@ async def redeem_ticket(
             return None
         user_id = rows[0]["user_id"]
         role = tx.scalar("proxy_member_role", sandbox_id=sandbox_id, user_id=user_id)
-        if not allowed(role, Action.VIEW_SANDBOX):
+        privacy = tx.rows("proxy_sandbox_privacy", sandbox_id=sandbox_id)
+        if not privacy or not may_view(
+            role, user_id, privacy[0]["private"], privacy[0]["created_by"]
+        ):
             return None
         tx.exec("proxy_delete_expired_sessions", user_id=user_id)
         created = tx.exec(
@@ -180,9 +192,11 @@ async def session_access(db: Database, sandbox_id: str, token: str) -> SandboxAc
     rows = await db.rows(
         "proxy_session_access", token_hash=hash_token(token), sandbox_id=sandbox_id
     )
-    if not rows or not allowed(rows[0]["role"], Action.VIEW_SANDBOX):
+    if not rows:
         return None
     row = rows[0]
+    if not may_view(row["role"], row["user_id"], row["private"], row["created_by"]):
+        return None
     return SandboxAccess(
         row["user_id"], Role(row["role"]), sandbox_from_row(row), row["session_hash"]
     )

@@ -206,9 +206,15 @@ class Sandboxes:
 
     # -- user actions -------------------------------------------------------------------------
     async def create(
-        self, workspace_id: str, name: str, type_: str, created_by: str | None
+        self,
+        workspace_id: str,
+        name: str,
+        type_: str,
+        created_by: str | None,
+        private: bool = False,
     ) -> Sandbox:
-        """Record a new sandbox as `creating` and start it in the background."""
+        """Record a new sandbox as `creating` (`private`: see auth/permissions.py) and start it
+        in the background."""
         kind = SandboxType(type_)
         if kind == SandboxType.LOCAL:
             raise Invalid(
@@ -224,13 +230,18 @@ class Sandboxes:
                 "no --openclaw-bin / OPENCLAW_BIN is configured",
                 field="type",
             )
-        sandbox = await self._insert(workspace_id, name, kind, created_by)
+        sandbox = await self._insert(workspace_id, name, kind, created_by, private)
         self.publish(sandbox)
         self._spawn(sandbox.id, self._start, sandbox.id, S.CREATING)
         return sandbox
 
     async def _insert(
-        self, workspace_id: str, name: str, kind: SandboxType, created_by: str | None
+        self,
+        workspace_id: str,
+        name: str,
+        kind: SandboxType,
+        created_by: str | None,
+        private: bool = False,
     ) -> Sandbox:
         return await insert_sandbox(
             self.db,
@@ -239,6 +250,7 @@ class Sandboxes:
             name=name,
             type=kind.value,
             created_by=created_by,
+            private=private,
         )
 
     async def pause(

@@ -24,9 +24,17 @@ async def insert_row(db_url: str, workspace_id: str, name: str, **columns: str) 
     def run() -> None:
         with psycopg.connect(db_url, autocommit=True) as conn:
             conn.execute(
-                "INSERT INTO sandboxes (id, workspace_id, name, type, status, agent_secret)"
-                " VALUES (%s, %s, %s, %s, %s, 'x')",
-                (sandbox_id, workspace_id, name, values["type"], values["status"]),
+                "INSERT INTO sandboxes"
+                " (id, workspace_id, name, type, status, agent_secret, created_by)"
+                " VALUES (%s, %s, %s, %s, %s, 'x', %s)",
+                (
+                    sandbox_id,
+                    workspace_id,
+                    name,
+                    values["type"],
+                    values["status"],
+                    values.get("created_by"),
+                ),
             )
 
     await trio.to_thread.run_sync(run)
@@ -85,15 +93,20 @@ async def test_rename_refuses_duplicates_and_bad_names(server: Server, db_url: s
 
 
 async def test_who_may_rename_and_restart(server: Server, db_url: str) -> None:
-    """A developer may rename; a guest may neither rename nor restart (403); a non-member
-    sees 404."""
+    """A developer may rename their own sandbox, not someone else's (unless the workspace
+    allows it: test_private_sandboxes.py); a guest may neither rename nor restart (403); a
+    non-member sees 404."""
     owner, wid = await owner_with_workspace(server)
-    sid = await insert_row(db_url, wid, "box", status="failed")
     developer = await member(server, owner, wid, "dev", "developer")
+    dev_id = (await developer.get("/api/auth/me")).json()["id"]
+    sid = await insert_row(db_url, wid, "box", status="failed", created_by=dev_id)
+    owners = await insert_row(db_url, wid, "owners", status="failed")
     guest = await member(server, owner, wid, "guest", "guest")
     stranger = server.client()
     await register(stranger, "stranger")
     assert (await developer.patch(f"/api/sandboxes/{sid}", json={"name": "dev"})).status_code == 200
+    refused = await developer.patch(f"/api/sandboxes/{owners}", json={"name": "mine"})
+    assert refused.status_code == 403, refused.text
     assert (await guest.patch(f"/api/sandboxes/{sid}", json={"name": "g"})).status_code == 403
     assert (await guest.post(f"/api/sandboxes/{sid}/restart")).status_code == 403
     assert (await stranger.patch(f"/api/sandboxes/{sid}", json={"name": "s"})).status_code == 404

@@ -21,6 +21,7 @@ from agentserver.models import Sandbox, SandboxStatus
 from agentserver.sandboxes.service import Sandboxes
 from agentserver.settings import Settings
 from agentserver.tunnel import (
+    SERVER_RESTARTING,
     Hub,
     MessageLink,
     Role,
@@ -97,6 +98,7 @@ class TunnelSessions:
                 settings=self.tunnel_settings(),
                 send_timeout=self.settings.tunnel_send_timeout,
             ) as tunnel:  # the heartbeat below ends with the tunnel
+                tunnel.stop_reason = SERVER_RESTARTING  # only the server stopping cancels it
                 await hub.register(sandbox.id, tunnel)
                 registered = True
                 log.info("local agent of sandbox %s connected", sandbox.id)

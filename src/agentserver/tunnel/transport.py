@@ -113,6 +113,8 @@ class Tunnel:
         self._failure: BaseException | None = None  # why, when the close was a failure
         self._failed = False
         self._peer_closed = False
+        # The go-away message when the tunnel's task is cancelled (its owner is stopping).
+        self.stop_reason = "the tunnel was stopped"
         # The peer's go-away message once it sent one (a server going away to restart).
         self.peer_going_away: str | None = None
 
@@ -143,7 +145,7 @@ class Tunnel:
                     nursery.start_soon(self._heartbeat)
                     task_status.started()
         finally:
-            self._close("the tunnel was stopped", failed=False)
+            self._close(self.stop_reason, failed=False)
             await self._close_link()
         if self._failed:
             raise TunnelClosed(self.close_reason) from self._failure

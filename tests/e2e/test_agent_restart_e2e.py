@@ -11,7 +11,7 @@ from tests.conftest import make_settings, start_server
 from tests.support.accounts import owner_of_workspace
 from tests.support.bulk_upstream import BulkUpstream
 from tests.support.tunnel_world import TunnelWorld, free_port
-from tests.support.workspace_events import watch_statuses
+from tests.support.workspace_events import open_events, watch_statuses
 
 # An exception class name in a status line (HandshakeError, ConnectionRejected, OSError …).
 CLASS_NAME = re.compile(r"\b[A-Z][a-z]+[A-Z]\w*(Error|Exception|Rejected|Closed)\b|OSError")
@@ -50,3 +50,27 @@ async def test_an_agent_reconnects_within_seconds_of_a_server_restart(
     )
     assert not [line for line in agent.lines if CLASS_NAME.search(line)], agent.lines
     server.shutdown.set()
+
+
+async def test_a_running_agent_whose_opencode_is_not_answering_says_so(
+    world: TunnelWorld, nursery: trio.Nursery
+) -> None:
+    """The agent is connected (`running`) but nothing listens at its opencode URL: the
+    workspace's events and the API show "opencode is not answering on 127.0.0.1:PORT"."""
+    port = free_port()
+    agent = await world.start_agent(nursery, f"http://127.0.0.1:{port}")
+    expected = f"opencode is not answering on 127.0.0.1:{port}"
+    async with trio.open_nursery() as watching:
+        events = await open_events(watching, world.owner, world.workspace_id)
+        with trio.fail_after(30):
+            while not any(
+                kind == "sandbox"
+                and data["id"] == agent.sandbox_id
+                and data["status"] == "running"
+                and data["statusReason"] == expected
+                for kind, data in events.seen
+            ):
+                await events.changed()
+        events.close()
+    shown = (await world.owner.get(f"/api/sandboxes/{agent.sandbox_id}")).json()
+    assert (shown["status"], shown["statusReason"]) == ("running", expected)

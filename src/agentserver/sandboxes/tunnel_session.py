@@ -18,6 +18,7 @@ import trio
 from agentserver.db.database import Database
 from agentserver.errors import AgentServerError
 from agentserver.models import Sandbox, SandboxStatus
+from agentserver.sandboxes.agent_health import opencode_health
 from agentserver.sandboxes.service import Sandboxes
 from agentserver.settings import Settings
 from agentserver.tunnel import (
@@ -116,7 +117,9 @@ class TunnelSessions:
                 hub.finish(tunnel)
 
     async def heartbeat(self, tunnel: Tunnel, sandbox_id: str, token_hash: str) -> None:
-        """Record the agent as alive; close the tunnel once its token is gone (sandbox deleted)."""
+        """Record the agent as alive and whether its opencode answers; close the tunnel once its
+        token is gone (sandbox deleted)."""
+        health: str | None = None  # `running` was just written with no reason
         while not tunnel.closed:
             try:
                 alive = await self.db.exec(
@@ -129,8 +132,25 @@ class TunnelSessions:
                 log.info("sandbox %s was deleted: closing its tunnel", sandbox_id)
                 await tunnel.aclose()
                 return
+            health = await self.record_health(tunnel, sandbox_id, health)
             await trio.sleep(HEARTBEAT)
         await trio.lowlevel.checkpoint()  # the tunnel may have closed before the first beat
+
+    async def record_health(self, tunnel: Tunnel, sandbox_id: str, known: str | None) -> str | None:
+        """Probe the agent's opencode; when the answer changed, write it as the status reason
+        of the running sandbox (and tell the workspace). Returns the answer."""
+        health = await opencode_health(tunnel)
+        if health == known:
+            return known
+        try:
+            row = await self.db.one("agent_set_health", Sandbox, id=sandbox_id, reason=health)
+        except AgentServerError as exc:
+            log.warning("health of sandbox %s not recorded: %s", sandbox_id, exc.message)
+            return known
+        if row is not None:
+            log.info("local sandbox %s: %s", sandbox_id, health or "opencode answers")
+            self.sandboxes.publish(row)
+        return health
 
     async def sync_status(self, sandbox_id: str) -> None:
         """Write `running` or `offline` as the hub says *now*, one writer per sandbox at a time."""

@@ -3,7 +3,7 @@
 import { useEffect, useRef, useState } from '../vendor/hooks.module.js';
 import { del, get, path, post } from '../api.js';
 import { can } from '../roles.js';
-import { html, Confirm, Empty, ErrorBox, LaptopIcon, Link, Loading, StatusBadge, TRANSITIONAL, useAction } from '../ui.js';
+import { ago, html, Confirm, Empty, ErrorBox, LaptopIcon, Link, Loading, StatusBadge, TRANSITIONAL, useAction, when } from '../ui.js';
 import { AgentDialog } from './agent-dialog.js';
 import { CharCount, nameTooLong } from './name-length.js';
 
@@ -184,6 +184,8 @@ function SandboxRow({ workspace, sandbox, upsert, remove }) {
       <${Link} class="name" href=${path`/w/${workspace.id}/sandboxes/${sandbox.id}`}>${sandbox.name}<//>
       <span class=${`badge type-${sandbox.type}`}>${sandbox.type}</span>
       ${sandbox.statusReason && html`<span class="reason">${sandbox.statusReason}</span>`}
+      ${sandbox.type === 'local' && sandbox.status === 'offline' && html`
+        <span class="last-seen muted small" title=${when(sandbox.lastSeenAt)}>last seen ${ago(sandbox.lastSeenAt)}</span>`}
     </div>
     <${SandboxActions} workspace=${workspace} sandbox=${sandbox} onChange=${upsert} onDeleted=${remove} />
   </li>`;

@@ -73,6 +73,7 @@ SANDBOX = obj(
     pausedReason={"type": ["string", "null"], "enum": ["idle", "user", None]},
     pausedBy=NULLABLE_STRING,
     pausedIdleSeconds={"type": ["number", "null"]},
+    lastSeenAt=TIME,
 )
 COUNTS: dict[str, Schema] = {
     name: COUNT

@@ -71,6 +71,8 @@ def sandbox_json(sandbox: Sandbox, settings: Settings) -> dict[str, Any]:
         "pausedBy": sandbox.paused_by_name,
         "pausedIdleSeconds": sandbox.paused_idle_seconds,
         "url": sandbox_url(sandbox, settings),
+        # A local agent's last heartbeat (shown as "last seen" while it is offline).
+        "lastSeenAt": rfc3339(sandbox.last_heartbeat_at),
     }
 
 

@@ -111,6 +111,7 @@ class TunnelSessions:
             with trio.CancelScope(shield=True), trio.move_on_after(STATUS_TIMEOUT):
                 if registered and tunnel is not None and hub.unregister(sandbox.id, tunnel):
                     log.info("local agent of sandbox %s disconnected", sandbox.id)
+                    await self.last_seen(sandbox.id, token_hash)
                     await self.sync_status(sandbox.id)
                 hub.release_lock(sandbox.id)
             if tunnel is not None:
@@ -135,6 +136,13 @@ class TunnelSessions:
             health = await self.record_health(tunnel, sandbox_id, health)
             await trio.sleep(HEARTBEAT)
         await trio.lowlevel.checkpoint()  # the tunnel may have closed before the first beat
+
+    async def last_seen(self, sandbox_id: str, token_hash: str) -> None:
+        """Stamp the heartbeat as the tunnel ends: "last seen" is when it went, not a beat ago."""
+        try:
+            await self.db.exec("agent_heartbeat", id=sandbox_id, tunnel_token_hash=token_hash)
+        except AgentServerError as exc:
+            log.warning("last heartbeat of sandbox %s not recorded: %s", sandbox_id, exc.message)
 
     async def record_health(self, tunnel: Tunnel, sandbox_id: str, known: str | None) -> str | None:
         """Probe the agent's opencode; when the answer changed, write it as the status reason

@@ -207,6 +207,14 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("POST", "/api/workspaces/{workspace_id}/agent-code"): {
         "201": json_answer(obj(code=STRING, expiresAt=TIME), "a one-time registration code")
     },
+    ("GET", "/api/agent/install"): {
+        "200": json_answer(
+            obj(version=STRING, download=NULLABLE_STRING), "how to install the local agent"
+        )
+    },
+    ("GET", "/downloads/agentserver.pyz"): {
+        "200": typed("application/zip", "the agent as a zipapp, when one was configured")
+    },
     ("POST", "/api/agent/register"): {
         "201": json_answer(
             obj(sandboxId=STRING, tunnelToken=STRING, workspaceId=STRING), "registered"

@@ -209,6 +209,6 @@ export function Sandboxes({ workspace, types, onGone }) {
     ${sandboxes && sandboxes.length > 0 && html`<ul class="list" aria-label="Sandboxes">
       ${sandboxes.map((s) => html`<${SandboxRow} key=${s.id} workspace=${workspace} sandbox=${s} upsert=${upsert} remove=${remove} />`)}
     </ul>`}
-    ${agent && html`<${AgentDialog} workspace=${workspace} onClose=${() => setAgent(false)} />`}
+    ${agent && html`<${AgentDialog} workspace=${workspace} sandboxes=${sandboxes} onClose=${() => setAgent(false)} />`}
   </section>`;
 }

@@ -335,8 +335,10 @@ def describe(exc: BaseException, server: str = "the server") -> str:
     if isinstance(exc, trio_websocket.HandshakeError):
         return f"server at {server} closed the connection before the tunnel opened"
     if isinstance(exc, trio_websocket.ConnectionClosed):
-        code = exc.reason.code if exc.reason is not None else None
-        return f"the server closed the connection (WebSocket code {code})"
+        if exc.reason is None:
+            return "the server closed the connection"
+        why = f": {exc.reason.reason}" if exc.reason.reason else ""
+        return f"the connection closed (WebSocket {exc.reason.code} {exc.reason.name}{why})"
     if isinstance(exc, TunnelClosed):
         return str(exc) or "the tunnel closed"
     if isinstance(exc, trio.TooSlowError):

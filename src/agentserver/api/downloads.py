@@ -31,6 +31,7 @@ def zipapp_path() -> trio.Path | None:
 @blueprint.get("/api/agent/install")
 async def agent_install() -> dict[str, Any]:
     """The version to install, and the zipapp's URL when this server has one."""
+    await trio.lowlevel.checkpoint()
     path = zipapp_path()
     has_file = path is not None and await path.is_file()
     return {"version": __version__, "download": ZIPAPP_ROUTE if has_file else None}

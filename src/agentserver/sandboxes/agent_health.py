@@ -33,6 +33,7 @@ async def opencode_health(tunnel: Tunnel) -> str | None:
             finally:
                 await stream.aclose()
     except (TunnelClosed, StreamResetError, StreamLimitReached):
+        await trio.lowlevel.checkpoint()  # refused before anything was awaited
         return None
     if waited.cancelled_caught:
         return f"opencode is not answering: the agent gave no answer in {PROBE_TIMEOUT:.0f} s"

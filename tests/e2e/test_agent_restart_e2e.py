@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 
 import trio
@@ -74,3 +75,19 @@ async def test_a_running_agent_whose_opencode_is_not_answering_says_so(
         events.close()
     shown = (await world.owner.get(f"/api/sandboxes/{agent.sandbox_id}")).json()
     assert (shown["status"], shown["statusReason"]) == ("running", expected)
+
+
+async def test_an_offline_agent_shows_when_it_was_last_seen(
+    world: TunnelWorld, bulk: BulkUpstream
+) -> None:
+    """Once its agent stops, the sandbox is offline with `lastSeenAt` stamped at the tunnel's end
+    (not a heartbeat earlier)."""
+    async with watch_statuses(world.owner, world.workspace_id) as watch:
+        async with trio.open_nursery() as laptop:
+            agent = await world.start_agent(laptop, f"http://127.0.0.1:{bulk.port}")
+            running = await watch.until(agent.sandbox_id, "running")
+            laptop.cancel_scope.cancel()
+        offline = await watch.until(agent.sandbox_id, "offline")
+    assert offline["lastSeenAt"] is not None
+    last_seen = datetime.fromisoformat(offline["lastSeenAt"].replace("Z", "+00:00"))
+    assert last_seen > datetime.fromisoformat(running["updatedAt"].replace("Z", "+00:00"))

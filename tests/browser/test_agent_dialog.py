@@ -107,3 +107,38 @@ def test_the_agent_dialog_turns_connected_when_its_command_runs(
         agent.terminate()
         # Shown by pytest when the test fails.
         print(agent.communicate(timeout=30)[0].decode(errors="replace"))
+
+
+@pytest.mark.browser
+def test_the_agent_dialog_says_when_opencode_is_not_answering(
+    live_server: LiveServer, tour_factory: Callable[..., Tour], tmp_path: Path
+) -> None:
+    """An agent that connects while nothing listens at its opencode URL: the dialog shows it
+    connected, and says opencode is not answering there; so does the sandbox's row."""
+    with closing(live_server.register("dev")) as dev:
+        wid = api_workspace(dev, "Laptops")
+    tour = tour_factory(live_server.url, viewport={"width": 1280, "height": 900})
+    sign_in(tour, "dev")
+    page = tour.page
+    page.goto(f"{live_server.url}/w/{wid}")
+    expect(page.get_by_text("Live", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Connect a local agent").click()
+    dialog = page.get_by_role("dialog", name="Connect a local agent")
+    dialog.get_by_label("Name of this machine").fill("laptop-2")
+    words = shlex.split(dialog.locator("#agent-command").text_content() or "")
+    port = free_port()  # nothing listens there
+    config = ["--config", str(tmp_path / "agent.json")]
+    command = [str(REPO / ".venv/bin/agentserver"), *words[1:], *config]
+    command += ["--opencode-url", f"http://127.0.0.1:{port}"]
+    agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        connected = dialog.locator(".joined .connected")
+        expect(connected).to_contain_text("Connected: laptop-2", timeout=60_000)
+        reason = f"opencode is not answering on 127.0.0.1:{port}"
+        expect(dialog.locator(".joined .reason")).to_contain_text(reason, timeout=60_000)
+        tour.shot("opencode-not-answering")
+        dialog.get_by_role("button", name="Close").click()
+        expect(page.locator('[data-sandbox="laptop-2"] .reason')).to_have_text(reason)
+    finally:
+        agent.terminate()
+        print(agent.communicate(timeout=30)[0].decode(errors="replace"))

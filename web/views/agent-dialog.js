@@ -66,8 +66,8 @@ function Connected({ sandbox }) {
       ${online ? html`<span class="check" aria-hidden="true">✓</span> Connected: ` : 'Registered: '}
       <strong>${sandbox.name}</strong> ${online ? 'is a sandbox in this workspace now.' : 'waiting for its tunnel…'}
     </p>
-    ${sandbox.statusReason && html`<p class="reason">${sandbox.statusReason}
-      — start it with <code>${OPENCODE_COMMAND}</code> on that machine.</p>`}
+    ${sandbox.statusReason && html`<p class="reason">${sandbox.statusReason}.${' '}
+      Start opencode on that machine (step 2); this updates by itself.</p>`}
   </div>`;
 }
 

@@ -136,6 +136,17 @@ export function when(value) {
   return Number.isNaN(date.getTime()) ? String(value) : date.toLocaleString();
 }
 
+/** How long ago, in words ("40 s ago", "5 min ago", "3 h ago"), then the date. */
+export function ago(value, now = Date.now()) {
+  if (!value) return 'never';
+  const seconds = Math.max(0, Math.round((now - new Date(value).getTime()) / 1000));
+  if (Number.isNaN(seconds)) return String(value);
+  if (seconds < 60) return `${seconds} s ago`;
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
+  if (seconds < 86400) return `${Math.round(seconds / 3600)} h ago`;
+  return when(value);
+}
+
 export function number(value) {
   return Number(value || 0).toLocaleString();
 }

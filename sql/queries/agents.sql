@@ -55,3 +55,14 @@ UPDATE sandboxes SET status = 'offline', status_reason = 'waiting for the agent 
        updated_at = now()
 WHERE type = 'local' AND status = 'running'
 RETURNING id, workspace_id;
+
+-- name: agent_set_health :one
+-- A running local sandbox's opencode health as its status reason (NULL: answering); no row
+-- when nothing changed or the sandbox is no longer running.
+UPDATE sandboxes SET status_reason = :reason, updated_at = now()
+WHERE id = :id AND type = 'local' AND status = 'running'
+  AND status_reason IS DISTINCT FROM CAST(:reason AS TEXT)
+RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
+          last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
+          last_heartbeat_at, paused_reason, paused_by, paused_idle_seconds,
+          (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name;

@@ -17,7 +17,7 @@ import wsproto.events
 from agentserver.agent.connect import AGENT_SETTINGS, AgentConfig, Session, describe
 from agentserver.agent.forward import Forwarder
 from agentserver.api.tunnel_link import QuartLink
-from agentserver.sandboxes.tunnel_session import TUNNEL_SETTINGS
+from agentserver.sandboxes.tunnel_session import TUNNEL_SETTINGS, TunnelSessions
 from agentserver.settings import Settings
 from agentserver.tunnel import Tunnel
 from agentserver.tunnel.frames import VERSION, Hello, Ping, Pong, encode, max_message_size
@@ -183,10 +183,12 @@ async def test_unread_downloads_hold_no_more_than_the_receive_budget_allows(
 
 
 async def test_an_upload_to_an_agent_that_grants_no_credit_ends_in_an_error(
-    world: TunnelWorld,
+    world: TunnelWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A browser's upload to an agent that never grants credit gets a 502 once the send timeout
     passed; the server forgets the stream and the tunnel stays up."""
+    # This hand-driven agent answers no request: the server's health probe would hold a stream.
+    monkeypatch.setattr(TunnelSessions, "probe_health", False)
     sandbox_id, token = await _register(world)
     stingy = encode(Hello(VERSION, 256 * 1024, 1024, 20.0))  # 1 KiB per stream, never more
     async with raw_agent(world, sandbox_id, token) as ws:

@@ -20,6 +20,7 @@ import trio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from agentserver.sandboxes.tunnel_session import TunnelSessions
 from tests.conftest import Server
 from tests.integration.test_proxy_front import Wire, header
 from tests.support.accounts import owner_of_workspace
@@ -324,8 +325,10 @@ async def tunnel(server: Server, tmp_path: Path) -> AsyncIterator[TunnelWorld]:
 
 
 @pytest.fixture
-async def laptop(nursery: trio.Nursery) -> RecordingUpstream:
+async def laptop(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> RecordingUpstream:
     """The laptop's "opencode": the recording h11 server, reached by the agent."""
+    # The tests read the laptop's requests in order: no health probes among them.
+    monkeypatch.setattr(TunnelSessions, "probe_health", False)
     up: RecordingUpstream = await nursery.start(serve_upstream, RecordingUpstream())
     return up
 

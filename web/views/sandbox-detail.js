@@ -3,7 +3,7 @@
 import { useEffect, useState } from '../vendor/hooks.module.js';
 import { get, path } from '../api.js';
 import { canOnSandbox } from '../roles.js';
-import { html, Empty, ErrorBox, Link, Loading, navigate, number, StatusBadge, useAction, when } from '../ui.js';
+import { ago, html, Empty, ErrorBox, Link, Loading, navigate, number, StatusBadge, useAction, when } from '../ui.js';
 import { PrivateBadge, SandboxActions, sandboxFacts, useSandboxes } from './sandboxes.js';
 import { useUsage } from './usage.js';
 
@@ -114,6 +114,8 @@ export function SandboxDetail({ workspace, me, sandboxId, onGone }) {
         <dt>Created by</dt><dd>${creator || sandbox.createdBy || '—'}</dd>
         <dt>Created</dt><dd>${when(sandbox.createdAt)}</dd>
         <dt>Last activity</dt><dd>${when(sandbox.lastActivityAt)}</dd>
+        ${sandbox.type === 'local' && html`
+          <dt>Agent last seen</dt><dd class="last-seen">${sandbox.status === 'running' ? 'now (connected)' : `${ago(sandbox.lastSeenAt)} (${when(sandbox.lastSeenAt)})`}</dd>`}
         <dt>Paused at</dt><dd>${when(sandbox.pausedAt)}</dd>
         ${pauseText(sandbox) && html`<dt>Why paused</dt><dd data-pause-reason>${pauseText(sandbox)}</dd>`}
         <dt>Updated</dt><dd>${when(sandbox.updatedAt)}</dd>

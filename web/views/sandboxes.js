@@ -5,7 +5,7 @@
 import { useEffect, useRef, useState } from '../vendor/hooks.module.js';
 import { del, get, patch, path, post } from '../api.js';
 import { can, canOnSandbox } from '../roles.js';
-import { html, Confirm, Empty, ErrorBox, LaptopIcon, Link, Loading, StatusBadge, TRANSITIONAL, useAction } from '../ui.js';
+import { ago, html, Confirm, Empty, ErrorBox, LaptopIcon, Link, Loading, StatusBadge, TRANSITIONAL, useAction, when } from '../ui.js';
 import { AgentDialog } from './agent-dialog.js';
 import { CharCount, nameTooLong } from './name-length.js';
 
@@ -254,6 +254,8 @@ function SandboxRow({ workspace, sandbox, me, upsert, remove }) {
       <span class=${`badge type-${sandbox.type}`}>${sandbox.type}</span>
       <${PrivateBadge} sandbox=${sandbox} />
       ${sandbox.statusReason && html`<span class="reason">${sandbox.statusReason}</span>`}
+      ${sandbox.type === 'local' && sandbox.status === 'offline' && html`
+        <span class="last-seen muted small" title=${when(sandbox.lastSeenAt)}>last seen ${ago(sandbox.lastSeenAt)}</span>`}
     </div>
     <${SandboxActions} workspace=${workspace} sandbox=${sandbox} me=${me} onChange=${upsert} onDeleted=${remove} />
   </li>`;
@@ -277,6 +279,6 @@ export function Sandboxes({ workspace, me, types, onGone }) {
     ${sandboxes && sandboxes.length > 0 && html`<ul class="list" aria-label="Sandboxes">
       ${sandboxes.map((s) => html`<${SandboxRow} key=${s.id} workspace=${workspace} sandbox=${s} me=${me} upsert=${upsert} remove=${remove} />`)}
     </ul>`}
-    ${agent && html`<${AgentDialog} workspace=${workspace} onClose=${() => setAgent(false)} />`}
+    ${agent && html`<${AgentDialog} workspace=${workspace} sandboxes=${sandboxes} onClose=${() => setAgent(false)} />`}
   </section>`;
 }

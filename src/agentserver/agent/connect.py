@@ -3,8 +3,11 @@
 The agent dials out (`ws(s)://<server>/api/tunnel/<sandboxId>`, token in the Authorization
 header), and forwards every request the server opens on the tunnel to the local opencode
 (forward.py). It reconnects forever with exponential backoff and full jitter (1 s up to 60 s,
-reset after a healthy connection), and stops with exit status 1 when the server refuses the
-token (the sandbox was deleted or its token revoked).
+reset after a healthy connection). A connection that was up and ended (the server went away to
+restart, or the link broke) starts again from 1 s with waits capped at a few seconds for a while,
+so an agent is back within seconds of a server restart. It stops with exit status 1 when the
+server refuses the token (the sandbox was deleted or its token revoked). Every status line says
+what happened in words (`describe`), never an exception's class name.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import trio_websocket
 from agentserver.agent.forward import Forwarder
 from agentserver.kinds import OPENCODE
 from agentserver.tunnel import (
+    SERVER_RESTARTING,
     ProtocolError,
     Role,
     Settings,
+    Tunnel,
     TunnelClosed,
     WebSocketLink,
     masking,
@@ -39,6 +44,9 @@ from agentserver.tunnel import (
 DEFAULT_CONFIG = "~/.agentserver/agent.json"
 DEFAULT_OPENCODE_URL = f"http://localhost:{OPENCODE.port}"
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0
+# After a connection that was up ends: waits capped at RESTART_CAP for RESTART_TRIES attempts
+# (about a minute of a server restarting), then the usual doubling to BACKOFF_CAP.
+RESTART_CAP, RESTART_TRIES = 3.0, 20
 HEALTHY_AFTER = 30.0  # seconds connected after which the backoff starts again from 1 s
 PING_INTERVAL = 20.0
 # What the agent accepts from the server: 256 KiB frames, 2 MiB of credit per stream (see the
@@ -147,25 +155,45 @@ async def register(server: str, code: str, name: str) -> AgentConfig:
 
 
 class Backoff:
-    """Exponential backoff with full jitter: a random wait up to 1, 2, 4 … 60 s."""
+    """Exponential backoff with full jitter: a random wait up to 1, 2, 4 … 60 s.
+
+    `lost()` is for a connection that was up and ended: the next waits start again from the
+    first and stay under `restart_cap` for `restart_tries` attempts (a server restarting
+    refuses connections for a few seconds; an agent must not wait a minute for it)."""
 
     def __init__(
         self,
         first: float = BACKOFF_FIRST,
         cap: float = BACKOFF_CAP,
         rng: random.Random | None = None,
+        *,
+        restart_cap: float = RESTART_CAP,
+        restart_tries: int = RESTART_TRIES,
     ) -> None:
         self.first, self.cap = first, cap
+        self.restart_cap, self.restart_tries = restart_cap, restart_tries
         self.attempt = 0
+        self.quick = 0  # attempts left under restart_cap
         self._rng = rng or random.Random()
 
+    def ceiling(self) -> float:
+        """The longest the next wait may be."""
+        cap = min(self.cap, self.restart_cap) if self.quick > 0 else self.cap
+        return min(cap, self.first * 2.0**self.attempt)
+
     def next(self) -> float:
-        ceiling = min(self.cap, self.first * 2**self.attempt)
+        ceiling = self.ceiling()
         self.attempt = min(self.attempt + 1, 32)
+        self.quick = max(self.quick - 1, 0)
         return self._rng.uniform(0, ceiling)
 
     def reset(self) -> None:
         self.attempt = 0
+
+    def lost(self) -> None:
+        """A connection that was up ended: reconnect soon, and keep retrying quickly."""
+        self.attempt = 0
+        self.quick = self.restart_tries
 
 
 class Session:
@@ -183,6 +211,8 @@ class Session:
         self.forwarder = forwarder
         self.say = say
         self.url = tunnel_url(config, server)
+        self.server = normalise_server(server or config.server)
+        self.tunnel: Tunnel | None = None  # the current or last tunnel
         self.backoff = backoff or Backoff()
         self.connected = trio.Event()  # set on the first successful connection
         self.connections = 0
@@ -194,6 +224,8 @@ class Session:
         """Reconnect forever; raises AgentError when the server refuses the token."""
         while True:
             self.say(f"connecting to {self.url}")
+            self.tunnel = None
+            up = self.connections
             try:
                 await self.connect_once()
                 reason = "the server closed the tunnel"
@@ -201,15 +233,26 @@ class Session:
                 refused = _refused(exc)
                 if refused is not None:
                     raise AgentError(
-                        f"the server refused this agent's token (HTTP {refused}): the sandbox "
-                        "was deleted or its token revoked; register again with --code"
+                        "token revoked: register again with a new code (the server answered "
+                        f"HTTP {refused}: the sandbox was deleted or its token revoked)"
                     ) from None
                 if not _retryable(exc):
                     raise
-                reason = describe(exc)
+                reason = describe(exc, self.server)
+            if self.connections > up:  # it was up: the server restarts, or the link broke
+                self.backoff.lost()
+                going_away = self.going_away()
+                if going_away is not None:
+                    reason = _go_away_reason(going_away)
+                else:
+                    reason = f"connection to the server lost: {reason}"
             delay = self.backoff.next()
-            self.say(f"disconnected ({reason}); reconnecting in {delay:.1f} s")
+            self.say(f"{reason}, reconnecting in {_seconds(delay)}")
             await self.wait(delay)
+
+    def going_away(self) -> str | None:
+        """The go-away message the server sent on the last tunnel, if it sent one."""
+        return None if self.tunnel is None else self.tunnel.peer_going_away
 
     async def connect_once(self) -> None:
         headers = [(b"authorization", f"Bearer {self.config.tunnelToken}".encode())]
@@ -229,7 +272,8 @@ class Session:
                 role=Role.CLIENT,
                 settings=AGENT_SETTINGS,
                 handler=self.forwarder.handle,
-            ):  # served until it ends, which also ends this block
+            ) as tunnel:  # served until it ends, which also ends this block
+                self.tunnel = tunnel
                 self.connections += 1
                 self.connected.set()
                 self.say(
@@ -272,15 +316,42 @@ def _retryable(exc: BaseException) -> bool:
     return all(isinstance(leaf, _RETRYABLE) for leaf in _leaves(exc))
 
 
-def describe(exc: BaseException) -> str:
+def _go_away_reason(message: str) -> str:
+    if message == SERVER_RESTARTING or "restart" in message:
+        return SERVER_RESTARTING
+    return f"the server closed the tunnel ({message})"
+
+
+def _seconds(delay: float) -> str:
+    return f"{delay:.1f} s" if delay < 10 else f"{delay:.0f} s"
+
+
+def describe(exc: BaseException, server: str = "the server") -> str:
+    """What went wrong, in words (never just an exception's class name)."""
     exc = _leaves(exc)[0]
     if isinstance(exc, trio_websocket.ConnectionRejected):
-        return f"the server answered HTTP {exc.status_code}"
+        if exc.status_code in (502, 503, 504):
+            return f"server at {server} not ready (HTTP {exc.status_code}): restarting?"
+        return f"the server at {server} answered HTTP {exc.status_code} instead of a tunnel"
+    if isinstance(exc, trio_websocket.HandshakeError):
+        return f"server at {server} closed the connection before the tunnel opened"
+    if isinstance(exc, trio_websocket.ConnectionClosed):
+        if exc.reason is None:
+            return "the server closed the connection"
+        why = f": {exc.reason.reason}" if exc.reason.reason else ""
+        return f"the connection closed (WebSocket {exc.reason.code} {exc.reason.name}{why})"
     if isinstance(exc, TunnelClosed):
-        return str(exc)
+        return str(exc) or "the tunnel closed"
+    if isinstance(exc, trio.TooSlowError):
+        return f"server unreachable at {server}: no answer in time"
     if isinstance(exc, OSError):
-        return f"cannot reach the server: {exc.strerror or exc}"
-    return str(exc) or type(exc).__name__
+        why = (exc.strerror or str(exc) or "network error").lower()
+        return f"server unreachable at {server}: {why}"
+    if isinstance(exc, ProtocolError):
+        return f"tunnel protocol error: {exc}"
+    if isinstance(exc, trio.BrokenResourceError):
+        return "the connection to the server broke"
+    return str(exc) or f"unexpected error ({type(exc).__name__})"
 
 
 async def connect(

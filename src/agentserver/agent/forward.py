@@ -42,6 +42,9 @@ _UNSENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
 # whatever has arrived. httpcore has no per-client option for it, so this sets its class
 # default in the agent's process.
 UPSTREAM_READ = 256 * 1024
+# On the 502 for an unreachable opencode: where the agent looked (sandboxes/agent_health.py
+# reads it for the sandbox's status reason).
+UNREACHABLE_HEADER = "x-agentserver-opencode-unreachable"
 httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = max(
     httpcore.AsyncHTTP11Connection.READ_NUM_BYTES, UPSTREAM_READ
 )
@@ -169,7 +172,12 @@ class Forwarder:
                 await response.aclose()
 
     async def _answer(
-        self, stream: TunnelStream, status: int, content_type: str, body: bytes
+        self,
+        stream: TunnelStream,
+        status: int,
+        content_type: str,
+        body: bytes,
+        extra: Sequence[tuple[str, str]] = (),
     ) -> None:
         await stream.send_response_head(
             status,
@@ -177,6 +185,7 @@ class Forwarder:
                 ("content-type", content_type),
                 ("content-length", str(len(body))),
                 ("cache-control", "no-store"),
+                *extra,
             ],
         )
         await stream.send_all(body)
@@ -195,7 +204,9 @@ class Forwarder:
             f"<p>Start opencode there (<code>opencode serve --port {OPENCODE.port}</code>) or run "
             "the agent with the right <code>--opencode-url</code>, then reload this page.</p>"
         ).encode()
-        await self._answer(stream, 502, "text/html; charset=utf-8", page)
+        # The header tells the server's health probe where opencode was expected.
+        unreachable = [(UNREACHABLE_HEADER, self.base_url)]
+        await self._answer(stream, 502, "text/html; charset=utf-8", page, unreachable)
 
     def _seen_reachable(self) -> None:
         if self._reachable is False:

@@ -78,6 +78,7 @@ def create_app(deps: Deps) -> QuartTrio:
         admin,
         agents,
         auth,
+        downloads,
         health,
         members,
         oidc,
@@ -89,7 +90,12 @@ def create_app(deps: Deps) -> QuartTrio:
     )
 
     routes = (health, auth, workspaces, members, admin, oidc, usage, sandbox_open, sandboxes)
-    for module in (*routes, agents, web):  # web last: its catch-all serves client-side routes
+    for module in (
+        *routes,
+        agents,
+        downloads,
+        web,
+    ):  # web last: its catch-all serves client-side routes
         app.register_blueprint(module.blueprint)
 
     @app.before_request

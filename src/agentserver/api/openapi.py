@@ -85,6 +85,7 @@ SANDBOX = obj(
     pausedBy=NULLABLE_STRING,
     pausedIdleSeconds={"type": ["number", "null"]},
     private={"type": "boolean"},
+    lastSeenAt=TIME,
 )
 # Someone else's private sandbox, to a member who may not open it: that it exists, no more.
 WITHHELD_SANDBOX = obj(
@@ -230,6 +231,14 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("GET", "/api/workspaces/{workspace_id}/usage"): {"200": json_answer(USAGE, "LLM usage")},
     ("POST", "/api/workspaces/{workspace_id}/agent-code"): {
         "201": json_answer(obj(code=STRING, expiresAt=TIME), "a one-time registration code")
+    },
+    ("GET", "/api/agent/install"): {
+        "200": json_answer(
+            obj(version=STRING, download=NULLABLE_STRING), "how to install the local agent"
+        )
+    },
+    ("GET", "/downloads/agentserver.pyz"): {
+        "200": typed("application/zip", "the agent as a zipapp, when one was configured")
     },
     ("POST", "/api/agent/register"): {
         "201": json_answer(

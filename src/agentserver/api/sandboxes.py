@@ -94,6 +94,8 @@ def sandbox_json(sandbox: Sandbox, settings: Settings) -> dict[str, Any]:
         "pausedIdleSeconds": sandbox.paused_idle_seconds,
         "url": sandbox_url(sandbox, settings),
         "private": sandbox.private,
+        # A local agent's last heartbeat (shown as "last seen" while it is offline).
+        "lastSeenAt": rfc3339(sandbox.last_heartbeat_at),
     }
 
 

@@ -18,9 +18,11 @@ import trio
 from agentserver.db.database import Database
 from agentserver.errors import AgentServerError
 from agentserver.models import Sandbox, SandboxStatus
+from agentserver.sandboxes.agent_health import opencode_health
 from agentserver.sandboxes.service import Sandboxes
 from agentserver.settings import Settings
 from agentserver.tunnel import (
+    SERVER_RESTARTING,
     Hub,
     MessageLink,
     Role,
@@ -69,6 +71,10 @@ async def open_tunnel_sessions(
 class TunnelSessions:
     """Serves each agent's tunnel for as long as it lasts, keeping the sandbox's status true."""
 
+    # Ask the agent's opencode `GET /global/health` on each heartbeat (agent_health.py); tests
+    # driving an agent by hand, which answers no request, turn it off.
+    probe_health = True
+
     def __init__(self, settings: Settings, db: Database, hub: Hub, sandboxes: Sandboxes) -> None:
         self.settings = settings
         self.db = db
@@ -97,6 +103,7 @@ class TunnelSessions:
                 settings=self.tunnel_settings(),
                 send_timeout=self.settings.tunnel_send_timeout,
             ) as tunnel:  # the heartbeat below ends with the tunnel
+                tunnel.stop_reason = SERVER_RESTARTING  # only the server stopping cancels it
                 await hub.register(sandbox.id, tunnel)
                 registered = True
                 log.info("local agent of sandbox %s connected", sandbox.id)
@@ -108,13 +115,16 @@ class TunnelSessions:
             with trio.CancelScope(shield=True), trio.move_on_after(STATUS_TIMEOUT):
                 if registered and tunnel is not None and hub.unregister(sandbox.id, tunnel):
                     log.info("local agent of sandbox %s disconnected", sandbox.id)
+                    await self.last_seen(sandbox.id, token_hash)
                     await self.sync_status(sandbox.id)
                 hub.release_lock(sandbox.id)
             if tunnel is not None:
                 hub.finish(tunnel)
 
     async def heartbeat(self, tunnel: Tunnel, sandbox_id: str, token_hash: str) -> None:
-        """Record the agent as alive; close the tunnel once its token is gone (sandbox deleted)."""
+        """Record the agent as alive and whether its opencode answers; close the tunnel once its
+        token is gone (sandbox deleted)."""
+        health: str | None = None  # `running` was just written with no reason
         while not tunnel.closed:
             try:
                 alive = await self.db.exec(
@@ -127,8 +137,34 @@ class TunnelSessions:
                 log.info("sandbox %s was deleted: closing its tunnel", sandbox_id)
                 await tunnel.aclose()
                 return
+            if self.probe_health:
+                health = await self.record_health(tunnel, sandbox_id, health)
             await trio.sleep(HEARTBEAT)
         await trio.lowlevel.checkpoint()  # the tunnel may have closed before the first beat
+
+    async def last_seen(self, sandbox_id: str, token_hash: str) -> None:
+        """Stamp the heartbeat as the tunnel ends: "last seen" is when it went, not a beat ago."""
+        try:
+            await self.db.exec("agent_heartbeat", id=sandbox_id, tunnel_token_hash=token_hash)
+        except AgentServerError as exc:
+            log.warning("last heartbeat of sandbox %s not recorded: %s", sandbox_id, exc.message)
+            await trio.lowlevel.checkpoint()  # the error may come before anything was awaited
+
+    async def record_health(self, tunnel: Tunnel, sandbox_id: str, known: str | None) -> str | None:
+        """Probe the agent's opencode; when the answer changed, write it as the status reason
+        of the running sandbox (and tell the workspace). Returns the answer."""
+        health = await opencode_health(tunnel)
+        if health == known:
+            return known
+        try:
+            row = await self.db.one("agent_set_health", Sandbox, id=sandbox_id, reason=health)
+        except AgentServerError as exc:
+            log.warning("health of sandbox %s not recorded: %s", sandbox_id, exc.message)
+            return known
+        if row is not None:
+            log.info("local sandbox %s: %s", sandbox_id, health or "opencode answers")
+            self.sandboxes.publish(row)
+        return health
 
     async def sync_status(self, sandbox_id: str) -> None:
         """Write `running` or `offline` as the hub says *now*, one writer per sandbox at a time."""

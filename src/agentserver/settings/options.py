@@ -382,6 +382,16 @@ class Settings:
         secret=True,
     )
 
+    # Local agents: what the "connect a local agent" dialog offers for download.
+    agent_zipapp: str | None = setting(
+        "AGENTSERVER_AGENT_ZIPAPP",
+        None,
+        v.optional_text,
+        "A built agentserver.pyz (`nox -s zipapp`) that the server offers at"
+        " /downloads/agentserver.pyz for local agents; unset, the agent dialog shows the"
+        " pip/uvx install command instead.",
+    )
+
     # Not options: fixed for now, or filled in by whoever builds the Settings.
     session_lifetime: float = 7 * 86400.0
     extra: Mapping[str, str] = field(default_factory=dict)

@@ -16,12 +16,13 @@ from .connection import (
 )
 from .errors import StreamResetError, TunnelClosed
 from .frames import ProtocolError, max_message_size
-from .hub import Hub
+from .hub import SERVER_RESTARTING, Hub
 from .links import MessageLink, StreamLink, WebSocketLink
 from .stream import RequestHandler, TunnelStream
 from .transport import Tunnel, open_tunnel
 
 __all__ = [
+    "SERVER_RESTARTING",
     "ErrorCode",
     "Hub",
     "LocalProtocolError",

@@ -13,6 +13,9 @@ import trio
 
 from .transport import Tunnel
 
+# The go-away message of a server that stops: agents read it as "reconnect soon".
+SERVER_RESTARTING = "server restarting"
+
 
 class Hub:
     """Sandbox id → the live `Tunnel` (server side); one per server (`Deps.hub`)."""
@@ -71,8 +74,9 @@ class Hub:
         return True
 
     async def close_all(self) -> None:
+        """The server is stopping: every agent is told so (and reconnects soon)."""
         for tunnel in list(self._tunnels.values()):
-            await tunnel.aclose()
+            await tunnel.aclose(SERVER_RESTARTING)
         await trio.lowlevel.checkpoint()  # there may be none
 
     def status_lock(self, sandbox_id: str) -> trio.Lock:

@@ -113,6 +113,10 @@ class Tunnel:
         self._failure: BaseException | None = None  # why, when the close was a failure
         self._failed = False
         self._peer_closed = False
+        # The go-away message when the tunnel's task is cancelled (its owner is stopping).
+        self.stop_reason = "the tunnel was stopped"
+        # The peer's go-away message once it sent one (a server going away to restart).
+        self.peer_going_away: str | None = None
 
     @property
     def peer_settings(self) -> Settings | None:
@@ -141,14 +145,15 @@ class Tunnel:
                     nursery.start_soon(self._heartbeat)
                     task_status.started()
         finally:
-            self._close("the tunnel was stopped", failed=False)
+            self._close(self.stop_reason, failed=False)
             await self._close_link()
         if self._failed:
             raise TunnelClosed(self.close_reason) from self._failure
 
-    async def aclose(self) -> None:
-        """Close the tunnel: streams fail with `TunnelClosed`, `run` returns."""
-        self._close("closed locally", failed=False)
+    async def aclose(self, reason: str = "closed locally") -> None:
+        """Close the tunnel: streams fail with `TunnelClosed`, `run` returns; the peer gets
+        `reason` in the go-away."""
+        self._close(reason, failed=False)
         await trio.lowlevel.checkpoint()
 
     async def open_request(
@@ -307,6 +312,7 @@ class Tunnel:
             case HelloReceived():
                 self._hello.set()
             case GoAwayReceived():
+                self.peer_going_away = event.message or event.code
                 logger.info("the peer is going away (%s): %s", event.code, event.message)
             case _:  # pings are answered inside the connection; pongs only prove liveness
                 pass

@@ -96,6 +96,7 @@ async def test_sandbox_lifecycle_create_pause_resume_delete(
             "pausedBy",
             "pausedIdleSeconds",
             "private",  # only its creator, owners and maintainers open it (migration 0011)
+            "lastSeenAt",  # a local agent's last heartbeat (shown while it is offline)
         }
     row = await service(sandbox_server).get(sid)
     assert row is not None

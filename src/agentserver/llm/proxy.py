@@ -204,6 +204,7 @@ class LlmProxy:
 
     async def identify(self, token_hash: str) -> Caller | None:
         """The sandbox of a call refused before its token was looked at, if there is one."""
+        await trio.lowlevel.checkpoint()
         try:
             return self.callers.get(token_hash) or await self.lookup(token_hash)
         except Refusal as refusal:

@@ -13,6 +13,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import trio
+
 from agentserver.errors import AgentServerError
 from agentserver.llm.rules import Caller, Refusal
 
@@ -68,6 +70,7 @@ class RefusalCounts:
 
     async def add(self, refusal: Refusal) -> None:
         """Count the refusal; returns once it is written, or handed to a writer in flight."""
+        await trio.lowlevel.checkpoint()
         caller = refusal.caller
         if caller is None:
             return  # no sandbox to show it under (unknown or missing token): logged only

@@ -1,4 +1,5 @@
-// LLM usage of a workspace: tokens by day (a bar chart) and tables by sandbox and by model.
+// LLM usage of a workspace: tokens by day (a bar chart), tables by sandbox and by model, and the
+// calls the proxy refused (per sandbox and reason), shown apart since they used no tokens.
 
 import { useEffect, useState } from '../vendor/hooks.module.js';
 import { get, path } from '../api.js';

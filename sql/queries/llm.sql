@@ -109,3 +109,23 @@ SELECT c.id AS sandbox_id, c.workspace_id, c.created_by, c.name, c.status,
        c.rpm AS rpm_override, c.tokens_per_day AS tokens_per_day_override,
        (SELECT id FROM started) AS row_id
 FROM caller c;
+
+-- name: llm_refusal_add :exec
+-- Adds `count` refused calls to the sandbox's row for this reason and hour.
+INSERT INTO llm_refusals (workspace_id, sandbox_id, sandbox_name, reason, bucket, count, last_at,
+                          last_model)
+VALUES (:workspace_id, :sandbox_id, :sandbox_name, :reason, date_trunc('hour', now()), :count, now(),
+        :model)
+ON CONFLICT (workspace_id, sandbox_id, reason, bucket) DO UPDATE
+SET count = llm_refusals.count + excluded.count, last_at = excluded.last_at,
+    sandbox_name = excluded.sandbox_name,
+    last_model = coalesce(excluded.last_model, llm_refusals.last_model);
+
+-- name: llm_refusals_by_sandbox :many
+-- Refused calls in the period (whole hours), per sandbox and reason.
+SELECT r.sandbox_id, max(r.sandbox_name) AS sandbox_name, r.reason,
+       sum(r.count)::bigint AS count, max(r.last_at) AS last_at
+FROM llm_refusals r
+WHERE r.workspace_id = :workspace_id
+  AND r.bucket >= date_trunc('hour', CAST(:since AS timestamptz)) AND r.bucket < :until
+GROUP BY r.sandbox_id, r.reason ORDER BY max(r.sandbox_name), r.sandbox_id, r.reason;

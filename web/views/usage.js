@@ -1,4 +1,5 @@
-// LLM usage of a workspace: tokens by day (a bar chart) and tables by sandbox and by model.
+// LLM usage of a workspace: tokens by day (a bar chart), tables by sandbox and by model, and the
+// calls the proxy refused (per sandbox and reason), shown apart since they used no tokens.
 
 import { useEffect, useState } from '../vendor/hooks.module.js';
 import { get, path } from '../api.js';
@@ -27,13 +28,40 @@ export function usageRow(row) {
   };
 }
 
-/** The usage answer as {byDay, bySandbox, byModel}, each a list of usageRow. */
+// What each refusal code of the LLM proxy means, in a few words.
+const REASONS = {
+  quota_reached: 'quota reached',
+  rate_limited: 'rate limit reached',
+  model_not_allowed: 'model not allowed',
+  no_credentials: 'no Anthropic credentials on the server',
+  sandbox_inactive: 'sandbox not running',
+  token_revoked: 'token revoked',
+  unknown_token: 'unknown token',
+  route_not_forwarded: 'endpoint not forwarded',
+  too_large: 'request too large',
+  bad_request: 'malformed request',
+};
+
+/** One refusal row: a sandbox, a reason, how many times and when last. */
+export function refusedRow(row) {
+  const code = String(pick(row, 'reason') || 'refused');
+  return {
+    sandboxId: pick(row, 'sandboxId', 'sandbox_id'),
+    sandboxName: pick(row, 'sandboxName', 'sandbox_name', 'sandboxId') || '(deleted sandbox)',
+    reason: REASONS[code] || code.replaceAll('_', ' '),
+    count: Number(pick(row, 'count') || 0),
+    lastAt: pick(row, 'lastAt', 'last_at'),
+  };
+}
+
+/** The usage answer as {byDay, bySandbox, byModel}, each a list of usageRow, and `refused`. */
 export function readUsage(data) {
   const list = (...names) => (pick(data || {}, ...names) || []).map(usageRow);
   return {
     byDay: list('byDay', 'days', 'by_day'),
     bySandbox: list('bySandbox', 'sandboxes', 'by_sandbox'),
     byModel: list('byModel', 'models', 'by_model'),
+    refused: (pick(data || {}, 'refused') || []).map(refusedRow),
     limits: (data && data.limits) || null,
   };
 }
@@ -88,6 +116,32 @@ function Limits({ limits }) {
   return html`<p class="muted">Limits for this workspace: ${rpm}, ${daily}.</p>`;
 }
 
+const clock = (when) => {
+  const date = new Date(when);
+  if (Number.isNaN(date.getTime())) return '';
+  return date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hour12: false });
+};
+
+/** Calls the proxy turned away, per sandbox: "refused: 12 × quota reached, last 14:03". */
+export function RefusedCalls({ rows }) {
+  if (!rows || rows.length === 0) return null;
+  const sandboxes = [];
+  for (const row of rows) {
+    const key = row.sandboxId || row.sandboxName;
+    let entry = sandboxes.find((s) => s.key === key);
+    if (!entry) sandboxes.push((entry = { key, name: row.sandboxName, rows: [] }));
+    entry.rows.push(row);
+  }
+  return html`<section class="refused" aria-labelledby="refused-title">
+    <h2 id="refused-title">Refused calls</h2>
+    <p class="muted small">Calls the server answered itself without reaching Anthropic; they used no tokens.</p>
+    <ul class="refused-list">${sandboxes.map((s) => html`<li data-sandbox=${s.key}>
+      <strong>${s.name}</strong>${' '}
+      ${s.rows.map((r, i) => html`<span class="refused-reason">${i > 0 ? '; ' : ''}refused: ${number(r.count)} × ${r.reason}, last ${clock(r.lastAt)}</span>`)}
+    </li>`)}</ul>
+  </section>`;
+}
+
 export function Usage({ workspace }) {
   const { usage, error } = useUsage(workspace.id);
   const empty = usage && usage.byDay.length === 0 && usage.bySandbox.length === 0;
@@ -97,6 +151,7 @@ export function Usage({ workspace }) {
     ${!usage && !error && html`<${Loading} what="Loading usage" />`}
     ${empty && html`<${Empty}>No LLM calls yet. Sandboxes reach Anthropic through this server, and their token use shows up here.<//>`}
     ${usage && html`<${Limits} limits=${usage.limits} />`}
+    ${usage && html`<${RefusedCalls} rows=${usage.refused} />`}
     ${usage && !empty && html`
       ${usage.byDay.length > 0 && html`<${DayChart} days=${usage.byDay} />`}
       <div class="scroll"><${UsageTable} rows=${usage.byDay} label=${['Day', 'day']} caption="By day" /></div>

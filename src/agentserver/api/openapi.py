@@ -124,6 +124,9 @@ USAGE = obj(
     byDay=array(obj(day=STRING, **COUNTS)),
     bySandbox=array(obj(sandboxId=NULLABLE_STRING, sandboxName=NULLABLE_STRING, **COUNTS)),
     byModel=array(obj(model=NULLABLE_STRING, **COUNTS)),
+    refused=array(
+        obj(sandboxId=STRING, sandboxName=STRING, reason=STRING, count=COUNT, lastAt=TIME)
+    ),
     limits=LIMITS,
 )
 PROVIDER = obj(id=STRING, name=STRING, loginUrl=STRING)

@@ -92,6 +92,17 @@ def counts_json(row: dict[str, Any]) -> dict[str, int]:
     }
 
 
+def refused_json(row: dict[str, Any]) -> dict[str, Any]:
+    """Calls the proxy refused (counted per hour, so the period is read in whole hours)."""
+    return {
+        "sandboxId": row["sandbox_id"],
+        "sandboxName": row["sandbox_name"],
+        "reason": row["reason"],
+        "count": int(row["count"]),
+        "lastAt": rfc3339(row["last_at"]),
+    }
+
+
 def totals(rows: list[dict[str, Any]]) -> dict[str, int]:
     return counts_json({name: sum(int(r[name]) for r in rows) for name in _COUNTS})
 
@@ -117,7 +128,8 @@ async def limits_json(workspace_id: str) -> dict[str, Any]:
 @blueprint.get("/api/workspaces/<workspace_id>/usage")
 @validate_querystring(UsageQuery)
 async def workspace_usage(workspace_id: str, query_args: UsageQuery) -> dict[str, Any]:
-    """LLM calls and tokens of the workspace, per day, per sandbox and per model."""
+    """LLM calls and tokens of the workspace, per day, per sandbox and per model, and the
+    calls the proxy refused, per sandbox and reason."""
     await require(workspace_id, Action.VIEW_USAGE)
     since, until = period(query_args)
     db = deps().db
@@ -125,6 +137,7 @@ async def workspace_usage(workspace_id: str, query_args: UsageQuery) -> dict[str
     by_day = await db.rows("llm_usage_by_day", **params)
     by_sandbox = await db.rows("llm_usage_by_sandbox", **params)
     by_model = await db.rows("llm_usage_by_model", **params)
+    refused = await db.rows("llm_refusals_by_sandbox", **params)
     return {
         "from": rfc3339(since),
         "to": rfc3339(until),
@@ -135,6 +148,7 @@ async def workspace_usage(workspace_id: str, query_args: UsageQuery) -> dict[str
             for r in by_sandbox
         ],
         "byModel": [{"model": r["model"], **counts_json(r)} for r in by_model],
+        "refused": [refused_json(r) for r in refused],
         "limits": (await limits_json(workspace_id))["effective"],
     }
 

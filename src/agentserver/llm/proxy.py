@@ -16,6 +16,7 @@ from agentserver.auth.tokens import hash_token
 from agentserver.db.database import Tx
 from agentserver.deps import Deps
 from agentserver.errors import AgentServerError
+from agentserver.llm.refusals import RefusalCounts, RefusalLog
 from agentserver.llm.rules import (
     PREFIX,
     Caller,
@@ -62,7 +63,7 @@ async def read_body(receive: Receive, limit: int, headers: list[tuple[bytes, byt
     """The whole request body, counted as it arrives: a lying Content-Length cannot get past."""
     declared = dict(headers).get(b"content-length", b"").strip()
     if declared.isdigit() and int(declared) > limit:
-        raise Refusal(413, f"the request body is larger than {limit} bytes")
+        raise Refusal(413, f"the request body is larger than {limit} bytes", reason="too_large")
     body = bytearray()
     while True:
         message = await receive()
@@ -70,7 +71,7 @@ async def read_body(receive: Receive, limit: int, headers: list[tuple[bytes, byt
             raise ClientGone
         body += message.get("body", b"")
         if len(body) > limit:
-            raise Refusal(413, f"the request body is larger than {limit} bytes")
+            raise Refusal(413, f"the request body is larger than {limit} bytes", reason="too_large")
         if not message.get("more_body"):
             return bytes(body)
 
@@ -90,6 +91,15 @@ class Admission:
     route: Route
     requested: Requested
     body_size: int
+
+
+@dataclass(slots=True)
+class Seen:
+    """What admission learnt of a call before it was refused."""
+
+    token_hash: str | None = None
+    caller: Caller | None = None
+    model: str | None = None
 
 
 class Call:
@@ -132,11 +142,15 @@ class LlmProxy:
         self.callers = CallerCache()
         self.unknown = UnknownTokens()
         self.lookups = trio.CapacityLimiter(LOOKUPS_AT_ONCE)
+        self.refusal_log = RefusalLog()
+        self.refusal_counts = RefusalCounts(self.write_refusals)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             call, request = await self.admit(scope, receive)
         except Refusal as refusal:
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await self.refused(refusal)
             await send_error(send, refusal)
             return
         except ClientGone:
@@ -155,21 +169,70 @@ class LlmProxy:
             with trio.CancelScope(shield=True), trio.move_on_after(10):
                 await self.finish(call)
 
+    async def refused(self, refusal: Refusal) -> None:
+        """Log the refusal (rate-limited) and count it for the Usage page (bounded)."""
+        self.refusal_log.note(refusal)
+        await self.refusal_counts.add(refusal)
+
+    async def write_refusals(
+        self, caller: Caller, reason: str, count: int, model: str | None
+    ) -> None:
+        await self.deps.db.exec(
+            "llm_refusal_add",
+            workspace_id=caller.workspace_id,
+            sandbox_id=caller.sandbox_id,
+            sandbox_name=caller.name,
+            reason=reason,
+            count=count,
+            model=model,
+        )
+
     async def admit(self, scope: Scope, receive: Receive) -> tuple[Call, httpx.Request]:
-        """Every check before anything leaves for Anthropic; returns the call and its request."""
+        """Every check before anything leaves for Anthropic; returns the call and its request.
+        A refusal carries the caller and model when they were known by then."""
+        seen = Seen()
+        try:
+            return await self.checked(scope, receive, seen)
+        except Refusal as refusal:
+            if refusal.status == 404 and seen.caller is None and seen.token_hash:
+                seen.caller = await self.identify(seen.token_hash)
+            refusal.caller = refusal.caller or seen.caller
+            refusal.model = refusal.model or seen.model
+            if refusal.status == 401 and refusal.caller is not None:
+                refusal.reason = "token_revoked"  # its sandbox was deleted since it was cached
+            raise
+
+    async def identify(self, token_hash: str) -> Caller | None:
+        """The sandbox of a call refused before its token was looked at, if there is one."""
+        await trio.lowlevel.checkpoint()
+        try:
+            return self.callers.get(token_hash) or await self.lookup(token_hash)
+        except Refusal as refusal:
+            return refusal.caller
+
+    async def checked(
+        self, scope: Scope, receive: Receive, seen: Seen
+    ) -> tuple[Call, httpx.Request]:
         headers: list[tuple[bytes, bytes]] = [(k.lower(), v) for k, v in scope["headers"]]
         token = proxy_token(headers)
         if token is None:
-            raise Refusal(401, "missing api key: send the sandbox's proxy token in x-api-key")
+            raise Refusal(
+                401,
+                "missing api key: send the sandbox's proxy token in x-api-key",
+                reason="missing_token",
+            )
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        token_hash = seen.token_hash = hash_token(token)
         url = upstream_url(self.settings, raw_path, scope.get("query_string", b""))
         route = route_for(scope["method"], raw_path)
-        token_hash = hash_token(token)
-        caller = self.callers.get(token_hash) or await self.lookup(token_hash)
+        caller = seen.caller = self.callers.get(token_hash) or await self.lookup(token_hash)
         if not (self.settings.anthropic_api_key or self.settings.anthropic_auth_token):
-            raise Refusal(503, "the server has no Anthropic credentials configured")
+            raise Refusal(
+                503, "the server has no Anthropic credentials configured", reason="no_credentials"
+            )
         body = await read_body(receive, self.settings.llm_max_body, headers)
         requested = read_request(body, dict(headers).get(b"content-type", b"").decode("latin-1"))
+        seen.model = requested.model
         check_model(self.settings, requested.model, required=route.names_model)
         try:
             request = self.client.build_request(
@@ -184,6 +247,7 @@ class LlmProxy:
                 lambda tx: self.start_row(tx, scope, call, token_hash, admission)
             )
         except Refusal as refusal:
+            seen.caller = call.caller
             if refusal.status in (401, 403):
                 self.callers.forget(token_hash)
             if refusal.status == 401:
@@ -196,7 +260,7 @@ class LlmProxy:
         """The sandbox of a token the cache does not know: one query, a few at once at most;
         a token that belongs to no sandbox is remembered briefly and costs no further query."""
         if token_hash in self.unknown:
-            raise Refusal(401, "invalid api key")
+            raise Refusal(401, "invalid api key", reason="unknown_token")
         async with self.lookups:
             found = await self.deps.db.one("llm_caller_by_token", Caller, token_hash=token_hash)
         if found is None:

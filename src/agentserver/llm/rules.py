@@ -66,11 +66,22 @@ ROUTES = (
 class Refusal(Exception):
     """A call we answer ourselves, in Anthropic's error shape so SDK clients show the message."""
 
-    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        reason: str = "bad_request",
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        self.reason = reason  # a short code, logged and shown on the Usage page
+        # Who was refused and for which model, when known by the time of the refusal.
+        self.caller: Caller | None = None
+        self.model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +192,7 @@ def upstream_url(settings: Settings, raw_path: bytes, query: bytes) -> str:
     """The base URL (its path kept) + the path after our prefix + the query string."""
     rest = raw_path[len(PREFIX) :].decode("ascii", "replace") or "/"
     if not rest.startswith("/"):
-        raise Refusal(404, "no such route")
+        raise Refusal(404, "no such route", reason="route_not_forwarded")
     if any(part in (".", "..") for part in unquote(rest).split("/")):
         raise Refusal(400, "the path may not contain . or .. segments")
     url = settings.anthropic_base_url.rstrip("/") + rest
@@ -195,7 +206,11 @@ def route_for(method: str, raw_path: bytes) -> Route:
         if route.method == method and route.path.fullmatch(rest):
             return route
     shown = rest[:100] or "/"
-    raise Refusal(404, f"{method} {shown} is not an endpoint this proxy forwards")
+    raise Refusal(
+        404,
+        f"{method} {shown} is not an endpoint this proxy forwards",
+        reason="route_not_forwarded",
+    )
 
 
 def upstream_headers(
@@ -297,17 +312,27 @@ def check_model(settings: Settings, model: str | None, *, required: bool = False
         return
     if model is None:
         if required:
-            raise Refusal(400, "this server allows only some models: name one in a JSON body")
+            raise Refusal(
+                400,
+                "this server allows only some models: name one in a JSON body",
+                reason="model_not_allowed",
+            )
         return
     if not any(fnmatch.fnmatchcase(model, p) for p in allowed):
-        raise Refusal(403, f"model {model!r} is not allowed on this server")
+        raise Refusal(
+            403, f"model {model!r} is not allowed on this server", reason="model_not_allowed"
+        )
 
 
 def check_caller(caller: Caller | None) -> Caller:
     if caller is None:
-        raise Refusal(401, "invalid api key")
+        raise Refusal(401, "invalid api key", reason="unknown_token")
     if caller.status not in ACTIVE:
-        raise Refusal(403, f"sandbox is not active (it is {caller.status})")
+        refusal = Refusal(
+            403, f"sandbox is not active (it is {caller.status})", reason="sandbox_inactive"
+        )
+        refusal.caller = caller
+        raise refusal
     return caller
 
 
@@ -341,6 +366,7 @@ def check_limits(rpm: int, per_day: int, load: dict[str, Any], incoming: int = 0
             429,
             f"this workspace may make {rpm} LLM requests per minute",
             retry_after=max(1, load["window_frees_in"]),
+            reason="rate_limited",
         )
     used = load["tokens_today"]
     if not per_day or (used + incoming <= per_day and used < per_day):
@@ -352,4 +378,4 @@ def check_limits(rpm: int, per_day: int, load: dict[str, Any], incoming: int = 0
             f"this call's input (about {incoming} tokens) does not fit in the"
             f" {per_day - used} LLM tokens this workspace has left today (UTC)"
         )
-    raise Refusal(429, message, retry_after=max(1, load["day_ends_in"]))
+    raise Refusal(429, message, retry_after=max(1, load["day_ends_in"]), reason="quota_reached")

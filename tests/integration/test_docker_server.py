@@ -277,3 +277,25 @@ def test_serve_says_when_the_docker_daemon_is_unreachable(db_url: str, tmp_path:
     assert result.returncode != 0
     assert "Docker daemon unreachable" in result.stderr
     assert "no-daemon.sock" in result.stderr
+
+
+async def test_docker_opencode_works_on_the_shared_disk(
+    docker_server: Server, nursery: trio.Nursery, client: docker.DockerClient
+) -> None:
+    """opencode's project folder is /data/disk0, the API says so, and a file one sandbox
+    writes there the other sandbox's opencode reads as a path of its project."""
+    api, wid = await owner_with_workspace(docker_server)
+    events = await open_events(nursery, api, wid)
+    first = await create_running(api, events, wid, "a")
+    second = await create_running(api, events, wid, "b")
+    assert first["diskPath"] == second["diskPath"] == "/data/disk0"
+    assert await sh(client, first["id"], "echo from-a > /data/disk0/note.txt") == (0, "")
+    async with await through_proxy(docker_server, api, second["id"]) as sub:
+        path = await sub.get("/path")
+        assert path.status_code == 200, path.text
+        assert path.json()["directory"] == "/data/disk0"
+        content = await sub.get("/file/content", params={"path": "note.txt"})
+        assert content.status_code == 200, content.text
+        assert content.json()["content"].strip() == "from-a"
+    events.close()
+    await api.aclose()

@@ -97,6 +97,7 @@ async def test_sandbox_lifecycle_create_pause_resume_delete(
             "pausedIdleSeconds",
             "private",  # only its creator, owners and maintainers open it (migration 0011)
             "lastSeenAt",  # a local agent's last heartbeat (shown while it is offline)
+            "diskPath",  # where the workspace's shared disk is inside the sandbox
         }
     row = await service(sandbox_server).get(sid)
     assert row is not None

@@ -216,3 +216,15 @@ def test_start_archive_holds_the_start_files_read_only() -> None:
         extracted = tar.extractfile(token)
         assert extracted is not None
         assert extracted.read() == b"proxy-token"
+
+
+def test_opencode_starts_on_the_workspace_disk_and_openclaw_in_its_image_folder() -> None:
+    """opencode's container works in /data/disk0 (its project: the shared disk); OpenClaw's
+    keeps the image's folder, where its command finds openclaw.mjs."""
+    opencode = container_config(spec(), settings())
+    assert opencode["working_dir"] == "/data/disk0"
+    assert (
+        opencode["volumes"][workspace_volume("wsp0000000000001")]["bind"] == opencode["working_dir"]
+    )
+    openclaw = container_config(spec(SandboxType.OPENCLAW), settings(openclaw_image="claw:1"))
+    assert "working_dir" not in openclaw

@@ -121,6 +121,8 @@ export function SandboxDetail({ workspace, me, sandboxId, onGone }) {
         <dt>Updated</dt><dd>${when(sandbox.updatedAt)}</dd>
         <dt>Address</dt><dd class="break">${sandbox.url || '—'}</dd>
         <dt>Id</dt><dd><code>${sandbox.id}</code></dd>
+        ${sandbox.diskPath && html`
+          <dt>Shared workspace disk</dt><dd class="disk-path"><code>${sandbox.diskPath}</code> — files here are shared by every sandbox in this workspace and kept when sandboxes are deleted</dd>`}
       </dl>
     </section>
     ${canOnSandbox(workspace.role, 'view_logs', sandboxFacts(workspace, sandbox, me)) && html`<${Logs} sandbox=${sandbox} />`}

@@ -86,6 +86,8 @@ SANDBOX = obj(
     pausedIdleSeconds={"type": ["number", "null"]},
     private={"type": "boolean"},
     lastSeenAt=TIME,
+    # The workspace's shared disk inside the sandbox (null for a local sandbox).
+    diskPath=NULLABLE_STRING,
 )
 # Someone else's private sandbox, to a member who may not open it: that it exists, no more.
 WITHHELD_SANDBOX = obj(

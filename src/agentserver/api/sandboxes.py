@@ -75,8 +75,11 @@ def sandbox_url(sandbox: Sandbox, settings: Settings) -> str:
     return f"{settings.base_scheme}://{prefix}{sandbox.id}.{settings.domain}/"
 
 
-def sandbox_json(sandbox: Sandbox, settings: Settings) -> dict[str, Any]:
-    """The API shape of a sandbox: never its password, token or internal address."""
+def sandbox_json(
+    sandbox: Sandbox, settings: Settings, disk_path: str | None = None
+) -> dict[str, Any]:
+    """The API shape of a sandbox: never its password, token or internal address.
+    `disk_path`: where its workspace's shared disk is inside it (Sandboxes.disk_path)."""
     return {
         "id": sandbox.id,
         "name": sandbox.name,
@@ -96,6 +99,7 @@ def sandbox_json(sandbox: Sandbox, settings: Settings) -> dict[str, Any]:
         "private": sandbox.private,
         # A local agent's last heartbeat (shown as "last seen" while it is offline).
         "lastSeenAt": rfc3339(sandbox.last_heartbeat_at),
+        "diskPath": disk_path,
     }
 
 
@@ -120,16 +124,18 @@ def facts(sandbox: Sandbox, user_id: str, members_manage_all: bool = False) -> S
     return SandboxFacts(own, sandbox.private, members_manage_all)
 
 
-def shown(sandbox: Sandbox, settings: Settings, user_id: str, role: Role) -> dict[str, Any]:
+def shown(
+    sandbox: Sandbox, sandboxes: Sandboxes, settings: Settings, user_id: str, role: Role
+) -> dict[str, Any]:
     """The sandbox as `user_id` with `role` may see it: in full, or withheld (private)."""
     if may_on_sandbox(role, Action.VIEW_SANDBOX, facts(sandbox, user_id)):
-        return sandbox_json(sandbox, settings)
+        return sandbox_json(sandbox, settings, sandboxes.disk_path(sandbox))
     return withheld_json(sandbox)
 
 
 def render(sandbox: Sandbox) -> dict[str, Any]:
     """`sandbox_json` with this server's settings (inside a request)."""
-    return sandbox_json(sandbox, deps().settings)
+    return sandbox_json(sandbox, deps().settings, service().disk_path(sandbox))
 
 
 async def sandbox_for(sandbox_id: str, action: Action) -> tuple[Sandbox, Role]:
@@ -168,7 +174,9 @@ async def list_sandboxes(workspace_id: str) -> list[dict[str, Any]]:
     """The workspace's sandboxes, oldest first (any member)."""
     user, role = await require(workspace_id, Action.VIEW_SANDBOXES)
     settings = deps().settings
-    return [shown(s, settings, user.id, role) for s in await service().list(workspace_id)]
+    return [
+        shown(s, service(), settings, user.id, role) for s in await service().list(workspace_id)
+    ]
 
 
 @blueprint.post("/workspaces/<workspace_id>/sandboxes")
@@ -208,7 +216,7 @@ async def get_sandbox(sandbox_id: str) -> dict[str, Any]:
     """One sandbox (any member of its workspace; someone else's private one withheld)."""
     sandbox, role = await sandbox_for(sandbox_id, Action.VIEW_SANDBOXES)
     user = await current_user()
-    return shown(sandbox, deps().settings, user.id, role)
+    return shown(sandbox, service(), deps().settings, user.id, role)
 
 
 @blueprint.patch("/sandboxes/<sandbox_id>")
@@ -330,7 +338,7 @@ async def workspace_events(workspace_id: str) -> Response:
 
     # The role is fixed for the stream's life: a role change ends the subscription.
     def view(sandbox: Sandbox) -> dict[str, Any]:
-        return shown(sandbox, settings, user.id, role)
+        return shown(sandbox, svc, settings, user.id, role)
 
     # Subscribe before reading the snapshot, so no change can fall between the two. The
     # subscription names its member: removing them or changing their role ends it.

@@ -88,6 +88,11 @@ class Backend(Protocol):
         """One line for the operator at start-up: what runs sandboxes, and how isolated."""
         ...
 
+    def disk_path(self, workspace_id: str) -> str:
+        """Where the workspace's shared disk is inside its sandboxes (the agents' working
+        directory): /data/disk0, or its real path where sandboxes have no mounts of their own."""
+        ...
+
 
 # Called by a backend when a sandbox stops on its own (crash, exit): (sandbox id, reason).
 # The lifecycle marks it `failed` with that reason.

@@ -132,7 +132,10 @@ def container_config(spec: SandboxSpec, settings: Settings) -> dict[str, Any]:
         "detach": True,
     }
     if kind_of(spec.type) is OPENCLAW:
-        config["command"] = OPENCLAW_COMMAND
+        config["command"] = OPENCLAW_COMMAND  # run from the image's folder (openclaw.mjs)
+    else:
+        # opencode's project is the folder it starts in: the workspace's disk.
+        config["working_dir"] = DISK
     for key, value in (
         ("mem_limit", settings.agent_memory_limit),
         ("nano_cpus", settings.agent_nano_cpus),

@@ -20,6 +20,7 @@ from docker.models.containers import Container
 from agentserver.errors import BackendError
 from agentserver.sandboxes.base import Endpoint, ExitNotice, Managed, SandboxSpec
 from agentserver.sandboxes.containers import (
+    DISK,
     LABEL_MANAGED,
     LABEL_SANDBOX,
     LABEL_TYPE,
@@ -105,6 +106,9 @@ class DockerBackend:
     def describe(self) -> str:
         network, image = self._settings.docker_network, self._settings.agent_image
         return f"docker backend, a container each on network {network} (image {image})"
+
+    def disk_path(self, workspace_id: str) -> str:
+        return DISK
 
     def __init__(self, client: docker.DockerClient, settings: Settings) -> None:
         self._client = client

@@ -18,6 +18,7 @@ import trio
 
 from agentserver.errors import BackendError
 from agentserver.sandboxes.base import BackendOpener, Endpoint, ExitNotice, Managed, SandboxSpec
+from agentserver.sandboxes.isolation import DISK_PATH
 
 if TYPE_CHECKING:
     from agentserver.settings import Settings
@@ -176,6 +177,9 @@ class FakeBackend:
 
     def describe(self) -> str:
         return "fake backend: in memory, nothing runs"
+
+    def disk_path(self, workspace_id: str) -> str:
+        return DISK_PATH
 
     # -- inside -------------------------------------------------------------------------------
     async def _enter(self, op: Op, target: str) -> None:

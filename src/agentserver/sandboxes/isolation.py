@@ -58,7 +58,7 @@ class Isolation:
         args += ["--ro-bind", str(visible), str(visible)]
         args += [
             "--chdir",
-            str(home),
+            DISK_PATH,
             "--die-with-parent",
             "--unshare-pid",
             "--unshare-ipc",

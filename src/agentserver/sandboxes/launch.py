@@ -1,10 +1,11 @@
 """What a process sandbox runs: its folders, its agent's argv and environment, its config file.
 
-Layout under the data directory: `sandboxes/<id>/home` is the sandbox's HOME (and opencode's
-project directory), `sandboxes/<id>/output.log` its captured output (kept outside the home so
-it does not show up in the agent's file tree), `workspaces/<wid>/disk` the workspace's shared
-disk. With bubblewrap the disk is bound at /data/disk0 in every sandbox of the workspace;
-without it a `disk0` symlink in the home points at it. Either way `AGENTSERVER_DISK` names it.
+Layout under the data directory: `sandboxes/<id>/home` is the sandbox's HOME,
+`sandboxes/<id>/output.log` its captured output (kept outside the home so it does not show up
+in the agent's file tree), `workspaces/<wid>/disk` the workspace's shared disk, where the agent
+starts (opencode's project directory). With bubblewrap the disk is bound at /data/disk0 in every
+sandbox of the workspace; without it the agent starts in the disk's real folder, and a `disk0`
+symlink in the home points at it. Either way `AGENTSERVER_DISK` names it.
 What differs between opencode and OpenClaw comes from the kinds table (kinds.py).
 """
 

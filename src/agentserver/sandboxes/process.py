@@ -27,7 +27,12 @@ from agentserver.sandboxes.base import Endpoint, ExitNotice, Managed, SandboxSpe
 from agentserver.sandboxes.cgroups import Layout, probe
 from agentserver.sandboxes.child import Child
 from agentserver.sandboxes.ids import Ids
-from agentserver.sandboxes.isolation import Isolation, isolation_verdict, probe_isolation
+from agentserver.sandboxes.isolation import (
+    DISK_PATH,
+    Isolation,
+    isolation_verdict,
+    probe_isolation,
+)
 from agentserver.sandboxes.launch import LOG_FILE_LIMIT, Folders, agent_command, prepare_dirs
 from agentserver.sandboxes.limits import limits_for, wanted_of
 from agentserver.sandboxes.proctree import record, stop_leftovers
@@ -60,6 +65,13 @@ class ProcessBackend:
             return f"process backend WITHOUT isolation (--allow-unisolated-sandboxes), {limits}"
         who = ", each as a uid of its own" if self.account.switches else ""
         return f"process backend, each sandbox in bubblewrap{who}, {limits}"
+
+    def disk_path(self, workspace_id: str) -> str:
+        """Bound at /data/disk0 inside bubblewrap; without it (no mount namespace) the agent
+        works in the disk's real folder, so the path it shows is the one reported here."""
+        if self.isolation.enabled:
+            return DISK_PATH
+        return str(self.disk(workspace_id))
 
     def __init__(
         self,
@@ -236,7 +248,9 @@ class ProcessBackend:
         try:
             account = self.account_of(spec.id, spec.workspace_id)
             limits = limits_for(self.settings, own_uid=self.ids is not None, cgroups=cgroup.procs)
-            process = Child.spawn(argv, env, str(self.home(spec.id)), account, limits)
+            # The agent works on the workspace's disk (bubblewrap moves it to /data/disk0).
+            workdir = str(self.disk(spec.workspace_id))
+            process = Child.spawn(argv, env, workdir, account, limits)
         except (OSError, subprocess.SubprocessError) as exc:
             with trio.CancelScope(shield=True):
                 await remove_cgroup(cgroup, spec.id)

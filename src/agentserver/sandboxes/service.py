@@ -113,6 +113,13 @@ class Sandboxes:
     async def list(self, workspace_id: str) -> list[Sandbox]:
         return await self.db.many("sbx_list_workspace", Sandbox, workspace_id=workspace_id)
 
+    def disk_path(self, sandbox: Sandbox) -> str | None:
+        """Where the workspace's shared disk is inside this sandbox (None for a local sandbox,
+        whose files are its developer's own machine)."""
+        if sandbox.type == SandboxType.LOCAL:
+            return None
+        return self.backend.disk_path(sandbox.workspace_id)
+
     async def logs(self, sandbox_id: str, lines: int = 200) -> str:
         sandbox = await self.require(sandbox_id)
         if sandbox.type == SandboxType.LOCAL:

@@ -3,6 +3,7 @@ process on every start) and its git repository (sandboxes/setup.py)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -162,6 +163,67 @@ async def test_without_bubblewrap_the_agent_sees_its_variables(
     sid = await create_running(client, events, wid, env=ENV)
     seen = environ_of(pid_of(server, sid))
     assert {k: seen.get(k) for k in ENV} == ENV
+    events.close()
+    await client.aclose()
+    server.shutdown.set()
+
+
+def bare_repository(work: Path, bare: Path) -> None:
+    """A bare repository at `bare` with one commit holding README (on branch main)."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    work.mkdir(parents=True)
+    (work / "README").write_text("cloned\n")
+    for args in (["init", "-q", "-b", "main"], ["add", "README"], ["commit", "-q", "-m", "one"]):
+        subprocess.run([*git, *args], cwd=work, check=True)
+    subprocess.run([*git, "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    for path in (bare, *bare.rglob("*")):
+        path.chmod(path.stat().st_mode | 0o044 | (0o011 if path.is_dir() else 0))
+
+
+async def logs_until(client: httpx.AsyncClient, sid: str, needle: str) -> str:
+    """The sandbox's logs once they hold `needle` (polled: no event marks a log line)."""
+    text = ""
+    with trio.move_on_after(60):
+        while needle not in text:
+            await trio.sleep(0.2)
+            text = str((await client.get(f"/api/sandboxes/{sid}/logs")).json())
+    assert needle in text, text
+    return text
+
+
+async def test_the_repository_is_cloned_onto_the_disk_once(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, opencode_bin: str
+) -> None:
+    """With file:// allowed (AGENTSERVER_GIT_FILE_URLS), the repository is cloned inside the
+    sandbox into /data/disk0/<repo> at the ref given; a second sandbox finds the folder there
+    and skips; a repository that cannot be cloned leaves the sandbox running with a
+    "git clone failed" line in its logs."""
+    settings = sandbox_settings_for(db_url, tmp_path / "data", opencode_bin, git_file_urls="true")
+    server = await start_server(nursery, settings)
+    client, wid = await owner_with_workspace(server)
+    events = await open_events(nursery, client, wid)
+    disk = server.deps.settings.data_dir / "workspaces" / wid / "disk"
+    # On the disk itself, so the sandbox (bubblewrap binds only the disk) can read it.
+    bare_repository(tmp_path / "work", disk / "src" / "project.git")
+    url = "file:///data/disk0/src/project.git"
+    # The test's repository belongs to root, not the sandbox's user: git refuses to read it
+    # unless its global config says so (named by the sandbox's own variables, which its clone
+    # sees too; git 2.39 reads safe.directory from no other place a test can reach).
+    (disk / "src" / "gitconfig").write_text("[safe]\n\tdirectory = *\n")
+    (disk / "src" / "gitconfig").chmod(0o644)
+    trust = {"GIT_CONFIG_GLOBAL": "/data/disk0/src/gitconfig"}
+    sid = await create_running(client, events, wid, gitUrl=url, gitRef="main", env=trust)
+    await logs_until(client, sid, "git clone: ")
+    assert (disk / "project" / "README").read_text() == "cloned\n"
+
+    other = await create_running(client, events, wid, name="two", gitUrl=url)
+    assert "already exists" in await logs_until(client, other, "git clone skipped")
+
+    broken = await create_running(
+        client, events, wid, name="three", gitUrl="file:///data/disk0/src/missing.git"
+    )
+    await logs_until(client, broken, "git clone failed: ")
+    assert (await client.get(f"/api/sandboxes/{broken}")).json()["status"] == "running"
     events.close()
     await client.aclose()
     server.shutdown.set()

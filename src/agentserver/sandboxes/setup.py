@@ -137,3 +137,45 @@ class Sealer:
                 " directory is not the key they were sealed with"
             ) from None
         return {str(k): str(v) for k, v in env.items()}
+
+
+# Run inside the sandbox, as its user, beside the agent (so the clone uses the sandbox's own
+# network and identity, never the server's): the repository from the environment lands in a
+# folder of the workspace disk named after it, unless that folder exists. Its lines go to the
+# agent's output (the sandbox's logs). The URL and ref stay out of this argv.
+CLONE_SCRIPT = r"""
+clone() {
+  dest="$AGENTSERVER_DISK/$AGENTSERVER_GIT_FOLDER"
+  if [ -e "$dest" ]; then
+    echo "git clone skipped: $dest already exists"
+    return
+  fi
+  set -- clone --quiet
+  if [ -n "$AGENTSERVER_GIT_REF" ]; then set -- "$@" --branch "$AGENTSERVER_GIT_REF"; fi
+  if out=$(git "$@" -- "$AGENTSERVER_GIT_URL" "$dest" 2>&1 < /dev/null); then
+    echo "git clone: $AGENTSERVER_GIT_URL into $dest"
+  else
+    echo "git clone failed: $(printf '%s\n' "$out" | grep -m 1 . | cut -c 1-500)"
+  fi
+}
+clone &
+exec "$@"
+"""
+
+
+def with_clone(
+    argv: list[str], env: dict[str, str], git_url: str | None, git_ref: str | None
+) -> tuple[list[str], dict[str, str]]:
+    """The agent's argv and environment, with the repository's clone started beside it."""
+    folder = None if git_url is None else repo_folder(git_url)
+    if git_url is None or folder is None:
+        return argv, env
+    extra = {
+        "AGENTSERVER_GIT_URL": git_url,
+        "AGENTSERVER_GIT_REF": git_ref or "",
+        "AGENTSERVER_GIT_FOLDER": folder,
+        # Never wait for a password or a host key nobody will type in.
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
+    }
+    return ["/bin/sh", "-c", CLONE_SCRIPT, "agentserver-setup", *argv], {**env, **extra}

@@ -175,8 +175,8 @@ function CreateSandbox({ workspace, types, onCreated }) {
         Private
       </label>
     </div>`}
-    <${AdvancedSetup} setup=${setup} onChange=${setSetup} />
     <button type="submit" class="primary" disabled=${busy || nameTooLong(name)}>${busy ? 'Creating…' : 'Create sandbox'}</button>
+    <${AdvancedSetup} setup=${setup} onChange=${setSetup} />
     <${ErrorBox} error=${error} />
   </form>`;
 }

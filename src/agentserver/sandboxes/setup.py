@@ -143,7 +143,7 @@ class Sealer:
 # network and identity, never the server's): the repository from the environment lands in a
 # folder of the workspace disk named after it, unless that folder exists. Its lines go to the
 # agent's output (the sandbox's logs). The URL and ref stay out of this argv.
-CLONE_SCRIPT = r"""
+CLONE_FUNCTION = r"""
 clone() {
   dest="$AGENTSERVER_DISK/$AGENTSERVER_GIT_FOLDER"
   if [ -e "$dest" ]; then
@@ -158,19 +158,29 @@ clone() {
     echo "git clone failed: $(printf '%s\n' "$out" | grep -m 1 . | cut -c 1-500)"
   fi
 }
-clone &
-exec "$@"
 """
+# The process backend: the clone beside the agent, which replaces the shell.
+CLONE_SCRIPT = CLONE_FUNCTION + 'clone &\nexec "$@"\n'
+# Docker: run by `docker exec` once the agent answers, its lines in the container's log.
+CLONE_IN_CONTAINER = CLONE_FUNCTION + "clone > /proc/1/fd/1 2>&1\n"
 
 
 def with_clone(
     argv: list[str], env: dict[str, str], git_url: str | None, git_ref: str | None
 ) -> tuple[list[str], dict[str, str]]:
     """The agent's argv and environment, with the repository's clone started beside it."""
+    extra = clone_environment(git_url, git_ref)
+    if not extra:
+        return argv, env
+    return ["/bin/sh", "-c", CLONE_SCRIPT, "agentserver-setup", *argv], {**env, **extra}
+
+
+def clone_environment(git_url: str | None, git_ref: str | None) -> dict[str, str]:
+    """What the clone script reads (empty: nothing to clone)."""
     folder = None if git_url is None else repo_folder(git_url)
     if git_url is None or folder is None:
-        return argv, env
-    extra = {
+        return {}
+    return {
         "AGENTSERVER_GIT_URL": git_url,
         "AGENTSERVER_GIT_REF": git_ref or "",
         "AGENTSERVER_GIT_FOLDER": folder,
@@ -178,4 +188,3 @@ def with_clone(
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
     }
-    return ["/bin/sh", "-c", CLONE_SCRIPT, "agentserver-setup", *argv], {**env, **extra}

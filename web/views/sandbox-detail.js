@@ -5,6 +5,7 @@ import { get, path } from '../api.js';
 import { canOnSandbox } from '../roles.js';
 import { ago, html, Empty, ErrorBox, Link, Loading, navigate, number, StatusBadge, useAction, when } from '../ui.js';
 import { PrivateBadge, SandboxActions, sandboxFacts, useSandboxes } from './sandboxes.js';
+import { SetupFacts } from './sandbox-setup.js';
 import { useUsage } from './usage.js';
 
 /** Log lines from `{"logs": "text"}` (what the server sends), `{"lines": [...]}` or plain text. */
@@ -123,6 +124,7 @@ export function SandboxDetail({ workspace, me, sandboxId, onGone }) {
         <dt>Id</dt><dd><code>${sandbox.id}</code></dd>
         ${sandbox.diskPath && html`
           <dt>Shared workspace disk</dt><dd class="disk-path"><code>${sandbox.diskPath}</code> — files here are shared by every sandbox in this workspace and kept when sandboxes are deleted</dd>`}
+        ${sandbox.type !== 'local' && html`<${SetupFacts} sandbox=${sandbox} />`}
       </dl>
     </section>
     ${canOnSandbox(workspace.role, 'view_logs', sandboxFacts(workspace, sandbox, me)) && html`<${Logs} sandbox=${sandbox} />`}

@@ -8,6 +8,7 @@ import { can, canOnSandbox } from '../roles.js';
 import { ago, html, Confirm, Empty, ErrorBox, LaptopIcon, Link, Loading, StatusBadge, TRANSITIONAL, useAction, when } from '../ui.js';
 import { AgentDialog } from './agent-dialog.js';
 import { CharCount, nameTooLong } from './name-length.js';
+import { AdvancedSetup, EMPTY_SETUP, setupBody } from './sandbox-setup.js';
 
 const RETRY_MS = 5000;
 const POLL_MS = 3000;
@@ -142,13 +143,15 @@ function CreateSandbox({ workspace, types, onCreated }) {
   const [name, setName] = useState('');
   const [type, setType] = useState('opencode');
   const [isPrivate, setPrivate] = useState(false);
+  const [setup, setSetup] = useState(EMPTY_SETUP);
   const { busy, error, run } = useAction();
   const submit = (event) => {
     event.preventDefault();
     run(async () => {
-      const sandbox = await post(path`/api/workspaces/${workspace.id}/sandboxes`, { name: name.trim() || 'New sandbox', type, private: isPrivate });
+      const sandbox = await post(path`/api/workspaces/${workspace.id}/sandboxes`, { name: name.trim() || 'New sandbox', type, private: isPrivate, ...setupBody(setup) });
       setName('');
       setPrivate(false);
+      setSetup(EMPTY_SETUP);
       onCreated(sandbox);
     });
   };
@@ -173,6 +176,7 @@ function CreateSandbox({ workspace, types, onCreated }) {
       </label>
     </div>`}
     <button type="submit" class="primary" disabled=${busy || nameTooLong(name)}>${busy ? 'Creating…' : 'Create sandbox'}</button>
+    <${AdvancedSetup} setup=${setup} onChange=${setSetup} />
     <${ErrorBox} error=${error} />
   </form>`;
 }

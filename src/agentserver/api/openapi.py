@@ -262,6 +262,12 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("POST", "/api/sandboxes/{sandbox_id}/restart"): {
         "200": json_answer(SANDBOX, "resuming: its agent is stopped and started again")
     },
+    ("GET", "/api/sandboxes/{sandbox_id}/setup"): {
+        "200": json_answer(
+            obj(envNames=array(STRING), gitUrl=NULLABLE_STRING, gitRef=NULLABLE_STRING),
+            "its environment variables' names (never their values) and its git repository",
+        )
+    },
     ("GET", "/api/sandboxes/{sandbox_id}/logs"): {
         "200": json_answer(obj(logs=STRING), "the tail of the agent's output")
     },

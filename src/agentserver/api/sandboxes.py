@@ -37,6 +37,14 @@ from agentserver.kinds import kind_of
 from agentserver.models import Role, Sandbox, Workspace
 from agentserver.sandboxes.events import Event
 from agentserver.sandboxes.service import PauseCause, Sandboxes
+from agentserver.sandboxes.setup import (
+    GIT_REF_MAX,
+    GIT_URL_MAX,
+    SandboxSetup,
+    checked_env,
+    checked_git_ref,
+    checked_git_url,
+)
 from agentserver.settings import Settings
 
 blueprint = Blueprint("sandboxes", __name__, url_prefix="/api")
@@ -57,6 +65,11 @@ class CreateSandboxBody(Body):
     name: str = Field(min_length=1, max_length=NAME_MAX)
     type: str = "opencode"
     private: bool = False
+    # Variables for its agent (values never shown again) and a repository to clone onto the
+    # workspace disk on its first start: see sandboxes/setup.py.
+    env: dict[str, str] | None = None
+    git_url: str | None = Field(default=None, max_length=GIT_URL_MAX)
+    git_ref: str | None = Field(default=None, max_length=GIT_REF_MAX)
 
 
 class ChangeSandboxBody(Body):
@@ -189,14 +202,39 @@ async def create_sandbox(workspace_id: str, data: CreateSandboxBody) -> tuple[di
     kind = data.type.strip().lower()
     if kind not in CREATABLE:
         raise Invalid(f"type: must be one of {', '.join(CREATABLE)}", field="type")
+    setup = checked_setup(data, deps().settings)
     taken = name_taken(name)
     if await deps().db.scalar("sbx_name_taken", workspace_id=workspace_id, name=name):
         raise taken
     try:
-        sandbox = await service().create(workspace_id, name, kind, user.id, data.private)
+        sandbox = await service().create(workspace_id, name, kind, user.id, data.private, setup)
     except Conflict:  # another create of this name won the race: the unique index refused
         raise taken from None
     return render(sandbox), 201
+
+
+def checked_setup(data: CreateSandboxBody, settings: Settings) -> SandboxSetup | None:
+    """The new sandbox's variables and repository, checked (None: it has neither)."""
+    env = checked_env(data.env or {})
+    git_url = git_ref = None
+    if data.git_url and data.git_url.strip():
+        git_url = checked_git_url(data.git_url, allow_file=settings.git_file_urls)
+        if data.git_ref and data.git_ref.strip():
+            git_ref = checked_git_ref(data.git_ref)
+    elif data.git_ref and data.git_ref.strip():
+        raise Invalid("gitRef: give a gitUrl too", field="gitRef")
+    if not env and git_url is None:
+        return None
+    return SandboxSetup(env=env, git_url=git_url, git_ref=git_ref)
+
+
+@blueprint.get("/sandboxes/<sandbox_id>/setup")
+async def sandbox_setup(sandbox_id: str) -> dict[str, Any]:
+    """What the sandbox was created with: its variables' names (never their values) and its
+    git repository (whoever may open it)."""
+    sandbox, _ = await sandbox_for(sandbox_id, Action.VIEW_SANDBOX)
+    setup = await service().setup_of(sandbox.id, values=False)
+    return {"envNames": sorted(setup.env), "gitUrl": setup.git_url, "gitRef": setup.git_ref}
 
 
 def checked_name(text: str) -> str:

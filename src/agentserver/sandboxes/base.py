@@ -25,7 +25,11 @@ class SandboxSpec:
     # Where the sandbox reaches the LLM proxy, and the per-sandbox token it uses there.
     llm_base_url: str
     proxy_token: str
-    env: dict[str, str] = field(default_factory=dict)
+    # The variables its creator gave (sandboxes/setup.py): secrets of theirs, never logged.
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    # A repository to clone onto the workspace disk on its first start (sandboxes/setup.py).
+    git_url: str | None = None
+    git_ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from agentserver.sandboxes.containers import (
     workspace_volume,
 )
 from agentserver.sandboxes.readiness import answers
+from agentserver.sandboxes.setup import CLONE_IN_CONTAINER, clone_environment
 from agentserver.settings import Settings
 from agentserver.supervise import supervise
 
@@ -183,7 +184,17 @@ class DockerBackend:
             with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT + 5):
                 await self._stop_quietly(spec.id)
             raise
+        await self._call(self._start_clone, spec)
         return endpoint
+
+    def _start_clone(self, spec: SandboxSpec) -> None:
+        """The repository given at creation, cloned inside the container (its network, its
+        user) onto the workspace disk, in the background; its lines go to the container log."""
+        env = clone_environment(spec.git_url, spec.git_ref)
+        container = self._container(spec.id)
+        if env and container is not None:
+            env["AGENTSERVER_DISK"] = DISK
+            container.exec_run(["/bin/sh", "-c", CLONE_IN_CONTAINER], environment=env, detach=True)
 
     async def _stop_quietly(self, sandbox_id: str) -> None:
         try:

@@ -23,6 +23,7 @@ from agentserver.sandboxes.account import Account, check_program, data_dir_probl
 from agentserver.sandboxes.base import SandboxSpec
 from agentserver.sandboxes.ids import share_disk
 from agentserver.sandboxes.isolation import DISK_PATH
+from agentserver.sandboxes.setup import with_clone
 from agentserver.settings import Settings
 
 LOG_FILE_LIMIT = 4 << 20  # the output file starts over beyond this size
@@ -82,7 +83,8 @@ def agent_command(
     modules = next((p for p in Path(binary).parents if p.name == "node_modules"), None)
     if kind.node_beside and modules is not None:
         env["PATH"] = f"{modules / '.bin'}:{env['PATH']}"
-    return [binary, *kind.arguments("loopback", port)], env
+    # A repository given at creation is cloned beside the agent, inside the sandbox.
+    return with_clone([binary, *kind.arguments("loopback", port)], env, spec.git_url, spec.git_ref)
 
 
 def find_program(configured: str | None, name: str, option: str, account: Account) -> str:

@@ -24,6 +24,7 @@ from agentserver.models import SandboxStatus as S
 from agentserver.sandboxes import lifecycle
 from agentserver.sandboxes.base import Backend, Endpoint, Managed, SandboxSpec
 from agentserver.sandboxes.events import WorkspaceEvents
+from agentserver.sandboxes.setup import SandboxSetup, Sealer
 from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,14 @@ class Sandboxes:
         self.settle_for = SETTLE_FOR
         self._deleting: set[str] = set()
         self._activity_in, self._activity_out = trio.open_memory_channel[str](1024)
+        self._sealer: Sealer | None = None
+
+    @property
+    def sealer(self) -> Sealer:
+        """The key of the sandboxes' environment variables (made on first use)."""
+        if self._sealer is None:
+            self._sealer = Sealer.of_data_dir(self.settings.data_dir)
+        return self._sealer
 
     # -- reading ------------------------------------------------------------------------------
     async def get(self, sandbox_id: str) -> Sandbox | None:
@@ -219,9 +228,10 @@ class Sandboxes:
         type_: str,
         created_by: str | None,
         private: bool = False,
+        setup: SandboxSetup | None = None,
     ) -> Sandbox:
         """Record a new sandbox as `creating` (`private`: see auth/permissions.py) and start it
-        in the background."""
+        in the background (`setup`: its environment variables and git repository)."""
         kind = SandboxType(type_)
         if kind == SandboxType.LOCAL:
             raise Invalid(
@@ -238,6 +248,15 @@ class Sandboxes:
                 field="type",
             )
         sandbox = await self._insert(workspace_id, name, kind, created_by, private)
+        if setup is not None:
+            await self.db.exec(
+                "sbx_setup_insert",
+                sandbox_id=sandbox.id,
+                env_names=sorted(setup.env),
+                env_sealed=self.sealer.seal(setup.env) if setup.env else None,
+                git_url=setup.git_url,
+                git_ref=setup.git_ref,
+            )
         self.publish(sandbox)
         self._spawn(sandbox.id, self._start, sandbox.id, S.CREATING)
         return sandbox
@@ -551,6 +570,7 @@ class Sandboxes:
         """What the backend needs; mints a fresh proxy token (only its hash is ever stored)."""
         token = new_token()
         await self.db.exec("sbx_set_proxy_token", id=sandbox.id, proxy_token_hash=hash_token(token))
+        setup = await self.setup_of(sandbox.id)
         return SandboxSpec(
             id=sandbox.id,
             workspace_id=sandbox.workspace_id,
@@ -558,7 +578,23 @@ class Sandboxes:
             agent_secret=sandbox.agent_secret,
             llm_base_url=self.settings.llm_proxy_url,
             proxy_token=token,
+            env=setup.env,
+            git_url=setup.git_url,
+            git_ref=setup.git_ref,
         )
+
+    async def setup_of(self, sandbox_id: str, *, values: bool = True) -> SandboxSetup:
+        """What the sandbox was created with; without `values` the variables' values are
+        left sealed (each name maps to "")."""
+        rows = await self.db.rows("sbx_setup_get", sandbox_id=sandbox_id)
+        if not rows:
+            return SandboxSetup()
+        row = rows[0]
+        if values and row["env_sealed"] is not None:
+            env = self.sealer.open(bytes(row["env_sealed"]))
+        else:
+            env = dict.fromkeys(row["env_names"], "")
+        return SandboxSetup(env=env, git_url=row["git_url"], git_ref=row["git_ref"])
 
     async def _stop_quietly(self, sandbox_id: str) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT):

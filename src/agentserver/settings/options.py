@@ -391,6 +391,13 @@ class Settings:
         " /downloads/agentserver.pyz for local agents; unset, the agent dialog shows the"
         " pip/uvx install command instead.",
     )
+    git_file_urls: bool = setting(
+        "AGENTSERVER_GIT_FILE_URLS",
+        "false",
+        v.boolean,
+        "Accept file:// repository URLs for a new sandbox's git clone (for tests; otherwise"
+        " only https://, ssh://, git:// and user@host:path).",
+    )
 
     # Not options: fixed for now, or filled in by whoever builds the Settings.
     session_lifetime: float = 7 * 86400.0

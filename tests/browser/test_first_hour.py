@@ -351,9 +351,16 @@ def test_every_main_screen_fits_a_phone(
     expect(page.get_by_role("heading", name="Users")).to_be_visible()
     expect(page.get_by_role("table").first).to_be_visible()
     phone_check(page, tmp_path, "admin")
+    page.goto(f"{live_server.url}/w/{wid}/settings")
+    expect(page.get_by_role("heading", name="Idle timeout")).to_be_visible()
+    phone_check(page, tmp_path, "workspace-settings")
+    page.goto(f"{live_server.url}/account")
+    expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
+    expect(page.get_by_role("heading", name="Change password")).to_be_visible()
+    phone_check(page, tmp_path, "account")
 
     signin = tour_factory(live_server.url, label="signin", **phone)
     signin.page.goto(live_server.url + "/")
     expect(signin.page.get_by_role("button", name="Sign in")).to_be_visible()
     phone_check(signin.page, tmp_path, "sign-in")
-    assert len(list(tmp_path.glob("phone-*.png"))) == 7
+    assert len(list(tmp_path.glob("phone-*.png"))) == 9

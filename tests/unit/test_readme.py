@@ -10,7 +10,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_readme_configuration_table_matches_options() -> None:
-    """The table between the config-table markers lists every option exactly as the settings package does."""
+    """The table between the config-table markers lists every option as the settings do."""
     text = README.read_text()
     start = text.index("<!-- config-table:start -->\n") + len("<!-- config-table:start -->\n")
     end = text.index("<!-- config-table:end -->")

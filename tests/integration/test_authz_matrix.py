@@ -123,6 +123,8 @@ MATRIX: dict[tuple[str, str], frozenset[str] | Case] = {
     ("GET", "/api/sandboxes/<sandbox_id>/logs"): Case(DEVELOPER_UP, setup=with_sandbox),
     # subdomain proxy (api/sandbox_open.py): a 302 with a one-time ticket; guests too (read-only)
     ("GET", "/api/sandboxes/<sandbox_id>/open"): Case(ANY_MEMBER, setup=with_sandbox),
+    # its variables' names and repository: whoever may open it
+    ("GET", "/api/sandboxes/<sandbox_id>/setup"): Case(ANY_MEMBER, setup=with_sandbox),
     # local agents (api/agents.py): a one-time registration code
     ("POST", "/api/workspaces/<workspace_id>/agent-code"): DEVELOPER_UP,
     # sandboxes, agent codes, usage, events: add rows here (see the module docstring).

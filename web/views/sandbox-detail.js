@@ -124,7 +124,7 @@ export function SandboxDetail({ workspace, me, sandboxId, onGone }) {
         <dt>Id</dt><dd><code>${sandbox.id}</code></dd>
         ${sandbox.diskPath && html`
           <dt>Shared workspace disk</dt><dd class="disk-path"><code>${sandbox.diskPath}</code> — files here are shared by every sandbox in this workspace and kept when sandboxes are deleted</dd>`}
-        ${sandbox.type !== 'local' && html`<${SetupFacts} sandbox=${sandbox} />`}
+        ${sandbox.type !== 'local' && canOnSandbox(workspace.role, 'view_sandbox', sandboxFacts(workspace, sandbox, me)) && html`<${SetupFacts} sandbox=${sandbox} />`}
       </dl>
     </section>
     ${canOnSandbox(workspace.role, 'view_logs', sandboxFacts(workspace, sandbox, me)) && html`<${Logs} sandbox=${sandbox} />`}

@@ -22,6 +22,7 @@ from pathlib import Path
 import trio
 
 from agentserver.sandboxes.account import Account
+from agentserver.sandboxes.setup import program_of
 from agentserver.settings import OPTION_BY_NAME, Settings
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class Isolation:
             if os.path.isdir(path):
                 args += ["--tmpfs", path]
         args += ["--dir", "/data", "--bind", str(disk), DISK_PATH, "--bind", str(home), str(home)]
-        program = Path(argv[0])
+        program = Path(program_of(argv))  # the agent's, not the clone's shell
         visible = next((p for p in program.parents if p.name == "node_modules"), program)
         args += ["--ro-bind", str(visible), str(visible)]
         args += [

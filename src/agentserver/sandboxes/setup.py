@@ -175,6 +175,13 @@ def with_clone(
     return ["/bin/sh", "-c", CLONE_SCRIPT, "agentserver-setup", *argv], {**env, **extra}
 
 
+def program_of(argv: list[str]) -> str:
+    """The agent program `argv` runs, with or without the clone's shell in front of it."""
+    if argv[:2] == ["/bin/sh", "-c"] and len(argv) > 4 and argv[3] == "agentserver-setup":
+        return argv[4]
+    return argv[0]
+
+
 def clone_environment(git_url: str | None, git_ref: str | None) -> dict[str, str]:
     """What the clone script reads (empty: nothing to clone)."""
     folder = None if git_url is None else repo_folder(git_url)

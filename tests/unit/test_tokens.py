@@ -6,6 +6,9 @@ import base64
 import re
 import string
 
+import pytest
+
+from agentserver.auth import tokens
 from agentserver.auth.tokens import hash_token, new_id, new_token, random_text, same
 from agentserver.proxy.routing import Target, resolve
 
@@ -62,3 +65,10 @@ def test_random_text_draws_only_from_its_alphabet() -> None:
     drawn = {random_text(12, "ab2") for _ in range(50)}
     assert len(drawn) > 1
     assert all(len(text) == 12 and set(text) <= set("ab2") for text in drawn)
+
+
+def test_an_agent_code_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`agent connect --code -Ab…` would read the code as an option: such draws are redrawn."""
+    draws = iter(["-starts-with-a-dash", "_fine-code"])
+    monkeypatch.setattr(tokens.secrets, "token_urlsafe", lambda nbytes: next(draws))
+    assert tokens.new_code() == "_fine-code"

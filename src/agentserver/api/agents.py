@@ -18,7 +18,7 @@ from quart_schema import validate_request
 from agentserver.api.common import Body, client_address, deps, require, rfc3339
 from agentserver.api.tunnel_link import QuartLink
 from agentserver.auth.permissions import Action, allowed
-from agentserver.auth.tokens import hash_token, new_token
+from agentserver.auth.tokens import hash_token, new_code, new_token
 from agentserver.db.database import Tx
 from agentserver.deps import Deps
 from agentserver.errors import (
@@ -59,7 +59,7 @@ class RegisterBody(Body):
 async def create_agent_code(workspace_id: str) -> tuple[dict[str, Any], int]:
     """A one-time code (10 minutes) to register a local agent in this workspace (developer+)."""
     user, _ = await require(workspace_id, Action.CREATE_AGENT_CODE)
-    code = new_token(18)
+    code = new_code(18)  # typed as `--code CODE`: never starting with '-'
     db = deps().db
     await db.exec("agent_delete_stale_codes")
     expires_at = await db.scalar(

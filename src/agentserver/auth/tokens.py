@@ -20,6 +20,14 @@ def new_token(nbytes: int = 32) -> str:
     return secrets.token_urlsafe(nbytes)
 
 
+def new_code(nbytes: int = 18) -> str:
+    """A token people paste into a command line (an agent's one-time code): never starting
+    with `-`, which the command's parser would take for an option."""
+    while (token := new_token(nbytes)).startswith("-"):
+        pass
+    return token
+
+
 def new_id(length: int = 16) -> str:
     """A random DNS-safe identifier (lower-case base36), e.g. for sandbox subdomains."""
     return random_text(length, _ALPHABET)

@@ -16,20 +16,13 @@ from quart import Blueprint, Response, request
 
 from agentserver import status_page
 from agentserver.api.common import deps, optional_user, require, session_cookie
+from agentserver.api.sandboxes import sandbox_url
 from agentserver.auth.permissions import Action
 from agentserver.auth.tickets import is_binding, may_view, mint_ticket
 from agentserver.errors import AgentServerError, Forbidden, Invalid, NotFound, Unauthenticated
-from agentserver.kinds import kind_of
 from agentserver.models import Sandbox
 
 blueprint = Blueprint("sandbox_open", __name__, url_prefix="/api/sandboxes")
-
-
-def sandbox_url(sandbox_id: str, sandbox_type: str, path: str = "/") -> str:
-    """The browser URL of a sandbox's subdomain."""
-    settings = deps().settings
-    prefix = kind_of(sandbox_type).prefix  # the kinds table, as proxy/routing.py reads it
-    return f"{settings.base_scheme}://{prefix}{sandbox_id}.{settings.domain}{path}"
 
 
 # What a person sees when opening is refused (the same words as the sandbox host's pages).
@@ -93,12 +86,12 @@ async def _open(sandbox_id: str) -> Response:
         )
     bind = request.args.get("bind", "")
     if not bind:
-        return _redirect(sandbox_url(sandbox.id, sandbox.type, "/_agentserver/auth"))
+        return _redirect(sandbox_url(sandbox, deps().settings, "/_agentserver/auth"))
     if not is_binding(bind):
         raise Invalid("bind: must be the 64 hex digits the sandbox's host sent", field="bind")
     session = request.cookies.get(session_cookie(), "")
     ticket = await mint_ticket(deps().db, sandbox.id, user.id, session, bind)
-    return _redirect(sandbox_url(sandbox.id, sandbox.type, f"/_agentserver/auth?ticket={ticket}"))
+    return _redirect(sandbox_url(sandbox, deps().settings, f"/_agentserver/auth?ticket={ticket}"))
 
 
 def _redirect(location: str) -> Response:

@@ -83,9 +83,10 @@ def service() -> Sandboxes:
     return deps().sandboxes
 
 
-def sandbox_url(sandbox: Sandbox, settings: Settings) -> str:
+def sandbox_url(sandbox: Sandbox, settings: Settings, path: str = "/") -> str:
+    """The browser URL of a sandbox's subdomain (and `path` on it)."""
     prefix = kind_of(sandbox.type).prefix  # the kinds table, as proxy/routing.py reads it
-    return f"{settings.base_scheme}://{prefix}{sandbox.id}.{settings.domain}/"
+    return f"{settings.base_scheme}://{prefix}{sandbox.id}.{settings.domain}{path}"
 
 
 def sandbox_json(

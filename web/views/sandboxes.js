@@ -7,7 +7,7 @@ import { del, get, patch, path, post } from '../api.js';
 import { can, canOnSandbox } from '../roles.js';
 import { ago, html, Confirm, Empty, ErrorBox, LaptopIcon, Link, Loading, StatusBadge, TRANSITIONAL, useAction, when } from '../ui.js';
 import { AgentDialog } from './agent-dialog.js';
-import { CharCount, nameTooLong } from './name-length.js';
+import { CharCount, nameTooLong, RenameForm } from './name-length.js';
 import { AdvancedSetup, EMPTY_SETUP, setupBody } from './sandbox-setup.js';
 
 const RETRY_MS = 5000;
@@ -183,27 +183,9 @@ function CreateSandbox({ workspace, types, onCreated }) {
 
 /** A sandbox's new name, with the same live character count as the create form. */
 function RenameSandbox({ sandbox, onChange, onDone }) {
-  const [name, setName] = useState(sandbox.name);
-  const { busy, error, run } = useAction();
-  const submit = (event) => {
-    event.preventDefault();
-    run(async () => {
-      onChange(await patch(path`/api/sandboxes/${sandbox.id}`, { name: name.trim() }));
-      onDone();
-    });
-  };
-  const id = `rename-sandbox-${sandbox.id}`;
-  return html`<form class="inline-form" onSubmit=${submit} aria-label=${`Rename ${sandbox.name}`}>
-    <div class="field">
-      <label for=${id}>New name for ${sandbox.name}</label>
-      <input id=${id} required value=${name} aria-describedby=${`${id}-count`}
-        onInput=${(e) => setName(e.currentTarget.value)} />
-      <${CharCount} id=${`${id}-count`} value=${name} />
-    </div>
-    <button type="submit" disabled=${busy || !name.trim() || nameTooLong(name)}>Save</button>
-    <button type="button" onClick=${onDone}>Cancel</button>
-    <${ErrorBox} error=${error} />
-  </form>`;
+  const save = async (name) => onChange(await patch(path`/api/sandboxes/${sandbox.id}`, { name }));
+  return html`<${RenameForm} id=${`rename-sandbox-${sandbox.id}`} current=${sandbox.name}
+    ariaLabel=${`Rename ${sandbox.name}`} save=${save} onDone=${onDone} />`;
 }
 
 /** Open, pause, resume, restart, rename, delete and make private or shared for one sandbox,

@@ -4,7 +4,7 @@ import { useState } from '../vendor/hooks.module.js';
 import { del, patch, path, post } from '../api.js';
 import { can } from '../roles.js';
 import { html, Confirm, Empty, ErrorBox, Link, navigate, useAction, when } from '../ui.js';
-import { CharCount, nameTooLong } from './name-length.js';
+import { CharCount, nameTooLong, RenameForm } from './name-length.js';
 
 function CreateWorkspace({ reload }) {
   const [name, setName] = useState('');
@@ -31,28 +31,11 @@ function CreateWorkspace({ reload }) {
 }
 
 function Rename({ ws, reload, onDone }) {
-  const [name, setName] = useState(ws.name);
-  const { busy, error, run } = useAction();
-  const submit = (event) => {
-    event.preventDefault();
-    run(async () => {
-      await patch(path`/api/workspaces/${ws.id}`, { name: name.trim() });
-      await reload();
-      onDone();
-    });
+  const save = async (name) => {
+    await patch(path`/api/workspaces/${ws.id}`, { name });
+    await reload();
   };
-  const id = `rename-${ws.id}`;
-  return html`<form class="inline-form" onSubmit=${submit}>
-    <div class="field">
-      <label for=${id}>New name for ${ws.name}</label>
-      <input id=${id} required value=${name} aria-describedby=${`${id}-count`}
-        onInput=${(e) => setName(e.currentTarget.value)} />
-      <${CharCount} id=${`${id}-count`} value=${name} />
-    </div>
-    <button type="submit" disabled=${busy || !name.trim() || nameTooLong(name)}>Save</button>
-    <button type="button" onClick=${onDone}>Cancel</button>
-    <${ErrorBox} error=${error} />
-  </form>`;
+  return html`<${RenameForm} id=${`rename-${ws.id}`} current=${ws.name} save=${save} onDone=${onDone} />`;
 }
 
 function Row({ ws, reload, onDelete }) {

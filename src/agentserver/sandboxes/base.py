@@ -97,6 +97,16 @@ class Backend(Protocol):
         directory): /data/disk0, or its real path where sandboxes have no mounts of their own."""
         ...
 
+    def preview_endpoint(self, sandbox_id: str, agent: Endpoint, port: int) -> Endpoint | None:
+        """Where port `port` inside a running sandbox is reached (its agent is at `agent`), or
+        None where this backend cannot reach a sandbox's own ports (previews are refused)."""
+        ...
+
+    async def listening_ports(self, sandbox_id: str) -> list[int] | None:
+        """The TCP ports something listens on inside a running sandbox (the previews list),
+        or None where this backend cannot tell."""
+        ...
+
 
 # Called by a backend when a sandbox stops on its own (crash, exit): (sandbox id, reason).
 # The lifecycle marks it `failed` with that reason.

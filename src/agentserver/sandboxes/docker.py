@@ -111,6 +111,12 @@ class DockerBackend:
     def disk_path(self, workspace_id: str) -> str:
         return DISK
 
+    def preview_endpoint(self, sandbox_id: str, agent: Endpoint, port: int) -> Endpoint | None:
+        return None  # previews: not yet on this backend
+
+    async def listening_ports(self, sandbox_id: str) -> list[int] | None:
+        return None
+
     def __init__(self, client: docker.DockerClient, settings: Settings) -> None:
         self._client = client
         self._settings = settings

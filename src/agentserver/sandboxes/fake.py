@@ -181,6 +181,12 @@ class FakeBackend:
     def disk_path(self, workspace_id: str) -> str:
         return DISK_PATH
 
+    def preview_endpoint(self, sandbox_id: str, agent: Endpoint, port: int) -> Endpoint | None:
+        return None  # previews: not yet on this backend
+
+    async def listening_ports(self, sandbox_id: str) -> list[int] | None:
+        return None
+
     # -- inside -------------------------------------------------------------------------------
     async def _enter(self, op: Op, target: str) -> None:
         """Record the call, hold at the gate, take the delay, raise an injected failure."""

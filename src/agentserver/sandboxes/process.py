@@ -73,6 +73,12 @@ class ProcessBackend:
             return DISK_PATH
         return str(self.disk(workspace_id))
 
+    def preview_endpoint(self, sandbox_id: str, agent: Endpoint, port: int) -> Endpoint | None:
+        return None  # previews: not yet on this backend
+
+    async def listening_ports(self, sandbox_id: str) -> list[int] | None:
+        return None
+
     def __init__(
         self,
         settings: Settings,

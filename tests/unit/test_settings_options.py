@@ -19,6 +19,7 @@ CANDIDATES = (
     "3MiB",
     "docker",
     "https",
+    "json",
     "10.9.8.7:4321",
     "203.0.113.0/24",
     "https://upstream.example/base",

@@ -381,6 +381,14 @@ class Settings:
         "When set, GET /metrics requires `Authorization: Bearer <token>` (401 otherwise).",
         secret=True,
     )
+    log_format: str = setting(
+        "AGENTSERVER_LOG_FORMAT",
+        "text",
+        v.log_format,
+        "Log lines as readable `text`, or `json`: one object per line (time, level, logger,"
+        " message, request_id and the request's fields) for a cluster's log collector.",
+        blank_is_default=True,
+    )
 
     # Local agents: what the "connect a local agent" dialog offers for download.
     agent_zipapp: str | None = setting(

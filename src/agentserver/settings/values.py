@@ -13,6 +13,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 BACKENDS = ("process", "docker", "kubernetes")
 _BACKEND_ALIASES = {"k8s": "kubernetes", "kube": "kubernetes"}
 _SCHEMES = ("http", "https")
+LOG_FORMATS = ("text", "json")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _SIZE = re.compile(r"^(\d+)\s*(b|kib|mib|gib|kb|mb|gb|k|m|g)?$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -210,6 +211,13 @@ def url_scheme(value: str | None) -> str:
     if scheme not in _SCHEMES:
         raise ValueError(f"{scheme!r} must be {' or '.join(_SCHEMES)}")
     return scheme
+
+
+def log_format(value: str | None) -> str:
+    kind = (value or "").lower()
+    if kind not in LOG_FORMATS:
+        raise ValueError(f"{kind!r} must be {' or '.join(LOG_FORMATS)}")
+    return kind
 
 
 def backend(value: str | None) -> str:

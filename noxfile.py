@@ -78,6 +78,18 @@ def zipapp(session: nox.Session) -> None:
     session.run("python", "dist/agentserver.pyz", "--version")
 
 
+@nox.session
+def agent(session: nox.Session) -> None:
+    """The agent for laptops: dist/agentserver-agent.pyz (Python 3.11+, any OS) and
+    dist/agentserver-agent-linux-x86_64 (standalone, no Python needed)."""
+    sync(session)
+    session.install("pyinstaller")
+    pyz, binary = "dist/agentserver-agent.pyz", "dist/agentserver-agent-linux-x86_64"
+    session.run("python", "-m", "agentserver.agent_bundle", pyz)
+    session.run("python", "scripts/freeze_agent.py", pyz, binary)
+    session.run(binary, "--version", external=True)
+
+
 @nox.session(venv_backend="none")
 def image(session: nox.Session) -> None:
     """Build the sandbox image on a debootstrapped Debian base; check each toolchain runs."""

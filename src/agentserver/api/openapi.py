@@ -242,8 +242,9 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
             obj(version=STRING, download=NULLABLE_STRING), "how to install the local agent"
         )
     },
-    ("GET", "/downloads/agentserver.pyz"): {
-        "200": typed("application/zip", "the agent as a zipapp, when one was configured")
+    ("GET", "/download/agentserver-agent.pyz"): {
+        "200": typed("application/zip", "the local agent as one file, for Python 3.11+"),
+        "304": {"description": "not modified (If-None-Match matched the ETag)"},
     },
     ("POST", "/api/agent/register"): {
         "201": json_answer(

@@ -395,9 +395,8 @@ class Settings:
         "AGENTSERVER_AGENT_ZIPAPP",
         None,
         v.optional_text,
-        "A built agentserver.pyz (`nox -s zipapp`) that the server offers at"
-        " /downloads/agentserver.pyz for local agents; unset, the agent dialog shows the"
-        " pip/uvx install command instead.",
+        "A file the server sends at /download/agentserver-agent.pyz instead of the agent it"
+        " builds from itself (e.g. for a server frozen with PyInstaller, which cannot).",
     )
     git_file_urls: bool = setting(
         "AGENTSERVER_GIT_FILE_URLS",

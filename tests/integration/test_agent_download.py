@@ -28,7 +28,7 @@ async def test_the_agent_file_is_built_once_per_version_and_runs_alone(
     download is the same file, revalidated by its ETag."""
     async with server.client() as client:
         install = await client.get("/api/agent/install")
-        assert install.json() == {"version": __version__, "download": ROUTE}
+        assert install.json() == {"version": __version__, "tunnelProtocol": 1, "download": ROUTE}
         first = await client.get(ROUTE)
         assert first.status_code == 200, first.text
         assert "agentserver-agent.pyz" in first.headers["content-disposition"]
@@ -86,7 +86,7 @@ async def test_a_missing_configured_file_is_a_clear_404(
     server = await start_server(nursery, settings)
     async with server.client() as client:
         install = await client.get("/api/agent/install")
-        assert install.json() == {"version": __version__, "download": None}
+        assert install.json() == {"version": __version__, "tunnelProtocol": 1, "download": None}
         missing = await client.get(ROUTE)
         assert missing.status_code == 404
         assert "--agent-zipapp" in missing.json()["error"]["message"]

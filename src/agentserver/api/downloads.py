@@ -5,7 +5,8 @@ this installation on the first request and kept per version under the data direc
 laptop gets the agent that matches this server and nothing comes from elsewhere. An operator's
 own file (`--agent-zipapp`, e.g. for a server frozen with PyInstaller, which cannot assemble
 one) is sent instead. `GET /api/agent/install` tells the agent dialog what there is: this
-server's version (for `pip install agentserver==…`) and the download's path, or None.
+server's version (for `pip install agentserver==…`), the tunnel protocol it speaks (an agent
+checks it before connecting) and the download's path, or None.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from quart import Blueprint, Response, request
 from agentserver import __version__, agent_bundle
 from agentserver.api.common import deps
 from agentserver.errors import NotFound
+from agentserver.tunnel.version import PROTOCOL
 
 blueprint = Blueprint("downloads", __name__)
 log = logging.getLogger(__name__)
@@ -80,7 +82,11 @@ async def _offers_download() -> bool:
 async def agent_install() -> dict[str, Any]:
     """The version to install, and the agent file's path when this server has one."""
     has_file = await _offers_download()
-    return {"version": __version__, "download": AGENT_ROUTE if has_file else None}
+    return {
+        "version": __version__,
+        "tunnelProtocol": PROTOCOL,
+        "download": AGENT_ROUTE if has_file else None,
+    }
 
 
 @blueprint.get(AGENT_ROUTE)

@@ -239,7 +239,8 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     },
     ("GET", "/api/agent/install"): {
         "200": json_answer(
-            obj(version=STRING, download=NULLABLE_STRING), "how to install the local agent"
+            obj(version=STRING, tunnelProtocol=COUNT, download=NULLABLE_STRING),
+            "how to install the local agent",
         )
     },
     ("GET", "/download/agentserver-agent.pyz"): {

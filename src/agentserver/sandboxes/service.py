@@ -104,9 +104,13 @@ class Sandboxes:
 
     @property
     def sealer(self) -> Sealer:
-        """The key of the sandboxes' environment variables (made on first use)."""
+        """The key of the sandboxes' environment variables: the configured one, or the data
+        directory's (made on first use)."""
         if self._sealer is None:
-            self._sealer = Sealer.of_data_dir(self.settings.data_dir)
+            given = self.settings.sandbox_env_key
+            self._sealer = (
+                Sealer(given.encode()) if given else Sealer.of_data_dir(self.settings.data_dir)
+            )
         return self._sealer
 
     # -- reading ------------------------------------------------------------------------------

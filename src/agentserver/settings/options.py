@@ -171,6 +171,15 @@ class Settings:
         v.optional_text,
         "Kubernetes runtimeClassName for sandbox pods (e.g. gvisor).",
     )
+    sandbox_env_key: str | None = setting(
+        "AGENTSERVER_SANDBOX_ENV_KEY",
+        None,
+        v.optional_fernet_key,
+        "Key that seals sandboxes' environment variables in the database (32 bytes, URL-safe"
+        " base64); unset: `sandbox-env.key` in the data directory, made on first use. Give the"
+        " same key to every replica, and keep it when the data directory is not kept.",
+        secret=True,
+    )
 
     # Sandbox limits: what one sandbox may use.
     agent_memory_limit: int = setting(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
@@ -211,6 +212,23 @@ def url_scheme(value: str | None) -> str:
     if scheme not in _SCHEMES:
         raise ValueError(f"{scheme!r} must be {' or '.join(_SCHEMES)}")
     return scheme
+
+
+def optional_fernet_key(value: str | None) -> str | None:
+    """A Fernet key: 32 bytes in URL-safe base64 (44 characters), or None."""
+    if not value:
+        return None
+    key = value.strip()
+    try:
+        raw = base64.urlsafe_b64decode(key.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raw = b""
+    if len(raw) != 32 or len(key) != 44:
+        raise ValueError(
+            "must be 32 bytes in URL-safe base64 (44 characters), e.g. from `python3 -c 'import"
+            " base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'`"
+        )
+    return key
 
 
 def log_format(value: str | None) -> str:

@@ -6,6 +6,7 @@ Helm 4 renders through helm-python-sdk (no cluster); `UPDATE_GOLDEN=1` rewrites 
 
 from __future__ import annotations
 
+import base64
 import copy
 import importlib.util
 import json
@@ -33,12 +34,20 @@ NAMESPACES = ("agentserver", "team-a")
 KUBE_VERSION = "1.33.0"
 HELM3 = REPO / ".cache/helm3/node_modules/.bin/helm"
 # Values in the scenario files that are secrets: they may appear only in a Secret.
-SECRETS = re.compile(r"s3cret-db-pass|sk-ant-api03|inline-auth-token|inline-client-secret")
+SECRETS = re.compile(
+    r"s3cret-db-pass|sk-ant-api03|inline-auth-token|inline-client-secret|AAECAwQFBgcICQoLDA0O"
+)
+
+
+# The chart makes a random sandbox env key when none is given: a fixed one keeps goldens stable.
+FIXED_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 
 
 def values_of(scenario: str) -> dict[str, Any]:
     loaded = yaml.safe_load((CHART / "ci" / f"{scenario}-values.yaml").read_text())
     assert isinstance(loaded, dict)
+    if not loaded.get("existingSecret"):
+        loaded.setdefault("sandboxEnvKey", FIXED_KEY)
     return loaded
 
 
@@ -134,6 +143,18 @@ def test_existing_secrets_make_the_chart_keep_none() -> None:
     assert env["DATABASE_URL"] == {"name": "agentserver-db", "key": "url"}
     assert env["GITHUB_CLIENT_SECRET"]["name"] == "agentserver-oidc"
     assert env["ANTHROPIC_API_KEY"]["name"] == "anthropic"
+    shared = {"name": "agentserver-secrets", "key": "sandbox-env-key"}
+    assert env["AGENTSERVER_SANDBOX_ENV_KEY"] == shared
+
+
+def test_without_a_key_the_chart_makes_a_fernet_key_of_its_own() -> None:
+    """No sandboxEnvKey and no existingSecret: the Secret holds a new 32-byte URL-safe key."""
+    values = values_of("one-liner")
+    del values["sandboxEnvKey"]
+    secret = next(o for o in objects(render(values)) if o["kind"] == "Secret")
+    key = secret["stringData"]["sandbox-env-key"]
+    assert len(base64.urlsafe_b64decode(key)) == 32
+    assert key != FIXED_KEY
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -53,6 +53,19 @@ key: {{ $key }}
 {{- if and $v.anthropicAuthToken (not $v.anthropicExistingSecret) }}anthropic-auth-token {{ end -}}
 {{- if and $v.oidc.github.clientSecret (not $v.oidc.existingSecret) }}github-client-secret {{ end -}}
 {{- if and $v.oidc.generic.clientSecret (not $v.oidc.existingSecret) }}oidc-client-secret {{ end -}}
+{{- if not $v.existingSecret }}sandbox-env-key {{ end -}}
+{{- end -}}
+
+{{/* The sandbox env key: given, else the one already in our Secret (upgrades keep it), else
+a new one (URL-safe base64 of 32 random bytes, as Fernet wants). */}}
+{{- define "agentserver.sandboxEnvKey" -}}
+{{- if .Values.sandboxEnvKey -}}
+{{- .Values.sandboxEnvKey -}}
+{{- else -}}
+{{- $found := lookup "v1" "Secret" .Release.Namespace (include "agentserver.secretName" .) -}}
+{{- $data := dig "data" "sandbox-env-key" "" $found -}}
+{{- if $data -}}{{ $data | b64dec }}{{- else -}}{{ randBytes 32 | b64enc | replace "+" "-" | replace "/" "_" }}{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Kubernetes quantities as the server's settings read them. */}}

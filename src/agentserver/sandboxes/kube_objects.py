@@ -75,15 +75,15 @@ PROBE_SCRIPT = (
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 
 
-def dns_label(text: str, prefix: str) -> str:
-    """`prefix` + `text` as a DNS-1035 label (a letter first, at most 63 characters); a long
-    or altered text keeps a hash of the original so two never meet."""
+def dns_label(text: str, prefix: str, suffix: str = "") -> str:
+    """`prefix` + `text` + `suffix` as a DNS-1035 label (a letter first, at most 63
+    characters); a long or altered text keeps a hash of the original so two never meet."""
     clean = _NOT_DNS.sub("-", text.lower()).strip("-")
     name = f"{prefix}{clean}"
-    if clean != text or len(name) > 63:
+    if clean != text or len(name) + len(suffix) > 63:
         digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-        name = f"{name[: 63 - 9].rstrip('-')}-{digest}"
-    return name
+        name = f"{name[: 63 - 9 - len(suffix)].rstrip('-')}-{digest}"
+    return name + suffix
 
 
 def sandbox_name(sandbox_id: str) -> str:
@@ -91,7 +91,7 @@ def sandbox_name(sandbox_id: str) -> str:
 
 
 def secret_name(sandbox_id: str) -> str:
-    return dns_label(sandbox_id, "sandbox-") + "-env"
+    return dns_label(sandbox_id, "sandbox-", "-env")
 
 
 def namespace_for(workspace_id: str, settings: Settings) -> str:
@@ -104,7 +104,7 @@ def namespace_for(workspace_id: str, settings: Settings) -> str:
 def disk_claim(workspace_id: str, settings: Settings) -> str:
     """The workspace disk's PVC (named per workspace where workspaces share a namespace)."""
     if settings.kube_namespace:
-        return dns_label(workspace_id, "workspace-") + "-disk"
+        return dns_label(workspace_id, "workspace-", "-disk")
     return "workspace-disk"
 
 

@@ -107,7 +107,9 @@ def load_configuration() -> k8s.Configuration:
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         else:
-            kubernetes.config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            kubernetes.config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
+            )  # type: ignore[no-untyped-call]
     except (kubernetes.config.ConfigException, OSError, ValueError) as exc:
         raise ConfigError(
             f"--backend kubernetes: no cluster configuration (in-cluster or KUBECONFIG): {exc}"
@@ -151,10 +153,13 @@ class KubernetesBackend:
     name = "kubernetes"
     warnings: tuple[str, ...] = ()
 
-    def __init__(self, api: k8s.ApiClient, settings: Settings, view: SandboxView) -> None:
+    def __init__(
+        self, api: k8s.ApiClient, settings: Settings, view: SandboxView, watch: SandboxWatch
+    ) -> None:
         self._api = api
         self._settings = settings
         self._view = view
+        self.watch = watch  # its counters tell tests (and logs) how often it reopened
         # Typed as Any: the client takes our plain dict bodies (kube_objects.py) as they are.
         self._core: Any = k8s.CoreV1Api(api)
         self._custom: Any = k8s.CustomObjectsApi(api)
@@ -486,8 +491,8 @@ async def open_backend(settings: Settings, on_exit: ExitNotice) -> AsyncIterator
     try:
         await trio.to_thread.run_sync(check_api, api)
         view = SandboxView()
-        backend = KubernetesBackend(api, settings, view)
         watch = SandboxWatch(sandbox_lister(watch_api, settings))
+        backend = KubernetesBackend(api, settings, view, watch)
         send, receive = trio.open_memory_channel[Update](64)
         token = trio.lowlevel.current_trio_token()
 

@@ -8,6 +8,7 @@ import base64
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,33 @@ async def test_lifecycle_uses_only_the_declared_api_calls(
     seen = kube_api.verbs()
     assert seen, "the stand-in recorded no calls"
     assert seen <= API_CALLS, sorted(seen - API_CALLS)
+
+
+async def test_activity_puts_the_shutdown_time_off(
+    kube_api: KubeApi, kube_settings: Settings
+) -> None:
+    """A sandbox gets a shutdownTime a little past its idle timeout; activity moves it forward,
+    so only sandboxes nobody uses stop when no server is left to pause them."""
+    spec = make_spec("keepalive0000001")
+    namespace, name = namespace_of(spec, kube_settings), ko.sandbox_name(spec.id)
+    async with backend_on(kube_settings) as (backend, _):
+        await backend.create(spec)
+        first = kube_api.get("sandboxes", namespace, name)
+        assert first is not None
+        assert first["spec"]["shutdownPolicy"] == "Retain"
+        planned = datetime.fromisoformat(first["spec"]["shutdownTime"])
+        expected = datetime.now(UTC) + timedelta(seconds=spec.idle_timeout) + ko.SHUTDOWN_MARGIN
+        assert abs((planned - expected).total_seconds()) < 60
+        soon = (datetime.now(UTC) + timedelta(minutes=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        kube_api.patch_object("sandboxes", namespace, name, {"spec": {"shutdownTime": soon}})
+        await backend.wait_for_object(
+            spec.id, lambda obj: obj["spec"].get("shutdownTime") == soon
+        )
+        await backend.keep_alive(spec.id)
+        moved = kube_api.get("sandboxes", namespace, name)
+        assert moved is not None
+        assert datetime.fromisoformat(moved["spec"]["shutdownTime"]) >= planned
+        await backend.destroy(spec.id)
 
 
 async def test_a_watch_that_ends_is_resumed_without_missing_a_change(

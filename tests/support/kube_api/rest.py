@@ -1,0 +1,487 @@
+"""The REST layer: a request (method, path, query, body) → a reply, verbs as RBAC names them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.support.kube_api import errors, resources, validation
+from tests.support.kube_api.errors import ApiError
+from tests.support.kube_api.patches import apply_patch
+from tests.support.kube_api.resources import NAMESPACES, PODS, PVCS, SECRETS, SERVICES, Resource
+from tests.support.kube_api.selectors import field_selector, label_selector
+from tests.support.kube_api.store import Event, Store, parse_resource_version
+
+DEFAULT_WATCH_SECONDS = 1800
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    content_type: str
+    body: bytes
+    authorization: str
+
+
+@dataclass
+class Reply:
+    status: int
+    body: dict[str, Any] | None = None
+    stream: Iterator[bytes] | None = None
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One request as RBAC sees it: `verb` on `group`/`resource`[/`subresource`]."""
+
+    method: str
+    path: str
+    verb: str  # get list watch create update patch delete deletecollection, or "discover"
+    group: str
+    resource: str
+    subresource: str
+    namespace: str
+    name: str
+    code: int
+    content_type: str = ""
+    query: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a resource URL names."""
+
+    resource: Resource
+    namespace: str | None
+    name: str
+    subresource: str
+    watch_prefix: bool
+
+
+def _not_served(path: str) -> ApiError:
+    return ApiError(404, "NotFound", "the server could not find the requested resource")
+
+
+class Rest:
+    """Routes requests to the store; records every call; refuses a wrong bearer token."""
+
+    def __init__(self, store: Store, token: str, served: resources.ServedVersion) -> None:
+        self.store = store
+        self.token = token
+        self.served: resources.ServedVersion = served
+        self.calls: list[ApiCall] = []
+        self._calls_lock = threading.Lock()
+
+    def _record(self, request: Request, verb: str, target: Target | None, code: int) -> None:
+        call = ApiCall(
+            method=request.method,
+            path=request.path,
+            verb=verb,
+            group=target.resource.group if target else "",
+            resource=target.resource.plural if target else "",
+            subresource=target.subresource if target else "",
+            namespace=(target.namespace or "") if target else "",
+            name=target.name if target else "",
+            code=code,
+            content_type=request.content_type,
+            query=dict(request.query),
+        )
+        with self._calls_lock:
+            self.calls.append(call)
+
+    def handle(self, request: Request) -> Reply:
+        target: Target | None = None
+        verb = "discover"
+        try:
+            if request.authorization != f"Bearer {self.token}":
+                raise errors.unauthorized()
+            discovery = self._discovery(request.path)
+            if discovery is not None:
+                if request.method != "GET":
+                    raise errors.method_not_allowed(request.method)
+                reply = Reply(200, discovery)
+            else:
+                target = self._route(request.path)
+                verb = _verb(request, target)
+                reply = self._dispatch(request, target, verb)
+        except ApiError as exc:
+            reply = Reply(exc.code, exc.status())
+        self._record(request, verb, target, reply.status)
+        return reply
+
+    # --- routing -----------------------------------------------------------------------------
+
+    def _discovery(self, path: str) -> dict[str, Any] | None:
+        parts = [p for p in path.split("/") if p]
+        found: dict[str, Any] | None
+        if parts == ["version"]:
+            return resources.version_info()
+        if parts == ["api"]:
+            return resources.api_versions()
+        if parts == ["api", "v1"]:
+            return resources.api_resource_list("", "v1", self.served)
+        if parts == ["apis"]:
+            return resources.api_group_list(self.served)
+        if len(parts) == 2 and parts[0] == "apis":
+            found = resources.api_group(parts[1], self.served)
+            if found is None:
+                raise _not_served(path)
+            return found
+        if len(parts) == 3 and parts[0] == "apis":
+            found = resources.api_resource_list(parts[1], parts[2], self.served)
+            if found is None:
+                raise _not_served(path)
+            return found
+        return None
+
+    def _route(self, path: str) -> Target:
+        parts = [p for p in path.split("/") if p]
+        if parts[:2] == ["api", "v1"]:
+            group, version, rest = "", "v1", parts[2:]
+        elif len(parts) >= 4 and parts[0] == "apis":
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise _not_served(path)
+        watch_prefix = bool(rest) and rest[0] == "watch"
+        if watch_prefix:
+            rest = rest[1:]
+        namespace: str | None = None
+        if (
+            len(rest) >= 3
+            and rest[0] == "namespaces"
+            and not (group == "" and len(rest) == 3 and rest[2] in ("status", "finalize"))
+        ):
+            namespace, rest = rest[1], rest[2:]
+        if not rest or len(rest) > 3:
+            raise _not_served(path)
+        resource = resources.find(group, version, rest[0], self.served)
+        if resource is None:
+            raise _not_served(path)
+        name = rest[1] if len(rest) > 1 else ""
+        sub = rest[2] if len(rest) > 2 else ""
+        if sub and not (sub == "status" and resource.status_subresource):
+            raise _not_served(path)
+        if namespace is not None and not resource.namespaced:
+            raise _not_served(path)
+        if resource.namespaced and namespace is None and name:
+            raise _not_served(path)
+        return Target(resource, namespace, name, sub, watch_prefix)
+
+    def _dispatch(self, request: Request, target: Target, verb: str) -> Reply:
+        if verb == "get":
+            return Reply(200, self.store.get(target.resource, target.namespace or "", target.name))
+        if verb == "list":
+            return Reply(200, self._list(request, target))
+        if verb == "watch":
+            return Reply(200, stream=self._watch(request, target))
+        if verb == "create":
+            return Reply(201, self._create(request, target))
+        if verb == "update":
+            return Reply(200, self._update(request, target))
+        if verb == "patch":
+            return Reply(200, self._patch(request, target))
+        if verb == "delete":
+            return Reply(200, self._delete(request, target))
+        if verb == "deletecollection":
+            return Reply(200, self._delete_collection(request, target))
+        raise errors.method_not_allowed(request.method)
+
+    # --- verbs -------------------------------------------------------------------------------
+
+    def _selected(self, request: Request, target: Target) -> tuple[list[dict[str, Any]], int]:
+        labels = label_selector(request.query.get("labelSelector"))
+        fields = field_selector(request.query.get("fieldSelector"))
+        items, rv = self.store.list(target.resource, target.namespace)
+        return [o for o in items if labels(o["metadata"].get("labels") or {}) and fields(o)], rv
+
+    def _list(self, request: Request, target: Target) -> dict[str, Any]:
+        items, rv = self._selected(request, target)
+        if not target.resource.is_custom:
+            # Built-in lists carry kind and apiVersion once, not per item (as the server does).
+            for item in items:
+                item.pop("kind", None)
+                item.pop("apiVersion", None)
+        return {
+            "kind": f"{target.resource.kind}List",
+            "apiVersion": target.resource.api_version,
+            "metadata": {"resourceVersion": str(rv)},
+            "items": items,
+        }
+
+    def _watch(self, request: Request, target: Target) -> Iterator[bytes]:
+        labels = label_selector(request.query.get("labelSelector"))
+        fields = field_selector(request.query.get("fieldSelector"))
+        start = parse_resource_version(request.query.get("resourceVersion"))
+        seconds = int(request.query.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
+        bookmarks = request.query.get("allowWatchBookmarks") == "true"
+        deadline = time.monotonic() + seconds
+        epoch = self.store.watch_epoch
+        initial: list[dict[str, Any]] = []
+        if not start:
+            initial, start = self._selected(request, target)
+
+        def selected(obj: dict[str, Any] | None) -> bool:
+            return obj is not None and labels(obj["metadata"].get("labels") or {}) and fields(obj)
+
+        def lines() -> Iterator[bytes]:
+            for obj in initial:
+                yield _line("ADDED", obj)
+            cursor = start
+            try:
+                for event in self.store.events_after(cursor, deadline, epoch):
+                    cursor = event.rv
+                    kind = _event_type(event, target, selected)
+                    if kind is not None:
+                        yield _line(kind, event.obj)
+            except ApiError as exc:
+                yield _line("ERROR", exc.status())
+                return
+            if bookmarks:
+                rv = max(cursor, self.store.resource_version)
+                yield _line(
+                    "BOOKMARK",
+                    {
+                        "kind": target.resource.kind,
+                        "apiVersion": target.resource.api_version,
+                        "metadata": {"resourceVersion": str(rv)},
+                    },
+                )
+
+        return lines()
+
+    def _body(self, request: Request) -> Any:
+        try:
+            return json.loads(request.body or b"null")
+        except ValueError as exc:
+            raise errors.bad_request(f"the body is not JSON: {exc}") from exc
+
+    def _object_body(self, request: Request, target: Target) -> dict[str, Any]:
+        body = self._body(request)
+        if not isinstance(body, dict):
+            raise errors.bad_request("the body must be a JSON object")
+        resource = target.resource
+        if body.get("apiVersion", resource.api_version) != resource.api_version:
+            raise errors.bad_request(
+                f"the API version in the data ({body.get('apiVersion')}) does not match the "
+                f"expected API version ({resource.api_version})"
+            )
+        if body.get("kind", resource.kind) != resource.kind:
+            raise errors.bad_request(
+                f"the kind in the data ({body.get('kind')}) does not match the expected kind "
+                f"({resource.kind})"
+            )
+        body.setdefault("apiVersion", resource.api_version)
+        body.setdefault("kind", resource.kind)
+        meta = body.setdefault("metadata", {})
+        if target.namespace and meta.get("namespace", target.namespace) != target.namespace:
+            raise errors.bad_request(
+                "the namespace of the provided object does not match the namespace sent on the "
+                "request"
+            )
+        return body
+
+    def _create(self, request: Request, target: Target) -> dict[str, Any]:
+        if target.name:
+            raise errors.method_not_allowed("POST")
+        body = self._object_body(request, target)
+        if not body["metadata"].get("name") and body["metadata"].get("generateName"):
+            body["metadata"]["name"] = body["metadata"]["generateName"] + "x0000"
+            generated = True
+        else:
+            generated = False
+        body = validation.validate(target.resource, body)
+        if generated:
+            del body["metadata"]["name"]
+        fill_server_fields(target.resource, body)
+        return self.store.create(target.resource, target.namespace or "", body)
+
+    def _checked(self, resource: Resource) -> Any:
+        def check(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+            validation.check_update(resource, old, new)
+            new = validation.validate(resource, new)
+            if resource is SECRETS:
+                fold_string_data(new)
+            return new
+
+        return check
+
+    def _update(self, request: Request, target: Target) -> dict[str, Any]:
+        body = self._object_body(request, target)
+        name = body["metadata"].get("name")
+        if name != target.name:
+            raise errors.bad_request(
+                f"the name of the object ({name}) does not match the name on the URL "
+                f"({target.name})"
+            )
+        if target.resource.is_custom and not body["metadata"].get("resourceVersion"):
+            raise validation.reject(
+                target.resource,
+                target.name,
+                "metadata.resourceVersion",
+                "Invalid value: 0x0: must be specified for an update",
+            )
+        return self.store.replace(
+            target.resource,
+            target.namespace or "",
+            target.name,
+            body,
+            status=target.subresource == "status",
+            check=self._checked(target.resource),
+        )
+
+    def _patch(self, request: Request, target: Target) -> dict[str, Any]:
+        patch = self._body(request)
+        namespace = target.namespace or ""
+        for attempt in range(10):
+            current = self.store.get(target.resource, namespace, target.name)
+            patched = apply_patch(request.content_type, current, patch)
+            patched.setdefault("metadata", {})["name"] = target.name
+            asked = patched["metadata"].get("resourceVersion")
+            try:
+                return self.store.replace(
+                    target.resource,
+                    namespace,
+                    target.name,
+                    patched,
+                    status=target.subresource == "status",
+                    check=self._checked(target.resource),
+                )
+            except ApiError as exc:
+                # The server retries a patch that raced another write, unless it named a version.
+                if exc.reason != "Conflict" or asked != current["metadata"]["resourceVersion"]:
+                    raise
+                if attempt == 9:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _delete(self, request: Request, target: Target) -> dict[str, Any]:
+        options = self._body(request) or {}
+        policy = request.query.get("propagationPolicy") or options.get("propagationPolicy")
+        namespace = target.namespace or ""
+        preconditions = options.get("preconditions") or {}
+        if preconditions:
+            current = self.store.get(target.resource, namespace, target.name)
+            for key in ("uid", "resourceVersion"):
+                if preconditions.get(key) and preconditions[key] != current["metadata"][key]:
+                    raise ApiError(
+                        409,
+                        "Conflict",
+                        f"Precondition failed: {key}: {preconditions[key]}, "
+                        f"ObjectMeta.{key}: {current['metadata'][key]}",
+                    )
+        obj = self.store.delete(target.resource, namespace, target.name, orphan=policy == "Orphan")
+        resource = target.resource
+        if resource.is_custom or resource in (PODS, NAMESPACES):
+            if resource is NAMESPACES:
+                obj.setdefault("status", {})["phase"] = "Terminating"
+            return obj
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": {
+                "name": target.name,
+                "group": resource.group,
+                "kind": resource.plural,
+                "uid": obj["metadata"]["uid"],
+            },
+        }
+
+    def _delete_collection(self, request: Request, target: Target) -> dict[str, Any]:
+        items, _ = self._selected(request, target)
+        for item in items:
+            meta = item["metadata"]
+            try:
+                self.store.delete(target.resource, meta.get("namespace", ""), meta["name"])
+            except ApiError as exc:
+                if exc.code != 404:
+                    raise
+        return self._list(request, target) | {"items": items}
+
+
+def _verb(request: Request, target: Target) -> str:
+    method = request.method
+    if method == "GET":
+        if target.watch_prefix or request.query.get("watch") in ("true", "1"):
+            return "watch"
+        return "get" if target.name else "list"
+    if method == "POST":
+        return "create"
+    if method == "PUT":
+        return "update"
+    if method == "PATCH":
+        return "patch"
+    if method == "DELETE":
+        return "delete" if target.name else "deletecollection"
+    raise errors.method_not_allowed(method)
+
+
+def _event_type(event: Event, target: Target, selected: Any) -> str | None:
+    """The type a selecting watch sees: an object moving into or out of the set is ADDED or
+    DELETED, as the API server's watch cache reports it."""
+    if event.resource.key != target.resource.key:
+        return None
+    if target.namespace is not None and event.namespace != target.namespace:
+        return None
+    if event.type == "DELETED":
+        return "DELETED" if selected(event.obj) else None
+    now = selected(event.obj)
+    if event.type == "ADDED":
+        return "ADDED" if now else None
+    was = selected(event.before)
+    if now:
+        return "MODIFIED" if was else "ADDED"
+    return "DELETED" if was else None
+
+
+def _line(kind: str, obj: dict[str, Any]) -> bytes:
+    return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
+def fill_server_fields(resource: Resource, body: dict[str, Any]) -> None:
+    """What the API server and its controllers fill in at once: a namespace is Active, a PVC is
+    Bound (dynamic provisioning), a Service has a cluster IP, a new Pod is Pending."""
+    if resource is SECRETS:
+        fold_string_data(body)
+        body.setdefault("type", "Opaque")
+    elif resource is NAMESPACES:
+        body.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+        body["status"] = {"phase": "Active"}
+    elif resource is PVCS:
+        spec = body.setdefault("spec", {})
+        spec.setdefault("volumeMode", "Filesystem")
+        spec.setdefault("storageClassName", "standard")
+        requested = (spec.get("resources") or {}).get("requests", {}).get("storage", "1Gi")
+        body["status"] = {
+            "phase": "Bound",
+            "accessModes": spec.get("accessModes", ["ReadWriteOnce"]),
+            "capacity": {"storage": requested},
+        }
+    elif resource is SERVICES:
+        spec = body.setdefault("spec", {})
+        spec.setdefault("type", "ClusterIP")
+        if spec.get("clusterIP") != "None":
+            spec["clusterIP"] = "10.96.0.10"
+        spec["clusterIPs"] = [spec["clusterIP"]]
+        body["status"] = {"loadBalancer": {}}
+    elif resource is PODS:
+        body["status"] = {"phase": "Pending"}
+    elif resource.status_subresource:
+        body.pop("status", None)
+
+
+def fold_string_data(body: dict[str, Any]) -> None:
+    """A Secret's stringData is write-only: the server merges it into data, base64-encoded."""
+    if "stringData" in body:
+        data = body.get("data") or {}
+        for key, value in (body.pop("stringData") or {}).items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        body["data"] = data

@@ -24,6 +24,7 @@ from agentserver.sandboxes.kubernetes import API_CALLS, KubernetesBackend, open_
 from agentserver.sandboxes.readiness import answers
 from agentserver.settings import Settings, build_settings
 from tests.support.kube_api import KubeApi
+from tests.support.kube_api.resources import SANDBOXES
 
 REAL_KEY = "sk-ant-real-key-that-must-never-enter-a-sandbox"
 
@@ -120,10 +121,12 @@ async def test_activity_puts_the_shutdown_time_off(
         expected = datetime.now(UTC) + timedelta(seconds=spec.idle_timeout) + ko.SHUTDOWN_MARGIN
         assert abs((planned - expected).total_seconds()) < 60
         soon = (datetime.now(UTC) + timedelta(minutes=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        kube_api.patch_object("sandboxes", namespace, name, {"spec": {"shutdownTime": soon}})
-        await backend.wait_for_object(
-            spec.id, lambda obj: obj["spec"].get("shutdownTime") == soon
-        )
+        first["spec"]["shutdownTime"] = soon
+        kube_api.store.replace(SANDBOXES, namespace, name, first)
+        with trio.fail_after(30):
+            await backend.view.wait_for(
+                lambda: backend.view.objects[spec.id]["spec"].get("shutdownTime") == soon
+            )
         await backend.keep_alive(spec.id)
         moved = kube_api.get("sandboxes", namespace, name)
         assert moved is not None
@@ -152,16 +155,21 @@ async def test_a_watch_that_ends_is_resumed_without_missing_a_change(
 async def test_a_watch_answered_410_lists_again_and_misses_nothing(
     kube_api: KubeApi, kube_settings: Settings
 ) -> None:
-    """When the server has forgotten the watch's resourceVersion (410 Gone), the backend lists
-    again and the change made meanwhile still reaches it."""
+    """When the server has forgotten the watch's resourceVersion (410 Gone) before it could
+    send a change, the backend lists again and still learns of that change."""
     spec = make_spec("watchgone0000001")
     async with backend_on(kube_settings) as (backend, exits):
         await backend.create(spec)
         relists = backend.watch.relists
-        kube_api.compact()
-        kube_api.end_watches()
-        kube_api.fail_pod(namespace_of(spec, kube_settings), ko.sandbox_name(spec.id))
-        assert (await exits.next())[0] == spec.id
+        store = kube_api.store
+        # Under the store's lock the open watch cannot send the deletion before the history
+        # that holds it is forgotten: it answers 410 instead.
+        with store._cond:
+            store.delete(SANDBOXES, namespace_of(spec, kube_settings), ko.sandbox_name(spec.id))
+            kube_api.compact()
+        sandbox_id, reason = await exits.next()
+        assert sandbox_id == spec.id
+        assert "deleted outside agentserver" in reason
         assert backend.watch.relists > relists
         await backend.destroy(spec.id)
 

@@ -29,9 +29,7 @@ def kube_server_settings(
 ) -> Settings:
     monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig_path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    return make_settings(
-        db_url, tmp_path / "data", backend="k8s", anthropic_api_key=REAL_KEY
-    )
+    return make_settings(db_url, tmp_path / "data", backend="k8s", anthropic_api_key=REAL_KEY)
 
 
 @pytest.fixture

@@ -42,6 +42,9 @@ LIST_TIMEOUT = (
     30.0  # the watch's first list at start  # how long a delete waits to see the Sandbox go
 )
 MERGE_PATCH = "application/merge-patch+json"
+# A delete's answer is the object or a Status, depending on the resource and server: we need
+# neither, so the client does not parse it.
+NO_BODY: dict[str, Any] = {"_preload_content": False}
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # A shutdownTime is moved only when activity would put it off by more than this.
 KEEP_ALIVE_STEP = timedelta(minutes=5)
@@ -170,6 +173,11 @@ class KubernetesBackend:
         # Sandboxes we stop or delete on purpose: their going is not an exit.
         self._stopping: set[str] = set()
         self.ready_timeout = READY_TIMEOUT
+
+    @property
+    def view(self) -> SandboxView:
+        """Our Sandbox objects as the watch last reported them."""
+        return self._view
 
     def describe(self) -> str:
         where = self._settings.kube_namespace or f"{self._settings.kube_namespace_prefix}-*"
@@ -434,20 +442,32 @@ class KubernetesBackend:
             ),
         )
         secret = ko.secret_name(sandbox_id)
-        _ignore(404, lambda: self._core.delete_namespaced_secret(secret, namespace))
+        _ignore(
+            404, lambda: _drained(self._core.delete_namespaced_secret(secret, namespace, **NO_BODY))
+        )
 
     def _delete_workspace(self, workspace_id: str) -> None:
         namespace = self._namespace(workspace_id)
         claim = ko.disk_claim(workspace_id, self._settings)
-        _ignore(404, lambda: self._core.delete_namespaced_persistent_volume_claim(claim, namespace))
+        _ignore(
+            404,
+            lambda: _drained(
+                self._core.delete_namespaced_persistent_volume_claim(claim, namespace, **NO_BODY)
+            ),
+        )
         if self._settings.kube_namespace:
             return
         found = _ignore(404, lambda: self._core.read_namespace(namespace))
         labels = (found.metadata.labels or {}) if found is not None else {}
         if labels.get(ko.LABEL_MANAGED) == ko.MANAGED_BY:
-            _ignore(404, lambda: self._core.delete_namespace(namespace))
+            _ignore(404, lambda: _drained(self._core.delete_namespace(namespace, **NO_BODY)))
         elif found is not None:
-            _ignore(404, lambda: self._net.delete_namespaced_network_policy(ko.POLICY, namespace))
+            _ignore(
+                404,
+                lambda: _drained(
+                    self._net.delete_namespaced_network_policy(ko.POLICY, namespace, **NO_BODY)
+                ),
+            )
 
     def _logs(self, namespace: str, obj: Obj, lines: int) -> str:
         try:
@@ -459,6 +479,11 @@ class KubernetesBackend:
                 return ""
             raise
         return str(text or "")
+
+
+def _drained(response: Any) -> None:
+    """Read a raw answer to its end, so its connection goes back to the pool."""
+    response.read()
 
 
 def _parse_time(text: str) -> datetime:

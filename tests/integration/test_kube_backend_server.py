@@ -47,7 +47,7 @@ async def create_running(
     response = await api.post(f"/api/workspaces/{wid}/sandboxes", json={"name": name})
     assert response.status_code == 201, response.text
     done = await events.until(response.json()["id"], "running", "failed")
-    assert done["status"] == "running", done
+    assert done["status"] == "running", done.get("statusReason")
     return done
 
 

@@ -20,7 +20,8 @@ from agentserver.errors import BackendError, ConfigError
 from agentserver.models import SandboxType
 from agentserver.sandboxes import kube_objects as ko
 from agentserver.sandboxes.base import SandboxSpec
-from agentserver.sandboxes.kubernetes import API_CALLS, KubernetesBackend, open_backend
+from agentserver.sandboxes.kube_calls import API_CALLS
+from agentserver.sandboxes.kubernetes import KubernetesBackend, open_backend
 from agentserver.sandboxes.readiness import answers
 from agentserver.settings import Settings, build_settings
 from tests.support.kube_api import KubeApi

@@ -19,7 +19,7 @@ import trio
 from agentserver.errors import BackendError, ConfigError
 from agentserver.models import SandboxType
 from agentserver.sandboxes import kube_objects as ko
-from agentserver.sandboxes.base import SandboxSpec
+from agentserver.sandboxes.base import Endpoint, SandboxSpec
 from agentserver.sandboxes.kube_calls import API_CALLS
 from agentserver.sandboxes.kubernetes import KubernetesBackend, open_backend
 from agentserver.sandboxes.readiness import answers
@@ -94,6 +94,7 @@ async def test_lifecycle_uses_only_the_declared_api_calls(
     async with backend_on(kube_settings) as (backend, exits):
         endpoint = await backend.create(spec)
         assert await agent_answers(spec, endpoint.host, endpoint.port)
+        assert backend.preview_endpoint(spec.id, endpoint, 3000) == Endpoint(endpoint.host, 3000)
         await backend.logs(spec.id)
         await backend.keep_alive(spec.id)
         await backend.pause(spec.id)

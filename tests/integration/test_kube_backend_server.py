@@ -212,3 +212,27 @@ async def test_an_image_that_cannot_be_pulled_fails_the_sandbox_with_a_reason(
     assert image in done["statusReason"]
     await api.aclose()
     server.shutdown.set()
+
+
+async def test_a_sandbox_the_api_refuses_fails_with_the_servers_reason(
+    kube_server: Server, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Sandbox the API server refuses with 422 leaves the sandbox `failed`, its reason the
+    server's message (here a v1alpha1 field the v1beta1 schema lacks)."""
+    build = ko.sandbox_object
+
+    def with_unknown_field(*args: Any) -> dict[str, Any]:
+        obj = build(*args)
+        obj["spec"]["replicas"] = 1
+        return obj
+
+    monkeypatch.setattr(ko, "sandbox_object", with_unknown_field)
+    api, wid = await owner_with_workspace(kube_server)
+    events = await open_events(nursery, api, wid)
+    response = await api.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "refused"})
+    assert response.status_code == 201, response.text
+    done = await events.until(response.json()["id"], "running", "failed")
+    assert done["status"] == "failed"
+    assert "Kubernetes refused the object" in done["statusReason"]
+    assert "replicas" in done["statusReason"]
+    await api.aclose()

@@ -184,6 +184,15 @@ def test_shutdown_time_is_a_little_past_the_idle_timeout() -> None:
     assert ko.shutdown_time(0, NOW) is None
 
 
+def test_running_again_puts_the_shutdown_time_off_or_removes_it() -> None:
+    """The resume patch runs the Sandbox with a fresh shutdownTime and the timeout it follows;
+    for a workspace that never idles, it removes the shutdownTime (null in a merge patch)."""
+    patch = ko.running_patch(600, NOW)
+    assert patch["spec"] == {"operatingMode": "Running", "shutdownTime": "2026-12-06T12:20:00Z"}
+    assert patch["metadata"]["annotations"] == {ko.ANNOTATION_IDLE: "600"}
+    assert ko.running_patch(0, NOW)["spec"]["shutdownTime"] is None
+
+
 @given(st.text(min_size=1, max_size=120))
 def test_sandbox_names_are_dns_1035_labels(sandbox_id: str) -> None:
     """Whatever the id, the Sandbox's name is a DNS-1035 label of at most 63 characters."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 from datetime import datetime, timedelta
 from typing import Any
@@ -305,8 +304,12 @@ def sandbox_object(spec: SandboxSpec, settings: Settings, now: datetime) -> Obj:
 
 
 def running_patch(spec_idle: float, now: datetime) -> Obj:
-    """The merge patch that runs a sandbox again, with its shutdown time put off."""
-    return {"spec": {"operatingMode": "Running", "shutdownTime": shutdown_time(spec_idle, now)}}
+    """The merge patch that runs a sandbox again, with its shutdown time put off (and the idle
+    timeout it follows, which its workspace may have changed; none: no shutdown time)."""
+    return {
+        "metadata": {"annotations": {ANNOTATION_IDLE: f"{spec_idle:g}"}},
+        "spec": {"operatingMode": "Running", "shutdownTime": shutdown_time(spec_idle, now)},
+    }
 
 
 SUSPEND_PATCH: Obj = {"spec": {"operatingMode": "Suspended"}}
@@ -435,7 +438,3 @@ def not_ready_text(obj: Obj | None) -> str:
         text += f": {ready['message']})" if ready.get("message") else ")"
     return text
 
-
-def describe_object(obj: Obj) -> str:
-    """A stable digest of an object (for golden tests and logs)."""
-    return json.dumps(obj, sort_keys=True, indent=2)

@@ -245,6 +245,8 @@ class KubernetesBackend:
         exits: list[tuple[str, str]] = []
 
         def noticed(sandbox_id: str, before: Obj | None, now: Obj | None) -> None:
+            if now is None:
+                self._stopping.discard(sandbox_id)  # gone: nothing of it to remember
             if sandbox_id in self._stopping or before is None or ko.pod_ip(before) is None:
                 return
             if now is None:

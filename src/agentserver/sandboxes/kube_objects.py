@@ -437,4 +437,3 @@ def not_ready_text(obj: Obj | None) -> str:
         text += f" ({ready['reason']}"
         text += f": {ready['message']})" if ready.get("message") else ")"
     return text
-

@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Callable
@@ -159,28 +160,38 @@ def _pump(agent: Agent, on_change: Callable[[Agent], None], probe: dict[str, Any
 
 def _probe(agent: Agent, probe: dict[str, Any] | None) -> bool:
     """The readiness probe's httpGet against the agent (any answer below 400 is ready)."""
-    if probe is None or "httpGet" not in probe:
-        return True
-    get = probe["httpGet"]
-    port = get.get("port", agent.port)
-    port = agent.port if isinstance(port, str) else int(port)
-    headers = {h["name"]: h["value"] for h in get.get("httpHeaders") or []}
+    if probe is None or not ({"httpGet", "tcpSocket"} & set(probe)):
+        return True  # no probe (or an exec probe, which cannot run here): ready once listening
+    action = probe.get("httpGet") or probe["tcpSocket"]
+    port = action.get("port", agent.port)
+    port = agent.port if isinstance(port, str) else int(port)  # a named port: the agent's
     period = float(probe.get("periodSeconds", 10))
+    timeout = float(probe.get("timeoutSeconds", 1))
     while not (agent.stopping or agent.exited):
-        conn = http.client.HTTPConnection(
-            agent.ip, port, timeout=float(probe.get("timeoutSeconds", 1))
-        )
-        try:
-            conn.request("GET", get.get("path", "/"), headers=headers)
-            if conn.getresponse().status < 400:
-                return True
-        except OSError:
-            pass
-        finally:
-            conn.close()
+        if _probe_once(agent.ip, port, probe.get("httpGet"), timeout):
+            return True
         # The probe's period (shortened): the kubelet's schedule, ended early by a stop.
         agent.stopped.wait(min(period, 1.0) / 5)
     return False
+
+
+def _probe_once(ip: str, port: int, get: dict[str, Any] | None, timeout: float) -> bool:
+    """One probe: a TCP connect, or an HTTP GET answered below 400 (as the kubelet counts)."""
+    if get is None:
+        try:
+            socket.create_connection((ip, port), timeout=timeout).close()
+        except OSError:
+            return False
+        return True
+    headers = {h["name"]: h["value"] for h in get.get("httpHeaders") or []}
+    conn = http.client.HTTPConnection(ip, port, timeout=timeout)
+    try:
+        conn.request("GET", get.get("path", "/"), headers=headers)
+        return conn.getresponse().status < 400
+    except OSError:
+        return False
+    finally:
+        conn.close()
 
 
 def stop(agent: Agent) -> None:

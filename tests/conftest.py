@@ -22,7 +22,7 @@ from agentserver.settings import Settings, build_settings
 
 REPO = Path(__file__).resolve().parents[1]
 # Session fixtures registered once, so every module shares one Docker daemon.
-pytest_plugins = ["tests.support.dockerd", "tests.support.kube_api.fixtures"]
+pytest_plugins = ["tests.support.dockerd"]
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ class AliveBackend(FakeBackend):
 
 
 @dataclass
-class World:
+class AliveWorld:
     service: Sandboxes
     backend: AliveBackend
     workspace_id: str
@@ -60,7 +60,7 @@ def new_workspace(db_url: str, idle_seconds: int | None) -> str:
 
 
 @pytest.fixture
-async def world(db_url: str, tmp_path: Path) -> AsyncIterator[World]:
+async def alive(db_url: str, tmp_path: Path) -> AsyncIterator[AliveWorld]:
     await trio.to_thread.run_sync(apply_migrations, db_url)
     settings = make_settings(db_url, tmp_path / "data", idle_timeout="30m")
     send, receive = trio.open_memory_channel[str](10)
@@ -70,30 +70,30 @@ async def world(db_url: str, tmp_path: Path) -> AsyncIterator[World]:
         service = Sandboxes(db, settings, backend, nursery)
         await nursery.start(service.write_activity)
         workspace_id = await trio.to_thread.run_sync(new_workspace, db_url, 600)
-        yield World(service, backend, workspace_id, receive, created)
+        yield AliveWorld(service, backend, workspace_id, receive, created)
         nursery.cancel_scope.cancel()
 
 
-async def started(world: World, workspace_id: str) -> str:
-    sandbox = await world.service.create(workspace_id, "box", "opencode", None)
+async def started(alive: AliveWorld, workspace_id: str) -> str:
+    sandbox = await alive.service.create(workspace_id, "box", "opencode", None)
     with trio.fail_after(30):
-        assert await world.created.receive() == sandbox.id
+        assert await alive.created.receive() == sandbox.id
     return sandbox.id
 
 
-async def test_activity_reaches_a_backend_that_keeps_sandboxes_alive(world: World) -> None:
+async def test_activity_reaches_a_backend_that_keeps_sandboxes_alive(alive: AliveWorld) -> None:
     """Traffic recorded for a sandbox is passed to the backend's keep_alive."""
-    assert isinstance(world.backend, KeepsAlive)
-    sandbox_id = await started(world, world.workspace_id)
-    world.service.record_activity(sandbox_id)
+    assert isinstance(alive.backend, KeepsAlive)
+    sandbox_id = await started(alive, alive.workspace_id)
+    alive.service.record_activity(sandbox_id)
     with trio.fail_after(30):
-        assert await world.kept.receive() == sandbox_id
+        assert await alive.kept.receive() == sandbox_id
 
 
-async def test_a_start_carries_the_workspaces_idle_timeout(world: World, db_url: str) -> None:
+async def test_a_start_carries_the_workspaces_idle_timeout(alive: AliveWorld, db_url: str) -> None:
     """The spec of a start holds its workspace's own idle timeout, or the server's."""
-    await started(world, world.workspace_id)
-    assert world.backend.specs[-1].idle_timeout == 600
+    await started(alive, alive.workspace_id)
+    assert alive.backend.specs[-1].idle_timeout == 600
     other = await trio.to_thread.run_sync(new_workspace, db_url, None)
-    await started(world, other)
-    assert world.backend.specs[-1].idle_timeout == 1800
+    await started(alive, other)
+    assert alive.backend.specs[-1].idle_timeout == 1800

@@ -245,9 +245,10 @@ class KubernetesBackend:
         exits: list[tuple[str, str]] = []
 
         def noticed(sandbox_id: str, before: Obj | None, now: Obj | None) -> None:
+            ours = sandbox_id in self._stopping
             if now is None:
                 self._stopping.discard(sandbox_id)  # gone: nothing of it to remember
-            if sandbox_id in self._stopping or before is None or ko.pod_ip(before) is None:
+            if ours or before is None or ko.pod_ip(before) is None:
                 return
             if now is None:
                 exits.append((sandbox_id, "its Sandbox object was deleted outside agentserver"))

@@ -8,9 +8,13 @@ After a deliberate change, rewrite the golden files with
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import os
 import re
+import shutil
+import subprocess
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -247,3 +251,44 @@ def test_suspended_means_no_pod_left() -> None:
     """Suspended counts as stopped only once the pod's address is gone."""
     assert not ko.suspended(ready("False", "SandboxSuspended", mode="Suspended"))
     assert ko.suspended(ready("False", "SandboxSuspended", mode="Suspended", ips=[]))
+
+
+class _Agent(http.server.BaseHTTPRequestHandler):
+    """Answers like opencode: 200 with its password, 401 without."""
+
+    def do_GET(self) -> None:
+        good = self.headers.get("authorization") == AUTHORIZATION
+        self.send_response(200 if good else 401)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+AUTHORIZATION = "Basic b3BlbmNvZGU6YWdlbnQtc2VjcmV0LXZhbHVl"  # opencode:agent-secret-value
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node, as the sandbox image has")
+@pytest.mark.parametrize(("authorization", "ready"), [(AUTHORIZATION, True), ("Basic x", False)])
+def test_the_readiness_probe_passes_only_with_the_agents_credentials(
+    authorization: str, ready: bool
+) -> None:
+    """The pod's exec probe (node in the image) succeeds only when the agent accepts the
+    credentials from the Secret, as kinds.py's readiness rule says."""
+    sandbox_spec, config = CASES["opencode-default"]
+    assert ko.secret_values(sandbox_spec, config)[ko.SECRET_PREFIX + ko.PROBE_VARIABLE] == (
+        AUTHORIZATION
+    )
+    command = ko.pod_spec(sandbox_spec, config)["containers"][0]["readinessProbe"]["exec"]
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Agent)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        argv = list(command["command"])
+        argv[4] = argv[4].replace("127.0.0.1:4096", f"127.0.0.1:{server.server_port}")
+        env = {**os.environ, ko.PROBE_VARIABLE: authorization}
+        result = subprocess.run(argv, env=env, timeout=30, check=False)
+    finally:
+        server.shutdown()
+        thread.join()
+    assert (result.returncode == 0) == ready

@@ -89,7 +89,11 @@ async def measure(runs: int) -> list[dict[str, float]]:
             os.environ.pop("KUBERNETES_SERVICE_HOST", None)
             stamps = Stamps()
             kube.store.subscribe(stamps)
-            settings = build_settings({"backend": "kubernetes", "idle_timeout": "30m"}, {})
+            # The pods' LLM proxy address, as in a cluster (the bench makes no LLM call).
+            proxy = "http://agentserver.agentserver.svc:8080/proxy/anthropic"
+            settings = build_settings(
+                {"backend": "kubernetes", "idle_timeout": "30m", "anthropic_proxy_url": proxy}, {}
+            )
 
             async def on_exit(sandbox_id: str, reason: str) -> None:
                 raise AssertionError(f"{sandbox_id} stopped: {reason}")

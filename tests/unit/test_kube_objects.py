@@ -292,3 +292,20 @@ def test_the_readiness_probe_passes_only_with_the_agents_credentials(
         server.shutdown()
         thread.join()
     assert (result.returncode == 0) == ready
+
+
+def test_pods_match_the_sandbox_image_as_it_is_built() -> None:
+    """container/sandbox.Dockerfile runs unchanged: the pod runs as the image's agent uid and
+    gid (fsGroup making the volumes its own) and mounts its home and disk where it has them."""
+    dockerfile = (Path(__file__).resolve().parents[2] / "container/sandbox.Dockerfile").read_text()
+    user = re.search(r"useradd --uid (\d+) --gid (\d+) .*--home-dir (\S+)", dockerfile)
+    assert user is not None
+    uid, gid, home = int(user[1]), int(user[2]), user[3]
+    assert "mkdir -p /data/disk0" in dockerfile
+    pod = ko.pod_spec(*CASES["opencode-default"])
+    context = pod["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"], context["fsGroup"]) == (uid, gid, gid)
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert {home, "/data/disk0"} <= mounts
+    assert "node" in pod["containers"][0]["readinessProbe"]["exec"]["command"][0]
+    assert re.search(r"\bnodejs\b", dockerfile)  # the probe's runtime is in the image

@@ -32,6 +32,7 @@ MERGE_PATCH = "application/merge-patch+json"
 # A delete's answer is the object or a Status, depending on the resource and server: we need
 # neither, so the client does not parse it.
 NO_BODY: dict[str, Any] = {"_preload_content": False}
+REQUEST_TIMEOUT = (10, 30)  # seconds to connect, and to wait for an answer
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 # Every (API group, resource, verb) this backend calls: the Helm chart's RBAC grants exactly
@@ -135,15 +136,26 @@ def server_namespace(settings: Settings) -> str:
         return "default"
 
 
+class _Timed:
+    """An API group's methods, each with our request timeout (the client's default is none:
+    a hung API server would hold a worker thread, and a sandbox's operation, for ever)."""
+
+    def __init__(self, api: object) -> None:
+        self._api = api
+
+    def __getattr__(self, name: str) -> Any:
+        return partial(getattr(self._api, name), _request_timeout=REQUEST_TIMEOUT)
+
+
 class ClusterCalls:
     """The backend's calls to the API server (blocking: call them from worker threads)."""
 
     def __init__(self, api: k8s.ApiClient, settings: Settings) -> None:
         self._settings = settings
         # Typed as Any: the client takes our plain dict bodies (kube_objects.py) as they are.
-        self._core: Any = k8s.CoreV1Api(api)
-        self._custom: Any = k8s.CustomObjectsApi(api)
-        self._net: Any = k8s.NetworkingV1Api(api)
+        self._core: Any = _Timed(k8s.CoreV1Api(api))
+        self._custom: Any = _Timed(k8s.CustomObjectsApi(api))
+        self._net: Any = _Timed(k8s.NetworkingV1Api(api))
         self._server_namespace = server_namespace(settings)
 
     def _namespace(self, workspace_id: str) -> str:

@@ -348,3 +348,33 @@ def test_requests_are_recorded_as_rbac_sees_them(kube_api: KubeApi, core: client
         (GROUP, "sandboxes", "get"),
     }
     assert kube_api.requests[-1].code == 404
+
+
+def test_field_validation_strict_is_400_and_warn_drops_with_a_warning(
+    kube_api: KubeApi, custom: client.CustomObjectsApi
+) -> None:
+    """What the real server does when asked: Strict refuses the unknown field (400), Warn
+    stores the object without it and says so in a `Warning` header."""
+    args = (GROUP, VERSION, "default", "sandboxes")
+    body = objects.agent_sandbox("sb", operatingMode="Suspended", replicas=1)
+    with pytest.raises(client.ApiException) as exc:
+        custom.create_namespaced_custom_object(*args, body, field_validation="Strict")
+    assert exc.value.status == 400
+    data, _, headers = custom.create_namespaced_custom_object_with_http_info(
+        *args, body, field_validation="Warn"
+    )
+    assert "replicas" not in data["spec"]
+    assert 'unknown field \\"spec.replicas\\"' in headers["Warning"]
+
+
+def test_an_outage_ends_watches_and_refuses_calls_until_it_is_over(
+    kube_api: KubeApi, core: client.CoreV1Api
+) -> None:
+    """`disconnect()` closes the port (calls fail, watches end); `reconnect()` serves the same
+    objects on the same address again."""
+    core.create_namespaced_secret("default", objects.secret("s", {"k": "v"}))
+    kube_api.disconnect()
+    with pytest.raises(urllib3.exceptions.MaxRetryError):
+        core.read_namespaced_secret("s", "default", _request_timeout=5)
+    kube_api.reconnect()
+    assert core.read_namespaced_secret("s", "default").data == {"k": "dg=="}

@@ -273,3 +273,25 @@ def test_store_watch_history_expires_after_compaction() -> None:
         list(store.events_after(now - 1, deadline=0, epoch=store.watch_epoch))
     assert (exc.value.code, exc.value.reason) == (410, "Expired")
     assert list(store.events_after(now, deadline=0, epoch=store.watch_epoch)) == []
+
+
+def test_field_validation_as_the_client_asks() -> None:
+    """`fieldValidation`: Strict → 400 naming the field, Warn → dropped with a warning,
+    Ignore → dropped; other errors are still 422 after the drop."""
+    with pytest.raises(ApiError) as exc:
+        validation.validate(SANDBOXES, sandbox(replicas=1), field_validation="Strict")
+    assert exc.value.code == 400
+    assert 'unknown field "spec.replicas"' in exc.value.message
+    warnings: list[str] = []
+    stored = validation.validate(
+        SANDBOXES, sandbox(replicas=1), field_validation="Warn", warnings=warnings
+    )
+    assert "replicas" not in stored["spec"]
+    assert warnings == ['unknown field "spec.replicas"']
+    stored = validation.validate(SANDBOXES, sandbox(replicas=1), field_validation="Ignore")
+    assert "replicas" not in stored["spec"]
+    with pytest.raises(ApiError) as exc:
+        validation.validate(
+            SANDBOXES, sandbox(replicas=1, operatingMode="Paused"), field_validation="Ignore"
+        )
+    assert causes(exc) == {"spec.operatingMode": "FieldValueNotSupported"}

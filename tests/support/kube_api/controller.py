@@ -148,6 +148,8 @@ class Controller:
         self._ensure_pvcs(sandbox)
         if spec.get("service") is True:
             self._ensure_service(sandbox)
+        else:
+            self._drop_service(sandbox)
         expired = False
         if spec.get("shutdownTime"):
             at = datetime.fromisoformat(spec["shutdownTime"]).timestamp()
@@ -196,6 +198,15 @@ class Controller:
             "spec": {"clusterIP": "None", "selector": {NAME_HASH_LABEL: name_hash(name)}},
         }
         self._create(SERVICES, namespace, body)
+
+    def _drop_service(self, sandbox: dict[str, Any]) -> None:
+        namespace, name = sandbox["metadata"]["namespace"], sandbox["metadata"]["name"]
+        service = self.store.find(SERVICES, namespace, name)
+        if service is not None and any(
+            ref.get("uid") == sandbox["metadata"]["uid"]
+            for ref in service["metadata"].get("ownerReferences") or []
+        ):
+            self.store.delete(SERVICES, namespace, name)
 
     def _create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> None:
         fill_server_fields(resource, body)
@@ -263,6 +274,9 @@ class Controller:
         namespace, name = sandbox["metadata"]["namespace"], sandbox["metadata"]["name"]
         key = (namespace, name)
         pod = self.store.find(PODS, namespace, name)
+        if pod is None and key in self.agents:
+            self._stop(key)  # someone deleted the pod: its container goes, a new pod comes
+            self.pod_states.pop(key, None)
         if pod is None:
             body = self._pod_object(sandbox)
             fill_server_fields(PODS, body)

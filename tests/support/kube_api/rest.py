@@ -6,6 +6,7 @@ import base64
 import json
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ class Request:
     content_type: str
     body: bytes
     authorization: str
+    warnings: list[str] = field(default_factory=list)  # `Warning` headers for the reply
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Reply:
     status: int
     body: dict[str, Any] | None = None
     stream: Iterator[bytes] | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class Rest:
         self.token = token
         self.served: resources.ServedVersion = served
         self.calls: list[ApiCall] = []
+        self.internal_errors: list[str] = []
         self._calls_lock = threading.Lock()
 
     def _record(self, request: Request, verb: str, target: Target | None, code: int) -> None:
@@ -113,6 +117,10 @@ class Rest:
                 reply = self._dispatch(request, target, verb)
         except ApiError as exc:
             reply = Reply(exc.code, exc.status())
+        except Exception as exc:  # a bug in the stand-in: answered as the server would, and kept
+            self.internal_errors.append(traceback.format_exc())
+            reply = Reply(500, ApiError(500, "InternalError", repr(exc)).status())
+        reply.warnings = request.warnings
         self._record(request, verb, target, reply.status)
         return reply
 
@@ -296,16 +304,26 @@ class Rest:
             generated = True
         else:
             generated = False
-        body = validation.validate(target.resource, body)
+        body = validation.validate(
+            target.resource,
+            body,
+            field_validation=request.query.get("fieldValidation"),
+            warnings=request.warnings,
+        )
         if generated:
             del body["metadata"]["name"]
         fill_server_fields(target.resource, body)
         return self.store.create(target.resource, target.namespace or "", body)
 
-    def _checked(self, resource: Resource) -> Any:
+    def _checked(self, resource: Resource, request: Request) -> Any:
         def check(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             validation.check_update(resource, old, new)
-            new = validation.validate(resource, new)
+            new = validation.validate(
+                resource,
+                new,
+                field_validation=request.query.get("fieldValidation"),
+                warnings=request.warnings,
+            )
             if resource is SECRETS:
                 fold_string_data(new)
             return new
@@ -333,7 +351,7 @@ class Rest:
             target.name,
             body,
             status=target.subresource == "status",
-            check=self._checked(target.resource),
+            check=self._checked(target.resource, request),
         )
 
     def _patch(self, request: Request, target: Target) -> dict[str, Any]:
@@ -351,7 +369,7 @@ class Rest:
                     target.name,
                     patched,
                     status=target.subresource == "status",
-                    check=self._checked(target.resource),
+                    check=self._checked(target.resource, request),
                 )
             except ApiError as exc:
                 # The server retries a patch that raced another write, unless it named a version.

@@ -81,6 +81,17 @@ class KubeApi:
         self.http.close()
         self.controller.close()
 
+    def disconnect(self) -> None:
+        """An API outage: stop listening and drop every connection (watches end, calls are
+        refused); the objects, the controller and the agents stay."""
+        self.store.end_watches()
+        self.http.close()
+
+    def reconnect(self) -> None:
+        """The API comes back on the same address (after `disconnect()`)."""
+        self.http = ApiHttpServer(self.rest, self.http.port)
+        self.http.start()
+
     # --- reading state -----------------------------------------------------------------------
 
     def objects(
@@ -182,3 +193,7 @@ def open_kube_api(
             api.http.server_close()
         if api.controller.failures:
             raise AssertionError(f"the stand-in's controller failed: {api.controller.failures!r}")
+        if api.rest.internal_errors:
+            raise AssertionError(
+                "the stand-in answered 500:\n" + "\n".join(api.rest.internal_errors)
+            )

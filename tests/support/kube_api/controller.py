@@ -7,6 +7,7 @@ import hashlib
 import heapq
 import itertools
 import os
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -67,7 +68,10 @@ class Controller:
         self._pending: set[SandboxKey] = set()
         self._timers: list[tuple[float, SandboxKey]] = []
         self._closed = False
-        self._ips = (f"127.77.{n // 250}.{n % 250 + 2}" for n in itertools.count())
+        # A block of loopback addresses of its own: stand-ins of test runs side by side (and
+        # their pods' fixed ports) never meet.
+        block = secrets.randbelow(180) + 64
+        self._ips = (f"127.{block}.{n // 250}.{n % 250 + 2}" for n in itertools.count())
         self._thread = threading.Thread(target=self._run, name="kube-api-controller")
         store.subscribe(self._on_event)
 

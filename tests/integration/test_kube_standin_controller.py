@@ -102,6 +102,10 @@ def test_a_running_sandbox_becomes_ready_with_opencode_answering(
     service = kube_api.get("services", "ws", "sb")
     assert service is not None
     assert service["spec"]["clusterIP"] == "None"
+    log = client.CoreV1Api(custom.api_client).read_namespaced_pod_log(
+        "sb", "ws", container="agent", tail_lines=5
+    )
+    assert f"listening on http://{ip}:{objects.AGENT_PORT}" in log
 
 
 @pytest.mark.usefixtures("needs_opencode")
@@ -200,6 +204,10 @@ def test_an_image_that_cannot_be_pulled(kube_api: KubeApi, custom: client.Custom
     assert pod is not None
     assert pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImagePull"
     assert kube_api.agent("ws", "sb") is None
+    with pytest.raises(client.ApiException) as exc:
+        client.CoreV1Api(custom.api_client).read_namespaced_pod_log("sb", "ws")
+    assert exc.value.status == 400
+    assert "waiting to start: ErrImagePull" in exc.value.body
 
 
 @pytest.mark.usefixtures("needs_opencode")

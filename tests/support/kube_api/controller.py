@@ -64,6 +64,7 @@ class Controller:
         self.agents: dict[SandboxKey, Agent] = {}
         self.pod_states: dict[SandboxKey, PodState] = {}
         self.failures: list[Exception] = []
+        self.outputs: dict[SandboxKey, list[str]] = {}  # a pod's log, kept after its agent ends
         self._cond = threading.Condition()
         self._pending: set[SandboxKey] = set()
         self._timers: list[tuple[float, SandboxKey]] = []
@@ -147,6 +148,7 @@ class Controller:
             self._stop(key)
         if sandbox is None:
             self.pod_states.pop(key, None)
+            self.outputs.pop(key, None)
             return
         spec = sandbox["spec"]
         self._ensure_pvcs(sandbox)
@@ -281,6 +283,7 @@ class Controller:
         if pod is None and key in self.agents:
             self._stop(key)  # someone deleted the pod: its container goes, a new pod comes
             self.pod_states.pop(key, None)
+            self.outputs.pop(key, None)
         if pod is None:
             body = self._pod_object(sandbox)
             fill_server_fields(PODS, body)
@@ -342,6 +345,7 @@ class Controller:
             namespace, name, sandbox["metadata"]["uid"], ip, port, cwd, home, mounts, env, argv
         )
         self.agents[(namespace, name)] = agent
+        self.outputs[(namespace, name)] = agent.output
         kubelet.start(
             agent, lambda a: self.enqueue((a.namespace, a.name)), container.get("readinessProbe")
         )
@@ -353,6 +357,7 @@ class Controller:
             kubelet.stop(agent)
 
     def _delete_pod(self, namespace: str, name: str) -> None:
+        self.outputs.pop((namespace, name), None)
         try:
             self.store.delete(PODS, namespace, name)
         except ApiError as exc:

@@ -39,9 +39,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(reply)
 
     def _send_json(self, reply: Reply) -> None:
-        data = json.dumps(reply.body).encode()
+        if reply.text is not None:
+            data, content_type = reply.text.encode(), "text/plain"
+        else:
+            data, content_type = json.dumps(reply.body).encode(), "application/json"
         self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for warning in reply.warnings:
             escaped = warning.replace("\\", "\\\\").replace('"', '\\"')

@@ -7,7 +7,7 @@ import json
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ class Reply:
     status: int
     body: dict[str, Any] | None = None
     stream: Iterator[bytes] | None = None
+    text: str | None = None  # a plain-text answer (pods/log)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -81,6 +82,8 @@ class Rest:
         self.served: resources.ServedVersion = served
         self.calls: list[ApiCall] = []
         self.internal_errors: list[str] = []
+        # The output of a pod's agent (None: no process): set by the stand-in's controller.
+        self.pod_output: Callable[[str, str], list[str] | None] = lambda namespace, name: None
         self._calls_lock = threading.Lock()
 
     def _record(self, request: Request, verb: str, target: Target | None, code: int) -> None:
@@ -174,7 +177,9 @@ class Rest:
             raise _not_served(path)
         name = rest[1] if len(rest) > 1 else ""
         sub = rest[2] if len(rest) > 2 else ""
-        if sub and not (sub == "status" and resource.status_subresource):
+        if sub and not (
+            (sub == "status" and resource.status_subresource) or (sub == "log" and resource is PODS)
+        ):
             raise _not_served(path)
         if namespace is not None and not resource.namespaced:
             raise _not_served(path)
@@ -183,6 +188,10 @@ class Rest:
         return Target(resource, namespace, name, sub, watch_prefix)
 
     def _dispatch(self, request: Request, target: Target, verb: str) -> Reply:
+        if target.subresource == "log":
+            if verb != "get":
+                raise errors.method_not_allowed(request.method)
+            return Reply(200, text=self._pod_log(request, target))
         if verb == "get":
             return Reply(200, self.store.get(target.resource, target.namespace or "", target.name))
         if verb == "list":
@@ -263,6 +272,27 @@ class Rest:
                 )
 
         return lines()
+
+    def _pod_log(self, request: Request, target: Target) -> str:
+        """A pod's output as `kubectl logs` gets it; 400 while its container is not running."""
+        namespace = target.namespace or ""
+        pod = self.store.get(PODS, namespace, target.name)
+        names = [c["name"] for c in pod["spec"]["containers"]]
+        container = request.query.get("container") or names[0]
+        if container not in names:
+            raise errors.bad_request(f"container {container} is not valid for pod {target.name}")
+        statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
+        waiting = statuses[0].get("state", {}).get("waiting")
+        lines = self.pod_output(namespace, target.name)
+        if waiting or lines is None:
+            reason = (waiting or {}).get("reason", "ContainerCreating")
+            raise errors.bad_request(
+                f'container "{container}" in pod "{target.name}" is waiting to start: {reason}'
+            )
+        tail = request.query.get("tailLines")
+        if tail:
+            lines = lines[-int(tail) :] if int(tail) > 0 else []
+        return "".join(f"{line}\n" for line in lines)
 
     def _body(self, request: Request) -> Any:
         try:

@@ -38,6 +38,7 @@ class KubeApi:
         self.rest = Rest(self.store, self.token, served)
         self.http = ApiHttpServer(self.rest)
         self.controller = Controller(self.store, root, opencode_bin)
+        self.rest.pod_output = self._pod_output
         self.url = f"http://127.0.0.1:{self.http.port}"
         self.kubeconfig_path = root / "kubeconfig"
         self._write_kubeconfig()
@@ -64,6 +65,10 @@ class KubeApi:
             "current-context": "standin",
         }
         self.kubeconfig_path.write_text(json.dumps(config, indent=2))  # YAML is a JSON superset
+
+    def _pod_output(self, namespace: str, name: str) -> list[str] | None:
+        output = self.controller.outputs.get((namespace, name))
+        return list(output) if output is not None else None
 
     # --- lifetime ----------------------------------------------------------------------------
 

@@ -321,3 +321,34 @@ def test_a_deleted_pod_is_replaced_with_a_new_agent(
     assert again is not None
     assert again is not agent
     assert sandbox["status"]["podIPs"] == [again.ip]
+
+
+def test_a_shutdown_time_that_passes_stops_a_running_sandbox(
+    kube_api: KubeApi, custom: client.CustomObjectsApi
+) -> None:
+    """The controller keeps a timer for shutdownTime: when it passes, the pod goes."""
+    soon = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    kube_api.faults.image_pull_failures.add("slow:1")  # a pod that exists, no agent needed
+    create(custom, objects.agent_sandbox("sb", image="slow:1", shutdownTime=soon))
+    wait_for(custom, "sb", lambda s: kube_api.get("pods", "ws", "sb") is not None)
+    sandbox = wait_for(custom, "sb", reason_is("SandboxExpired"))
+    assert datetime.now(UTC) >= datetime.fromisoformat(soon)
+    assert kube_api.get("pods", "ws", "sb") is None
+    (finished,) = [c for c in sandbox["status"]["conditions"] if c["type"] == "Finished"]
+    assert finished["status"] == "True"
+
+
+@pytest.mark.usefixtures("needs_opencode")
+def test_moving_shutdown_time_into_the_future_brings_it_back(
+    kube_api: KubeApi, custom: client.CustomObjectsApi
+) -> None:
+    """An expired (Retain) Sandbox whose shutdownTime moves ahead runs again."""
+    past = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    create(custom, objects.agent_sandbox("sb", shutdownTime=past))
+    wait_for(custom, "sb", reason_is("SandboxExpired"))
+    later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, "ws", "sandboxes", "sb", {"spec": {"shutdownTime": later}}
+    )
+    sandbox = wait_for(custom, "sb", is_ready)
+    assert sandbox["status"]["podIPs"]

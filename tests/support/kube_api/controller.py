@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.kube_api import kubelet, validation
+from tests.support.kube_api.admission import fill_server_fields
 from tests.support.kube_api.errors import ApiError
 from tests.support.kube_api.kubelet import Agent, ContainerConfigError
 from tests.support.kube_api.resources import PODS, PVCS, SANDBOXES, SECRETS, SERVICES, Resource
-from tests.support.kube_api.rest import fill_server_fields
 from tests.support.kube_api.sandbox_status import PodState, sandbox_status
 from tests.support.kube_api.store import Event, Store, now_rfc3339
 

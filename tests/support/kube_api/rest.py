@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
-import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from tests.support.kube_api import errors, resources, validation
+from tests.support.kube_api.admission import fill_server_fields, fold_string_data
 from tests.support.kube_api.errors import ApiError
 from tests.support.kube_api.patches import apply_patch
-from tests.support.kube_api.resources import NAMESPACES, PODS, PVCS, SECRETS, SERVICES, Resource
+from tests.support.kube_api.resources import NAMESPACES, PODS, SECRETS, Resource
 from tests.support.kube_api.selectors import field_selector, label_selector
-from tests.support.kube_api.store import Event, Store, parse_resource_version
+from tests.support.kube_api.store import Store, parse_resource_version
+from tests.support.kube_api.watches import Scope, watch_lines
 
 DEFAULT_WATCH_SECONDS = 1800
 
@@ -233,45 +233,24 @@ class Rest:
         }
 
     def _watch(self, request: Request, target: Target) -> Iterator[bytes]:
-        labels = label_selector(request.query.get("labelSelector"))
-        fields = field_selector(request.query.get("fieldSelector"))
-        start = parse_resource_version(request.query.get("resourceVersion"))
-        seconds = int(request.query.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
-        bookmarks = request.query.get("allowWatchBookmarks") == "true"
-        deadline = time.monotonic() + seconds
-        epoch = self.store.watch_epoch
+        query = request.query
+        start = parse_resource_version(query.get("resourceVersion"))
         initial: list[dict[str, Any]] = []
         if not start:
             initial, start = self._selected(request, target)
-
-        def selected(obj: dict[str, Any] | None) -> bool:
-            return obj is not None and labels(obj["metadata"].get("labels") or {}) and fields(obj)
-
-        def lines() -> Iterator[bytes]:
-            for obj in initial:
-                yield _line("ADDED", obj)
-            cursor = start
-            try:
-                for event in self.store.events_after(cursor, deadline, epoch):
-                    cursor = event.rv
-                    kind = _event_type(event, target, selected)
-                    if kind is not None:
-                        yield _line(kind, event.obj)
-            except ApiError as exc:
-                yield _line("ERROR", exc.status())
-                return
-            if bookmarks:
-                rv = max(cursor, self.store.resource_version)
-                yield _line(
-                    "BOOKMARK",
-                    {
-                        "kind": target.resource.kind,
-                        "apiVersion": target.resource.api_version,
-                        "metadata": {"resourceVersion": str(rv)},
-                    },
-                )
-
-        return lines()
+        return watch_lines(
+            self.store,
+            Scope(
+                target.resource,
+                target.namespace,
+                label_selector(query.get("labelSelector")),
+                field_selector(query.get("fieldSelector")),
+            ),
+            initial,
+            start,
+            seconds=int(query.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS),
+            bookmarks=query.get("allowWatchBookmarks") == "true",
+        )
 
     def _pod_log(self, request: Request, target: Target) -> str:
         """A pod's output as `kubectl logs` gets it; 400 while its container is not running."""
@@ -470,66 +449,3 @@ def _verb(request: Request, target: Target) -> str:
     if method == "DELETE":
         return "delete" if target.name else "deletecollection"
     raise errors.method_not_allowed(method)
-
-
-def _event_type(event: Event, target: Target, selected: Any) -> str | None:
-    """The type a selecting watch sees: an object moving into or out of the set is ADDED or
-    DELETED, as the API server's watch cache reports it."""
-    if event.resource.key != target.resource.key:
-        return None
-    if target.namespace is not None and event.namespace != target.namespace:
-        return None
-    if event.type == "DELETED":
-        return "DELETED" if selected(event.obj) else None
-    now = selected(event.obj)
-    if event.type == "ADDED":
-        return "ADDED" if now else None
-    was = selected(event.before)
-    if now:
-        return "MODIFIED" if was else "ADDED"
-    return "DELETED" if was else None
-
-
-def _line(kind: str, obj: dict[str, Any]) -> bytes:
-    return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
-
-
-def fill_server_fields(resource: Resource, body: dict[str, Any]) -> None:
-    """What the API server and its controllers fill in at once: a namespace is Active, a PVC is
-    Bound (dynamic provisioning), a Service has a cluster IP, a new Pod is Pending."""
-    if resource is SECRETS:
-        fold_string_data(body)
-        body.setdefault("type", "Opaque")
-    elif resource is NAMESPACES:
-        body.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
-        body["status"] = {"phase": "Active"}
-    elif resource is PVCS:
-        spec = body.setdefault("spec", {})
-        spec.setdefault("volumeMode", "Filesystem")
-        spec.setdefault("storageClassName", "standard")
-        requested = (spec.get("resources") or {}).get("requests", {}).get("storage", "1Gi")
-        body["status"] = {
-            "phase": "Bound",
-            "accessModes": spec.get("accessModes", ["ReadWriteOnce"]),
-            "capacity": {"storage": requested},
-        }
-    elif resource is SERVICES:
-        spec = body.setdefault("spec", {})
-        spec.setdefault("type", "ClusterIP")
-        if spec.get("clusterIP") != "None":
-            spec["clusterIP"] = "10.96.0.10"
-        spec["clusterIPs"] = [spec["clusterIP"]]
-        body["status"] = {"loadBalancer": {}}
-    elif resource is PODS:
-        body["status"] = {"phase": "Pending"}
-    elif resource.status_subresource:
-        body.pop("status", None)
-
-
-def fold_string_data(body: dict[str, Any]) -> None:
-    """A Secret's stringData is write-only: the server merges it into data, base64-encoded."""
-    if "stringData" in body:
-        data = body.get("data") or {}
-        for key, value in (body.pop("stringData") or {}).items():
-            data[key] = base64.b64encode(str(value).encode()).decode()
-        body["data"] = data

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.kube_api import resources
+from tests.support.kube_api.admission import fill_server_fields
 from tests.support.kube_api.controller import Controller, Faults
 from tests.support.kube_api.http import ApiHttpServer
 from tests.support.kube_api.kubelet import Agent
 from tests.support.kube_api.resources import NAMESPACES, RESOURCES, Resource
-from tests.support.kube_api.rest import ApiCall, Rest, fill_server_fields
+from tests.support.kube_api.rest import ApiCall, Rest
 from tests.support.kube_api.store import Store
 
 

@@ -158,6 +158,15 @@ class KubeApi:
         """Forget the change history: watching from any older resourceVersion answers 410."""
         return self.store.compact()
 
+    @contextmanager
+    def missed_by_watches(self) -> Iterator[None]:
+        """Changes made in the block never reach open watches as events: the history that
+        holds them is compacted before any watch can send it, so watches get 410 and a client
+        sees the changes only by relisting."""
+        with self.store.locked():
+            yield
+            self.store.compact()
+
     def fail_pod(self, namespace: str, name: str) -> None:
         """Crash a sandbox's agent: its Pod goes Failed, the Sandbox Ready=False `PodFailed`."""
         self.controller.fail_pod(namespace, name)

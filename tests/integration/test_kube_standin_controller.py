@@ -259,9 +259,9 @@ def test_an_http_readiness_probe_must_pass(
     }
     create(custom, authed)
     wait_for(custom, "authed", is_ready)
-    plain = wait_for(custom, "plain", lambda s: bool(s.get("status", {}).get("podIPs")))
     agent = kube_api.agent("ws", "plain")
     assert agent is not None
+    assert agent.probe_failed.wait(WAIT)  # probes start once the agent is listening
     url = f"http://{agent.ip}:{agent.port}/"
     assert httpx.get(url, auth=("opencode", PASSWORD), timeout=30).status_code == 200
     plain = custom.get_namespaced_custom_object(GROUP, VERSION, "ws", "sandboxes", "plain")
@@ -352,3 +352,37 @@ def test_moving_shutdown_time_into_the_future_brings_it_back(
     )
     sandbox = wait_for(custom, "sb", is_ready)
     assert sandbox["status"]["podIPs"]
+
+
+@pytest.mark.usefixtures("needs_opencode")
+def test_an_exec_readiness_probe_runs_here_against_the_pod(
+    kube_api: KubeApi, custom: client.CustomObjectsApi
+) -> None:
+    """An exec probe runs with the container's env, its 127.0.0.1 meaning the pod: one that
+    fetches the agent with the right credentials makes it ready, one that fails never does."""
+    import base64
+    import shutil
+
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    script = (
+        "fetch(process.argv[1], {headers: {authorization: process.env.PROBE_AUTH}})"
+        ".then(r => process.exit(r.status === 200 ? 0 : 1), () => process.exit(1))"
+    )
+    credentials = base64.b64encode(f"opencode:{PASSWORD}".encode()).decode()
+    for name, auth in (("wrong", "Basic d3Jvbmc6d3Jvbmc="), ("right", f"Basic {credentials}")):
+        body = objects.agent_sandbox(name)
+        container = body["spec"]["podTemplate"]["spec"]["containers"][0]
+        container["env"].append({"name": "PROBE_AUTH", "value": auth})
+        url = f"http://127.0.0.1:{objects.AGENT_PORT}/"
+        container["readinessProbe"] = {
+            "exec": {"command": ["node", "-e", script, url]},
+            "periodSeconds": 1,
+        }
+        create(custom, body)
+    wait_for(custom, "right", is_ready)
+    agent = kube_api.agent("ws", "wrong")
+    assert agent is not None
+    assert agent.probe_failed.wait(WAIT)
+    wrong = custom.get_namespaced_custom_object(GROUP, VERSION, "ws", "sandboxes", "wrong")
+    assert not is_ready(wrong)

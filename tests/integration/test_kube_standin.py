@@ -13,6 +13,7 @@ from kubernetes import client, watch
 
 from tests.support.kube_api import KubeApi, objects, open_kube_api
 from tests.support.kube_api.fixtures import kube_api, kube_api_served
+from tests.support.kube_api.resources import SECRETS
 
 __all__ = ["kube_api", "kube_api_served"]
 
@@ -348,3 +349,68 @@ def test_requests_are_recorded_as_rbac_sees_them(kube_api: KubeApi, core: client
         (GROUP, "sandboxes", "get"),
     }
     assert kube_api.requests[-1].code == 404
+
+
+def test_field_validation_strict_is_400_and_warn_drops_with_a_warning(
+    kube_api: KubeApi, custom: client.CustomObjectsApi
+) -> None:
+    """What the real server does when asked: Strict refuses the unknown field (400), Warn
+    stores the object without it and says so in a `Warning` header."""
+    args = (GROUP, VERSION, "default", "sandboxes")
+    body = objects.agent_sandbox("sb", operatingMode="Suspended", replicas=1)
+    with pytest.raises(client.ApiException) as exc:
+        custom.create_namespaced_custom_object(*args, body, field_validation="Strict")
+    assert exc.value.status == 400
+    data, _, headers = custom.create_namespaced_custom_object_with_http_info(
+        *args, body, field_validation="Warn"
+    )
+    assert "replicas" not in data["spec"]
+    assert 'unknown field \\"spec.replicas\\"' in headers["Warning"]
+
+
+def test_an_outage_ends_watches_and_refuses_calls_until_it_is_over(
+    kube_api: KubeApi, core: client.CoreV1Api
+) -> None:
+    """`disconnect()` closes the port (calls fail, watches end); `reconnect()` serves the same
+    objects on the same address again."""
+    core.create_namespaced_secret("default", objects.secret("s", {"k": "v"}))
+    kube_api.disconnect()
+    with pytest.raises(urllib3.exceptions.MaxRetryError):
+        core.read_namespaced_secret("s", "default", _request_timeout=5)
+    kube_api.reconnect()
+    assert core.read_namespaced_secret("s", "default").data == {"k": "dg=="}
+
+
+def test_changes_missed_by_watches_make_an_open_watch_answer_410(
+    kube_api: KubeApi, core: client.CoreV1Api
+) -> None:
+    """A change made under `missed_by_watches()` never reaches an open watch as an event: the
+    watch gets 410 (the client raises it after its one retry) and only a relist shows it."""
+    start = core.list_namespaced_secret("default").metadata.resource_version
+    seen: list[str] = []
+    failures: list[int] = []
+    opened = threading.Event()
+
+    def follow() -> None:
+        stream = watch.Watch().stream(
+            core.list_namespaced_secret, "default", resource_version=start
+        )
+        try:
+            for event in stream:
+                seen.append(f"{event['type']} {event['object'].metadata.name}")
+                opened.set()
+        except client.ApiException as exc:
+            failures.append(exc.status)
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    try:
+        core.create_namespaced_secret("default", objects.secret("s", {"k": "v"}))
+        assert opened.wait(30)
+        with kube_api.missed_by_watches():
+            kube_api.store.delete(SECRETS, "default", "s")  # as another client would
+    finally:
+        thread.join(30)
+    assert not thread.is_alive()
+    assert (seen, failures) == (["ADDED s"], [410])
+    assert core.list_namespaced_secret("default").items == []

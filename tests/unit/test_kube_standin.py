@@ -10,7 +10,13 @@ import pytest
 from tests.support.kube_api import validation
 from tests.support.kube_api.errors import ApiError
 from tests.support.kube_api.patches import JSON_PATCH, MERGE, STRATEGIC, apply_patch
-from tests.support.kube_api.resources import NAMESPACES, SANDBOXES, SECRETS, SERVICES
+from tests.support.kube_api.resources import (
+    NAMESPACES,
+    NETWORK_POLICIES,
+    SANDBOXES,
+    SECRETS,
+    SERVICES,
+)
 from tests.support.kube_api.sandbox_status import PodState, sandbox_status
 from tests.support.kube_api.selectors import field_selector, label_selector
 from tests.support.kube_api.store import Store
@@ -273,3 +279,45 @@ def test_store_watch_history_expires_after_compaction() -> None:
         list(store.events_after(now - 1, deadline=0, epoch=store.watch_epoch))
     assert (exc.value.code, exc.value.reason) == (410, "Expired")
     assert list(store.events_after(now, deadline=0, epoch=store.watch_epoch)) == []
+
+
+def test_field_validation_as_the_client_asks() -> None:
+    """`fieldValidation`: Strict → 400 naming the field, Warn → dropped with a warning,
+    Ignore → dropped; other errors are still 422 after the drop."""
+    with pytest.raises(ApiError) as exc:
+        validation.validate(SANDBOXES, sandbox(replicas=1), field_validation="Strict")
+    assert exc.value.code == 400
+    assert 'unknown field "spec.replicas"' in exc.value.message
+    warnings: list[str] = []
+    stored = validation.validate(
+        SANDBOXES, sandbox(replicas=1), field_validation="Warn", warnings=warnings
+    )
+    assert "replicas" not in stored["spec"]
+    assert warnings == ['unknown field "spec.replicas"']
+    stored = validation.validate(SANDBOXES, sandbox(replicas=1), field_validation="Ignore")
+    assert "replicas" not in stored["spec"]
+    with pytest.raises(ApiError) as exc:
+        validation.validate(
+            SANDBOXES, sandbox(replicas=1, operatingMode="Paused"), field_validation="Ignore"
+        )
+    assert causes(exc) == {"spec.operatingMode": "FieldValueNotSupported"}
+
+
+def test_network_policies_are_validated_too() -> None:
+    """NetworkPolicy (networking.k8s.io/v1) goes through kubernetes-validate: a misspelt field
+    is refused, a correct policy passes."""
+    policy: dict[str, Any] = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "p"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "agent"}},
+            "policyTypes": ["Ingress", "Egress"],
+            "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}]}],
+        },
+    }
+    validation.validate(NETWORK_POLICIES, copy.deepcopy(policy))
+    policy["spec"]["egress"][0]["to"][0]["ipBlock"]["exept"] = []
+    with pytest.raises(ApiError) as exc:
+        validation.validate(NETWORK_POLICIES, policy)
+    assert causes(exc) == {"spec.egress[0].to[0].ipBlock.exept": "FieldValueInvalid"}

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.kube_api import kubelet, validation
+from tests.support.kube_api.admission import fill_server_fields
 from tests.support.kube_api.errors import ApiError
 from tests.support.kube_api.kubelet import Agent, ContainerConfigError
 from tests.support.kube_api.resources import PODS, PVCS, SANDBOXES, SECRETS, SERVICES, Resource
-from tests.support.kube_api.rest import fill_server_fields
 from tests.support.kube_api.sandbox_status import PodState, sandbox_status
 from tests.support.kube_api.store import Event, Store, now_rfc3339
 
@@ -64,6 +64,7 @@ class Controller:
         self.agents: dict[SandboxKey, Agent] = {}
         self.pod_states: dict[SandboxKey, PodState] = {}
         self.failures: list[Exception] = []
+        self.outputs: dict[SandboxKey, list[str]] = {}  # a pod's log, kept after its agent ends
         self._cond = threading.Condition()
         self._pending: set[SandboxKey] = set()
         self._timers: list[tuple[float, SandboxKey]] = []
@@ -147,11 +148,14 @@ class Controller:
             self._stop(key)
         if sandbox is None:
             self.pod_states.pop(key, None)
+            self.outputs.pop(key, None)
             return
         spec = sandbox["spec"]
         self._ensure_pvcs(sandbox)
         if spec.get("service") is True:
             self._ensure_service(sandbox)
+        else:
+            self._drop_service(sandbox)
         expired = False
         if spec.get("shutdownTime"):
             at = datetime.fromisoformat(spec["shutdownTime"]).timestamp()
@@ -200,6 +204,15 @@ class Controller:
             "spec": {"clusterIP": "None", "selector": {NAME_HASH_LABEL: name_hash(name)}},
         }
         self._create(SERVICES, namespace, body)
+
+    def _drop_service(self, sandbox: dict[str, Any]) -> None:
+        namespace, name = sandbox["metadata"]["namespace"], sandbox["metadata"]["name"]
+        service = self.store.find(SERVICES, namespace, name)
+        if service is not None and any(
+            ref.get("uid") == sandbox["metadata"]["uid"]
+            for ref in service["metadata"].get("ownerReferences") or []
+        ):
+            self.store.delete(SERVICES, namespace, name)
 
     def _create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> None:
         fill_server_fields(resource, body)
@@ -267,6 +280,10 @@ class Controller:
         namespace, name = sandbox["metadata"]["namespace"], sandbox["metadata"]["name"]
         key = (namespace, name)
         pod = self.store.find(PODS, namespace, name)
+        if pod is None and key in self.agents:
+            self._stop(key)  # someone deleted the pod: its container goes, a new pod comes
+            self.pod_states.pop(key, None)
+            self.outputs.pop(key, None)
         if pod is None:
             body = self._pod_object(sandbox)
             fill_server_fields(PODS, body)
@@ -328,6 +345,7 @@ class Controller:
             namespace, name, sandbox["metadata"]["uid"], ip, port, cwd, home, mounts, env, argv
         )
         self.agents[(namespace, name)] = agent
+        self.outputs[(namespace, name)] = agent.output
         kubelet.start(
             agent, lambda a: self.enqueue((a.namespace, a.name)), container.get("readinessProbe")
         )
@@ -339,6 +357,7 @@ class Controller:
             kubelet.stop(agent)
 
     def _delete_pod(self, namespace: str, name: str) -> None:
+        self.outputs.pop((namespace, name), None)
         try:
             self.store.delete(PODS, namespace, name)
         except ApiError as exc:

@@ -39,10 +39,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(reply)
 
     def _send_json(self, reply: Reply) -> None:
-        data = json.dumps(reply.body).encode()
+        if reply.text is not None:
+            data, content_type = reply.text.encode(), "text/plain"
+        else:
+            data, content_type = json.dumps(reply.body).encode(), "application/json"
         self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        for warning in reply.warnings:
+            escaped = warning.replace("\\", "\\\\").replace('"', '\\"')
+            self.send_header("Warning", f'299 - "{escaped}"')
         self.end_headers()
         self.wfile.write(data)
 
@@ -76,8 +82,8 @@ class ApiHttpServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, rest: Rest) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, rest: Rest, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self.rest = rest
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,6 +47,7 @@ class Agent:
     exited: bool = False
     stopping: bool = False
     stopped: threading.Event = field(default_factory=threading.Event)
+    probe_failed: threading.Event = field(default_factory=threading.Event)  # at least once
     exit_code: int | None = None
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -159,39 +161,72 @@ def _pump(agent: Agent, on_change: Callable[[Agent], None], probe: dict[str, Any
 
 
 def _probe(agent: Agent, probe: dict[str, Any] | None) -> bool:
-    """The readiness probe's httpGet against the agent (any answer below 400 is ready)."""
-    if probe is None or not ({"httpGet", "tcpSocket"} & set(probe)):
-        return True  # no probe (or an exec probe, which cannot run here): ready once listening
-    action = probe.get("httpGet") or probe["tcpSocket"]
-    port = action.get("port", agent.port)
-    port = agent.port if isinstance(port, str) else int(port)  # a named port: the agent's
+    """The readiness probe, retried each period until it passes (or the agent stops)."""
+    if probe is None or not ({"httpGet", "tcpSocket", "exec"} & set(probe)):
+        return True  # no probe: ready once listening
     period = float(probe.get("periodSeconds", 10))
     timeout = float(probe.get("timeoutSeconds", 1))
     while not (agent.stopping or agent.exited):
-        if _probe_once(agent.ip, port, probe.get("httpGet"), timeout):
+        if _probe_once(agent, probe, timeout):
             return True
+        agent.probe_failed.set()
         # The probe's period (shortened): the kubelet's schedule, ended early by a stop.
         agent.stopped.wait(min(period, 1.0) / 5)
     return False
 
 
-def _probe_once(ip: str, port: int, get: dict[str, Any] | None, timeout: float) -> bool:
-    """One probe: a TCP connect, or an HTTP GET answered below 400 (as the kubelet counts)."""
-    if get is None:
+def _probe_once(agent: Agent, probe: dict[str, Any], timeout: float) -> bool:
+    """One probe as the kubelet counts it: a TCP connect, an HTTP GET answered below 400, or a
+    command that exits 0."""
+    if "exec" in probe:
+        return _exec_probe(agent, list(probe["exec"].get("command") or []), timeout)
+    action = probe.get("httpGet") or probe["tcpSocket"]
+    port = action.get("port", agent.port)
+    port = agent.port if isinstance(port, str) else int(port)  # a named port: the agent's
+    if "tcpSocket" in probe:
         try:
-            socket.create_connection((ip, port), timeout=timeout).close()
+            socket.create_connection((agent.ip, port), timeout=timeout).close()
         except OSError:
             return False
         return True
-    headers = {h["name"]: h["value"] for h in get.get("httpHeaders") or []}
-    conn = http.client.HTTPConnection(ip, port, timeout=timeout)
+    headers = {h["name"]: h["value"] for h in action.get("httpHeaders") or []}
+    conn = http.client.HTTPConnection(agent.ip, port, timeout=timeout)
     try:
-        conn.request("GET", get.get("path", "/"), headers=headers)
+        conn.request("GET", action.get("path", "/"), headers=headers)
         return conn.getresponse().status < 400
     except OSError:
         return False
     finally:
         conn.close()
+
+
+def _exec_probe(agent: Agent, command: list[str], timeout: float) -> bool:
+    """Run the probe's command here with the container's env; the pod's own loopback is its
+    address here, so `127.0.0.1`/`localhost` in the arguments become the pod IP. A program this
+    machine lacks counts as passing (noted in the agent's output); the timeout is at least 10 s,
+    as starting a program here is slower than in a container on an idle node."""
+    if not command:
+        return False
+    program = shutil.which(command[0], path=agent.env.get("PATH"))
+    if program is None:
+        agent.output.append(f"[kubelet] exec probe skipped: {command[0]} is not installed here")
+        return True
+    argv = [program] + [
+        arg.replace("127.0.0.1", agent.ip).replace("localhost", agent.ip) for arg in command[1:]
+    ]
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=agent.cwd,
+            env=agent.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=max(timeout, 10.0),
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
 
 
 def stop(agent: Agent) -> None:

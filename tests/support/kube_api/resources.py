@@ -152,6 +152,16 @@ def _resource_entries(resource: Resource) -> list[dict[str, Any]]:
                 "verbs": ["get", "patch", "update"],
             }
         )
+    if resource is PODS:
+        entries.append(
+            {
+                "name": "pods/log",
+                "singularName": "",
+                "namespaced": True,
+                "kind": "Pod",
+                "verbs": ["get"],
+            }
+        )
     return entries
 
 

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
-import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from tests.support.kube_api import errors, resources, validation
+from tests.support.kube_api.admission import fill_server_fields, fold_string_data
 from tests.support.kube_api.errors import ApiError
 from tests.support.kube_api.patches import apply_patch
-from tests.support.kube_api.resources import NAMESPACES, PODS, PVCS, SECRETS, SERVICES, Resource
+from tests.support.kube_api.resources import NAMESPACES, PODS, SECRETS, Resource
 from tests.support.kube_api.selectors import field_selector, label_selector
-from tests.support.kube_api.store import Event, Store, parse_resource_version
+from tests.support.kube_api.store import Store, parse_resource_version
+from tests.support.kube_api.watches import Scope, watch_lines
 
 DEFAULT_WATCH_SECONDS = 1800
 
@@ -28,6 +29,7 @@ class Request:
     content_type: str
     body: bytes
     authorization: str
+    warnings: list[str] = field(default_factory=list)  # `Warning` headers for the reply
 
 
 @dataclass
@@ -35,6 +37,8 @@ class Reply:
     status: int
     body: dict[str, Any] | None = None
     stream: Iterator[bytes] | None = None
+    text: str | None = None  # a plain-text answer (pods/log)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ class Rest:
         self.token = token
         self.served: resources.ServedVersion = served
         self.calls: list[ApiCall] = []
+        self.internal_errors: list[str] = []
+        # The output of a pod's agent (None: no process): set by the stand-in's controller.
+        self.pod_output: Callable[[str, str], list[str] | None] = lambda namespace, name: None
         self._calls_lock = threading.Lock()
 
     def _record(self, request: Request, verb: str, target: Target | None, code: int) -> None:
@@ -113,6 +120,10 @@ class Rest:
                 reply = self._dispatch(request, target, verb)
         except ApiError as exc:
             reply = Reply(exc.code, exc.status())
+        except Exception as exc:  # a bug in the stand-in: answered as the server would, and kept
+            self.internal_errors.append(traceback.format_exc())
+            reply = Reply(500, ApiError(500, "InternalError", repr(exc)).status())
+        reply.warnings = request.warnings
         self._record(request, verb, target, reply.status)
         return reply
 
@@ -166,7 +177,9 @@ class Rest:
             raise _not_served(path)
         name = rest[1] if len(rest) > 1 else ""
         sub = rest[2] if len(rest) > 2 else ""
-        if sub and not (sub == "status" and resource.status_subresource):
+        if sub and not (
+            (sub == "status" and resource.status_subresource) or (sub == "log" and resource is PODS)
+        ):
             raise _not_served(path)
         if namespace is not None and not resource.namespaced:
             raise _not_served(path)
@@ -175,6 +188,10 @@ class Rest:
         return Target(resource, namespace, name, sub, watch_prefix)
 
     def _dispatch(self, request: Request, target: Target, verb: str) -> Reply:
+        if target.subresource == "log":
+            if verb != "get":
+                raise errors.method_not_allowed(request.method)
+            return Reply(200, text=self._pod_log(request, target))
         if verb == "get":
             return Reply(200, self.store.get(target.resource, target.namespace or "", target.name))
         if verb == "list":
@@ -216,45 +233,45 @@ class Rest:
         }
 
     def _watch(self, request: Request, target: Target) -> Iterator[bytes]:
-        labels = label_selector(request.query.get("labelSelector"))
-        fields = field_selector(request.query.get("fieldSelector"))
-        start = parse_resource_version(request.query.get("resourceVersion"))
-        seconds = int(request.query.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
-        bookmarks = request.query.get("allowWatchBookmarks") == "true"
-        deadline = time.monotonic() + seconds
-        epoch = self.store.watch_epoch
+        query = request.query
+        start = parse_resource_version(query.get("resourceVersion"))
         initial: list[dict[str, Any]] = []
         if not start:
             initial, start = self._selected(request, target)
+        return watch_lines(
+            self.store,
+            Scope(
+                target.resource,
+                target.namespace,
+                label_selector(query.get("labelSelector")),
+                field_selector(query.get("fieldSelector")),
+            ),
+            initial,
+            start,
+            seconds=int(query.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS),
+            bookmarks=query.get("allowWatchBookmarks") == "true",
+        )
 
-        def selected(obj: dict[str, Any] | None) -> bool:
-            return obj is not None and labels(obj["metadata"].get("labels") or {}) and fields(obj)
-
-        def lines() -> Iterator[bytes]:
-            for obj in initial:
-                yield _line("ADDED", obj)
-            cursor = start
-            try:
-                for event in self.store.events_after(cursor, deadline, epoch):
-                    cursor = event.rv
-                    kind = _event_type(event, target, selected)
-                    if kind is not None:
-                        yield _line(kind, event.obj)
-            except ApiError as exc:
-                yield _line("ERROR", exc.status())
-                return
-            if bookmarks:
-                rv = max(cursor, self.store.resource_version)
-                yield _line(
-                    "BOOKMARK",
-                    {
-                        "kind": target.resource.kind,
-                        "apiVersion": target.resource.api_version,
-                        "metadata": {"resourceVersion": str(rv)},
-                    },
-                )
-
-        return lines()
+    def _pod_log(self, request: Request, target: Target) -> str:
+        """A pod's output as `kubectl logs` gets it; 400 while its container is not running."""
+        namespace = target.namespace or ""
+        pod = self.store.get(PODS, namespace, target.name)
+        names = [c["name"] for c in pod["spec"]["containers"]]
+        container = request.query.get("container") or names[0]
+        if container not in names:
+            raise errors.bad_request(f"container {container} is not valid for pod {target.name}")
+        statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
+        waiting = statuses[0].get("state", {}).get("waiting")
+        lines = self.pod_output(namespace, target.name)
+        if waiting or lines is None:
+            reason = (waiting or {}).get("reason", "ContainerCreating")
+            raise errors.bad_request(
+                f'container "{container}" in pod "{target.name}" is waiting to start: {reason}'
+            )
+        tail = request.query.get("tailLines")
+        if tail:
+            lines = lines[-int(tail) :] if int(tail) > 0 else []
+        return "".join(f"{line}\n" for line in lines)
 
     def _body(self, request: Request) -> Any:
         try:
@@ -296,16 +313,26 @@ class Rest:
             generated = True
         else:
             generated = False
-        body = validation.validate(target.resource, body)
+        body = validation.validate(
+            target.resource,
+            body,
+            field_validation=request.query.get("fieldValidation"),
+            warnings=request.warnings,
+        )
         if generated:
             del body["metadata"]["name"]
         fill_server_fields(target.resource, body)
         return self.store.create(target.resource, target.namespace or "", body)
 
-    def _checked(self, resource: Resource) -> Any:
+    def _checked(self, resource: Resource, request: Request) -> Any:
         def check(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             validation.check_update(resource, old, new)
-            new = validation.validate(resource, new)
+            new = validation.validate(
+                resource,
+                new,
+                field_validation=request.query.get("fieldValidation"),
+                warnings=request.warnings,
+            )
             if resource is SECRETS:
                 fold_string_data(new)
             return new
@@ -333,7 +360,7 @@ class Rest:
             target.name,
             body,
             status=target.subresource == "status",
-            check=self._checked(target.resource),
+            check=self._checked(target.resource, request),
         )
 
     def _patch(self, request: Request, target: Target) -> dict[str, Any]:
@@ -351,7 +378,7 @@ class Rest:
                     target.name,
                     patched,
                     status=target.subresource == "status",
-                    check=self._checked(target.resource),
+                    check=self._checked(target.resource, request),
                 )
             except ApiError as exc:
                 # The server retries a patch that raced another write, unless it named a version.
@@ -422,66 +449,3 @@ def _verb(request: Request, target: Target) -> str:
     if method == "DELETE":
         return "delete" if target.name else "deletecollection"
     raise errors.method_not_allowed(method)
-
-
-def _event_type(event: Event, target: Target, selected: Any) -> str | None:
-    """The type a selecting watch sees: an object moving into or out of the set is ADDED or
-    DELETED, as the API server's watch cache reports it."""
-    if event.resource.key != target.resource.key:
-        return None
-    if target.namespace is not None and event.namespace != target.namespace:
-        return None
-    if event.type == "DELETED":
-        return "DELETED" if selected(event.obj) else None
-    now = selected(event.obj)
-    if event.type == "ADDED":
-        return "ADDED" if now else None
-    was = selected(event.before)
-    if now:
-        return "MODIFIED" if was else "ADDED"
-    return "DELETED" if was else None
-
-
-def _line(kind: str, obj: dict[str, Any]) -> bytes:
-    return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
-
-
-def fill_server_fields(resource: Resource, body: dict[str, Any]) -> None:
-    """What the API server and its controllers fill in at once: a namespace is Active, a PVC is
-    Bound (dynamic provisioning), a Service has a cluster IP, a new Pod is Pending."""
-    if resource is SECRETS:
-        fold_string_data(body)
-        body.setdefault("type", "Opaque")
-    elif resource is NAMESPACES:
-        body.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
-        body["status"] = {"phase": "Active"}
-    elif resource is PVCS:
-        spec = body.setdefault("spec", {})
-        spec.setdefault("volumeMode", "Filesystem")
-        spec.setdefault("storageClassName", "standard")
-        requested = (spec.get("resources") or {}).get("requests", {}).get("storage", "1Gi")
-        body["status"] = {
-            "phase": "Bound",
-            "accessModes": spec.get("accessModes", ["ReadWriteOnce"]),
-            "capacity": {"storage": requested},
-        }
-    elif resource is SERVICES:
-        spec = body.setdefault("spec", {})
-        spec.setdefault("type", "ClusterIP")
-        if spec.get("clusterIP") != "None":
-            spec["clusterIP"] = "10.96.0.10"
-        spec["clusterIPs"] = [spec["clusterIP"]]
-        body["status"] = {"loadBalancer": {}}
-    elif resource is PODS:
-        body["status"] = {"phase": "Pending"}
-    elif resource.status_subresource:
-        body.pop("status", None)
-
-
-def fold_string_data(body: dict[str, Any]) -> None:
-    """A Secret's stringData is write-only: the server merges it into data, base64-encoded."""
-    if "stringData" in body:
-        data = body.get("data") or {}
-        for key, value in (body.pop("stringData") or {}).items():
-            data[key] = base64.b64encode(str(value).encode()).decode()
-        body["data"] = data

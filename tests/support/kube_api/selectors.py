@@ -84,9 +84,14 @@ def field_selector(text: str | None) -> Callable[[dict[str, Any]], bool]:
                 '"metadata.namespace"',
             )
         key, op, value = match.groups()
-        getter = _FIELDS[key]
-        if op == "!=":
-            checks.append(lambda obj, g=getter, v=value: g(obj) != v)
-        else:
-            checks.append(lambda obj, g=getter, v=value: g(obj) == v)
+        checks.append(_field_check(_FIELDS[key], value, negated=op == "!="))
     return lambda obj: all(check(obj) for check in checks)
+
+
+def _field_check(
+    getter: Callable[[dict[str, Any]], str], value: str, *, negated: bool
+) -> Callable[[dict[str, Any]], bool]:
+    def check(obj: dict[str, Any]) -> bool:
+        return (getter(obj) == value) is not negated
+
+    return check

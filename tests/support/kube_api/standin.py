@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.kube_api import resources
+from tests.support.kube_api.admission import fill_server_fields
 from tests.support.kube_api.controller import Controller, Faults
 from tests.support.kube_api.http import ApiHttpServer
 from tests.support.kube_api.kubelet import Agent
 from tests.support.kube_api.resources import NAMESPACES, RESOURCES, Resource
-from tests.support.kube_api.rest import ApiCall, Rest, fill_server_fields
+from tests.support.kube_api.rest import ApiCall, Rest
 from tests.support.kube_api.store import Store
 
 
@@ -38,6 +39,7 @@ class KubeApi:
         self.rest = Rest(self.store, self.token, served)
         self.http = ApiHttpServer(self.rest)
         self.controller = Controller(self.store, root, opencode_bin)
+        self.rest.pod_output = self._pod_output
         self.url = f"http://127.0.0.1:{self.http.port}"
         self.kubeconfig_path = root / "kubeconfig"
         self._write_kubeconfig()
@@ -65,6 +67,10 @@ class KubeApi:
         }
         self.kubeconfig_path.write_text(json.dumps(config, indent=2))  # YAML is a JSON superset
 
+    def _pod_output(self, namespace: str, name: str) -> list[str] | None:
+        output = self.controller.outputs.get((namespace, name))
+        return list(output) if output is not None else None
+
     # --- lifetime ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -80,6 +86,17 @@ class KubeApi:
         self.store.close()
         self.http.close()
         self.controller.close()
+
+    def disconnect(self) -> None:
+        """An API outage: stop listening and drop every connection (watches end, calls are
+        refused); the objects, the controller and the agents stay."""
+        self.store.end_watches()
+        self.http.close()
+
+    def reconnect(self) -> None:
+        """The API comes back on the same address (after `disconnect()`)."""
+        self.http = ApiHttpServer(self.rest, self.http.port)
+        self.http.start()
 
     # --- reading state -----------------------------------------------------------------------
 
@@ -141,6 +158,15 @@ class KubeApi:
         """Forget the change history: watching from any older resourceVersion answers 410."""
         return self.store.compact()
 
+    @contextmanager
+    def missed_by_watches(self) -> Iterator[None]:
+        """Changes made in the block never reach open watches as events: the history that
+        holds them is compacted before any watch can send it, so watches get 410 and a client
+        sees the changes only by relisting."""
+        with self.store.locked():
+            yield
+            self.store.compact()
+
     def fail_pod(self, namespace: str, name: str) -> None:
         """Crash a sandbox's agent: its Pod goes Failed, the Sandbox Ready=False `PodFailed`."""
         self.controller.fail_pod(namespace, name)
@@ -182,3 +208,7 @@ def open_kube_api(
             api.http.server_close()
         if api.controller.failures:
             raise AssertionError(f"the stand-in's controller failed: {api.controller.failures!r}")
+        if api.rest.internal_errors:
+            raise AssertionError(
+                "the stand-in answered 500:\n" + "\n".join(api.rest.internal_errors)
+            )

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -87,6 +88,12 @@ class Store:
         for listener in self._listeners:
             listener(event)
         self._cond.notify_all()
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's (re-entrant) lock: no watch sends anything meanwhile."""
+        with self._cond:
+            yield
 
     def compact(self) -> int:
         """Forget all history: a watch from any older resourceVersion now gets 410 Expired."""

@@ -258,23 +258,68 @@ def _secret_causes(body: dict[str, Any]) -> list[Cause]:
     return causes
 
 
-def validate(resource: Resource, body: dict[str, Any]) -> dict[str, Any]:
+def _extra_fields(error: jsonschema.ValidationError) -> list[str]:
+    known = set(error.schema.get("properties", {}))
+    return sorted(set(error.instance) - known)
+
+
+def _schema_errors(
+    resource: Resource,
+    validator: Any,
+    body: dict[str, Any],
+    field_validation: str | None,
+    warnings: list[str],
+) -> list[jsonschema.ValidationError]:
+    """Schema errors, after the `fieldValidation` the client asked for handled unknown fields:
+    Strict → 400, Warn → dropped with a warning, Ignore → dropped; none asked → 422 (stricter
+    than the real server, which defaults to Warn: so a test sees the mistake)."""
+    found = list(validator.iter_errors(body))
+    unknown = [
+        e for e in found if e.validator == "additionalProperties" and isinstance(e.instance, dict)
+    ]
+    if not unknown or field_validation not in ("Strict", "Warn", "Ignore"):
+        return sorted(found, key=lambda e: list(map(str, e.absolute_path)))
+    names = [_join(field_path(e.absolute_path), n) for e in unknown for n in _extra_fields(e)]
+    if field_validation == "Strict":
+        listed = ", ".join(f'unknown field "{n}"' for n in names)
+        raise ApiError(
+            400,
+            "BadRequest",
+            f'{resource.kind} in version "{resource.version}" cannot be handled as a '
+            f"{resource.kind}: strict decoding error: {listed}",
+        )
+    for error in unknown:
+        for name in _extra_fields(error):
+            del error.instance[name]
+    if field_validation == "Warn":
+        warnings.extend(f'unknown field "{n}"' for n in names)
+    return list(validator.iter_errors(body))
+
+
+def validate(
+    resource: Resource,
+    body: dict[str, Any],
+    *,
+    field_validation: str | None = None,
+    warnings: list[str] | None = None,
+) -> dict[str, Any]:
     """The object as the server would store it (CRD defaults applied, nulls pruned), or 422."""
+    warnings = [] if warnings is None else warnings
     metadata = body.get("metadata") or {}
     name = str(metadata.get("name", ""))
     causes = _name_causes(resource, name, body) + _label_causes(metadata.get("labels"))
+    validator: Any
     if resource.is_custom:
         body = prune_nulls(body)
         apply_defaults(sandbox_schema(), body)
-        for error in sorted(_sandbox_validator().iter_errors(body), key=lambda e: e.path):
-            causes.extend(causes_of(error))
+        validator = _sandbox_validator()
     else:
         validator = _core_validator(resource.kind, resource.api_version)
-        if validator is not None:
-            for error in validator.iter_errors(body):
-                causes.extend(causes_of(error))
         if resource is SECRETS:
             causes.extend(_secret_causes(body))
+    if validator is not None:
+        for error in _schema_errors(resource, validator, body, field_validation, warnings):
+            causes.extend(causes_of(error))
     if causes:
         raise invalid(resource.kind, resource.group, name, causes)
     return body

@@ -163,12 +163,12 @@ async def test_a_watch_answered_410_lists_again_and_misses_nothing(
     async with backend_on(kube_settings) as (backend, exits):
         await backend.create(spec)
         relists = backend.watch.relists
-        store = kube_api.store
-        # Under the store's lock the open watch cannot send the deletion before the history
-        # that holds it is forgotten: it answers 410 instead.
-        with store._cond:
-            store.delete(SANDBOXES, namespace_of(spec, kube_settings), ko.sandbox_name(spec.id))
-            kube_api.compact()
+        # The open watch cannot send the deletion before the history that holds it is
+        # forgotten: it answers 410 instead.
+        with kube_api.missed_by_watches():
+            kube_api.store.delete(
+                SANDBOXES, namespace_of(spec, kube_settings), ko.sandbox_name(spec.id)
+            )
         sandbox_id, reason = await exits.next()
         assert sandbox_id == spec.id
         assert "deleted outside agentserver" in reason

@@ -46,9 +46,13 @@ def backend_opener(settings: Settings, on_exit: ExitNotice) -> AbstractAsyncCont
         from agentserver.sandboxes import docker
 
         return docker.open_backend(settings, on_exit)
+    if settings.backend == "kubernetes":
+        from agentserver.sandboxes import kubernetes
+
+        return kubernetes.open_backend(settings, on_exit)
     raise ConfigError(
         f"--backend / AGENTSERVER_BACKEND: the {settings.backend} backend is not "
-        "available yet; use process or docker"
+        "available yet; use process, docker or kubernetes"
     )
 
 

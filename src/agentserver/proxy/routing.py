@@ -67,9 +67,10 @@ def resolve(
     host: str | bytes | None, base_domain: str, main_names: frozenset[str] = frozenset()
 ) -> Target | Preview | Unknown | None:
     """What a Host header names: a sandbox's agent or one of its ports (a preview), an
-    unknown host under `base_domain`, or (None) the main site — the base domain itself, any host outside it (an IP address, another
-    name the server is reached by) or one of `main_names` (host names, without ports, that
-    the configuration gives the server itself, e.g. its OAuth callback URL's).
+    unknown host under `base_domain`, or (None) the main site — the base domain itself, any
+    host outside it (an IP address, another name the server is reached by) or one of
+    `main_names` (host names, without ports, that the configuration gives the server itself,
+    e.g. its OAuth callback URL's).
 
     Ports are ignored on both sides (a front proxy may change them), case and a trailing dot
     do not matter, and only exactly one label above the base domain is a sandbox.

@@ -115,6 +115,7 @@ class DockerBackend:
         return None  # previews: not yet on this backend
 
     async def listening_ports(self, sandbox_id: str) -> list[int] | None:
+        await trio.lowlevel.checkpoint()
         return None
 
     def __init__(self, client: docker.DockerClient, settings: Settings) -> None:

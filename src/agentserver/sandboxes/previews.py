@@ -124,6 +124,7 @@ class PreviewWatcher:
 
     async def check(self) -> int:
         """Look once at every watched workspace; returns how many events were published."""
+        await trio.lowlevel.checkpoint()
         seen: dict[str, tuple[int, ...] | None] = {}
         published = 0
         for workspace_id in self.events.watched():

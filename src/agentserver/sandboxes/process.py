@@ -77,6 +77,7 @@ class ProcessBackend:
         return None  # previews: not yet on this backend
 
     async def listening_ports(self, sandbox_id: str) -> list[int] | None:
+        await trio.lowlevel.checkpoint()
         return None
 
     def __init__(

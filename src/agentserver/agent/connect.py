@@ -122,8 +122,11 @@ def save_config(path: Path, config: AgentConfig) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=".agent-", dir=path.parent)  # mkstemp creates 0600
     try:
+        data = asdict(config)
+        if not config.allowedPorts:  # the original agent's five keys, as before
+            del data["allowedPorts"]
         with os.fdopen(fd, "w") as file:
-            json.dump(asdict(config), file, indent=2)
+            json.dump(data, file, indent=2)
             file.write("\n")
         os.chmod(temp, 0o600)
         os.replace(temp, path)

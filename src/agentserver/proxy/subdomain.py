@@ -3,9 +3,10 @@
 
 It runs before any route matching. The main host goes to the API app unchanged. On a sandbox
 host it owns the whole security model of architecture §7: ticket redemption at
-`/_agentserver/auth`, the per-sandbox cookie, role and Origin checks, the sandbox's status
-(waking a paused one), and only then the proxy — with our cookies and the client's
-Authorization removed and the agent's own credentials injected. Around it: any other name
+`/_agentserver/auth` (proxy/sign_in.py), the per-sandbox cookie, role and Origin checks, the
+sandbox's status (waking a paused one), and only then the proxy — with our cookies and the
+client's Authorization removed and the agent's own credentials injected (a preview gets none
+of ours, and keeps its own Authorization). Around it: any other name
 under the base domain is a 404, every response carries a framing policy, a request body that
 stops arriving is cut off (408), refused cookies are remembered briefly, and the lifecycle's
 events make the upstream pool drop a paused, moved or deleted sandbox's connections.
@@ -17,18 +18,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import trio
 
 from agentserver.auth.tickets import (
-    BIND_LIFETIME,
     SandboxAccess,
-    bind_cookie_name,
-    binding_of,
-    new_binding,
-    redeem_ticket,
-    sandbox_cookie_name,
 )
 from agentserver.auth.tokens import hash_token
 from agentserver.deps import Deps
@@ -50,6 +45,7 @@ from agentserver.proxy.http import CANCEL_CONNECTION, Receive, Scope, Send, prox
 from agentserver.proxy.previews import PublicAccess, PublicPorts
 from agentserver.proxy.refused_tokens import RefusedTokens
 from agentserver.proxy.routing import Preview, Route, Target, Unknown, resolve
+from agentserver.proxy.sign_in import AUTH_PATH, SignIn, respond
 from agentserver.proxy.tunnel_upstream import PortNotShared, TunnelUpstream
 from agentserver.proxy.upstream import NotListening, Pool, Upstream, UpstreamTimeout
 from agentserver.proxy.websocket import proxy_websocket, reject
@@ -57,8 +53,6 @@ from agentserver.sandboxes.events import Event
 from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)
-AUTH_PATH = "/_agentserver/auth"
-SESSION_MAX_AGE = 12 * 3600
 # The proxy tells the lifecycle about activity at most this often per sandbox (it throttles
 # its own writes further); the hot path then costs one dict lookup.
 ACTIVITY_EVERY = 5.0
@@ -75,11 +69,6 @@ class SandboxService(Protocol):
     async def wake(self, sandbox_id: str) -> None: ...
 
     def record_activity(self, sandbox_id: str) -> None: ...
-
-
-async def respond(send: Send, status: int, headers: Headers, body: bytes = b"") -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class GuardedSend:
@@ -123,8 +112,8 @@ class SubdomainProxy:
         self.app = app
         self.deps = deps
         self.settings = deps.settings
-        self.cookie = sandbox_cookie_name(deps.settings.secure_cookies)
-        self.bind_cookie = bind_cookie_name(deps.settings.secure_cookies)
+        self.signing_in = SignIn(deps.settings, deps.db, self.page)
+        self.cookie = self.signing_in.cookie
         self.access = deps.access
         self.sandboxes: SandboxService = deps.sandboxes
         self.hub = deps.hub
@@ -196,7 +185,7 @@ class SubdomainProxy:
         if websocket:
             await receive()  # websocket.connect
         elif scope["path"] == AUTH_PATH:
-            await self.redeem(target, scope, send)
+            await self.signing_in.redeem(target, scope, send)
             return
         port = target.port if isinstance(target, Preview) else None
         if port is not None and (refused := previews.port_refusal(port)) is not None:
@@ -206,7 +195,7 @@ class SubdomainProxy:
         if port is not None and (access is None or access.read_only):
             access = await self.public.access(target.sandbox_id, port) or access
         if access is None:
-            await self.sign_in(target, scope, send, method, headers)
+            await self.signing_in.sign_in(target, scope, send, method, headers)
             return
         refusal = self.refusal(access, scope, method, headers)
         if refusal is not None:
@@ -445,81 +434,6 @@ class SubdomainProxy:
             )
         else:
             await respond(send, status, headers, body)
-
-    async def sign_in(
-        self, target: Route, scope: Scope, send: Send, method: str, headers: Headers
-    ) -> None:
-        """No valid cookie: browsers go through the main site's open (which re-checks access
-        and comes back with a ticket bound to this browser); API clients get 401."""
-        if scope["type"] == "http" and pages.wants_html(method, headers):
-            await self.start_binding(target, scope, send)
-            return
-        await self.page(scope, send, pages.SIGN_IN)
-
-    async def start_binding(self, target: Route, scope: Scope, send: Send) -> None:
-        """Give this browser a binding nonce (keeping one it already has, so two tabs opening
-        at once both succeed) and send it to the main host's /open with the nonce's hash;
-        auth/tickets.py explains why."""
-        held = cookie_values(scope["headers"], self.bind_cookie)
-        binding = binding_of(held[0]) if held else None
-        cookie = b""
-        if binding is None:
-            nonce, binding = new_binding()
-            cookie = self.cookie_header(self.bind_cookie, nonce, BIND_LIFETIME)
-        location = f"{self.settings.main_url}/api/sandboxes/{target.sandbox_id}/open?bind={binding}"
-        if isinstance(target, Preview):
-            location += f"&port={target.port}"
-        await respond(
-            send,
-            302,
-            [
-                (b"location", location.encode()),
-                *([(b"set-cookie", cookie)] if cookie else []),
-                (b"cache-control", b"no-store"),
-                (b"referrer-policy", b"no-referrer"),
-                (b"content-length", b"0"),
-            ],
-        )
-
-    def cookie_header(self, name: str, value: str, max_age: int) -> bytes:
-        # Host-only (no Domain): the cookie goes to this sandbox's host and nowhere else.
-        cookie = f"{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
-        if self.settings.secure_cookies:
-            cookie += "; Secure"
-        return cookie.encode()
-
-    async def redeem(self, target: Route, scope: Scope, send: Send) -> None:
-        """`/_agentserver/auth?ticket=…`: spend the ticket (if it was minted for this browser),
-        set the sandbox cookie, go to `/`. Without a ticket: start the bound sign-in."""
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        ticket = (query.get("ticket") or [""])[0]
-        if scope["method"] == "GET" and not ticket:
-            await self.start_binding(target, scope, send)
-            return
-        token = None
-        if scope["method"] == "GET":
-            nonces = cookie_values(scope["headers"], self.bind_cookie)
-            token = await redeem_ticket(
-                self.deps.db,
-                target.sandbox_id,
-                ticket,
-                nonces[0] if nonces else None,
-                lifetime=SESSION_MAX_AGE,
-            )
-        if token is None:
-            await self.page(scope, send, pages.LINK_EXPIRED)
-            return
-        await respond(
-            send,
-            302,
-            [
-                (b"location", b"/"),
-                (b"set-cookie", self.cookie_header(self.cookie, token, SESSION_MAX_AGE)),
-                (b"cache-control", b"no-store"),
-                (b"referrer-policy", b"no-referrer"),
-                (b"content-length", b"0"),
-            ],
-        )
 
     # -- the lifecycle ------------------------------------------------------------------------
 

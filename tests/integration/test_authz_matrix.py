@@ -81,6 +81,11 @@ async def with_developers_sandbox(world: World) -> dict[str, str]:
     return await with_sandbox(world, DEVELOPER)
 
 
+async def with_sandbox_port(world: World) -> dict[str, str]:
+    """A sandbox of the owner's and a port of it that may be previewed."""
+    return {**await with_sandbox(world), "port": "5173"}
+
+
 # ---------------------------------------------------------------------------------------------
 # THE TABLE. Key = (METHOD, url rule as in app.url_map). Value = allowed roles or a Case.
 # ---------------------------------------------------------------------------------------------
@@ -125,6 +130,15 @@ MATRIX: dict[tuple[str, str], frozenset[str] | Case] = {
     ("GET", "/api/sandboxes/<sandbox_id>/open"): Case(ANY_MEMBER, setup=with_sandbox),
     # its variables' names and repository: whoever may open it
     ("GET", "/api/sandboxes/<sandbox_id>/setup"): Case(ANY_MEMBER, setup=with_sandbox),
+    # previews (api/previews.py): listed for whoever may open the sandbox; a port made public or
+    # private by a member who may use it (never a guest)
+    ("GET", "/api/sandboxes/<sandbox_id>/previews"): Case(ANY_MEMBER, setup=with_sandbox),
+    ("PUT", "/api/sandboxes/<sandbox_id>/previews/<port>/public"): Case(
+        DEVELOPER_UP, setup=with_sandbox_port
+    ),
+    ("DELETE", "/api/sandboxes/<sandbox_id>/previews/<port>/public"): Case(
+        DEVELOPER_UP, setup=with_sandbox_port
+    ),
     # local agents (api/agents.py): a one-time registration code
     ("POST", "/api/workspaces/<workspace_id>/agent-code"): DEVELOPER_UP,
     # sandboxes, agent codes, usage, events: add rows here (see the module docstring).

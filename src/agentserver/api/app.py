@@ -83,6 +83,7 @@ def create_app(deps: Deps) -> QuartTrio:
         health,
         members,
         oidc,
+        previews,
         sandbox_open,
         sandboxes,
         usage,
@@ -90,7 +91,18 @@ def create_app(deps: Deps) -> QuartTrio:
         workspaces,
     )
 
-    routes = (health, auth, workspaces, members, admin, oidc, usage, sandbox_open, sandboxes)
+    routes = (
+        health,
+        auth,
+        workspaces,
+        members,
+        admin,
+        oidc,
+        usage,
+        sandbox_open,
+        sandboxes,
+        previews,
+    )
     for module in (
         *routes,
         agents,

@@ -42,6 +42,14 @@ def nullable(schema: Schema) -> Schema:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
+PREVIEW = obj(
+    port={"type": "integer", "minimum": 1024, "maximum": 65535},
+    public={"type": "boolean"},
+    url=STRING,
+    openUrl=STRING,
+    changedBy=NULLABLE_STRING,
+    changedAt=TIME,
+)
 ROLE: Schema = {"type": "string", "enum": ["owner", "maintainer", "developer", "guest"]}
 ERROR: Schema = obj(
     error={
@@ -275,6 +283,19 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     },
     ("GET", "/api/sandboxes/{sandbox_id}/open"): {
         "302": redirect("to the sandbox's own host, with a one-time ticket")
+    },
+    ("GET", "/api/sandboxes/{sandbox_id}/previews"): {
+        "200": json_answer(
+            obj(available={"type": "boolean"}, previews=array(PREVIEW)),
+            "the ports it serves (where its backend can tell; a local agent's shared ports) "
+            "and every public one; `available` false where its backend cannot reach its ports",
+        )
+    },
+    ("PUT", "/api/sandboxes/{sandbox_id}/previews/{port}/public"): {
+        "200": json_answer(PREVIEW, "anyone may open it, until made private or paused")
+    },
+    ("DELETE", "/api/sandboxes/{sandbox_id}/previews/{port}/public"): {
+        "200": json_answer(PREVIEW, "only members may open it again")
     },
     ("GET", "/api/admin/users"): {"200": json_answer(array(ADMIN_USER), "every user")},
     ("PUT", "/api/admin/users/{user_id}/role"): {"200": json_answer(USER, "role changed")},

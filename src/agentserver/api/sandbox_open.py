@@ -8,6 +8,9 @@ The ticket is bound to the browser that asked (auth/tickets.py): the sandbox hos
 flow by giving the browser a nonce and sending it here with `?bind=<sha256 of the nonce>`.
 Without `bind` (the dashboard's Open button), this route first sends the browser to the
 sandbox host's `/_agentserver/auth`, which comes back with one.
+
+With `?port=N` the same flow opens the sandbox's preview of port N (`p{N}-{id}`): the ticket is
+the sandbox's, redeemed on (and bound to the nonce of) the preview's own host.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from quart import Blueprint, Response, request
 
 from agentserver import status_page
 from agentserver.api.common import deps, optional_user, require, session_cookie
-from agentserver.api.sandboxes import sandbox_url
+from agentserver.api.sandboxes import preview_url, sandbox_url
 from agentserver.auth.permissions import Action
 from agentserver.auth.tickets import is_binding, may_view, mint_ticket
 from agentserver.errors import AgentServerError, Forbidden, Invalid, NotFound, Unauthenticated
+from agentserver.kinds import preview_refusal
 from agentserver.models import Sandbox
 
 blueprint = Blueprint("sandbox_open", __name__, url_prefix="/api/sandboxes")
@@ -84,14 +88,33 @@ async def _open(sandbox_id: str) -> Response:
         raise Forbidden(
             "this sandbox is private: only its creator, owners and maintainers may open it"
         )
+    port = _preview_port(sandbox)
     bind = request.args.get("bind", "")
     if not bind:
-        return _redirect(sandbox_url(sandbox, deps().settings, "/_agentserver/auth"))
+        return _redirect(_url(sandbox, port, "/_agentserver/auth"))
     if not is_binding(bind):
         raise Invalid("bind: must be the 64 hex digits the sandbox's host sent", field="bind")
     session = request.cookies.get(session_cookie(), "")
     ticket = await mint_ticket(deps().db, sandbox.id, user.id, session, bind)
-    return _redirect(sandbox_url(sandbox, deps().settings, f"/_agentserver/auth?ticket={ticket}"))
+    return _redirect(_url(sandbox, port, f"/_agentserver/auth?ticket={ticket}"))
+
+
+def _preview_port(sandbox: Sandbox) -> int | None:
+    """The `port` asked for (a preview), checked; None to open the agent itself."""
+    text = request.args.get("port")
+    if text is None:
+        return None
+    port = int(text) if text.isascii() and text.isdigit() and len(text) <= 5 else 0
+    if preview_refusal(port, sandbox.endpoint_port) is not None:
+        raise Invalid("port: not a port this sandbox's previews serve", field="port")
+    return port
+
+
+def _url(sandbox: Sandbox, port: int | None, path: str) -> str:
+    settings = deps().settings
+    if port is None:
+        return sandbox_url(sandbox, settings, path)
+    return preview_url(sandbox.id, port, settings, path)
 
 
 def _redirect(location: str) -> Response:

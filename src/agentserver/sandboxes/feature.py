@@ -14,6 +14,7 @@ from agentserver.errors import ConfigError
 from agentserver.sandboxes.base import Backend, ExitNotice
 from agentserver.sandboxes.events import WorkspaceEvents
 from agentserver.sandboxes.idle import IdleWatcher
+from agentserver.sandboxes.previews import PreviewWatcher
 from agentserver.sandboxes.reconciler import Reconciler
 from agentserver.sandboxes.service import Sandboxes
 from agentserver.settings import Settings
@@ -80,6 +81,8 @@ async def open_sandboxes(
         # instead of cancelling this nursery (and with it the server).
         await nursery.start(supervise, "activity writer", service.write_activity)
         await service.reconcile(at_start=True)
+        # Open dashboards see the ports a running sandbox serves change (sandboxes/previews.py).
+        await nursery.start(supervise, "preview watcher", PreviewWatcher(service, events).run)
         watcher = reconciler = None
         if settings.idle_timeout > 0:
             watcher = IdleWatcher(service, settings.idle_timeout)

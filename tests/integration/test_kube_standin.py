@@ -414,3 +414,29 @@ def test_changes_missed_by_watches_make_an_open_watch_answer_410(
     assert not thread.is_alive()
     assert (seen, failures) == (["ADDED s"], [410])
     assert core.list_namespaced_secret("default").items == []
+
+
+def test_closing_ends_open_watches_and_leaves_no_thread(tmp_path: Path) -> None:
+    """Teardown ends an open watch stream and joins every thread the stand-in started."""
+    before = set(threading.enumerate())
+    ended = threading.Event()
+    with open_kube_api(tmp_path / "kube") as api:
+        core = client.CoreV1Api(api.api_client())
+        core.create_namespaced_secret("default", objects.secret("s", {"k": "v"}))
+        opened = threading.Event()
+
+        def follow() -> None:
+            # With a timeout the client does not re-watch when the stream ends.
+            stream = watch.Watch().stream(
+                core.list_namespaced_secret, "default", timeout_seconds=600
+            )
+            for _ in stream:
+                opened.set()
+            ended.set()
+
+        watcher = threading.Thread(target=follow)
+        watcher.start()
+        assert opened.wait(30)
+    watcher.join(30)
+    assert ended.is_set()
+    assert set(threading.enumerate()) - before == set()

@@ -440,3 +440,15 @@ def test_closing_ends_open_watches_and_leaves_no_thread(tmp_path: Path) -> None:
     watcher.join(30)
     assert ended.is_set()
     assert set(threading.enumerate()) - before == set()
+
+
+def test_refuse_answers_a_verb_with_rbacs_403(kube_api: KubeApi, core: client.CoreV1Api) -> None:
+    """`refuse("create", "namespaces")` makes that call a 403 Forbidden Status; others pass."""
+    kube_api.refuse("create", "namespaces")
+    with pytest.raises(client.ApiException) as exc:
+        core.create_namespace(objects.namespace("ws"))
+    status = status_of(exc.value)
+    assert (exc.value.status, status["reason"]) == (403, "Forbidden")
+    assert 'cannot create resource "namespaces"' in status["message"]
+    assert kube_api.get("namespaces", "", "ws") is None
+    assert core.read_namespace("default").metadata.name == "default"

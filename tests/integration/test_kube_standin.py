@@ -414,3 +414,41 @@ def test_changes_missed_by_watches_make_an_open_watch_answer_410(
     assert not thread.is_alive()
     assert (seen, failures) == (["ADDED s"], [410])
     assert core.list_namespaced_secret("default").items == []
+
+
+def test_closing_ends_open_watches_and_leaves_no_thread(tmp_path: Path) -> None:
+    """Teardown ends an open watch stream and joins every thread the stand-in started."""
+    before = set(threading.enumerate())
+    ended = threading.Event()
+    with open_kube_api(tmp_path / "kube") as api:
+        core = client.CoreV1Api(api.api_client())
+        core.create_namespaced_secret("default", objects.secret("s", {"k": "v"}))
+        opened = threading.Event()
+
+        def follow() -> None:
+            # With a timeout the client does not re-watch when the stream ends.
+            stream = watch.Watch().stream(
+                core.list_namespaced_secret, "default", timeout_seconds=600
+            )
+            for _ in stream:
+                opened.set()
+            ended.set()
+
+        watcher = threading.Thread(target=follow)
+        watcher.start()
+        assert opened.wait(30)
+    watcher.join(30)
+    assert ended.is_set()
+    assert set(threading.enumerate()) - before == set()
+
+
+def test_refuse_answers_a_verb_with_rbacs_403(kube_api: KubeApi, core: client.CoreV1Api) -> None:
+    """`refuse("create", "namespaces")` makes that call a 403 Forbidden Status; others pass."""
+    kube_api.refuse("create", "namespaces")
+    with pytest.raises(client.ApiException) as exc:
+        core.create_namespace(objects.namespace("ws"))
+    status = status_of(exc.value)
+    assert (exc.value.status, status["reason"]) == (403, "Forbidden")
+    assert 'cannot create resource "namespaces"' in status["message"]
+    assert kube_api.get("namespaces", "", "ws") is None
+    assert core.read_namespace("default").metadata.name == "default"

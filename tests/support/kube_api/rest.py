@@ -82,6 +82,8 @@ class Rest:
         self.served: resources.ServedVersion = served
         self.calls: list[ApiCall] = []
         self.internal_errors: list[str] = []
+        # (verb, "group/resource[/sub]" as RBAC names it) → the error to answer instead.
+        self.refusals: dict[tuple[str, str], ApiError] = {}
         # The output of a pod's agent (None: no process): set by the stand-in's controller.
         self.pod_output: Callable[[str, str], list[str] | None] = lambda namespace, name: None
         self._calls_lock = threading.Lock()
@@ -117,6 +119,7 @@ class Rest:
             else:
                 target = self._route(request.path)
                 verb = _verb(request, target)
+                self._refuse_if_told(verb, target)
                 reply = self._dispatch(request, target, verb)
         except ApiError as exc:
             reply = Reply(exc.code, exc.status())
@@ -126,6 +129,12 @@ class Rest:
         reply.warnings = request.warnings
         self._record(request, verb, target, reply.status)
         return reply
+
+    def _refuse_if_told(self, verb: str, target: Target) -> None:
+        resource = target.resource.plural + (f"/{target.subresource}" if target.subresource else "")
+        refusal = self.refusals.get((verb, resource))
+        if refusal is not None:
+            raise refusal
 
     # --- routing -----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from typing import Any
 from tests.support.kube_api import resources
 from tests.support.kube_api.admission import fill_server_fields
 from tests.support.kube_api.controller import Controller, Faults
+from tests.support.kube_api.errors import ApiError
 from tests.support.kube_api.http import ApiHttpServer
 from tests.support.kube_api.kubelet import Agent
 from tests.support.kube_api.resources import NAMESPACES, RESOURCES, Resource
@@ -166,6 +167,18 @@ class KubeApi:
         with self.store.locked():
             yield
             self.store.compact()
+
+    def refuse(self, verb: str, resource: str, code: int = 403, reason: str = "Forbidden") -> None:
+        """Answer every `verb` on `resource` ("namespaces", "sandboxes", "pods/log") with an
+        error, by default RBAC's 403 as a service account without that permission gets it."""
+        group = resource_named(resource.split("/")[0]).group
+        message = (
+            f'{resource} is forbidden: User "system:serviceaccount:agentserver:agentserver" '
+            f'cannot {verb} resource "{resource}" in API group "{group}"'
+        )
+        self.rest.refusals[(verb, resource)] = ApiError(
+            code, reason, message, {"group": group, "kind": resource}
+        )
 
     def fail_pod(self, namespace: str, name: str) -> None:
         """Crash a sandbox's agent: its Pod goes Failed, the Sandbox Ready=False `PodFailed`."""

@@ -85,6 +85,7 @@ def create_app(deps: Deps) -> QuartTrio:
         oidc,
         sandbox_open,
         sandboxes,
+        tokens,
         usage,
         web,
         workspaces,
@@ -93,6 +94,7 @@ def create_app(deps: Deps) -> QuartTrio:
     routes = (health, auth, workspaces, members, admin, oidc, usage, sandbox_open, sandboxes)
     for module in (
         *routes,
+        tokens,
         agents,
         downloads,
         web,

@@ -89,10 +89,14 @@ def grant() -> Grant | None:
     return cast(Grant | None, g.get("grant"))
 
 
-def refuse_tokens(what: str) -> None:
-    """Refuse this request if it came with an API token: `what` needs a browser session."""
-    if bearer_of(request.headers.get("Authorization")) is not None:
-        raise Forbidden(f"API tokens cannot {what}; sign in in a browser")
+async def refuse_tokens(what: str) -> None:
+    """Refuse this request if it came with an API token: `what` needs a browser session (403;
+    a token that does not work at all is a 401, as on every route)."""
+    if bearer_of(request.headers.get("Authorization")) is None:
+        await trio.lowlevel.checkpoint()
+        return
+    await optional_user()
+    raise Forbidden(f"API tokens cannot {what}; sign in in a browser")
 
 
 async def current_user() -> User:

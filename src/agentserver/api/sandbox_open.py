@@ -59,7 +59,7 @@ async def open_sandbox(sandbox_id: str) -> Response:
 
     A browser navigation that is refused gets a page with a way back, never raw JSON; API
     clients get the JSON error as from every other route."""
-    refuse_tokens("open a sandbox (`agentserver sandboxes open` makes a link for a browser)")
+    await refuse_tokens("open a sandbox (`agentserver sandboxes open` makes a link for a browser)")
     navigation = "text/html" in request.headers.get("Accept", "")
     if await optional_user() is None and navigation:
         # A browser that is not signed in: the dashboard signs in, then the user opens again.

@@ -118,7 +118,7 @@ async def my_tokens() -> list[dict[str, Any]]:
 async def new_token(data: TokenBody) -> tuple[dict[str, Any], int]:
     """Create a token; the answer's `token` is shown this once and never again (a browser
     session only: a token cannot mint tokens)."""
-    refuse_tokens("create tokens")
+    await refuse_tokens("create tokens")
     user = await current_user()
     workspace_id = await checked_workspace(data.workspace_id)
     lifetime = lifetime_of(data.expires_in_days)
@@ -135,7 +135,7 @@ async def revoke_mine(token_id: str) -> Response:
     user = await current_user()
     limits = grant()
     if limits is not None and limits.token_id != token_id:
-        refuse_tokens("revoke other tokens")
+        await refuse_tokens("revoke other tokens")
     if await revoke_token(deps().db, token_id, user.id) is None:
         raise NotFound("token not found")
     return Response("", status=204)
@@ -151,7 +151,7 @@ async def all_tokens() -> list[dict[str, Any]]:
 @blueprint.delete("/admin/tokens/<token_id>")
 async def revoke_any(token_id: str) -> Response:
     """Revoke anyone's token (server admins only, with a browser session)."""
-    refuse_tokens("revoke tokens")
+    await refuse_tokens("revoke tokens")
     await require_admin()
     if await revoke_token(deps().db, token_id, None) is None:
         raise NotFound("token not found")
@@ -185,7 +185,7 @@ async def start_cli_login(data: TokenBody) -> tuple[dict[str, Any], int]:
 @blueprint.get("/cli-login/pending")
 async def pending_cli_login() -> dict[str, Any]:
     """What the approval page shows about the sign-in waiting under `?code=` (signed in)."""
-    refuse_tokens("approve a command-line sign-in")
+    await refuse_tokens("approve a command-line sign-in")
     await current_user()
     pending = await cli_logins.pending_login(deps().db, request.args.get("code", ""))
     if pending is None:
@@ -205,7 +205,7 @@ async def pending_cli_login() -> dict[str, Any]:
 async def approve_cli_login(data: CodeBody) -> dict[str, Any]:
     """Approve (or deny, `approve: false`) the sign-in waiting under `code`: the command
     line that started it receives a new token of the signed-in user on its next poll."""
-    refuse_tokens("approve a command-line sign-in")
+    await refuse_tokens("approve a command-line sign-in")
     user = await current_user()
     db = deps().db
     pending = await cli_logins.pending_login(db, data.code)

@@ -76,9 +76,9 @@ async def open_sandbox(sandbox_id: str) -> Response:
 async def _spend_launch(sandbox_id: str) -> None:
     """With `?launch=`: spend the link (once, whoever asks) and check it is this user's."""
     link = request.args.get("launch")
+    user = await current_user()
     if link is None:
         return
-    user = await current_user()
     owner = await spend_launch(deps().db, sandbox_id.lower(), link)
     if owner is None:
         raise Invalid("this link was already used or has expired; make a new one", field="launch")

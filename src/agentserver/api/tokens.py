@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import trio
 from pydantic import Field, field_validator
 from quart import Blueprint, Response, request
 from quart_schema import validate_request
@@ -101,8 +102,10 @@ def lifetime_of(days: int | None) -> float:
 
 async def checked_workspace(workspace_id: str | None) -> str | None:
     """The workspace a new token is limited to, if the caller is a member (404 otherwise)."""
-    if workspace_id is not None:
-        await require(workspace_id, Action.VIEW_WORKSPACE)
+    if workspace_id is None:
+        await trio.lowlevel.checkpoint()
+        return None
+    await require(workspace_id, Action.VIEW_WORKSPACE)
     return workspace_id
 
 

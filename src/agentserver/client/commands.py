@@ -5,6 +5,7 @@ for bad usage (cyclopts' own for unknown options)."""
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import sys
 import webbrowser
@@ -69,11 +70,24 @@ def remote() -> Remote:
     return Remote(login.server, login.token)
 
 
+def graphical() -> bool:
+    """Whether a browser can open a window here: without a display Python's webbrowser would
+    run a text browser in this terminal (and hang a script), so only the link is printed."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def launch(url: str) -> None:
+    if graphical():
+        webbrowser.open(url)
+
+
 def maybe_open(url: str, browser: bool) -> None:
     """Print `url` (on stderr, so stdout stays for data) and, when asked, open a browser."""
     say(url)
     if browser:
-        webbrowser.open(url)
+        launch(url)
 
 
 async def approved_token(server: str, body: dict[str, Any], browser: bool) -> dict[str, Any]:
@@ -253,7 +267,7 @@ async def open_sandbox(
         link = await api.post(f"/api/sandboxes/{sandbox_id}/launch")
     print(link["url"])
     if browser:
-        webbrowser.open(link["url"])
+        launch(link["url"])
 
 
 TOKEN_COLUMNS = [

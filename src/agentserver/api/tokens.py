@@ -118,7 +118,7 @@ async def my_tokens() -> list[dict[str, Any]]:
 
 @blueprint.post("/tokens")
 @validate_request(TokenBody)
-async def new_token(data: TokenBody) -> tuple[dict[str, Any], int]:
+async def create_my_token(data: TokenBody) -> tuple[dict[str, Any], int]:
     """Create a token; the answer's `token` is shown this once and never again (a browser
     session only: a token cannot mint tokens)."""
     await refuse_tokens("create tokens")

@@ -86,6 +86,7 @@ def create_app(deps: Deps) -> QuartTrio:
         previews,
         sandbox_open,
         sandboxes,
+        tokens,
         usage,
         web,
         workspaces,
@@ -105,6 +106,7 @@ def create_app(deps: Deps) -> QuartTrio:
     )
     for module in (
         *routes,
+        tokens,
         agents,
         downloads,
         web,

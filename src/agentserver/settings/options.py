@@ -439,6 +439,13 @@ class Settings:
         "Link a new SSO identity to an existing account with the same email when a provider"
         " verified it for both (never an address typed in at registration).",
     )
+    max_token_lifetime: float = setting(
+        "AGENTSERVER_MAX_TOKEN_LIFETIME",
+        "8760h",
+        v.positive_duration,
+        "Longest lifetime a personal API token may be given (new tokens default to 30 days,"
+        " or this when shorter).",
+    )
 
     # Observability.
     metrics_token: str | None = setting(

@@ -255,8 +255,10 @@ class LlmProxy:
             nursery.cancel_scope.cancel()
 
     async def exchange(self, call: Call, request: httpx.Request, send: Send) -> None:
+        sending = time.perf_counter()
         try:
             response = await self.client.send(request, stream=True)
+            self.timed("upstream", sending)
         except httpx.TransportError as exc:
             log.warning("LLM upstream unreachable: %s", type(exc).__name__)
             call.status = 502

@@ -56,7 +56,8 @@ class UsageRecorder:
         self._progress = trio.Event()  # a batch completed
         self._closing = False
         self.published: set[str] = set()  # workspaces with a row in llm_inflight
-        self.last_batch_seconds = 0.0
+        # Seconds per batch written, kept only when a benchmark asks.
+        self.timings: list[float] | None = None
 
     async def record(self, row: dict[str, Any], ticket: Ticket | None) -> None:
         """Buffer one row; waits only while the buffer is full."""
@@ -74,6 +75,12 @@ class UsageRecorder:
         await trio.lowlevel.checkpoint()
         while self._written < target:
             await self._progress.wait()
+
+    async def sync(self) -> None:
+        """Return after the writer's next batch (rows, in-flight sums and snapshots) commits."""
+        progress = self._progress
+        self._wake.set()
+        await progress.wait()
 
     def close(self) -> None:
         """Stop after writing everything buffered."""
@@ -157,7 +164,8 @@ class UsageRecorder:
                     self.published.add(workspace_id)
                 else:
                     self.published.discard(workspace_id)
-        self.last_batch_seconds = trio.current_time() - started
+        if self.timings is not None and batch:
+            self.timings.append(trio.current_time() - started)
         del self._pending[: len(batch)]
         self.ledger.synced(written, loads, taken_at)
         self._done(len(batch))

@@ -134,12 +134,18 @@ async def _listen_once(
         finally:
             stop.set()  # the thread sees it within POLL and returns
 
+    failure: psycopg.Error | None = None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_on_cancel)
         own_thread = trio.CapacityLimiter(1)  # never waits for, nor holds, a shared thread token
         listening = partial(_listen_blocking, url, channels, stop, ready, deliver)
-        await trio.to_thread.run_sync(listening, limiter=own_thread)
+        try:
+            await trio.to_thread.run_sync(listening, limiter=own_thread)
+        except psycopg.Error as exc:
+            failure = exc  # raised bare, not in the nursery's exception group
         nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
 
 
 async def listen(

@@ -31,6 +31,9 @@ BUFFER = 4096  # rows waiting to be written before `record` waits
 BATCH = 512  # rows per transaction at most
 FIRST_RETRY, MOST_RETRY = 0.25, 10.0
 DRAIN_DEADLINE = 15.0  # a clean shutdown waits this long at most for the last rows
+# Rows recorded within this long of each other go in one batch: one transaction (and one
+# worker thread's turn) per window rather than per call, unless a reader or shutdown waits.
+BATCH_WINDOW = 0.05
 
 
 @dataclass(slots=True)
@@ -53,8 +56,11 @@ class UsageRecorder:
         self._recorded = 0  # rows handed to `record` so far
         self._written = 0  # of them, rows written (or given up on) so far
         self._wake = trio.Event()  # the writer has work
+        self._urgent = trio.Event()  # someone waits for it: no batching window
         self._progress = trio.Event()  # a batch completed
         self._closing = False
+        self._batches_begun = 0
+        self._batches_done = 0
         self.published: set[str] = set()  # workspaces with a row in llm_inflight
         # Seconds per batch written, kept only when a benchmark asks.
         self.timings: list[float] | None = None
@@ -66,26 +72,33 @@ class UsageRecorder:
         self._pending.append(Pending(row, ticket))
         self._recorded += 1
         self._wake.set()
+        if len(self._pending) >= BATCH:
+            self._urgent.set()
         await trio.lowlevel.checkpoint()
 
     async def flush(self) -> None:
         """Return once every row recorded before this call is written."""
         target = self._recorded
         self._wake.set()
+        self._urgent.set()
         await trio.lowlevel.checkpoint()
         while self._written < target:
             await self._progress.wait()
 
     async def sync(self) -> None:
         """Return after the writer's next batch (rows, in-flight sums and snapshots) commits."""
-        progress = self._progress
+        target = self._batches_begun + 1
         self._wake.set()
-        await progress.wait()
+        self._urgent.set()
+        await trio.lowlevel.checkpoint()
+        while self._batches_done < target:
+            await self._progress.wait()
 
     def close(self) -> None:
         """Stop after writing everything buffered."""
         self._closing = True
         self._wake.set()
+        self._urgent.set()
 
     async def load(self, workspace_id: str) -> None:
         """Read a workspace's counts for admission (when the ledger has none fresh)."""
@@ -105,10 +118,15 @@ class UsageRecorder:
                 every = SYNC_EVERY if self.ledger.accounts or self.published else math.inf
                 with trio.move_on_after(every):
                     await self._wake.wait()
-                self._wake = trio.Event()
+                with trio.move_on_after(BATCH_WINDOW):
+                    await self._urgent.wait()
+                self._wake, self._urgent = trio.Event(), trio.Event()
                 try:
                     await self._write_batch()
                     delay = FIRST_RETRY
+                    if self._pending:  # a backlog: on with the next batch at once
+                        self._wake.set()
+                        self._urgent.set()
                 except DatabaseUnavailable:
                     if self._closing:
                         raise
@@ -142,6 +160,7 @@ class UsageRecorder:
 
     async def _write_batch(self) -> None:
         await trio.lowlevel.checkpoint()
+        self._batches_begun += 1
         batch = self._pending[:BATCH]
         written = [p.ticket for p in batch if p.ticket is not None]
         workspaces = set(self.ledger.tracked()) | {t.workspace_id for t in written}
@@ -168,6 +187,7 @@ class UsageRecorder:
             self.timings.append(trio.current_time() - started)
         del self._pending[: len(batch)]
         self.ledger.synced(written, loads, taken_at)
+        self._batches_done = self._batches_begun
         self._done(len(batch))
 
     def _done(self, rows: int) -> None:

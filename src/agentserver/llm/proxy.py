@@ -186,7 +186,7 @@ class LlmProxy:
         url = upstream_url(self.settings, raw_path, scope.get("query_string", b""))
         route = route_for(scope["method"], raw_path)
         caller = seen.caller = self.callers.get(token_hash) or await self.lookup(token_hash)
-        checked = self.timed("token check", started)
+        self.timed("token check", started)
         if not (self.settings.anthropic_api_key or self.settings.anthropic_auth_token):
             raise Refusal(
                 503, "the server has no Anthropic credentials configured", reason="no_credentials"
@@ -206,7 +206,6 @@ class LlmProxy:
         call = Call(caller, requested.model, scope["method"], endpoint)
         await self.take_limits(call, route, requested, len(body))
         self.timed("admission", admitting)
-        call.started = checked
         self.record_activity(caller.sandbox_id)
         return call, request
 

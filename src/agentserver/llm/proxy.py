@@ -52,6 +52,7 @@ from agentserver.llm.rules import (
     upstream_headers,
     upstream_url,
 )
+from agentserver.supervise import supervise
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,8 @@ async def open_llm_proxy(deps: Deps, client: httpx.AsyncClient) -> AsyncIterator
     (the recorder drains, shielded, by a deadline) before the database may close."""
     recorder = UsageRecorder(deps.db, Ledger())
     async with trio.open_nursery() as nursery:
-        await nursery.start(recorder.run)
+        # Supervised: a bug in the writer is logged and it starts again, its rows still buffered.
+        await nursery.start(supervise, "LLM usage recorder", recorder.run)
         proxy = LlmProxy(deps, client, recorder)
         proxy.subscribe()
         deps.pending_writes.add(recorder.flush)

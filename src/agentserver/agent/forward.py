@@ -12,11 +12,10 @@ import html
 from collections.abc import AsyncIterator, Callable, Sequence
 from urllib.parse import urlsplit
 
-import httpcore
-import httpx
 import trio
 import trio_websocket
 
+from agentserver.agent.local_http import Broken, LocalClient, Response, Unreachable
 from agentserver.framing import BodyMismatch, exactly
 from agentserver.http_headers import FRAMING_NAMES, HOP_BY_HOP_NAMES
 from agentserver.kinds import OPENCODE
@@ -36,18 +35,9 @@ WEBSOCKET_FIELDS = NOT_FORWARDED | {
     "content-length",
 }
 _UNSENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
-# httpcore reads a response 64 KiB at a time; each read becomes (at least) one tunnel frame, and
-# the per-frame cost bounds a download. Reading up to one full frame (the tunnel's 256 KiB)
-# quarters the frames when opencode outpaces the tunnel and adds no wait: a read returns
-# whatever has arrived. httpcore has no per-client option for it, so this sets its class
-# default in the agent's process.
-UPSTREAM_READ = 256 * 1024
 # On the 502 for an unreachable opencode: where the agent looked (sandboxes/agent_health.py
 # reads it for the sandbox's status reason).
 UNREACHABLE_HEADER = "x-agentserver-opencode-unreachable"
-httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = max(
-    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES, UPSTREAM_READ
-)
 
 
 def safe_target(target: str) -> str | None:
@@ -84,24 +74,19 @@ class Forwarder:
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"--opencode-url must be an http(s) URL (got {base_url!r})")
-        self._base = httpx.URL(self.base_url)
         self._ws_base = ("wss" if parts.scheme == "https" else "ws") + "://" + parts.netloc
         self._auth = OPENCODE.credentials.header(password) if password else None
         self._say = say
         self._reachable: bool | None = None
         self.on_success: Callable[[], None] = lambda: None
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=10.0, read=None, write=None, pool=None),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
-            follow_redirects=False,
-        )
+        self._client = LocalClient(self.base_url)
 
     async def __aenter__(self) -> Forwarder:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        with trio.CancelScope(shield=True):
-            await self._client.aclose()
+        self._client.close()
+        await trio.lowlevel.checkpoint()
 
     def headers_for_opencode(
         self, headers: Sequence[tuple[str, str]], drop: frozenset[str] = NOT_FORWARDED
@@ -131,45 +116,38 @@ class Forwarder:
 
     async def _http(self, request: RequestReceived, target: str, stream: TunnelStream) -> None:
         headers = self.headers_for_opencode(request.headers)
-        content = None
+        content, length = None, None
         if request.body:
-            # httpx frames an async body chunked, or by the Content-Length we give it (and
-            # h11 under it refuses to send more or fewer bytes than that, as `exactly` does).
+            # Framed by the Content-Length the server declared (h11 under the client refuses to
+            # send more or fewer bytes than that, as `exactly` does), else chunked.
             length = declared_length(request.headers)
             content = exactly(_body(stream), length)
-            if length is not None:
-                headers.append(("content-length", str(length)))
-        outgoing = self._client.build_request(
-            request.method,
-            self._base.copy_with(raw_path=target.encode()),
-            headers=headers,
-            content=content,
-        )
         try:
-            response = await self._client.send(outgoing, stream=True)
-        except httpx.TransportError as exc:
+            response = await self._client.request(request.method, target, headers, content, length)
+        except Unreachable as exc:
             await self._unreachable(stream, exc)
             return
         except BodyMismatch:
-            await stream.reset()  # httpx closed the connection with the partial request on it
+            await stream.reset()  # the connection closed with the partial request on it
             return
         try:
-            self._seen_reachable()
-            headers = [
-                (n.decode("latin-1"), v.decode("latin-1"))
-                for n, v in response.headers.raw
-                if n.lower().decode() not in NOT_FORWARDED
-            ]
-            await stream.send_response_head(response.status_code, headers)
-            async for chunk in response.aiter_raw():
-                await stream.send_all(chunk)
-            await stream.send_eof()
+            await self._relay(response, stream)
             self.on_success()
-        except httpx.TransportError:
+        except Broken:
             await stream.reset()  # opencode broke off: the browser sees a cut response
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await response.aclose()
+            response.aclose_now()
+
+    async def _relay(self, response: Response, stream: TunnelStream) -> None:
+        """The response to the tunnel; a complete one (head, body, end) goes out at once."""
+        self._seen_reachable()
+        headers = [(n, v) for n, v in response.headers if n.lower() not in NOT_FORWARDED]
+        body, complete = response.buffered()
+        await stream.send_response(response.status, headers, body, end=complete)
+        if not complete:
+            async for chunk in response.chunks():
+                await stream.send_all(chunk)
+            await stream.send_eof()
 
     async def _answer(
         self,

@@ -130,6 +130,7 @@ class Settings:
     stream_window: int = 0
     receive_budget: int = 0
     max_queued_control: int = DEFAULT_MAX_QUEUED_CONTROL
+    batch: bool = True  # takes several frames in one message (announced in the Hello)
 
 
 class LocalProtocolError(Exception):
@@ -267,6 +268,7 @@ class TunnelConnection:
                 self.settings.initial_window,
                 self.settings.ping_interval,
                 self.settings.max_streams,
+                self.settings.batch,
             )
         ]
 
@@ -457,6 +459,7 @@ class TunnelConnection:
             frame.initial_window,
             frame.ping_interval,
             frame.max_streams or MAX_STREAM_ID,  # a peer that does not say has no cap we know
+            batch=frame.batch,  # an older peer does not say: one frame per message
         )
         return [HelloReceived(self.peer_settings)]
 

@@ -8,7 +8,7 @@ The header is a JSON object whose ``"type"`` says which frame it is; only ``Data
 payload. Keys are short but readable::
 
     hello     {"version", "max_payload", "window", "ping",       negotiates limits (first frame)
-               "streams"?}
+               "streams"?, "batch"?}
     request   {"id", "method", "target", "headers", "body", "ws", "protocols"}
     response  {"id", "status", "headers"}
     data      {"id", "text"?, "more"?}  + payload               body bytes or a WebSocket fragment
@@ -21,8 +21,9 @@ payload. Keys are short but readable::
 Headers are ordered ``[name, value]`` pairs so multi-valued headers survive. `decode` raises
 `ProtocolError` for every malformed input and never any other exception.
 
-On byte streams (not message-oriented), each message is additionally prefixed with its u32
-length (`frame_message`); `FrameDecoder` reassembles frames from arbitrary chunks.
+A side whose Hello says ``"batch": true`` also takes several frames in one message (a batch,
+`messages.pack`/`messages.unpack`). On byte streams (not message-oriented), each message is
+additionally prefixed with its u32 length (`messages.frame_message`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Hello:
     initial_window: int
     ping_interval: float
     max_streams: int | None = None  # how many of the peer's streams we take at once (optional)
+    batch: bool = False  # takes messages carrying several frames (optional; older peers do not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,8 @@ def _header_of(frame: Frame) -> dict[str, Any]:
             }
             if frame.max_streams is not None:  # older peers neither send nor read it
                 hello["streams"] = frame.max_streams
+            if frame.batch:  # likewise
+                hello["batch"] = True
             return hello
         case RequestOpen():
             return {
@@ -280,6 +284,7 @@ def _decode_hello(h: dict[str, Any]) -> Hello:
         initial_window=_int(h, "window", 1, MAX_WINDOW),
         ping_interval=float(ping),
         max_streams=None if h.get("streams") is None else _int(h, "streams", 1, MAX_STREAM_ID),
+        batch=_bool(h, "batch", False),
     )
 
 
@@ -375,65 +380,3 @@ def decode(
 def max_message_size(max_payload: int) -> int:
     """The longest message a side that announced `max_payload` can receive (a Data frame)."""
     return _LEN + MAX_HEADER + max_payload
-
-
-# ---------------------------------------------------------------- byte streams
-
-
-def frame_message(message: bytes) -> bytes:
-    """`message` with the u32 length prefix used on byte-stream transports."""
-    return len(message).to_bytes(_LEN, "big") + message
-
-
-class MessageBuffer:
-    """Splits a byte stream of length-prefixed messages into messages, whatever the chunking."""
-
-    def __init__(self, max_message: int = _LEN + MAX_HEADER + MAX_MAX_PAYLOAD) -> None:
-        self._buffer = bytearray()
-        self._start = 0
-        self._max_message = max_message
-
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
-
-    @property
-    def pending(self) -> int:
-        """Bytes received but not yet returned as a message."""
-        return len(self._buffer) - self._start
-
-    def next_message(self) -> bytes | None:
-        """The next complete message, or None until more bytes arrive."""
-        buffer, start = self._buffer, self._start
-        if len(buffer) - start < _LEN:
-            return None
-        size = int.from_bytes(buffer[start : start + _LEN], "big")
-        if size > self._max_message:
-            raise ProtocolError(f"message of {size} bytes exceeds {self._max_message}")
-        end = start + _LEN + size
-        if len(buffer) < end:
-            return None
-        message = bytes(buffer[start + _LEN : end])
-        if end * 2 >= len(buffer):  # compact once most of the buffer is consumed: amortised O(1)
-            del buffer[:end]
-            self._start = 0
-        else:
-            self._start = end
-        return message
-
-
-class FrameDecoder:
-    """Decodes frames from a byte stream of length-prefixed messages fed in arbitrary chunks."""
-
-    def __init__(self, *, max_payload: int = DEFAULT_MAX_PAYLOAD, max_header: int = MAX_HEADER):
-        self._messages = MessageBuffer(_LEN + max_header + max_payload)
-        self._max_payload = max_payload
-        self._max_header = max_header
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        """Every frame completed by `data`, in order."""
-        self._messages.feed(data)
-        frames = []
-        while (message := self._messages.next_message()) is not None:
-            frame = decode(message, max_payload=self._max_payload, max_header=self._max_header)
-            frames.append(frame)
-        return frames

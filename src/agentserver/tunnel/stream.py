@@ -129,6 +129,35 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._transport.send_head(self.stream_id, status, tuple(headers))
             self._head_sent = True
 
+    async def send_response(
+        self,
+        status: int,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        *,
+        end: bool = False,
+    ) -> None:
+        """The response head, then `body`, then with `end` the end of our direction.
+
+        What the credit allows is queued in one go, with no checkpoint in between, so a small
+        complete response leaves in one message; the rest is sent as by `send_all`.
+        """
+        with self._sending:
+            await trio.lowlevel.checkpoint()
+            self._check_sendable(head=False)
+            self._transport.send_head(self.stream_id, status, tuple(headers))
+            self._head_sent = True
+            if body and self._capacity() >= len(body):
+                self._send_data(body)
+                body = b""
+            if not body and end:
+                self._end()
+                return
+        if body:
+            await self.send_all(body)
+        if end:
+            await self.send_eof()
+
     # ------------------------------------------------------------ sending
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:

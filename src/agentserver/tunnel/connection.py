@@ -63,8 +63,7 @@ from .frames import (
     Reset,
     ResponseHead,
     Window,
-    decode,
-    encode,
+    check_head,
 )
 
 
@@ -624,10 +623,10 @@ class TunnelConnection:
         if stream.send is Half.ENDED and stream.recv is Half.ENDED:
             self._drop(stream.stream_id)
 
-    def _check_head(self, frame: Frame) -> None:
+    def _check_head(self, frame: RequestOpen | ResponseHead) -> None:
         # The peer would reject an invalid head as a tunnel-fatal ProtocolError, so refuse it
         # here with the very same validation (header size, tokens, target form, values).
         try:
-            decode(encode(frame))
+            check_head(frame)
         except ProtocolError as exc:
             raise LocalProtocolError(f"invalid {type(frame).__name__}: {exc}") from None

@@ -323,6 +323,23 @@ def _decode_goaway(h: dict[str, Any]) -> GoAway:
     return GoAway(code, _str(h, "message", ""))
 
 
+def check_head(frame: RequestOpen | ResponseHead, *, max_header: int = MAX_HEADER) -> None:
+    """Raise the `ProtocolError` that `decode(encode(frame))` would: the very same field rules,
+    applied to the values themselves, so a head we send costs no JSON round trip to check."""
+    fields = _header_of(frame)
+    # JSON spends at most 6 bytes on a character (a \uXXXX escape) and a few on punctuation:
+    # only a head that might be too long is encoded to measure it.
+    texts = [v for pair in fields.get("headers", ()) for v in pair]
+    texts += fields.get("protocols", [])
+    bound = 256 + sum(6 * len(text) + 8 for text in texts) + 6 * len(fields.get("target", ""))
+    if bound > max_header and (size := len(header_bytes(frame))) > max_header:
+        raise ProtocolError(f"header of {size} bytes exceeds the limit of {max_header}")
+    if type(frame) is RequestOpen:
+        _decode_request(fields)
+    else:
+        _decode_response(fields)
+
+
 _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Frame]]] = {
     "hello": _decode_hello,
     "request": _decode_request,

@@ -94,10 +94,33 @@ class Response:
             parts: list[bytes] = []
             try:
                 self._take(await self._conn.next_event(), parts)
+                await self._more_now(parts)
             except _FAILURES as exc:
                 raise Broken(str(exc) or type(exc).__name__) from None
-            if parts and parts[0]:
-                yield parts[0]
+            if chunk := b"".join(parts):
+                yield chunk
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def _more_now(self, parts: list[bytes]) -> None:
+        """Add what else has arrived already, up to READ_SIZE, waiting for nothing: a body
+        that opencode sends faster than it is forwarded leaves in fewer, larger frames (each
+        frame costs both ends the same, whatever its size), and a slow one is never held."""
+        size = sum(len(part) for part in parts)
+        conn = self._conn
+        while not self._done and size < READ_SIZE:
+            event = conn.h11.next_event()
+            if event is h11.NEED_DATA:
+                if not conn.readable():
+                    break
+                data = await conn.stream.receive_some(READ_SIZE - size)
+                if not data:
+                    conn.h11.receive_data(b"")
+                    continue
+                conn.h11.receive_data(bytes(data))
+                continue
+            before = len(parts)
+            self._take(event, parts)
+            size += sum(len(part) for part in parts[before:])
         await trio.lowlevel.checkpoint_if_cancelled()
 
     def _take(self, event: object, parts: list[bytes]) -> None:

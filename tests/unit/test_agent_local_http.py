@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from agentserver.agent.local_http import LocalClient, Response, Unreachable
+from agentserver.agent.local_http import Broken, LocalClient, Response, Unreachable
 from tests.support.bulk_upstream import BulkUpstream, _serve_connection, pattern
 from tests.support.tcp import serve_on_free_port
 
@@ -166,3 +166,19 @@ async def test_the_host_header_names_opencodes_address_and_headers_pass_in_order
     assert lines[0] == b"GET /p?q=1 HTTP/1.1"
     assert lines[1] == f"host: 127.0.0.1:{port}".encode()
     assert lines[2:5] == [b"x-b: 1", "x-a: é".encode("latin-1"), b"x-b: 2"]
+
+
+async def test_a_body_opencode_frames_wrongly_is_broken_off_not_a_crash() -> None:
+    async def bad_chunks(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nZZ\r\n\r\n")
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_on_free_port, bad_chunks)
+        client = LocalClient(f"http://127.0.0.1:{port}")
+        response = await client.request("GET", "/", [])
+        with pytest.raises(Broken):
+            await read_body(response)
+        response.aclose_now()
+        nursery.cancel_scope.cancel()

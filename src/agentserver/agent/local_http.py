@@ -81,11 +81,14 @@ class Response:
     def buffered(self) -> tuple[bytes, bool]:
         """The body bytes already received, and whether they are the whole body."""
         parts: list[bytes] = []
-        while not self._done:
-            event = self._conn.h11.next_event()
-            if event is h11.NEED_DATA:
-                break
-            self._take(event, parts)
+        try:
+            while not self._done:
+                event = self._conn.h11.next_event()
+                if event is h11.NEED_DATA:
+                    break
+                self._take(event, parts)
+        except h11.ProtocolError as exc:  # a malformed body (bad chunk framing)
+            raise Broken(str(exc) or type(exc).__name__) from None
         return b"".join(parts), self._done
 
     async def chunks(self) -> AsyncIterator[bytes]:

@@ -139,7 +139,7 @@ async def local_client_ms(upstream: str, count: int) -> list[float]:
         for _ in range(count):
             started = time.perf_counter()
             response = await client.request("GET", "/small", [])
-            body, done = response.buffered()
+            body, done = await response.buffered()
             if not done:
                 async for chunk in response.chunks():
                     body += chunk

@@ -38,7 +38,7 @@ class Upstream:
 
 
 async def read_body(response: Response) -> bytes:
-    body, done = response.buffered()
+    body, done = await response.buffered()
     if not done:
         async for chunk in response.chunks():
             body += chunk
@@ -121,7 +121,7 @@ async def test_events_are_handed_on_as_they_arrive_not_held_for_more() -> None:
         up = await nursery.start(Upstream().serve)
         client = LocalClient(f"http://127.0.0.1:{up.port}")
         response = await client.request("GET", "/clock?count=5&every=0.2", [])
-        body, done = response.buffered()
+        body, done = await response.buffered()
         assert not done
         lags = []
         async for chunk in response.chunks():
@@ -181,4 +181,22 @@ async def test_a_body_opencode_frames_wrongly_is_broken_off_not_a_crash() -> Non
         with pytest.raises(Broken):
             await read_body(response)
         response.aclose_now()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_small_body_written_after_its_head_is_waited_for_and_handed_on_whole() -> None:
+    async def late_body(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+        await trio.sleep(0.05)
+        await stream.send_all(b"hello")
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_on_free_port, late_body)
+        client = LocalClient(f"http://127.0.0.1:{port}")
+        response = await client.request("GET", "/", [])
+        assert await response.buffered() == (b"hello", True)
+        response.aclose_now()
+        client.close()
         nursery.cancel_scope.cancel()

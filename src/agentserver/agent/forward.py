@@ -142,11 +142,17 @@ class Forwarder:
         """The response to the tunnel; a complete one (head, body, end) goes out at once."""
         self._seen_reachable()
         headers = [(n, v) for n, v in response.headers if n.lower() not in NOT_FORWARDED]
-        body, complete = response.buffered()
+        body, complete = await response.buffered()
         await stream.send_response(response.status, headers, body, end=complete)
+        ended = complete
         if not complete:
             async for chunk in response.chunks():
-                await stream.send_all(chunk)
+                if response.done:  # the last piece: it and the end leave together
+                    await stream.send_last(chunk)
+                    ended = True
+                else:
+                    await stream.send_all(chunk)
+        if not ended:
             await stream.send_eof()
 
     async def _answer(

@@ -27,6 +27,7 @@ import trio
 READ_SIZE = 256 * 1024  # one full tunnel frame: fewer, larger frames when opencode outpaces us
 CONNECT_TIMEOUT = 10.0
 MAX_IDLE = 32
+SMALL_BODY = 64 * 1024
 _FAILURES = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError)
 
 
@@ -77,19 +78,28 @@ class Response:
         self.headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers]
         self._client, self._conn = client, conn
         self._done = False
+        lengths = {v for n, v in head.headers if n == b"content-length"}  # h11 checked them
+        self._small = len(lengths) == 1 and int(lengths.pop()) <= SMALL_BODY
 
-    def buffered(self) -> tuple[bytes, bool]:
-        """The body bytes already received, and whether they are the whole body."""
+    async def buffered(self) -> tuple[bytes, bool]:
+        """The body bytes that have arrived already, and whether they are the whole body.
+
+        Nothing is waited for, except the rest of a body of at most `SMALL_BODY` bytes by its
+        Content-Length (no one can use its head without it): such an answer then leaves whole,
+        head, body and end in one message, however opencode wrote it."""
         parts: list[bytes] = []
         try:
-            while not self._done:
-                event = self._conn.h11.next_event()
-                if event is h11.NEED_DATA:
-                    break
-                self._take(event, parts)
-        except h11.ProtocolError as exc:  # a malformed body (bad chunk framing)
+            await self._more_now(parts)
+            while self._small and not self._done:  # the rest is on its way: worth the wait
+                self._take(await self._conn.next_event(), parts)
+        except _FAILURES as exc:  # a malformed body (bad chunk framing), a broken connection
             raise Broken(str(exc) or type(exc).__name__) from None
         return b"".join(parts), self._done
+
+    @property
+    def done(self) -> bool:
+        """Whether the whole body has been handed out."""
+        return self._done
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The rest of the body as it arrives (`Broken` if the connection breaks off)."""

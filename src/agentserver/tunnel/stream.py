@@ -147,16 +147,33 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._check_sendable(head=False)
             self._transport.send_head(self.stream_id, status, tuple(headers))
             self._head_sent = True
-            if body and self._capacity() >= len(body):
-                self._send_data(body)
-                body = b""
-            if not body and end:
-                self._end()
+            if self._queue_whole(body, end):
                 return
-        if body:
-            await self.send_all(body)
         if end:
-            await self.send_eof()
+            await self.send_last(body)
+        else:
+            await self.send_all(body)
+
+    async def send_last(self, data: bytes) -> None:
+        """`data`, then the end of our direction: queued together when the credit allows, so
+        a body's last piece and its end leave in one message."""
+        with self._sending:
+            await trio.lowlevel.checkpoint()
+            self._check_sendable()
+            if self._queue_whole(data, True):
+                return
+        await self.send_all(data)
+        await self.send_eof()
+
+    def _queue_whole(self, data: bytes, end: bool) -> bool:
+        """Queue `data` (and with `end`, the end) if all of it fits the credit; True if done."""
+        if data and self._capacity() < len(data):
+            return False
+        if data:
+            self._send_data(data)
+        if end:
+            self._end()
+        return True
 
     # ------------------------------------------------------------ sending
 

@@ -404,10 +404,10 @@ def report(
     )
     print(
         "  CPU seconds per 100 MB: "
-        + ", ".join(
-            f"{k} {statistics.median(cpu[f'{way} {k}']):.2f}"
+        + "; ".join(
+            f"{way} "
+            + ", ".join(f"{k} {statistics.median(cpu[f'{way} {k}']):.2f}" for k in PROCESSES)
             for way in ("download", "upload")
-            for k in PROCESSES
         )
     )
     direct_ms = statistics.median(results["small request ms"][0])

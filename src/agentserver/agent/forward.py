@@ -3,7 +3,8 @@
 Bodies stream both ways with no timeout once the response started (SSE lives as long as both
 ends want). When the browser goes away the server resets the stream; the transport cancels the
 handler, which closes the request to opencode. WebSocket upgrades (opencode's terminal) are
-relayed message by message.
+relayed message by message. Requests reach opencode over kept-alive connections
+(`local_http.LocalClient`); a small complete answer goes back as one tunnel message.
 """
 
 from __future__ import annotations

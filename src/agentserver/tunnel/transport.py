@@ -22,11 +22,12 @@ with status 101 (chosen subprotocol in a ``sec-websocket-protocol`` header), the
 with `close_code`/`close_reason` set) and `send_close(code, reason)`.
 
 Guarantees: the reader never blocks on a stream (credit windows bound every stream's buffer);
-one writer task owns the link; a handler task is cancelled when its stream is reset or the
-tunnel closes; when the tunnel dies every stream operation raises `TunnelClosed`; a link that
-delivers nothing within `ping_timeout` of a ping (default: the ping interval) closes the tunnel,
-and so does one whose peer reads nothing (a single send blocked from a ping to its timeout),
-however busily that peer sends.
+one writer task owns the link, and sends what is queued together as one message (a batch, to a
+peer whose Hello announced batches; `messages.py`) in the order it was queued; a handler task
+is cancelled when its stream is reset or the tunnel closes; when the tunnel dies every stream
+operation raises `TunnelClosed`; a link that delivers nothing within `ping_timeout` of a ping
+(default: the ping interval) closes the tunnel, and so does one whose peer reads nothing (a
+single send blocked from a ping to its timeout), however busily that peer sends.
 With `send_timeout`, a send that can put out nothing for that long (no credit from the peer, or
 a link the peer does not read) resets its stream (code "timeout") and raises `StreamResetError`.
 Beyond `Settings.max_streams` open streams, `open_request` raises `StreamLimitReached` and the

@@ -63,8 +63,7 @@ from .frames import (
     Reset,
     ResponseHead,
     Window,
-    decode,
-    encode,
+    check_head,
 )
 
 
@@ -130,6 +129,7 @@ class Settings:
     stream_window: int = 0
     receive_budget: int = 0
     max_queued_control: int = DEFAULT_MAX_QUEUED_CONTROL
+    batch: bool = True  # takes several frames in one message (announced in the Hello)
 
 
 class LocalProtocolError(Exception):
@@ -268,6 +268,7 @@ class TunnelConnection:
                 self.settings.initial_window,
                 self.settings.ping_interval,
                 self.settings.max_streams,
+                self.settings.batch,
             )
         ]
 
@@ -462,6 +463,7 @@ class TunnelConnection:
             frame.initial_window,
             frame.ping_interval,
             frame.max_streams or MAX_STREAM_ID,  # a peer that does not say has no cap we know
+            batch=frame.batch,  # an older peer does not say: one frame per message
         )
         return [HelloReceived(self.peer_settings)]
 
@@ -626,10 +628,10 @@ class TunnelConnection:
         if stream.send is Half.ENDED and stream.recv is Half.ENDED:
             self._drop(stream.stream_id)
 
-    def _check_head(self, frame: Frame) -> None:
+    def _check_head(self, frame: RequestOpen | ResponseHead) -> None:
         # The peer would reject an invalid head as a tunnel-fatal ProtocolError, so refuse it
         # here with the very same validation (header size, tokens, target form, values).
         try:
-            decode(encode(frame))
+            check_head(frame)
         except ProtocolError as exc:
             raise LocalProtocolError(f"invalid {type(frame).__name__}: {exc}") from None

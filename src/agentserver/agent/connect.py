@@ -26,6 +26,7 @@ import httpx
 import trio
 import trio_websocket
 
+from agentserver.agent.compat import IncompatibleServer, check_server
 from agentserver.agent.forward import Forwarder
 from agentserver.kinds import OPENCODE, PREVIEW_PORTS_HEADER, preview_refusal
 from agentserver.tunnel import (
@@ -40,6 +41,7 @@ from agentserver.tunnel import (
     max_message_size,
     open_tunnel,
 )
+from agentserver.tunnel import version as tunnel_version
 
 DEFAULT_CONFIG = "~/.agentserver/agent.json"
 DEFAULT_OPENCODE_URL = f"http://localhost:{OPENCODE.port}"
@@ -282,7 +284,10 @@ class Session:
         return None if self.tunnel is None else self.tunnel.peer_going_away
 
     async def connect_once(self) -> None:
-        headers = [(b"authorization", f"Bearer {self.config.tunnelToken}".encode())]
+        headers = [
+            (b"authorization", f"Bearer {self.config.tunnelToken}".encode()),
+            (tunnel_version.HEADER.lower().encode(), str(tunnel_version.PROTOCOL).encode()),
+        ]
         if self.config.allowedPorts:  # the server lists (and asks for) only these previews
             shared = ",".join(str(p) for p in self.config.allowedPorts)
             headers.append((PREVIEW_PORTS_HEADER.encode(), shared.encode()))
@@ -410,6 +415,13 @@ async def connect(
         except ValueError as exc:
             raise AgentError(str(exc), status=2) from None
         shared = None if allow_ports is None else checked_ports(allow_ports, opencode_url)
+        saved = None if server else load_config(path)
+        target = server or (saved.server if saved else None)
+        if target:  # before a code is spent: a server this agent cannot talk to says so now
+            try:
+                await check_server(normalise_server(target))
+            except IncompatibleServer as exc:
+                raise AgentError(str(exc)) from None
         config = await credentials(path, server, code, name, say)
         if shared is not None and shared != config.allowedPorts:
             config = replace(config, allowedPorts=shared)

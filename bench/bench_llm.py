@@ -85,11 +85,37 @@ async def add_sandbox(server: serve.Running) -> str:
     return token
 
 
+Results = dict[str, tuple[list[float], list[float]]]
+Stages = dict[str, dict[str, list[float]]]
+
+
+async def usage_check(running: serve.Running, standin: Any) -> str:
+    """Rows written (after a flush, as the Usage page reads them) against what the stand-in
+    reported: they must be equal."""
+    await running.deps.pending_writes.flush()
+
+    def read(tx: Any) -> tuple[int, int]:
+        row = tx.conn.execute(
+            "SELECT count(*), coalesce(sum(input_tokens + output_tokens"
+            " + cache_creation_input_tokens + cache_read_input_tokens), 0) FROM llm_usage"
+            " WHERE endpoint = '/v1/messages'"
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    rows, tokens = await running.deps.db.transaction(read)
+    calls, served = len(standin.served), sum(sum(s.usage.values()) for s in standin.served)
+    verdict = "exact" if (rows, tokens) == (calls, served) else "MISMATCH"
+    return (
+        f"usage rows {rows} with {tokens} tokens; stand-in served {calls} with {served}: {verdict}"
+    )
+
+
 async def measure(
     db_url: str, data_dir: Path, repeats: int, tokens_per_day: int
-) -> dict[str, tuple[list[float], list[float]]]:
+) -> tuple[Results, Stages, str]:
     async with trio.open_nursery() as nursery:
-        standin = await open_anthropic(nursery)
+        standin = await open_anthropic(nursery)  # behind the proxy: its counts are checked
+        direct_standin = await open_anthropic(nursery)  # the same, called directly
         settings = make_settings(
             db_url,
             data_dir,
@@ -103,35 +129,42 @@ async def measure(
             partial(serve.run, settings, shutdown=shutdown)
         )
         token = await add_sandbox(running)
-        direct_url = f"{standin.url}/v1/messages"
+        direct_url = f"{direct_standin.url}/v1/messages"
         proxy_url = f"http://127.0.0.1:{running.port}/proxy/anthropic/v1/messages"
         server_url = f"http://127.0.0.1:{running.port}/healthz"
-        results: dict[str, tuple[list[float], list[float]]] = {}
+        results: Results = {}
+        stages: Stages = {}
+        llm = getattr(running, "llm", None)  # absent before the stage timings existed
         async with httpx.AsyncClient(timeout=30, headers={"x-api-key": token}) as client:
             rows = (
                 ("small non-streamed call", small_call, direct_url, proxy_url),
                 ("first streamed event", first_event, direct_url, proxy_url),
                 # Context: the server answering a trivial GET itself, vs the stand-in.
-                ("(server's own /healthz)", healthz, f"{standin.url}/healthz", server_url),
+                ("(server's own /healthz)", healthz, f"{direct_standin.url}/healthz", server_url),
             )
             for name, probe, direct_at, proxy_at in rows:
                 direct: list[float] = []
                 proxied: list[float] = []
                 for i in range(repeats + 20):  # the first 20 warm connections and caches up
+                    if i == 20 and llm is not None:
+                        llm.timings, llm.recorder.timings = {}, []
                     d, p = await probe(client, direct_at), await probe(client, proxy_at)
                     if i >= 20:
                         direct.append(d)
                         proxied.append(p)
                 results[name] = (direct, proxied)
+                if llm is not None and llm.timings:
+                    stages[name] = llm.timings | {"usage batch, off the path": llm.recorder.timings}
+            check = await usage_check(running, standin)
         shutdown.set()
         nursery.cancel_scope.cancel()
-    return results
+    return results, stages, check
 
 
 COLUMNS = ("direct p50", "proxy p50", "added p50", "ratio", "direct p90", "proxy p90")
 
 
-def report(results: dict[str, tuple[list[float], list[float]]], repeats: int) -> None:
+def report(results: Results, stages: Stages, check: str, repeats: int) -> None:
     print(f"\nLLM proxy overhead vs direct to the same Anthropic stand-in ({repeats} calls each)")
     header = f"{'metric':<26}" + "".join(f"{c:>12}" for c in COLUMNS)
     print(header)
@@ -149,6 +182,14 @@ def report(results: dict[str, tuple[list[float], list[float]]], repeats: int) ->
             f"{p90:.2f}ms",
         ]
         print(f"{name:<26}" + "".join(f"{c:>12}" for c in cells))
+    if stages:
+        print("\nwhere the proxy's time goes (p50 per call, µs; the batch: per batch written)")
+        for name, timings in stages.items():
+            cells = [
+                f"{stage} {statistics.median(v) * 1e6:.0f}" for stage, v in timings.items() if v
+            ]
+            print(f"  {name}: " + ", ".join(cells))
+    print(check)
 
 
 def main() -> None:
@@ -173,8 +214,10 @@ def main() -> None:
         with psycopg.connect(root, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         db_url = str(httpx.URL(root).copy_with(path=f"/{name}"))
-        results = trio.run(measure, db_url, base / "data", args.repeats, args.tokens_per_day)
-        report(results, args.repeats)
+        results, stages, check = trio.run(
+            measure, db_url, base / "data", args.repeats, args.tokens_per_day
+        )
+        report(results, stages, check, args.repeats)
     finally:
         pg.cleanup()
         shutil.rmtree(base, ignore_errors=True)

@@ -34,10 +34,12 @@ sys.path.insert(0, str(REPO))
 from tests.support.bulk_upstream import BulkUpstream, serve_bulk  # noqa: E402
 from tests.support.sandbox_login import sandbox_cookie  # noqa: E402
 
+from agentserver.agent.local_http import LocalClient  # noqa: E402
 from agentserver.tunnel import Role, WebSocketLink, open_tunnel  # noqa: E402
 
 MB = 1024 * 1024
 PYTHON = sys.executable
+PROCESSES = ("server", "agent")
 
 
 async def spawn(
@@ -117,6 +119,37 @@ async def small(client: httpx.AsyncClient) -> float:
     response = await client.get("/small")
     assert response.status_code == 200
     return time.perf_counter() - started
+
+
+async def small_legs(client: httpx.AsyncClient, arrivals: list[int]) -> tuple[float, float]:
+    """Milliseconds of one small request: to the upstream's arrival stamp, and back from it."""
+    seen = len(arrivals)
+    started = time.perf_counter_ns()
+    response = await client.get("/small")
+    ended = time.perf_counter_ns()
+    assert response.status_code == 200
+    assert len(arrivals) == seen + 1
+    return (arrivals[seen] - started) / 1e6, (ended - arrivals[seen]) / 1e6
+
+
+async def local_client_ms(upstream: str, count: int) -> list[float]:
+    """The agent's client to opencode (`LocalClient`), kept alive, from this process."""
+    client, times = LocalClient(upstream), []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            response = await client.request("GET", "/small", [])
+            body, done = await response.buffered()
+            if not done:
+                async for chunk in response.chunks():
+                    body += chunk
+            response.aclose_now()
+            assert response.status == 200
+            assert body
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        client.close()
+    return times
 
 
 async def sse_delays(client: httpx.AsyncClient, count: int) -> list[float]:
@@ -222,7 +255,7 @@ async def idle_tunnels(
 
 async def measure(args: argparse.Namespace, work: Path) -> None:
     async with trio.open_nursery() as nursery:
-        up: BulkUpstream = await nursery.start(serve_bulk, BulkUpstream())
+        up: BulkUpstream = await nursery.start(serve_bulk, BulkUpstream(arrivals=[]))
         upstream = f"http://127.0.0.1:{up.port}"
         server_proc, line = await spawn(
             [
@@ -295,25 +328,41 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
                 print(
                     f"round {round_ + 1} {name:<14} direct {d:7.1f} tunnel {t:7.1f} = {t / d:.2f}x"
                 )
+            assert up.arrivals is not None
+            spent = {k: cpu_seconds(p) for k, p in pids.items()}
             for _ in range(100):
-                add("small request ms", await small(direct) * 1000, await small(tunnel) * 1000)
+                d_in, d_out = await small_legs(direct, up.arrivals)
+                t_in, t_out = await small_legs(tunnel, up.arrivals)
+                add("small request ms", d_in + d_out, t_in + t_out)
+                add("  way there ms", d_in, t_in)
+                add("  way back ms", d_out, t_out)
+            for k, p in pids.items():
+                cpu.setdefault(f"small {k}", []).append((cpu_seconds(p) - spent[k]) / 100 * 1e6)
+            spent = {k: cpu_seconds(p) for k, p in pids.items()}
             d = [x * 1000 for x in await sse_delays(direct, 100)]
             t = [x * 1000 for x in await sse_delays(tunnel, 100)]
+            for k, p in pids.items():
+                cpu.setdefault(f"sse {k}", []).append((cpu_seconds(p) - spent[k]) / 100 * 1e6)
             add("SSE event delay ms", d, t)
+            add("agent client ms", await local_client_ms(upstream, 100), [])
+            for name in ("small request ms", "SSE event delay ms"):
+                ds, ts = results[name]
+                dm, tm = statistics.median(ds[-100:]), statistics.median(ts[-100:])
+                print(
+                    f"round {round_ + 1} {name:<19} direct {dm:6.3f} tunnel {tm:6.3f} "
+                    f"= +{tm - dm:.3f} ms"
+                )
         await tunnel.aclose()
         await direct.aclose()
-        report(results, args)
-        print(
-            "CPU seconds per 100 MB through the tunnel: "
-            + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in cpu.items())
-        )
+        report(results, args, cpu)
         before, after = await idle_tunnels(
             server, port, owner, workspace_id, server_proc.pid, args.tunnels
         )
         per = (after - before) / args.tunnels
         print(
             f"\nidle tunnels: {args.tunnels} connected; server RSS {before / 1024:.0f} MiB → "
-            f"{after / 1024:.0f} MiB = {per:.1f} KiB per idle tunnel"
+            f"{after / 1024:.0f} MiB = {per:.1f} KiB per idle tunnel "
+            f"(target ≤ 100 KiB: {'met' if per <= 100 else 'NOT met'})"
         )
         await owner.aclose()
         for proc in (agent_proc, server_proc):
@@ -324,7 +373,11 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
-def report(results: dict[str, tuple[list[float], list[float]]], args: argparse.Namespace) -> None:
+def report(
+    results: dict[str, tuple[list[float], list[float]]],
+    args: argparse.Namespace,
+    cpu: dict[str, list[float]],
+) -> None:
     print(
         f"\nLocal agent tunnel vs direct to the same upstream ({args.rounds} rounds, "
         f"{args.megabytes} MB bodies; medians)"
@@ -332,11 +385,55 @@ def report(results: dict[str, tuple[list[float], list[float]]], args: argparse.N
     header = f"{'metric':<22}{'direct':>12}{'tunnel':>12}{'tunnel/direct':>15}{'added':>10}"
     print(header)
     print("-" * len(header))
+    medians = {}
     for name, (direct, tunnel) in results.items():
+        if not tunnel:
+            continue
         d, t = statistics.median(direct), statistics.median(tunnel)
+        medians[name] = (d, t)
         added = "" if "MB/s" in name else f"{t - d:.2f}"
         print(f"{name:<22}{d:>12.2f}{t:>12.2f}{t / d:>14.2f}x{added:>10}")
-    print("targets: download and upload >= 0.25x direct; SSE event delay ≤ 5 ms median")
+    print("\nBreakdown (medians):")
+    print(
+        "  CPU per small request: "
+        + ", ".join(f"{k} {statistics.median(cpu[f'small {k}']):.0f} µs" for k in PROCESSES)
+    )
+    print(
+        "  CPU per SSE event:     "
+        + ", ".join(f"{k} {statistics.median(cpu[f'sse {k}']):.0f} µs" for k in PROCESSES)
+    )
+    print(
+        "  CPU seconds per 100 MB: "
+        + "; ".join(
+            f"{way} "
+            + ", ".join(f"{k} {statistics.median(cpu[f'{way} {k}']):.2f}" for k in PROCESSES)
+            for way in ("download", "upload")
+        )
+    )
+    direct_ms = statistics.median(results["small request ms"][0])
+    agent_ms = statistics.median(results["agent client ms"][0])
+    print(
+        f"  the agent's client to opencode, small GET: {agent_ms:.3f} ms "
+        f"(this process's httpx, the direct column: {direct_ms:.3f} ms)"
+    )
+    targets = (
+        (
+            "small request added",
+            medians["small request ms"],
+            lambda d, t: t - d <= 1.0,
+            "≤ +1.0 ms",
+        ),
+        ("SSE event added", medians["SSE event delay ms"], lambda d, t: t - d <= 0.5, "≤ +0.5 ms"),
+        ("download", medians["download MB/s"], lambda d, t: t / d >= 0.5, "≥ 0.5x direct"),
+        ("upload", medians["upload MB/s"], lambda d, t: t / d >= 0.5, "≥ 0.5x direct"),
+    )
+    print(
+        "targets: "
+        + "; ".join(
+            f"{name} {goal}: {'met' if ok(*pair) else 'NOT met'}"
+            for name, pair, ok, goal in targets
+        )
+    )
 
 
 def main() -> None:

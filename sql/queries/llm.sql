@@ -5,18 +5,15 @@ SELECT s.id AS sandbox_id, s.workspace_id, s.created_by, s.name, s.status,
 FROM sandboxes s LEFT JOIN llm_quotas q ON q.workspace_id = s.workspace_id
 WHERE s.proxy_token_hash = :token_hash;
 
--- name: llm_lock_workspace :exec
--- Serialises admission per workspace so concurrent calls (or replicas) cannot overshoot a limit.
-SELECT pg_advisory_xact_lock(hashtext('agentserver-llm:' || :workspace_id));
-
 -- name: llm_workspace_load :one
--- How much the workspace used in the last minute and today (UTC). Today's tokens include what
--- calls in flight reserved; a reservation older than an hour counts no more (its call's server
--- died before settling it), so a lost one cannot block the workspace for the rest of the day.
-SELECT m.requests AS recent_requests,
+-- How much the workspace used in the last minute and today (UTC), as the replica `replica_id`
+-- must count it: rows written so far (a row still in flight, status NULL, counts its reservation
+-- for an hour at most, so a lost one cannot block the workspace for the rest of the day), plus
+-- what the other replicas' calls in flight hold (their published sums, a minute old at most).
+SELECT m.requests + o.requests AS recent_requests,
        coalesce(ceil(extract(epoch FROM m.oldest + interval '60 seconds' - now())), 0)::int
            AS window_frees_in,
-       d.tokens AS tokens_today,
+       d.tokens + o.tokens AS tokens_today,
        ceil(extract(epoch FROM (date_trunc('day', now() AT TIME ZONE 'UTC') + interval '1 day')
                                AT TIME ZONE 'UTC' - now()))::int AS day_ends_in
 FROM (SELECT count(*) AS requests, min(created_at) AS oldest FROM llm_usage
@@ -27,24 +24,34 @@ CROSS JOIN (SELECT coalesce(sum(input_tokens + output_tokens + cache_creation_in
                                        THEN reserved_tokens ELSE 0 END), 0)::bigint AS tokens
             FROM llm_usage
             WHERE workspace_id = :workspace_id
-              AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') d;
+              AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') d
+CROSS JOIN (SELECT coalesce(sum(tokens), 0)::bigint AS tokens,
+                   coalesce(sum(requests), 0)::bigint AS requests
+            FROM llm_inflight
+            WHERE workspace_id = :workspace_id AND replica_id <> :replica_id
+              AND updated_at > now() - interval '60 seconds') o;
 
--- name: llm_usage_start :scalar
-INSERT INTO llm_usage (sandbox_id, workspace_id, user_id, sandbox_name, method, endpoint, model, streaming,
-                       reserved_tokens)
-VALUES (:sandbox_id, :workspace_id, :user_id, :sandbox_name, :method, :endpoint, :model, :streaming,
-        :reserved_tokens)
-RETURNING id;
+-- name: llm_usage_record :exec
+-- One finished call, written after the fact in a batch: a sandbox or user deleted meanwhile is
+-- recorded as NULL (as the foreign keys' ON DELETE SET NULL would have), a workspace deleted
+-- meanwhile takes the row with it (as its ON DELETE CASCADE would have).
+INSERT INTO llm_usage (sandbox_id, workspace_id, user_id, sandbox_name, method, endpoint, model,
+                       status, streaming, duration_ms, input_tokens, output_tokens,
+                       cache_creation_input_tokens, cache_read_input_tokens, created_at)
+SELECT (SELECT id FROM sandboxes WHERE id = :sandbox_id), w.id,
+       (SELECT id FROM users WHERE id = :user_id), :sandbox_name, :method, :endpoint, :model,
+       :status, :streaming, :duration_ms, :input_tokens, :output_tokens,
+       :cache_creation_input_tokens, :cache_read_input_tokens, :created_at
+FROM workspaces w WHERE w.id = :workspace_id;
 
--- name: llm_usage_finish :exec
--- Settles the call: its real usage replaces its reservation.
-UPDATE llm_usage
-SET status = :status, streaming = :streaming, duration_ms = :duration_ms, reserved_tokens = 0,
-    model = coalesce(:model, model),
-    input_tokens = :input_tokens, output_tokens = :output_tokens,
-    cache_creation_input_tokens = :cache_creation_input_tokens,
-    cache_read_input_tokens = :cache_read_input_tokens
-WHERE id = :id;
+-- name: llm_inflight_put :exec
+INSERT INTO llm_inflight (replica_id, workspace_id, tokens, requests, updated_at)
+SELECT :replica_id, w.id, :tokens, :requests, now() FROM workspaces w WHERE w.id = :workspace_id
+ON CONFLICT (workspace_id, replica_id) DO UPDATE
+SET tokens = excluded.tokens, requests = excluded.requests, updated_at = now();
+
+-- name: llm_inflight_clear :exec
+DELETE FROM llm_inflight WHERE replica_id = :replica_id AND workspace_id = :workspace_id;
 
 -- name: llm_usage_by_day :many
 SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day,
@@ -90,25 +97,6 @@ SET rpm = excluded.rpm, tokens_per_day = excluded.tokens_per_day, updated_at = n
 
 -- name: llm_delete_quota :execrows
 DELETE FROM llm_quotas WHERE workspace_id = :workspace_id;
-
--- name: llm_admit_unlimited :one
--- The hot path in one statement: the caller again (it may be revoked since), and when neither it
--- nor the server sets a limit, its usage row at once (row_id NULL: limits apply, or inactive).
-WITH caller AS (
-    SELECT s.id, s.workspace_id, s.created_by, s.name, s.status, q.rpm, q.tokens_per_day
-    FROM sandboxes s LEFT JOIN llm_quotas q ON q.workspace_id = s.workspace_id
-    WHERE s.proxy_token_hash = :token_hash
-), started AS (
-    INSERT INTO llm_usage (sandbox_id, workspace_id, user_id, sandbox_name, method, endpoint, model)
-    SELECT id, workspace_id, created_by, name, :method, :endpoint, :model FROM caller
-    WHERE status IN ('creating', 'running')
-      AND coalesce(rpm, :default_rpm) = 0 AND coalesce(tokens_per_day, :default_tokens_per_day) = 0
-    RETURNING id
-)
-SELECT c.id AS sandbox_id, c.workspace_id, c.created_by, c.name, c.status,
-       c.rpm AS rpm_override, c.tokens_per_day AS tokens_per_day_override,
-       (SELECT id FROM started) AS row_id
-FROM caller c;
 
 -- name: llm_refusal_add :exec
 -- Adds `count` refused calls to the sandbox's row for this reason and hour.

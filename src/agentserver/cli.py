@@ -1,4 +1,5 @@
-"""The `agentserver` command line: serve, db migrate, agent connect, --version."""
+"""The `agentserver` command line: serve, db migrate, agent connect, the client (login,
+workspaces, sandboxes, tokens), --version."""
 
 from __future__ import annotations
 
@@ -134,6 +135,10 @@ def main() -> None:
     agent_app = _agent_app()
     if agent_app is not None and "agent" not in app:
         app.command(agent_app)
+    if "login" not in app:
+        from agentserver.client import commands as client
+
+        client.install(app)
     app()
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+
+import trio
 
 from agentserver.auth.oidc import Provider
 from agentserver.auth.pacing import AccountPacer
@@ -17,6 +19,26 @@ from agentserver.sandboxes.service import Sandboxes
 from agentserver.sandboxes.tunnel_session import TunnelSessions
 from agentserver.settings import Settings
 from agentserver.tunnel.hub import Hub
+
+
+class PendingWrites:
+    """Writes made off the request path (LLM usage rows) that a reader must see: whoever buffers
+    them adds its flush here, and a handler reading those tables awaits `flush` first."""
+
+    def __init__(self) -> None:
+        self._flushes: list[Callable[[], Awaitable[None]]] = []
+
+    def add(self, flush: Callable[[], Awaitable[None]]) -> None:
+        self._flushes.append(flush)
+
+    def discard(self, flush: Callable[[], Awaitable[None]]) -> None:
+        if flush in self._flushes:
+            self._flushes.remove(flush)
+
+    async def flush(self) -> None:
+        await trio.lowlevel.checkpoint()
+        for flush in list(self._flushes):
+            await flush()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +73,5 @@ class Deps:
     # Password work (sign-in, registration) per client address, counted before any hashing.
     password_attempts: Throttle = field(default_factory=lambda: Throttle(limit=30, window=60.0))
     code_throttle: Throttle = field(default_factory=lambda: Throttle(limit=10, window=60.0))
+    # Buffered writes (LLM usage) a reader of their tables waits for.
+    pending_writes: PendingWrites = field(default_factory=PendingWrites)

@@ -57,6 +57,13 @@ class TooLarge(AgentServerError):
     code = "too_large"
 
 
+class UpgradeRequired(AgentServerError):
+    """The client speaks a protocol version this server does not (426)."""
+
+    status = 426
+    code = "upgrade_required"
+
+
 class RateLimited(AgentServerError):
     """Too many requests; try again after `retry_after` seconds (429)."""
 

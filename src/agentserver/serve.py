@@ -26,7 +26,7 @@ from agentserver.db.embedded import open_embedded_postgres
 from agentserver.db.migrate import apply_migrations
 from agentserver.deps import Deps
 from agentserver.errors import ConfigError, DatabaseUnavailable
-from agentserver.llm.proxy import llm_middleware, open_llm_client
+from agentserver.llm.proxy import LlmProxy, llm_middleware, open_llm_client, open_llm_proxy
 from agentserver.proxy import front
 from agentserver.proxy.subdomain import SubdomainProxy, open_pool
 from agentserver.sandboxes.events import WorkspaceEvents
@@ -49,6 +49,8 @@ class Running:
     proxy: SubdomainProxy
     # One line for the operator: what runs sandboxes, and how isolated.
     sandbox_summary: str
+    # The LLM proxy (its usage recorder, and the stage timings the benchmark reads).
+    llm: LlmProxy
 
 
 def bind(settings: Settings) -> socket.socket:
@@ -155,13 +157,15 @@ async def run(
         async with (
             open_services(settings) as (deps, sandbox_summary),
             open_llm_client() as llm_client,  # the LLM proxy's, to the Anthropic API
+            # Closed after serving stops and before the database: its usage rows drain first.
+            open_llm_proxy(deps, llm_client) as llm,
             open_pool(settings) as pool,  # the subdomain proxy's, to sandboxes' agents
         ):
             # Sandbox hosts go to the subdomain proxy (which the front door also takes as its
             # fast path), /proxy/anthropic/* on the main host to the LLM proxy, the rest to the API.
             # (quart, hypercorn and our proxies each type ASGI their own way: one protocol.)
             api: Any = create_app(deps)
-            proxy = SubdomainProxy(llm_middleware(api, deps, llm_client), deps, pool)
+            proxy = SubdomainProxy(llm_middleware(api, llm), deps, pool)
             config = hypercorn_config(settings)
             asgi = wrap_app(cast(Any, proxy), config.wsgi_max_body_size, "asgi")
             # Everything built so far lives as long as the server: keep the collector's
@@ -185,7 +189,7 @@ async def run(
                 host = "localhost" if settings.listen_host in loopback else settings.listen_host
                 url = f"http://{host}:{settings.listen_port}"
                 task_status.started(
-                    Running(url, settings.listen_port, deps, proxy, sandbox_summary)
+                    Running(url, settings.listen_port, deps, proxy, sandbox_summary, llm)
                 )
 
 

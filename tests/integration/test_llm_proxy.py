@@ -337,23 +337,21 @@ async def test_unreachable_upstream_is_recorded_before_the_answer(
         user, workspace = await owner_of_workspace(owner)
         wid = workspace["id"]
         _, token = await add_sandbox(server, wid, user["id"])
-    db = server.deps.db
-    exec_query = db.exec
+    recorder = server.running.llm.recorder
+    record = recorder.record
     finishing, finish = trio.Event(), trio.Event()
     answered: list[httpx.Response] = []
 
-    async def gated(name: str, /, **params: Any) -> int:
-        if name == "llm_usage_finish":
-            finishing.set()
-            await finish.wait()
-        result: int = await exec_query(name, **params)
-        return result
+    async def gated(row: dict[str, Any], ticket: Any) -> None:
+        finishing.set()
+        await finish.wait()
+        await record(row, ticket)
 
     async def call() -> None:
         async with httpx.AsyncClient(base_url=server.url, headers={"x-api-key": token}) as client:
             answered.append(await client.post(MESSAGES, json=BODY))
 
-    monkeypatch.setattr(db, "exec", gated)
+    monkeypatch.setattr(recorder, "record", gated)
     with trio.fail_after(30):
         async with trio.open_nursery() as calls:
             calls.start_soon(call)

@@ -103,24 +103,22 @@ def anthropic_error(response: httpx.Response, status: int, kind: str) -> str:
 
 
 class SettledCalls:
-    """Counts the usage rows the proxy completes, by wrapping the server's database: a test
-    waits for a handler's cleanup without polling."""
+    """Counts the usage rows the proxy completes (hands to its usage recorder), by wrapping
+    the recorder: a test waits for a handler's cleanup without polling."""
 
     def __init__(self, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
         self._changed = trio.Event()
-        db = server.deps.db
-        exec_query = db.exec
+        recorder = server.running.llm.recorder
+        record = recorder.record
 
-        async def noting(name: str, /, **params: Any) -> int:
-            result: int = await exec_query(name, **params)
-            if name == "llm_usage_finish":
-                self.count += 1
-                self._changed.set()
-                self._changed = trio.Event()
-            return result
+        async def noting(row: dict[str, Any], ticket: Any) -> None:
+            await record(row, ticket)
+            self.count += 1
+            self._changed.set()
+            self._changed = trio.Event()
 
-        monkeypatch.setattr(db, "exec", noting)
+        monkeypatch.setattr(recorder, "record", noting)
 
     async def wait_for(self, count: int) -> None:
         """Return once `count` calls in all have been settled."""

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agentserver.llm.callers import CallerCache
 from agentserver.llm.rules import (
     ROUTES,
     Caller,
-    CallerCache,
     Refusal,
     Requested,
     Route,

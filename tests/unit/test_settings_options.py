@@ -26,6 +26,7 @@ CANDIDATES = (
     "https://upstream.example/base",
     "false",
     "true",
+    "tier=web",
 )
 HOME = {"HOME": "/home/settings-test"}
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from agentserver.tunnel import Tunnel
 from agentserver.tunnel.connection import Role, Settings, TunnelConnection
 from agentserver.tunnel.frames import DEFAULT_MAX_PAYLOAD, Data, End, Frame, Window, decode, encode
+from agentserver.tunnel.messages import unpack
 from tests.unit.test_tunnel_connection import ConnectionPair
 from tests.unit.test_tunnel_transport import Wire, echo, link_pair, read_all
 
@@ -145,9 +146,9 @@ class RecordingLink:
         self._link, self._sizes = link, sizes
 
     async def send_message(self, message: bytes) -> None:
-        frame = decode(message, max_payload=2**24)
-        if isinstance(frame, Data):
-            self._sizes.append(len(frame.payload))
+        for frame in unpack(message, max_payload=2**24):
+            if isinstance(frame, Data):
+                self._sizes.append(len(frame.payload))
         await self._link.send_message(message)  # type: ignore[attr-defined]
 
     async def get_message(self) -> bytes:

@@ -13,10 +13,8 @@ from agentserver.tunnel import frames
 from agentserver.tunnel.frames import (
     Data,
     End,
-    FrameDecoder,
     GoAway,
     Hello,
-    MessageBuffer,
     Ping,
     Pong,
     ProtocolError,
@@ -26,8 +24,8 @@ from agentserver.tunnel.frames import (
     Window,
     decode,
     encode,
-    frame_message,
 )
+from agentserver.tunnel.messages import FrameDecoder, MessageBuffer, frame_message
 
 TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 tokens = st.text(alphabet=TOKEN_CHARS, min_size=1, max_size=20)
@@ -56,6 +54,7 @@ all_frames = st.one_of(
         body=st.booleans(),
         websocket=st.booleans(),
         subprotocols=st.lists(tokens, max_size=3).map(tuple),
+        port=st.none() | st.integers(1, 65535),
     ),
     st.builds(ResponseHead, stream_id=stream_ids, status=st.integers(100, 599), headers=headers),
     st.builds(

@@ -26,7 +26,7 @@ export function joined(sandboxes, before, name) {
   return fresh.find((s) => name && s.name === name) || fresh[0] || null;
 }
 
-function Copyable({ id, text, label, code }) {
+export function Copyable({ id, text, label, code }) {
   const [copied, setCopied] = useState('');
   const copy = async () => {
     try {

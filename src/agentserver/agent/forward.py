@@ -1,25 +1,32 @@
-"""Serving the tunnel on the agent: each request the server opens goes to the local opencode.
+"""Serving the tunnel on the agent: each request the server opens goes to the local opencode,
+or, for a preview (the stream names a port), to that port on this machine if its user shares
+it (`--allow-port`); any other port is refused here, whatever the server asks.
 
 Bodies stream both ways with no timeout once the response started (SSE lives as long as both
 ends want). When the browser goes away the server resets the stream; the transport cancels the
 handler, which closes the request to opencode. WebSocket upgrades (opencode's terminal) are
-relayed message by message.
+relayed message by message. Requests reach opencode over kept-alive connections
+(`local_http.LocalClient`); a small complete answer goes back as one tunnel message.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
-import httpcore
-import httpx
 import trio
 import trio_websocket
 
+from agentserver.agent.local_http import Broken, LocalClient, Response, Unreachable
 from agentserver.framing import BodyMismatch, exactly
 from agentserver.http_headers import FRAMING_NAMES, HOP_BY_HOP_NAMES
-from agentserver.kinds import OPENCODE
+from agentserver.kinds import (
+    NOT_LISTENING,
+    NOT_SHARED,
+    OPENCODE,
+    PREVIEW_REFUSED_HEADER,
+)
 from agentserver.tunnel import RequestReceived, TunnelStream
 
 # Connection-specific fields never cross a hop (agentserver/http_headers.py); Host is the
@@ -36,18 +43,12 @@ WEBSOCKET_FIELDS = NOT_FORWARDED | {
     "content-length",
 }
 _UNSENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
-# httpcore reads a response 64 KiB at a time; each read becomes (at least) one tunnel frame, and
-# the per-frame cost bounds a download. Reading up to one full frame (the tunnel's 256 KiB)
-# quarters the frames when opencode outpaces the tunnel and adds no wait: a read returns
-# whatever has arrived. httpcore has no per-client option for it, so this sets its class
-# default in the agent's process.
-UPSTREAM_READ = 256 * 1024
 # On the 502 for an unreachable opencode: where the agent looked (sandboxes/agent_health.py
 # reads it for the sandbox's status reason).
 UNREACHABLE_HEADER = "x-agentserver-opencode-unreachable"
-httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = max(
-    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES, UPSTREAM_READ
-)
+# Where a shared port's dev server is: this machine, by name (a dev server may listen on
+# 127.0.0.1 or on ::1 only; the client tries both).
+PREVIEW_HOST = "localhost"
 
 
 def safe_target(target: str) -> str | None:
@@ -76,32 +77,55 @@ def _sendable(code: int | None) -> int:
     return 1000 if code is None else _UNSENDABLE.get(code, code)
 
 
-class Forwarder:
-    """The tunnel's request handler: forwards to `base_url` (the local opencode)."""
+# What to answer when the place a request goes does not answer (opencode's page, or a preview's).
+OnUnreachable = Callable[[TunnelStream, Exception], Awaitable[None]]
 
-    def __init__(self, base_url: str, password: str | None, say: Callable[[str], None]) -> None:
+
+def _refused(exc: BaseException | None) -> bool:
+    """Whether a failed connection was refused (nothing listens there), however the client
+    library wrapped the error."""
+    while exc is not None:
+        if isinstance(exc, ConnectionRefusedError):
+            return True
+        if isinstance(exc, BaseExceptionGroup):
+            return all(_refused(e) for e in exc.exceptions)
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class Forwarder:
+    """The tunnel's request handler: forwards to `base_url` (the local opencode), and previews
+    to the `shared_ports` of this machine."""
+
+    def __init__(
+        self,
+        base_url: str,
+        password: str | None,
+        say: Callable[[str], None],
+        shared_ports: Sequence[int] = (),
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"--opencode-url must be an http(s) URL (got {base_url!r})")
-        self._base = httpx.URL(self.base_url)
         self._ws_base = ("wss" if parts.scheme == "https" else "ws") + "://" + parts.netloc
         self._auth = OPENCODE.credentials.header(password) if password else None
         self._say = say
         self._reachable: bool | None = None
         self.on_success: Callable[[], None] = lambda: None
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=10.0, read=None, write=None, pool=None),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
-            follow_redirects=False,
-        )
+        self._client = LocalClient(self.base_url)
+        self.shared_ports = frozenset(shared_ports)
+        # One kept-alive client per shared port, made on its first preview.
+        self._previews: dict[int, LocalClient] = {}
 
     async def __aenter__(self) -> Forwarder:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        with trio.CancelScope(shield=True):
-            await self._client.aclose()
+        self._client.close()
+        for client in self._previews.values():
+            client.close()
+        await trio.lowlevel.checkpoint()
 
     def headers_for_opencode(
         self, headers: Sequence[tuple[str, str]], drop: frozenset[str] = NOT_FORWARDED
@@ -117,6 +141,17 @@ class Forwarder:
             kept.append(("authorization", self._auth))
         return kept
 
+    def headers_for_preview(
+        self, headers: Sequence[tuple[str, str]], drop: frozenset[str] = NOT_FORWARDED
+    ) -> list[tuple[str, str]]:
+        """The request's headers for a dev server: hop-by-hop fields dropped, nothing of ours
+        added (the server stripped its own cookies; an Authorization is the app's)."""
+        listed = {
+            t.strip().lower() for n, v in headers if n.lower() == "connection" for t in v.split(",")
+        }
+        drop = drop | FRAMING_NAMES | (listed - FRAMING_NAMES - {"host"})
+        return [(n, v) for n, v in headers if n.lower() not in drop]
+
     # -- requests -------------------------------------------------------------------------
 
     async def handle(self, request: RequestReceived, stream: TunnelStream) -> None:
@@ -124,52 +159,99 @@ class Forwarder:
         if target is None:
             await self._answer(stream, 400, "text/plain; charset=utf-8", b"invalid request path")
             return
-        if request.websocket:
-            await self._websocket(request, target, stream)
+        if request.port is not None:
+            await self._preview(request, request.port, target, stream)
             return
-        await self._http(request, target, stream)
-
-    async def _http(self, request: RequestReceived, target: str, stream: TunnelStream) -> None:
+        if request.websocket:
+            headers = self.headers_for_opencode(request.headers, WEBSOCKET_FIELDS)
+            await self._websocket(request, self._ws_base + target, headers, stream, self._down)
+            return
         headers = self.headers_for_opencode(request.headers)
-        content = None
+        await self._http(request, self._client, target, headers, stream)
+
+    async def _preview(
+        self, request: RequestReceived, port: int, target: str, stream: TunnelStream
+    ) -> None:
+        """A request for `port` on this machine: only a port the user shares."""
+        if port not in self.shared_ports:
+            self._say(f"refused a preview of port {port}: not shared (--allow-port)")
+            body = f"port {port} is not shared by this agent (agent connect --allow-port)"
+            refusal = [(PREVIEW_REFUSED_HEADER, NOT_SHARED)]
+            await self._answer(stream, 403, "text/plain; charset=utf-8", body.encode(), refusal)
+            return
+        if request.websocket:
+            headers = self.headers_for_preview(request.headers, WEBSOCKET_FIELDS)
+            ws_url = f"ws://{PREVIEW_HOST}:{port}{target}"
+            await self._websocket(request, ws_url, headers, stream, self._not_listening, app=True)
+            return
+        client = self._previews.get(port)
+        if client is None:
+            client = self._previews[port] = LocalClient(f"http://{PREVIEW_HOST}:{port}")
+        headers = self.headers_for_preview(request.headers)
+        await self._http(request, client, target, headers, stream, self._not_listening, app=True)
+
+    async def _not_listening(self, stream: TunnelStream, exc: Exception) -> None:
+        """A shared port's dev server did not answer: the server shows why on its own page."""
+        why = NOT_LISTENING if _refused(exc) else "unreachable"
+        body = f"nothing answers on that port here: {exc}".encode()
+        refusal = [(PREVIEW_REFUSED_HEADER, why)]
+        await self._answer(stream, 502, "text/plain; charset=utf-8", body, refusal)
+
+    async def _down(self, stream: TunnelStream, exc: Exception) -> None:
+        await self._unreachable(stream, exc)
+
+    async def _http(
+        self,
+        request: RequestReceived,
+        client: LocalClient,
+        target: str,
+        headers: list[tuple[str, str]],
+        stream: TunnelStream,
+        unreachable: OnUnreachable | None = None,
+        *,
+        app: bool = False,
+    ) -> None:
+        """Forward one request to `client` (opencode's, or a shared port's with `app`)."""
+        content, length = None, None
         if request.body:
-            # httpx frames an async body chunked, or by the Content-Length we give it (and
-            # h11 under it refuses to send more or fewer bytes than that, as `exactly` does).
+            # Framed by the Content-Length the server declared (h11 under the client refuses to
+            # send more or fewer bytes than that, as `exactly` does), else chunked.
             length = declared_length(request.headers)
             content = exactly(_body(stream), length)
-            if length is not None:
-                headers.append(("content-length", str(length)))
-        outgoing = self._client.build_request(
-            request.method,
-            self._base.copy_with(raw_path=target.encode()),
-            headers=headers,
-            content=content,
-        )
         try:
-            response = await self._client.send(outgoing, stream=True)
-        except httpx.TransportError as exc:
-            await self._unreachable(stream, exc)
+            response = await client.request(request.method, target, headers, content, length)
+        except Unreachable as exc:
+            await (unreachable or self._down)(stream, exc)
             return
         except BodyMismatch:
-            await stream.reset()  # httpx closed the connection with the partial request on it
+            await stream.reset()  # the connection closed with the partial request on it
             return
         try:
-            self._seen_reachable()
-            headers = [
-                (n.decode("latin-1"), v.decode("latin-1"))
-                for n, v in response.headers.raw
-                if n.lower().decode() not in NOT_FORWARDED
-            ]
-            await stream.send_response_head(response.status_code, headers)
-            async for chunk in response.aiter_raw():
-                await stream.send_all(chunk)
-            await stream.send_eof()
-            self.on_success()
-        except httpx.TransportError:
+            await self._relay(response, stream, app=app)
+            if not app:
+                self.on_success()
+        except Broken:
             await stream.reset()  # opencode broke off: the browser sees a cut response
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await response.aclose()
+            response.aclose_now()
+
+    async def _relay(self, response: Response, stream: TunnelStream, *, app: bool = False) -> None:
+        """The response to the tunnel; a complete one (head, body, end) goes out at once."""
+        if not app:
+            self._seen_reachable()
+        headers = [(n, v) for n, v in response.headers if n.lower() not in NOT_FORWARDED]
+        body, complete = await response.buffered()
+        await stream.send_response(response.status, headers, body, end=complete)
+        ended = complete
+        if not complete:
+            async for chunk in response.chunks():
+                if response.done:  # the last piece: it and the end leave together
+                    await stream.send_last(chunk)
+                    ended = True
+                else:
+                    await stream.send_all(chunk)
+        if not ended:
+            await stream.send_eof()
 
     async def _answer(
         self,
@@ -215,21 +297,28 @@ class Forwarder:
 
     # -- WebSocket relay --------------------------------------------------------------------
 
-    async def _websocket(self, request: RequestReceived, target: str, stream: TunnelStream) -> None:
-        headers = [
-            (n.encode("latin-1"), v.encode("latin-1"))
-            for n, v in self.headers_for_opencode(request.headers, WEBSOCKET_FIELDS)
-        ]
+    async def _websocket(
+        self,
+        request: RequestReceived,
+        url: str,
+        text_headers: list[tuple[str, str]],
+        stream: TunnelStream,
+        unreachable: OnUnreachable,
+        *,
+        app: bool = False,
+    ) -> None:
+        headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in text_headers]
         try:
             async with trio_websocket.open_websocket_url(
-                self._ws_base + target,
+                url,
                 subprotocols=list(request.subprotocols),
                 extra_headers=headers,
                 max_message_size=16 * 1024 * 1024,
                 connect_timeout=30,
                 disconnect_timeout=5,
             ) as ws:
-                self._seen_reachable()
+                if not app:
+                    self._seen_reachable()
                 chosen = [("sec-websocket-protocol", ws.subprotocol)] if ws.subprotocol else []
                 await stream.send_response_head(101, chosen)
                 async with trio.open_nursery() as nursery:
@@ -239,7 +328,7 @@ class Forwarder:
             body = exc.body or b""
             await self._answer(stream, exc.status_code, "text/plain; charset=utf-8", body)
         except (trio_websocket.HandshakeError, OSError) as exc:
-            await self._unreachable(stream, exc)
+            await unreachable(stream, exc)
 
 
 async def _body(stream: TunnelStream) -> AsyncIterator[bytes]:

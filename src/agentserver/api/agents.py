@@ -15,6 +15,7 @@ from pydantic import Field
 from quart import Blueprint, websocket
 from quart_schema import validate_request
 
+from agentserver import __version__
 from agentserver.api.common import Body, client_address, deps, require, rfc3339
 from agentserver.api.tunnel_link import QuartLink
 from agentserver.auth.permissions import Action, allowed
@@ -28,11 +29,14 @@ from agentserver.errors import (
     Invalid,
     RateLimited,
     Unauthenticated,
+    UpgradeRequired,
 )
+from agentserver.kinds import PREVIEW_PORTS_HEADER, parse_shared_ports
 from agentserver.models import Sandbox
 from agentserver.sandboxes.service import insert_sandbox
 from agentserver.sandboxes.tunnel_session import TUNNEL_SETTINGS
 from agentserver.tunnel import max_message_size
+from agentserver.tunnel import version as tunnel_version
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("agents", __name__, url_prefix="/api")
@@ -174,10 +178,16 @@ async def tunnel_endpoint(sandbox_id: str) -> None:
         raise Unauthenticated(
             "the tunnel token is not valid: the sandbox was deleted or its token revoked"
         )
+    spoken = tunnel_version.spoken(websocket.headers.get(tunnel_version.HEADER))
+    if spoken != tunnel_version.PROTOCOL:
+        raise UpgradeRequired(
+            tunnel_version.mismatch(spoken, None, tunnel_version.PROTOCOL, __version__)
+        )
     if websocket.headers.get("Sec-WebSocket-Extensions"):
         # permessage-deflate would let a small message inflate past any cap before it is seen.
         raise Invalid("the tunnel takes no WebSocket extensions (no compression)")
     await websocket.accept()
     ws = cast(Any, websocket)._get_current_object()
     link = QuartLink(ws, max_message=max_message_size(TUNNEL_SETTINGS.max_frame_payload))
-    await d.tunnels.serve(sandbox, token_hash, link)
+    shared = parse_shared_ports(websocket.headers.get(PREVIEW_PORTS_HEADER))
+    await d.tunnels.serve(sandbox, token_hash, link, shared)

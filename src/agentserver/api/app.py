@@ -83,16 +83,30 @@ def create_app(deps: Deps) -> QuartTrio:
         health,
         members,
         oidc,
+        previews,
         sandbox_open,
         sandboxes,
+        tokens,
         usage,
         web,
         workspaces,
     )
 
-    routes = (health, auth, workspaces, members, admin, oidc, usage, sandbox_open, sandboxes)
+    routes = (
+        health,
+        auth,
+        workspaces,
+        members,
+        admin,
+        oidc,
+        usage,
+        sandbox_open,
+        sandboxes,
+        previews,
+    )
     for module in (
         *routes,
+        tokens,
         agents,
         downloads,
         web,

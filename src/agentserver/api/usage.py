@@ -133,6 +133,7 @@ async def workspace_usage(workspace_id: str, query_args: UsageQuery) -> dict[str
     await require(workspace_id, Action.VIEW_USAGE)
     since, until = period(query_args)
     db = deps().db
+    await deps().pending_writes.flush()  # calls answered before this request are counted
     params = {"workspace_id": workspace_id, "since": since, "until": until}
     by_day = await db.rows("llm_usage_by_day", **params)
     by_sandbox = await db.rows("llm_usage_by_sandbox", **params)

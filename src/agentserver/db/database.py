@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +16,7 @@ from psycopg.rows import class_row, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from agentserver.db import sqlfile
+from agentserver.db.notify import CHANNELS, Changes, Notice, listen, notice_of
 from agentserver.db.paths import sql_dir
 from agentserver.errors import AgentServerError, Conflict, DatabaseUnavailable, Invalid, NotFound
 
@@ -95,26 +97,57 @@ class Tx:
             cur.execute(query.sql, params)
             return cur.rowcount
 
+    def exec_many(self, name: str, rows: list[dict[str, Any]], /) -> None:
+        """One statement for many parameter sets (psycopg pipelines them: one round trip)."""
+        query = self._query(name, sqlfile.Kind.EXEC, sqlfile.Kind.EXECROWS)
+        with self.conn.cursor() as cur:
+            cur.executemany(query.sql, rows)
+
 
 class Database:
     """Named queries run in worker threads against a psycopg connection pool."""
 
-    def __init__(self, pool: ConnectionPool[Any], queries: dict[str, sqlfile.Query]) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool[Any],
+        queries: dict[str, sqlfile.Query],
+        changes: Changes | None = None,
+    ) -> None:
         self.pool = pool
         self.queries = queries
+        # Change notices: from other replicas through `listen`, from this one's own
+        # transactions through the NOTICE their triggers raise (handed on below).
+        self.changes = changes or Changes()
         self._limiter = trio.CapacityLimiter(pool.max_size)
 
     async def transaction(self, fn: Callable[[Tx], R]) -> R:
-        """Run `fn` with one connection in one transaction, in a worker thread."""
+        """Run `fn` with one connection in one transaction, in a worker thread; the changes it
+        announced reach this process's subscribers before it returns."""
+        seen: list[Notice] = []
+
+        def noted(diagnostic: psycopg.errors.Diagnostic) -> None:
+            notice = notice_of(diagnostic)
+            if notice is not None:
+                seen.append(notice)
 
         def work() -> R:
             try:
-                with self.pool.connection() as conn, conn.transaction():
-                    return fn(Tx(conn, self.queries))
+                with self.pool.connection() as conn:
+                    conn.add_notice_handler(noted)
+                    try:
+                        with conn.transaction():
+                            return fn(Tx(conn, self.queries))
+                    finally:
+                        conn.remove_notice_handler(noted)
             except (psycopg.Error, PoolTimeout) as exc:
                 raise translate(exc) from exc
 
-        return await trio.to_thread.run_sync(work, limiter=self._limiter)
+        try:
+            return await trio.to_thread.run_sync(work, limiter=self._limiter)
+        finally:
+            # Even when it failed: forgetting a cached copy is always safe.
+            for notice in seen:
+                self.changes.publish(notice)
 
     async def one(self, name: str, cls: type[T], /, **params: Any) -> T | None:
         return await self.transaction(lambda tx: tx.one(name, cls, **params))
@@ -154,9 +187,10 @@ def check_connect(url: str, timeout: float = 5.0) -> None:
 
 @asynccontextmanager
 async def open_database(
-    url: str, *, min_size: int = 2, max_size: int = 10
+    url: str, *, min_size: int = 2, max_size: int = 10, listen_changes: bool = True
 ) -> AsyncIterator[Database]:
-    """A pool for `url`; the URL is checked first so a bad one fails fast and clearly."""
+    """A pool for `url`, and (unless told not to) the listener of other replicas' change
+    notices; the URL is checked first so a bad one fails fast and clearly."""
     queries = load_queries()
     await trio.to_thread.run_sync(check_connect, url)
     # check: a connection broken by a database restart is replaced at checkout instead of
@@ -173,7 +207,12 @@ async def open_database(
     )
     await trio.to_thread.run_sync(lambda: pool.open(wait=True, timeout=15))
     try:
-        yield Database(pool, queries)
+        db = Database(pool, queries)
+        async with trio.open_nursery() as nursery:
+            if listen_changes:
+                await nursery.start(partial(listen, url, CHANNELS, db.changes))
+            yield db
+            nursery.cancel_scope.cancel()
     finally:
         log.debug("closing the database pool")
         with trio.CancelScope(shield=True), trio.move_on_after(10):

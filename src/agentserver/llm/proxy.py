@@ -1,4 +1,9 @@
-"""The Anthropic proxy: a sandbox calls /proxy/anthropic/* with its token; we add the real key."""
+"""The Anthropic proxy: a sandbox calls /proxy/anthropic/* with its token; we add the real key.
+
+The common call waits on no database: its token is found in the caller cache (kept exact by
+change notices, llm/callers.py), its limits are decided by the ledger (llm/ledger.py), and its
+usage row is handed to the recorder, which writes rows in batches (llm/recorder.py).
+"""
 
 from __future__ import annotations
 
@@ -6,29 +11,37 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import trio
 
 from agentserver.auth.tokens import hash_token
-from agentserver.db.database import Tx
+from agentserver.db.notify import LLM_QUOTA_CHANGED, SANDBOX_CHANGED, Notice
 from agentserver.deps import Deps
 from agentserver.errors import AgentServerError
+from agentserver.llm.call import (
+    Call,
+    ClientGone,
+    Receive,
+    Scope,
+    Seen,
+    Send,
+    read_body,
+    send_error,
+)
+from agentserver.llm.callers import CallerCache
+from agentserver.llm.ledger import Ledger
+from agentserver.llm.recorder import UsageRecorder
 from agentserver.llm.refusals import RefusalCounts, RefusalLog
 from agentserver.llm.rules import (
     PREFIX,
     Caller,
-    CallerCache,
     Refusal,
     Requested,
     Route,
     UnknownTokens,
     check_caller,
-    check_limits,
     check_model,
-    error_body,
     input_estimate,
     is_sandbox_host,
     proxy_token,
@@ -39,111 +52,60 @@ from agentserver.llm.rules import (
     upstream_headers,
     upstream_url,
 )
-from agentserver.llm.usage import StreamUsage, Usage, parse_message
+from agentserver.supervise import supervise
 
 log = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# A non-streamed answer is kept (besides being passed on) only up to this size to read its usage.
-MAX_PARSED_BODY = 8 << 20
 # Database look-ups of tokens not in the cache that may run at once: made-up tokens can then
 # hold at most this many of the pool's connections, whatever the traffic.
 LOOKUPS_AT_ONCE = 2
-
-
-class ClientGone(Exception):
-    """The sandbox hung up before sending its whole request."""
-
-
-async def read_body(receive: Receive, limit: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The whole request body, counted as it arrives: a lying Content-Length cannot get past."""
-    declared = dict(headers).get(b"content-length", b"").strip()
-    if declared.isdigit() and int(declared) > limit:
-        raise Refusal(413, f"the request body is larger than {limit} bytes", reason="too_large")
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        body += message.get("body", b"")
-        if len(body) > limit:
-            raise Refusal(413, f"the request body is larger than {limit} bytes", reason="too_large")
-        if not message.get("more_body"):
-            return bytes(body)
-
-
-async def send_error(send: Send, refusal: Refusal) -> None:
-    headers = [(b"content-type", b"application/json")]
-    if refusal.retry_after is not None:
-        headers.append((b"retry-after", str(refusal.retry_after).encode()))
-    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
-    await send({"type": "http.response.body", "body": error_body(refusal.status, refusal.message)})
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What the admission transaction needs to know of a call besides its caller."""
-
-    route: Route
-    requested: Requested
-    body_size: int
-
-
-@dataclass(slots=True)
-class Seen:
-    """What admission learnt of a call before it was refused."""
-
-    token_hash: str | None = None
-    caller: Caller | None = None
-    model: str | None = None
-
-
-class Call:
-    """One forwarded call: its usage row, and what is learnt about it while the answer passes."""
-
-    def __init__(self, caller: Caller, model: str | None) -> None:
-        self.caller = caller
-        self.model = model
-        self.row_id: int | None = None
-        # 499 (nginx's "client closed request") until upstream answers or is found unreachable.
-        self.status = 499
-        self.streaming = False
-        self.started = time.perf_counter()
-        self.stream = StreamUsage()
-        self.kept = bytearray()  # a copy of a non-streamed answer, for its usage
-        self.kept_all = True
-        self.finished = False
-
-    def observe(self, chunk: bytes) -> None:
-        if self.streaming:
-            self.stream.feed(chunk)
-        elif self.kept_all:
-            self.kept += chunk
-            if len(self.kept) > MAX_PARSED_BODY:
-                self.kept_all, self.kept = False, bytearray()
-
-    def usage(self) -> Usage:
-        if self.streaming:
-            return self.stream.usage
-        return parse_message(bytes(self.kept)) if self.kept_all else Usage()
+# The stages of a call `timings` keeps, in order (the benchmark prints them).
+STAGES = ("token check", "admission", "upstream", "usage write")
 
 
 class LlmProxy:
     """Authenticates the sandbox, enforces limits, forwards, streams back and records usage."""
 
-    def __init__(self, deps: Deps, client: httpx.AsyncClient) -> None:
+    def __init__(self, deps: Deps, client: httpx.AsyncClient, recorder: UsageRecorder) -> None:
         self.deps = deps
         self.client = client
         self.settings = deps.settings
-        self.callers = CallerCache()
+        self.recorder = recorder
+        self.ledger: Ledger = recorder.ledger
+        changes = deps.db.changes
+        self.callers = CallerCache(live=lambda: changes.live)
         self.unknown = UnknownTokens()
         self.lookups = trio.CapacityLimiter(LOOKUPS_AT_ONCE)
         self.refusal_log = RefusalLog()
         self.refusal_counts = RefusalCounts(self.write_refusals)
+        # Seconds per stage of each call, kept only when a benchmark asks (a dict of lists).
+        self.timings: dict[str, list[float]] | None = None
+
+    # Change notices (db/notify.py): what they name is forgotten at once.
+    def notice(self, notice: Notice) -> None:
+        if notice.channel == SANDBOX_CHANGED:
+            self.callers.forget_sandbox(notice.payload)
+        elif notice.channel == LLM_QUOTA_CHANGED:
+            self.callers.forget_workspace(notice.payload)
+
+    def reset(self) -> None:
+        self.callers.clear()
+
+    def subscribe(self) -> None:
+        for channel in (SANDBOX_CHANGED, LLM_QUOTA_CHANGED):
+            self.deps.db.changes.subscribe(channel, self)
+
+    def unsubscribe(self) -> None:
+        for channel in (SANDBOX_CHANGED, LLM_QUOTA_CHANGED):
+            self.deps.db.changes.unsubscribe(channel, self)
+
+    def timed(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings.setdefault(stage, []).append(now - since)
+        return now
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -198,8 +160,6 @@ class LlmProxy:
                 seen.caller = await self.identify(seen.token_hash)
             refusal.caller = refusal.caller or seen.caller
             refusal.model = refusal.model or seen.model
-            if refusal.status == 401 and refusal.caller is not None:
-                refusal.reason = "token_revoked"  # its sandbox was deleted since it was cached
             raise
 
     async def identify(self, token_hash: str) -> Caller | None:
@@ -213,6 +173,7 @@ class LlmProxy:
     async def checked(
         self, scope: Scope, receive: Receive, seen: Seen
     ) -> tuple[Call, httpx.Request]:
+        started = time.perf_counter()
         headers: list[tuple[bytes, bytes]] = [(k.lower(), v) for k, v in scope["headers"]]
         token = proxy_token(headers)
         if token is None:
@@ -226,6 +187,7 @@ class LlmProxy:
         url = upstream_url(self.settings, raw_path, scope.get("query_string", b""))
         route = route_for(scope["method"], raw_path)
         caller = seen.caller = self.callers.get(token_hash) or await self.lookup(token_hash)
+        self.timed("token check", started)
         if not (self.settings.anthropic_api_key or self.settings.anthropic_auth_token):
             raise Refusal(
                 503, "the server has no Anthropic credentials configured", reason="no_credentials"
@@ -240,19 +202,11 @@ class LlmProxy:
             )
         except (httpx.InvalidURL, UnicodeError):
             raise Refusal(400, "the path or a header cannot be forwarded") from None
-        call = Call(caller, requested.model)
-        admission = Admission(route, requested, len(body))
-        try:
-            call.row_id = await self.deps.db.transaction(
-                lambda tx: self.start_row(tx, scope, call, token_hash, admission)
-            )
-        except Refusal as refusal:
-            seen.caller = call.caller
-            if refusal.status in (401, 403):
-                self.callers.forget(token_hash)
-            if refusal.status == 401:
-                self.unknown.add(token_hash)  # its sandbox is gone: the token never comes back
-            raise
+        admitting = time.perf_counter()
+        endpoint = raw_path[len(PREFIX) :].decode("ascii", "replace")[:200] or "/"
+        call = Call(caller, requested.model, scope["method"], endpoint)
+        await self.take_limits(call, route, requested, len(body))
+        self.timed("admission", admitting)
         self.record_activity(caller.sandbox_id)
         return call, request
 
@@ -261,53 +215,35 @@ class LlmProxy:
         a token that belongs to no sandbox is remembered briefly and costs no further query."""
         if token_hash in self.unknown:
             raise Refusal(401, "invalid api key", reason="unknown_token")
+        epoch = self.callers.epoch
         async with self.lookups:
             found = await self.deps.db.one("llm_caller_by_token", Caller, token_hash=token_hash)
         if found is None:
             self.unknown.add(token_hash)
+            former = self.callers.former(token_hash)
+            if former is not None:  # its sandbox was deleted (or its token rotated) lately
+                refusal = Refusal(401, "invalid api key", reason="token_revoked")
+                refusal.caller = former
+                raise refusal
         caller = check_caller(found)
-        self.callers.put(token_hash, caller)
+        self.callers.put(token_hash, caller, epoch)
         return caller
 
-    def start_row(
-        self, tx: Tx, scope: Scope, call: Call, token_hash: str, admission: Admission
-    ) -> int:
-        """Admission in one transaction: the token again (it may be revoked by now), the
-        limits under the workspace's lock, and the usage row that counts this call, holding
-        its reservation of the daily token quota until `finish` settles it."""
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        endpoint = raw_path[len(PREFIX) :].decode("ascii", "replace")[:200] or "/"
-        row = {"method": scope["method"], "endpoint": endpoint, "model": call.model}
-        found = tx.rows(
-            "llm_admit_unlimited",
-            token_hash=token_hash,
-            **row,
-            default_rpm=self.settings.llm_rpm,
-            default_tokens_per_day=self.settings.llm_tokens_per_day,
-        )
-        fields = found[0] if found else None
-        row_id = fields.pop("row_id") if fields else None
-        caller = call.caller = check_caller(Caller(**fields) if fields else None)
-        if row_id is not None:
-            return int(row_id)
+    async def take_limits(
+        self, call: Call, route: Route, requested: Requested, body_size: int
+    ) -> None:
+        """The workspace's limits, decided by the ledger in one step (no database in the common
+        case): the call holds its reservation of the daily quota until its row is written."""
+        await trio.lowlevel.checkpoint()
+        caller = call.caller
         rpm, per_day = caller.limits(self.settings)
-        route, size = admission.route, admission.body_size
-        reserved = reservation(route, admission.requested, size, per_day)
-        # Serialised per workspace: the next admission sees this one's reservation.
-        tx.exec("llm_lock_workspace", workspace_id=caller.workspace_id)
-        load = tx.rows("llm_workspace_load", workspace_id=caller.workspace_id)[0]
-        check_limits(rpm, per_day, load, input_estimate(size) if route.spends_tokens else 0)
-        started: int = tx.scalar(
-            "llm_usage_start",
-            sandbox_id=caller.sandbox_id,
-            workspace_id=caller.workspace_id,
-            user_id=caller.created_by,
-            sandbox_name=caller.name,
-            streaming=False,
-            reserved_tokens=reserved,
-            **row,
-        )
-        return started
+        if not (rpm or per_day):
+            return
+        reserved = reservation(route, requested, body_size, per_day)
+        while self.ledger.needs_load(caller.workspace_id):
+            await self.recorder.load(caller.workspace_id)
+        incoming = input_estimate(body_size) if route.spends_tokens else 0
+        call.ticket = self.ledger.admit(caller.workspace_id, rpm, per_day, reserved, incoming)
 
     async def forward(
         self, call: Call, request: httpx.Request, receive: Receive, send: Send
@@ -319,8 +255,10 @@ class LlmProxy:
             nursery.cancel_scope.cancel()
 
     async def exchange(self, call: Call, request: httpx.Request, send: Send) -> None:
+        sending = time.perf_counter()
         try:
             response = await self.client.send(request, stream=True)
+            self.timed("upstream", sending)
         except httpx.TransportError as exc:
             log.warning("LLM upstream unreachable: %s", type(exc).__name__)
             call.status = 502
@@ -363,29 +301,18 @@ class LlmProxy:
         scope.cancel()
 
     async def finish(self, call: Call) -> None:
-        """Complete the call's usage row (once)."""
-        if call.row_id is None or call.finished:
+        """Hand the call's usage row to the recorder (once); its ticket now holds what it used."""
+        if call.finished:
             await trio.lowlevel.checkpoint()
             return
         call.finished = True
+        started = time.perf_counter()
         usage = call.usage()
-        try:
-            await self.deps.db.exec(
-                "llm_usage_finish",
-                id=call.row_id,
-                status=call.status,
-                streaming=call.streaming,
-                duration_ms=int((time.perf_counter() - call.started) * 1000),
-                model=usage.model,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_creation_input_tokens=usage.cache_creation_input_tokens,
-                cache_read_input_tokens=usage.cache_read_input_tokens,
-            )
-        except AgentServerError as exc:
-            log.warning("could not record LLM usage: %s", exc.message)
-            await trio.lowlevel.checkpoint()
+        if call.ticket is not None:
+            self.ledger.settle(call.ticket, usage.total_tokens)
         self.record_activity(call.caller.sandbox_id)
+        await self.recorder.record(call.row(usage), call.ticket)
+        self.timed("usage write", started)
 
     def record_activity(self, sandbox_id: str) -> None:
         self.deps.sandboxes.record_activity(sandbox_id)
@@ -400,9 +327,27 @@ async def open_llm_client() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def llm_middleware(app: ASGIApp, deps: Deps, client: httpx.AsyncClient) -> ASGIApp:
+@asynccontextmanager
+async def open_llm_proxy(deps: Deps, client: httpx.AsyncClient) -> AsyncIterator[LlmProxy]:
+    """The proxy with its usage recorder running; on the way out every recorded row is written
+    (the recorder drains, shielded, by a deadline) before the database may close."""
+    recorder = UsageRecorder(deps.db, Ledger())
+    async with trio.open_nursery() as nursery:
+        # Supervised: a bug in the writer is logged and it starts again, its rows still buffered.
+        await nursery.start(supervise, "LLM usage recorder", recorder.run)
+        proxy = LlmProxy(deps, client, recorder)
+        proxy.subscribe()
+        deps.pending_writes.add(recorder.flush)
+        try:
+            yield proxy
+        finally:
+            deps.pending_writes.discard(recorder.flush)
+            proxy.unsubscribe()
+            recorder.close()
+
+
+def llm_middleware(app: ASGIApp, proxy: LlmProxy) -> ASGIApp:
     """Take /proxy/anthropic/* on the main host; everything else goes to `app` untouched."""
-    proxy = LlmProxy(deps, client)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _is_ours(scope):

@@ -111,33 +111,6 @@ class Requested:
     max_tokens: int | None = None
 
 
-class CallerCache:
-    """Recently seen active tokens, only to decide whether to read a body at all.
-
-    The admission transaction looks the token up again, so a deleted or paused sandbox is
-    refused at once; this only saves a database round trip before the body is read.
-    """
-
-    def __init__(self, ttl: float = 30.0, size: int = 4096) -> None:
-        self.ttl = ttl
-        self.size = size
-        self._entries: dict[str, tuple[float, Caller]] = {}
-
-    def get(self, token_hash: str) -> Caller | None:
-        found = self._entries.get(token_hash)
-        if found is None or found[0] < time.monotonic():
-            return None
-        return found[1]
-
-    def put(self, token_hash: str, caller: Caller) -> None:
-        if len(self._entries) >= self.size:
-            self._entries.clear()  # simplest bound; the next calls just look up again
-        self._entries[token_hash] = (time.monotonic() + self.ttl, caller)
-
-    def forget(self, token_hash: str) -> None:
-        self._entries.pop(token_hash, None)
-
-
 class UnknownTokens:
     """Token hashes recently found to belong to no sandbox, so a client repeating one costs no
     database query. Bounded (the oldest entry goes first) and short-lived; only negative answers

@@ -246,6 +246,47 @@ def backend(value: str | None) -> str:
     return name
 
 
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_LABEL_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
+_LABEL = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}=({_LABEL_NAME})?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def quantity(value: str | None) -> str:
+    """A Kubernetes resource quantity (e.g. 5Gi, 500m, 2)."""
+    text = (value or "").strip()
+    if not _QUANTITY.fullmatch(text):
+        raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. 5Gi, 500m, 2)")
+    return text
+
+
+def optional_quantity(value: str | None) -> str | None:
+    return quantity(value) if value and value.strip() else None
+
+
+def labels(value: str | None) -> tuple[tuple[str, str], ...]:
+    """Comma-separated Kubernetes labels, KEY=VALUE each (at least one)."""
+    pairs = []
+    for item in parse_list(value):
+        if not _LABEL.fullmatch(item):
+            raise ValueError(f"{item!r} is not a Kubernetes label KEY=VALUE")
+        key, _, val = item.partition("=")
+        pairs.append((key, val))
+    if not pairs:
+        raise ValueError("give at least one label KEY=VALUE")
+    return tuple(pairs)
+
+
+def optional_dns_label(value: str | None) -> str | None:
+    """A Kubernetes name (a DNS-1123 label: a namespace, a storage class); None when blank."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    if not _DNS_LABEL.fullmatch(text):
+        raise ValueError(f"{text!r} is not a DNS-1123 label (lowercase letters, digits and -)")
+    return text
+
+
 def user_name(value: str | None) -> str:
     name = (value or "").strip()
     if not _USER_NAME.fullmatch(name):

@@ -1,7 +1,8 @@
 """The agent tunnel: frame codec, sans-IO stream state machine, and the trio transport.
 
 What the rest of agentserver uses is re-exported here; the modules behind it, in import order:
-`frames` (pure codec) → `connection` (pure stream state machine and credit windows) →
+`frames` (pure codec) → `messages` (pure: frames in link messages, one or a batch) →
+`connection` (pure stream state machine and credit windows) →
 `errors` → `stream` (`TunnelStream`, knowing its tunnel only as a `StreamTransport`) →
 `links` (WebSocket / byte-stream links) → `transport` (`Tunnel`, `open_tunnel`) → `hub`.
 """

@@ -63,8 +63,7 @@ from .frames import (
     Reset,
     ResponseHead,
     Window,
-    decode,
-    encode,
+    check_head,
 )
 
 
@@ -130,6 +129,7 @@ class Settings:
     stream_window: int = 0
     receive_budget: int = 0
     max_queued_control: int = DEFAULT_MAX_QUEUED_CONTROL
+    batch: bool = True  # takes several frames in one message (announced in the Hello)
 
 
 class LocalProtocolError(Exception):
@@ -157,6 +157,7 @@ class RequestReceived:
     body: bool
     websocket: bool
     subprotocols: tuple[str, ...]
+    port: int | None = None  # a preview's port (frames.RequestOpen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +268,7 @@ class TunnelConnection:
                 self.settings.initial_window,
                 self.settings.ping_interval,
                 self.settings.max_streams,
+                self.settings.batch,
             )
         ]
 
@@ -312,8 +314,10 @@ class TunnelConnection:
         body: bool = True,
         websocket: bool = False,
         subprotocols: tuple[str, ...] = (),
+        port: int | None = None,
     ) -> int:
-        """Open a stream with a request head; returns its id. `body=False` ends our half too."""
+        """Open a stream with a request head; returns its id. `body=False` ends our half too;
+        `port`: a preview's port on the peer's machine."""
         if self.peer_settings is None:
             raise LocalProtocolError("cannot open a stream before the peer's Hello")
         if self.peer_going_away or self.going_away:
@@ -321,7 +325,9 @@ class TunnelConnection:
         limit = min(self.settings.max_streams, self.peer_settings.max_streams)
         if self._open_counts[True] >= limit:
             raise StreamLimitReached(f"{limit} streams are open already")
-        frame = RequestOpen(self._next_id, method, target, headers, body, websocket, subprotocols)
+        frame = RequestOpen(
+            self._next_id, method, target, headers, body, websocket, subprotocols, port
+        )
         self._check_head(frame)
         stream = self._new_stream(frame.stream_id, local=True, websocket=websocket)
         self._next_id += 2
@@ -457,6 +463,7 @@ class TunnelConnection:
             frame.initial_window,
             frame.ping_interval,
             frame.max_streams or MAX_STREAM_ID,  # a peer that does not say has no cap we know
+            batch=frame.batch,  # an older peer does not say: one frame per message
         )
         return [HelloReceived(self.peer_settings)]
 
@@ -475,7 +482,7 @@ class TunnelConnection:
         stream = self._new_stream(stream_id, local=False, websocket=frame.websocket)
         stream.recv = TRANSITIONS[stream.recv, Act.HEAD]
         head = (frame.method, frame.target, frame.headers, frame.body, frame.websocket)
-        events: list[Event] = [RequestReceived(stream_id, *head, frame.subprotocols)]
+        events: list[Event] = [RequestReceived(stream_id, *head, frame.subprotocols, frame.port)]
         if not frame.body:
             stream.recv = TRANSITIONS[stream.recv, Act.END]
             events.append(StreamEnded(stream_id))
@@ -621,10 +628,10 @@ class TunnelConnection:
         if stream.send is Half.ENDED and stream.recv is Half.ENDED:
             self._drop(stream.stream_id)
 
-    def _check_head(self, frame: Frame) -> None:
+    def _check_head(self, frame: RequestOpen | ResponseHead) -> None:
         # The peer would reject an invalid head as a tunnel-fatal ProtocolError, so refuse it
         # here with the very same validation (header size, tokens, target form, values).
         try:
-            decode(encode(frame))
+            check_head(frame)
         except ProtocolError as exc:
             raise LocalProtocolError(f"invalid {type(frame).__name__}: {exc}") from None

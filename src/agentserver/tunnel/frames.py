@@ -8,8 +8,9 @@ The header is a JSON object whose ``"type"`` says which frame it is; only ``Data
 payload. Keys are short but readable::
 
     hello     {"version", "max_payload", "window", "ping",       negotiates limits (first frame)
-               "streams"?}
-    request   {"id", "method", "target", "headers", "body", "ws", "protocols"}
+               "streams"?, "batch"?}
+    request   {"id", "method", "target", "headers", "body", "ws", "protocols",
+               "port"?}                                         "port": a preview's port
     response  {"id", "status", "headers"}
     data      {"id", "text"?, "more"?}  + payload               body bytes or a WebSocket fragment
     end       {"id", "code"?, "reason"?}                        half-close (WebSocket close code)
@@ -21,8 +22,9 @@ payload. Keys are short but readable::
 Headers are ordered ``[name, value]`` pairs so multi-valued headers survive. `decode` raises
 `ProtocolError` for every malformed input and never any other exception.
 
-On byte streams (not message-oriented), each message is additionally prefixed with its u32
-length (`frame_message`); `FrameDecoder` reassembles frames from arbitrary chunks.
+A side whose Hello says ``"batch": true`` also takes several frames in one message (a batch,
+`messages.pack`/`messages.unpack`). On byte streams (not message-oriented), each message is
+additionally prefixed with its u32 length (`messages.frame_message`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ MAX_PING_INTERVAL: Final = 86400.0
 
 _LEN = 4
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
 _BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
 
 Headers = tuple[tuple[str, str], ...]
@@ -61,6 +64,7 @@ class Hello:
     initial_window: int
     ping_interval: float
     max_streams: int | None = None  # how many of the peer's streams we take at once (optional)
+    batch: bool = False  # takes messages carrying several frames (optional; older peers do not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,9 @@ class RequestOpen:
     body: bool = True
     websocket: bool = False
     subprotocols: tuple[str, ...] = ()
+    # A preview: the port on the agent's machine the request is for (None: its opencode).
+    # Optional on the wire, so a request without it reads as it always did.
+    port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +147,11 @@ def _header_of(frame: Frame) -> dict[str, Any]:
             }
             if frame.max_streams is not None:  # older peers neither send nor read it
                 hello["streams"] = frame.max_streams
+            if frame.batch:  # likewise
+                hello["batch"] = True
             return hello
         case RequestOpen():
-            return {
+            request: dict[str, Any] = {
                 "type": "request",
                 "id": frame.stream_id,
                 "method": frame.method,
@@ -152,6 +161,9 @@ def _header_of(frame: Frame) -> dict[str, Any]:
                 "ws": frame.websocket,
                 "protocols": list(frame.subprotocols),
             }
+            if frame.port is not None:  # only previews carry it
+                request["port"] = frame.port
+            return request
         case ResponseHead():
             return {
                 "type": "response",
@@ -239,17 +251,25 @@ def _token(header: dict[str, Any], key: str) -> str:
 
 def _headers(header: dict[str, Any]) -> Headers:
     value = header.get("headers", [])
-    if type(value) is not list:
+    if type(value) is not list or any(type(pair) is not list or len(pair) != 2 for pair in value):
         raise ProtocolError("field 'headers' must be a list of [name, value] pairs")
-    pairs = []
-    for pair in value:
-        if type(pair) is not list or len(pair) != 2 or not all(type(p) is str for p in pair):
-            raise ProtocolError("field 'headers' must be a list of [name, value] pairs")
-        name, text = pair
-        if not _TOKEN.fullmatch(name) or _BAD_VALUE_CHARS.search(text):
-            raise ProtocolError(f"invalid header {name!r}")
-        pairs.append((name, text))
-    return tuple(pairs)
+    names = [pair[0] for pair in value]
+    texts = [pair[1] for pair in value]
+    # All names and all values at once (a head has dozens); the slow path below only names
+    # the culprit.
+    try:
+        every_name, every_text = "".join(names), "".join(texts)
+    except TypeError:
+        raise ProtocolError("field 'headers' must be a list of [name, value] pairs") from None
+    if (
+        not all(names)
+        or not _TOKEN_CHARS.fullmatch(every_name)
+        or _BAD_VALUE_CHARS.search(every_text)
+    ):
+        for name, text in value:
+            if not _TOKEN.fullmatch(name) or _BAD_VALUE_CHARS.search(text):
+                raise ProtocolError(f"invalid header {name!r}")
+    return tuple(zip(names, texts, strict=True))
 
 
 def _protocols(header: dict[str, Any]) -> tuple[str, ...]:
@@ -280,6 +300,7 @@ def _decode_hello(h: dict[str, Any]) -> Hello:
         initial_window=_int(h, "window", 1, MAX_WINDOW),
         ping_interval=float(ping),
         max_streams=None if h.get("streams") is None else _int(h, "streams", 1, MAX_STREAM_ID),
+        batch=_bool(h, "batch", False),
     )
 
 
@@ -292,6 +313,7 @@ def _decode_request(h: dict[str, Any]) -> RequestOpen:
         body=_bool(h, "body", True),
         websocket=_bool(h, "ws", False),
         subprotocols=_protocols(h),
+        port=None if h.get("port") is None else _int(h, "port", 1, 65535),
     )
 
 
@@ -316,6 +338,23 @@ def _decode_goaway(h: dict[str, Any]) -> GoAway:
     if not code:
         raise ProtocolError("field 'code' must not be empty")
     return GoAway(code, _str(h, "message", ""))
+
+
+def check_head(frame: RequestOpen | ResponseHead, *, max_header: int = MAX_HEADER) -> None:
+    """Raise the `ProtocolError` that `decode(encode(frame))` would: the very same field rules,
+    applied to the values themselves, so a head we send costs no JSON round trip to check."""
+    fields = _header_of(frame)
+    # JSON spends at most 6 bytes on a character (a \uXXXX escape) and a few on punctuation:
+    # only a head that might be too long is encoded to measure it.
+    texts = [v for pair in fields.get("headers", ()) for v in pair]
+    texts += fields.get("protocols", [])
+    bound = 256 + sum(6 * len(text) + 8 for text in texts) + 6 * len(fields.get("target", ""))
+    if bound > max_header and (size := len(header_bytes(frame))) > max_header:
+        raise ProtocolError(f"header of {size} bytes exceeds the limit of {max_header}")
+    if type(frame) is RequestOpen:
+        _decode_request(fields)
+    else:
+        _decode_response(fields)
 
 
 _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Frame]]] = {
@@ -375,65 +414,3 @@ def decode(
 def max_message_size(max_payload: int) -> int:
     """The longest message a side that announced `max_payload` can receive (a Data frame)."""
     return _LEN + MAX_HEADER + max_payload
-
-
-# ---------------------------------------------------------------- byte streams
-
-
-def frame_message(message: bytes) -> bytes:
-    """`message` with the u32 length prefix used on byte-stream transports."""
-    return len(message).to_bytes(_LEN, "big") + message
-
-
-class MessageBuffer:
-    """Splits a byte stream of length-prefixed messages into messages, whatever the chunking."""
-
-    def __init__(self, max_message: int = _LEN + MAX_HEADER + MAX_MAX_PAYLOAD) -> None:
-        self._buffer = bytearray()
-        self._start = 0
-        self._max_message = max_message
-
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
-
-    @property
-    def pending(self) -> int:
-        """Bytes received but not yet returned as a message."""
-        return len(self._buffer) - self._start
-
-    def next_message(self) -> bytes | None:
-        """The next complete message, or None until more bytes arrive."""
-        buffer, start = self._buffer, self._start
-        if len(buffer) - start < _LEN:
-            return None
-        size = int.from_bytes(buffer[start : start + _LEN], "big")
-        if size > self._max_message:
-            raise ProtocolError(f"message of {size} bytes exceeds {self._max_message}")
-        end = start + _LEN + size
-        if len(buffer) < end:
-            return None
-        message = bytes(buffer[start + _LEN : end])
-        if end * 2 >= len(buffer):  # compact once most of the buffer is consumed: amortised O(1)
-            del buffer[:end]
-            self._start = 0
-        else:
-            self._start = end
-        return message
-
-
-class FrameDecoder:
-    """Decodes frames from a byte stream of length-prefixed messages fed in arbitrary chunks."""
-
-    def __init__(self, *, max_payload: int = DEFAULT_MAX_PAYLOAD, max_header: int = MAX_HEADER):
-        self._messages = MessageBuffer(_LEN + max_header + max_payload)
-        self._max_payload = max_payload
-        self._max_header = max_header
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        """Every frame completed by `data`, in order."""
-        self._messages.feed(data)
-        frames = []
-        while (message := self._messages.next_message()) is not None:
-            frame = decode(message, max_payload=self._max_payload, max_header=self._max_header)
-            frames.append(frame)
-        return frames

@@ -7,8 +7,9 @@ from typing import Any, Protocol
 import trio
 import trio_websocket
 
-from .frames import MessageBuffer, ProtocolError
-from .frames import frame_message as _length_prefixed
+from .frames import ProtocolError
+from .messages import MessageBuffer
+from .messages import frame_message as _length_prefixed
 
 __all__ = ["MessageLink", "StreamLink", "WebSocketLink"]
 

@@ -129,6 +129,52 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._transport.send_head(self.stream_id, status, tuple(headers))
             self._head_sent = True
 
+    async def send_response(
+        self,
+        status: int,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        *,
+        end: bool = False,
+    ) -> None:
+        """The response head, then `body`, then with `end` the end of our direction.
+
+        What the credit allows is queued in one go, with no checkpoint in between, so a small
+        complete response leaves in one message; the rest is sent as by `send_all`.
+        """
+        with self._sending:
+            await trio.lowlevel.checkpoint()
+            self._check_sendable(head=False)
+            self._transport.send_head(self.stream_id, status, tuple(headers))
+            self._head_sent = True
+            if self._queue_whole(body, end):
+                return
+        if end:
+            await self.send_last(body)
+        else:
+            await self.send_all(body)
+
+    async def send_last(self, data: bytes) -> None:
+        """`data`, then the end of our direction: queued together when the credit allows, so
+        a body's last piece and its end leave in one message."""
+        with self._sending:
+            await trio.lowlevel.checkpoint()
+            self._check_sendable()
+            if self._queue_whole(data, True):
+                return
+        await self.send_all(data)
+        await self.send_eof()
+
+    def _queue_whole(self, data: bytes, end: bool) -> bool:
+        """Queue `data` (and with `end`, the end) if all of it fits the credit; True if done."""
+        if data and self._capacity() < len(data):
+            return False
+        if data:
+            self._send_data(data)
+        if end:
+            self._end()
+        return True
+
     # ------------------------------------------------------------ sending
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:

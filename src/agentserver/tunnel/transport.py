@@ -22,11 +22,12 @@ with status 101 (chosen subprotocol in a ``sec-websocket-protocol`` header), the
 with `close_code`/`close_reason` set) and `send_close(code, reason)`.
 
 Guarantees: the reader never blocks on a stream (credit windows bound every stream's buffer);
-one writer task owns the link; a handler task is cancelled when its stream is reset or the
-tunnel closes; when the tunnel dies every stream operation raises `TunnelClosed`; a link that
-delivers nothing within `ping_timeout` of a ping (default: the ping interval) closes the tunnel,
-and so does one whose peer reads nothing (a single send blocked from a ping to its timeout),
-however busily that peer sends.
+one writer task owns the link, and sends what is queued together as one message (a batch, to a
+peer whose Hello announced batches; `messages.py`) in the order it was queued; a handler task
+is cancelled when its stream is reset or the tunnel closes; when the tunnel dies every stream
+operation raises `TunnelClosed`; a link that delivers nothing within `ping_timeout` of a ping
+(default: the ping interval) closes the tunnel, and so does one whose peer reads nothing (a
+single send blocked from a ping to its timeout), however busily that peer sends.
 With `send_timeout`, a send that can put out nothing for that long (no credit from the peer, or
 a link the peer does not read) resets its stream (code "timeout") and raises `StreamResetError`.
 Beyond `Settings.max_streams` open streams, `open_request` raises `StreamLimitReached` and the
@@ -58,8 +59,9 @@ from .connection import (
     WindowUpdated,
 )
 from .errors import TunnelClosed
-from .frames import Data, GoAway, Headers, ProtocolError, decode, encode
+from .frames import DEFAULT_MAX_PAYLOAD, GoAway, Headers, ProtocolError, encode
 from .links import MessageLink
+from .messages import pack, unpack
 from .stream import RequestHandler, TunnelStream
 
 __all__ = ["Tunnel", "open_tunnel"]
@@ -165,8 +167,10 @@ class Tunnel:
         body: bool = True,
         websocket: bool = False,
         subprotocols: Iterable[str] = (),
+        port: int | None = None,
     ) -> TunnelStream:
-        """Open a stream carrying a request to the peer. `body=False`: no request body follows."""
+        """Open a stream carrying a request to the peer. `body=False`: no request body follows;
+        `port`: a preview's port on the peer's machine (None: its agent)."""
         await trio.lowlevel.checkpoint()
         if self.closed:
             raise TunnelClosed(self.close_reason)
@@ -174,7 +178,13 @@ class Tunnel:
             raise TunnelClosed("the peer is going away")
         head = tuple((name, value) for name, value in headers)
         stream_id = self._conn.open_request(
-            method, target, head, body=body, websocket=websocket, subprotocols=tuple(subprotocols)
+            method,
+            target,
+            head,
+            body=body,
+            websocket=websocket,
+            subprotocols=tuple(subprotocols),
+            port=port,
         )
         stream = TunnelStream(self, stream_id, None, body=body)
         self._streams[stream_id] = stream
@@ -224,7 +234,12 @@ class Tunnel:
             try:
                 message = await self._link.get_message()
                 self._last_received = trio.current_time()
-                events = self._conn.receive_frame(decode(message, max_payload=max_payload))
+                frames = unpack(message, max_payload=max_payload)
+                del message  # a parked reader keeps no message (up to 256 KiB) alive
+                for frame in frames:  # each frame's events before the next frame changes state
+                    for event in self._conn.receive_frame(frame):
+                        self._dispatch(event)
+                del frames
             except trio.EndOfChannel:
                 self._peer_closed = True
                 self._close("the peer closed the tunnel", failed=not self._hello.is_set())
@@ -236,8 +251,6 @@ class Tunnel:
             except ProtocolError as exc:
                 self._close(f"protocol error from the peer: {exc}", error=exc)
                 return
-            for event in events:
-                self._dispatch(event)
             self._wake_writer()
 
     async def _write_loop(self) -> None:
@@ -246,14 +259,21 @@ class Tunnel:
                 frames = self._conn.frames_to_send()
                 if not frames:
                     await self._writer_lot.park()
+                    # Once more round the scheduler before collecting: the task that woke us
+                    # usually queues more at once (a response's head, body and end), and they
+                    # then leave in one message instead of one each.
+                    await trio.lowlevel.checkpoint()
                     continue
-                for frame in frames:
+                peer = self._conn.peer_settings  # None only while our Hello goes out
+                batch = peer is not None and peer.batch
+                limit = DEFAULT_MAX_PAYLOAD if peer is None else peer.max_frame_payload
+                for message, data in pack(frames, batch=batch, limit=limit):
                     self._writing_since = trio.current_time()
-                    await self._link.send_message(encode(frame))
+                    await self._link.send_message(message)
                     self._writing_since = None
-                    if type(frame) is Data:
-                        self._backlog -= len(frame.payload)
-                del frames, frame  # a parked writer keeps no frame (up to 256 KiB) alive
+                    self._backlog -= data
+                # A parked writer keeps no frame or message (up to 256 KiB) alive.
+                del frames, message
                 if self._backlog_waiting and self._backlog < self._max_backlog:
                     self._backlog_waiting = False
                     for stream in self._streams.values():

@@ -20,11 +20,13 @@ def spoken(header: str | None) -> int | None:
     return int(text) if text.isdigit() and len(text) <= 6 else None
 
 
-def mismatch(agent: int | None, agent_version: str, server: int, server_version: str) -> str:
+def mismatch(agent: int | None, agent_version: str | None, server: int, server_version: str) -> str:
     """What to tell the person at the laptop when the two sides cannot talk."""
     theirs = "an unknown tunnel protocol" if agent is None else f"tunnel protocol {agent}"
+    if agent_version:
+        theirs = f"agentserver {agent_version}, {theirs}"
     return (
-        f"this agent (agentserver {agent_version}, {theirs}) cannot connect to a server running"
+        f"this agent ({theirs}) cannot connect to a server running"
         f" agentserver {server_version} (tunnel protocol {server}): get the matching agent from"
         " the server, e.g. `curl -fLO <server>/download/agentserver-agent.pyz`"
     )

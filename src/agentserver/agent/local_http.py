@@ -1,0 +1,263 @@
+"""The agent's HTTP/1.1 client to the local opencode: kept-alive connections and h11, no httpx.
+
+httpx cost about 0.55 ms of CPU per request on the machines the benchmark runs on, a third of
+everything the agent did for a small request (bench/bench_tunnel.py prints the breakdown); h11
+alone, which httpx runs on, does the same framing for a third of that. What the agent needs is
+narrow: one origin, requests whose head and body come from the tunnel, responses streamed back.
+
+- Connections are kept alive and reused last-in first-out (at most `max_idle` idle ones); one
+  that the peer closed while idle is dropped when taken, and a request without a body that
+  finds its reused connection dead before any answer is sent again once on a new connection.
+- A request body is sent whole before the response is read, framed by the length given
+  (h11 refuses more or fewer bytes) or chunked; the server's framing fields never pass.
+- A response's connection goes back to the pool only when both messages ended cleanly; a
+  response closed early, a failure or a cancel closes it.
+- `Unreachable` is every failure before a response head (connect, send, a peer that closed).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+READ_SIZE = 256 * 1024  # one full tunnel frame: fewer, larger frames when opencode outpaces us
+CONNECT_TIMEOUT = 10.0
+MAX_IDLE = 32
+SMALL_BODY = 64 * 1024
+_FAILURES = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError)
+
+
+class Unreachable(Exception):
+    """No answer from the local opencode: it refused the connection, or closed it unanswered."""
+
+
+class Broken(Exception):
+    """The local opencode broke off a response after its head."""
+
+
+class _Connection:
+    __slots__ = ("h11", "stream")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+
+    def readable(self) -> bool:
+        """True when an idle connection has something to read: the peer's close, most likely."""
+        sock = getattr(self.stream, "socket", None)
+        if sock is None:  # TLS: the transport stream's socket
+            sock = getattr(getattr(self.stream, "transport_stream", None), "socket", None)
+        return sock is None or bool(sock.is_readable())
+
+    async def next_event(self) -> object:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                await trio.lowlevel.checkpoint_if_cancelled()  # buffered: no scheduler trip
+                return event
+            self.h11.receive_data(bytes(await self.stream.receive_some(READ_SIZE)))
+
+    def close(self) -> None:
+        """Close at once, without awaiting (also from a cancelled task)."""
+        sock = getattr(self.stream, "socket", None) or getattr(
+            getattr(self.stream, "transport_stream", None), "socket", None
+        )
+        if sock is not None:
+            sock.close()
+
+
+class Response:
+    """A response head, with the body still arriving; `aclose` it (it frees the connection)."""
+
+    def __init__(self, client: LocalClient, conn: _Connection, head: h11.Response) -> None:
+        self.status = head.status_code
+        self.headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers]
+        self._client, self._conn = client, conn
+        self._done = False
+        lengths = {v for n, v in head.headers if n == b"content-length"}  # h11 checked them
+        self._small = len(lengths) == 1 and int(lengths.pop()) <= SMALL_BODY
+
+    async def buffered(self) -> tuple[bytes, bool]:
+        """The body bytes that have arrived already, and whether they are the whole body.
+
+        Nothing is waited for, except the rest of a body of at most `SMALL_BODY` bytes by its
+        Content-Length (no one can use its head without it): such an answer then leaves whole,
+        head, body and end in one message, however opencode wrote it."""
+        parts: list[bytes] = []
+        try:
+            await self._more_now(parts)
+            while self._small and not self._done:  # the rest is on its way: worth the wait
+                self._take(await self._conn.next_event(), parts)
+        except _FAILURES as exc:  # a malformed body (bad chunk framing), a broken connection
+            raise Broken(str(exc) or type(exc).__name__) from None
+        return b"".join(parts), self._done
+
+    @property
+    def done(self) -> bool:
+        """Whether the whole body has been handed out."""
+        return self._done
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The rest of the body as it arrives (`Broken` if the connection breaks off)."""
+        while not self._done:
+            parts: list[bytes] = []
+            try:
+                self._take(await self._conn.next_event(), parts)
+                await self._more_now(parts)
+            except _FAILURES as exc:
+                raise Broken(str(exc) or type(exc).__name__) from None
+            if chunk := b"".join(parts):
+                yield chunk
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def _more_now(self, parts: list[bytes]) -> None:
+        """Add what else has arrived already, up to READ_SIZE, waiting for nothing: a body
+        that opencode sends faster than it is forwarded leaves in fewer, larger frames (each
+        frame costs both ends the same, whatever its size), and a slow one is never held."""
+        size = sum(len(part) for part in parts)
+        conn = self._conn
+        while not self._done and size < READ_SIZE:
+            event = conn.h11.next_event()
+            if event is h11.NEED_DATA:
+                if not conn.readable():
+                    break
+                data = await conn.stream.receive_some(READ_SIZE - size)
+                if not data:
+                    conn.h11.receive_data(b"")
+                    continue
+                conn.h11.receive_data(bytes(data))
+                continue
+            before = len(parts)
+            self._take(event, parts)
+            size += sum(len(part) for part in parts[before:])
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _take(self, event: object, parts: list[bytes]) -> None:
+        if type(event) is h11.Data:
+            parts.append(bytes(event.data))
+        elif type(event) is h11.EndOfMessage:
+            self._done = True
+        elif type(event) is h11.ConnectionClosed:
+            raise Broken("the connection closed before the end of the body")
+
+    def aclose_now(self) -> None:
+        """Give the connection back when the exchange ended cleanly, else close it."""
+        conn = self._conn
+        if self._done and conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
+            conn.h11.start_next_cycle()
+            self._client.give_back(conn)
+        else:
+            conn.close()
+
+
+class LocalClient:
+    """Requests to one origin (`base_url`: http or https, host and port), kept alive."""
+
+    def __init__(self, base_url: str, *, max_idle: int = MAX_IDLE) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._tls else 80)
+        self.authority = parts.netloc.rsplit("@", 1)[-1]  # the Host header, as httpx sent it
+        self._idle: list[_Connection] = []
+        self._max_idle = max_idle
+
+    async def _connect(self) -> _Connection:
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                stream: trio.abc.Stream = await trio.open_tcp_stream(self._host, self._port)
+                if self._tls is not None:
+                    tls = trio.SSLStream(stream, self._tls, server_hostname=self._host)
+                    await tls.do_handshake()
+                    stream = tls
+        except trio.TooSlowError:
+            raise Unreachable(f"no connection within {CONNECT_TIMEOUT:g} s") from None
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise Unreachable(str(exc) or type(exc).__name__) from None
+        return _Connection(stream)
+
+    def _take_idle(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.readable():
+                return conn
+            conn.close()  # closed by the peer while idle (or sent something unasked)
+        return None
+
+    def give_back(self, conn: _Connection) -> None:
+        if len(self._idle) >= self._max_idle:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: AsyncIterable[bytes] | None = None,
+        length: int | None = None,
+    ) -> Response:
+        """Send the request (and its whole body), then return once the response head is in.
+
+        `headers` carry no Host or framing; `length` frames the body (None: chunked).
+        """
+        head = [("host", self.authority), *headers]
+        if body is not None:
+            head.append(("content-length", str(length)) if length is not None else _CHUNKED)
+        try:
+            request = h11.Request(
+                method=method,
+                target=target.encode("latin-1"),
+                headers=[(n.encode("latin-1"), v.encode("latin-1")) for n, v in head],
+            )
+        except h11.LocalProtocolError as exc:  # a header HTTP/1.1 cannot carry (as httpx did)
+            raise Unreachable(f"the request cannot be sent: {exc}") from None
+        conn = self._take_idle()
+        if conn is not None and body is None:
+            try:
+                return await self._exchange(conn, request, None)
+            except Unreachable:
+                pass  # a kept-alive connection the peer had just closed: once more, anew
+        return await self._exchange(conn or await self._connect(), request, body)
+
+    async def _exchange(
+        self, conn: _Connection, request: h11.Request, body: AsyncIterable[bytes] | None
+    ) -> Response:
+        ok = False
+        try:
+            try:
+                data = conn.h11.send(request) or b""
+                if body is None:
+                    await conn.stream.send_all(data + (conn.h11.send(h11.EndOfMessage()) or b""))
+                else:
+                    await conn.stream.send_all(data)
+                    async for chunk in body:
+                        if chunk:
+                            await conn.stream.send_all(conn.h11.send(h11.Data(data=chunk)) or b"")
+                    await conn.stream.send_all(conn.h11.send(h11.EndOfMessage()) or b"")
+                while True:
+                    event = await conn.next_event()
+                    if type(event) is h11.Response:
+                        ok = True
+                        return Response(self, conn, event)
+                    if type(event) is not h11.InformationalResponse:  # 1xx: the real one follows
+                        raise Unreachable("the connection closed before an answer")
+            except _FAILURES as exc:
+                raise Unreachable(str(exc) or type(exc).__name__) from None
+        finally:
+            if not ok:
+                conn.close()
+
+
+_CHUNKED = ("transfer-encoding", "chunked")

@@ -21,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from agentserver.sandboxes.kube_calls import API_CALLS
 from agentserver.settings import OPTIONS
 
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -260,6 +261,8 @@ def test_lint_is_clean_in_strict_mode() -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_helm_3_renders_the_same_objects(scenario: str, tmp_path: Path) -> None:
     """The chart is not Helm-4-only: Helm 3 renders the same objects from the same values."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(values_of(scenario)))
     done = subprocess.run(
         [
             str(HELM3),
@@ -271,7 +274,7 @@ def test_helm_3_renders_the_same_objects(scenario: str, tmp_path: Path) -> None:
             "--kube-version",
             KUBE_VERSION,
             "-f",
-            str(CHART / "ci" / f"{scenario}-values.yaml"),
+            str(values),
         ],
         capture_output=True,
         text=True,
@@ -306,3 +309,31 @@ def test_every_value_is_documented() -> None:
         if not any(leaf == d or leaf.startswith(d + ".") for d in documented)
     ]
     assert undocumented == []
+
+
+def granted(objs: list[dict[str, Any]], kind: str) -> set[tuple[str, str, str]]:
+    role = next(o for o in objs if o["kind"] == kind and o["metadata"]["name"] == "agentserver")
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_the_role_grants_exactly_what_the_kubernetes_backend_calls() -> None:
+    """One sandbox namespace: a Role there with every call but making and deleting namespaces;
+    a namespace per workspace: a ClusterRole with every call (kube_calls.API_CALLS)."""
+    namespaces = {("", "namespaces", "create"), ("", "namespaces", "delete")}
+    one = objects(render(values_of("kubernetes-gvisor")))
+    assert granted(one, "Role") == API_CALLS - namespaces
+    assert not [
+        o for o in one if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "agentserver"
+    ]
+    binding = next(
+        o for o in one if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "agentserver"
+    )
+    assert binding["metadata"]["namespace"] == "agent-sandboxes"
+    per_workspace = objects(render(values_of("oidc")))
+    assert granted(per_workspace, "ClusterRole") == API_CALLS

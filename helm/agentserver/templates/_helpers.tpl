@@ -57,14 +57,14 @@ key: {{ $key }}
 {{- end -}}
 
 {{/* The sandbox env key: given, else the one already in our Secret (upgrades keep it), else
-a new one (URL-safe base64 of 32 random bytes, as Fernet wants). */}}
+a new one (sprig's randBytes is already base64: made URL-safe, as Fernet wants). */}}
 {{- define "agentserver.sandboxEnvKey" -}}
 {{- if .Values.sandboxEnvKey -}}
 {{- .Values.sandboxEnvKey -}}
 {{- else -}}
 {{- $found := lookup "v1" "Secret" .Release.Namespace (include "agentserver.secretName" .) -}}
 {{- $data := dig "data" "sandbox-env-key" "" $found -}}
-{{- if $data -}}{{ $data | b64dec }}{{- else -}}{{ randBytes 32 | b64enc | replace "+" "-" | replace "/" "_" }}{{- end -}}
+{{- if $data -}}{{ $data | b64dec }}{{- else -}}{{ randBytes 32 | replace "+" "-" | replace "/" "_" }}{{- end -}}
 {{- end -}}
 {{- end -}}
 

@@ -151,6 +151,8 @@ MATRIX: dict[tuple[str, str], frozenset[str] | Case] = {
     ("POST", "/api/sandboxes/<sandbox_id>/launch"): Case(ANY_MEMBER, setup=with_sandbox),
     # local agents (api/agents.py): a one-time registration code
     ("POST", "/api/workspaces/<workspace_id>/agent-code"): DEVELOPER_UP,
+    # the audit log (api/audit.py): owners and maintainers read their workspace's
+    ("GET", "/api/workspaces/<workspace_id>/audit"): MAINTAINER_UP,
     # sandboxes, agent codes, usage, events: add rows here (see the module docstring).
 }
 

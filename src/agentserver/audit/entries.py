@@ -96,7 +96,7 @@ class Actor:
         return cls(ActorKind.TOKEN, token_id, _clip(name, NAME_MAX), user_id)
 
     @classmethod
-    def agent(cls, sandbox_id: str, name: str | None) -> Actor:
+    def agent(cls, sandbox_id: str | None, name: str | None) -> Actor:
         return cls(ActorKind.AGENT, sandbox_id, _clip(name, NAME_MAX))
 
     @classmethod

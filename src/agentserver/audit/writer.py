@@ -117,6 +117,9 @@ class AuditLog:
         self.drained = trio.Event()  # the buffer was closed and everything in it stored
         self.written = 0
         self.dropped = 0
+        self._accepted = 0  # entries that went into the buffer
+        self._settled = 0  # of those, stored or given up on
+        self._progress = trio.Event()  # set (and renewed) whenever some are settled
 
     @classmethod
     def off(cls) -> AuditLog:
@@ -158,6 +161,7 @@ class AuditLog:
         )
         try:
             self._send.send_nowait(entry)
+            self._accepted += 1
         except trio.WouldBlock:
             with trio.move_on_after(self.full_wait):
                 try:
@@ -165,6 +169,7 @@ class AuditLog:
                 except trio.ClosedResourceError:
                     pass
                 else:
+                    self._accepted += 1
                     return
             self._lost(entry, "the audit buffer is full")
         except trio.ClosedResourceError:
@@ -174,6 +179,18 @@ class AuditLog:
     def _lost(self, entry: Entry, why: str) -> None:
         self.dropped += 1
         log.error("%s; audit entry kept here only: %s", why, entry_json(entry))
+
+    async def flush(self) -> None:
+        """Wait until every entry recorded before this call is stored (or given up on)."""
+        target = self._accepted
+        while self._settled < target:
+            await self._progress.wait()
+        await trio.lowlevel.checkpoint()
+
+    def _settle(self, count: int) -> None:
+        self._settled += count
+        self._progress.set()
+        self._progress = trio.Event()
 
     def close(self) -> None:
         """No more entries: the writer stores what is queued, then returns."""
@@ -215,6 +232,7 @@ class AuditLog:
                 )
             else:
                 self.written += len(self._batch)
+                self._settle(len(self._batch))
                 self._batch = []
                 return
             # A backoff between tries against a failing database, not a wait for some state.
@@ -231,6 +249,7 @@ class AuditLog:
             else:
                 self.written += 1
             self._batch.pop(0)
+            self._settle(1)
 
     async def prune(
         self, days: int, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

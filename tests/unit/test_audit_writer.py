@@ -145,11 +145,11 @@ async def test_a_full_buffer_that_drains_in_time_loses_nothing(
     store = ListStore()
     store.gate = trio.Event()
     audit = AuditLog(store, buffer=2, batch_max=2, full_wait=5.0)
+    await record_n(audit, 2)  # the buffer is full
     async with trio.open_nursery() as nursery:
         await nursery.start(audit.run)
-        await record_n(audit, 2)  # the writer takes them and waits at the gate
-        await trio.testing.wait_all_tasks_blocked()
-        await record_n(audit, 2)  # fill the buffer again
+        await trio.testing.wait_all_tasks_blocked()  # the writer took both, waits at the gate
+        await record_n(audit, 2)  # full again
 
         async def open_gate() -> None:
             await trio.sleep(1.0)  # the store becomes slow-but-working after a second

@@ -12,7 +12,16 @@ import pytest
 import trio
 import trio.testing
 
-from agentserver.audit import Action, Actor, ActorKind, AuditLog, Entry, Result, Target
+from agentserver.audit import (
+    Action,
+    Actor,
+    ActorKind,
+    AuditLog,
+    Entry,
+    Result,
+    Target,
+    open_audit_log,
+)
 from agentserver.audit.entries import DETAILS_MAX, details_json
 from agentserver.errors import DatabaseUnavailable, Invalid
 
@@ -26,11 +35,15 @@ class ListStore:
         self.batches: list[list[Entry]] = []
         self.failures = list(failures)
         self.gate: trio.Event | None = None  # when set up, inserts wait for it
+        # Like a worker thread: an insert under way finishes even when its task is cancelled.
+        self.uncancellable = False
 
     async def insert(self, entries: Sequence[Entry]) -> None:
         if self.gate is not None:
-            await self.gate.wait()
-        await trio.lowlevel.checkpoint()
+            with trio.CancelScope(shield=self.uncancellable):
+                await self.gate.wait()
+        else:
+            await trio.lowlevel.checkpoint()
         if self.failures:
             raise self.failures.pop(0)
         if any(e.reason == "unstorable" for e in entries):
@@ -215,3 +228,37 @@ def test_oversized_details_are_replaced_by_a_marker() -> None:
     """Details larger than DETAILS_MAX are not stored whole."""
     assert details_json({"blob": "x" * DETAILS_MAX}) == '{"truncated":true}'
     assert details_json({"ok": 1}) == '{"ok":1}'
+
+
+async def test_entries_recorded_before_a_cancellation_are_still_stored() -> None:
+    """Leaving `open_audit_log` by cancellation stops the writer and stores what was queued,
+    each entry once."""
+    store = ListStore()
+    with trio.CancelScope() as scope:
+        async with open_audit_log(store, retention_days=0) as audit:
+            await record_n(audit, 3)
+            scope.cancel()
+            await trio.lowlevel.checkpoint()
+    assert [e.target.id for e in store.stored] == ["s0", "s1", "s2"]
+    assert audit.drained.is_set()
+
+
+async def test_a_write_under_way_at_shutdown_is_not_stored_twice() -> None:
+    """The writer stopped in the middle of an insert finishes it; the drain does not repeat it."""
+    store = ListStore()
+    store.gate = trio.Event()
+    store.uncancellable = True
+    async with trio.open_nursery() as nursery:
+
+        async def open_gate_soon() -> None:
+            await trio.testing.wait_all_tasks_blocked()
+            assert store.gate is not None
+            store.gate.set()
+
+        async with open_audit_log(store, retention_days=0) as audit:
+            await record_n(audit, 2)
+            await trio.testing.wait_all_tasks_blocked()  # the writer waits at the gate
+            await record_n(audit, 1)
+            nursery.start_soon(open_gate_soon)
+    assert len(store.batches) == 2  # the one under way, then the drain's
+    assert [e.target.id for e in store.stored] == ["s0", "s1", "s2"]

@@ -12,8 +12,9 @@ When the buffer is full (the database has been failing for a while, or a burst o
 there is still no room, the entry goes to the server log as JSON at ERROR level (so it is kept
 somewhere) and is counted in `dropped`; the action itself still succeeds.
 
-On a clean shutdown `open_audit_log` closes the buffer and lets the writer store everything
-queued (up to DRAIN_TIMEOUT) before the database closes.
+On shutdown `open_audit_log` closes the buffer, stops the writer where it is, and stores
+what it held and everything still queued (up to DRAIN_TIMEOUT, shielded) before the database
+closes: nothing recorded before a clean shutdown is lost.
 """
 
 from __future__ import annotations
@@ -206,12 +207,27 @@ class AuditLog:
                 except trio.EndOfChannel:
                     self.drained.set()
                     return
-                while len(self._batch) < self.batch_max:
-                    try:
-                        self._batch.append(self._receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
+                self._take_queued()
             await self._store_batch()
+
+    async def drain(self) -> None:
+        """Store the batch the stopped writer held and everything still queued (the buffer
+        is closed first: see `close`)."""
+        while True:
+            if not self._batch and not self._take_queued():
+                self.drained.set()
+                await trio.lowlevel.checkpoint()
+                return
+            await self._store_batch()
+
+    def _take_queued(self) -> bool:
+        """Add what is queued to the batch, up to `batch_max`; whether it holds any now."""
+        while len(self._batch) < self.batch_max:
+            try:
+                self._batch.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        return bool(self._batch)
 
     async def _store_batch(self) -> None:
         """Store the held batch, trying again (with a backoff) while the store fails."""
@@ -273,16 +289,20 @@ async def open_audit_log(store: AuditStore, retention_days: int) -> AsyncIterato
     """The audit log with its writer (and retention, unless `retention_days` is 0) running;
     on exit everything queued is stored before this returns (up to DRAIN_TIMEOUT)."""
     audit = AuditLog(store)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(supervise, "audit writer", audit.run)
-        if retention_days > 0:
-            await nursery.start(supervise, "audit retention", audit.prune, retention_days)
-        try:
-            yield audit
-        finally:
-            audit.close()
-            with trio.CancelScope(shield=True), trio.move_on_after(DRAIN_TIMEOUT):
-                await audit.drained.wait()
-            if not audit.drained.is_set():
-                log.error("%d audit entries could not be stored before shutdown", audit.backlog)
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervise, "audit writer", audit.run)
+            if retention_days > 0:
+                await nursery.start(supervise, "audit retention", audit.prune, retention_days)
+            try:
+                yield audit
+            finally:
+                audit.close()
+                # Stopped, not awaited: under a cancellation the writer could not finish; a
+                # write it had begun completes first (worker threads are not abandoned).
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(DRAIN_TIMEOUT):
+            await audit.drain()
+        if audit.backlog:
+            log.error("%d audit entries could not be stored before shutdown", audit.backlog)

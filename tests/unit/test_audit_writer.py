@@ -59,8 +59,8 @@ class ListStore:
         return [e for batch in self.batches for e in batch]
 
 
-async def record_n(audit: AuditLog, n: int) -> None:
-    for i in range(n):
+async def record_n(audit: AuditLog, n: int, first: int = 0) -> None:
+    for i in range(first, first + n):
         await audit.record(ALICE, Action.SANDBOX_PAUSED, Target.of("sandbox", f"s{i}"))
 
 
@@ -162,7 +162,7 @@ async def test_a_full_buffer_that_drains_in_time_loses_nothing(
     async with trio.open_nursery() as nursery:
         await nursery.start(audit.run)
         await trio.testing.wait_all_tasks_blocked()  # the writer took both, waits at the gate
-        await record_n(audit, 2)  # full again
+        await record_n(audit, 2, first=2)  # full again
 
         async def open_gate() -> None:
             await trio.sleep(1.0)  # the store becomes slow-but-working after a second
@@ -170,9 +170,9 @@ async def test_a_full_buffer_that_drains_in_time_loses_nothing(
             store.gate.set()
 
         nursery.start_soon(open_gate)
-        await record_n(audit, 1)  # no room: waits until the writer takes more
+        await record_n(audit, 1, first=4)  # no room: waits until the writer takes more
         audit.close()
-    assert len(store.stored) == 5
+    assert [e.target.id for e in store.stored] == ["s0", "s1", "s2", "s3", "s4"]
     assert audit.dropped == 0
 
 
@@ -258,7 +258,7 @@ async def test_a_write_under_way_at_shutdown_is_not_stored_twice() -> None:
         async with open_audit_log(store, retention_days=0) as audit:
             await record_n(audit, 2)
             await trio.testing.wait_all_tasks_blocked()  # the writer waits at the gate
-            await record_n(audit, 1)
+            await record_n(audit, 1, first=2)
             nursery.start_soon(open_gate_soon)
     assert len(store.batches) == 2  # the one under way, then the drain's
     assert [e.target.id for e in store.stored] == ["s0", "s1", "s2"]

@@ -22,6 +22,9 @@ blueprint = Blueprint("audit", __name__, url_prefix="/api")
 PAGE_DEFAULT = 50
 PAGE_MAX = 500
 EXPORT_PAGE = 1000  # rows per query while streaming the export
+# A read first waits (this long at most) for entries recorded before it to be stored, so whoever
+# just acted sees it in the log; a database that is failing does not hold the read up longer.
+READ_YOUR_WRITES = 2.0
 
 
 class AuditQuery(BaseModel):
@@ -86,8 +89,14 @@ def entry_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def caught_up() -> None:
+    with trio.move_on_after(READ_YOUR_WRITES):
+        await deps().audit.flush()
+
+
 async def page(query: AuditQuery, workspace_id: str | None) -> dict[str, Any]:
     """One page, newest first, with the cursor of the next (null on the last)."""
+    await caught_up()
     rows = await deps().db.rows(
         "audit_page",
         **filters(query, workspace_id),
@@ -126,6 +135,7 @@ async def admin_audit_export(query_args: AdminAuditQuery) -> Response:
     await require_admin()
     where = filters(query_args, query_args.workspace)
     db = deps().db
+    await caught_up()
 
     # A checkpoint before every yield (the rows of a page await nothing in between).
     async def lines() -> AsyncIterator[bytes]:

@@ -145,6 +145,7 @@ async def admin_audit_export(query_args: AdminAuditQuery) -> Response:
             for row in rows:
                 await trio.lowlevel.checkpoint()
                 yield (json.dumps(entry_json(row), separators=(",", ":")) + "\n").encode()
+            await trio.lowlevel.checkpoint()
             if len(rows) < EXPORT_PAGE:
                 return
             after = rows[-1]["id"]

@@ -206,6 +206,7 @@ class AuditLog:
                     self._batch.append(await self._receive.receive())
                 except trio.EndOfChannel:
                     self.drained.set()
+                    await trio.lowlevel.checkpoint()
                     return
                 self._take_queued()
             await self._store_batch()
@@ -266,6 +267,7 @@ class AuditLog:
                 self.written += 1
             self._batch.pop(0)
             self._settle(1)
+        await trio.lowlevel.checkpoint()
 
     async def prune(
         self, days: int, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -311,7 +311,47 @@ async def agent_revoked(t: Team) -> Expected:
     return Expected("user", t.admin_id, sandbox_id, t.workspace_id)
 
 
+async def new_token(t: Team) -> dict[str, Any]:
+    created = await t.bob.post("/api/tokens", json={"name": "ci", "scope": "full"})
+    ok(201, created)
+    return dict(created.json())
+
+
+async def token_created(t: Team) -> Expected:
+    token = await new_token(t)
+    return Expected("user", t.bob_id, token["id"], None)
+
+
+async def token_first_used(t: Team) -> Expected:
+    """Two requests with the token: only the first is recorded, by the token for bob."""
+    token = await new_token(t)
+    headers = {"Authorization": f"Bearer {token['token']}"}
+    async with httpx.AsyncClient(base_url=t.server.url, headers=headers) as cli:
+        ok(200, await cli.get("/api/workspaces"))
+        ok(200, await cli.get("/api/workspaces"))
+    return Expected("token", token["id"], token["id"], None)
+
+
+async def token_revoked(t: Team) -> Expected:
+    token = await new_token(t)
+    ok(204, await t.bob.delete(f"/api/tokens/{token['id']}"))
+    return Expected("user", t.bob_id, token["id"], None)
+
+
+async def acted_with_a_token(t: Team) -> Expected:
+    """An action taken with an API token names the token (acting for bob) as its actor."""
+    token = await new_token(t)
+    headers = {"Authorization": f"Bearer {token['token']}"}
+    async with httpx.AsyncClient(base_url=t.server.url, headers=headers) as cli:
+        ok(201, await cli.post(f"/api/workspaces/{t.workspace_id}/agent-code"))
+    return Expected("token", token["id"], t.workspace_id, t.workspace_id)
+
+
 ACTIONS: list[tuple[str, Callable[[Team], Awaitable[Expected]]]] = [
+    ("token.created", token_created),
+    ("token.first_used", token_first_used),
+    ("token.revoked", token_revoked),
+    ("agent.code_created", acted_with_a_token),
     ("auth.registered", registered),
     ("auth.sign_in", signed_in),
     ("auth.sign_in", sign_in_refused),
@@ -358,8 +398,10 @@ async def test_each_action_leaves_exactly_one_entry(
     assert entry["target_id"] == expected.target_id
     assert entry["workspace_id"] == expected.workspace_id
     assert entry["result"] == expected.result
-    if expected.actor_kind == "user":
+    if expected.actor_kind in ("user", "token"):
         assert entry["client_address"] == "127.0.0.1"
+    if expected.actor_kind == "token":
+        assert entry["actor_user_id"] == team.bob_id
     if action == "auth.sign_in":
         assert entry["details"]["method"] == "password"
 

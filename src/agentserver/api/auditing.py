@@ -9,14 +9,19 @@ from quart import g
 
 from agentserver.api.common import client_address, deps
 from agentserver.audit import Action, Actor, Result, Target
+from agentserver.auth.api_tokens import Grant
 from agentserver.models import User
 
 
 def request_actor() -> Actor:
-    """Who makes this request: the signed-in user (looked up by `current_user` before)."""
+    """Who makes this request: the signed-in user, or the API token acting for them (looked
+    up by `current_user` before)."""
     user: User | None = g.get("user")
     if user is None:
         return Actor.user(None, None)
+    limits: Grant | None = g.get("grant")
+    if limits is not None:
+        return Actor.token(limits.token_id, None, user.id, user.username)
     return Actor.user(user.id, user.username)
 
 

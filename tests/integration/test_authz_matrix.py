@@ -384,6 +384,9 @@ TOKEN_ROUTES: dict[tuple[str, str], TokenRow] = {
     ("GET", "/api/admin/workspaces/<workspace_id>/quota"): TokenRow(WIDE),
     ("PUT", "/api/admin/workspaces/<workspace_id>/quota"): TokenRow(WIDE, body={"rpm": 10}),
     ("DELETE", "/api/admin/workspaces/<workspace_id>/quota"): TokenRow(WIDE),
+    # the audit log (api/audit.py): every entry, and its JSON-lines export
+    ("GET", "/api/admin/audit"): TokenRow(WIDE),
+    ("GET", "/api/admin/audit/export"): TokenRow(WIDE),
     # local agents (api/agents.py, api/downloads.py): their own credentials, never ours
     ("GET", "/api/agent/install"): TokenRow(PUBLIC),
     ("POST", "/api/agent/register"): TokenRow(PUBLIC),

@@ -347,7 +347,22 @@ async def acted_with_a_token(t: Team) -> Expected:
     return Expected("token", token["id"], t.workspace_id, t.workspace_id)
 
 
+async def preview_made_public(t: Team) -> Expected:
+    sandbox_id = t.sandbox_row("running")
+    ok(200, await t.bob.put(f"/api/sandboxes/{sandbox_id}/previews/3000/public"))
+    return Expected("user", t.bob_id, sandbox_id, t.workspace_id)
+
+
+async def preview_made_private(t: Team) -> Expected:
+    sandbox_id = t.sandbox_row("running")
+    ok(200, await t.bob.put(f"/api/sandboxes/{sandbox_id}/previews/3000/public"))
+    ok(200, await t.bob.delete(f"/api/sandboxes/{sandbox_id}/previews/3000/public"))
+    return Expected("user", t.bob_id, sandbox_id, t.workspace_id)
+
+
 ACTIONS: list[tuple[str, Callable[[Team], Awaitable[Expected]]]] = [
+    ("preview.made_public", preview_made_public),
+    ("preview.made_private", preview_made_private),
     ("token.created", token_created),
     ("token.first_used", token_first_used),
     ("token.revoked", token_revoked),

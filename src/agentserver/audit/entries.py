@@ -54,7 +54,8 @@ class Action(StrEnum):
     TOKEN_CREATED = "token.created"
     TOKEN_FIRST_USED = "token.first_used"
     TOKEN_REVOKED = "token.revoked"
-    PREVIEW_MADE_PUBLIC = "preview.made_public"
+    PREVIEW_MADE_PUBLIC = "preview.made_public"  # details: port
+    PREVIEW_MADE_PRIVATE = "preview.made_private"
 
 
 class ActorKind(StrEnum):

@@ -255,7 +255,7 @@ async def test_a_write_under_way_at_shutdown_is_not_stored_twice() -> None:
             assert store.gate is not None
             store.gate.set()
 
-        async with open_audit_log(store, retention_days=0) as audit:
+        async with open_audit_log(store, retention_days=0, linger=0) as audit:
             await record_n(audit, 2)
             await trio.testing.wait_all_tasks_blocked()  # the writer waits at the gate
             await record_n(audit, 1, first=2)

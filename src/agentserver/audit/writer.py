@@ -2,10 +2,12 @@
 
 `AuditLog.record` puts an entry in a bounded buffer and returns: the action it records has
 already happened and is never slowed by the database or broken by it. One writer task takes
-whatever is queued (up to BATCH_MAX entries) and stores it with one INSERT. A write that fails
-is logged and tried again with a backoff, keeping the batch; meanwhile new entries wait in the
-buffer. If the writer itself fails (a bug), its supervisor starts it again and it retries the
-batch it held.
+what is queued, gathering for up to LINGER after the first entry (up to BATCH_MAX entries), and
+stores it with one INSERT: a burst costs one statement, and the insert's work in its worker
+thread runs after the request that recorded the entry has answered, not during it. A write
+that fails is logged and tried again with a backoff, keeping the batch; meanwhile new entries
+wait in the buffer. If the writer itself fails (a bug), its supervisor starts it again and it
+retries the batch it held.
 
 When the buffer is full (the database has been failing for a while, or a burst outruns it),
 `record` waits up to FULL_WAIT for room: the burst is slowed instead of losing entries. If
@@ -45,6 +47,7 @@ from agentserver.supervise import supervise
 log = logging.getLogger(__name__)
 BUFFER = 10_000  # entries queued at most (about a kilobyte each)
 BATCH_MAX = 500  # entries per INSERT
+LINGER = 0.1  # seconds the writer gathers entries after the first before it stores them
 FULL_WAIT = 2.0  # seconds `record` waits for room in a full buffer
 RETRY_BACKOFF = (0.25, 8.0)  # first and longest pause between tries of a failed write
 DRAIN_TIMEOUT = 10.0  # seconds the shutdown waits for queued entries to be stored
@@ -108,8 +111,10 @@ class AuditLog:
         batch_max: int = BATCH_MAX,
         full_wait: float = FULL_WAIT,
         enabled: bool = True,
+        linger: float = LINGER,
     ) -> None:
         self.store = store
+        self.linger = linger
         self.enabled = enabled
         self.batch_max = batch_max
         self.full_wait = full_wait
@@ -208,8 +213,18 @@ class AuditLog:
                     self.drained.set()
                     await trio.lowlevel.checkpoint()
                     return
-                self._take_queued()
+                await self._gather()
             await self._store_batch()
+
+    async def _gather(self) -> None:
+        """Add what arrives within `linger` (a batching window, not a wait for some state)."""
+        with trio.move_on_after(self.linger):
+            while len(self._batch) < self.batch_max:
+                try:
+                    self._batch.append(await self._receive.receive())
+                except trio.EndOfChannel:
+                    break
+        await trio.lowlevel.checkpoint()
 
     async def drain(self) -> None:
         """Store the batch the stopped writer held and everything still queued (the buffer
@@ -287,10 +302,12 @@ class AuditLog:
 
 
 @asynccontextmanager
-async def open_audit_log(store: AuditStore, retention_days: int) -> AsyncIterator[AuditLog]:
+async def open_audit_log(
+    store: AuditStore, retention_days: int, *, linger: float = LINGER
+) -> AsyncIterator[AuditLog]:
     """The audit log with its writer (and retention, unless `retention_days` is 0) running;
     on exit everything queued is stored before this returns (up to DRAIN_TIMEOUT)."""
-    audit = AuditLog(store)
+    audit = AuditLog(store, linger=linger)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(supervise, "audit writer", audit.run)

@@ -16,6 +16,7 @@ import { Admin } from './views/admin.js';
 import { Account } from './views/account.js';
 import { Tokens } from './views/tokens.js';
 import { CliLogin } from './views/cli-login.js';
+import { Audit } from './views/audit.js';
 
 const LAST_WORKSPACE = 'agentserver.workspace';
 
@@ -25,6 +26,7 @@ export function parseRoute(pathname) {
   if (parts.length === 0) return { view: 'home' };
   if (parts[0] === 'workspaces' && parts.length === 1) return { view: 'workspaces' };
   if (parts[0] === 'admin' && parts.length === 1) return { view: 'admin' };
+  if (parts[0] === 'admin' && parts[1] === 'audit' && parts.length === 2) return { view: 'adminAudit' };
   if (parts[0] === 'account' && parts.length === 1) return { view: 'account' };
   if (parts[0] === 'tokens' && parts.length === 1) return { view: 'tokens' };
   if (parts[0] === 'cli-login' && parts.length === 1) return { view: 'cli-login' };
@@ -34,6 +36,7 @@ export function parseRoute(pathname) {
     if (parts[2] === 'members' && parts.length === 3) return { view: 'members', workspaceId };
     if (parts[2] === 'usage' && parts.length === 3) return { view: 'usage', workspaceId };
     if (parts[2] === 'settings' && parts.length === 3) return { view: 'settings', workspaceId };
+    if (parts[2] === 'audit' && parts.length === 3) return { view: 'audit', workspaceId };
     if (parts[2] === 'sandboxes' && parts.length === 4) return { view: 'sandbox', workspaceId, sandboxId: parts[3] };
   }
   return { view: 'notfound' };
@@ -67,7 +70,9 @@ function Frame({ me, workspaces, route, warnings, onSignOut, onSignOutEverywhere
   const last = localStorage.getItem(LAST_WORKSPACE);
   const wid = route.workspaceId || (workspaces.some((ws) => ws.id === last) ? last : workspaces[0] && workspaces[0].id);
   const base = wid ? `/w/${encodeURIComponent(wid)}` : null;
-  const section = { members: 'members', usage: 'usage', settings: 'settings' }[route.view] || '';
+  const section = { members: 'members', usage: 'usage', settings: 'settings', audit: 'audit' }[route.view] || '';
+  const current = workspaces.find((ws) => ws.id === wid);
+  const audits = current && can(current.role, 'read_audit_log');
   const tab = (href, label, active) => html`<li><${Link} href=${href} aria-current=${active ? 'page' : undefined}>${label}<//></li>`;
   return html`<div class="frame">
     <header class="topbar">
@@ -79,8 +84,9 @@ function Frame({ me, workspaces, route, warnings, onSignOut, onSignOutEverywhere
           ${base && tab(`${base}/members`, 'Members', route.view === 'members')}
           ${base && tab(`${base}/usage`, 'Usage', route.view === 'usage')}
           ${base && tab(`${base}/settings`, 'Settings', route.view === 'settings')}
+          ${base && audits && tab(`${base}/audit`, 'Audit', route.view === 'audit')}
           ${tab('/workspaces', 'Workspaces', route.view === 'workspaces')}
-          ${me.role === 'admin' && tab('/admin', 'Admin', route.view === 'admin')}
+          ${me.role === 'admin' && tab('/admin', 'Admin', route.view === 'admin' || route.view === 'adminAudit')}
           ${tab('/tokens', 'Tokens', route.view === 'tokens')}
           ${tab('/account', 'Your account', route.view === 'account')}
         </ul>
@@ -135,6 +141,12 @@ function screenOf(route, me, workspace, workspaces, reload, config, onGone) {
     case 'account': return html`<${Account} me=${me} />`;
     case 'tokens': return html`<${Tokens} me=${me} workspaces=${workspaces} />`;
     case 'cli-login': return html`<${CliLogin} me=${me} />`;
+    case 'audit':
+      return can(workspace.role, 'read_audit_log') ? html`<${Audit} workspace=${workspace} key=${workspace.id} />`
+        : html`<section><h1>Audit log</h1><p>Only owners and maintainers can read the audit log.</p></section>`;
+    case 'adminAudit':
+      return me.role === 'admin' ? html`<${Audit} />`
+        : html`<section><h1>Audit log</h1><p>Only the server admin can see this page.</p></section>`;
     case 'admin':
       return me.role === 'admin' ? html`<${Admin} me=${me} />`
         : html`<section><h1>Admin</h1><p>Only the server admin can see this page.</p></section>`;
@@ -182,7 +194,7 @@ function App() {
     if (route.workspaceId) localStorage.setItem(LAST_WORKSPACE, route.workspaceId);
   }, [route.workspaceId]);
   useEffect(() => {
-    const titles = { workspaces: 'Workspaces', admin: 'Admin', account: 'Account', tokens: 'Tokens', 'cli-login': 'Command-line sign-in', members: 'Members', usage: 'Usage', settings: 'Settings', sandboxes: 'Sandboxes', sandbox: 'Sandbox' };
+    const titles = { workspaces: 'Workspaces', admin: 'Admin', adminAudit: 'Audit log', account: 'Account', tokens: 'Tokens', 'cli-login': 'Command-line sign-in', members: 'Members', usage: 'Usage', settings: 'Settings', audit: 'Audit log', sandboxes: 'Sandboxes', sandbox: 'Sandbox' };
     document.title = titles[route.view] ? `${titles[route.view]} · agentserver` : 'agentserver';
   }, [route.view]);
 

@@ -25,6 +25,7 @@ export const MATRIX = {
   set_sandbox_private: ['owner', 'maintainer', 'developer'],
   see_private_sandbox: ['owner', 'maintainer'],
   change_workspace_settings: ['owner', 'maintainer'],
+  read_audit_log: ['owner', 'maintainer'],
 };
 
 // What someone else's private sandbox withholds without see_private_sandbox (PRIVATE_ACTIONS).
@@ -60,6 +61,7 @@ export const ACTION_TEXT = {
   set_sandbox_private: 'Make their own sandboxes private',
   see_private_sandbox: 'Open others\' private sandboxes',
   change_workspace_settings: 'Change the workspace\'s settings',
+  read_audit_log: 'Read the audit log',
 };
 
 /** The role table: one row per action, in MATRIX's order, with who may take it. */

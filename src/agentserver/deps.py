@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from agentserver.audit import AuditLog
 from agentserver.auth.oidc import Provider
 from agentserver.auth.pacing import AccountPacer
 from agentserver.auth.throttle import Throttle
@@ -64,6 +65,8 @@ class Deps:
     access: AccessCache
     # Sign in with GitHub / OIDC, by provider id (empty: password sign-in only).
     oidc_providers: Mapping[str, Provider]
+    # Who did what, when: entries are queued here and stored in batches (audit/writer.py).
+    audit: AuditLog
     # What signed-in users should know about this server (e.g. sandboxes run unisolated).
     server_warnings: tuple[str, ...] = ()
     # Failed sign-ins per client address: past the limit that address is refused for a while.

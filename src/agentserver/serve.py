@@ -19,6 +19,7 @@ from hypercorn.utils import wrap_app
 
 from agentserver.api.app import create_app
 from agentserver.api.oidc import sign_in_providers
+from agentserver.audit.writer import DatabaseStore, open_audit_log
 from agentserver.auth.tickets import AccessCache
 from agentserver.banner import startup_lines
 from agentserver.db.database import Database, check_connect, open_database
@@ -100,16 +101,23 @@ async def open_db(settings: Settings) -> AsyncIterator[Database]:
 @asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
     """Every service the handlers share, opened in order and closed in reverse: the database,
-    sign-in providers, the sandbox lifecycle over its backend, and the local agents' tunnel
-    sessions with their hub. Yields the handlers' `Deps` and the backend's one-line summary.
-    (The proxies' own clients are opened by `run` and handed to them.)"""
-    async with open_db(settings) as db:
+    the audit log, sign-in providers, the sandbox lifecycle over its backend, and the local
+    agents' tunnel sessions with their hub. Yields the handlers' `Deps` and the backend's
+    one-line summary. (The proxies' own clients are opened by `run` and handed to them.)
+
+    The audit log closes after everything that records into it (requests, which `run` drains
+    first, the lifecycle's loops, the tunnels) and before the database: what they recorded is
+    stored on a clean shutdown."""
+    async with (
+        open_db(settings) as db,
+        open_audit_log(DatabaseStore(db), settings.audit_retention_days) as audit,
+    ):
         # A half-configured provider stops the start here, before any other service opens.
         oidc_providers = await sign_in_providers(settings)
         events = WorkspaceEvents()
         async with (
-            open_sandboxes(settings, db, events) as lifecycle,
-            open_tunnel_sessions(settings, db, lifecycle.service) as tunnels,
+            open_sandboxes(settings, db, events, audit) as lifecycle,
+            open_tunnel_sessions(settings, db, lifecycle.service, audit) as tunnels,
         ):
             deps = Deps(
                 settings=settings,
@@ -122,6 +130,7 @@ async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
                 tunnels=tunnels,
                 access=AccessCache(db),
                 oidc_providers=oidc_providers,
+                audit=audit,
                 server_warnings=lifecycle.warnings,
             )
             yield deps, lifecycle.summary

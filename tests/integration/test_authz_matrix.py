@@ -151,6 +151,8 @@ MATRIX: dict[tuple[str, str], frozenset[str] | Case] = {
     ("POST", "/api/sandboxes/<sandbox_id>/launch"): Case(ANY_MEMBER, setup=with_sandbox),
     # local agents (api/agents.py): a one-time registration code
     ("POST", "/api/workspaces/<workspace_id>/agent-code"): DEVELOPER_UP,
+    # the audit log (api/audit.py): owners and maintainers read their workspace's
+    ("GET", "/api/workspaces/<workspace_id>/audit"): MAINTAINER_UP,
     # sandboxes, agent codes, usage, events: add rows here (see the module docstring).
 }
 
@@ -382,6 +384,9 @@ TOKEN_ROUTES: dict[tuple[str, str], TokenRow] = {
     ("GET", "/api/admin/workspaces/<workspace_id>/quota"): TokenRow(WIDE),
     ("PUT", "/api/admin/workspaces/<workspace_id>/quota"): TokenRow(WIDE, body={"rpm": 10}),
     ("DELETE", "/api/admin/workspaces/<workspace_id>/quota"): TokenRow(WIDE),
+    # the audit log (api/audit.py): every entry, and its JSON-lines export
+    ("GET", "/api/admin/audit"): TokenRow(WIDE),
+    ("GET", "/api/admin/audit/export"): TokenRow(WIDE),
     # local agents (api/agents.py, api/downloads.py): their own credentials, never ours
     ("GET", "/api/agent/install"): TokenRow(PUBLIC),
     ("POST", "/api/agent/register"): TokenRow(PUBLIC),

@@ -32,6 +32,7 @@ EXPECTED: dict[Action, set[Role]] = {
     Action.SET_SANDBOX_PRIVATE: {OW, M, D},
     Action.SEE_PRIVATE_SANDBOX: {OW, M},
     Action.CHANGE_WORKSPACE_SETTINGS: {OW, M},
+    Action.READ_AUDIT_LOG: {OW, M},
 }
 
 

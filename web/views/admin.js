@@ -3,7 +3,7 @@
 
 import { useEffect, useState } from '../vendor/hooks.module.js';
 import { del, get, path, post, put } from '../api.js';
-import { html, Confirm, Empty, ErrorBox, Loading, StatusBadge, useAction, when } from '../ui.js';
+import { html, Confirm, Empty, ErrorBox, Link, Loading, StatusBadge, useAction, when } from '../ui.js';
 
 function useList(url) {
   const [rows, setRows] = useState(null);
@@ -209,6 +209,7 @@ function Workspaces() {
 export function Admin({ me }) {
   return html`<section aria-labelledby="admin-title">
     <h1 id="admin-title">Server admin</h1>
+    <p><${Link} href="/admin/audit">Audit log of the whole server<//></p>
     <${Users} me=${me} />
     <${AllSandboxes} />
     <${Workspaces} />

@@ -11,8 +11,10 @@ from pydantic import Field
 from quart import Blueprint
 from quart_schema import validate_request
 
+from agentserver.api.auditing import record
 from agentserver.api.common import Body, deps, require_admin, rfc3339, user_json
 from agentserver.api.revocation import access_ended
+from agentserver.audit import Action, Target
 from agentserver.auth import passwords
 from agentserver.auth.revocation import Revocation
 from agentserver.db.database import Tx
@@ -96,6 +98,11 @@ async def set_user_role(user_id: str, data: UserRoleBody) -> dict[str, Any]:
     await deps().db.transaction(work)
     user = await deps().db.one("get_user", User, id=user_id)
     assert user is not None
+    await record(
+        Action.USER_ROLE_CHANGED,
+        Target.of("user", user.id, user.username),
+        details={"role": role.value},
+    )
     return user_json(user)
 
 
@@ -120,6 +127,7 @@ async def disable_user(user_id: str) -> dict[str, Any]:
 
     user = await deps().db.transaction(work)
     access_ended(Revocation(user_id))
+    await record(Action.USER_DISABLED, Target.of("user", user.id, user.username))
     return managed_json(user)
 
 
@@ -136,7 +144,9 @@ async def enable_user(user_id: str) -> dict[str, Any]:
         assert user is not None
         return user
 
-    return managed_json(await deps().db.transaction(work))
+    user = await deps().db.transaction(work)
+    await record(Action.USER_ENABLED, Target.of("user", user.id, user.username))
+    return managed_json(user)
 
 
 @blueprint.post("/users/<user_id>/password")
@@ -165,6 +175,11 @@ async def reset_password(user_id: str, data: ResetPasswordBody) -> dict[str, Any
 
     await deps().db.transaction(work)
     access_ended(Revocation(user_id))
+    await record(
+        Action.USER_PASSWORD_RESET,
+        Target.of("user", target.id, target.username),
+        details={"generated": generated},
+    )
     return {"password": password if generated else None}
 
 

@@ -16,8 +16,12 @@ from quart import Blueprint, websocket
 from quart_schema import validate_request
 
 from agentserver import __version__
+from agentserver.api.auditing import record
 from agentserver.api.common import Body, client_address, deps, require, rfc3339
 from agentserver.api.tunnel_link import QuartLink
+from agentserver.audit import Action as AuditAction
+from agentserver.audit import Actor, Result, Target
+from agentserver.auth.client_address import client_address as real_client
 from agentserver.auth.permissions import Action, allowed
 from agentserver.auth.tokens import hash_token, new_code, new_token
 from agentserver.db.database import Tx
@@ -73,6 +77,7 @@ async def create_agent_code(workspace_id: str) -> tuple[dict[str, Any], int]:
         user_id=user.id,
         lifetime=CODE_LIFETIME,
     )
+    await record(AuditAction.AGENT_CODE_CREATED, Target.of("workspace", workspace_id), workspace_id)
     return {"code": code, "expiresAt": rfc3339(expires_at)}, 201
 
 
@@ -91,15 +96,25 @@ async def register_agent(data: RegisterBody) -> tuple[dict[str, Any], int]:
     spent = await d.db.transaction(lambda tx: _spend_code(tx, hash_token(data.code.strip()), name))
     if spent is None or not spent["fresh"]:
         d.code_throttle.fail(key)
+        refusal: AgentServerError
         if spent is None:
-            raise Unauthenticated("unknown registration code; create a new one in the web UI")
-        if spent["expired"]:
-            raise CodeSpent("this registration code has expired; create a new one in the web UI")
-        raise CodeSpent("this registration code was already used; create a new one in the web UI")
+            refusal = Unauthenticated("unknown registration code; create a new one in the web UI")
+        elif spent["expired"]:
+            refusal = CodeSpent(
+                "this registration code has expired; create a new one in the web UI"
+            )
+        else:
+            refusal = CodeSpent(
+                "this registration code was already used; create a new one in the web UI"
+            )
+        await _refused(name, spent, refusal)
+        raise refusal
     if not spent["creator_may_add"]:
-        raise Forbidden(
+        refusal = Forbidden(
             "whoever created this registration code may no longer add agents to this workspace"
         )
+        await _refused(name, spent, refusal)
+        raise refusal
     token = new_token()
     try:
         sandbox = await _insert_sandbox(d, spent["workspace_id"], name, spent["user_id"], token)
@@ -109,7 +124,26 @@ async def register_agent(data: RegisterBody) -> tuple[dict[str, Any], int]:
     log.info(
         "local agent registered as sandbox %s in workspace %s", sandbox.id, sandbox.workspace_id
     )
+    await record(
+        AuditAction.AGENT_REGISTERED,
+        Target.of("sandbox", sandbox.id, sandbox.name),
+        sandbox.workspace_id,
+        actor=Actor.agent(sandbox.id, sandbox.name),
+        details={"codeCreatedBy": spent["user_id"]},
+    )
     return {"sandboxId": sandbox.id, "tunnelToken": token, "workspaceId": sandbox.workspace_id}, 201
+
+
+async def _refused(name: str, spent: dict[str, Any] | None, refusal: AgentServerError) -> None:
+    """Audit a registration refused (in the code's workspace, when the code was a real one)."""
+    await record(
+        AuditAction.AGENT_REGISTERED,
+        None,
+        spent["workspace_id"] if spent else None,
+        Result.REFUSED,
+        actor=Actor.agent(None, name),
+        reason=refusal.message,
+    )
 
 
 def _name_taken(name: str) -> Conflict:
@@ -190,4 +224,10 @@ async def tunnel_endpoint(sandbox_id: str) -> None:
     ws = cast(Any, websocket)._get_current_object()
     link = QuartLink(ws, max_message=max_message_size(TUNNEL_SETTINGS.max_frame_payload))
     shared = parse_shared_ports(websocket.headers.get(PREVIEW_PORTS_HEADER))
-    await d.tunnels.serve(sandbox, token_hash, link, shared)
+    address = real_client(
+        websocket.remote_addr,
+        d.settings.trusted_proxies,
+        websocket.headers.getlist("Forwarded"),
+        websocket.headers.getlist("X-Forwarded-For"),
+    )
+    await d.tunnels.serve(sandbox, token_hash, link, shared, address)

@@ -78,6 +78,7 @@ def create_app(deps: Deps) -> QuartTrio:
     from agentserver.api import (
         admin,
         agents,
+        audit,
         auth,
         downloads,
         health,
@@ -103,6 +104,7 @@ def create_app(deps: Deps) -> QuartTrio:
         sandbox_open,
         sandboxes,
         previews,
+        audit,
     )
     for module in (
         *routes,

@@ -9,6 +9,7 @@ from pydantic import Field
 from quart import Blueprint, Response, jsonify, request
 from quart_schema import validate_request
 
+from agentserver.api.auditing import record
 from agentserver.api.common import (
     Body,
     client_address,
@@ -21,6 +22,7 @@ from agentserver.api.common import (
     user_json,
 )
 from agentserver.api.revocation import access_ended
+from agentserver.audit import Action, Actor, Result, Target
 from agentserver.auth import passwords
 from agentserver.auth.oidc import provider_list
 from agentserver.auth.revocation import Revocation
@@ -95,9 +97,43 @@ async def new_session(user: User) -> str:
     )
 
 
+def user_target(user: User) -> Target:
+    return Target.of("user", user.id, user.username)
+
+
+async def record_sign_in(
+    user: User | None,
+    method: str,
+    result: Result = Result.OK,
+    *,
+    login: str | None = None,
+    reason: str | None = None,
+    provider: str | None = None,
+) -> None:
+    """Record a sign-in (`method`: password, github or oidc) and how it ended; a refused one
+    names the account if there is one, else what was typed (`login`)."""
+    actor = Actor.user(user.id, user.username) if user else Actor.user(None, login)
+    details: dict[str, str] = {"method": method}
+    if provider is not None and provider != method:
+        details["provider"] = provider
+    await record(
+        Action.SIGN_IN,
+        user_target(user) if user else None,
+        result=result,
+        actor=actor,
+        reason=reason,
+        details=details,
+    )
+
+
 async def sign_in(user: User, status: int = 200) -> Response:
     """A response carrying a fresh session cookie for `user`."""
-    token = await new_session(user)
+    try:
+        token = await new_session(user)
+    except Forbidden as exc:  # a disabled account
+        await record_sign_in(user, "password", Result.REFUSED, reason=exc.message)
+        raise
+    await record_sign_in(user, "password")
     response = jsonify({"user": user_json(user)})
     response.status_code = status
     set_session_cookie(response, token)
@@ -141,6 +177,7 @@ async def register(data: RegisterBody) -> Response:
         return user
 
     user = await deps().db.transaction(work)
+    await record(Action.REGISTERED, user_target(user), actor=Actor.user(user.id, user.username))
     return await sign_in(user, status=201)
 
 
@@ -162,7 +199,11 @@ async def login(data: LoginBody) -> Response:
         if not await passwords.verify_password(stored, data.password) or user is None:
             d.login_throttle.fail(address)
             d.account_pacer.fail(account)
-            raise Unauthenticated("wrong username or password")
+            refusal = Unauthenticated("wrong username or password")
+            await record_sign_in(
+                user, "password", Result.REFUSED, login=data.username, reason=refusal.message
+            )
+            raise refusal
         d.account_pacer.reset(account)
     return await sign_in(user)
 
@@ -189,6 +230,7 @@ async def logout() -> Response:
     await revoke_session(deps().db, token)
     if user is not None and token:
         access_ended(Revocation(user.id, session_hash=hash_token(token)))
+        await record(Action.SIGN_OUT, user_target(user))
     return _signed_out()
 
 
@@ -200,6 +242,7 @@ async def logout_all() -> Response:
     user = await current_user()
     await revoke_user_sessions(deps().db, user.id)
     access_ended(Revocation(user.id))
+    await record(Action.SIGN_OUT, user_target(user), details={"everywhere": True})
     return _signed_out()
 
 
@@ -270,6 +313,7 @@ async def end_session(session_id: str) -> Response:
     if ended is None:
         raise NotFound("session not found")
     access_ended(Revocation(user.id, session_hash=ended))
+    await record(Action.SIGN_OUT, user_target(user), details={"session": session_id})
     response = Response("", status=204)
     if ended == hash_token(request.cookies.get(session_cookie(), "")):
         _clear_cookie(response)

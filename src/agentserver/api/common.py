@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 from quart import Response, current_app, g, jsonify, request
 
+from agentserver.audit import Action as AuditAction
+from agentserver.audit import Actor, Target
 from agentserver.auth.api_tokens import Grant, authenticate, bearer_of
 from agentserver.auth.client_address import client_address as real_client
 from agentserver.auth.permissions import Action, allowed
@@ -81,6 +83,15 @@ async def _token_user(token: str) -> tuple[User, Grant]:
     if bearer is None:
         throttle.fail(key)
         raise Unauthenticated("this API token is not valid")
+    if bearer.first_use:
+        user, limits = bearer.user, bearer.grant
+        await deps().audit.record(
+            Actor.token(limits.token_id, None, user.id, user.username),
+            AuditAction.TOKEN_FIRST_USED,
+            Target.of("token", limits.token_id),
+            limits.workspace_id,
+            client_address=client_address(),
+        )
     return bearer.user, bearer.grant
 
 

@@ -8,8 +8,11 @@ from pydantic import Field
 from quart import Blueprint, Response
 from quart_schema import validate_request
 
+from agentserver.api.auditing import record
 from agentserver.api.common import Body, deps, require, rfc3339
 from agentserver.api.revocation import access_ended
+from agentserver.audit import Action as AuditAction
+from agentserver.audit import Target
 from agentserver.auth.permissions import Action, allowed, may_grant, parse_role
 from agentserver.auth.revocation import Revocation
 from agentserver.db.database import Tx
@@ -77,7 +80,15 @@ async def add_member(workspace_id: str, data: AddMemberBody) -> tuple[dict[str, 
         assert member is not None
         return member
 
-    return member_json(await deps().db.transaction(work)), 201
+    member = await deps().db.transaction(work)
+    await record(
+        AuditAction.MEMBER_ADDED, member_target(member), workspace_id, details={"role": role.value}
+    )
+    return member_json(member), 201
+
+
+def member_target(member: Member) -> Target:
+    return Target.of("user", member.user_id, member.username)
 
 
 def _keep_an_owner(tx: Tx, workspace_id: str, user_id: str) -> str:
@@ -117,6 +128,12 @@ async def change_role(workspace_id: str, user_id: str, data: RoleBody) -> dict[s
 
     member = await deps().db.transaction(work)
     access_ended(Revocation(user_id, workspace_id=workspace_id))
+    await record(
+        AuditAction.MEMBER_ROLE_CHANGED,
+        member_target(member),
+        workspace_id,
+        details={"role": role.value},
+    )
     return member_json(member)
 
 
@@ -128,15 +145,19 @@ async def remove_member(workspace_id: str, user_id: str) -> Response:
     if user.id != user_id and not allowed(actor, Action.REMOVE_MEMBER):
         raise Forbidden(f"a {actor.value} may not remove members")
 
-    def work(tx: Tx) -> None:
+    def work(tx: Tx) -> Member | None:
         current = _keep_an_owner(tx, workspace_id, user_id)
         if current == Role.OWNER and tx.scalar("count_owners", workspace_id=workspace_id) <= 1:
             raise Conflict("the last owner cannot be removed; make someone else owner first")
+        member = tx.one("get_member", Member, workspace_id=workspace_id, user_id=user_id)
         _revoke_access(tx, workspace_id, user_id, keep_codes=False)
         tx.exec("remove_member", workspace_id=workspace_id, user_id=user_id)
+        return member
 
-    await deps().db.transaction(work)
+    member = await deps().db.transaction(work)
     access_ended(Revocation(user_id, workspace_id=workspace_id))
+    target = member_target(member) if member else Target.of("user", user_id)
+    await record(AuditAction.MEMBER_REMOVED, target, workspace_id)
     return Response("", status=204)
 
 

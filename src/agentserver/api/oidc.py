@@ -11,8 +11,9 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, jsonify, request
 
-from agentserver.api.auth import new_session, set_session_cookie
+from agentserver.api.auth import new_session, record_sign_in, set_session_cookie
 from agentserver.api.common import deps, error_response, session_cookie
+from agentserver.audit import Result
 from agentserver.auth.identities import Policy, SignInFailed, resolve_identity
 from agentserver.auth.oidc import (
     FLOW_LIFETIME,
@@ -204,6 +205,9 @@ async def callback(provider_id: str) -> Response:
     """Finish the sign-in: on success a session cookie and a redirect home, else a readable page."""
     await trio.lowlevel.checkpoint()
     settings = deps().settings
+    # What the audit log calls this way of signing in (the provider's id goes in its details).
+    method = "github" if provider_id == "github" else "oidc"
+    user: User | None = None
     try:
         provider = _provider(provider_id)
         user = await _complete(provider, request.args, request.cookies.get(flow_cookie(settings)))
@@ -213,6 +217,9 @@ async def callback(provider_id: str) -> Response:
     except AgentServerError as exc:
         log.info("sign-in with %r failed: %s", provider_id[:40], exc.code)
         response = failure_page(exc)
+        await record_sign_in(
+            user, method, Result.REFUSED, reason=exc.code, provider=provider_id[:40]
+        )
     except Exception:
         # Whatever went wrong, nobody is signed in and the person gets a page, not a 500.
         log.exception("sign-in with %r failed unexpectedly", provider_id[:40])
@@ -223,10 +230,14 @@ async def callback(provider_id: str) -> Response:
                 code="sign_in_error",
             )
         )
+        await record_sign_in(
+            user, method, Result.FAILED, reason="sign_in_error", provider=provider_id[:40]
+        )
     else:
         log.info("user %s signed in with %s", user.id, provider_id)
         response = see_other("/")
         set_session_cookie(response, token)
+        await record_sign_in(user, method, provider=provider_id)
     return with_flow_cookie(response, settings, None)
 
 

@@ -139,6 +139,24 @@ USAGE = obj(
     ),
     limits=LIMITS,
 )
+AUDIT_ENTRY = obj(
+    id=STRING,
+    at=TIME,
+    actor=obj(
+        kind={"type": "string", "enum": ["user", "token", "agent", "system"]},
+        id=NULLABLE_STRING,
+        name=NULLABLE_STRING,
+        userId=NULLABLE_STRING,
+    ),
+    action=STRING,
+    target=obj(kind=NULLABLE_STRING, id=NULLABLE_STRING, name=NULLABLE_STRING),
+    workspaceId=NULLABLE_STRING,
+    clientAddress=NULLABLE_STRING,
+    result={"type": "string", "enum": ["ok", "refused", "failed"]},
+    reason=NULLABLE_STRING,
+    details={"type": "object"},
+)
+AUDIT_PAGE = obj(entries=array(AUDIT_ENTRY), nextCursor=NULLABLE_STRING)
 PROVIDER = obj(id=STRING, name=STRING, loginUrl=STRING)
 AUTH_CONFIG = obj(
     registrationOpen={"type": "boolean"},
@@ -385,6 +403,21 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     },
     ("DELETE", "/api/admin/workspaces/{workspace_id}/quota"): {
         "204": no_content("server defaults apply again")
+    },
+    ("GET", "/api/workspaces/{workspace_id}/audit"): {
+        "200": json_answer(
+            AUDIT_PAGE, "its audit entries, newest first, and the next page's cursor"
+        )
+    },
+    ("GET", "/api/admin/audit"): {
+        "200": json_answer(
+            AUDIT_PAGE, "every audit entry, newest first, and the next page's cursor"
+        )
+    },
+    ("GET", "/api/admin/audit/export"): {
+        "200": typed(
+            "application/x-ndjson", "the matching entries, oldest first, one JSON per line"
+        )
     },
     ("GET", "/healthz"): {"200": json_answer(STATUS_OK, "the process is alive")},
     ("GET", "/readyz"): {

@@ -14,8 +14,11 @@ from typing import Any
 
 from quart import Blueprint
 
+from agentserver.api.auditing import record
 from agentserver.api.common import current_user, deps, rfc3339
 from agentserver.api.sandboxes import preview_url, sandbox_for
+from agentserver.audit import Action as AuditAction
+from agentserver.audit import Target
 from agentserver.auth.permissions import Action
 from agentserver.errors import Invalid
 from agentserver.kinds import PREVIEW_HIGHEST, PREVIEW_LOWEST, preview_refusal
@@ -73,6 +76,12 @@ async def set_public(sandbox_id: str, port_text: str, public: bool) -> dict[str,
         "preview_set_public", sandbox_id=sandbox.id, port=port, public=public, user_id=user.id
     )
     publish_previews_changed(d.events, sandbox.workspace_id, sandbox.id)
+    await record(
+        AuditAction.PREVIEW_MADE_PUBLIC if public else AuditAction.PREVIEW_MADE_PRIVATE,
+        Target.of("sandbox", sandbox.id, sandbox.name),
+        sandbox.workspace_id,
+        details={"port": port},
+    )
     return mark_json(sandbox, PortMark(**rows[0]), d.settings)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from quart import Blueprint, Response, request
 
 from agentserver import status_page
+from agentserver.api.auditing import record
 from agentserver.api.common import (
     current_user,
     deps,
@@ -35,8 +36,10 @@ from agentserver.api.common import (
     session_cookie,
 )
 from agentserver.api.sandboxes import preview_url, sandbox_for, sandbox_url
+from agentserver.audit import Action as AuditAction
+from agentserver.audit import Target
 from agentserver.auth.cli_logins import LAUNCH_TTL, mint_launch, spend_launch
-from agentserver.auth.permissions import Action
+from agentserver.auth.permissions import Action, allowed
 from agentserver.auth.tickets import is_binding, may_view, mint_ticket
 from agentserver.errors import AgentServerError, Forbidden, Invalid, NotFound, Unauthenticated
 from agentserver.kinds import preview_refusal
@@ -139,6 +142,17 @@ async def _open(sandbox_id: str) -> Response:
         raise Invalid("bind: must be the 64 hex digits the sandbox's host sent", field="bind")
     session = request.cookies.get(session_cookie(), "")
     ticket = await mint_ticket(deps().db, sandbox.id, user.id, session, bind)
+    details: dict[str, object] = {
+        "access": "full" if allowed(role, Action.USE_SANDBOX) else "read-only"
+    }
+    if port is not None:
+        details["port"] = port
+    await record(
+        AuditAction.SANDBOX_OPENED,
+        Target.of("sandbox", sandbox.id, sandbox.name),
+        sandbox.workspace_id,
+        details=details,
+    )
     return _redirect(_url(sandbox, port, f"/_agentserver/auth?ticket={ticket}"))
 
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, Response, make_response, request
 from quart_schema import validate_querystring, validate_request
 
+from agentserver.api.auditing import record
 from agentserver.api.common import (
     Body,
     current_user,
@@ -22,6 +23,8 @@ from agentserver.api.common import (
     session_cookie,
 )
 from agentserver.api.revocation import access_ended
+from agentserver.audit import Action as AuditAction
+from agentserver.audit import Result, Target
 from agentserver.auth.permissions import (
     PRIVATE_ACTIONS,
     Action,
@@ -32,9 +35,9 @@ from agentserver.auth.permissions import (
 from agentserver.auth.revocation import Revocation
 from agentserver.auth.tokens import hash_token
 from agentserver.db.database import Tx
-from agentserver.errors import Conflict, Forbidden, Invalid, NotFound
+from agentserver.errors import AgentServerError, Conflict, Forbidden, Invalid, NotFound
 from agentserver.kinds import kind_of
-from agentserver.models import Role, Sandbox, Workspace
+from agentserver.models import Role, Sandbox, SandboxType, Workspace
 from agentserver.sandboxes.events import Event
 from agentserver.sandboxes.service import PauseCause, Sandboxes
 from agentserver.sandboxes.setup import (
@@ -216,7 +219,24 @@ async def create_sandbox(workspace_id: str, data: CreateSandboxBody) -> tuple[di
         sandbox = await service().create(workspace_id, name, kind, user.id, data.private, setup)
     except Conflict:  # another create of this name won the race: the unique index refused
         raise taken from None
+    await record(
+        AuditAction.SANDBOX_CREATED,
+        sandbox_target(sandbox),
+        workspace_id,
+        details={"type": sandbox.type, "private": sandbox.private},
+    )
     return render(sandbox), 201
+
+
+def sandbox_target(sandbox: Sandbox) -> Target:
+    return Target.of("sandbox", sandbox.id, sandbox.name)
+
+
+async def record_on(
+    sandbox: Sandbox, action: AuditAction, result: Result = Result.OK, reason: str | None = None
+) -> None:
+    """Audit `action` taken on the sandbox in this request."""
+    await record(action, sandbox_target(sandbox), sandbox.workspace_id, result, reason=reason)
 
 
 def checked_setup(data: CreateSandboxBody, settings: Settings) -> SandboxSetup | None:
@@ -322,9 +342,16 @@ async def rename(sandbox: Sandbox, name: str) -> Sandbox:
 async def delete_sandbox(sandbox_id: str) -> Response:
     """Stop the sandbox and remove it with its files (its creator; owners and maintainers
     any, developers too when the workspace allows it)."""
-    await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
-    await service().delete(sandbox_id)
+    sandbox, _ = await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
+    try:
+        await service().delete(sandbox_id)
+    except AgentServerError as exc:
+        await record_on(sandbox, AuditAction.SANDBOX_DELETED, Result.FAILED, exc.message)
+        raise
     await deps().hub.close(sandbox_id)  # a local agent's token died with the row: end its tunnel
+    await record_on(sandbox, AuditAction.SANDBOX_DELETED)
+    if sandbox.type == SandboxType.LOCAL:
+        await record_on(sandbox, AuditAction.AGENT_REVOKED)
     return Response("", status=204)
 
 
@@ -334,7 +361,9 @@ async def pause_sandbox(sandbox_id: str) -> dict[str, Any]:
     for delete)."""
     await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
     user = await current_user()
-    return render(await service().pause(sandbox_id, cause=PauseCause.user(user.id)))
+    sandbox = await service().pause(sandbox_id, cause=PauseCause.user(user.id))
+    await record_on(sandbox, AuditAction.SANDBOX_PAUSED)
+    return render(sandbox)
 
 
 @blueprint.post("/sandboxes/<sandbox_id>/resume")
@@ -342,7 +371,9 @@ async def resume_sandbox(sandbox_id: str) -> dict[str, Any]:
     """paused or failed → resuming (409 otherwise); it starts in the background (who: as
     for delete)."""
     await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
-    return render(await service().resume(sandbox_id))
+    sandbox = await service().resume(sandbox_id)
+    await record_on(sandbox, AuditAction.SANDBOX_RESUMED)
+    return render(sandbox)
 
 
 @blueprint.post("/sandboxes/<sandbox_id>/restart")
@@ -350,7 +381,9 @@ async def restart_sandbox(sandbox_id: str) -> dict[str, Any]:
     """running or paused → resuming (409 otherwise, and for a local sandbox); in the background
     its agent is stopped and started again (→ running, or → failed with the reason)."""
     await sandbox_for(sandbox_id, Action.MANAGE_SANDBOX)
-    return render(await service().restart(sandbox_id))
+    sandbox = await service().restart(sandbox_id)
+    await record_on(sandbox, AuditAction.SANDBOX_RESTARTED)
+    return render(sandbox)
 
 
 @blueprint.get("/sandboxes/<sandbox_id>/logs")

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from quart import Blueprint, Response, request
 from quart_schema import validate_request
 
+from agentserver.api.auditing import record
 from agentserver.api.common import (
     Body,
     client_address,
@@ -22,6 +23,8 @@ from agentserver.api.common import (
     require_admin,
     rfc3339,
 )
+from agentserver.audit import Action as AuditAction
+from agentserver.audit import Actor, Target
 from agentserver.auth import cli_logins
 from agentserver.auth.api_tokens import (
     DEFAULT_LIFETIME,
@@ -128,7 +131,18 @@ async def create_my_token(data: TokenBody) -> tuple[dict[str, Any], int]:
     token, info = await create_token(
         deps().db, user.id, data.name, data.scope, workspace_id, lifetime
     )
+    await record_token(AuditAction.TOKEN_CREATED, info)
     return {**token_json(info), "token": token}, 201
+
+
+async def record_token(action: AuditAction, info: TokenInfo, actor: Actor | None = None) -> None:
+    await record(
+        action,
+        Target.of("token", info.id, info.name),
+        info.workspace_id,
+        actor=actor,
+        details={"scope": info.scope, "owner": info.username},
+    )
 
 
 @blueprint.delete("/tokens/<token_id>")
@@ -139,8 +153,10 @@ async def revoke_mine(token_id: str) -> Response:
     limits = grant()
     if limits is not None and limits.token_id != token_id:
         await refuse_tokens("revoke other tokens")
-    if await revoke_token(deps().db, token_id, user.id) is None:
+    revoked = await revoke_token(deps().db, token_id, user.id)
+    if revoked is None:
         raise NotFound("token not found")
+    await record_token(AuditAction.TOKEN_REVOKED, revoked)
     return Response("", status=204)
 
 
@@ -156,8 +172,10 @@ async def revoke_any(token_id: str) -> Response:
     """Revoke anyone's token (server admins only, with a browser session)."""
     await refuse_tokens("revoke tokens")
     await require_admin()
-    if await revoke_token(deps().db, token_id, None) is None:
+    revoked = await revoke_token(deps().db, token_id, None)
+    if revoked is None:
         raise NotFound("token not found")
+    await record_token(AuditAction.TOKEN_REVOKED, revoked)
     return Response("", status=204)
 
 
@@ -234,6 +252,8 @@ async def poll_cli_login(data: PollBody) -> Response | tuple[dict[str, Any], int
     if taken is False:
         raise NotFound("this sign-in was denied, has expired or was already completed")
     token, info = taken
+    # Made for the user who approved it (this poll itself carries no session).
+    await record_token(AuditAction.TOKEN_CREATED, info, Actor.user(info.user_id, info.username))
     return {**token_json(info), "token": token}, 200
 
 

@@ -10,7 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, Response
 from quart_schema import validate_querystring, validate_request
 
+from agentserver.api.auditing import record
 from agentserver.api.common import Body, deps, require, require_admin, rfc3339
+from agentserver.audit import Action as AuditAction
+from agentserver.audit import Target
 from agentserver.auth.permissions import Action
 from agentserver.errors import Invalid, NotFound
 
@@ -181,6 +184,7 @@ async def put_quota(workspace_id: str, data: QuotaBody) -> dict[str, Any]:
     await deps().db.exec(
         "llm_put_quota", workspace_id=workspace_id, rpm=data.rpm, tokens_per_day=data.tokens_per_day
     )
+    await record_quota(workspace_id, {"rpm": data.rpm, "tokensPerDay": data.tokens_per_day})
     return await limits_json(workspace_id)
 
 
@@ -190,4 +194,12 @@ async def delete_quota(workspace_id: str) -> Response:
     await require_admin()
     await existing_workspace(workspace_id)
     await deps().db.exec("llm_delete_quota", workspace_id=workspace_id)
+    await record_quota(workspace_id, {"rpm": None, "tokensPerDay": None})
     return Response("", status=204)
+
+
+async def record_quota(workspace_id: str, limits: dict[str, int | None]) -> None:
+    """Audit a change of the workspace's LLM limits (null: the server's default again)."""
+    await record(
+        AuditAction.QUOTA_CHANGED, Target.of("quota", workspace_id), workspace_id, details=limits
+    )

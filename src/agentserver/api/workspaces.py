@@ -11,7 +11,10 @@ from pydantic import Field, field_validator
 from quart import Blueprint, Response
 from quart_schema import validate_request
 
+from agentserver.api.auditing import record
 from agentserver.api.common import Body, current_user, deps, grant, require, rfc3339
+from agentserver.audit import Action as AuditAction
+from agentserver.audit import Target
 from agentserver.auth.permissions import Action, allowed
 from agentserver.db.database import Tx
 from agentserver.errors import Conflict, Forbidden, Invalid, NotFound
@@ -127,7 +130,12 @@ async def create_workspace(data: WorkspaceBody) -> tuple[dict[str, Any], int]:
         ws = await deps().db.transaction(work)
     except Conflict:  # the only unique key a new workspace can hit: its owner's names
         raise Conflict(f'you already have a workspace named "{name}"', field="name") from None
+    await record(AuditAction.WORKSPACE_CREATED, workspace_target(ws), ws.id)
     return workspace_json(ws, Role.OWNER), 201
+
+
+def workspace_target(ws: Workspace) -> Target:
+    return Target.of("workspace", ws.id, ws.name)
 
 
 @blueprint.get("/<workspace_id>")
@@ -176,6 +184,17 @@ async def change_workspace(workspace_id: str, data: ChangeWorkspaceBody) -> dict
     ws = await db.one("get_workspace", Workspace, id=workspace_id)
     if ws is None:
         raise NotFound("workspace not found")
+    if data.name is not None:
+        await record(AuditAction.WORKSPACE_RENAMED, workspace_target(ws), ws.id)
+    settings: dict[str, int | bool | None] = {}
+    if "idle_timeout_seconds" in given:
+        settings["idleTimeoutSeconds"] = ws.idle_timeout_seconds
+    if data.members_manage_all_sandboxes is not None:
+        settings["membersManageAllSandboxes"] = ws.members_manage_all
+    if settings:
+        await record(
+            AuditAction.WORKSPACE_SETTINGS_CHANGED, workspace_target(ws), ws.id, details=settings
+        )
     return workspace_json(ws, role)
 
 
@@ -196,6 +215,11 @@ async def _rename(workspace_id: str, name: str, user_id: str) -> None:
 async def delete_workspace(workspace_id: str) -> Response:
     """Delete a workspace, its sandboxes and its disk (owner)."""
     await require(workspace_id, Action.DELETE_WORKSPACE)
+    ws = await deps().db.one("get_workspace", Workspace, id=workspace_id)
     await deps().sandboxes.delete_workspace_resources(workspace_id)
     await deps().db.exec("delete_workspace", id=workspace_id)
+    name = ws.name if ws is not None else None
+    await record(
+        AuditAction.WORKSPACE_DELETED, Target.of("workspace", workspace_id, name), workspace_id
+    )
     return Response("", status=204)

@@ -32,6 +32,7 @@ class Action(StrEnum):
     SET_SANDBOX_PRIVATE = "set_sandbox_private"  # mark their own sandboxes private or not
     SEE_PRIVATE_SANDBOX = "see_private_sandbox"  # open and see others' private sandboxes
     CHANGE_WORKSPACE_SETTINGS = "change_workspace_settings"
+    READ_AUDIT_LOG = "read_audit_log"
 
 
 _O, _M, _D, _G = Role.OWNER, Role.MAINTAINER, Role.DEVELOPER, Role.GUEST
@@ -57,6 +58,7 @@ MATRIX: dict[Action, frozenset[Role]] = {
     Action.SET_SANDBOX_PRIVATE: frozenset({_O, _M, _D}),
     Action.SEE_PRIVATE_SANDBOX: frozenset({_O, _M}),
     Action.CHANGE_WORKSPACE_SETTINGS: frozenset({_O, _M}),
+    Action.READ_AUDIT_LOG: frozenset({_O, _M}),
 }
 
 # What someone else's private sandbox withholds from roles without SEE_PRIVATE_SANDBOX: its

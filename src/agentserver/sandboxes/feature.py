@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import trio
 
+from agentserver.audit import AuditLog
 from agentserver.db.database import Database
 from agentserver.errors import ConfigError
 from agentserver.sandboxes.base import Backend, ExitNotice
@@ -59,7 +60,7 @@ def backend_opener(settings: Settings, on_exit: ExitNotice) -> AbstractAsyncCont
 
 @asynccontextmanager
 async def open_sandboxes(
-    settings: Settings, db: Database, events: WorkspaceEvents
+    settings: Settings, db: Database, events: WorkspaceEvents, audit: AuditLog | None = None
 ) -> AsyncIterator[Lifecycle]:
     """The lifecycle service over the configured backend, reconciled, with its loops running.
 
@@ -76,7 +77,7 @@ async def open_sandboxes(
             await trio.lowlevel.checkpoint()
 
     async with backend_opener(settings, on_exit) as backend, trio.open_nursery() as nursery:
-        service = Sandboxes(db, settings, backend, nursery, events)
+        service = Sandboxes(db, settings, backend, nursery, events, audit)
         # Each long-lived task is supervised: a bug in one is logged and it starts again,
         # instead of cancelling this nursery (and with it the server).
         await nursery.start(supervise, "activity writer", service.write_activity)

@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from agentserver.audit import Action, Actor, AuditLog, Result, Target
 from agentserver.auth.tokens import hash_token, new_id, new_token
 from agentserver.db.database import Database
 from agentserver.errors import AgentServerError, Conflict, DatabaseUnavailable, Invalid, NotFound
@@ -89,8 +90,12 @@ class Sandboxes:
         backend: Backend,
         nursery: trio.Nursery,
         events: WorkspaceEvents | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.db = db
+        # What the lifecycle does by itself (idle pauses, wakes, restarts) is recorded here,
+        # as the system; what members do is recorded by the API.
+        self.audit = audit or AuditLog.off()
         self.settings = settings
         self.backend = backend
         self.events = events or WorkspaceEvents()
@@ -336,8 +341,10 @@ class Sandboxes:
         sandbox = await self.get(sandbox_id)
         if sandbox is None or sandbox.type == SandboxType.LOCAL or sandbox.status != S.PAUSED:
             return
-        if await self._transition(sandbox_id, S.PAUSED, S.RESUMING, "woken by a request"):
+        row = await self._transition(sandbox_id, S.PAUSED, S.RESUMING, "woken by a request")
+        if row is not None:
             self._spawn(sandbox_id, self._start, sandbox_id, S.RESUMING)
+            await self.audit_system("proxy", Action.SANDBOX_RESUMED, row, "woken by a request")
 
     async def delete(self, sandbox_id: str) -> None:
         """Stop whatever runs (cancelling a start in progress), remove its files, then the row."""
@@ -413,9 +420,21 @@ class Sandboxes:
         for idle in await self.db.many("sbx_list_idle", IdleSandbox, seconds=seconds):
             reason = f"paused after {duration_text(idle.idle_seconds)} without activity"
             with contextlib.suppress(Conflict, NotFound):  # someone else moved it first
-                await self.pause(idle.id, reason, PauseCause.idle(idle.idle_seconds))
+                row = await self.pause(idle.id, reason, PauseCause.idle(idle.idle_seconds))
+                await self.audit_system("idle watcher", Action.SANDBOX_PAUSED, row, reason)
         due = await self.db.scalar("sbx_next_idle_in", seconds=seconds)
         return None if due is None else float(due)
+
+    async def audit_system(self, part: str, action: Action, sandbox: Sandbox, reason: str) -> None:
+        """Record what the server did to a sandbox by itself (`part`: which loop)."""
+        await self.audit.record(
+            Actor.system(part),
+            action,
+            Target.of("sandbox", sandbox.id, sandbox.name),
+            sandbox.workspace_id,
+            Result.OK,
+            reason=reason,
+        )
 
     # -- reconciliation -----------------------------------------------------------------------
     async def reconcile(self, *, at_start: bool = False) -> None:
@@ -477,6 +496,9 @@ class Sandboxes:
             why = "a server restart" if at_start else "its agent stopped unnoticed"
             if await self.set_status(sid, S.RUNNING, S.RESUMING, f"restarting after {why}"):
                 self._spawn(sid, self._start, sid, S.RESUMING)
+                await self.audit_system(
+                    "reconciler", Action.SANDBOX_RESUMED, sandbox, f"restarted after {why}"
+                )
         elif status in (S.CREATING, S.RESUMING) and endpoint is not None and not at_start:
             # Started, but the write saying so was lost (no operation is under way): it runs
             # with the token whose hash is stored, so record it running, not start it again.

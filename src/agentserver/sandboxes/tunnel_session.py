@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import trio
 
+from agentserver.audit import Action, Actor, AuditLog, Target
 from agentserver.db.database import Database
 from agentserver.errors import AgentServerError
 from agentserver.models import Sandbox, SandboxStatus
@@ -52,7 +53,7 @@ STATUS_TIMEOUT = 10.0
 
 @asynccontextmanager
 async def open_tunnel_sessions(
-    settings: Settings, db: Database, sandboxes: Sandboxes
+    settings: Settings, db: Database, sandboxes: Sandboxes, audit: AuditLog | None = None
 ) -> AsyncIterator[TunnelSessions]:
     """The sessions of this server's tunnels and their hub, after marking every local sandbox
     offline; no tunnel outlives them (and so none outlives the lifecycle they write to)."""
@@ -62,7 +63,7 @@ async def open_tunnel_sessions(
     if stale:
         log.info("%d local sandbox(es) offline until their agents reconnect", len(stale))
     try:
-        yield TunnelSessions(settings, db, hub, sandboxes)
+        yield TunnelSessions(settings, db, hub, sandboxes, audit)
     finally:
         with trio.CancelScope(shield=True):
             await hub.close_all()
@@ -75,11 +76,19 @@ class TunnelSessions:
     # driving an agent by hand, which answers no request, turn it off.
     probe_health = True
 
-    def __init__(self, settings: Settings, db: Database, hub: Hub, sandboxes: Sandboxes) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        hub: Hub,
+        sandboxes: Sandboxes,
+        audit: AuditLog | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.hub = hub
         self.sandboxes = sandboxes
+        self.audit = audit or AuditLog.off()
 
     def tunnel_settings(self) -> TunnelSettings:
         """TUNNEL_SETTINGS with the configured stream cap and receive budget."""
@@ -95,9 +104,11 @@ class TunnelSessions:
         token_hash: str,
         link: MessageLink,
         shared_ports: tuple[int, ...] = (),
+        client_address: str | None = None,
     ) -> None:
         """Run one agent's tunnel until it ends (the agent sharing `shared_ports` as
-        previews); its tasks live in the caller's task."""
+        previews); its tasks live in the caller's task (`client_address`: where the agent
+        connects from, for the audit log)."""
         # A tunnel closed at once may leave by `except*` with nothing awaited but shielded cleanup.
         await trio.lowlevel.checkpoint()
         hub = self.hub
@@ -114,6 +125,7 @@ class TunnelSessions:
                 await hub.register(sandbox.id, tunnel, shared_ports)
                 registered = True
                 log.info("local agent of sandbox %s connected", sandbox.id)
+                await self.record(Action.AGENT_CONNECTED, sandbox, client_address)
                 await self.sync_status(sandbox.id)
                 await self.heartbeat(tunnel, sandbox.id, token_hash)
         except* TunnelClosed as group:
@@ -122,11 +134,22 @@ class TunnelSessions:
             with trio.CancelScope(shield=True), trio.move_on_after(STATUS_TIMEOUT):
                 if registered and tunnel is not None and hub.unregister(sandbox.id, tunnel):
                     log.info("local agent of sandbox %s disconnected", sandbox.id)
+                    await self.record(Action.AGENT_DISCONNECTED, sandbox, client_address)
                     await self.last_seen(sandbox.id, token_hash)
                     await self.sync_status(sandbox.id)
                 hub.release_lock(sandbox.id)
             if tunnel is not None:
                 hub.finish(tunnel)
+
+    async def record(self, action: Action, sandbox: Sandbox, client_address: str | None) -> None:
+        """An audit entry by the sandbox's agent about its own tunnel."""
+        await self.audit.record(
+            Actor.agent(sandbox.id, sandbox.name),
+            action,
+            Target.of("sandbox", sandbox.id, sandbox.name),
+            sandbox.workspace_id,
+            client_address=client_address,
+        )
 
     async def heartbeat(self, tunnel: Tunnel, sandbox_id: str, token_hash: str) -> None:
         """Record the agent as alive and whether its opencode answers; close the tunnel once its

@@ -463,6 +463,12 @@ class Settings:
         " message, request_id and the request's fields) for a cluster's log collector.",
         blank_is_default=True,
     )
+    audit_retention_days: int = setting(
+        "AGENTSERVER_AUDIT_RETENTION_DAYS",
+        "365",
+        v.whole,
+        "Days the audit log keeps an entry before it is pruned; 0 keeps every entry.",
+    )
 
     # Local agents: what the "connect a local agent" dialog offers for download.
     agent_zipapp: str | None = setting(

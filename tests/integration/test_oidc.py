@@ -456,3 +456,29 @@ async def test_sso_sign_in_ends_the_previous_session(
     async with server.client() as replay:
         replay.cookies.set("agentserver_session", old)
         assert await me(replay) is None
+
+
+async def test_an_account_made_by_sso_is_audited_as_a_registration_once(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path, idp: OpenIDProvider
+) -> None:
+    """The first SSO sign-in creates the account: `auth.registered` (method oidc) and a
+    sign-in; signing in again is a sign-in only."""
+    server = await start(nursery, db_url, tmp_path, idp.url)
+    for _ in range(2):
+        response, _user = await sign_in(server)
+        assert response.status_code == 302
+
+    def actions() -> list[tuple[str, str | None]]:
+        with psycopg.connect(db_url) as conn:
+            rows = conn.execute(
+                "SELECT action, details->>'method' FROM audit_log"
+                " WHERE action IN ('auth.registered', 'auth.sign_in') ORDER BY at, id"
+            ).fetchall()
+        return [(str(a), m) for a, m in rows]
+
+    await server.deps.audit.flush()
+    assert await trio.to_thread.run_sync(actions) == [
+        ("auth.registered", "oidc"),
+        ("auth.sign_in", "oidc"),
+        ("auth.sign_in", "oidc"),
+    ]

@@ -11,9 +11,10 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, jsonify, request
 
-from agentserver.api.auth import new_session, record_sign_in, set_session_cookie
+from agentserver.api.auditing import record
+from agentserver.api.auth import new_session, record_sign_in, set_session_cookie, user_target
 from agentserver.api.common import deps, error_response, session_cookie
-from agentserver.audit import Result
+from agentserver.audit import Action, Actor, Result
 from agentserver.auth.identities import Policy, SignInFailed, resolve_identity
 from agentserver.auth.oidc import (
     FLOW_LIFETIME,
@@ -197,7 +198,15 @@ async def _complete(provider: Provider, args: Any, browser_secret: str | None) -
     identity = await provider.identity(
         code, redirect_uri(settings, provider.id), flow_for(browser_secret, state)
     )
-    return await resolve_identity(deps().db, identity, policy(settings, provider.id))
+    user, created = await resolve_identity(deps().db, identity, policy(settings, provider.id))
+    if created:
+        await record(
+            Action.REGISTERED,
+            user_target(user),
+            actor=Actor.user(user.id, user.username),
+            details={"method": "github" if provider.id == "github" else "oidc"},
+        )
+    return user
 
 
 @blueprint.get("/oidc/<provider_id>/callback")

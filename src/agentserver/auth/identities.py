@@ -181,8 +181,9 @@ def _free_username(tx: Tx, hints: tuple[str, ...]) -> str:
     raise AssertionError("unreachable: the candidates never end")
 
 
-def resolve_in(tx: Tx, identity: ExternalIdentity, policy: Policy) -> User:
-    """Apply `decide` inside one transaction; raises SignInFailed on a refusal."""
+def resolve_in(tx: Tx, identity: ExternalIdentity, policy: Policy) -> tuple[User, bool]:
+    """Apply `decide` inside one transaction: the account, and whether it was created now;
+    raises SignInFailed on a refusal."""
     key = {"provider": identity.provider, "subject": identity.subject}
     linked = tx.scalar("oidc_get_identity_user", **key)
     owner: User | None = None
@@ -226,9 +227,12 @@ def resolve_in(tx: Tx, identity: ExternalIdentity, policy: Policy) -> User:
             tx.exec("oidc_create_identity", user_id=user_id, email=identity.email, **key)
     user = tx.one("get_user", User, id=user_id)
     assert user is not None
-    return user
+    return user, isinstance(decision, Create)
 
 
-async def resolve_identity(db: Database, identity: ExternalIdentity, policy: Policy) -> User:
-    """The account `identity` signs in as (linking or creating one when the rules allow)."""
+async def resolve_identity(
+    db: Database, identity: ExternalIdentity, policy: Policy
+) -> tuple[User, bool]:
+    """The account `identity` signs in as (linking or creating one when the rules allow), and
+    whether it was created just now (a registration, for the audit log)."""
     return await db.transaction(lambda tx: resolve_in(tx, identity, policy))

@@ -76,7 +76,10 @@ class ProcessBackend:
             return f"process backend; {self.refusal}"
         limits = f"limits: {self.cgroups.describe()}"
         if not self.isolation.enabled:
-            return f"process backend WITHOUT isolation (--allow-unisolated-sandboxes), {limits}"
+            return (
+                f"process backend WITHOUT isolation (--allow-unisolated-sandboxes), {limits};"
+                f" {self.network_note}"
+            )
         who = ", each as a uid of its own" if self.account.switches else ""
         return f"process backend, each sandbox in bubblewrap{who}, {limits}; {self.network_note}"
 

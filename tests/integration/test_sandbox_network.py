@@ -112,12 +112,20 @@ async def run_inside(backend: ProcessBackend, box: Box, *args: str) -> str:
     return await output_of(spawn_inside(backend, box, *args))
 
 
+async def first_line(stream: trio.abc.ReceiveStream) -> bytes:
+    """What a process printed up to its first newline."""
+    data = b""
+    while b"\n" not in data and (chunk := await stream.receive_some(100)):
+        data += chunk
+    return data.split(b"\n")[0]
+
+
 @asynccontextmanager
 async def app_inside(backend: ProcessBackend, box: Box, name: str) -> AsyncIterator[None]:
     """preview_app.py listening on PORT inside the sandbox, until the block ends."""
     child = spawn_inside(backend, box, name, str(PORT))
     try:
-        assert await child.stdout.receive_some(100) == b"ready\n"
+        assert await first_line(child.stdout) == b"ready"
         yield
     finally:
         with suppress(ProcessLookupError):

@@ -121,9 +121,11 @@ async def first_line(stream: trio.abc.ReceiveStream) -> bytes:
 
 
 @asynccontextmanager
-async def app_inside(backend: ProcessBackend, box: Box, name: str) -> AsyncIterator[None]:
-    """preview_app.py listening on PORT inside the sandbox, until the block ends."""
-    child = spawn_inside(backend, box, name, str(PORT))
+async def app_inside(
+    backend: ProcessBackend, box: Box, name: str, port: int = PORT, *host: str
+) -> AsyncIterator[None]:
+    """preview_app.py listening on `port` inside the sandbox, until the block ends."""
+    child = spawn_inside(backend, box, name, str(port), *host)
     try:
         assert await first_line(child.stdout) == b"ready"
         yield
@@ -172,6 +174,18 @@ async def test_a_server_in_the_sandbox_answers_at_its_preview_endpoint(
             assert await ws.get_message() == "ping"
         assert await backend.listening_ports(box.id) == [PORT]
     assert backend.preview_endpoint(box.id, box.agent, box.agent.port) is None
+
+
+async def test_an_app_on_the_sandbox_loopback_only_is_a_preview_too(
+    nursery: trio.Nursery, sandbox_server: Server
+) -> None:
+    """A dev server listening on localhost only (most do by default) is reached at the
+    sandbox's address all the same, and listed."""
+    backend = backend_of(sandbox_server)
+    (box,) = await start_boxes(sandbox_server, nursery, 1)
+    async with app_inside(backend, box, "local", 5173, "127.0.0.1"):
+        assert await hello(preview(backend, box, 5173)) == "hello from local"
+        assert await backend.listening_ports(box.id) == [5173]
 
 
 async def test_two_sandboxes_on_the_same_port_are_different_previews(

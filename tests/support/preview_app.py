@@ -1,6 +1,7 @@
 """A dev server as a sandbox would run one (standard library only, run as `python3 -c`).
 
-`python3 preview_app.py NAME PORT` listens on PORT of every address and answers
+`python3 preview_app.py NAME PORT [HOST]` listens on PORT of HOST (every address by default)
+and answers
 `GET /hello` with `hello from NAME`, `GET /events` with three server-sent events, and
 `GET /echo` (a WebSocket upgrade) by echoing text messages; it prints `ready` once listening.
 Probes: `--connect HOST PORT` prints `connected` or why not; `--get URL` prints the status of a
@@ -99,7 +100,8 @@ def main() -> None:
         get(sys.argv[2])
         return
     App.name = sys.argv[1]
-    server = ThreadingHTTPServer(("0.0.0.0", int(sys.argv[2])), App)
+    host = sys.argv[3] if len(sys.argv) > 3 else "0.0.0.0"
+    server = ThreadingHTTPServer((host, int(sys.argv[2])), App)
     print("ready", flush=True)
     server.serve_forever()
 

@@ -40,3 +40,12 @@ def test_an_empty_table_lists_nothing() -> None:
     """A namespace where nothing listens (or a table that could not be read) lists nothing."""
     assert listening_ports([]) == []
     assert listening_ports([TCP.splitlines()[0]]) == []
+
+
+def test_loopback_only_listeners_can_be_left_out() -> None:
+    """Where a backend cannot reach a sandbox's loopback (a container's address), ports
+    listened on only at 127.x or ::1 are not previews; a port also on any address still is."""
+    assert listening_ports([TCP, TCP6], loopback=False) == [4096, 5173]
+    mapped = "h\n 0: 0000000000000000FFFF00000100007F:1F90 00:0000 0A\n"
+    assert listening_ports([mapped], loopback=False) == []
+    assert listening_ports([mapped]) == [8080]

@@ -380,7 +380,8 @@ class DockerBackend:
         # tcp6 may be missing (IPv6 off): cat then fails but still prints tcp.
         _, output = container.exec_run(["cat", "/proc/net/tcp", "/proc/net/tcp6"])
         text = output.decode(errors="replace") if isinstance(output, bytes) else ""
-        return listening_ports([text], exclude={agent})
+        # The container's address does not reach what listens on its loopback only.
+        return listening_ports([text], exclude={agent}, loopback=False)
 
     def _list_managed(self) -> list[Managed]:
         found = []

@@ -11,6 +11,10 @@ link-local and shared ranges (other sandboxes, Docker networks, the LAN); the ho
 servers stay reachable on port 53. The table is shared by every server on the host and never
 removed; it matches interfaces by name, so it does not depend on anyone's subnet.
 
+Inside the namespace, connections to the sandbox's address are passed to its loopback (a table
+of its own and `route_localnet`): a dev server that listens on localhost only, as most do by
+default, is a preview too. Only the host can connect there.
+
 Blocking calls (they run `ip` and `nft`): run them in a thread.
 """
 
@@ -77,6 +81,17 @@ table ip {TABLE} {{
 """
 
 
+_INSIDE_TABLE = f"""
+table ip sandbox {{
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname "{INSIDE_LINK}" meta l4proto tcp dnat to 127.0.0.1
+    }}
+}}
+"""
+_INSIDE_SETUP = f"echo 1 > /proc/sys/net/ipv4/conf/{INSIDE_LINK}/route_localnet && exec nft -f -"
+
+
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
@@ -141,6 +156,8 @@ class Plumbing:
         if self.egress:
             inside += f"route add default via {slot.host_address}\n"
         _check(_run([self.ip, "-n", name, "-batch", "-"], inside), f"address {name}")
+        to_loopback = [self.ip, "netns", "exec", name, "sh", "-c", _INSIDE_SETUP]
+        _check(_run(to_loopback, _INSIDE_TABLE), f"pass {name}'s connections to its loopback")
 
     def remove(self, sandbox_id: str) -> None:
         """Delete the sandbox's namespace (its veth pair goes with it); none is fine."""

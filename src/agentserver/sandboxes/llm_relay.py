@@ -93,22 +93,30 @@ async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
 
 
 async def _relay(upstream: Upstream, client: trio.SocketStream) -> None:
+    """One sandbox connection. Whatever happens to it ends here: a sandbox's connection never
+    takes the relay (or the server) down."""
     async with client:
         try:
-            got = await _read_head(client)
-            head = rewrite_head(got[0], upstream.prefix) if got is not None else None
-            if got is None or head is None:
-                body = b"only the LLM proxy is reachable here\n"
-                await client.send_all(_REFUSED % (len(body), body))
-                return
-            server = await trio.open_tcp_stream(upstream.host, upstream.port)
-            async with server, trio.open_nursery() as nursery:
-                await server.send_all(head + got[1])
-                nursery.start_soon(_pump, client, server)
-                await _pump(server, client)
-                nursery.cancel_scope.cancel()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.debug("LLM relay: connection ended: %s", exc)
+            await _pass_on(upstream, client)
+        except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
+            log.debug("LLM relay: a connection ended: %s", group.exceptions[0])
+        except* Exception:
+            log.exception("LLM relay: a connection failed")
+
+
+async def _pass_on(upstream: Upstream, client: trio.SocketStream) -> None:
+    got = await _read_head(client)
+    head = rewrite_head(got[0], upstream.prefix) if got is not None else None
+    if got is None or head is None:
+        body = b"only the LLM proxy is reachable here\n"
+        await client.send_all(_REFUSED % (len(body), body))
+        return
+    server = await trio.open_tcp_stream(upstream.host, upstream.port)
+    async with server, trio.open_nursery() as nursery:
+        await server.send_all(head + got[1])
+        nursery.start_soon(_pump, client, server)
+        await _pump(server, client)
+        nursery.cancel_scope.cancel()
 
 
 async def serve(

@@ -292,6 +292,28 @@ async def test_a_network_goes_with_its_agent(nursery: trio.Nursery, sandbox_serv
     await owner.aclose()
 
 
+async def test_orphan_namespaces_of_any_server_are_removed_once_old(
+    nursery: trio.Nursery, sandbox_server: Server
+) -> None:
+    """A namespace of ours with no process in it (its server was killed and its data
+    directory removed) is swept once old enough; one with a process in it is kept, and so is
+    a fresh one (another server is about to start its agent there)."""
+    backend = backend_of(sandbox_server)
+    assert backend.networks is not None
+    plumbing = backend.networks.plumbing
+    (box,) = await start_boxes(sandbox_server, nursery, 1)
+    orphan = "orphan000000001"
+    await trio.run_process(["ip", "netns", "add", namespace_name(orphan)])
+    try:
+        assert await trio.to_thread.run_sync(plumbing.sweep, []) == []
+        assert await trio.to_thread.run_sync(plumbing.sweep, [], 0.0) == [orphan]
+        assert not namespace_exists(orphan)
+        assert namespace_exists(box.id)
+    finally:
+        if namespace_exists(orphan):
+            await trio.run_process(["ip", "netns", "del", namespace_name(orphan)])
+
+
 async def test_leftover_namespaces_of_our_sandboxes_are_removed_at_start(
     nursery: trio.Nursery, db_url: str, tmp_path: Path, opencode_bin: str
 ) -> None:

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,9 @@ BLOCKED = (
     " 192.168.0.0/16, 224.0.0.0/3"
 )
 RUN_TIMEOUT = 20.0
+# A namespace of ours with no process in it for this long is an orphan (its server was killed
+# and its data directory is gone): a live one holds its agent from a moment after it is made.
+ORPHAN_AGE = 300.0
 _NAMESERVER = re.compile(r"^\s*nameserver\s+(\d+\.\d+\.\d+\.\d+)\s*$", re.MULTILINE)
 
 
@@ -176,15 +180,27 @@ class Plumbing:
         if allowed:
             _check(done, "let the sandbox reach its LLM relay")
 
-    def sweep(self, sandbox_ids: list[str]) -> list[str]:
-        """Remove the namespaces left by an earlier run for these sandboxes (never another
-        server's: those are named after sandboxes this one does not hold); the ids removed."""
+    def sweep(self, sandbox_ids: list[str], orphan_age: float = ORPHAN_AGE) -> list[str]:
+        """Remove the namespaces left by an earlier run for these sandboxes, and orphans: any
+        server's with no process in it for `orphan_age` seconds (a running sandbox's always
+        holds its agent); the ids removed."""
         ours = set(sandbox_ids)
-        found = [sandbox_of_namespace(n) for n in _namespaces()]
-        gone = [i for i in found if i is not None and i in ours]
+        found = [i for i in map(sandbox_of_namespace, _namespaces()) if i is not None]
+        gone = [i for i in found if i in ours or self._orphan(i, orphan_age)]
         for sandbox_id in gone:
             self.remove(sandbox_id)
         return gone
+
+    def _orphan(self, sandbox_id: str, age: float) -> bool:
+        name = namespace_name(sandbox_id)
+        try:
+            made = (NETNS_DIR / name).stat().st_mtime
+        except OSError:
+            return False
+        if time.time() - made < age:
+            return False
+        pids = _run([self.ip, "netns", "pids", name])
+        return pids.returncode == 0 and not pids.stdout.strip()
 
 
 def _namespaces() -> list[str]:

@@ -185,6 +185,7 @@ class FakeBackend:
         return None  # previews: not yet on this backend
 
     async def listening_ports(self, sandbox_id: str) -> list[int] | None:
+        await trio.lowlevel.checkpoint()
         return None
 
     # -- inside -------------------------------------------------------------------------------

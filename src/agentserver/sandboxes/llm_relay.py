@@ -73,12 +73,10 @@ def rewrite_head(head: bytes, prefix: str) -> bytes | None:
 
 async def _read_head(stream: trio.abc.Stream) -> tuple[bytes, bytes] | None:
     """The request head (without its blank line) and what came after it; None if it never ends."""
-    data = b""
+    data = bytes(await stream.receive_some(CHUNK))
     while b"\r\n\r\n" not in data:
-        if len(data) > HEAD_LIMIT:
-            return None
         chunk = await stream.receive_some(CHUNK)
-        if not chunk:
+        if not chunk or len(data) > HEAD_LIMIT:
             return None
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")

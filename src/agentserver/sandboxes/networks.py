@@ -99,9 +99,9 @@ class Networks:
 
     async def release(self, sandbox_id: str) -> None:
         """Stop the sandbox's relay and remove its namespace (nothing to do is fine)."""
+        await trio.lowlevel.checkpoint()
         net = self._nets.pop(sandbox_id, None)
         if net is None:
-            await trio.lowlevel.checkpoint()
             return
         if net.relay is not None:
             net.relay.cancel()
@@ -118,5 +118,6 @@ class Networks:
 
     async def aclose(self) -> None:
         """Remove every network (server shutdown, after the agents stopped)."""
+        await trio.lowlevel.checkpoint()
         for sandbox_id in list(self._nets):
             await self.release(sandbox_id)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import nox
@@ -78,24 +81,37 @@ def zipapp(session: nox.Session) -> None:
     session.run("python", "dist/agentserver.pyz", "--version")
 
 
-@nox.session(venv_backend="none")
-def image(session: nox.Session) -> None:
-    """Build the sandbox image on a debootstrapped Debian base; check each toolchain runs."""
+@nox.session
+def agent(session: nox.Session) -> None:
+    """The agent for laptops: dist/agentserver-agent.pyz (Python 3.11+, any OS) and
+    dist/agentserver-agent-linux-x86_64 (standalone, no Python needed)."""
+    sync(session)
+    session.install("pyinstaller")
+    pyz, binary = "dist/agentserver-agent.pyz", "dist/agentserver-agent-linux-x86_64"
+    session.run("python", "-m", "agentserver.agent_bundle", pyz)
+    session.run("python", "scripts/freeze_agent.py", pyz, binary)
+    session.run(binary, "--version", external=True)
+
+
+@contextlib.contextmanager
+def debian_docker(session: nox.Session) -> Iterator[tuple[dict[str, str], str]]:
+    """A private dockerd with a debootstrapped Debian bookworm imported as a base image (both
+    cached under .cache/image): yields the docker CLI's environment and the base's tag."""
     import subprocess
     import sys
     import tempfile
-    import time
 
     sys.path.insert(0, str(REPO))
     from tests.support.dockerd import run_dockerd
 
     for tool in ("debootstrap", "dockerd", "docker"):
         if not shutil_which(tool):
-            session.error(f"`nox -s image` needs {tool} (apt-get install debootstrap docker.io)")
+            session.error(
+                f"`nox -s {session.name}` needs {tool} (apt-get install debootstrap docker.io)"
+            )
     cache = REPO / ".cache/image"
     cache.mkdir(parents=True, exist_ok=True)
     base_tar = cache / "bookworm-minbase.tar"
-    started = time.monotonic()
     if not base_tar.exists():
         rootfs = cache / "bookworm"
         session.run("rm", "-rf", str(rootfs), external=True)
@@ -117,7 +133,7 @@ def image(session: nox.Session) -> None:
         run_dockerd(Path(tmp), data_root=cache / "docker") as daemon,
     ):
         env = {"DOCKER_HOST": daemon.host, "DOCKER_BUILDKIT": "0"}
-        base, tag = "agentserver-debian-base:bookworm", "agentserver-agent:latest"
+        base = "agentserver-debian-base:bookworm"
         # Import once: a re-import is a new image, which would void the build cache.
         present = (
             subprocess.run(
@@ -130,10 +146,26 @@ def image(session: nox.Session) -> None:
         )
         if not present:
             session.run("docker", "import", str(base_tar), base, env=env, external=True)
+        yield env, base
+
+
+def extra_ca_certs() -> str:
+    """Extra CAs this host trusts (a TLS-intercepting proxy), for downloads during builds."""
+    return "".join(p.read_text() for p in sorted(LOCAL_CA.glob("*.crt")))
+
+
+@nox.session(venv_backend="none")
+def image(session: nox.Session) -> None:
+    """Build the sandbox image on a debootstrapped Debian base and check each toolchain runs;
+    then the server image on the same base (`agentserver --version` in it)."""
+    import time
+
+    started = time.monotonic()
+    tag = "agentserver-agent:latest"
+    with debian_docker(session) as (env, base):
         build_started = time.monotonic()
         # The private daemon has no bridge/NAT: RUN steps use the host's network.
-        # Extra CAs this host trusts (a TLS-intercepting proxy), for npm during the build.
-        extra_ca = "".join(p.read_text() for p in sorted(LOCAL_CA.glob("*.crt")))
+        extra_ca = extra_ca_certs()
         session.run(
             "docker",
             "build",
@@ -199,6 +231,72 @@ def image(session: nox.Session) -> None:
             f"{tag}: {int(str(size).strip()) / 1e9:.2f} GB; docker build "
             f"{build_seconds:.0f}s, total {time.monotonic() - started:.0f}s"
         )
+        build_server_image(session, env, base)
+
+
+def build_server_image(session: nox.Session, env: dict[str, str], base: str) -> None:
+    """Build the server image (container/server.Dockerfile) on `base` and run
+    `agentserver --version` in it, as its non-root user and without a network."""
+    init = (REPO / "src/agentserver/__init__.py").read_text()
+    version = re.search(r'__version__ = "([^"]+)"', init)
+    assert version is not None
+    wanted = version.group(1)
+    tag = "agentserver:latest"
+    session.run(
+        "docker",
+        "build",
+        "--network",
+        "host",
+        "--build-arg",
+        f"PYTHON={base}",
+        "--build-arg",
+        f"BUILD_CA_CERTS={extra_ca_certs()}",
+        "-f",
+        str(REPO / "container/server.Dockerfile"),
+        "-t",
+        tag,
+        str(REPO),
+        env=env,
+        external=True,
+    )
+    shown = session.run(
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        tag,
+        "--version",
+        env=env,
+        external=True,
+        silent=True,
+    )
+    if str(shown).strip() != wanted:
+        session.error(f"{tag} says {str(shown).strip()!r}, not {wanted}")
+    user = session.run(
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "id",
+        tag,
+        "-u",
+        env=env,
+        external=True,
+        silent=True,
+    )
+    if str(user).strip() != "10001":
+        session.error(f"{tag} runs as uid {str(user).strip()}, not 10001")
+    session.log(f"{tag}: agentserver {wanted}, uid 10001")
+
+
+@nox.session(venv_backend="none")
+def server_image(session: nox.Session) -> None:
+    """Only the server image (`nox -s image` builds it too, after the sandbox image)."""
+    with debian_docker(session) as (env, base):
+        build_server_image(session, env, base)
 
 
 def shutil_which(tool: str) -> str | None:

@@ -14,6 +14,8 @@ import { Usage } from './views/usage.js';
 import { WorkspaceSettings } from './views/workspace-settings.js';
 import { Admin } from './views/admin.js';
 import { Account } from './views/account.js';
+import { Tokens } from './views/tokens.js';
+import { CliLogin } from './views/cli-login.js';
 
 const LAST_WORKSPACE = 'agentserver.workspace';
 
@@ -24,6 +26,8 @@ export function parseRoute(pathname) {
   if (parts[0] === 'workspaces' && parts.length === 1) return { view: 'workspaces' };
   if (parts[0] === 'admin' && parts.length === 1) return { view: 'admin' };
   if (parts[0] === 'account' && parts.length === 1) return { view: 'account' };
+  if (parts[0] === 'tokens' && parts.length === 1) return { view: 'tokens' };
+  if (parts[0] === 'cli-login' && parts.length === 1) return { view: 'cli-login' };
   if (parts[0] === 'w' && parts.length >= 2) {
     const workspaceId = parts[1];
     if (parts.length === 2) return { view: 'sandboxes', workspaceId };
@@ -77,6 +81,7 @@ function Frame({ me, workspaces, route, warnings, onSignOut, onSignOutEverywhere
           ${base && tab(`${base}/settings`, 'Settings', route.view === 'settings')}
           ${tab('/workspaces', 'Workspaces', route.view === 'workspaces')}
           ${me.role === 'admin' && tab('/admin', 'Admin', route.view === 'admin')}
+          ${tab('/tokens', 'Tokens', route.view === 'tokens')}
           ${tab('/account', 'Your account', route.view === 'account')}
         </ul>
       </nav>
@@ -128,6 +133,8 @@ function screenOf(route, me, workspace, workspaces, reload, config, onGone) {
     case 'usage': return html`<${Usage} workspace=${workspace} key=${workspace.id} />`;
     case 'settings': return html`<${WorkspaceSettings} workspace=${workspace} reload=${reload} key=${workspace.id} />`;
     case 'account': return html`<${Account} me=${me} />`;
+    case 'tokens': return html`<${Tokens} me=${me} workspaces=${workspaces} />`;
+    case 'cli-login': return html`<${CliLogin} me=${me} />`;
     case 'admin':
       return me.role === 'admin' ? html`<${Admin} me=${me} />`
         : html`<section><h1>Admin</h1><p>Only the server admin can see this page.</p></section>`;
@@ -175,7 +182,7 @@ function App() {
     if (route.workspaceId) localStorage.setItem(LAST_WORKSPACE, route.workspaceId);
   }, [route.workspaceId]);
   useEffect(() => {
-    const titles = { workspaces: 'Workspaces', admin: 'Admin', account: 'Account', members: 'Members', usage: 'Usage', settings: 'Settings', sandboxes: 'Sandboxes', sandbox: 'Sandbox' };
+    const titles = { workspaces: 'Workspaces', admin: 'Admin', account: 'Account', tokens: 'Tokens', 'cli-login': 'Command-line sign-in', members: 'Members', usage: 'Usage', settings: 'Settings', sandboxes: 'Sandboxes', sandbox: 'Sandbox' };
     document.title = titles[route.view] ? `${titles[route.view]} · agentserver` : 'agentserver';
   }, [route.view]);
 

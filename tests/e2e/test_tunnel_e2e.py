@@ -15,63 +15,12 @@ import httpx
 import pytest
 import trio
 
+from tests.e2e.conftest import read_until
 from tests.support.bulk_upstream import BulkUpstream, pattern
-from tests.support.tunnel_world import TunnelWorld, free_port
+from tests.support.tunnel_world import TunnelWorld
 from tests.support.workspace_events import watch_statuses
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-async def read_until(stream: trio.abc.ReceiveStream, needle: str, seen: list[str]) -> None:
-    """Read lines from a child's output until one contains `needle` (within two minutes)."""
-    buffer = b""
-    with trio.fail_after(120):
-        while True:
-            chunk = await stream.receive_some(4096)
-            if not chunk:
-                raise AssertionError(f"output ended before {needle!r}: {seen}")
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                seen.append(line.decode(errors="replace"))
-                if needle in seen[-1]:
-                    return
-
-
-@pytest.fixture
-async def laptop_opencode(
-    opencode_bin: str, nursery: trio.Nursery, tmp_path: Path
-) -> AsyncIterator[str]:
-    """`opencode serve` on loopback without a password, as on a developer's laptop."""
-    port = free_port()
-    home = tmp_path / "laptop-home"
-    home.mkdir()
-    env = {
-        "HOME": str(home),
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "OPENCODE_DISABLE_AUTOUPDATE": "1",
-        "TERM": "xterm",
-    }
-    process = await trio.lowlevel.open_process(
-        [opencode_bin, "serve", "--hostname", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=home,
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    await read_until(process.stdout, "listening", [])
-
-    async def drain() -> None:
-        assert process.stdout is not None
-        while await process.stdout.receive_some(65536):
-            pass
-
-    nursery.start_soon(drain)
-    yield f"http://127.0.0.1:{port}"
-    os.killpg(process.pid, signal.SIGKILL)
-    await process.wait()
 
 
 async def test_opencode_web_ui_api_events_and_terminal_through_the_tunnel(

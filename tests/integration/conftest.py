@@ -1,8 +1,19 @@
 """Fixtures shared by integration tests beyond the root conftest (sandbox servers)."""
 
+from tests.support.kube_api.fixtures import kube_api, kube_api_served
 from tests.support.lifecycle_world import lifecycle
+from tests.support.preview_world import previews
 from tests.support.proxy_world import world
 from tests.support.sandboxes import sandbox_server, sandbox_settings
 from tests.support.server_paths import server_path
 
-__all__ = ["lifecycle", "sandbox_server", "sandbox_settings", "server_path", "world"]
+__all__ = [
+    "kube_api",
+    "kube_api_served",
+    "lifecycle",
+    "previews",
+    "sandbox_server",
+    "sandbox_settings",
+    "server_path",
+    "world",
+]

@@ -5,6 +5,9 @@ the roles allowed. If the handler needs state (a sandbox id, a body), give the r
 with `body=` and/or `setup=` (an async function that receives the `World` and returns extra path
 values, e.g. {"sandbox_id": ...}). `test_every_scoped_route_has_a_row` fails when a route under
 /api/workspaces/<...> or /api/sandboxes/<...> exists without a row (or a row names no route).
+Every other /api route needs a row in TOKEN_ROUTES (what an API token may do there): every route
+is also called with a read, a full, a workspace-limited, an expired and a revoked token
+(`test_every_api_route_has_a_token_row`, `test_every_route_with_every_kind_of_token`).
 
 Expected answers: an allowed caller gets a 2xx/3xx (or one of `Case.ok`, for domain answers such
 as 409 "not running"); a denied member gets 403; a non-member gets 404 (the same as a workspace
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import psycopg
 import trio
 
 from agentserver.api.app import create_app
@@ -66,10 +70,14 @@ def body_adding_outsider(role: str) -> dict[str, Any]:
     return {"username": "zz-outsider", "role": role}
 
 
+SANDBOX_NUMBERS = itertools.count(1)  # a world may hold several (the token test shares one)
+
+
 async def with_sandbox(world: World, creator: str = OWNER) -> dict[str, str]:
     """A sandbox in the world's workspace, created by its owner (or `creator`)."""
     response = await world.clients[creator].post(
-        f"/api/workspaces/{world.workspace_id}/sandboxes", json={"name": "matrix"}
+        f"/api/workspaces/{world.workspace_id}/sandboxes",
+        json={"name": f"matrix-{next(SANDBOX_NUMBERS)}"},
     )
     assert response.status_code == 201, response.text
     return {"sandbox_id": response.json()["id"]}
@@ -79,6 +87,11 @@ async def with_developers_sandbox(world: World) -> dict[str, str]:
     """A sandbox created by the world's developer: developers manage their own sandboxes
     (someone else's only if the workspace allows it: see test_private_sandboxes.py)."""
     return await with_sandbox(world, DEVELOPER)
+
+
+async def with_sandbox_port(world: World) -> dict[str, str]:
+    """A sandbox of the owner's and a port of it that may be previewed."""
+    return {**await with_sandbox(world), "port": "5173"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,6 +138,17 @@ MATRIX: dict[tuple[str, str], frozenset[str] | Case] = {
     ("GET", "/api/sandboxes/<sandbox_id>/open"): Case(ANY_MEMBER, setup=with_sandbox),
     # its variables' names and repository: whoever may open it
     ("GET", "/api/sandboxes/<sandbox_id>/setup"): Case(ANY_MEMBER, setup=with_sandbox),
+    # previews (api/previews.py): listed for whoever may open the sandbox; a port made public or
+    # private by a member who may use it (never a guest)
+    ("GET", "/api/sandboxes/<sandbox_id>/previews"): Case(ANY_MEMBER, setup=with_sandbox),
+    ("PUT", "/api/sandboxes/<sandbox_id>/previews/<port>/public"): Case(
+        DEVELOPER_UP, setup=with_sandbox_port
+    ),
+    ("DELETE", "/api/sandboxes/<sandbox_id>/previews/<port>/public"): Case(
+        DEVELOPER_UP, setup=with_sandbox_port
+    ),
+    # the command line's one-time link to open it in a signed-in browser (api/sandbox_open.py)
+    ("POST", "/api/sandboxes/<sandbox_id>/launch"): Case(ANY_MEMBER, setup=with_sandbox),
     # local agents (api/agents.py): a one-time registration code
     ("POST", "/api/workspaces/<workspace_id>/agent-code"): DEVELOPER_UP,
     # sandboxes, agent codes, usage, events: add rows here (see the module docstring).
@@ -267,4 +291,252 @@ async def test_account_routes_need_a_session_and_nothing_more(server: Server) ->
             wrong.append(f"{method} {rule} as anonymous: expected 401, got {denied.status_code}")
         if not 200 <= allowed.status_code < 300:
             wrong.append(f"{method} {rule} as its user: got {allowed.status_code}")
+    assert not wrong, "\n".join(wrong)
+
+
+# ---------------------------------------------------------------------------------------------
+# API TOKENS. Every /api route is also called with each kind of bearer token of the owner (who
+# is the server admin: the first user). Workspace and sandbox routes follow MATRIX (the owner
+# may call every one of them); every other /api route needs a TOKEN_ROUTES row saying how far
+# a token reaches there:
+#   ACCOUNT  the caller's own things: any working token (a read one: GET only)
+#   WIDE     beyond one workspace (admin pages, new workspaces): not a workspace-limited token
+#   SESSION  a browser session only (password, sessions, tokens, approvals): every token 403
+#   PUBLIC   no sign-in at all: a token changes nothing (the same answer as without one)
+# A token that does not work (expired, revoked) gets 401 wherever a sign-in counts.
+# ---------------------------------------------------------------------------------------------
+ACCOUNT_REACH, WIDE, SESSION, PUBLIC, WORKSPACE = "account", "wide", "session", "public", "ws"
+READ, FULL, LIMITED, ELSEWHERE, EXPIRED, REVOKED = (
+    "read",
+    "full",
+    "limited to this workspace",
+    "limited to another workspace",
+    "expired",
+    "revoked",
+)
+TOKEN_KINDS = (READ, FULL, LIMITED, ELSEWHERE, EXPIRED, REVOKED)
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    """How far a token reaches on a route that is not workspace- or sandbox-scoped."""
+
+    reach: str
+    body: dict[str, Any] | None = None
+    setup: Setup | None = None
+    ok: frozenset[int] = field(default_factory=frozenset)
+
+
+async def with_victim(world: World) -> dict[str, str]:
+    """A user the admin routes act on (not one of the world's members)."""
+    return {"user_id": world.users["victim"]["id"]}
+
+
+async def with_other_token(world: World) -> dict[str, str]:
+    """Another token of the owner (a token may not revoke it)."""
+    made = await world.clients[OWNER].post("/api/tokens", json={"name": "another"})
+    assert made.status_code == 201, made.text
+    return {"token_id": made.json()["id"]}
+
+
+TOKEN_ROUTES: dict[tuple[str, str], TokenRow] = {
+    # the caller's account (api/auth.py)
+    ("GET", "/api/auth/config"): TokenRow(ACCOUNT_REACH),
+    ("GET", "/api/auth/me"): TokenRow(ACCOUNT_REACH),
+    ("POST", "/api/auth/logout"): TokenRow(SESSION),
+    ("POST", "/api/auth/logout-all"): TokenRow(SESSION),
+    ("POST", "/api/auth/password"): TokenRow(SESSION, body=ACCOUNT[("POST", "/api/auth/password")]),
+    ("GET", "/api/auth/sessions"): TokenRow(SESSION),
+    ("DELETE", "/api/auth/sessions/<session_id>"): TokenRow(SESSION),
+    # signing in (api/auth.py, api/oidc.py): bodies that are refused before anyone signs in
+    ("POST", "/api/auth/login"): TokenRow(PUBLIC),
+    ("POST", "/api/auth/register"): TokenRow(PUBLIC),
+    ("GET", "/api/auth/providers"): TokenRow(PUBLIC),
+    ("GET", "/api/auth/oidc/<provider_id>"): TokenRow(PUBLIC),
+    ("GET", "/api/auth/oidc/<provider_id>/callback"): TokenRow(PUBLIC),
+    # workspaces (api/workspaces.py)
+    ("GET", "/api/workspaces"): TokenRow(ACCOUNT_REACH),
+    ("POST", "/api/workspaces"): TokenRow(WIDE, body={"name": "by-token"}, ok=frozenset({409})),
+    # tokens (api/tokens.py)
+    ("GET", "/api/tokens"): TokenRow(ACCOUNT_REACH),
+    ("POST", "/api/tokens"): TokenRow(SESSION, body={"name": "minted"}),
+    ("DELETE", "/api/tokens/<token_id>"): TokenRow(SESSION, setup=with_other_token),
+    ("GET", "/api/admin/tokens"): TokenRow(WIDE),
+    ("DELETE", "/api/admin/tokens/<token_id>"): TokenRow(SESSION, setup=with_other_token),
+    ("POST", "/api/cli-login"): TokenRow(PUBLIC),
+    ("POST", "/api/cli-login/poll"): TokenRow(PUBLIC),
+    ("GET", "/api/cli-login/pending"): TokenRow(SESSION),
+    ("POST", "/api/cli-login/approve"): TokenRow(SESSION, body={"code": "not-a-code"}),
+    # server admin (api/admin.py, api/usage.py)
+    ("GET", "/api/admin/users"): TokenRow(WIDE),
+    ("PUT", "/api/admin/users/<user_id>/role"): TokenRow(
+        WIDE, body={"role": "user"}, setup=with_victim
+    ),
+    ("POST", "/api/admin/users/<user_id>/disable"): TokenRow(WIDE, setup=with_victim),
+    ("POST", "/api/admin/users/<user_id>/enable"): TokenRow(WIDE, setup=with_victim),
+    ("POST", "/api/admin/users/<user_id>/password"): TokenRow(
+        WIDE, body={"password": "a-new-horse-battery"}, setup=with_victim
+    ),
+    ("GET", "/api/admin/workspaces"): TokenRow(WIDE),
+    ("GET", "/api/admin/sandboxes"): TokenRow(WIDE),
+    ("GET", "/api/admin/workspaces/<workspace_id>/quota"): TokenRow(WIDE),
+    ("PUT", "/api/admin/workspaces/<workspace_id>/quota"): TokenRow(WIDE, body={"rpm": 10}),
+    ("DELETE", "/api/admin/workspaces/<workspace_id>/quota"): TokenRow(WIDE),
+    # local agents (api/agents.py, api/downloads.py): their own credentials, never ours
+    ("GET", "/api/agent/install"): TokenRow(PUBLIC),
+    ("POST", "/api/agent/register"): TokenRow(PUBLIC),
+    ("GET", "/api/tunnel/<sandbox_id>"): TokenRow(PUBLIC),
+}
+
+# Path values for routes whose object does not matter to the answer (it does not exist).
+DUMMY_VALUES = {"session_id": "none", "provider_id": "none", "sandbox_id": "none"}
+
+# Scoped routes a token may never use, whatever its reach: a browser's way into a sandbox.
+SESSION_SCOPED = frozenset({("GET", "/api/sandboxes/<sandbox_id>/open")})
+
+
+def api_routes(server: Server) -> set[tuple[str, str]]:
+    """(METHOD, rule) for every /api route of an app built from the running server's Deps."""
+    app = create_app(server.deps)
+    return {
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/api/")
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    }
+
+
+def token_expected(kind: str, reach: str, method: str) -> str:
+    """What a token of `kind` gets on a route of `reach` (the owner's role allows the call)."""
+    if reach == PUBLIC:
+        return "as anonymous"
+    if kind in (EXPIRED, REVOKED):
+        return "401"
+    if reach == SESSION or (kind == READ and method != "GET"):
+        return "403"
+    if reach == WIDE and kind in (LIMITED, ELSEWHERE):
+        return "403"
+    if reach == WORKSPACE and kind == ELSEWHERE:
+        return "404"
+    return "allowed"
+
+
+async def test_every_api_route_has_a_token_row(server: Server) -> None:
+    """Every /api route is in MATRIX (scoped) or TOKEN_ROUTES, and every row names a route, so
+    a new route must say what an API token may do there."""
+    live = api_routes(server)
+    covered = MATRIX.keys() | TOKEN_ROUTES.keys()
+    assert not sorted(live - covered), f"routes without a token row: {sorted(live - covered)}"
+    stale = sorted(TOKEN_ROUTES.keys() - live)
+    assert not stale, f"TOKEN_ROUTES rows for routes that do not exist: {stale}"
+
+
+@dataclass
+class Tokens:
+    """The owner's bearer tokens of every kind; LIMITED is made for each world's workspace."""
+
+    owner: httpx.AsyncClient
+    db_url: str
+    fixed: dict[str, str] = field(default_factory=dict)
+
+    async def mint(self, **body: Any) -> dict[str, Any]:
+        made = await self.owner.post("/api/tokens", json={"name": "matrix", **body})
+        assert made.status_code == 201, made.text
+        return dict(made.json())
+
+    async def prepare(self, elsewhere: str) -> None:
+        self.fixed[READ] = (await self.mint(scope="read"))["token"]
+        self.fixed[FULL] = (await self.mint())["token"]
+        self.fixed[ELSEWHERE] = (await self.mint(workspaceId=elsewhere))["token"]
+        expired = await self.mint()
+        self.fixed[EXPIRED] = expired["token"]
+        revoked = await self.mint()
+        self.fixed[REVOKED] = revoked["token"]
+        assert (await self.owner.delete(f"/api/tokens/{revoked['id']}")).status_code == 204
+
+        def expire() -> None:
+            with psycopg.connect(self.db_url, autocommit=True) as conn:
+                conn.execute(
+                    "UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE id = %s",
+                    (expired["id"],),
+                )
+
+        await trio.to_thread.run_sync(expire)
+
+    async def of(self, kind: str, world: World) -> str:
+        if kind == LIMITED:
+            key = f"{LIMITED}:{world.workspace_id}"
+            if key not in self.fixed:
+                self.fixed[key] = (await self.mint(workspaceId=world.workspace_id))["token"]
+            return self.fixed[key]
+        return self.fixed[kind]
+
+
+async def token_call(
+    server: Server, token: str | None, method: str, url: str, body: Any, stream: bool
+) -> int:
+    """One request with only a bearer token (no cookie, no Origin: not a browser)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as client,
+        client.stream(method, url, json=body) as response,
+    ):
+        if not stream:
+            await response.aread()
+        return response.status_code
+
+
+async def test_every_route_with_every_kind_of_token(server: Server, db_url: str) -> None:
+    """Each /api route answers each kind of the owner's token as its reach says: read tokens
+    only read, workspace-limited ones stay in their workspace, session-only routes refuse
+    every token, expired and revoked tokens get 401, public routes ignore tokens."""
+    clients, users = await make_users(server)
+    clients["victim"] = server.client()
+    users["victim"] = await register(clients["victim"], "victim")
+    elsewhere = await clients[OWNER].post("/api/workspaces", json={"name": "elsewhere"})
+    assert elsewhere.status_code == 201, elsewhere.text
+    tokens = Tokens(clients[OWNER], db_url)
+    await tokens.prepare(elsewhere.json()["id"])
+    rows: dict[tuple[str, str], tuple[str, Case | TokenRow]] = {
+        key: (SESSION if key in SESSION_SCOPED else WORKSPACE, case_of(entry))
+        for key, entry in MATRIX.items()
+    }
+    rows.update({key: (row.reach, row) for key, row in TOKEN_ROUTES.items()})
+    wrong: list[str] = []
+    shared = await make_world(server, clients, users)
+    shared_setups: dict[Setup, dict[str, str]] = {}
+    try:
+        for (method, rule), (reach, row) in sorted(rows.items()):
+            ok = row.ok
+            stream = isinstance(row, Case) and row.stream
+            for kind in TOKEN_KINDS:
+                want = token_expected(kind, reach, method)
+                # A call that may succeed gets a fresh world (routes delete things); one that
+                # must be refused changes nothing, so they share one.
+                fresh = reach == WORKSPACE and want == "allowed"
+                world = await make_world(server, clients, users) if fresh else shared
+                values = {**world.path_values(), **DUMMY_VALUES}
+                if row.setup is not None and fresh:
+                    values.update(await row.setup(world))
+                elif row.setup is not None:
+                    if row.setup not in shared_setups:
+                        shared_setups[row.setup] = await row.setup(world)
+                    values.update(shared_setups[row.setup])
+                url = fill(rule, values)
+                token = await tokens.of(kind, world)
+                status = await token_call(server, token, method, url, row.body, stream)
+                if want == "as anonymous":
+                    anonymous = await token_call(server, None, method, url, row.body, stream)
+                    got = "as anonymous" if status == anonymous else f"{status} ({anonymous})"
+                else:
+                    got = "allowed" if 200 <= status < 400 or status in ok else str(status)
+                if fresh:
+                    await clients[OWNER].delete(f"/api/workspaces/{world.workspace_id}")
+                if want != got:
+                    wrong.append(f"{method} {rule} with a {kind} token: expected {want}, got {got}")
+    finally:
+        with trio.CancelScope(shield=True):
+            for client in clients.values():
+                await client.aclose()
     assert not wrong, "\n".join(wrong)

@@ -155,7 +155,7 @@ async def test_a_valid_cookie_still_works_beside_a_refused_one(world: World) -> 
 
 @pytest.mark.parametrize(
     ("label", "code"),
-    [("anything", "not_found"), ("p3000-abc123", "previews_disabled"), ("oc-bad_id", "not_found")],
+    [("anything", "not_found"), ("p3000-bad_id", "not_found"), ("oc-bad_id", "not_found")],
 )
 async def test_unknown_hosts_under_the_base_domain_get_a_plain_404(
     world: World, label: str, code: str

@@ -3,6 +3,7 @@ process on every start) and its git repository (sandboxes/setup.py)."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import httpx
 import pytest
 import trio
 
+from agentserver.errors import AgentServerError
 from agentserver.sandboxes import process as process_backend
 from agentserver.sandboxes.isolation import Isolation
 from agentserver.sandboxes.setup import KEY_FILE
+from agentserver.settings import Settings
 from tests.conftest import Server, start_server
 from tests.support.sandboxes import (
     EventStream,
@@ -24,6 +27,8 @@ from tests.support.sandboxes import (
 
 SECRET = "s3cr3t-value-that-must-never-show-9f2c"
 ENV = {"MY_TOKEN": SECRET, "plain_name": "hello world", "EMPTY": ""}
+
+NO_AGENT = "/nonexistent/opencode"  # these tests never start one
 
 
 def environ_of(pid: int) -> dict[str, str]:
@@ -118,6 +123,45 @@ async def test_values_are_sealed_and_only_names_are_shown(
     assert (await server.deps.sandboxes.setup_of(sid)).env == ENV
     await owner.aclose()
     server.shutdown.set()
+
+
+async def test_a_configured_key_is_shared_by_servers_and_a_wrong_one_is_named(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    """With AGENTSERVER_SANDBOX_ENV_KEY no key file is made; another server (another data
+    directory, as a second replica or a restarted pod) with the same key reads the variables;
+    one with another key says which key is wrong instead of failing obscurely."""
+
+    def settings(folder: str, key: str) -> Settings:
+        return sandbox_settings_for(db_url, tmp_path / folder, NO_AGENT, sandbox_env_key=key)
+
+    key = base64.urlsafe_b64encode(bytes(range(32))).decode()
+    first = await start_server(nursery, settings("one", key))
+    owner, wid = await owner_with_workspace(first)
+    created = await owner.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "a", "env": ENV})
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+    assert not (first.deps.settings.data_dir / KEY_FILE).exists()
+    await owner.aclose()
+    first.shutdown.set()
+    second = await start_server(
+        nursery,
+        sandbox_settings_for(
+            db_url, tmp_path / "two", "/nonexistent/opencode", sandbox_env_key=key
+        ),
+    )
+    assert (await second.deps.sandboxes.setup_of(sid)).env == ENV
+    second.shutdown.set()
+    other = base64.urlsafe_b64encode(bytes(32)).decode()
+    third = await start_server(
+        nursery,
+        sandbox_settings_for(
+            db_url, tmp_path / "three", "/nonexistent/opencode", sandbox_env_key=other
+        ),
+    )
+    with pytest.raises(AgentServerError, match="AGENTSERVER_SANDBOX_ENV_KEY"):
+        await third.deps.sandboxes.setup_of(sid)
+    third.shutdown.set()
 
 
 async def test_the_agent_sees_its_variables_after_a_resume_too(

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import pytest
 
 from agentserver.proxy import front
-from agentserver.proxy.routing import Target
+from agentserver.proxy.routing import Route
 
 Path = Literal["fast", "hypercorn"]
 PATHS: tuple[Path, ...] = ("fast", "hypercorn")
@@ -38,7 +38,7 @@ def choose_paths(monkeypatch: pytest.MonkeyPatch) -> ServerPaths:
     route = front.Front._route
     exchange = front.Exchange
 
-    def routed(self: front.Front, host: bytes) -> Target | None:
+    def routed(self: front.Front, host: bytes) -> Route | None:
         target = route(self, host)
         return None if paths.mode == "hypercorn" else target
 

@@ -43,9 +43,14 @@ class TunnelWorld:
         return str(response.json()["code"])
 
     async def start_agent(
-        self, nursery: trio.Nursery, opencode_url: str, name: str = "laptop"
+        self,
+        nursery: trio.Nursery,
+        opencode_url: str,
+        name: str = "laptop",
+        allow_ports: list[int] | None = None,
     ) -> Agent:
-        """Register with a fresh code and run `connect` in `nursery` until it is connected."""
+        """Register with a fresh code and run `connect` in `nursery` until it is connected
+        (sharing `allow_ports` as previews)."""
         agent = Agent()
         config = self.tmp / f"agent-{len(os.listdir(self.tmp))}.json"
 
@@ -62,6 +67,7 @@ class TunnelWorld:
                     name=name,
                     opencode_url=opencode_url,
                     config_path=config,
+                    allow_ports=allow_ports,
                     say=agent.lines.append,
                     started=started,
                 )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from agentserver.proxy.routing import (
+    Preview,
     Target,
     Unknown,
+    preview_host,
     resolve,
     route,
     sandbox_host,
@@ -101,14 +103,22 @@ RESOLVED = [
     ("oc-.example.com", "example.com", Unknown("sandbox")),
     ("oc-abc_def.example.com", "example.com", Unknown("sandbox")),
     (f"oc-{SID}.sub.example.com", "example.com", Unknown("sandbox")),
-    (f"p3000-{SID}.example.com", "example.com", Unknown("preview")),
-    (f"P5173-{SID}.localhost:8080", "localhost:8080", Unknown("preview")),
+    (f"p3000-{SID}.example.com", "example.com", Preview(SID, 3000)),
+    (f"P5173-{SID}.localhost:8080", "localhost:8080", Preview(SID, 5173)),
+    # any 1-5 digit port is a preview host; the proxy refuses the ports it never serves
+    (f"p99999-{SID}.example.com", "example.com", Preview(SID, 99999)),
+    (f"p80-{SID}.example.com", "example.com", Preview(SID, 80)),
+    (f"p123456-{SID}.example.com", "example.com", Unknown("host")),
+    (f"p3000-{SID}_x.example.com", "example.com", Unknown("host")),
+    (f"p3000{SID}.example.com", "example.com", Unknown("host")),
     (f"p-{SID}.example.com", "example.com", Unknown("host")),
 ]
 
 
 @pytest.mark.parametrize(("host", "base", "expected"), RESOLVED)
-def test_resolve(host: str | bytes | None, base: str, expected: Target | Unknown | None) -> None:
+def test_resolve(
+    host: str | bytes | None, base: str, expected: Target | Preview | Unknown | None
+) -> None:
     """A Host is the main site only as the base domain itself or outside it; any other name
     under the base domain that is no sandbox resolves to Unknown (a 404)."""
     assert resolve(host, base) == expected
@@ -121,3 +131,12 @@ def test_configured_main_names_under_the_base_domain_are_the_main_site() -> None
     assert resolve("Login.Example.com:8443", "example.com", main) is None
     assert resolve("www.example.com", "example.com", main) == Unknown("host")
     assert resolve(f"oc-{SID}.example.com", "example.com", main) == Target("opencode", SID)
+
+
+def test_a_preview_host_round_trips_through_route() -> None:
+    """The host built for a preview routes back to the same sandbox and port, on both paths'
+    router (`route`, the fast path's) as on `resolve`."""
+    host = preview_host(SID, 5173, "localhost:8080")
+    assert host == f"p5173-{SID}.localhost:8080"
+    assert route(host, "localhost:8080") == Preview(SID, 5173)
+    assert route(f"p5173-{SID}.other.org", "localhost:8080") is None

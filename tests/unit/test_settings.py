@@ -225,7 +225,9 @@ SECRETS = [o for o in OPTIONS if o.secret]
 def test_every_secret_can_come_from_a_file(option: Option, tmp_path: Path) -> None:
     """<VARIABLE>_FILE names a file holding the secret (its trailing newline dropped)."""
     secret = tmp_path / "secret"
-    secret.write_text("postgresql://u:p@db/x\n" if option.name == "db_url" else "s3cr3t\n")
+    # A value of each secret's own form: a URL, a key, or any text.
+    shaped = {"db_url": "postgresql://u:p@db/x", "sandbox_env_key": "A" * 43 + "="}
+    secret.write_text(shaped.get(option.name, "s3cr3t") + "\n")
     settings = build_settings({}, {f"{option.env}_FILE": str(secret)})
     assert getattr(settings, option.name) == secret.read_text().rstrip("\n")
 

@@ -19,11 +19,14 @@ CANDIDATES = (
     "3MiB",
     "docker",
     "https",
+    "json",
+    "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",  # a Fernet key
     "10.9.8.7:4321",
     "203.0.113.0/24",
     "https://upstream.example/base",
     "false",
     "true",
+    "tier=web",
 )
 HOME = {"HOME": "/home/settings-test"}
 

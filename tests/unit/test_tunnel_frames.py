@@ -56,6 +56,7 @@ all_frames = st.one_of(
         body=st.booleans(),
         websocket=st.booleans(),
         subprotocols=st.lists(tokens, max_size=3).map(tuple),
+        port=st.none() | st.integers(1, 65535),
     ),
     st.builds(ResponseHead, stream_id=stream_ids, status=st.integers(100, 599), headers=headers),
     st.builds(

@@ -26,7 +26,7 @@ export function joined(sandboxes, before, name) {
   return fresh.find((s) => name && s.name === name) || fresh[0] || null;
 }
 
-function Copyable({ id, text, label, code }) {
+export function Copyable({ id, text, label, code }) {
   const [copied, setCopied] = useState('');
   const copy = async () => {
     try {
@@ -51,9 +51,11 @@ function Copyable({ id, text, label, code }) {
 function Install({ install }) {
   if (!install) return html`<${Loading} what="Looking up the agent" />`;
   if (install.download) {
-    return html`<p><a href=${install.download} download="agentserver.pyz">Download agentserver.pyz</a>
-      from this server (needs Python 3.11+), then run the command below with
-      <code>python3 agentserver.pyz</code> in place of <code>agentserver</code>.</p>`;
+    const url = new URL(install.download, location.origin).href;
+    return html`<p>Download it from this server (one file, needs Python 3.11+;
+      or <a href=${install.download} download="agentserver-agent.pyz">save it from here</a>):</p>
+      <${Copyable} id="download-command" text=${`curl -fLO ${url}`} label="Copy download command" />
+      <p class="muted small">Or install it: <code>pip install agentserver==${install.version}</code>.</p>`;
   }
   return html`<p>Install it with <code>pip install agentserver==${install.version}</code>${' '}
     (or run it without installing: <code>uvx --from agentserver==${install.version} agentserver …</code>).</p>`;
@@ -85,7 +87,7 @@ export function AgentDialog({ workspace, sandboxes, onClose }) {
     get('/api/agent/install').then(setInstall, () => setInstall({ version: null, download: null }));
   }, [workspace.id]);
 
-  const program = install?.download ? 'python3 agentserver.pyz' : 'agentserver';
+  const program = install?.download ? 'python3 agentserver-agent.pyz' : 'agentserver';
   const command = grant ? connectCommand(location.origin, grant.code, name.trim(), program) : '';
   const sandbox = before.current ? joined(sandboxes, before.current, name.trim()) : null;
 

@@ -6,6 +6,7 @@ import { canOnSandbox } from '../roles.js';
 import { ago, html, Empty, ErrorBox, Link, Loading, navigate, number, StatusBadge, useAction, when } from '../ui.js';
 import { PrivateBadge, SandboxActions, sandboxFacts, useSandboxes } from './sandboxes.js';
 import { SetupFacts } from './sandbox-setup.js';
+import { Previews } from './previews.js';
 import { useUsage } from './usage.js';
 
 /** Log lines from `{"logs": "text"}` (what the server sends), `{"lines": [...]}` or plain text. */
@@ -86,7 +87,7 @@ export function pauseText(sandbox) {
 }
 
 export function SandboxDetail({ workspace, me, sandboxId, onGone }) {
-  const { sandboxes, error, upsert, remove } = useSandboxes(workspace.id, onGone);
+  const { sandboxes, error, upsert, remove, previewChanges } = useSandboxes(workspace.id, onGone);
   const sandbox = sandboxes && sandboxes.find((s) => s.id === sandboxId);
   const creator = useCreatorName(workspace, sandbox && sandbox.createdBy);
   const back = path`/w/${workspace.id}`;
@@ -127,6 +128,8 @@ export function SandboxDetail({ workspace, me, sandboxId, onGone }) {
         ${sandbox.type !== 'local' && canOnSandbox(workspace.role, 'view_sandbox', sandboxFacts(workspace, sandbox, me)) && html`<${SetupFacts} sandbox=${sandbox} />`}
       </dl>
     </section>
+    ${canOnSandbox(workspace.role, 'view_sandbox', sandboxFacts(workspace, sandbox, me)) && html`<${Previews}
+      workspace=${workspace} sandbox=${sandbox} me=${me} changes=${previewChanges[sandbox.id] || 0} />`}
     ${canOnSandbox(workspace.role, 'view_logs', sandboxFacts(workspace, sandbox, me)) && html`<${Logs} sandbox=${sandbox} />`}
     <${SandboxUsage} workspace=${workspace} sandbox=${sandbox} />
   </section>`;

@@ -36,6 +36,8 @@ export function useSandboxes(workspaceId, onGone) {
   const [sandboxes, setSandboxes] = useState(null);
   const [error, setError] = useState(null);
   const [live, setLive] = useState(false);
+  // Per sandbox, how many times its previews changed (a `previews` event): readers reload them.
+  const [previewChanges, setPreviewChanges] = useState({});
   const current = useRef([]);
   const gone = useRef(false);
 
@@ -80,9 +82,18 @@ export function useSandboxes(workspaceId, onGone) {
         // Not an event about a sandbox (or not JSON): nothing to show.
       }
     };
+    const previewsChanged = (message) => {
+      try {
+        const { sandboxId } = JSON.parse(message.data);
+        if (sandboxId) setPreviewChanges((seen) => ({ ...seen, [sandboxId]: (seen[sandboxId] || 0) + 1 }));
+      } catch {
+        // Not JSON: nothing to reload.
+      }
+    };
     const connect = () => {
       source = new EventSource(path`/api/workspaces/${workspaceId}/events`);
       source.addEventListener('sandbox', apply);
+      source.addEventListener('previews', previewsChanged);
       source.addEventListener('sandbox_deleted', apply);
       source.addEventListener('message', apply);
       source.addEventListener('open', () => {
@@ -120,7 +131,7 @@ export function useSandboxes(workspaceId, onGone) {
     return () => clearInterval(timer);
   }, [moving]);
 
-  return { sandboxes, error, live, upsert, remove, reload: load };
+  return { sandboxes, error, live, upsert, remove, reload: load, previewChanges };
 }
 
 /** What decides, besides the role, what `me` may do to `sandbox` (roles.js canOnSandbox). */

@@ -56,6 +56,15 @@ async def connect(
             "(OPENCODE_SERVER_PASSWORD), sent as HTTP Basic credentials for user opencode.",
         ),
     ] = None,
+    allow_port: Annotated[
+        list[int] | None,
+        Parameter(
+            name="--allow-port",
+            help="Share this local port as a preview (repeatable, 1024-65535); saved with the "
+            "credentials and used on later runs. Requests for any other port are refused.",
+            negative="",
+        ),
+    ] = None,
 ) -> None:
     """Register this machine (first run, with --code) and keep its tunnel to the server up."""
     status = await agent.connect(
@@ -65,6 +74,7 @@ async def connect(
         opencode_url=opencode_url,
         config_path=config,
         opencode_password=opencode_password,
+        allow_ports=allow_port,
         say=say,
         handle_signals=True,
     )

@@ -18,8 +18,8 @@ import random
 import signal
 import socket
 import tempfile
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -27,7 +27,7 @@ import trio
 import trio_websocket
 
 from agentserver.agent.forward import Forwarder
-from agentserver.kinds import OPENCODE
+from agentserver.kinds import OPENCODE, PREVIEW_PORTS_HEADER, preview_refusal
 from agentserver.tunnel import (
     SERVER_RESTARTING,
     ProtocolError,
@@ -75,6 +75,11 @@ class AgentConfig:
     tunnelToken: str
     workspaceId: str
     name: str
+    # The ports of this machine the agent shares as previews (`--allow-port`); none before.
+    allowedPorts: tuple[int, ...] = ()
+
+
+_REQUIRED = ("server", "sandboxId", "tunnelToken", "workspaceId", "name")
 
 
 def load_config(path: Path) -> AgentConfig | None:
@@ -88,9 +93,28 @@ def load_config(path: Path) -> AgentConfig | None:
     if not isinstance(data, dict) or not data.get("sandboxId"):
         return None
     try:
-        return AgentConfig(**{k: str(data[k]) for k in AgentConfig.__dataclass_fields__})
+        fields = {k: str(data[k]) for k in _REQUIRED}
     except KeyError as exc:
         raise AgentError(f"{path} lacks {exc}; register again with --code", status=2) from None
+    ports = data.get("allowedPorts") or []
+    if not isinstance(ports, list) or not all(type(p) is int for p in ports):
+        raise AgentError(f"{path}: allowedPorts must be a list of port numbers", status=2)
+    return AgentConfig(**fields, allowedPorts=tuple(ports))
+
+
+def checked_ports(ports: Sequence[int], opencode_url: str) -> tuple[int, ...]:
+    """`--allow-port` values, each a port a preview may reach (1024-65535, never an agent's
+    own, nor the local opencode's), sorted without repeats."""
+    opencode_port = httpx.URL(opencode_url).port
+    for port in ports:
+        why = preview_refusal(port, opencode_port)
+        if why == "out_of_range":
+            raise AgentError(f"--allow-port {port}: previews serve ports 1024-65535", status=2)
+        if why is not None:
+            raise AgentError(
+                f"--allow-port {port}: that is an agent's own port, never a preview", status=2
+            )
+    return tuple(sorted(set(ports)))
 
 
 def save_config(path: Path, config: AgentConfig) -> None:
@@ -98,8 +122,11 @@ def save_config(path: Path, config: AgentConfig) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=".agent-", dir=path.parent)  # mkstemp creates 0600
     try:
+        data = asdict(config)
+        if not config.allowedPorts:  # the original agent's five keys, as before
+            del data["allowedPorts"]
         with os.fdopen(fd, "w") as file:
-            json.dump(asdict(config), file, indent=2)
+            json.dump(data, file, indent=2)
             file.write("\n")
         os.chmod(temp, 0o600)
         os.replace(temp, path)
@@ -256,6 +283,9 @@ class Session:
 
     async def connect_once(self) -> None:
         headers = [(b"authorization", f"Bearer {self.config.tunnelToken}".encode())]
+        if self.config.allowedPorts:  # the server lists (and asks for) only these previews
+            shared = ",".join(str(p) for p in self.config.allowedPorts)
+            headers.append((PREVIEW_PORTS_HEADER.encode(), shared.encode()))
         async with trio_websocket.open_websocket_url(
             self.url,
             extra_headers=headers,
@@ -276,9 +306,11 @@ class Session:
                 self.tunnel = tunnel
                 self.connections += 1
                 self.connected.set()
+                shared = ", ".join(str(p) for p in self.config.allowedPorts)
                 self.say(
                     f"connected: sandbox {self.config.sandboxId} ({self.config.name})"
                     f" is running, forwarding to {self.forwarder.base_url}"
+                    + (f"; sharing port(s) {shared} as previews" if shared else "")
                 )
                 self.forwarder.on_success = self.backoff.reset
                 await trio.sleep(HEALTHY_AFTER)
@@ -362,11 +394,14 @@ async def connect(
     opencode_url: str = DEFAULT_OPENCODE_URL,
     config_path: str | Path = DEFAULT_CONFIG,
     opencode_password: str | None = None,
+    allow_ports: Sequence[int] | None = None,
     say: Say = print,
     handle_signals: bool = False,
     started: Callable[[Session], None] | None = None,
 ) -> int:
-    """Register if needed, then serve the tunnel until stopped; returns the exit status."""
+    """Register if needed, then serve the tunnel until stopped; returns the exit status.
+    `allow_ports` (given): the ports shared as previews from now on, saved with the
+    credentials; not given: the saved ones."""
     path = config_file(config_path)
     masking.install()  # every tunnel frame the agent sends is masked: do it in C
     try:
@@ -374,7 +409,12 @@ async def connect(
             forwarder = Forwarder(opencode_url, opencode_password, say)
         except ValueError as exc:
             raise AgentError(str(exc), status=2) from None
+        shared = None if allow_ports is None else checked_ports(allow_ports, opencode_url)
         config = await credentials(path, server, code, name, say)
+        if shared is not None and shared != config.allowedPorts:
+            config = replace(config, allowedPorts=shared)
+            save_config(path, config)
+        forwarder.shared_ports = frozenset(config.allowedPorts)
         session = Session(config, forwarder, say, server=server)
     except AgentError as exc:
         say(f"error: {exc.message}")

@@ -1,4 +1,6 @@
-"""Serving the tunnel on the agent: each request the server opens goes to the local opencode.
+"""Serving the tunnel on the agent: each request the server opens goes to the local opencode,
+or, for a preview (the stream names a port), to that port on this machine if its user shares
+it (`--allow-port`); any other port is refused here, whatever the server asks.
 
 Bodies stream both ways with no timeout once the response started (SSE lives as long as both
 ends want). When the browser goes away the server resets the stream; the transport cancels the
@@ -9,7 +11,7 @@ relayed message by message.
 from __future__ import annotations
 
 import html
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
 import httpcore
@@ -19,7 +21,12 @@ import trio_websocket
 
 from agentserver.framing import BodyMismatch, exactly
 from agentserver.http_headers import FRAMING_NAMES, HOP_BY_HOP_NAMES
-from agentserver.kinds import OPENCODE
+from agentserver.kinds import (
+    NOT_LISTENING,
+    NOT_SHARED,
+    OPENCODE,
+    PREVIEW_REFUSED_HEADER,
+)
 from agentserver.tunnel import RequestReceived, TunnelStream
 
 # Connection-specific fields never cross a hop (agentserver/http_headers.py); Host is the
@@ -45,6 +52,9 @@ UPSTREAM_READ = 256 * 1024
 # On the 502 for an unreachable opencode: where the agent looked (sandboxes/agent_health.py
 # reads it for the sandbox's status reason).
 UNREACHABLE_HEADER = "x-agentserver-opencode-unreachable"
+# Where a shared port's dev server is: this machine, by name (a dev server may listen on
+# 127.0.0.1 or on ::1 only; the client tries both).
+PREVIEW_HOST = "localhost"
 httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = max(
     httpcore.AsyncHTTP11Connection.READ_NUM_BYTES, UPSTREAM_READ
 )
@@ -76,10 +86,32 @@ def _sendable(code: int | None) -> int:
     return 1000 if code is None else _UNSENDABLE.get(code, code)
 
 
-class Forwarder:
-    """The tunnel's request handler: forwards to `base_url` (the local opencode)."""
+Unreachable = Callable[[TunnelStream, Exception], Awaitable[None]]
 
-    def __init__(self, base_url: str, password: str | None, say: Callable[[str], None]) -> None:
+
+def _refused(exc: BaseException | None) -> bool:
+    """Whether a failed connection was refused (nothing listens there), however the client
+    library wrapped the error."""
+    while exc is not None:
+        if isinstance(exc, ConnectionRefusedError):
+            return True
+        if isinstance(exc, BaseExceptionGroup):
+            return all(_refused(e) for e in exc.exceptions)
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class Forwarder:
+    """The tunnel's request handler: forwards to `base_url` (the local opencode), and previews
+    to the `shared_ports` of this machine."""
+
+    def __init__(
+        self,
+        base_url: str,
+        password: str | None,
+        say: Callable[[str], None],
+        shared_ports: Sequence[int] = (),
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -88,6 +120,7 @@ class Forwarder:
         self._ws_base = ("wss" if parts.scheme == "https" else "ws") + "://" + parts.netloc
         self._auth = OPENCODE.credentials.header(password) if password else None
         self._say = say
+        self.shared_ports = frozenset(shared_ports)
         self._reachable: bool | None = None
         self.on_success: Callable[[], None] = lambda: None
         self._client = httpx.AsyncClient(
@@ -119,18 +152,72 @@ class Forwarder:
 
     # -- requests -------------------------------------------------------------------------
 
+    def headers_for_preview(
+        self, headers: Sequence[tuple[str, str]], drop: frozenset[str] = NOT_FORWARDED
+    ) -> list[tuple[str, str]]:
+        """The request's headers for a dev server: hop-by-hop fields dropped, nothing of ours
+        added (the server stripped its own cookies; an Authorization is the app's)."""
+        listed = {
+            t.strip().lower() for n, v in headers if n.lower() == "connection" for t in v.split(",")
+        }
+        drop = drop | FRAMING_NAMES | (listed - FRAMING_NAMES - {"host"})
+        return [(n, v) for n, v in headers if n.lower() not in drop]
+
     async def handle(self, request: RequestReceived, stream: TunnelStream) -> None:
         target = safe_target(request.target)
         if target is None:
             await self._answer(stream, 400, "text/plain; charset=utf-8", b"invalid request path")
             return
-        if request.websocket:
-            await self._websocket(request, target, stream)
+        if request.port is not None:
+            await self._preview(request, request.port, target, stream)
             return
-        await self._http(request, target, stream)
+        if request.websocket:
+            headers = self.headers_for_opencode(request.headers, WEBSOCKET_FIELDS)
+            await self._websocket(request, self._ws_base + target, headers, stream, self._down)
+            return
+        url = self._base.copy_with(raw_path=target.encode())
+        await self._http(request, url, self.headers_for_opencode(request.headers), stream)
 
-    async def _http(self, request: RequestReceived, target: str, stream: TunnelStream) -> None:
-        headers = self.headers_for_opencode(request.headers)
+    async def _preview(
+        self, request: RequestReceived, port: int, target: str, stream: TunnelStream
+    ) -> None:
+        """A request for `port` on this machine: only a port the user shares."""
+        if port not in self.shared_ports:
+            self._say(f"refused a preview of port {port}: not shared (--allow-port)")
+            body = f"port {port} is not shared by this agent (agent connect --allow-port)"
+            refusal = [(PREVIEW_REFUSED_HEADER, NOT_SHARED)]
+            await self._answer(stream, 403, "text/plain; charset=utf-8", body.encode(), refusal)
+            return
+        if request.websocket:
+            headers = self.headers_for_preview(request.headers, WEBSOCKET_FIELDS)
+            ws_url = f"ws://{PREVIEW_HOST}:{port}{target}"
+            await self._websocket(request, ws_url, headers, stream, self._not_listening, app=True)
+            return
+        url = httpx.URL(f"http://{PREVIEW_HOST}:{port}").copy_with(raw_path=target.encode())
+        headers = self.headers_for_preview(request.headers)
+        await self._http(request, url, headers, stream, self._not_listening, app=True)
+
+    async def _not_listening(self, stream: TunnelStream, exc: Exception) -> None:
+        """A shared port's dev server did not answer: the server shows why on its own page."""
+        why = NOT_LISTENING if _refused(exc) else "unreachable"
+        body = f"nothing answers on that port here: {exc}".encode()
+        refusal = [(PREVIEW_REFUSED_HEADER, why)]
+        await self._answer(stream, 502, "text/plain; charset=utf-8", body, refusal)
+
+    async def _down(self, stream: TunnelStream, exc: Exception) -> None:
+        await self._unreachable(stream, exc)
+
+    async def _http(
+        self,
+        request: RequestReceived,
+        url: httpx.URL,
+        headers: list[tuple[str, str]],
+        stream: TunnelStream,
+        unreachable: Unreachable | None = None,
+        *,
+        app: bool = False,
+    ) -> None:
+        """Forward one request to `url` (opencode's, or a shared port's with `app`)."""
         content = None
         if request.body:
             # httpx frames an async body chunked, or by the Content-Length we give it (and
@@ -139,22 +226,18 @@ class Forwarder:
             content = exactly(_body(stream), length)
             if length is not None:
                 headers.append(("content-length", str(length)))
-        outgoing = self._client.build_request(
-            request.method,
-            self._base.copy_with(raw_path=target.encode()),
-            headers=headers,
-            content=content,
-        )
+        outgoing = self._client.build_request(request.method, url, headers=headers, content=content)
         try:
             response = await self._client.send(outgoing, stream=True)
         except httpx.TransportError as exc:
-            await self._unreachable(stream, exc)
+            await (unreachable or self._down)(stream, exc)
             return
         except BodyMismatch:
             await stream.reset()  # httpx closed the connection with the partial request on it
             return
         try:
-            self._seen_reachable()
+            if not app:
+                self._seen_reachable()
             headers = [
                 (n.decode("latin-1"), v.decode("latin-1"))
                 for n, v in response.headers.raw
@@ -215,21 +298,28 @@ class Forwarder:
 
     # -- WebSocket relay --------------------------------------------------------------------
 
-    async def _websocket(self, request: RequestReceived, target: str, stream: TunnelStream) -> None:
-        headers = [
-            (n.encode("latin-1"), v.encode("latin-1"))
-            for n, v in self.headers_for_opencode(request.headers, WEBSOCKET_FIELDS)
-        ]
+    async def _websocket(
+        self,
+        request: RequestReceived,
+        url: str,
+        text_headers: list[tuple[str, str]],
+        stream: TunnelStream,
+        unreachable: Unreachable,
+        *,
+        app: bool = False,
+    ) -> None:
+        headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in text_headers]
         try:
             async with trio_websocket.open_websocket_url(
-                self._ws_base + target,
+                url,
                 subprotocols=list(request.subprotocols),
                 extra_headers=headers,
                 max_message_size=16 * 1024 * 1024,
                 connect_timeout=30,
                 disconnect_timeout=5,
             ) as ws:
-                self._seen_reachable()
+                if not app:
+                    self._seen_reachable()
                 chosen = [("sec-websocket-protocol", ws.subprotocol)] if ws.subprotocol else []
                 await stream.send_response_head(101, chosen)
                 async with trio.open_nursery() as nursery:
@@ -239,7 +329,7 @@ class Forwarder:
             body = exc.body or b""
             await self._answer(stream, exc.status_code, "text/plain; charset=utf-8", body)
         except (trio_websocket.HandshakeError, OSError) as exc:
-            await self._unreachable(stream, exc)
+            await unreachable(stream, exc)
 
 
 async def _body(stream: TunnelStream) -> AsyncIterator[bytes]:

@@ -29,6 +29,7 @@ from agentserver.errors import (
     RateLimited,
     Unauthenticated,
 )
+from agentserver.kinds import PREVIEW_PORTS_HEADER, parse_shared_ports
 from agentserver.models import Sandbox
 from agentserver.sandboxes.service import insert_sandbox
 from agentserver.sandboxes.tunnel_session import TUNNEL_SETTINGS
@@ -180,4 +181,5 @@ async def tunnel_endpoint(sandbox_id: str) -> None:
     await websocket.accept()
     ws = cast(Any, websocket)._get_current_object()
     link = QuartLink(ws, max_message=max_message_size(TUNNEL_SETTINGS.max_frame_payload))
-    await d.tunnels.serve(sandbox, token_hash, link)
+    shared = parse_shared_ports(websocket.headers.get(PREVIEW_PORTS_HEADER))
+    await d.tunnels.serve(sandbox, token_hash, link, shared)

@@ -22,6 +22,7 @@ from agentserver.api.openapi import DescribedOpenAPI
 from agentserver.auth.sessions import session_cookie_name
 from agentserver.deps import Deps
 from agentserver.errors import AgentServerError, Forbidden, RateLimited
+from agentserver.log_format import REQUEST_ID
 
 log = logging.getLogger("agentserver.http")
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
@@ -82,16 +83,30 @@ def create_app(deps: Deps) -> QuartTrio:
         health,
         members,
         oidc,
+        previews,
         sandbox_open,
         sandboxes,
+        tokens,
         usage,
         web,
         workspaces,
     )
 
-    routes = (health, auth, workspaces, members, admin, oidc, usage, sandbox_open, sandboxes)
+    routes = (
+        health,
+        auth,
+        workspaces,
+        members,
+        admin,
+        oidc,
+        usage,
+        sandbox_open,
+        sandboxes,
+        previews,
+    )
     for module in (
         *routes,
+        tokens,
         agents,
         downloads,
         web,
@@ -103,6 +118,7 @@ def create_app(deps: Deps) -> QuartTrio:
         given = request.headers.get("X-Request-Id", "")
         # A caller's id is kept for tracing only if it is a plain token (it goes into the log).
         g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+        REQUEST_ID.set(g.request_id)  # every record this request logs carries it
         g.started = time.perf_counter()
         if (
             request.method in _UNSAFE
@@ -130,6 +146,15 @@ def create_app(deps: Deps) -> QuartTrio:
             request.path,
             response.status_code,
             elapsed * 1000,
+            extra={
+                "fields": {
+                    "method": request.method,
+                    "path": request.path,
+                    "route": route,
+                    "status": response.status_code,
+                    "duration_ms": round(elapsed * 1000, 2),
+                }
+            },
         )
         return response
 

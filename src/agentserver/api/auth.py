@@ -15,6 +15,7 @@ from agentserver.api.common import (
     current_user,
     deps,
     optional_user,
+    refuse_tokens,
     rfc3339,
     session_cookie,
     user_json,
@@ -182,6 +183,7 @@ def spend_password_attempt() -> None:
 async def logout() -> Response:
     """End the session on the server, with the sandbox-host sessions it opened, and clear the
     cookie."""
+    await refuse_tokens("sign out (revoke the token instead)")
     user = await optional_user()
     token = request.cookies.get(session_cookie())
     await revoke_session(deps().db, token)
@@ -194,6 +196,7 @@ async def logout() -> Response:
 async def logout_all() -> Response:
     """Sign out everywhere: end every session of the signed-in user, on every browser, with
     every sandbox-host session they opened, and their open event streams."""
+    await refuse_tokens("end sessions")
     user = await current_user()
     await revoke_user_sessions(deps().db, user.id)
     access_ended(Revocation(user.id))
@@ -205,6 +208,7 @@ async def logout_all() -> Response:
 async def change_password(data: PasswordBody) -> dict[str, Any]:
     """Change the password (the current one is required). Every other session of the user
     ends, with the sandbox-host sessions they opened; the session that made the change stays."""
+    await refuse_tokens("change a password")
     user = await current_user()
     throttle = deps().login_throttle
     key = f"user:{user.username.strip().lower()}"  # the same budget as sign-ins
@@ -250,6 +254,7 @@ def session_json(info: SessionInfo) -> dict[str, Any]:
 async def sessions() -> list[dict[str, Any]]:
     """The caller's own live sessions, most recently used first; `current` is this one. A
     session's id names it for ending it and authenticates nobody."""
+    await refuse_tokens("list sessions")
     user = await current_user()
     token = request.cookies.get(session_cookie())
     return [session_json(s) for s in await list_sessions(deps().db, user.id, token)]
@@ -259,6 +264,7 @@ async def sessions() -> list[dict[str, Any]]:
 async def end_session(session_id: str) -> Response:
     """End one of the caller's sessions, with the sandbox-host sessions it opened; ending this
     one signs this browser out."""
+    await refuse_tokens("end sessions")
     user = await current_user()
     ended = await revoke_session_by_id(deps().db, user.id, session_id)
     if ended is None:

@@ -10,11 +10,12 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 from quart import Response, current_app, g, jsonify, request
 
+from agentserver.auth.api_tokens import Grant, authenticate, bearer_of
 from agentserver.auth.client_address import client_address as real_client
 from agentserver.auth.permissions import Action, allowed
 from agentserver.auth.sessions import session_cookie_name, session_user
 from agentserver.deps import Deps
-from agentserver.errors import Forbidden, NotFound, Unauthenticated
+from agentserver.errors import Forbidden, NotFound, RateLimited, Unauthenticated
 from agentserver.models import Role, User
 
 
@@ -50,11 +51,52 @@ def client_address() -> str:
 
 
 async def optional_user() -> User | None:
+    """The caller: from `Authorization: Bearer <API token>` when given (never falling back to
+    the cookie), else from the session cookie. A token is capped by its scope here: a read
+    token on any other method than GET/HEAD is refused."""
     if "user" not in g:
-        g.user = await session_user(deps().db, request.cookies.get(session_cookie()))
+        token = bearer_of(request.headers.get("Authorization"))
+        if token is None:
+            g.grant = None
+            g.user = await session_user(deps().db, request.cookies.get(session_cookie()))
+        else:
+            g.user, g.grant = await _token_user(token)
     else:
         await trio.lowlevel.checkpoint()  # looked up once per request, checkpoint anyway
+    limits = cast(Grant | None, g.grant)
+    if limits is not None and not limits.may_call(request.method):
+        raise Forbidden("this API token may only read (GET); use a token with full scope")
     return cast(User | None, g.user)
+
+
+async def _token_user(token: str) -> tuple[User, Grant]:
+    """The owner and limits of a bearer token; unknown tokens count as failed sign-ins of the
+    client address (guessing is throttled like passwords)."""
+    throttle = deps().login_throttle
+    key = f"bearer:{client_address()}"
+    wait = throttle.retry_after(key)
+    if wait:
+        raise RateLimited("too many unknown API tokens; try again later", retry_after=wait)
+    bearer = await authenticate(deps().db, token)
+    if bearer is None:
+        throttle.fail(key)
+        raise Unauthenticated("this API token is not valid")
+    return bearer.user, bearer.grant
+
+
+def grant() -> Grant | None:
+    """The bearer token's limits for this request (None: a session, or nobody)."""
+    return cast(Grant | None, g.get("grant"))
+
+
+async def refuse_tokens(what: str) -> None:
+    """Refuse this request if it came with an API token: `what` needs a browser session (403;
+    a token that does not work at all is a 401, as on every route)."""
+    if bearer_of(request.headers.get("Authorization")) is None:
+        await trio.lowlevel.checkpoint()
+        return
+    await optional_user()
+    raise Forbidden(f"API tokens cannot {what}; sign in in a browser")
 
 
 async def current_user() -> User:
@@ -68,10 +110,19 @@ async def require_admin() -> User:
     user = await current_user()
     if user.role != "admin":
         raise Forbidden("only the server admin may do this")
+    limit = grant()
+    if limit is not None and limit.workspace_id is not None:
+        raise Forbidden("a token limited to one workspace cannot use server-wide admin routes")
     return user
 
 
 async def member_role(workspace_id: str, user_id: str) -> Role | None:
+    """The caller's role in the workspace, as this request's credentials reach it: a token
+    limited to another workspace reaches none (the caller is treated as a non-member)."""
+    limit = grant()
+    if limit is not None and not limit.reaches(workspace_id):
+        await trio.lowlevel.checkpoint()
+        return None
     role = await deps().db.scalar("get_member_role", workspace_id=workspace_id, user_id=user_id)
     return None if role is None else Role(role)
 

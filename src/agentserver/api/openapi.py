@@ -42,6 +42,14 @@ def nullable(schema: Schema) -> Schema:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
+PREVIEW = obj(
+    port={"type": "integer", "minimum": 1024, "maximum": 65535},
+    public={"type": "boolean"},
+    url=STRING,
+    openUrl=STRING,
+    changedBy=NULLABLE_STRING,
+    changedAt=TIME,
+)
 ROLE: Schema = {"type": "string", "enum": ["owner", "maintainer", "developer", "guest"]}
 ERROR: Schema = obj(
     error={
@@ -175,6 +183,36 @@ ADMIN_SANDBOX = obj(
     lastActivityAt=TIME,
 )
 
+API_TOKEN = obj(
+    id=STRING,
+    name=STRING,
+    scope={"type": "string", "enum": ["read", "full"]},
+    workspaceId=NULLABLE_STRING,
+    userId=STRING,
+    username=STRING,
+    createdAt=TIME,
+    lastUsedAt=TIME,
+    expiresAt=TIME,
+    revokedAt=TIME,
+    state={"type": "string", "enum": ["active", "expired", "revoked"]},
+)
+NEW_API_TOKEN = obj(**API_TOKEN["properties"], token={"type": "string", "pattern": "^ast_"})
+CLI_LOGIN = obj(
+    request=STRING,
+    code=STRING,
+    approveUrl=STRING,
+    expiresIn=COUNT,
+    interval=COUNT,
+)
+PENDING_CLI_LOGIN = obj(
+    name=STRING,
+    scope=API_TOKEN["properties"]["scope"],
+    workspaceId=NULLABLE_STRING,
+    workspaceName=NULLABLE_STRING,
+    expiresInDays=SECONDS,
+    expiresAt=TIME,
+)
+
 
 def json_answer(schema: Schema, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
@@ -239,11 +277,13 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     },
     ("GET", "/api/agent/install"): {
         "200": json_answer(
-            obj(version=STRING, download=NULLABLE_STRING), "how to install the local agent"
+            obj(version=STRING, tunnelProtocol=COUNT, download=NULLABLE_STRING),
+            "how to install the local agent",
         )
     },
-    ("GET", "/downloads/agentserver.pyz"): {
-        "200": typed("application/zip", "the agent as a zipapp, when one was configured")
+    ("GET", "/download/agentserver-agent.pyz"): {
+        "200": typed("application/zip", "the local agent as one file, for Python 3.11+"),
+        "304": {"description": "not modified (If-None-Match matched the ETag)"},
     },
     ("POST", "/api/agent/register"): {
         "201": json_answer(
@@ -273,6 +313,48 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     },
     ("GET", "/api/sandboxes/{sandbox_id}/open"): {
         "302": redirect("to the sandbox's own host, with a one-time ticket")
+    },
+    ("GET", "/api/sandboxes/{sandbox_id}/previews"): {
+        "200": json_answer(
+            obj(available={"type": "boolean"}, previews=array(PREVIEW)),
+            "the ports it serves (where its backend can tell; a local agent's shared ports) "
+            "and every public one; `available` false where its backend cannot reach its ports",
+        )
+    },
+    ("PUT", "/api/sandboxes/{sandbox_id}/previews/{port}/public"): {
+        "200": json_answer(PREVIEW, "anyone may open it, until made private or paused")
+    },
+    ("DELETE", "/api/sandboxes/{sandbox_id}/previews/{port}/public"): {
+        "200": json_answer(PREVIEW, "only members may open it again")
+    },
+    ("POST", "/api/sandboxes/{sandbox_id}/launch"): {
+        "200": json_answer(
+            obj(url=STRING, expiresAt=TIME),
+            "a link to /open that works once, in a browser signed in as the caller",
+        )
+    },
+    ("GET", "/api/tokens"): {"200": json_answer(array(API_TOKEN), "the caller's API tokens")},
+    ("POST", "/api/tokens"): {
+        "201": json_answer(NEW_API_TOKEN, "created; `token` is shown this once")
+    },
+    ("DELETE", "/api/tokens/{token_id}"): {"204": no_content("revoked")},
+    ("GET", "/api/admin/tokens"): {"200": json_answer(array(API_TOKEN), "every user's tokens")},
+    ("DELETE", "/api/admin/tokens/{token_id}"): {"204": no_content("revoked")},
+    ("POST", "/api/cli-login"): {
+        "201": json_answer(CLI_LOGIN, "waiting for approval at `approveUrl`; poll with `request`")
+    },
+    ("GET", "/api/cli-login/pending"): {
+        "200": json_answer(PENDING_CLI_LOGIN, "what the sign-in waiting under `?code=` asks for")
+    },
+    ("POST", "/api/cli-login/approve"): {
+        "200": json_answer(
+            {"type": "object", "properties": {"status": {"enum": ["approved", "denied"]}}},
+            "approved (the next poll receives the token) or denied",
+        )
+    },
+    ("POST", "/api/cli-login/poll"): {
+        "200": json_answer(NEW_API_TOKEN, "approved: the new token, this once"),
+        "202": json_answer(obj(status={"const": "pending"}), "still waiting for approval"),
     },
     ("GET", "/api/admin/users"): {"200": json_answer(array(ADMIN_USER), "every user")},
     ("PUT", "/api/admin/users/{user_id}/role"): {"200": json_answer(USER, "role changed")},
@@ -345,5 +427,12 @@ class DescribedOpenAPI(OpenAPIProvider):
             "description": f"set by register or login (named {session_cookie_name(True)} "
             "with https); mutations carrying it must come from the same origin",
         }
-        document["security"] = [{"session": []}, {}]
+        components["securitySchemes"]["token"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "a personal API token (`ast_…`, from POST /api/tokens or "
+            "`agentserver login`): its owner's role, capped by its scope (read: GET only) and "
+            "workspace; never for passwords, sessions or tokens",
+        }
+        document["security"] = [{"session": []}, {"token": []}, {}]
         return document

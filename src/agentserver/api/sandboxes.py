@@ -89,6 +89,11 @@ def sandbox_url(sandbox: Sandbox, settings: Settings, path: str = "/") -> str:
     return f"{settings.base_scheme}://{prefix}{sandbox.id}.{settings.domain}{path}"
 
 
+def preview_url(sandbox_id: str, port: int, settings: Settings, path: str = "/") -> str:
+    """The browser URL of a preview of `port` in a sandbox (and `path` on it)."""
+    return f"{settings.base_scheme}://p{port}-{sandbox_id}.{settings.domain}{path}"
+
+
 def sandbox_json(
     sandbox: Sandbox, settings: Settings, disk_path: str | None = None
 ) -> dict[str, Any]:

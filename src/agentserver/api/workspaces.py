@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from quart import Blueprint, Response
 from quart_schema import validate_request
 
-from agentserver.api.common import Body, current_user, deps, require, rfc3339
+from agentserver.api.common import Body, current_user, deps, grant, require, rfc3339
 from agentserver.auth.permissions import Action, allowed
 from agentserver.db.database import Tx
 from agentserver.errors import Conflict, Forbidden, Invalid, NotFound
@@ -99,10 +99,12 @@ def checked_idle_timeout(seconds: int | None, maximum: float) -> int | None:
 
 @blueprint.get("")
 async def list_workspaces() -> list[dict[str, Any]]:
-    """The workspaces the caller is a member of, with their role in each."""
+    """The workspaces the caller is a member of, with their role in each (with a token
+    limited to one workspace: only that one)."""
     user = await current_user()
     rows = await deps().db.many("list_workspaces_for_user", WorkspaceWithRole, user_id=user.id)
-    return [workspace_json(ws, ws.role) for ws in rows]
+    limits = grant()
+    return [workspace_json(ws, ws.role) for ws in rows if limits is None or limits.reaches(ws.id)]
 
 
 @blueprint.post("")
@@ -110,6 +112,9 @@ async def list_workspaces() -> list[dict[str, Any]]:
 async def create_workspace(data: WorkspaceBody) -> tuple[dict[str, Any], int]:
     """Create a workspace; the caller becomes its owner."""
     user = await current_user()
+    limits = grant()
+    if limits is not None and limits.workspace_id is not None:
+        raise Forbidden("a token limited to one workspace cannot create workspaces")
     name = data.name
 
     def work(tx: Tx) -> Workspace:

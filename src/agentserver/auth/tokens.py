@@ -20,6 +20,15 @@ def new_token(nbytes: int = 32) -> str:
     return secrets.token_urlsafe(nbytes)
 
 
+# Personal API tokens start with this, so logs, scanners and people can tell one at a glance.
+API_TOKEN_PREFIX = "ast_"  # noqa: S105 (a prefix, not a secret)
+
+
+def new_api_token() -> str:
+    """A personal API token: the recognisable prefix and 32 random bytes."""
+    return API_TOKEN_PREFIX + new_token()
+
+
 def new_code(nbytes: int = 18) -> str:
     """A token people paste into a command line (an agent's one-time code): never starting
     with `-`, which the command's parser would take for an option."""

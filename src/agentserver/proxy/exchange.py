@@ -44,7 +44,7 @@ from agentserver.proxy.http1 import (
     content_length,
     response_head,
 )
-from agentserver.proxy.routing import Target
+from agentserver.proxy.routing import Route
 from agentserver.proxy.splice import available as splice_available
 from agentserver.proxy.subdomain import SubdomainProxy
 from agentserver.proxy.upstream import receive_reply, send_all
@@ -118,7 +118,7 @@ class Exchange:
         self,
         client: Client,
         request: RequestHead,
-        target: Target,
+        target: Route,
         proxy: SubdomainProxy,
         cancel: Callable[[], None] | None = None,
     ) -> None:

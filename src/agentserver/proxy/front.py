@@ -35,7 +35,7 @@ from agentserver.proxy.connections import Connections, default_cap
 from agentserver.proxy.exchange import Client, Exchange
 from agentserver.proxy.handover import CloseUnlessBodyRead, HandedOver, Replayed
 from agentserver.proxy.http1 import MAX_HEAD, has_bare_lf, head_end, parse_request_head
-from agentserver.proxy.routing import Target, route
+from agentserver.proxy.routing import Route, route
 from agentserver.proxy.subdomain import SubdomainProxy
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class Front:
         self.handed_over_app = CloseUnlessBodyRead(app)
         self.proxy = proxy
         self.connections = connections
-        self._routes: dict[bytes, Target | None] = {}
+        self._routes: dict[bytes, Route | None] = {}
         self._draining = False
 
     def drain(self) -> None:
@@ -124,7 +124,7 @@ class Front:
             client.close()
             await trio.lowlevel.checkpoint_if_cancelled()
 
-    def _route(self, host: bytes) -> Target | None:
+    def _route(self, host: bytes) -> Route | None:
         """The sandbox a Host names (remembered: a browser sends the same few hosts)."""
         if self.proxy is None:
             return None

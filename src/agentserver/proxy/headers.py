@@ -39,6 +39,7 @@ _REPLACED = frozenset(
         b"x-real-ip",
     }
 )
+_REPLACED_FOR_APPS = _REPLACED - {b"authorization"}
 # The agent's CORS answers are dropped: the sandbox UI is same-origin, and a permissive answer
 # would let a sibling sandbox's page read this one with the member's cookie (same-site).
 _CORS = frozenset(
@@ -137,23 +138,28 @@ def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 
 
 def request_headers(
-    incoming: Sequence[tuple[bytes, bytes]], auth: bytes, fwd: Forwarding
+    incoming: Sequence[tuple[bytes, bytes]], auth: bytes | None, fwd: Forwarding
 ) -> Headers:
     """Headers to send upstream: no hop-by-hop, no credentials of ours or the client's, the
     agent's own credentials injected, and X-Forwarded-* describing the browser's request.
+
+    `auth` None is a preview (a dev server in the sandbox): nothing is injected, and the
+    client's own Authorization is the app's and goes through (ours never travel in one on a
+    sandbox host: only in cookies, which are stripped all the same).
 
     No framing either: the writer of the upstream request adds it for the body it sends
     (`framing_headers`), so a client's Content-Length or Transfer-Encoding never reaches an agent.
     """
     listed = connection_tokens(incoming)
     drop = _NOT_FORWARDED | listed if listed else _NOT_FORWARDED
+    replaced = _REPLACED if auth is not None else _REPLACED_FOR_APPS
     out: Headers = []
     prior_for: list[bytes] = []
     for name, value in incoming:
         name = name.lower()
         if name in drop:
             continue
-        if name in _REPLACED:
+        if name in replaced:
             if name == b"x-forwarded-for":
                 prior_for.append(value)
             continue
@@ -162,7 +168,8 @@ def request_headers(
             if not value:
                 continue
         out.append((name, value))
-    out.append((b"authorization", auth))
+    if auth is not None:
+        out.append((b"authorization", auth))
     chain = b", ".join([*prior_for, *([fwd.client_ip.encode()] if fwd.client_ip else [])])
     if chain:
         out.append((b"x-forwarded-for", chain))
@@ -172,7 +179,7 @@ def request_headers(
 
 
 def websocket_headers(
-    incoming: Sequence[tuple[bytes, bytes]], auth: bytes, fwd: Forwarding
+    incoming: Sequence[tuple[bytes, bytes]], auth: bytes | None, fwd: Forwarding
 ) -> Headers:
     """Extra headers for the upstream WebSocket handshake (the client library adds its own)."""
     return [(n, v) for n, v in request_headers(incoming, auth, fwd) if n not in WEBSOCKET_HANDSHAKE]

@@ -40,11 +40,32 @@ UNKNOWN_HOST = Page(
     "Not found",
     "Nothing is served at this address. Check the link, or open the dashboard.",
 )
-PREVIEWS_DISABLED = Page(
+PREVIEWS_UNAVAILABLE = Page(
     404,
-    "previews_disabled",
-    "Previews not enabled",
-    "This server does not serve previews of a sandbox's ports.",
+    "previews_unavailable",
+    "Previews not available",
+    "This server's sandboxes run where their own ports cannot be reached safely, so it "
+    "serves no previews of them.",
+)
+PORT_OUT_OF_RANGE = Page(
+    404,
+    "preview_port_invalid",
+    "Not a preview port",
+    "Previews serve ports 1024 to 65535 of a sandbox; this address names another port.",
+)
+PORT_OF_AGENT = Page(
+    403,
+    "preview_port_reserved",
+    "Port not previewed",
+    "This port belongs to the sandbox's agent or to the server itself; it is never a preview. "
+    "Open the agent from the dashboard.",
+)
+PORT_NOT_ALLOWED = Page(
+    403,
+    "preview_port_not_allowed",
+    "Port not shared",
+    "The local agent of this sandbox does not share this port. Its owner can share it with "
+    "`agentserver agent connect --allow-port PORT`.",
 )
 FAILED = Page(
     503,
@@ -130,6 +151,19 @@ GUEST_HIDDEN = Page(
 CROSS_ORIGIN = Page(
     403, "forbidden", "Refused", "A request from another site may not act on this sandbox."
 )
+
+
+def not_listening(port: int) -> Page:
+    """A preview of a port nothing listens on (yet): the page reloads itself, so it shows the
+    app as soon as its dev server starts."""
+    return Page(
+        502,
+        "preview_not_listening",
+        "Nothing listening",
+        f"Nothing is listening on port {port} in this sandbox yet. Start the server there "
+        "and this page loads it by itself.",
+        refresh=True,
+    )
 
 
 def wants_html(method: str, headers: Headers) -> bool:

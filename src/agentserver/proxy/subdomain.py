@@ -1,10 +1,12 @@
-"""The Host-dispatching ASGI middleware: `oc-{id}` / `claw-{id}` hosts go to their sandbox.
+"""The Host-dispatching ASGI middleware: `oc-{id}` / `claw-{id}` hosts go to their sandbox,
+`p{port}-{id}` to a port inside it (a preview, proxy/previews.py).
 
 It runs before any route matching. The main host goes to the API app unchanged. On a sandbox
 host it owns the whole security model of architecture §7: ticket redemption at
-`/_agentserver/auth`, the per-sandbox cookie, role and Origin checks, the sandbox's status
-(waking a paused one), and only then the proxy — with our cookies and the client's
-Authorization removed and the agent's own credentials injected. Around it: any other name
+`/_agentserver/auth` (proxy/sign_in.py), the per-sandbox cookie, role and Origin checks, the
+sandbox's status (waking a paused one), and only then the proxy — with our cookies and the
+client's Authorization removed and the agent's own credentials injected (a preview gets none
+of ours, and keeps its own Authorization). Around it: any other name
 under the base domain is a 404, every response carries a framing policy, a request body that
 stops arriving is cut off (408), refused cookies are remembered briefly, and the lifecycle's
 events make the upstream pool drop a paused, moved or deleted sandbox's connections.
@@ -14,27 +16,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import trio
 
 from agentserver.auth.tickets import (
-    BIND_LIFETIME,
     SandboxAccess,
-    bind_cookie_name,
-    binding_of,
-    new_binding,
-    redeem_ticket,
-    sandbox_cookie_name,
 )
 from agentserver.auth.tokens import hash_token
 from agentserver.deps import Deps
 from agentserver.errors import SandboxUnreachable
 from agentserver.kinds import BY_NAME, authorization, types_of
 from agentserver.models import Sandbox, SandboxStatus, SandboxType
-from agentserver.proxy import guest, pages
+from agentserver.proxy import guest, pages, previews
 from agentserver.proxy.body_deadline import BodyDeadline
 from agentserver.proxy.frame_policy import with_frame_policy
 from agentserver.proxy.headers import (
@@ -46,28 +42,24 @@ from agentserver.proxy.headers import (
     websocket_headers,
 )
 from agentserver.proxy.http import CANCEL_CONNECTION, Receive, Scope, Send, proxy_http, target_of
+from agentserver.proxy.previews import PublicAccess, PublicPorts
 from agentserver.proxy.refused_tokens import RefusedTokens
-from agentserver.proxy.routing import Target, Unknown, resolve
-from agentserver.proxy.tunnel_upstream import TunnelUpstream
-from agentserver.proxy.upstream import Pool, Upstream, UpstreamTimeout
+from agentserver.proxy.routing import Preview, Route, Target, Unknown, resolve
+from agentserver.proxy.sign_in import AUTH_PATH, SignIn, respond
+from agentserver.proxy.tunnel_upstream import PortNotShared, TunnelUpstream
+from agentserver.proxy.upstream import NotListening, Pool, Upstream, UpstreamTimeout
 from agentserver.proxy.websocket import proxy_websocket, reject
 from agentserver.sandboxes.events import Event
 from agentserver.settings import Settings
 
 log = logging.getLogger(__name__)
-AUTH_PATH = "/_agentserver/auth"
-SESSION_MAX_AGE = 12 * 3600
 # The proxy tells the lifecycle about activity at most this often per sandbox (it throttles
 # its own writes further); the hot path then costs one dict lookup.
 ACTIVITY_EVERY = 5.0
 _READ_METHODS = frozenset({"GET", "HEAD"})
 # Which sandbox types each subdomain kind may reach (local sandboxes run opencode).
 _KINDS = {name: types_of(name) for name in BY_NAME}
-_UNKNOWN_PAGES = {
-    "sandbox": pages.NOT_FOUND,
-    "preview": pages.PREVIEWS_DISABLED,
-    "host": pages.UNKNOWN_HOST,
-}
+_UNKNOWN_PAGES = {"sandbox": pages.NOT_FOUND, "host": pages.UNKNOWN_HOST}
 _WAKING = {SandboxStatus.PAUSED, SandboxStatus.PAUSING, SandboxStatus.RESUMING}
 
 
@@ -77,11 +69,6 @@ class SandboxService(Protocol):
     async def wake(self, sandbox_id: str) -> None: ...
 
     def record_activity(self, sandbox_id: str) -> None: ...
-
-
-async def respond(send: Send, status: int, headers: Headers, body: bytes = b"") -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class GuardedSend:
@@ -125,12 +112,13 @@ class SubdomainProxy:
         self.app = app
         self.deps = deps
         self.settings = deps.settings
-        self.cookie = sandbox_cookie_name(deps.settings.secure_cookies)
-        self.bind_cookie = bind_cookie_name(deps.settings.secure_cookies)
+        self.signing_in = SignIn(deps.settings, deps.db, self.page)
+        self.cookie = self.signing_in.cookie
         self.access = deps.access
         self.sandboxes: SandboxService = deps.sandboxes
         self.hub = deps.hub
         self.refused = RefusedTokens()
+        self.public = PublicPorts(deps.db)
         # Names under the base domain that configured URLs give the server itself.
         self.main_names = frozenset(
             name
@@ -145,7 +133,7 @@ class SubdomainProxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             found = resolve(host_of(scope), self.settings.domain, self.main_names)
-            if isinstance(found, Target):
+            if isinstance(found, Target | Preview):
                 await self.handle(found, scope, receive, send)
                 return
             if found is not None:
@@ -163,18 +151,23 @@ class SubdomainProxy:
 
     def sandbox_changed(self, workspace_id: str, event: Event) -> None:
         """A sandbox's status or endpoint changed, or it was deleted: its idle connections
-        and cached accesses go (the next request reads the new state)."""
+        and cached accesses go (the next request reads the new state); so do its public
+        ports when one was made public or private."""
         kind = event.get("type")
+        if kind == "previews":
+            self.public.forget(event["previews"]["sandboxId"])
+            return
         if kind not in ("sandbox", "sandbox_deleted"):
             return
         changed = event[kind]
         sandbox_id = changed.id if isinstance(changed, Sandbox) else changed["id"]
         self.pool.forget_sandbox(sandbox_id)
         self.access.forget(sandbox_id)
+        self.public.forget(sandbox_id)
 
     # -- the request pipeline ---------------------------------------------------------------
 
-    async def handle(self, target: Target, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, target: Route, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = scope["type"] == "websocket"
         if websocket:
             await self.dispatch(target, scope, receive, send)
@@ -185,31 +178,37 @@ class SubdomainProxy:
         if deadline.expired and not guarded.started:
             await self.page(scope, guarded, pages.BODY_TIMEOUT)
 
-    async def dispatch(self, target: Target, scope: Scope, receive: Receive, send: Send) -> None:
+    async def dispatch(self, target: Route, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = scope["type"] == "websocket"
         headers: Headers = scope["headers"]
         method = "GET" if websocket else scope["method"]
         if websocket:
             await receive()  # websocket.connect
         elif scope["path"] == AUTH_PATH:
-            await self.redeem(target, scope, send)
+            await self.signing_in.redeem(target, scope, send)
             return
-        access = await self.authenticate(target, headers)
+        port = target.port if isinstance(target, Preview) else None
+        if port is not None and (refused := previews.port_refusal(port)) is not None:
+            await self.page(scope, send, refused)
+            return
+        access: SandboxAccess | PublicAccess | None = await self.authenticate(target, headers)
+        if port is not None and (access is None or access.read_only):
+            access = await self.public.access(target.sandbox_id, port) or access
         if access is None:
-            await self.sign_in(target, scope, send, method, headers)
+            await self.signing_in.sign_in(target, scope, send, method, headers)
             return
         refusal = self.refusal(access, scope, method, headers)
         if refusal is not None:
             await self.page(scope, send, refusal)
             return
-        if access.read_only and target.kind == "opencode":
+        if access.read_only and isinstance(target, Target) and target.kind == "opencode":
             if guest.refused(scope.get("raw_path") or scope["path"].encode()):
                 await self.page(scope, send, pages.GUEST_HIDDEN)
                 return
             scope = self.guest_view(scope)
             headers = scope["headers"]
         sandbox = access.sandbox
-        upstream = await self.upstream_for(scope, send, sandbox)
+        upstream = await self.upstream_for(scope, send, sandbox, port)
         if upstream is None:
             return
         self.touch(sandbox.id)
@@ -218,10 +217,10 @@ class SubdomainProxy:
             self.settings.base_scheme,
             host_of(scope) or b"",
         )
-        auth = self.agent_auth(sandbox)
+        auth = self.agent_auth(sandbox) if port is None else None  # a preview gets none of ours
         # Signing out or losing membership cancels the request mid-way (an open terminal or
         # event stream ends with the access that opened it).
-        with self.access.live(access, (scope.get("extensions") or {}).get(CANCEL_CONNECTION)):
+        with self.live(access, scope):
             if websocket:
                 await proxy_websocket(
                     scope,
@@ -236,7 +235,7 @@ class SubdomainProxy:
             outgoing = request_headers(headers, auth, fwd)
 
             async def unreachable(exc: SandboxUnreachable) -> None:
-                await self.unreachable(scope, send, sandbox, exc)
+                await self.unreachable(scope, send, sandbox, exc, port)
 
             await proxy_http(
                 scope,
@@ -248,8 +247,18 @@ class SubdomainProxy:
                 unreachable,
             )
 
-    async def authenticate(self, target: Target, headers: Headers) -> SandboxAccess | None:
-        """The access of the first valid sandbox cookie for THIS sandbox and subdomain kind."""
+    def live(
+        self, access: SandboxAccess | PublicAccess, scope: Scope
+    ) -> AbstractContextManager[object]:
+        """The request, cancelled when the member's access ends (a public port's anonymous
+        request has no member whose access could end)."""
+        if isinstance(access, PublicAccess):
+            return nullcontext()
+        return self.access.live(access, (scope.get("extensions") or {}).get(CANCEL_CONNECTION))
+
+    async def authenticate(self, target: Route, headers: Headers) -> SandboxAccess | None:
+        """The access of the first valid sandbox cookie for THIS sandbox and subdomain kind
+        (any kind of sandbox has previews)."""
         for token in cookie_values(headers, self.cookie)[:3]:
             key = (target.sandbox_id, hash_token(token))
             now = trio.current_time()
@@ -258,16 +267,22 @@ class SubdomainProxy:
             access = await self.access.get(target.sandbox_id, token)
             if access is None:
                 self.refused.remember(key, now)
-            elif SandboxType(access.sandbox.type) in _KINDS[target.kind]:
+            elif (
+                isinstance(target, Preview)
+                or SandboxType(access.sandbox.type) in _KINDS[target.kind]
+            ):
                 return access
         await trio.lowlevel.checkpoint()
         return None
 
     def refusal(
-        self, access: SandboxAccess, scope: Scope, method: str, headers: Headers
+        self, access: SandboxAccess | PublicAccess, scope: Scope, method: str, headers: Headers
     ) -> pages.Page | None:
-        """Why this member may not make this request, or None."""
+        """Why this member may not make this request, or None (a public port takes any
+        request without our credentials: nothing of ours to forge from another site)."""
         own = self.own_origins(scope)
+        if isinstance(access, PublicAccess) and scope["type"] == "http":
+            return None
         if scope["type"] == "websocket":
             origin = header(headers, b"origin")
             if origin is None or origin.decode("latin-1").lower() not in own:
@@ -307,8 +322,11 @@ class SubdomainProxy:
         origins = self._origins[key] = frozenset(f"{s}://{host}" for s in schemes)
         return origins
 
-    async def upstream_for(self, scope: Scope, send: Send, sandbox: Sandbox) -> Upstream | None:
-        """The way to the sandbox's agent, or None after answering with a status page."""
+    async def upstream_for(
+        self, scope: Scope, send: Send, sandbox: Sandbox, port: int | None = None
+    ) -> Upstream | None:
+        """The way to the sandbox's agent (or to its `port`, a preview), or None after
+        answering with a status page."""
         status = SandboxStatus(sandbox.status)
         if status is not SandboxStatus.RUNNING:
             self.access.forget(sandbox.id)  # the next reload must see the new status
@@ -319,10 +337,14 @@ class SubdomainProxy:
             tunnel = self.hub.get(sandbox.id)
             if tunnel is None:
                 await self.page(scope, send, pages.OFFLINE)
+            elif port is not None:
+                return await self.preview_upstream(scope, send, sandbox, port)
             await trio.lowlevel.checkpoint_if_cancelled()
             return None if tunnel is None else TunnelUpstream(tunnel)
         if status is SandboxStatus.RUNNING:
             if sandbox.endpoint_host and sandbox.endpoint_port:
+                if port is not None:
+                    return await self.preview_upstream(scope, send, sandbox, port)
                 await trio.lowlevel.checkpoint_if_cancelled()  # the hot path: no scheduler trip
                 return self.pool.upstream(sandbox.endpoint_host, sandbox.endpoint_port, sandbox.id)
             await self.page(scope, send, pages.STARTING)
@@ -345,19 +367,42 @@ class SubdomainProxy:
             await self.page(scope, send, pages.FAILED, reason=sandbox.status_reason)
         return None
 
+    async def preview_upstream(
+        self, scope: Scope, send: Send, sandbox: Sandbox, port: int
+    ) -> Upstream | None:
+        """The way to `port` in a running sandbox, or None after a page saying why not."""
+        found = previews.upstream_of(
+            sandbox, port, self.deps.sandboxes.backend, self.hub, self.pool
+        )
+        if isinstance(found, pages.Page):
+            await self.page(scope, send, found)
+            return None
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return found
+
     @staticmethod
     def is_navigation(scope: Scope) -> bool:
         """A browser loading a page (not a script's fetch or event stream)."""
         return scope["type"] == "http" and pages.wants_html(scope["method"], scope["headers"])
 
     async def unreachable(
-        self, scope: Scope, send: Send, sandbox: Sandbox, exc: SandboxUnreachable
+        self,
+        scope: Scope,
+        send: Send,
+        sandbox: Sandbox,
+        exc: SandboxUnreachable,
+        port: int | None = None,
     ) -> None:
-        """The agent did not answer: maybe the sandbox just paused or moved; look again."""
+        """The agent (or the previewed `port`) did not answer: maybe the sandbox just paused or
+        moved; look again."""
         self.access.forget(sandbox.id)
         fresh = await self.deps.db.one("proxy_get_sandbox", Sandbox, id=sandbox.id)
         if fresh is not None and fresh.status != SandboxStatus.RUNNING:
-            await self.upstream_for(scope, send, fresh)
+            await self.upstream_for(scope, send, fresh, port)
+            return
+        if port is not None and isinstance(exc, NotListening | PortNotShared):
+            why = pages.not_listening(port) if isinstance(exc, NotListening) else None
+            await self.page(scope, send, why or pages.PORT_NOT_ALLOWED)
             return
         log.info("sandbox %s unreachable: %s", sandbox.id, exc.message)
         page = pages.TIMEOUT if isinstance(exc, UpstreamTimeout) else pages.UNREACHABLE
@@ -389,79 +434,6 @@ class SubdomainProxy:
             )
         else:
             await respond(send, status, headers, body)
-
-    async def sign_in(
-        self, target: Target, scope: Scope, send: Send, method: str, headers: Headers
-    ) -> None:
-        """No valid cookie: browsers go through the main site's open (which re-checks access
-        and comes back with a ticket bound to this browser); API clients get 401."""
-        if scope["type"] == "http" and pages.wants_html(method, headers):
-            await self.start_binding(target, scope, send)
-            return
-        await self.page(scope, send, pages.SIGN_IN)
-
-    async def start_binding(self, target: Target, scope: Scope, send: Send) -> None:
-        """Give this browser a binding nonce (keeping one it already has, so two tabs opening
-        at once both succeed) and send it to the main host's /open with the nonce's hash;
-        auth/tickets.py explains why."""
-        held = cookie_values(scope["headers"], self.bind_cookie)
-        binding = binding_of(held[0]) if held else None
-        cookie = b""
-        if binding is None:
-            nonce, binding = new_binding()
-            cookie = self.cookie_header(self.bind_cookie, nonce, BIND_LIFETIME)
-        location = f"{self.settings.main_url}/api/sandboxes/{target.sandbox_id}/open?bind={binding}"
-        await respond(
-            send,
-            302,
-            [
-                (b"location", location.encode()),
-                *([(b"set-cookie", cookie)] if cookie else []),
-                (b"cache-control", b"no-store"),
-                (b"referrer-policy", b"no-referrer"),
-                (b"content-length", b"0"),
-            ],
-        )
-
-    def cookie_header(self, name: str, value: str, max_age: int) -> bytes:
-        # Host-only (no Domain): the cookie goes to this sandbox's host and nowhere else.
-        cookie = f"{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
-        if self.settings.secure_cookies:
-            cookie += "; Secure"
-        return cookie.encode()
-
-    async def redeem(self, target: Target, scope: Scope, send: Send) -> None:
-        """`/_agentserver/auth?ticket=…`: spend the ticket (if it was minted for this browser),
-        set the sandbox cookie, go to `/`. Without a ticket: start the bound sign-in."""
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        ticket = (query.get("ticket") or [""])[0]
-        if scope["method"] == "GET" and not ticket:
-            await self.start_binding(target, scope, send)
-            return
-        token = None
-        if scope["method"] == "GET":
-            nonces = cookie_values(scope["headers"], self.bind_cookie)
-            token = await redeem_ticket(
-                self.deps.db,
-                target.sandbox_id,
-                ticket,
-                nonces[0] if nonces else None,
-                lifetime=SESSION_MAX_AGE,
-            )
-        if token is None:
-            await self.page(scope, send, pages.LINK_EXPIRED)
-            return
-        await respond(
-            send,
-            302,
-            [
-                (b"location", b"/"),
-                (b"set-cookie", self.cookie_header(self.cookie, token, SESSION_MAX_AGE)),
-                (b"cache-control", b"no-store"),
-                (b"referrer-policy", b"no-referrer"),
-                (b"content-length", b"0"),
-            ],
-        )
 
     # -- the lifecycle ------------------------------------------------------------------------
 

@@ -15,8 +15,14 @@ import trio
 from agentserver.errors import SandboxUnreachable
 from agentserver.framing import exactly
 from agentserver.http_headers import FRAMING
-from agentserver.proxy.headers import Headers
-from agentserver.proxy.upstream import HEADER_TIMEOUT, UpstreamResponse, UpstreamTimeout
+from agentserver.kinds import NOT_LISTENING, NOT_SHARED, PREVIEW_REFUSED_HEADER
+from agentserver.proxy.headers import Headers, header
+from agentserver.proxy.upstream import (
+    HEADER_TIMEOUT,
+    NotListening,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from agentserver.proxy.upstream_socket import UpstreamClosed
 from agentserver.tunnel import StreamLimitReached, Tunnel, TunnelClosed, TunnelStream
 
@@ -32,6 +38,19 @@ class TunnelBusy(SandboxUnreachable):
 
     status = 503
     code = "sandbox_busy"
+
+
+class PortNotShared(SandboxUnreachable):
+    """The local agent refused a preview of a port its user did not share (403)."""
+
+    status = 403
+    code = "preview_port_not_allowed"
+
+
+_REFUSALS: dict[bytes, type[SandboxUnreachable]] = {
+    NOT_SHARED.encode(): PortNotShared,
+    NOT_LISTENING.encode(): NotListening,
+}
 
 
 def _text_headers(headers: Headers, length: int | None = 0) -> list[tuple[str, str]]:
@@ -106,11 +125,15 @@ class TunnelSocket:
 
 
 class TunnelUpstream:
-    """A local sandbox's agent, reached through its live tunnel."""
+    """A local sandbox's agent, reached through its live tunnel; with `port`, a preview of that
+    port on the agent's machine (the agent refuses ports its user did not share)."""
 
-    def __init__(self, tunnel: Tunnel, header_timeout: float = HEADER_TIMEOUT) -> None:
+    def __init__(
+        self, tunnel: Tunnel, header_timeout: float = HEADER_TIMEOUT, port: int | None = None
+    ) -> None:
         self._tunnel = tunnel
         self._header_timeout = header_timeout
+        self._port = port
 
     async def _open(
         self,
@@ -130,6 +153,7 @@ class TunnelUpstream:
                 body=body,
                 websocket=websocket,
                 subprotocols=subprotocols,
+                port=self._port,
             )
         except _BROKEN:
             raise SandboxUnreachable("the local agent is not connected") from None
@@ -144,7 +168,12 @@ class TunnelUpstream:
             raise SandboxUnreachable("the tunnel to the local agent broke") from None
         if waited.cancelled_caught:
             raise UpstreamTimeout("the local agent did not answer in time")
-        return status, _byte_headers(headers)
+        response = _byte_headers(headers)
+        if self._port is not None:  # the agent's own refusal of a preview: our page says why
+            refused = _REFUSALS.get(header(response, PREVIEW_REFUSED_HEADER.encode()) or b"")
+            if refused is not None:
+                raise refused(f"the local agent refused port {self._port}")
+        return status, response
 
     async def request(
         self,

@@ -63,6 +63,22 @@ class UpstreamTimeout(SandboxUnreachable):
     code = "sandbox_timeout"
 
 
+class NotListening(SandboxUnreachable):
+    """Nothing accepts connections on the port (connection refused): for a preview, a dev
+    server not started yet."""
+
+
+def connection_refused(exc: BaseException) -> bool:
+    """Whether a failed connect was refused at every address it tried (trio's
+    `open_tcp_stream` reports them as the cause of one OSError)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        return all(isinstance(e, ConnectionRefusedError) for e in cause.exceptions)
+    return False
+
+
 # Set by the writer of a request, from what it sends (never passed through from a client).
 _WRITER_SETS = FRAMING | {b"connection"}
 
@@ -446,7 +462,9 @@ class Pool:
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 stream = await trio.open_tcp_stream(*key)
-        except (OSError, trio.TooSlowError):
+        except (OSError, trio.TooSlowError) as exc:
+            if connection_refused(exc):
+                raise NotListening("nothing accepts connections on that port") from None
             raise SandboxUnreachable("the sandbox's agent does not accept connections") from None
         return _Connection(stream)
 
@@ -571,4 +589,8 @@ class TcpUpstream:
                 ws = await stack.enter_async_context(opened)
             except trio_websocket.HandshakeError as exc:
                 raise SandboxUnreachable(f"the sandbox refused the WebSocket: {exc!r}") from None
+            except OSError as exc:
+                if connection_refused(exc):
+                    raise NotListening("nothing accepts connections on that port") from None
+                raise SandboxUnreachable(f"the sandbox is not reachable: {exc}") from None
             yield TcpSocket(ws)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from agentserver.models import SandboxType
 
@@ -30,6 +30,9 @@ class SandboxSpec:
     # A repository to clone onto the workspace disk on its first start (sandboxes/setup.py).
     git_url: str | None = None
     git_ref: str | None = None
+    # Seconds without activity before the idle watcher pauses it (its workspace's timeout, or
+    # the server's); 0: never. A backend may stop it by itself a little later (kubernetes).
+    idle_timeout: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,16 @@ class Backend(Protocol):
     async def listening_ports(self, sandbox_id: str) -> list[int] | None:
         """The TCP ports something listens on inside a running sandbox (the previews list),
         or None where this backend cannot tell."""
+        ...
+
+
+@runtime_checkable
+class KeepsAlive(Protocol):
+    """A backend that stops idle sandboxes by itself (so they stop even with no server up)
+    and is told of their activity to put that off."""
+
+    async def keep_alive(self, sandbox_id: str) -> None:
+        """The sandbox was used just now (called at most every 30 s per sandbox)."""
         ...
 
 

@@ -128,6 +128,10 @@ class WorkspaceEvents:
         for workspace_id in list(self._listeners):
             self.close_workspace(workspace_id)
 
+    def watched(self) -> list[str]:
+        """The workspaces someone listens to now."""
+        return list(self._listeners)
+
     def listeners(self, workspace_id: str) -> int:
         return len(self._listeners.get(workspace_id, ()))
 

@@ -37,6 +37,8 @@ OPS: tuple[Op, ...] = (
     "aclose",
 )
 FIRST_PORT = 20_000
+# Where a preview of a port nothing "listens" on goes: port 1 on loopback refuses connections.
+NOWHERE = Endpoint("127.0.0.1", 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,10 @@ class FakeBackend:
     held: dict[str, Held] = field(default_factory=dict)
     workspaces_removed: list[str] = field(default_factory=list)
     closed: bool = False
+    # Previews: the ports "listening" in each sandbox and where each is really served (a test's
+    # own server); `previews` False stands for a backend that cannot reach sandboxes' ports.
+    listening: dict[str, dict[int, Endpoint]] = field(default_factory=dict)
+    previews: bool = True
     _failures: dict[Op, list[BaseException]] = field(default_factory=dict)
     _gates: dict[Op, Gate] = field(default_factory=dict)
     _next_port: int = FIRST_PORT
@@ -133,6 +139,13 @@ class FakeBackend:
             await self.on_exit(sandbox_id, reason)
         else:
             await trio.lowlevel.checkpoint()
+
+    def listen(self, sandbox_id: str, port: int, served_at: Endpoint) -> None:
+        """Something in the sandbox listens on `port` now: its previews go to `served_at`."""
+        self.listening.setdefault(sandbox_id, {})[port] = served_at
+
+    def stop_listening(self, sandbox_id: str, port: int) -> None:
+        self.listening.get(sandbox_id, {}).pop(port, None)
 
     def forget(self, sandbox_id: str) -> None:
         """Lose a sandbox without telling anyone (what a server restart can leave behind)."""
@@ -182,11 +195,13 @@ class FakeBackend:
         return DISK_PATH
 
     def preview_endpoint(self, sandbox_id: str, agent: Endpoint, port: int) -> Endpoint | None:
-        return None  # previews: not yet on this backend
+        if not self.previews:
+            return None
+        return self.listening.get(sandbox_id, {}).get(port, NOWHERE)
 
     async def listening_ports(self, sandbox_id: str) -> list[int] | None:
         await trio.lowlevel.checkpoint()
-        return None
+        return sorted(self.listening.get(sandbox_id, {})) if self.previews else None
 
     # -- inside -------------------------------------------------------------------------------
     async def _enter(self, op: Op, target: str) -> None:

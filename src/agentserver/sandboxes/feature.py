@@ -14,6 +14,7 @@ from agentserver.errors import ConfigError
 from agentserver.sandboxes.base import Backend, ExitNotice
 from agentserver.sandboxes.events import WorkspaceEvents
 from agentserver.sandboxes.idle import IdleWatcher
+from agentserver.sandboxes.previews import PreviewWatcher
 from agentserver.sandboxes.reconciler import Reconciler
 from agentserver.sandboxes.service import Sandboxes
 from agentserver.settings import Settings
@@ -46,9 +47,13 @@ def backend_opener(settings: Settings, on_exit: ExitNotice) -> AbstractAsyncCont
         from agentserver.sandboxes import docker
 
         return docker.open_backend(settings, on_exit)
+    if settings.backend == "kubernetes":
+        from agentserver.sandboxes import kubernetes
+
+        return kubernetes.open_backend(settings, on_exit)
     raise ConfigError(
         f"--backend / AGENTSERVER_BACKEND: the {settings.backend} backend is not "
-        "available yet; use process or docker"
+        "available yet; use process, docker or kubernetes"
     )
 
 
@@ -76,6 +81,8 @@ async def open_sandboxes(
         # instead of cancelling this nursery (and with it the server).
         await nursery.start(supervise, "activity writer", service.write_activity)
         await service.reconcile(at_start=True)
+        # Open dashboards see the ports a running sandbox serves change (sandboxes/previews.py).
+        await nursery.start(supervise, "preview watcher", PreviewWatcher(service, events).run)
         watcher = reconciler = None
         if settings.idle_timeout > 0:
             watcher = IdleWatcher(service, settings.idle_timeout)

@@ -19,10 +19,10 @@ import trio
 from agentserver.auth.tokens import hash_token, new_id, new_token
 from agentserver.db.database import Database
 from agentserver.errors import AgentServerError, Conflict, DatabaseUnavailable, Invalid, NotFound
-from agentserver.models import Sandbox, SandboxType
+from agentserver.models import Sandbox, SandboxType, Workspace
 from agentserver.models import SandboxStatus as S
 from agentserver.sandboxes import lifecycle
-from agentserver.sandboxes.base import Backend, Endpoint, Managed, SandboxSpec
+from agentserver.sandboxes.base import Backend, Endpoint, KeepsAlive, Managed, SandboxSpec
 from agentserver.sandboxes.events import WorkspaceEvents
 from agentserver.sandboxes.setup import SandboxSetup, Sealer
 from agentserver.settings import Settings
@@ -104,9 +104,13 @@ class Sandboxes:
 
     @property
     def sealer(self) -> Sealer:
-        """The key of the sandboxes' environment variables (made on first use)."""
+        """The key of the sandboxes' environment variables: the configured one, or the data
+        directory's (made on first use)."""
         if self._sealer is None:
-            self._sealer = Sealer.of_data_dir(self.settings.data_dir)
+            given = self.settings.sandbox_env_key
+            self._sealer = (
+                Sealer(given.encode()) if given else Sealer.of_data_dir(self.settings.data_dir)
+            )
         return self._sealer
 
     # -- reading ------------------------------------------------------------------------------
@@ -394,6 +398,8 @@ class Sandboxes:
         async for sandbox_id in self._activity_out:
             try:
                 await self.db.exec("sbx_touch", id=sandbox_id)
+                if isinstance(self.backend, KeepsAlive):
+                    await self.backend.keep_alive(sandbox_id)
             except AgentServerError as exc:
                 log.warning("recording activity of %s failed: %s", sandbox_id, exc.message)
 
@@ -581,7 +587,18 @@ class Sandboxes:
             env=setup.env,
             git_url=setup.git_url,
             git_ref=setup.git_ref,
+            idle_timeout=await self._idle_timeout(sandbox.workspace_id),
         )
+
+    async def _idle_timeout(self, workspace_id: str) -> float:
+        """The idle timeout that applies to the workspace's sandboxes (0: never paused)."""
+        if self.settings.idle_timeout <= 0:
+            await trio.lowlevel.checkpoint()
+            return 0.0
+        workspace = await self.db.one("get_workspace", Workspace, id=workspace_id)
+        if workspace is None or workspace.idle_timeout_seconds is None:
+            return self.settings.idle_timeout
+        return float(workspace.idle_timeout_seconds)
 
     async def setup_of(self, sandbox_id: str, *, values: bool = True) -> SandboxSetup:
         """What the sandbox was created with; without `values` the variables' values are

@@ -133,8 +133,9 @@ class Sealer:
             env = json.loads(self._fernet.decrypt(sealed))
         except InvalidToken:
             raise AgentServerError(
-                f"the sandbox's environment variables cannot be read: {KEY_FILE} in the data"
-                " directory is not the key they were sealed with"
+                "the sandbox's environment variables cannot be read: the server's key"
+                f" (AGENTSERVER_SANDBOX_ENV_KEY, or {KEY_FILE} in the data directory) is not the"
+                " key they were sealed with"
             ) from None
         return {str(k): str(v) for k, v in env.items()}
 

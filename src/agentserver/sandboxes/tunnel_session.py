@@ -89,8 +89,15 @@ class TunnelSessions:
             receive_budget=self.settings.tunnel_receive_budget,
         )
 
-    async def serve(self, sandbox: Sandbox, token_hash: str, link: MessageLink) -> None:
-        """Run one agent's tunnel until it ends; its tasks live in the caller's task."""
+    async def serve(
+        self,
+        sandbox: Sandbox,
+        token_hash: str,
+        link: MessageLink,
+        shared_ports: tuple[int, ...] = (),
+    ) -> None:
+        """Run one agent's tunnel until it ends (the agent sharing `shared_ports` as
+        previews); its tasks live in the caller's task."""
         # A tunnel closed at once may leave by `except*` with nothing awaited but shielded cleanup.
         await trio.lowlevel.checkpoint()
         hub = self.hub
@@ -104,7 +111,7 @@ class TunnelSessions:
                 send_timeout=self.settings.tunnel_send_timeout,
             ) as tunnel:  # the heartbeat below ends with the tunnel
                 tunnel.stop_reason = SERVER_RESTARTING  # only the server stopping cancels it
-                await hub.register(sandbox.id, tunnel)
+                await hub.register(sandbox.id, tunnel, shared_ports)
                 registered = True
                 log.info("local agent of sandbox %s connected", sandbox.id)
                 await self.sync_status(sandbox.id)

@@ -172,21 +172,88 @@ class Settings:
         v.optional_text,
         "Kubernetes runtimeClassName for sandbox pods (e.g. gvisor).",
     )
+    kube_namespace: str | None = setting(
+        "SANDBOX_NAMESPACE",
+        None,
+        v.optional_dns_label,
+        "Kubernetes namespace for every sandbox, for clusters where the server may not create"
+        " namespaces (it must exist); unset: one namespace per workspace, named with the prefix.",
+    )
+    kube_server_namespace: str | None = setting(
+        "AGENTSERVER_KUBE_SERVER_NAMESPACE",
+        None,
+        v.optional_dns_label,
+        "Kubernetes namespace agentserver's own pods run in, the only ones sandboxes accept"
+        " connections from and may call (default: the server's own namespace in the cluster,"
+        " else default).",
+    )
+    kube_server_labels: tuple[tuple[str, str], ...] = setting(
+        "AGENTSERVER_KUBE_SERVER_LABELS",
+        "app.kubernetes.io/name=agentserver",
+        v.labels,
+        "Labels (KEY=VALUE, comma-separated) of agentserver's own pods: the sandbox"
+        " NetworkPolicy admits traffic from them and lets sandboxes reach them (the LLM proxy).",
+        blank_is_default=True,
+    )
+    kube_cpu_request: str = setting(
+        "SANDBOX_CPU_REQUEST",
+        "250m",
+        v.quantity,
+        "CPU a Kubernetes sandbox pod requests (its limit is AGENT_NANO_CPUS).",
+        blank_is_default=True,
+    )
+    kube_memory_request: str = setting(
+        "SANDBOX_MEMORY_REQUEST",
+        "512Mi",
+        v.quantity,
+        "Memory a Kubernetes sandbox pod requests (its limit is AGENT_MEMORY_LIMIT).",
+        blank_is_default=True,
+    )
+    home_size: str = setting(
+        "SANDBOX_HOME_SIZE",
+        "5Gi",
+        v.quantity,
+        "Size of each Kubernetes sandbox's home volume (a PVC deleted with the sandbox).",
+        blank_is_default=True,
+    )
+    workspace_disk_size: str = setting(
+        "WORKSPACE_DISK_SIZE",
+        "20Gi",
+        v.quantity,
+        "Size of each workspace's shared disk on Kubernetes (a ReadWriteMany PVC at /data/disk0).",
+        blank_is_default=True,
+    )
+    workspace_storage_class: str | None = setting(
+        "WORKSPACE_STORAGE_CLASS",
+        None,
+        v.optional_text,
+        "Kubernetes storage class of the workspace disks; it must offer ReadWriteMany"
+        " (unset: the cluster's default class).",
+    )
+    sandbox_env_key: str | None = setting(
+        "AGENTSERVER_SANDBOX_ENV_KEY",
+        None,
+        v.optional_fernet_key,
+        "Key that seals sandboxes' environment variables in the database (32 bytes, URL-safe"
+        " base64); unset: `sandbox-env.key` in the data directory, made on first use. Give the"
+        " same key to every replica, and keep it when the data directory is not kept.",
+        secret=True,
+    )
 
     # Sandbox limits: what one sandbox may use.
     agent_memory_limit: int = setting(
         "AGENT_MEMORY_LIMIT",
         "2147483648",
         v.size,
-        "Memory limit per sandbox, in bytes: its container's (Docker), or its cgroup's (process"
-        " backend, where the server can create cgroups).",
+        "Memory limit per sandbox, in bytes: its container's (Docker, Kubernetes), or its"
+        " cgroup's (process backend, where the server can create cgroups).",
     )
     agent_nano_cpus: int = setting(
         "AGENT_NANO_CPUS",
         "2000000000",
         v.whole,
-        "CPU limit per sandbox, in billionths of a CPU: its container's (Docker), or its"
-        " cgroup's CPU quota (process backend, where the server can create cgroups; its"
+        "CPU limit per sandbox, in billionths of a CPU: its container's (Docker, Kubernetes), or"
+        " its cgroup's CPU quota (process backend, where the server can create cgroups; its"
         " sandboxes also run at a lower priority).",
     )
     agent_pids_limit: int = setting(
@@ -373,6 +440,13 @@ class Settings:
         "Link a new SSO identity to an existing account with the same email when a provider"
         " verified it for both (never an address typed in at registration).",
     )
+    max_token_lifetime: float = setting(
+        "AGENTSERVER_MAX_TOKEN_LIFETIME",
+        "8760h",
+        v.positive_duration,
+        "Longest lifetime a personal API token may be given (new tokens default to 30 days,"
+        " or this when shorter).",
+    )
 
     # Observability.
     metrics_token: str | None = setting(
@@ -382,15 +456,22 @@ class Settings:
         "When set, GET /metrics requires `Authorization: Bearer <token>` (401 otherwise).",
         secret=True,
     )
+    log_format: str = setting(
+        "AGENTSERVER_LOG_FORMAT",
+        "text",
+        v.log_format,
+        "Log lines as readable `text`, or `json`: one object per line (time, level, logger,"
+        " message, request_id and the request's fields) for a cluster's log collector.",
+        blank_is_default=True,
+    )
 
     # Local agents: what the "connect a local agent" dialog offers for download.
     agent_zipapp: str | None = setting(
         "AGENTSERVER_AGENT_ZIPAPP",
         None,
         v.optional_text,
-        "A built agentserver.pyz (`nox -s zipapp`) that the server offers at"
-        " /downloads/agentserver.pyz for local agents; unset, the agent dialog shows the"
-        " pip/uvx install command instead.",
+        "A file the server sends at /download/agentserver-agent.pyz instead of the agent it"
+        " builds from itself (e.g. for a server frozen with PyInstaller, which cannot).",
     )
     git_file_urls: bool = setting(
         "AGENTSERVER_GIT_FILE_URLS",

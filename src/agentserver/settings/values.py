@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
@@ -13,6 +14,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 BACKENDS = ("process", "docker", "kubernetes")
 _BACKEND_ALIASES = {"k8s": "kubernetes", "kube": "kubernetes"}
 _SCHEMES = ("http", "https")
+LOG_FORMATS = ("text", "json")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _SIZE = re.compile(r"^(\d+)\s*(b|kib|mib|gib|kb|mb|gb|k|m|g)?$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -212,12 +214,77 @@ def url_scheme(value: str | None) -> str:
     return scheme
 
 
+def optional_fernet_key(value: str | None) -> str | None:
+    """A Fernet key: 32 bytes in URL-safe base64 (44 characters), or None."""
+    if not value:
+        return None
+    key = value.strip()
+    try:
+        raw = base64.urlsafe_b64decode(key.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raw = b""
+    if len(raw) != 32 or len(key) != 44:
+        raise ValueError(
+            "must be 32 bytes in URL-safe base64 (44 characters), e.g. from `python3 -c 'import"
+            " base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'`"
+        )
+    return key
+
+
+def log_format(value: str | None) -> str:
+    kind = (value or "").lower()
+    if kind not in LOG_FORMATS:
+        raise ValueError(f"{kind!r} must be {' or '.join(LOG_FORMATS)}")
+    return kind
+
+
 def backend(value: str | None) -> str:
     name = (value or "").lower()
     name = _BACKEND_ALIASES.get(name, name)
     if name not in BACKENDS:
         raise ValueError(f"{name!r} must be one of {', '.join(BACKENDS)}")
     return name
+
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_LABEL_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
+_LABEL = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}=({_LABEL_NAME})?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def quantity(value: str | None) -> str:
+    """A Kubernetes resource quantity (e.g. 5Gi, 500m, 2)."""
+    text = (value or "").strip()
+    if not _QUANTITY.fullmatch(text):
+        raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. 5Gi, 500m, 2)")
+    return text
+
+
+def optional_quantity(value: str | None) -> str | None:
+    return quantity(value) if value and value.strip() else None
+
+
+def labels(value: str | None) -> tuple[tuple[str, str], ...]:
+    """Comma-separated Kubernetes labels, KEY=VALUE each (at least one)."""
+    pairs = []
+    for item in parse_list(value):
+        if not _LABEL.fullmatch(item):
+            raise ValueError(f"{item!r} is not a Kubernetes label KEY=VALUE")
+        key, _, val = item.partition("=")
+        pairs.append((key, val))
+    if not pairs:
+        raise ValueError("give at least one label KEY=VALUE")
+    return tuple(pairs)
+
+
+def optional_dns_label(value: str | None) -> str | None:
+    """A Kubernetes name (a DNS-1123 label: a namespace, a storage class); None when blank."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    if not _DNS_LABEL.fullmatch(text):
+        raise ValueError(f"{text!r} is not a DNS-1123 label (lowercase letters, digits and -)")
+    return text
 
 
 def user_name(value: str | None) -> str:

@@ -157,6 +157,7 @@ class RequestReceived:
     body: bool
     websocket: bool
     subprotocols: tuple[str, ...]
+    port: int | None = None  # a preview's port (frames.RequestOpen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,8 +313,10 @@ class TunnelConnection:
         body: bool = True,
         websocket: bool = False,
         subprotocols: tuple[str, ...] = (),
+        port: int | None = None,
     ) -> int:
-        """Open a stream with a request head; returns its id. `body=False` ends our half too."""
+        """Open a stream with a request head; returns its id. `body=False` ends our half too;
+        `port`: a preview's port on the peer's machine."""
         if self.peer_settings is None:
             raise LocalProtocolError("cannot open a stream before the peer's Hello")
         if self.peer_going_away or self.going_away:
@@ -321,7 +324,9 @@ class TunnelConnection:
         limit = min(self.settings.max_streams, self.peer_settings.max_streams)
         if self._open_counts[True] >= limit:
             raise StreamLimitReached(f"{limit} streams are open already")
-        frame = RequestOpen(self._next_id, method, target, headers, body, websocket, subprotocols)
+        frame = RequestOpen(
+            self._next_id, method, target, headers, body, websocket, subprotocols, port
+        )
         self._check_head(frame)
         stream = self._new_stream(frame.stream_id, local=True, websocket=websocket)
         self._next_id += 2
@@ -475,7 +480,7 @@ class TunnelConnection:
         stream = self._new_stream(stream_id, local=False, websocket=frame.websocket)
         stream.recv = TRANSITIONS[stream.recv, Act.HEAD]
         head = (frame.method, frame.target, frame.headers, frame.body, frame.websocket)
-        events: list[Event] = [RequestReceived(stream_id, *head, frame.subprotocols)]
+        events: list[Event] = [RequestReceived(stream_id, *head, frame.subprotocols, frame.port)]
         if not frame.body:
             stream.recv = TRANSITIONS[stream.recv, Act.END]
             events.append(StreamEnded(stream_id))

@@ -9,7 +9,8 @@ payload. Keys are short but readable::
 
     hello     {"version", "max_payload", "window", "ping",       negotiates limits (first frame)
                "streams"?}
-    request   {"id", "method", "target", "headers", "body", "ws", "protocols"}
+    request   {"id", "method", "target", "headers", "body", "ws", "protocols",
+               "port"?}                                         "port": a preview's port
     response  {"id", "status", "headers"}
     data      {"id", "text"?, "more"?}  + payload               body bytes or a WebSocket fragment
     end       {"id", "code"?, "reason"?}                        half-close (WebSocket close code)
@@ -72,6 +73,9 @@ class RequestOpen:
     body: bool = True
     websocket: bool = False
     subprotocols: tuple[str, ...] = ()
+    # A preview: the port on the agent's machine the request is for (None: its opencode).
+    # Optional on the wire, so a request without it reads as it always did.
+    port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +146,7 @@ def _header_of(frame: Frame) -> dict[str, Any]:
                 hello["streams"] = frame.max_streams
             return hello
         case RequestOpen():
-            return {
+            request: dict[str, Any] = {
                 "type": "request",
                 "id": frame.stream_id,
                 "method": frame.method,
@@ -152,6 +156,9 @@ def _header_of(frame: Frame) -> dict[str, Any]:
                 "ws": frame.websocket,
                 "protocols": list(frame.subprotocols),
             }
+            if frame.port is not None:  # only previews carry it
+                request["port"] = frame.port
+            return request
         case ResponseHead():
             return {
                 "type": "response",
@@ -292,6 +299,7 @@ def _decode_request(h: dict[str, Any]) -> RequestOpen:
         body=_bool(h, "body", True),
         websocket=_bool(h, "ws", False),
         subprotocols=_protocols(h),
+        port=None if h.get("port") is None else _int(h, "port", 1, 65535),
     )
 
 

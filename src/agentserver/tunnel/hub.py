@@ -22,6 +22,8 @@ class Hub:
 
     def __init__(self) -> None:
         self._tunnels: dict[str, Tunnel] = {}
+        # The ports each connected agent shares as previews (`agent connect --allow-port`).
+        self._shared: dict[str, tuple[int, ...]] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._finished: dict[Tunnel, trio.Event] = {}
 
@@ -33,12 +35,20 @@ class Hub:
         tunnel = self._tunnels.get(sandbox_id)
         return None if tunnel is None or tunnel.closed else tunnel
 
-    async def register(self, sandbox_id: str, tunnel: Tunnel) -> None:
-        """Make `tunnel` the sandbox's tunnel; a previous one is closed."""
+    def shared_ports(self, sandbox_id: str) -> tuple[int, ...]:
+        """The ports the sandbox's connected agent shares as previews (none when offline)."""
+        return self._shared.get(sandbox_id, ()) if self.get(sandbox_id) is not None else ()
+
+    async def register(
+        self, sandbox_id: str, tunnel: Tunnel, shared_ports: tuple[int, ...] = ()
+    ) -> None:
+        """Make `tunnel` the sandbox's tunnel (its agent sharing `shared_ports` as previews);
+        a previous one is closed."""
         # Before any change: a cancel here leaves nothing registered for the caller to undo.
         await trio.lowlevel.checkpoint()
         previous = self._tunnels.get(sandbox_id)
         self._tunnels[sandbox_id] = tunnel
+        self._shared[sandbox_id] = shared_ports
         self._finished.setdefault(tunnel, trio.Event())
         if previous is not None and previous is not tunnel:
             await previous.aclose()
@@ -48,6 +58,7 @@ class Hub:
         if self._tunnels.get(sandbox_id) is not tunnel:
             return False
         del self._tunnels[sandbox_id]
+        self._shared.pop(sandbox_id, None)
         return True
 
     def finish(self, tunnel: Tunnel) -> None:

@@ -165,8 +165,10 @@ class Tunnel:
         body: bool = True,
         websocket: bool = False,
         subprotocols: Iterable[str] = (),
+        port: int | None = None,
     ) -> TunnelStream:
-        """Open a stream carrying a request to the peer. `body=False`: no request body follows."""
+        """Open a stream carrying a request to the peer. `body=False`: no request body follows;
+        `port`: a preview's port on the peer's machine (None: its agent)."""
         await trio.lowlevel.checkpoint()
         if self.closed:
             raise TunnelClosed(self.close_reason)
@@ -174,7 +176,13 @@ class Tunnel:
             raise TunnelClosed("the peer is going away")
         head = tuple((name, value) for name, value in headers)
         stream_id = self._conn.open_request(
-            method, target, head, body=body, websocket=websocket, subprotocols=tuple(subprotocols)
+            method,
+            target,
+            head,
+            body=body,
+            websocket=websocket,
+            subprotocols=tuple(subprotocols),
+            port=port,
         )
         stream = TunnelStream(self, stream_id, None, body=body)
         self._streams[stream_id] = stream

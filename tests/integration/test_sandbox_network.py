@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import open_websocket_url, wrap_client_stream
 
 from agentserver.sandboxes import process as process_backend
 from agentserver.sandboxes.base import Endpoint
@@ -23,6 +24,8 @@ from agentserver.sandboxes.process import Child, ProcessBackend
 from agentserver.sandboxes.subnet import namespace_name
 from agentserver.settings import Settings
 from tests.conftest import Server, start_server
+from tests.support.preview_world import Previews
+from tests.support.sandbox_login import SANDBOX_COOKIE
 from tests.support.sandboxes import (
     open_events,
     owner_with_workspace,
@@ -198,6 +201,42 @@ async def test_two_sandboxes_on_the_same_port_are_different_previews(
         assert preview(backend, one) != preview(backend, two)
         assert await hello(preview(backend, one)) == "hello from one"
         assert await hello(preview(backend, two)) == "hello from two"
+
+
+async def test_previews_through_the_proxy_reach_each_sandboxs_own_app(
+    nursery: trio.Nursery, sandbox_server: Server
+) -> None:
+    """Through the API and the subdomain proxy (ticket sign-in, `p3000-{id}` hosts), two
+    sandboxes' apps on the same port are listed and answer each for itself, and an event
+    stream and a WebSocket echo work end to end."""
+    backend = backend_of(sandbox_server)
+    owner, (one, two) = await start_boxes_of(sandbox_server, nursery, 2)
+    world = SimpleNamespace(server=sandbox_server, owner=owner)
+    previews = Previews(world, backend, nursery)  # type: ignore[arg-type]
+    async with app_inside(backend, one, "one"), app_inside(backend, two, "two"):
+        for box, name in ((one, "one"), (two, "two")):
+            listed = (await owner.get(f"/api/sandboxes/{box.id}/previews")).json()
+            assert listed["available"] is True
+            assert [p["port"] for p in listed["previews"]] == [PORT]
+            cookie = await previews.open(box.id, PORT)
+            async with previews.client(box.id, PORT, cookie) as browser:
+                answer = await browser.get("/hello")
+                assert (answer.status_code, answer.text) == (200, f"hello from {name}")
+                async with browser.stream("GET", "/events") as events:
+                    lines = [line async for line in events.aiter_lines() if line]
+                assert lines == [f"data: {name} {n}" for n in range(3)]
+            stream = await trio.open_tcp_stream("127.0.0.1", sandbox_server.port)
+            headers = [
+                (b"origin", previews.origin(box.id, PORT).encode()),
+                (b"cookie", f"{SANDBOX_COOKIE}={cookie}".encode()),
+            ]
+            ws = await wrap_client_stream(
+                nursery, stream, previews.host(box.id, PORT), "/echo", extra_headers=headers
+            )
+            await ws.send_message(f"ping {name}")
+            assert await ws.get_message() == f"ping {name}"
+            await ws.aclose()
+    await owner.aclose()
 
 
 async def test_a_sandbox_reaches_neither_another_sandbox_nor_the_server(

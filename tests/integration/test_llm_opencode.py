@@ -131,9 +131,14 @@ async def test_opencode_prompt_through_the_proxy(
         assert not any(REAL_KEY in value for value in environment.values())
         config = json.loads(environment["OPENCODE_CONFIG_CONTENT"])
         options = config["provider"]["anthropic"]["options"]
-        assert options["baseURL"] == f"{server.deps.settings.llm_proxy_url}/v1"
+        # On a network namespace of its own the sandbox reaches the proxy through its relay.
+        proxy_url = server.deps.settings.llm_proxy_url
+        networks = server.deps.sandboxes.backend.networks
+        net = networks.get(sid) if networks is not None else None
+        relayed = proxy_url if net is None else networks.llm_base_url(net, proxy_url)
+        assert options["baseURL"] == f"{relayed}/v1"
         proxy = httpx.AsyncClient(
-            base_url=options["baseURL"], headers={"x-api-key": options["apiKey"]}
+            base_url=f"{proxy_url}/v1", headers={"x-api-key": options["apiKey"]}
         )
         async with proxy:
             assert (await proxy.post("/messages", json=BODY)).status_code == 200

@@ -14,17 +14,22 @@ from agentserver.sandboxes.account import Account
 from agentserver.sandboxes.limits import Limits
 
 _PR_SET_PDEATHSIG = 1
+_CLONE_NEWNET = 0x40000000
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def _child_setup(server_pid: int, limits: Limits, account: Account) -> Callable[[], None]:
-    """A preexec_fn: the child joins the sandbox's cgroups, becomes `account`, gets SIGKILL
+def _child_setup(
+    server_pid: int, limits: Limits, account: Account, netns: int | None
+) -> Callable[[], None]:
+    """A preexec_fn: the child joins the sandbox's cgroups and network namespace (`netns`, an
+    open descriptor of it; closed at exec), becomes `account`, gets SIGKILL
     when the server's thread that forked it dies, creates files for its owner and group only
     (the workspace disk's group shares them), and starts with the sandbox's resource limits
     (limits.py).
 
     The user switch is done here rather than by Popen (which would do it before this
-    function), because joining a cgroup needs root: a sandbox's uid may not move itself.
+    function), because joining a cgroup or a namespace needs root: a sandbox's uid may not
+    move itself.
     It is the same switch Popen does (groups, gid, uid). The death signal comes after it (a
     credential change clears it), and the parent is checked afterwards: a server that died in
     between is not noticed by the kernel any more. bwrap's `--die-with-parent` does the same.
@@ -33,6 +38,8 @@ def _child_setup(server_pid: int, limits: Limits, account: Account) -> Callable[
     def preexec() -> None:
         os.umask(0o007)
         limits.join()
+        if netns is not None and _LIBC.setns(netns, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns(CLONE_NEWNET) failed")
         if account.switches:
             os.setgroups([])
             os.setregid(account.gid, account.gid)
@@ -69,9 +76,10 @@ class Child:
         cwd: str,
         account: Account,
         limits: Limits = Limits(),  # noqa: B008 (frozen, so one shared default is fine)
+        netns: int | None = None,
     ) -> Child:
         """Start `argv` as `account` (user, group, no supplementary groups) in its own session,
-        with `limits`."""
+        with `limits`, in the network namespace open at descriptor `netns` (None: the server's)."""
         read_fd, write_fd = os.pipe()
         try:
             popen = subprocess.Popen(
@@ -82,7 +90,7 @@ class Child:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_child_setup(os.getpid(), limits, account),
+                preexec_fn=_child_setup(os.getpid(), limits, account, netns),
             )
         except BaseException:
             os.close(read_fd)

@@ -33,6 +33,7 @@ from agentserver.sandboxes.containers import (
     start_archive,
     workspace_volume,
 )
+from agentserver.sandboxes.listening import listening_ports
 from agentserver.sandboxes.readiness import answers
 from agentserver.sandboxes.setup import CLONE_IN_CONTAINER, clone_environment
 from agentserver.settings import Settings
@@ -112,11 +113,13 @@ class DockerBackend:
         return DISK
 
     def preview_endpoint(self, sandbox_id: str, agent: Endpoint, port: int) -> Endpoint | None:
-        return None  # previews: not yet on this backend
+        """The container's address and `port` (its agent's own port is no preview)."""
+        return None if port == agent.port else Endpoint(agent.host, port)
 
     async def listening_ports(self, sandbox_id: str) -> list[int] | None:
-        await trio.lowlevel.checkpoint()
-        return None
+        """What listens in the container's network namespace, its agent left out; read
+        inside it (docker exec), so it holds on a remote Docker host too."""
+        return await self._call(self._listening_ports, sandbox_id)
 
     def __init__(self, client: docker.DockerClient, settings: Settings) -> None:
         self._client = client
@@ -368,6 +371,17 @@ class DockerBackend:
     def _state(self, sandbox_id: str) -> dict[str, Any] | None:
         container = self._container(sandbox_id)
         return None if container is None else dict(container.attrs["State"])
+
+    def _listening_ports(self, sandbox_id: str) -> list[int] | None:
+        container = self._container(sandbox_id)
+        if container is None or container.status != "running":
+            return None
+        agent = agent_port(container.labels.get(LABEL_TYPE, "opencode"))
+        # tcp6 may be missing (IPv6 off): cat then fails but still prints tcp.
+        _, output = container.exec_run(["cat", "/proc/net/tcp", "/proc/net/tcp6"])
+        text = output.decode(errors="replace") if isinstance(output, bytes) else ""
+        # The container's address does not reach what listens on its loopback only.
+        return listening_ports([text], exclude={agent}, loopback=False)
 
     def _list_managed(self) -> list[Managed]:
         found = []

@@ -62,8 +62,10 @@ def agent_command(
     folders: Folders,
     isolated: bool,
     account: Account,
+    own_network: bool = False,
 ) -> tuple[list[str], dict[str, str]]:
-    """The argv and environment of the agent, before isolation wraps it."""
+    """The argv and environment of the agent, before isolation wraps it; with a network of
+    its own (a namespace) it listens on every address there, else on loopback only."""
     kind = kind_of(spec.type)
     env = {
         "HOME": str(folders.home(spec.id)),
@@ -84,7 +86,8 @@ def agent_command(
     if kind.node_beside and modules is not None:
         env["PATH"] = f"{modules / '.bin'}:{env['PATH']}"
     # A repository given at creation is cloned beside the agent, inside the sandbox.
-    return with_clone([binary, *kind.arguments("loopback", port)], env, spec.git_url, spec.git_ref)
+    argv = [binary, *kind.arguments("all" if own_network else "loopback", port)]
+    return with_clone(argv, env, spec.git_url, spec.git_ref)
 
 
 def find_program(configured: str | None, name: str, option: str, account: Account) -> str:

@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import suppress
 
 import trio
@@ -36,12 +36,19 @@ class Agent:
     """One running sandbox process and what we know about it."""
 
     def __init__(
-        self, sandbox_id: str, kind: str, process: Child, port: int, cgroup: Cgroup
+        self,
+        sandbox_id: str,
+        kind: str,
+        process: Child,
+        port: int,
+        cgroup: Cgroup,
+        host: str = "127.0.0.1",
     ) -> None:
         self.sandbox_id = sandbox_id
         self.cgroup = cgroup  # removed once the agent exited
         self.kind = kind
         self.process = process
+        self.host = host  # its address: the sandbox's own, or loopback without a namespace
         self.port = port
         self.output: deque[str] = deque(maxlen=LOG_LINES)
         self.listening = False
@@ -66,10 +73,18 @@ class Agent:
 class Runner:
     """The agents running now, by sandbox id; each supervised in the nursery given."""
 
-    def __init__(self, nursery: trio.Nursery, on_exit: ExitNotice, folders: Folders) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        on_exit: ExitNotice,
+        folders: Folders,
+        on_gone: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self._nursery = nursery
         self._on_exit = on_exit
         self._folders = folders
+        # What else goes with an agent once it has exited (the sandbox's network).
+        self._on_gone = on_gone
         self._agents: dict[str, Agent] = {}
 
     def get(self, sandbox_id: str) -> Agent | None:
@@ -79,10 +94,16 @@ class Runner:
         return iter(list(self._agents.values()))
 
     async def adopt(
-        self, sandbox_id: str, kind: str, process: Child, port: int, cgroup: Cgroup
+        self,
+        sandbox_id: str,
+        kind: str,
+        process: Child,
+        port: int,
+        cgroup: Cgroup,
+        host: str = "127.0.0.1",
     ) -> Agent:
         """Supervise a process just started for the sandbox; it is the sandbox's agent now."""
-        agent = Agent(sandbox_id, kind, process, port, cgroup)
+        agent = Agent(sandbox_id, kind, process, port, cgroup, host)
         self._agents[sandbox_id] = agent
         await self._nursery.start(self._supervise, agent)
         return agent
@@ -112,6 +133,8 @@ class Runner:
                     kill_group(agent.process, signal.SIGKILL)
                     await agent.process.wait()
                 await remove_cgroup(agent.cgroup, agent.sandbox_id)
+                if self._on_gone is not None:
+                    await self._on_gone(agent.sandbox_id)
             with suppress(OSError):
                 forget(self._folders.sandbox_dir(agent.sandbox_id))
             agent.exited.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -484,6 +485,15 @@ class Settings:
         v.boolean,
         "Accept file:// repository URLs for a new sandbox's git clone (for tests; otherwise"
         " only https://, ssh://, git:// and user@host:path).",
+    )
+    sandbox_subnet: ipaddress.IPv4Network = setting(  # noqa: RUF009 (an immutable value)
+        "AGENTSERVER_SANDBOX_SUBNET",
+        "10.250.0.0/16",
+        v.sandbox_subnet,
+        "Addresses for the process backend's sandboxes, a /30 each on a network namespace of"
+        " its own (their agents and previews are reached there); a range no other network"
+        " here uses.",
+        blank_is_default=True,
     )
 
     # Not options: fixed for now, or filled in by whoever builds the Settings.

@@ -304,3 +304,14 @@ def directory(value: str | None) -> Path:
 def data_directory(environ: Mapping[str, str]) -> Path:
     """Where data lives when no directory is given: see default_data_dir."""
     return default_data_dir(environ).resolve()
+
+
+def sandbox_subnet(value: str | None) -> ipaddress.IPv4Network:
+    """An IPv4 network with room for at least one /30 (a process sandbox's own addresses)."""
+    try:
+        network = ipaddress.IPv4Network((value or "").strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 network (example: 10.250.0.0/16)") from None
+    if network.prefixlen > 30:
+        raise ValueError(f"{value!r} is too small: each sandbox takes a /30")
+    return network

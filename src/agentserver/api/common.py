@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import trio
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 from quart import Response, current_app, g, jsonify, request
 
@@ -19,6 +19,17 @@ from agentserver.auth.sessions import session_cookie_name, session_user
 from agentserver.deps import Deps
 from agentserver.errors import Forbidden, NotFound, RateLimited, Unauthenticated
 from agentserver.models import Role, User
+
+
+def not_blank(value: str) -> str:
+    """A name without the blanks around it; a name of blanks only is refused."""
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value.strip()
+
+
+# A name in a request body (workspace, token, …): its length is the field's to say.
+Name = Annotated[str, AfterValidator(not_blank)]
 
 
 class Body(BaseModel):

@@ -7,13 +7,14 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import trio
-from pydantic import Field, field_validator
+from pydantic import Field
 from quart import Blueprint, Response, request
 from quart_schema import validate_request
 
 from agentserver.api.auditing import record
 from agentserver.api.common import (
     Body,
+    Name,
     client_address,
     current_user,
     deps,
@@ -48,17 +49,10 @@ class TokenBody(Body):
     """A new token: a name, `read` (GET only) or `full`, optionally one workspace, and days
     until it expires (default 30, at most the server's --max-token-lifetime)."""
 
-    name: str = Field(min_length=1, max_length=NAME_MAX)
+    name: Name = Field(min_length=1, max_length=NAME_MAX)
     scope: Literal["read", "full"] = "full"
     workspace_id: str | None = Field(default=None, max_length=64)
     expires_in_days: int | None = Field(default=None, ge=1, le=36500)
-
-    @field_validator("name")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value.strip()
 
 
 class CodeBody(Body):

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from quart import Blueprint, Response
 from quart_schema import validate_request
 
 from agentserver.api.auditing import record
-from agentserver.api.common import Body, current_user, deps, grant, require, rfc3339
+from agentserver.api.common import Body, Name, current_user, deps, grant, require, rfc3339
 from agentserver.audit import Action as AuditAction
 from agentserver.audit import Target
 from agentserver.auth.permissions import Action, allowed
@@ -39,30 +39,16 @@ NAME_MAX = 100  # the web UI counts against the same number
 
 
 class WorkspaceBody(Body):
-    name: str = Field(min_length=1, max_length=NAME_MAX)
-
-    @field_validator("name")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value.strip()
+    name: Name = Field(min_length=1, max_length=NAME_MAX)
 
 
 class ChangeWorkspaceBody(Body):
     """`PATCH`: a new name and/or settings (each optional, at least one);
     `idleTimeoutSeconds: null` restores the server's default."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=NAME_MAX)
+    name: Name | None = Field(default=None, min_length=1, max_length=NAME_MAX)
     idle_timeout_seconds: int | None = Field(default=None, ge=0, le=2**31 - 1)
     members_manage_all_sandboxes: bool | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be blank")
-        return None if value is None else value.strip()
 
 
 def workspace_json(ws: Workspace | WorkspaceWithRole, role: Role | str) -> dict[str, Any]:

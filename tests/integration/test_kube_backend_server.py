@@ -3,17 +3,18 @@ subdomain proxy, the workspace disk, pause/resume/delete, restarts and failures.
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
+import trio_websocket
 
 from agentserver.sandboxes import kube_objects as ko
 from agentserver.settings import Settings
@@ -22,6 +23,7 @@ from tests.support.kube_api import KubeApi
 from tests.support.kube_api.resources import SANDBOXES
 from tests.support.sandbox_login import SANDBOX_COOKIE, sandbox_client, sandbox_cookie
 from tests.support.sandboxes import EventStream, open_events, owner_with_workspace
+from tests.support.upstream import RecordingUpstream, serve_upstream
 
 REAL_KEY = "sk-ant-real-key-that-must-never-enter-a-sandbox"
 
@@ -241,42 +243,15 @@ async def test_a_sandbox_the_api_refuses_fails_with_the_servers_reason(
     await api.aclose()
 
 
-async def dev_server(nursery: trio.Nursery, ip: str, port: int, folder: Path) -> None:
-    """`python3 -m http.server` serving `folder` on the pod's address, as a dev server started
-    inside the sandbox would listen; returns once it says it serves."""
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-u", "-m", "http.server", str(port), "--bind", ip, "-d", str(folder)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    seen = b""
-    with trio.fail_after(30):
-        while b"Serving HTTP" not in seen:
-            chunk = await process.stdout.receive_some()
-            assert chunk, seen
-            seen += chunk
-
-    async def stop_with_the_test() -> None:
-        try:
-            await trio.sleep_forever()
-        finally:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
-
-    nursery.start_soon(stop_with_the_test)
-
-
 async def test_a_dev_server_in_a_kube_sandbox_is_its_preview(
     kube_server: Server,
     kube_server_settings: Settings,
     kube_api: KubeApi,
     nursery: trio.Nursery,
-    tmp_path: Path,
 ) -> None:
-    """p{port}-{id} reaches the port on the sandbox's pod address; two sandboxes listening on
-    the same port are two different previews."""
+    """p{port}-{id} reaches the port on the sandbox's pod address — a page, an event stream
+    event by event, a WebSocket echo — and two sandboxes listening on the same port are two
+    different previews."""
     api, wid = await owner_with_workspace(kube_server)
     events = await open_events(nursery, api, wid)
     sandboxes = [await create_running(api, events, wid, name) for name in ("one", "two")]
@@ -288,15 +263,40 @@ async def test_a_dev_server_in_a_kube_sandbox_is_its_preview(
     with socket.socket() as probe:  # a port free on the first pod's address …
         probe.bind((ips[0], 0))
         port = probe.getsockname()[1]
-    for ip, sandbox in zip(ips, sandboxes, strict=True):  # … and both listen on it
-        folder = tmp_path / sandbox["id"]
-        folder.mkdir()
-        (folder / "index.html").write_text(f"hello from {sandbox['name']}")
-        await dev_server(nursery, ip, port, folder)
-    for sandbox in sandboxes:
+    apps = []  # … where a dev server listens inside each sandbox
+    for ip in ips:
+        app = RecordingUpstream()
+        await nursery.start(partial(serve_upstream, app, host=ip, port=port))
+        apps.append(app)
+    for sandbox, app in zip(sandboxes, apps, strict=True):
         host = f"p{port}-{sandbox['id']}.localhost:{kube_server.port}"
         async with httpx.AsyncClient(base_url=kube_server.url, headers={"Host": host}) as sub:
             cookie = await sandbox_cookie(api, sub, sandbox["id"])
-            page = await sub.get("/", headers={"Cookie": f"{SANDBOX_COOKIE}={cookie}"})
-        assert page.status_code == 200, page.text
-        assert page.text == f"hello from {sandbox['name']}"
+            crumbs = {"Cookie": f"{SANDBOX_COOKIE}={cookie}"}
+            page = await sub.get(f"/?of={sandbox['name']}", headers=crumbs)
+            assert page.status_code == 200, page.text
+            assert [seen.target for seen in app.requests] == [f"/?of={sandbox['name']}"]
+            assert app.sse_send is not None
+            async with sub.stream("GET", "/sse", headers=crumbs) as stream:
+                lines = stream.aiter_lines()
+                for n in range(2):
+                    await app.sse_send.send(f"reload-{n}")
+                    line = await anext(lines)
+                    while not line.startswith("data:"):
+                        line = await anext(lines)
+                    assert json.loads(line[5:])["payload"] == f"reload-{n}"
+                await app.sse_send.send("")
+        tcp = await trio.open_tcp_stream("127.0.0.1", kube_server.port)
+        ws = await trio_websocket.wrap_client_stream(
+            nursery,
+            tcp,
+            host,
+            "/ws",
+            extra_headers=[
+                (b"origin", f"http://{host}".encode()),
+                (b"cookie", f"{SANDBOX_COOKIE}={cookie}".encode()),
+            ],
+        )
+        await ws.send_message("ping")
+        assert await ws.get_message() == "echo:ping"
+        await ws.aclose()

@@ -38,9 +38,13 @@ async def read_exactly(stream: trio.SocketStream, size: int) -> bytes:
 async def serve_on_free_port(
     handler: Callable[[trio.SocketStream], Awaitable[None]],
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
 ) -> None:
-    """Serve `handler` on 127.0.0.1 at a free port (reported to the starter) until cancelled."""
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    """Serve `handler` on `host` at `port` (a free one by default; reported to the starter)
+    until cancelled."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handler, listeners)
         task_status.started(listeners[0].socket.getsockname()[1])

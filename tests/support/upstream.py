@@ -11,6 +11,7 @@ import json
 import random
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -248,12 +249,15 @@ async def _serve_connection(up: RecordingUpstream, stream: trio.SocketStream) ->
 async def serve_upstream(
     up: RecordingUpstream,
     task_status: trio.TaskStatus[RecordingUpstream] = trio.TASK_STATUS_IGNORED,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
 ) -> None:
-    """Listen on 127.0.0.1 (a free port) and serve until cancelled."""
+    """Listen on `host` (127.0.0.1) at `port` (a free one) and serve until cancelled."""
 
     async def handler(stream: trio.SocketStream) -> None:
         await _serve_connection(up, stream)
 
     async with trio.open_nursery() as nursery:
-        up.port = await nursery.start(serve_on_free_port, handler)
+        up.port = await nursery.start(partial(serve_on_free_port, handler, host=host, port=port))
         task_status.started(up)

@@ -378,7 +378,15 @@ async def test_a_taken_port_is_retried(
     opencode_bin: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """If another program takes the agent's port before it binds, the start tries another port."""
+    """If another program takes the agent's port before it binds, the start tries another port
+    (where sandboxes share the server's network: with a namespace of its own each agent has
+    all its ports to itself, so namespaces are off here)."""
+
+    async def no_namespaces(*args: object) -> str:
+        await trio.lowlevel.checkpoint()
+        return "network namespaces are off for this test"
+
+    monkeypatch.setattr(process_backend, "open_plumbing", no_namespaces)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -32,11 +32,11 @@ class FakeServer:
         await stream.aclose()
 
 
-async def start(nursery: trio.Nursery) -> tuple[FakeServer, int]:
+async def start(nursery: trio.Nursery, **options: int) -> tuple[FakeServer, int]:
     fake = FakeServer()
     (listener,) = await nursery.start(partial(trio.serve_tcp, fake.handle, 0, host="127.0.0.1"))
     upstream = Upstream("127.0.0.1", listener.socket.getsockname()[1], PREFIX)
-    port = await nursery.start(llm_relay.serve, "127.0.0.1", upstream)
+    port = await nursery.start(partial(llm_relay.serve, "127.0.0.1", upstream, **options))
     return fake, port
 
 
@@ -94,4 +94,22 @@ async def test_a_client_leaving_mid_answer_does_not_stop_the_relay(
     for _ in range(3):
         assert (await exchange(port, REQUEST, read_all=False)).startswith(b"HTTP/1.1 200")
     assert (await exchange(port, REQUEST)).endswith(ANSWER)
+    nursery.cancel_scope.cancel()
+
+
+async def test_a_sandbox_holds_a_bounded_number_of_connections(nursery: trio.Nursery) -> None:
+    """Connections beyond the relay's limit are answered 503 at once; one that ends frees its
+    place for the next."""
+    _, port = await start(nursery, max_connections=2)
+    held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+    for stream in held:  # each is inside the relay, waiting for its request head
+        await stream.send_all(b"POST /proxy/anthropic/v1/messages HTTP/1.1\r\n")
+    assert (await exchange(port, REQUEST)).startswith(b"HTTP/1.1 503 ")
+    await held.pop().aclose()
+    answer = b""
+    with trio.fail_after(10):
+        while not answer.startswith(b"HTTP/1.1 200"):  # the freed place is taken once released
+            answer = await exchange(port, REQUEST, read_all=False)
+    for stream in held:
+        await stream.aclose()
     nursery.cancel_scope.cancel()

@@ -29,25 +29,41 @@ def test_only_the_proxy_path_is_allowed(target: bytes, allowed: bool) -> None:
     assert allowed_target(target, PREFIX) is allowed
 
 
+SERVER = b"127.0.0.1:8080"
+
+
 def test_the_head_is_passed_on_for_one_request_only() -> None:
-    """The sandbox's Connection and Keep-Alive headers are replaced by `connection: close`;
-    its other headers pass unchanged."""
+    """The sandbox's Connection and Keep-Alive headers are replaced by `connection: close`,
+    its Host by the server's own; its other headers pass unchanged."""
     head = (
         b"POST /proxy/anthropic/v1/messages HTTP/1.1\r\nHost: 10.250.0.1:4000\r\n"
         b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nx-api-key: tok\r\n"
         b"content-length: 2"
     )
-    assert rewrite_head(head, PREFIX) == (
-        b"POST /proxy/anthropic/v1/messages HTTP/1.1\r\nHost: 10.250.0.1:4000\r\n"
+    assert rewrite_head(head, PREFIX, SERVER) == (
+        b"POST /proxy/anthropic/v1/messages HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n"
         b"x-api-key: tok\r\ncontent-length: 2\r\nconnection: close\r\n\r\n"
     )
 
 
+def test_a_sandbox_cannot_route_by_its_host_header() -> None:
+    """A Host naming another sandbox's subdomain (or two Hosts) never reaches the server: the
+    request goes to the main site, where the LLM proxy is."""
+    head = (
+        b"POST /proxy/anthropic/v1/messages HTTP/1.1\r\nHost: oc-other.example.com\r\n"
+        b"HOST: p3000-other.example.com\r\ncontent-length: 2"
+    )
+    rewritten = rewrite_head(head, PREFIX, SERVER)
+    assert rewritten is not None
+    assert b"example.com" not in rewritten
+    assert rewritten.lower().count(b"host:") == 1
+
+
 def test_other_requests_are_refused() -> None:
     """Another path, or a line that is not HTTP/1.x, is not passed on."""
-    assert rewrite_head(b"GET /api/auth/config HTTP/1.1\r\nHost: x", PREFIX) is None
-    assert rewrite_head(b"PRI * HTTP/2.0", PREFIX) is None
-    assert rewrite_head(b"garbage", PREFIX) is None
+    assert rewrite_head(b"GET /api/auth/config HTTP/1.1\r\nHost: x", PREFIX, SERVER) is None
+    assert rewrite_head(b"PRI * HTTP/2.0", PREFIX, SERVER) is None
+    assert rewrite_head(b"garbage", PREFIX, SERVER) is None
 
 
 def test_the_upstream_is_the_plain_http_proxy_url() -> None:

@@ -10,6 +10,7 @@ listener; everything else is answered 404 here. Bytes are relayed as they come (
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from urllib.parse import urlsplit
@@ -19,7 +20,15 @@ import trio
 log = logging.getLogger(__name__)
 HEAD_LIMIT = 64 * 1024  # a request head beyond this is refused
 CHUNK = 64 * 1024
-_HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection"}
+# Connections one sandbox may hold open to its relay at once; more are answered 503.
+MAX_CONNECTIONS = 32
+# Replaced, never passed on: the hop's own fields, and Host (the server routes by it: a
+# sandbox's request reaches the server's main site, whatever Host the sandbox wrote).
+_HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"host"}
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 38\r\n"
+    b"connection: close\r\n\r\ntoo many connections to the LLM relay\n"
+)
 _REFUSED = (
     b"HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
     b"connection: close\r\n\r\n%s"
@@ -43,6 +52,12 @@ class Upstream:
             return None
         return cls(parts.hostname, parts.port or 80, parts.path.rstrip("/"))
 
+    @property
+    def host_header(self) -> bytes:
+        """The Host the relay sends: the server's own listener."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}".encode()
+
 
 def allowed_target(target: bytes, prefix: str) -> bool:
     """Whether a request target is under the proxy's path (origin form, no dot segments)."""
@@ -55,7 +70,7 @@ def allowed_target(target: bytes, prefix: str) -> bool:
     return path == want or path.startswith(want + b"/")
 
 
-def rewrite_head(head: bytes, prefix: str) -> bytes | None:
+def rewrite_head(head: bytes, prefix: str, host: bytes) -> bytes | None:
     """The request head to pass on (one request per connection), or None to refuse it."""
     request_line, *header_lines = head.split(b"\r\n")
     parts = request_line.split(b" ")
@@ -68,7 +83,7 @@ def rewrite_head(head: bytes, prefix: str) -> bytes | None:
         for line in header_lines
         if line and line.split(b":", 1)[0].strip().lower() not in _HOP_BY_HOP
     ]
-    return b"\r\n".join([request_line, *kept, b"connection: close", b"", b""])
+    return b"\r\n".join([request_line, b"host: " + host, *kept, b"connection: close", b"", b""])
 
 
 async def _read_head(stream: trio.abc.Stream) -> tuple[bytes, bytes] | None:
@@ -90,21 +105,31 @@ async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
         await sink.send_all(chunk)
 
 
-async def _relay(upstream: Upstream, client: trio.SocketStream) -> None:
+async def _relay(
+    upstream: Upstream, limiter: trio.CapacityLimiter, client: trio.SocketStream
+) -> None:
     """One sandbox connection. Whatever happens to it ends here: a sandbox's connection never
-    takes the relay (or the server) down."""
+    takes the relay (or the server) down, and it holds at most `limiter`'s many at once."""
     async with client:
+        try:
+            limiter.acquire_nowait()
+        except trio.WouldBlock:
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await client.send_all(_BUSY)
+            return
         try:
             await _pass_on(upstream, client)
         except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
             log.debug("LLM relay: a connection ended: %s", group.exceptions[0])
         except* Exception:
             log.exception("LLM relay: a connection failed")
+        finally:
+            limiter.release()
 
 
 async def _pass_on(upstream: Upstream, client: trio.SocketStream) -> None:
     got = await _read_head(client)
-    head = rewrite_head(got[0], upstream.prefix) if got is not None else None
+    head = rewrite_head(got[0], upstream.prefix, upstream.host_header) if got is not None else None
     if got is None or head is None:
         body = b"only the LLM proxy is reachable here\n"
         await client.send_all(_REFUSED % (len(body), body))
@@ -121,11 +146,14 @@ async def serve(
     address: str,
     upstream: Upstream,
     *,
+    max_connections: int = MAX_CONNECTIONS,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Relay on `address` (a free port) until cancelled; reports the port once listening."""
+    limiter = trio.CapacityLimiter(max_connections)
     listeners = await trio.open_tcp_listeners(0, host=address)
     port = int(listeners[0].socket.getsockname()[1])
     async with trio.open_nursery() as nursery:
         task_status.started(port)
-        await trio.serve_listeners(partial(_relay, upstream), listeners, handler_nursery=nursery)
+        handler = partial(_relay, upstream, limiter)
+        await trio.serve_listeners(handler, listeners, handler_nursery=nursery)

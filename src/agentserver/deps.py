@@ -12,6 +12,7 @@ from agentserver.auth.oidc import Provider
 from agentserver.auth.pacing import AccountPacer
 from agentserver.auth.throttle import Throttle
 from agentserver.auth.tickets import AccessCache
+from agentserver.cluster import Cluster
 from agentserver.db.database import Database
 from agentserver.sandboxes.events import WorkspaceEvents
 from agentserver.sandboxes.idle import IdleWatcher
@@ -67,6 +68,8 @@ class Deps:
     oidc_providers: Mapping[str, Provider]
     # Who did what, when: entries are queued here and stored in batches (audit/writer.py).
     audit: AuditLog
+    # This replica among the others: its id, relay address and the relay credential's key.
+    cluster: Cluster
     # What signed-in users should know about this server (e.g. sandboxes run unisolated).
     server_warnings: tuple[str, ...] = ()
     # Failed sign-ins per client address: past the limit that address is refused for a while.

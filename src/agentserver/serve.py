@@ -22,6 +22,7 @@ from agentserver.api.oidc import sign_in_providers
 from agentserver.audit.writer import DatabaseStore, open_audit_log
 from agentserver.auth.tickets import AccessCache
 from agentserver.banner import startup_lines
+from agentserver.cluster import open_cluster
 from agentserver.db.database import Database, check_connect, open_database
 from agentserver.db.embedded import open_embedded_postgres
 from agentserver.db.migrate import apply_migrations
@@ -111,6 +112,8 @@ async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
     async with (
         open_db(settings) as db,
         open_audit_log(DatabaseStore(db), settings.audit_retention_days) as audit,
+        # This replica's row and heartbeat: other replicas find it (and its relay) there.
+        open_cluster(settings, db) as cluster,
     ):
         # A half-configured provider stops the start here, before any other service opens.
         oidc_providers = await sign_in_providers(settings)
@@ -131,6 +134,7 @@ async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
                 access=AccessCache(db),
                 oidc_providers=oidc_providers,
                 audit=audit,
+                cluster=cluster,
                 server_warnings=lifecycle.warnings,
             )
             yield deps, lifecycle.summary

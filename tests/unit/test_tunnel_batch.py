@@ -21,6 +21,7 @@ from agentserver.tunnel.frames import (
     Frame,
     Hello,
     Ping,
+    Pong,
     ProtocolError,
     RequestOpen,
     ResponseHead,
@@ -145,7 +146,9 @@ async def _agent_messages(server_settings: Settings, requests: int) -> list[list
 async def test_a_complete_small_response_leaves_in_one_message() -> None:
     sent = await _agent_messages(Settings(), requests=10)
     responses = [kinds for kinds in sent if any(isinstance(f, ResponseHead) for f in kinds)]
-    assert [[type(f) for f in frames] for frames in responses] == [[ResponseHead, Data, End]] * 10
+    # The answer to the server's first ping may ride in the same message: not the response's.
+    kinds = [[type(f) for f in frames if not isinstance(f, Pong)] for frames in responses]
+    assert kinds == [[ResponseHead, Data, End]] * 10
 
 
 async def test_a_peer_that_announced_no_batches_gets_one_frame_per_message() -> None:

@@ -496,6 +496,31 @@ class Settings:
         blank_is_default=True,
     )
 
+    # Several replicas: processes sharing one --db-url serve as one (architecture.md §cluster).
+    relay_url: str | None = setting(
+        "AGENTSERVER_RELAY_URL",
+        None,
+        v.optional_http_url,
+        "Where other replicas reach this one (its relay route), e.g. http://10.0.0.7:8080;"
+        " unset: http:// and the --listen address (enough for replicas on one machine).",
+    )
+    relay_secret: str | None = setting(
+        "AGENTSERVER_RELAY_SECRET",
+        None,
+        v.optional_text,
+        "Secret from which replicas derive the credential of their relayed requests; unset: a"
+        " random secret made once and kept in the database, shared by every replica.",
+        secret=True,
+    )
+    shutdown_grace: float = setting(
+        "AGENTSERVER_SHUTDOWN_GRACE",
+        "30s",
+        v.duration,
+        "On SIGTERM, how long in-flight requests, relays and event streams may take to finish"
+        " (the replica reports not ready and sends its agents elsewhere first); keep it under"
+        " Kubernetes' terminationGracePeriodSeconds.",
+    )
+
     # Not options: fixed for now, or filled in by whoever builds the Settings.
     session_lifetime: float = 7 * 86400.0
     extra: Mapping[str, str] = field(default_factory=dict)

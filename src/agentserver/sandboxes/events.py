@@ -127,8 +127,9 @@ class WorkspaceEvents:
     def _news(self, event: Event) -> bool:
         """Whether `event` tells something not handed on yet (and note that it is)."""
         kind = event.get("type")
-        if kind == "sandbox_deleted":
-            sandbox_id = event["sandbox_deleted"]["id"]
+        deleted = event.get("sandbox_deleted")
+        if kind == "sandbox_deleted" and isinstance(deleted, dict) and "id" in deleted:
+            sandbox_id = str(deleted["id"])
             if sandbox_id in self._gone:
                 return False
             self._gone[sandbox_id] = None

@@ -4,19 +4,23 @@
 -- (sandboxes/event_relay.py).
 
 -- A sandbox's version: a fresh number from one sequence whenever something a dashboard shows
--- changes (not for activity or heartbeat stamps alone), so a replica never hands its streams an
--- older row after a newer one, and the notice of a change it already delivered is dropped.
--- Taken in a BEFORE trigger, with the row locked: a later change of a row has a larger number.
+-- (or the proxy routes by) changes -- not activity or heartbeat stamps, not token hashes (whose
+-- caches follow migration 0020's notices) -- so a replica never hands its streams an older row
+-- after a newer one, and the notice of a change it handed on already is dropped. Taken in a
+-- BEFORE trigger, with the row locked: a later change of a row always has a larger number.
 CREATE SEQUENCE sandbox_versions;
 ALTER TABLE sandboxes ADD COLUMN version BIGINT NOT NULL DEFAULT nextval('sandbox_versions');
 
 CREATE FUNCTION agentserver_sandbox_version() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    stamps CONSTANT TEXT[] := ARRAY['version', 'updated_at', 'last_activity_at',
-                                    'last_heartbeat_at'];
 BEGIN
-    IF (to_jsonb(NEW) - stamps) IS DISTINCT FROM (to_jsonb(OLD) - stamps) THEN
+    IF (NEW.workspace_id, NEW.name, NEW.type, NEW.status, NEW.status_reason, NEW.created_by,
+        NEW.paused_at, NEW.endpoint_host, NEW.endpoint_port, NEW.backend_ref, NEW.private,
+        NEW.paused_reason, NEW.paused_by, NEW.paused_idle_seconds)
+       IS DISTINCT FROM
+       (OLD.workspace_id, OLD.name, OLD.type, OLD.status, OLD.status_reason, OLD.created_by,
+        OLD.paused_at, OLD.endpoint_host, OLD.endpoint_port, OLD.backend_ref, OLD.private,
+        OLD.paused_reason, OLD.paused_by, OLD.paused_idle_seconds) THEN
         NEW.version := nextval('sandbox_versions');
     END IF;
     RETURN NEW;

@@ -163,7 +163,9 @@ class PreviewWatcher:
             return False
 
         def record(tx: Tx) -> bool:
-            changed = bool(tx.scalar("preview_serving_set", sandbox_id=sandbox.id, ports=ports))
+            changed = bool(
+                tx.scalar("preview_serving_set", sandbox_id=sandbox.id, ports=list(ports))
+            )
             if changed:
                 announce_previews(tx, self.events, sandbox.workspace_id, sandbox.id)
             return changed

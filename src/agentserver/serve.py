@@ -31,7 +31,7 @@ from agentserver.errors import ConfigError, DatabaseUnavailable
 from agentserver.llm.proxy import LlmProxy, llm_middleware, open_llm_client, open_llm_proxy
 from agentserver.proxy import front
 from agentserver.proxy.subdomain import SubdomainProxy, open_pool
-from agentserver.sandboxes.events import WorkspaceEvents
+from agentserver.sandboxes.event_relay import open_workspace_events
 from agentserver.sandboxes.feature import open_sandboxes
 from agentserver.sandboxes.tunnel_session import open_tunnel_sessions
 from agentserver.settings import OPTION_BY_NAME, Settings
@@ -117,8 +117,9 @@ async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
     ):
         # A half-configured provider stops the start here, before any other service opens.
         oidc_providers = await sign_in_providers(settings)
-        events = WorkspaceEvents()
         async with (
+            # Fed with every replica's changes (LISTEN/NOTIFY): any replica serves any stream.
+            open_workspace_events(db) as events,
             open_sandboxes(settings, db, events, audit) as lifecycle,
             open_tunnel_sessions(settings, db, lifecycle.service, audit) as tunnels,
         ):

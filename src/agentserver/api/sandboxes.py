@@ -427,6 +427,17 @@ async def workspace_events(workspace_id: str) -> Response:
         sub.close()
         raise
 
+    # An event queued while the snapshot was read may be older than the snapshot's row: the
+    # stream never shows a sandbox going back (migration 0023's versions).
+    shown_version = {sandbox.id: sandbox.version for sandbox in snapshot}
+
+    def older(event: Event) -> bool:
+        row = event.get("sandbox")
+        if not isinstance(row, Sandbox) or row.version is None:
+            return False
+        known = shown_version.get(row.id)
+        return known is not None and row.version <= known
+
     # Quart streams an async iterator. If it were abandoned without being closed, the
     # subscription would fill and the hub would drop it, so nothing leaks for long.
     # A checkpoint before every yield: the snapshot's yields await nothing, and a receive
@@ -449,6 +460,8 @@ async def workspace_events(workspace_id: str) -> Response:
                 await trio.lowlevel.checkpoint()
                 if ended:
                     return
+                if event is not None and older(event):
+                    continue
                 yield sse(event, settings, view) if event is not None else b": heartbeat\n\n"
 
     response: Response = await make_response(  # type: ignore[assignment]

@@ -39,7 +39,10 @@ NOTICE_MESSAGE = "agentserver change"
 # The channels migration 0020's triggers announce on; each payload is one id.
 SANDBOX_CHANGED = "sandbox_changed"  # a sandbox's status, token, name, owner or workspace; deleted
 LLM_QUOTA_CHANGED = "llm_quota_changed"  # a workspace's LLM limit overrides
-CHANNELS = (SANDBOX_CHANGED, LLM_QUOTA_CHANGED)
+# What a dashboard shows changed (migration 0023, sandboxes/event_relay.py): NOTIFY only, no
+# NOTICE, since the replica that made the change publishes it itself; payload "<kind> <ids>".
+WORKSPACE_EVENT = "workspace_event"
+CHANNELS = (SANDBOX_CHANGED, LLM_QUOTA_CHANGED, WORKSPACE_EVENT)
 
 
 @dataclass(frozen=True, slots=True)

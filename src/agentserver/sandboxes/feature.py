@@ -83,7 +83,8 @@ async def open_sandboxes(
         await nursery.start(supervise, "activity writer", service.write_activity)
         await service.reconcile(at_start=True)
         # Open dashboards see the ports a running sandbox serves change (sandboxes/previews.py).
-        await nursery.start(supervise, "preview watcher", PreviewWatcher(service, events).run)
+        previews = PreviewWatcher(service, events, db=db)  # with every replica (migration 0023)
+        await nursery.start(supervise, "preview watcher", previews.run)
         watcher = reconciler = None
         if settings.idle_timeout > 0:
             watcher = IdleWatcher(service, settings.idle_timeout)

@@ -19,6 +19,7 @@ from hypercorn.utils import wrap_app
 
 from agentserver.api.app import create_app
 from agentserver.api.oidc import sign_in_providers
+from agentserver.api.revocation import follow_revocations
 from agentserver.audit.writer import DatabaseStore, open_audit_log
 from agentserver.auth.tickets import AccessCache
 from agentserver.banner import startup_lines
@@ -138,6 +139,8 @@ async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
                 cluster=cluster,
                 server_warnings=lifecycle.warnings,
             )
+            # Access ended on another replica ends here too (api/revocation.py).
+            follow_revocations(deps)
             yield deps, lifecycle.summary
 
 

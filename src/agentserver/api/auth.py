@@ -229,7 +229,7 @@ async def logout() -> Response:
     token = request.cookies.get(session_cookie())
     await revoke_session(deps().db, token)
     if user is not None and token:
-        access_ended(Revocation(user.id, session_hash=hash_token(token)))
+        await access_ended(Revocation(user.id, session_hash=hash_token(token)))
         await record(Action.SIGN_OUT, user_target(user))
     return _signed_out()
 
@@ -241,7 +241,7 @@ async def logout_all() -> Response:
     await refuse_tokens("end sessions")
     user = await current_user()
     await revoke_user_sessions(deps().db, user.id)
-    access_ended(Revocation(user.id))
+    await access_ended(Revocation(user.id))
     await record(Action.SIGN_OUT, user_target(user), details={"everywhere": True})
     return _signed_out()
 
@@ -277,7 +277,7 @@ async def change_password(data: PasswordBody) -> dict[str, Any]:
         tx.exec("delete_other_sessions", user_id=user.id, keep_hash=keep)
 
     await db.transaction(work)
-    access_ended(Revocation(user.id, keep_session=keep))
+    await access_ended(Revocation(user.id, keep_session=keep))
     return {"status": "ok"}
 
 
@@ -312,7 +312,7 @@ async def end_session(session_id: str) -> Response:
     ended = await revoke_session_by_id(deps().db, user.id, session_id)
     if ended is None:
         raise NotFound("session not found")
-    access_ended(Revocation(user.id, session_hash=ended))
+    await access_ended(Revocation(user.id, session_hash=ended))
     await record(Action.SIGN_OUT, user_target(user), details={"session": session_id})
     response = Response("", status=204)
     if ended == hash_token(request.cookies.get(session_cookie(), "")):

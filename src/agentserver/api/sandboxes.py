@@ -319,7 +319,9 @@ async def set_private(sandbox_id: str, private: bool) -> Sandbox:
     if changed is None:
         raise NotFound("sandbox not found")
     for user_id in ended:
-        access_ended(Revocation(user_id, workspace_id=changed.workspace_id, sandbox_id=changed.id))
+        await access_ended(
+            Revocation(user_id, workspace_id=changed.workspace_id, sandbox_id=changed.id)
+        )
     deps().access.forget(changed.id)  # cached accesses carry the old row
     service().publish(changed)
     return changed

@@ -280,6 +280,10 @@ class AccessCache:
             request.cancel()
         return len(ended)
 
+    def forget_all(self) -> None:
+        """Drop every cached entry (a revocation may have been missed: check them afresh)."""
+        self._entries.clear()
+
     def forget(self, sandbox_id: str) -> None:
         """Drop cached entries for a sandbox (its status or address changed)."""
         for key in [k for k in self._entries if k[1] == sandbox_id]:

@@ -42,7 +42,9 @@ LLM_QUOTA_CHANGED = "llm_quota_changed"  # a workspace's LLM limit overrides
 # What a dashboard shows changed (migration 0023, sandboxes/event_relay.py): NOTIFY only, no
 # NOTICE, since the replica that made the change publishes it itself; payload "<kind> <ids>".
 WORKSPACE_EVENT = "workspace_event"
-CHANNELS = (SANDBOX_CHANGED, LLM_QUOTA_CHANGED, WORKSPACE_EVENT)
+# Access ended on one replica (api/revocation.py): a JSON `Revocation` the others apply too.
+ACCESS_REVOKED = "access_revoked"
+CHANNELS = (SANDBOX_CHANGED, LLM_QUOTA_CHANGED, WORKSPACE_EVENT, ACCESS_REVOKED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from agentserver.errors import RateLimited
 async def test_an_account_without_failures_is_not_paced(autojump_clock: trio.abc.Clock) -> None:
     """Below the failure limit an attempt starts at once."""
     pacer = AccountPacer(limit=2, delay=5.0)
-    pacer.fail("user:a")
+    await pacer.fail("user:a")
     start = trio.current_time()
     async with pacer.turn("user:a"):
         assert trio.current_time() == start
@@ -22,8 +22,8 @@ async def test_an_account_without_failures_is_not_paced(autojump_clock: trio.abc
 async def test_paced_attempts_wait_and_take_turns(autojump_clock: trio.abc.Clock) -> None:
     """Past the limit each attempt waits `delay` and runs alone, so N attempts take N delays."""
     pacer = AccountPacer(limit=2, delay=5.0, max_waiting=4)
-    pacer.fail("user:a")
-    pacer.fail("user:a")
+    await pacer.fail("user:a")
+    await pacer.fail("user:a")
     inside = 0
     most = 0
     finished: list[float] = []
@@ -49,7 +49,7 @@ async def test_paced_attempts_wait_and_take_turns(autojump_clock: trio.abc.Clock
 async def test_a_full_queue_is_refused_not_grown(autojump_clock: trio.abc.Clock) -> None:
     """With max_waiting attempts already queued, the next one is refused with a Retry-After."""
     pacer = AccountPacer(limit=1, delay=5.0, max_waiting=2)
-    pacer.fail("user:a")
+    await pacer.fail("user:a")
     refused: list[RateLimited] = []
 
     async def attempt() -> None:
@@ -70,7 +70,7 @@ async def test_a_full_queue_is_refused_not_grown(autojump_clock: trio.abc.Clock)
 async def test_other_accounts_are_not_slowed(autojump_clock: trio.abc.Clock) -> None:
     """Pacing one account leaves every other account's attempts immediate."""
     pacer = AccountPacer(limit=1, delay=5.0)
-    pacer.fail("user:a")
+    await pacer.fail("user:a")
     start = trio.current_time()
     async with pacer.turn("user:b"):
         assert trio.current_time() == start
@@ -79,10 +79,10 @@ async def test_other_accounts_are_not_slowed(autojump_clock: trio.abc.Clock) -> 
 async def test_a_correct_password_ends_pacing() -> None:
     """reset() clears the account's failures: its next attempt is not paced."""
     pacer = AccountPacer(limit=1, delay=5.0)
-    pacer.fail("user:a")
-    assert pacer.paced("user:a")
-    pacer.reset("user:a")
-    assert not pacer.paced("user:a")
+    await pacer.fail("user:a")
+    assert await pacer.paced("user:a")
+    await pacer.reset("user:a")
+    assert not await pacer.paced("user:a")
 
 
 @pytest.mark.parametrize("count", [0, 1])
@@ -90,5 +90,5 @@ async def test_pacing_starts_at_the_limit(count: int) -> None:
     """Exactly `limit` failures switch pacing on; fewer do not."""
     pacer = AccountPacer(limit=2, delay=5.0)
     for _ in range(count + 1):
-        pacer.fail("user:a")
-    assert pacer.paced("user:a") == (count + 1 >= 2)
+        await pacer.fail("user:a")
+    assert await pacer.paced("user:a") == (count + 1 >= 2)

@@ -26,10 +26,11 @@ LANGUAGE sql IMMUTABLE AS $$
     ) AS newest
 $$;
 
--- Where keys stand, in order, as of `p_at`: each one's failures in its window and the seconds
--- until it may try again (0: now). A key asked with `p_spends` true is counted too, under its
--- row's lock (two replicas cannot both take the last attempt), unless it or a key asked before
--- it is refused (a refused request counts nothing further, as when asked one by one).
+-- Where keys stand, in order: each one's failures in its window and the seconds until it may
+-- try again (0: now). A key asked with `p_spends` true is counted too, under its row's lock (two
+-- replicas cannot both take the last attempt), unless it or a key asked before it is refused (a
+-- refused request counts nothing further, as when asked one by one). Times: `p_at`, or when
+-- NULL the clock once the row is locked (a wait for the lock must not age the answer).
 CREATE FUNCTION throttle_ask(
     p_scopes TEXT[], p_keys BYTEA[], p_windows FLOAT8[], p_limits INT[], p_spends BOOLEAN[],
     p_at TIMESTAMPTZ
@@ -38,74 +39,89 @@ LANGUAGE plpgsql AS $$
 DECLARE
     refused BOOLEAN := false;
     counting BOOLEAN;
+    stored TIMESTAMPTZ[];
     kept TIMESTAMPTZ[];
+    moment TIMESTAMPTZ;
     since TIMESTAMPTZ;
 BEGIN
     FOR i IN 1 .. coalesce(cardinality(p_scopes), 0) LOOP
-        since := p_at - make_interval(secs => p_windows[i]);
         counting := p_spends[i] AND NOT refused;
         IF counting THEN
             INSERT INTO throttle_hits (scope, key_hash, expires_at)
-            VALUES (p_scopes[i], p_keys[i], p_at) ON CONFLICT DO NOTHING;
-            SELECT throttle_recent(t.hits, since) INTO kept FROM throttle_hits AS t
+            VALUES (p_scopes[i], p_keys[i], coalesce(p_at, clock_timestamp()))
+            ON CONFLICT DO NOTHING;
+            SELECT t.hits INTO stored FROM throttle_hits AS t
             WHERE t.scope = p_scopes[i] AND t.key_hash = p_keys[i] FOR UPDATE;
         ELSE
-            SELECT throttle_recent(t.hits, since) INTO kept FROM throttle_hits AS t
+            SELECT t.hits INTO stored FROM throttle_hits AS t
             WHERE t.scope = p_scopes[i] AND t.key_hash = p_keys[i];
         END IF;
-        recent := coalesce(cardinality(kept), 0);
+        moment := coalesce(p_at, clock_timestamp());
+        since := moment - make_interval(secs => p_windows[i]);
+        kept := throttle_recent(coalesce(stored, '{}'), since);
+        recent := cardinality(kept);
         wait := 0;
         IF recent >= p_limits[i] THEN
             -- Until the oldest failure still counted leaves the window.
-            wait := extract(epoch FROM kept[1] + make_interval(secs => p_windows[i]) - p_at);
+            wait := extract(epoch FROM kept[1] + make_interval(secs => p_windows[i]) - moment);
             refused := true;
         ELSIF counting THEN
             UPDATE throttle_hits AS t
-            SET hits = kept || p_at,
-                expires_at = greatest(t.expires_at, p_at + make_interval(secs => p_windows[i]))
+            SET hits = kept || moment,
+                expires_at = greatest(t.expires_at, moment + make_interval(secs => p_windows[i]))
             WHERE t.scope = p_scopes[i] AND t.key_hash = p_keys[i];
         END IF;
         RETURN NEXT;
     END LOOP;
 END $$;
 
--- One failure of each key at `p_at` (keys given once each); then up to 100 rows that no longer
--- count are pruned, so the table holds about the keys failing within a window.
+-- One failure of each key (keys given once each) at `p_at` or now; then up to 100 rows that no
+-- longer count are pruned, so the table holds about the keys failing within a window.
 CREATE FUNCTION throttle_fail(
     p_scopes TEXT[], p_keys BYTEA[], p_windows FLOAT8[], p_at TIMESTAMPTZ
 ) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    moment TIMESTAMPTZ := coalesce(p_at, clock_timestamp());
 BEGIN
     INSERT INTO throttle_hits AS t (scope, key_hash, hits, expires_at)
-    SELECT f.scope, f.key_hash, ARRAY[p_at], p_at + make_interval(secs => f.secs)
+    SELECT f.scope, f.key_hash, ARRAY[moment], moment + make_interval(secs => f.secs)
     FROM unnest(p_scopes, p_keys, p_windows) AS f(scope, key_hash, secs)
     ORDER BY f.scope, f.key_hash  -- rows locked in one order: two batches never deadlock
     ON CONFLICT (scope, key_hash) DO UPDATE
-    SET hits = throttle_recent(t.hits, p_at - (EXCLUDED.expires_at - p_at)) || p_at,
+    SET hits = throttle_recent(t.hits, moment - (EXCLUDED.expires_at - moment)) || moment,
         expires_at = greatest(t.expires_at, EXCLUDED.expires_at);
     DELETE FROM throttle_hits WHERE ctid = ANY (ARRAY(
-        SELECT ctid FROM throttle_hits WHERE expires_at < p_at
+        SELECT ctid FROM throttle_hits WHERE expires_at < moment
         LIMIT 100 FOR UPDATE SKIP LOCKED
     ));
 END $$;
 
 -- A paced account's next turn: `p_delay` after the latest turn, and at least `p_delay` from
--- `p_at`; the seconds to wait for it, or NULL (nothing taken) when it would start more than
--- `p_most_ahead` seconds from now: the queue is full.
+-- now (`p_at`, or the clock once the row is locked); the seconds to wait for it, or NULL
+-- (nothing taken) when it would start more than `p_most_ahead` seconds from now: the queue is
+-- full.
 CREATE FUNCTION throttle_turn(
     p_scope TEXT, p_key BYTEA, p_delay FLOAT8, p_most_ahead FLOAT8, p_at TIMESTAMPTZ
 ) RETURNS FLOAT8
 LANGUAGE plpgsql AS $$
 DECLARE
     delay INTERVAL := make_interval(secs => p_delay);
-    waiting FLOAT8;
+    latest TIMESTAMPTZ;
+    moment TIMESTAMPTZ;
+    turn TIMESTAMPTZ;
 BEGIN
-    INSERT INTO throttle_hits AS t (scope, key_hash, turn_at, expires_at)
-    VALUES (p_scope, p_key, p_at + delay, p_at + delay)
-    ON CONFLICT (scope, key_hash) DO UPDATE
-    SET turn_at = greatest(t.turn_at + delay, p_at + delay),
-        expires_at = greatest(t.expires_at, t.turn_at + delay, p_at + delay)
-    WHERE greatest(t.turn_at + delay, p_at + delay) <= p_at + make_interval(secs => p_most_ahead)
-    RETURNING extract(epoch FROM t.turn_at - p_at)::float8 INTO waiting;
-    RETURN waiting;
+    INSERT INTO throttle_hits (scope, key_hash, expires_at)
+    VALUES (p_scope, p_key, coalesce(p_at, clock_timestamp()))
+    ON CONFLICT DO NOTHING;
+    SELECT t.turn_at INTO latest FROM throttle_hits AS t
+    WHERE t.scope = p_scope AND t.key_hash = p_key FOR UPDATE;
+    moment := coalesce(p_at, clock_timestamp());
+    turn := greatest(latest + delay, moment + delay);  -- greatest() skips a NULL (no turn yet)
+    IF turn > moment + make_interval(secs => p_most_ahead) THEN
+        RETURN NULL;
+    END IF;
+    UPDATE throttle_hits AS t SET turn_at = turn, expires_at = greatest(t.expires_at, turn)
+    WHERE t.scope = p_scope AND t.key_hash = p_key;
+    RETURN extract(epoch FROM turn - moment);
 END $$;

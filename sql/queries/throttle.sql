@@ -7,12 +7,12 @@
 -- (see the function in migration 0025). One round trip for a whole request's throttles.
 SELECT recent, wait
 FROM throttle_ask(:scopes::text[], :keys::bytea[], :windows::float8[], :limits::int[],
-                  :spends::boolean[], coalesce(:at::timestamptz, now()));
+                  :spends::boolean[], :at::timestamptz);
 
 -- name: throttle_fail :exec
 -- One failure for each key (each given once), and a few expired rows pruned.
 SELECT throttle_fail(:scopes::text[], :keys::bytea[], :windows::float8[],
-                     coalesce(:at::timestamptz, now()));
+                     :at::timestamptz);
 
 -- name: throttle_clear :exec
 -- Forget keys' failures (a correct password ends an account's pacing).
@@ -21,4 +21,4 @@ WHERE (scope, key_hash) IN (SELECT * FROM unnest(:scopes::text[], :keys::bytea[]
 
 -- name: throttle_turn :scalar
 -- A paced account's next turn: seconds to wait for it, or NULL when the queue is full.
-SELECT throttle_turn(:scope, :key_hash, :delay, :most_ahead, coalesce(:at::timestamptz, now()));
+SELECT throttle_turn(:scope, :key_hash, :delay, :most_ahead, :at::timestamptz);

@@ -7,6 +7,7 @@ import trio
 import trio.testing
 
 from agentserver.auth.pacing import AccountPacer
+from agentserver.auth.throttle import MemoryCounts
 from agentserver.errors import RateLimited
 
 
@@ -92,3 +93,48 @@ async def test_pacing_starts_at_the_limit(count: int) -> None:
     for _ in range(count + 1):
         await pacer.fail("user:a")
     assert await pacer.paced("user:a") == (count + 1 >= 2)
+
+
+async def test_pacers_sharing_counts_take_turns_across_replicas(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Two replicas' pacers over one store: paced attempts start a delay apart across both, as
+    on one replica, instead of each replica pacing its own attempts."""
+    shared = MemoryCounts(trio.current_time)
+    pacers = [AccountPacer(limit=1, delay=5.0, counts=shared) for _ in range(2)]
+    await pacers[0].fail("user:a")
+    started: list[float] = []
+    start = trio.current_time()
+
+    async def attempt(pacer: AccountPacer) -> None:
+        async with pacer.turn("user:a"):
+            started.append(trio.current_time() - start)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(4):
+            nursery.start_soon(attempt, pacers[i % 2])
+    assert sorted(started) == [5.0, 10.0, 15.0, 20.0]
+
+
+async def test_a_full_queue_across_replicas_is_refused(autojump_clock: trio.abc.Clock) -> None:
+    """Attempts queued on other replicas count toward the bound: past it one is refused."""
+    shared = MemoryCounts(trio.current_time)
+    pacers = [AccountPacer(limit=1, delay=5.0, max_waiting=1, counts=shared) for _ in range(3)]
+    await pacers[0].fail("user:a")
+    outcomes: list[str] = []
+    refused: list[RateLimited] = []
+
+    async def attempt(pacer: AccountPacer) -> None:
+        try:
+            async with pacer.turn("user:a"):
+                outcomes.append("ran")
+        except RateLimited as exc:
+            refused.append(exc)
+            outcomes.append("refused")
+
+    async with trio.open_nursery() as nursery:
+        for pacer in pacers:  # one turn each; the third would start 15 s out, past 2 delays
+            nursery.start_soon(attempt, pacer)
+            await trio.testing.wait_all_tasks_blocked()
+    assert sorted(outcomes) == ["ran", "ran", "refused"]
+    assert refused[0].retry_after >= 10

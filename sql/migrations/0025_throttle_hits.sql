@@ -26,11 +26,22 @@ LANGUAGE sql IMMUTABLE AS $$
     ) AS newest
 $$;
 
+-- Up to 100 rows that no longer count at `moment` are deleted (by whoever records a hit: the
+-- table holds about the keys counted within a window, and no sweep has to run anywhere).
+CREATE FUNCTION throttle_prune(moment TIMESTAMPTZ) RETURNS void
+LANGUAGE sql AS $$
+    DELETE FROM throttle_hits WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM throttle_hits WHERE expires_at < moment
+        LIMIT 100 FOR UPDATE SKIP LOCKED
+    ))
+$$;
+
 -- Where keys stand, in order: each one's failures in its window and the seconds until it may
 -- try again (0: now). A key asked with `p_spends` true is counted too, under its row's lock (two
 -- replicas cannot both take the last attempt), unless it or a key asked before it is refused (a
--- refused request counts nothing further, as when asked one by one). Times: `p_at`, or when
--- NULL the clock once the row is locked (a wait for the lock must not age the answer).
+-- refused request counts nothing further, as when asked one by one); if one was, expired rows
+-- are pruned. Times: `p_at`, or when NULL the clock once the row is locked (a wait for the
+-- lock must not age the answer).
 CREATE FUNCTION throttle_ask(
     p_scopes TEXT[], p_keys BYTEA[], p_windows FLOAT8[], p_limits INT[], p_spends BOOLEAN[],
     p_at TIMESTAMPTZ
@@ -39,6 +50,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     refused BOOLEAN := false;
     counting BOOLEAN;
+    counted BOOLEAN := false;
     stored TIMESTAMPTZ[];
     kept TIMESTAMPTZ[];
     moment TIMESTAMPTZ;
@@ -66,6 +78,7 @@ BEGIN
             wait := extract(epoch FROM kept[1] + make_interval(secs => p_windows[i]) - moment);
             refused := true;
         ELSIF counting THEN
+            counted := true;
             UPDATE throttle_hits AS t
             SET hits = kept || moment,
                 expires_at = greatest(t.expires_at, moment + make_interval(secs => p_windows[i]))
@@ -73,10 +86,12 @@ BEGIN
         END IF;
         RETURN NEXT;
     END LOOP;
+    IF counted THEN
+        PERFORM throttle_prune(moment);
+    END IF;
 END $$;
 
--- One failure of each key (keys given once each) at `p_at` or now; then up to 100 rows that no
--- longer count are pruned, so the table holds about the keys failing within a window.
+-- One failure of each key (keys given once each) at `p_at` or now; expired rows pruned.
 CREATE FUNCTION throttle_fail(
     p_scopes TEXT[], p_keys BYTEA[], p_windows FLOAT8[], p_at TIMESTAMPTZ
 ) RETURNS void
@@ -91,10 +106,7 @@ BEGIN
     ON CONFLICT (scope, key_hash) DO UPDATE
     SET hits = throttle_recent(t.hits, moment - (EXCLUDED.expires_at - moment)) || moment,
         expires_at = greatest(t.expires_at, EXCLUDED.expires_at);
-    DELETE FROM throttle_hits WHERE ctid = ANY (ARRAY(
-        SELECT ctid FROM throttle_hits WHERE expires_at < moment
-        LIMIT 100 FOR UPDATE SKIP LOCKED
-    ));
+    PERFORM throttle_prune(moment);
 END $$;
 
 -- A paced account's next turn: `p_delay` after the latest turn, and at least `p_delay` from

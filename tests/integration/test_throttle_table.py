@@ -180,14 +180,22 @@ async def count_rows(db: Database) -> int:
     return int(row[0])
 
 
-async def test_expired_rows_are_pruned_by_later_failures(world: World, db: Database) -> None:
-    """Rows whose failures all left the window go when later failures are recorded."""
+async def test_expired_rows_are_pruned_by_later_hits(world: World, db: Database) -> None:
+    """Rows whose failures all left the window go when later hits are recorded, failures or
+    counted attempts alike; asking alone writes nothing."""
     throttle = Throttle("login", limit=5, window=60.0, counts=world.table)
     for i in range(30):
         await throttle.fail(f"addr:{i}")
     assert await count_rows(db) == 30
     world.clock.now += 61
+    assert await throttle.retry_after("addr:0") == 0
+    assert await count_rows(db) == 30
     await throttle.fail("addr:fresh")
+    assert await count_rows(db) == 1
+    for i in range(30):
+        assert await throttle.spend(f"addr:{i}") == 0
+    world.clock.now += 61
+    assert await throttle.spend("addr:fresh") == 0
     assert await count_rows(db) == 1
 
 

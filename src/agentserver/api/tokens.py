@@ -178,12 +178,10 @@ async def revoke_any(token_id: str) -> Response:
 async def start_cli_login(data: TokenBody) -> tuple[dict[str, Any], int]:
     """Start a command-line sign-in: `request` is the caller's to poll with; `approveUrl`
     (with the code) is for the person, who approves it in a signed-in browser."""
-    throttle = deps().code_throttle
-    key = f"cli-login:{client_address()}"
-    wait = throttle.retry_after(key)
+    # Every start counts (each holds a row until it expires): counted unless refused.
+    wait = await deps().code_throttle.spend(f"cli-login:{client_address()}")
     if wait:
         raise RateLimited("too many command-line sign-ins; try again later", retry_after=wait)
-    throttle.fail(key)  # every start counts: each holds a row until it expires
     lifetime = lifetime_of(data.expires_in_days)
     secret, code = await cli_logins.start_login(
         deps().db, data.name, data.scope, data.workspace_id, lifetime

@@ -78,6 +78,9 @@ async def open_sandboxes(
 
     async with backend_opener(settings, on_exit) as backend, trio.open_nursery() as nursery:
         service = Sandboxes(db, settings, backend, nursery, events, audit)
+        # The key of sandboxes' environment variables, settled before any is sealed or opened
+        # (an old install's key file is adopted into the database here, at start).
+        await service.sealer()
         # Each long-lived task is supervised: a bug in one is logged and it starts again,
         # instead of cancelling this nursery (and with it the server).
         await nursery.start(supervise, "activity writer", service.write_activity)

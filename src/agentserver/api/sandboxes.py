@@ -17,6 +17,7 @@ from agentserver.api.common import (
     Body,
     current_user,
     deps,
+    grant,
     member_role,
     require,
     rfc3339,
@@ -25,6 +26,7 @@ from agentserver.api.common import (
 from agentserver.api.revocation import access_ended
 from agentserver.audit import Action as AuditAction
 from agentserver.audit import Result, Target
+from agentserver.auth.api_tokens import token_access_key
 from agentserver.auth.permissions import (
     PRIVATE_ACTIONS,
     Action,
@@ -421,8 +423,14 @@ async def workspace_events(workspace_id: str) -> Response:
 
     # Subscribe before reading the snapshot, so no change can fall between the two. The
     # subscription names its member: removing them or changing their role ends it.
-    session = request.cookies.get(session_cookie(), "")
-    sub = svc.events.subscribe(workspace_id, user.id, hash_token(session))
+    # A stream opened with an API token ends when that token is revoked (api/tokens.py).
+    limits = grant()
+    opened_by = (
+        token_access_key(limits.token_id)
+        if limits is not None
+        else hash_token(request.cookies.get(session_cookie(), ""))
+    )
+    sub = svc.events.subscribe(workspace_id, user.id, opened_by)
     try:
         snapshot = await svc.list(workspace_id)
     except BaseException:

@@ -133,7 +133,7 @@ def _unmount_below(base: Path) -> None:
             subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
-def _opencode_elf() -> Path | None:
+def opencode_elf() -> Path | None:
     """The real opencode ELF the npm package installed (not its Node launcher)."""
     repo = Path(__file__).resolve().parents[2]
     candidate = repo / ".cache/npm/node_modules/opencode-linux-x64/bin/opencode"
@@ -257,7 +257,7 @@ def dockerd() -> Iterator[Daemon]:
 @pytest.fixture(scope="session")
 def agent_image(dockerd: Daemon) -> str:
     """The test sandbox image: opencode on busybox and the host's glibc, via `docker import`."""
-    opencode = _opencode_elf()
+    opencode = opencode_elf()
     if opencode is None:
         pytest.skip("the opencode-linux-x64 npm package is not installed (run scripts/test)")
     started = time.monotonic()

@@ -196,7 +196,8 @@ class DockerBackend:
             with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT + 5):
                 await self._stop_quietly(spec.id)
             raise
-        await self._call(self._start_clone, spec)
+        if spec.git_url is not None:  # no Docker call at all for the usual start
+            await self._call(self._start_clone, spec)
         return endpoint
 
     def _start_clone(self, spec: SandboxSpec) -> None:

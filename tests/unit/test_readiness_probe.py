@@ -89,12 +89,14 @@ class RunningContainers:
         def get(name: str) -> Any:
             return RunningContainer()
 
+    class api:  # the low-level client, which follows a container's output
+        @staticmethod
+        def logs(name: str, **options: Any) -> QuietOutput:
+            return QuietOutput()
+
 
 class RunningContainer:
     attrs: ClassVar[dict[str, Any]] = {"State": {"Running": True}}
-
-    def logs(self, **options: Any) -> QuietOutput:
-        return QuietOutput()
 
 
 def spec(sandbox_type: SandboxType) -> SandboxSpec:

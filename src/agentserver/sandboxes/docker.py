@@ -7,7 +7,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -31,6 +30,8 @@ from agentserver.sandboxes.containers import (
     agent_port,
     container_config,
     container_name,
+    docker_time,
+    exit_reason,
     home_volume,
     start_archive,
     workspace_volume,
@@ -90,15 +91,6 @@ def _missing(fn: Callable[[], T]) -> T | None:
         return fn()
     except docker.errors.NotFound:
         return None
-
-
-def _exit_reason(state: dict[str, Any]) -> str:
-    text = f"exited with status {state.get('ExitCode')}"
-    if state.get("OOMKilled"):
-        text += " (out of memory)"
-    if state.get("Error"):
-        text += f": {state['Error']}"
-    return text
 
 
 class DockerBackend:
@@ -236,7 +228,7 @@ class DockerBackend:
                             return
                 tail = (await self.logs(spec.id, 5)).strip().splitlines()
                 detail = f"; last output: {tail[-1][:300]}" if tail else ""
-                raise BackendError(f"the agent {_exit_reason(state or {})} during start{detail}")
+                raise BackendError(f"the agent {exit_reason(state or {})} during start{detail}")
         raise BackendError(
             f"the agent did not answer at {endpoint.host}:{endpoint.port} "
             f"within {READY_TIMEOUT:.0f}s"
@@ -328,7 +320,7 @@ class DockerBackend:
         if state is not None and state.get("Running"):
             return  # a late event from before the latest start
         code = event["Actor"]["Attributes"].get("exitCode", "?")
-        text = _exit_reason(state) if state else f"exited with status {code}; container removed"
+        text = exit_reason(state) if state else f"exited with status {code}; container removed"
         try:
             await on_exit(sandbox_id, text)
         except Exception:
@@ -393,7 +385,7 @@ class DockerBackend:
                 f"container {container.name} has no address on Docker network "
                 f"{self._settings.docker_network}"
             )
-        return str(address), _timestamp(container.attrs["State"]["StartedAt"])
+        return str(address), docker_time(container.attrs["State"]["StartedAt"])
 
     def _stop(self, sandbox_id: str) -> None:
         container = self._container(sandbox_id)
@@ -450,11 +442,10 @@ class DockerBackend:
 
     def _open_output(self, sandbox_id: str, since: float) -> Any:
         """The container's output from `since` (seconds) on, followed: a stream of chunks that
-        ends when it stops; None if it is gone."""
-        container = self._container(sandbox_id)
-        if container is None:
-            return None
-        return container.logs(stream=True, follow=True, since=since)
+        ends when it stops; None if it is gone. By name: the client's own inspect (for the TTY
+        setting) is the only one."""
+        name = container_name(sandbox_id)
+        return _missing(lambda: self._client.api.logs(name, stream=True, follow=True, since=since))
 
     def _open_events(self, since_ns: int | None) -> Any:
         filters = {"type": "container", "event": "die", "label": OURS}
@@ -464,13 +455,6 @@ class DockerBackend:
 
     def close(self) -> None:
         self._client.close()
-
-
-def _timestamp(text: str) -> float:
-    """Docker's RFC 3339 time with nanoseconds (`2026-12-06T21:35:19.990468538Z`) in seconds."""
-    whole, _, fraction = text.rstrip("Z").partition(".")
-    seconds = datetime.fromisoformat(f"{whole}+00:00").timestamp()
-    return seconds + float(f"0.{fraction or 0}")
 
 
 def _next_event(events: Iterator[T]) -> T | None:

@@ -226,8 +226,6 @@ def test_image_daemon() -> Iterator[tuple[str, str]]:
     try:
         with run_dockerd(base) as daemon:
             yield daemon.host, import_test_image(daemon, opencode)
-    except DaemonUnavailable as exc:
-        sys.exit(f"this benchmark needs a Docker daemon: {exc}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -238,6 +236,9 @@ def main(runs: int) -> None:
     try:
         with test_image_daemon() as (host, image):
             rows = trio.run(measure, runs, host, image, scratch)
+    except DaemonUnavailable as exc:  # as the Docker tests skip: `nox -s bench` goes on
+        print(f"docker sandbox start: skipped, it needs its own Docker daemon: {exc}")
+        return
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from functools import partial
@@ -31,6 +32,7 @@ from tests.support.dockerd import Daemon
 pytestmark = pytest.mark.docker
 REAL_KEY = "sk-ant-real-key-that-must-never-enter-a-sandbox"
 NETWORK = "agentserver-test"
+BROKEN_IMAGE = "agentserver-test-broken:latest"
 
 
 def docker_settings(image: str, **overrides: str) -> Settings:
@@ -288,6 +290,34 @@ async def test_missing_image_is_a_readable_error(harness: Harness) -> None:
     async with open_backend(settings, on_exit) as backend:
         with pytest.raises(BackendError, match="agentserver-missing-image:never"):
             await backend.create(make_spec())
+
+
+async def test_an_agent_that_exits_during_start_fails_it_at_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent that prints a line and exits while starting fails the start as soon as its
+    output ends, with its exit status and that line, not when the wait for an answer ends."""
+    monkeypatch.setattr(backend_module, "READY_TIMEOUT", 60.0)
+    # It lives a moment (as a real agent's start does), so the start gets its address first.
+    command = '["sh", "-c", "echo broken agent; sleep 2; exit 3"]'
+    dockerfile = f"FROM {harness.settings.agent_image}\nCMD {command}\n"
+    image, _ = await harness.run(
+        harness.docker.images.build, fileobj=io.BytesIO(dockerfile.encode()), tag=BROKEN_IMAGE
+    )
+
+    async def on_exit(sandbox_id: str, reason: str) -> None:
+        await trio.lowlevel.checkpoint()  # the exit may also be reported: not what is tested
+
+    spec = make_spec()
+    with trio.fail_after(30):  # half the wait for an answer: only the exit ends it this soon
+        async with open_backend(docker_settings(BROKEN_IMAGE), on_exit) as backend:
+            with pytest.raises(BackendError) as failed:
+                await backend.create(spec)
+            await backend.destroy(spec.id)
+    await harness.run(harness.docker.images.remove, image.id, force=True)
+    assert str(failed.value) == (
+        "the agent exited with status 3 during start; last output: broken agent"
+    )
 
 
 async def test_unreachable_daemon_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:

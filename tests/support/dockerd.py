@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import os
 import random
 import shutil
@@ -15,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -133,7 +134,7 @@ def _unmount_below(base: Path) -> None:
             subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
-def _opencode_elf() -> Path | None:
+def opencode_elf() -> Path | None:
     """The real opencode ELF the npm package installed (not its Node launcher)."""
     repo = Path(__file__).resolve().parents[2]
     candidate = repo / ".cache/npm/node_modules/opencode-linux-x64/bin/opencode"
@@ -153,16 +154,38 @@ def _add_dir(tar: tarfile.TarFile, name: str, uid: int = 0, mode: int = 0o755) -
 
 
 def _add_text(tar: tarfile.TarFile, name: str, text: str) -> None:
-    import io
+    _add_file(tar, name, text.encode())
 
-    data = text.encode()
+
+def _add_file(tar: tarfile.TarFile, name: str, data: bytes, uid: int = 0) -> None:
     info = tarfile.TarInfo(name)
-    info.size, info.mode = len(data), 0o644
+    info.size, info.mode, info.uid, info.gid = len(data), 0o644, uid, uid
     tar.addfile(info, io.BytesIO(data))
 
 
+# Where opencode keeps its database, under its HOME.
+OPENCODE_DATABASE = ".local/share/opencode/opencode.db"
+
+
+def opencode_database(opencode: Path) -> bytes:
+    """An empty opencode database with its schema made: what opencode's first start would make
+    (about a tenth of that start's CPU), so a fresh home volume starts with it (Docker copies
+    the image's /home/agent into a new volume). Checkpointed into one file."""
+    with tempfile.TemporaryDirectory(prefix="agentserver-opencode-home-") as home:
+        subprocess.run(
+            [str(opencode), "db", "PRAGMA wal_checkpoint(TRUNCATE)"],
+            env={"HOME": home, "PATH": "/usr/bin:/bin"},
+            cwd=home,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        return (Path(home) / OPENCODE_DATABASE).read_bytes()
+
+
 def write_rootfs(path: Path, opencode: Path) -> None:
-    """A minimal root filesystem: busybox, the host's glibc, opencode, user `agent` (1000)."""
+    """A minimal root filesystem: busybox, the host's glibc, opencode, user `agent` (1000)
+    whose home holds opencode's database, made (`opencode_database`)."""
     busybox = Path("/bin/busybox")
     applets = subprocess.run(
         [str(busybox), "--list"], capture_output=True, text=True, check=True
@@ -186,6 +209,10 @@ def write_rootfs(path: Path, opencode: Path) -> None:
             _add_dir(tar, name)
         _add_dir(tar, "tmp", mode=0o1777)
         _add_dir(tar, "home/agent", uid=1000)
+        database = PurePosixPath("home/agent", OPENCODE_DATABASE)
+        for parent in list(database.parents)[::-1][3:]:  # below home/agent
+            _add_dir(tar, str(parent), uid=1000)
+        _add_file(tar, str(database), opencode_database(opencode), uid=1000)
         _add_dir(tar, "data/disk0", uid=1000)
         tar.add(busybox, "bin/busybox")
         for applet in applets:
@@ -257,7 +284,7 @@ def dockerd() -> Iterator[Daemon]:
 @pytest.fixture(scope="session")
 def agent_image(dockerd: Daemon) -> str:
     """The test sandbox image: opencode on busybox and the host's glibc, via `docker import`."""
-    opencode = _opencode_elf()
+    opencode = opencode_elf()
     if opencode is None:
         pytest.skip("the opencode-linux-x64 npm package is not installed (run scripts/test)")
     started = time.monotonic()

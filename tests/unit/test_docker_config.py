@@ -20,6 +20,7 @@ from agentserver.sandboxes.containers import (
     PROXY_TOKEN_FILE,
     container_config,
     container_name,
+    docker_time,
     home_volume,
     sandbox_environment,
     start_archive,
@@ -234,3 +235,11 @@ def test_opencode_starts_on_the_workspace_disk_and_openclaw_in_its_image_folder(
     )
     openclaw = container_config(spec(SandboxType.OPENCLAW), settings(openclaw_image="claw:1"))
     assert "working_dir" not in openclaw
+
+
+def test_docker_times_keep_their_fraction_of_a_second() -> None:
+    """Docker's start times (RFC 3339, nanoseconds, UTC) become seconds on the log clock
+    without losing the fraction, which the output is followed from."""
+    started = docker_time("2026-12-06T21:35:19.990468538Z")
+    assert started == pytest.approx(1796592919.990468538, abs=1e-6)
+    assert docker_time("2026-12-06T21:35:19Z") == 1796592919.0

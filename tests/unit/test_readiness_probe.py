@@ -3,10 +3,11 @@ local stand-in agent that refuses requests without its credentials, as opencode 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from agentserver.sandboxes.readiness import answers
 from agentserver.settings import build_settings
 
 SECRET = "agent-secret"
+STARTED = 1.0  # when the container started (its output is followed from then on)
 
 
 @dataclass
@@ -62,13 +64,39 @@ async def stand_in(nursery: trio.Nursery, sandbox_type: SandboxType, answer: int
     return agent
 
 
+class QuietOutput:
+    """A followed log stream of a container that prints nothing: blocks until closed."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def __iter__(self) -> QuietOutput:
+        return self
+
+    def __next__(self) -> bytes:
+        self.closed.wait()
+        raise StopIteration
+
+    def close(self) -> None:
+        self.closed.set()
+
+
 class RunningContainers:
     """Just enough of a Docker client for `_wait_ready`: every container is running."""
 
     class containers:  # named as the docker client names it
         @staticmethod
         def get(name: str) -> Any:
-            return type("Container", (), {"attrs": {"State": {"Running": True}}})()
+            return RunningContainer()
+
+    class api:  # the low-level client, which follows a container's output
+        @staticmethod
+        def logs(name: str, **options: Any) -> QuietOutput:
+            return QuietOutput()
+
+
+class RunningContainer:
+    attrs: ClassVar[dict[str, Any]] = {"State": {"Running": True}}
 
 
 def spec(sandbox_type: SandboxType) -> SandboxSpec:
@@ -88,7 +116,9 @@ async def test_the_docker_probe_authenticates_every_kind(
     """Regression: Docker's probe sent OpenClaw no token. Now it sends the kind's request with
     the kind's credentials, and an agent that refuses anything else (401) counts as ready."""
     agent = await stand_in(nursery, sandbox_type, answer)
-    await docker_backend()._wait_ready(spec(sandbox_type), Endpoint("127.0.0.1", agent.port))
+    await docker_backend()._wait_ready(
+        spec(sandbox_type), Endpoint("127.0.0.1", agent.port), STARTED
+    )
     kind = kind_of(sandbox_type)
     method, path, headers, body = agent.seen[-1]
     assert (method, path, body) == (kind.readiness.method, kind.readiness.path, kind.readiness.body)
@@ -101,11 +131,10 @@ async def test_docker_takes_a_refusal_as_not_ready(
     """Regression: Docker took any answer below 500 but 401 as ready, a 403 too. An agent
     that refuses the credentials never becomes ready: the start fails when the wait ends."""
     monkeypatch.setattr(docker_module, "READY_TIMEOUT", 0.5)
-    monkeypatch.setattr(docker_module, "READY_POLL", 0.05)
     agent = await stand_in(nursery, SandboxType.OPENCODE, 403)
     with pytest.raises(BackendError, match="did not answer"):
         await docker_backend()._wait_ready(
-            spec(SandboxType.OPENCODE), Endpoint("127.0.0.1", agent.port)
+            spec(SandboxType.OPENCODE), Endpoint("127.0.0.1", agent.port), STARTED
         )
     assert len(agent.seen) > 1  # it kept asking
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -144,3 +145,20 @@ def container_config(spec: SandboxSpec, settings: Settings) -> dict[str, Any]:
         if value > 0:
             config[key] = value
     return config
+
+
+def exit_reason(state: dict[str, Any]) -> str:
+    """A stopped container's end in words, from its inspected `State`."""
+    text = f"exited with status {state.get('ExitCode')}"
+    if state.get("OOMKilled"):
+        text += " (out of memory)"
+    if state.get("Error"):
+        text += f": {state['Error']}"
+    return text
+
+
+def docker_time(text: str) -> float:
+    """Docker's RFC 3339 time with nanoseconds (`2026-12-06T21:35:19.990468538Z`) in seconds."""
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    seconds = datetime.fromisoformat(f"{whole}+00:00").timestamp()
+    return seconds + float(f"0.{fraction or 0}")

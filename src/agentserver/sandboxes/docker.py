@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
@@ -18,6 +18,7 @@ import trio
 from docker.models.containers import Container
 
 from agentserver.errors import BackendError
+from agentserver.sandboxes.agent_start import until_answers
 from agentserver.sandboxes.base import Endpoint, ExitNotice, Managed, SandboxSpec
 from agentserver.sandboxes.containers import (
     DISK,
@@ -29,6 +30,8 @@ from agentserver.sandboxes.containers import (
     agent_port,
     container_config,
     container_name,
+    docker_time,
+    exit_reason,
     home_volume,
     start_archive,
     workspace_volume,
@@ -44,7 +47,7 @@ T = TypeVar("T")
 
 DOCKER_THREADS = 8
 READY_TIMEOUT = 90.0  # below the lifecycle's own start deadline, so our reason wins
-READY_POLL = 0.2
+PROBE_TIMEOUT = 5.0  # one readiness request; others start meanwhile (agent_start.py)
 STOP_TIMEOUT = 10  # seconds Docker waits after SIGTERM before it kills
 EVENTS_RETRY = (0.5, 30.0)  # backoff bounds when the event stream breaks (daemon restart)
 OURS = f"{LABEL_MANAGED}={MANAGED_BY}"
@@ -88,15 +91,6 @@ def _missing(fn: Callable[[], T]) -> T | None:
         return fn()
     except docker.errors.NotFound:
         return None
-
-
-def _exit_reason(state: dict[str, Any]) -> str:
-    text = f"exited with status {state.get('ExitCode')}"
-    if state.get("OOMKilled"):
-        text += " (out of memory)"
-    if state.get("Error"):
-        text += f": {state['Error']}"
-    return text
 
 
 class DockerBackend:
@@ -183,18 +177,19 @@ class DockerBackend:
         # container replaced, a late event from the previous stop); a crash during start is
         # caught by the readiness check instead.
         self._stopping.add(spec.id)
-        host = await self._call(self._ensure_running, spec, config)
+        host, started_at = await self._call(self._ensure_running, spec, config)
         self._stopping.discard(spec.id)
         endpoint = Endpoint(host=host, port=agent_port(spec.type))
         try:
-            await self._wait_ready(spec, endpoint)
+            await self._wait_ready(spec, endpoint, started_at)
         except BackendError:
             # Don't leave a broken agent running; its volumes stay for a later resume.
             self._stopping.add(spec.id)
             with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT + 5):
                 await self._stop_quietly(spec.id)
             raise
-        await self._call(self._start_clone, spec)
+        if spec.git_url is not None:  # no Docker call at all for the usual start
+            await self._call(self._start_clone, spec)
         return endpoint
 
     def _start_clone(self, spec: SandboxSpec) -> None:
@@ -213,27 +208,66 @@ class DockerBackend:
             log.warning("could not stop sandbox %s after a failed start: %s", sandbox_id, exc)
             await trio.lowlevel.checkpoint()
 
-    async def _wait_ready(self, spec: SandboxSpec, endpoint: Endpoint) -> None:
+    async def _wait_ready(self, spec: SandboxSpec, endpoint: Endpoint, since: float) -> None:
         """Send the agent its readiness probe (kinds.py: with its credentials, within a bounded
-        wait) until it answers; fail at once if it exits."""
+        wait) as it starts and whenever it prints, until it answers; fail at once if it exits
+        (its output, followed from `since`, ends)."""
         base_url = f"http://{endpoint.host}:{endpoint.port}"
         with trio.move_on_after(READY_TIMEOUT):
-            async with httpx.AsyncClient(timeout=5.0, trust_env=False) as http:
-                while True:
-                    if await answers(http, spec.type, base_url, spec.agent_secret):
-                        return
-                    state = await self._call(self._state, spec.id)
-                    if state is None or not state.get("Running"):
-                        tail = (await self.logs(spec.id, 5)).strip().splitlines()
-                        detail = f"; last output: {tail[-1][:300]}" if tail else ""
-                        raise BackendError(
-                            f"the agent {_exit_reason(state or {})} during start{detail}"
-                        )
-                    await trio.sleep(READY_POLL)
+            async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, trust_env=False) as http:
+                probe = partial(answers, http, spec.type, base_url, spec.agent_secret)
+                if await self._answers_before_exit(spec.id, since, probe):
+                    return
+                state = await self._call(self._state, spec.id)
+                if state is not None and state.get("Running"):
+                    # Its log stream broke (the daemon restarted?), not the agent: probe on
+                    # the backoff alone.
+                    keep_open, quiet = trio.open_memory_channel[object](0)
+                    with keep_open:
+                        if await until_answers(probe, quiet):
+                            return
+                tail = (await self.logs(spec.id, 5)).strip().splitlines()
+                detail = f"; last output: {tail[-1][:300]}" if tail else ""
+                raise BackendError(f"the agent {exit_reason(state or {})} during start{detail}")
         raise BackendError(
             f"the agent did not answer at {endpoint.host}:{endpoint.port} "
             f"within {READY_TIMEOUT:.0f}s"
         )
+
+    async def _answers_before_exit(
+        self, sandbox_id: str, since: float, probe: Callable[[], Awaitable[bool]]
+    ) -> bool:
+        """Whether the agent answers before its output ends (it stopped)."""
+        send, output = trio.open_memory_channel[object](0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_output, sandbox_id, since, send)
+            answered = await until_answers(probe, output)
+            nursery.cancel_scope.cancel()
+        return answered
+
+    async def _follow_output(
+        self, sandbox_id: str, since: float, send: trio.MemorySendChannel[object]
+    ) -> None:
+        """What the container prints from `since` on, chunk by chunk, until it stops."""
+        with send:
+            try:
+                stream = await self._call(self._open_output, sandbox_id, since)
+            except BackendError as exc:
+                log.warning("cannot follow the output of sandbox %s: %s", sandbox_id, exc)
+                await trio.lowlevel.checkpoint()
+                return
+            if stream is None:
+                return
+            try:
+                while True:
+                    chunk = await trio.to_thread.run_sync(
+                        _next_event, stream, abandon_on_cancel=True
+                    )
+                    if chunk is None:
+                        return
+                    await send.send(chunk)
+            finally:
+                stream.close()  # wakes the thread still reading, if it was abandoned
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -286,7 +320,7 @@ class DockerBackend:
         if state is not None and state.get("Running"):
             return  # a late event from before the latest start
         code = event["Actor"]["Attributes"].get("exitCode", "?")
-        text = _exit_reason(state) if state else f"exited with status {code}; container removed"
+        text = exit_reason(state) if state else f"exited with status {code}; container removed"
         try:
             await on_exit(sandbox_id, text)
         except Exception:
@@ -306,14 +340,15 @@ class DockerBackend:
                     raise
 
     def _ensure_volume(self, name: str, labels: dict[str, str]) -> None:
-        if _missing(lambda: self._client.volumes.get(name)) is None:
-            self._client.volumes.create(name=name, labels=labels)
+        # One call: Docker answers a create of an existing local volume with that volume.
+        self._client.volumes.create(name=name, labels=labels)
 
     def _container(self, sandbox_id: str) -> Container | None:
         return _missing(lambda: self._client.containers.get(container_name(sandbox_id)))
 
-    def _ensure_running(self, spec: SandboxSpec, config: dict[str, Any]) -> str:
-        """Start the sandbox's container (made from `config` if missing or stale); its address."""
+    def _ensure_running(self, spec: SandboxSpec, config: dict[str, Any]) -> tuple[str, float]:
+        """Start the sandbox's container (made from `config` if missing or stale); its address
+        and when it started (the daemon's clock, as its log timestamps)."""
         labels = config["labels"]
         self._ensure_volume(home_volume(spec.id), labels)
         self._ensure_volume(
@@ -350,7 +385,7 @@ class DockerBackend:
                 f"container {container.name} has no address on Docker network "
                 f"{self._settings.docker_network}"
             )
-        return str(address)
+        return str(address), docker_time(container.attrs["State"]["StartedAt"])
 
     def _stop(self, sandbox_id: str) -> None:
         container = self._container(sandbox_id)
@@ -405,6 +440,13 @@ class DockerBackend:
         output = _missing(lambda: container.logs(stdout=True, stderr=True, tail=lines))
         return (output or b"").decode(errors="replace")
 
+    def _open_output(self, sandbox_id: str, since: float) -> Any:
+        """The container's output from `since` (seconds) on, followed: a stream of chunks that
+        ends when it stops; None if it is gone. By name: the client's own inspect (for the TTY
+        setting) is the only one."""
+        name = container_name(sandbox_id)
+        return _missing(lambda: self._client.api.logs(name, stream=True, follow=True, since=since))
+
     def _open_events(self, since_ns: int | None) -> Any:
         filters = {"type": "container", "event": "die", "label": OURS}
         # Docker takes "seconds.nanoseconds"; whole seconds would replay up to a second of events.
@@ -415,8 +457,9 @@ class DockerBackend:
         self._client.close()
 
 
-def _next_event(events: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
-    """The next event, or None when the stream ended (daemon gone or stream closed)."""
+def _next_event(events: Iterator[T]) -> T | None:
+    """The next event (or output chunk), or None when the stream ended (daemon gone or stream
+    closed)."""
     try:
         return next(events, None)
     except (

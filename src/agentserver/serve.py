@@ -120,7 +120,9 @@ async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
         events = WorkspaceEvents()
         async with (
             open_sandboxes(settings, db, events, audit) as lifecycle,
-            open_tunnel_sessions(settings, db, lifecycle.service, audit) as tunnels,
+            open_tunnel_sessions(
+                settings, db, lifecycle.service, audit, cluster=cluster
+            ) as tunnels,
         ):
             deps = Deps(
                 settings=settings,

@@ -39,7 +39,8 @@ NOTICE_MESSAGE = "agentserver change"
 # The channels migration 0020's triggers announce on; each payload is one id.
 SANDBOX_CHANGED = "sandbox_changed"  # a sandbox's status, token, name, owner or workspace; deleted
 LLM_QUOTA_CHANGED = "llm_quota_changed"  # a workspace's LLM limit overrides
-CHANNELS = (SANDBOX_CHANGED, LLM_QUOTA_CHANGED)
+TUNNEL_OWNER_CHANGED = "tunnel_owner_changed"  # who serves a local sandbox's tunnel (0022)
+CHANNELS = (SANDBOX_CHANGED, LLM_QUOTA_CHANGED, TUNNEL_OWNER_CHANGED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,13 @@ class Replicas:
             await connected.wait()
         return scope
 
+    async def until_status(self, sandbox_id: str, status: str, seconds: float = 30) -> None:
+        """Ask the API until the sandbox shows `status`. (Polled: a change made on one replica
+        reaches another's event streams only once events travel by NOTIFY.)"""
+        with trio.fail_after(seconds):
+            while await self.status(sandbox_id) != status:
+                await trio.sleep(0.1)
+
     def move_agent(self, agent: Agent, server: Server) -> None:
         """The agent's next connection goes to `server` (as through a balancer)."""
         assert agent.session is not None

@@ -114,6 +114,7 @@ class _Held:
     async def replay(self) -> AsyncIterator[bytes]:
         """What was read, then the rest."""
         for chunk in list(self._kept or ()):
+            await trio.lowlevel.checkpoint()
             yield chunk
         async for chunk in self._source:
             yield chunk
@@ -283,6 +284,7 @@ class RelayUpstream:
     async def _again(self) -> Upstream:
         """After a stale answer: whoever holds the tunnel now (never a third try)."""
         self._relay.owners.forget(self._sandbox_id)
+        await trio.lowlevel.checkpoint_if_cancelled()
         found = None
         if self._retry:
             relayed = self._relayed

@@ -426,9 +426,12 @@ class SubdomainProxy:
         moved; look again."""
         self.access.forget(sandbox.id)
         fresh = await self.deps.db.one("proxy_get_sandbox", Sandbox, id=sandbox.id)
-        if fresh is not None and fresh.status != SandboxStatus.RUNNING:
-            if await self.upstream_for(scope, send, fresh, port) is None:
-                return  # answered with the status's page
+        if (
+            fresh is not None
+            and fresh.status != SandboxStatus.RUNNING
+            and await self.upstream_for(scope, send, fresh, port) is None
+        ):
+            return  # answered with the status's page
         if port is not None and isinstance(exc, NotListening | PortNotShared):
             why = pages.not_listening(port) if isinstance(exc, NotListening) else None
             await self.page(scope, send, why or pages.PORT_NOT_ALLOWED)

@@ -239,6 +239,7 @@ class TunnelSessions:
             return await self.owners.still_owner(sandbox_id, generation)
         except AgentServerError as exc:
             log.warning("ownership of sandbox %s not checked: %s", sandbox_id, exc.message)
+            await trio.lowlevel.checkpoint()  # the error may come before anything was awaited
             return True
 
     async def record_health(self, tunnel: Tunnel, sandbox_id: str, known: str | None) -> str | None:

@@ -115,6 +115,7 @@ class TunnelSweep:
             current = await self.owners.still_owner(sandbox_id, generation)
         except AgentServerError as exc:
             log.warning("ownership of sandbox %s not checked: %s", sandbox_id, exc.message)
+            await trio.lowlevel.checkpoint()  # the error may come before anything was awaited
             return False
         if current:
             return False

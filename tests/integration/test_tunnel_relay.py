@@ -13,12 +13,14 @@ import pytest
 import trio
 
 from agentserver.cluster import owners as owners_module
+from agentserver.cluster.owners import Owner
 from agentserver.cluster.relay_auth import HEADER, Relayed, sign
 from agentserver.db.database import open_database
+from agentserver.proxy.relay import RelayUpstream
 from tests.support.bulk_upstream import BulkUpstream, pattern, serve_bulk
 from tests.support.relay_world import Replicas, open_replicas, start_replica
-from tests.support.sandbox_login import sandbox_cookie
-from tests.support.tunnel_world import Agent
+from tests.support.sandbox_login import sandbox_client, sandbox_cookie
+from tests.support.tunnel_world import Agent, free_port
 from tests.support.upstream import RecordingUpstream, serve_upstream
 from tests.support.workspace_events import watch_statuses
 
@@ -295,3 +297,55 @@ async def test_a_second_tunnel_on_another_replica_supersedes_the_first(
     assert replicas.a.running.proxy.relay.relayed >= 1
     assert replicas.b.running.proxy.relay.served >= 1
     twin.cancel()
+
+
+async def test_a_preview_of_a_shared_port_is_relayed_and_an_unshared_one_refused(
+    replicas: Replicas, upstream: RecordingUpstream, nursery: trio.Nursery
+) -> None:
+    """`p{port}-{id}` on the replica without the tunnel reaches the laptop's dev server through
+    the owner; a port the agent does not share is refused by the owner (403)."""
+    app: RecordingUpstream = await nursery.start(serve_upstream, RecordingUpstream())
+    agent = await replicas.world.start_agent(
+        nursery, f"http://127.0.0.1:{upstream.port}", allow_ports=[app.port]
+    )
+    sid = agent.sandbox_id
+    await replicas.until_status(sid, "running")
+    for port, status in ((app.port, 200), (upstream.port, 403)):
+        host = f"p{port}-{sid}.localhost:{replicas.a.port}"
+        async with await sandbox_client(
+            replicas.b.url, replicas.world.owner, sid, host=host
+        ) as preview:
+            answer = await preview.get("/json", headers={"Accept": "application/json"})
+        assert answer.status_code == status, answer.text
+    assert answer.json()["error"]["code"] == "preview_port_not_allowed"
+    assert [seen.target for seen in app.requests] == ["/json"]
+    assert replicas.b.running.proxy.relay.relayed == 2
+    assert replicas.a.running.proxy.relay.served == 1  # the refused one never entered the tunnel
+
+
+async def test_an_owner_that_is_gone_is_retried_once_with_the_body_kept(
+    replicas: Replicas, upstream: RecordingUpstream, nursery: trio.Nursery
+) -> None:
+    """A relay to an owner that refuses the connection (it died after the lookup) reads
+    ownership again and sends the request, body and all, to the owner that holds the tunnel."""
+    agent = await connect(replicas, upstream, nursery)
+    sid = agent.sandbox_id
+    relay_b = replicas.b.running.proxy.relay
+    gone = Owner("gone", 1, f"http://127.0.0.1:{free_port()}", alive=True)
+    host = replicas.host(sid).encode()
+    relayed = RelayUpstream(relay_b, gone, sid, host, Relayed("gone", 1, None, False), None)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"kept "
+        yield b"body"
+
+    response = await relayed.request(
+        b"POST", b"/echo", [(b"host", host)], body(), length=len(b"kept body")
+    )
+    try:
+        assert response.status == 200
+        assert b"".join([chunk async for chunk in response.body]) == b"kept body"
+    finally:
+        await response.aclose()
+    assert relay_b.relayed == 2
+    assert replicas.a.running.proxy.relay.served == 1

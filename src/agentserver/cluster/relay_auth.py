@@ -27,7 +27,7 @@ HEADER = b"x-agentserver-relay"
 STALE_HEADER = b"x-agentserver-relay-stale"
 PREFIX = b"x-agentserver-relay"  # every header of ours by this name is stripped both ways
 VERSION = "v1"
-WINDOW = 60.0  # seconds a credential is good for, either side of the owner's clock
+WINDOW = 30.0  # seconds a credential is good for, either side of the owner's clock
 ANONYMOUS = "-"
 
 
@@ -98,7 +98,7 @@ def verify(
 class Nonces:
     """Credentials already used, for as long as they would be accepted (no replays)."""
 
-    def __init__(self, window: float = WINDOW, most: int = 1 << 20) -> None:
+    def __init__(self, window: float = WINDOW, most: int = 1 << 18) -> None:
         self._window = window
         self._most = most
         self._seen: dict[str, float] = {}  # nonce → when it may be forgotten (insertion order)

@@ -75,3 +75,9 @@ WHERE s.id = :sandbox_id AND s.type = 'local' AND s.status = 'running'
 RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
           last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
           last_heartbeat_at, private;
+
+-- name: tunnel_owned_by :many
+-- This replica's ownership rows older than a moment (a claim's tunnel is registered at once):
+-- any the replica does not hold a tunnel for were left by a release that failed.
+SELECT sandbox_id, generation FROM tunnel_owners
+WHERE replica_id = :replica_id AND claimed_at < now() - make_interval(secs => :settled);

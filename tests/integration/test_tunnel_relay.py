@@ -15,7 +15,7 @@ import trio
 from agentserver.cluster import owners as owners_module
 from agentserver.cluster.owners import Owner
 from agentserver.cluster.relay_auth import HEADER, Relayed, sign
-from agentserver.db.database import open_database
+from agentserver.db.database import Tx, open_database
 from agentserver.proxy.relay import RelayUpstream
 from tests.support.bulk_upstream import BulkUpstream, pattern, serve_bulk
 from tests.support.relay_world import Replicas, open_replicas, start_replica
@@ -349,3 +349,29 @@ async def test_an_owner_that_is_gone_is_retried_once_with_the_body_kept(
         await response.aclose()
     assert relay_b.relayed == 2
     assert replicas.a.running.proxy.relay.served == 1
+
+
+async def test_an_ownership_row_left_behind_by_a_failed_release_is_swept(
+    replicas: Replicas, db_url: str
+) -> None:
+    """A row naming a live replica that holds no such tunnel (its release was lost) is removed
+    by that replica's sweep, and the sandbox goes `offline` instead of staying `running`."""
+    registered = await replicas.world.owner.post(
+        "/api/agent/register", json={"code": await replicas.world.code(), "name": "left"}
+    )
+    sid = registered.json()["sandboxId"]
+    replica_id = replicas.a.deps.cluster.replica_id
+    async with open_database(db_url, listen_changes=False) as db:
+
+        def leave_a_row(tx: Tx) -> None:  # one transaction: no sweep sees half of it
+            tx.conn.execute("UPDATE sandboxes SET status = 'running' WHERE id = %s", (sid,))
+            tx.conn.execute(
+                "INSERT INTO tunnel_owners (sandbox_id, replica_id, generation, claimed_at)"
+                " VALUES (%s, %s, nextval('tunnel_generation'), now() - interval '1 minute')",
+                (sid, replica_id),
+            )
+
+        await db.transaction(leave_a_row)
+        assert await replicas.status(sid) == "running"
+        await replicas.until_status(sid, "offline")
+        assert await db.rows("tunnel_owned_by", replica_id=replica_id, settled=0.0) == []

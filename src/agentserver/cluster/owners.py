@@ -100,6 +100,11 @@ class Owners:
             await self.db.scalar("tunnel_still_owner", sandbox_id=sandbox_id, generation=generation)
         )
 
+    async def mine(self, settled: float) -> list[tuple[str, int]]:
+        """(sandbox id, generation) of this replica's rows claimed over `settled` seconds ago."""
+        rows = await self.db.rows("tunnel_owned_by", replica_id=self.replica_id, settled=settled)
+        return [(str(r["sandbox_id"]), int(r["generation"])) for r in rows]
+
     async def forget_dead(self) -> int:
         """Remove the ownership of dead or departed replicas (idempotent; any replica may)."""
         return await self.db.exec("tunnel_forget_dead", dead_after=self.presence.dead_after)

@@ -3,9 +3,10 @@
 Two loops per replica, next to its tunnel sessions (sandboxes/tunnel_session.py):
 
 - the sweep, at start-up and every presence interval: the ownership rows of dead or departed
-  replicas are removed, and every running local sandbox that no live replica serves is marked
-  offline (one conditional UPDATE: idempotent, so every replica may run it at once, and a
-  sandbox a live replica took over is never touched). Each change is published once, by the
+  replicas are removed (and this replica's own left behind by a release that failed), and
+  every running local sandbox that no live replica serves is marked offline (one conditional
+  UPDATE: idempotent, so every replica may run it at once, and a sandbox a live replica took
+  over is never touched). Each change is published once, by the
   replica whose UPDATE made it;
 - the watch: when a sandbox whose tunnel this replica holds changes owner (a notice, or any
   gap in notices), the database says whether this tunnel is still the current one; a
@@ -27,6 +28,9 @@ from agentserver.tunnel import Hub
 log = logging.getLogger(__name__)
 
 SUPERSEDED = "a newer connection of this agent took over"
+# A claim is registered in the hub right after it is made: a row of ours older than this with no
+# tunnel here was left behind (its release failed) and is removed by the sweep.
+SETTLED = 30.0
 
 
 class Publisher(Protocol):
@@ -75,8 +79,13 @@ class TunnelSweep:
             self._pending.add(sandbox_id)
 
     async def sweep(self) -> list[Sandbox]:
-        """Forget dead replicas' tunnels and mark what nobody serves offline (published)."""
+        """Forget dead replicas' tunnels and this one's left-over rows, then mark what nobody
+        serves offline (published)."""
         await self.owners.forget_dead()
+        for sandbox_id, generation in await self.owners.mine(SETTLED):
+            if self.hub.generation(sandbox_id) != generation:
+                log.info("removing a left-over ownership of sandbox %s", sandbox_id)
+                await self.owners.release(sandbox_id, generation)
         rows = await self.owners.all_unowned_offline()
         for row in rows:
             log.info("local sandbox %s offline: no live replica serves its tunnel", row.id)

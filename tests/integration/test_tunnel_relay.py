@@ -59,7 +59,7 @@ async def test_each_replica_serves_the_sandbox_http_sse_and_websocket(
     sid = agent.sandbox_id
     for server in (replicas.a, replicas.b):
         async with await replicas.browser(server, sid) as browser:
-            for _ in range(20):
+            for _ in range(100):
                 answer = await browser.get("/json")
                 assert answer.status_code == 200, answer.text
                 assert answer.json() == {"ok": True, "path": "/json"}
@@ -82,8 +82,8 @@ async def test_each_replica_serves_the_sandbox_http_sse_and_websocket(
             await ws.send_message(f"hello {server.port}")
             with trio.fail_after(10):
                 assert await ws.get_message() == f"echo:hello {server.port}"
-    assert replicas.b.running.proxy.relay.relayed >= 23
-    assert replicas.a.running.proxy.relay.served >= 23
+    assert replicas.b.running.proxy.relay.relayed >= 103
+    assert replicas.a.running.proxy.relay.served >= 103
     assert replicas.a.running.proxy.relay.relayed == 0
     for seen in [*upstream.requests, *upstream.websockets]:
         names = {name for name, _ in seen.headers}
@@ -179,32 +179,43 @@ async def test_relay_requests_without_a_valid_credential_are_refused(
     assert len(upstream.seen("/json")) + len(upstream.seen("/session")) == before + 1
 
 
+@pytest.mark.parametrize("kind", ["http", "websocket"])
 async def test_the_owner_answers_stale_for_an_old_generation_and_the_relay_retries(
     replicas: Replicas,
     upstream: RecordingUpstream,
     nursery: trio.Nursery,
     monkeypatch: pytest.MonkeyPatch,
+    kind: str,
 ) -> None:
     """A relay holding an outdated owner (generation moved on, its notice missed) gets 421 from
-    the owner before anything reaches the agent, re-reads ownership and succeeds on the retry."""
+    the owner before anything reaches the agent, re-reads ownership and succeeds on the retry
+    (a plain request and a WebSocket alike)."""
     monkeypatch.setattr(owners_module, "CACHE_SECONDS", 3600.0)
     agent = await connect(replicas, upstream, nursery)
     sid = agent.sandbox_id
     relay_b = replicas.b.running.proxy.relay
     async with await replicas.browser(replicas.b, sid) as browser:
         assert (await browser.get("/json")).status_code == 200  # b caches (a, generation 1)
-        first = replicas.a.deps.hub.get(sid)
-        old = replicas.a.deps.hub.generation(sid)
-        owners_b = replicas.b.deps.tunnels.owners
-        monkeypatch.setattr(owners_b, "notice", lambda notice: None)  # b misses the change
-        assert agent.session is not None
-        agent.session.wait = stay_away
-        twin = await replicas.start_twin(nursery, agent, f"http://127.0.0.1:{upstream.port}")
-        await replicas.a.deps.hub.wait_finished(first)
-        assert replicas.a.deps.hub.generation(sid) not in (None, old)
-        relayed, served = relay_b.relayed, replicas.a.running.proxy.relay.served
-        answer = await browser.get("/json")
+        cookie = browser.headers["cookie"].split("=", 1)[1]
+    first = replicas.a.deps.hub.get(sid)
+    old = replicas.a.deps.hub.generation(sid)
+    owners_b = replicas.b.deps.tunnels.owners
+    monkeypatch.setattr(owners_b, "notice", lambda notice: None)  # b misses the change
+    assert agent.session is not None
+    agent.session.wait = stay_away
+    twin = await replicas.start_twin(nursery, agent, f"http://127.0.0.1:{upstream.port}")
+    await replicas.a.deps.hub.wait_finished(first)
+    assert replicas.a.deps.hub.generation(sid) not in (None, old)
+    relayed, served = relay_b.relayed, replicas.a.running.proxy.relay.served
+    if kind == "http":
+        async with await replicas.browser(replicas.b, sid) as browser:
+            answer = await browser.get("/json")
         assert answer.status_code == 200, answer.text
+    else:
+        async with replicas.websocket(replicas.b, sid, cookie, "/pty/2/connect") as ws:
+            await ws.send_message("again")
+            with trio.fail_after(10):
+                assert await ws.get_message() == "echo:again"
     assert relay_b.relayed == relayed + 2  # the stale try, then the retry
     assert replicas.a.running.proxy.relay.served == served + 1
     twin.cancel()

@@ -350,7 +350,9 @@ class RelayUpstream:
     ) -> AsyncIterator[UpstreamSocket]:
         async with AsyncExitStack() as stack:
             try:
-                socket = await self._websocket(stack, target, headers, subprotocols)
+                socket = await stack.enter_async_context(
+                    self._owner_socket(target, headers, subprotocols)
+                )
             except _Retry:
                 upstream = await self._again()
                 socket = await stack.enter_async_context(
@@ -358,40 +360,58 @@ class RelayUpstream:
                 )
             yield socket
 
-    async def _websocket(
-        self, stack: AsyncExitStack, target: str, headers: Headers, subprotocols: Sequence[str]
-    ) -> UpstreamSocket:
+    @asynccontextmanager
+    async def _owner_socket(
+        self, target: str, headers: Headers, subprotocols: Sequence[str]
+    ) -> AsyncIterator[UpstreamSocket]:
+        """A WebSocket to the owner, for the sandbox's host (trio-websocket's own connect
+        would send the relay address as the Host)."""
+        timeout = self._relay.pool.header_timeout
         try:
-            with trio.fail_after(self._relay.pool.header_timeout):
+            with trio.fail_after(timeout):
                 stream = await trio.open_tcp_stream(*self._owner.address)
         except (OSError, trio.TooSlowError):
             raise _Retry from None
-        nursery = await stack.enter_async_context(trio.open_nursery())
         extra = self._headers(headers, "WEBSOCKET", target.encode("latin-1"))
         extra = [(n, v) for n, v in extra if n != b"host"]
         self._relay.relayed += 1
+        failure: BaseException | None = None
         try:
-            with trio.fail_after(self._relay.pool.header_timeout):
-                ws = await trio_websocket.wrap_client_stream(
-                    nursery,
-                    stream,
-                    self._host.decode("latin-1"),
-                    target,
-                    subprotocols=list(subprotocols),
-                    extra_headers=extra,
-                    max_message_size=WS_MAX_MESSAGE,
-                    receive_buffer_size=256 * 1024,
-                )
-        except trio_websocket.ConnectionRejected as exc:
+            async with trio.open_nursery() as nursery:
+                try:
+                    with trio.fail_after(timeout):
+                        ws = await trio_websocket.wrap_client_stream(
+                            nursery,
+                            stream,
+                            self._host.decode("latin-1"),
+                            target,
+                            subprotocols=list(subprotocols),
+                            extra_headers=extra,
+                            max_message_size=WS_MAX_MESSAGE,
+                            receive_buffer_size=256 * 1024,
+                        )
+                except (trio_websocket.HandshakeError, OSError, trio.TooSlowError) as exc:
+                    failure = exc
+                    nursery.cancel_scope.cancel()
+                else:
+                    try:
+                        yield TcpSocket(ws)
+                    finally:
+                        await ws.aclose()
+        except* trio_websocket.HandshakeError as refused:
+            # The connection's reader task is what fails on a refusal (the handshake's own
+            # wait is then cancelled with the nursery).
+            failure = failure or refused.exceptions[0]
+        if failure is not None:
             await stream.aclose()
-            stale = any(n.lower() == STALE_HEADER for n, _ in exc.headers or ())
-            if exc.status_code == STALE.status and stale:
-                raise _Retry from None
-            raise SandboxUnreachable(
-                f"the owner refused the WebSocket ({exc.status_code})"
-            ) from None
-        except (trio_websocket.HandshakeError, OSError, trio.TooSlowError) as exc:
-            await stream.aclose()
-            raise SandboxUnreachable(f"the owner's WebSocket failed: {exc!r}") from None
-        stack.push_async_callback(ws.aclose)
-        return TcpSocket(ws)
+            raise _refusal(failure)
+
+
+def _refusal(failure: BaseException) -> Exception:
+    """What a failed WebSocket handshake with the owner means: stale (retry) or unreachable."""
+    if isinstance(failure, trio_websocket.ConnectionRejected):
+        stale = any(n.lower() == STALE_HEADER for n, _ in failure.headers or ())
+        if failure.status_code == STALE.status and stale:
+            return _Retry()
+        return SandboxUnreachable(f"the owner refused the WebSocket ({failure.status_code})")
+    return SandboxUnreachable(f"the owner's WebSocket failed: {failure!r}")

@@ -35,7 +35,7 @@ VALUES (:id, :workspace_id, :name, 'local', 'offline', 'waiting for the agent to
         :created_by, :agent_secret, :tunnel_token_hash)
 RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
           last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-          last_heartbeat_at, private;
+          last_heartbeat_at, private, version;
 
 -- name: agent_tunnel_sandbox :one
 -- The local sandbox a tunnel token opens (no row: wrong token, deleted or revoked).
@@ -57,5 +57,5 @@ WHERE id = :id AND type = 'local' AND status = 'running'
   AND status_reason IS DISTINCT FROM CAST(:reason AS TEXT)
 RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
           last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-          last_heartbeat_at, paused_reason, paused_by, paused_idle_seconds,
+          last_heartbeat_at, private, paused_reason, paused_by, paused_idle_seconds, version,
           (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name;

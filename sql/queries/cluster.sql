@@ -39,3 +39,7 @@ SELECT value FROM made
 UNION ALL
 SELECT value FROM cluster_secrets WHERE name = :name
 LIMIT 1;
+
+-- name: cluster_announce_revocation :exec
+-- Access ended: every replica's listener ends what it holds of it (api/revocation.py).
+SELECT pg_notify('access_revoked', :payload);

@@ -6,19 +6,19 @@ INSERT INTO sandboxes (id, workspace_id, name, type, status, created_by, agent_s
 VALUES (:id, :workspace_id, :name, :type, 'creating', :created_by, :agent_secret, :private)
 RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
           last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-          last_heartbeat_at, private;
+          last_heartbeat_at, private, version;
 
 -- name: sbx_get :one
 SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
        last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-       last_heartbeat_at, private, paused_reason, paused_by, paused_idle_seconds,
+       last_heartbeat_at, private, paused_reason, paused_by, paused_idle_seconds, version,
        (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name
 FROM sandboxes WHERE id = :id;
 
 -- name: sbx_list_workspace :many
 SELECT id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
        last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-       last_heartbeat_at, private, paused_reason, paused_by, paused_idle_seconds,
+       last_heartbeat_at, private, paused_reason, paused_by, paused_idle_seconds, version,
        (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name
 FROM sandboxes WHERE workspace_id = :workspace_id ORDER BY created_at, id;
 
@@ -54,7 +54,7 @@ UPDATE sandboxes SET
 WHERE id = :id AND status = ANY(:expected)
 RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
           last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-          last_heartbeat_at, private, paused_reason, paused_by, paused_idle_seconds,
+          last_heartbeat_at, private, paused_reason, paused_by, paused_idle_seconds, version,
           (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name;
 
 -- name: sbx_set_proxy_token :execrows
@@ -95,7 +95,7 @@ SELECT LEAST(
 UPDATE sandboxes SET name = :name, updated_at = now() WHERE id = :id
 RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
           last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-          last_heartbeat_at, paused_reason, paused_by, paused_idle_seconds,
+          last_heartbeat_at, private, paused_reason, paused_by, paused_idle_seconds, version,
           (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name;
 
 -- name: sbx_name_taken :scalar
@@ -109,7 +109,7 @@ SELECT EXISTS (SELECT 1 FROM sandboxes
 UPDATE sandboxes SET private = :private, updated_at = now() WHERE id = :id
 RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
           last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-          last_heartbeat_at, private, paused_reason, paused_by, paused_idle_seconds,
+          last_heartbeat_at, private, paused_reason, paused_by, paused_idle_seconds, version,
           (SELECT username FROM users WHERE users.id = sandboxes.paused_by) AS paused_by_name;
 
 -- name: sbx_end_private_sessions :many

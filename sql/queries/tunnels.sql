@@ -46,22 +46,26 @@ WHERE s.type = 'local' AND s.status = 'running'
     WHERE o.sandbox_id = s.id
       AND r.heartbeat_at > now() - make_interval(secs => :dead_after)
   )
-RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
-          last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-          last_heartbeat_at, private;
+RETURNING s.id, s.workspace_id, s.name, s.type, s.status, s.status_reason, s.created_by,
+          s.created_at, s.updated_at, s.last_activity_at, s.paused_at, s.agent_secret,
+          s.endpoint_host, s.endpoint_port, s.backend_ref, s.last_heartbeat_at, s.private,
+          s.paused_reason, s.paused_by, s.paused_idle_seconds, s.version,
+          (SELECT username FROM users WHERE users.id = s.paused_by) AS paused_by_name;
 
 -- name: tunnel_mark_running :one
 -- An offline local sandbox is running while the tunnel of `generation` owns it (a superseded
 -- tunnel's late write changes nothing).
-UPDATE sandboxes SET status = 'running', status_reason = NULL, updated_at = now(),
+UPDATE sandboxes s SET status = 'running', status_reason = NULL, updated_at = now(),
        last_activity_at = now()
-WHERE id = :sandbox_id AND type = 'local' AND status = 'offline'
+WHERE s.id = :sandbox_id AND s.type = 'local' AND s.status = 'offline'
   AND EXISTS (
     SELECT 1 FROM tunnel_owners WHERE sandbox_id = :sandbox_id AND generation = :generation
   )
-RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
-          last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-          last_heartbeat_at, private;
+RETURNING s.id, s.workspace_id, s.name, s.type, s.status, s.status_reason, s.created_by,
+          s.created_at, s.updated_at, s.last_activity_at, s.paused_at, s.agent_secret,
+          s.endpoint_host, s.endpoint_port, s.backend_ref, s.last_heartbeat_at, s.private,
+          s.paused_reason, s.paused_by, s.paused_idle_seconds, s.version,
+          (SELECT username FROM users WHERE users.id = s.paused_by) AS paused_by_name;
 
 -- name: tunnel_mark_offline :one
 -- A running local sandbox whose tunnel ended is offline, unless a live replica owns a newer one.
@@ -72,9 +76,11 @@ WHERE s.id = :sandbox_id AND s.type = 'local' AND s.status = 'running'
     WHERE o.sandbox_id = s.id
       AND r.heartbeat_at > now() - make_interval(secs => :dead_after)
   )
-RETURNING id, workspace_id, name, type, status, status_reason, created_by, created_at, updated_at,
-          last_activity_at, paused_at, agent_secret, endpoint_host, endpoint_port, backend_ref,
-          last_heartbeat_at, private;
+RETURNING s.id, s.workspace_id, s.name, s.type, s.status, s.status_reason, s.created_by,
+          s.created_at, s.updated_at, s.last_activity_at, s.paused_at, s.agent_secret,
+          s.endpoint_host, s.endpoint_port, s.backend_ref, s.last_heartbeat_at, s.private,
+          s.paused_reason, s.paused_by, s.paused_idle_seconds, s.version,
+          (SELECT username FROM users WHERE users.id = s.paused_by) AS paused_by_name;
 
 -- name: tunnel_owned_by :many
 -- This replica's ownership rows older than a moment (a claim's tunnel is registered at once):

@@ -11,6 +11,7 @@ from agentserver.audit import AuditLog
 from agentserver.auth.oidc import Provider
 from agentserver.auth.pacing import AccountPacer
 from agentserver.auth.throttle import Throttle
+from agentserver.auth.throttle_table import DatabaseCounts, throttle_secret
 from agentserver.auth.tickets import AccessCache
 from agentserver.cluster import Cluster
 from agentserver.db.database import Database
@@ -72,12 +73,26 @@ class Deps:
     cluster: Cluster
     # What signed-in users should know about this server (e.g. sandboxes run unisolated).
     server_warnings: tuple[str, ...] = ()
+    # The throttles below count in the database, where every replica sees them (built from
+    # `db` and `cluster` by __post_init__; their limits may be changed in place, as tests do).
     # Failed sign-ins per client address: past the limit that address is refused for a while.
-    login_throttle: Throttle = field(default_factory=lambda: Throttle(limit=5, window=60.0))
+    login_throttle: Throttle = field(init=False)
     # Failed sign-ins per account: past the limit attempts are paced, never locked out.
-    account_pacer: AccountPacer = field(default_factory=AccountPacer)
+    account_pacer: AccountPacer = field(init=False)
     # Password work (sign-in, registration) per client address, counted before any hashing.
-    password_attempts: Throttle = field(default_factory=lambda: Throttle(limit=30, window=60.0))
-    code_throttle: Throttle = field(default_factory=lambda: Throttle(limit=10, window=60.0))
+    password_attempts: Throttle = field(init=False)
+    # Wrong agent registration codes and command-line sign-ins started, per client address.
+    code_throttle: Throttle = field(init=False)
     # Buffered writes (LLM usage) a reader of their tables waits for.
     pending_writes: PendingWrites = field(default_factory=PendingWrites)
+
+    def __post_init__(self) -> None:
+        counts = DatabaseCounts(self.db, throttle_secret(self.cluster.relay_secret))
+        throttles = {
+            "login_throttle": Throttle("login", limit=5, window=60.0, counts=counts),
+            "account_pacer": AccountPacer(counts=counts),
+            "password_attempts": Throttle("password-work", limit=30, window=60.0, counts=counts),
+            "code_throttle": Throttle("agent-code", limit=10, window=60.0, counts=counts),
+        }
+        for name, throttle in throttles.items():
+            object.__setattr__(self, name, throttle)  # frozen: set once, here

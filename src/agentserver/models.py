@@ -103,3 +103,6 @@ class Sandbox:
     paused_by: str | None = None
     paused_by_name: str | None = None
     paused_idle_seconds: float | None = None
+    # Bumped by every change a dashboard shows (migration 0023): event streams never go back
+    # to an older row. None where a query does not select it.
+    version: int | None = None

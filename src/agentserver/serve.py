@@ -19,6 +19,7 @@ from hypercorn.utils import wrap_app
 
 from agentserver.api.app import create_app
 from agentserver.api.oidc import sign_in_providers
+from agentserver.api.revocation import follow_revocations
 from agentserver.audit.writer import DatabaseStore, open_audit_log
 from agentserver.auth.tickets import AccessCache
 from agentserver.banner import startup_lines
@@ -31,7 +32,7 @@ from agentserver.errors import ConfigError, DatabaseUnavailable
 from agentserver.llm.proxy import LlmProxy, llm_middleware, open_llm_client, open_llm_proxy
 from agentserver.proxy import front
 from agentserver.proxy.subdomain import SubdomainProxy, open_pool
-from agentserver.sandboxes.events import WorkspaceEvents
+from agentserver.sandboxes.event_relay import open_workspace_events
 from agentserver.sandboxes.feature import open_sandboxes
 from agentserver.sandboxes.tunnel_session import open_tunnel_sessions
 from agentserver.settings import OPTION_BY_NAME, Settings
@@ -117,8 +118,9 @@ async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
     ):
         # A half-configured provider stops the start here, before any other service opens.
         oidc_providers = await sign_in_providers(settings)
-        events = WorkspaceEvents()
         async with (
+            # Fed with every replica's changes (LISTEN/NOTIFY): any replica serves any stream.
+            open_workspace_events(db) as events,
             open_sandboxes(settings, db, events, audit) as lifecycle,
             open_tunnel_sessions(
                 settings, db, lifecycle.service, audit, cluster=cluster
@@ -139,6 +141,8 @@ async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
                 cluster=cluster,
                 server_warnings=lifecycle.warnings,
             )
+            # Access ended on another replica ends here too (api/revocation.py).
+            follow_revocations(deps)
             yield deps, lifecycle.summary
 
 

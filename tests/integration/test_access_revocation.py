@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
 
-from tests.conftest import Server, register
+from tests.conftest import Server, make_settings, register, start_server
 from tests.support.accounts import owner_of_workspace
 
 
@@ -134,3 +135,20 @@ async def test_demoting_a_member_ends_their_open_event_stream(team: Team) -> Non
         assert (await team.owner.put(team.dev_url, json={"role": "guest"})).status_code == 200
 
     assert await stream_ends(team.dev, team.workspace_id, demote)
+
+
+async def test_a_removal_on_one_replica_ends_the_stream_held_on_another(
+    team: Team, nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    """The stream is on replica B, the removal on replica A: B ends it too (the revocation is
+    announced to every replica), and B refuses the stream afterwards."""
+    other = await start_server(nursery, make_settings(db_url, tmp_path / "other"))
+    async with other.client(cookies=team.dev.cookies) as dev_on_b:
+
+        async def remove_on_a() -> None:
+            assert (await team.owner.delete(team.dev_url)).status_code == 204
+
+        assert await stream_ends(dev_on_b, team.workspace_id, remove_on_a)
+        again = await dev_on_b.get(f"/api/workspaces/{team.workspace_id}/events")
+        assert again.status_code == 404
+    other.shutdown.set()

@@ -265,3 +265,38 @@ async def test_tokens_never_work_on_a_sandbox_host_and_are_not_forwarded(world: 
     assert world.upstream.requests
     for seen in world.upstream.requests:
         assert token not in str(seen.headers)
+
+
+async def test_revoking_a_token_ends_the_event_stream_it_opened(server: Server) -> None:
+    """An event stream opened with a token ends when the token is revoked (a stream the owner
+    opened in the browser meanwhile goes on)."""
+    async with server.client() as browser:
+        _, workspace = await owner_of_workspace(browser)
+        created = await new_token(browser, name="watcher", scope="read")
+        events = f"/api/workspaces/{workspace['id']}/events"
+        timeout = httpx.Timeout(30, read=None)
+        async with (
+            bearer(server, created["token"]) as cli,
+            cli.stream("GET", events, timeout=timeout) as by_token,
+            browser.stream("GET", events, timeout=timeout) as by_browser,
+        ):
+            assert by_token.status_code == 200
+            assert by_browser.status_code == 200
+            token_lines = by_token.aiter_lines()
+            assert await anext(token_lines) == ": connected"
+            browser_lines = by_browser.aiter_lines()
+            assert await anext(browser_lines) == ": connected"
+            revoked = await browser.delete(f"/api/tokens/{created['id']}")
+            assert revoked.status_code == 204
+            with trio.fail_after(20):  # heartbeats come every 15 s: an end is an end
+                async for _ in token_lines:
+                    pass
+            # The browser's stream is still open: a change still reaches it.
+            made = await browser.post(
+                f"/api/workspaces/{workspace['id']}/sandboxes", json={"name": "after"}
+            )
+            assert made.status_code in (201, 202), made.text
+            with trio.fail_after(20):
+                async for line in browser_lines:
+                    if '"after"' in line:
+                        break

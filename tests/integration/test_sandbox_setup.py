@@ -13,8 +13,8 @@ import trio
 
 from agentserver.errors import AgentServerError
 from agentserver.sandboxes import process as process_backend
+from agentserver.sandboxes.env_key import KEY_FILE, KEY_NAME
 from agentserver.sandboxes.isolation import Isolation
-from agentserver.sandboxes.setup import KEY_FILE
 from agentserver.settings import Settings
 from tests.conftest import Server, start_server
 from tests.support.sandboxes import (
@@ -96,7 +96,8 @@ async def test_values_are_sealed_and_only_names_are_shown(
     nursery: trio.Nursery, db_url: str, tmp_path: Path
 ) -> None:
     """The API answers the names and the repository, never a value; the database row holds no
-    value in clear; the key file is the server's alone (0600)."""
+    value in clear; the key is kept in the database for every replica, not in the data
+    directory (where it used to be a 0600 file)."""
     settings = sandbox_settings_for(db_url, tmp_path / "data", "/nonexistent/opencode")
     server = await start_server(nursery, settings)
     owner, wid = await owner_with_workspace(server)
@@ -118,11 +119,100 @@ async def test_values_are_sealed_and_only_names_are_shown(
     sealed = bytes(row["env_sealed"])
     assert SECRET.encode() not in sealed
     assert b"hello world" not in sealed
-    key = server.deps.settings.data_dir / KEY_FILE
-    assert key.stat().st_mode & 0o777 == 0o600
+    assert not (server.deps.settings.data_dir / KEY_FILE).exists()
+    assert len(await recorded_key(server)) == 32
     assert (await server.deps.sandboxes.setup_of(sid)).env == ENV
     await owner.aclose()
     server.shutdown.set()
+
+
+async def recorded_key(server: Server) -> bytes:
+    """The key every replica shares, as the database holds it (b"" when there is none)."""
+    row = await server.deps.db.transaction(
+        lambda tx: tx.conn.execute(
+            "SELECT value FROM cluster_secrets WHERE name = %s", (KEY_NAME,)
+        ).fetchone()
+    )
+    return b"" if row is None else bytes(row[0])
+
+
+async def create_with_env(server: Server, owner_name: str) -> str:
+    """A sandbox (never started: no agent) created on `server` with ENV by a new owner; its id."""
+    owner, wid = await owner_with_workspace(server, owner_name)
+    created = await owner.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "a", "env": ENV})
+    assert created.status_code == 201, created.text
+    await owner.aclose()
+    return str(created.json()["id"])
+
+
+def old_install(db_url: str, data_dir: Path, key: bytes) -> Settings:
+    """A server's settings whose data directory holds `key` as the key file servers made before
+    the key was kept in the database."""
+    settings = sandbox_settings_for(db_url, data_dir, NO_AGENT)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / KEY_FILE).write_bytes(base64.urlsafe_b64encode(key) + b"\n")
+    return settings
+
+
+async def test_an_old_key_file_is_adopted_and_replicas_read_each_others_values(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    """Upgrading a server whose key was a file in its data directory: the file's key becomes
+    the database's, values sealed with it before the upgrade still read, and a replica with a
+    data directory of its own reads them and seals values the first one reads."""
+    key = bytes(range(100, 132))
+    # Before the upgrade: values sealed with the file's key (the same Fernet key, given here).
+    before = await start_server(
+        nursery,
+        sandbox_settings_for(
+            db_url,
+            tmp_path / "before",
+            NO_AGENT,
+            sandbox_env_key=base64.urlsafe_b64encode(key).decode(),
+        ),
+    )
+    sealed_before = await create_with_env(before, "owner1")
+    before.shutdown.set()
+    upgraded = await start_server(nursery, old_install(db_url, tmp_path / "one", key))
+    assert await recorded_key(upgraded) == key
+    assert (await upgraded.deps.sandboxes.setup_of(sealed_before)).env == ENV
+    replica = await start_server(nursery, sandbox_settings_for(db_url, tmp_path / "two", NO_AGENT))
+    assert not (replica.deps.settings.data_dir / KEY_FILE).exists()
+    assert (await replica.deps.sandboxes.setup_of(sealed_before)).env == ENV
+    sealed_on_replica = await create_with_env(replica, "owner2")
+    assert (await upgraded.deps.sandboxes.setup_of(sealed_on_replica)).env == ENV
+    for server in (upgraded, replica):
+        server.shutdown.set()
+
+
+async def test_a_key_file_that_lost_the_race_is_sealed_over(
+    nursery: trio.Nursery, db_url: str, tmp_path: Path
+) -> None:
+    """If another replica recorded a key first, a server with an old key file seals what only
+    that file's key opens again with the recorded key: every replica reads it afterwards."""
+    key = bytes(range(200, 232))
+    before = await start_server(
+        nursery,
+        sandbox_settings_for(
+            db_url,
+            tmp_path / "before",
+            NO_AGENT,
+            sandbox_env_key=base64.urlsafe_b64encode(key).decode(),
+        ),
+    )
+    sid = await create_with_env(before, "owner3")
+    before.shutdown.set()
+    first = await start_server(nursery, sandbox_settings_for(db_url, tmp_path / "new", NO_AGENT))
+    recorded = await recorded_key(first)
+    assert recorded not in (b"", key)
+    with pytest.raises(AgentServerError, match="not the key they were sealed with"):
+        await first.deps.sandboxes.setup_of(sid)
+    late = await start_server(nursery, old_install(db_url, tmp_path / "old", key))
+    assert await recorded_key(late) == recorded
+    assert (await first.deps.sandboxes.setup_of(sid)).env == ENV
+    assert (await late.deps.sandboxes.setup_of(sid)).env == ENV
+    for server in (first, late):
+        server.shutdown.set()
 
 
 async def test_a_configured_key_is_shared_by_servers_and_a_wrong_one_is_named(
@@ -142,6 +232,7 @@ async def test_a_configured_key_is_shared_by_servers_and_a_wrong_one_is_named(
     assert created.status_code == 201, created.text
     sid = created.json()["id"]
     assert not (first.deps.settings.data_dir / KEY_FILE).exists()
+    assert await recorded_key(first) == b""  # nothing recorded when the key is given
     await owner.aclose()
     first.shutdown.set()
     second = await start_server(

@@ -64,10 +64,10 @@ async def test_an_account_under_spread_attack_is_paced_not_locked(proxied: Serve
         response = await login(proxied, "alice", "wrong-wrong", **via(f"203.0.113.{i + 1}"))
         assert response.status_code == 401
     key = await account_key(proxied, "alice")
-    assert proxied.deps.account_pacer.paced(key)
+    assert await proxied.deps.account_pacer.paced(key)
     owner = await login(proxied, "alice", PASSWORD, **via("198.51.100.20"))
     assert owner.status_code == 200, owner.text
-    assert not proxied.deps.account_pacer.paced(key)
+    assert not await proxied.deps.account_pacer.paced(key)
 
 
 async def account_key(server: Server, username: str) -> str:

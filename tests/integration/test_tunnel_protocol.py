@@ -9,8 +9,10 @@ import pytest
 import trio
 import trio_websocket
 
+from agentserver import __version__
 from agentserver.agent import compat
-from agentserver.agent.connect import connect
+from agentserver.agent import connect as connect_module
+from agentserver.agent.connect import AgentConfig, connect, save_config
 from agentserver.tunnel import Tunnel, WebSocketLink
 from agentserver.tunnel.connection import Role
 from agentserver.tunnel.version import HEADER, PROTOCOL
@@ -86,3 +88,36 @@ async def test_an_agent_of_another_protocol_stops_before_spending_its_code(
         async with httpx.AsyncClient(base_url=server.url) as agent:
             spent = await agent.post("/api/agent/register", json={"code": code, "name": "new"})
         assert spent.status_code == 201
+
+
+async def saved_registration(server: Server, path: Path) -> None:
+    """An agent registered with `server` earlier: its credentials saved at `path`."""
+    sid, token = await registered(server)
+    save_config(path, AgentConfig(server.url, sid, token, "w", "laptop"))
+
+
+async def test_a_426_on_the_tunnel_stops_the_agent_naming_both_versions(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server speaks another protocol than when the agent started (or did not say at the
+    start): the tunnel's 426 stops `agent connect` at once with exit status 1 and one line
+    naming both versions and the server's download; it does not retry."""
+    path = tmp_path / "agent.json"
+    await saved_registration(server, path)
+    monkeypatch.setattr(compat, "PROTOCOL", PROTOCOL + 1)  # the header and the question agree
+    monkeypatch.setattr(connect_module, "check_server", skipped_check)
+    said: list[str] = []
+    with trio.fail_after(20):
+        status = await connect(config_path=path, say=said.append)
+    assert status == 1
+    assert sum(line.startswith("connecting to") for line in said) == 1, said
+    stopped = said[-1]
+    assert stopped.startswith("stopped: this agent (agentserver"), said
+    assert f"agentserver {__version__}, tunnel protocol {PROTOCOL + 1})" in stopped
+    assert f"agentserver {__version__} (tunnel protocol {PROTOCOL})" in stopped
+    assert f"curl -fLO {server.url}/download/agentserver-agent.pyz" in stopped
+
+
+async def skipped_check(server: str, client: httpx.AsyncClient | None = None) -> None:
+    """The question before connecting got no answer (the server was restarting)."""
+    await trio.lowlevel.checkpoint()

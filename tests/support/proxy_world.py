@@ -13,6 +13,8 @@ import pytest
 import trio
 
 from agentserver.auth.tokens import new_id
+from agentserver.models import Sandbox
+from agentserver.sandboxes.events import Subscription
 from tests.conftest import Server, register
 from tests.support.accounts import add_member, owner_of_workspace
 from tests.support.sandbox_login import BIND_COOKIE, bound_ticket, redeem
@@ -82,19 +84,23 @@ class World:
     async def sandbox(
         self, status: str = "running", sandbox_type: str = "opencode", port: int | None = None
     ) -> str:
-        """A sandbox row whose agent is the recording upstream (or listens on `port`)."""
+        """A sandbox row whose agent is the recording upstream (or listens on `port`);
+        returned once the server has announced it (so a later subscriber sees only what
+        happens after)."""
         sandbox_id = new_id()
-        await self.sql(
-            "INSERT INTO sandboxes (id, workspace_id, name, type, status, agent_secret,"
-            " endpoint_host, endpoint_port) VALUES (%s, %s, %s, %s, %s, %s, '127.0.0.1', %s)",
-            sandbox_id,
-            self.workspace_id,
-            f"sb-{sandbox_id[:4]}",
-            sandbox_type,
-            status,
-            AGENT_SECRET,
-            self.upstream.port if port is None else port,
-        )
+        with self.server.deps.events.subscribe(self.workspace_id) as announced:
+            await self.sql(
+                "INSERT INTO sandboxes (id, workspace_id, name, type, status, agent_secret,"
+                " endpoint_host, endpoint_port) VALUES (%s, %s, %s, %s, %s, %s, '127.0.0.1', %s)",
+                sandbox_id,
+                self.workspace_id,
+                f"sb-{sandbox_id[:4]}",
+                sandbox_type,
+                status,
+                AGENT_SECRET,
+                self.upstream.port if port is None else port,
+            )
+            await until_announced(announced, sandbox_id)
         return sandbox_id
 
     async def ticket_url(self, client: httpx.AsyncClient, sandbox_id: str) -> str:
@@ -111,6 +117,17 @@ class World:
             response = await redeem(sub, url, self.nonces[sandbox_id])
         assert response.status_code == 302, response.text
         return response.cookies["agentserver_sandbox"]
+
+
+async def until_announced(sub: Subscription, sandbox_id: str) -> None:
+    """Read `sub` until the sandbox's row arrives (a change made in SQL reaches the server's
+    streams through its listener, sandboxes/event_relay.py)."""
+    with trio.fail_after(10):
+        while True:
+            event = await sub.inbox.receive()
+            row = event.get("sandbox")
+            if isinstance(row, Sandbox) and row.id == sandbox_id:
+                return
 
 
 @pytest.fixture

@@ -117,13 +117,31 @@ def deployment(objs: list[dict[str, Any]]) -> dict[str, Any]:
     )
 
 
+def container_env(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = deployment(objs)["spec"]["template"]["spec"]["containers"][0]["env"]
+    return env
+
+
+def env_of(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The server container's variables by name."""
+    return {e["name"]: e for e in container_env(objs)}
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_env_name_is_one_the_server_reads(scenario: str) -> None:
+    """Each variable is a setting of `agentserver serve`, or one of extraEnv, or one that only
+    fills `$(NAME)` in such a setting's value (Kubernetes substitutes it, e.g. POD_IP)."""
     values = values_of(scenario)
     extra = {e["name"] for e in values.get("extraEnv", [])}
     read = {option.env for option in OPTIONS}
-    env = deployment(objects(render(values)))["spec"]["template"]["spec"]["containers"][0]["env"]
-    unknown = {e["name"] for e in env} - read - extra
+    env = container_env(objects(render(values)))
+    filling = {
+        name
+        for e in env
+        if e["name"] in read
+        for name in re.findall(r"\$\((\w+)\)", e.get("value", ""))
+    }
+    unknown = {e["name"] for e in env} - read - extra - filling
     assert not unknown, f"the Deployment sets variables agentserver serve never reads: {unknown}"
 
 
@@ -232,6 +250,11 @@ def test_the_installed_crds_serve_only_v1beta1() -> None:
         ),
         ({"database": {"url": "postgres://h/db"}, "ingres": {"enabled": True}}, "ingres"),
         ({"database": {"url": "postgres://h/db"}, "replicaCount": "three"}, "replicaCount"),
+        (
+            {"baseDomain": "x.example.com", "replicaCount": 2},
+            "no database: replicaCount: 2 needs one PostgreSQL that every replica shares",
+        ),
+        ({"database": {"url": "postgres://h/db"}, "shutdownGrace": 30}, "shutdownGrace"),
     ],
     ids=[
         "no-base-domain",
@@ -240,6 +263,8 @@ def test_the_installed_crds_serve_only_v1beta1() -> None:
         "process-replicas",
         "unknown-key",
         "wrong-type",
+        "replicas-without-a-shared-database",
+        "renamed-shutdown-grace",
     ],
 )
 def test_what_cannot_work_fails_with_a_clear_message(values: dict[str, Any], message: str) -> None:
@@ -248,9 +273,10 @@ def test_what_cannot_work_fails_with_a_clear_message(values: dict[str, Any], mes
     assert message in str(failed.value)
 
 
-def test_lint_is_clean_in_strict_mode() -> None:
+@pytest.mark.parametrize("scenario", ["one-liner", "replicas"])
+def test_lint_is_clean_in_strict_mode(scenario: str) -> None:
     """No error or warning (severity 2 and up); only the informational icon note remains."""
-    report = helm.lint(CHART, values_of("one-liner"), strict=True, kube_version=KUBE_VERSION)
+    report = helm.lint(CHART, values_of(scenario), strict=True, kube_version=KUBE_VERSION)
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
@@ -337,3 +363,5 @@ def test_the_role_grants_exactly_what_the_kubernetes_backend_calls() -> None:
     assert binding["metadata"]["namespace"] == "agent-sandboxes"
     per_workspace = objects(render(values_of("oidc")))
     assert granted(per_workspace, "ClusterRole") == API_CALLS
+    # Several replicas share one Role: each makes the same calls.
+    assert granted(objects(render(values_of("replicas"))), "Role") == API_CALLS - namespaces

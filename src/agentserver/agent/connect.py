@@ -6,7 +6,8 @@ header), and forwards every request the server opens on the tunnel to the local 
 reset after a healthy connection). A connection that was up and ended (the server went away to
 restart, or the link broke) starts again from 1 s with waits capped at a few seconds for a while,
 so an agent is back within seconds of a server restart. It stops with exit status 1 when the
-server refuses the token (the sandbox was deleted or its token revoked). Every status line says
+server refuses the token (the sandbox was deleted or its token revoked), or refuses the agent's
+tunnel protocol (426: the line names both versions and the download). Every status line says
 what happened in words (`describe`), never an exception's class name.
 """
 
@@ -18,7 +19,7 @@ import random
 import signal
 import socket
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import httpx
 import trio
 import trio_websocket
 
+from agentserver.agent import compat
 from agentserver.agent.compat import IncompatibleServer, check_server
 from agentserver.agent.forward import Forwarder
 from agentserver.kinds import OPENCODE, PREVIEW_PORTS_HEADER, preview_refusal
@@ -57,6 +59,7 @@ AGENT_SETTINGS = Settings(
     max_frame_payload=256 * 1024, initial_window=2 * 1024 * 1024, ping_interval=PING_INTERVAL
 )
 REVOKED_STATUSES = frozenset({401, 403, 404})
+UPGRADE_REQUIRED = 426  # the server speaks another tunnel protocol (tunnel/version.py)
 Say = Callable[[str], None]
 
 
@@ -259,12 +262,17 @@ class Session:
                 await self.connect_once()
                 reason = "the server closed the tunnel"
             except Exception as exc:  # ExceptionGroup too; never Cancelled
-                refused = _refused(exc)
+                refused = _rejected(exc, REVOKED_STATUSES)
                 if refused is not None:
                     raise AgentError(
                         "token revoked: register again with a new code (the server answered "
-                        f"HTTP {refused}: the sandbox was deleted or its token revoked)"
+                        f"HTTP {refused.status_code}: the sandbox was deleted or its token"
+                        " revoked)"
                     ) from None
+                other = _rejected(exc, {UPGRADE_REQUIRED})
+                if other is not None:  # another tunnel protocol: retrying cannot help
+                    line = await compat.upgrade_required(self.server, other.body)
+                    raise AgentError(line) from None
                 if not _retryable(exc):
                     raise
                 reason = describe(exc, self.server)
@@ -286,7 +294,7 @@ class Session:
     async def connect_once(self) -> None:
         headers = [
             (b"authorization", f"Bearer {self.config.tunnelToken}".encode()),
-            (tunnel_version.HEADER.lower().encode(), str(tunnel_version.PROTOCOL).encode()),
+            (tunnel_version.HEADER.lower().encode(), str(compat.PROTOCOL).encode()),
         ]
         if self.config.allowedPorts:  # the server lists (and asks for) only these previews
             shared = ",".join(str(p) for p in self.config.allowedPorts)
@@ -338,14 +346,13 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _refused(exc: BaseException) -> int | None:
-    """The HTTP status when the server refused the upgrade as unauthorised or unknown."""
+def _rejected(
+    exc: BaseException, statuses: Collection[int]
+) -> trio_websocket.ConnectionRejected | None:
+    """The server's refusal of the upgrade, when its status is one of `statuses`."""
     for leaf in _leaves(exc):
-        if (
-            isinstance(leaf, trio_websocket.ConnectionRejected)
-            and leaf.status_code in REVOKED_STATUSES
-        ):
-            return int(leaf.status_code)
+        if isinstance(leaf, trio_websocket.ConnectionRejected) and leaf.status_code in statuses:
+            return leaf
     return None
 
 

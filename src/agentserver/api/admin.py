@@ -126,7 +126,7 @@ async def disable_user(user_id: str) -> dict[str, Any]:
         return user
 
     user = await deps().db.transaction(work)
-    access_ended(Revocation(user_id))
+    await access_ended(Revocation(user_id))
     await record(Action.USER_DISABLED, Target.of("user", user.id, user.username))
     return managed_json(user)
 
@@ -174,7 +174,7 @@ async def reset_password(user_id: str, data: ResetPasswordBody) -> dict[str, Any
         tx.exec("delete_user_sessions", user_id=user_id)
 
     await deps().db.transaction(work)
-    access_ended(Revocation(user_id))
+    await access_ended(Revocation(user_id))
     await record(
         Action.USER_PASSWORD_RESET,
         Target.of("user", target.id, target.username),

@@ -87,7 +87,7 @@ async def register_agent(data: RegisterBody) -> tuple[dict[str, Any], int]:
     """Spend a code for a new `local` sandbox and its tunnel token (shown this once)."""
     d = deps()
     key = f"agent-code:{client_address()}"
-    wait = d.code_throttle.retry_after(key)
+    wait = await d.code_throttle.retry_after(key)
     if wait:
         raise RateLimited("too many wrong registration codes; try again later", retry_after=wait)
     name = data.name.strip()
@@ -95,7 +95,7 @@ async def register_agent(data: RegisterBody) -> tuple[dict[str, Any], int]:
         raise Invalid("name: must not be blank", field="name")
     spent = await d.db.transaction(lambda tx: _spend_code(tx, hash_token(data.code.strip()), name))
     if spent is None or not spent["fresh"]:
-        d.code_throttle.fail(key)
+        await d.code_throttle.fail(key)
         refusal: AgentServerError
         if spent is None:
             refusal = Unauthenticated("unknown registration code; create a new one in the web UI")

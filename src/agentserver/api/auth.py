@@ -34,6 +34,7 @@ from agentserver.auth.sessions import (
     revoke_session_by_id,
     revoke_user_sessions,
 )
+from agentserver.auth.throttle import ask_all, fail_all
 from agentserver.auth.tokens import hash_token
 from agentserver.banner import missing_credentials
 from agentserver.db.database import Tx
@@ -159,7 +160,7 @@ async def register(data: RegisterBody) -> Response:
 
     # Everything cheap first: a closed server or a taken name costs no argon2 work.
     await deps().db.transaction(refuse_taken)
-    spend_password_attempt()
+    await spend_password_attempt()
     password_hash = await passwords.hash_password(password)
 
     def work(tx: Tx) -> User:
@@ -187,37 +188,45 @@ async def login(data: LoginBody) -> Response:
     """Sign in with username (or email) and password; repeated failures are throttled."""
     d = deps()
     address = f"addr:{client_address()}"
-    wait = d.login_throttle.retry_after(address)
-    if wait:
-        raise RateLimited("too many failed sign-ins; try again later", retry_after=wait)
-    spend_password_attempt()
     user = await d.db.one("get_user_by_login", User, login=data.username.strip())
     # Paced per account (however it was named); an unknown name is paced by what was typed.
     account = f"user:{user.id}" if user else f"login:{data.username.strip().lower()}"
-    async with d.account_pacer.turn(account):
+    # Every throttle of a sign-in in one round trip (shared by the replicas, auth/throttle.py):
+    # the address's failures, its password work (counted unless refused), the account's pacing.
+    blocked, work, pacing = await ask_all(
+        d.login_throttle.ask(address),
+        d.password_attempts.ask(address, spend=True),
+        d.account_pacer.ask(account),
+    )
+    if blocked.wait:
+        raise RateLimited("too many failed sign-ins; try again later", retry_after=blocked.wait)
+    if work.wait:
+        raise password_attempts_refused(work.wait)
+    async with d.account_pacer.turn(account, paced=pacing.wait > 0):
         stored = await d.db.scalar("get_password_hash", id=user.id) if user else None
         if not await passwords.verify_password(stored, data.password) or user is None:
-            d.login_throttle.fail(address)
-            d.account_pacer.fail(account)
+            await fail_all(d.login_throttle.ask(address), d.account_pacer.ask(account))
             refusal = Unauthenticated("wrong username or password")
             await record_sign_in(
                 user, "password", Result.REFUSED, login=data.username, reason=refusal.message
             )
             raise refusal
-        d.account_pacer.reset(account)
+        if pacing.recent:  # nothing to clear otherwise: a plain sign-in pays no more
+            await d.account_pacer.reset(account)
     return await sign_in(user)
 
 
-def spend_password_attempt() -> None:
+def password_attempts_refused(wait: int) -> RateLimited:
+    return RateLimited(
+        "too many sign-in or registration attempts; try again later", retry_after=wait
+    )
+
+
+async def spend_password_attempt() -> None:
     """Count one attempt that costs argon2 work against the client; refuse past the limit."""
-    throttle = deps().password_attempts
-    key = f"addr:{client_address()}"
-    wait = throttle.retry_after(key)
+    wait = await deps().password_attempts.spend(f"addr:{client_address()}")
     if wait:
-        raise RateLimited(
-            "too many sign-in or registration attempts; try again later", retry_after=wait
-        )
-    throttle.fail(key)
+        raise password_attempts_refused(wait)
 
 
 @blueprint.post("/logout")
@@ -229,7 +238,7 @@ async def logout() -> Response:
     token = request.cookies.get(session_cookie())
     await revoke_session(deps().db, token)
     if user is not None and token:
-        access_ended(Revocation(user.id, session_hash=hash_token(token)))
+        await access_ended(Revocation(user.id, session_hash=hash_token(token)))
         await record(Action.SIGN_OUT, user_target(user))
     return _signed_out()
 
@@ -241,7 +250,7 @@ async def logout_all() -> Response:
     await refuse_tokens("end sessions")
     user = await current_user()
     await revoke_user_sessions(deps().db, user.id)
-    access_ended(Revocation(user.id))
+    await access_ended(Revocation(user.id))
     await record(Action.SIGN_OUT, user_target(user), details={"everywhere": True})
     return _signed_out()
 
@@ -255,7 +264,7 @@ async def change_password(data: PasswordBody) -> dict[str, Any]:
     user = await current_user()
     throttle = deps().login_throttle
     key = f"user:{user.username.strip().lower()}"  # the same budget as sign-ins
-    wait = throttle.retry_after(key)
+    wait = await throttle.retry_after(key)
     if wait:
         raise RateLimited("too many wrong passwords; try again later", retry_after=wait)
     db = deps().db
@@ -263,7 +272,7 @@ async def change_password(data: PasswordBody) -> dict[str, Any]:
     if stored is None:
         raise Conflict("this account signs in through a provider and has no password")
     if not await passwords.verify_password(stored, data.current_password):
-        throttle.fail(key)
+        await throttle.fail(key)
         raise Forbidden("the current password is wrong")
     try:
         new_password = passwords.check_password(data.new_password, user.username)
@@ -277,7 +286,7 @@ async def change_password(data: PasswordBody) -> dict[str, Any]:
         tx.exec("delete_other_sessions", user_id=user.id, keep_hash=keep)
 
     await db.transaction(work)
-    access_ended(Revocation(user.id, keep_session=keep))
+    await access_ended(Revocation(user.id, keep_session=keep))
     return {"status": "ok"}
 
 
@@ -312,7 +321,7 @@ async def end_session(session_id: str) -> Response:
     ended = await revoke_session_by_id(deps().db, user.id, session_id)
     if ended is None:
         raise NotFound("session not found")
-    access_ended(Revocation(user.id, session_hash=ended))
+    await access_ended(Revocation(user.id, session_hash=ended))
     await record(Action.SIGN_OUT, user_target(user), details={"session": session_id})
     response = Response("", status=204)
     if ended == hash_token(request.cookies.get(session_cookie(), "")):

@@ -87,12 +87,12 @@ async def _token_user(token: str) -> tuple[User, Grant]:
     client address (guessing is throttled like passwords)."""
     throttle = deps().login_throttle
     key = f"bearer:{client_address()}"
-    wait = throttle.retry_after(key)
+    wait = await throttle.retry_after(key)
     if wait:
         raise RateLimited("too many unknown API tokens; try again later", retry_after=wait)
     bearer = await authenticate(deps().db, token)
     if bearer is None:
-        throttle.fail(key)
+        await throttle.fail(key)
         raise Unauthenticated("this API token is not valid")
     if bearer.first_use:
         user, limits = bearer.user, bearer.grant

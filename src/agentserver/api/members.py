@@ -127,7 +127,7 @@ async def change_role(workspace_id: str, user_id: str, data: RoleBody) -> dict[s
         return member
 
     member = await deps().db.transaction(work)
-    access_ended(Revocation(user_id, workspace_id=workspace_id))
+    await access_ended(Revocation(user_id, workspace_id=workspace_id))
     await record(
         AuditAction.MEMBER_ROLE_CHANGED,
         member_target(member),
@@ -155,7 +155,7 @@ async def remove_member(workspace_id: str, user_id: str) -> Response:
         return member
 
     member = await deps().db.transaction(work)
-    access_ended(Revocation(user_id, workspace_id=workspace_id))
+    await access_ended(Revocation(user_id, workspace_id=workspace_id))
     target = member_target(member) if member else Target.of("user", user_id)
     await record(AuditAction.MEMBER_REMOVED, target, workspace_id)
     return Response("", status=204)

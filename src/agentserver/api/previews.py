@@ -20,9 +20,11 @@ from agentserver.api.sandboxes import preview_url, sandbox_for
 from agentserver.audit import Action as AuditAction
 from agentserver.audit import Target
 from agentserver.auth.permissions import Action
+from agentserver.db.database import Tx
 from agentserver.errors import Invalid
 from agentserver.kinds import PREVIEW_HIGHEST, PREVIEW_LOWEST, preview_refusal
 from agentserver.models import Sandbox
+from agentserver.sandboxes.event_relay import announce_previews
 from agentserver.sandboxes.previews import PortMark, previews_of, publish_previews_changed
 from agentserver.settings import Settings
 
@@ -72,9 +74,16 @@ async def set_public(sandbox_id: str, port_text: str, public: bool) -> dict[str,
         raise Invalid("port: that is the sandbox's agent, never a preview", field="port")
     user = await current_user()
     d = deps()
-    rows = await d.db.rows(
-        "preview_set_public", sandbox_id=sandbox.id, port=port, public=public, user_id=user.id
-    )
+
+    def work(tx: Tx) -> list[dict[str, Any]]:
+        rows = tx.rows(
+            "preview_set_public", sandbox_id=sandbox.id, port=port, public=public, user_id=user.id
+        )
+        # Other replicas' dashboards and proxies hear of it once this commits; this one's now.
+        announce_previews(tx, d.events, sandbox.workspace_id, sandbox.id)
+        return rows
+
+    rows = await d.db.transaction(work)
     publish_previews_changed(d.events, sandbox.workspace_id, sandbox.id)
     await record(
         AuditAction.PREVIEW_MADE_PUBLIC if public else AuditAction.PREVIEW_MADE_PRIVATE,

@@ -17,6 +17,7 @@ from agentserver.api.common import (
     Body,
     current_user,
     deps,
+    grant,
     member_role,
     require,
     rfc3339,
@@ -25,6 +26,7 @@ from agentserver.api.common import (
 from agentserver.api.revocation import access_ended
 from agentserver.audit import Action as AuditAction
 from agentserver.audit import Result, Target
+from agentserver.auth.api_tokens import token_access_key
 from agentserver.auth.permissions import (
     PRIVATE_ACTIONS,
     Action,
@@ -319,7 +321,9 @@ async def set_private(sandbox_id: str, private: bool) -> Sandbox:
     if changed is None:
         raise NotFound("sandbox not found")
     for user_id in ended:
-        access_ended(Revocation(user_id, workspace_id=changed.workspace_id, sandbox_id=changed.id))
+        await access_ended(
+            Revocation(user_id, workspace_id=changed.workspace_id, sandbox_id=changed.id)
+        )
     deps().access.forget(changed.id)  # cached accesses carry the old row
     service().publish(changed)
     return changed
@@ -419,13 +423,30 @@ async def workspace_events(workspace_id: str) -> Response:
 
     # Subscribe before reading the snapshot, so no change can fall between the two. The
     # subscription names its member: removing them or changing their role ends it.
-    session = request.cookies.get(session_cookie(), "")
-    sub = svc.events.subscribe(workspace_id, user.id, hash_token(session))
+    # A stream opened with an API token ends when that token is revoked (api/tokens.py).
+    limits = grant()
+    opened_by = (
+        token_access_key(limits.token_id)
+        if limits is not None
+        else hash_token(request.cookies.get(session_cookie(), ""))
+    )
+    sub = svc.events.subscribe(workspace_id, user.id, opened_by)
     try:
         snapshot = await svc.list(workspace_id)
     except BaseException:
         sub.close()
         raise
+
+    # An event queued while the snapshot was read may be older than the snapshot's row: the
+    # stream never shows a sandbox going back (migration 0023's versions).
+    shown_version = {sandbox.id: sandbox.version for sandbox in snapshot}
+
+    def older(event: Event) -> bool:
+        row = event.get("sandbox")
+        if not isinstance(row, Sandbox) or row.version is None:
+            return False
+        known = shown_version.get(row.id)
+        return known is not None and row.version <= known
 
     # Quart streams an async iterator. If it were abandoned without being closed, the
     # subscription would fill and the hub would drop it, so nothing leaks for long.
@@ -449,6 +470,8 @@ async def workspace_events(workspace_id: str) -> Response:
                 await trio.lowlevel.checkpoint()
                 if ended:
                     return
+                if event is not None and older(event):
+                    continue
                 yield sse(event, settings, view) if event is not None else b": heartbeat\n\n"
 
     response: Response = await make_response(  # type: ignore[assignment]

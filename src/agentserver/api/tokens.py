@@ -24,6 +24,7 @@ from agentserver.api.common import (
     require_admin,
     rfc3339,
 )
+from agentserver.api.revocation import access_ended
 from agentserver.audit import Action as AuditAction
 from agentserver.audit import Actor, Target
 from agentserver.auth import cli_logins
@@ -34,8 +35,10 @@ from agentserver.auth.api_tokens import (
     create_token,
     list_tokens,
     revoke_token,
+    token_access_key,
 )
 from agentserver.auth.permissions import Action
+from agentserver.auth.revocation import Revocation
 from agentserver.errors import Invalid, NotFound, RateLimited
 from agentserver.models import User
 
@@ -151,6 +154,7 @@ async def revoke_mine(token_id: str) -> Response:
     if revoked is None:
         raise NotFound("token not found")
     await record_token(AuditAction.TOKEN_REVOKED, revoked)
+    await access_ended(Revocation(revoked.user_id, session_hash=token_access_key(revoked.id)))
     return Response("", status=204)
 
 
@@ -170,6 +174,7 @@ async def revoke_any(token_id: str) -> Response:
     if revoked is None:
         raise NotFound("token not found")
     await record_token(AuditAction.TOKEN_REVOKED, revoked)
+    await access_ended(Revocation(revoked.user_id, session_hash=token_access_key(revoked.id)))
     return Response("", status=204)
 
 
@@ -178,12 +183,10 @@ async def revoke_any(token_id: str) -> Response:
 async def start_cli_login(data: TokenBody) -> tuple[dict[str, Any], int]:
     """Start a command-line sign-in: `request` is the caller's to poll with; `approveUrl`
     (with the code) is for the person, who approves it in a signed-in browser."""
-    throttle = deps().code_throttle
-    key = f"cli-login:{client_address()}"
-    wait = throttle.retry_after(key)
+    # Every start counts (each holds a row until it expires): counted unless refused.
+    wait = await deps().code_throttle.spend(f"cli-login:{client_address()}")
     if wait:
         raise RateLimited("too many command-line sign-ins; try again later", retry_after=wait)
-    throttle.fail(key)  # every start counts: each holds a row until it expires
     lifetime = lifetime_of(data.expires_in_days)
     secret, code = await cli_logins.start_login(
         deps().db, data.name, data.scope, data.workspace_id, lifetime

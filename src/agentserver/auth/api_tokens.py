@@ -39,6 +39,12 @@ class TokenInfo:
     username: str
 
 
+def token_access_key(token_id: str) -> str:
+    """What access opened with an API token is known by (where a browser's is known by its
+    session's hash): its revocation names it."""
+    return f"token:{token_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
     """What the bearer token of one request grants, beyond its owner's role."""

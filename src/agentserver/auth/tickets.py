@@ -76,7 +76,8 @@ SESSION_LIFETIME = 12 * 3600.0
 # How long a validated session is trusted without asking the database again.
 ACCESS_CACHE_SECONDS = 2.0
 _ACCESS_CACHE_SIZE = 4096
-_SANDBOX_FIELDS = tuple(f.name for f in fields(Sandbox))
+# Every field but the event version (sandboxes/events.py), which access checks never need.
+_SANDBOX_FIELDS = tuple(f.name for f in fields(Sandbox) if f.name != "version")
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +279,10 @@ class AccessCache:
         for request in ended:
             request.cancel()
         return len(ended)
+
+    def forget_all(self) -> None:
+        """Drop every cached entry (a revocation may have been missed: check them afresh)."""
+        self._entries.clear()
 
     def forget(self, sandbox_id: str) -> None:
         """Drop cached entries for a sandbox (its status or address changed)."""

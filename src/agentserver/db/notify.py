@@ -39,8 +39,19 @@ NOTICE_MESSAGE = "agentserver change"
 # The channels migration 0020's triggers announce on; each payload is one id.
 SANDBOX_CHANGED = "sandbox_changed"  # a sandbox's status, token, name, owner or workspace; deleted
 LLM_QUOTA_CHANGED = "llm_quota_changed"  # a workspace's LLM limit overrides
+# What a dashboard shows changed (migration 0023, sandboxes/event_relay.py): NOTIFY only, no
+# NOTICE, since the replica that made the change publishes it itself; payload "<kind> <ids>".
+WORKSPACE_EVENT = "workspace_event"
+# Access ended on one replica (api/revocation.py): a JSON `Revocation` the others apply too.
+ACCESS_REVOKED = "access_revoked"
 TUNNEL_OWNER_CHANGED = "tunnel_owner_changed"  # who serves a local sandbox's tunnel (0022)
-CHANNELS = (SANDBOX_CHANGED, LLM_QUOTA_CHANGED, TUNNEL_OWNER_CHANGED)
+CHANNELS = (
+    SANDBOX_CHANGED,
+    LLM_QUOTA_CHANGED,
+    WORKSPACE_EVENT,
+    ACCESS_REVOKED,
+    TUNNEL_OWNER_CHANGED,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,25 @@
-"""Per-workspace event pub/sub: bounded buffers, and slow subscribers are dropped, not waited on."""
+"""Per-workspace event pub/sub: bounded buffers, and slow subscribers are dropped, not waited on.
+
+Events reach `publish_nowait` by two paths: from the code on this replica that made a change
+(with the row it wrote, before its request returns), and from other replicas' changes through
+the database's notices (sandboxes/event_relay.py, which re-reads the row). A sandbox's row
+carries a version (migration 0023) that only grows: a row no newer than the one already handed
+on is dropped, and so is any event of a sandbox already deleted, so each change reaches each
+stream once and a sandbox's state never goes back.
+"""
 
 from __future__ import annotations
 
 import logging
+import secrets
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from agentserver.auth.revocation import Revocation
+from agentserver.models import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +27,8 @@ Event = dict[str, Any]
 # Events a subscriber may fall behind by before it is dropped (it then reconnects and
 # re-reads the current state, which is cheaper than making every publisher wait for it).
 BUFFER = 64
+# How many deleted sandboxes are remembered, so that a late notice cannot bring one back.
+GONE_KEPT = 4096
 
 
 class Subscription:
@@ -72,6 +85,10 @@ class WorkspaceEvents:
         self._buffer = buffer
         self._listeners: dict[str, set[Subscription]] = {}
         self._observers: list[Callable[[str, Event], None]] = []
+        # Names this process in the notices it sends itself (previews): it skips their echo.
+        self.origin = secrets.token_hex(8)
+        self._versions: dict[str, int] = {}  # the newest row version handed on, per sandbox
+        self._gone: OrderedDict[str, None] = OrderedDict()  # deletions handed on (the newest)
 
     def subscribe(
         self, workspace_id: str, user_id: str | None = None, session_hash: str | None = None
@@ -88,7 +105,10 @@ class WorkspaceEvents:
         self._observers.append(observer)
 
     def publish_nowait(self, workspace_id: str, event: Event) -> int:
-        """Give `event` to every listener of the workspace; returns how many got it."""
+        """Give `event` to every listener of the workspace (and to the observers); returns how
+        many got it. A sandbox event older than one handed on already goes to nobody."""
+        if not self._news(event):
+            return 0
         for observer in self._observers:
             try:
                 observer(workspace_id, event)
@@ -103,6 +123,31 @@ class WorkspaceEvents:
                 log.info("dropping a slow event subscriber of workspace %s", workspace_id)
                 sub.end()
         return delivered
+
+    def _news(self, event: Event) -> bool:
+        """Whether `event` tells something not handed on yet (and note that it is)."""
+        kind = event.get("type")
+        deleted = event.get("sandbox_deleted")
+        if kind == "sandbox_deleted" and isinstance(deleted, dict) and "id" in deleted:
+            sandbox_id = str(deleted["id"])
+            if sandbox_id in self._gone:
+                return False
+            self._gone[sandbox_id] = None
+            while len(self._gone) > GONE_KEPT:
+                self._gone.popitem(last=False)
+            self._versions.pop(sandbox_id, None)
+            return True
+        row = event.get("sandbox")
+        if kind != "sandbox" or not isinstance(row, Sandbox):
+            return True
+        if row.id in self._gone:
+            return False
+        if row.version is None:  # a row read without its version: cannot be ordered
+            return True
+        if row.version <= self._versions.get(row.id, -1):
+            return False
+        self._versions[row.id] = row.version
+        return True
 
     def close_workspace(self, workspace_id: str) -> None:
         """End every subscription of a deleted workspace."""

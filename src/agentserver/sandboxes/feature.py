@@ -78,12 +78,16 @@ async def open_sandboxes(
 
     async with backend_opener(settings, on_exit) as backend, trio.open_nursery() as nursery:
         service = Sandboxes(db, settings, backend, nursery, events, audit)
+        # The key of sandboxes' environment variables, settled before any is sealed or opened
+        # (an old install's key file is adopted into the database here, at start).
+        await service.sealer()
         # Each long-lived task is supervised: a bug in one is logged and it starts again,
         # instead of cancelling this nursery (and with it the server).
         await nursery.start(supervise, "activity writer", service.write_activity)
         await service.reconcile(at_start=True)
         # Open dashboards see the ports a running sandbox serves change (sandboxes/previews.py).
-        await nursery.start(supervise, "preview watcher", PreviewWatcher(service, events).run)
+        previews = PreviewWatcher(service, events, db=db)  # with every replica (migration 0023)
+        await nursery.start(supervise, "preview watcher", previews.run)
         watcher = reconciler = None
         if settings.idle_timeout > 0:
             watcher = IdleWatcher(service, settings.idle_timeout)

@@ -9,7 +9,9 @@ listens on them now, so they can be made private again.
 The watcher polls only what someone is looking at: the running sandboxes of workspaces with an
 open event stream, every few seconds, and publishes `{"type": "previews"}` for a sandbox whose
 ports changed; the dashboard then reads the list again through the API (which checks access),
-and the proxy forgets what it cached about the sandbox's public ports.
+and the proxy forgets what it cached about the sandbox's public ports. With a database, what it
+saw is recorded there (migration 0023): when several replicas watch a sandbox, the one whose
+write changes the record announces the change to every replica, once.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from typing import Protocol
 
 import trio
 
-from agentserver.db.database import Database
-from agentserver.errors import AgentServerError
+from agentserver.db.database import Database, Tx
+from agentserver.errors import AgentServerError, NotFound
 from agentserver.kinds import preview_refusal
 from agentserver.models import Sandbox, SandboxStatus, SandboxType
 from agentserver.sandboxes.base import Backend, Endpoint
+from agentserver.sandboxes.event_relay import announce_previews, previews_event
 from agentserver.sandboxes.events import WorkspaceEvents
 from agentserver.tunnel import Hub
 
@@ -106,11 +109,17 @@ class PreviewWatcher:
     """Publishes a `previews` event when the ports a watched, running sandbox serves change."""
 
     def __init__(
-        self, sandboxes: WatchedSandboxes, events: WorkspaceEvents, interval: float = POLL_SECONDS
+        self,
+        sandboxes: WatchedSandboxes,
+        events: WorkspaceEvents,
+        interval: float = POLL_SECONDS,
+        db: Database | None = None,
     ) -> None:
         self.sandboxes = sandboxes
         self.events = events
         self.interval = interval
+        # Where replicas record what they saw (None: this process alone decides).
+        self.db = db
         self._known: dict[str, tuple[int, ...] | None] = {}
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -134,13 +143,41 @@ class PreviewWatcher:
                 ports = await backend_ports(self.sandboxes.backend, sandbox)
                 now = None if ports is None else tuple(ports)
                 seen[sandbox.id] = now
-                if self._known.get(sandbox.id, ()) != now:
+                if self._known.get(sandbox.id, ()) != now and await self._claim(sandbox, now):
                     publish_previews_changed(self.events, workspace_id, sandbox.id)
                     published += 1
         self._known = seen  # sandboxes no longer watched or running are forgotten
         return published
 
+    async def _claim(self, sandbox: Sandbox, ports: tuple[int, ...] | None) -> bool:
+        """Whether this watcher is the one to publish the change it saw: always without a
+        database; with one, when recording it changed the record (and then the other replicas
+        are told in the same transaction). A backend that cannot tell (None) records nothing:
+        another replica may well tell, and they would overwrite each other forever."""
+        db = self.db
+        if db is None:
+            await trio.lowlevel.checkpoint()
+            return True
+        if ports is None:
+            await trio.lowlevel.checkpoint()
+            return False
+
+        def record(tx: Tx) -> bool:
+            changed = bool(
+                tx.scalar("preview_serving_set", sandbox_id=sandbox.id, ports=list(ports))
+            )
+            if changed:
+                announce_previews(tx, self.events, sandbox.workspace_id, sandbox.id)
+            return changed
+
+        try:
+            return await db.transaction(record)
+        except NotFound:  # deleted since it was listed
+            await trio.lowlevel.checkpoint()
+            return False
+
 
 def publish_previews_changed(events: WorkspaceEvents, workspace_id: str, sandbox_id: str) -> None:
-    """Tell the workspace (the dashboards, the proxy) that a sandbox's previews changed."""
-    events.publish_nowait(workspace_id, {"type": "previews", "previews": {"sandboxId": sandbox_id}})
+    """Tell this replica's streams (the dashboards, the proxy) that a sandbox's previews
+    changed; other replicas hear it from `announce_previews`, in the change's transaction."""
+    events.publish_nowait(workspace_id, previews_event(sandbox_id))

@@ -24,6 +24,7 @@ from agentserver.models import Sandbox, SandboxType, Workspace
 from agentserver.models import SandboxStatus as S
 from agentserver.sandboxes import lifecycle
 from agentserver.sandboxes.base import Backend, Endpoint, KeepsAlive, Managed, SandboxSpec
+from agentserver.sandboxes.env_key import open_sealer
 from agentserver.sandboxes.events import WorkspaceEvents
 from agentserver.sandboxes.setup import SandboxSetup, Sealer
 from agentserver.settings import Settings
@@ -107,15 +108,13 @@ class Sandboxes:
         self._activity_in, self._activity_out = trio.open_memory_channel[str](1024)
         self._sealer: Sealer | None = None
 
-    @property
-    def sealer(self) -> Sealer:
-        """The key of the sandboxes' environment variables: the configured one, or the data
-        directory's (made on first use)."""
+    async def sealer(self) -> Sealer:
+        """The key of the sandboxes' environment variables: the configured one, or the one
+        every replica shares in the database (sandboxes/env_key.py), looked up once."""
         if self._sealer is None:
-            given = self.settings.sandbox_env_key
-            self._sealer = (
-                Sealer(given.encode()) if given else Sealer.of_data_dir(self.settings.data_dir)
-            )
+            self._sealer = await open_sealer(self.db, self.settings)
+        else:
+            await trio.lowlevel.checkpoint()
         return self._sealer
 
     # -- reading ------------------------------------------------------------------------------
@@ -262,7 +261,7 @@ class Sandboxes:
                 "sbx_setup_insert",
                 sandbox_id=sandbox.id,
                 env_names=sorted(setup.env),
-                env_sealed=self.sealer.seal(setup.env) if setup.env else None,
+                env_sealed=(await self.sealer()).seal(setup.env) if setup.env else None,
                 git_url=setup.git_url,
                 git_ref=setup.git_ref,
             )
@@ -625,7 +624,7 @@ class Sandboxes:
             return SandboxSetup()
         row = rows[0]
         if values and row["env_sealed"] is not None:
-            env = self.sealer.open(bytes(row["env_sealed"]))
+            env = (await self.sealer()).open(bytes(row["env_sealed"]))
         else:
             env = dict.fromkeys(row["env_names"], "")
         return SandboxSetup(env=env, git_url=row["git_url"], git_ref=row["git_ref"])

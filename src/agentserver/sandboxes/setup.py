@@ -1,24 +1,22 @@
 """What a sandbox is given at creation: environment variables for its agent and a git
 repository to clone onto the workspace disk (migration 0014, table `sandbox_setup`).
 
-The variables' values are sealed (Fernet: AES-CBC with an HMAC) with a key the server keeps in
-its data directory, `sandbox-env.key`, made 0600 on first use: the server needs them back at
-every start, the database never sees them in clear. Only the names are ever shown again.
+The variables' values are sealed (Fernet: AES-CBC with an HMAC) with the server's key
+(sandboxes/env_key.py: --sandbox-env-key, else one kept in the database for every replica): the
+server needs them back at every start, the database never sees them in clear. Only the names are
+ever shown again.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
 from agentserver.errors import AgentServerError, Invalid
 
-KEY_FILE = "sandbox-env.key"
 ENV_COUNT_MAX = 50
 ENV_VALUE_MAX = 4096  # bytes of one value (UTF-8)
 ENV_TOTAL_MAX = 32768  # bytes of every name and value together
@@ -111,20 +109,6 @@ class Sealer:
     def __init__(self, key: bytes) -> None:
         self._fernet = Fernet(key)
 
-    @classmethod
-    def of_data_dir(cls, data_dir: Path) -> Sealer:
-        """The key in the data directory, made (0600) if there is none yet."""
-        path = data_dir / KEY_FILE
-        key = Fernet.generate_key()
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            key = path.read_bytes().strip()
-        else:
-            with open(fd, "wb") as file:
-                file.write(key)
-        return cls(key)
-
     def seal(self, env: dict[str, str]) -> bytes:
         return self._fernet.encrypt(json.dumps(env).encode())
 
@@ -134,10 +118,22 @@ class Sealer:
         except InvalidToken:
             raise AgentServerError(
                 "the sandbox's environment variables cannot be read: the server's key"
-                f" (AGENTSERVER_SANDBOX_ENV_KEY, or {KEY_FILE} in the data directory) is not the"
-                " key they were sealed with"
+                " (AGENTSERVER_SANDBOX_ENV_KEY, or the one every replica shares in the database)"
+                " is not the key they were sealed with"
             ) from None
         return {str(k): str(v) for k, v in env.items()}
+
+    def resealed(self, sealed: bytes, old: Sealer) -> bytes | None:
+        """`sealed` sealed again with this key if only `old` opens it; None if this key already
+        opens it, or neither does (it is left as it is)."""
+        try:
+            self._fernet.decrypt(sealed)
+        except InvalidToken:
+            try:
+                return self._fernet.encrypt(old._fernet.decrypt(sealed))
+            except InvalidToken:
+                return None
+        return None
 
 
 # Run inside the sandbox, as its user, beside the agent (so the clone uses the sandbox's own

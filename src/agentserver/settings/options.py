@@ -235,8 +235,9 @@ class Settings:
         None,
         v.optional_fernet_key,
         "Key that seals sandboxes' environment variables in the database (32 bytes, URL-safe"
-        " base64); unset: `sandbox-env.key` in the data directory, made on first use. Give the"
-        " same key to every replica, and keep it when the data directory is not kept.",
+        " base64); unset: a key made once and kept in the database, which every replica"
+        " shares (a `sandbox-env.key` an older server left in the data directory becomes"
+        " that key). When given, give the same key to every replica.",
         secret=True,
     )
 

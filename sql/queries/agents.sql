@@ -49,13 +49,6 @@ FROM sandboxes WHERE id = :id AND type = 'local' AND tunnel_token_hash = :tunnel
 UPDATE sandboxes SET last_heartbeat_at = now()
 WHERE id = :id AND type = 'local' AND tunnel_token_hash = :tunnel_token_hash;
 
--- name: agent_all_offline :many
--- At start: no tunnel survives a restart.
-UPDATE sandboxes SET status = 'offline', status_reason = 'waiting for the agent to reconnect',
-       updated_at = now()
-WHERE type = 'local' AND status = 'running'
-RETURNING id, workspace_id;
-
 -- name: agent_set_health :one
 -- A running local sandbox's opencode health as its status reason (NULL: answering); no row
 -- when nothing changed or the sandbox is no longer running.

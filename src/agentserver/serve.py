@@ -122,7 +122,9 @@ async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
             # Fed with every replica's changes (LISTEN/NOTIFY): any replica serves any stream.
             open_workspace_events(db) as events,
             open_sandboxes(settings, db, events, audit) as lifecycle,
-            open_tunnel_sessions(settings, db, lifecycle.service, audit) as tunnels,
+            open_tunnel_sessions(
+                settings, db, lifecycle.service, audit, cluster=cluster
+            ) as tunnels,
         ):
             deps = Deps(
                 settings=settings,

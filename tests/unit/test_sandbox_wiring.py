@@ -69,27 +69,43 @@ class OpenTunnel:
     closed = False
 
 
-class RecordingLifecycle:
+class RecordingOwners:
+    """Stands in for the ownership table: each conditional status write is recorded as the
+    transition it makes (as the lifecycle's `set_status` takes them) and changes the row."""
+
     def __init__(self) -> None:
         self.writes: list[tuple[str, str, str, str | None]] = []
 
-    async def set_status(
-        self, sandbox_id: str, expected: str, new: str, reason: str | None
-    ) -> bool:
-        self.writes.append((sandbox_id, expected, new, reason))
-        return True
+    async def mark_running(self, sandbox_id: str, generation: int) -> Sandbox:
+        self.writes.append((sandbox_id, "offline", "running", None))
+        return row(id=sandbox_id, type="local", status="running")
+
+    async def mark_offline(self, sandbox_id: str, reason: str) -> Sandbox:
+        self.writes.append((sandbox_id, "running", "offline", reason))
+        return row(id=sandbox_id, type="local", status="offline", status_reason=reason)
+
+
+class RecordingLifecycle:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str]] = []
+
+    def publish(self, sandbox: Sandbox) -> None:
+        self.published.append((sandbox.id, sandbox.status))
 
 
 async def test_local_status_follows_the_hub_through_the_lifecycle_service() -> None:
     """With a live tunnel in the hub the sandbox is written `running`, without one `offline`
-    with a reason, and both writes go to the lifecycle service."""
-    hub, lifecycle = Hub(), RecordingLifecycle()
-    sessions = TunnelSessions(Settings(), cast(Any, None), hub, cast(Any, lifecycle))
-    await hub.register("s1", cast(Any, OpenTunnel()))
+    with a reason, and both writes go to the lifecycle service (which publishes them)."""
+    hub, lifecycle, owners = Hub(), RecordingLifecycle(), RecordingOwners()
+    sessions = TunnelSessions(
+        Settings(), cast(Any, None), hub, cast(Any, lifecycle), owners=cast(Any, owners)
+    )
+    await hub.register("s1", cast(Any, OpenTunnel()), generation=7)
     await sessions.sync_status("s1")
     hub.unregister("s1", hub.get("s1"))  # type: ignore[arg-type]
     await sessions.sync_status("s1")
-    assert lifecycle.writes == [
+    assert owners.writes == [
         ("s1", "offline", "running", None),
         ("s1", "running", "offline", "the local agent disconnected"),
     ]
+    assert lifecycle.published == [("s1", "running"), ("s1", "offline")]

@@ -44,7 +44,14 @@ LLM_QUOTA_CHANGED = "llm_quota_changed"  # a workspace's LLM limit overrides
 WORKSPACE_EVENT = "workspace_event"
 # Access ended on one replica (api/revocation.py): a JSON `Revocation` the others apply too.
 ACCESS_REVOKED = "access_revoked"
-CHANNELS = (SANDBOX_CHANGED, LLM_QUOTA_CHANGED, WORKSPACE_EVENT, ACCESS_REVOKED)
+TUNNEL_OWNER_CHANGED = "tunnel_owner_changed"  # who serves a local sandbox's tunnel (0022)
+CHANNELS = (
+    SANDBOX_CHANGED,
+    LLM_QUOTA_CHANGED,
+    WORKSPACE_EVENT,
+    ACCESS_REVOKED,
+    TUNNEL_OWNER_CHANGED,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,8 @@ _CORS = frozenset(
         b"access-control-max-age",
     }
 )
+# The relay between replicas' own headers (cluster/relay_auth.py): never an agent's to send.
+RELAY_PREFIX = b"x-agentserver-relay"
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _NOT_FORWARDED = HOP_BY_HOP | FRAMING
 _NONE: frozenset[bytes] = frozenset()
@@ -200,13 +202,14 @@ def rewrite_set_cookie(value: bytes, protected: frozenset[str] = OUR_COOKIES) ->
 
 
 def response_headers(incoming: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """Headers to send the browser: no hop-by-hop, no CORS grants, safe Set-Cookie only."""
+    """Headers to send the browser: no hop-by-hop, no CORS grants, safe Set-Cookie only, none
+    of the relay's."""
     items = list(incoming)
     drop = HOP_BY_HOP | connection_tokens(items) | _CORS
     out: Headers = []
     for name, value in items:
         name = name.lower()
-        if name in drop:
+        if name in drop or name.startswith(RELAY_PREFIX):
             continue
         if name == b"set-cookie":
             rewritten = rewrite_set_cookie(value)

@@ -44,6 +44,7 @@ from agentserver.proxy.headers import (
 from agentserver.proxy.http import CANCEL_CONNECTION, Receive, Scope, Send, proxy_http, target_of
 from agentserver.proxy.previews import PublicAccess, PublicPorts
 from agentserver.proxy.refused_tokens import RefusedTokens
+from agentserver.proxy.relay import Relay, carries_relay
 from agentserver.proxy.routing import Preview, Route, Target, Unknown, resolve
 from agentserver.proxy.sign_in import AUTH_PATH, SignIn, respond
 from agentserver.proxy.tunnel_upstream import PortNotShared, TunnelUpstream
@@ -126,6 +127,8 @@ class SubdomainProxy:
             if url and (name := urlsplit(url).hostname)
         )
         self.pool = pool
+        # Local sandboxes whose tunnel another replica holds: relayed there (proxy/relay.py).
+        self.relay = Relay(deps.cluster, deps.tunnels.owners, deps.hub, pool)
         self._touched: dict[str, float] = {}
         self._origins: dict[tuple[str, str], frozenset[str]] = {}  # per host and scheme
         deps.events.observe(self.sandbox_changed)
@@ -184,7 +187,11 @@ class SubdomainProxy:
         method = "GET" if websocket else scope["method"]
         if websocket:
             await receive()  # websocket.connect
-        elif scope["path"] == AUTH_PATH:
+        credential = carries_relay(headers)
+        if credential is not None:  # another replica's, or refused: never a browser's
+            await self.relay.serve(target, scope, receive, send, credential, self.page)
+            return
+        if not websocket and scope["path"] == AUTH_PATH:
             await self.signing_in.redeem(target, scope, send)
             return
         port = target.port if isinstance(target, Preview) else None
@@ -208,7 +215,7 @@ class SubdomainProxy:
             scope = self.guest_view(scope)
             headers = scope["headers"]
         sandbox = access.sandbox
-        upstream = await self.upstream_for(scope, send, sandbox, port)
+        upstream = await self.upstream_for(scope, send, sandbox, port, access)
         if upstream is None:
             return
         self.touch(sandbox.id)
@@ -323,10 +330,16 @@ class SubdomainProxy:
         return origins
 
     async def upstream_for(
-        self, scope: Scope, send: Send, sandbox: Sandbox, port: int | None = None
+        self,
+        scope: Scope,
+        send: Send,
+        sandbox: Sandbox,
+        port: int | None = None,
+        access: SandboxAccess | PublicAccess | None = None,
     ) -> Upstream | None:
         """The way to the sandbox's agent (or to its `port`, a preview), or None after
-        answering with a status page."""
+        answering with a status page. A local sandbox whose tunnel another replica holds is
+        reached through that replica (for `access`, the caller checked here)."""
         status = SandboxStatus(sandbox.status)
         if status is not SandboxStatus.RUNNING:
             self.access.forget(sandbox.id)  # the next reload must see the new status
@@ -336,6 +349,9 @@ class SubdomainProxy:
         ):
             tunnel = self.hub.get(sandbox.id)
             if tunnel is None:
+                relayed = await self.relayed(scope, sandbox, port, access)
+                if relayed is not None:
+                    return relayed
                 await self.page(scope, send, pages.OFFLINE)
             elif port is not None:
                 return await self.preview_upstream(scope, send, sandbox, port)
@@ -367,6 +383,19 @@ class SubdomainProxy:
             await self.page(scope, send, pages.FAILED, reason=sandbox.status_reason)
         return None
 
+    async def relayed(
+        self,
+        scope: Scope,
+        sandbox: Sandbox,
+        port: int | None,
+        access: SandboxAccess | PublicAccess | None,
+    ) -> Upstream | None:
+        """The sandbox's tunnel on the replica that holds it, or None (nobody does)."""
+        user_id = access.user_id if isinstance(access, SandboxAccess) else None
+        read_only = access.read_only if access is not None else True
+        host = host_of(scope) or b""
+        return await self.relay.upstream(sandbox.id, host, user_id, read_only, port)
+
     async def preview_upstream(
         self, scope: Scope, send: Send, sandbox: Sandbox, port: int
     ) -> Upstream | None:
@@ -397,9 +426,12 @@ class SubdomainProxy:
         moved; look again."""
         self.access.forget(sandbox.id)
         fresh = await self.deps.db.one("proxy_get_sandbox", Sandbox, id=sandbox.id)
-        if fresh is not None and fresh.status != SandboxStatus.RUNNING:
-            await self.upstream_for(scope, send, fresh, port)
-            return
+        if (
+            fresh is not None
+            and fresh.status != SandboxStatus.RUNNING
+            and await self.upstream_for(scope, send, fresh, port) is None
+        ):
+            return  # answered with the status's page
         if port is not None and isinstance(exc, NotListening | PortNotShared):
             why = pages.not_listening(port) if isinstance(exc, NotListening) else None
             await self.page(scope, send, why or pages.PORT_NOT_ALLOWED)

@@ -448,8 +448,8 @@ class Sandboxes:
         managed = {m.id: m for m in await self.backend.list_managed()}
         for sandbox in rows:
             found = managed.pop(sandbox.id, None)
-            if sandbox.type == SandboxType.LOCAL and not at_start:
-                continue  # local sandboxes follow their tunnel (sandboxes/tunnel_session.py)
+            if sandbox.type == SandboxType.LOCAL:
+                continue  # they follow tunnel ownership (sandboxes/tunnel_sweep.py), at start too
             if not at_start:
                 if self._busy(sandbox.id):
                     continue
@@ -486,12 +486,7 @@ class Sandboxes:
         status, sid = S(sandbox.status), sandbox.id
         live = found is not None and found.running
         endpoint = found.endpoint if found is not None and live else None
-        if sandbox.type == SandboxType.LOCAL:
-            if status == S.RUNNING:  # no tunnel survives a restart; the agent will reconnect
-                await self.set_status(
-                    sid, S.RUNNING, S.OFFLINE, "waiting for the agent to reconnect"
-                )
-        elif status == S.RUNNING and not live:
+        if status == S.RUNNING and not live:
             why = "a server restart" if at_start else "its agent stopped unnoticed"
             if await self.set_status(sid, S.RUNNING, S.RESUMING, f"restarting after {why}"):
                 self._spawn(sid, self._start, sid, S.RESUMING)

@@ -1,9 +1,16 @@
-"""The server's side of a local agent's tunnel: hub registration, status, heartbeat.
+"""The server's side of a local agent's tunnel: ownership, hub registration, status, heartbeat.
 
-While a local sandbox's tunnel is registered in the hub the sandbox is `running`; when the
-registered tunnel ends it is `offline` again. Status goes through the lifecycle service like
-every other sandbox's (one writer, one event per change). At start-up, before any agent can
-connect, every local sandbox is marked offline: no tunnel survives a restart.
+A replica that accepts a tunnel claims the sandbox in the database (cluster/owners.py) and
+registers the tunnel in its hub under that generation; other replicas relay the sandbox's
+requests here (proxy/relay.py). `running` / `offline` follow ownership, not one process's
+memory, each written by a conditional UPDATE and published through the lifecycle service: a
+sandbox is `running` while its current owner's tunnel is up, and becomes `offline` when that
+tunnel ends unless a live replica owns a newer one. A superseded owner (a newer tunnel on any
+replica) hears of it by a notice, or at its next heartbeat, and closes its tunnel. At start-up
+and every presence interval, the ownership of dead replicas is removed and every running local
+sandbox no live replica serves is marked offline (sandboxes/tunnel_sweep.py): so a replica
+starting never marks another's live tunnels offline, and a dead owner's are offline within the
+dead-replica interval.
 """
 
 from __future__ import annotations
@@ -16,12 +23,16 @@ from dataclasses import replace
 import trio
 
 from agentserver.audit import Action, Actor, AuditLog, Target
+from agentserver.cluster import Cluster
+from agentserver.cluster.owners import Owners
 from agentserver.db.database import Database
 from agentserver.errors import AgentServerError
-from agentserver.models import Sandbox, SandboxStatus
+from agentserver.models import Sandbox
 from agentserver.sandboxes.agent_health import opencode_health
 from agentserver.sandboxes.service import Sandboxes
+from agentserver.sandboxes.tunnel_sweep import SUPERSEDED, TunnelSweep
 from agentserver.settings import Settings
+from agentserver.supervise import supervise
 from agentserver.tunnel import (
     SERVER_RESTARTING,
     Hub,
@@ -53,20 +64,35 @@ STATUS_TIMEOUT = 10.0
 
 @asynccontextmanager
 async def open_tunnel_sessions(
-    settings: Settings, db: Database, sandboxes: Sandboxes, audit: AuditLog | None = None
+    settings: Settings,
+    db: Database,
+    sandboxes: Sandboxes,
+    audit: AuditLog | None = None,
+    *,
+    cluster: Cluster,
 ) -> AsyncIterator[TunnelSessions]:
-    """The sessions of this server's tunnels and their hub, after marking every local sandbox
-    offline; no tunnel outlives them (and so none outlives the lifecycle they write to)."""
+    """The sessions of this replica's tunnels and their hub, after marking offline every local
+    sandbox no live replica serves; the ownership sweep and watch run alongside. No tunnel
+    outlives them (and so none outlives the lifecycle they write to)."""
     masking.install()  # agents' frames are masked: unmask them in C (tunnel/masking.py)
     hub = Hub()
-    stale = await db.rows("agent_all_offline")
-    if stale:
-        log.info("%d local sandbox(es) offline until their agents reconnect", len(stale))
+    owners = Owners(db, cluster.presence)
+    sweep = TunnelSweep(owners, hub, sandboxes, cluster.presence.interval)
     try:
-        yield TunnelSessions(settings, db, hub, sandboxes, audit)
+        stale = await sweep.sweep()
+        if stale:
+            log.info("%d local sandbox(es) offline until their agents reconnect", len(stale))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervise, "tunnel ownership sweep", sweep.run_sweeps)
+            await nursery.start(supervise, "superseded tunnel watch", sweep.watch)
+            try:
+                yield TunnelSessions(settings, db, hub, sandboxes, audit, owners=owners)
+            finally:
+                nursery.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await hub.close_all()
     finally:
-        with trio.CancelScope(shield=True):
-            await hub.close_all()
+        owners.close()
 
 
 class TunnelSessions:
@@ -83,12 +109,16 @@ class TunnelSessions:
         hub: Hub,
         sandboxes: Sandboxes,
         audit: AuditLog | None = None,
+        *,
+        owners: Owners,
     ) -> None:
         self.settings = settings
         self.db = db
         self.hub = hub
         self.sandboxes = sandboxes
         self.audit = audit or AuditLog.off()
+        # Which replica serves each local sandbox's tunnel (cluster/owners.py).
+        self.owners = owners
 
     def tunnel_settings(self) -> TunnelSettings:
         """TUNNEL_SETTINGS with the configured stream cap and receive budget."""
@@ -113,6 +143,7 @@ class TunnelSessions:
         await trio.lowlevel.checkpoint()
         hub = self.hub
         tunnel: Tunnel | None = None
+        generation: int | None = None
         registered = False
         try:
             async with open_tunnel(
@@ -122,16 +153,22 @@ class TunnelSessions:
                 send_timeout=self.settings.tunnel_send_timeout,
             ) as tunnel:  # the heartbeat below ends with the tunnel
                 tunnel.stop_reason = SERVER_RESTARTING  # only the server stopping cancels it
-                await hub.register(sandbox.id, tunnel, shared_ports)
+                # Owned here from now on: another replica's tunnel for it is superseded.
+                generation = await self.owners.claim(sandbox.id)
+                await hub.register(sandbox.id, tunnel, shared_ports, generation)
                 registered = True
-                log.info("local agent of sandbox %s connected", sandbox.id)
+                log.info(
+                    "local agent of sandbox %s connected (generation %d)", sandbox.id, generation
+                )
                 await self.record(Action.AGENT_CONNECTED, sandbox, client_address)
                 await self.sync_status(sandbox.id)
-                await self.heartbeat(tunnel, sandbox.id, token_hash)
+                await self.heartbeat(tunnel, sandbox.id, token_hash, generation)
         except* TunnelClosed as group:
             log.info("tunnel of sandbox %s ended: %s", sandbox.id, group.exceptions[0])
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(STATUS_TIMEOUT):
+                if generation is not None:
+                    await self.release(sandbox.id, generation)
                 if registered and tunnel is not None and hub.unregister(sandbox.id, tunnel):
                     log.info("local agent of sandbox %s disconnected", sandbox.id)
                     await self.record(Action.AGENT_DISCONNECTED, sandbox, client_address)
@@ -140,6 +177,16 @@ class TunnelSessions:
                 hub.release_lock(sandbox.id)
             if tunnel is not None:
                 hub.finish(tunnel)
+
+    async def release(self, sandbox_id: str, generation: int) -> None:
+        """Give up ownership of the sandbox's tunnel (unless a newer one took it over)."""
+        try:
+            await self.owners.release(sandbox_id, generation)
+        except AgentServerError as exc:
+            # The row then names a replica without this tunnel: relays to it are answered
+            # "stale", and the sweep removes it once this replica is gone.
+            log.warning("ownership of sandbox %s not released: %s", sandbox_id, exc.message)
+            await trio.lowlevel.checkpoint()
 
     async def record(self, action: Action, sandbox: Sandbox, client_address: str | None) -> None:
         """An audit entry by the sandbox's agent about its own tunnel."""
@@ -151,9 +198,11 @@ class TunnelSessions:
             client_address=client_address,
         )
 
-    async def heartbeat(self, tunnel: Tunnel, sandbox_id: str, token_hash: str) -> None:
+    async def heartbeat(
+        self, tunnel: Tunnel, sandbox_id: str, token_hash: str, generation: int = 0
+    ) -> None:
         """Record the agent as alive and whether its opencode answers; close the tunnel once its
-        token is gone (sandbox deleted)."""
+        token is gone (sandbox deleted) or a newer tunnel owns the sandbox (missed notice)."""
         health: str | None = None  # `running` was just written with no reason
         while not tunnel.closed:
             try:
@@ -167,6 +216,10 @@ class TunnelSessions:
                 log.info("sandbox %s was deleted: closing its tunnel", sandbox_id)
                 await tunnel.aclose()
                 return
+            if not await self.still_owner(sandbox_id, generation):
+                log.info("tunnel of sandbox %s superseded: closing it", sandbox_id)
+                await tunnel.aclose(SUPERSEDED)
+                return
             if self.probe_health:
                 health = await self.record_health(tunnel, sandbox_id, health)
             await trio.sleep(HEARTBEAT)
@@ -179,6 +232,15 @@ class TunnelSessions:
         except AgentServerError as exc:
             log.warning("last heartbeat of sandbox %s not recorded: %s", sandbox_id, exc.message)
             await trio.lowlevel.checkpoint()  # the error may come before anything was awaited
+
+    async def still_owner(self, sandbox_id: str, generation: int) -> bool:
+        """Whether this tunnel still owns the sandbox (True when the database cannot say)."""
+        try:
+            return await self.owners.still_owner(sandbox_id, generation)
+        except AgentServerError as exc:
+            log.warning("ownership of sandbox %s not checked: %s", sandbox_id, exc.message)
+            await trio.lowlevel.checkpoint()  # the error may come before anything was awaited
+            return True
 
     async def record_health(self, tunnel: Tunnel, sandbox_id: str, known: str | None) -> str | None:
         """Probe the agent's opencode; when the answer changed, write it as the status reason
@@ -197,23 +259,20 @@ class TunnelSessions:
         return health
 
     async def sync_status(self, sandbox_id: str) -> None:
-        """Write `running` or `offline` as the hub says *now*, one writer per sandbox at a time."""
+        """Write `running` or `offline` as the hub says *now*, one writer per sandbox at a time
+        here; across replicas each write holds only while ownership agrees (cluster/owners.py),
+        so an old tunnel's end never marks a sandbox offline that another replica serves."""
         async with self.hub.status_lock(sandbox_id):
-            if self.hub.get(sandbox_id) is not None:
-                await self.set_status(sandbox_id, SandboxStatus.OFFLINE, SandboxStatus.RUNNING)
-            else:
-                await self.set_status(
-                    sandbox_id,
-                    SandboxStatus.RUNNING,
-                    SandboxStatus.OFFLINE,
-                    "the local agent disconnected",
-                )
-
-    async def set_status(
-        self, sandbox_id: str, expected: str, new: str, reason: str | None = None
-    ) -> None:
-        try:
-            await self.sandboxes.set_status(sandbox_id, expected, new, reason)
-        except AgentServerError as exc:
-            log.warning("status of sandbox %s not written: %s", sandbox_id, exc.message)
-            await trio.lowlevel.checkpoint()  # the error may come before anything was awaited
+            generation = self.hub.generation(sandbox_id)
+            try:
+                if generation is not None:
+                    row = await self.owners.mark_running(sandbox_id, generation)
+                else:
+                    row = await self.owners.mark_offline(sandbox_id, "the local agent disconnected")
+            except AgentServerError as exc:
+                log.warning("status of sandbox %s not written: %s", sandbox_id, exc.message)
+                await trio.lowlevel.checkpoint()  # the error may come before anything was awaited
+                return
+            if row is not None:
+                log.info("sandbox %s → %s", sandbox_id, row.status)
+                self.sandboxes.publish(row)

@@ -1,6 +1,8 @@
 """The hub: which live tunnel serves each local sandbox, on this server process.
 
-One tunnel per sandbox. A new tunnel for the same sandbox replaces (and closes) the old one; the
+One tunnel per sandbox, registered with the generation under which this replica owns it in the
+database (cluster/owners.py): a relayed request names the generation it expects, and an older
+one is not served. A new tunnel for the same sandbox replaces (and closes) the old one; the
 old one's end must then not unregister the new one, so `unregister` takes the tunnel it means.
 Status changes derived from the hub (running / offline) are serialised per sandbox with
 `status_lock`, and the caller reads the hub *inside* the lock, so the last writer always wrote
@@ -24,6 +26,7 @@ class Hub:
         self._tunnels: dict[str, Tunnel] = {}
         # The ports each connected agent shares as previews (`agent connect --allow-port`).
         self._shared: dict[str, tuple[int, ...]] = {}
+        self._generations: dict[str, int] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._finished: dict[Tunnel, trio.Event] = {}
 
@@ -39,16 +42,29 @@ class Hub:
         """The ports the sandbox's connected agent shares as previews (none when offline)."""
         return self._shared.get(sandbox_id, ()) if self.get(sandbox_id) is not None else ()
 
+    def generation(self, sandbox_id: str) -> int | None:
+        """The ownership generation of the sandbox's live tunnel here, or None."""
+        return self._generations.get(sandbox_id) if self.get(sandbox_id) is not None else None
+
+    def tunnels(self) -> list[tuple[str, Tunnel, int]]:
+        """Every registered tunnel: (sandbox id, tunnel, generation)."""
+        return [(s, t, self._generations.get(s, 0)) for s, t in self._tunnels.items()]
+
     async def register(
-        self, sandbox_id: str, tunnel: Tunnel, shared_ports: tuple[int, ...] = ()
+        self,
+        sandbox_id: str,
+        tunnel: Tunnel,
+        shared_ports: tuple[int, ...] = (),
+        generation: int = 0,
     ) -> None:
-        """Make `tunnel` the sandbox's tunnel (its agent sharing `shared_ports` as previews);
-        a previous one is closed."""
+        """Make `tunnel` the sandbox's tunnel (its agent sharing `shared_ports` as previews,
+        owned under `generation`); a previous one is closed."""
         # Before any change: a cancel here leaves nothing registered for the caller to undo.
         await trio.lowlevel.checkpoint()
         previous = self._tunnels.get(sandbox_id)
         self._tunnels[sandbox_id] = tunnel
         self._shared[sandbox_id] = shared_ports
+        self._generations[sandbox_id] = generation
         self._finished.setdefault(tunnel, trio.Event())
         if previous is not None and previous is not tunnel:
             await previous.aclose()
@@ -59,6 +75,7 @@ class Hub:
             return False
         del self._tunnels[sandbox_id]
         self._shared.pop(sandbox_id, None)
+        self._generations.pop(sandbox_id, None)
         return True
 
     def finish(self, tunnel: Tunnel) -> None:

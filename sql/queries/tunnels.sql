@@ -29,8 +29,10 @@ WHERE o.sandbox_id = :sandbox_id;
 -- name: tunnel_forget_dead :execrows
 -- Ownership of replicas that are dead (heartbeat too old) or gone (no row): nobody serves those
 -- tunnels any more. A row a live replica took over meanwhile is not touched.
+-- The sweeping replica never counts itself dead: a heartbeat it was slow to write (a stalled
+-- machine) must not make it drop its own live tunnels; the others judge it by its heartbeat.
 DELETE FROM tunnel_owners o
-WHERE NOT EXISTS (
+WHERE o.replica_id <> :me AND NOT EXISTS (
     SELECT 1 FROM replicas r
     WHERE r.id = o.replica_id AND r.heartbeat_at > now() - make_interval(secs => :dead_after)
 );
@@ -44,7 +46,7 @@ WHERE s.type = 'local' AND s.status = 'running'
   AND NOT EXISTS (
     SELECT 1 FROM tunnel_owners o JOIN replicas r ON r.id = o.replica_id
     WHERE o.sandbox_id = s.id
-      AND r.heartbeat_at > now() - make_interval(secs => :dead_after)
+      AND (r.id = :me OR r.heartbeat_at > now() - make_interval(secs => :dead_after))
   )
 RETURNING s.id, s.workspace_id, s.name, s.type, s.status, s.status_reason, s.created_by,
           s.created_at, s.updated_at, s.last_activity_at, s.paused_at, s.agent_secret,
@@ -74,7 +76,7 @@ WHERE s.id = :sandbox_id AND s.type = 'local' AND s.status = 'running'
   AND NOT EXISTS (
     SELECT 1 FROM tunnel_owners o JOIN replicas r ON r.id = o.replica_id
     WHERE o.sandbox_id = s.id
-      AND r.heartbeat_at > now() - make_interval(secs => :dead_after)
+      AND (r.id = :me OR r.heartbeat_at > now() - make_interval(secs => :dead_after))
   )
 RETURNING s.id, s.workspace_id, s.name, s.type, s.status, s.status_reason, s.created_by,
           s.created_at, s.updated_at, s.last_activity_at, s.paused_at, s.agent_secret,

@@ -8,7 +8,8 @@ import trio
 
 from agentserver.cluster import Presence, default_relay_url, new_replica_id, shared_secret
 from agentserver.cluster.keys import relay_secret
-from agentserver.db.database import open_database
+from agentserver.cluster.owners import Owners
+from agentserver.db.database import Database, Tx, open_database
 from agentserver.db.migrate import apply_migrations
 from tests.conftest import make_settings, start_server
 
@@ -90,3 +91,45 @@ def test_the_default_relay_url_is_the_listen_address(tmp_path: Path) -> None:
     assert default_relay_url(settings) == "http://127.0.0.1:8080"
     settings = make_settings("postgresql://x/y", tmp_path, listen="10.1.2.3:9000")
     assert default_relay_url(settings) == "http://10.1.2.3:9000"
+
+
+async def test_a_replica_never_sweeps_its_own_tunnels_for_a_late_heartbeat(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A replica whose own heartbeat is late (a stalled machine) keeps its tunnels' rows in its
+    own sweep; another replica's sweep judges it dead and removes them."""
+    await trio.to_thread.run_sync(apply_migrations, db_url)
+    async with open_database(db_url, listen_changes=False) as db:
+        late = Owners(db, Presence(db, new_replica_id(), "http://127.0.0.1:1"))
+        other = Owners(db, Presence(db, new_replica_id(), "http://127.0.0.1:2"))
+        await late.presence.join()
+        await other.presence.join()
+        sandbox_id = await owner_of_a_local_sandbox(db)
+        await late.claim(sandbox_id)
+
+        def stall(tx: Tx) -> None:
+            tx.conn.execute(
+                "UPDATE replicas SET heartbeat_at = now() - interval '1 minute' WHERE id = %s",
+                (late.replica_id,),
+            )
+
+        await db.transaction(stall)
+        assert await late.forget_dead() == 0
+        assert await late.lookup(sandbox_id, fresh=True) is not None
+        assert await other.forget_dead() == 1
+        assert await late.lookup(sandbox_id, fresh=True) is None
+
+
+async def owner_of_a_local_sandbox(db: Database) -> str:
+    """A user, a workspace and one local sandbox in it, made in SQL; the sandbox's id."""
+
+    def make(tx: Tx) -> str:
+        tx.conn.execute("INSERT INTO users (id, username, password_hash) VALUES ('u1', 'u1', 'x')")
+        tx.conn.execute("INSERT INTO workspaces (id, name) VALUES ('w1', 'w1')")
+        tx.conn.execute(
+            "INSERT INTO sandboxes (id, workspace_id, name, type, status, created_by, agent_secret)"
+            " VALUES ('s1', 'w1', 's1', 'local', 'running', 'u1', 'secret')"
+        )
+        return "s1"
+
+    return await db.transaction(make)

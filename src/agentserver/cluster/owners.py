@@ -107,7 +107,9 @@ class Owners:
 
     async def forget_dead(self) -> int:
         """Remove the ownership of dead or departed replicas (idempotent; any replica may)."""
-        return await self.db.exec("tunnel_forget_dead", dead_after=self.presence.dead_after)
+        return await self.db.exec(
+            "tunnel_forget_dead", dead_after=self.presence.dead_after, me=self.replica_id
+        )
 
     # -- local sandboxes' status, from ownership ------------------------------------------------
 
@@ -127,12 +129,16 @@ class Owners:
             sandbox_id=sandbox_id,
             reason=reason,
             dead_after=self.presence.dead_after,
+            me=self.replica_id,
         )
 
     async def all_unowned_offline(self) -> list[Sandbox]:
         """Mark offline every running local sandbox that no live replica serves."""
         return await self.db.many(
-            "tunnel_all_unowned_offline", Sandbox, dead_after=self.presence.dead_after
+            "tunnel_all_unowned_offline",
+            Sandbox,
+            dead_after=self.presence.dead_after,
+            me=self.replica_id,
         )
 
     # -- everyone else's side -------------------------------------------------------------------

@@ -132,8 +132,41 @@ class CloseUnlessBodyRead:
 
         async def send_marked(message: Any) -> None:
             if message["type"] == "http.response.start" and not received:
-                kept = [(n, v) for n, v in message.get("headers", ()) if n.lower() != b"connection"]
-                message = {**message, "headers": [*kept, (b"connection", b"close")]}
+                message = _closing(message)
             await send(message)
 
         await self.app(scope, receive_tracked, send_marked, sync_spawn, call_soon)
+
+
+def _closing(message: Any) -> Any:
+    kept = [(n, v) for n, v in message.get("headers", ()) if n.lower() != b"connection"]
+    return {**message, "headers": [*kept, (b"connection", b"close")]}
+
+
+class CloseWhileDraining:
+    """ASGI wrapper (hypercorn's calling convention): while the server drains, every response
+    says `Connection: close` and hypercorn ends the connection after it, so the client sends
+    its next request on a new connection, which the load balancer gives another replica."""
+
+    def __init__(self, app: AppWrapper, draining: Callable[[], bool]) -> None:
+        self.app = app
+        self.draining = draining
+
+    async def __call__(
+        self,
+        scope: Any,
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+        sync_spawn: Callable[..., Any],
+        call_soon: Callable[..., Any],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send, sync_spawn, call_soon)
+            return
+
+        async def send_marked(message: Any) -> None:
+            if message["type"] == "http.response.start" and self.draining():
+                message = _closing(message)
+            await send(message)
+
+        await self.app(scope, receive, send_marked, sync_spawn, call_soon)

@@ -130,8 +130,9 @@ class Front:
         try:
             # One scope for the connection's life: its deadline is the keep-alive limit while
             # it waits for a request, none while one is served (cheaper than a scope each).
+            # A connection accepted while draining is served too (its response ends it).
             with trio.CancelScope() as idle:
-                while not self._draining:
+                while True:
                     end = await self._next_head(client, idle, key)
                     if end is None:
                         return

@@ -94,6 +94,14 @@ class HandedOver(TCPServer):
         with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_DEADLINE):
             await super()._close()
 
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The client is gone: the keep-alive timer has nothing left to time. Left running (it
+        # ends only at the keep-alive limit or hypercorn's `terminated`), it kept this
+        # connection's task alive for up to 30 s after the client left, and a drain waits for
+        # every connection's task.
+        await self.idle_task.stop()
+
 
 def _may_have_body(scope: dict[str, Any]) -> bool:
     for name, value in scope.get("headers", ()):

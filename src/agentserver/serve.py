@@ -168,14 +168,20 @@ async def begin_drain(deps: Deps) -> None:
     flight keep running: the listener drains them by the deadline (proxy/front.py)."""
     presence = deps.cluster.presence
     presence.draining = True
-    log.info("draining: not ready, taking no new tunnels, asking agents to reconnect elsewhere")
     deps.events.close_all()
+    agents = len(deps.hub)
     await deps.hub.close_all()
     with trio.move_on_after(DRAIN_MARK_TIMEOUT):
         try:
             await presence.drain()
         except Exception:  # the row then says so at the next heartbeat, or ages out
             log.warning("could not mark this replica draining in the database", exc_info=True)
+    log.info(
+        "draining: not ready, taking no new tunnels, %d agent(s) asked to reconnect elsewhere;"
+        " requests in flight have %s s",
+        agents,
+        deps.settings.shutdown_grace,
+    )
 
 
 async def run(

@@ -16,7 +16,7 @@ next request into it. (Related upstream reports: pgjones/hypercorn#106, #210.)
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import trio
 from hypercorn.config import Config
@@ -63,6 +63,24 @@ class Replayed:
         await self._stream.aclose()
 
 
+class ClientContext:
+    """The worker context as one connection sees it: its sleeps (hypercorn's WebSocket ping
+    loop, which checks whether its stream closed only between pings) end as soon as the
+    client has gone, so a closed WebSocket's connection task ends then and not up to a ping
+    interval (20 s) later; a drain waits for every connection's task."""
+
+    def __init__(self, context: WorkerContext, gone: trio.Event) -> None:
+        self._context = context
+        self._gone = gone
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def sleep(self, wait: float) -> None:
+        with trio.move_on_after(wait):
+            await self._gone.wait()
+
+
 class HandedOver(TCPServer):
     """Hypercorn's connection server, telling `on_idle` when it waits for a request."""
 
@@ -75,8 +93,10 @@ class HandedOver(TCPServer):
         stream: Replayed,
         on_idle: Callable[[bool], None],
     ) -> None:
+        self._gone = trio.Event()
+        per_client = cast(WorkerContext, ClientContext(context, self._gone))
         # hypercorn probes the stream for SSL by attribute; a Replayed is plain TCP to it.
-        super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
+        super().__init__(app, config, per_client, state, stream)  # type: ignore[arg-type]
         self._on_idle = on_idle
 
     async def protocol_send(self, event: Event) -> None:
@@ -96,6 +116,7 @@ class HandedOver(TCPServer):
 
     async def _read_data(self) -> None:
         await super()._read_data()
+        self._gone.set()
         # The client is gone: the keep-alive timer has nothing left to time. Left running (it
         # ends only at the keep-alive limit or hypercorn's `terminated`), it kept this
         # connection's task alive for up to 30 s after the client left, and a drain waits for

@@ -150,6 +150,42 @@ async def test_a_draining_replica_refuses_new_tunnels_with_503(replicas: Replica
     assert await replicas.wait_exit(2, GRACE) == 0
 
 
+async def read_stream(response: httpx.Response) -> list[str]:
+    """The lines of an event stream until it ends."""
+    lines: list[str] = []
+    with trio.fail_after(GRACE / 2):  # well before the drain's deadline
+        async for line in response.aiter_lines():
+            lines.append(line)
+    return lines
+
+
+async def test_event_streams_end_at_the_start_of_the_drain(replicas: Replicas) -> None:
+    """A dashboard's event stream ends as the drain begins, not at its deadline (the replica
+    is still running, held by a request in flight), and one opened during the drain gets its
+    snapshot and ends, so browsers reconnect to another replica."""
+    replica = replicas[0]
+    async with httpx.AsyncClient(base_url=replica.url, timeout=30) as client:
+        _, workspace = await owner_of_workspace(client)
+        path = f"/api/workspaces/{workspace['id']}/events"
+        async with client.stream("GET", path) as open_before:
+            lines = open_before.aiter_lines()
+            assert await lines.__anext__() == ": connected"
+            slow, rest = await hold_open(replica.port)
+            replicas.signal(0, signal.SIGTERM)
+            with trio.fail_after(GRACE / 2):  # well before the drain's deadline
+                async for _ in lines:
+                    pass  # the stream ends
+        assert replica.running
+        async with client.stream("GET", path, headers={"Connection": "close"}) as opened_during:
+            assert opened_during.status_code == 200
+            assert (await read_stream(opened_during))[0] == ": connected"
+        assert replica.running
+    async with slow:
+        await slow.send_all(rest)
+        await read_response(slow)
+    assert await replicas.wait_exit(0, GRACE) == 0
+
+
 @asynccontextmanager
 async def connected_agent(
     nursery: trio.Nursery, replicas: Replicas, tmp_path: Path, on: int

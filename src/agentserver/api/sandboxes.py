@@ -426,6 +426,10 @@ async def workspace_events(workspace_id: str) -> Response:
     except BaseException:
         sub.close()
         raise
+    if deps().cluster.presence.draining:
+        # This replica is shutting down (serve.begin_drain ended the streams it had): the
+        # snapshot, then the end, and the browser reconnects through the balancer elsewhere.
+        sub.end()
 
     # Quart streams an async iterator. If it were abandoned without being closed, the
     # subscription would fill and the hub would drop it, so nothing leaks for long.

@@ -315,3 +315,24 @@ async def test_a_rolling_restart_under_a_steady_stream_of_requests_fails_none(
     served = {i for i in replicas.balancer.routed if i is not None}
     assert served == {0, 1, 2}
     assert replicas.balancer.refused == 0  # terminated replicas were out of rotation
+
+
+async def test_the_balancer_skips_a_killed_replica_and_takes_it_back_once_restarted(
+    replicas: Replicas,
+) -> None:
+    """The harness itself: after kill -9 the replica refuses connections and the balancer
+    sends every request to the others (none fails); started again on the same port, it is
+    back in rotation."""
+    port = replicas[1].port
+    assert await replicas.kill(1) == -signal.SIGKILL
+    for _ in range(6):
+        async with httpx.AsyncClient(base_url=replicas.url) as fresh:  # a new connection each
+            assert (await fresh.get("/healthz")).status_code == 200
+    assert replicas.balancer.refused >= 1
+    await replicas.start(1)
+    assert replicas[1].port == port
+    routed = len(replicas.balancer.routed)
+    for _ in range(3):
+        async with httpx.AsyncClient(base_url=replicas.url) as fresh:
+            assert (await fresh.get("/readyz")).status_code == 200
+    assert 1 in replicas.balancer.routed[routed:]

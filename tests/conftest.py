@@ -68,6 +68,9 @@ def make_settings(db_url: str, data_dir: Path, **overrides: str) -> Settings:
         "db_url": db_url,
         "data_dir": str(data_dir),
         "idle_timeout": "0",
+        # The drain's deadline as it was before --shutdown-grace (30 s): a test that leaves a
+        # stream open does not hold its teardown longer than it used to.
+        "shutdown_grace": "5s",
     }
     values.update(overrides)
     return build_settings(values, {})

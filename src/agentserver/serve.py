@@ -38,7 +38,9 @@ from agentserver.sandboxes.tunnel_session import open_tunnel_sessions
 from agentserver.settings import OPTION_BY_NAME, Settings
 
 log = logging.getLogger(__name__)
-SHUTDOWN_GRACE = 5.0
+# Marking this replica draining in its presence row: bounded, the database may be the reason
+# the replica stops (the row then just says so at its next heartbeat, or ages out).
+DRAIN_MARK_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,11 +158,36 @@ def hypercorn_config(settings: Settings) -> Config:
     config = Config()
     config.accesslog = None  # our own request log never prints query strings
     config.errorlog = None  # serve prints its own "listening" line once ready
-    config.graceful_timeout = SHUTDOWN_GRACE
+    config.graceful_timeout = settings.shutdown_grace  # the drain's deadline (proxy/front.py)
     config.keep_alive_timeout = settings.keep_alive_timeout  # both paths (proxy/front.py)
     config.websocket_ping_interval = 20
     config.h11_max_incomplete_size = 64 * 1024
     return config
+
+
+async def begin_drain(deps: Deps) -> None:
+    """The start of a graceful shutdown, in this order: not ready (`/readyz` 503) and no new
+    tunnels (both read the presence's `draining`, set before anything is awaited); the
+    dashboards' event streams end, so browsers reconnect to another replica instead of holding
+    this one for the whole grace period; every agent gets the go-away and reconnects at once
+    (through the balancer, to another replica); the presence row says draining. Requests in
+    flight keep running: the listener drains them by the deadline (proxy/front.py)."""
+    presence = deps.cluster.presence
+    presence.draining = True
+    deps.events.close_all()
+    agents = len(deps.hub)
+    await deps.hub.close_all()
+    with trio.move_on_after(DRAIN_MARK_TIMEOUT):
+        try:
+            await presence.drain()
+        except Exception:  # the row then says so at the next heartbeat, or ages out
+            log.warning("could not mark this replica draining in the database", exc_info=True)
+    log.info(
+        "draining: not ready, taking no new tunnels, %d agent(s) asked to reconnect elsewhere;"
+        " requests in flight have %s s",
+        agents,
+        deps.settings.shutdown_grace,
+    )
 
 
 async def run(
@@ -169,7 +196,8 @@ async def run(
     shutdown: trio.Event,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until `shutdown` is set, then drain requests by a deadline and stop everything."""
+    """Serve until `shutdown` is set, then drain (`begin_drain`, and requests in flight by
+    `settings.shutdown_grace`) and stop everything."""
     sock = bind(settings)
     settings = settings.with_port(sock.getsockname()[1])
     with sock:  # closed even when the database or a service fails to open
@@ -191,7 +219,7 @@ async def run(
             # full passes from walking it again and again under load.
             gc.freeze()
             # Serving has its own nursery: once `shutdown` is set it drains requests (up to
-            # graceful_timeout) and returns, and only then do the services and the database close.
+            # --shutdown-grace) and returns, and only then do the services and the database close.
             async with trio.open_nursery() as http:
                 await http.start(
                     partial(
@@ -210,10 +238,12 @@ async def run(
                 task_status.started(
                     Running(url, settings.listen_port, deps, proxy, sandbox_summary, llm)
                 )
+                await shutdown.wait()
+                await begin_drain(deps)
 
 
 async def main(settings: Settings) -> None:
-    """Run with signal handling: SIGINT/SIGTERM start a graceful shutdown."""
+    """Run with signal handling: SIGINT/SIGTERM start a graceful shutdown (a drain)."""
     shutdown = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

@@ -46,7 +46,7 @@ async def test_an_agent_reconnects_within_seconds_of_a_server_restart(
     back = trio.current_time() - stopped
     assert agent.session.connections == 2
     assert back < 10, f"reconnected after {back:.1f} s: {agent.lines}"
-    assert any(line.startswith("server restarting, reconnecting in") for line in agent.lines), (
+    assert any(line.startswith("server restarting, reconnecting now") for line in agent.lines), (
         agent.lines
     )
     assert not [line for line in agent.lines if CLASS_NAME.search(line)], agent.lines

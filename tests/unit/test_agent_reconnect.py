@@ -14,6 +14,7 @@ import trio.testing
 import trio_websocket
 
 from agentserver.agent.connect import (
+    IMMEDIATE_EVERY,
     RESTART_CAP,
     RESTART_TRIES,
     AgentConfig,
@@ -69,6 +70,12 @@ class ScriptedSession(Session):
         )
         self.steps: Iterator[Step] = iter(steps)
         self.attempts: list[float] = []
+        self.waits: list[float] = []
+        self.wait = self.record_wait
+
+    async def record_wait(self, delay: float) -> None:
+        self.waits.append(delay)
+        await trio.sleep(delay)
 
     async def connect_once(self) -> None:
         self.attempts.append(trio.current_time())
@@ -124,7 +131,7 @@ async def test_a_go_away_reconnects_within_seconds_through_refused_connects(
     gaps = [b - a for a, b in zip(session.attempts[9:], session.attempts[10:], strict=False)]
     assert max(gaps) <= RESTART_CAP
     assert session.attempts[-1] - restart < 7 * RESTART_CAP
-    assert any("server restarting, reconnecting in" in line for line in session.lines)
+    assert any("server restarting, reconnecting now" in line for line in session.lines)
     refused = "server unreachable at http://127.0.0.1:8080: connection refused, reconnecting in"
     assert sum(refused in line for line in session.lines) == 14
 
@@ -162,3 +169,46 @@ async def test_a_refused_token_stops_with_what_to_do() -> None:
     with pytest.raises(AgentError) as stopped:
         await session.run()
     assert stopped.value.message.startswith("token revoked: register again with a new code")
+
+
+async def test_a_server_restarting_go_away_reconnects_without_waiting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After the go-away "server restarting" the next attempt starts at once: no backoff wait."""
+    session = await run_script([up("server restarting")])
+    assert session.waits == []
+    assert session.immediate_reconnects == 1
+    assert session.attempts[1] == session.attempts[0]
+
+
+async def test_a_draining_refusal_after_a_go_away_falls_back_to_the_backoff(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The immediate reconnect refused with 503 (the replica drains) waits as any refusal does."""
+    draining = trio_websocket.ConnectionRejected(503, (), b"")
+    session = await run_script([up("server restarting"), fail(draining)])
+    assert session.immediate_reconnects == 1
+    assert len(session.waits) == 1
+    assert "not ready (HTTP 503)" in session.lines[-2]
+    assert session.waits[0] <= RESTART_CAP
+
+
+async def test_go_aways_in_quick_succession_wait_after_the_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A server saying "restarting" again within IMMEDIATE_EVERY gets a backoff wait, so a
+    confused server cannot make the agent spin."""
+    session = await run_script([up("server restarting"), up("server restarting")])
+    assert session.immediate_reconnects == 1
+    assert len(session.waits) == 1
+    assert session.attempts[1] - session.attempts[0] < IMMEDIATE_EVERY
+
+
+async def test_another_go_away_reason_waits_the_backoff(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Only a server that stops is reconnected to at once; a tunnel closed for another reason
+    (replaced by a newer tunnel of the same sandbox) waits, so two agents do not ping-pong."""
+    session = await run_script([up("replaced by a newer tunnel")])
+    assert session.immediate_reconnects == 0
+    assert len(session.waits) == 1

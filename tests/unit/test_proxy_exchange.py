@@ -150,3 +150,21 @@ async def test_body_bytes_read_after_a_failed_write_leave_the_browser_gone() -> 
             await browser.send_all(b"1234")
     assert received == [{"type": "http.request", "body": b"1234", "more_body": False}]
     assert exchange.browser is Browser.GONE
+
+
+async def test_an_exchange_while_the_server_drains_says_close_and_ends_the_connection() -> None:
+    """An exchange made while the server drains (`closing=True`) answers a keep-alive request
+    with `Connection: close` and does not keep the connection for another request."""
+    request = parse_request_head(GET)
+    assert request is not None
+    proxy: Any = Answering(start([(b"content-length", b"2")]), body(b"ok"))
+    async with tcp_pair() as (browser, server):
+        exchange = Exchange(Client(server), request, Target("opencode", "abc"), proxy, closing=True)
+        assert await exchange.run() is False
+        reader = h11.Connection(h11.CLIENT)
+        reader.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+        reader.receive_data(await browser.receive_some(65536))
+        response = reader.next_event()
+    assert isinstance(response, h11.Response)
+    assert response.status_code == 200
+    assert (b"connection", b"close") in response.headers

@@ -3,17 +3,21 @@
 The agent dials out (`ws(s)://<server>/api/tunnel/<sandboxId>`, token in the Authorization
 header), and forwards every request the server opens on the tunnel to the local opencode
 (forward.py). It reconnects forever with exponential backoff and full jitter (1 s up to 60 s,
-reset after a healthy connection). A connection that was up and ended (the server went away to
-restart, or the link broke) starts again from 1 s with waits capped at a few seconds for a while,
-so an agent is back within seconds of a server restart. It stops with exit status 1 when the
-server refuses the token (the sandbox was deleted or its token revoked), or refuses the agent's
-tunnel protocol (426: the line names both versions and the download). Every status line says
+reset after a healthy connection). A server that stops says so (the go-away "server restarting")
+and the agent reconnects at once, with no wait: behind a load balancer another replica takes the
+tunnel. Any other connection that was up and ended (the link broke) starts again from 1 s with
+waits capped at a few seconds for a while, as do the attempts after that first immediate one (a
+replica that is draining refuses new tunnels with 503), so an agent is back within seconds of a
+server restart. It stops with exit status 1 when the server refuses the token (the sandbox was
+deleted or its token revoked), or refuses the agent's tunnel protocol (426: the line names both
+versions and the download). Every status line says
 what happened in words (`describe`), never an exception's class name.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -52,6 +56,9 @@ BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0
 # (about a minute of a server restarting), then the usual doubling to BACKOFF_CAP.
 RESTART_CAP, RESTART_TRIES = 3.0, 20
 HEALTHY_AFTER = 30.0  # seconds connected after which the backoff starts again from 1 s
+# At most one reconnect without a wait per this many seconds (a server that says it restarts
+# over and over must not make the agent spin).
+IMMEDIATE_EVERY = 1.0
 PING_INTERVAL = 20.0
 # What the agent accepts from the server: 256 KiB frames, 2 MiB of credit per stream (see the
 # server's TUNNEL_SETTINGS). An older server that announces less gets frames of its size.
@@ -251,6 +258,9 @@ class Session:
         self.ws: trio_websocket.WebSocketConnection | None = None  # the live link, if any
         # How the loop waits before reconnecting (tests hold it to observe `offline`).
         self.wait: Callable[[float], Awaitable[None]] = trio.sleep
+        # Reconnects made at once after a server's go-away, without waiting (`wait`).
+        self.immediate_reconnects = 0
+        self._last_immediate = -math.inf
 
     async def run(self) -> None:
         """Reconnect forever; raises AgentError when the server refuses the token."""
@@ -281,11 +291,23 @@ class Session:
                 going_away = self.going_away()
                 if going_away is not None:
                     reason = _go_away_reason(going_away)
+                    if reason == SERVER_RESTARTING and self._may_reconnect_now():
+                        self.say(f"{reason}, reconnecting now")
+                        continue
                 else:
                     reason = f"connection to the server lost: {reason}"
             delay = self.backoff.next()
             self.say(f"{reason}, reconnecting in {_seconds(delay)}")
             await self.wait(delay)
+
+    def _may_reconnect_now(self) -> bool:
+        """True (and counted) when a reconnect without a wait is allowed now."""
+        now = trio.current_time()
+        if now - self._last_immediate < IMMEDIATE_EVERY:
+            return False
+        self._last_immediate = now
+        self.immediate_reconnects += 1
+        return True
 
     def going_away(self) -> str | None:
         """The go-away message the server sent on the last tunnel, if it sent one."""

@@ -33,6 +33,7 @@ from agentserver.errors import (
     Invalid,
     RateLimited,
     Unauthenticated,
+    Unavailable,
     UpgradeRequired,
 )
 from agentserver.kinds import PREVIEW_PORTS_HEADER, parse_shared_ports
@@ -188,6 +189,9 @@ async def _insert_sandbox(
 # -- the tunnel ----------------------------------------------------------------------------------
 
 
+DRAINING = "this server is shutting down and takes no new tunnels; connect again"
+
+
 def _bearer(value: str | None) -> str | None:
     if value is None:
         return None
@@ -204,6 +208,10 @@ async def tunnel_endpoint(sandbox_id: str) -> None:
     if token is None:
         raise Unauthenticated("send the tunnel token as `Authorization: Bearer <token>`")
     d = deps()
+    if d.cluster.presence.draining:
+        # Refused before any work: the agent tries again, and the load balancer (which no
+        # longer sends this replica new connections) hands it to another replica.
+        raise Unavailable(DRAINING)
     token_hash = hash_token(token)
     sandbox = await d.db.one(
         "agent_tunnel_sandbox", Sandbox, id=sandbox_id.lower(), tunnel_token_hash=token_hash

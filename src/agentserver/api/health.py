@@ -23,10 +23,14 @@ async def healthz() -> Response:
 
 @blueprint.get("/readyz")
 async def readyz() -> Response:
-    """The database answers; 503 otherwise."""
-    ok = await deps().db.ping()
-    response = jsonify({"status": "ok" if ok else "unavailable", "database": ok})
-    response.status_code = 200 if ok else 503
+    """The database answers and this replica is not draining (serve.py); 503 otherwise, so
+    the load balancer sends new work to the other replicas (`/healthz` stays 200 meanwhile)."""
+    d = deps()
+    ok = await d.db.ping()
+    draining = d.cluster.presence.draining
+    status = "draining" if draining else "ok" if ok else "unavailable"
+    response = jsonify({"status": status, "database": ok})
+    response.status_code = 200 if ok and not draining else 503
     return response
 
 

@@ -423,7 +423,8 @@ ANSWERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("GET", "/readyz"): {
         "200": json_answer(obj(status={"const": "ok"}, database={"const": True}), "ready"),
         "503": json_answer(
-            obj(status={"const": "unavailable"}, database={"const": False}), "database down"
+            obj(status={"enum": ["unavailable", "draining"]}, database={"type": "boolean"}),
+            "database down, or this replica is draining (shutting down)",
         ),
     },
     ("GET", "/metrics"): {"200": typed("text/plain", "Prometheus text exposition")},

@@ -436,6 +436,10 @@ async def workspace_events(workspace_id: str) -> Response:
     except BaseException:
         sub.close()
         raise
+    if deps().cluster.presence.draining:
+        # This replica is shutting down (serve.begin_drain ended the streams it had): the
+        # snapshot, then the end, and the browser reconnects through the balancer elsewhere.
+        sub.end()
 
     # An event queued while the snapshot was read may be older than the snapshot's row: the
     # stream never shows a sandbox going back (migration 0023's versions).

@@ -121,6 +121,8 @@ class Exchange:
         target: Route,
         proxy: SubdomainProxy,
         cancel: Callable[[], None] | None = None,
+        *,
+        closing: bool = False,
     ) -> None:
         self.client, self.request, self.target, self.proxy = client, request, target, proxy
         # Ends the connection this exchange runs on (its owner's cancel scope).
@@ -130,7 +132,8 @@ class Exchange:
         self.browser = SENDING
         self.reply = WAITING
         self._unread = request.content_length
-        self._closing = not request.keep_alive  # the response says `Connection: close`
+        # The response says `Connection: close` (asked for, or the server drains).
+        self._closing = closing or not request.keep_alive
         self._status = 0
         self._headers: Headers = []
         self._declared: int | None = None

@@ -12,6 +12,11 @@ read, for the rest of that connection's life (proxy/handover.py).
 Both paths share one budget (proxy/connections.py): a cap on open connections, where the one
 idle longest makes room for a newcomer, and one keep-alive limit for waiting for a request
 and its whole head. A head with a bare LF is answered 400 here, before either path.
+
+Shutdown is a drain (`serve`): the listener keeps accepting (a load balancer may still send a
+few connections, and `/readyz` must answer 503), every response says `Connection: close`, a
+connection waiting for its next request has `IDLE_LINGER` to send it, and serving ends when the
+last connection closes or the grace period (`--shutdown-grace`) is over, whichever is first.
 """
 
 from __future__ import annotations
@@ -33,7 +38,12 @@ from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 
 from agentserver.proxy.connections import Connections, default_cap
 from agentserver.proxy.exchange import Client, Exchange
-from agentserver.proxy.handover import CloseUnlessBodyRead, HandedOver, Replayed
+from agentserver.proxy.handover import (
+    CloseUnlessBodyRead,
+    CloseWhileDraining,
+    HandedOver,
+    Replayed,
+)
 from agentserver.proxy.http1 import MAX_HEAD, has_bare_lf, head_end, parse_request_head
 from agentserver.proxy.routing import Route, route
 from agentserver.proxy.subdomain import SubdomainProxy
@@ -41,6 +51,10 @@ from agentserver.proxy.subdomain import SubdomainProxy
 log = logging.getLogger(__name__)
 ROUTES_REMEMBERED = 4096
 REFUSAL_WRITE = 1.0
+# Draining: how long a connection waiting for its next request may still send one (answered
+# with `Connection: close`) before it is closed. A client whose request is already on its way
+# must not have it cut off; one that is merely keeping the connection warm goes elsewhere.
+IDLE_LINGER = 1.0
 _BUSY_BODY = b'{"error": {"code": "busy", "message": "too many open connections; retry shortly"}}'
 BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
@@ -68,16 +82,32 @@ class Front:
         connections: Connections,
     ) -> None:
         self.app, self.config, self.context, self.state = app, config, context, state
-        self.handed_over_app = CloseUnlessBodyRead(app)
+        self.handed_over_app = CloseUnlessBodyRead(CloseWhileDraining(app, self.draining))
         self.proxy = proxy
         self.connections = connections
         self._routes: dict[bytes, Route | None] = {}
         self._draining = False
+        # Set once draining and no connection is left open.
+        self.drained = trio.Event()
+
+    def draining(self) -> bool:
+        return self._draining
 
     def drain(self) -> None:
-        """Shutdown: connections waiting for their next request close now; others after it."""
+        """Shutdown begins: every response from now on says `Connection: close` and ends its
+        connection; connections waiting for a request may still send one for `IDLE_LINGER`
+        (`close_idle` ends them after)."""
         self._draining = True
+        self._check_drained()
+
+    def close_idle(self) -> None:
+        """Draining, after the linger: connections still waiting for a request close now."""
         self.connections.close_idle()
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._draining and self.connections.open == 0:
+            self.drained.set()
 
     async def handle(self, stream: trio.SocketStream) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -89,6 +119,7 @@ class Front:
             await self._serve(stream, key)
         finally:
             self.connections.release(key)
+            self._check_drained()
 
     async def _serve(self, stream: trio.SocketStream, key: int) -> None:
         try:
@@ -99,8 +130,9 @@ class Front:
         try:
             # One scope for the connection's life: its deadline is the keep-alive limit while
             # it waits for a request, none while one is served (cheaper than a scope each).
+            # A connection accepted while draining is served too (its response ends it).
             with trio.CancelScope() as idle:
-                while not self._draining:
+                while True:
                     end = await self._next_head(client, idle, key)
                     if end is None:
                         return
@@ -113,7 +145,9 @@ class Front:
                         await self._hand_over(client, key)
                         return
                     del client.buffer[:end]
-                    exchange = Exchange(client, request, target, self.proxy, idle.cancel)
+                    exchange = Exchange(
+                        client, request, target, self.proxy, idle.cancel, closing=self._draining
+                    )
                     if not await exchange.run():
                         return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -146,8 +180,10 @@ class Front:
             return MALFORMED if has_bare_lf(client.buffer, end) else end
         if has_bare_lf(client.buffer, len(client.buffer)):  # the start of a pipelined head
             return MALFORMED
-        # The whole head must arrive within the keep-alive limit (no trickling a byte a minute).
-        idle.deadline = trio.current_time() + self.config.keep_alive_timeout
+        # The whole head must arrive within the keep-alive limit (no trickling a byte a minute);
+        # while draining, within the linger.
+        wait = IDLE_LINGER if self._draining else self.config.keep_alive_timeout
+        idle.deadline = trio.current_time() + wait
         self.connections.idle(key, idle.cancel)
         try:
             while end < 0:
@@ -210,9 +246,10 @@ async def serve(
     max_connections: int = 0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `app` on the listening `sock` until `shutdown_trigger` returns, then drain
-    (hypercorn's own worker loop, with `Front` in place of its connection handler). At most
-    `max_connections` are open at once (0: sized from the open-files limit)."""
+    """Serve `app` on the listening `sock` until `shutdown_trigger` returns, then drain for
+    at most `config.graceful_timeout` (see the module docstring; hypercorn's own worker loop,
+    with `Front` in place of its connection handler). At most `max_connections` are open at
+    once (0: sized from the open-files limit)."""
     config.set_statsd_logger_class(StatsdLogger)
     state: LifespanState = {}
     lifespan = Lifespan(app, config, state)
@@ -233,9 +270,17 @@ async def serve(
                 )
                 task_status.started()
                 await shutdown_trigger()
+                front.drain()
+                with trio.move_on_after(config.graceful_timeout):
+                    with trio.move_on_after(IDLE_LINGER):
+                        await front.drained.wait()
+                    front.close_idle()
+                    await front.drained.wait()
                 accepting.cancel_scope.cancel()
+            # Connections that arrive from now on are refused (the balancer tries another
+            # replica) instead of waiting unanswered in the backlog until the process exits.
+            await listener.aclose()
             await context.terminated.set()
-            front.drain()
-            connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+            connections.cancel_scope.cancel()  # what is left when the grace period is over
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

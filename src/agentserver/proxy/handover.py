@@ -16,7 +16,7 @@ next request into it. (Related upstream reports: pgjones/hypercorn#106, #210.)
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import trio
 from hypercorn.config import Config
@@ -63,6 +63,24 @@ class Replayed:
         await self._stream.aclose()
 
 
+class ClientContext:
+    """The worker context as one connection sees it: its sleeps (hypercorn's WebSocket ping
+    loop, which checks whether its stream closed only between pings) end as soon as the
+    client has gone, so a closed WebSocket's connection task ends then and not up to a ping
+    interval (20 s) later; a drain waits for every connection's task."""
+
+    def __init__(self, context: WorkerContext, gone: trio.Event) -> None:
+        self._context = context
+        self._gone = gone
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def sleep(self, wait: float) -> None:
+        with trio.move_on_after(wait):
+            await self._gone.wait()
+
+
 class HandedOver(TCPServer):
     """Hypercorn's connection server, telling `on_idle` when it waits for a request."""
 
@@ -75,8 +93,10 @@ class HandedOver(TCPServer):
         stream: Replayed,
         on_idle: Callable[[bool], None],
     ) -> None:
+        self._gone = trio.Event()
+        per_client = cast(WorkerContext, ClientContext(context, self._gone))
         # hypercorn probes the stream for SSL by attribute; a Replayed is plain TCP to it.
-        super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
+        super().__init__(app, config, per_client, state, stream)  # type: ignore[arg-type]
         self._on_idle = on_idle
 
     async def protocol_send(self, event: Event) -> None:
@@ -93,6 +113,15 @@ class HandedOver(TCPServer):
     async def _close(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_DEADLINE):
             await super()._close()
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        self._gone.set()
+        # The client is gone: the keep-alive timer has nothing left to time. Left running (it
+        # ends only at the keep-alive limit or hypercorn's `terminated`), it kept this
+        # connection's task alive for up to 30 s after the client left, and a drain waits for
+        # every connection's task.
+        await self.idle_task.stop()
 
 
 def _may_have_body(scope: dict[str, Any]) -> bool:
@@ -132,8 +161,41 @@ class CloseUnlessBodyRead:
 
         async def send_marked(message: Any) -> None:
             if message["type"] == "http.response.start" and not received:
-                kept = [(n, v) for n, v in message.get("headers", ()) if n.lower() != b"connection"]
-                message = {**message, "headers": [*kept, (b"connection", b"close")]}
+                message = _closing(message)
             await send(message)
 
         await self.app(scope, receive_tracked, send_marked, sync_spawn, call_soon)
+
+
+def _closing(message: Any) -> Any:
+    kept = [(n, v) for n, v in message.get("headers", ()) if n.lower() != b"connection"]
+    return {**message, "headers": [*kept, (b"connection", b"close")]}
+
+
+class CloseWhileDraining:
+    """ASGI wrapper (hypercorn's calling convention): while the server drains, every response
+    says `Connection: close` and hypercorn ends the connection after it, so the client sends
+    its next request on a new connection, which the load balancer gives another replica."""
+
+    def __init__(self, app: AppWrapper, draining: Callable[[], bool]) -> None:
+        self.app = app
+        self.draining = draining
+
+    async def __call__(
+        self,
+        scope: Any,
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+        sync_spawn: Callable[..., Any],
+        call_soon: Callable[..., Any],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send, sync_spawn, call_soon)
+            return
+
+        async def send_marked(message: Any) -> None:
+            if message["type"] == "http.response.start" and self.draining():
+                message = _closing(message)
+            await send(message)
+
+        await self.app(scope, receive, send_marked, sync_spawn, call_soon)

@@ -119,7 +119,7 @@ async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
         oidc_providers = await sign_in_providers(settings)
         events = WorkspaceEvents()
         async with (
-            open_sandboxes(settings, db, events, audit) as lifecycle,
+            open_sandboxes(settings, db, events, audit, cluster) as lifecycle,
             open_tunnel_sessions(settings, db, lifecycle.service, audit) as tunnels,
         ):
             deps = Deps(

@@ -18,6 +18,7 @@ import trio
 
 from agentserver.audit import Action, Actor, AuditLog, Result, Target
 from agentserver.auth.tokens import hash_token, new_id, new_token
+from agentserver.cluster import Cluster, Leases, new_replica_id
 from agentserver.db.database import Database
 from agentserver.errors import AgentServerError, Conflict, DatabaseUnavailable, Invalid, NotFound
 from agentserver.models import Sandbox, SandboxType, Workspace
@@ -91,6 +92,7 @@ class Sandboxes:
         nursery: trio.Nursery,
         events: WorkspaceEvents | None = None,
         audit: AuditLog | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.db = db
         # What the lifecycle does by itself (idle pauses, wakes, restarts) is recorded here,
@@ -106,6 +108,16 @@ class Sandboxes:
         self._deleting: set[str] = set()
         self._activity_in, self._activity_out = trio.open_memory_channel[str](1024)
         self._sealer: Sealer | None = None
+        # Across replicas, one operation per sandbox at a time (cluster/leases.py); alone, a
+        # replica's leases are still claimed (by a name no other process has).
+        self.replica_id = cluster.replica_id if cluster is not None else new_replica_id()
+        self.leases = (
+            Leases(db, self.replica_id, cluster.presence.dead_after)
+            if cluster is not None
+            else Leases(db, self.replica_id)
+        )
+        # The process backend's sandboxes are this replica's children: their rows say so.
+        self.per_replica = bool(getattr(backend, "per_replica", False))
 
     @property
     def sealer(self) -> Sealer:
@@ -357,6 +369,20 @@ class Sandboxes:
     async def _delete(self, sandbox_id: str) -> None:
         sandbox = await self.require(sandbox_id)
         await self._cancel_ops(sandbox_id)
+        # An operation another replica runs on it gives up (its start would undo this delete).
+        claimed: bool | None = None
+        with trio.move_on_after(STOP_TIMEOUT):
+            claimed = await self.leases.claim(sandbox_id, supersede=True)
+        if claimed is None:
+            raise Conflict("another server is still working on this sandbox; try again")
+        async with self.leases.hold(sandbox_id, supersede=True) as held:
+            if not (claimed and held):
+                raise NotFound("sandbox not found")  # deleted by someone else meanwhile
+            await self._remove(sandbox)
+
+    async def _remove(self, sandbox: Sandbox) -> None:
+        """Destroy the sandbox's backend object, then its row (holding its lease)."""
+        sandbox_id = sandbox.id
         if sandbox.type != SandboxType.LOCAL:
             try:
                 with trio.fail_after(STOP_TIMEOUT):
@@ -447,10 +473,18 @@ class Sandboxes:
         rows = await self.db.many("sbx_list_all", Sandbox)
         # Listed after the rows: a sandbox started meanwhile shows as live, never as missing.
         managed = {m.id: m for m in await self.backend.list_managed()}
+        # Another live replica's operations and process sandboxes are that replica's to settle.
+        held = {
+            row["id"]
+            for row in await self.db.rows(
+                "sbx_held_elsewhere", replica=self.replica_id, dead_after=self.leases.dead_after
+            )
+        }
         for sandbox in rows:
             found = managed.pop(sandbox.id, None)
-            if sandbox.type == SandboxType.LOCAL and not at_start:
-                continue  # local sandboxes follow their tunnel (sandboxes/tunnel_session.py)
+            # Local sandboxes follow their tunnel, at start too (sandboxes/tunnel_session.py).
+            if sandbox.type == SandboxType.LOCAL or sandbox.id in held:
+                continue
             if not at_start:
                 if self._busy(sandbox.id):
                     continue
@@ -468,8 +502,9 @@ class Sandboxes:
             except AgentServerError as exc:  # one sandbox's trouble does not stop the pass
                 log.warning("reconciling sandbox %s failed: %s", sandbox.id, exc.message)
         for orphan in managed:
-            if not at_start and (self._busy(orphan) or await self.get(orphan) is not None):
-                continue  # created after the rows were read
+            # At start too: another replica may have created it after the rows were read.
+            if self._busy(orphan) or orphan in held or await self.get(orphan) is not None:
+                continue
             log.warning("removing sandbox %s: the backend holds it but no row exists", orphan)
             try:
                 await self.backend.destroy(orphan)
@@ -487,12 +522,7 @@ class Sandboxes:
         status, sid = S(sandbox.status), sandbox.id
         live = found is not None and found.running
         endpoint = found.endpoint if found is not None and live else None
-        if sandbox.type == SandboxType.LOCAL:
-            if status == S.RUNNING:  # no tunnel survives a restart; the agent will reconnect
-                await self.set_status(
-                    sid, S.RUNNING, S.OFFLINE, "waiting for the agent to reconnect"
-                )
-        elif status == S.RUNNING and not live:
+        if status == S.RUNNING and not live:
             why = "a server restart" if at_start else "its agent stopped unnoticed"
             if await self.set_status(sid, S.RUNNING, S.RESUMING, f"restarting after {why}"):
                 self._spawn(sid, self._start, sid, S.RESUMING)
@@ -528,7 +558,11 @@ class Sandboxes:
             with op.scope:
                 if op.previous is not None:
                     await op.previous.done.wait()
-                await fn(*args)
+                # Across replicas: after the operation another one runs on it; given up at once
+                # when the lease is lost or another replica deletes the sandbox.
+                async with self.leases.hold(sandbox_id, on_lost=op.scope.cancel) as held:
+                    if held:
+                        await fn(*args)
         except Exception:
             log.exception("background operation on sandbox %s failed", sandbox_id)
         finally:
@@ -555,6 +589,8 @@ class Sandboxes:
         sandbox = await self.get(sandbox_id)
         if sandbox is None or sandbox.status != current:
             return
+        if self.per_replica:  # its process will be this replica's child
+            await self.db.exec("sbx_set_replica", id=sandbox_id, replica=self.replica_id)
         try:
             with trio.fail_after(START_TIMEOUT):
                 spec = await self._spec(sandbox)
@@ -568,8 +604,11 @@ class Sandboxes:
             await self.settle(sandbox_id, current, S.FAILED, reason)
             return
         if not await self.settle(sandbox_id, current, S.RUNNING, endpoint=endpoint):
-            # Deleted, crashed or stopped meanwhile: leave no process nobody owns.
+            # Deleted, crashed or stopped meanwhile: leave no process nobody owns, and no
+            # backend object at all without a row.
             await self._stop_quietly(sandbox_id)
+            if await self.get(sandbox_id) is None:
+                await self._destroy_quietly(sandbox_id)
 
     async def _stop_agent(self, sandbox_id: str) -> str | None:
         """Stop the sandbox's agent, keeping its files; why it failed, or None."""
@@ -642,6 +681,14 @@ class Sandboxes:
             except AgentServerError as exc:
                 log.warning("stopping sandbox %s failed: %s", sandbox_id, exc.message)
         # Stopped first (shielded), then a cancel point, as trio's own `aclose` methods do.
+        await trio.lowlevel.checkpoint()
+
+    async def _destroy_quietly(self, sandbox_id: str) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT):
+            try:
+                await self.backend.destroy(sandbox_id)
+            except AgentServerError as exc:
+                log.warning("removing sandbox %s failed: %s", sandbox_id, exc.message)
         await trio.lowlevel.checkpoint()
 
     async def _force_failed(self, sandbox_id: str, reason: str) -> None:

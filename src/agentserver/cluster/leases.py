@@ -47,19 +47,32 @@ class Leases:
         self.renew_every = RENEW
         # Operations this replica gave up because another replica deletes their sandbox.
         self.given_up = 0
+        # How many holds of this replica share each sandbox's lease (one finishing while the
+        # next begins), and the lock that orders their claims and releases.
+        self._holds: dict[str, int] = {}
+        self._locks: dict[str, trio.Lock] = {}
+
+    def _lock(self, sandbox_id: str) -> trio.Lock:
+        return self._locks.setdefault(sandbox_id, trio.Lock())
 
     async def try_claim(self, sandbox_id: str, *, supersede: bool = False) -> bool | None:
         """One try: True when this replica holds the lease now, False when another does,
         None when the sandbox is gone."""
-        got = await self.db.scalar(
-            "sbx_op_claim",
-            id=sandbox_id,
-            replica=self.replica_id,
-            lease=self.lease,
-            dead_after=self.dead_after,
-            supersede=supersede,
-        )
-        return None if got is None else got == "claimed"
+        async with self._lock(sandbox_id):
+            if self._holds.get(sandbox_id, 0) > 0:  # this replica holds it already: share it
+                self._holds[sandbox_id] += 1
+                return True
+            got = await self.db.scalar(
+                "sbx_op_claim",
+                id=sandbox_id,
+                replica=self.replica_id,
+                lease=self.lease,
+                dead_after=self.dead_after,
+                supersede=supersede,
+            )
+            if got == "claimed":
+                self._holds[sandbox_id] = 1
+            return None if got is None else got == "claimed"
 
     async def claim(self, sandbox_id: str, *, supersede: bool = False) -> bool:
         """Wait until this replica holds the lease (False: the sandbox is gone). `supersede`
@@ -79,12 +92,24 @@ class Leases:
             await trio.sleep(RETRY)
 
     async def release(self, sandbox_id: str) -> None:
-        """Give the lease back (shielded: it runs as the operation ends, cancelled or not)."""
+        """Give one claim back; the lease itself when no other hold of this replica shares it
+        (shielded: it runs as the operation ends, cancelled or not)."""
         with trio.CancelScope(shield=True), trio.move_on_after(10):
-            try:
-                await self.db.exec("sbx_op_release", id=sandbox_id, replica=self.replica_id)
-            except AgentServerError as exc:  # it runs out by itself within LEASE seconds
-                log.warning("releasing the lease on sandbox %s failed: %s", sandbox_id, exc.message)
+            lock = self._lock(sandbox_id)
+            async with lock:
+                left = self._holds.get(sandbox_id, 1) - 1
+                if left > 0:
+                    self._holds[sandbox_id] = left
+                else:
+                    self._holds.pop(sandbox_id, None)
+                    try:
+                        await self.db.exec("sbx_op_release", id=sandbox_id, replica=self.replica_id)
+                    except AgentServerError as exc:  # it runs out by itself within LEASE s
+                        log.warning(
+                            "releasing the lease on sandbox %s failed: %s", sandbox_id, exc.message
+                        )
+            if sandbox_id not in self._holds and lock.statistics().tasks_waiting == 0:
+                self._locks.pop(sandbox_id, None)
         await trio.lowlevel.checkpoint()
 
     @asynccontextmanager

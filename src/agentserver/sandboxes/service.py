@@ -561,17 +561,23 @@ class Sandboxes:
                 # Across replicas: after the operation another one runs on it; given up at once
                 # when the lease is lost or another replica deletes the sandbox.
                 async with self.leases.hold(sandbox_id, on_lost=op.scope.cancel) as held:
-                    if held:
-                        await fn(*args)
+                    try:
+                        if held:
+                            await fn(*args)
+                    finally:
+                        self._finished(sandbox_id, op)  # done before the lease's release
         except Exception:
             log.exception("background operation on sandbox %s failed", sandbox_id)
         finally:
-            op.previous = None
-            op.done.set()
-            if self._ops.get(sandbox_id) is op:
-                del self._ops[sandbox_id]
+            self._finished(sandbox_id, op)
         # After the bookkeeping: a scope cancelled before it ran may have passed no checkpoint.
         await trio.lowlevel.checkpoint()
+
+    def _finished(self, sandbox_id: str, op: Operation) -> None:
+        op.previous = None
+        op.done.set()
+        if self._ops.get(sandbox_id) is op:
+            del self._ops[sandbox_id]
 
     async def _cancel_ops(self, sandbox_id: str) -> None:
         op = self._ops.get(sandbox_id)

@@ -109,6 +109,7 @@ async def hold_advisory_lock(
             task_status.started()
 
     while True:
+        lost = False
         try:
             await _hold_once(url, key, poll, report)
         except psycopg.Error as exc:
@@ -118,8 +119,9 @@ async def hold_advisory_lock(
             log.warning("the advisory lock's connection failed (%s); again in %.1f s", first, delay)
         finally:
             if held:
-                held = False
+                held, lost = False, True
                 on_change(False)
-        # A backoff between connections to a failing database, not a wait for some state.
-        await trio.sleep(delay)
+        # A backoff between connections to a failing database, not a wait for some state; one
+        # that lost the lock lets the others' next tries come first.
+        await trio.sleep(max(delay, 2 * poll) if lost else delay)
         delay = min(MOST_RETRY, delay * 2)

@@ -111,8 +111,8 @@ async def test_the_idle_watcher_pauses_an_idle_sandbox_once_with_two_replicas(
         await until_status(second, sandbox.id, "paused", "failed")
         assert await status_of(first, sandbox.id) == "paused"
         # Both replicas' audit logs write what they queued.
-        await first.deps.audit.drain()
-        await second.deps.audit.drain()
+        await first.deps.audit.flush()
+        await second.deps.audit.flush()
         assert shared_backend.ops("pause") == [sandbox.id]
         entries = await trio.to_thread.run_sync(
             sql,

@@ -144,3 +144,30 @@ async def test_a_dead_replicas_process_sandboxes_are_paused_and_resumed_elsewher
         assert own_backends[0].running(sandbox.id)
         assert (await lease_of(db_url, sandbox.id))[1] == leader.deps.cluster.replica_id
         leader.shutdown.set()
+
+
+async def test_a_replica_stops_its_child_once_another_replica_runs_the_sandbox(
+    db_url: str, tmp_path: Path, own_backends: list[FakeBackend]
+) -> None:
+    """Process sandboxes: a restart on replica B starts the sandbox as B's child; replica A's
+    own reconciliation (each replica reconciles its children) then stops A's old process."""
+    options = {"reconcile_interval": "1"}
+    async with trio.open_nursery() as nursery:
+        first = await start_server(nursery, make_settings(db_url, tmp_path / "a", **options))
+        second = await start_server(nursery, make_settings(db_url, tmp_path / "b", **options))
+        wid = await workspace(db_url)
+        sandbox = await first.deps.sandboxes.create(wid, "moved", "opencode", None)
+        await until_status(first, sandbox.id, "running", "failed")
+        await second.deps.sandboxes.restart(sandbox.id)
+        with trio.fail_after(WAIT):
+            while (await lease_of(db_url, sandbox.id))[1] != second.deps.cluster.replica_id:
+                await trio.sleep(0.05)
+        await until_status(second, sandbox.id, "running", "failed")
+        assert own_backends[1].running(sandbox.id)
+        with trio.fail_after(WAIT):
+            await first.deps.reconciler.next_pass()
+        assert not own_backends[0].running(sandbox.id)
+        assert own_backends[1].running(sandbox.id)
+        assert await status_of(first, sandbox.id) == "running"
+        first.shutdown.set()
+        second.shutdown.set()

@@ -2,8 +2,10 @@
 
 With several replicas the loops that must run once in the cluster (the idle watcher, the
 reconciler, the sweep of dead replicas' process sandboxes) run only while this replica leads
-(cluster/leader.py); the start-up reconciliation runs on every replica, leaving alone what
-another live replica works on or runs.
+(cluster/leader.py). The process backend's reconciler is the exception: a replica's child
+processes are visible to it alone, so every replica reconciles its own. Every reconciliation
+(the start-up one too, which runs on every replica) leaves alone what another live replica
+works on or runs.
 """
 
 from __future__ import annotations
@@ -109,7 +111,10 @@ async def open_sandboxes(
             await once_in_cluster("idle watcher", watcher.run)
         if settings.reconcile_interval > 0:
             reconciler = Reconciler(service, settings.reconcile_interval)
-            await once_in_cluster("reconciler", reconciler.run)
+            if service.per_replica:  # each replica's children are only its own to see
+                await nursery.start(supervise, "reconciler", reconciler.run)
+            else:
+                await once_in_cluster("reconciler", reconciler.run)
         if cluster is not None and service.per_replica:
             sweep = DeadReplicaSweep(service, HEARTBEAT)
             await once_in_cluster("dead replicas' sandboxes", sweep.run)

@@ -483,7 +483,12 @@ class Sandboxes:
         for sandbox in rows:
             found = managed.pop(sandbox.id, None)
             # Local sandboxes follow their tunnel, at start too (sandboxes/tunnel_session.py).
-            if sandbox.type == SandboxType.LOCAL or sandbox.id in held:
+            if sandbox.type == SandboxType.LOCAL:
+                continue
+            if sandbox.id in held:
+                if self.per_replica and found is not None and found.running:
+                    # Our child, but another replica runs it (or acts on it) now: stop ours.
+                    await self._stop_quietly(sandbox.id)
                 continue
             if not at_start:
                 if self._busy(sandbox.id):

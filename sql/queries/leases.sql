@@ -65,3 +65,8 @@ WHERE s.replica_id IS NOT NULL AND s.status IN ('running', 'pausing')
        OR NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = s.op_owner
                       AND r.heartbeat_at > now() - make_interval(secs => :dead_after)))
 ORDER BY s.id;
+
+-- name: sbx_children_elsewhere :many
+-- Process sandboxes another replica (alive or dead) started: a running one is that replica's
+-- to watch while it lives, and the leader's to pause once it died (sandboxes/children.py).
+SELECT id FROM sandboxes WHERE replica_id IS NOT NULL AND replica_id <> :replica;

@@ -480,15 +480,20 @@ class Sandboxes:
                 "sbx_held_elsewhere", replica=self.replica_id, dead_after=self.leases.dead_after
             )
         }
+        # Process sandboxes other replicas started: after start, not for this one to restart.
+        theirs = set() if at_start or not self.per_replica else await self._children_elsewhere()
         for sandbox in rows:
             found = managed.pop(sandbox.id, None)
             # Local sandboxes follow their tunnel, at start too (sandboxes/tunnel_session.py).
             if sandbox.type == SandboxType.LOCAL:
                 continue
             if sandbox.id in held:
-                if self.per_replica and found is not None and found.running:
+                mine = found is not None and found.running and not self._busy(sandbox.id)
+                if self.per_replica and mine:
                     # Our child, but another replica runs it (or acts on it) now: stop ours.
                     await self._stop_quietly(sandbox.id)
+                continue
+            if sandbox.id in theirs and sandbox.status in (S.RUNNING, S.PAUSING):
                 continue
             if not at_start:
                 if self._busy(sandbox.id):
@@ -515,6 +520,10 @@ class Sandboxes:
                 await self.backend.destroy(orphan)
             except AgentServerError as exc:
                 log.warning("removing sandbox %s failed: %s", orphan, exc.message)
+
+    async def _children_elsewhere(self) -> set[str]:
+        rows = await self.db.rows("sbx_children_elsewhere", replica=self.replica_id)
+        return {row["id"] for row in rows}
 
     def _busy(self, sandbox_id: str) -> bool:
         """An operation or a deletion is under way on the sandbox."""

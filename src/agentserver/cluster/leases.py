@@ -21,7 +21,7 @@ import trio
 
 from agentserver.cluster.presence import DEAD_AFTER
 from agentserver.db.database import Database
-from agentserver.errors import AgentServerError
+from agentserver.errors import AgentServerError, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ RENEW = 1.0  # seconds between renewals
 # Seconds between a waiting claim's tries: another replica's lease ends by its release or by
 # the clock (its replica may be dead), and neither sends a notice.
 RETRY = 0.2
+RETRY_DOWN = 2.0  # seconds between tries while the database is unavailable
 
 
 def _ignore() -> None:
@@ -78,7 +79,12 @@ class Leases:
         """Wait until this replica holds the lease (False: the sandbox is gone). `supersede`
         (a delete) asks the holder to give its operation up and goes before other waiters."""
         while True:
-            got = await self.try_claim(sandbox_id, supersede=supersede)
+            try:
+                got = await self.try_claim(sandbox_id, supersede=supersede)
+            except DatabaseUnavailable as exc:  # the operation waits for the database
+                log.warning("claiming sandbox %s waits: %s", sandbox_id, exc.message)
+                await trio.sleep(RETRY_DOWN)
+                continue
             if got is not None:
                 if got:
                     return True

@@ -10,9 +10,13 @@ from typing import Any
 import pytest
 import trio
 
+from agentserver.cluster import Leases, Presence
+from agentserver.db.database import open_database
+from agentserver.db.migrate import apply_migrations
 from agentserver.sandboxes import feature
 from agentserver.sandboxes.children import REASON
 from agentserver.sandboxes.fake import FakeBackend
+from agentserver.sandboxes.service import insert_sandbox
 from agentserver.settings import Settings
 from tests.conftest import make_settings, start_server
 from tests.support.cluster import WAIT, sql, status_of, until_status, workspace
@@ -171,3 +175,44 @@ async def test_a_replica_stops_its_child_once_another_replica_runs_the_sandbox(
         assert await status_of(first, sandbox.id) == "running"
         first.shutdown.set()
         second.shutdown.set()
+
+
+async def test_leases_are_exclusive_until_their_replica_dies_and_a_delete_goes_first(
+    db_url: str,
+) -> None:
+    """A live replica's lease cannot be claimed by another; once its heartbeat is three
+    intervals old it can; a replica waiting to delete goes before other claims."""
+    await trio.to_thread.run_sync(apply_migrations, db_url)
+    wid = await workspace(db_url)
+    async with open_database(db_url, listen_changes=False) as db:
+        sid = (
+            await insert_sandbox(
+                db,
+                "sbx_insert",
+                workspace_id=wid,
+                name="s",
+                type="opencode",
+                created_by=None,
+                private=False,
+            )
+        ).id
+        replicas = {n: Presence(db, n, f"http://{n}", interval=0.2) for n in ("a", "b", "c")}
+        for presence in replicas.values():
+            await presence.join()
+        a, b, c = (Leases(db, n, replicas[n].dead_after) for n in ("a", "b", "c"))
+        assert await a.try_claim(sid) is True
+        assert await b.try_claim(sid) is False
+        assert await b.try_claim("no-such-sandbox") is None
+        # B waits to delete: A gives up at its renewal; C's new claim must wait behind B.
+        await db.exec("sbx_op_want", id=sid, replica="b", lease=b.lease)
+        assert await db.scalar("sbx_op_renew", id=sid, replica="a", lease=a.lease) is True
+        await a.release(sid)
+        assert await c.try_claim(sid) is False
+        assert await b.try_claim(sid, supersede=True) is True
+        # B dies holding it (only C beats on): after three intervals C may claim.
+        with trio.fail_after(WAIT):
+            while (row := await replicas["c"].replica("b")) is not None and row.alive:
+                await replicas["c"].beat()
+                await trio.sleep(0.05)
+        assert await c.try_claim(sid) is True
+        assert await db.scalar("sbx_op_renew", id=sid, replica="b", lease=b.lease) is None

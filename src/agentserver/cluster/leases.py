@@ -14,6 +14,7 @@ claims the lease before the deleter.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -125,12 +126,17 @@ class Leases:
         *,
         supersede: bool = False,
         on_lost: Callable[[], None] = _ignore,
-    ) -> AsyncIterator[bool]:
-        """Hold the lease for the body (False: the sandbox is gone, nothing is held), renewing
-        it meanwhile. `on_lost` is called when the lease is lost or, unless this hold
-        supersedes, when another replica waits to delete the sandbox: it should stop the body."""
-        if not await self.claim(sandbox_id, supersede=supersede):
-            yield False
+        wait: float = math.inf,
+    ) -> AsyncIterator[bool | None]:
+        """Hold the lease for the body, renewing it meanwhile: True; or nothing is held: False
+        when the sandbox is gone, None when it was not won within `wait` seconds. `on_lost` is
+        called when the lease is lost or, unless this hold supersedes, when another replica
+        waits to delete the sandbox: it should stop the body."""
+        claimed: bool | None = None
+        with trio.move_on_after(wait):
+            claimed = await self.claim(sandbox_id, supersede=supersede)
+        if not claimed:
+            yield claimed
             return
         try:
             async with trio.open_nursery() as nursery:

@@ -370,13 +370,10 @@ class Sandboxes:
         sandbox = await self.require(sandbox_id)
         await self._cancel_ops(sandbox_id)
         # An operation another replica runs on it gives up (its start would undo this delete).
-        claimed: bool | None = None
-        with trio.move_on_after(STOP_TIMEOUT):
-            claimed = await self.leases.claim(sandbox_id, supersede=True)
-        if claimed is None:
-            raise Conflict("another server is still working on this sandbox; try again")
-        async with self.leases.hold(sandbox_id, supersede=True) as held:
-            if not (claimed and held):
+        async with self.leases.hold(sandbox_id, supersede=True, wait=STOP_TIMEOUT) as held:
+            if held is None:
+                raise Conflict("another server is still working on this sandbox; try again")
+            if not held:
                 raise NotFound("sandbox not found")  # deleted by someone else meanwhile
             await self._remove(sandbox)
 

@@ -105,7 +105,8 @@ async def open_db(settings: Settings) -> AsyncIterator[Database]:
 @asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
     """Every service the handlers share, opened in order and closed in reverse: the database,
-    the audit log, sign-in providers, the sandbox lifecycle over its backend, and the local
+    this replica's place in the cluster (its leadership runs once-only work), the audit log,
+    sign-in providers, the sandbox lifecycle over its backend, and the local
     agents' tunnel sessions with their hub. Yields the handlers' `Deps` and the backend's
     one-line summary. (The proxies' own clients are opened by `run` and handed to them.)
 
@@ -114,16 +115,20 @@ async def open_services(settings: Settings) -> AsyncIterator[tuple[Deps, str]]:
     stored on a clean shutdown."""
     async with (
         open_db(settings) as db,
-        open_audit_log(DatabaseStore(db), settings.audit_retention_days) as audit,
         # This replica's row and heartbeat: other replicas find it (and its relay) there.
         open_cluster(settings, db) as cluster,
+        open_audit_log(
+            DatabaseStore(db),
+            settings.audit_retention_days,
+            once_in_cluster=cluster.leader.while_leading,
+        ) as audit,
     ):
         # A half-configured provider stops the start here, before any other service opens.
         oidc_providers = await sign_in_providers(settings)
         async with (
             # Fed with every replica's changes (LISTEN/NOTIFY): any replica serves any stream.
             open_workspace_events(db) as events,
-            open_sandboxes(settings, db, events, audit) as lifecycle,
+            open_sandboxes(settings, db, events, audit, cluster) as lifecycle,
             open_tunnel_sessions(
                 settings, db, lifecycle.service, audit, cluster=cluster
             ) as tunnels,

@@ -1,5 +1,6 @@
 """Fixtures shared by integration tests beyond the root conftest (sandbox servers)."""
 
+from tests.support.cluster import shared_backend
 from tests.support.kube_api.fixtures import kube_api, kube_api_served
 from tests.support.lifecycle_world import lifecycle
 from tests.support.preview_world import previews
@@ -17,5 +18,6 @@ __all__ = [
     "sandbox_server",
     "sandbox_settings",
     "server_path",
+    "shared_backend",
     "world",
 ]

@@ -8,7 +8,7 @@ import time
 import uuid
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 from quart import Response, current_app, g, request
 from quart_schema import QuartSchema, RequestSchemaValidationError
@@ -55,6 +55,12 @@ class Metrics:
             ["route", "method", "status"],
             registry=self.registry,
         )
+        # 1 on the replica that runs the cluster's once-only work (cluster/leader.py).
+        self.leader = Gauge(
+            "agentserver_cluster_leader",
+            "1 when this replica leads the cluster's background work (idle pauses, reconciliation)",
+            registry=self.registry,
+        )
 
 
 def create_app(deps: Deps) -> QuartTrio:
@@ -73,6 +79,7 @@ def create_app(deps: Deps) -> QuartTrio:
         openapi_provider_class=DescribedOpenAPI,
     )
     metrics = Metrics()
+    metrics.leader.set_function(lambda: float(deps.cluster.leader.leading))
     app.config["METRICS"] = metrics
 
     from agentserver.api import (

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -303,16 +303,22 @@ class AuditLog:
 
 @asynccontextmanager
 async def open_audit_log(
-    store: AuditStore, retention_days: int, *, linger: float = LINGER
+    store: AuditStore,
+    retention_days: int,
+    *,
+    linger: float = LINGER,
+    once_in_cluster: Callable[..., Awaitable[None]] | None = None,
 ) -> AsyncIterator[AuditLog]:
     """The audit log with its writer (and retention, unless `retention_days` is 0) running;
-    on exit everything queued is stored before this returns (up to DRAIN_TIMEOUT)."""
+    on exit everything queued is stored before this returns (up to DRAIN_TIMEOUT).
+    `once_in_cluster` (the cluster leader's `while_leading`) runs retention on one replica."""
     audit = AuditLog(store, linger=linger)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(supervise, "audit writer", audit.run)
             if retention_days > 0:
-                await nursery.start(supervise, "audit retention", audit.prune, retention_days)
+                run = once_in_cluster or supervise
+                await nursery.start(run, "audit retention", audit.prune, retention_days)
             try:
                 yield audit
             finally:

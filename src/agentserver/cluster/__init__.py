@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import trio
 
 from agentserver.cluster.keys import relay_secret, shared_secret
+from agentserver.cluster.leader import Leader
+from agentserver.cluster.leases import Leases
 from agentserver.cluster.presence import DEAD_AFTER, HEARTBEAT, Presence, Replica
 from agentserver.db.database import Database
 from agentserver.settings import Settings
@@ -21,6 +23,8 @@ __all__ = [
     "DEAD_AFTER",
     "HEARTBEAT",
     "Cluster",
+    "Leader",
+    "Leases",
     "Presence",
     "Replica",
     "default_relay_url",
@@ -59,23 +63,29 @@ class Cluster:
     # The key of the credential on relayed requests (cluster/keys.py).
     relay_secret: bytes
     presence: Presence
+    # Whether this replica runs the cluster's once-only background work (cluster/leader.py).
+    leader: Leader
 
 
 @asynccontextmanager
 async def open_cluster(
     settings: Settings, db: Database, heartbeat: float = HEARTBEAT
 ) -> AsyncIterator[Cluster]:
-    """Join the cluster (this replica's row, kept fresh by a supervised heartbeat) and leave it
-    on a clean stop. `settings.listen_port` must be the bound port."""
+    """Join the cluster (this replica's row, kept fresh by a supervised heartbeat; its bid for
+    leadership) and leave it on a clean stop. `settings.listen_port` must be the bound port."""
     replica_id = new_replica_id()
     relay_url = settings.relay_url or default_relay_url(settings)
     presence = Presence(db, replica_id, relay_url, heartbeat)
     key = await relay_secret(db, settings.relay_secret)
+    conninfo = db.pool.conninfo
+    leader = Leader(conninfo() if callable(conninfo) else conninfo, replica_id)
     async with trio.open_nursery() as nursery:
         await nursery.start(supervise, "heartbeat", presence.run)
+        await nursery.start(supervise, "leadership", leader.run)
+        await nursery.start(leader.while_leading, "replica pruning", presence.prune)
         log.info("replica %s, relay %s", replica_id, relay_url)
         try:
-            yield Cluster(replica_id, relay_url, key, presence)
+            yield Cluster(replica_id, relay_url, key, presence, leader)
         finally:
             nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True), trio.move_on_after(5):

@@ -21,6 +21,7 @@ HEARTBEAT = 2.0  # seconds between a replica's heartbeats
 DEAD_AFTER = 3 * HEARTBEAT
 # A dead replica's row is removed after this long (its work was taken over long before).
 FORGET_AFTER = 3600.0
+PRUNE_EVERY = 60.0  # seconds between the leader's passes removing such rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,14 @@ class Presence:
         while True:
             await trio.sleep(self.interval)
             await self.beat()
+
+    async def prune(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Remove long-dead replicas' rows, every PRUNE_EVERY (the leader's work)."""
+        task_status.started()
+        while True:
             await self.db.exec("cluster_replicas_prune", forget_after=FORGET_AFTER)
+            # A period between passes, not a wait for some state.
+            await trio.sleep(PRUNE_EVERY)
 
     async def leave(self) -> None:
         """Remove this replica's row (a clean stop: nothing of it is left to take over)."""

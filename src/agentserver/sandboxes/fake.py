@@ -103,6 +103,8 @@ class FakeBackend:
     # own server); `previews` False stands for a backend that cannot reach sandboxes' ports.
     listening: dict[str, dict[int, Endpoint]] = field(default_factory=dict)
     previews: bool = True
+    # True: stands for the process backend, whose sandboxes are one replica's children.
+    per_replica: bool = False
     _failures: dict[Op, list[BaseException]] = field(default_factory=dict)
     _gates: dict[Op, Gate] = field(default_factory=dict)
     _next_port: int = FIRST_PORT

@@ -1,18 +1,28 @@
-"""The sandbox lifecycle, opened: the chosen backend, reconciliation, the idle watcher."""
+"""The sandbox lifecycle, opened: the chosen backend, reconciliation, the idle watcher.
+
+With several replicas the loops that must run once in the cluster (the idle watcher, the
+reconciler, the sweep of dead replicas' process sandboxes) run only while this replica leads
+(cluster/leader.py). The process backend's reconciler is the exception: a replica's child
+processes are visible to it alone, so every replica reconciles its own. Every reconciliation
+(the start-up one too, which runs on every replica) leaves alone what another live replica
+works on or runs.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 import trio
 
 from agentserver.audit import AuditLog
+from agentserver.cluster import HEARTBEAT, Cluster
 from agentserver.db.database import Database
 from agentserver.errors import ConfigError
 from agentserver.sandboxes.base import Backend, ExitNotice
+from agentserver.sandboxes.children import DeadReplicaSweep
 from agentserver.sandboxes.events import WorkspaceEvents
 from agentserver.sandboxes.idle import IdleWatcher
 from agentserver.sandboxes.previews import PreviewWatcher
@@ -60,7 +70,11 @@ def backend_opener(settings: Settings, on_exit: ExitNotice) -> AbstractAsyncCont
 
 @asynccontextmanager
 async def open_sandboxes(
-    settings: Settings, db: Database, events: WorkspaceEvents, audit: AuditLog | None = None
+    settings: Settings,
+    db: Database,
+    events: WorkspaceEvents,
+    audit: AuditLog | None = None,
+    cluster: Cluster | None = None,
 ) -> AsyncIterator[Lifecycle]:
     """The lifecycle service over the configured backend, reconciled, with its loops running.
 
@@ -77,7 +91,7 @@ async def open_sandboxes(
             await trio.lowlevel.checkpoint()
 
     async with backend_opener(settings, on_exit) as backend, trio.open_nursery() as nursery:
-        service = Sandboxes(db, settings, backend, nursery, events, audit)
+        service = Sandboxes(db, settings, backend, nursery, events, audit, cluster)
         # The key of sandboxes' environment variables, settled before any is sealed or opened
         # (an old install's key file is adopted into the database here, at start).
         await service.sealer()
@@ -88,13 +102,26 @@ async def open_sandboxes(
         # Open dashboards see the ports a running sandbox serves change (sandboxes/previews.py).
         previews = PreviewWatcher(service, events, db=db)  # with every replica (migration 0023)
         await nursery.start(supervise, "preview watcher", previews.run)
+
+        async def once_in_cluster(name: str, run: Callable[..., Awaitable[None]]) -> None:
+            if cluster is None:  # alone (tests of the lifecycle): always
+                await nursery.start(supervise, name, run)
+            else:
+                await nursery.start(cluster.leader.while_leading, name, run)
+
         watcher = reconciler = None
         if settings.idle_timeout > 0:
             watcher = IdleWatcher(service, settings.idle_timeout)
-            await nursery.start(supervise, "idle watcher", watcher.run)
+            await once_in_cluster("idle watcher", watcher.run)
         if settings.reconcile_interval > 0:
             reconciler = Reconciler(service, settings.reconcile_interval)
-            await nursery.start(supervise, "reconciler", reconciler.run)
+            if service.per_replica:  # each replica's children are only its own to see
+                await nursery.start(supervise, "reconciler", reconciler.run)
+            else:
+                await once_in_cluster("reconciler", reconciler.run)
+        if cluster is not None and service.per_replica:
+            sweep = DeadReplicaSweep(service, HEARTBEAT)
+            await once_in_cluster("dead replicas' sandboxes", sweep.run)
         try:
             yield Lifecycle(
                 service=service,

@@ -70,6 +70,9 @@ class ProcessBackend:
     """Runs sandboxes as local processes; every process is supervised in this backend's nursery."""
 
     name = "process"
+    # Its sandboxes are this server process's children: with several replicas, their rows
+    # record which replica runs them (sandboxes/children.py).
+    per_replica = True
 
     def describe(self) -> str:
         if self.refusal:

@@ -18,6 +18,7 @@ import trio
 
 from agentserver.audit import Action, Actor, AuditLog, Result, Target
 from agentserver.auth.tokens import hash_token, new_id, new_token
+from agentserver.cluster import Cluster, Leases, new_replica_id
 from agentserver.db.database import Database
 from agentserver.errors import AgentServerError, Conflict, DatabaseUnavailable, Invalid, NotFound
 from agentserver.models import Sandbox, SandboxType, Workspace
@@ -92,6 +93,7 @@ class Sandboxes:
         nursery: trio.Nursery,
         events: WorkspaceEvents | None = None,
         audit: AuditLog | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.db = db
         # What the lifecycle does by itself (idle pauses, wakes, restarts) is recorded here,
@@ -107,6 +109,16 @@ class Sandboxes:
         self._deleting: set[str] = set()
         self._activity_in, self._activity_out = trio.open_memory_channel[str](1024)
         self._sealer: Sealer | None = None
+        # Across replicas, one operation per sandbox at a time (cluster/leases.py); alone, a
+        # replica's leases are still claimed (by a name no other process has).
+        self.replica_id = cluster.replica_id if cluster is not None else new_replica_id()
+        self.leases = (
+            Leases(db, self.replica_id, cluster.presence.dead_after)
+            if cluster is not None
+            else Leases(db, self.replica_id)
+        )
+        # The process backend's sandboxes are this replica's children: their rows say so.
+        self.per_replica = bool(getattr(backend, "per_replica", False))
 
     async def sealer(self) -> Sealer:
         """The key of the sandboxes' environment variables: the configured one, or the one
@@ -356,6 +368,17 @@ class Sandboxes:
     async def _delete(self, sandbox_id: str) -> None:
         sandbox = await self.require(sandbox_id)
         await self._cancel_ops(sandbox_id)
+        # An operation another replica runs on it gives up (its start would undo this delete).
+        async with self.leases.hold(sandbox_id, supersede=True, wait=STOP_TIMEOUT) as held:
+            if held is None:
+                raise Conflict("another server is still working on this sandbox; try again")
+            if not held:
+                raise NotFound("sandbox not found")  # deleted by someone else meanwhile
+            await self._remove(sandbox)
+
+    async def _remove(self, sandbox: Sandbox) -> None:
+        """Destroy the sandbox's backend object, then its row (holding its lease)."""
+        sandbox_id = sandbox.id
         if sandbox.type != SandboxType.LOCAL:
             try:
                 with trio.fail_after(STOP_TIMEOUT):
@@ -446,10 +469,27 @@ class Sandboxes:
         rows = await self.db.many("sbx_list_all", Sandbox)
         # Listed after the rows: a sandbox started meanwhile shows as live, never as missing.
         managed = {m.id: m for m in await self.backend.list_managed()}
+        # Another live replica's operations and process sandboxes are that replica's to settle.
+        held = {
+            row["id"]
+            for row in await self.db.rows(
+                "sbx_held_elsewhere", replica=self.replica_id, dead_after=self.leases.dead_after
+            )
+        }
+        # Process sandboxes other replicas started: after start, not for this one to restart.
+        theirs = set() if at_start or not self.per_replica else await self._children_elsewhere()
         for sandbox in rows:
             found = managed.pop(sandbox.id, None)
             if sandbox.type == SandboxType.LOCAL:
                 continue  # they follow tunnel ownership (sandboxes/tunnel_sweep.py), at start too
+            if sandbox.id in held:
+                mine = found is not None and found.running and not self._busy(sandbox.id)
+                if self.per_replica and mine:
+                    # Our child, but another replica runs it (or acts on it) now: stop ours.
+                    await self._stop_quietly(sandbox.id)
+                continue
+            if sandbox.id in theirs and sandbox.status in (S.RUNNING, S.PAUSING):
+                continue
             if not at_start:
                 if self._busy(sandbox.id):
                     continue
@@ -467,13 +507,18 @@ class Sandboxes:
             except AgentServerError as exc:  # one sandbox's trouble does not stop the pass
                 log.warning("reconciling sandbox %s failed: %s", sandbox.id, exc.message)
         for orphan in managed:
-            if not at_start and (self._busy(orphan) or await self.get(orphan) is not None):
-                continue  # created after the rows were read
+            # At start too: another replica may have created it after the rows were read.
+            if self._busy(orphan) or orphan in held or await self.get(orphan) is not None:
+                continue
             log.warning("removing sandbox %s: the backend holds it but no row exists", orphan)
             try:
                 await self.backend.destroy(orphan)
             except AgentServerError as exc:
                 log.warning("removing sandbox %s failed: %s", orphan, exc.message)
+
+    async def _children_elsewhere(self) -> set[str]:
+        rows = await self.db.rows("sbx_children_elsewhere", replica=self.replica_id)
+        return {row["id"] for row in rows}
 
     def _busy(self, sandbox_id: str) -> bool:
         """An operation or a deletion is under way on the sandbox."""
@@ -522,16 +567,26 @@ class Sandboxes:
             with op.scope:
                 if op.previous is not None:
                     await op.previous.done.wait()
-                await fn(*args)
+                # Across replicas: after the operation another one runs on it; given up at once
+                # when the lease is lost or another replica deletes the sandbox.
+                async with self.leases.hold(sandbox_id, on_lost=op.scope.cancel) as held:
+                    try:
+                        if held:
+                            await fn(*args)
+                    finally:
+                        self._finished(sandbox_id, op)  # done before the lease's release
         except Exception:
             log.exception("background operation on sandbox %s failed", sandbox_id)
         finally:
-            op.previous = None
-            op.done.set()
-            if self._ops.get(sandbox_id) is op:
-                del self._ops[sandbox_id]
+            self._finished(sandbox_id, op)
         # After the bookkeeping: a scope cancelled before it ran may have passed no checkpoint.
         await trio.lowlevel.checkpoint()
+
+    def _finished(self, sandbox_id: str, op: Operation) -> None:
+        op.previous = None
+        op.done.set()
+        if self._ops.get(sandbox_id) is op:
+            del self._ops[sandbox_id]
 
     async def _cancel_ops(self, sandbox_id: str) -> None:
         op = self._ops.get(sandbox_id)
@@ -549,6 +604,8 @@ class Sandboxes:
         sandbox = await self.get(sandbox_id)
         if sandbox is None or sandbox.status != current:
             return
+        if self.per_replica:  # its process will be this replica's child
+            await self.db.exec("sbx_set_replica", id=sandbox_id, replica=self.replica_id)
         try:
             with trio.fail_after(START_TIMEOUT):
                 spec = await self._spec(sandbox)
@@ -562,8 +619,11 @@ class Sandboxes:
             await self.settle(sandbox_id, current, S.FAILED, reason)
             return
         if not await self.settle(sandbox_id, current, S.RUNNING, endpoint=endpoint):
-            # Deleted, crashed or stopped meanwhile: leave no process nobody owns.
+            # Deleted, crashed or stopped meanwhile: leave no process nobody owns, and no
+            # backend object at all without a row.
             await self._stop_quietly(sandbox_id)
+            if await self.get(sandbox_id) is None:
+                await self._destroy_quietly(sandbox_id)
 
     async def _stop_agent(self, sandbox_id: str) -> str | None:
         """Stop the sandbox's agent, keeping its files; why it failed, or None."""
@@ -636,6 +696,14 @@ class Sandboxes:
             except AgentServerError as exc:
                 log.warning("stopping sandbox %s failed: %s", sandbox_id, exc.message)
         # Stopped first (shielded), then a cancel point, as trio's own `aclose` methods do.
+        await trio.lowlevel.checkpoint()
+
+    async def _destroy_quietly(self, sandbox_id: str) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT):
+            try:
+                await self.backend.destroy(sandbox_id)
+            except AgentServerError as exc:
+                log.warning("removing sandbox %s failed: %s", sandbox_id, exc.message)
         await trio.lowlevel.checkpoint()
 
     async def _force_failed(self, sandbox_id: str, reason: str) -> None:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from functools import partial
 
 import psycopg
 import trio
+
+from agentserver.db.own_thread import run_in_own_thread
 
 log = logging.getLogger(__name__)
 
@@ -59,29 +60,11 @@ def _hold_blocking(
 
 async def _hold_once(url: str, key: int, poll: float, report: Callable[[bool], None]) -> None:
     """One connection's life: returns only by cancellation, raises when the connection fails."""
-    stop = threading.Event()
 
     def reported(held: bool) -> None:
         trio.from_thread.run_sync(report, held)
 
-    async def stop_on_cancel() -> None:
-        try:
-            await trio.sleep_forever()
-        finally:
-            stop.set()  # the thread sees it within `poll` and returns (closing the connection)
-
-    failure: psycopg.Error | None = None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(stop_on_cancel)
-        own_thread = trio.CapacityLimiter(1)  # never waits for, nor holds, a shared thread token
-        holding = partial(_hold_blocking, url, key, poll, stop, reported)
-        try:
-            await trio.to_thread.run_sync(holding, limiter=own_thread)
-        except psycopg.Error as exc:
-            failure = exc  # raised bare, not in the nursery's exception group
-        nursery.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
+    await run_in_own_thread(lambda stop: _hold_blocking(url, key, poll, stop, reported))
 
 
 async def hold_advisory_lock(

@@ -20,12 +20,13 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Protocol
 
 import psycopg
 import trio
 from psycopg import sql
+
+from agentserver.db.own_thread import run_in_own_thread
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,6 @@ async def _listen_once(
     url: str, channels: tuple[str, ...], changes: Changes, on_ready: Callable[[], None]
 ) -> None:
     """One connection's life: returns only by cancellation, raises when the connection fails."""
-    stop = threading.Event()
 
     def ready() -> None:
         trio.from_thread.run_sync(on_ready)
@@ -140,24 +140,7 @@ async def _listen_once(
     def deliver(notice: Notice) -> None:
         trio.from_thread.run_sync(changes.publish, notice)
 
-    async def stop_on_cancel() -> None:
-        try:
-            await trio.sleep_forever()
-        finally:
-            stop.set()  # the thread sees it within POLL and returns
-
-    failure: psycopg.Error | None = None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(stop_on_cancel)
-        own_thread = trio.CapacityLimiter(1)  # never waits for, nor holds, a shared thread token
-        listening = partial(_listen_blocking, url, channels, stop, ready, deliver)
-        try:
-            await trio.to_thread.run_sync(listening, limiter=own_thread)
-        except psycopg.Error as exc:
-            failure = exc  # raised bare, not in the nursery's exception group
-        nursery.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
+    await run_in_own_thread(lambda stop: _listen_blocking(url, channels, stop, ready, deliver))
 
 
 async def listen(

@@ -9,7 +9,6 @@ import re
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 
 import httpx
@@ -18,10 +17,10 @@ import pytest
 import trio
 import trio_websocket
 
-from agentserver.agent.connect import Session, connect
+from agentserver.agent.connect import Session
 from tests.conftest import register
 from tests.support.accounts import owner_of_workspace
-from tests.support.replicas import Replicas
+from tests.support.replicas import Replicas, start_agent
 from tests.support.upstream import RecordingUpstream, serve_upstream
 
 DRAINING = re.compile(rb"draining: not ready")
@@ -194,48 +193,18 @@ async def connected_agent(
     connects): its session, its lines, the backoff waits it made, and an event set each time
     it is connected again."""
     upstream = await nursery.start(serve_upstream, RecordingUpstream())
-    lines: list[str] = []
-    waits: list[float] = []
-    reconnected = trio.Event()
-    holder: list[Session] = []
-    have_session = trio.Event()
-
-    def say(line: str) -> None:
-        lines.append(line)
-        if line.startswith("connected:") and len(holder) and holder[0].connections > 1:
-            reconnected.set()
-
-    async def recorded_wait(delay: float) -> None:
-        waits.append(delay)
-        await trio.sleep(delay)
-
-    def started(session: Session) -> None:
-        session.wait = recorded_wait
-        holder.append(session)
-        have_session.set()
-
     async with httpx.AsyncClient(base_url=replicas.url) as owner:
         _, workspace = await owner_of_workspace(owner)
-        code = (await owner.post(f"/api/workspaces/{workspace['id']}/agent-code")).json()["code"]
-    others = {i for i in range(len(replicas)) if i != on}
-    replicas.balancer.out |= others
-    nursery.start_soon(
-        partial(
-            connect,
-            server=replicas.url,
-            code=code,
-            name="laptop",
-            opencode_url=f"http://127.0.0.1:{upstream.port}",
-            config_path=tmp_path / "agent.json",
-            say=say,
-            started=started,
+        agent = await start_agent(
+            nursery,
+            replicas,
+            owner,
+            workspace["id"],
+            f"http://127.0.0.1:{upstream.port}",
+            tmp_path / "agent.json",
+            on,
         )
-    )
-    with trio.fail_after(60):
-        await have_session.wait()
-        await holder[0].connected.wait()
-    replicas.balancer.out -= others
-    yield holder[0], lines, waits, reconnected
+    yield agent.session, agent.lines, agent.waits, agent.reconnected
 
 
 async def test_an_agent_reconnects_at_once_to_another_replica_after_the_go_away(

@@ -309,9 +309,10 @@ async def sandbox_client_loop(
 
 
 @pytest.mark.xfail(
-    reason="a draining replica closes its tunnels outright (hub.close_all): the requests in"
-    " flight on them fail (502), and until the agent's new tunnel is claimed elsewhere the"
-    " sandbox has no owner (503 sandbox_offline); issue 16's tunnel handover is not built yet",
+    reason="a draining replica closes its tunnels outright (hub.close_all): requests for the"
+    " sandbox then fail with 502 sandbox_unreachable (on or relayed to the closing tunnel) and"
+    " 503 sandbox_offline (until the agent's new tunnel is claimed elsewhere); a handover that"
+    " keeps open streams and waits for the new owner is not built yet (issue 16)",
     strict=False,
 )
 async def test_a_rolling_restart_fails_no_request_for_a_local_agents_sandbox(

@@ -20,11 +20,14 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
+from agentserver.agent.connect import Session, connect
 from agentserver.settings import OPTIONS
 
 BIN = Path(sys.executable).parent / "agentserver"
@@ -308,3 +311,71 @@ async def replicas(db_url: str, tmp_path: Path) -> AsyncIterator[Replicas]:
     """Three replicas on one fresh database behind a round-robin balancer."""
     async with open_replicas(db_url, tmp_path / "replicas", shutdown_grace="20s") as found:
         yield found
+
+
+@dataclass
+class LocalAgent:
+    """An in-process `agent connect` whose tunnel goes through the balancer."""
+
+    session: Session
+    lines: list[str]
+    waits: list[float]  # the backoff waits it made
+    reconnected: trio.Event  # set once it is connected a second time
+
+    @property
+    def sandbox_id(self) -> str:
+        return self.session.config.sandboxId
+
+
+async def start_agent(
+    nursery: trio.Nursery,
+    replicas: Replicas,
+    owner: httpx.AsyncClient,
+    workspace_id: str,
+    opencode_url: str,
+    config_path: Path,
+    on: int,
+) -> LocalAgent:
+    """Register a local agent (forwarding to `opencode_url`) in the workspace `owner` owns and
+    run it in `nursery` until its tunnel is up on replica `on` (the others are out of rotation
+    while it connects, and back in afterwards)."""
+    code = (await owner.post(f"/api/workspaces/{workspace_id}/agent-code")).json()["code"]
+    lines: list[str] = []
+    waits: list[float] = []
+    reconnected = trio.Event()
+    holder: list[Session] = []
+    have_session = trio.Event()
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if line.startswith("connected:") and holder and holder[0].connections > 1:
+            reconnected.set()
+
+    async def recorded_wait(delay: float) -> None:
+        waits.append(delay)
+        await trio.sleep(delay)
+
+    def started(session: Session) -> None:
+        session.wait = recorded_wait
+        holder.append(session)
+        have_session.set()
+
+    others = {i for i in range(len(replicas)) if i != on}
+    replicas.balancer.out |= others
+    nursery.start_soon(
+        partial(
+            connect,
+            server=replicas.url,
+            code=code,
+            name="laptop",
+            opencode_url=opencode_url,
+            config_path=config_path,
+            say=say,
+            started=started,
+        )
+    )
+    with trio.fail_after(60):
+        await have_session.wait()
+        await holder[0].connected.wait()
+    replicas.balancer.out -= others
+    return LocalAgent(holder[0], lines, waits, reconnected)

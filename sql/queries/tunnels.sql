@@ -21,9 +21,12 @@ SELECT EXISTS (
 
 -- name: tunnel_owner :one
 -- Who serves the sandbox's tunnel, where to relay to, and whether that replica is alive.
-SELECT o.replica_id, o.generation, r.relay_url,
-       r.heartbeat_at > now() - make_interval(secs => :dead_after) AS alive
-FROM tunnel_owners o JOIN replicas r ON r.id = o.replica_id
+-- A replica that stopped cleanly (no row) with the row still naming it let its tunnel move
+-- (a drain keeps the row until the agent's new tunnel takes it over): `draining` then too.
+SELECT o.replica_id, o.generation, coalesce(r.relay_url, '') AS relay_url,
+       coalesce(r.heartbeat_at > now() - make_interval(secs => :dead_after), false) AS alive,
+       coalesce(r.draining, true) AS draining
+FROM tunnel_owners o LEFT JOIN replicas r ON r.id = o.replica_id
 WHERE o.sandbox_id = :sandbox_id;
 
 -- name: tunnel_forget_dead :execrows

@@ -174,19 +174,22 @@ async def begin_drain(deps: Deps) -> None:
     """The start of a graceful shutdown, in this order: not ready (`/readyz` 503) and no new
     tunnels (both read the presence's `draining`, set before anything is awaited); the
     dashboards' event streams end, so browsers reconnect to another replica instead of holding
-    this one for the whole grace period; every agent gets the go-away and reconnects at once
-    (through the balancer, to another replica); the presence row says draining. Requests in
-    flight keep running: the listener drains them by the deadline (proxy/front.py)."""
+    this one for the whole grace period; the presence row says draining; every agent gets the
+    go-away and connects again at once (through the balancer, to another replica) while its
+    requests in flight finish on the old tunnel (`Hub.move_all`). Requests in flight keep
+    running: the listener drains them by the deadline (proxy/front.py)."""
     presence = deps.cluster.presence
     presence.draining = True
     deps.events.close_all()
-    agents = len(deps.hub)
-    await deps.hub.close_all()
+    # The row says draining before any tunnel is sent away: a replica relaying here that is
+    # told "stale" then reads that this one drains, and waits for the agent's new tunnel.
     with trio.move_on_after(DRAIN_MARK_TIMEOUT):
         try:
             await presence.drain()
         except Exception:  # the row then says so at the next heartbeat, or ages out
             log.warning("could not mark this replica draining in the database", exc_info=True)
+    agents = deps.hub.move_all()
+    await trio.lowlevel.checkpoint()
     log.info(
         "draining: not ready, taking no new tunnels, %d agent(s) asked to reconnect elsewhere;"
         " requests in flight have %s s",

@@ -29,6 +29,7 @@ import trio
 
 from agentserver.agent.connect import Session, connect
 from agentserver.settings import OPTIONS
+from tests.support.workspace_events import watch_statuses
 
 BIN = Path(sys.executable).parent / "agentserver"
 LISTENING = re.compile(rb"listening on http://[^:/]+:(\d+)")
@@ -377,5 +378,9 @@ async def start_agent(
     with trio.fail_after(60):
         await have_session.wait()
         await holder[0].connected.wait()
+        # Connected is the agent's view; requests are served once the server says `running`
+        # (its ownership claimed and the tunnel registered, a moment after the handshake).
+        async with watch_statuses(owner, workspace_id) as statuses:
+            await statuses.until(holder[0].config.sandboxId, "running")
     replicas.balancer.out -= others
     return LocalAgent(holder[0], lines, waits, reconnected)

@@ -64,9 +64,10 @@ def test_a_deleted_sandbox_event_passes_through_unchanged() -> None:
 
 
 class OpenTunnel:
-    """Stands in for a live `Tunnel` in the hub (only `closed` is read)."""
+    """Stands in for a live `Tunnel` in the hub (only `closed` and `going_away` are read)."""
 
     closed = False
+    going_away = False
 
 
 class RecordingOwners:

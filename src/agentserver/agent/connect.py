@@ -261,9 +261,29 @@ class Session:
         # Reconnects made at once after a server's go-away, without waiting (`wait`).
         self.immediate_reconnects = 0
         self._last_immediate = -math.inf
+        # Where tunnels a server sent away finish their requests (`run`'s nursery).
+        self._finishing: trio.Nursery | None = None
+        # Set (and replaced) each time a tunnel comes up: the one sent away closes then.
+        self._next_up = trio.Event()
 
     async def run(self) -> None:
         """Reconnect forever; raises AgentError when the server refuses the token."""
+        # Tunnels a draining server sent away finish their requests in flight here while the
+        # loop has connected again (`_serve`).
+        try:
+            async with trio.open_nursery() as finishing:
+                self._finishing = finishing
+                try:
+                    await self._reconnect_forever()
+                finally:
+                    self._finishing = None
+                    finishing.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # the loop's own error (AgentError), bare
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    async def _reconnect_forever(self) -> None:
         while True:
             self.say(f"connecting to {self.url}")
             self.tunnel = None
@@ -314,6 +334,17 @@ class Session:
         return None if self.tunnel is None else self.tunnel.peer_going_away
 
     async def connect_once(self) -> None:
+        """One connection: returns when its tunnel ended, or as soon as the server asked the
+        agent to go ("server restarting": a replica draining), the old tunnel then finishing
+        its requests in flight in the background while the caller connects again."""
+        if self._finishing is not None:
+            await self._finishing.start(self._serve)
+        else:  # outside `run` (tests): the old tunnel finishes before this returns
+            async with trio.open_nursery() as finishing:
+                await finishing.start(self._serve)
+
+    async def _serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await trio.lowlevel.checkpoint()
         headers = [
             (b"authorization", f"Bearer {self.config.tunnelToken}".encode()),
             (tunnel_version.HEADER.lower().encode(), str(compat.PROTOCOL).encode()),
@@ -321,35 +352,61 @@ class Session:
         if self.config.allowedPorts:  # the server lists (and asks for) only these previews
             shared = ",".join(str(p) for p in self.config.allowedPorts)
             headers.append((PREVIEW_PORTS_HEADER.encode(), shared.encode()))
-        async with trio_websocket.open_websocket_url(
-            self.url,
-            extra_headers=headers,
-            receive_buffer_size=None,
-            # The largest tunnel message the server may send us: trio-websocket closes with 1009
-            # as soon as a message grows past it, never holding more of it.
-            max_message_size=max_message_size(AGENT_SETTINGS.max_frame_payload),
-            connect_timeout=30,
-            disconnect_timeout=5,
-        ) as ws:
-            self.ws = ws
-            async with open_tunnel(
-                WebSocketLink(ws),
-                role=Role.CLIENT,
-                settings=AGENT_SETTINGS,
-                handler=self.forwarder.handle,
-            ) as tunnel:  # served until it ends, which also ends this block
-                self.tunnel = tunnel
-                self.connections += 1
-                self.connected.set()
-                shared = ", ".join(str(p) for p in self.config.allowedPorts)
-                self.say(
-                    f"connected: sandbox {self.config.sandboxId} ({self.config.name})"
-                    f" is running, forwarding to {self.forwarder.base_url}"
-                    + (f"; sharing port(s) {shared} as previews" if shared else "")
-                )
-                self.forwarder.on_success = self.backoff.reset
-                await trio.sleep(HEALTHY_AFTER)
-                self.backoff.reset()
+        moved = False
+        try:
+            async with trio_websocket.open_websocket_url(
+                self.url,
+                extra_headers=headers,
+                receive_buffer_size=None,
+                # The largest tunnel message the server may send us: trio-websocket closes with
+                # 1009 as soon as a message grows past it, never holding more of it.
+                max_message_size=max_message_size(AGENT_SETTINGS.max_frame_payload),
+                connect_timeout=30,
+                disconnect_timeout=5,
+            ) as ws:
+                self.ws = ws
+                async with open_tunnel(
+                    WebSocketLink(ws),
+                    role=Role.CLIENT,
+                    settings=AGENT_SETTINGS,
+                    handler=self.forwarder.handle,
+                ) as tunnel:  # served until it ends, which also ends this block
+                    self.tunnel = tunnel
+                    self.connections += 1
+                    self.connected.set()
+                    self._next_up.set()  # a tunnel sent away may close now
+                    self._next_up = trio.Event()
+                    shared = ", ".join(str(p) for p in self.config.allowedPorts)
+                    self.say(
+                        f"connected: sandbox {self.config.sandboxId} ({self.config.name})"
+                        f" is running, forwarding to {self.forwarder.base_url}"
+                        + (f"; sharing port(s) {shared} as previews" if shared else "")
+                    )
+                    self.forwarder.on_success = self.backoff.reset
+                    async with trio.open_nursery() as beats:
+                        beats.start_soon(self._healthy_after)
+                        await tunnel.peer_went_away.wait()
+                        beats.cancel_scope.cancel()
+                    if tunnel.peer_going_away == SERVER_RESTARTING:
+                        # Connect again now (another replica); this tunnel finishes what runs
+                        # on it and closes once the new one is up (its server keeps the
+                        # sandbox's ownership until then), or when its server closes it.
+                        moved = True
+                        next_up = self._next_up
+                        task_status.started()
+                        await next_up.wait()
+                        await tunnel.wait_idle()
+                        await tunnel.aclose("moved to a new connection")
+        except Exception:
+            if not moved:
+                raise
+            # The old tunnel's end after the move: nothing the new connection depends on.
+        if not moved:
+            task_status.started()
+
+    async def _healthy_after(self) -> None:
+        await trio.sleep(HEALTHY_AFTER)
+        self.backoff.reset()
 
 
 _RETRYABLE = (

@@ -40,6 +40,8 @@ class Owner:
     generation: int
     relay_url: str
     alive: bool
+    # The owner is draining: its tunnel is moving to another replica (a request waits for it).
+    draining: bool = False
 
     @property
     def address(self) -> tuple[str, int]:
@@ -57,6 +59,10 @@ class Owners:
         self.replica_id = presence.replica_id
         self._cache: dict[str, tuple[float, Owner | None]] = {}
         self._watchers: list[Callable[[str | None], None]] = []
+        # Set when the sandbox's owner changes (`moved` waits on them); one per sandbox waited on.
+        self._moves: dict[str, trio.Event] = {}
+        # Counts notices: a lookup that overlapped one is not cached (it may predate it).
+        self._notices = 0
         db.changes.subscribe(TUNNEL_OWNER_CHANGED, self)
 
     def close(self) -> None:
@@ -70,12 +76,20 @@ class Owners:
         self._watchers.append(watcher)
 
     def notice(self, notice: Notice) -> None:
+        self._notices += 1
         self._cache.pop(notice.payload, None)
+        moved = self._moves.pop(notice.payload, None)
+        if moved is not None:
+            moved.set()
         for watcher in self._watchers:
             watcher(notice.payload)
 
     def reset(self) -> None:
+        self._notices += 1
         self._cache.clear()
+        moves, self._moves = self._moves, {}
+        for moved in moves.values():
+            moved.set()
         for watcher in self._watchers:
             watcher(None)
 
@@ -151,14 +165,28 @@ class Owners:
             if hit is not None and now - hit[0] < CACHE_SECONDS:
                 await trio.lowlevel.checkpoint_if_cancelled()
                 return hit[1]
+        before = self._notices
         owner = await self.db.one(
             "tunnel_owner", Owner, sandbox_id=sandbox_id, dead_after=self.presence.dead_after
         )
-        if self.db.changes.live:  # without notices a cached answer could outlive a change
+        if (
+            self.db.changes.live and self._notices == before
+        ):  # without notices a cached answer could outlive a change
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()
             self._cache[sandbox_id] = (now, owner)
         return owner
+
+    async def moved(self, sandbox_id: str, generation: int) -> Owner | None:
+        """Wait until the sandbox's tunnel is no longer the one of `generation` (its agent
+        connected again, to any replica; bound the wait with a cancel scope); the owner then."""
+        while True:
+            # Registered before the lookup: a change between the two is not missed.
+            changed = self._moves.setdefault(sandbox_id, trio.Event())
+            owner = await self.lookup(sandbox_id, fresh=True)
+            if owner is None or owner.generation != generation:
+                return owner
+            await changed.wait()
 
     def forget(self, sandbox_id: str) -> None:
         """Drop a cached answer (a relay found it stale)."""

@@ -47,7 +47,7 @@ from agentserver.proxy.headers import WEBSOCKET_HANDSHAKE, Headers, connection_t
 from agentserver.proxy.http import Receive, Scope, Send, proxy_http, target_of
 from agentserver.proxy.routing import Preview, Route
 from agentserver.proxy.sign_in import respond
-from agentserver.proxy.tunnel_upstream import PortNotShared, TunnelUpstream
+from agentserver.proxy.tunnel_upstream import PortNotShared, TunnelMoving, TunnelUpstream
 from agentserver.proxy.upstream import (
     IDEMPOTENT,
     REPLAY_LIMIT,
@@ -60,7 +60,7 @@ from agentserver.proxy.upstream import (
 )
 from agentserver.proxy.upstream_socket import TcpSocket, UpstreamSocket
 from agentserver.proxy.websocket import proxy_websocket
-from agentserver.tunnel import Hub
+from agentserver.tunnel import Hub, Tunnel
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ STALE = pages.Page(
     "This server no longer holds the sandbox's tunnel.",
 )
 _READS = frozenset({"GET", "HEAD"})
+# How long a request waits for a moving tunnel's agent to connect again (a drain; agents
+# reconnect at once, so this is only reached when one does not come back).
+MOVE_WAIT = 10.0
 _OWNER_DROPS = HOP_BY_HOP | {b"host"}
 
 
@@ -161,12 +164,52 @@ class Relay:
         tunnel = self.hub.get(sandbox_id)
         if tunnel is not None:
             await trio.lowlevel.checkpoint_if_cancelled()
-            return TunnelUpstream(tunnel, port=port)
+            return self.local(tunnel, sandbox_id, host, user_id, read_only, port)
         owner = await self.owners.lookup(sandbox_id, fresh=fresh)
+        if (
+            owner is not None
+            and (owner.alive or owner.draining)
+            and self._moving(sandbox_id, owner)
+        ):
+            # Its owner is draining and the agent is connecting elsewhere: wait for that.
+            generation = owner.generation
+            with trio.move_on_after(MOVE_WAIT):
+                owner = await self.owners.moved(sandbox_id, generation)
+            if owner is not None and owner.generation == generation:  # it did not come back
+                owner = await self.owners.lookup(sandbox_id, fresh=True)
+            tunnel = self.hub.get(sandbox_id)
+            if tunnel is not None:  # the agent came back to this very replica
+                return self.local(tunnel, sandbox_id, host, user_id, read_only, port)
         if owner is None or not owner.alive or owner.replica_id == self.replica_id:
             return None
         who = Relayed(owner.replica_id, owner.generation, user_id, read_only)
         return RelayUpstream(self, owner, sandbox_id, host, who, port, retry=retry)
+
+    def local(
+        self,
+        tunnel: Tunnel,
+        sandbox_id: str,
+        host: bytes,
+        user_id: str | None,
+        read_only: bool,
+        port: int | None,
+    ) -> Upstream:
+        """The sandbox's tunnel here; a request it takes after a drain sent it away (a race
+        of a moment) goes where the tunnel moved."""
+
+        async def moved() -> Upstream:
+            found = await self.upstream(sandbox_id, host, user_id, read_only, port, fresh=True)
+            if found is None:
+                raise SandboxUnreachable("the local agent's tunnel moved, and nowhere")
+            return found
+
+        return MovableUpstream(TunnelUpstream(tunnel, port=port), moved)
+
+    def _moving(self, sandbox_id: str, owner: Owner) -> bool:
+        """Whether the sandbox's tunnel is moving away from its owner (a drain)."""
+        if owner.replica_id == self.replica_id:  # its old tunnel here may be gone already
+            return self.hub.draining or self.hub.moving(sandbox_id)
+        return owner.draining
 
     # -- the owner's side ----------------------------------------------------------------------
 
@@ -217,9 +260,53 @@ class Relay:
             return
 
         async def unreachable(exc: SandboxUnreachable) -> None:
+            if isinstance(exc, TunnelMoving):  # sent away meanwhile: the relayer asks again
+                await _stale(scope, send)
+                return
             await page(scope, send, _page_of(exc, port))
 
         await proxy_http(scope, receive, send, upstream, headers, _nothing, unreachable)
+
+
+class MovableUpstream:
+    """A tunnel here that may be sent away (a drain) between choosing it and opening the
+    request on it: then (`TunnelMoving`, nothing read or sent yet) the request goes to `moved()`."""
+
+    def __init__(self, here: TunnelUpstream, moved: Callable[[], Awaitable[Upstream]]) -> None:
+        self._here = here
+        self._moved = moved
+
+    async def request(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: AsyncIterable[bytes],
+        *,
+        length: int | None,
+    ) -> UpstreamResponse:
+        try:
+            return await self._here.request(method, target, headers, body, length=length)
+        except TunnelMoving:
+            pass
+        upstream = await self._moved()
+        return await upstream.request(method, target, headers, body, length=length)
+
+    @asynccontextmanager
+    async def websocket(
+        self, target: str, headers: Headers, subprotocols: Sequence[str]
+    ) -> AsyncIterator[UpstreamSocket]:
+        async with AsyncExitStack() as stack:
+            try:
+                socket: UpstreamSocket = await stack.enter_async_context(
+                    self._here.websocket(target, headers, subprotocols)
+                )
+            except TunnelMoving:
+                upstream = await self._moved()
+                socket = await stack.enter_async_context(
+                    upstream.websocket(target, headers, subprotocols)
+                )
+            yield socket
 
 
 def _nothing() -> None:

@@ -40,6 +40,11 @@ class TunnelBusy(SandboxUnreachable):
     code = "sandbox_busy"
 
 
+class TunnelMoving(SandboxUnreachable):
+    """The tunnel was sent away (its replica drains) before the request was opened on it:
+    nothing of the request was read or sent, so it can go where the tunnel moved."""
+
+
 class PortNotShared(SandboxUnreachable):
     """The local agent refused a preview of a port its user did not share (403)."""
 
@@ -156,6 +161,8 @@ class TunnelUpstream:
                 port=self._port,
             )
         except _BROKEN:
+            if self._tunnel.going_away:
+                raise TunnelMoving("the local agent's tunnel is moving") from None
             raise SandboxUnreachable("the local agent is not connected") from None
         except StreamLimitReached as exc:
             raise TunnelBusy(f"the local agent's tunnel is full: {exc}") from None

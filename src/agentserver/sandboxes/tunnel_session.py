@@ -166,8 +166,12 @@ class TunnelSessions:
         except* TunnelClosed as group:
             log.info("tunnel of sandbox %s ended: %s", sandbox.id, group.exceptions[0])
         finally:
+            # A tunnel sent away by a drain moves: its row stays until the agent's new tunnel
+            # (on another replica) takes it over, so the sandbox is never offline meanwhile
+            # (requests wait for the new owner: proxy/relay.py); it goes when this replica does.
+            moved = hub.draining and tunnel is not None and tunnel.going_away
             with trio.CancelScope(shield=True), trio.move_on_after(STATUS_TIMEOUT):
-                if generation is not None:
+                if generation is not None and not moved:
                     await self.release(sandbox.id, generation)
                 if registered and tunnel is not None and hub.unregister(sandbox.id, tunnel):
                     log.info("local agent of sandbox %s disconnected", sandbox.id)
@@ -216,7 +220,9 @@ class TunnelSessions:
                 log.info("sandbox %s was deleted: closing its tunnel", sandbox_id)
                 await tunnel.aclose()
                 return
-            if not await self.still_owner(sandbox_id, generation):
+            if not tunnel.going_away and not await self.still_owner(sandbox_id, generation):
+                # (A tunnel moving away is superseded by design: its agent closes it once its
+                # requests in flight are done.)
                 log.info("tunnel of sandbox %s superseded: closing it", sandbox_id)
                 await tunnel.aclose(SUPERSEDED)
                 return

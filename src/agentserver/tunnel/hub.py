@@ -29,14 +29,33 @@ class Hub:
         self._generations: dict[str, int] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._finished: dict[Tunnel, trio.Event] = {}
+        # Draining: tunnels that end are moving to another replica (their ownership is kept
+        # until the new tunnel takes it over, so the sandbox never looks offline meanwhile).
+        self.draining = False
 
     def __len__(self) -> int:
         return len(self._tunnels)
 
     def get(self, sandbox_id: str) -> Tunnel | None:
-        """The sandbox's live tunnel, or None (the agent is offline)."""
+        """The sandbox's live tunnel, or None (the agent is offline, or its tunnel is moving
+        to another replica: it takes no new request)."""
         tunnel = self._tunnels.get(sandbox_id)
-        return None if tunnel is None or tunnel.closed else tunnel
+        return None if tunnel is None or tunnel.closed or tunnel.going_away else tunnel
+
+    def moving(self, sandbox_id: str) -> bool:
+        """True while the sandbox's tunnel here was told to go (`move_all`) and is still up:
+        its agent is connecting elsewhere, and a request waits for the new owner."""
+        tunnel = self._tunnels.get(sandbox_id)
+        return tunnel is not None and not tunnel.closed and tunnel.going_away
+
+    def move_all(self) -> int:
+        """This replica is draining: every agent is told to connect again (elsewhere) while its
+        requests in flight finish here; returns how many. The agent closes the old tunnel once
+        it is idle (older agents reconnect when the server closes it at the end)."""
+        self.draining = True
+        for tunnel in self._tunnels.values():
+            tunnel.go_away(SERVER_RESTARTING)
+        return len(self._tunnels)
 
     def shared_ports(self, sandbox_id: str) -> tuple[int, ...]:
         """The ports the sandbox's connected agent shares as previews (none when offline)."""

@@ -117,12 +117,43 @@ class Tunnel:
         self._peer_closed = False
         # The go-away message when the tunnel's task is cancelled (its owner is stopping).
         self.stop_reason = "the tunnel was stopped"
-        # The peer's go-away message once it sent one (a server going away to restart).
+        # The peer's go-away message once it sent one (a server going away to restart), and
+        # an event for whoever waits for it (an agent opening its next tunnel at once).
         self.peer_going_away: str | None = None
+        self.peer_went_away = trio.Event()
+        # Set (and replaced) whenever a stream is dropped: `wait_idle` watches it.
+        self._stream_dropped = trio.Event()
 
     @property
     def peer_settings(self) -> Settings | None:
         return self._conn.peer_settings
+
+    @property
+    def going_away(self) -> bool:
+        """True once we told the peer to go (`go_away`): no new streams either way."""
+        return self._conn.going_away
+
+    def go_away(self, message: str) -> None:
+        """Tell the peer to go (it may connect again, elsewhere): neither side opens a new
+        stream on this tunnel, the open ones finish; the tunnel stays up until one side closes
+        it (an agent closes it once idle, `wait_idle`)."""
+        if not self.closed:
+            self._conn.go_away(ErrorCode.NORMAL, message)
+            self._wake_writer()
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    async def wait_idle(self) -> None:
+        """Wait until no stream is open on the tunnel (or it closed)."""
+        await trio.lowlevel.checkpoint()
+        while self._streams and not self.closed:
+            await self._stream_dropped.wait()
+
+    def _dropped(self) -> None:
+        self._stream_dropped.set()
+        self._stream_dropped = trio.Event()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -176,6 +207,8 @@ class Tunnel:
             raise TunnelClosed(self.close_reason)
         if self._conn.peer_going_away:
             raise TunnelClosed("the peer is going away")
+        if self._conn.going_away:
+            raise TunnelClosed("the tunnel is going away")
         head = tuple((name, value) for name, value in headers)
         stream_id = self._conn.open_request(
             method,
@@ -201,6 +234,7 @@ class Tunnel:
         log = logger.warning if failed else logger.debug
         log("tunnel closed: %s", reason)
         streams, self._streams = self._streams, {}
+        self._dropped()
         for stream in streams.values():
             stream.tunnel_closed()
         if self._nursery is not None:
@@ -321,6 +355,7 @@ class Tunnel:
                     self._forget_if_finished(event.stream_id)
             case StreamReset():
                 if stream := self._streams.pop(event.stream_id, None):
+                    self._dropped()
                     stream.reset_received(event.code, event.message, remote=event.remote)
             case RequestReceived():
                 if self._handler is None or self._nursery is None or self.closed:
@@ -333,6 +368,7 @@ class Tunnel:
                 self._hello.set()
             case GoAwayReceived():
                 self.peer_going_away = event.message or event.code
+                self.peer_went_away.set()
                 logger.info("the peer is going away (%s): %s", event.code, event.message)
             case _:  # pings are answered inside the connection; pongs only prove liveness
                 pass
@@ -367,13 +403,14 @@ class Tunnel:
         if not self._conn.is_open(stream_id):
             return False
         self._conn.reset_stream(stream_id, code, message)
-        self._streams.pop(stream_id, None)
+        if self._streams.pop(stream_id, None) is not None:
+            self._dropped()
         self._wake_writer()
         return True
 
     def _forget_if_finished(self, stream_id: int) -> None:
-        if not self._conn.is_open(stream_id):
-            self._streams.pop(stream_id, None)
+        if not self._conn.is_open(stream_id) and self._streams.pop(stream_id, None) is not None:
+            self._dropped()
 
     def _wake_writer(self) -> None:
         if self._conn.has_frames_to_send:  # a wake-up for nothing costs a task switch per frame

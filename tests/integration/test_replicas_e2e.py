@@ -18,6 +18,7 @@ import trio_websocket
 
 from agentserver.cluster.presence import HEARTBEAT
 from agentserver.cluster.relay_auth import HEADER
+from tests.e2e.conftest import laptop_opencode  # noqa: F401 (the fixture: a real opencode)
 from tests.support.accounts import owner_of_workspace
 from tests.support.replicas import LocalAgent, Replica, Replicas, start_agent
 from tests.support.sandbox_login import SANDBOX_COOKIE, sandbox_client
@@ -260,3 +261,34 @@ async def test_the_relay_header_without_a_valid_credential_is_refused_by_a_real_
     assert all(r.json()["error"]["code"] == "relay_refused" for r in refused)
     assert upstream.seen("/json") == []
     assert len(upstream.seen("/session")) == 1
+
+
+async def test_opencodes_terminal_answers_through_every_replica(
+    replicas: Replicas,
+    owner: tuple[httpx.AsyncClient, str],
+    laptop_opencode: str,  # noqa: F811 (the fixture imported above)
+    nursery: trio.Nursery,
+    tmp_path: Path,
+) -> None:
+    """A real opencode behind the agent (tunnel on replica 0): a terminal made through one
+    replica answers its WebSocket through each replica, the two relays included."""
+    client, workspace_id = owner
+    agent = await start_agent(
+        nursery, replicas, client, workspace_id, laptop_opencode, tmp_path / "agent.json", on=0
+    )
+    for replica in replicas.replicas:
+        async with await browser(replica, owner, agent.sandbox_id) as sandbox:
+            made = await sandbox.post("/pty", json={"command": "/bin/sh"})
+            assert made.status_code == 200, made.text
+            target = f"/pty/{made.json()['id']}/connect"
+            async with websocket(replica, sandbox, target) as ws:
+                await ws.send_message(f"echo replica-$((40+{replica.index}))\n")
+                output = ""
+                with trio.fail_after(30):
+                    while f"replica-{40 + replica.index}" not in output:
+                        message = await ws.get_message()
+                        output += (
+                            message
+                            if isinstance(message, str)
+                            else message.decode(errors="replace")
+                        )

@@ -47,6 +47,7 @@ from agentserver.proxy.handover import (
 from agentserver.proxy.http1 import MAX_HEAD, has_bare_lf, head_end, parse_request_head
 from agentserver.proxy.routing import Route, route
 from agentserver.proxy.subdomain import SubdomainProxy
+from agentserver.proxy.tunnel_door import TunnelDoor
 
 log = logging.getLogger(__name__)
 ROUTES_REMEMBERED = 4096
@@ -86,6 +87,8 @@ class Front:
         self.proxy = proxy
         self.connections = connections
         self._routes: dict[bytes, Route | None] = {}
+        # Agents' tunnel upgrades on the main host (proxy/tunnel_door.py).
+        self.tunnel_door = None if proxy is None else TunnelDoor(proxy)
         self._draining = False
         # Set once draining and no connection is left open.
         self.drained = trio.Event()
@@ -140,6 +143,12 @@ class Front:
                         await _answer_and_close(stream, BARE_LF)
                         return
                     request = parse_request_head(bytes(client.buffer[:end])) if end > 0 else None
+                    if request is None and self.tunnel_door is not None and end > 0:
+                        tunnel = self.tunnel_door.upgrade(bytes(client.buffer[:end]))
+                        if tunnel is not None:  # an agent's tunnel: our own WebSocket
+                            del client.buffer[:end]
+                            await self.tunnel_door.serve(client, tunnel)
+                            return
                     target = self._route(request.host) if request is not None else None
                     if request is None or target is None or self.proxy is None:
                         await self._hand_over(client, key)

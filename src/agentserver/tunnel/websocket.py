@@ -195,13 +195,13 @@ class WebSocket:
                 self._buffer, self._pos = b"", 0
             if opcode in _DATA:
                 if fin and not self._fragments:
-                    return payload, waited
+                    return payload, waited  # noqa: ASYNC910
                 self._fragments.append(payload)
                 self._fragments_size += size
                 if fin:
                     message = b"".join(self._fragments)
                     self._fragments, self._fragments_size = [], 0
-                    return message, waited
+                    return message, waited  # noqa: ASYNC910
             else:
                 waited = await self._control(opcode, payload) or waited
 
@@ -222,7 +222,7 @@ class WebSocket:
         if self._pos:  # keep only what is not parsed yet
             self._buffer = bytearray(memoryview(self._buffer)[self._pos :])
             self._pos = 0
-        while have < needed:
+        while True:  # called only when more is needed
             try:
                 data = await self._stream.receive_some(max(READ_SIZE, needed - have))
             except (trio.BrokenResourceError, OSError) as exc:
@@ -237,20 +237,22 @@ class WebSocket:
                     self._buffer = bytearray(self._buffer)
                 self._buffer += data
             have += len(data)
+            if have >= needed:
+                return
 
     async def _control(self, opcode: int, payload: bytes) -> bool:
         """Act on a control frame; raises at a close. True if it awaited."""
         if opcode == PING:
             if self._close_sent or self._send_broken:
-                return False
+                return False  # noqa: ASYNC910
             pong = b"".join(frame(PONG, payload, masked=self._client))
             if self._sending:  # the sender writes it right after its message
                 self._pong = pong
-                return False
+                return False  # noqa: ASYNC910
             await self._send(pong)
             return True
         if opcode == PONG:
-            return False
+            return False  # noqa: ASYNC910
         code, reason = _close_payload(payload)
         self._peer_closed = True
         ended = code in _ENDS

@@ -25,6 +25,7 @@ from agentserver.tunnel.version import HEADER, PROTOCOL
 from agentserver.tunnel.websocket import WebSocket
 from tests.conftest import Server, make_settings
 from tests.support.accounts import owner_of_workspace
+from tests.support.workspace_events import watch_statuses
 
 GUARD = 15
 
@@ -179,21 +180,29 @@ async def closed_by_server(stream: trio.SocketStream) -> bool:
                 return True
 
 
-@pytest.mark.parametrize("server_settings", [{"max_connections": "2"}], indirect=True)
+@pytest.mark.parametrize("server_settings", [{"max_connections": "3"}], indirect=True)
 async def test_a_tunnel_is_never_closed_to_make_room(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With --max-connections 2, a tunnel (the oldest connection) and an idle one, a newcomer
-    is served by closing the idle connection; the tunnel stays up."""
+    """With --max-connections 3 (one of them a dashboard's event stream), a tunnel (the oldest
+    of the other two) and an idle connection, a newcomer is served by closing the idle one;
+    the tunnel stays up."""
     monkeypatch.setattr(TunnelSessions, "probe_health", False)  # this agent answers nothing
-    sid, token = await registered(server)
-    await trio.testing.wait_all_tasks_blocked()  # the registration's connections are gone
-    async with door_tunnel(server, sid, token) as tunnel:
-        idle = await idle_connection(server)
-        await trio.testing.wait_all_tasks_blocked()
-        newcomer = await idle_connection(server)
-        assert await closed_by_server(idle)
-        assert not tunnel.closed
-        assert server.deps.hub.get(sid) is not None
-        await newcomer.aclose()
-        await idle.aclose()
+    async with server.client() as owner:
+        _, workspace = await owner_of_workspace(owner)
+        code = (await owner.post(f"/api/workspaces/{workspace['id']}/agent-code")).json()["code"]
+        answer = await owner.post("/api/agent/register", json={"code": code, "name": "x"})
+        sid, token = answer.json()["sandboxId"], answer.json()["tunnelToken"]
+        async with (
+            watch_statuses(owner, workspace["id"]) as watch,  # the owner's one connection
+            door_tunnel(server, sid, token) as tunnel,
+        ):
+            await watch.until(sid, "running")
+            idle = await idle_connection(server)
+            await trio.testing.wait_all_tasks_blocked()
+            newcomer = await idle_connection(server)
+            assert await closed_by_server(idle)
+            assert not tunnel.closed
+            assert server.deps.hub.get(sid) is not None
+            await newcomer.aclose()
+            await idle.aclose()

@@ -25,7 +25,7 @@ class HandshakeError(Exception):
     """The server's answer to the upgrade is not a WebSocket's (malformed, or a bad accept)."""
 
 
-class Refused(Exception):
+class Refused(HandshakeError):
     """The server answered the upgrade with a status other than 101 (`body`: what it said)."""
 
     def __init__(self, status: int, headers: Headers, body: bytes = b"") -> None:
@@ -60,7 +60,7 @@ def client_request(host: str, target: str, key: bytes, headers: Headers) -> byte
     """The upgrade request's head, with the caller's `headers` after ours."""
     lines = [
         b"GET %s HTTP/1.1" % target.encode("ascii"),
-        b"Host: %s" % host.encode("idna"),
+        b"Host: %s" % host.encode("ascii"),
         b"Upgrade: websocket",
         b"Connection: Upgrade",
         b"Sec-WebSocket-Key: %s" % key,

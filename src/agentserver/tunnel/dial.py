@@ -38,11 +38,20 @@ _READ = 64 * 1024
 
 @asynccontextmanager
 async def open_websocket(
-    url: str, headers: Headers, *, max_message: int, connect_timeout: float = CONNECT_TIMEOUT
+    url: str,
+    headers: Headers,
+    *,
+    max_message: int,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[WebSocket]:
     """The link to `url` (ws:// or wss://) for the block; closed after it."""
     link = await connect_websocket(
-        url, headers, max_message=max_message, connect_timeout=connect_timeout
+        url,
+        headers,
+        max_message=max_message,
+        connect_timeout=connect_timeout,
+        ssl_context=ssl_context,
     )
     try:
         yield link
@@ -52,9 +61,15 @@ async def open_websocket(
 
 
 async def connect_websocket(
-    url: str, headers: Headers, *, max_message: int, connect_timeout: float = CONNECT_TIMEOUT
+    url: str,
+    headers: Headers,
+    *,
+    max_message: int,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> WebSocket:
-    """Connect and upgrade within `connect_timeout`; the open link."""
+    """Connect and upgrade within `connect_timeout`; the open link (`ssl_context`: for
+    wss://, the system's default verification unless given)."""
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"not a ws:// or wss:// URL: {url}")
@@ -71,7 +86,7 @@ async def connect_websocket(
             if secure:
                 stream = trio.SSLStream(
                     stream,
-                    ssl.create_default_context(),
+                    ssl_context or ssl.create_default_context(),
                     server_hostname=parts.hostname,
                     https_compatible=True,
                 )

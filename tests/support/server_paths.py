@@ -1,12 +1,14 @@
-"""Choosing which of the listener's two paths serves sandbox-host requests (proxy/front.py).
+"""Choosing which of the listener's two paths serves sandbox-host and LLM proxy requests
+(proxy/front.py).
 
-The front door serves a plain HTTP/1.1 request for a sandbox host on its fast path
-(`front.Exchange`) and hands everything else to hypercorn. A test server runs in the test's
-own process, so patching `Front._route` chooses per connection, with no hook in src/: while
-`mode` is "hypercorn" no Host routes to a sandbox there, so every new connection is handed
-to hypercorn, which serves sandbox hosts through the same SubdomainProxy middleware. The
-fast-path exchanges are counted, so a test can show the path it asked for was the one taken.
-(WebSocket upgrades always go to hypercorn: the fast path never takes them.)
+The front door serves a plain HTTP/1.1 request for a sandbox host, or for the LLM proxy's
+paths on the main host, on its fast path (`front.Exchange`) and hands everything else to
+hypercorn. A test server runs in the test's own process, so patching `Front._route` and
+`Front._main_site` chooses per connection, with no hook in src/: while `mode` is "hypercorn"
+no Host routes to a sandbox there and no main-site path is claimed, so every new connection is
+handed to hypercorn, which serves both through the same SubdomainProxy and LLM middleware.
+The fast-path exchanges are counted, so a test can show the path it asked for was the one
+taken. (WebSocket upgrades always go to hypercorn: the fast path never takes them.)
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any, Literal
 import pytest
 
 from agentserver.proxy import front
+from agentserver.proxy.exchange import Handler
+from agentserver.proxy.http1 import RequestHead
 from agentserver.proxy.routing import Route
 
 Path = Literal["fast", "hypercorn"]
@@ -36,17 +40,23 @@ def choose_paths(monkeypatch: pytest.MonkeyPatch) -> ServerPaths:
     """Patch the front door (for this test) so `ServerPaths.mode` picks the path."""
     paths = ServerPaths()
     route = front.Front._route
+    main_site = front.Front._main_site
     exchange = front.Exchange
 
     def routed(self: front.Front, host: bytes) -> Route | None:
         target = route(self, host)
         return None if paths.mode == "hypercorn" else target
 
+    def claimed(self: front.Front, request: RequestHead) -> Handler | None:
+        handler = main_site(self, request)
+        return None if paths.mode == "hypercorn" else handler
+
     def counted(*args: Any, **kwargs: Any) -> front.Exchange:
         paths.exchanges += 1
         return exchange(*args, **kwargs)
 
     monkeypatch.setattr(front.Front, "_route", routed)
+    monkeypatch.setattr(front.Front, "_main_site", claimed)
     monkeypatch.setattr(front, "Exchange", counted)
     return paths
 

@@ -360,7 +360,15 @@ def llm_middleware(app: ASGIApp, proxy: LlmProxy) -> ASGIApp:
 
 def _is_ours(scope: Scope) -> bool:
     path: str = scope["path"]
-    if path != PREFIX and not path.startswith(PREFIX + "/"):
+    if not path.startswith(PREFIX):
         return False
     host = next((v for k, v in scope["headers"] if k.lower() == b"host"), b"")
+    return is_llm_request(path, host)
+
+
+def is_llm_request(path: str, host: bytes) -> bool:
+    """Whether a request (its decoded path and Host) is this proxy's: /proxy/anthropic/* on
+    any host but a sandbox's. The front door serves such requests itself (serve.py)."""
+    if path != PREFIX and not path.startswith(PREFIX + "/"):
+        return False
     return not is_sandbox_host(host.decode("latin-1"))

@@ -13,10 +13,11 @@ taken. (WebSocket upgrades always go to hypercorn: the fast path never takes the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import httpx
 import pytest
 
 from agentserver.proxy import front
@@ -30,10 +31,13 @@ PATHS: tuple[Path, ...] = ("fast", "hypercorn")
 
 @dataclass
 class ServerPaths:
-    """The path new sandbox-host requests take (`mode`) and how many took the fast one."""
+    """The path new sandbox-host requests take (`mode`) and how many took the fast one; how
+    many connections were accepted and how many of them were handed to hypercorn."""
 
     mode: Path = "fast"
     exchanges: int = 0
+    connections: int = 0
+    handed_over: int = 0
 
 
 def choose_paths(monkeypatch: pytest.MonkeyPatch) -> ServerPaths:
@@ -55,10 +59,61 @@ def choose_paths(monkeypatch: pytest.MonkeyPatch) -> ServerPaths:
         paths.exchanges += 1
         return exchange(*args, **kwargs)
 
+    client = front.Client
+    hand_over = front.Front._hand_over
+
+    def accepted(*args: Any) -> front.Client:
+        paths.connections += 1
+        return client(*args)
+
+    async def handing_over(self: front.Front, *args: Any) -> None:
+        paths.handed_over += 1
+        await hand_over(self, *args)
+
     monkeypatch.setattr(front.Front, "_route", routed)
     monkeypatch.setattr(front.Front, "_main_site", claimed)
     monkeypatch.setattr(front, "Exchange", counted)
+    monkeypatch.setattr(front, "Client", accepted)
+    monkeypatch.setattr(front.Front, "_hand_over", handing_over)
     return paths
+
+
+# `date` differs between any two responses. hypercorn adds `server: hypercorn-h11`, which the
+# fast path does not send: a known difference (hypercorn's include_server_header), left to
+# whoever owns serve.py; every other header must match.
+VARYING = {"date", "server"}
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def answer(response: httpx.Response) -> Answer:
+    headers = sorted(
+        (k.decode().lower(), v.decode())
+        for k, v in response.headers.raw
+        if k.decode().lower() not in VARYING
+    )
+    return Answer(response.status_code, headers, response.content)
+
+
+Ask = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
+
+
+async def on_both_paths(
+    paths: ServerPaths, client: Callable[[], httpx.AsyncClient], ask: Ask
+) -> dict[str, Answer]:
+    """`ask` once per path, each on a fresh connection; checks which path served it."""
+    answers: dict[str, Answer] = {}
+    for path in PATHS:
+        paths.mode, before = path, paths.exchanges
+        async with client() as sub:
+            answers[path] = answer(await ask(sub))
+        assert paths.exchanges - before == (1 if path == "fast" else 0), path
+    return answers
 
 
 @pytest.fixture(params=PATHS)
@@ -68,6 +123,6 @@ def server_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     paths.mode = request.param
     yield request.param
     if paths.mode == "fast":
-        assert paths.exchanges > 0, "no sandbox-host request took the fast path"
+        assert paths.exchanges > 0, "no sandbox-host or LLM request took the fast path"
     else:
-        assert paths.exchanges == 0, "a sandbox-host request took the fast path"
+        assert paths.exchanges == 0, "a sandbox-host or LLM request took the fast path"

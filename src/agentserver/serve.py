@@ -29,13 +29,8 @@ from agentserver.db.embedded import open_embedded_postgres
 from agentserver.db.migrate import apply_migrations
 from agentserver.deps import Deps
 from agentserver.errors import ConfigError, DatabaseUnavailable
-from agentserver.llm.proxy import (
-    LlmProxy,
-    is_llm_request,
-    llm_middleware,
-    open_llm_client,
-    open_llm_proxy,
-)
+from agentserver.llm.proxy import LlmProxy, is_llm_request, llm_middleware, open_llm_proxy
+from agentserver.llm.upstream_httpx import open_upstream
 from agentserver.proxy import front
 from agentserver.proxy.subdomain import SubdomainProxy, open_pool
 from agentserver.sandboxes.event_relay import open_workspace_events
@@ -217,7 +212,8 @@ async def run(
     with sock:  # closed even when the database or a service fails to open
         async with (
             open_services(settings) as (deps, sandbox_summary),
-            open_llm_client() as llm_client,  # the LLM proxy's, to the Anthropic API
+            # The LLM proxy's client to the Anthropic API.
+            open_upstream(settings.anthropic_base_url) as llm_client,
             # Closed after serving stops and before the database: its usage rows drain first.
             open_llm_proxy(deps, llm_client) as llm,
             open_pool(settings) as pool,  # the subdomain proxy's, to sandboxes' agents

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from tests.support.llm_world import BODY, MESSAGES, Env, open_env
-from tests.support.server_paths import PATHS, Ask, ServerPaths, choose_paths, on_both_paths
+from tests.support.server_paths import PATHS, Answer, Ask, ServerPaths, choose_paths, on_both_paths
 
 
 @pytest.fixture
@@ -114,12 +114,21 @@ def get(path: str) -> Ask:
     return ask
 
 
+def unframed(answer: Answer) -> Answer:
+    """`answer` without its framing field: an answer the front door holds whole when it ends
+    (a small non-streamed one) goes out sized, where hypercorn chunks it."""
+    headers = [
+        (n, v) for n, v in answer.headers if n not in ("content-length", "transfer-encoding")
+    ]
+    return Answer(answer.status, headers, answer.body)
+
+
 async def test_answers_and_refusals_are_the_same_on_both_paths(
     env: Env, paths: ServerPaths
 ) -> None:
     """A call, a streamed call and each kind of refusal (no token, unknown token, a route not
     forwarded, malformed JSON, a model not allowed, a body over the limit) get the same
-    status, headers and body from the front door and from hypercorn."""
+    status, headers and body from the front door and from hypercorn (but for framing)."""
     body = json.dumps(BODY).encode()
     json_type = {"content-type": "application/json"}
     cases: list[tuple[int, str | None, Ask]] = [
@@ -134,7 +143,7 @@ async def test_answers_and_refusals_are_the_same_on_both_paths(
     ]
     for status, token, ask in cases:
         answers = await on_both_paths(paths, partial(env.sandbox_client, token), ask)
-        assert answers["fast"] == answers["hypercorn"], status
+        assert unframed(answers["fast"]) == unframed(answers["hypercorn"]), status
         assert answers["fast"].status == status, answers["fast"].body
     stand_in = env.standin.served
     assert len(stand_in) == 4  # each 200 case, once per path

@@ -112,7 +112,7 @@ async def call(client: UpstreamClient, method: str, url: str, body: bytes = b"")
     """One call, its whole answer read; returns the body."""
     response = await client.send(build_request(method, url, [], body))
     try:
-        return b"".join([chunk async for chunk in response.aiter_raw()])
+        return b"".join([chunk async for chunk, _ in response.chunks()])
     finally:
         await response.aclose()
 
@@ -235,7 +235,7 @@ async def test_an_answer_broken_off_mid_body_is_broken() -> None:
     async with serving(short) as (_, url):
         response = await client.send(build_request("GET", url + "/v1/models", [], b""))
         with pytest.raises(Broken):
-            async for _ in response.aiter_raw():
+            async for _ in response.chunks():
                 pass
         await response.aclose()
     assert client.idle.get(response._conn.origin, []) == []
@@ -263,8 +263,8 @@ async def test_events_pass_as_they_arrive() -> None:
     async with serving(stream_events) as (_, url):
         response = await client.send(build_request("POST", url + "/v1/messages", [], b"{}"))
         assert response.header(b"content-type") == b"text/event-stream"
-        chunks = response.aiter_raw()
-        assert await chunks.__anext__() == b"event: message_start\n\n"
+        chunks = response.chunks()
+        assert await chunks.__anext__() == (b"event: message_start\n\n", False)
         await response.aclose()
         release.set()
     assert client.idle.get(response._conn.origin, []) == []
@@ -331,9 +331,21 @@ async def test_through_httpx_the_same_head_is_sent() -> None:
     async with serving() as (server, url), httpx.AsyncClient() as client:
         request = build_request("POST", url + "/v1/messages?beta=true", given, b"{}")
         answer = await upstream_httpx.HttpxUpstream(client).send(request)
-        body = b"".join([chunk async for chunk in answer.aiter_raw()])
+        body = b"".join([chunk async for chunk, _ in answer.chunks()])
         await answer.aclose()
     assert (answer.status_code, body) == (200, b'{"ok": true}')
     method, target, headers, sent = server.received[0]
     assert (method, target, sent) == (b"POST", b"/v1/messages?beta=true", b"{}")
     assert headers == [(bytes(n), bytes(v)) for n, v in request.head.headers]
+
+
+async def test_a_last_piece_is_known_when_the_end_comes_with_it() -> None:
+    """A sized answer read whole at once is one piece marked last (the proxy sends it with
+    the answer's end); a stream's pieces before its end are not."""
+    client = UpstreamClient()
+    async with serving() as (_, url):
+        response = await client.send(build_request("GET", url + "/v1/models", [], b""))
+        pieces = [piece async for piece in response.chunks()]
+        await response.aclose()
+    client.close()
+    assert pieces == [(b'{"ok": true}', True)]

@@ -281,16 +281,22 @@ class LlmProxy:
                 await response.aclose()
 
     async def pump(self, call: Call, response: Answer, send: Send) -> None:
-        """Pass each chunk on as soon as it arrives, reading usage from it on the way."""
+        """Pass each chunk on as soon as it arrives, reading usage from it on the way. The
+        answer ends once its usage is recorded; the last chunk, when known to be the last,
+        waits for that and goes out with the end (one write)."""
+        end = b""
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk, last in response.chunks():
                 call.observe(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if last:
+                    end = chunk
+                else:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             log.warning("LLM upstream broke off mid-answer: %s", exc)
         with trio.CancelScope(shield=True), trio.move_on_after(10):
             await self.finish(call)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": end, "more_body": False})
 
     @staticmethod
     async def watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:

@@ -159,20 +159,33 @@ class Response:
     def header(self, name: bytes) -> bytes | None:
         return next((v for n, v in self.headers if n == name), None)
 
-    async def aiter_raw(self) -> AsyncIterator[bytes]:
-        """The body as it arrives (de-chunked, never decoded); read it once."""
+    async def chunks(self) -> AsyncIterator[tuple[bytes, bool]]:
+        """The body as it arrives (de-chunked, never decoded), each piece with whether it is
+        the last (known when the end came with it; a last piece may also be b""); read once."""
+        machine = self._conn.h11
+        pending: object = h11.NEED_DATA
         while True:
             try:
-                event = await self._conn.next_event()
+                if pending is h11.NEED_DATA:
+                    event = await self._conn.next_event()
+                else:
+                    event = pending
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                # What follows, if it came with this piece (no I/O): the end, maybe.
+                pending = machine.next_event() if isinstance(event, h11.Data) else h11.NEED_DATA
             except _FAILURES as exc:
                 raise Broken(type(exc).__name__) from exc
             if isinstance(event, h11.Data):
-                yield bytes(event.data)
+                self._done = isinstance(pending, h11.EndOfMessage)
+                yield bytes(event.data), self._done
             elif isinstance(event, h11.EndOfMessage):
                 self._done = True
-                return
+                yield b"", True
             else:  # ConnectionClosed: the peer closed before the body's end
                 raise Broken("the connection closed mid-answer")
+            if self._done:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                return
 
     async def aclose(self) -> None:
         if not self._closed:

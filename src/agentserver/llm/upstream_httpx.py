@@ -25,7 +25,7 @@ class Answer(Protocol):
 
     def header(self, name: bytes) -> bytes | None: ...
 
-    def aiter_raw(self) -> AsyncIterator[bytes]: ...
+    def chunks(self) -> AsyncIterator[tuple[bytes, bool]]: ...
 
     async def aclose(self) -> None: ...
 
@@ -53,10 +53,11 @@ class HttpxAnswer:
     def header(self, name: bytes) -> bytes | None:
         return next((v for n, v in self.headers if n == name), None)
 
-    async def aiter_raw(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncIterator[tuple[bytes, bool]]:
+        """The body as it arrives, never decoded; httpx does not tell the last piece."""
         try:
             async for chunk in self._response.aiter_raw():
-                yield chunk
+                yield chunk, False
         except httpx.TransportError as exc:
             raise Broken(type(exc).__name__) from exc
 

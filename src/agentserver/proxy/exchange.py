@@ -124,8 +124,12 @@ class Exchange:
         cancel: Callable[[], None] | None = None,
         *,
         closing: bool = False,
+        hold_head: bool = False,
     ) -> None:
         self.client, self.request, self.handler = client, request, handler
+        # A chunked answer's head waits for its first body bytes (hypercorn's way) instead of
+        # leaving at once: for handlers whose body follows its head at once (one write).
+        self._hold_head = hold_head
         # Ends the connection this exchange runs on (its owner's cancel scope).
         self._extensions: dict[str, Any] = {SPLICE: {}} if splice_available else {}
         if cancel is not None:
@@ -206,7 +210,7 @@ class Exchange:
         kind = message["type"]
         if kind == "http.response.start":
             self._respond(int(message["status"]), list(message.get("headers", ())))
-            if self._declared is None:
+            if self._declared is None and not self._hold_head:
                 # A stream (SSE) may wait long for its first bytes: the browser gets the head
                 # now. A sized body follows at once and shares the head's write.
                 await self._write_body(b"", more=True)

@@ -81,10 +81,16 @@ MALFORMED = -1
 @dataclass(frozen=True, slots=True)
 class MainSite:
     """Requests on the main host that the front door serves itself: those whose decoded path
-    (and Host) `claims` accepts go to `handler`, the rest of the main site to hypercorn."""
+    (and Host) `claims` accepts go to `handler`, the rest of the main site to hypercorn.
+    `handler` sends its first body bytes right after its head (the LLM proxy does), so a
+    chunked answer's head waits for them and leaves in the same write, as on hypercorn."""
 
     claims: Callable[[str, bytes], bool]
     handler: Handler
+
+
+# Who serves a request on the fast path, and whether its chunked head waits for its body.
+Serving = tuple[Handler, bool]
 
 
 class Front:
@@ -160,13 +166,19 @@ class Front:
                         await _answer_and_close(stream, BARE_LF)
                         return
                     request = parse_request_head(bytes(client.buffer[:end])) if end > 0 else None
-                    handler = self._handler(request) if request is not None else None
-                    if request is None or handler is None:
+                    serving = self._serving(request) if request is not None else None
+                    if request is None or serving is None:
                         await self._hand_over(client, key)
                         return
                     del client.buffer[:end]
+                    handler, hold_head = serving
                     exchange = Exchange(
-                        client, request, handler, idle.cancel, closing=self._draining
+                        client,
+                        request,
+                        handler,
+                        idle.cancel,
+                        closing=self._draining,
+                        hold_head=hold_head,
                     )
                     if not await exchange.run():
                         return
@@ -178,15 +190,16 @@ class Front:
             client.close()
             await trio.lowlevel.checkpoint_if_cancelled()
 
-    def _handler(self, request: RequestHead) -> Handler | None:
+    def _serving(self, request: RequestHead) -> Serving | None:
         """Who serves `request` here: the subdomain proxy (a sandbox host), the main site's
         handler (a path it claims), or nobody (None: hypercorn does)."""
         if self.proxy is None:
             return None
         target = self._route(request.host)
         if target is not None:
-            return partial(self.proxy.handle, target)
-        return self._main_site(request)
+            return partial(self.proxy.handle, target), False
+        handler = self._main_site(request)
+        return None if handler is None else (handler, True)
 
     def _main_site(self, request: RequestHead) -> Handler | None:
         """The main site's handler for a path it claims on the main host (decided as the

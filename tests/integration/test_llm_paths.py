@@ -13,6 +13,7 @@ import h11
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from tests.support.llm_world import BODY, MESSAGES, Env, open_env
 from tests.support.server_paths import PATHS, Answer, Ask, ServerPaths, choose_paths, on_both_paths
@@ -182,3 +183,48 @@ async def test_an_oversized_declared_body_is_refused_before_it_is_sent(
         assert (b"connection", b"close") in event.headers, mode
     assert paths.exchanges == 1
     assert env.standin.received == []
+
+
+async def raw_call(stream: trio.SocketStream, port: int, token: str) -> h11.Response:
+    """One non-streamed call on a raw connection; its answer read whole."""
+    client = h11.Connection(h11.CLIENT)
+    body = json.dumps(BODY).encode()
+    head = h11.Request(
+        method="POST",
+        target=MESSAGES,
+        headers=[
+            ("host", f"127.0.0.1:{port}"),
+            ("x-api-key", token),
+            ("content-type", "application/json"),
+            ("content-length", str(len(body))),
+        ],
+    )
+    await stream.send_all((client.send(head) or b"") + (client.send(h11.Data(data=body)) or b""))
+    client.send(h11.EndOfMessage())
+    response = None
+    while not isinstance(event := client.next_event(), h11.EndOfMessage):
+        if event is h11.NEED_DATA:
+            client.receive_data(await stream.receive_some(65536))
+        elif isinstance(event, h11.Response):
+            response = event
+    assert response is not None
+    return response
+
+
+async def test_a_call_while_the_server_drains_says_close(env: Env, paths: ServerPaths) -> None:
+    """On a kept-alive connection, a call sent once the server drains is still served by the
+    front door, with `Connection: close`, and the connection ends after it."""
+    counting(paths)
+    port = env.server.port
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        first = await raw_call(stream, port, env.token)
+        env.server.shutdown.set()
+        await trio.testing.wait_all_tasks_blocked()
+        second = await raw_call(stream, port, env.token)
+        with trio.fail_after(10):
+            rest = await stream.receive_some(65536)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert (b"connection", b"close") not in first.headers
+    assert (b"connection", b"close") in second.headers
+    assert rest == b""
+    assert (paths.exchanges, paths.handed_over) == (2, 0)

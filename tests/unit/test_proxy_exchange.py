@@ -181,3 +181,38 @@ async def test_an_exchange_while_the_server_drains_says_close_and_ends_the_conne
     assert isinstance(response, h11.Response)
     assert response.status_code == 200
     assert (b"connection", b"close") in response.headers
+
+
+class Pausing:
+    """Answers a chunked stream whose first body bytes wait for `release`."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+
+    async def handle(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        await receive()
+        await send(start([(b"content-type", b"text/event-stream")]))
+        await self.release.wait()
+        await send(body(b"data: 1\n\n", more=True))
+        await send(body(b""))
+
+
+async def test_a_held_head_leaves_with_the_first_body_bytes() -> None:
+    """With `hold_head`, a chunked answer's head is not sent until its first body bytes, and
+    then both go out together; without it the head leaves at once (a stream's browser sees
+    the answer begin before any event)."""
+    request = parse_request_head(GET)
+    assert request is not None
+    for hold_head in (True, False):
+        handler = Pausing()
+        async with tcp_pair() as (browser, server), trio.open_nursery() as nursery:
+            exchange = Exchange(Client(server), request, handler.handle, hold_head=hold_head)
+            nursery.start_soon(exchange.run)
+            await trio.testing.wait_all_tasks_blocked()
+            early = browser.socket.is_readable()
+            handler.release.set()
+            first = await browser.receive_some(65536)
+        assert early is not hold_head
+        if hold_head:
+            assert first.startswith(b"HTTP/1.1 200 ")
+            assert b"\r\n\r\n9\r\ndata: 1\n\n\r\n" in first

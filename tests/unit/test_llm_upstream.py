@@ -349,3 +349,27 @@ async def test_a_last_piece_is_known_when_the_end_comes_with_it() -> None:
         await response.aclose()
     client.close()
     assert pieces == [(b'{"ok": true}', True)]
+
+
+async def test_an_early_answer_to_a_body_not_read_is_passed_on() -> None:
+    """A server that answers (413) after the head and closes without reading a large body
+    makes the body's write fail; the answer that came first is still read and passed on."""
+
+    async def early(stream: trio.SocketStream) -> None:
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += await stream.receive_some(65536)
+        await stream.send_all(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 5\r\nconnection: close\r\n\r\nlarge"
+        )
+        stream.socket.close()
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve_on_free_port, early))
+        client = UpstreamClient()
+        url = f"http://127.0.0.1:{port}/v1/messages"
+        response = await client.send(build_request("POST", url, [], b"x" * (32 << 20)))
+        body = b"".join([chunk async for chunk, _ in response.chunks()])
+        await response.aclose()
+        nursery.cancel_scope.cancel()
+    assert (response.status_code, body) == (413, b"large")

@@ -44,6 +44,8 @@ MAX_CONNECTIONS = 512
 MAX_IDLE = 64
 KEEPALIVE_EXPIRY = 5.0
 MAX_HEAD = 64 * 1024
+# Request bodies up to this size share one write with their head.
+JOINED = 64 * 1024
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _DEFAULTS = (
     (b"accept", b"*/*"),
@@ -232,11 +234,20 @@ class UpstreamClient:
 
     async def _exchange(self, conn: _Connection, request: Request) -> Response:
         try:
-            data = conn.h11.send(request.head) or b""
-            if request.body:
-                data += conn.h11.send(h11.Data(data=request.body)) or b""
-            data += conn.h11.send(h11.EndOfMessage()) or b""
-            await conn.stream.send_all(data)
+            machine = conn.h11
+            head = machine.send(request.head) or b""
+            body = (machine.send(h11.Data(data=request.body)) or b"") if request.body else b""
+            end = machine.send(h11.EndOfMessage()) or b""
+            try:
+                if len(body) > JOINED:  # not copied again to share one write
+                    for part in (head, body, end):
+                        await conn.stream.send_all(part)
+                else:
+                    await conn.stream.send_all(head + body + end)
+            except (OSError, trio.BrokenResourceError):
+                # The server may have answered early and stopped reading (a 413, say): its
+                # answer is read below, as httpx did; if there is none, it is unreachable.
+                pass
             while True:
                 event = await conn.next_event()
                 if isinstance(event, h11.Response):

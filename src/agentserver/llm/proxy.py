@@ -51,8 +51,14 @@ from agentserver.llm.rules import (
     upstream_headers,
     upstream_url,
 )
-from agentserver.llm.upstream import InvalidRequest, Request, UpstreamError, build_request
-from agentserver.llm.upstream_httpx import Answer, Upstream
+from agentserver.llm.upstream import (
+    Answer,
+    InvalidRequest,
+    Request,
+    Upstream,
+    UpstreamError,
+    build_request,
+)
 from agentserver.supervise import supervise
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import h11
 import httpx
@@ -116,6 +117,26 @@ def build_request(method: str, url: str, headers: Headers, body: bytes) -> Reque
     except h11.LocalProtocolError as exc:
         raise InvalidRequest(str(exc)) from None
     return Request(origin, parsed, request, body)
+
+
+class Answer(Protocol):
+    """An answer's head, its body still arriving (`Response` here, or httpx's through
+    llm/upstream_httpx.py)."""
+
+    status_code: int
+    headers: Headers
+
+    def header(self, name: bytes) -> bytes | None: ...
+
+    def chunks(self) -> AsyncIterator[tuple[bytes, bool]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Upstream(Protocol):
+    """What the proxy sends its calls through."""
+
+    async def send(self, request: Request) -> Answer: ...
 
 
 class _Connection:

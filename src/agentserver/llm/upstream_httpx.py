@@ -10,28 +10,18 @@ from __future__ import annotations
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Protocol
 
 import httpx
 
-from agentserver.llm.upstream import Broken, Headers, Request, Unreachable, UpstreamClient
-
-
-class Answer(Protocol):
-    """An answer's head, its body still arriving (llm/upstream.py's `Response`, or httpx's)."""
-
-    status_code: int
-    headers: Headers
-
-    def header(self, name: bytes) -> bytes | None: ...
-
-    def chunks(self) -> AsyncIterator[tuple[bytes, bool]]: ...
-
-    async def aclose(self) -> None: ...
-
-
-class Upstream(Protocol):
-    async def send(self, request: Request) -> Answer: ...
+from agentserver.llm.upstream import (
+    Answer,
+    Broken,
+    Headers,
+    Request,
+    Unreachable,
+    Upstream,
+    UpstreamClient,
+)
 
 
 def proxied(url: str) -> bool:

@@ -1,4 +1,10 @@
-"""LLM proxy overhead: a small call and the first streamed event, proxy vs direct, same run."""
+"""LLM proxy overhead: a small call and the first streamed event, proxy vs direct, same run.
+
+Besides wall time, each row reports the event loop's CPU per call (this process runs the
+client, the stand-ins and the server on one trio thread: the proxy's CPU is the difference).
+The "inbound" row is a call the proxy refuses at once (no token: no database, no upstream)
+against a request the stand-in refuses at once: what receiving and answering a request costs
+the server beyond what it costs the stand-in's bare h11 loop."""
 
 from __future__ import annotations
 
@@ -48,6 +54,15 @@ async def healthz(client: httpx.AsyncClient, url: str) -> float:
     return time.perf_counter() - started
 
 
+async def refused_at_once(client: httpx.AsyncClient, url: str) -> float:
+    """A GET answered 4xx at once (the proxy: no token; the stand-in: no such endpoint). No
+    body: a refusal before a body is read would end the connection (both paths do so)."""
+    started = time.perf_counter()
+    response = await client.get(url, headers={"x-api-key": ""})
+    assert response.status_code in (401, 404), response.status_code
+    return time.perf_counter() - started
+
+
 async def first_event(client: httpx.AsyncClient, url: str) -> float:
     """Seconds until the first complete SSE event arrives (the rest is read and dropped)."""
     started = time.perf_counter()
@@ -85,7 +100,8 @@ async def add_sandbox(server: serve.Running) -> str:
     return token
 
 
-Results = dict[str, tuple[list[float], list[float]]]
+# Per row: direct and proxied seconds, then direct and proxied event-loop CPU seconds.
+Results = dict[str, tuple[list[float], list[float], list[float], list[float]]]
 Stages = dict[str, dict[str, list[float]]]
 
 
@@ -141,18 +157,33 @@ async def measure(
                 ("first streamed event", first_event, direct_url, proxy_url),
                 # Context: the server answering a trivial GET itself, vs the stand-in.
                 ("(server's own /healthz)", healthz, f"{direct_standin.url}/healthz", server_url),
+                # Inbound: the proxy's own cost of taking a request and answering it.
+                (
+                    "(401 at once: inbound)",
+                    refused_at_once,
+                    f"{direct_standin.url}/v1/nothing",
+                    f"http://127.0.0.1:{running.port}/proxy/anthropic/v1/models",
+                ),
             )
             for name, probe, direct_at, proxy_at in rows:
                 direct: list[float] = []
                 proxied: list[float] = []
+                direct_cpu: list[float] = []
+                proxied_cpu: list[float] = []
                 for i in range(repeats + 20):  # the first 20 warm connections and caches up
                     if i == 20 and llm is not None:
                         llm.timings, llm.recorder.timings = {}, []
-                    d, p = await probe(client, direct_at), await probe(client, proxy_at)
+                    c0 = time.thread_time()
+                    d = await probe(client, direct_at)
+                    c1 = time.thread_time()
+                    p = await probe(client, proxy_at)
+                    c2 = time.thread_time()
                     if i >= 20:
                         direct.append(d)
                         proxied.append(p)
-                results[name] = (direct, proxied)
+                        direct_cpu.append(c1 - c0)
+                        proxied_cpu.append(c2 - c1)
+                results[name] = (direct, proxied, direct_cpu, proxied_cpu)
                 if llm is not None and llm.timings:
                     stages[name] = llm.timings | {"usage batch, off the path": llm.recorder.timings}
             check = await usage_check(running, standin)
@@ -161,7 +192,15 @@ async def measure(
     return results, stages, check
 
 
-COLUMNS = ("direct p50", "proxy p50", "added p50", "ratio", "direct p90", "proxy p90")
+COLUMNS = (
+    "direct p50",
+    "proxy p50",
+    "added p50",
+    "ratio",
+    "direct p90",
+    "proxy p90",
+    "cpu added",
+)
 
 
 def report(results: Results, stages: Stages, check: str, repeats: int) -> None:
@@ -169,7 +208,7 @@ def report(results: Results, stages: Stages, check: str, repeats: int) -> None:
     header = f"{'metric':<26}" + "".join(f"{c:>12}" for c in COLUMNS)
     print(header)
     print("-" * len(header))
-    for name, (direct, proxied) in results.items():
+    for name, (direct, proxied, direct_cpu, proxied_cpu) in results.items():
         d50, p50 = statistics.median(direct) * 1000, statistics.median(proxied) * 1000
         d90 = statistics.quantiles(direct, n=10)[-1] * 1000
         p90 = statistics.quantiles(proxied, n=10)[-1] * 1000
@@ -180,6 +219,7 @@ def report(results: Results, stages: Stages, check: str, repeats: int) -> None:
             f"{p50 / d50:.1f}x",
             f"{d90:.2f}ms",
             f"{p90:.2f}ms",
+            f"{(statistics.median(proxied_cpu) - statistics.median(direct_cpu)) * 1e6:.0f}µs",
         ]
         print(f"{name:<26}" + "".join(f"{c:>12}" for c in cells))
     if stages:

@@ -29,7 +29,8 @@ from agentserver.db.embedded import open_embedded_postgres
 from agentserver.db.migrate import apply_migrations
 from agentserver.deps import Deps
 from agentserver.errors import ConfigError, DatabaseUnavailable
-from agentserver.llm.proxy import LlmProxy, llm_middleware, open_llm_client, open_llm_proxy
+from agentserver.llm.proxy import LlmProxy, is_llm_request, llm_middleware, open_llm_proxy
+from agentserver.llm.upstream_httpx import open_upstream
 from agentserver.proxy import front
 from agentserver.proxy.subdomain import SubdomainProxy, open_pool
 from agentserver.sandboxes.event_relay import open_workspace_events
@@ -211,16 +212,19 @@ async def run(
     with sock:  # closed even when the database or a service fails to open
         async with (
             open_services(settings) as (deps, sandbox_summary),
-            open_llm_client() as llm_client,  # the LLM proxy's, to the Anthropic API
+            # The LLM proxy's client to the Anthropic API.
+            open_upstream(settings.anthropic_base_url) as llm_client,
             # Closed after serving stops and before the database: its usage rows drain first.
             open_llm_proxy(deps, llm_client) as llm,
             open_pool(settings) as pool,  # the subdomain proxy's, to sandboxes' agents
         ):
-            # Sandbox hosts go to the subdomain proxy (which the front door also takes as its
-            # fast path), /proxy/anthropic/* on the main host to the LLM proxy, the rest to the API.
+            # Sandbox hosts go to the subdomain proxy, /proxy/anthropic/* on the main host to
+            # the LLM proxy (the front door serves both itself when a request is plain HTTP/1.1,
+            # hypercorn otherwise), the rest to the API.
             # (quart, hypercorn and our proxies each type ASGI their own way: one protocol.)
             api: Any = create_app(deps)
             proxy = SubdomainProxy(llm_middleware(api, llm), deps, pool)
+            llm_site = front.MainSite(is_llm_request, llm.handle)
             config = hypercorn_config(settings)
             asgi = wrap_app(cast(Any, proxy), config.wsgi_max_body_size, "asgi")
             # Everything built so far lives as long as the server: keep the collector's
@@ -236,6 +240,7 @@ async def run(
                         config,
                         sock,
                         proxy,
+                        main_site=llm_site,
                         shutdown_trigger=shutdown.wait,
                         max_connections=settings.max_connections,
                     )

@@ -26,6 +26,7 @@ from tests.support.llm_world import (
     open_env,
     sql,
 )
+from tests.support.server_paths import Path as ServerPath
 
 
 @pytest.fixture
@@ -36,9 +37,23 @@ def options() -> dict[str, str]:
 
 @pytest.fixture
 async def env(
+    nursery: trio.Nursery,
+    db_url: str,
+    tmp_path: Path,
+    options: dict[str, str],
+    server_path: ServerPath,
+) -> AsyncIterator[Env]:
+    """A server in front of a stand-in, with a workspace and a running sandbox; each test runs
+    with the sandbox's calls served by the front door and by hypercorn (server_paths.py)."""
+    async with open_env(nursery, db_url, tmp_path, options) as world:
+        yield world
+
+
+@pytest.fixture
+async def api_env(
     nursery: trio.Nursery, db_url: str, tmp_path: Path, options: dict[str, str]
 ) -> AsyncIterator[Env]:
-    """A server in front of a stand-in, with a workspace and a running sandbox."""
+    """The same world, for a test of the JSON API alone (no call through the proxy)."""
     async with open_env(nursery, db_url, tmp_path, options) as world:
         yield world
 
@@ -389,21 +404,21 @@ async def test_usage_period_parameters(env: Env) -> None:
         assert response.json()["error"]["field"] == name
 
 
-async def test_quota_admin_api(env: Env) -> None:
+async def test_quota_admin_api(api_env: Env) -> None:
     """The admin reads, sets and clears overrides; others get 403; bad values 400; unknown 404."""
-    url = f"/api/admin/workspaces/{env.workspace_id}/quota"
-    assert (await env.owner.get(url)).json()["rpm"] is None
-    put = await env.owner.put(url, json={"rpm": 5, "tokensPerDay": 1000})
+    url = f"/api/admin/workspaces/{api_env.workspace_id}/quota"
+    assert (await api_env.owner.get(url)).json()["rpm"] is None
+    put = await api_env.owner.put(url, json={"rpm": 5, "tokensPerDay": 1000})
     assert put.status_code == 200
     assert put.json()["effective"] == {"rpm": 5, "tokensPerDay": 1000}
-    assert (await env.owner.put(url, json={"rpm": -1})).status_code == 400
-    assert (await env.owner.put(url, json={"rpm": "many"})).status_code == 400
-    assert (await env.owner.get("/api/admin/workspaces/nope/quota")).status_code == 404
-    async with env.server.client() as other:
+    assert (await api_env.owner.put(url, json={"rpm": -1})).status_code == 400
+    assert (await api_env.owner.put(url, json={"rpm": "many"})).status_code == 400
+    assert (await api_env.owner.get("/api/admin/workspaces/nope/quota")).status_code == 404
+    async with api_env.server.client() as other:
         await register(other, "someone")
         assert (await other.get(url)).status_code == 403
-    assert (await env.owner.delete(url)).status_code == 204
-    assert (await env.owner.get(url)).json()["effective"] == {"rpm": 0, "tokensPerDay": 0}
+    assert (await api_env.owner.delete(url)).status_code == 204
+    assert (await api_env.owner.get(url)).json()["effective"] == {"rpm": 0, "tokensPerDay": 0}
 
 
 async def test_hanging_up_mid_stream_cancels_the_upstream_call(

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from tests.support.llm_world import BODY, MESSAGES, Env, open_env, sql
+from tests.support.server_paths import Path as ServerPath
 
 PROXY_LOGGER = "agentserver.llm.proxy"
 
@@ -23,8 +24,13 @@ def options() -> dict[str, str]:
 
 @pytest.fixture
 async def env(
-    nursery: trio.Nursery, db_url: str, tmp_path: Path, options: dict[str, str]
+    nursery: trio.Nursery,
+    db_url: str,
+    tmp_path: Path,
+    options: dict[str, str],
+    server_path: ServerPath,
 ) -> AsyncIterator[Env]:
+    """Each test runs with the calls served by the front door and by hypercorn."""
     async with open_env(nursery, db_url, tmp_path, options) as world:
         yield world
 

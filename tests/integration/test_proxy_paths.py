@@ -3,51 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
 import httpx
 import pytest
 
 from tests.support.proxy_world import World
-from tests.support.server_paths import PATHS, ServerPaths, choose_paths
-
-# `date` differs between any two responses. hypercorn adds `server: hypercorn-h11`, which the
-# fast path does not send: a known difference (hypercorn's include_server_header), left to
-# whoever owns serve.py; every other header must match.
-VARYING = {"date", "server"}
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-
-def answer(response: httpx.Response) -> Answer:
-    headers = sorted(
-        (k.decode().lower(), v.decode())
-        for k, v in response.headers.raw
-        if k.decode().lower() not in VARYING
-    )
-    return Answer(response.status_code, headers, response.content)
-
-
-Ask = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
-
-
-async def on_both_paths(
-    paths: ServerPaths, client: Callable[[], httpx.AsyncClient], ask: Ask
-) -> dict[str, Answer]:
-    """`ask` once per path, each on a fresh connection; checks which path served it."""
-    answers: dict[str, Answer] = {}
-    for path in PATHS:
-        paths.mode, before = path, paths.exchanges
-        async with client() as sub:
-            answers[path] = answer(await ask(sub))
-        assert paths.exchanges - before == (1 if path == "fast" else 0), path
-    return answers
+from tests.support.server_paths import Ask, ServerPaths, choose_paths, on_both_paths
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ for the subdomain proxy."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import h11
@@ -34,7 +35,9 @@ async def test_the_proxy_can_end_a_kept_alive_connection() -> None:
     assert request.keep_alive
     async with tcp_pair() as (browser, server):
         proxy: Any = Refusing()
-        exchange = Exchange(Client(server), request, Target("opencode", "abc"), proxy)
+        exchange = Exchange(
+            Client(server), request, partial(proxy.handle, Target("opencode", "abc"))
+        )
         assert await exchange.run() is False
         reader = h11.Connection(h11.CLIENT)
         reader.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
@@ -81,7 +84,9 @@ async def test_a_reply_short_of_its_content_length_ends_the_connection() -> None
     assert request is not None
     proxy: Any = Answering(start([(b"content-length", b"10")]), body(b"1234"))
     async with tcp_pair() as (browser, server):
-        exchange = Exchange(Client(server), request, Target("opencode", "abc"), proxy)
+        exchange = Exchange(
+            Client(server), request, partial(proxy.handle, Target("opencode", "abc"))
+        )
         assert await exchange.run() is False
         assert exchange.reply is Reply.SHORT
         assert exchange.browser is Browser.SENT
@@ -95,7 +100,9 @@ async def test_a_whole_chunked_stream_keeps_the_connection() -> None:
     assert request is not None
     proxy: Any = Answering(start([]), body(b"data: 1\n\n", more=True), body(b""))
     async with tcp_pair() as (browser, server):
-        exchange = Exchange(Client(server), request, Target("opencode", "abc"), proxy)
+        exchange = Exchange(
+            Client(server), request, partial(proxy.handle, Target("opencode", "abc"))
+        )
         assert await exchange.run() is True
         assert exchange.reply is Reply.COMPLETE
         reader = h11.Connection(h11.CLIENT)
@@ -120,7 +127,9 @@ async def test_a_browser_that_leaves_mid_body_reads_as_a_disconnect() -> None:
     async with tcp_pair() as (browser, server):
         await browser.send_all(b"1234")
         await browser.send_eof()
-        exchange = Exchange(Client(server), request, Target("opencode", "abc"), proxy)
+        exchange = Exchange(
+            Client(server), request, partial(proxy.handle, Target("opencode", "abc"))
+        )
         assert await exchange.run() is False
         assert exchange.browser is Browser.GONE
         assert await exchange.receive() == {"type": "http.disconnect"}
@@ -137,7 +146,9 @@ async def test_body_bytes_read_after_a_failed_write_leave_the_browser_gone() -> 
     assert request is not None
     proxy: Any = Answering()
     async with tcp_pair() as (browser, server):
-        exchange = Exchange(Client(server), request, Target("opencode", "abc"), proxy)
+        exchange = Exchange(
+            Client(server), request, partial(proxy.handle, Target("opencode", "abc"))
+        )
         async with trio.open_nursery() as nursery:
             received: list[dict[str, Any]] = []
 
@@ -159,7 +170,9 @@ async def test_an_exchange_while_the_server_drains_says_close_and_ends_the_conne
     assert request is not None
     proxy: Any = Answering(start([(b"content-length", b"2")]), body(b"ok"))
     async with tcp_pair() as (browser, server):
-        exchange = Exchange(Client(server), request, Target("opencode", "abc"), proxy, closing=True)
+        exchange = Exchange(
+            Client(server), request, partial(proxy.handle, Target("opencode", "abc")), closing=True
+        )
         assert await exchange.run() is False
         reader = h11.Connection(h11.CLIENT)
         reader.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
@@ -168,3 +181,38 @@ async def test_an_exchange_while_the_server_drains_says_close_and_ends_the_conne
     assert isinstance(response, h11.Response)
     assert response.status_code == 200
     assert (b"connection", b"close") in response.headers
+
+
+class Pausing:
+    """Answers a chunked stream whose first body bytes wait for `release`."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+
+    async def handle(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        await receive()
+        await send(start([(b"content-type", b"text/event-stream")]))
+        await self.release.wait()
+        await send(body(b"data: 1\n\n", more=True))
+        await send(body(b""))
+
+
+async def test_a_held_head_leaves_with_the_first_body_bytes() -> None:
+    """With `hold_head`, a chunked answer's head is not sent until its first body bytes, and
+    then both go out together; without it the head leaves at once (a stream's browser sees
+    the answer begin before any event)."""
+    request = parse_request_head(GET)
+    assert request is not None
+    for hold_head in (True, False):
+        handler = Pausing()
+        async with tcp_pair() as (browser, server), trio.open_nursery() as nursery:
+            exchange = Exchange(Client(server), request, handler.handle, hold_head=hold_head)
+            nursery.start_soon(exchange.run)
+            await trio.testing.wait_all_tasks_blocked()
+            early = browser.socket.is_readable()
+            handler.release.set()
+            first = await browser.receive_some(65536)
+        assert early is not hold_head
+        if hold_head:
+            assert first.startswith(b"HTTP/1.1 200 ")
+            assert b"\r\n\r\n9\r\ndata: 1\n\n\r\n" in first

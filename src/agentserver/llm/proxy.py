@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-import httpx
 import trio
 
 from agentserver.auth.tokens import hash_token
@@ -52,6 +51,14 @@ from agentserver.llm.rules import (
     upstream_headers,
     upstream_url,
 )
+from agentserver.llm.upstream import (
+    Answer,
+    InvalidRequest,
+    Request,
+    Upstream,
+    UpstreamError,
+    build_request,
+)
 from agentserver.supervise import supervise
 
 log = logging.getLogger(__name__)
@@ -68,7 +75,7 @@ STAGES = ("token check", "admission", "upstream", "usage write")
 class LlmProxy:
     """Authenticates the sandbox, enforces limits, forwards, streams back and records usage."""
 
-    def __init__(self, deps: Deps, client: httpx.AsyncClient, recorder: UsageRecorder) -> None:
+    def __init__(self, deps: Deps, client: Upstream, recorder: UsageRecorder) -> None:
         self.deps = deps
         self.client = client
         self.settings = deps.settings
@@ -149,7 +156,7 @@ class LlmProxy:
             model=model,
         )
 
-    async def admit(self, scope: Scope, receive: Receive) -> tuple[Call, httpx.Request]:
+    async def admit(self, scope: Scope, receive: Receive) -> tuple[Call, Request]:
         """Every check before anything leaves for Anthropic; returns the call and its request.
         A refusal carries the caller and model when they were known by then."""
         seen = Seen()
@@ -170,9 +177,7 @@ class LlmProxy:
         except Refusal as refusal:
             return refusal.caller
 
-    async def checked(
-        self, scope: Scope, receive: Receive, seen: Seen
-    ) -> tuple[Call, httpx.Request]:
+    async def checked(self, scope: Scope, receive: Receive, seen: Seen) -> tuple[Call, Request]:
         started = time.perf_counter()
         headers: list[tuple[bytes, bytes]] = [(k.lower(), v) for k, v in scope["headers"]]
         token = proxy_token(headers)
@@ -197,10 +202,10 @@ class LlmProxy:
         seen.model = requested.model
         check_model(self.settings, requested.model, required=route.names_model)
         try:
-            request = self.client.build_request(
-                scope["method"], url, content=body, headers=upstream_headers(headers, self.settings)
+            request = build_request(
+                scope["method"], url, upstream_headers(headers, self.settings), body
             )
-        except (httpx.InvalidURL, UnicodeError):
+        except InvalidRequest:
             raise Refusal(400, "the path or a header cannot be forwarded") from None
         admitting = time.perf_counter()
         endpoint = raw_path[len(PREFIX) :].decode("ascii", "replace")[:200] or "/"
@@ -245,22 +250,20 @@ class LlmProxy:
         incoming = input_estimate(body_size) if route.spends_tokens else 0
         call.ticket = self.ledger.admit(caller.workspace_id, rpm, per_day, reserved, incoming)
 
-    async def forward(
-        self, call: Call, request: httpx.Request, receive: Receive, send: Send
-    ) -> None:
+    async def forward(self, call: Call, request: Request, receive: Receive, send: Send) -> None:
         """Forward and answer; a sandbox that hangs up cancels the upstream call too."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.watch_disconnect, receive, nursery.cancel_scope)
             await self.exchange(call, request, send)
             nursery.cancel_scope.cancel()
 
-    async def exchange(self, call: Call, request: httpx.Request, send: Send) -> None:
+    async def exchange(self, call: Call, request: Request, send: Send) -> None:
         sending = time.perf_counter()
         try:
-            response = await self.client.send(request, stream=True)
+            response = await self.client.send(request)
             self.timed("upstream", sending)
-        except httpx.TransportError as exc:
-            log.warning("LLM upstream unreachable: %s", type(exc).__name__)
+        except UpstreamError as exc:
+            log.warning("LLM upstream unreachable: %s", exc)
             call.status = 502
             # Recorded before the answer, like every other: the caller may read usage next.
             with trio.CancelScope(shield=True), trio.move_on_after(10):
@@ -269,12 +272,13 @@ class LlmProxy:
             return
         try:
             call.status = response.status_code
-            call.streaming = "text/event-stream" in response.headers.get("content-type", "")
+            content_type = response.header(b"content-type") or b""
+            call.streaming = b"text/event-stream" in content_type
             await send(
                 {
                     "type": "http.response.start",
                     "status": response.status_code,
-                    "headers": response_headers(response.headers.raw),
+                    "headers": response_headers(response.headers),
                 }
             )
             await self.pump(call, response, send)
@@ -282,17 +286,23 @@ class LlmProxy:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await response.aclose()
 
-    async def pump(self, call: Call, response: httpx.Response, send: Send) -> None:
-        """Pass each chunk on as soon as it arrives, reading usage from it on the way."""
+    async def pump(self, call: Call, response: Answer, send: Send) -> None:
+        """Pass each chunk on as soon as it arrives, reading usage from it on the way. The
+        answer ends once its usage is recorded; the last chunk, when known to be the last,
+        waits for that and goes out with the end (one write)."""
+        end = b""
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk, last in response.chunks():
                 call.observe(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx.TransportError as exc:
-            log.warning("LLM upstream broke off mid-answer: %s", type(exc).__name__)
+                if last:
+                    end = chunk
+                else:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            log.warning("LLM upstream broke off mid-answer: %s", exc)
         with trio.CancelScope(shield=True), trio.move_on_after(10):
             await self.finish(call)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": end, "more_body": False})
 
     @staticmethod
     async def watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
@@ -319,16 +329,7 @@ class LlmProxy:
 
 
 @asynccontextmanager
-async def open_llm_client() -> AsyncIterator[httpx.AsyncClient]:
-    """The upstream HTTP client: a bounded connect, no read timeout (answers stream for minutes)."""
-    timeout = httpx.Timeout(None, connect=10.0, pool=30.0)
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False) as client:
-        yield client
-
-
-@asynccontextmanager
-async def open_llm_proxy(deps: Deps, client: httpx.AsyncClient) -> AsyncIterator[LlmProxy]:
+async def open_llm_proxy(deps: Deps, client: Upstream) -> AsyncIterator[LlmProxy]:
     """The proxy with its usage recorder running; on the way out every recorded row is written
     (the recorder drains, shielded, by a deadline) before the database may close."""
     recorder = UsageRecorder(deps.db, Ledger())
@@ -360,7 +361,15 @@ def llm_middleware(app: ASGIApp, proxy: LlmProxy) -> ASGIApp:
 
 def _is_ours(scope: Scope) -> bool:
     path: str = scope["path"]
-    if path != PREFIX and not path.startswith(PREFIX + "/"):
+    if not path.startswith(PREFIX):
         return False
     host = next((v for k, v in scope["headers"] if k.lower() == b"host"), b"")
+    return is_llm_request(path, host)
+
+
+def is_llm_request(path: str, host: bytes) -> bool:
+    """Whether a request (its decoded path and Host) is this proxy's: /proxy/anthropic/* on
+    any host but a sandbox's. The front door serves such requests itself (serve.py)."""
+    if path != PREFIX and not path.startswith(PREFIX + "/"):
+        return False
     return not is_sandbox_host(host.decode("latin-1"))

@@ -1,12 +1,14 @@
-"""One plain HTTP/1.1 exchange on a raw client socket, given to the subdomain proxy as ASGI.
+"""One plain HTTP/1.1 exchange on a raw client socket, given to an ASGI handler.
 
-`front.py` decides which requests come here (proxy/http1.py says which are plain). The proxy
-sees the same scope, receive and send it gets from hypercorn, so its security model (tickets,
-cookies, roles, Origin, status pages, waking) has one implementation for both paths. This
+`front.py` decides which requests come here (proxy/http1.py says which are plain) and which
+handler serves each: the subdomain proxy for a sandbox host, the LLM proxy for its paths on
+the main host. A handler sees the same scope, receive and send it gets from hypercorn, so each
+(the subdomain proxy's security model: tickets, cookies, roles, Origin, status pages, waking;
+the LLM proxy's refusals, limits and usage) has one implementation for both paths. This
 module owns only HTTP/1.1 framing: the request body by Content-Length, the response by its
 Content-Length or chunked (or spliced kernel to kernel, proxy/splice.py), the browser leaving
 (an `http.disconnect` while a long response runs, or `ClientLeft` raised from a failed write,
-which unwinds the proxy and closes its upstream), and whether the connection may carry another
+which unwinds the handler and closes its upstream), and whether the connection may carry another
 request afterwards.
 """
 
@@ -33,7 +35,7 @@ from agentserver.proxy.exchange_states import (
     reply_moves,
 )
 from agentserver.proxy.headers import connection_tokens, header
-from agentserver.proxy.http import CANCEL_CONNECTION, SPLICE
+from agentserver.proxy.http import CANCEL_CONNECTION, SPLICE, Receive, Scope, Send
 from agentserver.proxy.http1 import (
     LAST_CHUNK,
     MAX_HEAD,
@@ -44,15 +46,15 @@ from agentserver.proxy.http1 import (
     content_length,
     response_head,
 )
-from agentserver.proxy.routing import Route
 from agentserver.proxy.splice import available as splice_available
-from agentserver.proxy.subdomain import SubdomainProxy
 from agentserver.proxy.upstream import receive_reply, send_all
 
 log = logging.getLogger(__name__)
 READ_SIZE = 256 * 1024
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
+# Whoever answers a request: an ASGI application (scope, receive, send).
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 _FAILED = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
 
 
@@ -61,7 +63,7 @@ class ClientLeft(Exception):
 
 
 def _client_left(exc: BaseException) -> bool:
-    """Whether `exc` only says the browser left (maybe wrapped by the proxy's nurseries)."""
+    """Whether `exc` only says the browser left (maybe wrapped by the handler's nurseries)."""
     if isinstance(exc, BaseExceptionGroup):
         rest = exc.split(ClientLeft)[1]
         return rest is None
@@ -118,13 +120,16 @@ class Exchange:
         self,
         client: Client,
         request: RequestHead,
-        target: Route,
-        proxy: SubdomainProxy,
+        handler: Handler,
         cancel: Callable[[], None] | None = None,
         *,
         closing: bool = False,
+        hold_head: bool = False,
     ) -> None:
-        self.client, self.request, self.target, self.proxy = client, request, target, proxy
+        self.client, self.request, self.handler = client, request, handler
+        # A chunked answer's head waits for its first body bytes (hypercorn's way) instead of
+        # leaving at once: for handlers whose body follows its head at once (one write).
+        self._hold_head = hold_head
         # Ends the connection this exchange runs on (its owner's cancel scope).
         self._extensions: dict[str, Any] = {SPLICE: {}} if splice_available else {}
         if cancel is not None:
@@ -160,10 +165,10 @@ class Exchange:
     async def run(self) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            await self.proxy.handle(self.target, self.scope(), self.receive, self.send)
+            await self.handler(self.scope(), self.receive, self.send)
         except Exception as exc:
             if not _client_left(exc):
-                log.exception("proxying %s failed", self.target.sandbox_id)
+                log.exception("serving a request for %r failed", self.request.host)
                 if self.reply is WAITING and self.browser is not GONE:
                     self._respond(500, _FAILED)
                     with contextlib.suppress(ClientLeft):
@@ -205,7 +210,7 @@ class Exchange:
         kind = message["type"]
         if kind == "http.response.start":
             self._respond(int(message["status"]), list(message.get("headers", ())))
-            if self._declared is None:
+            if self._declared is None and not self._hold_head:
                 # A stream (SSE) may wait long for its first bytes: the browser gets the head
                 # now. A sized body follows at once and shares the head's write.
                 await self._write_body(b"", more=True)
@@ -234,7 +239,7 @@ class Exchange:
         try:
             await send_all(self.client.stream, out)
         except _BROKEN:
-            # The browser left: end the exchange (the proxy's finally blocks close upstream).
+            # The browser left: end the exchange (the handler's finally blocks close upstream).
             self._left()
             raise ClientLeft from None
 
@@ -256,7 +261,7 @@ class Exchange:
         """The response's status and headers (sent with its first body bytes)."""
         self._status, self._headers = status, headers
         self._declared = content_length(headers)
-        connection = header(headers, b"connection")  # the proxy may end the connection too,
+        connection = header(headers, b"connection")  # the handler may end the connection too,
         if connection is not None and b"close" in connection.lower():  # e.g. after a 400
             self._closing = self._closing or b"close" in connection_tokens(headers)
 

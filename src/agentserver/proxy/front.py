@@ -5,9 +5,12 @@ task group and events; bench/bench_proxy.py prints that "floor" every run), more
 proxying itself, and sandbox traffic is most of what the server carries. So every connection
 starts here: the first request head is read and, when it is a plain HTTP/1.1 request for
 `oc-…`/`claw-…` (proxy/http1.py), it is served by `exchange.Exchange`, which hands the
-subdomain proxy an ASGI scope over the raw socket. Anything else (the main site, WebSocket
-upgrades, chunked uploads, malformed heads) continues on hypercorn with the bytes already
-read, for the rest of that connection's life (proxy/handover.py).
+subdomain proxy an ASGI scope over the raw socket. So is a plain request on the main host for
+a path a `MainSite` claims (the LLM proxy's `/proxy/anthropic/*`, wired in serve.py: this
+package does not import llm). So is an agent's tunnel upgrade on the main host, on our own
+WebSocket (proxy/tunnel_door.py). Anything else (the rest of the main site, WebSocket upgrades,
+chunked uploads, malformed heads) continues on hypercorn with the bytes already read, for the
+rest of that connection's life (proxy/handover.py).
 
 Both paths share one budget (proxy/connections.py): a cap on open connections, where the one
 idle longest makes room for a newcomer, and one keep-alive limit for waiting for a request
@@ -26,6 +29,7 @@ import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -37,15 +41,21 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 
 from agentserver.proxy.connections import Connections, default_cap
-from agentserver.proxy.exchange import Client, Exchange
+from agentserver.proxy.exchange import Client, Exchange, Handler
 from agentserver.proxy.handover import (
     CloseUnlessBodyRead,
     CloseWhileDraining,
     HandedOver,
     Replayed,
 )
-from agentserver.proxy.http1 import MAX_HEAD, has_bare_lf, head_end, parse_request_head
-from agentserver.proxy.routing import Route, route
+from agentserver.proxy.http1 import (
+    MAX_HEAD,
+    RequestHead,
+    has_bare_lf,
+    head_end,
+    parse_request_head,
+)
+from agentserver.proxy.routing import Route, resolve, route
 from agentserver.proxy.subdomain import SubdomainProxy
 from agentserver.proxy.tunnel_door import TunnelDoor
 
@@ -70,6 +80,21 @@ BARE_LF = (
 MALFORMED = -1
 
 
+@dataclass(frozen=True, slots=True)
+class MainSite:
+    """Requests on the main host that the front door serves itself: those whose decoded path
+    (and Host) `claims` accepts go to `handler`, the rest of the main site to hypercorn.
+    `handler` sends its first body bytes right after its head (the LLM proxy does), so a
+    chunked answer's head waits for them and leaves in the same write, as on hypercorn."""
+
+    claims: Callable[[str, bytes], bool]
+    handler: Handler
+
+
+# Who serves a request on the fast path, and whether its chunked head waits for its body.
+Serving = tuple[Handler, bool]
+
+
 class Front:
     """Serves each accepted connection: the fast path while it can, then hypercorn."""
 
@@ -81,10 +106,12 @@ class Front:
         state: LifespanState,
         proxy: SubdomainProxy | None,
         connections: Connections,
+        main_site: MainSite | None = None,
     ) -> None:
         self.app, self.config, self.context, self.state = app, config, context, state
         self.handed_over_app = CloseUnlessBodyRead(CloseWhileDraining(app, self.draining))
         self.proxy = proxy
+        self.main_site = main_site
         self.connections = connections
         self._routes: dict[bytes, Route | None] = {}
         # Agents' tunnel upgrades on the main host (proxy/tunnel_door.py).
@@ -149,13 +176,19 @@ class Front:
                             del client.buffer[:end]
                             await self.tunnel_door.serve(client, tunnel)
                             return
-                    target = self._route(request.host) if request is not None else None
-                    if request is None or target is None or self.proxy is None:
+                    serving = self._serving(request) if request is not None else None
+                    if request is None or serving is None:
                         await self._hand_over(client, key)
                         return
                     del client.buffer[:end]
+                    handler, hold_head = serving
                     exchange = Exchange(
-                        client, request, target, self.proxy, idle.cancel, closing=self._draining
+                        client,
+                        request,
+                        handler,
+                        idle.cancel,
+                        closing=self._draining,
+                        hold_head=hold_head,
                     )
                     if not await exchange.run():
                         return
@@ -166,6 +199,28 @@ class Front:
             # connection (hypercorn's own close may have been cut short).
             client.close()
             await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _serving(self, request: RequestHead) -> Serving | None:
+        """Who serves `request` here: the subdomain proxy (a sandbox host), the main site's
+        handler (a path it claims), or nobody (None: hypercorn does)."""
+        if self.proxy is None:
+            return None
+        target = self._route(request.host)
+        if target is not None:
+            return partial(self.proxy.handle, target), False
+        handler = self._main_site(request)
+        return None if handler is None else (handler, True)
+
+    def _main_site(self, request: RequestHead) -> Handler | None:
+        """The main site's handler for a path it claims on the main host (decided as the
+        subdomain proxy decides it for hypercorn's requests: an unknown name under the base
+        domain is a 404 there, never the main site)."""
+        site, proxy = self.main_site, self.proxy
+        if site is None or proxy is None or not site.claims(request.decoded_path(), request.host):
+            return None
+        if resolve(request.host, proxy.settings.domain, proxy.main_names) is not None:
+            return None
+        return site.handler
 
     def _route(self, host: bytes) -> Route | None:
         """The sandbox a Host names (remembered: a browser sends the same few hosts)."""
@@ -251,6 +306,7 @@ async def serve(
     sock: socket.socket,
     proxy: SubdomainProxy | None,
     *,
+    main_site: MainSite | None = None,
     shutdown_trigger: Callable[[], Awaitable[Any]],
     max_connections: int = 0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -258,7 +314,8 @@ async def serve(
     """Serve `app` on the listening `sock` until `shutdown_trigger` returns, then drain for
     at most `config.graceful_timeout` (see the module docstring; hypercorn's own worker loop,
     with `Front` in place of its connection handler). At most `max_connections` are open at
-    once (0: sized from the open-files limit)."""
+    once (0: sized from the open-files limit). `main_site` names the main host's requests
+    served here too, as by `app`."""
     config.set_statsd_logger_class(StatsdLogger)
     state: LifespanState = {}
     lifespan = Lifespan(app, config, state)
@@ -268,7 +325,7 @@ async def serve(
         await lifespan.wait_for_startup()
         cap = max_connections or default_cap()
         log.info("serving at most %d connections at once", cap)
-        front = Front(app, config, context, state, proxy, Connections(cap))
+        front = Front(app, config, context, state, proxy, Connections(cap), main_site)
         async with trio.open_nursery() as connections:
             listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
             async with trio.open_nursery() as accepting:

@@ -16,11 +16,11 @@ import wsproto.events
 
 from agentserver.agent.connect import AGENT_SETTINGS, AgentConfig, Session, describe
 from agentserver.agent.forward import Forwarder
-from agentserver.api.tunnel_link import QuartLink
 from agentserver.sandboxes.tunnel_session import TUNNEL_SETTINGS, TunnelSessions
 from agentserver.settings import Settings
 from agentserver.tunnel import Tunnel
 from agentserver.tunnel.frames import VERSION, Hello, Ping, Pong, encode, max_message_size
+from agentserver.tunnel.websocket import WebSocket
 from tests.support.bulk_upstream import BulkUpstream
 from tests.support.tunnel_world import TunnelWorld
 from tests.support.workspace_events import watch_statuses
@@ -83,9 +83,9 @@ async def test_a_ping_flood_from_an_agent_that_does_not_read_queues_one_pong(
     control bound of frames) waiting on the server."""
     pings = 20_000
     seen, all_seen = 0, trio.Event()
-    get_message = QuartLink.get_message
+    get_message = WebSocket.get_message  # the server's end of an agent's tunnel
 
-    async def counted(link: QuartLink) -> bytes:
+    async def counted(link: WebSocket) -> bytes:
         nonlocal seen
         message = await get_message(link)
         seen += 1
@@ -93,7 +93,7 @@ async def test_a_ping_flood_from_an_agent_that_does_not_read_queues_one_pong(
             all_seen.set()
         return message
 
-    monkeypatch.setattr(QuartLink, "get_message", counted)
+    monkeypatch.setattr(WebSocket, "get_message", counted)
     sandbox_id, token = await _register(world)
     async with raw_agent(world, sandbox_id, token) as ws:
         await ws.send_message(RAW_HELLO)

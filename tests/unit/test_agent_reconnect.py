@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import pytest
 import trio
 import trio.testing
-import trio_websocket
 
 from agentserver.agent.connect import (
     IMMEDIATE_EVERY,
@@ -24,6 +23,7 @@ from agentserver.agent.connect import (
     describe,
 )
 from agentserver.agent.forward import Forwarder
+from agentserver.tunnel.handshake import HandshakeError, Refused
 
 CONFIG = AgentConfig(
     server="http://127.0.0.1:8080",
@@ -150,8 +150,8 @@ async def test_a_healthy_connection_that_breaks_resets_the_backoff(
 @pytest.mark.parametrize(
     ("exc", "words"),
     [
-        (trio_websocket.ConnectionRejected(503, (), b""), "not ready (HTTP 503): restarting?"),
-        (trio_websocket.HandshakeError(), "closed the connection before the tunnel opened"),
+        (Refused(503, [], b""), "not ready (HTTP 503): restarting?"),
+        (HandshakeError(), "closed the connection before the tunnel opened"),
         (trio.TooSlowError(), "server unreachable at http://s: no answer in time"),
         (REFUSED, "server unreachable at http://s: connection refused"),
     ],
@@ -165,7 +165,7 @@ def test_failures_are_described_in_words(exc: BaseException, words: str) -> None
 
 async def test_a_refused_token_stops_with_what_to_do() -> None:
     """HTTP 401 on the upgrade stops the agent with "token revoked: register again"."""
-    session = ScriptedSession([fail(trio_websocket.ConnectionRejected(401, (), b""))])
+    session = ScriptedSession([fail(Refused(401, [], b""))])
     with pytest.raises(AgentError) as stopped:
         await session.run()
     assert stopped.value.message.startswith("token revoked: register again with a new code")
@@ -185,7 +185,7 @@ async def test_a_draining_refusal_after_a_go_away_falls_back_to_the_backoff(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """The immediate reconnect refused with 503 (the replica drains) waits as any refusal does."""
-    draining = trio_websocket.ConnectionRejected(503, (), b"")
+    draining = Refused(503, [], b"")
     session = await run_script([up("server restarting"), fail(draining)])
     assert session.immediate_reconnects == 1
     assert len(session.waits) == 1

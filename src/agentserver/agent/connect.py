@@ -29,7 +29,6 @@ from pathlib import Path
 
 import httpx
 import trio
-import trio_websocket
 
 from agentserver.agent import compat
 from agentserver.agent.compat import IncompatibleServer, check_server
@@ -42,12 +41,14 @@ from agentserver.tunnel import (
     Settings,
     Tunnel,
     TunnelClosed,
-    WebSocketLink,
     masking,
     max_message_size,
     open_tunnel,
 )
 from agentserver.tunnel import version as tunnel_version
+from agentserver.tunnel.dial import open_websocket
+from agentserver.tunnel.handshake import HandshakeError, Refused
+from agentserver.tunnel.websocket import ConnectionClosed, WebSocket
 
 DEFAULT_CONFIG = "~/.agentserver/agent.json"
 DEFAULT_OPENCODE_URL = f"http://localhost:{OPENCODE.port}"
@@ -255,7 +256,7 @@ class Session:
         self.backoff = backoff or Backoff()
         self.connected = trio.Event()  # set on the first successful connection
         self.connections = 0
-        self.ws: trio_websocket.WebSocketConnection | None = None  # the live link, if any
+        self.ws: WebSocket | None = None  # the live link, if any
         # How the loop waits before reconnecting (tests hold it to observe `offline`).
         self.wait: Callable[[float], Awaitable[None]] = trio.sleep
         # Reconnects made at once after a server's go-away, without waiting (`wait`).
@@ -296,7 +297,7 @@ class Session:
                 if refused is not None:
                     raise AgentError(
                         "token revoked: register again with a new code (the server answered "
-                        f"HTTP {refused.status_code}: the sandbox was deleted or its token"
+                        f"HTTP {refused.status}: the sandbox was deleted or its token"
                         " revoked)"
                     ) from None
                 other = _rejected(exc, {UPGRADE_REQUIRED})
@@ -354,19 +355,17 @@ class Session:
             headers.append((PREVIEW_PORTS_HEADER.encode(), shared.encode()))
         moved = False
         try:
-            async with trio_websocket.open_websocket_url(
+            async with open_websocket(
                 self.url,
-                extra_headers=headers,
-                receive_buffer_size=None,
-                # The largest tunnel message the server may send us: trio-websocket closes with
-                # 1009 as soon as a message grows past it, never holding more of it.
-                max_message_size=max_message_size(AGENT_SETTINGS.max_frame_payload),
+                headers,
+                # The largest tunnel message the server may send us: the link closes with 1009
+                # as soon as a frame header says a message grows past it, holding none of it.
+                max_message=max_message_size(AGENT_SETTINGS.max_frame_payload),
                 connect_timeout=30,
-                disconnect_timeout=5,
             ) as ws:
                 self.ws = ws
                 async with open_tunnel(
-                    WebSocketLink(ws),
+                    ws,
                     role=Role.CLIENT,
                     settings=AGENT_SETTINGS,
                     handler=self.forwarder.handle,
@@ -410,8 +409,7 @@ class Session:
 
 
 _RETRYABLE = (
-    trio_websocket.HandshakeError,
-    trio_websocket.ConnectionClosed,
+    HandshakeError,  # a refusal (`Refused`) too, unless its status stops the agent
     OSError,
     trio.BrokenResourceError,
     trio.TooSlowError,
@@ -425,12 +423,10 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _rejected(
-    exc: BaseException, statuses: Collection[int]
-) -> trio_websocket.ConnectionRejected | None:
+def _rejected(exc: BaseException, statuses: Collection[int]) -> Refused | None:
     """The server's refusal of the upgrade, when its status is one of `statuses`."""
     for leaf in _leaves(exc):
-        if isinstance(leaf, trio_websocket.ConnectionRejected) and leaf.status_code in statuses:
+        if isinstance(leaf, Refused) and leaf.status in statuses:
             return leaf
     return None
 
@@ -452,17 +448,15 @@ def _seconds(delay: float) -> str:
 def describe(exc: BaseException, server: str = "the server") -> str:
     """What went wrong, in words (never just an exception's class name)."""
     exc = _leaves(exc)[0]
-    if isinstance(exc, trio_websocket.ConnectionRejected):
-        if exc.status_code in (502, 503, 504):
-            return f"server at {server} not ready (HTTP {exc.status_code}): restarting?"
-        return f"the server at {server} answered HTTP {exc.status_code} instead of a tunnel"
-    if isinstance(exc, trio_websocket.HandshakeError):
+    if isinstance(exc, Refused):
+        if exc.status in (502, 503, 504):
+            return f"server at {server} not ready (HTTP {exc.status}): restarting?"
+        return f"the server at {server} answered HTTP {exc.status} instead of a tunnel"
+    if isinstance(exc, HandshakeError):
         return f"server at {server} closed the connection before the tunnel opened"
-    if isinstance(exc, trio_websocket.ConnectionClosed):
-        if exc.reason is None:
-            return "the server closed the connection"
-        why = f": {exc.reason.reason}" if exc.reason.reason else ""
-        return f"the connection closed (WebSocket {exc.reason.code} {exc.reason.name}{why})"
+    if isinstance(exc, ConnectionClosed):
+        why = f": {exc.reason}" if exc.reason else ""
+        return f"the connection closed (WebSocket {exc.code} {exc.name}{why})"
     if isinstance(exc, TunnelClosed):
         return str(exc) or "the tunnel closed"
     if isinstance(exc, trio.TooSlowError):

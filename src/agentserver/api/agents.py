@@ -15,13 +15,11 @@ from pydantic import Field
 from quart import Blueprint, websocket
 from quart_schema import validate_request
 
-from agentserver import __version__
 from agentserver.api.auditing import record
 from agentserver.api.common import Body, client_address, deps, require, rfc3339
 from agentserver.api.tunnel_link import QuartLink
 from agentserver.audit import Action as AuditAction
 from agentserver.audit import Actor, Result, Target
-from agentserver.auth.client_address import client_address as real_client
 from agentserver.auth.permissions import Action, allowed
 from agentserver.auth.tokens import hash_token, new_code, new_token
 from agentserver.db.database import Tx
@@ -33,12 +31,11 @@ from agentserver.errors import (
     Invalid,
     RateLimited,
     Unauthenticated,
-    Unavailable,
-    UpgradeRequired,
 )
-from agentserver.kinds import PREVIEW_PORTS_HEADER, parse_shared_ports
+from agentserver.kinds import PREVIEW_PORTS_HEADER
 from agentserver.models import Sandbox
 from agentserver.sandboxes.service import insert_sandbox
+from agentserver.sandboxes.tunnel_admission import TunnelAsk, admit
 from agentserver.sandboxes.tunnel_session import TUNNEL_SETTINGS
 from agentserver.tunnel import max_message_size
 from agentserver.tunnel import version as tunnel_version
@@ -186,56 +183,41 @@ async def _insert_sandbox(
     )
 
 
-# -- the tunnel ----------------------------------------------------------------------------------
-
-
-DRAINING = "this server is shutting down and takes no new tunnels; connect again"
-
-
-def _bearer(value: str | None) -> str | None:
-    if value is None:
-        return None
-    scheme, _, token = value.strip().partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+# -- the tunnel ---------------------------------------------------------------------------------
 
 
 @blueprint.websocket("/tunnel/<sandbox_id>")
 async def tunnel_endpoint(sandbox_id: str) -> None:
-    """The agent's tunnel: authenticated by `Authorization: Bearer <tunnel token>` only."""
-    if "token" in websocket.args:
-        raise Invalid("send the tunnel token in the Authorization header, never in the URL")
-    token = _bearer(websocket.headers.get("Authorization"))
-    if token is None:
-        raise Unauthenticated("send the tunnel token as `Authorization: Bearer <token>`")
+    """The agent's tunnel: authenticated by `Authorization: Bearer <tunnel token>` only.
+
+    Agents' upgrades usually reach the front door's own WebSocket (proxy/tunnel_door.py); this
+    route serves those that do not come that way. Both run `admit`'s checks."""
     d = deps()
-    if d.cluster.presence.draining:
-        # Refused before any work: the agent tries again, and the load balancer (which no
-        # longer sends this replica new connections) hands it to another replica.
-        raise Unavailable(DRAINING)
-    token_hash = hash_token(token)
-    sandbox = await d.db.one(
-        "agent_tunnel_sandbox", Sandbox, id=sandbox_id.lower(), tunnel_token_hash=token_hash
+    headers = websocket.headers
+    ask = TunnelAsk(
+        sandbox_id=sandbox_id,
+        token_in_url="token" in websocket.args,
+        authorization=headers.get("Authorization"),
+        protocol=headers.get(tunnel_version.HEADER),
+        extensions=headers.get("Sec-WebSocket-Extensions"),
+        preview_ports=headers.get(PREVIEW_PORTS_HEADER),
+        peer=websocket.remote_addr,
+        forwarded=headers.getlist("Forwarded"),
+        forwarded_for=headers.getlist("X-Forwarded-For"),
     )
-    if sandbox is None:
-        raise Unauthenticated(
-            "the tunnel token is not valid: the sandbox was deleted or its token revoked"
-        )
-    spoken = tunnel_version.spoken(websocket.headers.get(tunnel_version.HEADER))
-    if spoken != tunnel_version.PROTOCOL:
-        raise UpgradeRequired(
-            tunnel_version.mismatch(spoken, None, tunnel_version.PROTOCOL, __version__)
-        )
-    if websocket.headers.get("Sec-WebSocket-Extensions"):
-        # permessage-deflate would let a small message inflate past any cap before it is seen.
-        raise Invalid("the tunnel takes no WebSocket extensions (no compression)")
+    admitted = await admit(
+        ask,
+        db=d.db,
+        draining=d.cluster.presence.draining,
+        trusted=d.settings.trusted_proxies,
+    )
     await websocket.accept()
     ws = cast(Any, websocket)._get_current_object()
     link = QuartLink(ws, max_message=max_message_size(TUNNEL_SETTINGS.max_frame_payload))
-    shared = parse_shared_ports(websocket.headers.get(PREVIEW_PORTS_HEADER))
-    address = real_client(
-        websocket.remote_addr,
-        d.settings.trusted_proxies,
-        websocket.headers.getlist("Forwarded"),
-        websocket.headers.getlist("X-Forwarded-For"),
+    await d.tunnels.serve(
+        admitted.sandbox,
+        admitted.token_hash,
+        link,
+        admitted.shared_ports,
+        admitted.client_address,
     )
-    await d.tunnels.serve(sandbox, token_hash, link, shared, address)

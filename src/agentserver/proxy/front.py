@@ -7,7 +7,8 @@ starts here: the first request head is read and, when it is a plain HTTP/1.1 req
 `oc-…`/`claw-…` (proxy/http1.py), it is served by `exchange.Exchange`, which hands the
 subdomain proxy an ASGI scope over the raw socket. So is a plain request on the main host for
 a path a `MainSite` claims (the LLM proxy's `/proxy/anthropic/*`, wired in serve.py: this
-package does not import llm). Anything else (the rest of the main site, WebSocket upgrades,
+package does not import llm). So is an agent's tunnel upgrade on the main host, on our own
+WebSocket (proxy/tunnel_door.py). Anything else (the rest of the main site, WebSocket upgrades,
 chunked uploads, malformed heads) continues on hypercorn with the bytes already read, for the
 rest of that connection's life (proxy/handover.py).
 
@@ -56,6 +57,7 @@ from agentserver.proxy.http1 import (
 )
 from agentserver.proxy.routing import Route, resolve, route
 from agentserver.proxy.subdomain import SubdomainProxy
+from agentserver.proxy.tunnel_door import TunnelDoor
 
 log = logging.getLogger(__name__)
 ROUTES_REMEMBERED = 4096
@@ -112,6 +114,8 @@ class Front:
         self.main_site = main_site
         self.connections = connections
         self._routes: dict[bytes, Route | None] = {}
+        # Agents' tunnel upgrades on the main host (proxy/tunnel_door.py).
+        self.tunnel_door = None if proxy is None else TunnelDoor(proxy)
         self._draining = False
         # Set once draining and no connection is left open.
         self.drained = trio.Event()
@@ -166,6 +170,12 @@ class Front:
                         await _answer_and_close(stream, BARE_LF)
                         return
                     request = parse_request_head(bytes(client.buffer[:end])) if end > 0 else None
+                    if request is None and self.tunnel_door is not None and end > 0:
+                        tunnel = self.tunnel_door.upgrade(bytes(client.buffer[:end]))
+                        if tunnel is not None:  # an agent's tunnel: our own WebSocket
+                            del client.buffer[:end]
+                            await self.tunnel_door.serve(client, tunnel)
+                            return
                     serving = self._serving(request) if request is not None else None
                     if request is None or serving is None:
                         await self._hand_over(client, key)

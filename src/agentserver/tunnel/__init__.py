@@ -5,6 +5,8 @@ What the rest of agentserver uses is re-exported here; the modules behind it, in
 `connection` (pure stream state machine and credit windows) →
 `errors` → `stream` (`TunnelStream`, knowing its tunnel only as a `StreamTransport`) →
 `links` (WebSocket / byte-stream links) → `transport` (`Tunnel`, `open_tunnel`) → `hub`.
+The tunnel's own WebSocket: `handshake` (pure opening handshake) → `websocket` (the link, both
+roles) → `dial` (the client's connect: TCP or TLS, then the handshake).
 """
 
 from .connection import (

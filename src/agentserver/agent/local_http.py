@@ -91,6 +91,7 @@ class _Connection:
 
     async def receive_now(self, size: int) -> bytes | None:
         """What is there to read now, up to `size` (b"": the peer closed); None: nothing yet."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self._sock is None:
             return bytes(await self.stream.receive_some(size)) if self.readable() else None
         try:
@@ -181,6 +182,7 @@ class Response:
     async def _raw_chunks(self) -> AsyncIterator[bytes]:
         """A body framed by its length, each piece as one read gives it: all that has arrived,
         up to READ_SIZE (one full tunnel frame), never past the body's end."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self._early:  # not handed out by `buffered`
             early, self._early = self._early, b""
             yield early
@@ -194,6 +196,7 @@ class Response:
             self._left -= len(data)
             self._done = not self._left
             yield data
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _more_now(self, parts: list[bytes]) -> None:
         """Add what else has arrived already, up to READ_SIZE, waiting for nothing: a body

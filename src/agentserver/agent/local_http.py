@@ -89,6 +89,20 @@ class _Connection:
             self._drained = False
             return data
 
+    async def send(self, data: bytes) -> None:
+        """All of `data`: on a plain socket written at once when the kernel takes it (nearly
+        always), else as the socket drains, with no trip round the scheduler after a write."""
+        if self._sock is None:
+            await self.stream.send_all(data)
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._sock.fileno(), view) :]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._sock)
+
     async def receive_now(self, size: int) -> bytes | None:
         """What is there to read now, up to `size` (b"": the peer closed); None: nothing yet."""
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -343,13 +357,13 @@ class LocalClient:
             try:
                 data = conn.h11.send(request) or b""
                 if body is None:
-                    await conn.stream.send_all(data + (conn.h11.send(h11.EndOfMessage()) or b""))
+                    await conn.send(data + (conn.h11.send(h11.EndOfMessage()) or b""))
                 else:
-                    await conn.stream.send_all(data)
+                    await conn.send(data)
                     async for chunk in body:
                         if chunk:
-                            await conn.stream.send_all(conn.h11.send(h11.Data(data=chunk)) or b"")
-                    await conn.stream.send_all(conn.h11.send(h11.EndOfMessage()) or b"")
+                            await conn.send(conn.h11.send(h11.Data(data=chunk)) or b"")
+                    await conn.send(conn.h11.send(h11.EndOfMessage()) or b"")
                 while True:
                     event = await conn.next_event()
                     if type(event) is h11.Response:

@@ -8,7 +8,7 @@ import hashlib
 import json
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
@@ -198,5 +198,101 @@ async def test_a_small_body_written_after_its_head_is_waited_for_and_handed_on_w
         response = await client.request("GET", "/", [])
         assert await response.buffered() == (b"hello", True)
         response.aclose_now()
+        client.close()
+        nursery.cancel_scope.cancel()
+
+
+def _answering(
+    response: bytes, connections: list[int]
+) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    """A server answering every request on a connection with `response`, counting them."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        connections.append(1)
+        data = b""
+        while True:
+            while b"\r\n\r\n" not in data:
+                more = await stream.receive_some(65536)
+                if not more:
+                    return
+                data += more
+            data = data.split(b"\r\n\r\n", 1)[1]
+            await stream.send_all(response)
+
+    return serve
+
+
+LARGE = 300_000  # more than SMALL_BODY: read straight from the socket
+
+
+async def test_a_large_sized_body_arrives_whole_and_its_connection_is_reused() -> None:
+    """A body framed by a large Content-Length is handed on whole, nothing past its end is
+    read, and its kept-alive connection then carries the next request."""
+    connections: list[int] = []
+    body = bytes(range(256)) * (LARGE // 256)
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_on_free_port, _answering(answer, connections))
+        client = LocalClient(f"http://127.0.0.1:{port}")
+        for _ in range(3):
+            assert await read_body(await client.request("GET", "/", [])) == body
+        assert len(connections) == 1
+        client.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_large_sized_body_with_connection_close_is_not_reused() -> None:
+    """After a large body read straight from the socket, a connection the peer said it closes
+    is not kept: the next request opens another."""
+    connections: list[int] = []
+    answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % LARGE
+    answer += b"x" * LARGE
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_on_free_port, _answering(answer, connections))
+        client = LocalClient(f"http://127.0.0.1:{port}")
+        for _ in range(2):
+            assert await read_body(await client.request("GET", "/", [])) == b"x" * LARGE
+        assert len(connections) == 2
+        client.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_head_answer_with_a_large_length_has_no_body() -> None:
+    """A HEAD answer declares a large length but carries no body: it ends at its head and its
+    connection carries the next request."""
+    connections: list[int] = []
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % LARGE
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_on_free_port, _answering(answer, connections))
+        client = LocalClient(f"http://127.0.0.1:{port}")
+        for _ in range(2):
+            assert await read_body(await client.request("HEAD", "/", [])) == b""
+        assert len(connections) == 1
+        client.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_large_sized_body_cut_short_is_broken_and_its_connection_closed() -> None:
+    """A peer that closes before the end of a large sized body breaks the response off, and
+    the connection is not reused."""
+    connections: list[int] = []
+
+    async def short(stream: trio.SocketStream) -> None:
+        connections.append(1)
+        await stream.receive_some(65536)
+        head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % LARGE
+        await stream.send_all(head + b"x" * (LARGE // 2))
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_on_free_port, short)
+        client = LocalClient(f"http://127.0.0.1:{port}")
+        response = await client.request("GET", "/", [])
+        with pytest.raises(Broken):
+            await read_body(response)
+        response.aclose_now()
+        with pytest.raises(Broken):
+            await read_body(await client.request("GET", "/", []))
+        assert len(connections) == 2
         client.close()
         nursery.cancel_scope.cancel()

@@ -172,6 +172,13 @@ MALFORMED = {
     ),
     "deep nesting": raw_message(b"[" * 20000 + b"]" * 20000),
     "huge integer literal": raw_message(b'{"type":"window","id":1,"inc":' + b"9" * 5000 + b"}"),
+    # What the plain Data header's fast path reads (frames.decode) follows JSON's rules too.
+    "plain data id zero": raw_message(b'{"type":"data","id":0}'),
+    "plain data id with a leading zero": raw_message(b'{"type":"data","id":07}'),
+    "plain data id beyond the range": raw_message(b'{"type":"data","id":2147483648}'),
+    "plain data id far beyond": raw_message(b'{"type":"data","id":' + b"9" * 40 + b"}"),
+    "plain data id not a number": raw_message(b'{"type":"data","id":1e3}'),
+    "plain data oversized payload": raw_message(b'{"type":"data","id":1}', b"x" * 16385),
 }
 
 
@@ -188,6 +195,15 @@ def test_payload_limit_follows_the_negotiated_maximum() -> None:
     assert decode(raw, max_payload=2048) == Data(1, b"x" * 2048)
     with pytest.raises(ProtocolError):
         decode(raw, max_payload=2047)
+
+
+def test_a_plain_data_header_reads_as_json_would() -> None:
+    """A Data header as `encode` writes it (decoded without json) gives the same frame as
+    the same header written any other valid way (decoded with json)."""
+    for stream_id in (1, 9, 10, 12345, frames.MAX_STREAM_ID):
+        plain = encode(Data(stream_id, b"body"))
+        spaced = raw_message(b'{"type": "data", "id": %d}' % stream_id, b"body")
+        assert decode(plain) == decode(spaced) == Data(stream_id, b"body")
 
 
 def test_data_header_stays_small() -> None:

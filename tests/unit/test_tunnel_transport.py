@@ -381,3 +381,17 @@ async def test_ten_megabytes_flow_with_bounded_memory() -> None:
         assert received == total
         assert peak_buffered <= settings.initial_window
         assert peak < 4 * 1024 * 1024
+
+
+async def test_send_nowait_queues_what_the_credit_allows_and_nothing_beyond() -> None:
+    """`send_nowait` queues a piece that fits the peer's credit and frame limit at once, and
+    refuses one that does not, queuing none of it: the agent receives exactly the accepted."""
+    async with tunnel_pair(echo) as pair:
+        stream = await pair.server.open_request("POST", "/echo", [])
+        assert not stream.send_nowait(b"x" * (SMALL.max_frame_payload + 1))
+        for _ in range(SMALL.initial_window // SMALL.max_frame_payload):  # the whole window
+            assert stream.send_nowait(b"a" * SMALL.max_frame_payload)
+        assert not stream.send_nowait(b"b")  # no credit left until the agent reads
+        await stream.send_eof()
+        await stream.receive_response_head()
+        assert await read_all(stream) == b"A" * SMALL.initial_window

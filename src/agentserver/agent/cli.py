@@ -10,6 +10,7 @@ import cyclopts
 from cyclopts import Parameter
 
 from agentserver.agent import connect as agent
+from agentserver.agent import heap
 
 app = cyclopts.App(name="agent", help="Connect a local opencode to an agentserver.", backend="trio")
 
@@ -67,6 +68,7 @@ async def connect(
     ] = None,
 ) -> None:
     """Register this machine (first run, with --code) and keep its tunnel to the server up."""
+    heap.keep_large_buffers()  # a body's pieces reuse the heap's memory (agent/heap.py)
     status = await agent.connect(
         server=server,
         code=code,

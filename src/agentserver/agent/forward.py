@@ -248,7 +248,7 @@ class Forwarder:
                 if response.done:  # the last piece: it and the end leave together
                     await stream.send_last(chunk)
                     ended = True
-                else:
+                elif not stream.send_nowait(chunk):  # reading it was this piece's checkpoint
                     await stream.send_all(chunk)
         if not ended:
             await stream.send_eof()

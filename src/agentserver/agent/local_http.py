@@ -17,6 +17,7 @@ narrow: one origin, requests whose head and body come from the tunnel, responses
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from urllib.parse import urlsplit
@@ -39,12 +40,21 @@ class Broken(Exception):
     """The local opencode broke off a response after its head."""
 
 
+def _h11() -> h11.Connection:
+    return h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+
+
 class _Connection:
-    __slots__ = ("h11", "stream")
+    __slots__ = ("_drained", "_sock", "h11", "stream")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+        self.h11 = _h11()
+        # A plain socket is read with os.read: trio's receive_some takes a trip round the
+        # scheduler after every read that succeeds, a wake-up of the whole agent per piece.
+        # (Its number is asked each time: once closed, the number may be another socket's.)
+        self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._drained = False  # the last read found nothing: the next one waits first
 
     def readable(self) -> bool:
         """True when an idle connection has something to read: the peer's close, most likely."""
@@ -59,7 +69,52 @@ class _Connection:
             if event is not h11.NEED_DATA:
                 await trio.lowlevel.checkpoint_if_cancelled()  # buffered: no scheduler trip
                 return event
-            self.h11.receive_data(bytes(await self.stream.receive_some(READ_SIZE)))
+            self.h11.receive_data(await self.receive(READ_SIZE))
+
+    async def receive(self, size: int) -> bytes:
+        """The next bytes, up to `size` (b"": the peer closed): what is there now, else the
+        first to arrive."""
+        if self._sock is None:
+            return bytes(await self.stream.receive_some(size))
+        if self._drained:
+            await trio.lowlevel.wait_readable(self._sock)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                data = os.read(self._sock.fileno(), size)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._sock)
+                continue
+            self._drained = False
+            return data
+
+    async def send(self, data: bytes) -> None:
+        """All of `data`: on a plain socket written at once when the kernel takes it (nearly
+        always), else as the socket drains, with no trip round the scheduler after a write."""
+        if self._sock is None:
+            await self.stream.send_all(data)
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._sock.fileno(), view) :]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._sock)
+
+    async def receive_now(self, size: int) -> bytes | None:
+        """What is there to read now, up to `size` (b"": the peer closed); None: nothing yet."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._sock is None:
+            return bytes(await self.stream.receive_some(size)) if self.readable() else None
+        try:
+            data = os.read(self._sock.fileno(), size)
+        except BlockingIOError:
+            self._drained = True
+            return None
+        self._drained = False
+        return data
 
     def close(self) -> None:
         """Close at once, without awaiting (also from a cancelled task)."""
@@ -71,15 +126,32 @@ class _Connection:
 
 
 class Response:
-    """A response head, with the body still arriving; `aclose` it (it frees the connection)."""
+    """A response head, with the body still arriving; `aclose` it (it frees the connection).
 
-    def __init__(self, client: LocalClient, conn: _Connection, head: h11.Response) -> None:
+    A body of more than `SMALL_BODY` bytes framed by its Content-Length alone is read straight
+    from the socket once h11 has read the head: h11 would only count it, buffering and copying
+    every piece twice on the way, and each read is one piece for the tunnel (up to a frame).
+    """
+
+    def __init__(
+        self, client: LocalClient, conn: _Connection, head: h11.Response, request: h11.Request
+    ) -> None:
         self.status = head.status_code
         self.headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers]
         self._client, self._conn = client, conn
         self._done = False
         lengths = {v for n, v in head.headers if n == b"content-length"}  # h11 checked them
-        self._small = len(lengths) == 1 and int(lengths.pop()) <= SMALL_BODY
+        length = int(lengths.pop()) if len(lengths) == 1 else None
+        self._small = length is not None and length <= SMALL_BODY
+        self._left: int | None = None  # bytes of a raw body still to read (None: h11 reads)
+        self._early = b""  # of a raw body: bytes read with the head, not yet handed out
+        self._reusable = False
+        if length is not None and not self._small and _framed_by_length(request, head):
+            early = conn.h11.trailing_data[0]  # body bytes read with the head
+            if len(early) <= length:
+                self._left, self._early = length - len(early), early
+                self._done = self._left == 0
+                self._reusable = _keeps_alive(request) and _keeps_alive(head)
 
     async def buffered(self) -> tuple[bytes, bool]:
         """The body bytes that have arrived already, and whether they are the whole body.
@@ -87,6 +159,10 @@ class Response:
         Nothing is waited for, except the rest of a body of at most `SMALL_BODY` bytes by its
         Content-Length (no one can use its head without it): such an answer then leaves whole,
         head, body and end in one message, however opencode wrote it."""
+        if self._left is not None:
+            early, self._early = self._early, b""
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return early, self._done
         parts: list[bytes] = []
         try:
             await self._more_now(parts)
@@ -103,6 +179,9 @@ class Response:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The rest of the body as it arrives (`Broken` if the connection breaks off)."""
+        if self._left is not None:
+            async for chunk in self._raw_chunks():
+                yield chunk
         while not self._done:
             parts: list[bytes] = []
             try:
@@ -114,6 +193,25 @@ class Response:
                 yield chunk
         await trio.lowlevel.checkpoint_if_cancelled()
 
+    async def _raw_chunks(self) -> AsyncIterator[bytes]:
+        """A body framed by its length, each piece as one read gives it: all that has arrived,
+        up to READ_SIZE (one full tunnel frame), never past the body's end."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._early:  # not handed out by `buffered`
+            early, self._early = self._early, b""
+            yield early
+        while self._left:
+            try:
+                data = await self._conn.receive(min(READ_SIZE, self._left))
+            except _FAILURES as exc:
+                raise Broken(str(exc) or type(exc).__name__) from None
+            if not data:
+                raise Broken("the connection closed before the end of the body")
+            self._left -= len(data)
+            self._done = not self._left
+            yield data
+        await trio.lowlevel.checkpoint_if_cancelled()
+
     async def _more_now(self, parts: list[bytes]) -> None:
         """Add what else has arrived already, up to READ_SIZE, waiting for nothing: a body
         that opencode sends faster than it is forwarded leaves in fewer, larger frames (each
@@ -123,13 +221,10 @@ class Response:
         while not self._done and size < READ_SIZE:
             event = conn.h11.next_event()
             if event is h11.NEED_DATA:
-                if not conn.readable():
+                data = await conn.receive_now(READ_SIZE - size)
+                if data is None:
                     break
-                data = await conn.stream.receive_some(READ_SIZE - size)
-                if not data:
-                    conn.h11.receive_data(b"")
-                    continue
-                conn.h11.receive_data(bytes(data))
+                conn.h11.receive_data(data)  # b"": the peer closed (h11 then says so)
                 continue
             before = len(parts)
             self._take(event, parts)
@@ -147,11 +242,34 @@ class Response:
     def aclose_now(self) -> None:
         """Give the connection back when the exchange ended cleanly, else close it."""
         conn = self._conn
-        if self._done and conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
+        if self._left is not None:  # read raw: h11 saw the head only, so a new one takes over
+            if self._left == 0 and self._reusable and conn.h11.our_state is h11.DONE:
+                conn.h11 = _h11()
+                self._client.give_back(conn)
+            else:
+                conn.close()
+        elif self._done and conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
             conn.h11.start_next_cycle()
             self._client.give_back(conn)
         else:
             conn.close()
+
+
+def _framed_by_length(request: h11.Request, head: h11.Response) -> bool:
+    """Whether the response's body is exactly its Content-Length's bytes (RFC 9112 §6.3):
+    it has a body at all, and no Transfer-Encoding that would take precedence."""
+    if request.method in (b"HEAD", b"CONNECT") or head.status_code in (204, 304):
+        return False
+    return all(name != b"transfer-encoding" for name, _ in head.headers)
+
+
+def _keeps_alive(message: h11.Request | h11.Response) -> bool:
+    """h11's rule for whether a connection may carry another exchange after `message`."""
+    if message.http_version < b"1.1":
+        return False
+    return not any(
+        name == b"connection" and b"close" in value.lower() for name, value in message.headers
+    )
 
 
 class LocalClient:
@@ -239,18 +357,18 @@ class LocalClient:
             try:
                 data = conn.h11.send(request) or b""
                 if body is None:
-                    await conn.stream.send_all(data + (conn.h11.send(h11.EndOfMessage()) or b""))
+                    await conn.send(data + (conn.h11.send(h11.EndOfMessage()) or b""))
                 else:
-                    await conn.stream.send_all(data)
+                    await conn.send(data)
                     async for chunk in body:
                         if chunk:
-                            await conn.stream.send_all(conn.h11.send(h11.Data(data=chunk)) or b"")
-                    await conn.stream.send_all(conn.h11.send(h11.EndOfMessage()) or b"")
+                            await conn.send(conn.h11.send(h11.Data(data=chunk)) or b"")
+                    await conn.send(conn.h11.send(h11.EndOfMessage()) or b"")
                 while True:
                     event = await conn.next_event()
                     if type(event) is h11.Response:
                         ok = True
-                        return Response(self, conn, event)
+                        return Response(self, conn, event, request)
                     if type(event) is not h11.InformationalResponse:  # 1xx: the real one follows
                         raise Unreachable("the connection closed before an answer")
             except _FAILURES as exc:

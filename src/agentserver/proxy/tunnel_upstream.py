@@ -73,7 +73,7 @@ async def _send_body(stream: TunnelStream, body: AsyncIterable[bytes], length: i
     """The body, then the end of our direction. A body that does not match `length` raises
     BodyMismatch (`exactly`) and the stream is reset, so the agent drops the request."""
     async for chunk in exactly(body, length):
-        if chunk:
+        if chunk and not stream.send_nowait(chunk):  # reading it was this chunk's checkpoint
             await stream.send_all(chunk)
     await stream.send_eof()
 

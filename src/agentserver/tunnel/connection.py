@@ -261,6 +261,7 @@ class TunnelConnection:
         self._pong_at: int | None = None  # index of the Pong waiting in the outbox, if any
         self._control_queued = 0  # frames other than Data in the outbox
         self._joinable: Data | None = None  # the outbox's last frame, if body bytes may join it
+        self._head_queued = False  # a request or response head waits in the outbox
         self._outbox: list[Frame] = [
             Hello(
                 VERSION,
@@ -277,11 +278,18 @@ class TunnelConnection:
         frames, self._outbox = self._outbox, []
         self._joinable = None  # taken: later bytes start a new frame (and it is not kept alive)
         self._pong_at, self._control_queued = None, 0
+        self._head_queued = False
         return frames
 
     @property
     def has_frames_to_send(self) -> bool:  # lets the transport skip waking an idle writer
         return bool(self._outbox)
+
+    @property
+    def head_queued(self) -> bool:
+        """Whether a request or response head waits to be sent: its body and end usually
+        follow from the same task at once, and may then share its message."""
+        return self._head_queued
 
     def is_open(self, stream_id: int) -> bool:
         """Whether the stream is still tracked (neither fully ended nor reset)."""
@@ -594,6 +602,7 @@ class TunnelConnection:
             if type(frame) is Data:
                 self._outbox.append(frame)
             else:
+                self._head_queued = self._head_queued or act is Act.HEAD
                 self._queue(frame)
         self._forget_if_done(stream)
 

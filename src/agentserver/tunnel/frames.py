@@ -46,6 +46,7 @@ MAX_OPAQUE: Final = 2**63 - 1
 MAX_PING_INTERVAL: Final = 86400.0
 
 _LEN = 4
+_PLAIN_DATA = b'{"type":"data","id":'
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
 _BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
@@ -386,8 +387,18 @@ def decode(
     end = _LEN + header_len
     if len(view) < end:
         raise ProtocolError("header length runs beyond the end of the message")
+    raw = bytes(view[_LEN:end])
+    if raw.startswith(_PLAIN_DATA) and raw[-1:] == b"}":
+        # The hot path, one per body piece: what `header_bytes` writes for a plain Data frame.
+        digits = raw[len(_PLAIN_DATA) : -1]
+        if digits.isdigit() and digits[:1] != b"0" and len(digits) <= 10:
+            if (stream_id := int(digits)) > MAX_STREAM_ID:
+                raise ProtocolError(f"field 'id' must be an integer in [1, {MAX_STREAM_ID}]")
+            if len(view) - end > max_payload:
+                raise ProtocolError(f"payload of {len(view) - end} bytes exceeds {max_payload}")
+            return Data(stream_id, bytes(view[end:]))
     try:
-        header = json.loads(bytes(view[_LEN:end]).decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, absurd nesting/ints
         raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from None
     if type(header) is not dict:

@@ -135,7 +135,8 @@ class MessageBuffer:
         end = start + _LEN + size
         if len(buffer) < end:
             return None
-        message = bytes(buffer[start + _LEN : end])
+        with memoryview(buffer) as view:  # one copy (a bytearray slice would make two)
+            message = bytes(view[start + _LEN : end])
         if end * 2 >= len(buffer):  # compact once most of the buffer is consumed: amortised O(1)
             del buffer[:end]
             self._start = 0

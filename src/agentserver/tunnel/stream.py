@@ -177,6 +177,18 @@ class TunnelStream(trio.abc.HalfCloseableStream):
 
     # ------------------------------------------------------------ sending
 
+    def send_nowait(self, data: bytes) -> bool:
+        """Queue all of `data` if the credit allows it now, without a checkpoint (the caller's
+        loop has its own, such as the read that produced `data`); False, with nothing queued,
+        when it must wait: then `send_all` it. A streamed body's piece then costs no trip
+        round the scheduler of its own (each one is a wake-up of the whole process).
+        """
+        with self._sending:
+            if not data or self._capacity() < len(data):
+                return False
+            self._send_data(data)
+            return True
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         with self._sending:
             await trio.lowlevel.checkpoint()
@@ -279,7 +291,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             if max_bytes < 1:
                 raise ValueError("max_bytes must be at least 1")
         with self._receiving:
-            await trio.lowlevel.checkpoint()
+            await self._first_wait()
             while True:
                 self._check_receivable()
                 if self._chunks:
@@ -311,6 +323,14 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                     raise trio.EndOfChannel
                 self._raise_if_broken()
                 await self._lot.park()
+
+    async def _first_wait(self) -> None:
+        """The checkpoint a receive starts with: when nothing is there to take, the wait for it
+        (parking is one), rather than a trip round the scheduler and then the wait."""
+        if self._chunks or self._eof or self._closed or self._reset or self._transport.closed:
+            await trio.lowlevel.checkpoint()
+        else:
+            await self._lot.park()
 
     def _finish_message(self, text: bool) -> bytes | str:
         data = b"".join(self._message)

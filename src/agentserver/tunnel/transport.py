@@ -293,10 +293,12 @@ class Tunnel:
                 frames = self._conn.frames_to_send()
                 if not frames:
                     await self._writer_lot.park()
-                    # Once more round the scheduler before collecting: the task that woke us
-                    # usually queues more at once (a response's head, body and end), and they
-                    # then leave in one message instead of one each.
-                    await trio.lowlevel.checkpoint()
+                    # Once more round the scheduler before collecting a head: the task that
+                    # queued it usually queues more at once (a request's body, a response's
+                    # body and end), and they then leave in one message instead of one each.
+                    # Body pieces and credit leave at once: a streamed event waits for nothing.
+                    if self._conn.head_queued:
+                        await trio.lowlevel.checkpoint()
                     continue
                 peer = self._conn.peer_settings  # None only while our Hello goes out
                 batch = peer is not None and peer.batch

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from agentserver.agent.chunked import ChunkedDecoder, ChunkError
+
 READ_SIZE = 256 * 1024  # one full tunnel frame: fewer, larger frames when opencode outpaces us
 CONNECT_TIMEOUT = 10.0
 MAX_IDLE = 32
@@ -146,12 +148,20 @@ class Response:
         self._left: int | None = None  # bytes of a raw body still to read (None: h11 reads)
         self._early = b""  # of a raw body: bytes read with the head, not yet handed out
         self._reusable = False
-        if length is not None and not self._small and _framed_by_length(request, head):
+        # A chunked body (a stream: SSE) is decoded here from raw reads, h11 seeing the head only.
+        self._chunked: ChunkedDecoder | None = None
+        if not _has_body(request, head):
+            pass
+        elif length is not None and not self._small and not _coded(head):
             early = conn.h11.trailing_data[0]  # body bytes read with the head
             if len(early) <= length:
                 self._left, self._early = length - len(early), early
                 self._done = self._left == 0
                 self._reusable = _keeps_alive(request) and _keeps_alive(head)
+        elif _coded(head):  # h11 accepts no coding but chunked
+            self._chunked = ChunkedDecoder()
+            self._early = conn.h11.trailing_data[0]  # decoded when handed out
+            self._reusable = _keeps_alive(request) and _keeps_alive(head)
 
     async def buffered(self) -> tuple[bytes, bool]:
         """The body bytes that have arrived already, and whether they are the whole body.
@@ -163,6 +173,8 @@ class Response:
             early, self._early = self._early, b""
             await trio.lowlevel.checkpoint_if_cancelled()
             return early, self._done
+        if self._chunked is not None:
+            return await self._chunked_now()
         parts: list[bytes] = []
         try:
             await self._more_now(parts)
@@ -181,6 +193,9 @@ class Response:
         """The rest of the body as it arrives (`Broken` if the connection breaks off)."""
         if self._left is not None:
             async for chunk in self._raw_chunks():
+                yield chunk
+        elif self._chunked is not None:
+            async for chunk in self._chunked_pieces():
                 yield chunk
         while not self._done:
             parts: list[bytes] = []
@@ -212,6 +227,54 @@ class Response:
             yield data
         await trio.lowlevel.checkpoint_if_cancelled()
 
+    def _decode(self, decoder: ChunkedDecoder, data: bytes) -> bytes:
+        """The body bytes in `data` of a chunked body (`Broken` if it is not validly chunked)."""
+        try:
+            piece = b"".join(decoder.feed(data))  # usually one piece: itself, not a copy
+        except ChunkError as exc:
+            raise Broken(str(exc)) from None
+        self._done = decoder.done
+        return piece
+
+    async def _chunked_now(self) -> tuple[bytes, bool]:
+        """What a chunked body has brought so far, up to READ_SIZE, waiting for nothing."""
+        assert self._chunked is not None
+        early, self._early = self._early, b""
+        parts = [self._decode(self._chunked, early)] if early else []
+        size = sum(map(len, parts))
+        while not self._done and size < READ_SIZE:
+            try:
+                data = await self._conn.receive_now(READ_SIZE)
+            except _FAILURES as exc:
+                raise Broken(str(exc) or type(exc).__name__) from None
+            if data is None:
+                break
+            if not data:
+                raise Broken("the connection closed before the end of the body")
+            parts.append(self._decode(self._chunked, data))
+            size += len(parts[-1])
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return b"".join(parts), self._done
+
+    async def _chunked_pieces(self) -> AsyncIterator[bytes]:
+        """A chunked body, each read's data as one piece as soon as it arrives: the read is
+        the wait, so nothing else stands between it and the tunnel."""
+        assert self._chunked is not None
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._early:  # not handed out by `buffered`
+            early, self._early = self._early, b""
+            if piece := self._decode(self._chunked, early):
+                yield piece
+        while not self._done:
+            try:
+                data = await self._conn.receive(READ_SIZE)
+            except _FAILURES as exc:
+                raise Broken(str(exc) or type(exc).__name__) from None
+            if not data:
+                raise Broken("the connection closed before the end of the body")
+            if piece := self._decode(self._chunked, data):
+                yield piece
+
     async def _more_now(self, parts: list[bytes]) -> None:
         """Add what else has arrived already, up to READ_SIZE, waiting for nothing: a body
         that opencode sends faster than it is forwarded leaves in fewer, larger frames (each
@@ -242,7 +305,14 @@ class Response:
     def aclose_now(self) -> None:
         """Give the connection back when the exchange ended cleanly, else close it."""
         conn = self._conn
-        if self._left is not None:  # read raw: h11 saw the head only, so a new one takes over
+        if self._chunked is not None:  # decoded here: h11 saw the head only
+            clean = self._chunked.done and not self._chunked.rest  # nothing unasked after it
+            if clean and self._reusable and conn.h11.our_state is h11.DONE:
+                conn.h11 = _h11()
+                self._client.give_back(conn)
+            else:
+                conn.close()
+        elif self._left is not None:  # read raw: h11 saw the head only, so a new one takes over
             if self._left == 0 and self._reusable and conn.h11.our_state is h11.DONE:
                 conn.h11 = _h11()
                 self._client.give_back(conn)
@@ -255,12 +325,15 @@ class Response:
             conn.close()
 
 
-def _framed_by_length(request: h11.Request, head: h11.Response) -> bool:
-    """Whether the response's body is exactly its Content-Length's bytes (RFC 9112 §6.3):
-    it has a body at all, and no Transfer-Encoding that would take precedence."""
-    if request.method in (b"HEAD", b"CONNECT") or head.status_code in (204, 304):
-        return False
-    return all(name != b"transfer-encoding" for name, _ in head.headers)
+def _has_body(request: h11.Request, head: h11.Response) -> bool:
+    """Whether the response has a body framed by its length or chunks (RFC 9112 §6.3)."""
+    return request.method not in (b"HEAD", b"CONNECT") and head.status_code not in (204, 304)
+
+
+def _coded(head: h11.Response) -> bool:
+    """Whether the body has a Transfer-Encoding (which takes precedence over a length); h11
+    accepted only `chunked`."""
+    return any(name == b"transfer-encoding" for name, _ in head.headers)
 
 
 def _keeps_alive(message: h11.Request | h11.Response) -> bool:

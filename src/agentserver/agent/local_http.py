@@ -193,6 +193,7 @@ class Response:
                 raise Broken("the connection closed before the end of the body")
             if piece := self._decode(self._chunked, data):
                 yield piece
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _more_now(self, parts: list[bytes]) -> None:
         """Add what else has arrived already, up to READ_SIZE, waiting for nothing: a body

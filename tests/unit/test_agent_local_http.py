@@ -296,3 +296,99 @@ async def test_a_large_sized_body_cut_short_is_broken_and_its_connection_closed(
         assert len(connections) == 2
         client.close()
         nursery.cancel_scope.cancel()
+
+
+CHUNKED_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
+)
+EVENTS = b"5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n"
+
+
+async def test_a_chunked_answer_arrives_whole_and_its_connection_is_reused() -> None:
+    """A chunked body (extensions and trailers skipped) is handed on whole, and once it ended
+    cleanly its kept-alive connection carries the next request."""
+    connections: list[int] = []
+    answer = CHUNKED_HEAD + b"\r\n" + EVENTS + b"0\r\nx-trailer: 1\r\n\r\n"
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_on_free_port, _answering(answer, connections))
+        client = LocalClient(f"http://127.0.0.1:{port}")
+        for _ in range(3):
+            assert await read_body(await client.request("GET", "/", [])) == b"hello world"
+        assert len(connections) == 1
+        client.close()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("head", "after"),
+    [
+        (b"connection: close\r\n", b""),  # the peer said it closes
+        (b"", b"HTTP/1.1 200 OK\r\n"),  # bytes nobody asked for after the end
+    ],
+)
+async def test_a_chunked_answer_that_ended_uncleanly_for_reuse_is_not_reused(
+    head: bytes, after: bytes
+) -> None:
+    """A chunked body read whole still leaves its connection unused when the peer said it
+    closes, or sent something after the body's end: the next request opens another."""
+    connections: list[int] = []
+    answer = CHUNKED_HEAD + head + b"\r\n" + EVENTS + b"0\r\n\r\n" + after
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_on_free_port, _answering(answer, connections))
+        client = LocalClient(f"http://127.0.0.1:{port}")
+        for _ in range(2):
+            assert await read_body(await client.request("GET", "/", [])) == b"hello world"
+        assert len(connections) == 2
+        client.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_chunked_answer_closed_before_its_end_closes_its_connection() -> None:
+    """A stream the browser left mid-way is not read to its end: its connection is closed,
+    never reused for the next request."""
+    connections: list[int] = []
+    answer = CHUNKED_HEAD + b"\r\n" + EVENTS  # no last chunk: the stream goes on
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_on_free_port, _answering(answer, connections))
+        client = LocalClient(f"http://127.0.0.1:{port}")
+        for _ in range(2):
+            response = await client.request("GET", "/", [])
+            assert await response.buffered() == (b"hello world", False)
+            response.aclose_now()
+        assert len(connections) == 2
+        client.close()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        EVENTS,  # the peer closes before the last chunk
+        b"5\r\nhello\r\n1x\r\n",  # a bad chunk size after good data
+        b"5\r\nhelloXX",  # data without its CRLF
+    ],
+)
+async def test_a_chunked_answer_cut_short_or_malformed_is_broken_and_its_connection_closed(
+    body: bytes,
+) -> None:
+    """A chunked body that ends before its last chunk, or is framed wrongly after a good
+    start, breaks the response off, and the connection is not reused."""
+    connections: list[int] = []
+
+    async def cut(stream: trio.SocketStream) -> None:
+        connections.append(1)
+        await stream.receive_some(65536)
+        await stream.send_all(CHUNKED_HEAD + b"\r\n" + body)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_on_free_port, cut)
+        client = LocalClient(f"http://127.0.0.1:{port}")
+        for _ in range(2):
+            response = await client.request("GET", "/", [])
+            with pytest.raises(Broken):
+                await read_body(response)
+            response.aclose_now()
+        assert len(connections) == 2
+        client.close()
+        nursery.cancel_scope.cancel()

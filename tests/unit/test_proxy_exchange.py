@@ -116,6 +116,34 @@ async def test_a_whole_chunked_stream_keeps_the_connection() -> None:
     assert isinstance(event, h11.EndOfMessage)
 
 
+async def test_large_and_small_chunks_arrive_whole_and_in_order() -> None:
+    """Chunks written with their framing by writev (large ones, beyond what the socket buffer
+    takes at once) and by one plain write (small ones) decode to the body, in order."""
+    request = parse_request_head(GET)
+    assert request is not None
+    pieces = [bytes([i]) * size for i, size in enumerate([1_000_000, 5, 16 * 1024, 300_000])]
+    messages = [body(piece, more=True) for piece in pieces]
+    proxy: Any = Answering(start([]), *messages, body(b"tail"))
+    received = bytearray()
+
+    async def read_all(browser: trio.SocketStream) -> None:
+        reader = h11.Connection(h11.CLIENT)
+        reader.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+        while type(event := reader.next_event()) is not h11.EndOfMessage:
+            if event is h11.NEED_DATA:
+                reader.receive_data(await browser.receive_some(65536))
+            elif type(event) is h11.Data:
+                received.extend(event.data)
+
+    async with tcp_pair() as (browser, server), trio.open_nursery() as nursery:
+        nursery.start_soon(read_all, browser)
+        exchange = Exchange(
+            Client(server), request, partial(proxy.handle, Target("opencode", "abc"))
+        )
+        assert await exchange.run() is True
+    assert received == b"".join(pieces) + b"tail"
+
+
 async def test_a_browser_that_leaves_mid_body_reads_as_a_disconnect() -> None:
     """When the browser closes before sending its whole body, the proxy is told
     `http.disconnect`, is told so again if it asks again, and the connection ends."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -51,11 +52,34 @@ from agentserver.proxy.upstream import receive_reply, send_all
 
 log = logging.getLogger(__name__)
 READ_SIZE = 256 * 1024
+# A chunk's data from this size on is written with its framing by writev, not copied into it.
+LARGE_CHUNK = 16 * 1024
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
 # Whoever answers a request: an ASGI application (scope, receive, send).
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 _FAILED = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
+
+
+async def send_parts(stream: trio.SocketStream, *parts: bytes) -> None:
+    """`send_all` of the parts joined, without joining them: one writev, more only while the
+    socket buffer is full."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    sock = stream.socket
+    views = [memoryview(part) for part in parts if part]
+    try:
+        while views:
+            try:
+                sent = os.writev(sock.fileno(), views)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            while views and sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            if sent:
+                views[0] = views[0][sent:]
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"the connection broke: {exc.strerror}") from None
 
 
 class ClientLeft(Exception):
@@ -226,9 +250,15 @@ class Exchange:
     async def _write_body(self, body: bytes, more: bool) -> None:
         out = self._head(body, more) if self.reply is WAITING else b""
         allowed = body_allowed(self.request.method, self._status)
+        large, tail = b"", b""  # a large chunk's data and what follows it, never copied
         if allowed:
             if self.reply is CHUNKED:
-                out += (chunk(body) if body else b"") + (b"" if more else LAST_CHUNK)
+                end = b"" if more else LAST_CHUNK
+                if len(body) >= LARGE_CHUNK:
+                    out += b"%x\r\n" % len(body)
+                    large, tail = body, b"\r\n" + end
+                else:
+                    out += (chunk(body) if body else b"") + end
             else:
                 if self._declared is not None:
                     body = body[: self._declared - self._sent]  # never past what we declared
@@ -237,7 +267,10 @@ class Exchange:
         if not more:
             self.reply = reply_ends(self.reply, self._declared, self._sent, allowed)
         try:
-            await send_all(self.client.stream, out)
+            if large:
+                await send_parts(self.client.stream, out, large, tail)
+            else:
+                await send_all(self.client.stream, out)
         except _BROKEN:
             # The browser left: end the exchange (the handler's finally blocks close upstream).
             self._left()

@@ -60,7 +60,7 @@ from .connection import (
 )
 from .errors import TunnelClosed
 from .frames import DEFAULT_MAX_PAYLOAD, GoAway, Headers, ProtocolError, encode
-from .links import MessageLink
+from .links import DirectLink, MessageLink
 from .messages import pack, unpack
 from .stream import RequestHandler, TunnelStream
 
@@ -104,6 +104,14 @@ class Tunnel:
         self.send_timeout = send_timeout
         self._streams: dict[int, TunnelStream] = {}
         self._writer_lot = trio.lowlevel.ParkingLot()
+        # Direct send (a link with `try_send`): the task that queues frames sends them itself
+        # while the writer has nothing under way; whatever the link could not take at once
+        # (`_held_data`: that message's Data bytes; `_unsent`: messages after it), the writer
+        # sends before anything queued later.
+        self._direct = link if isinstance(link, DirectLink) else None
+        self._writer_busy = False  # the writer took frames and is sending them
+        self._held_data: int | None = None
+        self._unsent: list[tuple[bytes, int]] = []
         self._hello = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._last_received = -math.inf
@@ -221,7 +229,10 @@ class Tunnel:
         )
         stream = TunnelStream(self, stream_id, None, body=body)
         self._streams[stream_id] = stream
-        self._wake_writer()
+        if body:  # its body may follow at once and share the message: the writer's round
+            self._wake_writer()
+        else:  # complete: nothing follows on this stream
+            self._send_now()
         return stream
 
     def _close(
@@ -285,11 +296,14 @@ class Tunnel:
             except ProtocolError as exc:
                 self._close(f"protocol error from the peer: {exc}", error=exc)
                 return
-            self._wake_writer()
+            if self._conn.has_frames_to_send:  # credit, a pong, a refusal: no writer round
+                self._send_now()
 
     async def _write_loop(self) -> None:
         try:
             while True:
+                if self._held_data is not None:  # a direct send's rest goes before the rest
+                    await self._send_held()
                 frames = self._conn.frames_to_send()
                 if not frames:
                     await self._writer_lot.park()
@@ -300,24 +314,96 @@ class Tunnel:
                     if self._conn.head_queued:
                         await trio.lowlevel.checkpoint()
                     continue
+                self._writer_busy = True
                 peer = self._conn.peer_settings  # None only while our Hello goes out
                 batch = peer is not None and peer.batch
                 limit = DEFAULT_MAX_PAYLOAD if peer is None else peer.max_frame_payload
                 for message, data in pack(frames, batch=batch, limit=limit):
                     self._writing_since = trio.current_time()
-                    await self._link.send_message(message)
+                    await self._send_message(message)
                     self._writing_since = None
                     self._backlog -= data
+                self._writer_busy = False
                 # A parked writer keeps no frame or message (up to 256 KiB) alive.
                 del frames, message
-                if self._backlog_waiting and self._backlog < self._max_backlog:
-                    self._backlog_waiting = False
-                    for stream in self._streams.values():
-                        stream.credit_granted()
+                self._sent()
         except _LINK_ERRORS as exc:
             self._peer_closed = True
             self._close(f"the tunnel link broke: {exc}", error=exc)
             await trio.lowlevel.checkpoint()  # the link may fail before awaiting anything
+
+    async def _send_message(self, message: bytes) -> None:
+        """One message from the writer: on a direct link written at once when the kernel
+        takes it (no trip round the scheduler), else as the link drains."""
+        if self._direct is None:
+            await self._link.send_message(message)
+        elif self._direct.try_send(message):
+            await self._direct.flush()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def _send_held(self) -> None:
+        """What a direct send left: the rest of its message, then the messages after it."""
+        assert self._direct is not None
+        assert self._held_data is not None
+        self._writer_busy = True
+        await self._direct.flush()  # `_writing_since` runs from the direct send
+        self._writing_since = None
+        self._backlog -= self._held_data
+        self._held_data = None
+        while self._unsent:
+            message, data = self._unsent[0]
+            self._writing_since = trio.current_time()
+            await self._send_message(message)
+            self._writing_since = None
+            self._backlog -= data
+            del self._unsent[0]
+        self._writer_busy = False
+        self._sent()
+
+    def _sent(self) -> None:
+        """Bytes left: streams waiting for the backlog to drain may go on."""
+        if self._backlog_waiting and self._backlog < self._max_backlog:
+            self._backlog_waiting = False
+            for stream in self._streams.values():
+                stream.credit_granted()
+
+    def _send_now(self) -> None:
+        """Send what is queued from the calling task, when the link can take it at once and
+        the writer has nothing under way (else the writer sends it, as before).
+
+        Nothing awaits here, so a caller cancelled later leaves no half message: what the
+        link could not take stays with it and the writer sends that first, then the rest.
+        """
+        direct = self._direct
+        if (
+            direct is None
+            or self._writer_busy
+            or self._held_data is not None
+            or self.closed
+            or self._conn.peer_settings is None
+        ):
+            self._wake_writer()
+            return
+        frames = self._conn.frames_to_send()
+        if not frames:
+            return
+        peer = self._conn.peer_settings
+        messages = pack(frames, batch=peer.batch, limit=peer.max_frame_payload)
+        try:
+            for message, data in messages:
+                if direct.try_send(message):
+                    self._held_data = data
+                    self._writing_since = trio.current_time()
+                    self._unsent = list(messages)
+                    self._writer_lot.unpark_all()
+                    return
+                self._backlog -= data
+        except _LINK_ERRORS as exc:
+            self._peer_closed = True
+            self._close(f"the tunnel link broke: {exc}", error=exc)
+            return
+        self._sent()
 
     async def _heartbeat(self) -> None:
         # Any frame proves the link alive, so a pong queued behind bulk data still counts.
@@ -390,16 +476,20 @@ class Tunnel:
     def send_data(self, stream_id: int, data: bytes, *, text: bool, more: bool) -> None:
         self._conn.send_data(stream_id, data, text=text, more=more)
         self._backlog += len(data)
-        self._wake_writer()
+        if self._conn.head_queued:  # its head's message; the writer takes its round for more
+            self._wake_writer()
+        else:
+            self._send_now()
 
     def send_end(self, stream_id: int, code: int | None, reason: str) -> None:
         self._conn.end_stream(stream_id, code=code, reason=reason)
         self._forget_if_finished(stream_id)
-        self._wake_writer()
+        self._send_now()  # the stream's last frame: whatever it queued with it goes too
 
     def grant_credit(self, stream_id: int, size: int) -> None:
         self._conn.acknowledge(stream_id, size)
-        self._wake_writer()
+        if self._conn.has_frames_to_send:
+            self._send_now()
 
     def send_reset(self, stream_id: int, code: str, message: str) -> bool:
         if not self._conn.is_open(stream_id):
@@ -407,7 +497,7 @@ class Tunnel:
         self._conn.reset_stream(stream_id, code, message)
         if self._streams.pop(stream_id, None) is not None:
             self._dropped()
-        self._wake_writer()
+        self._send_now()
         return True
 
     def _forget_if_finished(self, stream_id: int) -> None:

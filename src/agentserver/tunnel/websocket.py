@@ -47,6 +47,7 @@ _SENDABLE: Final = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)})
 # small message's read ~15 µs more (glibc maps and unmaps allocations of 128 KiB and up).
 READ_SIZE = 64 * 1024
 YIELD_EVERY = 256 * 1024  # bytes taken without waiting before a schedule point all the same
+MESSAGE_COST = 4096  # so a schedule point comes at least every 64 messages
 JOIN_LIMIT = 64 * 1024
 CLOSE_WAIT = 1.0  # for our close frame to leave, and the peer's end after it
 _SHORT, _MEDIUM, _LONG = struct.Struct("!BB"), struct.Struct("!BBH"), struct.Struct("!BBQ")
@@ -162,7 +163,7 @@ class WebSocket:
             raise self._ended
         self._reading = True
         try:
-            message, waited = await self._message()
+            message, _ = await self._message()
         except _Failed as failure:
             raise await self._fail(failure.code, failure.reason) from None
         except ConnectionClosed as exc:
@@ -170,9 +171,11 @@ class WebSocket:
             raise
         finally:
             self._reading = False
-        if not waited and self._unyielded >= YIELD_EVERY:
-            # Buffered messages are taken without a trip round the scheduler (each is one
-            # epoll_wait), but not forever: a peer that keeps us busy does not starve the rest.
+        # A message already buffered, or read at once, is taken without a trip round the
+        # scheduler (each is an epoll_wait), but not forever: a peer that keeps us busy does
+        # not starve the other tasks (each message counts as at least `MESSAGE_COST` bytes).
+        self._unyielded += max(len(message), MESSAGE_COST)
+        if self._unyielded >= YIELD_EVERY:
             self._unyielded = 0
             await trio.lowlevel.cancel_shielded_checkpoint()  # never a cancel point: taken
         return message  # noqa: ASYNC910
@@ -256,20 +259,18 @@ class WebSocket:
 
     async def _read(self, size: int) -> bytes:
         """What the peer sent, up to `size`: at once when the kernel has it (no schedule
-        point then, `get_message` counts it), else after waiting for it."""
+        point then: `get_message` counts the bytes), else after waiting for it."""
         sock = self._sock
         if sock is None:
+            self._unyielded = 0  # a stream's receive is a schedule point
             return bytes(await self._stream.receive_some(size))
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             try:
-                data = os.read(sock.fileno(), size)  # asked each time: it may be closed
+                return os.read(sock.fileno(), size)  # asked each time: it may be closed
             except BlockingIOError:
                 self._unyielded = 0
                 await trio.lowlevel.wait_readable(sock)
-                continue
-            self._unyielded += len(data)
-            return data
 
     async def _control(self, opcode: int, payload: bytes) -> bool:
         """Act on a control frame; raises at a close. True if it awaited."""

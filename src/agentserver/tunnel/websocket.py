@@ -303,15 +303,20 @@ class WebSocket:
     # -- sending ----------------------------------------------------------------------------
 
     async def send_message(self, message: bytes) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("the tunnel link was closed")
-        if self._close_sent or self._send_broken:
-            raise trio.BrokenResourceError("the websocket is closing")
+        self._check_sendable()
         header, payload = frame(BINARY, message, masked=self._client)
         if len(payload) <= JOIN_LIMIT:
             await self._send(header + payload)
         else:
             await self._send(header, payload)
+
+    def _check_sendable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the tunnel link was closed")
+        if self._close_sent or self._send_broken:
+            if isinstance(ended := self._ended, ConnectionClosed):  # why we are closing
+                raise ConnectionClosed(ended.code, ended.reason)
+            raise trio.BrokenResourceError("the websocket is closing")
 
     def try_send(self, message: bytes) -> int:
         """Send `message` now, as far as the kernel takes it without waiting; never blocks.
@@ -322,10 +327,7 @@ class WebSocket:
         frames are never interleaved, and a caller cancelled afterwards leaves no half frame.
         Call it again only once nothing is held.
         """
-        if self._closed:
-            raise trio.ClosedResourceError("the tunnel link was closed")
-        if self._close_sent or self._send_broken:
-            raise trio.BrokenResourceError("the websocket is closing")
+        self._check_sendable()
         header, payload = frame(BINARY, message, masked=self._client)
         data = header + payload
         if self._sock is None or self._sending or self._held:

@@ -329,20 +329,21 @@ class WebSocket:
         """
         self._check_sendable()
         header, payload = frame(BINARY, message, masked=self._client)
-        data = header + payload
         if self._sock is None or self._sending or self._held:
-            self._held = bytes(self._held) + data if self._held else data
+            self._held = b"".join((self._held, header, payload))
             return len(self._held)
-        try:
-            sent = os.write(self._sock.fileno(), data)
+        try:  # header and payload in one system call, without joining them (a bulk copy)
+            sent = os.writev(self._sock.fileno(), (header, payload))
         except BlockingIOError:
             sent = 0
         except OSError as exc:
             self._send_broken = True
             raise trio.BrokenResourceError(f"websocket send failed: {exc}") from exc
-        if sent < len(data):
-            self._held = memoryview(data)[sent:]
-        return len(data) - sent
+        if sent < len(header):
+            self._held = header[sent:] + payload
+        elif sent < len(header) + len(payload):
+            self._held = memoryview(payload)[sent - len(header) :]
+        return len(self._held)
 
     @property
     def held(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -347,3 +348,36 @@ async def test_a_cancelled_receive_loses_no_message() -> None:
         assert waited.cancelled_caught
         await peer.stream.send_all(wire[500:])
         assert await link.get_message() == b"z" * 1000
+
+
+async def test_try_send_holds_what_the_kernel_did_not_take_and_sends_it_first() -> None:
+    """On a real socket that takes only part of a message, `try_send` holds the rest; the rest
+    leaves before the next message (and a pong), and the peer reads every message whole."""
+    ours, theirs = trio.socket.socketpair()
+    for sock in (ours, theirs):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    link = WebSocket(trio.SocketStream(ours), client=True, max_message=CAP)
+    peer = Peer(trio.SocketStream(theirs), ConnectionType.SERVER)
+    big = os.urandom(200_000)
+    held = link.try_send(big)
+    assert 0 < held < len(big)
+    assert link.held == held
+    assert link.try_send(b"next") > held  # held whole behind the rest: never interleaved
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link.flush)
+        assert await peer.message() == big
+        assert await peer.message() == b"next"
+    assert link.held == 0
+    assert link.try_send(b"at once") == 0  # an idle socket takes a small message whole
+    assert await peer.message() == b"at once"
+
+
+async def test_try_send_on_a_stream_without_a_socket_holds_the_message_for_flush() -> None:
+    """Over a stream that is no plain socket (TLS, memory), `try_send` writes nothing and
+    `flush` sends the message."""
+    async with pair(client=True) as (link, peer):
+        assert link.try_send(b"later") > 0
+        await link.flush()
+        assert await peer.message() == b"later"
+        assert link.held == 0

@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 class StreamTransport(Protocol):
     """What a `TunnelStream` needs of its tunnel (`transport.Tunnel` is one).
 
-    The `send_*` calls queue frames for the tunnel's writer and never block; `send_capacity`
-    says how many bytes of data may be queued now (0: wait for `credit_granted`).
+    The `send_*` calls queue frames (the tunnel may write them at once) and never block;
+    `send_capacity` says how many bytes of data may be queued now (0: wait for `credit_granted`).
     """
 
     @property

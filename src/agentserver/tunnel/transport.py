@@ -22,8 +22,9 @@ with status 101 (chosen subprotocol in a ``sec-websocket-protocol`` header), the
 with `close_code`/`close_reason` set) and `send_close(code, reason)`.
 
 Guarantees: the reader never blocks on a stream (credit windows bound every stream's buffer);
-one writer task owns the link, and sends what is queued together as one message (a batch, to a
-peer whose Hello announced batches; `messages.py`) in the order it was queued; a handler task
+what is queued together leaves as one message (a batch, to a peer whose Hello announced
+batches; `messages.py`) in the order it was queued, sent by the task that queued it while the
+writer task has nothing under way, else by the writer (`writer.py`); a handler task
 is cancelled when its stream is reset or the tunnel closes; when the tunnel dies every stream
 operation raises `TunnelClosed`; a link that delivers nothing within `ping_timeout` of a ping
 (default: the ping interval) closes the tunnel, and so does one whose peer reads nothing (a
@@ -59,16 +60,15 @@ from .connection import (
     WindowUpdated,
 )
 from .errors import TunnelClosed
-from .frames import DEFAULT_MAX_PAYLOAD, GoAway, Headers, ProtocolError, encode
+from .frames import GoAway, Headers, ProtocolError, encode
 from .links import MessageLink
-from .messages import pack, unpack
+from .messages import unpack
 from .stream import RequestHandler, TunnelStream
+from .writer import LINK_ERRORS, TunnelWriter
 
 __all__ = ["Tunnel", "open_tunnel"]
 
 logger = logging.getLogger(__name__)
-
-_LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class Tunnel:
@@ -100,16 +100,18 @@ class Tunnel:
         self._ping_timeout = ping_timeout or self.settings.ping_interval
         self._hello_timeout = hello_timeout
         self._close_timeout = close_timeout
-        self._max_backlog = max_backlog
         self.send_timeout = send_timeout
         self._streams: dict[int, TunnelStream] = {}
-        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._writer = TunnelWriter(
+            link,
+            self._conn,
+            max_backlog=max_backlog,
+            broken=self._link_broke,
+            drained=self._backlog_drained,
+        )
         self._hello = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._last_received = -math.inf
-        self._writing_since: float | None = None  # when the send under way started
-        self._backlog = 0  # Data payload bytes queued for the link, not yet written
-        self._backlog_waiting = False
         self.closed = False
         self.close_reason = ""
         self._failure: BaseException | None = None  # why, when the close was a failure
@@ -139,7 +141,7 @@ class Tunnel:
         it (an agent closes it once idle, `wait_idle`)."""
         if not self.closed:
             self._conn.go_away(ErrorCode.NORMAL, message)
-            self._wake_writer()
+            self._writer.wake()
 
     @property
     def open_streams(self) -> int:
@@ -168,7 +170,7 @@ class Tunnel:
                 self._nursery = nursery
                 if self.closed:
                     nursery.cancel_scope.cancel()
-                nursery.start_soon(self._write_loop)
+                nursery.start_soon(self._writer.run)
                 nursery.start_soon(self._read_loop)
                 with trio.move_on_after(self._hello_timeout):
                     await self._hello.wait()
@@ -221,7 +223,10 @@ class Tunnel:
         )
         stream = TunnelStream(self, stream_id, None, body=body)
         self._streams[stream_id] = stream
-        self._wake_writer()
+        if body:  # its body may follow at once and share the message: the writer's round
+            self._writer.wake()
+        else:  # complete: nothing follows on this stream
+            self._writer.send_now()
         return stream
 
     def _close(
@@ -230,6 +235,7 @@ class Tunnel:
         if self.closed:
             return
         self.closed, self.close_reason = True, reason
+        self._writer.stopped = True
         self._failed, self._failure = failed, error
         log = logger.warning if failed else logger.debug
         log("tunnel closed: %s", reason)
@@ -249,14 +255,14 @@ class Tunnel:
                 if not self._peer_closed:
                     code = ErrorCode.PROTOCOL if self._failed else ErrorCode.NORMAL
                     await self._link.send_message(encode(GoAway(code, self.close_reason)))
-            except (*_LINK_ERRORS, ProtocolError):
+            except (*LINK_ERRORS, ProtocolError):
                 pass
         # Its own deadline: a GoAway that a peer never reads must not leave the link open.
         with trio.move_on_after(self._close_timeout) as scope:
             scope.shield = True
             try:
                 await self._link.aclose()
-            except _LINK_ERRORS:  # already broken, maybe before awaiting anything
+            except LINK_ERRORS:  # already broken, maybe before awaiting anything
                 await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------ tasks
@@ -278,46 +284,14 @@ class Tunnel:
                 self._peer_closed = True
                 self._close("the peer closed the tunnel", failed=not self._hello.is_set())
                 return
-            except _LINK_ERRORS as exc:
-                self._peer_closed = True
-                self._close(f"the tunnel link broke: {exc}", error=exc)
+            except LINK_ERRORS as exc:
+                self._link_broke(exc)
                 return
             except ProtocolError as exc:
                 self._close(f"protocol error from the peer: {exc}", error=exc)
                 return
-            self._wake_writer()
-
-    async def _write_loop(self) -> None:
-        try:
-            while True:
-                frames = self._conn.frames_to_send()
-                if not frames:
-                    await self._writer_lot.park()
-                    # Once more round the scheduler before collecting a head: the task that
-                    # queued it usually queues more at once (a request's body, a response's
-                    # body and end), and they then leave in one message instead of one each.
-                    # Body pieces and credit leave at once: a streamed event waits for nothing.
-                    if self._conn.head_queued:
-                        await trio.lowlevel.checkpoint()
-                    continue
-                peer = self._conn.peer_settings  # None only while our Hello goes out
-                batch = peer is not None and peer.batch
-                limit = DEFAULT_MAX_PAYLOAD if peer is None else peer.max_frame_payload
-                for message, data in pack(frames, batch=batch, limit=limit):
-                    self._writing_since = trio.current_time()
-                    await self._link.send_message(message)
-                    self._writing_since = None
-                    self._backlog -= data
-                # A parked writer keeps no frame or message (up to 256 KiB) alive.
-                del frames, message
-                if self._backlog_waiting and self._backlog < self._max_backlog:
-                    self._backlog_waiting = False
-                    for stream in self._streams.values():
-                        stream.credit_granted()
-        except _LINK_ERRORS as exc:
-            self._peer_closed = True
-            self._close(f"the tunnel link broke: {exc}", error=exc)
-            await trio.lowlevel.checkpoint()  # the link may fail before awaiting anything
+            if self._conn.has_frames_to_send:  # credit, a pong, a refusal: no writer round
+                self._writer.send_now()
 
     async def _heartbeat(self) -> None:
         # Any frame proves the link alive, so a pong queued behind bulk data still counts.
@@ -327,12 +301,12 @@ class Tunnel:
             sent_at = trio.current_time()
             opaque += 1
             self._conn.ping(opaque)
-            self._wake_writer()
+            self._writer.wake()
             await trio.sleep_until(sent_at + timeout)
             if self._last_received < sent_at:
                 self._close(f"no answer from the peer within {timeout:g} s of a ping")
                 return
-            stuck = self._writing_since
+            stuck = self._writer.writing_since
             if stuck is not None and stuck <= sent_at:  # one send, blocked for the whole wait
                 self._close(f"the peer has read nothing for {timeout:g} s")
                 return
@@ -378,28 +352,31 @@ class Tunnel:
     # ------------------------------------------------------------ for the streams (StreamTransport)
 
     def send_capacity(self, stream_id: int) -> int:
-        if self._backlog < self._max_backlog:
-            return self._conn.send_capacity(stream_id)
-        self._backlog_waiting = True  # the writer wakes the streams once the backlog drains
-        return 0
+        if self._writer.backlog_full:  # the streams are woken once the backlog drains
+            return 0
+        return self._conn.send_capacity(stream_id)
 
     def send_head(self, stream_id: int, status: int, headers: Headers) -> None:
         self._conn.send_response(stream_id, status, headers)
-        self._wake_writer()
+        self._writer.wake()
 
     def send_data(self, stream_id: int, data: bytes, *, text: bool, more: bool) -> None:
         self._conn.send_data(stream_id, data, text=text, more=more)
-        self._backlog += len(data)
-        self._wake_writer()
+        self._writer.backlog += len(data)
+        if self._conn.head_queued:  # its head's message; the writer takes its round for more
+            self._writer.wake()
+        else:
+            self._writer.send_now()
 
     def send_end(self, stream_id: int, code: int | None, reason: str) -> None:
         self._conn.end_stream(stream_id, code=code, reason=reason)
         self._forget_if_finished(stream_id)
-        self._wake_writer()
+        self._writer.send_now()  # the stream's last frame: whatever it queued with it goes too
 
     def grant_credit(self, stream_id: int, size: int) -> None:
         self._conn.acknowledge(stream_id, size)
-        self._wake_writer()
+        if self._conn.has_frames_to_send:
+            self._writer.send_now()
 
     def send_reset(self, stream_id: int, code: str, message: str) -> bool:
         if not self._conn.is_open(stream_id):
@@ -407,16 +384,20 @@ class Tunnel:
         self._conn.reset_stream(stream_id, code, message)
         if self._streams.pop(stream_id, None) is not None:
             self._dropped()
-        self._wake_writer()
+        self._writer.send_now()
         return True
 
     def _forget_if_finished(self, stream_id: int) -> None:
         if not self._conn.is_open(stream_id) and self._streams.pop(stream_id, None) is not None:
             self._dropped()
 
-    def _wake_writer(self) -> None:
-        if self._conn.has_frames_to_send:  # a wake-up for nothing costs a task switch per frame
-            self._writer_lot.unpark_all()
+    def _link_broke(self, exc: BaseException) -> None:
+        self._peer_closed = True
+        self._close(f"the tunnel link broke: {exc}", error=exc)
+
+    def _backlog_drained(self) -> None:
+        for stream in self._streams.values():
+            stream.credit_granted()
 
 
 @asynccontextmanager

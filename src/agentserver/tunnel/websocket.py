@@ -46,6 +46,8 @@ _SENDABLE: Final = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)})
 # A read asks for 64 KiB (or the rest of a larger frame at once): a 256 KiB buffer costs a
 # small message's read ~15 µs more (glibc maps and unmaps allocations of 128 KiB and up).
 READ_SIZE = 64 * 1024
+YIELD_EVERY = 256 * 1024  # bytes taken without waiting before a schedule point all the same
+MESSAGE_COST = 4096  # so a schedule point comes at least every 64 messages
 JOIN_LIMIT = 64 * 1024
 CLOSE_WAIT = 1.0  # for our close frame to leave, and the peer's end after it
 _SHORT, _MEDIUM, _LONG = struct.Struct("!BB"), struct.Struct("!BBH"), struct.Struct("!BBQ")
@@ -110,6 +112,7 @@ class WebSocket:
         "_ended",
         "_fragments",
         "_fragments_size",
+        "_held",
         "_max",
         "_peer_closed",
         "_pong",
@@ -117,15 +120,22 @@ class WebSocket:
         "_reading",
         "_send_broken",
         "_sending",
+        "_sock",
         "_stream",
         "_turn",
         "_unmask",
+        "_unyielded",
     )
 
     def __init__(
         self, stream: trio.abc.Stream, *, client: bool, max_message: int, buffered: bytes = b""
     ) -> None:
         self._stream = stream
+        # A plain socket is written (`try_send`) and read with os.write/os.read: trio's own
+        # calls take a trip round the scheduler after each one that succeeds at once.
+        self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._held: bytes | memoryview = b""  # what `try_send` left of its message, to go first
+        self._unyielded = 0  # bytes read at once since the last schedule point
         self._client = client
         self._unmask = not client  # a server unmasks what clients send
         self._max = max_message
@@ -153,7 +163,7 @@ class WebSocket:
             raise self._ended
         self._reading = True
         try:
-            message, waited = await self._message()
+            message, _ = await self._message()
         except _Failed as failure:
             raise await self._fail(failure.code, failure.reason) from None
         except ConnectionClosed as exc:
@@ -161,9 +171,14 @@ class WebSocket:
             raise
         finally:
             self._reading = False
-        if not waited:  # a schedule point, never a cancel point: the message is taken
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        return message
+        # A message already buffered, or read at once, is taken without a trip round the
+        # scheduler (each is an epoll_wait), but not forever: a peer that keeps us busy does
+        # not starve the other tasks (each message counts as at least `MESSAGE_COST` bytes).
+        self._unyielded += max(len(message), MESSAGE_COST)
+        if self._unyielded >= YIELD_EVERY:
+            self._unyielded = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()  # never a cancel point: taken
+        return message  # noqa: ASYNC910
 
     async def _message(self) -> tuple[bytes, bool]:
         """The next whole binary message, and whether it had to be waited for."""
@@ -226,7 +241,7 @@ class WebSocket:
             self._pos = 0
         while True:  # called only when more is needed
             try:
-                data = await self._stream.receive_some(max(READ_SIZE, needed - have))
+                data = await self._read(max(READ_SIZE, needed - have))
             except (trio.BrokenResourceError, OSError) as exc:
                 raise ConnectionClosed(ABNORMAL, f"the connection broke: {exc}") from exc
             if not data:
@@ -241,6 +256,21 @@ class WebSocket:
             have += len(data)
             if have >= needed:
                 return
+
+    async def _read(self, size: int) -> bytes:
+        """What the peer sent, up to `size`: at once when the kernel has it (no schedule
+        point then: `get_message` counts the bytes), else after waiting for it."""
+        sock = self._sock
+        if sock is None:
+            self._unyielded = 0  # a stream's receive is a schedule point
+            return bytes(await self._stream.receive_some(size))
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                return os.read(sock.fileno(), size)  # asked each time: it may be closed
+            except BlockingIOError:
+                self._unyielded = 0
+                await trio.lowlevel.wait_readable(sock)
 
     async def _control(self, opcode: int, payload: bytes) -> bool:
         """Act on a control frame; raises at a close. True if it awaited."""
@@ -273,18 +303,66 @@ class WebSocket:
     # -- sending ----------------------------------------------------------------------------
 
     async def send_message(self, message: bytes) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("the tunnel link was closed")
-        if self._close_sent or self._send_broken:
-            raise trio.BrokenResourceError("the websocket is closing")
+        self._check_sendable()
         header, payload = frame(BINARY, message, masked=self._client)
         if len(payload) <= JOIN_LIMIT:
             await self._send(header + payload)
         else:
             await self._send(header, payload)
 
+    def _check_sendable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the tunnel link was closed")
+        if self._close_sent or self._send_broken:
+            if isinstance(ended := self._ended, ConnectionClosed):  # why we are closing
+                raise ConnectionClosed(ended.code, ended.reason)
+            raise trio.BrokenResourceError("the websocket is closing")
+
+    def try_send(self, message: bytes) -> int:
+        """Send `message` now, as far as the kernel takes it without waiting; never blocks.
+
+        Returns how many of its bytes on the wire are still held (0: all sent). Held bytes
+        (the rest of a partial write, or all of it while another send is under way or on a
+        stream other than a plain socket) go out first with the next send, or `flush`: so
+        frames are never interleaved, and a caller cancelled afterwards leaves no half frame.
+        Call it again only once nothing is held.
+        """
+        self._check_sendable()
+        header, payload = frame(BINARY, message, masked=self._client)
+        if self._sock is None or self._sending or self._held:
+            self._held = b"".join((self._held, header, payload))
+            return len(self._held)
+        try:  # header and payload in one system call, without joining them (a bulk copy)
+            sent = os.writev(self._sock.fileno(), (header, payload))
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._send_broken = True
+            raise trio.BrokenResourceError(f"websocket send failed: {exc}") from exc
+        if sent < len(header):
+            self._held = header[sent:] + payload
+        elif sent < len(header) + len(payload):
+            self._held = memoryview(payload)[sent - len(header) :]
+        return len(self._held)
+
+    @property
+    def held(self) -> int:
+        """Bytes `try_send` left to send (they go first with the next send, or `flush`)."""
+        return len(self._held)
+
+    async def flush(self) -> None:
+        """Send what `try_send` left, if anything."""
+        if not self._held:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._close_sent or self._send_broken:
+            await trio.lowlevel.checkpoint()
+            raise trio.BrokenResourceError("the websocket is closing")
+        await self._send(b"")
+
     async def _send(self, data: bytes, more: bytes | None = None) -> None:
-        """Write `data` (and `more`) as the only sender, then a pong that waited meanwhile."""
+        """Write what `try_send` held, `data` (and `more`) as the only sender, then a pong
+        that waited meanwhile."""
         while self._sending:
             await self._turn.park()
         if self._send_broken:
@@ -292,7 +370,13 @@ class WebSocket:
             raise trio.BrokenResourceError("an earlier send was cut off")
         self._sending = True
         try:
-            await self._stream.send_all(data)
+            if self._held:
+                held, self._held = self._held, b""
+                await self._stream.send_all(held)
+                if data:
+                    await self._stream.send_all(data)
+            else:
+                await self._stream.send_all(data)
             if more is not None:
                 await self._stream.send_all(more)
             if self._pong is not None:
@@ -335,7 +419,7 @@ class WebSocket:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
-            self._buffer, self._fragments = b"", []
+            self._buffer, self._fragments, self._held = b"", [], b""
             await self._stream.aclose()
 
 

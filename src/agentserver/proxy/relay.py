@@ -166,6 +166,13 @@ class Relay:
             await trio.lowlevel.checkpoint_if_cancelled()
             return self.local(tunnel, sandbox_id, host, user_id, read_only, port)
         owner = await self.owners.lookup(sandbox_id, fresh=fresh)
+        if owner is not None and owner.replica_id == self.replica_id:
+            # Claimed here: the tunnel may be a moment from being registered.
+            with trio.move_on_after(MOVE_WAIT):
+                await self.hub.claim_settled(sandbox_id)
+            tunnel = self.hub.get(sandbox_id)
+            if tunnel is not None:
+                return self.local(tunnel, sandbox_id, host, user_id, read_only, port)
         if (
             owner is not None
             and (owner.alive or owner.draining)

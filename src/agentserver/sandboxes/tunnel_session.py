@@ -154,9 +154,14 @@ class TunnelSessions:
             ) as tunnel:  # the heartbeat below ends with the tunnel
                 tunnel.stop_reason = SERVER_RESTARTING  # only the server stopping cancels it
                 # Owned here from now on: another replica's tunnel for it is superseded.
-                generation = await self.owners.claim(sandbox.id)
-                await hub.register(sandbox.id, tunnel, shared_ports, generation)
-                registered = True
+                # Requests here that read the claim before the tunnel is registered wait.
+                claim = hub.claiming(sandbox.id)
+                try:
+                    generation = await self.owners.claim(sandbox.id)
+                    await hub.register(sandbox.id, tunnel, shared_ports, generation)
+                    registered = True
+                finally:
+                    hub.settle(sandbox.id, claim)
                 log.info(
                     "local agent of sandbox %s connected (generation %d)", sandbox.id, generation
                 )

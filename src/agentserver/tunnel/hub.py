@@ -32,6 +32,9 @@ class Hub:
         # Draining: tunnels that end are moving to another replica (their ownership is kept
         # until the new tunnel takes it over, so the sandbox never looks offline meanwhile).
         self.draining = False
+        # Tunnels being claimed here: owned in the database already, not yet registered. A
+        # request that finds this replica named as the owner waits for them (`claim_settled`).
+        self._claims: dict[str, trio.Event] = {}
 
     def __len__(self) -> int:
         return len(self._tunnels)
@@ -64,6 +67,28 @@ class Hub:
     def generation(self, sandbox_id: str) -> int | None:
         """The ownership generation of the sandbox's live tunnel here, or None."""
         return self._generations.get(sandbox_id) if self.get(sandbox_id) is not None else None
+
+    def claiming(self, sandbox_id: str) -> trio.Event:
+        """A tunnel for the sandbox is about to be claimed here: the caller sets the event
+        (`settle`) once it is registered, or its claim failed."""
+        event = self._claims[sandbox_id] = trio.Event()
+        return event
+
+    def settle(self, sandbox_id: str, event: trio.Event) -> None:
+        """The claim behind `event` is over (registered, or failed)."""
+        event.set()
+        if self._claims.get(sandbox_id) is event:
+            del self._claims[sandbox_id]
+
+    async def claim_settled(self, sandbox_id: str) -> None:
+        """Return once no claim of the sandbox's tunnel is under way here (bound the wait
+        with a cancel scope): the database may name this replica as the owner a moment
+        before the tunnel is registered."""
+        event = self._claims.get(sandbox_id)
+        if event is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await event.wait()
 
     def tunnels(self) -> list[tuple[str, Tunnel, int]]:
         """Every registered tunnel: (sandbox id, tunnel, generation)."""

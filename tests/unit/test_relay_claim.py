@@ -46,7 +46,9 @@ def live_tunnel() -> Any:
     return LiveTunnel()
 
 
-async def test_a_request_during_the_claim_waits_for_the_registration() -> None:
+async def during_a_claim(register: bool) -> list[object]:
+    """What a request for the sandbox finds when it arrives while a claim is under way here,
+    the claim then ending with the tunnel registered (or failed)."""
     hub = Hub()
     relay = a_relay(hub)
     claim = hub.claiming("sbx")
@@ -58,31 +60,24 @@ async def test_a_request_during_the_claim_waits_for_the_registration() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(request)
         await trio.testing.wait_all_tasks_blocked()
-        assert found == []  # still waiting: the tunnel is not registered yet
-        await hub.register("sbx", live_tunnel(), (), 7)
+        assert found == []  # still waiting for the claim to end
+        if register:
+            await hub.register("sbx", live_tunnel(), (), 7)
         hub.settle("sbx", claim)
+    return found
+
+
+async def test_a_request_during_the_claim_waits_for_the_registration() -> None:
+    found = await during_a_claim(register=True)
     assert len(found) == 1
     assert isinstance(found[0], MovableUpstream)
 
 
+async def test_a_failed_claim_ends_the_wait() -> None:
+    assert await during_a_claim(register=False) == [None]
+
+
 async def test_without_a_claim_under_way_nobody_is_found_at_once() -> None:
-    hub = Hub()
-    relay = a_relay(hub)
+    relay = a_relay(Hub())
     with trio.fail_after(5):
         assert await relay.upstream("sbx", b"oc-sbx.example", "u", False, None) is None
-
-
-async def test_a_failed_claim_ends_the_wait() -> None:
-    hub = Hub()
-    relay = a_relay(hub)
-    claim = hub.claiming("sbx")
-    found: list[object] = []
-
-    async def request() -> None:
-        found.append(await relay.upstream("sbx", b"oc-sbx.example", "u", False, None))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(request)
-        await trio.testing.wait_all_tasks_blocked()
-        hub.settle("sbx", claim)  # the claim failed: nothing was registered
-    assert found == [None]

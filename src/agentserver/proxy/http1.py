@@ -20,7 +20,7 @@ MAX_HEAD = 64 * 1024
 # RFC 9110 §5.6.2 token; a target of visible ASCII; a field value without controls (HTAB and
 # obs-text allowed), its surrounding whitespace not part of it.
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.1")
-_FIELD = re.compile(
+FIELD = re.compile(
     rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*"
     rb"((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)[ \t]*"
 )
@@ -86,7 +86,7 @@ def parse_request_head(head: bytes) -> RequestHead | None:
     lengths: set[bytes] = set()
     close = False
     for line in lines[1:]:
-        field = _FIELD.fullmatch(line)
+        field = FIELD.fullmatch(line)
         if field is None:  # also obs-fold, bare CR/LF and empty names
             return None
         name, value = field[1].lower(), field[2]
@@ -193,7 +193,7 @@ def parse_response_head(head: bytes, method: bytes) -> ResponseHead:
     codings: list[bytes] = []
     close = minor == b"0"
     for line in lines[1:]:
-        field = _FIELD.fullmatch(line)
+        field = FIELD.fullmatch(line)
         if field is None:
             raise ProtocolError("malformed header line")
         name, value = field[1].lower(), field[2]

@@ -19,7 +19,6 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from http import HTTPStatus
 from urllib.parse import parse_qs
 
 import trio
@@ -28,6 +27,7 @@ from agentserver.deps import Deps
 from agentserver.errors import AgentServerError
 from agentserver.kinds import PREVIEW_PORTS_HEADER
 from agentserver.proxy.exchange import Client
+from agentserver.proxy.http1 import FIELD, response_head
 from agentserver.proxy.routing import resolve
 from agentserver.proxy.subdomain import SubdomainProxy
 from agentserver.sandboxes.tunnel_admission import TunnelAsk, admit
@@ -44,11 +44,6 @@ REFUSAL_WRITE = 1.0
 _REQUEST_LINE = re.compile(
     rb"GET (/api/tunnel/([A-Za-z0-9_-]{1,100})(?:\?([\x21-\x7e]*))?) HTTP/1\.1"
 )
-_FIELD = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*"
-    rb"((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)[ \t]*"
-)
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _PROTOCOL = tunnel_version.HEADER.lower().encode()
 _PREVIEW_PORTS = PREVIEW_PORTS_HEADER.lower().encode()
 
@@ -80,7 +75,7 @@ def parse_tunnel_upgrade(head: bytes) -> TunnelUpgrade | None:
         return None
     headers: Headers = []
     for line in lines[1:]:
-        field = _FIELD.fullmatch(line)
+        field = FIELD.fullmatch(line)
         if field is None:  # obs-fold, bare CR, empty names: hypercorn answers those
             return None
         headers.append((field[1].lower(), field[2]))
@@ -109,11 +104,8 @@ def ask_of(upgrade: TunnelUpgrade, peer: str) -> TunnelAsk:
 def refusal(status: int, code: str, message: str, **extra: str) -> bytes:
     """A JSON error answer (as the API's `error_response`) that ends the connection."""
     body = json.dumps({"error": {"code": code, "message": message, **extra}}).encode()
-    phrase = _REASONS.get(status, b"Error")
-    return (
-        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"connection: close\r\n\r\n%s" % (status, phrase, len(body), body)
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    return response_head(status, headers, chunked=False, close=True) + body
 
 
 class TunnelDoor:

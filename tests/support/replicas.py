@@ -137,6 +137,12 @@ class Replica:
     port: int = 0
     process: trio.Process | None = None
     output: Output = field(default_factory=Output)
+    earlier: list[Output] = field(default_factory=list)  # the runs before this one
+
+    def log(self) -> str:
+        """Everything every run of this replica printed, run after run."""
+        runs = [*self.earlier, self.output]
+        return "".join(f"--- run {n}\n{o.text()}" for n, o in enumerate(runs))
 
     @property
     def url(self) -> str:
@@ -216,6 +222,8 @@ class Replicas:
         ]
         for name, value in self.options.items():
             args += [f"--{name}", value]
+        if replica.output.data:
+            replica.earlier.append(replica.output)
         replica.output = Output()
         replica.process = await trio.lowlevel.open_process(
             args,
@@ -305,6 +313,8 @@ async def open_replicas(
             with trio.CancelScope(shield=True):
                 await replicas.aclose()
             nursery.cancel_scope.cancel()
+            for replica in replicas.replicas:  # read after a failure (pytest keeps tmp dirs)
+                (replica.data_dir / "output.log").write_text(replica.log())
 
 
 @pytest.fixture

@@ -17,12 +17,10 @@ import trio
 
 from agentserver.db.database import Database
 from agentserver.kinds import preview_refusal
-from agentserver.models import Sandbox, SandboxType
+from agentserver.models import Sandbox
 from agentserver.proxy import pages
-from agentserver.proxy.tunnel_upstream import TunnelUpstream
 from agentserver.proxy.upstream import Pool, Upstream
 from agentserver.sandboxes.base import Backend, Endpoint
-from agentserver.tunnel import Hub
 
 # How long a public (or not public) answer is trusted without asking the database again; a
 # change made through the API is seen at once (its event makes the proxy forget the sandbox).
@@ -46,17 +44,9 @@ def port_refusal(port: int, agent_port: int | None = None) -> pages.Page | None:
     return None if why is None else _REFUSAL_PAGES[why]
 
 
-def upstream_of(
-    sandbox: Sandbox, port: int, backend: Backend, hub: Hub, pool: Pool
-) -> Upstream | pages.Page:
-    """The way to `port` inside a running sandbox, or the page saying why there is none."""
-    if sandbox.type == SandboxType.LOCAL:
-        tunnel = hub.get(sandbox.id)
-        if tunnel is None:
-            return pages.OFFLINE
-        if port not in hub.shared_ports(sandbox.id):
-            return pages.PORT_NOT_ALLOWED
-        return TunnelUpstream(tunnel, port=port)
+def upstream_of(sandbox: Sandbox, port: int, backend: Backend, pool: Pool) -> Upstream | pages.Page:
+    """The way to `port` inside a running sandbox a backend runs (a local agent's ports go
+    through its tunnel: proxy/relay.py), or the page saying why there is none."""
     assert sandbox.endpoint_host is not None
     assert sandbox.endpoint_port is not None
     refused = port_refusal(port, sandbox.endpoint_port)

@@ -166,13 +166,6 @@ class Relay:
             await trio.lowlevel.checkpoint_if_cancelled()
             return self.local(tunnel, sandbox_id, host, user_id, read_only, port)
         owner = await self.owners.lookup(sandbox_id, fresh=fresh)
-        if owner is not None and owner.replica_id == self.replica_id:
-            # Claimed here: the tunnel may be a moment from being registered.
-            with trio.move_on_after(MOVE_WAIT):
-                await self.hub.claim_settled(sandbox_id)
-            tunnel = self.hub.get(sandbox_id)
-            if tunnel is not None:
-                return self.local(tunnel, sandbox_id, host, user_id, read_only, port)
         if (
             owner is not None
             and (owner.alive or owner.draining)
@@ -184,8 +177,13 @@ class Relay:
                 owner = await self.owners.moved(sandbox_id, generation)
             if owner is not None and owner.generation == generation:  # it did not come back
                 owner = await self.owners.lookup(sandbox_id, fresh=True)
+        if owner is not None and owner.replica_id == self.replica_id:
+            # Claimed here (maybe just now, by the agent that moved): the tunnel may be a
+            # moment from being registered.
+            with trio.move_on_after(MOVE_WAIT):
+                await self.hub.claim_settled(sandbox_id)
             tunnel = self.hub.get(sandbox_id)
-            if tunnel is not None:  # the agent came back to this very replica
+            if tunnel is not None:
                 return self.local(tunnel, sandbox_id, host, user_id, read_only, port)
         if owner is None or not owner.alive or owner.replica_id == self.replica_id:
             return None
@@ -247,6 +245,11 @@ class Relay:
             return
         sandbox_id = target.sandbox_id
         tunnel = self.hub.get(sandbox_id)
+        if tunnel is None and relayed.replica_id == self.replica_id:
+            # The relayer read our claim; its tunnel may be a moment from being registered.
+            with trio.move_on_after(MOVE_WAIT):
+                await self.hub.claim_settled(sandbox_id)
+            tunnel = self.hub.get(sandbox_id)
         if (
             tunnel is None
             or relayed.replica_id != self.replica_id

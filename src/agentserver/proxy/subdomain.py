@@ -47,7 +47,7 @@ from agentserver.proxy.refused_tokens import RefusedTokens
 from agentserver.proxy.relay import Relay, carries_relay
 from agentserver.proxy.routing import Preview, Route, Target, Unknown, resolve
 from agentserver.proxy.sign_in import AUTH_PATH, SignIn, respond
-from agentserver.proxy.tunnel_upstream import PortNotShared, TunnelUpstream
+from agentserver.proxy.tunnel_upstream import PortNotShared
 from agentserver.proxy.upstream import NotListening, Pool, Upstream, UpstreamTimeout
 from agentserver.proxy.websocket import proxy_websocket, reject
 from agentserver.sandboxes.events import Event
@@ -347,16 +347,19 @@ class SubdomainProxy:
             SandboxStatus.RUNNING,
             SandboxStatus.OFFLINE,
         ):
-            tunnel = self.hub.get(sandbox.id)
-            if tunnel is None:
-                relayed = await self.relayed(scope, sandbox, port, access)
-                if relayed is not None:
-                    return relayed
+            if (
+                port is not None
+                and self.hub.get(sandbox.id) is not None
+                and port not in self.hub.shared_ports(sandbox.id)
+            ):
+                await self.page(scope, send, pages.PORT_NOT_ALLOWED)
+                return None
+            # Its tunnel here (a request a drain races goes where it moves), or on the replica
+            # that holds it.
+            relayed = await self.relayed(scope, sandbox, port, access)
+            if relayed is None:
                 await self.page(scope, send, pages.OFFLINE)
-            elif port is not None:
-                return await self.preview_upstream(scope, send, sandbox, port)
-            await trio.lowlevel.checkpoint_if_cancelled()
-            return None if tunnel is None else TunnelUpstream(tunnel)
+            return relayed
         if status is SandboxStatus.RUNNING:
             if sandbox.endpoint_host and sandbox.endpoint_port:
                 if port is not None:
@@ -400,9 +403,7 @@ class SubdomainProxy:
         self, scope: Scope, send: Send, sandbox: Sandbox, port: int
     ) -> Upstream | None:
         """The way to `port` in a running sandbox, or None after a page saying why not."""
-        found = previews.upstream_of(
-            sandbox, port, self.deps.sandboxes.backend, self.hub, self.pool
-        )
+        found = previews.upstream_of(sandbox, port, self.deps.sandboxes.backend, self.pool)
         if isinstance(found, pages.Page):
             await self.page(scope, send, found)
             return None

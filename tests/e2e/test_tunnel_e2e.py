@@ -6,11 +6,13 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import h11
 import httpx
 import pytest
 import trio
@@ -86,6 +88,45 @@ async def test_a_hundred_sse_streams_over_one_tunnel_arrive_complete_and_in_orde
                     streams.start_soon(one, n)
     assert len(received) == 100
     assert all(ids == list(range(count)) for ids in received.values())
+
+
+async def test_a_burst_of_events_to_a_slow_browser_arrives_whole_and_in_order(
+    world: TunnelWorld, bulk: BulkUpstream, nursery: trio.Nursery
+) -> None:
+    """3,000 events of 3 bytes to 24 KiB in bursts of ten, to a browser with a small receive
+    buffer: some go out from the tunnel's reader (the proxy's task waiting), some wait for the
+    browser or behind others, some are too large for that path; every event arrives whole,
+    once and in order."""
+    agent = await world.start_agent(nursery, f"http://127.0.0.1:{bulk.port}")
+    sid = agent.sandbox_id
+    cookie = await world.cookie(sid)
+    count, pad = 3000, 24 * 1024
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before the handshake
+    await sock.connect(("127.0.0.1", world.server.port))
+    stream = trio.SocketStream(sock)
+    request = (
+        f"GET /numbers?count={count}&pad={pad}&every=0.002 HTTP/1.1\r\nHost: {world.host(sid)}\r\n"
+        f"Cookie: agentserver_sandbox={cookie}\r\n\r\n"
+    )
+    events = bytearray()
+    async with stream:
+        await stream.send_all(request.encode())
+        reader = h11.Connection(h11.CLIENT)
+        reader.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+        with trio.fail_after(60):
+            while type(event := reader.next_event()) is not h11.EndOfMessage:
+                if event is h11.NEED_DATA:
+                    reader.receive_data(await stream.receive_some(4096))
+                elif type(event) is h11.Response:
+                    assert event.status_code == 200
+                elif type(event) is h11.Data:
+                    events += event.data
+    expected = b"".join(
+        f"id: {i}\ndata: {i}{' ' + 'x' * (i * 7919 % (pad + 1))}\n\n".encode() for i in range(count)
+    )
+    assert len(events) == len(expected)
+    assert events == expected
 
 
 async def test_killed_link_ends_the_stream_goes_offline_and_comes_back(

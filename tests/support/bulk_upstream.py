@@ -1,9 +1,10 @@
 """An opencode-like upstream for tunnel tests and benchmarks (trio + h11, no buffering).
 
-Routes: `/numbers?count=N` (an SSE stream of N numbered events, then the end), `/bytes?size=N`
-(N bytes, streamed), `/upload` (counts the request body and answers its size and SHA-256),
-`/small` (a tiny JSON answer), `/clock?count=N&every=S` (SSE events carrying the send time),
-`/forever` (an endless SSE stream that reports when its client goes away).
+Routes: `/numbers?count=N[&pad=P][&every=S]` (an SSE stream of N numbered events, each padded
+by up to P bytes, S seconds apart after each tenth, then the end), `/bytes?size=N` (N bytes,
+streamed), `/upload` (counts the request body and answers its size and SHA-256), `/small` (a
+tiny JSON answer), `/clock?count=N&every=S` (SSE events carrying the send time), `/forever` (an
+endless SSE stream that reports when its client goes away).
 """
 
 from __future__ import annotations
@@ -78,8 +79,13 @@ async def _serve_one(up: BulkUpstream, ex: _Exchange, request: h11.Request) -> N
             size += len(event.data)
     if url.path == "/numbers":
         await ex.head(200, "text/event-stream")
+        pad = int(query.get("pad", "0"))  # events padded by 0..pad bytes, varying
+        every = float(query.get("every", "0"))  # a pause after every 10th event
         for i in range(int(query.get("count", "10"))):
-            await ex.send(h11.Data(data=f"id: {i}\ndata: {i}\n\n".encode()))
+            padding = " " + "x" * (i * 7919 % (pad + 1)) if pad else ""
+            await ex.send(h11.Data(data=f"id: {i}\ndata: {i}{padding}\n\n".encode()))
+            if every and i % 10 == 9:
+                await trio.sleep(every)
         await ex.send(h11.EndOfMessage())
     elif url.path == "/bytes":
         total = int(query.get("size", "0"))

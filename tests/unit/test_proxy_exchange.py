@@ -3,6 +3,7 @@ for the subdomain proxy."""
 
 from __future__ import annotations
 
+import socket
 from functools import partial
 from typing import Any
 
@@ -10,9 +11,17 @@ import h11
 import trio
 import trio.testing
 
-from agentserver.proxy.exchange import Client, Exchange
+from agentserver.proxy.exchange import LARGE_CHUNK, Client, Exchange
 from agentserver.proxy.exchange_states import Browser, Reply
-from agentserver.proxy.http import Receive, Send, refuse_framing
+from agentserver.proxy.http import (
+    DIRECT_BODY,
+    HELD,
+    REFUSED,
+    WRITTEN,
+    Receive,
+    Send,
+    refuse_framing,
+)
 from agentserver.proxy.http1 import parse_request_head
 from agentserver.proxy.routing import Target
 from tests.support.tcp import tcp_pair
@@ -244,3 +253,83 @@ async def test_a_held_head_leaves_with_the_first_body_bytes() -> None:
         if hold_head:
             assert first.startswith(b"HTTP/1.1 200 ")
             assert b"\r\n\r\n9\r\ndata: 1\n\n\r\n" in first
+
+
+class Direct:
+    """A handler that streams a chunked answer, some pieces through the exchange's direct
+    writer (DIRECT_BODY) and some as body messages, recording what the writer answered."""
+
+    def __init__(self, piece: bytes = b"", fill: bool = False) -> None:
+        self.piece, self.fill = piece, fill
+        self.answers: list[int] = []
+        self.written: list[bytes] = []
+        self.filled = trio.Event()
+
+    async def handle(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        write = scope["extensions"][DIRECT_BODY]
+        self.answers.append(write(b"before the head"))
+        await send(start([]))
+        if self.fill:  # until the socket takes only part of a piece
+            while (answer := write(self.piece)) == WRITTEN:
+                self.written.append(self.piece)
+            self.answers.append(answer)
+            self.written.append(self.piece)  # held: its rest goes first with the next write
+            self.answers.append(write(b"while held"))
+            self.filled.set()
+            await send(body(b"end"))
+            return
+        self.answers.append(write(b"one"))
+        await send(body(b"two", more=True))
+        self.answers.append(write(b"three"))
+        self.answers.append(write(b""))
+        self.answers.append(write(b"L" * LARGE_CHUNK))
+        await send(body(b""))
+
+
+async def read_body(browser: trio.SocketStream) -> bytes:
+    reader = h11.Connection(h11.CLIENT)
+    reader.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+    received = bytearray()
+    while type(event := reader.next_event()) is not h11.EndOfMessage:
+        if event is h11.NEED_DATA:
+            reader.receive_data(await browser.receive_some(65536))
+        elif type(event) is h11.Data:
+            received.extend(event.data)
+    return bytes(received)
+
+
+async def test_a_direct_piece_goes_out_as_a_chunk_in_order_with_the_body_messages() -> None:
+    """DIRECT_BODY writes a piece of a chunked answer at once, framed, in order with the body
+    messages around it; it refuses before the head, an empty piece and a large one."""
+    request = parse_request_head(GET)
+    assert request is not None
+    handler = Direct()
+    async with tcp_pair() as (browser, server):
+        exchange = Exchange(Client(server), request, handler.handle)
+        assert await exchange.run() is True
+        assert await read_body(browser) == b"onetwothree"
+    assert handler.answers == [REFUSED, WRITTEN, WRITTEN, REFUSED, REFUSED]
+
+
+async def test_a_piece_the_socket_takes_in_part_is_held_and_sent_before_the_next() -> None:
+    """When the browser's socket takes only part of a piece, the rest is held (HELD), nothing
+    more is written directly meanwhile, and the next body message sends the rest first: the
+    browser reads every piece whole and in order."""
+    request = parse_request_head(GET)
+    assert request is not None
+    handler = Direct(piece=bytes(range(256)) * 39, fill=True)  # 9,984 bytes: never aligned
+    async with tcp_pair() as (browser, server), trio.open_nursery() as nursery:
+        server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        browser.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        exchange = Exchange(Client(server), request, handler.handle)
+        ran: list[bool] = []
+
+        async def run() -> None:
+            ran.append(await exchange.run())
+
+        nursery.start_soon(run)
+        await handler.filled.wait()
+        assert handler.answers[1:] == [HELD, REFUSED]
+        with trio.fail_after(10):  # a lost rest leaves the browser waiting for the chunk
+            assert await read_body(browser) == b"".join(handler.written) + b"end"
+    assert ran == [True]

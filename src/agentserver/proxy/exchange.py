@@ -36,7 +36,17 @@ from agentserver.proxy.exchange_states import (
     reply_moves,
 )
 from agentserver.proxy.headers import connection_tokens, header
-from agentserver.proxy.http import CANCEL_CONNECTION, SPLICE, Receive, Scope, Send
+from agentserver.proxy.http import (
+    CANCEL_CONNECTION,
+    DIRECT_BODY,
+    HELD,
+    REFUSED,
+    SPLICE,
+    WRITTEN,
+    Receive,
+    Scope,
+    Send,
+)
 from agentserver.proxy.http1 import (
     LAST_CHUNK,
     MAX_HEAD,
@@ -158,6 +168,7 @@ class Exchange:
         self._extensions: dict[str, Any] = {SPLICE: {}} if splice_available else {}
         if cancel is not None:
             self._extensions[CANCEL_CONNECTION] = cancel
+        self._extensions[DIRECT_BODY] = self.write_now
         self.browser = SENDING
         self.reply = WAITING
         self._unread = request.content_length
@@ -167,6 +178,8 @@ class Exchange:
         self._headers: Headers = []
         self._declared: int | None = None
         self._sent = 0
+        self._writing = False  # a body write is under way (it may wait for the socket)
+        self._held = b""  # the rest of a piece `write_now` could not send whole: goes first
 
     def scope(self) -> dict[str, Any]:
         request, client = self.request, self.client
@@ -247,8 +260,33 @@ class Exchange:
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
 
+    def write_now(self, piece: bytes) -> int:
+        """DIRECT_BODY (proxy/http.py): one piece of a chunked body, sent now without waiting,
+        or REFUSED (the caller sends it as a body message then) when it cannot go at once:
+        the reply is not a chunked stream under way, another write is, or the piece is large."""
+        if (
+            self.reply is not CHUNKED
+            or self._writing
+            or self._held
+            or self.browser is GONE
+            or not piece
+            or len(piece) >= LARGE_CHUNK
+        ):
+            return REFUSED
+        framed = chunk(piece)
+        try:
+            sent = os.write(self.client.stream.socket.fileno(), framed)
+        except OSError:  # full, or the browser left: the request's task finds out
+            return REFUSED
+        if sent == len(framed):
+            return WRITTEN
+        self._held = framed[sent:]
+        return HELD
+
     async def _write_body(self, body: bytes, more: bool) -> None:
         out = self._head(body, more) if self.reply is WAITING else b""
+        if self._held:  # only ever after the head
+            out, self._held = self._held + out, b""
         allowed = body_allowed(self.request.method, self._status)
         large, tail = b"", b""  # a large chunk's data and what follows it, never copied
         if allowed:
@@ -266,6 +304,7 @@ class Exchange:
                 self._sent += len(body)
         if not more:
             self.reply = reply_ends(self.reply, self._declared, self._sent, allowed)
+        self._writing = True
         try:
             if large:
                 await send_parts(self.client.stream, out, large, tail)
@@ -275,6 +314,8 @@ class Exchange:
             # The browser left: end the exchange (the handler's finally blocks close upstream).
             self._left()
             raise ClientLeft from None
+        finally:
+            self._writing = False
 
     async def _splice(self, move: Callable[[trio.SocketStream], Awaitable[int]]) -> None:
         """The rest of a sized body, kernel to kernel (proxy/splice.py)."""

@@ -31,6 +31,14 @@ SPLICE = "agentserver.splice"
 # Another: a callable that ends the whole client connection (cancelling the request on it).
 # A request that must end when its access is revoked uses it instead of a scope of its own.
 CANCEL_CONNECTION = "agentserver.cancel_connection"
+# Another: `write(piece) -> REFUSED | WRITTEN | HELD`, which sends one piece of a streamed
+# (chunked) body to the browser at once, from whichever task has it, when nothing else is being
+# written: so an event that arrives through a tunnel goes out from the task that read it, without
+# waking the request's own task. HELD: part of it is still to go, and the next body message
+# (an empty one will do) sends it first. The caller must never have a piece in hand that it
+# has not sent yet (`TunnelStream.deliver_directly` ensures it).
+DIRECT_BODY = "agentserver.direct_body"
+REFUSED, WRITTEN, HELD = 0, 1, 2
 
 
 class ClientGone(Exception):
@@ -201,6 +209,9 @@ async def _relay(response: UpstreamResponse, send: Send, scope: Scope) -> bool:
             await trio.lowlevel.checkpoint_if_cancelled()
             return False
         return True
+    direct = scope.get("extensions", {}).get(DIRECT_BODY)
+    if direct is not None and response.direct is not None:
+        response.direct(direct)
     try:
         async for chunk in response.body:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})

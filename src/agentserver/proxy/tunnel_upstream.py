@@ -7,7 +7,7 @@ request to the local opencode. A relayed WebSocket is a stream with message fram
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 
 import trio
@@ -17,6 +17,7 @@ from agentserver.framing import exactly
 from agentserver.http_headers import FRAMING
 from agentserver.kinds import NOT_LISTENING, NOT_SHARED, PREVIEW_REFUSED_HEADER
 from agentserver.proxy.headers import Headers, header
+from agentserver.proxy.http import HELD, REFUSED
 from agentserver.proxy.upstream import (
     HEADER_TIMEOUT,
     NotListening,
@@ -79,19 +80,36 @@ async def _send_body(stream: TunnelStream, body: AsyncIterable[bytes], length: i
 
 
 class _Body:
-    """The response body as it arrives over the stream."""
+    """The response body as it arrives over the stream; with a direct writer (`direct`), the
+    pieces that arrive while the proxy waits for the next go to the browser from the tunnel's
+    reader, and this yields only what that writer refused (and an empty piece when the
+    writer left part of one to send)."""
 
     def __init__(self, stream: TunnelStream) -> None:
         self._stream = stream
+        self._write: Callable[[bytes], int] | None = None
+
+    def direct(self, write: Callable[[bytes], int]) -> None:
+        self._write = write
+        self._stream.deliver_directly(self._offer)
+
+    def _offer(self, piece: bytes) -> bool:
+        assert self._write is not None
+        written = self._write(piece)
+        if written == HELD:  # the proxy's task sends the rest, with an empty piece
+            self._stream.wake_receiver()
+        return written != REFUSED
 
     def __aiter__(self) -> _Body:
         return self
 
     async def __anext__(self) -> bytes:
         try:
-            chunk = await self._stream.receive_some()
+            chunk = await self._stream.receive_or_wake()
         except _BROKEN:
             raise SandboxUnreachable("the tunnel to the local agent broke") from None
+        if chunk is None:
+            return b""
         if not chunk:
             raise StopAsyncIteration
         return chunk
@@ -208,7 +226,10 @@ class TunnelUpstream:
                 pass  # the agent may have answered early (e.g. 413) and dropped the rest
             status, response_headers = await self._head(stream)
             ok = True
-            return UpstreamResponse(status, response_headers, _Body(stream), stream.aclose)
+            body = _Body(stream)
+            return UpstreamResponse(
+                status, response_headers, body, stream.aclose, direct=body.direct
+            )
         finally:
             if not ok:
                 await stream.aclose()

@@ -94,6 +94,9 @@ class UpstreamResponse:
     # For a sized body straight off a TCP agent: send the rest of it to a browser socket
     # with splice(2) (returns the bytes moved); None when the body must be read as chunks.
     splice: Callable[[trio.SocketStream], Awaitable[int]] | None = None
+    # For a body that streams in pieces (a tunnel's): hand the pieces that arrive while the
+    # body's reader waits to a DIRECT_BODY writer (proxy/http.py); None when it cannot.
+    direct: Callable[[Callable[[bytes], int]], None] | None = None
 
 
 class Upstream(Protocol):

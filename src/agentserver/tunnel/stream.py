@@ -105,6 +105,9 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self._receiving = _Busy("receiving")
         self._handler_scope: trio.CancelScope | None = None
         self._stalled_until: float | None = None  # while a send waits: when it gives up
+        # Takes data that arrives while a receiver waits with nothing queued (`deliver_directly`).
+        self._direct: Callable[[bytes], bool] | None = None
+        self._woken = False  # `wake_receiver` was called: `receive_or_wake` returns None
 
     # ------------------------------------------------------------ heads
 
@@ -290,16 +293,45 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             max_bytes = operator.index(max_bytes)
             if max_bytes < 1:
                 raise ValueError("max_bytes must be at least 1")
+        found = await self._receive(max_bytes, wakeable=False)
+        assert found is not None
+        return found
+
+    async def receive_or_wake(self) -> bytes | None:
+        """`receive_some()`, or None once `wake_receiver` was called (nothing arrived)."""
+        return await self._receive(None, wakeable=True)
+
+    async def _receive(self, max_bytes: int | None, *, wakeable: bool) -> bytes | None:
         with self._receiving:
             await self._first_wait()
             while True:
                 self._check_receivable()
                 if self._chunks:
                     return self._take(max_bytes)
+                if wakeable and self._woken:
+                    self._woken = False
+                    return None
                 if self._eof:
                     return b""
                 self._raise_if_broken()
                 await self._lot.park()
+
+    def deliver_directly(self, direct: Callable[[bytes], bool] | None) -> None:
+        """Offer data that arrives while a receiver waits, with nothing queued before it, to
+        `direct` first (None: stop): taken (True), it is consumed there and then (its credit
+        goes back at once) and the receiver sleeps on; refused, it is queued as usual.
+
+        The one receiver must have handled everything it took before it waits again (e.g. it
+        writes each piece on before receiving the next): then a piece taken directly can
+        never overtake one received earlier. `direct` never blocks; `wake_receiver` lets it
+        have the receiver run (to finish what it could not do at once).
+        """
+        self._direct = direct
+
+    def wake_receiver(self) -> None:
+        """Make the waiting (or next) `receive_or_wake` return None."""
+        self._woken = True
+        self._lot.unpark_all()
 
     async def receive_message(self) -> bytes | str:
         """The next whole WebSocket message; `trio.EndOfChannel` once the peer closed."""
@@ -327,7 +359,14 @@ class TunnelStream(trio.abc.HalfCloseableStream):
     async def _first_wait(self) -> None:
         """The checkpoint a receive starts with: when nothing is there to take, the wait for it
         (parking is one), rather than a trip round the scheduler and then the wait."""
-        if self._chunks or self._eof or self._closed or self._reset or self._transport.closed:
+        if (
+            self._chunks
+            or self._eof
+            or self._closed
+            or self._reset
+            or self._woken
+            or self._transport.closed
+        ):
             await trio.lowlevel.checkpoint()
         else:
             await self._lot.park()
@@ -361,6 +400,10 @@ class TunnelStream(trio.abc.HalfCloseableStream):
     # ------------------------------------------------------------ from the tunnel
 
     def data_received(self, event: DataReceived) -> None:
+        direct = self._direct
+        if direct is not None and self._lot and not self._chunks and direct(event.data):
+            self._transport.grant_credit(self.stream_id, len(event.data))
+            return
         self._chunks.append(event)
         self._lot.unpark_all()
 
@@ -429,6 +472,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._reset_now(ErrorCode.CANCEL, "closed before the end")
         self._closed = True
         self._chunks.clear()
+        self._direct = None
         self._wake()
 
     def _reset_now(self, code: str, message: str) -> None:

@@ -109,6 +109,7 @@ class WebSocket:
         "_client",
         "_close_sent",
         "_closed",
+        "_drained",
         "_ended",
         "_fragments",
         "_fragments_size",
@@ -152,6 +153,7 @@ class WebSocket:
         self._peer_closed = False  # its close frame, or the end of the connection, arrived
         self._reading = False
         self._closed = False
+        self._drained = False  # the last read returned less than asked for
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -264,13 +266,20 @@ class WebSocket:
         if sock is None:
             self._unyielded = 0  # a stream's receive is a schedule point
             return bytes(await self._stream.receive_some(size))
-        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._drained:  # the last read took all there was: another would find nothing
+            self._unyielded = 0
+            await trio.lowlevel.wait_readable(sock)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             try:
-                return os.read(sock.fileno(), size)  # asked each time: it may be closed
+                data = os.read(sock.fileno(), size)  # asked each time: it may be closed
             except BlockingIOError:
                 self._unyielded = 0
                 await trio.lowlevel.wait_readable(sock)
+                continue
+            self._drained = 0 < len(data) < size
+            return data
 
     async def _control(self, opcode: int, payload: bytes) -> bool:
         """Act on a control frame; raises at a close. True if it awaited."""

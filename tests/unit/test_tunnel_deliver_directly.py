@@ -1,13 +1,17 @@
 """`TunnelStream.deliver_directly`: data that arrives while the receiver waits, with nothing queued
 before it, is handed to the direct taker (its credit back at once); anything else is queued and
-received in order; `wake_receiver` makes `receive_or_wake` return None."""
+received in order; `wake_receiver` makes `receive_or_wake` return None, which takes what is
+queued without a schedule point (but not forever)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import trio
 import trio.testing
 
 from agentserver.tunnel import RequestReceived, TunnelStream
+from agentserver.tunnel.websocket import YIELD_EVERY
 from tests.unit.test_tunnel_transport import SMALL, tunnel_pair
 
 
@@ -15,7 +19,8 @@ class Agent:
     """An agent that answers one request with a head, then sends each piece it is given."""
 
     def __init__(self) -> None:
-        self.send, self._pieces = trio.open_memory_channel[bytes](100)
+        self.send, self._pieces = trio.open_memory_channel[bytes](1000)
+        self.done = trio.Event()  # its whole answer is sent
 
     async def handle(self, request: RequestReceived, stream: TunnelStream) -> None:
         await stream.send_response_head(200, [("content-type", "text/event-stream")])
@@ -24,6 +29,7 @@ class Agent:
                 break
             await stream.send_all(piece)
         await stream.send_eof()
+        self.done.set()
 
 
 class Taker:
@@ -142,3 +148,44 @@ async def test_a_closed_stream_offers_nothing_more() -> None:
         await agent.send.send(b"late")
         await trio.testing.wait_all_tasks_blocked()
         assert taker.taken == []
+
+
+async def test_receive_or_wake_takes_what_is_there_without_a_schedule_point_but_not_forever() -> (
+    None
+):
+    """Data already queued is taken without a trip round the scheduler (each costs a pass of
+    the whole loop), yet a receiver that is never short of data lets the other tasks run at
+    least once per YIELD_EVERY bytes."""
+    agent = Agent()
+    total = 4 * YIELD_EVERY
+    roomy = replace(SMALL, initial_window=2 * total)  # all of it is queued before we read
+    async with tunnel_pair(agent.handle, settings=roomy) as pair:
+        stream = await pair.server.open_request("GET", "/events", body=False)
+        await stream.receive_response_head()
+        piece = b"p" * 4096
+        for _ in range(total // len(piece)):
+            await agent.send.send(piece)
+        await agent.send.send(b"")
+        with trio.fail_after(5):
+            await agent.done.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        turns = 0
+
+        async def other() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            await trio.lowlevel.checkpoint()
+            before = turns
+            assert await stream.receive_or_wake() == piece
+            assert turns == before  # the other task did not run meanwhile
+            taken = len(piece)
+            while chunk := await stream.receive_or_wake():
+                taken += len(chunk)
+            nursery.cancel_scope.cancel()
+        assert taken == total
+        assert turns - before >= total // YIELD_EVERY - 1

@@ -28,7 +28,8 @@ class Connection:
         # scheduler after every read that succeeds, a wake-up of the whole agent per piece.
         # (Its number is asked each time: once closed, the number may be another socket's.)
         self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
-        self._drained = False  # the last read found nothing: the next one waits first
+        # The last read found nothing, or less than it asked for: the next one waits first.
+        self._drained = False
 
     def readable(self) -> bool:
         """True when an idle connection has something to read: the peer's close, most likely."""
@@ -60,7 +61,7 @@ class Connection:
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self._sock)
                 continue
-            self._drained = False
+            self._drained = 0 < len(data) < size  # it took all there was: the next one waits
             return data
 
     async def send(self, data: bytes) -> None:

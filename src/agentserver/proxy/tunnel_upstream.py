@@ -100,6 +100,11 @@ class _Body:
             self._stream.wake_receiver()
         return written != REFUSED
 
+    async def aclose(self) -> None:
+        """End the stream (reset, unless it finished): nothing to wait for."""
+        self._stream.close()
+        await trio.lowlevel.checkpoint_if_cancelled()
+
     def __aiter__(self) -> _Body:
         return self
 
@@ -227,9 +232,7 @@ class TunnelUpstream:
             status, response_headers = await self._head(stream)
             ok = True
             body = _Body(stream)
-            return UpstreamResponse(
-                status, response_headers, body, stream.aclose, direct=body.direct
-            )
+            return UpstreamResponse(status, response_headers, body, body.aclose, direct=body.direct)
         finally:
             if not ok:
                 await stream.aclose()

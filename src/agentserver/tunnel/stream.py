@@ -19,6 +19,7 @@ import trio
 from .connection import DataReceived, ErrorCode, LocalProtocolError, RequestReceived
 from .errors import StreamResetError, TunnelClosed
 from .frames import Headers
+from .websocket import YIELD_EVERY
 
 MAX_WEBSOCKET_MESSAGE = 16 * 1024 * 1024
 
@@ -108,6 +109,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         # Takes data that arrives while a receiver waits with nothing queued (`deliver_directly`).
         self._direct: Callable[[bytes], bool] | None = None
         self._woken = False  # `wake_receiver` was called: `receive_or_wake` returns None
+        self._unyielded = 0  # bytes received since this stream's receiver last yielded
 
     # ------------------------------------------------------------ heads
 
@@ -116,7 +118,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         if self.request is not None:
             raise LocalProtocolError("the answering side sends the response head")
         with self._receiving:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()  # arrived already: no scheduler trip
             while self._response is None:
                 self._check_receivable()
                 self._raise_if_broken()
@@ -146,7 +148,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         complete response leaves in one message; the rest is sent as by `send_all`.
         """
         with self._sending:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()  # once a response: no scheduler trip
             self._check_sendable(head=False)
             self._transport.send_head(self.stream_id, status, tuple(headers))
             self._head_sent = True
@@ -298,12 +300,14 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         return found
 
     async def receive_or_wake(self) -> bytes | None:
-        """`receive_some()`, or None once `wake_receiver` was called (nothing arrived)."""
+        """`receive_some()`, or None once `wake_receiver` was called (nothing arrived). Unlike
+        `receive_some` (a trio stream's, always a schedule point), what is there already is
+        taken with a cancellation check only, and a schedule point every YIELD_EVERY bytes."""
         return await self._receive(None, wakeable=True)
 
     async def _receive(self, max_bytes: int | None, *, wakeable: bool) -> bytes | None:
         with self._receiving:
-            await self._first_wait()
+            await self._first_wait(cheap=wakeable)
             while True:
                 self._check_receivable()
                 if self._chunks:
@@ -356,9 +360,11 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 self._raise_if_broken()
                 await self._lot.park()
 
-    async def _first_wait(self) -> None:
+    async def _first_wait(self, *, cheap: bool = False) -> None:
         """The checkpoint a receive starts with: when nothing is there to take, the wait for it
-        (parking is one), rather than a trip round the scheduler and then the wait."""
+        (parking is one), rather than a trip round the scheduler and then the wait; when
+        something is and `cheap`, a cancellation check only, but a trip every YIELD_EVERY
+        bytes taken so (a receiver that is never short of data does not starve the others)."""
         if (
             self._chunks
             or self._eof
@@ -367,8 +373,13 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             or self._woken
             or self._transport.closed
         ):
-            await trio.lowlevel.checkpoint()
+            if cheap and self._unyielded < YIELD_EVERY:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            else:
+                self._unyielded = 0
+                await trio.lowlevel.checkpoint()
         else:
+            self._unyielded = 0
             await self._lot.park()
 
     def _finish_message(self, text: bool) -> bytes | str:
@@ -395,6 +406,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._offset = end
             piece = chunk[start:end]
         self._transport.grant_credit(self.stream_id, end - start)
+        self._unyielded += len(piece)
         return piece
 
     # ------------------------------------------------------------ from the tunnel
@@ -450,13 +462,18 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 self._reset_now(ErrorCode.INTERNAL, "the request handler failed")
             finally:
                 self._abandon()
-        await trio.lowlevel.checkpoint()  # a stream reset before it started awaits nothing
+        await trio.lowlevel.checkpoint_if_cancelled()  # a stream reset at once awaited nothing
 
     # ------------------------------------------------------------ closing
 
     async def aclose(self) -> None:
         self._close_now()
         await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """`aclose` without its checkpoint (nothing here waits): for a caller that needs no
+        schedule point, or runs in a cancelled scope."""
+        self._close_now()
 
     async def reset(self, code: str = ErrorCode.CANCEL, message: str = "") -> None:
         """Abort the stream in both directions, telling the peer why."""

@@ -204,7 +204,7 @@ class Tunnel:
     ) -> TunnelStream:
         """Open a stream carrying a request to the peer. `body=False`: no request body follows;
         `port`: a preview's port on the peer's machine (None: its agent)."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()  # the caller then waits for the answer
         if self.closed:
             raise TunnelClosed(self.close_reason)
         if self._conn.peer_going_away:

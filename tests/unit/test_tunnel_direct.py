@@ -324,3 +324,33 @@ async def test_a_direct_send_that_the_link_takes_whole_needs_no_writer() -> None
     assert not conn.has_frames_to_send
     assert [type(f) for f in wire_frames(bytes(link.wire))] == [RequestOpen, Data, End]
     await trio.lowlevel.checkpoint()
+
+
+async def test_frames_queued_while_holding_leave_together_at_its_end_without_the_writer() -> None:
+    """Inside `holding`, a wake-up (a head) and direct sends (a body piece, an end) write
+    nothing and leave the writer parked; at its end all of it goes out in one message from
+    the holding task: the writer task never runs for it (a complete response cost a wasted
+    writer round per request before)."""
+    conn, link = connected(), TrickleLink(take=1 << 20)
+    writer = TunnelWriter(link, conn, max_backlog=1 << 20, broken=print, drained=print)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        stream = conn.open_request("POST", "/a", (("host", "x"),))
+        with writer.holding():
+            writer.wake()  # what queueing a head does
+            conn.send_data(stream, b"d" * 100)
+            writer.backlog += 100
+            with writer.holding():  # nested: only the outermost sends
+                conn.end_stream(stream)
+                writer.send_now()
+            assert link.wire == b""
+        assert writer._lot.statistics().tasks_waiting == 1  # the writer was never woken
+        assert writer.backlog == 0
+        messages = MessageBuffer()
+        messages.feed(bytes(link.wire))
+        message = messages.next_message()
+        assert message is not None
+        assert [type(f) for f in unpack(message)] == [RequestOpen, Data, End]
+        assert messages.next_message() is None
+        nursery.cancel_scope.cancel()

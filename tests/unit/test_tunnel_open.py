@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import pytest
@@ -92,6 +93,9 @@ class RecordingTransport:
 
     def send_capacity(self, stream_id: int) -> int:
         return self.capacity
+
+    def holding(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def send_head(self, stream_id: int, status: int, headers: Headers) -> None:
         self.calls.append(("head", status))

@@ -12,6 +12,7 @@ import logging
 import operator
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import trio
@@ -39,6 +40,10 @@ class StreamTransport(Protocol):
     def close_reason(self) -> str: ...
     @property
     def send_timeout(self) -> float | None: ...
+
+    def holding(self) -> AbstractContextManager[None]:
+        """Frames queued within leave together at its end (one message where they fit)."""
+        ...
 
     def send_capacity(self, stream_id: int) -> int: ...
     def send_head(self, stream_id: int, status: int, headers: Headers) -> None: ...
@@ -150,10 +155,11 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         with self._sending:
             await trio.lowlevel.checkpoint_if_cancelled()  # once a response: no scheduler trip
             self._check_sendable(head=False)
-            self._transport.send_head(self.stream_id, status, tuple(headers))
-            self._head_sent = True
-            if self._queue_whole(body, end):
-                return
+            with self._transport.holding():  # head, body and end: one message, no writer round
+                self._transport.send_head(self.stream_id, status, tuple(headers))
+                self._head_sent = True
+                if self._queue_whole(body, end):
+                    return
         if end:
             await self.send_last(body)
         else:
@@ -174,9 +180,13 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         """Queue `data` (and with `end`, the end) if all of it fits the credit; True if done."""
         if data and self._capacity() < len(data):
             return False
-        if data:
+        if data and end:
+            with self._transport.holding():  # one message for both
+                self._send_data(data)
+                self._end()
+        elif data:
             self._send_data(data)
-        if end:
+        elif end:
             self._end()
         return True
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 
 import trio
 
@@ -350,6 +350,9 @@ class Tunnel:
                 pass
 
     # ------------------------------------------------------------ for the streams (StreamTransport)
+
+    def holding(self) -> AbstractContextManager[None]:
+        return self._writer.holding()
 
     def send_capacity(self, stream_id: int) -> int:
         if self._writer.backlog_full:  # the streams are woken once the backlog drains

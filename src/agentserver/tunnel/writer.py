@@ -20,7 +20,8 @@ rest counts from its own start), for the heartbeat's "the peer reads nothing" ch
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import trio
 
@@ -61,6 +62,7 @@ class TunnelWriter:
         self.backlog = 0  # Data payload bytes queued for the link, not yet written
         self.backlog_waiting = False  # a stream found the backlog full
         self.writing_since: float | None = None  # when the send under way started
+        self._holding = 0  # inside `holding` (how deep): queued frames wait for its end
 
     @property
     def backlog_full(self) -> bool:
@@ -69,14 +71,31 @@ class TunnelWriter:
         self.backlog_waiting = True  # `drained` once it drains
         return True
 
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Frames queued within go out together at the end (`send_now`): one message where
+        they fit, and no wake-up of the writer for a head whose body and end come with it.
+        Nested, the outermost one sends."""
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+            if not self._holding:
+                self.send_now()
+
     def wake(self) -> None:
         """Let the writer send what is queued."""
+        if self._holding:  # the end of `holding` sends it
+            return
         if self._conn.has_frames_to_send:  # a wake-up for nothing costs a task switch per frame
             self._lot.unpark_all()
 
     def send_now(self) -> None:
         """Send what is queued from the calling task if the writer has nothing under way and
         the link sends directly; else wake the writer."""
+        if self._holding:  # the end of `holding` sends it
+            return
         direct = self._direct
         peer = self._conn.peer_settings
         if direct is None or self._busy or self._held_data is not None or self.stopped:

@@ -6,7 +6,9 @@ Processes (all on this machine, sharing its cores): an opencode-like upstream of
 (tests/support/bulk_upstream.py: bulk bytes, an upload sink, a tiny JSON, an SSE clock), a real
 `agentserver serve` (embedded PostgreSQL), a real `agentserver agent connect` forwarding to the
 upstream, and this process as the browser. "Direct" goes browser → upstream; "tunnel" goes
-browser → server (subdomain proxy) → tunnel → agent → upstream. Then N idle tunnels are opened
+browser → server (subdomain proxy) → tunnel → agent → upstream; "floor" goes through two bare
+trio forwarders (bench/bare_forwarder.py) to the upstream: two processes that only copy bytes,
+the least two extra processes on the path cost on this machine. Then N idle tunnels are opened
 from this process (cheap client tunnels, no forwarding) and the server's RSS growth per tunnel
 is reported.
 """
@@ -254,6 +256,7 @@ async def idle_tunnels(
 
 
 async def measure(args: argparse.Namespace, work: Path) -> None:
+    forwarders: list[trio.Process] = []
     async with trio.open_nursery() as nursery:
         up: BulkUpstream = await nursery.start(serve_bulk, BulkUpstream(arrivals=[]))
         upstream = f"http://127.0.0.1:{up.port}"
@@ -300,6 +303,17 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
         nursery.start_soon(drain, agent_proc)
         sandbox_id = (work / "agent.json").read_text().split('"sandboxId": "')[1].split('"')[0]
         tunnel = await browser(server, port, owner, sandbox_id)
+        target = up.port
+        for _ in range(2):  # the floor: upstream ← forwarder ← forwarder ← this process
+            forwarder, line = await spawn(
+                [PYTHON, str(REPO / "bench" / "bare_forwarder.py"), str(target)], "listening on"
+            )
+            nursery.start_soon(drain, forwarder)
+            forwarders.append(forwarder)
+            target = int(line.rsplit(" ", 1)[1])
+        floor_client = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{target}", timeout=httpx.Timeout(120, read=None)
+        )
         direct = httpx.AsyncClient(base_url=upstream, timeout=httpx.Timeout(120, read=None))
         results: dict[str, tuple[list[float], list[float]]] = {}
 
@@ -308,9 +322,11 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
             ds.extend(d if isinstance(d, list) else [d])
             ts.extend(t if isinstance(t, list) else [t])
 
-        for _ in range(30):  # warm up both paths
+        floor: dict[str, list[float]] = {}
+        for _ in range(30):  # warm up all three paths
             await small(direct)
             await small(tunnel)
+            await small(floor_client)
         size = args.megabytes * MB
         cpu: dict[str, list[float]] = {}
         pids = {"server": server_proc.pid, "agent": agent_proc.pid}
@@ -334,6 +350,7 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
                 d_in, d_out = await small_legs(direct, up.arrivals)
                 t_in, t_out = await small_legs(tunnel, up.arrivals)
                 add("small request ms", d_in + d_out, t_in + t_out)
+                floor.setdefault("small request ms", []).append(await small(floor_client) * 1000)
                 add("  way there ms", d_in, t_in)
                 add("  way back ms", d_out, t_out)
             for k, p in pids.items():
@@ -344,6 +361,9 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
             for k, p in pids.items():
                 cpu.setdefault(f"sse {k}", []).append((cpu_seconds(p) - spent[k]) / 100 * 1e6)
             add("SSE event delay ms", d, t)
+            floor.setdefault("SSE event delay ms", []).extend(
+                x * 1000 for x in await sse_delays(floor_client, 100)
+            )
             add("agent client ms", await local_client_ms(upstream, 100), [])
             for name in ("small request ms", "SSE event delay ms"):
                 ds, ts = results[name]
@@ -354,7 +374,10 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
                 )
         await tunnel.aclose()
         await direct.aclose()
-        report(results, args, cpu)
+        await floor_client.aclose()
+        for forwarder in forwarders:
+            forwarder.terminate()
+        report(results, args, cpu, floor)
         before, after = await idle_tunnels(
             server, port, owner, workspace_id, server_proc.pid, args.tunnels
         )
@@ -377,6 +400,7 @@ def report(
     results: dict[str, tuple[list[float], list[float]]],
     args: argparse.Namespace,
     cpu: dict[str, list[float]],
+    floor: dict[str, list[float]],
 ) -> None:
     print(
         f"\nLocal agent tunnel vs direct to the same upstream ({args.rounds} rounds, "
@@ -415,6 +439,15 @@ def report(
     print(
         f"  the agent's client to opencode, small GET: {agent_ms:.3f} ms "
         f"(this process's httpx, the direct column: {direct_ms:.3f} ms)"
+    )
+    print(
+        "  the floor, two bare trio forwarders instead of server and agent: "
+        + "; ".join(
+            f"{name.removesuffix(' ms')} +{statistics.median(floor[name]) - medians[name][0]:.2f}"
+            f" ms (the tunnel adds +{medians[name][1] - statistics.median(floor[name]):.2f} ms"
+            " over it)"
+            for name in ("small request ms", "SSE event delay ms")
+        )
     )
     targets = (
         (

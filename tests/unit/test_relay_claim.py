@@ -85,6 +85,11 @@ def live_tunnel() -> Any:
     return LiveTunnel()
 
 
+async def ask(relay: Relay, found: list[object]) -> None:
+    """A request for the sandbox: what `relay.upstream` finds goes into `found`."""
+    found.append(await relay.upstream("sbx", b"oc-sbx.example", "u", False, None))
+
+
 async def during_a_claim(register: bool) -> list[object]:
     """What a request for the sandbox finds when it arrives while a claim is under way here,
     the claim then ending with the tunnel registered (or failed)."""
@@ -92,12 +97,8 @@ async def during_a_claim(register: bool) -> list[object]:
     relay = a_relay(hub)
     claim = hub.claiming("sbx")
     found: list[object] = []
-
-    async def request() -> None:
-        found.append(await relay.upstream("sbx", b"oc-sbx.example", "u", False, None))
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(request)
+        nursery.start_soon(ask, relay, found)
         await trio.testing.wait_all_tasks_blocked()
         assert found == []  # still waiting for the claim to end
         if register:
@@ -130,12 +131,8 @@ async def test_a_request_that_waited_for_a_move_here_waits_for_the_registration(
     owners = MovingOwners()
     relay = a_relay(hub, owners)
     found: list[object] = []
-
-    async def request() -> None:
-        found.append(await relay.upstream("sbx", b"oc-sbx.example", "u", False, None))
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(request)
+        nursery.start_soon(ask, relay, found)
         await trio.testing.wait_all_tasks_blocked()
         assert found == []  # waiting for the move
         claim = hub.claiming("sbx")

@@ -137,19 +137,6 @@ async def test_wake_receiver_makes_receive_or_wake_return_none_and_not_receive_s
         await agent.send.send(b"")
 
 
-async def test_a_closed_stream_offers_nothing_more() -> None:
-    agent = Agent()
-    async with tunnel_pair(agent.handle) as pair:
-        stream = await pair.server.open_request("GET", "/events", body=False)
-        await stream.receive_response_head()
-        taker = Taker()
-        stream.deliver_directly(taker)
-        await stream.aclose()
-        await agent.send.send(b"late")
-        await trio.testing.wait_all_tasks_blocked()
-        assert taker.taken == []
-
-
 async def test_receive_or_wake_takes_what_is_there_without_a_schedule_point_but_not_forever() -> (
     None
 ):

@@ -1,7 +1,8 @@
 // A running sandbox's previews: the ports it serves (its dev servers), each with Open (a new
 // tab, through the one-time ticket) and, for members who may use it, Make public / Make private.
 // Reloaded whenever the workspace's event stream says they changed (a `previews` event) and
-// whenever the sandbox's status changes.
+// whenever the sandbox's status changes; not asked for while the sandbox is not running (it
+// serves no port then, and a sandbox paused or deleted under the page would answer 404).
 
 import { useEffect, useState } from '../vendor/hooks.module.js';
 import { del, get, path, put } from '../api.js';
@@ -44,7 +45,9 @@ export function Previews({ workspace, sandbox, me, changes = 0 }) {
       setError(err);
     }
   };
-  useEffect(() => { load(); }, [sandbox.id, sandbox.status, changes]);
+  useEffect(() => {
+    if (running) load();
+  }, [sandbox.id, sandbox.status, changes]);
   const mayShare = canOnSandbox(workspace.role, 'use_sandbox', sandboxFacts(workspace, sandbox, me));
   const changed = (preview) => setList((old) => ({
     ...old,
@@ -52,17 +55,16 @@ export function Previews({ workspace, sandbox, me, changes = 0 }) {
       ? old.previews.map((p) => (p.port === preview.port ? preview : p))
       : [...old.previews, preview],
   }));
-  const previews = list ? list.previews : [];
+  const previews = running && list ? list.previews : [];
   return html`<section aria-labelledby="previews-title" class="panel" data-previews>
     <h2 id="previews-title">Previews</h2>
-    <${ErrorBox} error=${error} />
-    ${!list && !error && html`<${Loading} what="Loading previews" />`}
-    ${list && !list.available && html`<${Empty}>This server cannot reach a sandbox's own ports, so it shows no previews.<//>`}
-    ${list && list.available && previews.length === 0 && html`<${Empty}>${running
-      ? (sandbox.type === 'local'
-        ? 'This agent shares no ports. Run it with --allow-port 5173 (for example) to preview a dev server.'
-        : 'Nothing is listening in this sandbox yet. Start a dev server (npm run dev, for example) and it appears here.')
-      : 'Previews show once the sandbox is running.'}<//>`}
+    ${running && html`<${ErrorBox} error=${error} />`}
+    ${!running && html`<${Empty}>Previews show once the sandbox is running.<//>`}
+    ${running && !list && !error && html`<${Loading} what="Loading previews" />`}
+    ${running && list && !list.available && html`<${Empty}>This server cannot reach a sandbox's own ports, so it shows no previews.<//>`}
+    ${running && list && list.available && previews.length === 0 && html`<${Empty}>${sandbox.type === 'local'
+      ? 'This agent shares no ports. Run it with --allow-port 5173 (for example) to preview a dev server.'
+      : 'Nothing is listening in this sandbox yet. Start a dev server (npm run dev, for example) and it appears here.'}<//>`}
     ${previews.length > 0 && html`<ul class="previews">
       ${previews.map((p) => html`<${PreviewRow} key=${p.port} sandbox=${sandbox} preview=${p} mayShare=${mayShare} onChange=${changed} />`)}
     </ul>`}

@@ -179,6 +179,9 @@ MALFORMED = {
     "plain data id far beyond": raw_message(b'{"type":"data","id":' + b"9" * 40 + b"}"),
     "plain data id not a number": raw_message(b'{"type":"data","id":1e3}'),
     "plain data oversized payload": raw_message(b'{"type":"data","id":1}', b"x" * 16385),
+    "plain end id zero": raw_message(b'{"type":"end","id":0}'),
+    "plain end id too large": raw_message(b'{"type":"end","id":2147483648}'),
+    "plain end with a payload": raw_message(b'{"type":"end","id":1}', b"x"),
 }
 
 
@@ -204,6 +207,25 @@ def test_a_plain_data_header_reads_as_json_would() -> None:
         plain = encode(Data(stream_id, b"body"))
         spaced = raw_message(b'{"type": "data", "id": %d}' % stream_id, b"body")
         assert decode(plain) == decode(spaced) == Data(stream_id, b"body")
+
+
+def test_a_plain_end_header_reads_as_json_would() -> None:
+    """Likewise an End without code or reason, one per response."""
+    for stream_id in (1, 10, frames.MAX_STREAM_ID):
+        plain = encode(End(stream_id))
+        spaced = raw_message(b'{"id": %d, "type": "end"}' % stream_id)
+        assert decode(plain) == decode(spaced) == End(stream_id)
+
+
+def test_plain_data_and_end_headers_are_read_without_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two frames of every response body are decoded without the JSON parser."""
+    messages = [encode(Data(7, b"body")), encode(End(7))]
+
+    def no_json(text: str) -> object:
+        raise AssertionError(f"parsed as JSON: {text}")
+
+    monkeypatch.setattr(frames.json, "loads", no_json)
+    assert [decode(m) for m in messages] == [Data(7, b"body"), End(7)]
 
 
 def test_data_header_stays_small() -> None:

@@ -47,6 +47,7 @@ MAX_PING_INTERVAL: Final = 86400.0
 
 _LEN = 4
 _PLAIN_DATA = b'{"type":"data","id":'
+_PLAIN_END = b'{"type":"end","id":'
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
 _BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
@@ -157,10 +158,10 @@ def _header_of(frame: Frame) -> dict[str, Any]:
                 "id": frame.stream_id,
                 "method": frame.method,
                 "target": frame.target,
-                "headers": [list(pair) for pair in frame.headers],
+                "headers": frame.headers,  # tuples: JSON arrays all the same
                 "body": frame.body,
                 "ws": frame.websocket,
-                "protocols": list(frame.subprotocols),
+                "protocols": frame.subprotocols,
             }
             if frame.port is not None:  # only previews carry it
                 request["port"] = frame.port
@@ -170,7 +171,7 @@ def _header_of(frame: Frame) -> dict[str, Any]:
                 "type": "response",
                 "id": frame.stream_id,
                 "status": frame.status,
-                "headers": [list(pair) for pair in frame.headers],
+                "headers": frame.headers,
             }
         case Data():
             header: dict[str, Any] = {"type": "data", "id": frame.stream_id}
@@ -208,6 +209,8 @@ def header_bytes(frame: Frame) -> bytes:
     if type(frame) is Data and not (frame.text or frame.more):
         # The hot path: one per 16 KiB of body; skip the generic dict + json machinery.
         return b'{"type":"data","id":%d}' % frame.stream_id
+    if type(frame) is End and frame.code is None and not frame.reason:  # one per message
+        return b'{"type":"end","id":%d}' % frame.stream_id
     return json.dumps(_header_of(frame), separators=(",", ":")).encode()
 
 
@@ -256,8 +259,15 @@ def _headers(header: dict[str, Any]) -> Headers:
         raise ProtocolError("field 'headers' must be a list of [name, value] pairs")
     names = [pair[0] for pair in value]
     texts = [pair[1] for pair in value]
-    # All names and all values at once (a head has dozens); the slow path below only names
-    # the culprit.
+    _check_fields(names, texts)
+    return tuple(zip(names, texts, strict=True))
+
+
+def _check_fields(names: list[str], texts: list[str]) -> tuple[str, str]:
+    """Every name a token, no value with CR, LF or NUL; returns all names and all values joined.
+
+    All names and all values at once (a head has dozens); the slow path below only names the
+    culprit."""
     try:
         every_name, every_text = "".join(names), "".join(texts)
     except TypeError:
@@ -267,10 +277,10 @@ def _headers(header: dict[str, Any]) -> Headers:
         or not _TOKEN_CHARS.fullmatch(every_name)
         or _BAD_VALUE_CHARS.search(every_text)
     ):
-        for name, text in value:
+        for name, text in zip(names, texts, strict=True):
             if not _TOKEN.fullmatch(name) or _BAD_VALUE_CHARS.search(text):
                 raise ProtocolError(f"invalid header {name!r}")
-    return tuple(zip(names, texts, strict=True))
+    return every_name, every_text
 
 
 def _protocols(header: dict[str, Any]) -> tuple[str, ...]:
@@ -344,18 +354,29 @@ def _decode_goaway(h: dict[str, Any]) -> GoAway:
 def check_head(frame: RequestOpen | ResponseHead, *, max_header: int = MAX_HEADER) -> None:
     """Raise the `ProtocolError` that `decode(encode(frame))` would: the very same field rules,
     applied to the values themselves, so a head we send costs no JSON round trip to check."""
-    fields = _header_of(frame)
+    headers = frame.headers
+    every_name, every_text = _check_fields([p[0] for p in headers], [p[1] for p in headers])
+    if type(frame) is RequestOpen:
+        protocols, target = frame.subprotocols, frame.target
+        fields = {"target": target, "method": frame.method, "protocols": list(protocols)}
+        _token(fields, "method")
+        _target(fields)
+        _protocols(fields)
+        _int({"id": frame.stream_id}, "id", 1, MAX_STREAM_ID)
+        if frame.port is not None:
+            _int({"port": frame.port}, "port", 1, 65535)
+        if type(frame.body) is not bool or type(frame.websocket) is not bool:
+            raise ProtocolError("fields 'body' and 'ws' must be booleans")
+    else:
+        protocols, target = (), ""
+        _int({"id": frame.stream_id}, "id", 1, MAX_STREAM_ID)
+        _int({"status": frame.status}, "status", 100, 599)
     # JSON spends at most 6 bytes on a character (a \uXXXX escape) and a few on punctuation:
     # only a head that might be too long is encoded to measure it.
-    texts = [v for pair in fields.get("headers", ()) for v in pair]
-    texts += fields.get("protocols", [])
-    bound = 256 + sum(6 * len(text) + 8 for text in texts) + 6 * len(fields.get("target", ""))
+    texts = len(every_name) + len(every_text) + len(target) + sum(map(len, protocols))
+    bound = 256 + 6 * texts + 16 * len(headers) + 8 * len(protocols)
     if bound > max_header and (size := len(header_bytes(frame))) > max_header:
         raise ProtocolError(f"header of {size} bytes exceeds the limit of {max_header}")
-    if type(frame) is RequestOpen:
-        _decode_request(fields)
-    else:
-        _decode_response(fields)
 
 
 _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Frame]]] = {
@@ -388,15 +409,20 @@ def decode(
     if len(view) < end:
         raise ProtocolError("header length runs beyond the end of the message")
     raw = bytes(view[_LEN:end])
-    if raw.startswith(_PLAIN_DATA) and raw[-1:] == b"}":
-        # The hot path, one per body piece: what `header_bytes` writes for a plain Data frame.
-        digits = raw[len(_PLAIN_DATA) : -1]
+    if raw[-1:] == b"}" and (raw.startswith(_PLAIN_DATA) or raw.startswith(_PLAIN_END)):
+        # The hot path, a body piece or a plain end: what `header_bytes` writes for them.
+        data = raw[9] == 100  # {"type":"d…
+        digits = raw[len(_PLAIN_DATA) if data else len(_PLAIN_END) : -1]
         if digits.isdigit() and digits[:1] != b"0" and len(digits) <= 10:
             if (stream_id := int(digits)) > MAX_STREAM_ID:
                 raise ProtocolError(f"field 'id' must be an integer in [1, {MAX_STREAM_ID}]")
-            if len(view) - end > max_payload:
+            if not data:
+                if len(view) == end:  # (a payload: refused below, as for any other frame)
+                    return End(stream_id)
+            elif len(view) - end > max_payload:
                 raise ProtocolError(f"payload of {len(view) - end} bytes exceeds {max_payload}")
-            return Data(stream_id, bytes(view[end:]))
+            else:
+                return Data(stream_id, bytes(view[end:]))
     try:
         header = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, absurd nesting/ints

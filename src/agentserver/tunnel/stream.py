@@ -427,15 +427,18 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._transport.grant_credit(self.stream_id, len(event.data))
             return
         self._chunks.append(event)
-        self._lot.unpark_all()
+        if self._lot:  # an empty lot's unpark_all still costs a handful of calls
+            self._lot.unpark_all()
 
     def credit_granted(self) -> None:
         """The peer granted credit, or the tunnel's backlog drained: a parked send may go on."""
-        self._send_lot.unpark_all()
+        if self._send_lot:
+            self._send_lot.unpark_all()
 
     def response_received(self, status: int, headers: Headers) -> None:
         self._response = (status, headers)
-        self._lot.unpark_all()
+        if self._lot:
+            self._lot.unpark_all()
 
     def end_received(self, code: int | None, reason: str) -> None:
         self._eof, self.close_code, self.close_reason = True, code, reason
@@ -513,8 +516,11 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._close_now()
 
     def _wake(self) -> None:
-        self._lot.unpark_all()
-        self._send_lot.unpark_all()
+        # Several per request, nearly always with no one parked: then nothing to call.
+        if self._lot:
+            self._lot.unpark_all()
+        if self._send_lot:
+            self._send_lot.unpark_all()
 
     def _check_sendable(self, *, head: bool = True) -> None:
         if self._closed or self._sent_eof:

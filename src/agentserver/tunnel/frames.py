@@ -356,7 +356,7 @@ def check_head(frame: RequestOpen | ResponseHead, *, max_header: int = MAX_HEADE
     applied to the values themselves, so a head we send costs no JSON round trip to check."""
     headers = frame.headers
     every_name, every_text = _check_fields([p[0] for p in headers], [p[1] for p in headers])
-    if type(frame) is RequestOpen:
+    if isinstance(frame, RequestOpen):
         protocols, target = frame.subprotocols, frame.target
         fields = {"target": target, "method": frame.method, "protocols": list(protocols)}
         _token(fields, "method")

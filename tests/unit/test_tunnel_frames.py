@@ -89,6 +89,47 @@ def test_every_frame_round_trips(frame: frames.Frame) -> None:
 
 
 @settings(deadline=None)  # a loaded CI machine must not turn slowness into failures
+@given(all_frames)
+def test_a_header_is_written_as_json_dumps_writes_it(frame: frames.Frame) -> None:
+    """The encoder made once writes the very bytes json.dumps would."""
+    if isinstance(frame, Data) and not (frame.text or frame.more):
+        return  # written by hand (test_a_plain_data_header_reads_as_json_would)
+    expected = json.dumps(frames._header_of(frame), separators=(",", ":")).encode()
+    assert frames.header_bytes(frame) == expected
+
+
+json_texts = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=6,
+).map(json.dumps)
+
+
+@settings(deadline=None)  # a loaded CI machine must not turn slowness into failures
+@given(
+    st.one_of(
+        json_texts,
+        st.tuples(
+            st.sampled_from(["", " ", "\n", "x", "{", "]"]),
+            json_texts,
+            st.sampled_from(["", " ", "\t", "x", "}", "1"]),
+        ).map("".join),
+        st.text(max_size=12),
+    )
+)
+def test_a_header_is_read_as_json_loads_reads_it(text: str) -> None:
+    """The scanner made once accepts exactly what json.loads accepts, with the same value."""
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            frames._loads(text)
+    else:
+        # Compared as written again: a NaN inside is never equal to itself.
+        assert json.dumps(frames._loads(text)) == json.dumps(expected)
+
+
+@settings(deadline=None)  # a loaded CI machine must not turn slowness into failures
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
     """Arbitrary bytes either decode to a frame or raise ProtocolError, never anything else."""

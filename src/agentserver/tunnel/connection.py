@@ -74,11 +74,17 @@ class Half(Enum):
     OPEN = "open"  # head sent; data may flow
     ENDED = "ended"  # End sent: this direction is finished
 
+    # Members are singletons compared by identity: hashed the same way, in C (Enum's own
+    # __hash__ is Python, and every frame looks up a (Half, Act) pair in TRANSITIONS).
+    __hash__ = object.__hash__
+
 
 class Act(Enum):  # what a frame does to a half
     HEAD = "head"
     DATA = "data"
     END = "end"
+
+    __hash__ = object.__hash__  # as Half's
 
 
 # The whole per-direction state machine. Anything not listed is illegal; Reset is legal anywhere.

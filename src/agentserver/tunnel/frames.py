@@ -30,6 +30,8 @@ additionally prefixed with its u32 length (`messages.frame_message`).
 from __future__ import annotations
 
 import json
+import json.encoder
+import json.scanner
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +55,33 @@ _TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
 _BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
 
 Headers = tuple[tuple[str, str], ...]
+
+
+# json.dumps/json.loads build an encoder or walk several Python layers on every call; a head
+# is written and read on every request, so the C encoder and scanner are made once and called
+# directly (the same output and the same acceptance as json.dumps(separators=(",", ":")) and
+# json.loads: anything but exactly one value, such as padding, takes json.loads itself).
+def _json_encoder() -> Callable[[object], str]:
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # a Python without the C accelerator
+        return json.JSONEncoder(separators=(",", ":")).encode
+    default = json.JSONEncoder().default  # its TypeError names what cannot be encoded
+    ascii_text = json.encoder.encode_basestring_ascii
+    encode = make(None, default, ascii_text, None, ":", ",", False, False, True)
+    return lambda value: "".join(encode(value, 0))
+
+
+_ENCODE = _json_encoder()
+_MAKE_SCANNER: Any = json.scanner.make_scanner  # (typeshed types it as a class of itself)
+_SCAN: Callable[[str, int], tuple[Any, int]] = _MAKE_SCANNER(json.JSONDecoder())
+
+
+def _loads(text: str) -> Any:
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:  # no value at the very start: json.loads says what it is
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
 
 
 class ProtocolError(Exception):
@@ -211,7 +240,7 @@ def header_bytes(frame: Frame) -> bytes:
         return b'{"type":"data","id":%d}' % frame.stream_id
     if type(frame) is End and frame.code is None and not frame.reason:  # one per message
         return b'{"type":"end","id":%d}' % frame.stream_id
-    return json.dumps(_header_of(frame), separators=(",", ":")).encode()
+    return _ENCODE(_header_of(frame)).encode()
 
 
 def encode(frame: Frame) -> bytes:
@@ -424,7 +453,7 @@ def decode(
             else:
                 return Data(stream_id, bytes(view[end:]))
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = _loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, absurd nesting/ints
         raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from None
     if type(header) is not dict:

@@ -248,3 +248,44 @@ def test_an_endless_size_line_is_refused() -> None:
     body.feed(b"1" + b";x" * 4096)
     with pytest.raises(ProtocolError):
         body.data()
+
+
+_names = st.sampled_from(
+    [b"Host", b"host", b"Accept", b"Cookie", b"X-A", b"Content-Length", b"Connection", b"Expect"]
+)
+_values = st.sampled_from([b"h", b"", b" a b ", b"\tx", b"close", b"keep-alive, Upgrade", b"7"])
+_junk = st.sampled_from([b"", b"", b"", b"\r", b"\n", b" ", b":", b"\x00", b"a\r\n b"])
+
+
+@given(st.lists(st.tuples(_names, _values, _junk), max_size=6))
+def test_a_head_parsed_here_reads_the_same_to_h11(fields: list[tuple[bytes, bytes, bytes]]) -> None:
+    """Whatever the fast path accepts, hypercorn's parser (h11) reads alike: same method,
+    target and fields, the same body length and keep-alive; none of it is framed otherwise."""
+    import h11
+
+    raw = b"GET /p?q HTTP/1.1\r\n" + b"".join(n + b":" + v + j + b"\r\n" for n, v, j in fields)
+    raw += b"\r\n"
+    head = parse_request_head(raw)
+    if head is None:
+        return
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(raw)
+    event = conn.next_event()
+    assert isinstance(event, h11.Request)
+    assert (event.method, event.target) == (head.method, head.target)
+    assert list(event.headers) == head.headers
+    assert head.host == dict(head.headers)[b"host"]
+    assert head.content_length == int(dict(head.headers).get(b"content-length", b"0"))
+    closes = any(b"close" in v.lower() for n, v in head.headers if n == b"connection")
+    assert head.keep_alive is not closes
+
+
+def test_a_valid_head_is_never_left_to_hypercorn_for_its_shape() -> None:
+    """Many well-formed fields, repeats and odd spacing included, all parse here."""
+    fields = [b"X-A:  a  b ", b"Cookie: a=1", b"cookie:b=2", b"Accept:\t*/*\t"] * 20
+    head = parse_request_head(
+        b"GET / HTTP/1.1\r\n" + b"\r\n".join([b"Host: h", *fields]) + b"\r\n\r\n"
+    )
+    assert head is not None
+    assert len(head.headers) == 81
+    assert head.headers[1:3] == [(b"x-a", b"a  b"), (b"cookie", b"a=1")]

@@ -84,10 +84,10 @@ class Forwarding:
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """Header names listed in `Connection`, which are hop-by-hop for this message only
     (never the framing fields or Host: those are not the client's to remove)."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    values = [value for name, value in headers if name.lower() == b"connection"]
+    if not values:  # nearly always: nothing more to look at
+        return _NONE
+    tokens = {t.strip().lower() for value in values for t in value.split(b",") if t.strip()}
     return frozenset(tokens - NOT_CONNECTION_OPTIONS) if tokens else _NONE
 
 
@@ -121,9 +121,7 @@ def cookie_values(headers: Iterable[tuple[bytes, bytes]], name: str) -> list[str
     """Every value the client sent for cookie `name` (a tossed duplicate may come first)."""
     wanted = name.encode()
     values = []
-    for key, value in headers:
-        if key != b"cookie":
-            continue
+    for value in [value for key, value in headers if key == b"cookie"]:
         for part in value.split(b";"):
             crumb_name, sep, crumb_value = part.strip().partition(b"=")
             if sep and crumb_name.strip() == wanted:

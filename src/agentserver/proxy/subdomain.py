@@ -276,7 +276,7 @@ class SubdomainProxy:
                 self.refused.remember(key, now)
             elif (
                 isinstance(target, Preview)
-                or SandboxType(access.sandbox.type) in _KINDS[target.kind]
+                or access.sandbox.type in _KINDS[target.kind]  # StrEnum: str equality
             ):
                 return access
         await trio.lowlevel.checkpoint()

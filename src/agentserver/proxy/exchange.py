@@ -41,6 +41,7 @@ from agentserver.proxy.http import (
     DIRECT_BODY,
     HELD,
     REFUSED,
+    RESPOND_NOW,
     SPLICE,
     WRITTEN,
     Receive,
@@ -169,6 +170,7 @@ class Exchange:
         if cancel is not None:
             self._extensions[CANCEL_CONNECTION] = cancel
         self._extensions[DIRECT_BODY] = self.write_now
+        self._extensions[RESPOND_NOW] = self.respond_now
         self.browser = SENDING
         self.reply = WAITING
         self._unread = request.content_length
@@ -203,6 +205,8 @@ class Exchange:
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             await self.handler(self.scope(), self.receive, self.send)
+            if self._held and self.browser is not GONE:  # the rest of a `respond_now`
+                await self._flush_held()
         except Exception as exc:
             if not _client_left(exc):
                 log.exception("serving a request for %r failed", self.request.host)
@@ -283,7 +287,39 @@ class Exchange:
         self._held = framed[sent:]
         return HELD
 
-    async def _write_body(self, body: bytes, more: bool) -> None:
+    def respond_now(self, status: int, headers: Headers, body: bytes) -> bool:
+        """RESPOND_NOW (proxy/http.py): the whole response, written now without waiting, or
+        False (nothing done) when a response has begun, a write is under way or the browser
+        left. What the socket does not take at once is held; `run` sends it at the end."""
+        if self.reply is not WAITING or self._writing or self.browser is GONE:
+            return False
+        self._respond(status, headers)
+        out, large, tail = self._framed(body, more=False)
+        out = b"".join((out, large, tail)) if large else out
+        try:
+            sent = os.write(self.client.stream.socket.fileno(), out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the browser left: the request's task finds out on its next read
+            self._left()
+            return True
+        self._held = out[sent:]
+        return True
+
+    async def _flush_held(self) -> None:
+        held, self._held = self._held, b""
+        self._writing = True
+        try:
+            await send_all(self.client.stream, held)
+        except _BROKEN:
+            self._left()
+            raise ClientLeft from None
+        finally:
+            self._writing = False
+
+    def _framed(self, body: bytes, more: bool) -> tuple[bytes, bytes, bytes]:
+        """What to write for this body message: the bytes, and a large chunk's data and what
+        follows it (never copied into them); the reply moves on as it says."""
         out = self._head(body, more) if self.reply is WAITING else b""
         if self._held:  # only ever after the head
             out, self._held = self._held + out, b""
@@ -304,6 +340,10 @@ class Exchange:
                 self._sent += len(body)
         if not more:
             self.reply = reply_ends(self.reply, self._declared, self._sent, allowed)
+        return out, large, tail
+
+    async def _write_body(self, body: bytes, more: bool) -> None:
+        out, large, tail = self._framed(body, more)
         self._writing = True
         try:
             if large:

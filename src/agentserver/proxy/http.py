@@ -39,6 +39,14 @@ CANCEL_CONNECTION = "agentserver.cancel_connection"
 # has not sent yet (`TunnelStream.deliver_directly` ensures it).
 DIRECT_BODY = "agentserver.direct_body"
 REFUSED, WRITTEN, HELD = 0, 1, 2
+# Another: `respond(status, headers, body) -> bool`, which sends a whole response (head and
+# complete body) at once from whichever task has it, when no response has begun: so a small
+# answer that arrives through a tunnel in one message goes out from the task that read it,
+# before the request's own task is even scheduled. False: nothing was done (send it as usual).
+# What the socket does not take at once is sent by the exchange before it ends.
+RESPOND_NOW = "agentserver.respond_now"
+# `RESPOND_NOW` with the framing policy of the sandbox host applied (subdomain.GuardedSend).
+RespondNow = Callable[[int, Headers, bytes], bool]
 
 
 class ClientGone(Exception):
@@ -160,12 +168,31 @@ async def proxy_http(
     headers: Headers,
     on_activity: Callable[[], None],
     on_unreachable: Callable[[SandboxUnreachable], Awaitable[None]],
+    respond_now: RespondNow | None = None,
 ) -> None:
-    """Relay one request to `upstream` and its response back, streaming both bodies."""
+    """Relay one request to `upstream` and its response back, streaming both bodies.
+
+    With `respond_now`, a small response whose body is complete where it arrives (a tunnel's
+    in one message) may be answered from there, before this task runs again."""
+    answered = False
+
+    def answer(status: int, upstream_headers: Headers, body: bytes) -> bool:
+        nonlocal answered
+        length = header(upstream_headers, b"content-length")
+        if respond_now is None or len(body) > SMALL_RESPONSE or length != b"%d" % len(body):
+            return False  # not sized exactly as it came: the usual path frames it
+        answered = respond_now(status, response_headers(upstream_headers), body)
+        return answered
+
     try:
         content, length = await request_body(scope, receive)
         response = await upstream.request(
-            scope["method"].encode(), target_of(scope), headers, content, length=length
+            scope["method"].encode(),
+            target_of(scope),
+            headers,
+            content,
+            length=length,
+            answer=answer if respond_now is not None else None,
         )
     except ClientGone:
         await trio.lowlevel.checkpoint()
@@ -175,6 +202,10 @@ async def proxy_http(
         return
     except SandboxUnreachable as exc:
         await on_unreachable(exc)
+        return
+    if answered:  # the whole response went out already
+        await response.aclose()
+        on_activity()
         return
     start = {
         "type": "http.response.start",

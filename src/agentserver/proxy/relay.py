@@ -52,6 +52,7 @@ from agentserver.proxy.upstream import (
     IDEMPOTENT,
     REPLAY_LIMIT,
     WS_MAX_MESSAGE,
+    Answer,
     NotListening,
     Pool,
     Upstream,
@@ -294,13 +295,16 @@ class MovableUpstream:
         body: AsyncIterable[bytes],
         *,
         length: int | None,
+        answer: Answer | None = None,
     ) -> UpstreamResponse:
         try:
-            return await self._here.request(method, target, headers, body, length=length)
+            return await self._here.request(
+                method, target, headers, body, length=length, answer=answer
+            )
         except TunnelMoving:
             pass
         upstream = await self._moved()
-        return await upstream.request(method, target, headers, body, length=length)
+        return await upstream.request(method, target, headers, body, length=length, answer=answer)
 
     @asynccontextmanager
     async def websocket(
@@ -407,6 +411,7 @@ class RelayUpstream:
         body: AsyncIterable[bytes],
         *,
         length: int | None,
+        answer: Answer | None = None,  # relayed over TCP: read by the request's task anyway
     ) -> UpstreamResponse:
         held = _Held(body)
         try:

@@ -41,7 +41,16 @@ from agentserver.proxy.headers import (
     request_headers,
     websocket_headers,
 )
-from agentserver.proxy.http import CANCEL_CONNECTION, Receive, Scope, Send, proxy_http, target_of
+from agentserver.proxy.http import (
+    CANCEL_CONNECTION,
+    RESPOND_NOW,
+    Receive,
+    RespondNow,
+    Scope,
+    Send,
+    proxy_http,
+    target_of,
+)
 from agentserver.proxy.previews import PublicAccess, PublicPorts
 from agentserver.proxy.refused_tokens import RefusedTokens
 from agentserver.proxy.relay import Relay, carries_relay
@@ -87,6 +96,20 @@ class GuardedSend:
             self.started = True
             message["headers"] = with_frame_policy(list(message.get("headers", ())))
         await self._send(message)
+
+    def respond_now(self, scope: Scope) -> RespondNow | None:
+        """The server's RESPOND_NOW for this request (None: it has none), with our policy."""
+        server_now: RespondNow | None = (scope.get("extensions") or {}).get(RESPOND_NOW)
+        if server_now is None:
+            return None
+
+        def now(status: int, headers: Headers, body: bytes) -> bool:
+            if self.started or not server_now(status, with_frame_policy(headers), body):
+                return False
+            self.started = True
+            return True
+
+        return now
 
 
 def host_of(scope: Scope) -> bytes | None:
@@ -252,6 +275,7 @@ class SubdomainProxy:
                 outgoing,
                 lambda: self.touch(sandbox.id),
                 unreachable,
+                send.respond_now(scope) if isinstance(send, GuardedSend) else None,
             )
 
     def live(

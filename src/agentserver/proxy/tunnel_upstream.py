@@ -20,6 +20,7 @@ from agentserver.proxy.headers import Headers, header
 from agentserver.proxy.http import HELD, REFUSED
 from agentserver.proxy.upstream import (
     HEADER_TIMEOUT,
+    Answer,
     NotListening,
     UpstreamResponse,
     UpstreamTimeout,
@@ -213,8 +214,11 @@ class TunnelUpstream:
         body: AsyncIterable[bytes],
         *,
         length: int | None,
+        answer: Answer | None = None,
     ) -> UpstreamResponse:
-        """Send the head and the streamed body, then wait for the response head."""
+        """Send the head and the streamed body, then wait for the response head. A response
+        that arrives whole (head, body and end in one message, as a small one does) is
+        offered to `answer` by the tunnel's reader, before this task runs again."""
         has_body = length != 0
         stream = await self._open(
             method.decode("latin-1"),
@@ -222,6 +226,9 @@ class TunnelUpstream:
             _text_headers(headers, length),
             body=has_body,
         )
+        if answer is not None and self._port is None:  # a preview's refusal needs our page
+            offer = answer
+            stream.answer_whole(lambda status, text, data: offer(status, _byte_headers(text), data))
         ok = False
         try:
             try:

@@ -99,6 +99,11 @@ class UpstreamResponse:
     direct: Callable[[Callable[[bytes], int]], None] | None = None
 
 
+# Offered a whole response (status, headers, complete body) where it arrives, before the
+# request's task runs again: True when it was sent on (the response's body is then empty).
+Answer = Callable[[int, Headers, bytes], bool]
+
+
 class Upstream(Protocol):
     """How the proxy reaches one sandbox's agent: TCP here, a tunnel for local sandboxes."""
 
@@ -110,13 +115,15 @@ class Upstream(Protocol):
         body: AsyncIterable[bytes],
         *,
         length: int | None,
+        answer: Answer | None = None,
     ) -> UpstreamResponse:
         """Send a request and return once the response headers arrived (SandboxUnreachable
         when the agent cannot be reached, UpstreamTimeout when it does not answer).
 
         The body is framed by the upstream itself: `length` bytes (BodyMismatch when it turns
         out longer or shorter), or, with `length=None`, chunked. Framing fields in `headers`
-        are ignored."""
+        are ignored. An upstream that has a whole response in hand at once may offer it to
+        `answer` (the tunnel does; TCP reads it in the request's own task anyway)."""
         ...
 
     def websocket(
@@ -501,6 +508,7 @@ class TcpUpstream:
         body: AsyncIterable[bytes],
         *,
         length: int | None,
+        answer: Answer | None = None,  # a TCP response is read by the request's task anyway
     ) -> UpstreamResponse:
         replay = _Replay(exactly(body, length))
         head = request_head(method, target, _framed(method, headers, length))

@@ -114,6 +114,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         # Takes data that arrives while a receiver waits with nothing queued (`deliver_directly`).
         self._direct: Callable[[bytes], bool] | None = None
         self._woken = False  # `wake_receiver` was called: `receive_or_wake` returns None
+        # Offered the whole response if it is complete before its head was taken (`answer_whole`).
+        self._whole: Callable[[int, Headers, bytes], bool] | None = None
         self._unyielded = 0  # bytes received since this stream's receiver last yielded
 
     # ------------------------------------------------------------ heads
@@ -128,7 +130,16 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 self._check_receivable()
                 self._raise_if_broken()
                 await self._lot.park()
+            self._whole = None  # taken: the rest is read here
             return self._response
+
+    def answer_whole(self, whole: Callable[[int, Headers, bytes], bool] | None) -> None:
+        """Offer the response to `whole` (status, headers, body) from the tunnel's reader, as
+        soon as all of it is here, if that is before `receive_response_head` took its head:
+        so a small answer arriving in one message can go on before the task that waits for
+        it runs again. Taken (True), its body was consumed there: the receiver then finds
+        the head and an ended, empty body. Refused, nothing changed."""
+        self._whole = whole
 
     async def send_response_head(
         self, status: int, headers: Iterable[tuple[str, str]] = ()
@@ -442,6 +453,14 @@ class TunnelStream(trio.abc.HalfCloseableStream):
 
     def end_received(self, code: int | None, reason: str) -> None:
         self._eof, self.close_code, self.close_reason = True, code, reason
+        whole, self._whole = self._whole, None
+        if whole is not None and self._response is not None and not self._closed:
+            status, headers = self._response
+            body = b"".join([event.data for event in self._chunks])  # none taken yet
+            if whole(status, headers, body):
+                self._chunks.clear()
+                if body:
+                    self._transport.grant_credit(self.stream_id, len(body))
         self._wake()
 
     def reset_received(self, code: str, message: str, *, remote: bool) -> None:
@@ -502,7 +521,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._reset_now(ErrorCode.CANCEL, "closed before the end")
         self._closed = True
         self._chunks.clear()
-        self._direct = None
+        self._direct = self._whole = None
         self._wake()
 
     def _reset_now(self, code: str, message: str) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from agentserver.proxy import front
 from agentserver.proxy.exchange import Handler
-from agentserver.proxy.http1 import RequestHead
+from agentserver.http1 import RequestHead
 from agentserver.proxy.routing import Route
 
 Path = Literal["fast", "hypercorn"]

@@ -22,7 +22,7 @@ from agentserver.proxy.http import (
     Send,
     refuse_framing,
 )
-from agentserver.proxy.http1 import parse_request_head
+from agentserver.http1 import parse_request_head
 from agentserver.proxy.routing import Target
 from tests.support.tcp import tcp_pair
 

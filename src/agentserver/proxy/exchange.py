@@ -47,7 +47,7 @@ from agentserver.proxy.http import (
     Scope,
     Send,
 )
-from agentserver.proxy.http1 import (
+from agentserver.http1 import (
     LAST_CHUNK,
     MAX_HEAD,
     Headers,

@@ -48,7 +48,7 @@ from agentserver.proxy.handover import (
     HandedOver,
     Replayed,
 )
-from agentserver.proxy.http1 import (
+from agentserver.http1 import (
     MAX_HEAD,
     RequestHead,
     has_bare_lf,

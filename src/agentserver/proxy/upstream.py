@@ -27,7 +27,7 @@ from agentserver.framing import exactly
 from agentserver.http_headers import FRAMING
 from agentserver.proxy import splice
 from agentserver.proxy.headers import Headers, framing_headers
-from agentserver.proxy.http1 import (
+from agentserver.http1 import (
     LAST_CHUNK,
     MAX_HEAD,
     ChunkedBody,

@@ -6,8 +6,8 @@ import resource
 
 import pytest
 
-from agentserver.proxy.connections import MIN_CAP, RESERVED_FILES, Connections, default_cap
 from agentserver.http1 import has_bare_lf
+from agentserver.proxy.connections import MIN_CAP, RESERVED_FILES, Connections, default_cap
 
 
 def admitted(budget: Connections) -> int:

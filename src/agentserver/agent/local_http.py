@@ -39,7 +39,7 @@ import trio
 from agentserver.agent.chunked import ChunkedDecoder, ChunkError
 from agentserver.agent.local_connection import READ_SIZE, Connection, NoAnswer
 from agentserver.agent.local_request import LengthMismatch, Request, send_body
-from agentserver.http1 import ProtocolError, ResponseHead
+from agentserver.http1 import ProtocolError, ResponseHead, body_allowed
 
 CONNECT_TIMEOUT = 10.0
 MAX_IDLE = 32
@@ -52,7 +52,6 @@ _FAILURES = (
     NoAnswer,
     LengthMismatch,
 )
-_NO_BODY_METHODS = frozenset({b"HEAD", b"CONNECT"})
 
 
 class Unreachable(Exception):
@@ -92,8 +91,8 @@ class Response:
         self._until_close = False  # the body ends when the connection does
         self._done = False
         self._extra = False  # bytes nobody asked for arrived after the body's end
-        if method in _NO_BODY_METHODS or not _has_body(head.status):
-            self._reusable = self._reusable and method != b"CONNECT"
+        if method == b"CONNECT" or not body_allowed(method, head.status):
+            self._reusable = self._reusable and method != b"CONNECT"  # a tunnel, if anything
             self._done, self._extra, self._early = True, bool(early), b""
         elif head.chunked:
             self._chunked = ChunkedDecoder()  # `early` is decoded when handed out
@@ -233,11 +232,6 @@ class Response:
             self._client.give_back(self._conn)
         else:
             self._conn.close()
-
-
-def _has_body(status: int) -> bool:
-    """Whether a response with `status` has a body (RFC 9112 §6.3; 1xx never reach here)."""
-    return status not in (204, 304)
 
 
 class LocalClient:

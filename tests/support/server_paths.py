@@ -20,9 +20,9 @@ from typing import Any, Literal
 import httpx
 import pytest
 
+from agentserver.http1 import RequestHead
 from agentserver.proxy import front
 from agentserver.proxy.exchange import Handler
-from agentserver.proxy.http1 import RequestHead
 from agentserver.proxy.routing import Route
 
 Path = Literal["fast", "hypercorn"]

@@ -1,4 +1,4 @@
-"""The listener's connection budget (proxy/connections.py) and bare-LF heads (proxy/http1.py)."""
+"""The listener's connection budget (proxy/connections.py) and bare-LF heads (http1.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import resource
 
 import pytest
 
+from agentserver.http1 import has_bare_lf
 from agentserver.proxy.connections import MIN_CAP, RESERVED_FILES, Connections, default_cap
-from agentserver.proxy.http1 import has_bare_lf
 
 
 def admitted(budget: Connections) -> int:

@@ -11,6 +11,7 @@ import h11
 import trio
 import trio.testing
 
+from agentserver.http1 import parse_request_head
 from agentserver.proxy.exchange import LARGE_CHUNK, Client, Exchange
 from agentserver.proxy.exchange_states import Browser, Reply
 from agentserver.proxy.http import (
@@ -22,7 +23,6 @@ from agentserver.proxy.http import (
     Send,
     refuse_framing,
 )
-from agentserver.proxy.http1 import parse_request_head
 from agentserver.proxy.routing import Target
 from tests.support.tcp import tcp_pair
 

@@ -214,8 +214,8 @@ class Forwarder:
         """Forward one request to `client` (opencode's, or a shared port's with `app`)."""
         content, length = None, None
         if request.body:
-            # Framed by the Content-Length the server declared (h11 under the client refuses to
-            # send more or fewer bytes than that, as `exactly` does), else chunked.
+            # Framed by the Content-Length the server declared (the client refuses to send
+            # more or fewer bytes than that, as `exactly` does), else chunked.
             length = declared_length(request.headers)
             content = exactly(_body(stream), length)
         try:

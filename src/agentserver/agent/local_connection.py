@@ -1,29 +1,36 @@
 """One kept-alive connection from the agent to the local opencode: raw reads and writes on its
-socket with as few trips round the scheduler as the waits need, and h11 for message heads."""
+socket with as few trips round the scheduler as the waits need, and response heads read with
+the pure `agentserver.http1` parser."""
 
 from __future__ import annotations
 
 import os
 
-import h11
 import trio
+
+from agentserver.http1 import (
+    MAX_HEAD,
+    ProtocolError,
+    ResponseHead,
+    has_bare_lf,
+    head_end,
+    parse_response_head,
+)
 
 READ_SIZE = 256 * 1024  # one full tunnel frame: fewer, larger frames when opencode outpaces us
 
 
-def new_h11() -> h11.Connection:
-    """A client-side h11 state machine, with our bound on a head."""
-    return h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+class NoAnswer(Exception):
+    """The connection ended before a response head."""
 
 
 class Connection:
-    """One connection to the local opencode: h11 for heads, raw reads and writes for the rest."""
+    """One connection to the local opencode: raw reads and writes, heads parsed by http1."""
 
-    __slots__ = ("_drained", "_sock", "h11", "stream")
+    __slots__ = ("_drained", "_sock", "stream")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self.h11 = new_h11()
         # A plain socket is read with os.read: trio's receive_some takes a trip round the
         # scheduler after every read that succeeds, a wake-up of the whole agent per piece.
         # (Its number is asked each time: once closed, the number may be another socket's.)
@@ -38,13 +45,37 @@ class Connection:
             sock = getattr(getattr(self.stream, "transport_stream", None), "socket", None)
         return sock is None or bool(sock.is_readable())
 
-    async def next_event(self) -> object:
+    async def receive_head(self, method: bytes) -> tuple[ResponseHead, bytes]:
+        """The final response head to a `method` request, and the bytes read after it (the
+        body's first ones). Informational (1xx) heads before it are skipped; a 101 (a switch
+        nobody asked for), a malformed head, a line ended by LF alone or a head of more than
+        `http1.MAX_HEAD` bytes raise `ProtocolError`, a close before the head `NoAnswer`."""
+        data = b""
+        checked = 0  # bytes of `data` already searched for the blank line and bare LFs
         while True:
-            event = self.h11.next_event()
-            if event is not h11.NEED_DATA:
-                await trio.lowlevel.checkpoint_if_cancelled()  # buffered: no scheduler trip
-                return event
-            self.h11.receive_data(await self.receive(READ_SIZE))
+            end = head_end(data, checked)
+            if end < 0:
+                if has_bare_lf(data, len(data), checked):
+                    raise ProtocolError("a line of the response head ends with LF alone")
+                if len(data) > MAX_HEAD:
+                    raise ProtocolError(f"a response head of more than {MAX_HEAD} bytes")
+                checked = len(data)
+                more = await self.receive(READ_SIZE)
+                if not more:
+                    raise NoAnswer("the connection closed before an answer")
+                data += more
+                continue
+            if end > MAX_HEAD:
+                raise ProtocolError(f"a response head of more than {MAX_HEAD} bytes")
+            if has_bare_lf(data, end, checked):
+                raise ProtocolError("a line of the response head ends with LF alone")
+            head = parse_response_head(data[:end], method)
+            data, checked = data[end:], 0
+            if head.status >= 200:
+                await trio.lowlevel.checkpoint_if_cancelled()  # no wait: no scheduler trip
+                return head, data
+            if head.status == 101:
+                raise ProtocolError("a switch of protocols (101) nobody asked for")
 
     async def receive(self, size: int) -> bytes:
         """The next bytes, up to `size` (b"": the peer closed): what is there now, else the

@@ -22,6 +22,16 @@ from typing import Any
 
 import trio
 
+from agentserver.http1 import (
+    LAST_CHUNK,
+    MAX_HEAD,
+    Headers,
+    RequestHead,
+    body_allowed,
+    chunk,
+    content_length,
+    response_head,
+)
 from agentserver.proxy.exchange_states import (
     CHUNKED,
     ENDED,
@@ -47,16 +57,6 @@ from agentserver.proxy.http import (
     Receive,
     Scope,
     Send,
-)
-from agentserver.proxy.http1 import (
-    LAST_CHUNK,
-    MAX_HEAD,
-    Headers,
-    RequestHead,
-    body_allowed,
-    chunk,
-    content_length,
-    response_head,
 )
 from agentserver.proxy.splice import available as splice_available
 from agentserver.proxy.upstream import receive_reply, send_all

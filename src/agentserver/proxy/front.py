@@ -40,6 +40,13 @@ from hypercorn.trio.statsd import StatsdLogger
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 
+from agentserver.http1 import (
+    MAX_HEAD,
+    RequestHead,
+    has_bare_lf,
+    head_end,
+    parse_request_head,
+)
 from agentserver.proxy.connections import Connections, default_cap
 from agentserver.proxy.exchange import Client, Exchange, Handler
 from agentserver.proxy.handover import (
@@ -47,13 +54,6 @@ from agentserver.proxy.handover import (
     CloseWhileDraining,
     HandedOver,
     Replayed,
-)
-from agentserver.proxy.http1 import (
-    MAX_HEAD,
-    RequestHead,
-    has_bare_lf,
-    head_end,
-    parse_request_head,
 )
 from agentserver.proxy.routing import Route, resolve, route
 from agentserver.proxy.subdomain import SubdomainProxy

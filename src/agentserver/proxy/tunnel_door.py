@@ -25,9 +25,9 @@ import trio
 
 from agentserver.deps import Deps
 from agentserver.errors import AgentServerError
+from agentserver.http1 import FIELD, response_head
 from agentserver.kinds import PREVIEW_PORTS_HEADER
 from agentserver.proxy.exchange import Client
-from agentserver.proxy.http1 import FIELD, response_head
 from agentserver.proxy.routing import resolve
 from agentserver.proxy.subdomain import SubdomainProxy
 from agentserver.sandboxes.tunnel_admission import TunnelAsk, admit

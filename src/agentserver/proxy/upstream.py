@@ -24,10 +24,7 @@ import trio_websocket
 
 from agentserver.errors import SandboxUnreachable
 from agentserver.framing import exactly
-from agentserver.http_headers import FRAMING
-from agentserver.proxy import splice
-from agentserver.proxy.headers import Headers, framing_headers
-from agentserver.proxy.http1 import (
+from agentserver.http1 import (
     LAST_CHUNK,
     MAX_HEAD,
     ChunkedBody,
@@ -38,6 +35,9 @@ from agentserver.proxy.http1 import (
     parse_response_head,
     request_head,
 )
+from agentserver.http_headers import FRAMING
+from agentserver.proxy import splice
+from agentserver.proxy.headers import Headers, framing_headers
 from agentserver.proxy.upstream_socket import TcpSocket, UpstreamSocket
 
 READ_SIZE = 256 * 1024

@@ -1,4 +1,4 @@
-"""HTTP/1.1 heads and chunked bodies for the proxy's fast path (proxy/http1.py, pure)."""
+"""HTTP/1.1 heads and chunked bodies for the proxy's fast path and the agent (http1.py, pure)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentserver.proxy.http1 import (
+from agentserver.http1 import (
     MAX_HEAD,
     ChunkedBody,
     ProtocolError,

@@ -1,10 +1,13 @@
-"""HTTP/1.1 message heads for the sandbox-host fast path (pure: no I/O).
+"""HTTP/1.1 heads and chunked bodies for the proxy's fast path and the agent's client (pure).
 
 The fast path serves only plain requests: HTTP/1.1, no Transfer-Encoding, at most one
 Content-Length, no Upgrade, no Expect, exactly one Host, no obsolete line folding. Anything
 else returns None here and the connection continues on hypercorn, whose h11 parser answers
 (or rejects) it. A request is never forwarded as the bytes that came in: the proxy rebuilds
 the head, so an upstream cannot frame a message differently from us.
+
+The agent's client to the local opencode (agent/local_http.py) writes its requests with
+`request_head` and reads the answers' heads with `parse_response_head`, as the proxy does.
 """
 
 from __future__ import annotations

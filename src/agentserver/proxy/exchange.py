@@ -1,6 +1,6 @@
 """One plain HTTP/1.1 exchange on a raw client socket, given to an ASGI handler.
 
-`front.py` decides which requests come here (proxy/http1.py says which are plain) and which
+`front.py` decides which requests come here (agentserver/http1.py says which are plain) and which
 handler serves each: the subdomain proxy for a sandbox host, the LLM proxy for its paths on
 the main host. A handler sees the same scope, receive and send it gets from hypercorn, so each
 (the subdomain proxy's security model: tickets, cookies, roles, Origin, status pages, waking;

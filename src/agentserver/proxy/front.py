@@ -4,7 +4,7 @@ Hypercorn spends about 1 ms of CPU per request on this class of machine (its h11
 task group and events; bench/bench_proxy.py prints that "floor" every run), more than the
 proxying itself, and sandbox traffic is most of what the server carries. So every connection
 starts here: the first request head is read and, when it is a plain HTTP/1.1 request for
-`oc-…`/`claw-…` (proxy/http1.py), it is served by `exchange.Exchange`, which hands the
+`oc-…`/`claw-…` (agentserver/http1.py), it is served by `exchange.Exchange`, which hands the
 subdomain proxy an ASGI scope over the raw socket. So is a plain request on the main host for
 a path a `MainSite` claims (the LLM proxy's `/proxy/anthropic/*`, wired in serve.py: this
 package does not import llm). So is an agent's tunnel upgrade on the main host, on our own

@@ -40,7 +40,7 @@ from agentserver.tunnel.websocket import WebSocket
 log = logging.getLogger(__name__)
 Headers = list[tuple[bytes, bytes]]
 REFUSAL_WRITE = 1.0
-# The request line and header fields as proxy/http1.py reads them.
+# The request line and header fields as agentserver/http1.py reads them.
 _REQUEST_LINE = re.compile(
     rb"GET (/api/tunnel/([A-Za-z0-9_-]{1,100})(?:\?([\x21-\x7e]*))?) HTTP/1\.1"
 )

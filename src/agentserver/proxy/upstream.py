@@ -1,7 +1,7 @@
 """Reaching a sandbox's agent: the `Upstream` protocol and its TCP implementation.
 
 The TCP side is a small HTTP/1.1 connection pool per (host, port), its message heads and
-chunked bodies read by proxy/http1.py (h11 took over a third of the proxy's CPU). httpx's
+chunked bodies read by agentserver/http1.py (h11 took over a third of the proxy's CPU). httpx's
 pool scan was the proxy's bottleneck (shared/reference/proxy-bench.md), so this one is a LIFO
 stack of idle connections with time-based expiry and one retry when a reused connection turns
 out to be stale before any response byte arrives — for idempotent requests only (RFC 9110

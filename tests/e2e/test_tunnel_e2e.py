@@ -17,6 +17,8 @@ import httpx
 import pytest
 import trio
 
+from agentserver.http1 import Headers
+from agentserver.proxy.exchange import Exchange
 from tests.e2e.conftest import read_until
 from tests.support.bulk_upstream import BulkUpstream, pattern
 from tests.support.tunnel_world import TunnelWorld
@@ -352,3 +354,35 @@ async def test_the_cli_registers_connects_stops_on_ctrl_c_and_exits_1_when_revok
     assert "deleted or its token revoked" in seen[-1]
     with trio.fail_after(30):
         assert await second.wait() == 1
+
+
+async def test_a_small_answer_leaves_from_the_tunnels_reader_with_our_policy(
+    world: TunnelWorld, bulk: BulkUpstream, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small answer that arrives whole is written to the browser by the task that read it
+    from the tunnel (RESPOND_NOW), framed and with the sandbox host's framing policy like any
+    other; a streamed answer takes the usual way."""
+    answered: list[bool] = []
+    respond_now = Exchange.respond_now
+
+    def counted(self: Exchange, status: int, headers: Headers, body: bytes) -> bool:
+        answered.append(respond_now(self, status, headers, body))
+        return answered[-1]
+
+    monkeypatch.setattr(Exchange, "respond_now", counted)
+    agent = await world.start_agent(nursery, f"http://127.0.0.1:{bulk.port}")
+    async with await world.browser(agent.sandbox_id) as browser:
+        for _ in range(10):
+            response = await browser.get("/small")
+            assert response.status_code == 200
+            assert response.json()["size"] == 0
+            assert response.headers["content-length"] == str(len(response.content))
+            assert response.headers["x-frame-options"] == "SAMEORIGIN"
+        assert answered == [True] * 10
+        async with browser.stream("GET", "/numbers?count=3") as events:
+            assert [line async for line in events.aiter_lines() if line.startswith("data:")] == [
+                "data: 0",
+                "data: 1",
+                "data: 2",
+            ]
+        assert answered == [True] * 10

@@ -18,6 +18,7 @@ from agentserver.proxy.http import (
     DIRECT_BODY,
     HELD,
     REFUSED,
+    RESPOND_NOW,
     WRITTEN,
     Receive,
     Send,
@@ -332,4 +333,68 @@ async def test_a_piece_the_socket_takes_in_part_is_held_and_sent_before_the_next
         assert handler.answers[1:] == [HELD, REFUSED]
         with trio.fail_after(10):  # a lost rest leaves the browser waiting for the chunk
             assert await read_body(browser) == b"".join(handler.written) + b"end"
+    assert ran == [True]
+
+
+class Whole:
+    """A handler that answers through the exchange's RESPOND_NOW (a whole response at once),
+    recording what it answered; `first` sends a head the usual way before."""
+
+    def __init__(self, data: bytes, first: bool = False) -> None:
+        self.data, self.first = data, first
+        self.answers: list[bool] = []
+
+    async def handle(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        respond = scope["extensions"][RESPOND_NOW]
+        if self.first:
+            await send(start([(b"content-length", b"%d" % len(self.data))]))
+        self.answers.append(respond(200, [(b"content-length", b"%d" % len(self.data))], self.data))
+        self.answers.append(respond(200, [(b"content-length", b"0")], b""))  # one response only
+        if self.first:
+            await send(body(self.data))
+
+
+async def test_a_whole_response_goes_out_at_once_and_only_once() -> None:
+    request = parse_request_head(GET)
+    assert request is not None
+    handler = Whole(b"hello")
+    async with tcp_pair() as (browser, server):
+        exchange = Exchange(Client(server), request, handler.handle)
+        assert await exchange.run() is True  # kept alive: the response was whole
+        assert await read_body(browser) == b"hello"
+    assert handler.answers == [True, False]
+    assert exchange.reply is Reply.COMPLETE
+
+
+async def test_a_whole_response_is_refused_once_another_began() -> None:
+    request = parse_request_head(GET)
+    assert request is not None
+    handler = Whole(b"hello", first=True)
+    async with tcp_pair() as (browser, server):
+        exchange = Exchange(Client(server), request, handler.handle)
+        assert await exchange.run() is True
+        assert await read_body(browser) == b"hello"
+    assert handler.answers == [False, False]
+
+
+async def test_what_the_socket_does_not_take_of_a_whole_response_is_sent_before_the_end() -> None:
+    """A response larger than the socket takes at once: the rest is held and the exchange
+    sends it before it ends; the browser reads it whole."""
+    request = parse_request_head(GET)
+    assert request is not None
+    data = bytes(range(256)) * 1000
+    handler = Whole(data)
+    async with tcp_pair() as (browser, server), trio.open_nursery() as nursery:
+        server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        browser.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        exchange = Exchange(Client(server), request, handler.handle)
+        ran: list[bool] = []
+
+        async def run() -> None:
+            ran.append(await exchange.run())
+
+        nursery.start_soon(run)
+        with trio.fail_after(10):
+            assert await read_body(browser) == data
+    assert handler.answers == [True, False]
     assert ran == [True]

@@ -291,7 +291,8 @@ class Exchange:
         """RESPOND_NOW (proxy/http.py): the whole response, written now without waiting, or
         False (nothing done) when a response has begun, a write is under way or the browser
         left. What the socket does not take at once is held; `run` sends it at the end."""
-        if self.reply is not WAITING or self._writing or self.browser is GONE:
+        # A head given but not written yet (it waits for the body) counts as begun too.
+        if self.reply is not WAITING or self._status or self._writing or self.browser is GONE:
             return False
         self._respond(status, headers)
         out, large, tail = self._framed(body, more=False)

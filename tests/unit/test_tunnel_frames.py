@@ -223,6 +223,8 @@ MALFORMED = {
     "plain end id zero": raw_message(b'{"type":"end","id":0}'),
     "plain end id too large": raw_message(b'{"type":"end","id":2147483648}'),
     "plain end with a payload": raw_message(b'{"type":"end","id":1}', b"x"),
+    "plain window too large": raw_message(b'{"type":"window","id":1,"inc":2147483648}'),
+    "plain window with a payload": raw_message(b'{"type":"window","id":1,"inc":1}', b"x"),
 }
 
 
@@ -258,15 +260,25 @@ def test_a_plain_end_header_reads_as_json_would() -> None:
         assert decode(plain) == decode(spaced) == End(stream_id)
 
 
-def test_plain_data_and_end_headers_are_read_without_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The two frames of every response body are decoded without the JSON parser."""
-    messages = [encode(Data(7, b"body")), encode(End(7))]
+def test_a_plain_window_header_reads_as_json_would() -> None:
+    for stream_id, increment in ((1, 1), (10, 65536), (frames.MAX_STREAM_ID, frames.MAX_WINDOW)):
+        plain = encode(Window(stream_id, increment))
+        spaced = raw_message(b'{"inc": %d, "id": %d, "type": "window"}' % (increment, stream_id))
+        assert decode(plain) == decode(spaced) == Window(stream_id, increment)
+
+
+def test_plain_data_end_and_window_headers_are_read_without_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The frames of every response body, and the credit of every request, are decoded
+    without the JSON parser."""
+    messages = [encode(Data(7, b"body")), encode(End(7)), encode(Window(7, 65536))]
 
     def no_json(text: str) -> object:
         raise AssertionError(f"parsed as JSON: {text}")
 
     monkeypatch.setattr(frames.json, "loads", no_json)
-    assert [decode(m) for m in messages] == [Data(7, b"body"), End(7)]
+    assert [decode(m) for m in messages] == [Data(7, b"body"), End(7), Window(7, 65536)]
 
 
 def test_data_header_stays_small() -> None:

@@ -252,8 +252,11 @@ class AccessCache:
         `cancel_connection`, which ends its whole connection, when given)."""
         return LiveRequest(self._live, access, cancel_connection)
 
-    async def get(self, sandbox_id: str, token: str) -> SandboxAccess | None:
-        key = (hash_token(token), sandbox_id)
+    async def get(
+        self, sandbox_id: str, token: str, digest: str | None = None
+    ) -> SandboxAccess | None:
+        """The access `token` gives to the sandbox (`digest`: its `hash_token`, if known)."""
+        key = (digest or hash_token(token), sandbox_id)
         now = trio.current_time()
         hit = self._entries.get(key)
         if hit is not None and now - hit[0] < self._seconds:

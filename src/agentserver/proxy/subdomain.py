@@ -291,11 +291,12 @@ class SubdomainProxy:
         """The access of the first valid sandbox cookie for THIS sandbox and subdomain kind
         (any kind of sandbox has previews)."""
         for token in cookie_values(headers, self.cookie)[:3]:
-            key = (target.sandbox_id, hash_token(token))
+            digest = hash_token(token)
+            key = (target.sandbox_id, digest)
             now = trio.current_time()
             if self.refused.refused(key, now):
                 continue
-            access = await self.access.get(target.sandbox_id, token)
+            access = await self.access.get(target.sandbox_id, token, digest)
             if access is None:
                 self.refused.remember(key, now)
             elif (

@@ -50,6 +50,7 @@ MAX_PING_INTERVAL: Final = 86400.0
 _LEN = 4
 _PLAIN_DATA = b'{"type":"data","id":'
 _PLAIN_END = b'{"type":"end","id":'
+_PLAIN_WINDOW = re.compile(rb'\{"type":"window","id":([1-9][0-9]{0,9}),"inc":([1-9][0-9]{0,9})\}')
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
 _BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
@@ -240,6 +241,8 @@ def header_bytes(frame: Frame) -> bytes:
         return b'{"type":"data","id":%d}' % frame.stream_id
     if type(frame) is End and frame.code is None and not frame.reason:  # one per message
         return b'{"type":"end","id":%d}' % frame.stream_id
+    if type(frame) is Window:  # one per request (its extra credit), more on long bodies
+        return b'{"type":"window","id":%d,"inc":%d}' % (frame.stream_id, frame.increment)
     return _ENCODE(_header_of(frame)).encode()
 
 
@@ -452,6 +455,10 @@ def decode(
                 raise ProtocolError(f"payload of {len(view) - end} bytes exceeds {max_payload}")
             else:
                 return Data(stream_id, bytes(view[end:]))
+    elif len(view) == end and (window := _PLAIN_WINDOW.fullmatch(raw)) is not None:
+        stream_id, increment = int(window[1]), int(window[2])
+        if stream_id <= MAX_STREAM_ID and increment <= MAX_WINDOW:
+            return Window(stream_id, increment)
     try:
         header = _loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, absurd nesting/ints

@@ -23,7 +23,7 @@ def test_under_the_cap_every_connection_is_admitted() -> None:
     keys = [budget.admit() for _ in range(3)]
     for key in keys:
         assert key is not None
-        budget.idle(key, lambda key=key: closed.append(key))
+        budget.idle(key, lambda key=key: closed.append(key), 0.0)
     assert len(set(keys)) == 3
     assert budget.open == 3
     assert closed == []
@@ -34,8 +34,8 @@ def test_at_the_cap_the_connection_idle_longest_makes_room() -> None:
     closed: list[str] = []
     budget = Connections(2)
     a, b = admitted(budget), admitted(budget)
-    budget.idle(b, lambda: closed.append("b"))
-    budget.idle(a, lambda: closed.append("a"))
+    budget.idle(b, lambda: closed.append("b"), 0.0)
+    budget.idle(a, lambda: closed.append("a"), 0.0)
     assert budget.admit() is not None
     assert closed == ["b"]
     assert budget.open == 2
@@ -46,10 +46,10 @@ def test_a_connection_idle_again_goes_to_the_back_of_the_line() -> None:
     closed: list[str] = []
     budget = Connections(2)
     a, b = admitted(budget), admitted(budget)
-    budget.idle(a, lambda: closed.append("a"))
-    budget.idle(b, lambda: closed.append("b"))
+    budget.idle(a, lambda: closed.append("a"), 0.0)
+    budget.idle(b, lambda: closed.append("b"), 0.0)
     budget.busy(a)
-    budget.idle(a, lambda: closed.append("a"))
+    budget.idle(a, lambda: closed.append("a"), 0.0)
     budget.admit()
     assert closed == ["b"]
 
@@ -59,7 +59,7 @@ def test_with_every_connection_busy_a_newcomer_is_refused() -> None:
     closed: list[str] = []
     budget = Connections(1)
     a = admitted(budget)
-    budget.idle(a, lambda: closed.append("a"))
+    budget.idle(a, lambda: closed.append("a"), 0.0)
     budget.busy(a)
     assert budget.admit() is None
     assert closed == []
@@ -69,7 +69,7 @@ def test_releasing_frees_the_slot_and_a_closed_one_is_released_once() -> None:
     """A released key frees its slot; releasing one already closed for room changes nothing."""
     budget = Connections(1)
     a = admitted(budget)
-    budget.idle(a, lambda: None)
+    budget.idle(a, lambda: None, 0.0)
     b = admitted(budget)  # closes a
     budget.release(a)
     assert budget.open == 1
@@ -83,8 +83,8 @@ def test_shutdown_closes_every_idle_connection_and_no_busy_one() -> None:
     closed: list[str] = []
     budget = Connections(5)
     a, _, c = admitted(budget), admitted(budget), admitted(budget)
-    budget.idle(a, lambda: closed.append("a"))
-    budget.idle(c, lambda: closed.append("c"))
+    budget.idle(a, lambda: closed.append("a"), 0.0)
+    budget.idle(c, lambda: closed.append("c"), 0.0)
     budget.close_idle()
     assert sorted(closed) == ["a", "c"]
     assert budget.idle_count == 0
@@ -132,3 +132,23 @@ def test_a_head_arriving_in_pieces_is_searched_from_where_the_last_piece_ended(
 ) -> None:
     """With `start`, only the new bytes are searched, and a CRLF straddling it is no bare LF."""
     assert has_bare_lf(head, len(head), start) is bare
+
+
+def test_connections_idle_since_the_cutoff_or_before_are_closed_oldest_first() -> None:
+    """The keep-alive sweep closes (and forgets) exactly the connections idle since the cutoff
+    or earlier; one that became busy, or idle again later, stays."""
+    closed: list[str] = []
+    budget = Connections(8)
+    a, b, c, d = (admitted(budget) for _ in range(4))
+    budget.idle(a, lambda: closed.append("a"), 10.0)
+    budget.idle(b, lambda: closed.append("b"), 11.0)
+    budget.idle(c, lambda: closed.append("c"), 12.0)
+    budget.busy(b)
+    budget.idle(d, lambda: closed.append("d"), 13.0)
+    budget.idle(a, lambda: closed.append("a"), 14.0)  # idle anew: not since 10 any more
+    assert budget.close_idle_since(13.0) == 2
+    assert closed == ["c", "d"]
+    assert budget.open == 2  # a (idle since 14) and b (busy)
+    assert budget.close_idle_since(13.5) == 0
+    assert budget.close_idle_since(14.0) == 1
+    assert closed == ["c", "d", "a"]

@@ -38,7 +38,8 @@ class Connections:
         self.cap = cap
         self._keys = count()
         self._open: set[int] = set()
-        self._idle: dict[int, Callable[[], None]] = {}  # key → how to close it, oldest first
+        # key → how to close it and since when it is idle, oldest first
+        self._idle: dict[int, tuple[Callable[[], None], float]] = {}
 
     @property
     def open(self) -> int:
@@ -60,11 +61,12 @@ class Connections:
         self._open.add(key)
         return key
 
-    def idle(self, key: int, close: Callable[[], None]) -> None:
-        """`key` waits for its next request; `close` (synchronous) ends it if room is needed."""
+    def idle(self, key: int, close: Callable[[], None], since: float) -> None:
+        """`key` waits for its next request since `since` (the clock `close_idle_since` is
+        given); `close` (synchronous) ends it if room is needed, or when idle too long."""
         if key in self._open:
-            self._idle.pop(key, None)  # re-inserted: idle since now
-            self._idle[key] = close
+            self._idle.pop(key, None)  # re-inserted: the newest idle
+            self._idle[key] = (close, since)
 
     def busy(self, key: int) -> None:
         """`key` has a request in flight: never closed to make room."""
@@ -78,8 +80,19 @@ class Connections:
     def close_idle(self) -> None:
         """Shutdown: close every idle connection now."""
         for key in list(self._idle):
-            self._idle.pop(key)()
+            self._idle.pop(key)[0]()
+
+    def close_idle_since(self, cutoff: float) -> int:
+        """Close (and forget) the connections idle since `cutoff` or before; how many."""
+        closed = 0
+        while self._idle:
+            oldest = next(iter(self._idle))
+            if self._idle[oldest][1] > cutoff:  # the rest became idle later still
+                break
+            self._forget(oldest)()
+            closed += 1
+        return closed
 
     def _forget(self, key: int) -> Callable[[], None]:
         self._open.discard(key)
-        return self._idle.pop(key)
+        return self._idle.pop(key)[0]

@@ -11,6 +11,7 @@ relayed message by message. Requests reach opencode over kept-alive connections
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
@@ -73,6 +74,25 @@ def declared_length(headers: Sequence[tuple[str, str]]) -> int | None:
     return int(value) if value.isascii() and value.isdigit() else None
 
 
+@functools.lru_cache(maxsize=8)  # called with the module's few drop sets
+def _always_dropped(drop: frozenset[str], ours: bool) -> frozenset[str]:
+    """`drop` with the framing fields (and, for opencode, Authorization: ours replaces it)."""
+    return drop | FRAMING_NAMES | ({"authorization"} if ours else frozenset())
+
+
+def _dropped(
+    headers: Sequence[tuple[str, str]], drop: frozenset[str], ours: bool
+) -> frozenset[str]:
+    """The names not to forward: `_always_dropped`, and those a Connection header lists (our
+    server sends none, having dropped them itself; an older one might)."""
+    listed = [v for n, v in headers if n.lower() == "connection"]
+    always = _always_dropped(drop, ours)
+    if not listed:
+        return always
+    tokens = {t.strip().lower() for value in listed for t in value.split(",")}
+    return always | (tokens - FRAMING_NAMES - {"host"})
+
+
 def _sendable(code: int | None) -> int:
     return 1000 if code is None else _UNSENDABLE.get(code, code)
 
@@ -132,11 +152,8 @@ class Forwarder:
     ) -> list[tuple[str, str]]:
         """The request's headers with hop-by-hop fields and the server's Authorization replaced
         by ours (or removed when no --opencode-password was given)."""
-        listed = {
-            t.strip().lower() for n, v in headers if n.lower() == "connection" for t in v.split(",")
-        }
-        drop = drop | FRAMING_NAMES | (listed - FRAMING_NAMES - {"host"}) | {"authorization"}
-        kept = [(n, v) for n, v in headers if n.lower() not in drop]
+        dropped = _dropped(headers, drop, ours=True)
+        kept = [(n, v) for n, v in headers if n.lower() not in dropped]
         if self._auth:
             kept.append(("authorization", self._auth))
         return kept
@@ -146,11 +163,8 @@ class Forwarder:
     ) -> list[tuple[str, str]]:
         """The request's headers for a dev server: hop-by-hop fields dropped, nothing of ours
         added (the server stripped its own cookies; an Authorization is the app's)."""
-        listed = {
-            t.strip().lower() for n, v in headers if n.lower() == "connection" for t in v.split(",")
-        }
-        drop = drop | FRAMING_NAMES | (listed - FRAMING_NAMES - {"host"})
-        return [(n, v) for n, v in headers if n.lower() not in drop]
+        dropped = _dropped(headers, drop, ours=False)
+        return [(n, v) for n, v in headers if n.lower() not in dropped]
 
     # -- requests -------------------------------------------------------------------------
 

@@ -20,8 +20,7 @@ rest counts from its own start), for the heartbeat's "the peer reads nothing" ch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import trio
 
@@ -63,6 +62,7 @@ class TunnelWriter:
         self.backlog_waiting = False  # a stream found the backlog full
         self.writing_since: float | None = None  # when the send under way started
         self._holding = 0  # inside `holding` (how deep): queued frames wait for its end
+        self._hold = _Holding(self)  # one for all: a generator-based one cost ~25 lines a use
 
     @property
     def backlog_full(self) -> bool:
@@ -71,18 +71,11 @@ class TunnelWriter:
         self.backlog_waiting = True  # `drained` once it drains
         return True
 
-    @contextmanager
-    def holding(self) -> Iterator[None]:
+    def holding(self) -> _Holding:
         """Frames queued within go out together at the end (`send_now`): one message where
         they fit, and no wake-up of the writer for a head whose body and end come with it.
         Nested, the outermost one sends."""
-        self._holding += 1
-        try:
-            yield
-        finally:
-            self._holding -= 1
-            if not self._holding:
-                self.send_now()
+        return self._hold
 
     def wake(self) -> None:
         """Let the writer send what is queued."""
@@ -188,3 +181,21 @@ class TunnelWriter:
         if self.backlog_waiting and self.backlog < self._max_backlog:
             self.backlog_waiting = False
             self._drained()
+
+
+class _Holding:
+    """`TunnelWriter.holding`'s context manager (re-entrant: the writer counts the depth)."""
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, writer: TunnelWriter) -> None:
+        self._writer = writer
+
+    def __enter__(self) -> None:
+        self._writer._holding += 1
+
+    def __exit__(self, *exc: object) -> None:
+        writer = self._writer
+        writer._holding -= 1
+        if not writer._holding:
+            writer.send_now()

@@ -33,7 +33,7 @@ import json
 import json.encoder
 import json.scanner
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -54,6 +54,7 @@ _PLAIN_WINDOW = re.compile(rb'\{"type":"window","id":([1-9][0-9]{0,9}),"inc":([1
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
 _BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
+_SPACE = re.compile(r"\s")
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -287,15 +288,19 @@ def _token(header: dict[str, Any], key: str) -> str:
 
 def _headers(header: dict[str, Any]) -> Headers:
     value = header.get("headers", [])
-    if type(value) is not list or any(type(pair) is not list or len(pair) != 2 for pair in value):
+    if type(value) is not list:
         raise ProtocolError("field 'headers' must be a list of [name, value] pairs")
-    names = [pair[0] for pair in value]
-    texts = [pair[1] for pair in value]
+    if not value:
+        return ()
+    # Looked at by C loops (map, zip), not a Python one per header: a request has dozens.
+    if {*map(type, value)} != {list} or {*map(len, value)} != {2}:
+        raise ProtocolError("field 'headers' must be a list of [name, value] pairs")
+    names, texts = zip(*value, strict=True)
     _check_fields(names, texts)
     return tuple(zip(names, texts, strict=True))
 
 
-def _check_fields(names: list[str], texts: list[str]) -> tuple[str, str]:
+def _check_fields(names: Sequence[str], texts: Sequence[str]) -> tuple[str, str]:
     """Every name a token, no value with CR, LF or NUL; returns all names and all values joined.
 
     All names and all values at once (a head has dozens); the slow path below only names the
@@ -327,7 +332,7 @@ def _target(header: dict[str, Any]) -> str:
     value = _str(header, "target")
     if not value.startswith("/") or value.startswith("//") or _BAD_VALUE_CHARS.search(value):
         raise ProtocolError("field 'target' must be a path starting with a single '/'")
-    if any(c.isspace() for c in value):
+    if _SPACE.search(value):  # what str.isspace() says is whitespace (the same C test)
         raise ProtocolError("field 'target' must not contain whitespace")
     return value
 
@@ -387,7 +392,8 @@ def check_head(frame: RequestOpen | ResponseHead, *, max_header: int = MAX_HEADE
     """Raise the `ProtocolError` that `decode(encode(frame))` would: the very same field rules,
     applied to the values themselves, so a head we send costs no JSON round trip to check."""
     headers = frame.headers
-    every_name, every_text = _check_fields([p[0] for p in headers], [p[1] for p in headers])
+    names, texts = zip(*headers, strict=True) if headers else ((), ())
+    every_name, every_text = _check_fields(names, texts)
     if isinstance(frame, RequestOpen):
         protocols, target = frame.subprotocols, frame.target
         fields = {"target": target, "method": frame.method, "protocols": list(protocols)}
@@ -405,8 +411,8 @@ def check_head(frame: RequestOpen | ResponseHead, *, max_header: int = MAX_HEADE
         _int({"status": frame.status}, "status", 100, 599)
     # JSON spends at most 6 bytes on a character (a \uXXXX escape) and a few on punctuation:
     # only a head that might be too long is encoded to measure it.
-    texts = len(every_name) + len(every_text) + len(target) + sum(map(len, protocols))
-    bound = 256 + 6 * texts + 16 * len(headers) + 8 * len(protocols)
+    chars = len(every_name) + len(every_text) + len(target) + sum(map(len, protocols))
+    bound = 256 + 6 * chars + 16 * len(headers) + 8 * len(protocols)
     if bound > max_header and (size := len(header_bytes(frame))) > max_header:
         raise ProtocolError(f"header of {size} bytes exceeds the limit of {max_header}")
 

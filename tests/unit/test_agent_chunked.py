@@ -72,6 +72,21 @@ def test_a_read_holding_one_whole_chunk_is_handed_out_as_one_piece() -> None:
     assert not decoder.done
 
 
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=8), st.booleans())
+def test_reads_of_one_whole_chunk_each_decode_as_any_other_split(
+    pieces: list[bytes], upper: bool
+) -> None:
+    """A stream read one whole chunk at a time (the usual SSE read, taken by a shortcut) gives
+    each chunk's data as one piece, and the body ends as it would otherwise."""
+    decoder = ChunkedDecoder()
+    for piece in pieces:
+        size = (b"%X" if upper else b"%x") % len(piece)
+        assert decoder.feed(size + b"\r\n" + piece + b"\r\n") == [piece]
+        assert not decoder.done
+    assert decoder.feed(b"0\r\n\r\n") == []
+    assert decoder.done
+
+
 def test_extensions_are_ignored_and_trailers_dropped() -> None:
     """Chunk extensions and trailer fields never reach the body."""
     body, decoder = decode([b"5;name=value\r\nhello\r\n6 ; x\r\n world\r\n0;end\r\nx-t: 1\r\n\r\n"])

@@ -5,7 +5,6 @@ reused, clean kept-alive exchanges reused, and a request HTTP/1.1 cannot carry n
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -13,50 +12,12 @@ import trio
 import trio.testing
 
 from agentserver.agent.local_connection import Connection
-from agentserver.agent.local_http import LocalClient, Response, Unreachable
+from agentserver.agent.local_http import LocalClient, Unreachable
 from agentserver.http1 import MAX_HEAD, ProtocolError
+from tests.support.local_origin import Origin, read_body
 from tests.support.tcp import serve_on_free_port
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
-
-
-class Origin:
-    """A local server answering every request head with `answer` (then closing if `close`),
-    counting the connections it accepted and the requests it read."""
-
-    def __init__(self, answer: bytes, *, close: bool = False) -> None:
-        self.answer, self.close = answer, close
-        self.connections = 0
-        self.requests: list[bytes] = []
-
-    async def serve(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
-        with contextlib.suppress(trio.BrokenResourceError):  # a client that broke off
-            await self._answer(stream)
-
-    async def _answer(self, stream: trio.SocketStream) -> None:
-        data = b""
-        while True:
-            while b"\r\n\r\n" not in data:
-                more = await stream.receive_some(65536)
-                if not more:
-                    return
-                data += more
-            head, data = data.split(b"\r\n\r\n", 1)
-            self.requests.append(head)
-            await stream.send_all(self.answer)
-            if self.close:
-                await stream.aclose()
-                return
-
-
-async def read_body(response: Response) -> bytes:
-    body, done = await response.buffered()
-    if not done:
-        async for piece in response.chunks():
-            body += piece
-    response.aclose_now()
-    return body
 
 
 async def _refusal(answer: bytes) -> Unreachable:

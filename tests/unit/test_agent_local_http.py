@@ -8,13 +8,14 @@ import hashlib
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
 
-from agentserver.agent.local_http import Broken, LocalClient, Response, Unreachable
+from agentserver.agent.local_http import Broken, LocalClient, Unreachable
 from tests.support.bulk_upstream import BulkUpstream, _serve_connection, pattern
+from tests.support.local_origin import Origin, read_body
 from tests.support.tcp import serve_on_free_port
 
 
@@ -35,15 +36,6 @@ class Upstream:
         async with trio.open_nursery() as nursery:
             self.port = await nursery.start(serve_on_free_port, handler)
             task_status.started(self)
-
-
-async def read_body(response: Response) -> bytes:
-    body, done = await response.buffered()
-    if not done:
-        async for chunk in response.chunks():
-            body += chunk
-    response.aclose_now()
-    return body
 
 
 async def test_sequential_requests_share_one_kept_alive_connection() -> None:
@@ -202,41 +194,21 @@ async def test_a_small_body_written_after_its_head_is_waited_for_and_handed_on_w
         nursery.cancel_scope.cancel()
 
 
-def _answering(
-    response: bytes, connections: list[int]
-) -> Callable[[trio.SocketStream], Awaitable[None]]:
-    """A server answering every request on a connection with `response`, counting them."""
-
-    async def serve(stream: trio.SocketStream) -> None:
-        connections.append(1)
-        data = b""
-        while True:
-            while b"\r\n\r\n" not in data:
-                more = await stream.receive_some(65536)
-                if not more:
-                    return
-                data += more
-            data = data.split(b"\r\n\r\n", 1)[1]
-            await stream.send_all(response)
-
-    return serve
-
-
 LARGE = 300_000  # more than SMALL_BODY: read straight from the socket
 
 
 async def test_a_large_sized_body_arrives_whole_and_its_connection_is_reused() -> None:
     """A body framed by a large Content-Length is handed on whole, nothing past its end is
     read, and its kept-alive connection then carries the next request."""
-    connections: list[int] = []
     body = bytes(range(256)) * (LARGE // 256)
     answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+    origin = Origin(answer)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_on_free_port, _answering(answer, connections))
+        port = await nursery.start(serve_on_free_port, origin.serve)
         client = LocalClient(f"http://127.0.0.1:{port}")
         for _ in range(3):
             assert await read_body(await client.request("GET", "/", [])) == body
-        assert len(connections) == 1
+        assert origin.connections == 1
         client.close()
         nursery.cancel_scope.cancel()
 
@@ -244,15 +216,15 @@ async def test_a_large_sized_body_arrives_whole_and_its_connection_is_reused() -
 async def test_a_large_sized_body_with_connection_close_is_not_reused() -> None:
     """After a large body read straight from the socket, a connection the peer said it closes
     is not kept: the next request opens another."""
-    connections: list[int] = []
     answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % LARGE
     answer += b"x" * LARGE
+    origin = Origin(answer)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_on_free_port, _answering(answer, connections))
+        port = await nursery.start(serve_on_free_port, origin.serve)
         client = LocalClient(f"http://127.0.0.1:{port}")
         for _ in range(2):
             assert await read_body(await client.request("GET", "/", [])) == b"x" * LARGE
-        assert len(connections) == 2
+        assert origin.connections == 2
         client.close()
         nursery.cancel_scope.cancel()
 
@@ -260,14 +232,14 @@ async def test_a_large_sized_body_with_connection_close_is_not_reused() -> None:
 async def test_a_head_answer_with_a_large_length_has_no_body() -> None:
     """A HEAD answer declares a large length but carries no body: it ends at its head and its
     connection carries the next request."""
-    connections: list[int] = []
     answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % LARGE
+    origin = Origin(answer)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_on_free_port, _answering(answer, connections))
+        port = await nursery.start(serve_on_free_port, origin.serve)
         client = LocalClient(f"http://127.0.0.1:{port}")
         for _ in range(2):
             assert await read_body(await client.request("HEAD", "/", [])) == b""
-        assert len(connections) == 1
+        assert origin.connections == 1
         client.close()
         nursery.cancel_scope.cancel()
 
@@ -307,14 +279,14 @@ EVENTS = b"5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n"
 async def test_a_chunked_answer_arrives_whole_and_its_connection_is_reused() -> None:
     """A chunked body (extensions and trailers skipped) is handed on whole, and once it ended
     cleanly its kept-alive connection carries the next request."""
-    connections: list[int] = []
     answer = CHUNKED_HEAD + b"\r\n" + EVENTS + b"0\r\nx-trailer: 1\r\n\r\n"
+    origin = Origin(answer)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_on_free_port, _answering(answer, connections))
+        port = await nursery.start(serve_on_free_port, origin.serve)
         client = LocalClient(f"http://127.0.0.1:{port}")
         for _ in range(3):
             assert await read_body(await client.request("GET", "/", [])) == b"hello world"
-        assert len(connections) == 1
+        assert origin.connections == 1
         client.close()
         nursery.cancel_scope.cancel()
 
@@ -331,14 +303,14 @@ async def test_a_chunked_answer_that_ended_uncleanly_for_reuse_is_not_reused(
 ) -> None:
     """A chunked body read whole still leaves its connection unused when the peer said it
     closes, or sent something after the body's end: the next request opens another."""
-    connections: list[int] = []
     answer = CHUNKED_HEAD + head + b"\r\n" + EVENTS + b"0\r\n\r\n" + after
+    origin = Origin(answer)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_on_free_port, _answering(answer, connections))
+        port = await nursery.start(serve_on_free_port, origin.serve)
         client = LocalClient(f"http://127.0.0.1:{port}")
         for _ in range(2):
             assert await read_body(await client.request("GET", "/", [])) == b"hello world"
-        assert len(connections) == 2
+        assert origin.connections == 2
         client.close()
         nursery.cancel_scope.cancel()
 
@@ -346,16 +318,16 @@ async def test_a_chunked_answer_that_ended_uncleanly_for_reuse_is_not_reused(
 async def test_a_chunked_answer_closed_before_its_end_closes_its_connection() -> None:
     """A stream the browser left mid-way is not read to its end: its connection is closed,
     never reused for the next request."""
-    connections: list[int] = []
     answer = CHUNKED_HEAD + b"\r\n" + EVENTS  # no last chunk: the stream goes on
+    origin = Origin(answer)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_on_free_port, _answering(answer, connections))
+        port = await nursery.start(serve_on_free_port, origin.serve)
         client = LocalClient(f"http://127.0.0.1:{port}")
         for _ in range(2):
             response = await client.request("GET", "/", [])
             assert await response.buffered() == (b"hello world", False)
             response.aclose_now()
-        assert len(connections) == 2
+        assert origin.connections == 2
         client.close()
         nursery.cancel_scope.cancel()
 

@@ -287,6 +287,17 @@ class Direct:
         await send(body(b""))
 
 
+def running(exchange: Exchange, nursery: trio.Nursery) -> list[bool]:
+    """Run the exchange in `nursery`; the list gets what `run` returned once it returns."""
+    ran: list[bool] = []
+
+    async def run() -> None:
+        ran.append(await exchange.run())
+
+    nursery.start_soon(run)
+    return ran
+
+
 async def read_body(browser: trio.SocketStream) -> bytes:
     reader = h11.Connection(h11.CLIENT)
     reader.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
@@ -322,13 +333,7 @@ async def test_a_piece_the_socket_takes_in_part_is_held_and_sent_before_the_next
     async with tcp_pair() as (browser, server), trio.open_nursery() as nursery:
         server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
         browser.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        exchange = Exchange(Client(server), request, handler.handle)
-        ran: list[bool] = []
-
-        async def run() -> None:
-            ran.append(await exchange.run())
-
-        nursery.start_soon(run)
+        ran = running(Exchange(Client(server), request, handler.handle), nursery)
         await handler.filled.wait()
         assert handler.answers[1:] == [HELD, REFUSED]
         with trio.fail_after(10):  # a lost rest leaves the browser waiting for the chunk
@@ -387,13 +392,7 @@ async def test_what_the_socket_does_not_take_of_a_whole_response_is_sent_before_
     async with tcp_pair() as (browser, server), trio.open_nursery() as nursery:
         server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
         browser.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        exchange = Exchange(Client(server), request, handler.handle)
-        ran: list[bool] = []
-
-        async def run() -> None:
-            ran.append(await exchange.run())
-
-        nursery.start_soon(run)
+        ran = running(Exchange(Client(server), request, handler.handle), nursery)
         with trio.fail_after(10):
             assert await read_body(browser) == data
     assert handler.answers == [True, False]

@@ -10,7 +10,7 @@ import trio.testing
 
 from agentserver.tunnel import RequestReceived, TunnelStream
 from agentserver.tunnel.frames import Headers
-from tests.unit.test_tunnel_transport import tunnel_pair
+from tests.unit.test_tunnel_transport import read_all, tunnel_pair
 
 HEADERS = [("content-type", "text/plain"), ("content-length", "2")]
 
@@ -32,13 +32,6 @@ class Whole:
         return self.take
 
 
-async def body_of(stream: TunnelStream) -> bytes:
-    received = bytearray()
-    while chunk := await stream.receive_some():
-        received += chunk
-    return bytes(received)
-
-
 async def test_a_whole_response_is_offered_before_the_receiver_takes_its_head() -> None:
     """Taken: offered once with its complete body; the receiver then gets the head and an
     empty, ended body (nothing is delivered twice)."""
@@ -49,7 +42,7 @@ async def test_a_whole_response_is_offered_before_the_receiver_takes_its_head() 
         status, headers = await stream.receive_response_head()
         assert whole.offered == [(200, tuple(HEADERS), b"hi")]
         assert (status, tuple(headers)) == (200, tuple(HEADERS))
-        assert await body_of(stream) == b""
+        assert await read_all(stream) == b""
         await stream.aclose()
 
 
@@ -60,7 +53,7 @@ async def test_a_refused_offer_leaves_the_body_to_the_receiver() -> None:
         stream.answer_whole(whole)
         assert (await stream.receive_response_head())[0] == 200
         assert len(whole.offered) == 1
-        assert await body_of(stream) == b"hi"
+        assert await read_all(stream) == b"hi"
         await stream.aclose()
 
 
@@ -80,7 +73,7 @@ async def test_a_response_whose_head_was_taken_first_is_not_offered() -> None:
         stream.answer_whole(whole)
         assert (await stream.receive_response_head())[0] == 200
         go_on.set()
-        assert await body_of(stream) == b"hi"
+        assert await read_all(stream) == b"hi"
         assert whole.offered == []
         await stream.aclose()
 

@@ -309,14 +309,7 @@ class Exchange:
 
     async def _flush_held(self) -> None:
         held, self._held = self._held, b""
-        self._writing = True
-        try:
-            await send_all(self.client.stream, held)
-        except _BROKEN:
-            self._left()
-            raise ClientLeft from None
-        finally:
-            self._writing = False
+        await self._send(held)
 
     def _framed(self, body: bytes, more: bool) -> tuple[bytes, bytes, bytes]:
         """What to write for this body message: the bytes, and a large chunk's data and what
@@ -344,7 +337,9 @@ class Exchange:
         return out, large, tail
 
     async def _write_body(self, body: bytes, more: bool) -> None:
-        out, large, tail = self._framed(body, more)
+        await self._send(*self._framed(body, more))
+
+    async def _send(self, out: bytes, large: bytes = b"", tail: bytes = b"") -> None:
         self._writing = True
         try:
             if large:

@@ -93,3 +93,19 @@ async def test_a_stream_closed_before_its_answer_is_not_offered() -> None:
         release.set()
         await trio.testing.wait_all_tasks_blocked()
         assert whole.offered == []
+
+
+async def test_an_offer_that_fails_leaves_the_response_to_the_receiver_and_the_tunnel_up() -> None:
+    """The reader runs the offer: a taker that raises costs its stream nothing but the shortcut
+    (logged), and the tunnel goes on serving."""
+
+    def failing(status: int, headers: Headers, body: bytes) -> bool:
+        raise RuntimeError("a bug in the taker")
+
+    async with tunnel_pair(whole_at_once) as pair:
+        for _ in range(2):
+            stream = await pair.server.open_request("GET", "/small", body=False)
+            stream.answer_whole(failing)
+            assert (await stream.receive_response_head())[0] == 200
+            assert await read_all(stream) == b"hi"
+            await stream.aclose()

@@ -457,7 +457,12 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         if whole is not None and self._response is not None and not self._closed:
             status, headers = self._response
             body = b"".join([event.data for event in self._chunks])  # none taken yet
-            if whole(status, headers, body):
+            try:
+                taken = whole(status, headers, body)
+            except Exception:  # the tunnel's reader runs this: a failure is this stream's only
+                logger.exception("a whole response from the tunnel could not be answered")
+                taken = False
+            if taken:
                 self._chunks.clear()
                 if body:
                     self._transport.grant_credit(self.stream_id, len(body))

@@ -257,8 +257,15 @@ def encode(frame: Frame) -> bytes:
 # ---------------------------------------------------------------- decoding
 
 
+# Each field rule twice: on a header's key (`_int`, decoding), and on a value itself
+# (`_checked_int`, `check_head` on a head we send).
+
+
 def _int(header: dict[str, Any], key: str, low: int, high: int) -> int:
-    value = header.get(key)
+    return _checked_int(header.get(key), key, low, high)
+
+
+def _checked_int(value: Any, key: str, low: int, high: int) -> int:
     # bool is an int subclass in Python; JSON true must not pass as 1.
     if type(value) is not int or not low <= value <= high:
         raise ProtocolError(f"field {key!r} must be an integer in [{low}, {high}]")
@@ -280,8 +287,11 @@ def _str(header: dict[str, Any], key: str, default: str | None = None) -> str:
 
 
 def _token(header: dict[str, Any], key: str) -> str:
-    value = _str(header, key)
-    if not _TOKEN.fullmatch(value):
+    return _checked_token(_str(header, key), key)
+
+
+def _checked_token(value: str, key: str) -> str:
+    if type(value) is not str or not _TOKEN.fullmatch(value):
         raise ProtocolError(f"field {key!r} must be an HTTP token")
     return value
 
@@ -322,14 +332,25 @@ def _check_fields(names: Sequence[str], texts: Sequence[str]) -> tuple[str, str]
 
 def _protocols(header: dict[str, Any]) -> tuple[str, ...]:
     value = header.get("protocols", [])
-    if type(value) is not list or not all(type(p) is str and _TOKEN.fullmatch(p) for p in value):
+    if type(value) is not list:
+        raise ProtocolError("field 'protocols' must be a list of tokens")
+    return _checked_protocols(value)
+
+
+def _checked_protocols(value: Sequence[str]) -> tuple[str, ...]:
+    if not all(type(p) is str and _TOKEN.fullmatch(p) for p in value):
         raise ProtocolError("field 'protocols' must be a list of tokens")
     return tuple(value)
 
 
 def _target(header: dict[str, Any]) -> str:
+    return _checked_target(_str(header, "target"))
+
+
+def _checked_target(value: str) -> str:
     # Origin-form only: the agent appends it to its local base URL, so no scheme, no authority.
-    value = _str(header, "target")
+    if type(value) is not str:
+        raise ProtocolError("field 'target' must be a string")
     if not value.startswith("/") or value.startswith("//") or _BAD_VALUE_CHARS.search(value):
         raise ProtocolError("field 'target' must be a path starting with a single '/'")
     if _SPACE.search(value):  # what str.isspace() says is whitespace (the same C test)
@@ -394,21 +415,18 @@ def check_head(frame: RequestOpen | ResponseHead, *, max_header: int = MAX_HEADE
     headers = frame.headers
     names, texts = zip(*headers, strict=True) if headers else ((), ())
     every_name, every_text = _check_fields(names, texts)
+    _checked_int(frame.stream_id, "id", 1, MAX_STREAM_ID)
     if isinstance(frame, RequestOpen):
-        protocols, target = frame.subprotocols, frame.target
-        fields = {"target": target, "method": frame.method, "protocols": list(protocols)}
-        _token(fields, "method")
-        _target(fields)
-        _protocols(fields)
-        _int({"id": frame.stream_id}, "id", 1, MAX_STREAM_ID)
+        protocols = _checked_protocols(frame.subprotocols)
+        target = _checked_target(frame.target)
+        _checked_token(frame.method, "method")
         if frame.port is not None:
-            _int({"port": frame.port}, "port", 1, 65535)
+            _checked_int(frame.port, "port", 1, 65535)
         if type(frame.body) is not bool or type(frame.websocket) is not bool:
             raise ProtocolError("fields 'body' and 'ws' must be booleans")
     else:
         protocols, target = (), ""
-        _int({"id": frame.stream_id}, "id", 1, MAX_STREAM_ID)
-        _int({"status": frame.status}, "status", 100, 599)
+        _checked_int(frame.status, "status", 100, 599)
     # JSON spends at most 6 bytes on a character (a \uXXXX escape) and a few on punctuation:
     # only a head that might be too long is encoded to measure it.
     chars = len(every_name) + len(every_text) + len(target) + sum(map(len, protocols))
@@ -447,10 +465,9 @@ def decode(
     if len(view) < end:
         raise ProtocolError("header length runs beyond the end of the message")
     raw = bytes(view[_LEN:end])
-    if raw[-1:] == b"}" and (raw.startswith(_PLAIN_DATA) or raw.startswith(_PLAIN_END)):
+    if raw[-1:] == b"}" and ((data := raw.startswith(_PLAIN_DATA)) or raw.startswith(_PLAIN_END)):
         # The hot path, a body piece or a plain end: what `header_bytes` writes for them.
-        data = raw[9] == 100  # {"type":"d…
-        digits = raw[len(_PLAIN_DATA) if data else len(_PLAIN_END) : -1]
+        digits = raw[len(_PLAIN_DATA if data else _PLAIN_END) : -1]
         if digits.isdigit() and digits[:1] != b"0" and len(digits) <= 10:
             if (stream_id := int(digits)) > MAX_STREAM_ID:
                 raise ProtocolError(f"field 'id' must be an integer in [1, {MAX_STREAM_ID}]")

@@ -135,7 +135,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
 
     def answer_whole(self, whole: Callable[[int, Headers, bytes], bool] | None) -> None:
         """Offer the response to `whole` (status, headers, body) from the tunnel's reader, as
-        soon as all of it is here, if that is before `receive_response_head` took its head:
+        soon as all of it is here in one piece at most, if that is before
+        `receive_response_head` took its head:
         so a small answer arriving in one message can go on before the task that waits for
         it runs again. Taken (True), its body was consumed there: the receiver then finds
         the head and an ended, empty body. Refused, nothing changed."""
@@ -454,19 +455,27 @@ class TunnelStream(trio.abc.HalfCloseableStream):
     def end_received(self, code: int | None, reason: str) -> None:
         self._eof, self.close_code, self.close_reason = True, code, reason
         whole, self._whole = self._whole, None
-        if whole is not None and self._response is not None and not self._closed:
-            status, headers = self._response
-            body = b"".join([event.data for event in self._chunks])  # none taken yet
-            try:
-                taken = whole(status, headers, body)
-            except Exception:  # the tunnel's reader runs this: a failure is this stream's only
-                logger.exception("a whole response from the tunnel could not be answered")
-                taken = False
-            if taken:
-                self._chunks.clear()
-                if body:
-                    self._transport.grant_credit(self.stream_id, len(body))
+        if whole is not None:
+            self._offer_whole(whole)
         self._wake()
+
+    def _offer_whole(self, whole: Callable[[int, Headers, bytes], bool]) -> None:
+        """`answer_whole`'s offer, once the end arrived. A small answer is one message: its
+        body one piece at most (none taken yet); with more pieces the receiver reads them
+        (no joining copy here, however many came)."""
+        chunks, response = self._chunks, self._response
+        if response is None or self._closed or len(chunks) > 1:
+            return
+        body = chunks[0].data if chunks else b""
+        try:
+            taken = whole(*response, body)
+        except Exception:  # the tunnel's reader runs this: a failure is this stream's only
+            logger.exception("a whole response from the tunnel could not be answered")
+            return
+        if taken:
+            chunks.clear()
+            if body:
+                self._transport.grant_credit(self.stream_id, len(body))
 
     def reset_received(self, code: str, message: str, *, remote: bool) -> None:
         """The stream was reset (by the peer, or by the connection for a broken rule)."""
